@@ -1,0 +1,46 @@
+// swift-tools-version:6.0
+// attunet: data-parallel 3D Attention U-Net trainer over MPI on CPU clusters.
+// Targets, bottom up (see README.md "Layout"): system libraries and C shims, CKernels (AVX-512 convolutions),
+// Tensor, HDF5Kit, NN, Data, Distributed, Training, and the `attunet` executable.
+import PackageDescription
+
+let package = Package(
+    name: "attunet",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "attunet", targets: ["attunet"]),
+        .library(name: "AttuNet", targets: ["Training"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+    ],
+    targets: [
+        // System libraries: module maps + static-inline shims for what Swift cannot import (macros).
+        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c",
+                       providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+                       providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5",
+                       providers: [.apt(["libhdf5-dev"])]),
+        // nifticlib ships no pkg-config file and includes its own headers with <...> from /usr/include/nifti:
+        // the one target that needs unsafeFlags (an include path). Swift never sees nifticlib's headers.
+        .target(name: "CNIfTI", path: "Sources/CNIfTI",
+                cSettings: [.unsafeFlags(["-I/usr/include/nifti"])],
+                linkerSettings: [.linkedLibrary("niftiio"), .linkedLibrary("znz"), .linkedLibrary("z")]),
+        // Direct AVX-512 3x3x3 convolutions (runtime-dispatched) and the im2col+sgemm fallback.
+        .target(name: "CKernels", dependencies: ["CBLAS"], path: "Sources/CKernels"),
+
+        .target(name: "Tensor", dependencies: ["CBLAS"]),
+        .target(name: "HDF5Kit", dependencies: ["CHDF5"]),
+        .target(name: "Distributed", dependencies: ["CMPI"]),
+        .target(name: "NN", dependencies: ["Tensor", "CKernels", "HDF5Kit"]),
+        .target(name: "Data", dependencies: ["Tensor", "HDF5Kit", "CNIfTI"]),
+        .target(name: "Training", dependencies: ["NN", "Data", "Distributed", "HDF5Kit"]),
+        .executableTarget(name: "attunet", dependencies: [
+            "Training", "CBLAS", "CHDF5", "CMPI",
+            .product(name: "ArgumentParser", package: "swift-argument-parser"),
+        ]),
+
+        .testTarget(name: "FoundationTests", dependencies: ["Tensor", "HDF5Kit", "Data", "Distributed"]),
+    ]
+)

@@ -1,0 +1,147 @@
+// nifticlib wrapper: converts its NULL returns and stderr chatter into one error line for the caller.
+#include "cnifti.h"
+#include <nifti1_io.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+
+static void fill_header(const nifti_image *nim, cnifti_header *h) {
+    memset(h, 0, sizeof(*h));
+    h->ndim = nim->ndim;
+    for (int i = 0; i < 7; i++) h->dim[i] = nim->dim[i + 1] > 0 && i < nim->ndim ? nim->dim[i + 1] : 1;
+    h->datatype = nim->datatype;
+    h->pixdim[0] = nim->dx; h->pixdim[1] = nim->dy; h->pixdim[2] = nim->dz;
+    h->sform_code = nim->sform_code; h->qform_code = nim->qform_code;
+    mat44 m;
+    if (nim->sform_code > 0) m = nim->sto_xyz;
+    else if (nim->qform_code > 0) m = nim->qto_xyz;
+    else {
+        memset(&m, 0, sizeof m);
+        m.m[0][0] = nim->dx; m.m[1][1] = nim->dy; m.m[2][2] = nim->dz; m.m[3][3] = 1;
+    }
+    for (int r = 0; r < 4; r++) for (int c = 0; c < 4; c++) h->affine[r * 4 + c] = m.m[r][c];
+    h->scl_slope = nim->scl_slope; h->scl_inter = nim->scl_inter;
+    h->nvox = (int64_t)nim->nvox;
+}
+
+static int check_file(const char *path, char *err, size_t errlen) {
+    struct stat st;
+    if (stat(path, &st) != 0) { snprintf(err, errlen, "%s: no such file", path); return 1; }
+    if (!S_ISREG(st.st_mode)) { snprintf(err, errlen, "%s: not a regular file", path); return 1; }
+    if (st.st_size < 348) { snprintf(err, errlen, "%s: too short to be a NIfTI file (%lld bytes)", path, (long long)st.st_size); return 1; }
+    return 0;
+}
+
+// nifti_image_load accepts a short read silently (it keeps what it got), so read the voxels ourselves and
+// insist on every byte.
+static int load_data(nifti_image *nim) {
+    size_t bytes = nim->nvox * (size_t)nim->nbyper;
+    if (!nim->iname || bytes == 0) return 1;
+    // znzseek returns gzseek's new offset for .gz files but fseek's 0 otherwise: both are >= 0 on success.
+    znzFile f = znzopen(nim->iname, "rb", nifti_is_gzfile(nim->iname));
+    if (znz_isnull(f)) return 1;
+    void *buf = malloc(bytes);
+    int ok = buf && znzseek(f, nim->iname_offset, SEEK_SET) >= 0 && znzread(buf, 1, bytes, f) == bytes;
+    znzclose(f);
+    if (!ok) { free(buf); return 1; }
+    if (nim->swapsize > 1 && nim->byteorder != nifti_short_order())
+        nifti_swap_Nbytes(nim->nvox, nim->swapsize, buf);
+    nim->data = buf;
+    return 0;
+}
+
+int cnifti_read_header(const char *path, cnifti_header *hdr, char *err, size_t errlen) {
+    if (check_file(path, err, errlen)) return 1;
+    nifti_set_debug_level(0);
+    nifti_image *nim = nifti_image_read(path, 0);
+    if (!nim) { snprintf(err, errlen, "%s: not a readable NIfTI-1 file (bad or truncated header)", path); return 1; }
+    fill_header(nim, hdr);
+    nifti_image_free(nim);
+    return 0;
+}
+
+int cnifti_read_f32(const char *path, cnifti_header *hdr, float **data, char *err, size_t errlen) {
+    *data = NULL;
+    if (check_file(path, err, errlen)) return 1;
+    nifti_set_debug_level(0);
+    nifti_image *nim = nifti_image_read(path, 0);
+    if (!nim) { snprintf(err, errlen, "%s: not a readable NIfTI-1 file (bad or truncated header)", path); return 1; }
+    fill_header(nim, hdr);
+    if (load_data(nim) != 0) {
+        snprintf(err, errlen, "%s: voxel data is truncated or unreadable (%lld voxels of %d bytes expected)", path,
+                 (long long)nim->nvox, nim->nbyper);
+        nifti_image_free(nim);
+        return 1;
+    }
+    size_t n = nim->nvox;
+    float *out = (float *)malloc(n * sizeof(float) + 1);
+    if (!out) { snprintf(err, errlen, "%s: out of memory for %zu voxels", path, n); nifti_image_free(nim); return 1; }
+    const void *src = nim->data;
+    switch (nim->datatype) {
+    case DT_UINT8:   for (size_t i = 0; i < n; i++) out[i] = ((const uint8_t *)src)[i]; break;
+    case DT_INT8:    for (size_t i = 0; i < n; i++) out[i] = ((const int8_t *)src)[i]; break;
+    case DT_INT16:   for (size_t i = 0; i < n; i++) out[i] = ((const int16_t *)src)[i]; break;
+    case DT_UINT16:  for (size_t i = 0; i < n; i++) out[i] = ((const uint16_t *)src)[i]; break;
+    case DT_INT32:   for (size_t i = 0; i < n; i++) out[i] = (float)((const int32_t *)src)[i]; break;
+    case DT_UINT32:  for (size_t i = 0; i < n; i++) out[i] = (float)((const uint32_t *)src)[i]; break;
+    case DT_INT64:   for (size_t i = 0; i < n; i++) out[i] = (float)((const int64_t *)src)[i]; break;
+    case DT_UINT64:  for (size_t i = 0; i < n; i++) out[i] = (float)((const uint64_t *)src)[i]; break;
+    case DT_FLOAT32: memcpy(out, src, n * sizeof(float)); break;
+    case DT_FLOAT64: for (size_t i = 0; i < n; i++) out[i] = (float)((const double *)src)[i]; break;
+    default:
+        snprintf(err, errlen, "%s: unsupported NIfTI datatype %d (%s)", path, nim->datatype, nifti_datatype_string(nim->datatype));
+        free(out); nifti_image_free(nim); return 1;
+    }
+    if (nim->scl_slope != 0 && isfinite(nim->scl_slope) && isfinite(nim->scl_inter) &&
+        !(nim->scl_slope == 1 && nim->scl_inter == 0)) {
+        for (size_t i = 0; i < n; i++) out[i] = out[i] * nim->scl_slope + nim->scl_inter;
+    }
+    nifti_image_free(nim);
+    *data = out;
+    return 0;
+}
+
+int cnifti_write3d(const char *path, int64_t nx, int64_t ny, int64_t nz, int datatype, const void *data,
+                   const float affine[16], char *err, size_t errlen) {
+    if (datatype != DT_UINT8 && datatype != DT_INT16 && datatype != DT_FLOAT32) {
+        snprintf(err, errlen, "%s: cannot write datatype %d", path, datatype); return 1;
+    }
+    nifti_set_debug_level(0);
+    int dims[8] = {3, (int)nx, (int)ny, (int)nz, 1, 1, 1, 1};
+    nifti_image *nim = nifti_make_new_nim(dims, datatype, 0);
+    if (!nim) { snprintf(err, errlen, "%s: cannot create NIfTI image", path); return 1; }
+    mat44 m;
+    for (int r = 0; r < 4; r++) for (int c = 0; c < 4; c++) m.m[r][c] = affine[r * 4 + c];
+    nim->sform_code = NIFTI_XFORM_SCANNER_ANAT;
+    nim->qform_code = NIFTI_XFORM_SCANNER_ANAT;
+    nim->sto_xyz = m;
+    nim->sto_ijk = nifti_mat44_inverse(m);
+    nifti_mat44_to_quatern(m, &nim->quatern_b, &nim->quatern_c, &nim->quatern_d, &nim->qoffset_x, &nim->qoffset_y,
+                           &nim->qoffset_z, &nim->dx, &nim->dy, &nim->dz, &nim->qfac);
+    nim->qto_xyz = nifti_quatern_to_mat44(nim->quatern_b, nim->quatern_c, nim->quatern_d, nim->qoffset_x,
+                                          nim->qoffset_y, nim->qoffset_z, nim->dx, nim->dy, nim->dz, nim->qfac);
+    nim->qto_ijk = nifti_mat44_inverse(nim->qto_xyz);
+    nim->pixdim[1] = nim->dx; nim->pixdim[2] = nim->dy; nim->pixdim[3] = nim->dz;
+    nim->xyz_units = NIFTI_UNITS_MM;
+    if (nifti_set_filenames(nim, path, 0, 1) != 0) {
+        snprintf(err, errlen, "%s: not a valid NIfTI file name (use .nii or .nii.gz)", path);
+        nim->data = NULL; nifti_image_free(nim); return 1;
+    }
+    nim->data = (void *)data;
+    nifti_image_write(nim);
+    nim->data = NULL;  // owned by the caller
+    nifti_image_free(nim);
+    struct stat st;
+    if (stat(path, &st) != 0 || st.st_size == 0) { snprintf(err, errlen, "%s: write failed", path); return 1; }
+    return 0;
+}
+
+void cnifti_free(void *p) { free(p); }
+
+int cnifti_datatype_size(int datatype) {
+    int nbyper = 0, swapsize = 0;
+    nifti_datatype_sizes(datatype, &nbyper, &swapsize);
+    return nbyper;
+}

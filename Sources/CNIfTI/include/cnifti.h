@@ -1,0 +1,38 @@
+// CNIfTI: a small C shim over nifticlib (Debian libnifti2-dev). Swift sees only these declarations;
+// nifticlib's own headers stay inside cnifti.c (they include each other with <...> from /usr/include/nifti).
+#ifndef CNIFTI_H
+#define CNIFTI_H
+#include <stdint.h>
+#include <stddef.h>
+
+/// What attunet needs of a NIfTI-1 header. Voxel (i, j, k) is stored with i fastest.
+typedef struct {
+    int ndim;              ///< number of dimensions in use (1..7)
+    int64_t dim[7];        ///< nx, ny, nz, nt, ... (unused dims are 1)
+    int datatype;          ///< NIfTI datatype code (4 = int16, 16 = float32, 2 = uint8, ...)
+    float pixdim[3];       ///< voxel spacing dx, dy, dz (mm when xyz units are mm)
+    int sform_code, qform_code;
+    float affine[16];      ///< voxel -> world, row-major 4x4 (sform if set, else qform, else pixdim scaling)
+    float scl_slope, scl_inter;
+    int64_t nvox;
+} cnifti_header;
+
+/// Reads header and data and converts voxels to float32 (applying scl_slope/scl_inter when slope != 0).
+/// On success returns 0 and *data points to malloc'd memory of nvox floats (free with cnifti_free).
+/// On failure returns non-zero and writes one line describing the problem into err.
+int cnifti_read_f32(const char *path, cnifti_header *hdr, float **data, char *err, size_t errlen);
+
+/// Reads only the header (cheap). Returns 0 on success.
+int cnifti_read_header(const char *path, cnifti_header *hdr, char *err, size_t errlen);
+
+/// Writes a 3D volume nx*ny*nz (x fastest) to path (.nii or .nii.gz). `datatype` is 2 (uint8), 4 (int16)
+/// or 16 (float32) and `data` must hold that type. `affine` (row-major 4x4, voxel -> world, mm) is stored as
+/// both sform and qform (code 1, scanner). Returns 0 on success.
+int cnifti_write3d(const char *path, int64_t nx, int64_t ny, int64_t nz, int datatype, const void *data,
+                   const float affine[16], char *err, size_t errlen);
+
+void cnifti_free(void *p);
+
+/// Bytes per voxel of a NIfTI datatype code (0 when unknown); also proves nifticlib is linked.
+int cnifti_datatype_size(int datatype);
+#endif

@@ -1,0 +1,74 @@
+import CNIfTI
+import Foundation
+
+/// An error reading or writing a volume: one line naming the file and the problem.
+public struct VolumeError: Error, CustomStringConvertible, LocalizedError {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+    public var errorDescription: String? { message }
+}
+
+/// A 3D NIfTI volume in memory, voxels as float32, x fastest (our [Z][Y][X] layout).
+public struct NIfTIVolume: Sendable {
+    /// Voxel counts along x, y, z (NIfTI's i, j, k).
+    public var nx: Int, ny: Int, nz: Int
+    /// Voxel spacing in mm (x, y, z), from the voxel-to-world matrix's column norms.
+    public var spacing: (x: Double, y: Double, z: Double)
+    /// Voxel (i, j, k, 1) to world (mm), row-major 4x4: sform if present, else qform, else pixdim scaling.
+    public var affine: [Double]
+    /// The NIfTI datatype code the file stored (4 int16, 16 float32, 2 uint8, ...).
+    public var datatype: Int32
+    public var voxels: [Float]
+
+    public init(nx: Int, ny: Int, nz: Int, affine: [Double], voxels: [Float], datatype: Int32 = 16) {
+        precondition(voxels.count == nx * ny * nz && affine.count == 16)
+        self.nx = nx; self.ny = ny; self.nz = nz; self.affine = affine; self.voxels = voxels; self.datatype = datatype
+        spacing = NIfTIVolume.columnNorms(affine)
+    }
+
+    static func columnNorms(_ a: [Double]) -> (x: Double, y: Double, z: Double) {
+        func norm(_ c: Int) -> Double { (0..<3).map { a[$0 * 4 + c] * a[$0 * 4 + c] }.reduce(0, +).squareRoot() }
+        return (norm(0), norm(1), norm(2))
+    }
+
+    /// Reads a `.nii` / `.nii.gz` file; 4D files with a single volume are accepted, other 4D files are refused.
+    public static func read(_ path: String) throws -> NIfTIVolume {
+        var hdr = cnifti_header()
+        var ptr: UnsafeMutablePointer<Float>? = nil
+        var err = [CChar](repeating: 0, count: 1024)
+        if cnifti_read_f32(path, &hdr, &ptr, &err, err.count) != 0 {
+            throw VolumeError(err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+        }
+        defer { cnifti_free(ptr) }
+        let d = withUnsafeBytes(of: hdr.dim) { Array($0.bindMemory(to: Int64.self)) }
+        if d[3...].contains(where: { $0 > 1 }) {
+            throw VolumeError("\(path): expected a 3D volume, got dimensions \(d.prefix(Int(hdr.ndim)).map(String.init).joined(separator: "x"))")
+        }
+        let (nx, ny, nz) = (Int(d[0]), Int(d[1]), Int(d[2]))
+        let aff = withUnsafeBytes(of: hdr.affine) { Array($0.bindMemory(to: Float.self)).map(Double.init) }
+        let voxels = Array(UnsafeBufferPointer(start: ptr, count: nx * ny * nz))
+        return NIfTIVolume(nx: nx, ny: ny, nz: nz, affine: aff, voxels: voxels, datatype: Int32(hdr.datatype))
+    }
+
+    /// Datatypes `write` can store.
+    public enum StorageType: Int32, Sendable { case uint8 = 2, int16 = 4, float32 = 16 }
+
+    /// Writes the volume (`.nii` or `.nii.gz`), converting voxels to `type` (rounded and clamped for integers).
+    public func write(_ path: String, as type: StorageType = .float32) throws {
+        var err = [CChar](repeating: 0, count: 1024)
+        let aff = affine.map(Float.init)
+        let rc: Int32
+        switch type {
+        case .float32:
+            rc = voxels.withUnsafeBytes { cnifti_write3d(path, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, &err, err.count) }
+        case .int16:
+            let v = voxels.map { Int16(clamping: Int(($0).rounded())) }
+            rc = v.withUnsafeBytes { cnifti_write3d(path, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, &err, err.count) }
+        case .uint8:
+            let v = voxels.map { UInt8(clamping: Int(($0).rounded())) }
+            rc = v.withUnsafeBytes { cnifti_write3d(path, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, &err, err.count) }
+        }
+        if rc != 0 { throw VolumeError(err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }) }
+    }
+}

@@ -1,0 +1,197 @@
+import CMPI
+import Foundation
+
+/// Collective operations the trainer needs. `MPICommunicator` runs them over MPI; `LocalCommunicator` is the
+/// single-process identity, so every code path runs the same with or without mpirun.
+public protocol Communicator: AnyObject, Sendable {
+    var rank: Int { get }
+    var size: Int { get }
+    /// In-place element-wise sum over all ranks.
+    func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws
+    func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws
+    func allReduceMax(_ buffer: UnsafeMutableBufferPointer<Double>) throws
+    /// Copies `buffer` on `root` into `buffer` on every rank.
+    func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws
+    func broadcast(bytes: UnsafeMutableRawBufferPointer, root: Int) throws
+    /// Gathers equal-sized byte blocks from every rank, concatenated in rank order, on every rank.
+    func allGather(bytes: UnsafeRawBufferPointer) throws -> [UInt8]
+    func barrier() throws
+}
+
+extension Communicator {
+    public var isRoot: Bool { rank == 0 }
+
+    /// Broadcasts a `Codable` value from `root` (length first, then the JSON bytes).
+    public func broadcast<T: Codable>(_ value: T?, root: Int = 0) throws -> T {
+        var data = rank == root ? try JSONEncoder().encode(value!) : Data()
+        var length = [Double(data.count)]
+        try length.withUnsafeMutableBufferPointer { try allReduceMax($0) }
+        var bytes = [UInt8](repeating: 0, count: Int(length[0]))
+        if rank == root { bytes = [UInt8](data) }
+        try bytes.withUnsafeMutableBytes { try broadcast(bytes: $0, root: root) }
+        data = Data(bytes)
+        return try JSONDecoder().decode(T.self, from: data)
+    }
+
+    /// Sum of one number over all ranks.
+    public func sum(_ x: Double) throws -> Double {
+        var v = [x]
+        try v.withUnsafeMutableBufferPointer { try allReduceSum($0) }
+        return v[0]
+    }
+}
+
+/// The single-process communicator: rank 0 of 1, every collective is the identity.
+public final class LocalCommunicator: Communicator, @unchecked Sendable {
+    public init() {}
+    public var rank: Int { 0 }
+    public var size: Int { 1 }
+    public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {}
+    public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws {}
+    public func allReduceMax(_ buffer: UnsafeMutableBufferPointer<Double>) throws {}
+    public func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {}
+    public func broadcast(bytes: UnsafeMutableRawBufferPointer, root: Int) throws {}
+    public func allGather(bytes: UnsafeRawBufferPointer) throws -> [UInt8] { [UInt8](bytes) }
+    public func barrier() throws {}
+}
+
+/// An MPI error turned into one readable line.
+public struct MPIError: Error, CustomStringConvertible, LocalizedError {
+    public let message: String
+    public var description: String { message }
+    public var errorDescription: String? { message }
+}
+
+@inline(__always)
+func check(_ rc: Int32, _ what: String) throws {
+    if rc != cmpi_success() {
+        var buf = [CChar](repeating: 0, count: 512)
+        _ = cmpi_error_string(rc, &buf, 512)
+        throw MPIError(message: "MPI \(what) failed: \(cString(buf))")
+    }
+}
+
+/// MPI over a communicator (MPI_COMM_WORLD by default). Counts above Int32.max are sent in pieces.
+public final class MPICommunicator: Communicator, @unchecked Sendable {
+    public let comm: MPI_Comm
+    public let rank: Int
+    public let size: Int
+    private static let maxCount = 1 << 30
+
+    /// World communicator; initialises MPI (thread level FUNNELED) on first use.
+    public convenience init() throws {
+        try MPIRuntime.initialize()
+        self.init(comm: cmpi_comm_world())
+    }
+
+    public init(comm: MPI_Comm) {
+        self.comm = comm
+        _ = cmpi_errors_return(comm)
+        rank = Int(cmpi_comm_rank(comm))
+        size = Int(cmpi_comm_size(comm))
+    }
+
+    /// Splits this communicator into groups by `color` (ranks ordered by `key`).
+    public func split(color: Int, key: Int) throws -> MPICommunicator {
+        var out: MPI_Comm? = cmpi_comm_null()
+        try check(cmpi_comm_split(comm, Int32(color), Int32(key), &out), "Comm_split")
+        return MPICommunicator(comm: out!)
+    }
+
+    private func pieces<T>(_ buffer: UnsafeMutableBufferPointer<T>, _ body: (UnsafeMutablePointer<T>, Int) throws -> Void) rethrows {
+        var offset = 0
+        while offset < buffer.count {
+            let n = min(Self.maxCount, buffer.count - offset)
+            try body(buffer.baseAddress! + offset, n)
+            offset += n
+        }
+    }
+
+    public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
+        guard size > 1 else { return }
+        try pieces(buffer) { try check(cmpi_allreduce_sum_f32(comm, $0, $1), "Allreduce") }
+    }
+    public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws {
+        guard size > 1 else { return }
+        try pieces(buffer) { try check(cmpi_allreduce_sum_f64(comm, $0, $1), "Allreduce") }
+    }
+    public func allReduceMax(_ buffer: UnsafeMutableBufferPointer<Double>) throws {
+        guard size > 1 else { return }
+        try pieces(buffer) { try check(cmpi_allreduce_max_f64(comm, $0, $1), "Allreduce") }
+    }
+    public func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {
+        guard size > 1 else { return }
+        try pieces(buffer) { try check(cmpi_bcast_f32(comm, $0, $1, Int32(root)), "Bcast") }
+    }
+    public func broadcast(bytes: UnsafeMutableRawBufferPointer, root: Int) throws {
+        guard size > 1, bytes.count > 0 else { return }
+        try pieces(bytes.bindMemory(to: UInt8.self)) { try check(cmpi_bcast_bytes(comm, $0, $1, Int32(root)), "Bcast") }
+    }
+    public func allGather(bytes: UnsafeRawBufferPointer) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: bytes.count * size)
+        try out.withUnsafeMutableBytes { o in
+            try check(cmpi_allgather_bytes(comm, bytes.baseAddress, bytes.count, o.baseAddress), "Allgather")
+        }
+        return out
+    }
+    public func barrier() throws { try check(cmpi_barrier(comm), "Barrier") }
+
+    /// Ends the whole job from any rank (use after printing the error on this rank).
+    public func abort(code: Int32) -> Never {
+        _ = cmpi_abort(comm, code)
+        exit(code)
+    }
+}
+
+/// Process-wide MPI state: one init, one finalize.
+public enum MPIRuntime {
+    nonisolated(unsafe) private static var providedLevel: Int32 = -1
+
+    /// Initialises MPI once per process (FUNNELED: only the main thread calls MPI). Works as a singleton
+    /// without mpirun.
+    public static func initialize() throws {
+        if cmpi_initialized() != 0 { return }
+        var provided: Int32 = 0
+        try check(cmpi_init_thread(cmpi_thread_funneled(), &provided), "Init_thread")
+        providedLevel = provided
+    }
+
+    public static var isInitialized: Bool { cmpi_initialized() != 0 && cmpi_finalized() == 0 }
+
+    /// Thread level MPI granted, as text ("FUNNELED", ...).
+    public static var threadLevel: String {
+        let p = isInitialized ? cmpi_query_thread() : providedLevel
+        switch p {
+        case cmpi_thread_single(): return "SINGLE"
+        case cmpi_thread_funneled(): return "FUNNELED"
+        case cmpi_thread_serialized(): return "SERIALIZED"
+        case cmpi_thread_multiple(): return "MULTIPLE"
+        default: return "unknown"
+        }
+    }
+
+    /// "Open MPI v4.1.4, ..." (first line only).
+    public static var libraryVersion: String {
+        var buf = [CChar](repeating: 0, count: 512)
+        _ = cmpi_library_version(&buf, 512)
+        let s = cString(buf)
+        return s.split(separator: ",").first.map(String.init) ?? s
+    }
+
+    public static var processorName: String {
+        var buf = [CChar](repeating: 0, count: 512)
+        _ = cmpi_processor_name(&buf, 512)
+        return cString(buf)
+    }
+
+    public static func finalize() {
+        if isInitialized { _ = cmpi_finalize() }
+    }
+
+    public static func wtime() -> Double { cmpi_wtime() }
+}
+
+/// A Swift string from a NUL-terminated C buffer.
+func cString(_ buf: [CChar]) -> String {
+    buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+}

@@ -1,0 +1,361 @@
+import CHDF5
+import Foundation
+
+/// One clear line naming the file and what went wrong.
+public struct H5Error: Error, CustomStringConvertible, LocalizedError {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+    public var errorDescription: String? { message }
+}
+
+/// Element types attunet stores.
+public enum H5ElementType: Sendable {
+    case float32, float64, int8, uint8, int16, int32, int64
+
+    var native: hid_t {
+        switch self {
+        case .float32: chdf5_native_float()
+        case .float64: chdf5_native_double()
+        case .int8: chdf5_native_int8()
+        case .uint8: chdf5_native_uint8()
+        case .int16: chdf5_native_int16()
+        case .int32: chdf5_native_int32()
+        case .int64: chdf5_native_int64()
+        }
+    }
+}
+
+/// Anything that can carry attributes: a file's root group, a group or a dataset.
+public protocol H5Object: AnyObject {
+    var id: hid_t { get }
+    /// "<file>:<object path>", used in error messages.
+    var location: String { get }
+}
+
+private let silenceOnce: Void = { chdf5_silence_errors() }()
+
+/// An open HDF5 file. Closed when the last reference goes away.
+public final class H5File: @unchecked Sendable {
+    public let path: String
+    public let id: hid_t
+
+    private init(path: String, id: hid_t) { self.path = path; self.id = id }
+
+    /// Opens an existing file. Errors name the file and say whether it is missing or not HDF5.
+    public static func open(_ path: String, writable: Bool = false) throws -> H5File {
+        _ = silenceOnce
+        guard FileManager.default.fileExists(atPath: path) else { throw H5Error("\(path): no such file") }
+        if H5Fis_hdf5(path) <= 0 { throw H5Error("\(path): not an HDF5 file (or truncated/corrupt)") }
+        let id = H5Fopen(path, writable ? chdf5_acc_rdwr() : chdf5_acc_rdonly(), chdf5_p_default())
+        if id < 0 { throw H5Error("\(path): cannot open HDF5 file (corrupt, or written by a newer HDF5 with libver='latest')") }
+        return H5File(path: path, id: id)
+    }
+
+    /// Creates (truncating) a file.
+    public static func create(_ path: String) throws -> H5File {
+        _ = silenceOnce
+        let id = H5Fcreate(path, chdf5_acc_trunc(), chdf5_p_default(), chdf5_p_default())
+        if id < 0 { throw H5Error("\(path): cannot create HDF5 file") }
+        return H5File(path: path, id: id)
+    }
+
+    /// The root group (a new handle each time: a stored one would form a reference cycle with the file).
+    public var root: H5Group { H5Group(id: H5Gopen2(id, "/", chdf5_p_default()), file: self, path: "/") }
+
+    /// Flushes HDF5's buffers to the OS (call before fsync + rename).
+    public func flush() throws {
+        if H5Fflush(id, H5F_SCOPE_GLOBAL) < 0 { throw H5Error("\(path): flush failed") }
+    }
+
+    deinit { H5Fclose(id) }
+}
+
+/// A group; the root group of a file is `file.root`.
+public final class H5Group: H5Object, @unchecked Sendable {
+    public let id: hid_t
+    public let file: H5File
+    public let path: String
+    public var location: String { "\(file.path):\(path)" }
+
+    init(id: hid_t, file: H5File, path: String) { self.id = id; self.file = file; self.path = path }
+    deinit { if id >= 0 { H5Gclose(id) } }
+
+    private func child(_ name: String) -> String { path == "/" ? "/\(name)" : "\(path)/\(name)" }
+
+    /// True when a link of this name exists (intermediate groups of a path must exist too).
+    public func exists(_ name: String) -> Bool {
+        var partial = ""
+        for comp in name.split(separator: "/") {
+            partial = partial.isEmpty ? String(comp) : partial + "/" + comp
+            if H5Lexists(id, partial, chdf5_p_default()) <= 0 { return false }
+        }
+        return true
+    }
+
+    public func group(_ name: String) throws -> H5Group {
+        guard exists(name) else { throw H5Error("\(file.path): missing group \(child(name))") }
+        let g = H5Gopen2(id, name, chdf5_p_default())
+        if g < 0 { throw H5Error("\(file.path): \(child(name)) is not a group") }
+        return H5Group(id: g, file: file, path: child(name))
+    }
+
+    /// Creates a group (and missing intermediate groups), or opens it if it exists.
+    public func createGroup(_ name: String) throws -> H5Group {
+        if exists(name) { return try group(name) }
+        let lcpl = H5Pcreate(chdf5_p_link_create())
+        defer { H5Pclose(lcpl) }
+        H5Pset_create_intermediate_group(lcpl, 1)
+        let g = H5Gcreate2(id, name, lcpl, chdf5_p_default(), chdf5_p_default())
+        if g < 0 { throw H5Error("\(file.path): cannot create group \(child(name))") }
+        return H5Group(id: g, file: file, path: child(name))
+    }
+
+    /// Names of the direct members, in the order HDF5 keeps them (name order).
+    public func members() throws -> [String] {
+        var info = H5G_info_t()
+        if H5Gget_info(id, &info) < 0 { throw H5Error("\(location): cannot list members") }
+        var names: [String] = []
+        for i in 0..<info.nlinks {
+            let len = H5Lget_name_by_idx(id, ".", H5_INDEX_NAME, H5_ITER_INC, i, nil, 0, chdf5_p_default())
+            if len < 0 { throw H5Error("\(location): cannot read member name \(i)") }
+            var buf = [CChar](repeating: 0, count: Int(len) + 1)
+            H5Lget_name_by_idx(id, ".", H5_INDEX_NAME, H5_ITER_INC, i, &buf, Int(len) + 1, chdf5_p_default())
+            names.append(cString(buf))
+        }
+        return names
+    }
+
+    public func dataset(_ name: String) throws -> H5Dataset {
+        guard exists(name) else { throw H5Error("\(file.path): missing dataset \(child(name))") }
+        let d = H5Dopen2(id, name, chdf5_p_default())
+        if d < 0 { throw H5Error("\(file.path): cannot open dataset \(child(name)) (not a dataset, or unreadable)") }
+        return try H5Dataset(id: d, file: file, path: child(name))
+    }
+
+    /// Creates a dataset. `chunks` (same rank as shape) turns on chunked layout; `deflate` (1-9) adds
+    /// shuffle + gzip and requires chunks.
+    public func createDataset(_ name: String, type: H5ElementType, shape: [Int], chunks: [Int]? = nil,
+                              deflate: Int? = nil) throws -> H5Dataset {
+        var dims = shape.map { hsize_t($0) }
+        let space = H5Screate_simple(Int32(dims.count), &dims, nil)
+        defer { H5Sclose(space) }
+        let dcpl = H5Pcreate(chdf5_p_dataset_create())
+        defer { H5Pclose(dcpl) }
+        if let chunks {
+            precondition(chunks.count == shape.count, "chunk rank must equal dataset rank")
+            var c = zip(chunks, shape).map { hsize_t(max(1, min($0, max($1, 1)))) }
+            H5Pset_chunk(dcpl, Int32(c.count), &c)
+            if let level = deflate {
+                H5Pset_shuffle(dcpl)
+                H5Pset_deflate(dcpl, UInt32(level))
+            }
+        }
+        let lcpl = H5Pcreate(chdf5_p_link_create())
+        defer { H5Pclose(lcpl) }
+        H5Pset_create_intermediate_group(lcpl, 1)
+        let d = H5Dcreate2(id, name, type.native, space, lcpl, dcpl, chdf5_p_default())
+        if d < 0 { throw H5Error("\(file.path): cannot create dataset \(child(name))") }
+        return try H5Dataset(id: d, file: file, path: child(name))
+    }
+
+    /// Writes a whole float32 array as a new dataset.
+    @discardableResult
+    public func write(_ name: String, _ values: [Float], shape: [Int], chunks: [Int]? = nil,
+                      deflate: Int? = nil) throws -> H5Dataset {
+        precondition(values.count == shape.reduce(1, *), "write \(name): \(values.count) values for shape \(shape)")
+        let d = try createDataset(name, type: .float32, shape: shape, chunks: chunks, deflate: deflate)
+        try values.withUnsafeBytes { try d.write(from: $0.baseAddress!, as: .float32) }
+        return d
+    }
+}
+
+/// A dataset: shape, whole reads/writes and hyperslab reads.
+public final class H5Dataset: H5Object, @unchecked Sendable {
+    public let id: hid_t
+    public let file: H5File
+    public let path: String
+    public let shape: [Int]
+    public var location: String { "\(file.path):\(path)" }
+    public var count: Int { shape.reduce(1, *) }
+
+    init(id: hid_t, file: H5File, path: String) throws {
+        self.id = id; self.file = file; self.path = path
+        let space = H5Dget_space(id)
+        defer { H5Sclose(space) }
+        let rank = Int(H5Sget_simple_extent_ndims(space))
+        if rank < 0 { H5Dclose(id); throw H5Error("\(file.path):\(path): unreadable dataspace") }
+        var dims = [hsize_t](repeating: 0, count: max(rank, 1))
+        H5Sget_simple_extent_dims(space, &dims, nil)
+        shape = rank == 0 ? [] : dims.prefix(rank).map { Int($0) }
+    }
+    deinit { H5Dclose(id) }
+
+    /// True for floating-point storage (float32/float64).
+    public var isFloat: Bool {
+        let t = H5Dget_type(id); defer { H5Tclose(t) }
+        return H5Tget_class(t) == H5T_FLOAT
+    }
+
+    /// Reads the whole dataset, converted to `type`, into `buffer` (which must hold `count` elements).
+    public func read(into buffer: UnsafeMutableRawPointer, as type: H5ElementType) throws {
+        if H5Dread(id, type.native, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), buffer) < 0 {
+            throw H5Error("\(location): read failed (corrupt or truncated data)")
+        }
+    }
+
+    public func write(from buffer: UnsafeRawPointer, as type: H5ElementType) throws {
+        if H5Dwrite(id, type.native, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), buffer) < 0 {
+            throw H5Error("\(location): write failed")
+        }
+    }
+
+    /// Reads the box `start ..< start+count` (one entry per axis, clipped by the caller to the dataset) into
+    /// a contiguous buffer of `count.product` elements. Touches only the chunks the box intersects.
+    public func readHyperslab(start: [Int], count cnt: [Int], into buffer: UnsafeMutableRawPointer,
+                              as type: H5ElementType) throws {
+        guard start.count == shape.count, cnt.count == shape.count else {
+            throw H5Error("\(location): hyperslab rank \(start.count) for dataset of rank \(shape.count)")
+        }
+        for a in 0..<shape.count where start[a] < 0 || cnt[a] < 0 || start[a] + cnt[a] > shape[a] {
+            throw H5Error("\(location): hyperslab \(start)+\(cnt) outside shape \(shape)")
+        }
+        let fspace = H5Dget_space(id)
+        defer { H5Sclose(fspace) }
+        var s = start.map { hsize_t($0) }, c = cnt.map { hsize_t($0) }
+        H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &s, nil, &c, nil)
+        let mspace = H5Screate_simple(Int32(c.count), &c, nil)
+        defer { H5Sclose(mspace) }
+        if H5Dread(id, type.native, mspace, fspace, chdf5_p_default(), buffer) < 0 {
+            throw H5Error("\(location): hyperslab read failed (corrupt or truncated data)")
+        }
+    }
+
+    /// Reads the whole dataset as Float.
+    public func readFloats() throws -> [Float] {
+        var out = [Float](repeating: 0, count: count)
+        try out.withUnsafeMutableBytes { try read(into: $0.baseAddress!, as: .float32) }
+        return out
+    }
+
+    /// Chunk shape, or nil for contiguous layout.
+    public var chunks: [Int]? {
+        let p = H5Dget_create_plist(id); defer { H5Pclose(p) }
+        guard H5Pget_layout(p) == H5D_CHUNKED else { return nil }
+        var dims = [hsize_t](repeating: 0, count: max(shape.count, 1))
+        let n = H5Pget_chunk(p, Int32(dims.count), &dims)
+        return n > 0 ? dims.prefix(Int(n)).map { Int($0) } : nil
+    }
+}
+
+// MARK: - Attributes
+
+extension H5Object {
+    public func hasAttribute(_ name: String) -> Bool { H5Aexists(id, name) > 0 }
+
+    private func replaceAttribute(_ name: String, type: hid_t, space: hid_t) throws -> hid_t {
+        if H5Aexists(id, name) > 0 { H5Adelete(id, name) }
+        let a = H5Acreate2(id, name, type, space, chdf5_p_default(), chdf5_p_default())
+        if a < 0 { throw H5Error("\(location): cannot create attribute \(name)") }
+        return a
+    }
+
+    /// Stores a variable-length UTF-8 string (what h5py writes for `str`).
+    public func setAttribute(_ name: String, _ value: String) throws {
+        let t = H5Tcopy(chdf5_c_s1()); defer { H5Tclose(t) }
+        H5Tset_size(t, chdf5_variable())
+        H5Tset_cset(t, H5T_CSET_UTF8)
+        let space = H5Screate(H5S_SCALAR); defer { H5Sclose(space) }
+        let a = try replaceAttribute(name, type: t, space: space); defer { H5Aclose(a) }
+        try value.withCString { cs in
+            var p: UnsafePointer<CChar>? = cs
+            if H5Awrite(a, t, &p) < 0 { throw H5Error("\(location): cannot write attribute \(name)") }
+        }
+    }
+
+    public func setAttribute(_ name: String, _ values: [Double]) throws {
+        var dims = [hsize_t(values.count)]
+        let space = H5Screate_simple(1, &dims, nil); defer { H5Sclose(space) }
+        let a = try replaceAttribute(name, type: chdf5_native_double(), space: space); defer { H5Aclose(a) }
+        if H5Awrite(a, chdf5_native_double(), values) < 0 { throw H5Error("\(location): cannot write attribute \(name)") }
+    }
+
+    public func setAttribute(_ name: String, _ values: [Int64]) throws {
+        var dims = [hsize_t(values.count)]
+        let space = H5Screate_simple(1, &dims, nil); defer { H5Sclose(space) }
+        let a = try replaceAttribute(name, type: chdf5_native_int64(), space: space); defer { H5Aclose(a) }
+        if H5Awrite(a, chdf5_native_int64(), values) < 0 { throw H5Error("\(location): cannot write attribute \(name)") }
+    }
+
+    public func setAttribute(_ name: String, _ value: Double) throws { try setAttribute(name, [value]) }
+    public func setAttribute(_ name: String, _ value: Int) throws { try setAttribute(name, [Int64(value)]) }
+
+    private func openAttribute(_ name: String) throws -> hid_t {
+        guard H5Aexists(id, name) > 0 else { throw H5Error("\(location): missing attribute \(name)") }
+        let a = H5Aopen(id, name, chdf5_p_default())
+        if a < 0 { throw H5Error("\(location): cannot open attribute \(name)") }
+        return a
+    }
+
+    private func attributeCount(_ a: hid_t) -> Int {
+        let s = H5Aget_space(a); defer { H5Sclose(s) }
+        return Int(H5Sget_simple_extent_npoints(s))
+    }
+
+    public func stringAttribute(_ name: String) throws -> String {
+        let a = try openAttribute(name); defer { H5Aclose(a) }
+        let ft = H5Aget_type(a); defer { H5Tclose(ft) }
+        guard H5Tget_class(ft) == H5T_STRING else { throw H5Error("\(location): attribute \(name) is not a string") }
+        if H5Tis_variable_str(ft) > 0 {
+            let mt = H5Tcopy(chdf5_c_s1()); defer { H5Tclose(mt) }
+            H5Tset_size(mt, chdf5_variable())
+            H5Tset_cset(mt, H5Tget_cset(ft))
+            var p: UnsafeMutablePointer<CChar>? = nil
+            if H5Aread(a, mt, &p) < 0 { throw H5Error("\(location): cannot read attribute \(name)") }
+            defer { if let p { H5free_memory(p) } }
+            return p.map { String(cString: $0) } ?? ""
+        }
+        let size = H5Tget_size(ft)
+        var buf = [CChar](repeating: 0, count: size + 1)
+        if H5Aread(a, ft, &buf) < 0 { throw H5Error("\(location): cannot read attribute \(name)") }
+        return cString(buf)
+    }
+
+    public func doublesAttribute(_ name: String) throws -> [Double] {
+        let a = try openAttribute(name); defer { H5Aclose(a) }
+        var out = [Double](repeating: 0, count: attributeCount(a))
+        if H5Aread(a, chdf5_native_double(), &out) < 0 { throw H5Error("\(location): attribute \(name) is not numeric") }
+        return out
+    }
+
+    public func intsAttribute(_ name: String) throws -> [Int64] {
+        let a = try openAttribute(name); defer { H5Aclose(a) }
+        var out = [Int64](repeating: 0, count: attributeCount(a))
+        if H5Aread(a, chdf5_native_int64(), &out) < 0 { throw H5Error("\(location): attribute \(name) is not an integer") }
+        return out
+    }
+
+    public func doubleAttribute(_ name: String) throws -> Double {
+        let v = try doublesAttribute(name)
+        guard let f = v.first else { throw H5Error("\(location): attribute \(name) is empty") }
+        return f
+    }
+
+    public func intAttribute(_ name: String) throws -> Int {
+        let v = try intsAttribute(name)
+        guard let f = v.first else { throw H5Error("\(location): attribute \(name) is empty") }
+        return Int(f)
+    }
+}
+
+/// Version of the HDF5 library linked in, e.g. "1.10.8".
+public var hdf5LibraryVersion: String {
+    var a: UInt32 = 0, b: UInt32 = 0, c: UInt32 = 0
+    _ = chdf5_version(&a, &b, &c)
+    return "\(a).\(b).\(c)"
+}
+
+/// A Swift string from a NUL-terminated C buffer.
+func cString(_ buf: [CChar]) -> String {
+    buf.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+}

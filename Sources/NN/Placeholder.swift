@@ -1,0 +1,1 @@
+// NN target: filled by later issues.

@@ -1,0 +1,72 @@
+import Foundation
+
+/// A dense float32 array with an owned, 64-byte-aligned allocation.
+///
+/// Activations use the layout `[N][C][Z][Y][X]` (X fastest, as NIfTI stores voxels). The class owns its memory;
+/// hot loops take `data` (an `UnsafeMutableBufferPointer`) once and work on raw pointers, never per-element
+/// subscripts.
+public final class Tensor: @unchecked Sendable {
+    public private(set) var shape: [Int]
+    public let data: UnsafeMutableBufferPointer<Float>
+
+    /// A zero-filled tensor of the given shape.
+    public init(_ shape: [Int]) {
+        precondition(shape.allSatisfy { $0 >= 0 }, "negative dimension in shape \(shape)")
+        self.shape = shape
+        let count = shape.reduce(1, *)
+        let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
+        let p = raw.bindMemory(to: Float.self, capacity: max(count, 1))
+        p.initialize(repeating: 0, count: max(count, 1))
+        data = UnsafeMutableBufferPointer(start: p, count: count)
+    }
+
+    /// A tensor holding a copy of `values`.
+    public convenience init(_ shape: [Int], _ values: [Float]) {
+        self.init(shape)
+        precondition(values.count == count, "shape \(shape) needs \(count) values, got \(values.count)")
+        _ = data.initialize(from: values)
+    }
+
+    deinit { UnsafeMutableRawPointer(data.baseAddress!).deallocate() }
+
+    public var count: Int { data.count }
+    public var pointer: UnsafeMutablePointer<Float> { data.baseAddress! }
+    public var array: [Float] { Array(data) }
+
+    /// Changes the shape without touching the data (element count must not change).
+    public func reshape(_ newShape: [Int]) {
+        precondition(newShape.reduce(1, *) == count, "cannot reshape \(shape) to \(newShape)")
+        shape = newShape
+    }
+
+    public func fill(_ v: Float) { data.update(repeating: v) }
+    public func zero() { data.update(repeating: 0) }
+
+    public func copy(from other: Tensor) {
+        precondition(other.count == count, "copy: \(other.shape) into \(shape)")
+        pointer.update(from: other.pointer, count: count)
+    }
+
+    public func clone() -> Tensor {
+        let t = Tensor(shape)
+        t.copy(from: self)
+        return t
+    }
+
+    /// Maximum absolute value (0 for an empty tensor).
+    public var maxAbs: Float {
+        var m: Float = 0
+        for v in data { m = max(m, abs(v)) }
+        return m
+    }
+}
+
+/// Spatial extent of a 3D volume: `z` slowest, `x` fastest.
+public struct Dim3: Hashable, Sendable, CustomStringConvertible {
+    public var z: Int, y: Int, x: Int
+    public init(z: Int, y: Int, x: Int) { self.z = z; self.y = y; self.x = x }
+    public var count: Int { z * y * x }
+    public var description: String { "\(x)x\(y)x\(z)" }  // users read sizes as X x Y x Z
+    public func scaled(by f: Int) -> Dim3 { Dim3(z: z * f, y: y * f, x: x * f) }
+    public func divided(by f: Int) -> Dim3 { Dim3(z: z / f, y: y / f, x: x / f) }
+}

@@ -1,0 +1,1 @@
+// Training target: filled by later issues.

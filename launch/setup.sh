@@ -1,0 +1,31 @@
+#!/usr/bin/env bash
+# Sets up a fresh Debian 12 machine for attunet and builds it in release mode.
+# Idempotent: packages already present are not reinstalled, and a second run only rebuilds what changed.
+#   bash launch/setup.sh            # system packages (needs root or sudo) + release build
+#   SKIP_APT=1 bash launch/setup.sh # build only
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev libhdf5-dev hdf5-tools libnifti2-dev libpng-dev zlib1g-dev
+          pkg-config python3 python3-venv python3-pip)
+
+if [ "${SKIP_APT:-0}" != 1 ]; then
+  missing=()
+  for p in "${PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+    echo "setup: installing ${missing[*]}"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    echo "setup: system packages present"
+  fi
+fi
+
+command -v swift >/dev/null || { echo "setup: swift not found on PATH (install Swift 6.x from swift.org)" >&2; exit 1; }
+echo "setup: building attunet (release)"
+swift build -c release --product attunet 2>&1 | grep -E "error|warning: unre|Compiling attunet|Build complete" || true
+test -x .build/release/attunet || { echo "setup: build failed" >&2; exit 1; }
+echo "setup: done: .build/release/attunet"
