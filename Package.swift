@@ -42,5 +42,7 @@ let package = Package(
         ]),
 
         .testTarget(name: "FoundationTests", dependencies: ["Tensor", "HDF5Kit", "Data", "Distributed"]),
+        .testTarget(name: "NNTests", dependencies: ["NN", "Tensor", "CKernels", "HDF5Kit"]),
+        .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "HDF5Kit"]),
     ]
 )

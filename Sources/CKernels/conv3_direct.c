@@ -18,10 +18,12 @@
 // Forward register tile: FWD_NV vectors x FWD_NM output channels = 20 accumulators.
 #define FWD_NV 5
 #define FWD_NM 4
-// Backward-weights register tile: 8 output channels x 3 dx = 24 accumulators, over chunks of
-// BWW_CHUNK plane vectors of one slice so the packed chunk of dOut stays in L1.
+// Backward-weights register tile: 8 output channels x 3 dx = 24 accumulators, summed over chunks of
+// BWW_CHUNK plane vectors (packed dOut chunk: 8 channels x BWW_CHUNK x 64 B, read from L2).
 #define BWW_NM 8
-#define BWW_CHUNK 40
+#ifndef BWW_CHUNK
+#define BWW_CHUNK 256
+#endif
 
 static int plane_vectors(int ny, int nx) { return (ny * nx + 15) / 16; }
 
@@ -52,7 +54,7 @@ size_t ck_direct_workspace_floats(int cin, int cout, int ny, int nx, ck_pass pas
     case CK_PASS_BACKWARD_DATA:
         return (size_t)(cin + FWD_NM - 1) / FWD_NM * FWD_NM * cout * 27 + masks;
     case CK_PASS_BACKWARD_WEIGHTS:
-        return (size_t)(cout + BWW_NM - 1) / BWW_NM * cin * 27 * BWW_NM * 16 + BWW_CHUNK * BWW_NM * 16 + masks;
+        return (size_t)BWW_CHUNK * BWW_NM * 16 + masks;
     }
     return 0;
 }
@@ -161,94 +163,85 @@ void ck_direct_forward(const float *in, const float *w, const float *bias, float
 
 typedef struct {
     const float *in, *dout;
-    float *vdw;
+    float *dw;
     const uint16_t *mtab;
     int cin, cout, nz, nx, plane;
     size_t vol;
 } bww_args;
 
-// Output channels [8cog, 8cog+8) for plane vectors [v0, v0+nq) of slice z:
-// vdw[cog][c][dz*3+dy][dx][8][16] += 16-lane partial sums of dout * shifted in[c].
-// dpk holds that dOut chunk packed as [i][8][16] with invalid lanes and absent channels zeroed: the
-// channels of one volume are a multiple of 4 KiB apart, so reading them in place thrashes L1 sets.
-AVX512_INLINE void bww_group(const bww_args *a, int cog, int z, int v0, int nq, float *dpk) {
+// One chunk: slices [z, z+nzc) x plane vectors [v0, v0+nq), output channels [8cog, 8cog+8).
+// dw[m][c][dz][dy][dx] += sum over the chunk of dout[m] * in[c] shifted by the tap. The 24 accumulators
+// run over the whole chunk before one horizontal reduction each, so the chunk must be long.
+// dpk holds the chunk's dOut packed as [s][i][8][16] with invalid lanes and absent channels zeroed: the
+// channels of one volume are often a multiple of 4 KiB apart, so reading them in place thrashes L1 sets.
+AVX512_INLINE void bww_chunk(const bww_args *a, int cog, int z, int nzc, int v0, int nq, float *dpk) {
     const uint16_t *mt = a->mtab + (size_t)v0 * 9;
-    for (int i = 0; i < nq; i++)
-        for (int co = 0; co < BWW_NM; co++) {
-            int m = cog * BWW_NM + co;
-            __m512 d = _mm512_setzero_ps();
-            if (m < a->cout)
-                d = _mm512_maskz_loadu_ps(mt[i * 9 + 4], a->dout + m * a->vol + (size_t)z * a->plane + 16 * (size_t)(v0 + i));
-            _mm512_storeu_ps(dpk + (i * BWW_NM + co) * 16, d);
-        }
-    int nx = a->nx;
-    int dz0 = z == 0 ? 1 : 0, dz1 = z == a->nz - 1 ? 2 : 3;
+    for (int s = 0; s < nzc; s++)
+        for (int i = 0; i < nq; i++)
+            for (int co = 0; co < BWW_NM; co++) {
+                int m = cog * BWW_NM + co;
+                __m512 d = _mm512_setzero_ps();
+                if (m < a->cout)
+                    d = _mm512_maskz_loadu_ps(mt[i * 9 + 4], a->dout + m * a->vol + (size_t)(z + s) * a->plane + 16 * (size_t)(v0 + i));
+                _mm512_storeu_ps(dpk + ((s * nq + i) * BWW_NM + co) * 16, d);
+            }
+    int nx = a->nx, mcount = a->cout - cog * BWW_NM;
     for (int c = 0; c < a->cin; c++) {
-        float *vb = a->vdw + ((size_t)cog * a->cin + c) * 9 * 3 * BWW_NM * 16;
-        for (int dz = dz0; dz < dz1; dz++) {
-            const float *ic = a->in + c * a->vol + (size_t)(z + dz - 1) * a->plane + 16 * (size_t)v0;
+        for (int dz = 0; dz < 3; dz++) {
             for (int dy = 0; dy < 3; dy++) {
                 __m512 acc[BWW_NM][3];
 #pragma GCC unroll 8
                 for (int co = 0; co < BWW_NM; co++)
                     acc[co][0] = acc[co][1] = acc[co][2] = _mm512_setzero_ps();
-                const float *ip = ic + (ptrdiff_t)(dy - 1) * nx - 1;
-                for (int i = 0; i < nq; i++) {
-                    __m512 x0 = _mm512_maskz_loadu_ps(mt[i * 9 + dy * 3 + 0], ip + 16 * i);
-                    __m512 x1 = _mm512_maskz_loadu_ps(mt[i * 9 + dy * 3 + 1], ip + 16 * i + 1);
-                    __m512 x2 = _mm512_maskz_loadu_ps(mt[i * 9 + dy * 3 + 2], ip + 16 * i + 2);
-                    const float *dq = dpk + i * BWW_NM * 16;
+                for (int s = 0; s < nzc; s++) {
+                    int zz = z + s + dz - 1;
+                    if (zz < 0 || zz >= a->nz) continue;
+                    const float *ip = a->in + c * a->vol + (size_t)zz * a->plane + 16 * (size_t)v0 + (ptrdiff_t)(dy - 1) * nx - 1;
+                    const float *dq = dpk + (size_t)s * nq * BWW_NM * 16;
+                    for (int i = 0; i < nq; i++, ip += 16, dq += BWW_NM * 16) {
+                        __m512 x0 = _mm512_maskz_loadu_ps(mt[i * 9 + dy * 3 + 0], ip);
+                        __m512 x1 = _mm512_maskz_loadu_ps(mt[i * 9 + dy * 3 + 1], ip + 1);
+                        __m512 x2 = _mm512_maskz_loadu_ps(mt[i * 9 + dy * 3 + 2], ip + 2);
 #pragma GCC unroll 8
-                    for (int co = 0; co < BWW_NM; co++) {
-                        __m512 d = _mm512_loadu_ps(dq + co * 16);
-                        acc[co][0] = _mm512_fmadd_ps(d, x0, acc[co][0]);
-                        acc[co][1] = _mm512_fmadd_ps(d, x1, acc[co][1]);
-                        acc[co][2] = _mm512_fmadd_ps(d, x2, acc[co][2]);
+                        for (int co = 0; co < BWW_NM; co++) {
+                            __m512 d = _mm512_loadu_ps(dq + co * 16);
+                            acc[co][0] = _mm512_fmadd_ps(d, x0, acc[co][0]);
+                            acc[co][1] = _mm512_fmadd_ps(d, x1, acc[co][1]);
+                            acc[co][2] = _mm512_fmadd_ps(d, x2, acc[co][2]);
+                        }
                     }
                 }
-                float *vd = vb + (dz * 3 + dy) * 3 * BWW_NM * 16;
+                float *wp = a->dw + ((size_t)cog * BWW_NM * a->cin + c) * 27 + (dz * 3 + dy) * 3;
 #pragma GCC unroll 8
                 for (int co = 0; co < BWW_NM; co++)
 #pragma GCC unroll 3
-                    for (int dx = 0; dx < 3; dx++) {
-                        float *p = vd + (dx * BWW_NM + co) * 16;
-                        _mm512_storeu_ps(p, _mm512_add_ps(_mm512_loadu_ps(p), acc[co][dx]));
-                    }
+                    for (int dx = 0; dx < 3; dx++)
+                        if (co < mcount) wp[(size_t)co * a->cin * 27 + dx] += _mm512_reduce_add_ps(acc[co][dx]);
             }
         }
     }
 }
 
-AVX512 static void bww_run(const bww_args *a, int z0, int z1, float *dw, float *dpk) {
+AVX512 static void bww_run(const bww_args *a, int z0, int z1, float *dpk) {
     int nvec = (a->plane + 15) / 16, ng = (a->cout + BWW_NM - 1) / BWW_NM;
-    size_t nvdw = (size_t)ng * a->cin * 27 * BWW_NM * 16;
-    memset(a->vdw, 0, sizeof(float) * nvdw);
-    for (int z = z0; z < z1; z++)
-        for (int v0 = 0; v0 < nvec; v0 += BWW_CHUNK) {
-            int nq = nvec - v0 < BWW_CHUNK ? nvec - v0 : BWW_CHUNK;
-            for (int g = 0; g < ng; g++) bww_group(a, g, z, v0, nq, dpk);
+    // Chunks: BWW_CHUNK vectors of one slice, or whole planes of several slices when the plane is small.
+    int nq = nvec < BWW_CHUNK ? nvec : BWW_CHUNK;
+    int zstep = nvec < BWW_CHUNK ? BWW_CHUNK / nvec : 1;
+    for (int z = z0; z < z1; z += zstep) {
+        int nzc = z1 - z < zstep ? z1 - z : zstep;
+        for (int v0 = 0; v0 < nvec; v0 += nq) {
+            int n = nvec - v0 < nq ? nvec - v0 : nq;
+            for (int g = 0; g < ng; g++) bww_chunk(a, g, z, nzc, v0, n, dpk);
         }
-    // Horizontal reduction of the 16-lane partial sums into dw[co][c][k].
-    for (int g = 0; g < ng; g++)
-        for (int c = 0; c < a->cin; c++)
-            for (int k = 0; k < 9; k++)
-                for (int dx = 0; dx < 3; dx++)
-                    for (int co = 0; co < BWW_NM; co++) {
-                        int m = g * BWW_NM + co;
-                        if (m >= a->cout) continue;
-                        const float *p = a->vdw + ((((size_t)g * a->cin + c) * 9 + k) * 3 + dx) * BWW_NM * 16 + co * 16;
-                        dw[((size_t)m * a->cin + c) * 27 + k * 3 + dx] += _mm512_reduce_add_ps(_mm512_loadu_ps(p));
-                    }
+    }
 }
 
 void ck_direct_backward_weights(const float *in, const float *dout, float *dw, float *dbias,
                                 int cin, int cout, int nz, int ny, int nx, int z0, int z1,
                                 float *workspace) {
-    size_t nvdw = (size_t)(cout + BWW_NM - 1) / BWW_NM * cin * 27 * BWW_NM * 16;
-    float *dpk = workspace + nvdw;
-    uint16_t *mtab = (uint16_t *)(dpk + BWW_CHUNK * BWW_NM * 16);
+    uint16_t *mtab = (uint16_t *)(workspace + BWW_CHUNK * BWW_NM * 16);
     build_masks(mtab, ny, nx);
-    bww_args a = {in, dout, workspace, mtab, cin, cout, nz, nx, ny * nx, (size_t)nz * ny * nx};
-    bww_run(&a, z0, z1, dw, dpk);
+    bww_args a = {in, dout, dw, mtab, cin, cout, nz, nx, ny * nx, (size_t)nz * ny * nx};
+    bww_run(&a, z0, z1, workspace);
     if (dbias) ck_bias_grad(dout, dbias, cout, nz, ny, nx, z0, z1);
 }

@@ -7,8 +7,12 @@
 #include "conv3_internal.h"
 
 // Column buffer budget in floats (16 MB) and the tile width OpenBLAS needs to run near its best.
+#ifndef COL_FLOATS_MAX
 #define COL_FLOATS_MAX ((size_t)4 << 20)
+#endif
+#ifndef TILE_VOXELS_TARGET
 #define TILE_VOXELS_TARGET 2048
+#endif
 
 // Output rows (flattened (z, y)) per tile for `c` input channels, out of `nrows` available.
 static int tile_rows(int c, int nx, int nrows) {

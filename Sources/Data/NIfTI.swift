@@ -34,6 +34,7 @@ public struct NIfTIVolume: Sendable {
 
     /// Reads a `.nii` / `.nii.gz` file; 4D files with a single volume are accepted, other 4D files are refused.
     public static func read(_ path: String) throws -> NIfTIVolume {
+        try precheck(path)
         var hdr = cnifti_header()
         var ptr: UnsafeMutablePointer<Float>? = nil
         var err = [CChar](repeating: 0, count: 1024)
@@ -49,6 +50,29 @@ public struct NIfTIVolume: Sendable {
         let aff = withUnsafeBytes(of: hdr.affine) { Array($0.bindMemory(to: Float.self)).map(Double.init) }
         let voxels = Array(UnsafeBufferPointer(start: ptr, count: nx * ny * nz))
         return NIfTIVolume(nx: nx, ny: ny, nz: nz, affine: aff, voxels: voxels, datatype: Int32(hdr.datatype))
+    }
+
+    /// Cheap checks before nifticlib sees the file (it prints its own "** ERROR" lines for some corrupt
+    /// headers): `.gz` files must start with the gzip magic, `.nii` files must carry a NIfTI-1 header
+    /// (sizeof_hdr 348 in either byte order, magic "n+1" or "ni1", dim[0] in 1...7).
+    static func precheck(_ path: String) throws {
+        guard let h = FileHandle(forReadingAtPath: path) else { return }   // nifticlib reports missing files
+        defer { try? h.close() }
+        let head = [UInt8]((try? h.read(upToCount: 348)) ?? Data())
+        if path.hasSuffix(".gz") {
+            if head.count >= 2 && !(head[0] == 0x1F && head[1] == 0x8B) {
+                throw VolumeError("\(path): not a gzip-compressed file (corrupt, or not NIfTI)")
+            }
+            return
+        }
+        guard head.count == 348 else { return }   // nifticlib reports short files
+        let le = head[0] == 0x5C && head[1] == 0x01 && head[2] == 0 && head[3] == 0
+        let be = head[0] == 0 && head[1] == 0 && head[2] == 0x01 && head[3] == 0x5C
+        let magic = (head[344] == 0x6E && (head[345] == 0x2B || head[345] == 0x69) && head[346] == 0x31)
+        let dim0 = le ? Int(head[40]) | Int(head[41]) << 8 : Int(head[40]) << 8 | Int(head[41])
+        if !(le || be) || !magic || !(1...7).contains(dim0) {
+            throw VolumeError("\(path): not a NIfTI-1 file (bad header)")
+        }
     }
 
     /// Datatypes `write` can store.

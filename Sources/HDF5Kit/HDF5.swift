@@ -69,6 +69,28 @@ public final class H5File: @unchecked Sendable {
     }
 
     deinit { H5Fclose(id) }
+
+    /// Writes a file so that a crash never leaves a half-written `path`: `body` fills a temporary file next to
+    /// it, which is flushed, fsync'ed and renamed over `path` only when `body` succeeds (else removed).
+    public static func writeAtomically(_ path: String, _ body: (H5File) throws -> Void) throws {
+        let tmp = path + ".tmp-\(getpid())"
+        do {
+            do {
+                let f = try H5File.create(tmp)
+                try body(f)
+                try f.flush()
+            }  // closed here: the last reference is gone
+            let fd = Foundation.open(tmp, O_RDONLY)
+            guard fd >= 0 else { throw H5Error("\(tmp): cannot reopen for fsync") }
+            let rc = fsync(fd)
+            close(fd)
+            guard rc == 0 else { throw H5Error("\(tmp): fsync failed") }
+            guard rename(tmp, path) == 0 else { throw H5Error("\(path): cannot rename \(tmp) into place") }
+        } catch {
+            unlink(tmp)
+            throw error
+        }
+    }
 }
 
 /// A group; the root group of a file is `file.root`.
@@ -138,7 +160,8 @@ public final class H5Group: H5Object, @unchecked Sendable {
     public func createDataset(_ name: String, type: H5ElementType, shape: [Int], chunks: [Int]? = nil,
                               deflate: Int? = nil) throws -> H5Dataset {
         var dims = shape.map { hsize_t($0) }
-        let space = H5Screate_simple(Int32(dims.count), &dims, nil)
+        // Rank 0 is a scalar (PyTorch's 0-dim tensors such as BN's num_batches_tracked).
+        let space = dims.isEmpty ? H5Screate(H5S_SCALAR) : H5Screate_simple(Int32(dims.count), &dims, nil)
         defer { H5Sclose(space) }
         let dcpl = H5Pcreate(chdf5_p_dataset_create())
         defer { H5Pclose(dcpl) }

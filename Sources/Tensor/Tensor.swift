@@ -70,3 +70,18 @@ public struct Dim3: Hashable, Sendable, CustomStringConvertible {
     public func scaled(by f: Int) -> Dim3 { Dim3(z: z * f, y: y * f, x: x * f) }
     public func divided(by f: Int) -> Dim3 { Dim3(z: z / f, y: y / f, x: x / f) }
 }
+
+extension Tensor {
+    /// self += other (same element count).
+    public func add(_ other: Tensor) {
+        precondition(other.count == count, "add: \(other.shape) into \(shape)")
+        let d = pointer, s = other.pointer
+        for i in 0..<count { d[i] += s[i] }
+    }
+
+    /// Spatial extent of an [N, C, Z, Y, X] tensor.
+    public var dim3: Dim3 {
+        precondition(shape.count == 5, "dim3 of a tensor of rank \(shape.count)")
+        return Dim3(z: shape[2], y: shape[3], x: shape[4])
+    }
+}

@@ -1,0 +1,186 @@
+import Foundation
+import Tensor
+
+// Pointwise activations: ReLU, Sigmoid, and Softmax over channels. None has parameters.
+
+/// Small helpers shared by the parameter-free layers (activations, pooling, resampling, combining).
+enum PointwiseSupport {
+    /// Elements per task for flat elementwise loops (big enough to amortise dispatch, small enough to balance).
+    static let chunk = 1 << 15
+
+    /// `t` when it already has `shape`, else a fresh zero-filled tensor of that shape (allocates only when the
+    /// shape changes).
+    @inline(__always)
+    static func buffer(_ t: Tensor?, _ shape: [Int]) -> Tensor {
+        if let t, t.shape == shape { return t }
+        return Tensor(shape)
+    }
+
+    /// Runs `body(range)` over 0..<count split into chunks, in parallel.
+    @inline(__always)
+    static func chunks(_ count: Int, _ body: (Range<Int>) -> Void) {
+        let n = (count + chunk - 1) / chunk
+        if n <= 1 {
+            if count > 0 { body(0..<count) }
+            return
+        }
+        parallelFor(n) { i in body((i * chunk)..<min(count, (i + 1) * chunk)) }
+    }
+
+    /// Checks `x` is a 5D `[N, C, Z, Y, X]` activation.
+    @inline(__always)
+    static func require5D(_ x: Tensor, _ who: String) {
+        precondition(x.shape.count == 5, "\(who): expected [N, C, Z, Y, X], got \(x.shape)")
+    }
+}
+
+/// Rectified linear unit, y = max(x, 0).
+///
+/// `forward` keeps its output for backward (dx = dy where y > 0). With `inPlace: true` the output *is* the input
+/// tensor (overwritten, no extra buffer), as PyTorch's `ReLU(inplace=True)`: the caller must not need x afterwards.
+public final class ReLU {
+    public let inPlace: Bool
+    private var y: Tensor?
+    private var dx: Tensor?
+
+    public init(inPlace: Bool = false) { self.inPlace = inPlace }
+
+    public func forward(_ x: Tensor) -> Tensor {
+        let out = inPlace ? x : PointwiseSupport.buffer(y, x.shape)
+        y = out
+        let src = x.pointer, dst = out.pointer
+        PointwiseSupport.chunks(x.count) { r in
+            for i in r { dst[i] = max(src[i], 0) }
+        }
+        return out
+    }
+
+    /// dx = dy ⊙ [y > 0] (0 at the kink, as PyTorch).
+    public func backward(_ dy: Tensor) -> Tensor {
+        guard let y else { preconditionFailure("ReLU.backward before forward") }
+        precondition(dy.shape == y.shape, "ReLU.backward: dy \(dy.shape) vs y \(y.shape)")
+        let g = PointwiseSupport.buffer(dx, dy.shape)
+        dx = g
+        let yp = y.pointer, dyp = dy.pointer, dxp = g.pointer
+        PointwiseSupport.chunks(dy.count) { r in
+            for i in r { dxp[i] = yp[i] > 0 ? dyp[i] : 0 }
+        }
+        return g
+    }
+}
+
+/// Logistic sigmoid, y = 1 / (1 + e^(-x)); keeps y for backward (dx = dy ⊙ y ⊙ (1 − y)).
+public final class Sigmoid {
+    private var y: Tensor?
+    private var dx: Tensor?
+
+    public init() {}
+
+    public func forward(_ x: Tensor) -> Tensor {
+        let out = PointwiseSupport.buffer(y, x.shape)
+        y = out
+        let src = x.pointer, dst = out.pointer
+        PointwiseSupport.chunks(x.count) { r in
+            for i in r {
+                // Both branches avoid overflow of exp: e^(-|x|) is in (0, 1].
+                let v = src[i]
+                if v >= 0 {
+                    dst[i] = 1 / (1 + Foundation.exp(-v))
+                } else {
+                    let e = Foundation.exp(v)
+                    dst[i] = e / (1 + e)
+                }
+            }
+        }
+        return out
+    }
+
+    public func backward(_ dy: Tensor) -> Tensor {
+        guard let y else { preconditionFailure("Sigmoid.backward before forward") }
+        precondition(dy.shape == y.shape, "Sigmoid.backward: dy \(dy.shape) vs y \(y.shape)")
+        let g = PointwiseSupport.buffer(dx, dy.shape)
+        dx = g
+        let yp = y.pointer, dyp = dy.pointer, dxp = g.pointer
+        PointwiseSupport.chunks(dy.count) { r in
+            for i in r { let s = yp[i]; dxp[i] = dyp[i] * s * (1 - s) }
+        }
+        return g
+    }
+}
+
+/// Softmax over channels (dim 1) of `[N, C, Z, Y, X]`, numerically stable (the per-voxel max is subtracted).
+///
+/// Keeps y for backward: dx = y ⊙ (dy − Σ_c dy ⊙ y).
+public final class Softmax {
+    private var y: Tensor?
+    private var dx: Tensor?
+    /// Voxels handled at once per task (scratch for the per-voxel max/sum lives on the stack).
+    private static let block = 512
+
+    public init() {}
+
+    public func forward(_ x: Tensor) -> Tensor {
+        PointwiseSupport.require5D(x, "Softmax")
+        let out = PointwiseSupport.buffer(y, x.shape)
+        y = out
+        let n = x.shape[0], c = x.shape[1], v = x.shape[2] * x.shape[3] * x.shape[4]
+        let blocks = (v + Self.block - 1) / Self.block
+        let src = x.pointer, dst = out.pointer
+        parallelFor(n * blocks) { task in
+            let b = task / blocks, start = (task % blocks) * Self.block
+            let len = min(Self.block, v - start)
+            let xin = src + b * c * v + start, yout = dst + b * c * v + start
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * Self.block) { tmp in
+                let m = tmp.baseAddress!, s = m + Self.block
+                for i in 0..<len { m[i] = xin[i] }
+                for ch in 1..<max(c, 1) {
+                    let row = xin + ch * v
+                    for i in 0..<len { m[i] = max(m[i], row[i]) }
+                }
+                for i in 0..<len { s[i] = 0 }
+                for ch in 0..<c {
+                    let row = xin + ch * v, o = yout + ch * v
+                    for i in 0..<len {
+                        let e = Foundation.exp(row[i] - m[i])
+                        o[i] = e
+                        s[i] += e
+                    }
+                }
+                for i in 0..<len { s[i] = 1 / s[i] }
+                for ch in 0..<c {
+                    let o = yout + ch * v
+                    for i in 0..<len { o[i] *= s[i] }
+                }
+            }
+        }
+        return out
+    }
+
+    public func backward(_ dy: Tensor) -> Tensor {
+        guard let y else { preconditionFailure("Softmax.backward before forward") }
+        precondition(dy.shape == y.shape, "Softmax.backward: dy \(dy.shape) vs y \(y.shape)")
+        let g = PointwiseSupport.buffer(dx, dy.shape)
+        dx = g
+        let n = y.shape[0], c = y.shape[1], v = y.shape[2] * y.shape[3] * y.shape[4]
+        let blocks = (v + Self.block - 1) / Self.block
+        let yp = y.pointer, dyp = dy.pointer, dxp = g.pointer
+        parallelFor(n * blocks) { task in
+            let b = task / blocks, start = (task % blocks) * Self.block
+            let len = min(Self.block, v - start)
+            let off = b * c * v + start
+            withUnsafeTemporaryAllocation(of: Float.self, capacity: Self.block) { tmp in
+                let dot = tmp.baseAddress!
+                for i in 0..<len { dot[i] = 0 }
+                for ch in 0..<c {
+                    let yr = yp + off + ch * v, gr = dyp + off + ch * v
+                    for i in 0..<len { dot[i] += yr[i] * gr[i] }
+                }
+                for ch in 0..<c {
+                    let yr = yp + off + ch * v, gr = dyp + off + ch * v, o = dxp + off + ch * v
+                    for i in 0..<len { o[i] = yr[i] * (gr[i] - dot[i]) }
+                }
+            }
+        }
+        return g
+    }
+}

@@ -1,0 +1,171 @@
+import Tensor
+
+// Layers that combine two tensors: the attention gate's broadcast multiply, channel concatenation, and sum.
+
+/// The attention gate's product y[n,c,v] = α[n,0,v] · x[n,c,v]: a one-channel map `[N, 1, Z, Y, X]` broadcast
+/// over the C channels of `x` `[N, C, Z, Y, X]`.
+///
+/// Keeps references to x and α for backward, which returns dx = α ⊙ dy and dα = Σ_c dy ⊙ x.
+public final class GateMultiply {
+    private var x: Tensor?
+    private var alpha: Tensor?
+    private var y: Tensor?
+    private var dx: Tensor?
+    private var dalpha: Tensor?
+
+    public init() {}
+
+    public func forward(x: Tensor, alpha: Tensor) -> Tensor {
+        PointwiseSupport.require5D(x, "GateMultiply")
+        let s = x.shape
+        precondition(alpha.shape == [s[0], 1, s[2], s[3], s[4]],
+                     "GateMultiply: alpha \(alpha.shape) must be [N, 1, Z, Y, X] for x \(s)")
+        self.x = x
+        self.alpha = alpha
+        let out = PointwiseSupport.buffer(y, s)
+        y = out
+        let c = s[1], v = s[2] * s[3] * s[4]
+        let xp = x.pointer, ap = alpha.pointer, op = out.pointer
+        parallelFor(s[0] * c) { plane in
+            let a = ap + (plane / c) * v, src = xp + plane * v, dst = op + plane * v
+            for i in 0..<v { dst[i] = a[i] * src[i] }
+        }
+        return out
+    }
+
+    /// Returns (dx, dα), both owned by the layer.
+    public func backward(_ dy: Tensor) -> (dx: Tensor, dalpha: Tensor) {
+        guard let x, let alpha else { preconditionFailure("GateMultiply.backward before forward") }
+        precondition(dy.shape == x.shape, "GateMultiply.backward: dy \(dy.shape) vs x \(x.shape)")
+        let s = x.shape
+        let gx = PointwiseSupport.buffer(dx, s)
+        let ga = PointwiseSupport.buffer(dalpha, alpha.shape)
+        dx = gx
+        dalpha = ga
+        let n = s[0], c = s[1], zs = s[2], slice = s[3] * s[4], v = zs * slice
+        let xp = x.pointer, ap = alpha.pointer, dyp = dy.pointer, gxp = gx.pointer, gap = ga.pointer
+        // One task per (n, z) slice: it owns dα's slice and every channel's dx slice there.
+        parallelFor(n * zs) { task in
+            let b = task / zs, z = task % zs
+            let off = z * slice
+            let a = ap + b * v + off, da = gap + b * v + off
+            for i in 0..<slice { da[i] = 0 }
+            for ch in 0..<c {
+                let o = (b * c + ch) * v + off
+                let g = dyp + o, xs = xp + o, d = gxp + o
+                for i in 0..<slice {
+                    let gi = g[i]
+                    d[i] = a[i] * gi
+                    da[i] += gi * xs[i]
+                }
+            }
+        }
+        return (gx, ga)
+    }
+}
+
+/// Concatenation along channels (dim 1) of `[N, C_i, Z, Y, X]` tensors, in the order given (`torch.cat(dim=1)`).
+///
+/// The two-input form `forward(a, b)` / `backward(dy) -> (da, db)` serves the decoder's [skip, upsampled];
+/// `forward([Tensor])` / `backwardAll(dy) -> [Tensor]` serves any count (the head's [dsv1, dsv2, dsv3, dsv4]).
+/// Backward splits dy into layer-owned gradients of the input shapes.
+public final class Concat {
+    private var y: Tensor?
+    private var inShapes: [[Int]] = []
+    private var grads: [Tensor] = []
+
+    public init() {}
+
+    public func forward(_ a: Tensor, _ b: Tensor) -> Tensor { forward([a, b]) }
+
+    public func forward(_ xs: [Tensor]) -> Tensor {
+        precondition(!xs.isEmpty, "Concat: no inputs")
+        let s0 = xs[0].shape
+        precondition(s0.count >= 2, "Concat: expected [N, C, ...], got \(s0)")
+        var cTotal = 0
+        for t in xs {
+            precondition(t.shape.count == s0.count && t.shape[0] == s0[0] && Array(t.shape[2...]) == Array(s0[2...]),
+                         "Concat: \(t.shape) does not match \(s0) outside dim 1")
+            cTotal += t.shape[1]
+        }
+        var os = s0
+        os[1] = cTotal
+        let out = PointwiseSupport.buffer(y, os)
+        y = out
+        let shapes = xs.map(\.shape)
+        if shapes != inShapes {
+            inShapes = shapes
+            grads = shapes.map { Tensor($0) }
+        }
+        let n = s0[0], v = s0[2...].reduce(1, *)
+        let dst = out.pointer
+        // Tasks are (n, output channel) planes; each finds its source by a scan over the (few) inputs.
+        let srcs = xs.map { UncheckedSendable($0.pointer) }, cs = shapes.map { $0[1] }
+        parallelFor(n * cTotal) { task in
+            let b = task / cTotal
+            var ch = task % cTotal, k = 0
+            while ch >= cs[k] { ch -= cs[k]; k += 1 }
+            (dst + task * v).update(from: srcs[k].value + (b * cs[k] + ch) * v, count: v)
+        }
+        return out
+    }
+
+    /// Gradients of the two inputs of `forward(a, b)`.
+    public func backward(_ dy: Tensor) -> (Tensor, Tensor) {
+        precondition(inShapes.count == 2, "Concat.backward(dy) -> (da, db) needs a two-input forward")
+        let g = backwardAll(dy)
+        return (g[0], g[1])
+    }
+
+    /// Gradients of every input of the last forward, in order.
+    public func backwardAll(_ dy: Tensor) -> [Tensor] {
+        guard let y else { preconditionFailure("Concat.backward before forward") }
+        precondition(dy.shape == y.shape, "Concat.backward: dy \(dy.shape) vs y \(y.shape)")
+        let n = y.shape[0], cTotal = y.shape[1], v = y.shape[2...].reduce(1, *)
+        let src = dy.pointer
+        let dsts = grads.map { UncheckedSendable($0.pointer) }, cs = inShapes.map { $0[1] }
+        parallelFor(n * cTotal) { task in
+            let b = task / cTotal
+            var ch = task % cTotal, k = 0
+            while ch >= cs[k] { ch -= cs[k]; k += 1 }
+            (dsts[k].value + (b * cs[k] + ch) * v).update(from: src + task * v, count: v)
+        }
+        return grads
+    }
+}
+
+/// Elementwise sum y = a + b of two tensors of the same shape (the gate's θ(x) + φ(g)).
+///
+/// Backward passes dy through to both inputs: it returns `dy` itself twice (no copy), so callers must treat the
+/// returned tensors as read-only. `accumulate(into:_:)` adds one gradient into another where paths fan out.
+public final class Add {
+    private var y: Tensor?
+
+    public init() {}
+
+    public func forward(_ a: Tensor, _ b: Tensor) -> Tensor {
+        precondition(a.shape == b.shape, "Add: \(a.shape) vs \(b.shape)")
+        let out = PointwiseSupport.buffer(y, a.shape)
+        y = out
+        let ap = a.pointer, bp = b.pointer, op = out.pointer
+        PointwiseSupport.chunks(a.count) { r in
+            for i in r { op[i] = ap[i] + bp[i] }
+        }
+        return out
+    }
+
+    /// (da, db) = (dy, dy).
+    public func backward(_ dy: Tensor) -> (Tensor, Tensor) {
+        if let y { precondition(dy.shape == y.shape, "Add.backward: dy \(dy.shape) vs y \(y.shape)") }
+        return (dy, dy)
+    }
+
+    /// dst += src (same element count), e.g. to sum the gradients of a tensor used by two layers.
+    public static func accumulate(into dst: Tensor, _ src: Tensor) {
+        precondition(dst.count == src.count, "Add.accumulate: \(dst.shape) vs \(src.shape)")
+        let d = dst.pointer, s = src.pointer
+        PointwiseSupport.chunks(dst.count) { r in
+            for i in r { d[i] += s[i] }
+        }
+    }
+}

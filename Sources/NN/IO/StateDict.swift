@@ -1,0 +1,92 @@
+import Foundation
+import HDF5Kit
+import Tensor
+
+/// The PyTorch `state_dict` view of a model: names, PyTorch shapes and axis order.
+///
+/// Our activations are [N][C][Z][Y][X] while the original model's input is (B, C, X, Y, Z), so a PyTorch conv
+/// weight [Cout][Cin][kx][ky][kz] is our [Cout][Cin][kz][ky][kx]: the three kernel axes are reversed on the
+/// way out and on the way in. Everything else (biases, BN vectors) is 1-D and identical.
+public enum StateDict {
+    /// PyTorch's shape for one of our entries.
+    public static func torchShape(_ shape: [Int]) -> [Int] {
+        shape.count == 5 ? [shape[0], shape[1], shape[4], shape[3], shape[2]] : shape
+    }
+
+    /// Copies a tensor of shape `s` into `dst` with the three kernel axes of a 5-D tensor reversed (ours →
+    /// PyTorch with our shape; PyTorch → ours with PyTorch's shape).
+    public static func convert(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, ourShape s: [Int]) {
+        guard s.count == 5 else { dst.update(from: src, count: s.reduce(1, *)); return }
+        let (kz, ky, kx) = (s[2], s[3], s[4]), k3 = kz * ky * kx
+        for oc in 0..<(s[0] * s[1]) {
+            let a = src + oc * k3, b = dst + oc * k3
+            for z in 0..<kz { for y in 0..<ky { for x in 0..<kx { b[(x * ky + y) * kz + z] = a[(z * ky + y) * kx + x] } } }
+        }
+    }
+
+    /// `num_batches_tracked` is an int64 scalar in PyTorch; we keep it as one float.
+    static func isCounter(_ name: String) -> Bool { name.hasSuffix(".num_batches_tracked") }
+
+    /// Writes every parameter and buffer of `model` under `group` as one dataset per state_dict name.
+    public static func write(_ model: SegmentationModel, to group: H5Group) throws {
+        for store in [model.params, model.buffers] {
+            for e in store.entries {
+                let src = store.values.pointer + e.offset
+                if isCounter(e.name) {
+                    let d = try group.createDataset(e.name, type: .int64, shape: [])
+                    var v = Int64(src[0])
+                    try d.write(from: &v, as: .int64)
+                    continue
+                }
+                var out = [Float](repeating: 0, count: e.count)
+                out.withUnsafeMutableBufferPointer { convert(src, $0.baseAddress!, ourShape: e.shape) }
+                let d = try group.createDataset(e.name, type: .float32, shape: torchShape(e.shape))
+                try out.withUnsafeBytes { try d.write(from: $0.baseAddress!, as: .float32) }
+            }
+        }
+    }
+
+    /// Loads every parameter and buffer of `model` from `group`; a missing name, an unexpected name (`strict`)
+    /// or a wrong shape is an error naming the file, the tensor and both shapes. Nothing is changed unless the
+    /// whole set matches.
+    public static func read(into model: SegmentationModel, from group: H5Group, strict: Bool = true) throws {
+        let names = Set(try group.members())
+        var staged: [(UnsafeMutablePointer<Float>, [Float])] = []
+        for store in [model.params, model.buffers] {
+            for e in store.entries {
+                guard names.contains(e.name) else {
+                    throw H5Error("\(group.location): missing tensor \(e.name) (is this checkpoint for another model? this model is \(model.config.kind.rawValue), \(model.config.classes) classes, feature scale \(model.config.featureScale))")
+                }
+                let d = try group.dataset(e.name)
+                if isCounter(e.name) {
+                    var v: Int64 = 0
+                    guard d.count == 1 else { throw H5Error("\(d.location): expected a scalar") }
+                    try d.read(into: &v, as: .int64)
+                    staged.append((store.values.pointer + e.offset, [Float(v)]))
+                    continue
+                }
+                let want = torchShape(e.shape)
+                guard d.shape == want else {
+                    throw H5Error("\(d.location): shape \(d.shape) but the model needs \(want) (another class count, channel count or feature scale?)")
+                }
+                guard d.isFloat else { throw H5Error("\(d.location): not a floating-point tensor") }
+                let torch = try d.readFloats()
+                if let bad = torch.firstIndex(where: { !$0.isFinite }) {
+                    throw H5Error("\(d.location): non-finite value at element \(bad)")
+                }
+                var ours = [Float](repeating: 0, count: e.count)
+                torch.withUnsafeBufferPointer { t in
+                    ours.withUnsafeMutableBufferPointer { convert(t.baseAddress!, $0.baseAddress!, ourShape: want) }
+                }
+                staged.append((store.values.pointer + e.offset, ours))
+            }
+        }
+        if strict {
+            let known = Set(model.params.entries.map(\.name) + model.buffers.entries.map(\.name))
+            if let extra = names.subtracting(known).sorted().first {
+                throw H5Error("\(group.location): unexpected tensor \(extra) (not part of \(model.config.kind.rawValue))")
+            }
+        }
+        for (dst, values) in staged { dst.update(from: values, count: values.count) }
+    }
+}

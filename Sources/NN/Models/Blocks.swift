@@ -1,0 +1,159 @@
+import Tensor
+
+// Gradients returned by a layer's backward are scratch until that layer's next backward, so a caller may sum
+// other contributions into them in place (forward outputs, by contrast, are read again by backward and are
+// never modified by consumers).
+
+/// Conv3d → BatchNorm3d → ReLU: one `nn.Sequential(Conv3d, BatchNorm3d, ReLU)` of the original code, whose
+/// children are named `<prefix>.0` (conv) and `<prefix>.1` (BN).
+final class ConvBNReLU {
+    let conv: Conv3d
+    let bn: BatchNorm3d
+    let relu = ReLU()
+
+    init(_ p: ParameterStore, _ b: ParameterStore, _ prefix: String, _ cin: Int, _ cout: Int, kernel: Int) {
+        conv = Conv3d(params: p, name: "\(prefix).0", inChannels: cin, outChannels: cout, kernel: kernel, bias: true)
+        bn = BatchNorm3d(params: p, buffers: b, name: "\(prefix).1", channels: cout)
+    }
+
+    func forward(_ x: Tensor) -> Tensor { relu.forward(bn.forward(conv.forward(x))) }
+    func backward(_ dy: Tensor) -> Tensor { conv.backward(bn.backward(relu.backward(dy))) }
+}
+
+/// `UnetConv3`: two 3×3×3 conv+BN+ReLU, children `conv1` and `conv2`.
+final class UnetConv3 {
+    let c1: ConvBNReLU, c2: ConvBNReLU
+
+    init(_ p: ParameterStore, _ b: ParameterStore, _ prefix: String, _ cin: Int, _ cout: Int) {
+        c1 = ConvBNReLU(p, b, "\(prefix).conv1", cin, cout, kernel: 3)
+        c2 = ConvBNReLU(p, b, "\(prefix).conv2", cout, cout, kernel: 3)
+    }
+
+    func forward(_ x: Tensor) -> Tensor { c2.forward(c1.forward(x)) }
+    func backward(_ dy: Tensor) -> Tensor { c1.backward(c2.backward(dy)) }
+}
+
+/// `UnetUp3_CT`: upsample the coarser decoder feature ×2 (trilinear), concatenate [skip, up], `UnetConv3`.
+final class UpBlock {
+    let up: Trilinear
+    let concat = Concat()
+    let conv: UnetConv3
+
+    init(_ p: ParameterStore, _ b: ParameterStore, _ prefix: String, inSize: Int, outSize: Int, alignCorners: Bool) {
+        up = Trilinear(factor: 2, alignCorners: alignCorners)
+        conv = UnetConv3(p, b, "\(prefix).conv", inSize + outSize, outSize)
+    }
+
+    func forward(skip: Tensor, coarse: Tensor) -> Tensor {
+        conv.forward(concat.forward(skip, up.forward(coarse)))
+    }
+
+    /// Returns (d skip, d coarse).
+    func backward(_ dy: Tensor) -> (Tensor, Tensor) {
+        let (dSkip, dUp) = concat.backward(conv.backward(dy))
+        return (dSkip, up.backward(dUp))
+    }
+}
+
+/// `GridAttentionBlock3D` in `concatenation` mode (reference §2): θ (2³ stride 2, no bias) on x, φ (1³) on g,
+/// ReLU(θx + φg), ψ (1³ → 1 channel), sigmoid, trilinear upsampling of α to x's size, y = α ⊙ x, then W
+/// (1³ conv + BN). Returns W(y) and α.
+final class GridAttentionGate {
+    let wConv: Conv3d, wBN: BatchNorm3d
+    let theta: Conv3d, phi: Conv3d, psi: Conv3d
+    let add = Add(), relu = ReLU(), sigmoid = Sigmoid()
+    let upAlpha: Trilinear
+    var resizePhi: Trilinear?
+    let alignCorners: Bool
+    let multiply = GateMultiply()
+
+    init(_ p: ParameterStore, _ b: ParameterStore, _ prefix: String, inChannels: Int, gatingChannels: Int,
+         interChannels: Int, alignCorners: Bool) {
+        // Registration order = the original's module order (W, theta, phi, psi) = its state_dict order.
+        wConv = Conv3d(params: p, name: "\(prefix).W.0", inChannels: inChannels, outChannels: inChannels, kernel: 1, bias: true)
+        wBN = BatchNorm3d(params: p, buffers: b, name: "\(prefix).W.1", channels: inChannels)
+        theta = Conv3d(params: p, name: "\(prefix).theta", inChannels: inChannels, outChannels: interChannels, kernel: 2, bias: false)
+        phi = Conv3d(params: p, name: "\(prefix).phi", inChannels: gatingChannels, outChannels: interChannels, kernel: 1, bias: true)
+        psi = Conv3d(params: p, name: "\(prefix).psi", inChannels: interChannels, outChannels: 1, kernel: 1, bias: true)
+        upAlpha = Trilinear(factor: 2, alignCorners: alignCorners)
+        self.alignCorners = alignCorners
+    }
+
+    func forward(x: Tensor, g: Tensor) -> (out: Tensor, alpha: Tensor) {
+        let thetaX = theta.forward(x)
+        var phiG = phi.forward(g)
+        // The original resizes φ(g) to θ(x)'s size; for inputs divisible by 16 the sizes already agree.
+        if phiG.dim3 != thetaX.dim3 {
+            if resizePhi == nil { resizePhi = Trilinear(size: thetaX.dim3, alignCorners: alignCorners) }
+            phiG = resizePhi!.forward(phiG)
+        } else {
+            resizePhi = nil
+        }
+        let f = relu.forward(add.forward(thetaX, phiG))
+        let alpha = upAlpha.forward(sigmoid.forward(psi.forward(f)))
+        let y = multiply.forward(x: x, alpha: alpha)
+        return (wBN.forward(wConv.forward(y)), alpha)
+    }
+
+    /// Returns (dx, dg) for the gradient of the output W(y) (α is for display only and gets no gradient).
+    func backward(_ dOut: Tensor) -> (Tensor, Tensor) {
+        let (dxDirect, dAlpha) = multiply.backward(wConv.backward(wBN.backward(dOut)))
+        let dF = psi.backward(sigmoid.backward(upAlpha.backward(dAlpha)))
+        let (dTheta, dPhiResized) = add.backward(relu.backward(dF))
+        let dPhi = resizePhi.map { $0.backward(dPhiResized) } ?? dPhiResized
+        let dg = phi.backward(dPhi)
+        let dx = theta.backward(dTheta)
+        dx.add(dxDirect)
+        return (dx, dg)
+    }
+}
+
+/// `MultiAttentionBlock`: two independent gates on the same (x, g), concatenated and combined by
+/// 1³ conv + BN + ReLU (`combine_gates.0`, `.1`). Also returns both attention maps.
+final class MultiAttentionBlock {
+    let gate1: GridAttentionGate, gate2: GridAttentionGate
+    let concat = Concat()
+    let combine: ConvBNReLU
+
+    init(_ p: ParameterStore, _ b: ParameterStore, _ prefix: String, inSize: Int, gateSize: Int, alignCorners: Bool) {
+        gate1 = GridAttentionGate(p, b, "\(prefix).gate_block_1", inChannels: inSize, gatingChannels: gateSize,
+                                  interChannels: inSize, alignCorners: alignCorners)
+        gate2 = GridAttentionGate(p, b, "\(prefix).gate_block_2", inChannels: inSize, gatingChannels: gateSize,
+                                  interChannels: inSize, alignCorners: alignCorners)
+        combine = ConvBNReLU(p, b, "\(prefix).combine_gates", 2 * inSize, inSize, kernel: 1)
+    }
+
+    func forward(x: Tensor, g: Tensor) -> (out: Tensor, alphas: [Tensor]) {
+        let (o1, a1) = gate1.forward(x: x, g: g)
+        let (o2, a2) = gate2.forward(x: x, g: g)
+        return (combine.forward(concat.forward(o1, o2)), [a1, a2])
+    }
+
+    /// Returns (dx, dg).
+    func backward(_ dOut: Tensor) -> (Tensor, Tensor) {
+        let (d1, d2) = concat.backward(combine.backward(dOut))
+        let (dx, dg) = gate1.backward(d1)
+        let (dx2, dg2) = gate2.backward(d2)
+        dx.add(dx2)
+        dg.add(dg2)
+        return (dx, dg)
+    }
+}
+
+/// `UnetDsv3`: 1³ conv to the class logits (`dsv.0`), then trilinear upsampling by `factor` (1 = none, as dsv1).
+final class DeepSupervision {
+    let conv: Conv3d
+    let up: Trilinear?
+
+    init(_ p: ParameterStore, name: String, inSize: Int, classes: Int, factor: Int, alignCorners: Bool) {
+        conv = Conv3d(params: p, name: name, inChannels: inSize, outChannels: classes, kernel: 1, bias: true)
+        up = factor > 1 ? Trilinear(factor: factor, alignCorners: alignCorners) : nil
+    }
+
+    func forward(_ x: Tensor) -> Tensor {
+        let y = conv.forward(x)
+        return up?.forward(y) ?? y
+    }
+
+    func backward(_ dy: Tensor) -> Tensor { conv.backward(up?.backward(dy) ?? dy) }
+}

@@ -1,0 +1,78 @@
+import Foundation
+import Tensor
+
+/// Optimizer choices. PyTorch's semantics exactly (weight decay is L2 added to the gradient, as
+/// `torch.optim.SGD/Adam(weight_decay=...)`), over the flat parameter and gradient buffers.
+public enum OptimizerKind: String, Codable, Sendable, CaseIterable {
+    /// Adam (β 0.9/0.999, eps 1e-8): what the paper says it used.
+    case adam
+    /// SGD with Nesterov momentum 0.9: what the released code actually ran (reference §9.1).
+    case sgd
+}
+
+public final class Optimizer {
+    public let kind: OptimizerKind
+    public var learningRate: Double
+    public let weightDecay: Double
+    public let momentum: Double = 0.9
+    public let beta1 = 0.9, beta2 = 0.999, eps = 1e-8
+    /// Steps taken (Adam's bias correction uses it).
+    public private(set) var step: Int = 0
+    /// Adam's first/second moments, or SGD's momentum buffer (first) — same layout as the parameters.
+    public let moment1: Tensor, moment2: Tensor
+
+    public init(_ kind: OptimizerKind, parameterCount: Int, learningRate: Double = 1e-4, weightDecay: Double = 1e-6) {
+        self.kind = kind; self.learningRate = learningRate; self.weightDecay = weightDecay
+        moment1 = Tensor([parameterCount])
+        moment2 = Tensor([kind == .adam ? parameterCount : 0])
+    }
+
+    /// Restores the state saved in a checkpoint.
+    public func restore(step: Int) { self.step = step }
+
+    /// One update of `params` from `grads` (already averaged across ranks).
+    public func update(params: Tensor, grads: Tensor) {
+        precondition(params.count == grads.count && params.count == moment1.count)
+        step += 1
+        let p = params.pointer, g = grads.pointer, m = moment1.pointer
+        let n = params.count, lr = Float(learningRate), wd = Float(weightDecay)
+        switch kind {
+        case .sgd:
+            let mu = Float(momentum), first = step == 1
+            for i in 0..<n {
+                let gi = g[i] + wd * p[i]
+                let b = first ? gi : mu * m[i] + gi
+                m[i] = b
+                p[i] -= lr * (gi + mu * b)
+            }
+        case .adam:
+            let v = moment2.pointer
+            let b1 = Float(beta1), b2 = Float(beta2)
+            let c1 = Float(1 - Foundation.pow(beta1, Double(step))), c2 = Float(1 - Foundation.pow(beta2, Double(step)))
+            let stepSize = lr / c1, c2root = c2.squareRoot(), e = Float(eps)
+            for i in 0..<n {
+                let gi = g[i] + wd * p[i]
+                m[i] = b1 * m[i] + (1 - b1) * gi
+                v[i] = b2 * v[i] + (1 - b2) * gi * gi
+                p[i] -= stepSize * m[i] / (v[i].squareRoot() / c2root + e)
+            }
+        }
+    }
+}
+
+/// Learning-rate schedules, evaluated per epoch.
+public enum LRSchedule: Codable, Sendable, Equatable {
+    /// lr × factor^⌊epoch / every⌋: the original's ×0.5 every 250 epochs.
+    case step(every: Int, factor: Double)
+    /// lr × (1 − epoch / epochs)^power (nnU-Net's poly, power 0.9).
+    case poly(epochs: Int, power: Double)
+    case constant
+
+    public func rate(base: Double, epoch: Int) -> Double {
+        switch self {
+        case let .step(every, factor): return base * Foundation.pow(factor, Double(epoch / max(every, 1)))
+        case let .poly(epochs, power): return base * Foundation.pow(max(0, 1 - Double(epoch) / Double(max(epochs, 1))), power)
+        case .constant: return base
+        }
+    }
+}

@@ -1,1 +1,0 @@
-// NN target: filled by later issues.

@@ -1,0 +1,259 @@
+import Tensor
+
+/// Trilinear resampling of `[N, C, Z, Y, X]` volumes (PyTorch `F.interpolate(mode: "trilinear")`).
+///
+/// The target is a scale factor per axis (integer up-sampling ×2/×4/×8 or any positive real) or an explicit
+/// output size. Per axis, with `in` and `out` the sizes and `d` an output index (all in Float, as PyTorch's CPU
+/// kernel for float tensors):
+/// - `alignCorners: false` (PyTorch ≥ 0.4 default): `src = scale · (d + 0.5) − 0.5`, clamped at 0, where
+///   `scale = Float(1 / scaleFactor)` when a scale factor is given (`recompute_scale_factor` unset) and
+///   `Float(in) / Float(out)` when a size is given;
+/// - `alignCorners: true` (PyTorch ≤ 0.3 behaviour): `src = d · (in − 1) / (out − 1)` (0 when out == 1);
+/// then `i0 = min(⌊src⌋, in − 1)`, `i1 = min(i0 + 1, in − 1)`, `λ1 = clamp(src − i0, 0, 1)`, `λ0 = 1 − λ1`, and an
+/// axis whose size is unchanged is copied. With a scale factor the output size is `⌊in · scaleFactor⌋`.
+///
+/// The work is separable: per output z-slice, a blend of two input slices (Z), a gather along X on the input
+/// rows only, then a blend of rows (Y) written to the output, all from per-axis index/weight tables rebuilt only
+/// when the input shape changes. Backward is the exact adjoint (scatter-add with the same weights), done as a
+/// gather over input slices so tasks never race.
+public final class Trilinear {
+    public enum Target: Equatable, Sendable {
+        /// Scale factors per axis (output size ⌊in · s⌋; the interpolation uses 1/s as PyTorch does).
+        case scale(z: Double, y: Double, x: Double)
+        /// An explicit output size (the interpolation uses in/out).
+        case size(Dim3)
+    }
+
+    public let target: Target
+    public let alignCorners: Bool
+
+    /// One axis: output index → two input indices and weights.
+    struct AxisTable {
+        var i0: [Int32] = [], i1: [Int32] = [], w0: [Float] = [], w1: [Float] = []
+        /// For the adjoint along Z: for input index i, the pairs (output index, weight) in `refs[start[i]..<start[i+1]]`.
+        var start: [Int32] = [], refOut: [Int32] = [], refW: [Float] = []
+    }
+
+    private var tz = AxisTable(), ty = AxisTable(), tx = AxisTable()
+    private var tableShape: [Int] = []
+    private var y: Tensor?
+    private var dx: Tensor?
+    private var scratch = Tensor([0])
+
+    /// Integer up-sampling by `factor` on all three axes (`nn.Upsample(scale_factor: factor)`).
+    public convenience init(factor: Int, alignCorners: Bool) {
+        precondition(factor > 0, "Trilinear: factor must be positive")
+        self.init(scale: (Double(factor), Double(factor), Double(factor)), alignCorners: alignCorners)
+    }
+
+    /// Scale factors per axis, in (z, y, x) order.
+    public init(scale: (z: Double, y: Double, x: Double), alignCorners: Bool) {
+        precondition(scale.z > 0 && scale.y > 0 && scale.x > 0, "Trilinear: scale factors must be positive")
+        target = .scale(z: scale.z, y: scale.y, x: scale.x)
+        self.alignCorners = alignCorners
+    }
+
+    /// Resampling to a fixed output size (`F.interpolate(size: ...)`).
+    public init(size: Dim3, alignCorners: Bool) {
+        precondition(size.z > 0 && size.y > 0 && size.x > 0, "Trilinear: output size must be positive")
+        target = .size(size)
+        self.alignCorners = alignCorners
+    }
+
+    /// The output spatial size for an input spatial size.
+    public func outputSize(for s: Dim3) -> Dim3 {
+        switch target {
+        case .size(let d): return d
+        case .scale(let z, let y, let x):
+            return Dim3(z: Int((Double(s.z) * z).rounded(.down)), y: Int((Double(s.y) * y).rounded(.down)),
+                        x: Int((Double(s.x) * x).rounded(.down)))
+        }
+    }
+
+    /// The (i0, i1, λ0, λ1) table of one axis, exactly as PyTorch's `compute_source_index_and_lambda`.
+    static func axisTable(input: Int, output: Int, scaleFactor: Double?, alignCorners: Bool,
+                          withRefs: Bool) -> AxisTable {
+        var t = AxisTable()
+        t.i0 = .init(repeating: 0, count: output); t.i1 = t.i0
+        t.w0 = .init(repeating: 0, count: output); t.w1 = t.w0
+        let scale: Float
+        if alignCorners {
+            scale = output > 1 ? Float(input - 1) / Float(output - 1) : 0
+        } else if let sf = scaleFactor, sf > 0 {
+            scale = Float(1.0 / sf)
+        } else {
+            scale = Float(input) / Float(output)
+        }
+        for d in 0..<output {
+            if input == output {
+                t.i0[d] = Int32(d); t.i1[d] = Int32(d); t.w0[d] = 1; t.w1[d] = 0
+                continue
+            }
+            var src: Float
+            if alignCorners {
+                src = scale * Float(d)
+            } else {
+                src = scale * (Float(d) + 0.5) - 0.5
+                if src < 0 { src = 0 }
+            }
+            let i0 = min(Int(src.rounded(.down)), input - 1)
+            let l1 = min(max(src - Float(i0), 0), 1)
+            let i1 = i0 + (i0 < input - 1 ? 1 : 0)
+            t.i0[d] = Int32(i0); t.i1[d] = Int32(i1); t.w0[d] = 1 - l1; t.w1[d] = l1
+        }
+        if withRefs {
+            // CSR of contributions per input index (both taps, even when i0 == i1, as the adjoint requires).
+            var counts = [Int32](repeating: 0, count: input + 1)
+            for d in 0..<output { counts[Int(t.i0[d]) + 1] += 1; counts[Int(t.i1[d]) + 1] += 1 }
+            for i in 0..<input { counts[i + 1] += counts[i] }
+            t.start = counts
+            var fill = Array(counts.prefix(input))
+            t.refOut = .init(repeating: 0, count: 2 * output)
+            t.refW = .init(repeating: 0, count: 2 * output)
+            for d in 0..<output {
+                for (i, w) in [(Int(t.i0[d]), t.w0[d]), (Int(t.i1[d]), t.w1[d])] {
+                    let k = Int(fill[i]); fill[i] += 1
+                    t.refOut[k] = Int32(d); t.refW[k] = w
+                }
+            }
+        }
+        return t
+    }
+
+    private func prepare(_ s: [Int]) {
+        if s == tableShape { return }
+        let o = outputSize(for: Dim3(z: s[2], y: s[3], x: s[4]))
+        precondition(o.z > 0 && o.y > 0 && o.x > 0, "Trilinear: empty output \(o) for input \(s)")
+        var sf: (Double?, Double?, Double?) = (nil, nil, nil)
+        if case .scale(let z, let y, let x) = target { sf = (z, y, x) }
+        tz = Self.axisTable(input: s[2], output: o.z, scaleFactor: sf.0, alignCorners: alignCorners, withRefs: true)
+        ty = Self.axisTable(input: s[3], output: o.y, scaleFactor: sf.1, alignCorners: alignCorners, withRefs: false)
+        tx = Self.axisTable(input: s[4], output: o.x, scaleFactor: sf.2, alignCorners: alignCorners, withRefs: false)
+        tableShape = s
+    }
+
+    /// Makes sure `scratch` holds `parts * perPart` floats.
+    private func scratchBase(_ parts: Int, _ perPart: Int) -> UnsafeMutablePointer<Float> {
+        if scratch.count < parts * perPart { scratch = Tensor([parts * perPart]) }
+        return scratch.pointer
+    }
+
+    public func forward(_ x: Tensor) -> Tensor {
+        PointwiseSupport.require5D(x, "Trilinear")
+        let s = x.shape
+        prepare(s)
+        let planes = s[0] * s[1]
+        let zi = s[2], yi = s[3], xi = s[4]
+        let zo = tz.i0.count, yo = ty.i0.count, xo = tx.i0.count
+        let out = PointwiseSupport.buffer(y, [s[0], s[1], zo, yo, xo])
+        y = out
+        let tasks = planes * zo
+        let parts = max(1, min(Parallelism.threads, tasks))
+        let perPart = yi * xi + yi * xo
+        let scr = scratchBase(parts, perPart)
+        let src = x.pointer, dst = out.pointer
+        let inPlane = zi * yi * xi, outPlane = zo * yo * xo, inSlice = yi * xi, outSlice = yo * xo
+        tz.i0.withUnsafeBufferPointer { zi0 in tz.i1.withUnsafeBufferPointer { zi1 in
+        tz.w0.withUnsafeBufferPointer { zw0 in tz.w1.withUnsafeBufferPointer { zw1 in
+        ty.i0.withUnsafeBufferPointer { yi0 in ty.i1.withUnsafeBufferPointer { yi1 in
+        ty.w0.withUnsafeBufferPointer { yw0 in ty.w1.withUnsafeBufferPointer { yw1 in
+        tx.i0.withUnsafeBufferPointer { xi0 in tx.i1.withUnsafeBufferPointer { xi1 in
+        tx.w0.withUnsafeBufferPointer { xw0 in tx.w1.withUnsafeBufferPointer { xw1 in
+            let ranges = splitRange(tasks, parts: parts)
+            parallelFor(ranges.count) { part in
+                let blend = scr + part * perPart      // [yi][xi]: Z pass
+                let rows = blend + inSlice            // [yi][xo]: X pass
+                for task in ranges[part] {
+                    let p = task / zo, z = task % zo
+                    let plane = src + p * inPlane
+                    // Z: blend two input slices (contiguous, vectorised).
+                    let a = plane + Int(zi0[z]) * inSlice, b = plane + Int(zi1[z]) * inSlice
+                    let wa = zw0[z], wb = zw1[z]
+                    for i in 0..<inSlice { blend[i] = wa * a[i] + wb * b[i] }
+                    // X: gather two taps per output column, on the input rows only (the one scalar pass).
+                    for yy in 0..<yi {
+                        let r = blend + yy * xi, o = rows + yy * xo
+                        for xx in 0..<xo { o[xx] = xw0[xx] * r[Int(xi0[xx])] + xw1[xx] * r[Int(xi1[xx])] }
+                    }
+                    // Y: blend two rows per output row, straight into the output (contiguous, vectorised).
+                    let oslice = dst + p * outPlane + z * outSlice
+                    for yy in 0..<yo {
+                        let ra = rows + Int(yi0[yy]) * xo, rb = rows + Int(yi1[yy]) * xo
+                        let wya = yw0[yy], wyb = yw1[yy], o = oslice + yy * xo
+                        for i in 0..<xo { o[i] = wya * ra[i] + wyb * rb[i] }
+                    }
+                }
+            }
+        }}}}}}}}}}}}
+        return out
+    }
+
+    /// The adjoint of `forward`: dx = Zᵀ Yᵀ Xᵀ dy (scatter-add with the forward weights).
+    public func backward(_ dy: Tensor) -> Tensor {
+        guard let y else { preconditionFailure("Trilinear.backward before forward") }
+        precondition(dy.shape == y.shape, "Trilinear.backward: dy \(dy.shape) vs y \(y.shape)")
+        let s = tableShape
+        let planes = s[0] * s[1]
+        let zi = s[2], yi = s[3], xi = s[4]
+        let zo = tz.i0.count, yo = ty.i0.count, xo = tx.i0.count
+        let g = PointwiseSupport.buffer(dx, s)
+        dx = g
+        let tasks = planes * zi
+        let parts = max(1, min(Parallelism.threads, tasks))
+        let perPart = yo * xo + yi * xo
+        let scr = scratchBase(parts, perPart)
+        let dyp = dy.pointer, gp = g.pointer
+        let inPlane = zi * yi * xi, outPlane = zo * yo * xo, inSlice = yi * xi, outSlice = yo * xo
+        tz.start.withUnsafeBufferPointer { zs in tz.refOut.withUnsafeBufferPointer { zro in
+        tz.refW.withUnsafeBufferPointer { zrw in
+        ty.i0.withUnsafeBufferPointer { yi0 in ty.i1.withUnsafeBufferPointer { yi1 in
+        ty.w0.withUnsafeBufferPointer { yw0 in ty.w1.withUnsafeBufferPointer { yw1 in
+        tx.i0.withUnsafeBufferPointer { xi0 in tx.i1.withUnsafeBufferPointer { xi1 in
+        tx.w0.withUnsafeBufferPointer { xw0 in tx.w1.withUnsafeBufferPointer { xw1 in
+            let ranges = splitRange(tasks, parts: parts)
+            parallelFor(ranges.count) { part in
+                let acc = scr + part * perPart        // [yo][xo]: Zᵀ
+                let rows = acc + outSlice             // [yi][xo]: Yᵀ
+                for task in ranges[part] {
+                    let p = task / zi, z = task % zi
+                    let out = gp + p * inPlane + z * inSlice
+                    let r0 = Int(zs[z]), r1 = Int(zs[z + 1])
+                    if r0 == r1 {
+                        out.update(repeating: 0, count: inSlice)
+                        continue
+                    }
+                    // Zᵀ: gather the output slices that read input slice z.
+                    let gplane = dyp + p * outPlane
+                    do {
+                        let first = gplane + Int(zro[r0]) * outSlice, w = zrw[r0]
+                        for i in 0..<outSlice { acc[i] = w * first[i] }
+                        for r in (r0 + 1)..<r1 {
+                            let sl = gplane + Int(zro[r]) * outSlice, wr = zrw[r]
+                            for i in 0..<outSlice { acc[i] += wr * sl[i] }
+                        }
+                    }
+                    // Yᵀ: scatter each output row into its two input rows (contiguous, vectorised).
+                    rows.update(repeating: 0, count: yi * xo)
+                    for yy in 0..<yo {
+                        let r = acc + yy * xo
+                        let oa = rows + Int(yi0[yy]) * xo, ob = rows + Int(yi1[yy]) * xo
+                        let wa = yw0[yy], wb = yw1[yy]
+                        for i in 0..<xo { oa[i] += wa * r[i] }
+                        for i in 0..<xo { ob[i] += wb * r[i] }
+                    }
+                    // Xᵀ: scatter each column's two taps, on the input rows only.
+                    out.update(repeating: 0, count: inSlice)
+                    for yy in 0..<yi {
+                        let a = rows + yy * xo, o = out + yy * xi
+                        for xx in 0..<xo {
+                            let v = a[xx]
+                            o[Int(xi0[xx])] += xw0[xx] * v
+                            o[Int(xi1[xx])] += xw1[xx] * v
+                        }
+                    }
+                }
+            }
+        }}}}}}}}}}}
+        return g
+    }
+}

@@ -1,0 +1,319 @@
+import ArgumentParser
+import CKernels
+import Foundation
+import NN
+import Tensor
+
+/// `attunet bench`: speed measurements of the building blocks on this machine.
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Measure how fast the network's building blocks run on this machine.",
+        discussion: """
+        Benchmarks run in one process on ONE thread (attunet's threads and OpenBLAS's threads are both set \
+        to 1), because training runs one MPI rank per core: the single-core rate is what a rank gets. \
+        Run them on an otherwise idle machine; another busy process on the same cores makes every figure low. \
+        Build in release mode first (swift build -c release); a debug build is 10-100x slower.
+        """,
+        subcommands: [Layers.self]
+    )
+}
+
+extension Bench {
+    /// `attunet bench layers`: every 3x3x3 convolution shape of the paper's model, and BatchNorm.
+    struct Layers: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Time every 3x3x3 conv shape of the Attention U-Net (fwd, bwd-data, bwd-weights) and BatchNorm.",
+            discussion: """
+            The shapes are those of the paper's model on a 160x160x96 (X x Y x Z) input patch, batch 1: \
+            the encoder/decoder convs at 160x160x96, 80x80x48, 40x40x24, 20x20x12 and 10x10x6, including \
+            the decoder convs that read a concatenation (48->16, 96->32, 192->64, 384->128).
+
+            For each layer and pass it prints the rate in GFLOP/s, counted as 2*Cin*Cout*27*voxels per pass \
+            (the same count for forward, backward-data and backward-weights), and \
+            the kernel path each pass ran (by default the layer's automatic per-shape choice, which training \
+            uses; --path direct or --path gemm forces one to compare them; direct = AVX-512 direct convolution, \
+            gemm = im2col + OpenBLAS sgemm). "eff" is each rate divided by the OpenBLAS sgemm rate on \
+            1024x1024x1024 measured in the same run (before and after the layers; the better one): the practical \
+            single-core ceiling. An efficiency near \
+            or above 100% means the conv runs as fast as the best dense matrix product this core can do. \
+            The "all" row is total FLOP over total time, i.e. FLOP-weighted. The first layer (1->16) never \
+            runs backward-data in training (there is no input gradient to compute); it is timed for completeness.
+
+            BatchNorm (training mode, 16 channels at 160x160x96) is memory-bound, so it is reported in GB/s \
+            of tensor traffic: forward reads x twice (statistics, normalise) and writes y; backward reads x \
+            and dy twice and writes dx.
+
+            Each pass runs once to warm up (first touch of the buffers), then the best of several timed \
+            runs is kept (--quick: a single timed run). A full run takes about a minute in a release build.
+
+            OpenBLAS picks its kernel when the library loads. On CPUs it does not recognise it falls back \
+            to a slow SSE kernel ('Prescott'), which makes the gemm path and the sgemm reference 3-5x slower: \
+            set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) in the environment before starting. \
+            Figures meant for comparison are taken with
+              OPENBLAS_CORETYPE=SkylakeX OPENBLAS_NUM_THREADS=1 attunet bench layers
+            """
+        )
+
+        @Flag(help: "Print one JSON object instead of the table.")
+        var json = false
+
+        @Flag(help: "One timed run per pass after the warm-up instead of the best of several (faster, noisier).")
+        var quick = false
+
+        @Option(help: "3x3x3 kernel path for every layer: auto (the per-shape choice training uses), direct or gemm.")
+        var path: String = "auto"
+
+        @Option(help: "Only the conv layers whose name contains this text, e.g. '48->16' or '@80x80'.")
+        var only: String?
+
+        func validate() throws {
+            guard ["auto", "direct", "gemm"].contains(path) else {
+                throw ValidationError("--path must be auto, direct or gemm, not '\(path)'")
+            }
+        }
+
+        func run() throws {
+            let ckPath = path == "direct" ? CK_PATH_DIRECT : path == "gemm" ? CK_PATH_GEMM : CK_PATH_AUTO
+            let started = DispatchTime.now().uptimeNanoseconds
+            Parallelism.threads = 1
+            BLASInfo.setThreads(1)
+            let cpu = CPUInfo.current
+            let env = ProcessInfo.processInfo.environment
+            var notes: [String] = []
+            if env["OPENBLAS_CORETYPE"] == nil && BLASInfo.slowCores.contains(BLASInfo.coreName) && (cpu.hasAVX512F || cpu.hasAVX2) {
+                let fix = cpu.hasAVX512F ? "SkylakeX" : "Haswell"
+                notes.append("OpenBLAS runs its slow '\(BLASInfo.coreName)' kernel on a CPU with \(cpu.hasAVX512F ? "AVX-512" : "AVX2"): rerun with OPENBLAS_CORETYPE=\(fix) in the environment (OpenBLAS reads it only at load time)")
+            }
+            if !Conv3d.hasDirectKernels {
+                notes.append("this CPU cannot run the direct AVX-512 kernels: every 3x3x3 pass uses im2col + sgemm")
+            }
+            let reps = quick ? 1 : 3
+            let log: (String) -> Void = { line in
+                if !json { FileHandle.standardError.write((line + "\n").data(using: .utf8)!) }
+            }
+            log("measuring sgemm 1024^3 ...")
+            let sgemmStart = Self.sgemmRate(n: 1024, reps: quick ? 2 : 5)
+
+            // Measured again after the layers and the better figure kept: on a shared machine a busy moment
+            // at the start would otherwise inflate every efficiency.
+            var sgemmRate = sgemmStart
+            let shapes = Self.shapes.filter { only == nil || $0.name.contains(only!) }
+            var convs: [ConvResult] = []
+            for s in shapes {
+                log("measuring conv \(s.name) ...")
+                convs.append(Self.measure(s, reps: reps, path: ckPath))
+            }
+            let sgemmEnd = Self.sgemmRate(n: 1024, reps: quick ? 2 : 5)
+            sgemmRate = max(sgemmStart, sgemmEnd)
+            for i in convs.indices { convs[i].setEfficiency(sgemm: sgemmRate) }
+            log("measuring BatchNorm ...")
+            let bn = Self.measureBatchNorm(channels: 16, dims: Dim3(z: 96, y: 160, x: 160), reps: reps)
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
+
+            let report = Report(
+                cpu: cpu.modelName, avx512: cpu.hasAVX512F, directKernels: Conv3d.hasDirectKernels,
+                openblasCore: BLASInfo.coreName, openblasCoretypeEnv: env["OPENBLAS_CORETYPE"],
+                openblasThreads: BLASInfo.threads, threads: Parallelism.threads, path: path, quick: quick,
+                sgemm1024GFlops: sgemmRate, sgemm1024StartEnd: [sgemmStart, sgemmEnd], convs: convs, all: Self.total(convs, sgemm: sgemmRate), batchNorm: bn,
+                seconds: seconds, notes: notes)
+            if json {
+                let enc = JSONEncoder()
+                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try enc.encode(report), as: UTF8.self))
+            } else {
+                Self.printTable(report)
+            }
+        }
+
+        // MARK: Shapes
+
+        struct Shape {
+            var cin, cout: Int
+            var dims: Dim3
+            var name: String { "\(cin)->\(cout) @\(dims)" }
+            var gflop: Double { 2 * Double(cin * cout * 27 * dims.count) / 1e9 }
+        }
+
+        /// The 3x3x3 convs of the Attention U-Net (feature scale 4: 16, 32, 64, 128, 256 channels) on a
+        /// 160x160x96 patch, each distinct shape once.
+        static let shapes: [Shape] = {
+            let full = Dim3(z: 96, y: 160, x: 160)
+            return [
+                Shape(cin: 1, cout: 16, dims: full), Shape(cin: 16, cout: 16, dims: full),
+                Shape(cin: 48, cout: 16, dims: full),
+                Shape(cin: 16, cout: 32, dims: full.divided(by: 2)), Shape(cin: 32, cout: 32, dims: full.divided(by: 2)),
+                Shape(cin: 96, cout: 32, dims: full.divided(by: 2)),
+                Shape(cin: 32, cout: 64, dims: full.divided(by: 4)), Shape(cin: 64, cout: 64, dims: full.divided(by: 4)),
+                Shape(cin: 192, cout: 64, dims: full.divided(by: 4)),
+                Shape(cin: 64, cout: 128, dims: full.divided(by: 8)), Shape(cin: 128, cout: 128, dims: full.divided(by: 8)),
+                Shape(cin: 384, cout: 128, dims: full.divided(by: 8)),
+                Shape(cin: 128, cout: 256, dims: full.divided(by: 16)), Shape(cin: 256, cout: 256, dims: full.divided(by: 16)),
+            ]
+        }()
+
+        // MARK: Results
+
+        struct PassResult: Codable {
+            var seconds: Double, gflops: Double, path: String, efficiency: Double
+        }
+
+        struct ConvResult: Codable {
+            var name: String, cin: Int, cout: Int, x: Int, y: Int, z: Int, gflop: Double
+            var forward: PassResult, backwardData: PassResult, backwardWeights: PassResult
+
+            mutating func setEfficiency(sgemm: Double) {
+                forward.efficiency = forward.gflops / sgemm
+                backwardData.efficiency = backwardData.gflops / sgemm
+                backwardWeights.efficiency = backwardWeights.gflops / sgemm
+            }
+        }
+
+        struct BatchNormResult: Codable {
+            var channels: Int, x: Int, y: Int, z: Int
+            var forwardSeconds: Double, forwardGBs: Double, backwardSeconds: Double, backwardGBs: Double
+        }
+
+        struct Report: Codable {
+            var cpu: String, avx512: Bool, directKernels: Bool
+            var openblasCore: String, openblasCoretypeEnv: String?, openblasThreads: Int, threads: Int, path: String, quick: Bool
+            /// The better of the two measurements (before and after the layers) is the reference.
+            var sgemm1024GFlops: Double
+            var sgemm1024StartEnd: [Double]
+            var convs: [ConvResult]
+            var all: ConvResult?
+            var batchNorm: BatchNormResult
+            var seconds: Double
+            var notes: [String]
+        }
+
+        // MARK: Measurement
+
+        /// Best wall time of `reps` runs of `body` after one untimed warm-up.
+        static func best(_ reps: Int, _ body: () -> Void) -> Double {
+            body()
+            var t = Double.infinity
+            for _ in 0..<max(1, reps) {
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                body()
+                t = min(t, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+            }
+            return t
+        }
+
+        /// Deterministic values in [-scale, scale) (xorshift), cheap enough for 100M floats.
+        static func fill(_ p: UnsafeMutablePointer<Float>, _ count: Int, seed: UInt64, scale: Float) {
+            var s = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+            for i in 0..<count {
+                s ^= s << 13; s ^= s >> 7; s ^= s << 17
+                p[i] = scale * (Float(s >> 40) / Float(1 << 23) - 1)
+            }
+        }
+
+        static func sgemmRate(n: Int, reps: Int) -> Double {
+            let a = Tensor([n, n]), b = Tensor([n, n]), c = Tensor([n, n])
+            fill(a.pointer, n * n, seed: 1, scale: 1)
+            fill(b.pointer, n * n, seed: 2, scale: 1)
+            let t = best(reps) { sgemm(m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n) }
+            return 2 * Double(n * n * n) / t / 1e9
+        }
+
+        static func measure(_ s: Shape, reps: Int, path: ck_path) -> ConvResult {
+            let store = ParameterStore()
+            let conv = Conv3d(params: store, name: "conv", inChannels: s.cin, outChannels: s.cout, kernel: 3, bias: true)
+            conv.path = path
+            store.allocate()
+            fill(conv.weight.value, conv.weight.count, seed: 3, scale: (6 / Float(27 * s.cin)).squareRoot())
+            let x = Tensor([1, s.cin, s.dims.z, s.dims.y, s.dims.x])
+            fill(x.pointer, x.count, seed: 4, scale: 1)
+            let y = conv.forward(x)
+            let dy = Tensor(y.shape)
+            fill(dy.pointer, dy.count, seed: 5, scale: 1)
+            // Big layers need fewer repetitions for a stable best-of.
+            let r = s.gflop > 20 ? min(reps, 2) : reps
+            let tf = best(r) { _ = conv.forward(x) }
+            let td = best(r) { _ = conv.backwardData(dy) }
+            let tw = best(r) { conv.backwardWeights(dy) }
+            func pass(_ t: Double, _ p: ck_pass) -> PassResult {
+                let rate = s.gflop / t
+                return PassResult(seconds: t, gflops: rate, path: conv.pathName(for: p, dims: s.dims), efficiency: 0)
+            }
+            return ConvResult(name: s.name, cin: s.cin, cout: s.cout, x: s.dims.x, y: s.dims.y, z: s.dims.z, gflop: s.gflop,
+                              forward: pass(tf, CK_PASS_FORWARD), backwardData: pass(td, CK_PASS_BACKWARD_DATA),
+                              backwardWeights: pass(tw, CK_PASS_BACKWARD_WEIGHTS))
+        }
+
+        /// FLOP-weighted totals over all measured layers.
+        static func total(_ r: [ConvResult], sgemm: Double) -> ConvResult? {
+            guard !r.isEmpty else { return nil }
+            let gflop = r.reduce(0) { $0 + $1.gflop }
+            func agg(_ k: KeyPath<ConvResult, PassResult>) -> PassResult {
+                let t = r.reduce(0) { $0 + $1[keyPath: k].seconds }
+                let paths = Set(r.map { $0[keyPath: k].path })
+                return PassResult(seconds: t, gflops: gflop / t, path: paths.count == 1 ? paths.first! : "mixed",
+                                  efficiency: gflop / t / sgemm)
+            }
+            return ConvResult(name: "all", cin: 0, cout: 0, x: 0, y: 0, z: 0, gflop: gflop, forward: agg(\.forward),
+                              backwardData: agg(\.backwardData), backwardWeights: agg(\.backwardWeights))
+        }
+
+        static func measureBatchNorm(channels: Int, dims: Dim3, reps: Int) -> BatchNormResult {
+            let params = ParameterStore(), buffers = ParameterStore()
+            let bn = BatchNorm3d(params: params, buffers: buffers, name: "bn", channels: channels)
+            params.allocate(); buffers.allocate()
+            bn.resetParameters()
+            let x = Tensor([1, channels, dims.z, dims.y, dims.x])
+            fill(x.pointer, x.count, seed: 6, scale: 2)
+            let dy = Tensor(x.shape)
+            fill(dy.pointer, dy.count, seed: 7, scale: 1)
+            let tf = best(reps) { _ = bn.forward(x) }
+            let tb = best(reps) { _ = bn.backward(dy) }
+            let bytes = Double(x.count * 4)
+            return BatchNormResult(channels: channels, x: dims.x, y: dims.y, z: dims.z,
+                                   forwardSeconds: tf, forwardGBs: 3 * bytes / tf / 1e9,
+                                   backwardSeconds: tb, backwardGBs: 5 * bytes / tb / 1e9)
+        }
+
+        // MARK: Output
+
+        static func pad(_ s: String, _ w: Int, left: Bool = false) -> String {
+            let p = String(repeating: " ", count: max(0, w - s.count))
+            return left ? s + p : p + s
+        }
+
+        static func short(_ path: String) -> String {
+            switch path {
+            case "direct-avx512": return "direct"
+            case "im2col-sgemm": return "gemm"
+            default: return path
+            }
+        }
+
+        static func printTable(_ r: Report) {
+            print("attunet bench layers: 3x3x3 conv, batch 1, one thread, path \(r.path)\(r.quick ? " (--quick)" : "")")
+            print("CPU \(r.cpu); AVX-512 \(r.avx512 ? "yes" : "no"); direct kernels \(r.directKernels ? "yes" : "no")")
+            print("OpenBLAS core \(r.openblasCore) (OPENBLAS_CORETYPE=\(r.openblasCoretypeEnv ?? "unset")), \(r.openblasThreads) thread(s); sgemm 1024^3: \(fmt(r.sgemm1024GFlops, 1)) GFLOP/s (before/after the layers: \(r.sgemm1024StartEnd.map { fmt($0, 1) }.joined(separator: " / ")))")
+            print("")
+            let head = pad("layer", 24, left: true) + pad("GFLOP", 7) + " | " + pad("fwd GF/s", 15) + pad("bwd-data", 15)
+                + pad("bwd-weights", 15) + " | " + pad("eff fwd / data / wts", 21)
+            print(head)
+            print(String(repeating: "-", count: head.count))
+            func cell(_ p: PassResult) -> String { pad(fmt(p.gflops, 1), 7) + " " + pad(short(p.path), 7, left: true) }
+            func row(_ c: ConvResult) {
+                let eff = [c.forward, c.backwardData, c.backwardWeights].map { pad(fmt(100 * $0.efficiency, 0) + "%", 5) }
+                print(pad(c.name, 24, left: true) + pad(fmt(c.gflop, 1), 7) + " | " + cell(c.forward) + cell(c.backwardData)
+                      + cell(c.backwardWeights) + " | " + pad(eff.joined(separator: " / "), 21))
+            }
+            r.convs.forEach(row)
+            if let all = r.all {
+                print(String(repeating: "-", count: head.count))
+                row(all)
+                print("  conv time for one pass of each layer: fwd \(fmt(all.forward.seconds, 2)) s, bwd-data \(fmt(all.backwardData.seconds, 2)) s, bwd-weights \(fmt(all.backwardWeights.seconds, 2)) s")
+            }
+            let b = r.batchNorm
+            print("")
+            print("BatchNorm3d \(b.channels)ch @\(b.x)x\(b.y)x\(b.z) (train): forward \(fmt(b.forwardGBs, 1)) GB/s (\(fmt(1e3 * b.forwardSeconds, 1)) ms), backward \(fmt(b.backwardGBs, 1)) GB/s (\(fmt(1e3 * b.backwardSeconds, 1)) ms)")
+            print("total bench time \(fmt(r.seconds, 1)) s")
+            for n in r.notes { print("note: \(n)") }
+        }
+    }
+}

@@ -1,0 +1,46 @@
+import ArgumentParser
+import Foundation
+import NN
+
+/// `attunet import-weights`: weights trained by the original PyTorch code → an attunet checkpoint.
+struct ImportWeights: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "import-weights",
+        abstract: "Convert a safetensors state_dict of the original PyTorch model into an attunet checkpoint.",
+        discussion: """
+        The architecture (attention-unet or unet, input channels, classes, feature scale) is inferred from the
+        tensors' names and shapes; every name and shape is checked. Convert a .pth first:
+          python -c "import torch, safetensors.torch as st; \\
+            st.save_file({k: v.contiguous() for k, v in torch.load('model.pth', map_location='cpu').items()}, 'model.safetensors')"
+          attunet import-weights model.safetensors --out ckpt.h5
+        A .pth saved from the whole training state (e.g. {'state_dict': ...}) must be reduced to the model's
+        state_dict first. Weights trained with PyTorch <= 0.3 (the paper's) used align_corners=True trilinear
+        upsampling: pass --align-corners to keep that behaviour.
+        """
+    )
+
+    @Argument(help: "The safetensors file.")
+    var input: String
+
+    @Option(help: "The checkpoint to write (HDF5). Refuses to overwrite an existing file unless --force.")
+    var out: String
+
+    @Flag(help: "Use align_corners=True trilinear upsampling (PyTorch <= 0.3 semantics).")
+    var alignCorners = false
+
+    @Flag(help: "Overwrite --out if it exists.")
+    var force = false
+
+    func run() throws {
+        if FileManager.default.fileExists(atPath: out) && !force {
+            throw ValidationError("\(out) exists; pass --force to overwrite it")
+        }
+        let f = try SafetensorsFile(input)
+        let config = try SegmentationModel.inferConfig(names: Set(f.entries.keys), shape: { f.entries[$0]?.shape },
+                                                       alignCorners: alignCorners)
+        let model = SegmentationModel(config)
+        try model.load(safetensors: f)
+        try Checkpoint.save(model, to: out)
+        print("import-weights: \(input) -> \(out): \(config.kind.rawValue), \(config.inChannels) input channel(s), \(config.classes) classes, feature scale \(config.featureScale), \(grouped(model.parameterCount)) parameters")
+    }
+}

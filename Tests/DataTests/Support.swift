@@ -1,0 +1,90 @@
+import Foundation
+import XCTest
+
+/// Paths and helpers shared by the tests: the package root, the built `attunet`, a Python with h5py/nibabel,
+/// and child processes with a clean MPI environment.
+enum TestEnv {
+    // Copied from Tests/FoundationTests/Support.swift (test targets cannot share files).
+    static let root: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+        .deletingLastPathComponent()
+
+    /// The `attunet` executable built next to the test bundle (swift test builds it).
+    static var attunet: String {
+        let bundleDir = Bundle.main.bundleURL.deletingLastPathComponent()
+        for candidate in [bundleDir.appendingPathComponent("attunet").path,
+                          Bundle.main.bundleURL.appendingPathComponent("attunet").path,
+                          root.appendingPathComponent(".build/debug/attunet").path]
+        where FileManager.default.isExecutableFile(atPath: candidate) {
+            return candidate
+        }
+        return root.appendingPathComponent(".build/debug/attunet").path
+    }
+
+    /// ATTUNET_PYTHON, else the project's .venv (made by launch/test.sh), else python3 on PATH.
+    static var python: String {
+        if let p = ProcessInfo.processInfo.environment["ATTUNET_PYTHON"] { return p }
+        let venv = root.appendingPathComponent(".venv/bin/python").path
+        return FileManager.default.isExecutableFile(atPath: venv) ? venv : "/usr/bin/env python3"
+    }
+
+    /// The environment for a child `mpirun`: a test process that ran MPI_Init as a singleton carries
+    /// OMPI_/PMIX_/ORTE_/OPAL_ variables that make a child mpirun exit 1 silently, so they are stripped.
+    static var childEnvironment: [String: String] {
+        var env = ProcessInfo.processInfo.environment.filter { key, _ in
+            !["OMPI_", "PMIX_", "ORTE_", "OPAL_"].contains { key.hasPrefix($0) }
+        }
+        env["OMPI_ALLOW_RUN_AS_ROOT"] = "1"
+        env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
+        env["OPENBLAS_NUM_THREADS"] = "1"
+        return env
+    }
+
+    struct Result { var status: Int32; var stdout: String; var stderr: String }
+
+    /// Runs a command line through /bin/sh with the clean environment; returns status and output.
+    @discardableResult
+    static func run(_ command: String, timeout: TimeInterval = 300) throws -> Result {
+        let p = Process()
+        p.executableURL = URL(fileURLWithPath: "/bin/sh")
+        p.arguments = ["-c", command]
+        p.environment = childEnvironment
+        // Output goes to files, not pipes, so a chatty child can never block on a full pipe.
+        let base = NSTemporaryDirectory() + "attunet-run-\(UUID().uuidString)"
+        FileManager.default.createFile(atPath: base + ".out", contents: nil)
+        FileManager.default.createFile(atPath: base + ".err", contents: nil)
+        defer { try? FileManager.default.removeItem(atPath: base + ".out"); try? FileManager.default.removeItem(atPath: base + ".err") }
+        p.standardOutput = FileHandle(forWritingAtPath: base + ".out")
+        p.standardError = FileHandle(forWritingAtPath: base + ".err")
+        try p.run()
+        let deadline = Date().addingTimeInterval(timeout)
+        while p.isRunning && Date() < deadline { usleep(20_000) }
+        if p.isRunning {
+            p.terminate()
+            throw NSError(domain: "test", code: 1, userInfo: [NSLocalizedDescriptionKey: "timed out after \(timeout) s: \(command)"])
+        }
+        p.waitUntilExit()
+        let outData = FileManager.default.contents(atPath: base + ".out") ?? Data()
+        let errData = FileManager.default.contents(atPath: base + ".err") ?? Data()
+        return Result(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+                      stderr: String(decoding: errData, as: UTF8.self))
+    }
+
+    /// Runs a Python snippet with the test Python; fails the test with the script's stderr if it fails.
+    static func python(_ script: String, file: StaticString = #filePath, line: UInt = #line) throws {
+        let path = NSTemporaryDirectory() + "attunet-test-\(UUID().uuidString).py"
+        try script.write(toFile: path, atomically: true, encoding: .utf8)
+        defer { try? FileManager.default.removeItem(atPath: path) }
+        let r = try run("\(python) \(path)")
+        if r.status != 0 {
+            XCTFail("python failed (needs h5py/nibabel: run launch/test.sh or pip install -r launch/requirements-test.txt):\n\(r.stderr)", file: file, line: line)
+            throw NSError(domain: "test", code: 2)
+        }
+    }
+
+    /// A fresh temporary directory, removed by the caller's defer.
+    static func tempDir() throws -> URL {
+        let url = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("attunet-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
+        return url
+    }
+}

@@ -1,0 +1,54 @@
+import Foundation
+import XCTest
+
+/// The command-line tool as a user runs it.
+final class CLITests: XCTestCase {
+    func testInspectPrintsThePaperParameterCounts() throws {
+        let a = try TestEnv.run("\(TestEnv.attunet) inspect --model attention-unet --classes 4")
+        XCTAssertEqual(a.status, 0, a.stderr)
+        XCTAssertTrue(a.stdout.contains("total trainable parameters: 6,473,322"), a.stdout)
+        XCTAssertTrue(a.stdout.contains("attentionblock4"), a.stdout)
+        let u = try TestEnv.run("\(TestEnv.attunet) inspect --model unet --classes 4")
+        XCTAssertTrue(u.stdout.contains("total trainable parameters: 5,888,004"), u.stdout)
+    }
+
+    /// A state_dict saved by the original code as safetensors imports into a checkpoint whose tensors equal
+    /// the originals in PyTorch's axis order; a wrong file is refused with one line naming it.
+    func testImportWeightsFromSafetensors() throws {
+        let dir = try TestEnv.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let fixture = TestEnv.root.appendingPathComponent("Tests/Fixtures/model_attention_unet.h5").path
+        try TestEnv.python("""
+            import h5py, numpy as np
+            from safetensors.numpy import save_file
+            with h5py.File(r'\(fixture)', 'r') as f:
+                sd = {k: np.ascontiguousarray(f['state_dict'][k][()]) for k in f['state_dict']}
+            save_file(sd, r'\(dir.path)/w.safetensors')
+            sd.pop('final.bias'); save_file(sd, r'\(dir.path)/broken.safetensors')
+            """)
+        let out = dir.appendingPathComponent("ckpt.h5").path
+        let r = try TestEnv.run("\(TestEnv.attunet) import-weights \(dir.path)/w.safetensors --out \(out)")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("attention-unet"), r.stdout)
+        try TestEnv.python("""
+            import h5py, numpy as np
+            with h5py.File(r'\(fixture)', 'r') as a, h5py.File(r'\(out)', 'r') as b:
+                assert set(a['state_dict']) == set(b['state_dict'])
+                for k in a['state_dict']:
+                    x, y = a['state_dict'][k][()], b['state_dict'][k][()]
+                    assert x.shape == y.shape and np.array_equal(x, y), k
+            """)
+        let again = try TestEnv.run("\(TestEnv.attunet) import-weights \(dir.path)/w.safetensors --out \(out)")
+        XCTAssertNotEqual(again.status, 0, "must not overwrite an existing checkpoint without --force")
+        let bad = try TestEnv.run("\(TestEnv.attunet) import-weights \(dir.path)/broken.safetensors --out \(dir.path)/b.h5")
+        XCTAssertNotEqual(bad.status, 0)
+        XCTAssertTrue(bad.stderr.contains("broken.safetensors: missing tensor final.bias"), bad.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir.path)/b.h5"))
+    }
+
+    func testUnknownFlagIsAClearError() throws {
+        let r = try TestEnv.run("\(TestEnv.attunet) inspect --no-such-flag")
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("--no-such-flag"), r.stderr)
+    }
+}

@@ -1,0 +1,125 @@
+@testable import NN
+import Tensor
+import XCTest
+
+private func tensor(_ shape: [Int], seed: UInt64, lo: Float = -1, hi: Float = 1) -> Tensor {
+    Tensor(shape, GradCheck.random(shape.reduce(1, *), seed: seed, lo: lo, hi: hi))
+}
+
+final class CombineTests: XCTestCase {
+    // MARK: GateMultiply
+
+    func testGateMultiplyForwardBroadcastsOverChannels() {
+        let s = [2, 3, 3, 5, 7]
+        let x = tensor(s, seed: 41)
+        let alpha = tensor([2, 1, 3, 5, 7], seed: 42, lo: 0, hi: 1)
+        let y = GateMultiply().forward(x: x, alpha: alpha)
+        let v = 3 * 5 * 7
+        for b in 0..<2 {
+            for c in 0..<3 {
+                for i in 0..<v {
+                    XCTAssertEqual(y.data[(b * 3 + c) * v + i], alpha.data[b * v + i] * x.data[(b * 3 + c) * v + i])
+                }
+            }
+        }
+    }
+
+    func testGateMultiplyGradients() {
+        let s = [2, 3, 3, 5, 7]
+        let gate = GateMultiply()
+        let x = tensor(s, seed: 43)
+        let alpha = tensor([2, 1, 3, 5, 7], seed: 44, lo: 0.05, hi: 0.95)
+        let y = gate.forward(x: x, alpha: alpha)
+        let r = GradCheck.random(y.count, seed: 45)
+        let (dx, da) = gate.backward(Tensor(y.shape, r))
+        XCTAssertEqual(dx.shape, s)
+        XCTAssertEqual(da.shape, [2, 1, 3, 5, 7])
+        let dxa = dx.array, daa = da.array
+        let loss = { GradCheck.dot(gate.forward(x: x, alpha: alpha).data, r) }
+        GradCheck.check("gate.dx", parameter: x.pointer, count: x.count, analytic: dxa, relTol: 1e-3,
+                        samples: x.count, loss: loss)
+        GradCheck.check("gate.dalpha", parameter: alpha.pointer, count: alpha.count, analytic: daa, relTol: 1e-3,
+                        samples: alpha.count, loss: loss)
+    }
+
+    // MARK: Concat
+
+    func testConcatForwardOrderAndBackwardSplit() {
+        let a = tensor([2, 3, 3, 5, 7], seed: 46), b = tensor([2, 2, 3, 5, 7], seed: 47)
+        let cat = Concat()
+        let y = cat.forward(a, b)
+        XCTAssertEqual(y.shape, [2, 5, 3, 5, 7])
+        let v = 3 * 5 * 7
+        for n in 0..<2 {
+            for c in 0..<5 {
+                for i in Swift.stride(from: 0, to: v, by: 4) {
+                    let want = c < 3 ? a.data[(n * 3 + c) * v + i] : b.data[(n * 2 + c - 3) * v + i]
+                    XCTAssertEqual(y.data[(n * 5 + c) * v + i], want)
+                }
+            }
+        }
+        // Backward of the identity-like map: concatenating (da, db) must give back dy.
+        let r = GradCheck.random(y.count, seed: 48)
+        let (da, db) = cat.backward(Tensor(y.shape, r))
+        XCTAssertEqual(da.shape, a.shape)
+        XCTAssertEqual(db.shape, b.shape)
+        XCTAssertEqual(Concat().forward(da, db).array, r)
+        let loss = { GradCheck.dot(cat.forward(a, b).data, r) }
+        let daa = da.array, dba = db.array
+        GradCheck.check("concat.da", parameter: a.pointer, count: a.count, analytic: daa, relTol: 1e-4, loss: loss)
+        GradCheck.check("concat.db", parameter: b.pointer, count: b.count, analytic: dba, relTol: 1e-4, loss: loss)
+    }
+
+    func testConcatManyInputs() {
+        let parts = [tensor([1, 4, 2, 2, 2], seed: 49), tensor([1, 4, 2, 2, 2], seed: 50),
+                     tensor([1, 1, 2, 2, 2], seed: 51), tensor([1, 4, 2, 2, 2], seed: 52)]
+        let cat = Concat()
+        let y = cat.forward(parts)
+        XCTAssertEqual(y.shape, [1, 13, 2, 2, 2])
+        XCTAssertEqual(y.array, parts.flatMap(\.array))   // N = 1: channel blocks are contiguous
+        let grads = cat.backwardAll(y)
+        XCTAssertEqual(grads.map(\.array), parts.map(\.array))
+    }
+
+    // MARK: Add
+
+    func testAddForwardBackwardAndAccumulate() {
+        let s = [2, 3, 3, 5, 7]
+        let a = tensor(s, seed: 53), b = tensor(s, seed: 54)
+        let add = Add()
+        let y = add.forward(a, b).array   // copied: gradient checks below rerun forward into the same buffer
+        for i in 0..<y.count { XCTAssertEqual(y[i], a.data[i] + b.data[i]) }
+        let dy = tensor(s, seed: 55)
+        let (da, db) = add.backward(dy)
+        XCTAssertEqual(da.array, dy.array)
+        XCTAssertEqual(db.array, dy.array)
+        let loss = { GradCheck.dot(add.forward(a, b).data, dy.array) }
+        GradCheck.check("add.da", parameter: a.pointer, count: a.count, analytic: da.array, relTol: 1e-4, loss: loss)
+        GradCheck.check("add.db", parameter: b.pointer, count: b.count, analytic: db.array, relTol: 1e-4, loss: loss)
+
+        let acc = a.clone()
+        Add.accumulate(into: acc, b)
+        XCTAssertEqual(acc.array, y)
+    }
+
+    func testThreadedMatchesSingleThreaded() {
+        let saved = Parallelism.threads
+        defer { Parallelism.threads = saved }
+        let s = [2, 5, 3, 5, 7]
+        let x = tensor(s, seed: 56), alpha = tensor([2, 1, 3, 5, 7], seed: 57, lo: 0, hi: 1)
+        let a = tensor([2, 2, 3, 5, 7], seed: 58), dy = tensor(s, seed: 59), dcat = tensor([2, 7, 3, 5, 7], seed: 60)
+        var results: [[[Float]]] = []
+        for threads in [1, 3] {
+            Parallelism.threads = threads
+            let gate = GateMultiply(), cat = Concat(), add = Add()
+            let y = gate.forward(x: x, alpha: alpha).array
+            let (dx, da) = gate.backward(dy)
+            let c = cat.forward(a, x).array
+            let (ca, cx) = cat.backward(dcat)
+            let sum = add.forward(x, dy).array
+            results.append([y, dx.array, da.array, c, ca.array, cx.array, sum])
+        }
+        XCTAssertEqual(results[0], results[1])
+    }
+}
+

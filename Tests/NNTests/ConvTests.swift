@@ -1,0 +1,282 @@
+import CKernels
+import Tensor
+import XCTest
+@testable import NN
+
+/// Conv3d (3x3x3 on both CKernels paths, 1x1x1, 2x2x2 stride 2) against naive double-precision loops, finite
+/// differences, and single- vs multi-threaded runs.
+final class ConvTests: XCTestCase {
+    override func tearDown() {
+        Parallelism.threads = 1
+        super.tearDown()
+    }
+
+    // MARK: Fixtures
+
+    struct Case {
+        var n, cin, cout, z, y, x: Int
+        var dims: Dim3 { Dim3(z: z, y: y, x: x) }
+    }
+
+    static let odd = Case(n: 2, cin: 3, cout: 5, z: 5, y: 6, x: 7)
+    static let wide = Case(n: 1, cin: 2, cout: 3, z: 3, y: 4, x: 17)
+
+    /// A layer with random weights (and bias) in a fresh store, plus a random input.
+    func make(_ c: Case, kernel: Int, bias: Bool, seed: UInt64 = 1) -> (Conv3d, ParameterStore, Tensor) {
+        let store = ParameterStore()
+        let conv = Conv3d(params: store, name: "conv", inChannels: c.cin, outChannels: c.cout, kernel: kernel, bias: bias)
+        store.allocate()
+        let w = GradCheck.random(conv.weight.count, seed: seed &+ 11, lo: -0.5, hi: 0.5)
+        conv.weight.value.update(from: w, count: w.count)
+        if let b = conv.bias {
+            let bv = GradCheck.random(b.count, seed: seed &+ 12)
+            b.value.update(from: bv, count: bv.count)
+        }
+        let x = Tensor([c.n, c.cin, c.z, c.y, c.x], GradCheck.random(c.n * c.cin * c.z * c.y * c.x, seed: seed &+ 13))
+        return (conv, store, x)
+    }
+
+    // MARK: Naive references (Double)
+
+    /// Generic strided conv: out[o] = b + Σ w * in[stride*o + k - pad]; also its adjoints.
+    struct Naive {
+        let c: Case, k: Int, stride: Int, pad: Int
+        var od: Dim3 {
+            Dim3(z: (c.z + 2 * pad - k) / stride + 1, y: (c.y + 2 * pad - k) / stride + 1, x: (c.x + 2 * pad - k) / stride + 1)
+        }
+
+        /// Calls body(inIndex, outIndex, weightIndex) for every (valid) multiply of the convolution.
+        func forEachTap(_ body: (Int, Int, Int) -> Void) {
+            let od = od, k3 = k * k * k
+            for n in 0..<c.n {
+                for co in 0..<c.cout {
+                    for oz in 0..<od.z { for oy in 0..<od.y { for ox in 0..<od.x {
+                        let o = (((n * c.cout + co) * od.z + oz) * od.y + oy) * od.x + ox
+                        for ci in 0..<c.cin {
+                            for kz in 0..<k { for ky in 0..<k { for kx in 0..<k {
+                                let iz = oz * stride + kz - pad, iy = oy * stride + ky - pad, ix = ox * stride + kx - pad
+                                guard iz >= 0, iz < c.z, iy >= 0, iy < c.y, ix >= 0, ix < c.x else { continue }
+                                let i = (((n * c.cin + ci) * c.z + iz) * c.y + iy) * c.x + ix
+                                let wi = (co * c.cin + ci) * k3 + (kz * k + ky) * k + kx
+                                body(i, o, wi)
+                            } } }
+                        }
+                    } } }
+                }
+            }
+        }
+
+        func forward(x: [Float], w: [Float], b: [Float]?) -> [Double] {
+            let vo = od.count
+            var y = [Double](repeating: 0, count: c.n * c.cout * vo)
+            if let b { for i in y.indices { y[i] = Double(b[(i / vo) % c.cout]) } }
+            forEachTap { i, o, wi in y[o] += Double(w[wi]) * Double(x[i]) }
+            return y
+        }
+
+        /// (dx, dW, db) for output gradient dy.
+        func backward(x: [Float], w: [Float], dy: [Float]) -> ([Double], [Double], [Double]) {
+            var dx = [Double](repeating: 0, count: x.count), dw = [Double](repeating: 0, count: w.count)
+            var db = [Double](repeating: 0, count: c.cout)
+            forEachTap { i, o, wi in
+                dx[i] += Double(w[wi]) * Double(dy[o])
+                dw[wi] += Double(x[i]) * Double(dy[o])
+            }
+            let vo = od.count
+            for o in dy.indices { db[(o / vo) % c.cout] += Double(dy[o]) }
+            return (dx, dw, db)
+        }
+    }
+
+    func assertClose(_ got: [Float], _ want: [Double], _ what: String, rel: Double = 2e-6,
+                     file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertEqual(got.count, want.count, "\(what): count", file: file, line: line)
+        let scale = max(want.map(abs).max() ?? 0, 1e-6)
+        var worst = 0.0, at = 0
+        for i in 0..<min(got.count, want.count) {
+            let e = abs(Double(got[i]) - want[i]) / scale
+            if e > worst { worst = e; at = i }
+        }
+        XCTAssertLessThanOrEqual(worst, rel, "\(what): worst rel error at [\(at)] got \(got.isEmpty ? 0 : got[at]) want \(want.isEmpty ? 0 : want[at])",
+                                 file: file, line: line)
+    }
+
+    /// Forward, then backward of dy, compared with the naive loops in full.
+    func checkAgainstNaive(_ c: Case, kernel: Int, bias: Bool, path: ck_path = CK_PATH_AUTO,
+                           file: StaticString = #filePath, line: UInt = #line) {
+        let (conv, store, x) = make(c, kernel: kernel, bias: bias)
+        conv.path = path
+        let naive = Naive(c: c, k: kernel, stride: kernel == 2 ? 2 : 1, pad: kernel == 3 ? 1 : 0)
+        let w = Array(UnsafeBufferPointer(start: conv.weight.value, count: conv.weight.count))
+        let b = conv.bias.map { Array(UnsafeBufferPointer(start: $0.value, count: $0.count)) }
+        let y = conv.forward(x)
+        XCTAssertEqual(y.shape, [c.n, c.cout, naive.od.z, naive.od.y, naive.od.x], file: file, line: line)
+        assertClose(y.array, naive.forward(x: x.array, w: w, b: b), "k\(kernel) forward", file: file, line: line)
+
+        let dy = Tensor(y.shape, GradCheck.random(y.count, seed: 99))
+        store.zeroGrads()
+        let dx = conv.backward(dy)
+        let (rdx, rdw, rdb) = naive.backward(x: x.array, w: w, dy: dy.array)
+        XCTAssertEqual(dx.shape, x.shape, file: file, line: line)
+        assertClose(dx.array, rdx, "k\(kernel) dx", file: file, line: line)
+        assertClose(Array(UnsafeBufferPointer(start: conv.weight.grad, count: conv.weight.count)), rdw, "k\(kernel) dW",
+                    file: file, line: line)
+        if let bias = conv.bias {
+            assertClose(Array(UnsafeBufferPointer(start: bias.grad, count: bias.count)), rdb, "k\(kernel) db",
+                        file: file, line: line)
+        }
+    }
+
+    // MARK: Forward / backward against the naive loops
+
+    func testConv3GemmPathMatchesNaive() {
+        checkAgainstNaive(Self.odd, kernel: 3, bias: true, path: CK_PATH_GEMM)
+        checkAgainstNaive(Self.wide, kernel: 3, bias: false, path: CK_PATH_GEMM)
+    }
+
+    func testConv3DirectPathMatchesNaive() throws {
+        guard Conv3d.hasDirectKernels else {
+            // Without AVX-512, a forced DIRECT must run (and report) the GEMM path.
+            for pass in [CK_PASS_FORWARD, CK_PASS_BACKWARD_DATA, CK_PASS_BACKWARD_WEIGHTS] {
+                XCTAssertEqual(Conv3d.resolvedPath(CK_PATH_DIRECT, inChannels: 3, outChannels: 5, dims: Self.odd.dims, pass: pass),
+                               CK_PATH_GEMM)
+                XCTAssertEqual(Conv3d.autoPath(inChannels: 3, outChannels: 5, dims: Self.odd.dims, pass: pass), CK_PATH_GEMM)
+            }
+            checkAgainstNaive(Self.odd, kernel: 3, bias: true, path: CK_PATH_DIRECT)
+            throw XCTSkip("CPU has no AVX-512: the direct kernels cannot run here (GEMM fallback checked)")
+        }
+        checkAgainstNaive(Self.odd, kernel: 3, bias: true, path: CK_PATH_DIRECT)
+        checkAgainstNaive(Self.wide, kernel: 3, bias: false, path: CK_PATH_DIRECT)
+    }
+
+    func testConv3AutoPathMatchesNaive() {
+        checkAgainstNaive(Self.odd, kernel: 3, bias: true)
+    }
+
+    func testConv1MatchesNaive() {
+        checkAgainstNaive(Self.odd, kernel: 1, bias: true)
+        checkAgainstNaive(Self.wide, kernel: 1, bias: false)
+    }
+
+    func testConv2Stride2MatchesNaive() {
+        // Odd extents (5, 7, 17): the trailing plane/row/column is dropped and gets zero gradient.
+        checkAgainstNaive(Self.odd, kernel: 2, bias: false)
+        checkAgainstNaive(Self.wide, kernel: 2, bias: false)
+        checkAgainstNaive(Case(n: 2, cin: 3, cout: 4, z: 4, y: 6, x: 8), kernel: 2, bias: true)
+    }
+
+    // MARK: Finite differences
+
+    func gradCheck(_ c: Case, kernel: Int, bias: Bool, path: ck_path = CK_PATH_AUTO,
+                   file: StaticString = #filePath, line: UInt = #line) {
+        let (conv, store, x) = make(c, kernel: kernel, bias: bias, seed: 5)
+        conv.path = path
+        let y = conv.forward(x)
+        let r = GradCheck.random(y.count, seed: 77)
+        let dy = Tensor(y.shape, r)
+        store.zeroGrads()
+        let dx = conv.backward(dy).array
+        let dw = Array(UnsafeBufferPointer(start: conv.weight.grad, count: conv.weight.count))
+        let loss = { GradCheck.dot(conv.forward(x).data, r) }
+        let tag = "k\(kernel) \(Conv3d.pathName(path))"
+        GradCheck.check("\(tag) dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-3,
+                        loss: loss, file: file, line: line)
+        GradCheck.check("\(tag) dW", parameter: conv.weight.value, count: conv.weight.count, analytic: dw, relTol: 1e-3,
+                        loss: loss, file: file, line: line)
+        if let b = conv.bias {
+            let db = Array(UnsafeBufferPointer(start: b.grad, count: b.count))
+            GradCheck.check("\(tag) db", parameter: b.value, count: b.count, analytic: db, relTol: 1e-3,
+                            loss: loss, file: file, line: line)
+        }
+    }
+
+    func testConv3GradCheck() {
+        gradCheck(Self.odd, kernel: 3, bias: true, path: CK_PATH_GEMM)
+        gradCheck(Self.odd, kernel: 3, bias: true, path: CK_PATH_DIRECT)  // GEMM fallback without AVX-512
+    }
+
+    func testConv1GradCheck() { gradCheck(Self.odd, kernel: 1, bias: true) }
+
+    func testConv2GradCheck() { gradCheck(Self.odd, kernel: 2, bias: true) }
+
+    // MARK: Threads, accumulation, reuse, first layer
+
+    func testTwoThreadsEqualOneThread() {
+        for (kernel, path) in [(3, CK_PATH_GEMM), (3, CK_PATH_DIRECT), (1, CK_PATH_AUTO), (2, CK_PATH_AUTO)] {
+            // Large enough in V for the 1x1x1 split (V / 1024 >= 2).
+            let c = kernel == 1 ? Case(n: 2, cin: 3, cout: 5, z: 4, y: 24, x: 24) : Self.odd
+            var results: [[Float]] = []
+            for threads in [1, 2] {
+                Parallelism.threads = threads
+                let (conv, store, x) = make(c, kernel: kernel, bias: true, seed: 3)
+                conv.path = path
+                let y = conv.forward(x).array
+                let dy = Tensor(conv.forward(x).shape, GradCheck.random(y.count, seed: 4))
+                store.zeroGrads()
+                let dx = conv.backward(dy).array
+                results.append(y + dx + store.grads.array)
+            }
+            Parallelism.threads = 1
+            let scale = Double(results[0].map(abs).max()!)
+            let worst = zip(results[0], results[1]).map { Double(abs($0 - $1)) }.max()!
+            XCTAssertLessThanOrEqual(worst / scale, 1e-6, "kernel \(kernel) \(Conv3d.pathName(path)): 2 threads differ from 1")
+        }
+    }
+
+    func testBackwardAccumulatesAndReusesBuffers() {
+        let (conv, store, x) = make(Self.odd, kernel: 3, bias: true)
+        let y1 = conv.forward(x)
+        let y2 = conv.forward(x)
+        XCTAssertTrue(y1 === y2, "output must be reused while the shape is unchanged")
+        let dy = Tensor(y1.shape, GradCheck.random(y1.count, seed: 8))
+        store.zeroGrads()
+        let dx1 = conv.backward(dy)
+        let once = store.grads.array
+        XCTAssertGreaterThan(once.map(abs).max()!, 0)
+        let dx2 = conv.backward(dy)
+        XCTAssertTrue(dx1 === dx2, "input gradient must be reused")
+        for (a, b) in zip(once, store.grads.array) { XCTAssertEqual(2 * a, b, accuracy: 1e-5 * max(1, abs(b))) }
+
+        // A new shape gets a new output.
+        let x2 = Tensor([1, 3, 4, 4, 4], GradCheck.random(192, seed: 9))
+        XCTAssertEqual(conv.forward(x2).shape, [1, 5, 4, 4, 4])
+    }
+
+    func testFirstLayerSkipsInputGradient() {
+        let (conv, store, x) = make(Self.odd, kernel: 3, bias: true)
+        let (ref, refStore, _) = make(Self.odd, kernel: 3, bias: true)
+        conv.needsInputGradient = false
+        let y = conv.forward(x)
+        _ = ref.forward(x)
+        let dy = Tensor(y.shape, GradCheck.random(y.count, seed: 8))
+        store.zeroGrads(); refStore.zeroGrads()
+        XCTAssertEqual(conv.backward(dy).count, 0)
+        XCTAssertEqual(ref.backward(dy).count, x.count)
+        XCTAssertEqual(store.grads.array, refStore.grads.array)
+    }
+
+    func testSplitBackwardEqualsBackward() {
+        for kernel in [3, 1, 2] {
+            let (conv, store, x) = make(Self.odd, kernel: kernel, bias: true)
+            let y = conv.forward(x)
+            let dy = Tensor(y.shape, GradCheck.random(y.count, seed: 8))
+            store.zeroGrads()
+            let dx = conv.backward(dy).array
+            let grads = store.grads.array
+            store.zeroGrads()
+            XCTAssertEqual(conv.backwardData(dy).array, dx, "kernel \(kernel)")
+            XCTAssertEqual(store.grads.array.map(abs).max(), 0, "backwardData must not touch parameter gradients")
+            conv.backwardWeights(dy)
+            XCTAssertEqual(store.grads.array, grads, "kernel \(kernel)")
+        }
+    }
+
+    func testRegistersPyTorchNamesAndShapes() {
+        let store = ParameterStore()
+        _ = Conv3d(params: store, name: "conv1.conv1.0", inChannels: 1, outChannels: 16, kernel: 3, bias: true)
+        _ = Conv3d(params: store, name: "gate.theta", inChannels: 16, outChannels: 8, kernel: 2, bias: false)
+        XCTAssertEqual(store.entries.map(\.name), ["conv1.conv1.0.weight", "conv1.conv1.0.bias", "gate.theta.weight"])
+        XCTAssertEqual(store.entries.map(\.shape), [[16, 1, 3, 3, 3], [16], [8, 16, 2, 2, 2]])
+        XCTAssertFalse(Conv3d.pathName(CK_PATH_GEMM).isEmpty)
+    }
+}

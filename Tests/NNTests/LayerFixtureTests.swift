@@ -1,0 +1,119 @@
+import CKernels
+import NN
+import Tensor
+import XCTest
+
+/// Every layer against values computed by PyTorch (Tests/Fixtures/layers.h5).
+final class LayerFixtureTests: XCTestCase {
+    var fx: Fixture!
+    override func setUpWithError() throws { fx = try Fixture("layers.h5") }
+
+    private func checkConv(_ group: String, kernel: Int, path: ck_path = CK_PATH_AUTO) throws {
+        let cfg = try fx.config(group)
+        let x = try fx.tensor("\(group)/x"), w = try fx.tensor("\(group)/weight")
+        let hasBias = cfg["bias"] as? Bool ?? false
+        let store = ParameterStore()
+        let conv = Conv3d(params: store, name: "c", inChannels: w.shape[1], outChannels: w.shape[0], kernel: kernel, bias: hasBias)
+        conv.path = path
+        store.allocate()
+        conv.weight.value.update(from: w.pointer, count: w.count)
+        if hasBias { let b = try fx.tensor("\(group)/bias"); conv.bias!.value.update(from: b.pointer, count: b.count) }
+        let label = "\(group) [\(String(cString: ck_path_name(path == CK_PATH_AUTO ? CK_PATH_GEMM : path)))]"
+        assertClose(conv.forward(x), try fx.tensor("\(group)/y"), "\(label) y")
+        assertClose(conv.backward(try fx.tensor("\(group)/dy")), try fx.tensor("\(group)/dx"), "\(label) dx")
+        assertClose(conv.weight.grad, try fx.tensor("\(group)/dweight"), "\(label) dweight")
+        if hasBias { assertClose(conv.bias!.grad, try fx.tensor("\(group)/dbias"), "\(label) dbias") }
+    }
+
+    func testConv3x3x3BothPaths() throws {
+        for group in ["conv3", "conv3_wide"] {
+            try checkConv(group, kernel: 3, path: CK_PATH_GEMM)
+            if ck_cpu_has_avx512() != 0 { try checkConv(group, kernel: 3, path: CK_PATH_DIRECT) }
+        }
+    }
+
+    func testConv1x1x1AndStrided2x2x2() throws {
+        try checkConv("conv1", kernel: 1)
+        try checkConv("conv2s2_even", kernel: 2)
+        try checkConv("conv2s2_odd", kernel: 2)
+    }
+
+    func testBatchNormTrainAndEval() throws {
+        for (group, training) in [("bn_train", true), ("bn_eval", false)] {
+            let x = try fx.tensor("\(group)/x")
+            let p = ParameterStore(), b = ParameterStore()
+            let bn = BatchNorm3d(params: p, buffers: b, name: "bn", channels: x.shape[1])
+            p.allocate(); b.allocate()
+            bn.training = training
+            let w = try fx.tensor("\(group)/weight"), bias = try fx.tensor("\(group)/bias")
+            bn.weight.value.update(from: w.pointer, count: w.count)
+            bn.bias.value.update(from: bias.pointer, count: bias.count)
+            let rm = try fx.tensor(training ? "\(group)/running_mean_before" : "\(group)/running_mean")
+            let rv = try fx.tensor(training ? "\(group)/running_var_before" : "\(group)/running_var")
+            bn.runningMean.value.update(from: rm.pointer, count: rm.count)
+            bn.runningVar.value.update(from: rv.pointer, count: rv.count)
+            assertClose(bn.forward(x), try fx.tensor("\(group)/y"), "\(group) y")
+            if training {
+                assertClose(bn.runningMean.value, try fx.tensor("\(group)/running_mean_after"), tol: 1e-5, "running_mean")
+                assertClose(bn.runningVar.value, try fx.tensor("\(group)/running_var_after"), tol: 1e-5, "running_var")
+            }
+            assertClose(bn.backward(try fx.tensor("\(group)/dy")), try fx.tensor("\(group)/dx"), "\(group) dx")
+            assertClose(bn.weight.grad, try fx.tensor("\(group)/dweight"), "\(group) dweight")
+            assertClose(bn.bias.grad, try fx.tensor("\(group)/dbias"), "\(group) dbias")
+        }
+    }
+
+    func testActivationsAndPooling() throws {
+        let cases: [(String, (Tensor) -> Tensor, (Tensor) -> Tensor)] = {
+            let relu = ReLU(), sig = Sigmoid(), sm = Softmax(), pool = MaxPool3d()
+            return [("relu", relu.forward, relu.backward), ("sigmoid", sig.forward, sig.backward),
+                    ("softmax", sm.forward, sm.backward), ("maxpool", pool.forward, pool.backward)]
+        }()
+        for (group, forward, backward) in cases {
+            assertClose(forward(try fx.tensor("\(group)/x")), try fx.tensor("\(group)/y"), "\(group) y")
+            assertClose(backward(try fx.tensor("\(group)/dy")), try fx.tensor("\(group)/dx"), "\(group) dx")
+        }
+    }
+
+    func testTrilinearFactorsSizesAndAlignCorners() throws {
+        let cases: [(String, Trilinear)] = [
+            ("trilinear_x2_ac0", Trilinear(factor: 2, alignCorners: false)),
+            ("trilinear_x2_ac1", Trilinear(factor: 2, alignCorners: true)),
+            ("trilinear_x4", Trilinear(factor: 4, alignCorners: false)),
+            ("trilinear_x4_ac1", Trilinear(factor: 4, alignCorners: true)),
+            ("trilinear_x8", Trilinear(factor: 8, alignCorners: false)),
+            ("trilinear_x8_ac1", Trilinear(factor: 8, alignCorners: true)),
+            // torch size (X, Y, Z) = (9, 11, 13) is our (z: 13, y: 11, x: 9).
+            ("trilinear_size_ac0", Trilinear(size: Dim3(z: 13, y: 11, x: 9), alignCorners: false)),
+            ("trilinear_size_ac1", Trilinear(size: Dim3(z: 13, y: 11, x: 9), alignCorners: true)),
+        ]
+        for (group, layer) in cases {
+            assertClose(layer.forward(try fx.tensor("\(group)/x")), try fx.tensor("\(group)/y"), "\(group) y")
+            assertClose(layer.backward(try fx.tensor("\(group)/dy")), try fx.tensor("\(group)/dx"), "\(group) dx")
+        }
+    }
+
+    func testGateAndConcat() throws {
+        let gate = GateMultiply()
+        assertClose(gate.forward(x: try fx.tensor("gate/x"), alpha: try fx.tensor("gate/alpha")), try fx.tensor("gate/y"), "gate y")
+        let (dx, dalpha) = gate.backward(try fx.tensor("gate/dy"))
+        assertClose(dx, try fx.tensor("gate/dx"), "gate dx")
+        assertClose(dalpha, try fx.tensor("gate/dalpha"), "gate dalpha")
+        let cat = Concat()
+        assertClose(cat.forward(try fx.tensor("concat/a"), try fx.tensor("concat/b")), try fx.tensor("concat/y"), "concat y")
+        let (da, db) = cat.backward(try fx.tensor("concat/dy"))
+        assertClose(da, try fx.tensor("concat/da"), "concat da")
+        assertClose(db, try fx.tensor("concat/db"), "concat db")
+    }
+
+    func testLossesAgainstTheOriginal() throws {
+        for (group, kind) in [("softmax_dice", LossKind.softDice), ("cross_entropy", LossKind.crossEntropy)] {
+            let logits = try fx.tensor("\(group)/logits")
+            let labels = try fx.labels("\(group)/target")
+            let loss = SegmentationLoss(kind)
+            let value = labels.withUnsafeBufferPointer { loss.forward(logits: logits, labels: $0) }
+            XCTAssertEqual(value, try fx.scalar("\(group)/loss"), accuracy: 1e-5, group)
+            assertClose(loss.gradient, try fx.tensor("\(group)/dlogits"), "\(group) dlogits")
+        }
+    }
+}

@@ -1,0 +1,130 @@
+import Foundation
+import HDF5Kit
+@testable import NN
+import Tensor
+import XCTest
+
+final class ModelTests: XCTestCase {
+    /// The released classes at feature_scale 4, 1 input channel, 4 classes (reference §1.5-§1.6).
+    func testParameterCountsMatchTheReleasedClasses() {
+        XCTAssertEqual(SegmentationModel(ModelConfig(kind: .attentionUNet)).parameterCount, 6_473_322)
+        XCTAssertEqual(SegmentationModel(ModelConfig(kind: .unet)).parameterCount, 5_888_004)
+        // Per-module figures of reference §1.5.
+        let m = SegmentationModel(ModelConfig(kind: .attentionUNet))
+        func module(_ prefix: String) -> Int { m.params.entries.filter { $0.name.hasPrefix(prefix + ".") }.reduce(0) { $0 + $1.count } }
+        XCTAssertEqual(module("conv1"), 7_440)
+        XCTAssertEqual(module("center"), 2_655_744)
+        XCTAssertEqual(module("gating"), 66_304)
+        XCTAssertEqual(module("attentionblock4"), 394_882)
+        XCTAssertEqual(module("attentionblock4.gate_block_1.theta"), 131_072)
+        XCTAssertEqual(module("up_concat4"), 1_770_240)
+        XCTAssertEqual(module("dsv4"), 516)
+        XCTAssertEqual(module("final"), 68)
+        // BN affine values and running buffers (mean, var, num_batches_tracked per BN).
+        XCTAssertEqual(m.params.entries.filter { $0.name.contains(".1.weight") || $0.name.contains("W.1.weight") }
+            .reduce(0) { $0 + $1.count } * 2, 4_800)
+        XCTAssertEqual(m.buffers.count, 4_828)
+    }
+
+    func testNamesFollowTheOriginalStateDict() {
+        let names = SegmentationModel(ModelConfig(kind: .attentionUNet, featureScale: 16)).params.entries.map(\.name)
+        for n in ["conv1.conv1.0.weight", "conv1.conv1.1.bias", "conv1.conv2.0.bias", "gating.conv1.0.weight",
+                  "attentionblock2.gate_block_1.W.0.weight", "attentionblock2.gate_block_1.W.1.weight",
+                  "attentionblock2.gate_block_1.theta.weight", "attentionblock2.gate_block_2.psi.bias",
+                  "attentionblock4.combine_gates.0.weight", "attentionblock4.combine_gates.1.bias",
+                  "up_concat1.conv.conv2.1.weight", "dsv4.dsv.0.weight", "dsv1.bias", "final.weight"] {
+            XCTAssertTrue(names.contains(n), n)
+        }
+        XCTAssertFalse(names.contains("attentionblock2.gate_block_1.theta.bias"), "theta has no bias")
+        XCTAssertEqual(names.first, "conv1.conv1.0.weight")
+        XCTAssertEqual(names.last, "final.bias")
+    }
+
+    func testInitialisationIsSeededAndFollowsTheOriginal() {
+        let a = SegmentationModel(ModelConfig(featureScale: 16), seed: 7)
+        let b = SegmentationModel(ModelConfig(featureScale: 16), seed: 7)
+        let c = SegmentationModel(ModelConfig(featureScale: 16), seed: 8)
+        XCTAssertEqual(a.params.values.array, b.params.values.array)
+        XCTAssertNotEqual(a.params.values.array, c.params.values.array)
+        // center conv: Kaiming std sqrt(2 / (Cin * 27)) with Cin = 32 at feature scale 16.
+        let w = a.center.c1.conv.weight
+        let values = (0..<w.count).map { Double(w.value[$0]) }
+        let std = (values.map { $0 * $0 }.reduce(0, +) / Double(values.count)).squareRoot()
+        XCTAssertEqual(std, (2.0 / (32 * 27)).squareRoot(), accuracy: 0.03 * std)
+        let bnw = a.center.c1.bn.weight
+        XCTAssertEqual((0..<bnw.count).map { Double(bnw.value[$0]) }.reduce(0, +) / Double(bnw.count), 1, accuracy: 0.02)
+        XCTAssertEqual(a.center.c1.bn.bias.value[0], 0)
+    }
+
+    func testInputsNotDivisibleBy16AreRefusedAtTheEntrance() {
+        let m = SegmentationModel(ModelConfig(featureScale: 16))
+        XCTAssertThrowsError(try m.forward(Tensor([1, 1, 16, 24, 32]))) {
+            XCTAssertTrue("\($0)".contains("32x24x16"), "\($0)")
+            XCTAssertTrue("\($0)".contains("multiple of 16"), "\($0)")
+        }
+        XCTAssertThrowsError(try m.forward(Tensor([1, 2, 16, 16, 16])))
+    }
+
+    /// Save → load gives identical weights and buffers; another architecture and a truncated file are refused.
+    func testCheckpointRoundTripAndRefusals() throws {
+        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("attunet-ckpt-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let path = dir.appendingPathComponent("c.h5").path
+        let m = SegmentationModel(ModelConfig(featureScale: 16), seed: 3)
+        for e in m.buffers.entries {
+            // num_batches_tracked is an integer counter (int64 on disk); the statistics are arbitrary floats.
+            for i in 0..<e.count { m.buffers.values.data[e.offset + i] = e.name.hasSuffix("num_batches_tracked") ? 17 : Float(i % 13) * 0.25 + 1 }
+        }
+        try Checkpoint.save(m, to: path)
+        let back = try Checkpoint.load(path)
+        XCTAssertEqual(back.config, m.config)
+        XCTAssertTrue(back.params.values.array == m.params.values.array, "parameters differ after a round trip")
+        XCTAssertTrue(back.buffers.values.array == m.buffers.values.array, "BN buffers differ after a round trip")
+        // PyTorch axis order on disk: our [Cout][Cin][kz][ky][kx] element (o,i,z,y,x) is stored at (o,i,x,y,z).
+        let f = try H5File.open(path)
+        let d = try f.root.dataset("state_dict/conv1.conv1.0.weight")
+        XCTAssertEqual(d.shape, [4, 1, 3, 3, 3])
+        let disk = try d.readFloats(), w = m.conv1.c1.conv.weight.value
+        XCTAssertEqual(disk[(0 * 3 + 1) * 3 + 2], w[(2 * 3 + 1) * 3 + 0])  // (x=0,y=1,z=2) vs ours (z=2,y=1,x=0)
+        let other = SegmentationModel(ModelConfig(classes: 3, featureScale: 16))
+        XCTAssertThrowsError(try Checkpoint.load(path, into: other)) { XCTAssertTrue("\($0)".contains("4 classes"), "\($0)") }
+        let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
+        let cut = dir.appendingPathComponent("cut.h5").path
+        try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: cut))
+        XCTAssertThrowsError(try Checkpoint.load(cut)) { XCTAssertTrue("\($0)".contains("cut.h5"), "\($0)") }
+    }
+
+    /// A checkpoint written here loads into the original PyTorch model (h5py + torch.from_numpy) and gives the
+    /// same logits. Needs a Python with torch: set ATTUNET_TORCH_PYTHON (not part of CI's environment).
+    func testCheckpointLoadsIntoPyTorch() throws {
+        guard let python = ProcessInfo.processInfo.environment["ATTUNET_TORCH_PYTHON"] else {
+            throw XCTSkip("set ATTUNET_TORCH_PYTHON to a python with torch + h5py to run this check")
+        }
+        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("attunet-torch-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        for kind in ModelKind.allCases {
+            let m = SegmentationModel(ModelConfig(kind: kind, featureScale: 8), seed: 11)
+            for i in 0..<m.buffers.count { m.buffers.values.data[i] = 0.5 + Float(i % 7) * 0.1 }
+            m.training = false
+            let x = Tensor([1, 1, 16, 32, 48])
+            for i in 0..<x.count { x.data[i] = sin(Float(i) * 0.37) }
+            let logits = try m.forward(x)
+            let ckpt = dir.appendingPathComponent("\(kind.rawValue).h5").path, io = dir.appendingPathComponent("io.h5").path
+            try Checkpoint.save(m, to: ckpt)
+            do {
+                let f = try H5File.create(io)
+                try f.root.write("input", x.array, shape: x.shape)
+                try f.root.write("logits", logits.array, shape: logits.shape)
+            }
+            let script = Fixture.directory.appendingPathComponent("check_checkpoint_in_torch.py").path
+            let p = Process()
+            p.executableURL = URL(fileURLWithPath: python)
+            p.arguments = [script, ckpt, io]
+            try p.run()
+            p.waitUntilExit()
+            XCTAssertEqual(p.terminationStatus, 0, "\(kind.rawValue): PyTorch logits differ (see output above)")
+        }
+    }
+}
