@@ -13,6 +13,7 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
     ],
     targets: [
         // System libraries: module maps + static-inline shims for what Swift cannot import (macros).
@@ -35,14 +36,17 @@ let package = Package(
         .target(name: "Distributed", dependencies: ["CMPI"]),
         .target(name: "NN", dependencies: ["Tensor", "CKernels", "HDF5Kit"]),
         .target(name: "Data", dependencies: ["Tensor", "HDF5Kit", "CNIfTI"]),
-        .target(name: "Training", dependencies: ["NN", "Data", "Distributed", "HDF5Kit"]),
+        .target(name: "Training", dependencies: ["NN", "Data", "Distributed", "HDF5Kit",
+                                               .product(name: "Crypto", package: "swift-crypto")]),
         .executableTarget(name: "attunet", dependencies: [
             "Training", "CBLAS", "CHDF5", "CMPI",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
-        .testTarget(name: "FoundationTests", dependencies: ["Tensor", "HDF5Kit", "Data", "Distributed"]),
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .testTarget(name: "FoundationTests", dependencies: ["Tensor", "HDF5Kit", "Data", "Distributed", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Tensor", "CKernels", "HDF5Kit"]),
-        .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "HDF5Kit"]),
+        .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "HDF5Kit", "TestSupport"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
     ]
 )

@@ -19,11 +19,12 @@
 #define FWD_NV 5
 #define FWD_NM 4
 // Backward-weights register tile: 8 output channels x 3 dx = 24 accumulators, summed over chunks of
-// BWW_CHUNK plane vectors (packed dOut chunk: 8 channels x BWW_CHUNK x 64 B, read from L2).
+// BWW_CHUNK plane vectors (packed dOut chunk: Cout x BWW_CHUNK x 64 B, read from L2/L3).
 #define BWW_NM 8
-#ifndef BWW_CHUNK
 #define BWW_CHUNK 256
-#endif
+
+// Packed dOut chunk of backward-weights, in floats.
+static size_t bww_dpk_floats(int cout) { return (size_t)BWW_CHUNK * (size_t)((cout + BWW_NM - 1) / BWW_NM) * BWW_NM * 16; }
 
 static int plane_vectors(int ny, int nx) { return (ny * nx + 15) / 16; }
 
@@ -54,7 +55,7 @@ size_t ck_direct_workspace_floats(int cin, int cout, int ny, int nx, ck_pass pas
     case CK_PASS_BACKWARD_DATA:
         return (size_t)(cin + FWD_NM - 1) / FWD_NM * FWD_NM * cout * 27 + masks;
     case CK_PASS_BACKWARD_WEIGHTS:
-        return (size_t)BWW_CHUNK * BWW_NM * 16 + masks;
+        return bww_dpk_floats(cout) + masks;
     }
     return 0;
 }
@@ -169,77 +170,78 @@ typedef struct {
     size_t vol;
 } bww_args;
 
-// One chunk: slices [z, z+nzc) x plane vectors [v0, v0+nq), output channels [8cog, 8cog+8).
+// One chunk: slices [z, z+nzc) x plane vectors [v0, v0+nq), all output channels.
 // dw[m][c][dz][dy][dx] += sum over the chunk of dout[m] * in[c] shifted by the tap. The 24 accumulators
-// run over the whole chunk before one horizontal reduction each, so the chunk must be long.
-// dpk holds the chunk's dOut packed as [s][i][8][16] with invalid lanes and absent channels zeroed: the
-// channels of one volume are often a multiple of 4 KiB apart, so reading them in place thrashes L1 sets.
-AVX512_INLINE void bww_chunk(const bww_args *a, int cog, int z, int nzc, int v0, int nq, float *dpk) {
+// (8 channels of group g x 3 dx) run over the whole chunk before one horizontal reduction each, so the
+// chunk must be long. The chunk's dOut is packed first as dpk[g][s][i][8][16], invalid lanes and absent
+// channels zeroed: the channels of one volume are often a multiple of 4 KiB apart, so reading them in
+// place thrashes L1 sets. Channel c is the outer loop so its input rows are reused by every group.
+AVX512_INLINE void bww_chunk(const bww_args *a, int z, int nzc, int v0, int nq, float *dpk) {
     const uint16_t *mt = a->mtab + (size_t)v0 * 9;
-    for (int s = 0; s < nzc; s++)
-        for (int i = 0; i < nq; i++)
-            for (int co = 0; co < BWW_NM; co++) {
-                int m = cog * BWW_NM + co;
-                __m512 d = _mm512_setzero_ps();
-                if (m < a->cout)
-                    d = _mm512_maskz_loadu_ps(mt[i * 9 + 4], a->dout + m * a->vol + (size_t)(z + s) * a->plane + 16 * (size_t)(v0 + i));
-                _mm512_storeu_ps(dpk + ((s * nq + i) * BWW_NM + co) * 16, d);
-            }
-    int nx = a->nx, mcount = a->cout - cog * BWW_NM;
-    for (int c = 0; c < a->cin; c++) {
-        for (int dz = 0; dz < 3; dz++) {
-            for (int dy = 0; dy < 3; dy++) {
-                __m512 acc[BWW_NM][3];
+    int ng = (a->cout + BWW_NM - 1) / BWW_NM, nx = a->nx;
+    size_t gstride = (size_t)nzc * nq * BWW_NM * 16;
+    for (int g = 0; g < ng; g++)
+        for (int s = 0; s < nzc; s++)
+            for (int i = 0; i < nq; i++)
+                for (int co = 0; co < BWW_NM; co++) {
+                    int m = g * BWW_NM + co;
+                    __m512 d = _mm512_setzero_ps();
+                    if (m < a->cout)
+                        d = _mm512_maskz_loadu_ps(mt[i * 9 + 4], a->dout + m * a->vol + (size_t)(z + s) * a->plane + 16 * (size_t)(v0 + i));
+                    _mm512_storeu_ps(dpk + g * gstride + ((size_t)(s * nq + i) * BWW_NM + co) * 16, d);
+                }
+    for (int c = 0; c < a->cin; c++)
+        for (int g = 0; g < ng; g++)
+            for (int dz = 0; dz < 3; dz++)
+                for (int dy = 0; dy < 3; dy++) {
+                    __m512 acc[BWW_NM][3];
 #pragma GCC unroll 8
-                for (int co = 0; co < BWW_NM; co++)
-                    acc[co][0] = acc[co][1] = acc[co][2] = _mm512_setzero_ps();
-                for (int s = 0; s < nzc; s++) {
-                    int zz = z + s + dz - 1;
-                    if (zz < 0 || zz >= a->nz) continue;
-                    const float *ip = a->in + c * a->vol + (size_t)zz * a->plane + 16 * (size_t)v0 + (ptrdiff_t)(dy - 1) * nx - 1;
-                    const float *dq = dpk + (size_t)s * nq * BWW_NM * 16;
-                    for (int i = 0; i < nq; i++, ip += 16, dq += BWW_NM * 16) {
-                        __m512 x0 = _mm512_maskz_loadu_ps(mt[i * 9 + dy * 3 + 0], ip);
-                        __m512 x1 = _mm512_maskz_loadu_ps(mt[i * 9 + dy * 3 + 1], ip + 1);
-                        __m512 x2 = _mm512_maskz_loadu_ps(mt[i * 9 + dy * 3 + 2], ip + 2);
+                    for (int co = 0; co < BWW_NM; co++)
+                        acc[co][0] = acc[co][1] = acc[co][2] = _mm512_setzero_ps();
+                    for (int s = 0; s < nzc; s++) {
+                        int zz = z + s + dz - 1;
+                        if (zz < 0 || zz >= a->nz) continue;
+                        const float *ip = a->in + c * a->vol + (size_t)zz * a->plane + 16 * (size_t)v0 + (ptrdiff_t)(dy - 1) * nx - 1;
+                        const float *dq = dpk + g * gstride + (size_t)s * nq * BWW_NM * 16;
+                        for (int i = 0; i < nq; i++, ip += 16, dq += BWW_NM * 16) {
+                            __m512 x0 = _mm512_maskz_loadu_ps(mt[i * 9 + dy * 3 + 0], ip);
+                            __m512 x1 = _mm512_maskz_loadu_ps(mt[i * 9 + dy * 3 + 1], ip + 1);
+                            __m512 x2 = _mm512_maskz_loadu_ps(mt[i * 9 + dy * 3 + 2], ip + 2);
 #pragma GCC unroll 8
-                        for (int co = 0; co < BWW_NM; co++) {
-                            __m512 d = _mm512_loadu_ps(dq + co * 16);
-                            acc[co][0] = _mm512_fmadd_ps(d, x0, acc[co][0]);
-                            acc[co][1] = _mm512_fmadd_ps(d, x1, acc[co][1]);
-                            acc[co][2] = _mm512_fmadd_ps(d, x2, acc[co][2]);
+                            for (int co = 0; co < BWW_NM; co++) {
+                                __m512 d = _mm512_loadu_ps(dq + co * 16);
+                                acc[co][0] = _mm512_fmadd_ps(d, x0, acc[co][0]);
+                                acc[co][1] = _mm512_fmadd_ps(d, x1, acc[co][1]);
+                                acc[co][2] = _mm512_fmadd_ps(d, x2, acc[co][2]);
+                            }
                         }
                     }
-                }
-                float *wp = a->dw + ((size_t)cog * BWW_NM * a->cin + c) * 27 + (dz * 3 + dy) * 3;
+                    int mcount = a->cout - g * BWW_NM;
+                    float *wp = a->dw + ((size_t)g * BWW_NM * a->cin + c) * 27 + (dz * 3 + dy) * 3;
 #pragma GCC unroll 8
-                for (int co = 0; co < BWW_NM; co++)
+                    for (int co = 0; co < BWW_NM; co++)
 #pragma GCC unroll 3
-                    for (int dx = 0; dx < 3; dx++)
-                        if (co < mcount) wp[(size_t)co * a->cin * 27 + dx] += _mm512_reduce_add_ps(acc[co][dx]);
-            }
-        }
-    }
+                        for (int dx = 0; dx < 3; dx++)
+                            if (co < mcount) wp[(size_t)co * a->cin * 27 + dx] += _mm512_reduce_add_ps(acc[co][dx]);
+                }
 }
 
 AVX512 static void bww_run(const bww_args *a, int z0, int z1, float *dpk) {
-    int nvec = (a->plane + 15) / 16, ng = (a->cout + BWW_NM - 1) / BWW_NM;
+    int nvec = (a->plane + 15) / 16;
     // Chunks: BWW_CHUNK vectors of one slice, or whole planes of several slices when the plane is small.
     int nq = nvec < BWW_CHUNK ? nvec : BWW_CHUNK;
     int zstep = nvec < BWW_CHUNK ? BWW_CHUNK / nvec : 1;
     for (int z = z0; z < z1; z += zstep) {
         int nzc = z1 - z < zstep ? z1 - z : zstep;
-        for (int v0 = 0; v0 < nvec; v0 += nq) {
-            int n = nvec - v0 < nq ? nvec - v0 : nq;
-            for (int g = 0; g < ng; g++) bww_chunk(a, g, z, nzc, v0, n, dpk);
-        }
+        for (int v0 = 0; v0 < nvec; v0 += nq)
+            bww_chunk(a, z, nzc, v0, nvec - v0 < nq ? nvec - v0 : nq, dpk);
     }
 }
 
 void ck_direct_backward_weights(const float *in, const float *dout, float *dw, float *dbias,
                                 int cin, int cout, int nz, int ny, int nx, int z0, int z1,
                                 float *workspace) {
-    uint16_t *mtab = (uint16_t *)(workspace + BWW_CHUNK * BWW_NM * 16);
+    uint16_t *mtab = (uint16_t *)(workspace + bww_dpk_floats(cout));
     build_masks(mtab, ny, nx);
     bww_args a = {in, dout, dw, mtab, cin, cout, nz, nx, ny * nx, (size_t)nz * ny * nx};
     bww_run(&a, z0, z1, workspace);

@@ -6,22 +6,21 @@
 #include "ckernels.h"
 #include "conv3_internal.h"
 
-// Column buffer budget in floats (16 MB) and the tile width OpenBLAS needs to run near its best.
-#ifndef COL_FLOATS_MAX
-#define COL_FLOATS_MAX ((size_t)4 << 20)
-#endif
-#ifndef TILE_VOXELS_TARGET
-#define TILE_VOXELS_TARGET 2048
-#endif
+// Tile size, measured: a column buffer of about 4 MB (1M floats) and about 1024 voxels per tile were best
+// for the wide layers; deep low-resolution layers need at least a few hundred voxels for OpenBLAS.
+#define COL_FLOATS_MAX ((size_t)1 << 20)
+#define TILE_VOXELS_TARGET 1024
+#define TILE_VOXELS_MIN 256
 
 // Output rows (flattened (z, y)) per tile for `c` input channels, out of `nrows` available.
 static int tile_rows(int c, int nx, int nrows) {
     int r = (TILE_VOXELS_TARGET + nx - 1) / nx;
-    size_t per_row = (size_t)27 * c * nx;
-    int cap = (int)(COL_FLOATS_MAX / per_row);
+    int cap = (int)(COL_FLOATS_MAX / ((size_t)27 * c * nx));
+    int floor_rows = (TILE_VOXELS_MIN + nx - 1) / nx;
+    if (cap < floor_rows) cap = floor_rows;
     if (r > cap) r = cap;
-    if (r < 1) r = 1;
     if (r > nrows) r = nrows;
+    if (r < 1) r = 1;
     return r;
 }
 

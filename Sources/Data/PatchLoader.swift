@@ -219,8 +219,9 @@ public final class PatchLoader: @unchecked Sendable {
         return PatchBatch(image: img, label: lab, cases: cs, samples: gs, step: step, loadSeconds: Date().timeIntervalSince(t0))
     }
 
-    /// Starts preparing `epoch` on the background thread (abandoning any epoch in progress).
-    public func startEpoch(_ e: Int) {
+    /// Starts preparing `epoch` on the background thread (abandoning any epoch in progress), from step
+    /// `first` (a run resumed mid-epoch continues exactly where it stopped).
+    public func startEpoch(_ e: Int, fromStep first: Int = 0) {
         cond.lock()
         generation += 1
         let gen = generation
@@ -230,7 +231,7 @@ public final class PatchLoader: @unchecked Sendable {
         let steps = stepsPerEpoch
         let ord = order(epoch: e)
         let thread = Thread { [weak self] in
-            for step in 0..<steps {
+            for step in min(first, steps)..<steps {
                 guard let self else { return }
                 let result: Result<PatchBatch, Error> = Result { try self.makeBatch(epoch: e, step: step, order: ord) }
                 self.cond.lock()

@@ -62,7 +62,7 @@ public final class Tensor: @unchecked Sendable {
 }
 
 /// Spatial extent of a 3D volume: `z` slowest, `x` fastest.
-public struct Dim3: Hashable, Sendable, CustomStringConvertible {
+public struct Dim3: Hashable, Sendable, Codable, CustomStringConvertible {
     public var z: Int, y: Int, x: Int
     public init(z: Int, y: Int, x: Int) { self.z = z; self.y = y; self.x = x }
     public var count: Int { z * y * x }

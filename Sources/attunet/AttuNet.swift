@@ -11,7 +11,7 @@ struct AttuNet: ParsableCommand {
         Run any subcommand plainly for one process, or under `mpirun -np N` for N data-parallel ranks;
         only rank 0 prints and writes files. Start with `attunet doctor` on a new machine or cluster node.
         """,
-        subcommands: [Doctor.self, Synth.self, Prepare.self, Inspect.self, ImportWeights.self, Bench.self]
+        subcommands: [Doctor.self, Synth.self, Prepare.self, Train.self, Inspect.self, ImportWeights.self, Bench.self]
     )
 
     /// Parses, runs, and finalizes MPI when a subcommand initialised it (mpirun treats a rank that exits

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NN
+import Training
 
 /// `attunet import-weights`: weights trained by the original PyTorch code → an attunet checkpoint.
 struct ImportWeights: ParsableCommand {

@@ -3,6 +3,7 @@ import Foundation
 import HDF5Kit
 import NN
 import Tensor
+import Training
 
 /// `attunet inspect`: a model's parameter table, or what a checkpoint holds.
 struct Inspect: ParsableCommand {
@@ -32,6 +33,16 @@ struct Inspect: ParsableCommand {
         if let file {
             model = try Checkpoint.load(file)
             print("checkpoint: \(file)")
+            let root = try H5File.open(file).root
+            if let json = try? root.stringAttribute("training_state"),
+               let st = try? JSONDecoder().decode(TrainingState.self, from: Data(json.utf8)) {
+                print("training state: next epoch \(st.epoch) step \(st.stepInEpoch), \(st.globalStep) optimizer steps, \(st.worldSize) rank(s), best mean Dice \(st.bestDice >= 0 ? fmt(st.bestDice, 4) : "-") (epoch \(st.bestEpoch))")
+            }
+            if let json = try? root.stringAttribute("metrics"),
+               let r = try? JSONDecoder().decode(EpochRecord.self, from: Data(json.utf8)) {
+                print("metrics of epoch \(r.epoch): loss \(fmt(r.trainLoss, 5)), lr \(String(format: "%.3e", r.learningRate)), validation Dice \(r.validationDice.map { fmt($0, 4) }.joined(separator: " "))")
+            }
+            print("weights sha256: \(TrainingCheckpoint.weightsDigest(model))")
         } else {
             model = SegmentationModel(modelOptions.config)
         }
@@ -54,17 +65,6 @@ struct Inspect: ParsableCommand {
         let bnBuffers = model.buffers.count
         print("total trainable parameters: \(grouped(model.parameterCount))  (BN buffers: \(grouped(bnBuffers)) values, not trained)")
     }
-}
-
-/// 6473322 → "6,473,322".
-func grouped(_ n: Int) -> String {
-    let s = String(n)
-    var out = ""
-    for (i, ch) in s.enumerated() {
-        if i > 0 && (s.count - i) % 3 == 0 { out.append(",") }
-        out.append(ch)
-    }
-    return out
 }
 
 extension String {

@@ -1,6 +1,7 @@
 import Foundation
 import HDF5Kit
 import Tensor
+import TestSupport
 import XCTest
 @testable import Data
 

@@ -1,4 +1,5 @@
 import Distributed
+import TestSupport
 import XCTest
 
 final class MPITests: XCTestCase {

@@ -1,4 +1,5 @@
 import Data
+import TestSupport
 import XCTest
 
 final class NIfTITests: XCTestCase {

@@ -1,14 +1,18 @@
 import Foundation
 import XCTest
 
-/// Paths and helpers shared by the tests: the package root, the built `attunet`, a Python with h5py/nibabel,
+/// Paths and helpers shared by the test targets (a library target of its own, so no target copies it): the package root, the built `attunet`, a Python with h5py/nibabel,
 /// and child processes with a clean MPI environment.
-enum TestEnv {
-    static let root: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+public enum TestEnv {
+    public static let root: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
         .deletingLastPathComponent()
 
-    /// The `attunet` executable built next to the test bundle (swift test builds it).
-    static var attunet: String {
+    /// The `attunet` executable: ATTUNET_BIN when set (launch/test.sh points it at the release build, so
+    /// training runs spawned by tests are fast), else the one built next to the test bundle.
+    public static var attunet: String {
+        if let bin = ProcessInfo.processInfo.environment["ATTUNET_BIN"], FileManager.default.isExecutableFile(atPath: bin) {
+            return bin
+        }
         let bundleDir = Bundle.main.bundleURL.deletingLastPathComponent()
         for candidate in [bundleDir.appendingPathComponent("attunet").path,
                           Bundle.main.bundleURL.appendingPathComponent("attunet").path,
@@ -20,7 +24,7 @@ enum TestEnv {
     }
 
     /// ATTUNET_PYTHON, else the project's .venv (made by launch/test.sh), else python3 on PATH.
-    static var python: String {
+    public static var python: String {
         if let p = ProcessInfo.processInfo.environment["ATTUNET_PYTHON"] { return p }
         let venv = root.appendingPathComponent(".venv/bin/python").path
         return FileManager.default.isExecutableFile(atPath: venv) ? venv : "/usr/bin/env python3"
@@ -28,7 +32,7 @@ enum TestEnv {
 
     /// The environment for a child `mpirun`: a test process that ran MPI_Init as a singleton carries
     /// OMPI_/PMIX_/ORTE_/OPAL_ variables that make a child mpirun exit 1 silently, so they are stripped.
-    static var childEnvironment: [String: String] {
+    public static var childEnvironment: [String: String] {
         var env = ProcessInfo.processInfo.environment.filter { key, _ in
             !["OMPI_", "PMIX_", "ORTE_", "OPAL_"].contains { key.hasPrefix($0) }
         }
@@ -38,11 +42,11 @@ enum TestEnv {
         return env
     }
 
-    struct Result { var status: Int32; var stdout: String; var stderr: String }
+    public struct Result { public var status: Int32; public var stdout: String; public var stderr: String }
 
     /// Runs a command line through /bin/sh with the clean environment; returns status and output.
     @discardableResult
-    static func run(_ command: String, timeout: TimeInterval = 300) throws -> Result {
+    public static func run(_ command: String, timeout: TimeInterval = 300) throws -> Result {
         let p = Process()
         p.executableURL = URL(fileURLWithPath: "/bin/sh")
         p.arguments = ["-c", command]
@@ -69,7 +73,7 @@ enum TestEnv {
     }
 
     /// Runs a Python snippet with the test Python; fails the test with the script's stderr if it fails.
-    static func python(_ script: String, file: StaticString = #filePath, line: UInt = #line) throws {
+    public static func python(_ script: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let path = NSTemporaryDirectory() + "attunet-test-\(UUID().uuidString).py"
         try script.write(toFile: path, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: path) }
@@ -81,7 +85,7 @@ enum TestEnv {
     }
 
     /// A fresh temporary directory, removed by the caller's defer.
-    static func tempDir() throws -> URL {
+    public static func tempDir() throws -> URL {
         let url = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("attunet-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: url, withIntermediateDirectories: true)
         return url

@@ -1,1 +1,0 @@
-// Training target: filled by later issues.

@@ -1,0 +1,87 @@
+import Data
+import Foundation
+import NN
+import Tensor
+
+/// Everything that defines a training run; saved as `config.json` and inside every checkpoint, so a resumed
+/// run can refuse a different setup.
+public struct TrainConfig: Codable, Sendable, Equatable {
+    public var store: String
+    public var model: ModelConfig
+    /// Patch size (z, y, x); every axis a multiple of 16.
+    public var patch: Dim3
+    /// Global batch, split evenly across ranks.
+    public var batch: Int
+    public var epochs: Int
+    /// Patches drawn per training case per epoch.
+    public var samplesPerCase: Int
+    public var optimizer: OptimizerKind
+    public var learningRate: Double
+    public var weightDecay: Double
+    public var schedule: LRSchedule
+    public var loss: LossKind
+    public var seed: UInt64
+    public var syncBN: Bool
+    public var foregroundFraction: Double
+    /// "paper", "none" or "extended".
+    public var augment: String
+    /// Validate every N epochs (and after the last).
+    public var validateEvery: Int
+    /// Write checkpoint_latest.h5 every N epochs (and at the end).
+    public var checkpointEvery: Int
+    public var trainCases: [String]
+    public var validationCases: [String]
+
+    public init(store: String, model: ModelConfig = ModelConfig(), patch: Dim3 = Dim3(z: 96, y: 160, x: 160),
+                batch: Int = 2, epochs: Int = 100, samplesPerCase: Int = 1, optimizer: OptimizerKind = .adam,
+                learningRate: Double = 1e-4, weightDecay: Double = 1e-6, schedule: LRSchedule = .step(every: 250, factor: 0.5),
+                loss: LossKind = .dice, seed: UInt64 = 0, syncBN: Bool = false, foregroundFraction: Double = 1.0 / 3.0,
+                augment: String = "paper", validateEvery: Int = 1, checkpointEvery: Int = 1,
+                trainCases: [String] = [], validationCases: [String] = []) {
+        self.store = store; self.model = model; self.patch = patch; self.batch = batch; self.epochs = epochs
+        self.samplesPerCase = samplesPerCase; self.optimizer = optimizer; self.learningRate = learningRate
+        self.weightDecay = weightDecay; self.schedule = schedule; self.loss = loss; self.seed = seed; self.syncBN = syncBN
+        self.foregroundFraction = foregroundFraction; self.augment = augment; self.validateEvery = validateEvery
+        self.checkpointEvery = checkpointEvery; self.trainCases = trainCases; self.validationCases = validationCases
+    }
+
+    public var augmentOptions: AugmentOptions {
+        switch augment {
+        case "none": return .none
+        case "extended": return .extended
+        default: return .paper
+        }
+    }
+
+    /// A seeded split of case ids: `validationFraction` of them (at least one when there are two or more)
+    /// are held out for validation.
+    public static func split(_ ids: [String], validationFraction: Double, seed: UInt64) -> (train: [String], validation: [String]) {
+        var rng = NN.SeededRNG(seed: seed ^ 0x5350_4C49_54)  // "SPLIT"
+        var shuffled = ids.sorted()
+        for i in stride(from: shuffled.count - 1, to: 0, by: -1) {
+            let j = Int(rng.next() % UInt64(i + 1))
+            shuffled.swapAt(i, j)
+        }
+        var nVal = Int((Double(ids.count) * validationFraction).rounded())
+        if ids.count >= 2 { nVal = min(max(nVal, 1), ids.count - 1) } else { nVal = 0 }
+        return (Array(shuffled.dropLast(nVal)).sorted(), Array(shuffled.suffix(nVal)).sorted())
+    }
+}
+
+/// Exit statuses of `attunet train` that scripts act on.
+public enum TrainExit {
+    /// A stop was requested (SIGTERM/SIGUSR1): every rank finished its step and checkpoint_latest.h5 holds the
+    /// state to `--resume` from (EX_TEMPFAIL).
+    public static let interrupted: Int32 = 75
+    /// The loss became NaN/Inf: the run stopped, the last good checkpoint is kept.
+    public static let nonFiniteLoss: Int32 = 3
+}
+
+/// One clear line for a training failure.
+public struct TrainError: Error, CustomStringConvertible, LocalizedError {
+    public let message: String
+    public let exitCode: Int32
+    public init(_ message: String, exitCode: Int32 = 1) { self.message = message; self.exitCode = exitCode }
+    public var description: String { message }
+    public var errorDescription: String? { message }
+}

@@ -1,0 +1,259 @@
+import Data
+import Distributed
+import Foundation
+import HDF5Kit
+import NN
+import Tensor
+
+/// Set from signal handlers; read once per step. Async-signal-safe (a plain store).
+nonisolated(unsafe) private var stopSignal: Int32 = 0
+
+/// Data-parallel training over a `Communicator`: every rank holds a replica (rank 0's initial weights are
+/// broadcast), trains on its share of each global batch, and the flat gradient buffer is averaged with an
+/// all-reduce in buckets; the optimizer step is then identical everywhere. Rank 0 prints, logs and writes
+/// checkpoints.
+public final class Trainer {
+    public let config: TrainConfig
+    public let comm: Communicator
+    public let outDir: URL
+    public let model: SegmentationModel
+    public let optimizer: Optimizer
+    let store: CaseStore
+    let loss: SegmentationLoss
+    let log: TrainingLog?
+    let fingerprint: String
+    /// All-reduce bucket size in floats (16 MB).
+    public var bucketFloats = 4 << 20
+    /// Print progress lines (rank 0 only).
+    public var verbose = true
+    private let classNames: [String]
+
+    public var latestPath: String { outDir.appendingPathComponent("checkpoint_latest.h5").path }
+    public var bestPath: String { outDir.appendingPathComponent("checkpoint_best.h5").path }
+
+    /// Opens the store and builds the model; with `resume`, restores the latest checkpoint of `outDir`.
+    public init(config: TrainConfig, comm: Communicator, outDir: URL) throws {
+        self.config = config
+        self.comm = comm
+        self.outDir = outDir
+        guard config.batch % comm.size == 0 else {
+            throw TrainError("--batch \(config.batch) is not divisible by the \(comm.size) MPI ranks (each rank takes batch/ranks patches)")
+        }
+        for (axis, v) in [("x", config.patch.x), ("y", config.patch.y), ("z", config.patch.z)] where v <= 0 || v % 16 != 0 {
+            throw TrainError("--patch \(axis) = \(v) is not a positive multiple of 16 (the network pools four times)")
+        }
+        store = try CaseStore(path: config.store)
+        fingerprint = (try? store.file.root.stringAttribute("fingerprint")) ?? ""
+        guard store.classNames.count == config.model.classes else {
+            throw TrainError("\(config.store): the store has \(store.classNames.count) classes (\(store.classNames.joined(separator: ", "))); the model was asked for \(config.model.classes) (--classes)")
+        }
+        classNames = Array(store.classNames.dropFirst())
+        model = SegmentationModel(config.model, seed: config.seed)
+        optimizer = Optimizer(config.optimizer, parameterCount: model.params.count, learningRate: config.learningRate,
+                              weightDecay: config.weightDecay)
+        loss = SegmentationLoss(config.loss)
+        log = comm.isRoot ? TrainingLog(directory: outDir, classNames: classNames) : nil
+        try comm.broadcast(model.params.values.data, root: 0)
+        try comm.broadcast(model.buffers.values.data, root: 0)
+        if config.syncBN {
+            let c = comm
+            model.setStatisticsReducer { try c.allReduceSum($0) }
+        }
+    }
+
+    /// Restores the latest checkpoint (all ranks read it). Returns the state to continue from.
+    public func resume() throws -> TrainingState {
+        guard FileManager.default.fileExists(atPath: latestPath) else {
+            throw TrainError("\(latestPath): nothing to resume (no checkpoint_latest.h5 in \(outDir.path))")
+        }
+        let state = try TrainingCheckpoint.load(latestPath, model: model, optimizer: optimizer, config: config,
+                                                storeFingerprint: fingerprint)
+        guard state.worldSize == comm.size else {
+            throw TrainError("\(latestPath): written by a run with \(state.worldSize) rank(s); resume with the same number (now \(comm.size)) to continue the same patch sequence")
+        }
+        try log?.load(keepBefore: state.epoch)
+        return state
+    }
+
+    /// Installs SIGTERM/SIGUSR1 handlers that ask every rank to finish the current step and stop.
+    public static func installStopHandlers() {
+        for sig in [SIGTERM, SIGUSR1] { signal(sig) { _ in stopSignal = 1 } }
+    }
+
+    /// Trains from `state` (nil: from scratch) to the configured number of epochs.
+    /// Throws `TrainError` with exit code `TrainExit.interrupted` after a requested stop (latest written).
+    public func run(from resumed: TrainingState? = nil) throws {
+        var state = resumed ?? TrainingState(epoch: 0, stepInEpoch: 0, globalStep: 0, bestDice: -1, bestEpoch: -1,
+                                             worldSize: comm.size, storeFingerprint: fingerprint)
+        let local = config.batch / comm.size
+        let loader = try PatchLoader(store: store, cases: config.trainCases, patch: config.patch, batch: local,
+                                     rank: comm.rank, worldSize: comm.size, seed: config.seed, augment: config.augmentOptions,
+                                     foregroundFraction: config.foregroundFraction, samplesPerCase: config.samplesPerCase)
+        let steps = loader.stepsPerEpoch
+        if comm.isRoot && verbose {
+            print("train: \(config.model.kind.rawValue) \(grouped(model.parameterCount)) parameters, \(comm.size) rank(s), global batch \(config.batch), patch \(config.patch), \(config.trainCases.count) training / \(config.validationCases.count) validation cases, \(steps) steps per epoch, \(config.epochs) epochs")
+        }
+        // Under mpirun a rank's stdout can be a pty even when the user pipes mpirun's output, so the bar is
+        // drawn only for single-process runs on a terminal.
+        let interactive = comm.size == 1 && verbose && isatty(STDOUT_FILENO) != 0
+        var lastRecord: EpochRecord?
+        while state.epoch < config.epochs {
+            let epoch = state.epoch
+            optimizer.learningRate = config.schedule.rate(base: config.learningRate, epoch: epoch)
+            model.training = true
+            loader.startEpoch(epoch, fromStep: state.stepInEpoch)
+            let t0 = Date()
+            var lossSum = 0.0, lossCount = 0, loadWait = 0.0
+            for step in state.stepInEpoch..<steps {
+                let w0 = Date()
+                guard let batch = try loader.next() else { break }
+                loadWait += Date().timeIntervalSince(w0)
+                model.params.zeroGrads()
+                let logits = try model.forward(batch.image)
+                let value = batch.label.withUnsafeBufferPointer { loss.forward(logits: logits, labels: $0) }
+                model.backward(loss.gradient)
+                try averageGradients()
+                // One small all-reduce carries the loss and the stop/NaN flags of every rank.
+                var flags = [value.isFinite ? value : 0, value.isFinite ? 0 : 1, Double(stopSignal)]
+                try flags.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
+                if flags[1] > 0 {
+                    throw TrainError("loss is NaN/Inf at epoch \(epoch) step \(step) (global step \(state.globalStep)); stopped, the last good checkpoint is kept (\(latestPath)); lower --lr or check the data", exitCode: TrainExit.nonFiniteLoss)
+                }
+                optimizer.update(params: model.params.values, grads: model.params.grads)
+                state.globalStep += 1
+                lossSum += flags[0] / Double(comm.size); lossCount += 1
+                if interactive { progressBar(epoch: epoch, step: step + 1, of: steps, loss: lossSum / Double(lossCount), since: t0) }
+                if flags[2] > 0 {
+                    state.stepInEpoch = step + 1
+                    if state.stepInEpoch == steps { state.epoch += 1; state.stepInEpoch = 0 }
+                    if comm.isRoot {
+                        try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config,
+                                                    state: state, metrics: lastRecord)
+                        if interactive { print("") }
+                        print("train: stop requested; finished epoch \(epoch) step \(step + 1)/\(steps), wrote \(latestPath); continue with --resume")
+                    }
+                    try comm.barrier()
+                    throw TrainError("interrupted", exitCode: TrainExit.interrupted)
+                }
+            }
+            if interactive { print("") }
+            let seconds = Date().timeIntervalSince(t0)
+            let trained = lossCount * config.batch
+            state.epoch += 1
+            state.stepInEpoch = 0
+            let last = state.epoch == config.epochs
+            var dice: [Double] = []
+            if !config.validationCases.isEmpty && (last || state.epoch % max(config.validateEvery, 1) == 0) {
+                dice = try validate()
+            }
+            let record = EpochRecord(epoch: epoch, step: state.globalStep, trainLoss: lossCount > 0 ? lossSum / Double(lossCount) : .nan,
+                                     learningRate: optimizer.learningRate, validationDice: dice, seconds: seconds,
+                                     patchesPerSecond: Double(trained) / max(seconds, 1e-9))
+            lastRecord = record
+            let improved = !dice.isEmpty && record.meanDice! > state.bestDice
+            if improved { state.bestDice = record.meanDice!; state.bestEpoch = epoch }
+            if comm.isRoot {
+                try log?.append(record)
+                if improved {
+                    try TrainingCheckpoint.save(bestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record)
+                }
+                if last || state.epoch % max(config.checkpointEvery, 1) == 0 {
+                    try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record)
+                }
+                if verbose { printEpoch(record, loadWait: loadWait, steps: lossCount) }
+            }
+        }
+        if comm.isRoot && verbose {
+            if let r = lastRecord, !r.validationDice.isEmpty {
+                print("train: done. validation Dice: " + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: ", ")
+                      + "; best mean \(fmt(state.bestDice, 3)) at epoch \(state.bestEpoch)")
+            }
+            print("train: outputs in \(outDir.path): checkpoint_latest.h5, checkpoint_best.h5, log.csv, progress.svg")
+        }
+    }
+
+    /// Sums the flat gradient buffer over ranks in buckets of at most 16 MB and divides by the rank count.
+    func averageGradients() throws {
+        guard comm.size > 1 else { return }
+        let g = model.params.grads.data
+        var offset = 0
+        while offset < g.count {
+            let n = min(bucketFloats, g.count - offset)
+            try comm.allReduceSum(UnsafeMutableBufferPointer(rebasing: g[offset..<(offset + n)]))
+            offset += n
+        }
+        let scale = 1 / Float(comm.size)
+        for i in 0..<g.count { g[i] *= scale }
+    }
+
+    /// Dice per foreground class on the validation cases (whole volumes, padded to multiples of 16, BN in eval
+    /// mode), averaged over the cases that contain the class. Cases are spread over ranks; sums meet on all.
+    public func validate() throws -> [Double] {
+        model.training = false
+        defer { model.training = true }
+        let ids = config.validationCases
+        let k = config.model.classes
+        var counts = [Double](repeating: 0, count: ids.count * k * 3)
+        for (i, id) in ids.enumerated() where i % comm.size == comm.rank {
+            guard let c = store.index(of: id) else { throw TrainError("\(config.store): no validation case \(id)") }
+            let pred = try Inference.predict(model: model, store: store, case: c)
+            let label = try store.label(c)
+            for v in 0..<label.count {
+                let p = Int(pred[v]), t = Int(label[v])
+                if p == t { counts[(i * k + p) * 3] += 1 }
+                counts[(i * k + p) * 3 + 1] += 1
+                if t < k { counts[(i * k + t) * 3 + 2] += 1 }
+            }
+        }
+        try counts.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
+        return (1..<k).map { cls in
+            var sum = 0.0, n = 0
+            for i in 0..<ids.count {
+                let inter = counts[(i * k + cls) * 3], p = counts[(i * k + cls) * 3 + 1], t = counts[(i * k + cls) * 3 + 2]
+                guard t > 0 else { continue }  // the class is absent from this case
+                sum += 2 * inter / (p + t + 1e-6)
+                n += 1
+            }
+            return n > 0 ? sum / Double(n) : .nan
+        }
+    }
+
+    private func progressBar(epoch: Int, step: Int, of steps: Int, loss: Double, since t0: Date) {
+        let width = 30, done = width * step / max(steps, 1)
+        let bar = String(repeating: "#", count: done) + String(repeating: ".", count: width - done)
+        let elapsed = Date().timeIntervalSince(t0)
+        print("\repoch \(epoch) [\(bar)] \(step)/\(steps) loss \(fmt(loss, 4)) \(fmt(elapsed, 0)) s", terminator: "")
+        fflush(nil)  // all output streams (stdout itself is not concurrency-safe to name in Swift 6)
+    }
+
+    private var started = Date()
+
+    private func printEpoch(_ r: EpochRecord, loadWait: Double, steps: Int) {
+        let remaining = config.epochs - r.epoch - 1
+        let perEpoch = Date().timeIntervalSince(started) / Double(max(log?.records.count ?? 1, 1))
+        var line = "epoch \(r.epoch + 1)/\(config.epochs)  loss \(fmt(r.trainLoss, 4))  lr \(String(format: "%.2e", r.learningRate))  \(fmt(r.patchesPerSecond, 2)) patches/s  \(fmt(r.seconds, 1)) s"
+        if !r.validationDice.isEmpty {
+            line += "  Dice " + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: " ")
+        }
+        if steps > 0 && loadWait > 0.05 * r.seconds { line += "  (waited \(fmt(loadWait, 1)) s for data)" }
+        line += "  ETA \(formatDuration(perEpoch * Double(remaining)))"
+        print(line)
+        fflush(nil)  // all output streams (stdout itself is not concurrency-safe to name in Swift 6)
+    }
+}
+
+func formatDuration(_ s: Double) -> String {
+    let t = Int(s.rounded())
+    return t >= 3600 ? "\(t / 3600)h\(String(format: "%02d", (t % 3600) / 60))m" : t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
+}
+
+/// 6473322 → "6,473,322".
+public func grouped(_ n: Int) -> String {
+    let s = String(n)
+    var out = ""
+    for (i, ch) in s.enumerated() {
+        if i > 0 && (s.count - i) % 3 == 0 { out.append(",") }
+        out.append(ch)
+    }
+    return out
+}
