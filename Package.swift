@@ -35,7 +35,7 @@ let package = Package(
         .target(name: "HDF5Kit", dependencies: ["CHDF5"]),
         .target(name: "Distributed", dependencies: ["CMPI"]),
         .target(name: "NN", dependencies: ["Tensor", "CKernels", "HDF5Kit"]),
-        .target(name: "Data", dependencies: ["Tensor", "HDF5Kit", "CNIfTI"]),
+        .target(name: "Data", dependencies: ["Tensor", "HDF5Kit", "CNIfTI", "Distributed"]),
         .target(name: "Training", dependencies: ["NN", "Data", "Distributed", "HDF5Kit",
                                                .product(name: "Crypto", package: "swift-crypto")]),
         .executableTarget(name: "attunet", dependencies: [

@@ -1,3 +1,4 @@
+import Distributed
 import Foundation
 import HDF5Kit
 import Tensor
@@ -351,36 +352,51 @@ public enum CasePreparer {
     /// Converts `input` into the store at `out`: checks and resamples every case (`options.threads` at a time),
     /// writes a temporary file next to `out` and renames it at the end. Without `skipBad`, any bad input makes
     /// it throw `PrepareFailure` (listing every problem) and no file is left behind; with `skipBad`, bad cases
-    /// are left out and listed in the report. (Multi-rank conversion is not implemented yet: the per-case
-    /// `convert` + `write` split is where ranks would convert disjoint cases for rank 0 to assemble.)
+    /// are left out and listed in the report.
+    ///
+    /// Under MPI (`comm` with several ranks) rank r converts cases r, r+p, ... into a part file; the problems of
+    /// every rank are gathered, and rank 0 assembles the store from the parts (HDF5 object copies, chunks and
+    /// compression kept). Every rank returns the same report or throws the same failure.
     public static func run(input: DatasetInput, out: String, options o: PrepareOptions, skipBad: Bool,
-                           progress: (@Sendable (String) -> Void)? = nil) throws -> PrepareReport {
+                           comm: Communicator? = nil, progress: (@Sendable (String) -> Void)? = nil) throws -> PrepareReport {
+        if let comm, comm.size > 1 { return try runDistributed(input: input, out: out, options: o, skipBad: skipBad, comm: comm, progress: progress) }
         let tmp = out + ".tmp-\(getpid())"
         defer { unlink(tmp) }
         let report: PrepareReport
         do {
-            report = try writeStore(input: input, path: tmp, options: o, skipBad: skipBad, progress: progress)
+            let file = try H5File.create(tmp)
+            let problems = ProblemBox(input.problems)
+            let acc = try convert(input.cases, into: file, options: o, skipBad: skipBad, problems: problems, progress: progress)
+            let bad = problems.all.sorted { ($0.caseID, $0.file) < ($1.caseID, $1.file) }
+            if !bad.isEmpty && !skipBad { throw PrepareFailure(problems: bad) }
+            if acc.written.isEmpty { throw PrepareFailure(problems: bad, message: "no usable cases") }
+            let fp = try finish(file, acc, options: o)
+            report = PrepareReport(written: acc.written.sorted(), skipped: bad, fingerprint: fp)
         }
-        if rename(tmp, out) != 0 {
-            throw VolumeError("\(out): cannot move the finished store into place (\(String(cString: strerror(errno))))")
-        }
+        try moveIntoPlace(tmp, out)
         return report
     }
 
-    static func writeStore(input: DatasetInput, path: String, options o: PrepareOptions, skipBad: Bool,
-                           progress: (@Sendable (String) -> Void)?) throws -> PrepareReport {
-        let file = try H5File.create(path)
-        let problems = ProblemBox(input.problems)
-        let lock = NSLock()
-        final class Acc: @unchecked Sendable {
-            var written: [String] = []
-            var samples: [String: [Float]] = [:]
-            var spacings: [String: [Double]] = [:]
-            var shapes: [String: [Int]] = [:]
-            var writeError: Error?
+    static func moveIntoPlace(_ tmp: String, _ out: String) throws {
+        if rename(tmp, out) != 0 {
+            throw VolumeError("\(out): cannot move the finished store into place (\(String(cString: strerror(errno))))")
         }
-        let acc = Acc()
-        let cases = input.cases
+    }
+
+    /// What the fingerprint needs of the converted cases.
+    final class Converted: @unchecked Sendable {
+        var written: [String] = []
+        var samples: [String: [Float]] = [:]
+        var spacings: [String: [Double]] = [:]
+        var shapes: [String: [Int]] = [:]
+        var writeError: Error?
+    }
+
+    /// Converts `cases` (`options.threads` at a time) and writes them under /cases of `file`.
+    static func convert(_ cases: [CaseFiles], into file: H5File, options o: PrepareOptions, skipBad: Bool,
+                        problems: ProblemBox, progress: (@Sendable (String) -> Void)?) throws -> Converted {
+        let lock = NSLock()
+        let acc = Converted()
         let workers = max(1, min(o.threads, cases.count))
         let saved = Parallelism.threads
         Parallelism.threads = 1
@@ -408,9 +424,11 @@ public enum CasePreparer {
             }
         }
         if let e = acc.writeError { throw e }
-        let bad = problems.all.sorted { ($0.caseID, $0.file) < ($1.caseID, $1.file) }
-        if !bad.isEmpty && !skipBad { throw PrepareFailure(problems: bad) }
-        if acc.written.isEmpty { throw PrepareFailure(problems: bad, message: "no usable cases") }
+        return acc
+    }
+
+    /// Writes the root attributes (format, classes, spacing, fingerprint) of a store whose cases are in place.
+    static func finish(_ file: H5File, _ acc: Converted, options o: PrepareOptions) throws -> [String: Double] {
         // Fingerprint: spacings and shapes of the sources, intensities over the foreground.
         let ids = acc.written.sorted()
         let fg = ids.flatMap { acc.samples[$0]! }.sorted()
@@ -440,7 +458,74 @@ public enum CasePreparer {
             try root.setAttribute("label_map", m.keys.sorted().map { "\($0):\(m[$0]!)" }.joined(separator: ","))
         }
         try file.flush()
-        return PrepareReport(written: ids, skipped: bad, fingerprint: fp)
+        return fp
+    }
+
+    /// What one rank reports after converting its share.
+    struct RankResult: Codable {
+        var written: [String]
+        var problems: [[String]]   // (case id, file, problem)
+        var error: String?
+    }
+
+    static func runDistributed(input: DatasetInput, out: String, options o: PrepareOptions, skipBad: Bool,
+                               comm: Communicator, progress: (@Sendable (String) -> Void)?) throws -> PrepareReport {
+        let tag: Int = try comm.broadcast(comm.isRoot ? Int(getpid()) : nil)
+        func partPath(_ r: Int) -> String { "\(out).part\(r)-\(tag)" }
+        defer { unlink(partPath(comm.rank)) }
+        // Discovery problems are the same on every rank: rank 0 reports them.
+        let problems = ProblemBox(comm.isRoot ? input.problems : [])
+        let mine = input.cases.enumerated().filter { $0.offset % comm.size == comm.rank }.map(\.element)
+        var result = RankResult(written: [], problems: [], error: nil)
+        do {
+            let file = try H5File.create(partPath(comm.rank))
+            let acc = try convert(mine, into: file, options: o, skipBad: skipBad, problems: problems, progress: progress)
+            // The fingerprint's foreground samples travel with the part (the store itself does not keep them).
+            for id in acc.written {
+                let s = acc.samples[id]!
+                try file.root.write("fg_sample/\(id)", s, shape: [s.count])
+            }
+            try file.flush()
+            result.written = acc.written
+        } catch { result.error = "\(error)" }
+        result.problems = problems.all.map { [$0.caseID, $0.file, $0.problem] }
+        let results = try comm.allGather(data: try JSONEncoder().encode(result)).map { try JSONDecoder().decode(RankResult.self, from: $0) }
+        if let e = results.compactMap(\.error).first { throw VolumeError(e) }
+        let bad = results.flatMap(\.problems).map { CaseProblem(caseID: $0[0], file: $0[1], $0[2]) }
+            .sorted { ($0.caseID, $0.file) < ($1.caseID, $1.file) }
+        if !bad.isEmpty && !skipBad { throw PrepareFailure(problems: bad) }
+        let written = results.flatMap(\.written).sorted()
+        if written.isEmpty { throw PrepareFailure(problems: bad, message: "no usable cases") }
+        // Rank 0 assembles; its verdict reaches every rank.
+        var assembled: (fp: [String: Double]?, error: String?) = (nil, nil)
+        if comm.isRoot {
+            let tmp = out + ".tmp-\(getpid())"
+            defer { unlink(tmp) }
+            do {
+                do {
+                    let file = try H5File.create(tmp)
+                    let acc = Converted()
+                    for r in 0..<comm.size where !results[r].written.isEmpty {
+                        let part = try H5File.open(partPath(r))
+                        for id in results[r].written {
+                            try part.root.copy("cases/\(id)", to: file.root, as: "cases/\(id)")
+                            let g = try part.root.group("cases/\(id)")
+                            acc.written.append(id)
+                            acc.samples[id] = try part.root.dataset("fg_sample/\(id)").readFloats()
+                            acc.spacings[id] = try g.doublesAttribute("original_spacing_mm")
+                            acc.shapes[id] = try g.intsAttribute("original_shape").map { Int($0) }
+                        }
+                    }
+                    assembled.fp = try finish(file, acc, options: o)
+                }
+                try moveIntoPlace(tmp, out)
+            } catch { assembled.error = "\(error)" }
+        }
+        try comm.barrier()
+        let fp: [String: Double]? = try comm.broadcast(comm.isRoot ? assembled.fp ?? [:] : nil)
+        let err: String? = try comm.broadcast(comm.isRoot ? assembled.error ?? "" : nil)
+        if let err, !err.isEmpty { throw VolumeError(err) }
+        return PrepareReport(written: written, skipped: bad, fingerprint: fp ?? [:])
     }
 }
 

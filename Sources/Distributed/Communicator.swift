@@ -33,6 +33,22 @@ extension Communicator {
         return try JSONDecoder().decode(T.self, from: data)
     }
 
+    /// Gathers one variable-length byte string from every rank, in rank order, on every rank.
+    public func allGather(data: Data) throws -> [Data] {
+        var n = [Double(data.count)]
+        try n.withUnsafeMutableBufferPointer { try allReduceMax($0) }
+        let width = Int(n[0]) + 8
+        var block = [UInt8](repeating: 0, count: width)
+        withUnsafeBytes(of: Int64(data.count).littleEndian) { for i in 0..<8 { block[i] = $0[i] } }
+        block.replaceSubrange(8..<(8 + data.count), with: data)
+        let all = try block.withUnsafeBytes { try allGather(bytes: $0) }
+        return (0..<size).map { r in
+            let b = all[(r * width)..<((r + 1) * width)]
+            let len = b.prefix(8).withUnsafeBytes { Int(Int64(littleEndian: $0.loadUnaligned(as: Int64.self))) }
+            return Data(b.dropFirst(8).prefix(len))
+        }
+    }
+
     /// Sum of one number over all ranks.
     public func sum(_ x: Double) throws -> Double {
         var v = [x]

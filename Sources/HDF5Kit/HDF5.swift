@@ -133,6 +133,17 @@ public final class H5Group: H5Object, @unchecked Sendable {
         return H5Group(id: g, file: file, path: child(name))
     }
 
+    /// Copies the object `name` (a group with everything below it, or a dataset; chunking and compression kept)
+    /// into `destination` as `newName`, creating intermediate groups.
+    public func copy(_ name: String, to destination: H5Group, as newName: String) throws {
+        let lcpl = H5Pcreate(chdf5_p_link_create())
+        defer { H5Pclose(lcpl) }
+        H5Pset_create_intermediate_group(lcpl, 1)
+        if H5Ocopy(id, name, destination.id, newName, chdf5_p_default(), lcpl) < 0 {
+            throw H5Error("\(file.path): cannot copy \(child(name)) into \(destination.file.path)")
+        }
+    }
+
     /// Names of the direct members, in the order HDF5 keeps them (name order).
     public func members() throws -> [String] {
         var info = H5G_info_t()

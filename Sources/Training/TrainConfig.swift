@@ -56,12 +56,9 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     /// A seeded split of case ids: `validationFraction` of them (at least one when there are two or more)
     /// are held out for validation.
     public static func split(_ ids: [String], validationFraction: Double, seed: UInt64) -> (train: [String], validation: [String]) {
-        var rng = NN.SeededRNG(seed: seed ^ 0x5350_4C49_54)  // "SPLIT"
-        var shuffled = ids.sorted()
-        for i in stride(from: shuffled.count - 1, to: 0, by: -1) {
-            let j = Int(rng.next() % UInt64(i + 1))
-            shuffled.swapAt(i, j)
-        }
+        var rng = SeededRNG(seed, 0x53_504C_4954)  // "SPLIT"
+        let sorted = ids.sorted()
+        let shuffled = rng.permutation(sorted.count).map { sorted[$0] }
         var nVal = Int((Double(ids.count) * validationFraction).rounded())
         if ids.count >= 2 { nVal = min(max(nVal, 1), ids.count - 1) } else { nVal = 0 }
         return (Array(shuffled.dropLast(nVal)).sorted(), Array(shuffled.suffix(nVal)).sorted())

@@ -39,9 +39,9 @@ extension Bench {
             The "all" row is total FLOP over total time, i.e. FLOP-weighted. The first layer (1->16) never \
             runs backward-data in training (there is no input gradient to compute); it is timed for completeness.
 
-            BatchNorm (training mode, 16 channels at 160x160x96) is memory-bound, so it is reported in GB/s \
-            of tensor traffic: forward reads x twice (statistics, normalise) and writes y; backward reads x \
-            and dy twice and writes dx.
+            BatchNorm, ReLU, MaxPool, Trilinear, Concat and GateMultiply are memory-bound, so they are reported in GB/s \
+            of tensor traffic (bytes a pass must read and write at least; BatchNorm forward reads x twice, for the \
+            statistics and to normalise, and backward reads dy and x twice). One core reaches about 14-20 GB/s.
 
             Each pass runs once to warm up (first touch of the buffers), then the best of several timed \
             runs is kept (--quick: a single timed run). A full run takes about a minute in a release build.
@@ -106,15 +106,15 @@ extension Bench {
             let sgemmEnd = Self.sgemmRate(n: 1024, reps: quick ? 2 : 5)
             sgemmRate = max(sgemmStart, sgemmEnd)
             for i in convs.indices { convs[i].setEfficiency(sgemm: sgemmRate) }
-            log("measuring BatchNorm ...")
-            let bn = Self.measureBatchNorm(channels: 16, dims: Dim3(z: 96, y: 160, x: 160), reps: reps)
+            log("measuring BatchNorm, ReLU, MaxPool, Trilinear, Concat, GateMultiply ...")
+            let memoryBound = Self.measureMemoryBound(reps: reps)
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
 
             let report = Report(
                 cpu: cpu.modelName, avx512: cpu.hasAVX512F, directKernels: Conv3d.hasDirectKernels,
                 openblasCore: BLASInfo.coreName, openblasCoretypeEnv: env["OPENBLAS_CORETYPE"],
                 openblasThreads: BLASInfo.threads, threads: Parallelism.threads, path: path, quick: quick,
-                sgemm1024GFlops: sgemmRate, sgemm1024StartEnd: [sgemmStart, sgemmEnd], convs: convs, all: Self.total(convs, sgemm: sgemmRate), batchNorm: bn,
+                sgemm1024GFlops: sgemmRate, sgemm1024StartEnd: [sgemmStart, sgemmEnd], convs: convs, all: Self.total(convs, sgemm: sgemmRate), memoryBound: memoryBound,
                 seconds: seconds, notes: notes)
             if json {
                 let enc = JSONEncoder()
@@ -168,8 +168,9 @@ extension Bench {
             }
         }
 
-        struct BatchNormResult: Codable {
-            var channels: Int, x: Int, y: Int, z: Int
+        /// A memory-bound layer: GB/s = bytes read + written by one pass / its time.
+        struct MemoryBoundResult: Codable {
+            var name: String
             var forwardSeconds: Double, forwardGBs: Double, backwardSeconds: Double, backwardGBs: Double
         }
 
@@ -181,7 +182,7 @@ extension Bench {
             var sgemm1024StartEnd: [Double]
             var convs: [ConvResult]
             var all: ConvResult?
-            var batchNorm: BatchNormResult
+            var memoryBound: [MemoryBoundResult]
             var seconds: Double
             var notes: [String]
         }
@@ -256,21 +257,53 @@ extension Bench {
                               backwardData: agg(\.backwardData), backwardWeights: agg(\.backwardWeights))
         }
 
-        static func measureBatchNorm(channels: Int, dims: Dim3, reps: Int) -> BatchNormResult {
-            let params = ParameterStore(), buffers = ParameterStore()
-            let bn = BatchNorm3d(params: params, buffers: buffers, name: "bn", channels: channels)
-            params.allocate(); buffers.allocate()
-            bn.resetParameters()
-            let x = Tensor([1, channels, dims.z, dims.y, dims.x])
-            fill(x.pointer, x.count, seed: 6, scale: 2)
-            let dy = Tensor(x.shape)
-            fill(dy.pointer, dy.count, seed: 7, scale: 1)
-            let tf = best(reps) { _ = bn.forward(x) }
-            let tb = best(reps) { _ = bn.backward(dy) }
-            let bytes = Double(x.count * 4)
-            return BatchNormResult(channels: channels, x: dims.x, y: dims.y, z: dims.z,
-                                   forwardSeconds: tf, forwardGBs: 3 * bytes / tf / 1e9,
-                                   backwardSeconds: tb, backwardGBs: 5 * bytes / tb / 1e9)
+        /// The non-GEMM layers at the model's full-resolution sizes (batch 1): BatchNorm (train) and ReLU on
+        /// 16ch 160x160x96, MaxPool 16ch 160x160x96, Trilinear x2 32ch 80x80x48 -> 160x160x96 (up_concat1),
+        /// Concat 16+32ch at 160x160x96, GateMultiply 32ch 80x80x48 by a 1-channel map.
+        static func measureMemoryBound(reps: Int) -> [MemoryBoundResult] {
+            let full = Dim3(z: 96, y: 160, x: 160), half = Dim3(z: 48, y: 80, x: 80)
+            func tensor(_ c: Int, _ d: Dim3, seed: UInt64) -> Tensor {
+                let t = Tensor([1, c, d.z, d.y, d.x])
+                fill(t.pointer, t.count, seed: seed, scale: 2)
+                return t
+            }
+            func result(_ name: String, fwdBytes: Int, bwdBytes: Int, _ fwd: () -> Void, _ bwd: () -> Void) -> MemoryBoundResult {
+                let tf = best(reps, fwd), tb = best(reps, bwd)
+                return MemoryBoundResult(name: name, forwardSeconds: tf, forwardGBs: Double(fwdBytes) / tf / 1e9,
+                                         backwardSeconds: tb, backwardGBs: Double(bwdBytes) / tb / 1e9)
+            }
+            var out: [MemoryBoundResult] = []
+            let x16 = tensor(16, full, seed: 6), dy16 = tensor(16, full, seed: 7), n16 = x16.count * 4
+            do {
+                let params = ParameterStore(), buffers = ParameterStore()
+                let bn = BatchNorm3d(params: params, buffers: buffers, name: "bn", channels: 16)
+                params.allocate(); buffers.allocate()
+                bn.resetParameters()
+                // forward: read x twice (statistics, normalise), write y; backward: read dy, x̂ twice, write dx.
+                out.append(result("BatchNorm3d 16ch @160x160x96", fwdBytes: 3 * n16, bwdBytes: 5 * n16,
+                                  { _ = bn.forward(x16) }, { _ = bn.backward(dy16) }))
+            }
+            let relu = ReLU()
+            out.append(result("ReLU 16ch @160x160x96", fwdBytes: 2 * n16, bwdBytes: 3 * n16,
+                              { _ = relu.forward(x16) }, { _ = relu.backward(dy16) }))
+            let pool = MaxPool3d()
+            let dyPool = tensor(16, half, seed: 8)
+            out.append(result("MaxPool3d 16ch @160x160x96", fwdBytes: n16 + n16 / 8 + n16 / 32, bwdBytes: n16 + n16 / 8 + n16 / 32,
+                              { _ = pool.forward(x16) }, { _ = pool.backward(dyPool) }))
+            let up = Trilinear(factor: 2, alignCorners: false)
+            let x32h = tensor(32, half, seed: 9), dy32 = tensor(32, full, seed: 10)
+            let n32h = x32h.count * 4
+            out.append(result("Trilinear x2 32ch 80x80x48->160x160x96", fwdBytes: n32h * 9, bwdBytes: n32h * 9,
+                              { _ = up.forward(x32h) }, { _ = up.backward(dy32) }))
+            let cat = Concat()
+            let dyCat = tensor(48, full, seed: 11)
+            out.append(result("Concat 16+32ch @160x160x96", fwdBytes: 2 * 48 * full.count * 4, bwdBytes: 2 * 48 * full.count * 4,
+                              { _ = cat.forward(x16, dy32) }, { _ = cat.backward(dyCat) }))
+            let gate = GateMultiply()
+            let alpha = tensor(1, half, seed: 12), dyGate = tensor(32, half, seed: 13)
+            out.append(result("GateMultiply 32ch @80x80x48", fwdBytes: 2 * n32h + n32h / 32, bwdBytes: 3 * n32h + n32h / 32,
+                              { _ = gate.forward(x: x32h, alpha: alpha) }, { _ = gate.backward(dyGate) }))
+            return out
         }
 
         // MARK: Output
@@ -309,9 +342,12 @@ extension Bench {
                 row(all)
                 print("  conv time for one pass of each layer: fwd \(fmt(all.forward.seconds, 2)) s, bwd-data \(fmt(all.backwardData.seconds, 2)) s, bwd-weights \(fmt(all.backwardWeights.seconds, 2)) s")
             }
-            let b = r.batchNorm
             print("")
-            print("BatchNorm3d \(b.channels)ch @\(b.x)x\(b.y)x\(b.z) (train): forward \(fmt(b.forwardGBs, 1)) GB/s (\(fmt(1e3 * b.forwardSeconds, 1)) ms), backward \(fmt(b.backwardGBs, 1)) GB/s (\(fmt(1e3 * b.backwardSeconds, 1)) ms)")
+            print(pad("memory-bound layer", 40, left: true) + pad("fwd GB/s", 10) + pad("ms", 8) + pad("bwd GB/s", 10) + pad("ms", 8))
+            for m in r.memoryBound {
+                print(pad(m.name, 40, left: true) + pad(fmt(m.forwardGBs, 1), 10) + pad(fmt(1e3 * m.forwardSeconds, 1), 8)
+                      + pad(fmt(m.backwardGBs, 1), 10) + pad(fmt(1e3 * m.backwardSeconds, 1), 8))
+            }
             print("total bench time \(fmt(r.seconds, 1)) s")
             for n in r.notes { print("note: \(n)") }
         }

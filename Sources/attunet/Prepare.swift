@@ -1,5 +1,6 @@
 import ArgumentParser
 import Data
+import Distributed
 import Foundation
 import Tensor
 
@@ -33,9 +34,13 @@ struct Prepare: ParsableCommand {
         format, format_version, class_names, modality, spacing_mm and a fingerprint (source spacings and
         shapes, foreground intensity percentiles 0.5/50/99.5, mean, std).
 
+        Under mpirun the ranks convert disjoint cases (rank r takes cases r, r+p, ...) into part files next to
+        OUT, and rank 0 assembles the store; the result equals a single-process run's.
+
         Example:
           attunet synth --cases 20 --out data/phantoms
           attunet prepare --input data/phantoms --out data/phantoms.h5
+          mpirun -np 2 --bind-to none attunet prepare --input data/phantoms --out data/phantoms.h5
         """
     )
 
@@ -105,13 +110,15 @@ struct Prepare: ParsableCommand {
         return m
     }
 
-    func fail(_ lines: [String]) -> ExitCode {
-        for l in lines { FileHandle.standardError.write("error: \(l)\n".data(using: .utf8)!) }
+    /// Every rank sees the same failure; rank 0 prints it.
+    func fail(_ lines: [String], rank: Int = 0) -> ExitCode {
+        if rank == 0 { for l in lines { FileHandle.standardError.write("error: \(l)\n".data(using: .utf8)!) } }
         return ExitCode(1)
     }
 
     func run() throws {
         let start = Date()
+        let comm = try MPICommunicator()
         let data: DatasetInput
         do {
             if let input { data = try DatasetInput.folder(input) }
@@ -128,25 +135,27 @@ struct Prepare: ParsableCommand {
         }
         if let m = data.modality { o.modality = m }
         var progress: (@Sendable (String) -> Void)? = nil
-        if verbose { progress = { id in print("  converted \(id)") } }
+        if verbose { let rank = comm.rank; progress = { id in print("  converted \(id)\(rank > 0 ? " (rank \(rank))" : "")") } }
         let report: PrepareReport
         do {
-            report = try CasePreparer.run(input: data, out: out, options: o, skipBad: skipBad,
+            report = try CasePreparer.run(input: data, out: out, options: o, skipBad: skipBad, comm: comm,
                                           progress: progress)
         } catch let f as PrepareFailure {
             var lines = f.problems.map(\.description)
             if let m = f.message { lines.append(m) }
             if !skipBad { lines.append("\(out): not written (\(f.problems.count) bad input(s); --skip-bad converts the rest)") }
             else { lines.append("\(out): not written") }
-            throw fail(lines)
-        } catch { throw fail(["\(error)"]) }
+            throw fail(lines, rank: comm.rank)
+        } catch { throw fail(["\(error)"], rank: comm.rank) }
+        guard comm.isRoot else { return }
         for p in report.skipped { print("skipped: \(p)") }
         let fp = report.fingerprint
         let skipped = report.skipped.isEmpty ? "" : ", \(report.skipped.count) skipped"
         let secs = String(format: "%.1f", Date().timeIntervalSince(start))
         let hu = [fp["p0_5"] ?? 0, fp["p50"] ?? 0, fp["p99_5"] ?? 0].map { String(format: "%.0f", $0) }.joined(separator: "/")
         defer { if checkPatches > 0 { checkLoader() } }
-        print("wrote \(out): \(report.written.count) case(s) at \(spacing) mm\(skipped) in \(secs) s; foreground intensity p0.5/p50/p99.5 = \(hu)")
+        let ranks = comm.size > 1 ? " by \(comm.size) ranks" : ""
+        print("wrote \(out): \(report.written.count) case(s) at \(spacing) mm\(skipped)\(ranks) in \(secs) s; foreground intensity p0.5/p50/p99.5 = \(hu)")
     }
 
     /// Reads the new store back through the training loader (a quick end-to-end check and speed figure).

@@ -264,6 +264,42 @@ final class BadInputTests: XCTestCase {
         XCTAssertEqual(none.status, 1)
         XCTAssertFalse(FileManager.default.fileExists(atPath: d.path + "/x.h5"))
     }
+
+    /// Under mpirun -np 2 the ranks convert disjoint cases and rank 0 assembles: the store equals a
+    /// single-process one (cases, voxels, attributes, fingerprint); bad input fails the same way on both ranks
+    /// with each problem reported once, and no part or temporary file is left behind.
+    func testTwoRanksBuildTheSameStoreAsOne() throws {
+        let d = try TestEnv.tempDir()
+        defer { try? FileManager.default.removeItem(at: d) }
+        let bin = TestEnv.attunet
+        var r = try TestEnv.run("\(bin) synth --cases 3 --resolution 0.5 --out \(d.path)/nii --seed 4")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        r = try TestEnv.run("\(bin) prepare --input \(d.path)/nii --out \(d.path)/one.h5 --spacing 4")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        r = try TestEnv.run("mpirun -np 2 --bind-to none \(bin) prepare --input \(d.path)/nii --out \(d.path)/two.h5 --spacing 4")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("by 2 ranks"), r.stdout)
+        try TestEnv.python("""
+            import h5py, numpy as np
+            with h5py.File(r'\(d.path)/one.h5', 'r') as a, h5py.File(r'\(d.path)/two.h5', 'r') as b:
+                assert sorted(a['cases']) == sorted(b['cases']) and len(a['cases']) == 3
+                for k in a.attrs: assert np.array_equal(np.asarray(a.attrs[k]), np.asarray(b.attrs[k])), k
+                for c in a['cases']:
+                    for n in ('image', 'label', 'foreground'):
+                        x, y = a['cases'][c][n], b['cases'][c][n]
+                        assert x.dtype == y.dtype and x.chunks == y.chunks and x.compression == y.compression, (c, n)
+                        assert np.array_equal(x[...], y[...]), (c, n)
+                    for k in a['cases'][c].attrs:
+                        assert np.array_equal(np.asarray(a['cases'][c].attrs[k]), np.asarray(b['cases'][c].attrs[k])), (c, k)
+            """)
+        // A case without its label: both ranks fail, the problem is printed once, nothing is left behind.
+        try FileManager.default.removeItem(atPath: "\(d.path)/nii/labelsTr/phantom_001.nii.gz")
+        r = try TestEnv.run("mpirun -np 2 --bind-to none \(bin) prepare --input \(d.path)/nii --out \(d.path)/bad.h5 --spacing 4")
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertEqual(r.stderr.components(separatedBy: "phantom_001.nii.gz:").count - 1, 1, r.stderr)
+        let left = try FileManager.default.contentsOfDirectory(atPath: d.path).filter { $0.hasPrefix("bad") }
+        XCTAssertEqual(left, [], "no store, part or temporary file may remain")
+    }
 }
 
 final class LoaderTests: XCTestCase {

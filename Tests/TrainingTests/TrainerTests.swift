@@ -53,6 +53,33 @@ final class TrainerTests: XCTestCase {
         return (diff / norm).squareRoot()
     }
 
+    /// Starts a command line in the background with its output in `log` (under the work folder).
+    func startInBackground(_ command: String, log: String) throws -> Process {
+        let job = Process()
+        job.executableURL = URL(fileURLWithPath: "/bin/sh")
+        job.arguments = ["-c", "exec \(command) > \(work.path)/\(log) 2>&1"]
+        job.environment = TestEnv.childEnvironment
+        try job.run()
+        return job
+    }
+
+    /// Waits until `run` has logged its first epoch (so checkpoint_latest.h5 exists), then a moment more so a
+    /// signal lands inside the next epoch.
+    func waitForFirstEpoch(_ run: String) {
+        let log = "\(work.path)/\(run)/log.csv"
+        let deadline = Date().addingTimeInterval(120)
+        while Date() < deadline && ((try? String(contentsOfFile: log, encoding: .utf8))?.split(separator: "\n").count ?? 0) < 2 {
+            usleep(20_000)
+        }
+        usleep(50_000)
+    }
+
+    /// The process id of one rank (not mpirun) of the training run writing to `run`.
+    func rankPID(_ run: String) throws -> String {
+        let r = try TestEnv.run("pgrep -f 'attunet train .*\(work.path)/\(run)' | while read p; do [ \"$(cat /proc/$p/comm)\" = attunet ] && echo $p; done | tail -1")
+        return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+    }
+
     /// With SyncBN, 2 ranks x batch 1 follow the same global patch sequence as 1 rank x batch 2 and end with
     /// the same weights after 6 steps across an epoch boundary (the all-reduce averages the per-rank gradients
     /// of the per-sample loss). SGD, because Adam turns the rounding noise in parameters whose true gradient
@@ -85,23 +112,12 @@ final class TrainerTests: XCTestCase {
 
     /// SIGKILL of one rank mid-run, then --resume: the final weights equal an uninterrupted run's, bit for bit.
     func testResumeAfterSigkillIsBitIdentical() throws {
-        let epochs = 3, samples = 6
+        let epochs = 3, samples = 12  // 18 steps per epoch: the kill lands well inside epoch 1
         var r = try TestEnv.run(try trainCommand(ranks: 2, out: "full", epochs: epochs, samples: samples))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        let job = Process()
-        job.executableURL = URL(fileURLWithPath: "/bin/sh")
-        job.arguments = ["-c", "exec " + (try trainCommand(ranks: 2, out: "killed", epochs: epochs, samples: samples)) + " > \(work.path)/killed.log 2>&1"]
-        job.environment = TestEnv.childEnvironment
-        try job.run()
-        // Wait for the first checkpoint, then kill one rank in the middle of the next epoch.
-        let log = "\(work.path)/killed/log.csv"
-        let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline && ((try? String(contentsOfFile: log, encoding: .utf8))?.split(separator: "\n").count ?? 0) < 2 {
-            usleep(20_000)
-        }
-        usleep(50_000)
-        r = try TestEnv.run("pgrep -f 'attunet train .*\(work.path)/killed' | while read p; do [ \"$(cat /proc/$p/comm)\" = attunet ] && echo $p; done | tail -1")
-        let pid = r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
+        let job = try startInBackground(try trainCommand(ranks: 2, out: "killed", epochs: epochs, samples: samples), log: "killed.log")
+        waitForFirstEpoch("killed")
+        let pid = try rankPID("killed")
         XCTAssertFalse(pid.isEmpty, "no rank to kill")
         _ = try TestEnv.run("kill -KILL \(pid)")
         job.waitUntilExit()
@@ -117,21 +133,12 @@ final class TrainerTests: XCTestCase {
     /// SIGUSR1 to one rank: every rank finishes its step, rank 0 writes latest, the job exits 75; --resume
     /// completes it bit-identically to an uninterrupted run.
     func testStopRequestOnOneRankCheckpointsAndResumes() throws {
-        let epochs = 2, samples = 6
+        let epochs = 2, samples = 16  // 24 steps per epoch: the stop lands inside epoch 1
         var r = try TestEnv.run(try trainCommand(ranks: 2, out: "full", epochs: epochs, samples: samples))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        let job = Process()
-        job.executableURL = URL(fileURLWithPath: "/bin/sh")
-        job.arguments = ["-c", "exec " + (try trainCommand(ranks: 2, out: "stopped", epochs: epochs, samples: samples)) + " > \(work.path)/stopped.log 2>&1"]
-        job.environment = TestEnv.childEnvironment
-        try job.run()
-        let log = "\(work.path)/stopped/log.csv"
-        let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline && ((try? String(contentsOfFile: log, encoding: .utf8))?.split(separator: "\n").count ?? 0) < 2 {
-            usleep(20_000)
-        }
-        r = try TestEnv.run("pgrep -f 'attunet train .*\(work.path)/stopped' | while read p; do [ \"$(cat /proc/$p/comm)\" = attunet ] && echo $p; done | tail -1")
-        _ = try TestEnv.run("kill -USR1 \(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines))")
+        let job = try startInBackground(try trainCommand(ranks: 2, out: "stopped", epochs: epochs, samples: samples), log: "stopped.log")
+        waitForFirstEpoch("stopped")
+        _ = try TestEnv.run("kill -USR1 \(try rankPID("stopped"))")
         job.waitUntilExit()
         let output = (try? String(contentsOfFile: "\(work.path)/stopped.log", encoding: .utf8)) ?? ""
         XCTAssertEqual(job.terminationStatus, 75, output)

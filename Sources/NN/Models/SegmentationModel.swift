@@ -123,7 +123,7 @@ public final class SegmentationModel {
     /// Kaiming-normal (fan_in) conv weights, PyTorch-default U(±1/√fan_in) conv biases, BN weight N(1, 0.02),
     /// BN bias 0, running mean 0 / var 1, in the original's module order from one seeded stream.
     public func initialise(seed: UInt64) {
-        var rng = SeededRNG(seed: seed)
+        var rng = SeededRNG(seed, 0x494E_4954)  // "INIT"
         for c in allConvs {
             let fanIn = c.inChannels * c.kernel * c.kernel * c.kernel
             Initializer.kaimingNormal(c.weight, fanIn: fanIn, rng: &rng)

@@ -16,7 +16,7 @@ public struct SplitMix64: Sendable {
     public static func mix(_ x: UInt64) -> UInt64 { var s = SplitMix64(x); return s.next() }
 }
 
-/// xoshiro256** (Blackman & Vigna): the generator behind every random choice in `Data` (phantoms, patch order,
+/// xoshiro256** (Blackman & Vigna): the generator behind every random choice of attunet (initial weights, splits, phantoms, patch order,
 /// sampling, augmentation). Seeded from any list of integers, e.g. `SeededRNG(seed, epoch, globalIndex)`, so a
 /// draw depends only on those keys: the same sample whatever rank or thread draws it, on every platform.
 public struct SeededRNG: RandomNumberGenerator, Sendable {
