@@ -162,6 +162,17 @@ public final class Trainer {
                 }
                 if verbose { printEpoch(record, loadWait: loadWait, steps: lossCount) }
             }
+            // A stop requested during validation or checkpointing is honoured at the epoch boundary.
+            var stop = [Double(stopSignal)]
+            try stop.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
+            if stop[0] > 0 && state.epoch < config.epochs {
+                if comm.isRoot {
+                    try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record)
+                    print("train: stop requested; finished epoch \(epoch), wrote \(latestPath); continue with --resume")
+                }
+                try comm.barrier()
+                throw TrainError("interrupted", exitCode: TrainExit.interrupted)
+            }
         }
         if comm.isRoot && verbose {
             if let r = lastRecord, !r.validationDice.isEmpty {
@@ -227,10 +238,13 @@ public final class Trainer {
     }
 
     private var started = Date()
+    /// Epochs finished by this process (a resumed run's log also holds earlier ones).
+    private var epochsRun = 0
 
     private func printEpoch(_ r: EpochRecord, loadWait: Double, steps: Int) {
         let remaining = config.epochs - r.epoch - 1
-        let perEpoch = Date().timeIntervalSince(started) / Double(max(log?.records.count ?? 1, 1))
+        epochsRun += 1
+        let perEpoch = Date().timeIntervalSince(started) / Double(epochsRun)
         var line = "epoch \(r.epoch + 1)/\(config.epochs)  loss \(fmt(r.trainLoss, 4))  lr \(String(format: "%.2e", r.learningRate))  \(fmt(r.patchesPerSecond, 2)) patches/s  \(fmt(r.seconds, 1)) s"
         if !r.validationDice.isEmpty {
             line += "  Dice " + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: " ")

@@ -133,7 +133,7 @@ final class TrainerTests: XCTestCase {
     /// SIGUSR1 to one rank: every rank finishes its step, rank 0 writes latest, the job exits 75; --resume
     /// completes it bit-identically to an uninterrupted run.
     func testStopRequestOnOneRankCheckpointsAndResumes() throws {
-        let epochs = 2, samples = 16  // 24 steps per epoch: the stop lands inside epoch 1
+        let epochs = 3, samples = 16  // 24 steps per epoch: the stop lands in epoch 1, never in the last
         var r = try TestEnv.run(try trainCommand(ranks: 2, out: "full", epochs: epochs, samples: samples))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         let job = try startInBackground(try trainCommand(ranks: 2, out: "stopped", epochs: epochs, samples: samples), log: "stopped.log")
