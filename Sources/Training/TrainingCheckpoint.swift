@@ -21,8 +21,15 @@ public struct TrainingState: Codable, Sendable, Equatable {
 /// plus `optimizer/` (moment buffers in the flat parameter layout, kind, step), `train_config` and
 /// `training_state` (JSON attributes) and `metrics` (the last epoch's record).
 public enum TrainingCheckpoint {
+    /// Refuses to write non-finite weights (the previous checkpoint at `path` is kept).
     public static func save(_ path: String, model: SegmentationModel, optimizer: Optimizer, config: TrainConfig,
                             state: TrainingState, metrics: EpochRecord?) throws {
+        for store in [model.params, model.buffers] {
+            if let e = store.entries.first(where: { e in (e.offset..<(e.offset + e.count)).contains { !store.values.data[$0].isFinite } }) {
+                throw TrainError("\(e.name) holds NaN/Inf at global step \(state.globalStep); \(path) not written, the last good checkpoint is kept; lower --lr or check the data",
+                                 exitCode: TrainExit.nonFiniteLoss)
+            }
+        }
         try Checkpoint.save(model, to: path) { f in
             let root = f.root
             try root.setAttribute("train_config", String(decoding: try JSONEncoder().encode(config), as: UTF8.self))
