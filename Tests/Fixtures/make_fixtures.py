@@ -259,6 +259,16 @@ def soft_dice_loss(logits, target, n_classes):
     return 1.0 - score / (float(b) * float(n_classes))
 
 
+def sorensen_dice_loss(logits, target, n_classes, smooth=1e-5):
+    """attunet's default loss (not in the original code): the Sorensen-Dice loss over all classes, per sample
+    and class D = (2 sum p g + s) / (sum p^2 + sum g^2 + s), loss = 1 - mean over (b, c) of D."""
+    b = logits.size(0)
+    p = F.softmax(logits, dim=1).reshape(b, n_classes, -1)
+    t = F.one_hot(target[:, 0], n_classes).permute(0, 4, 1, 2, 3).float().reshape(b, n_classes, -1)
+    d = (2 * torch.sum(p * t, 2) + smooth) / (torch.sum(p * p, 2) + torch.sum(t * t, 2) + smooth)
+    return 1.0 - d.mean()
+
+
 def cross_entropy_3d(logits, target):
     """The original cross_entropy_3D: NLL of log_softmax over channels, mean over all voxels.
     target: int64 (B, 1, X, Y, Z) or (B, X, Y, Z)."""
@@ -463,7 +473,9 @@ def make_layers(path):
              'SoftDiceLoss(4): softmax over channels, one-hot incl. background, smooth 0.01 on I and U, '
              'loss = 1 - sum_{b,c} 2*I/U / (B*C); sample 1 lacks class 3'),
             ('cross_entropy', lambda lg: cross_entropy_3d(lg, target),
-             'cross_entropy_3D: mean over all voxels of -log softmax(logits)[target]')]:
+             'cross_entropy_3D: mean over all voxels of -log softmax(logits)[target]'),
+            ('sorensen_dice', lambda lg: sorensen_dice_loss(lg, target, 4),
+             "attunet's default Dice loss: 1 - mean_{b,c} (2 sum pg + 1e-5) / (sum p^2 + sum g^2 + 1e-5)")]:
             lg = logits.clone().requires_grad_(True)
             loss = fn(lg)
             (dl,) = torch.autograd.grad(loss, [lg])

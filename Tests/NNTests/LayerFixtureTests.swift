@@ -107,7 +107,8 @@ final class LayerFixtureTests: XCTestCase {
     }
 
     func testLossesAgainstTheOriginal() throws {
-        for (group, kind) in [("softmax_dice", LossKind.softDice), ("cross_entropy", LossKind.crossEntropy)] {
+        for (group, kind) in [("softmax_dice", LossKind.softDice), ("cross_entropy", LossKind.crossEntropy),
+                              ("sorensen_dice", LossKind.dice)] {
             let logits = try fx.tensor("\(group)/logits")
             let labels = try fx.labels("\(group)/target")
             let loss = SegmentationLoss(kind)
