@@ -485,6 +485,27 @@ def make_layers(path):
             put(g, 'logits', ours(lg)); put(g, 'target', ours(target))
             put(g, 'loss', np.float32(loss.item())); put(g, 'dlogits', ours(dl))
 
+        # optimizers: 4 steps of torch.optim on a flat vector with given gradients (weight decay 1e-6 as the
+        # paper's configs); params after each step. Own generator, so the groups above do not change.
+        og = seeded(4242)
+        p0 = randn(og, 64)
+        grads = randn(og, 4, 64, scale=0.5)
+        for name, make in [('adam', lambda prm: torch.optim.Adam([prm], lr=1e-2, weight_decay=1e-6)),
+                           ('sgd_nesterov', lambda prm: torch.optim.SGD([prm], lr=1e-2, momentum=0.9, nesterov=True,
+                                                                        weight_decay=1e-6))]:
+            prm = torch.nn.Parameter(p0.clone())
+            opt = make(prm)
+            after = []
+            for k in range(4):
+                opt.zero_grad()
+                prm.grad = grads[k].clone()
+                opt.step()
+                after.append(prm.detach().clone())
+            g = f.create_group('optim_' + name)
+            set_config(g, dict(op='optimizer', optimizer=name, lr=1e-2, weight_decay=1e-6, momentum=0.9,
+                               note='params[k] = parameters after step k+1, with grads[k] as the gradient'))
+            put(g, 'params0', p0.numpy()); put(g, 'grads', grads.numpy()); put(g, 'params', torch.stack(after).numpy())
+
 
 # ----------------------------------------------------------------------------------------------------------
 # Model fixtures

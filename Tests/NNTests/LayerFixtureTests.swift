@@ -117,4 +117,20 @@ final class LayerFixtureTests: XCTestCase {
             assertClose(loss.gradient, try fx.tensor("\(group)/dlogits"), "\(group) dlogits")
         }
     }
+
+    /// Adam and SGD with Nesterov momentum (weight decay 1e-6) against torch.optim over 4 steps.
+    func testOptimizersMatchTorchOptim() throws {
+        for (group, kind) in [("optim_adam", OptimizerKind.adam), ("optim_sgd_nesterov", OptimizerKind.sgd)] {
+            let p0 = try fx.tensor("\(group)/params0"), grads = try fx.tensor("\(group)/grads"), want = try fx.tensor("\(group)/params")
+            let n = p0.count
+            let opt = Optimizer(kind, parameterCount: n, learningRate: 1e-2, weightDecay: 1e-6)
+            let params = p0.clone(), g = Tensor([n]), expected = Tensor([n])
+            for step in 0..<4 {
+                g.pointer.update(from: grads.pointer + step * n, count: n)
+                opt.update(params: params, grads: g)
+                expected.pointer.update(from: want.pointer + step * n, count: n)
+                assertClose(params, expected, tol: 1e-5, "\(group) step \(step + 1)")
+            }
+        }
+    }
 }
