@@ -43,7 +43,7 @@ struct Doctor: ParsableCommand {
         let report = Report(
             host: MPIRuntime.processorName, rank: comm.rank, size: comm.size,
             mpi: MPIRuntime.libraryVersion, threadLevel: MPIRuntime.threadLevel,
-            blasCore: BLASInfo.coreName, blasThreads: BLASInfo.threads, gflops: measureSgemm(n: gemmSize),
+            blasCore: BLASInfo.coreName, blasThreads: BLASInfo.threads, gflops: Bench.Layers.sgemmRate(n: gemmSize, reps: 3),
             hdf5: hdf5LibraryVersion, nifti: cnifti_datatype_size(16) == 4,
             cores: cpu.logicalCores, avx512: cpu.hasAVX512F, avx2: cpu.hasAVX2, cpu: cpu.modelName,
             coretypeEnv: ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"])
@@ -129,18 +129,5 @@ struct Doctor: ParsableCommand {
         try bad.withUnsafeMutableBufferPointer { try comm.allReduceMax($0) }
         return Collectives(megabytes: (n * 4) >> 20, allReduceOK: bad[0] == 0, allReduceGBs: Double(n * 4) / bad[2] / 1e9,
                            broadcastOK: bad[1] == 0)
-    }
-
-    /// Best-of-3 single-call sgemm rate on n x n x n, in GFLOP/s.
-    func measureSgemm(n: Int) -> Double {
-        let a = Tensor([n, n]), b = Tensor([n, n]), c = Tensor([n, n])
-        for i in 0..<(n * n) { a.data[i] = Float(i % 7) * 0.1; b.data[i] = Float(i % 5) * 0.1 }
-        var best = Double.infinity
-        for _ in 0..<4 {
-            let t0 = DispatchTime.now().uptimeNanoseconds
-            sgemm(m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n)
-            best = min(best, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-        }
-        return 2 * Double(n * n * n) / best / 1e9
     }
 }

@@ -159,12 +159,10 @@ struct Train: ParsableCommand {
             try trainer.run(from: state)
         } catch let e as TrainError {
             if e.exitCode != TrainExit.interrupted && comm.isRoot { FileHandle.standardError.write("attunet train: \(e.message)\n".data(using: .utf8)!) }
-            MPIRuntime.finalize()
-            throw ExitCode(e.exitCode)
+            throw ExitCode(e.exitCode)  // AttuNet.main finalizes MPI
         } catch {
             // The same error reaches every rank that read the same bad input; one line from each is enough.
             if comm.isRoot || comm.size == 1 { FileHandle.standardError.write("attunet train: \(error)\n".data(using: .utf8)!) }
-            MPIRuntime.finalize()
             throw ExitCode(1)
         }
     }

@@ -83,29 +83,8 @@ extension SegmentationModel {
 
     /// Loads weights from a safetensors state_dict (PyTorch axis order), checking every name and shape.
     public func load(safetensors f: SafetensorsFile) throws {
-        var staged: [(UnsafeMutablePointer<Float>, [Float])] = []
-        for store in [params, buffers] {
-            for e in store.entries {
-                guard let t = f.entries[e.name] else { throw SafetensorsError("\(f.path): missing tensor \(e.name)") }
-                let want = StateDict.isCounter(e.name) ? [] : StateDict.torchShape(e.shape)
-                guard t.shape == want || (want.isEmpty && t.shape.reduce(1, *) == 1) else {
-                    throw SafetensorsError("\(f.path): tensor \(e.name) has shape \(t.shape), the model needs \(want)")
-                }
-                let torch = try f.floats(e.name)
-                if let bad = torch.firstIndex(where: { !$0.isFinite }) {
-                    throw SafetensorsError("\(f.path): tensor \(e.name) has a non-finite value at element \(bad)")
-                }
-                var ours = [Float](repeating: 0, count: e.count)
-                torch.withUnsafeBufferPointer { t in
-                    ours.withUnsafeMutableBufferPointer { StateDict.convert(t.baseAddress!, $0.baseAddress!, ourShape: want.isEmpty ? [1] : want) }
-                }
-                staged.append((store.values.pointer + e.offset, ours))
-            }
+        try StateDict.load(into: self, location: f.path, names: Set(f.entries.keys), strict: true) { name in
+            (f.entries[name]!.shape, try f.floats(name))
         }
-        let known = Set(params.entries.map(\.name) + buffers.entries.map(\.name))
-        if let extra = Set(f.entries.keys).subtracting(known).sorted().first {
-            throw SafetensorsError("\(f.path): unexpected tensor \(extra) (not part of \(config.kind.rawValue))")
-        }
-        for (dst, values) in staged { dst.update(from: values, count: values.count) }
     }
 }

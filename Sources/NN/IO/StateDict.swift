@@ -50,33 +50,41 @@ public enum StateDict {
     /// or a wrong shape is an error naming the file, the tensor and both shapes. Nothing is changed unless the
     /// whole set matches.
     public static func read(into model: SegmentationModel, from group: H5Group, strict: Bool = true) throws {
-        let names = Set(try group.members())
+        try load(into: model, location: group.location, names: Set(try group.members()), strict: strict) { name in
+            let d = try group.dataset(name)
+            if isCounter(name) {
+                guard d.count == 1 else { throw H5Error("\(d.location): expected a scalar") }
+                var v: Int64 = 0
+                try d.read(into: &v, as: .int64)
+                return (d.shape, [Float(v)])
+            }
+            guard d.isFloat else { throw H5Error("\(d.location): not a floating-point tensor") }
+            return (d.shape, try d.readFloats())
+        }
+    }
+
+    /// The one loading routine behind every state_dict source (HDF5 checkpoints, safetensors): for each of
+    /// the model's tensors, `tensor(name)` gives its PyTorch shape and values; names, shapes and finiteness
+    /// are checked, the kernel axes reversed, and the model is written only when every tensor passed.
+    static func load(into model: SegmentationModel, location: String, names: Set<String>, strict: Bool,
+                     tensor: (String) throws -> (shape: [Int], values: [Float])) throws {
         var staged: [(UnsafeMutablePointer<Float>, [Float])] = []
         for store in [model.params, model.buffers] {
             for e in store.entries {
                 guard names.contains(e.name) else {
-                    throw H5Error("\(group.location): missing tensor \(e.name) (is this checkpoint for another model? this model is \(model.config.kind.rawValue), \(model.config.classes) classes, feature scale \(model.config.featureScale))")
+                    throw ModelError("\(location): missing tensor \(e.name) (is this for another model? this model is \(model.config.kind.rawValue), \(model.config.classes) classes, feature scale \(model.config.featureScale))")
                 }
-                let d = try group.dataset(e.name)
-                if isCounter(e.name) {
-                    var v: Int64 = 0
-                    guard d.count == 1 else { throw H5Error("\(d.location): expected a scalar") }
-                    try d.read(into: &v, as: .int64)
-                    staged.append((store.values.pointer + e.offset, [Float(v)]))
-                    continue
+                let (shape, torch) = try tensor(e.name)
+                let want = isCounter(e.name) ? [] : torchShape(e.shape)
+                guard shape == want || (want.isEmpty && torch.count == 1) else {
+                    throw ModelError("\(location): tensor \(e.name) has shape \(shape) but the model needs \(want) (another class count, channel count or feature scale?)")
                 }
-                let want = torchShape(e.shape)
-                guard d.shape == want else {
-                    throw H5Error("\(d.location): shape \(d.shape) but the model needs \(want) (another class count, channel count or feature scale?)")
-                }
-                guard d.isFloat else { throw H5Error("\(d.location): not a floating-point tensor") }
-                let torch = try d.readFloats()
                 if let bad = torch.firstIndex(where: { !$0.isFinite }) {
-                    throw H5Error("\(d.location): non-finite value at element \(bad)")
+                    throw ModelError("\(location): tensor \(e.name) has a non-finite value at element \(bad)")
                 }
                 var ours = [Float](repeating: 0, count: e.count)
                 torch.withUnsafeBufferPointer { t in
-                    ours.withUnsafeMutableBufferPointer { convert(t.baseAddress!, $0.baseAddress!, ourShape: want) }
+                    ours.withUnsafeMutableBufferPointer { convert(t.baseAddress!, $0.baseAddress!, ourShape: want.isEmpty ? [1] : want) }
                 }
                 staged.append((store.values.pointer + e.offset, ours))
             }
@@ -84,7 +92,7 @@ public enum StateDict {
         if strict {
             let known = Set(model.params.entries.map(\.name) + model.buffers.entries.map(\.name))
             if let extra = names.subtracting(known).sorted().first {
-                throw H5Error("\(group.location): unexpected tensor \(extra) (not part of \(model.config.kind.rawValue))")
+                throw ModelError("\(location): unexpected tensor \(extra) (not part of \(model.config.kind.rawValue))")
             }
         }
         for (dst, values) in staged { dst.update(from: values, count: values.count) }
