@@ -1,7 +1,8 @@
 // swift-tools-version:6.0
 // attunet: data-parallel 3D Attention U-Net trainer over MPI on CPU clusters.
 // Targets, bottom up (see README.md "Layout"): system libraries and C shims, CKernels (AVX-512 convolutions),
-// Tensor, HDF5Kit, NN, Data, Distributed, Training, and the `attunet` executable.
+// Support (the error type, atomic writes), Tensor, HDF5Kit, Distributed, NN, Data, Training, and the `attunet`
+// executable, which depends on Swift modules only.
 import PackageDescription
 
 let package = Package(
@@ -25,27 +26,28 @@ let package = Package(
                        providers: [.apt(["libhdf5-dev"])]),
         // nifticlib ships no pkg-config file and includes its own headers with <...> from /usr/include/nifti:
         // the one target that needs unsafeFlags (an include path). Swift never sees nifticlib's headers.
-        .target(name: "CNIfTI", path: "Sources/CNIfTI",
+        .target(name: "CNIfTI", path: "Sources/CNIfTI", exclude: ["README.md"],
                 cSettings: [.unsafeFlags(["-I/usr/include/nifti"])],
                 linkerSettings: [.linkedLibrary("niftiio"), .linkedLibrary("znz"), .linkedLibrary("z")]),
         // Direct AVX-512 3x3x3 convolutions (runtime-dispatched) and the im2col+sgemm fallback.
-        .target(name: "CKernels", dependencies: ["CBLAS"], path: "Sources/CKernels"),
+        .target(name: "CKernels", dependencies: ["CBLAS"], path: "Sources/CKernels", exclude: ["README.md"]),
 
-        .target(name: "Tensor", dependencies: ["CBLAS"]),
-        .target(name: "HDF5Kit", dependencies: ["CHDF5"]),
-        .target(name: "Distributed", dependencies: ["CMPI"]),
-        .target(name: "NN", dependencies: ["Tensor", "CKernels", "HDF5Kit"]),
-        .target(name: "Data", dependencies: ["Tensor", "HDF5Kit", "CNIfTI", "Distributed"]),
-        .target(name: "Training", dependencies: ["NN", "Data", "Distributed", "HDF5Kit",
+        .target(name: "Support"),
+        .target(name: "Tensor", dependencies: ["Support", "CBLAS"]),
+        .target(name: "HDF5Kit", dependencies: ["Support", "CHDF5"]),
+        .target(name: "Distributed", dependencies: ["Support", "CMPI"]),
+        .target(name: "NN", dependencies: ["Support", "Tensor", "CKernels", "HDF5Kit"]),
+        .target(name: "Data", dependencies: ["Support", "Tensor", "HDF5Kit", "CNIfTI", "Distributed"]),
+        .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Distributed", "HDF5Kit",
                                                .product(name: "Crypto", package: "swift-crypto")]),
         .executableTarget(name: "attunet", dependencies: [
-            "Training", "CBLAS", "CHDF5", "CMPI",
+            "Support", "Tensor", "HDF5Kit", "Distributed", "NN", "Data", "Training",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "FoundationTests", dependencies: ["Tensor", "HDF5Kit", "Data", "Distributed", "TestSupport"]),
-        .testTarget(name: "NNTests", dependencies: ["NN", "Tensor", "CKernels", "HDF5Kit"]),
+        .testTarget(name: "NNTests", dependencies: ["NN", "Tensor", "HDF5Kit"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "HDF5Kit", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
     ]

@@ -12,17 +12,12 @@
 # feature scale 4) only to fit a few minutes on two cores.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-BIN=.build/release/attunet
-test -x "$BIN" || { echo "run-default: $BIN missing; run launch/setup.sh first" >&2; exit 1; }
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
-if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -q avx512f /proc/cpuinfo; then
-  export OPENBLAS_CORETYPE=SkylakeX
-  echo "run-default: OPENBLAS_CORETYPE was unset; set to SkylakeX (AVX-512 kernels) for this run"
-fi
+export OPENBLAS_NUM_THREADS=1
+source launch/env.sh
 [ "${FRESH:-0}" = 1 ] && rm -rf data/phantoms data/phantoms_4mm.h5 runs/default
 
 echo "== 1/4 doctor"
-mpirun -np 2 --bind-to none -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE "$BIN" doctor
+mpirun -np 2 --bind-to none "${MPIRUN_ENV[@]}" "$BIN" doctor
 
 echo "== 2/4 synth"
 if [ -f data/phantoms/dataset.json ]; then echo "data/phantoms exists, kept"

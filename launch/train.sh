@@ -5,27 +5,19 @@
 #   OPENBLAS_NUM_THREADS   one BLAS thread per rank when the ranks fill the cores (no oversubscription)
 #   -x VAR                 passes the environment to every rank (needed once ranks run on other hosts)
 #   --oversubscribe        only when more ranks than cores are asked for
+# Paths in the options are the caller's: they are resolved against the folder it runs from.
 # Usage: launch/train.sh [-n RANKS] [train options...]
 #   launch/train.sh -n 2 --store data/phantoms.h5 --patch 64x64x48 --batch 2 --epochs 40 --out runs/demo
 # Exit status is attunet's: 0 done, 75 stopped on request (checkpoint written; rerun with --resume), 3 NaN loss.
 set -euo pipefail
-cd "$(dirname "$0")/.."
 RANKS=$(nproc)
 if [ "${1:-}" = "-n" ]; then RANKS=$2; shift 2; fi
-BIN=${ATTUNET_BIN:-.build/release/attunet}
-test -x "$BIN" || { echo "train.sh: $BIN missing; run launch/setup.sh first" >&2; exit 1; }
 CORES=$(nproc)
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 if [ -z "${OPENBLAS_NUM_THREADS:-}" ]; then
   export OPENBLAS_NUM_THREADS=$(( CORES / RANKS > 0 ? CORES / RANKS : 1 ))
 fi
-if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -q avx512f /proc/cpuinfo; then
-  # OpenBLAS 0.3.21 falls back to its SSE3 kernel on CPUs it does not know; SkylakeX is its AVX-512 kernel.
-  export OPENBLAS_CORETYPE=SkylakeX
-  echo "train.sh: OPENBLAS_CORETYPE was unset; set to SkylakeX (AVX-512 kernels) for this run"
-fi
+source "$(dirname "$0")/env.sh"
 EXTRA=()
 [ "$RANKS" -gt "$CORES" ] && EXTRA+=(--oversubscribe)
 echo "train.sh: $RANKS rank(s), OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS"
-exec mpirun -np "$RANKS" --bind-to none "${EXTRA[@]}" -x OPENBLAS_NUM_THREADS -x OPENBLAS_CORETYPE \
-  -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM "$BIN" train "$@"
+exec mpirun -np "$RANKS" --bind-to none "${EXTRA[@]}" "${MPIRUN_ENV[@]}" "$BIN" train "$@"

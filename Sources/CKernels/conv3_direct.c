@@ -1,4 +1,4 @@
-// Direct AVX-512 3x3x3 convolution kernels (design and measurements: shared/CONV.md).
+// Direct AVX-512 3x3x3 convolution kernels (design and measured rates: README.md in this folder).
 //
 // Each z-slice is treated as a flat plane of ny*nx voxels cut into 16-lane vectors, so any X (not only
 // multiples of 16) keeps the lanes busy. Shifting a vector by (dy-1)*nx + (dx-1) reaches the tap's

@@ -66,38 +66,29 @@ static inline int cmpi_barrier(MPI_Comm c) { return MPI_Barrier(c); }
 static inline double cmpi_wtime(void) { return MPI_Wtime(); }
 static inline int cmpi_abort(MPI_Comm c, int code) { return MPI_Abort(c, code); }
 
+/// Copies the `len` characters of an MPI string into buf (buflen bytes), NUL-terminated and cut to fit.
+static inline void cmpi_copy_string(char *buf, int buflen, const char *src, int len) {
+    if (buflen <= 0) return;
+    int n = len < buflen - 1 ? len : buflen - 1;
+    memcpy(buf, src, (size_t)n);
+    buf[n] = 0;
+}
+/// One of MPI's string getters (same signature: buffer, length out) into buf, cut to fit.
+static inline int cmpi_get_string(int (*get)(char *, int *), char *buf, int buflen) {
+    char tmp[MPI_MAX_LIBRARY_VERSION_STRING + MPI_MAX_PROCESSOR_NAME];
+    int len = 0;
+    int rc = get(tmp, &len);
+    cmpi_copy_string(buf, buflen, tmp, len);
+    return rc;
+}
 /// MPI library version string (e.g. "Open MPI v4.1.4, ..."), written into buf (at least 256 bytes).
-static inline int cmpi_library_version(char *buf, int buflen) {
-    char tmp[MPI_MAX_LIBRARY_VERSION_STRING];
-    int len = 0;
-    int rc = MPI_Get_library_version(tmp, &len);
-    if (buflen > 0) {
-        int n = len < buflen - 1 ? len : buflen - 1;
-        memcpy(buf, tmp, (size_t)n);
-        buf[n] = 0;
-    }
-    return rc;
-}
-static inline int cmpi_processor_name(char *buf, int buflen) {
-    char tmp[MPI_MAX_PROCESSOR_NAME];
-    int len = 0;
-    int rc = MPI_Get_processor_name(tmp, &len);
-    if (buflen > 0) {
-        int n = len < buflen - 1 ? len : buflen - 1;
-        memcpy(buf, tmp, (size_t)n);
-        buf[n] = 0;
-    }
-    return rc;
-}
+static inline int cmpi_library_version(char *buf, int buflen) { return cmpi_get_string(MPI_Get_library_version, buf, buflen); }
+static inline int cmpi_processor_name(char *buf, int buflen) { return cmpi_get_string(MPI_Get_processor_name, buf, buflen); }
 static inline int cmpi_error_string(int code, char *buf, int buflen) {
     char tmp[MPI_MAX_ERROR_STRING];
     int len = 0;
     int rc = MPI_Error_string(code, tmp, &len);
-    if (buflen > 0) {
-        int n = len < buflen - 1 ? len : buflen - 1;
-        memcpy(buf, tmp, (size_t)n);
-        buf[n] = 0;
-    }
+    cmpi_copy_string(buf, buflen, tmp, len);
     return rc;
 }
 static inline int cmpi_success(void) { return MPI_SUCCESS; }

@@ -1,12 +1,22 @@
 import Foundation
 import Tensor
 
-/// Augmentation of image and label jointly (reference §5.3). Defaults are the original's in-plane set:
+/// Augmentation of image and label jointly (the original's training transform). Defaults are the original's in-plane set:
 /// flips along X and along Y (each p = 0.5, never Z), rotation in the axial plane U(-15°, 15°), shift
 /// U(-0.1, 0.1) of the patch size per in-plane axis, zoom U(0.7, 1.3) drawn independently per in-plane axis
 /// (z > 1 zooms out, as the original's pull map), image bilinear / label nearest; plus optional through-plane
 /// rotation, gamma, noise and brightness (off by default). Every parameter is drawn from a `SeededRNG` the
 /// caller seeds from (seed, epoch, global sample index), so a sample is the same on any rank.
+/// The augmentation presets a run names (`--augment`; stored by name in configs and checkpoints).
+public enum AugmentPreset: String, Codable, Sendable, CaseIterable {
+    /// In-plane flips, rotation ±15°, shift ±10% and zoom, as the paper's released code.
+    case paper
+    /// The paper's set plus through-plane rotation, gamma, noise and brightness.
+    case extended
+    /// Plain crops.
+    case none
+}
+
 public struct AugmentOptions: Sendable, Equatable {
     public var flipX = 0.5, flipY = 0.5
     /// Maximum in-plane rotation in degrees (0 = none).
@@ -42,6 +52,15 @@ public struct AugmentOptions: Sendable, Equatable {
         a.rotation3DDegrees = 10; a.gammaProbability = 0.15; a.noiseProbability = 0.15; a.brightnessProbability = 0.15
         return a
     }()
+
+    /// The augmentation of a named preset.
+    public init(_ preset: AugmentPreset) {
+        switch preset {
+        case .paper: self = .paper
+        case .extended: self = .extended
+        case .none: self = .none
+        }
+    }
 
     /// True when the geometric part is the identity (a patch is then a plain box read).
     public var isGeometricIdentity: Bool {

@@ -1,13 +1,6 @@
 import CNIfTI
 import Foundation
-
-/// An error reading or writing a volume: one line naming the file and the problem.
-public struct VolumeError: Error, CustomStringConvertible, LocalizedError {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-    public var errorDescription: String? { message }
-}
+import Support
 
 /// A 3D NIfTI volume in memory, voxels as float32, x fastest (our [Z][Y][X] layout).
 public struct NIfTIVolume: Sendable {
@@ -32,6 +25,9 @@ public struct NIfTIVolume: Sendable {
         return (norm(0), norm(1), norm(2))
     }
 
+    /// Whether nifticlib is linked and answers (`attunet doctor`).
+    public static var isLibraryUsable: Bool { cnifti_datatype_size(16) == 4 }
+
     /// Reads a `.nii` / `.nii.gz` file; 4D files with a single volume are accepted, other 4D files are refused.
     public static func read(_ path: String) throws -> NIfTIVolume {
         try precheck(path)
@@ -39,12 +35,12 @@ public struct NIfTIVolume: Sendable {
         var ptr: UnsafeMutablePointer<Float>? = nil
         var err = [CChar](repeating: 0, count: 1024)
         if cnifti_read_f32(path, &hdr, &ptr, &err, err.count) != 0 {
-            throw VolumeError(err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+            throw AttunetError(err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
         }
         defer { cnifti_free(ptr) }
         let d = withUnsafeBytes(of: hdr.dim) { Array($0.bindMemory(to: Int64.self)) }
         if d[3...].contains(where: { $0 > 1 }) {
-            throw VolumeError("\(path): expected a 3D volume, got dimensions \(d.prefix(Int(hdr.ndim)).map(String.init).joined(separator: "x"))")
+            throw AttunetError("\(path): expected a 3D volume, got dimensions \(d.prefix(Int(hdr.ndim)).map(String.init).joined(separator: "x"))")
         }
         let (nx, ny, nz) = (Int(d[0]), Int(d[1]), Int(d[2]))
         let aff = withUnsafeBytes(of: hdr.affine) { Array($0.bindMemory(to: Float.self)).map(Double.init) }
@@ -61,7 +57,7 @@ public struct NIfTIVolume: Sendable {
         let head = [UInt8]((try? h.read(upToCount: 348)) ?? Data())
         if path.hasSuffix(".gz") {
             if head.count >= 2 && !(head[0] == 0x1F && head[1] == 0x8B) {
-                throw VolumeError("\(path): not a gzip-compressed file (corrupt, or not NIfTI)")
+                throw AttunetError("\(path): not a gzip-compressed file (corrupt, or not NIfTI)")
             }
             return
         }
@@ -71,7 +67,7 @@ public struct NIfTIVolume: Sendable {
         let magic = (head[344] == 0x6E && (head[345] == 0x2B || head[345] == 0x69) && head[346] == 0x31)
         let dim0 = le ? Int(head[40]) | Int(head[41]) << 8 : Int(head[40]) << 8 | Int(head[41])
         if !(le || be) || !magic || !(1...7).contains(dim0) {
-            throw VolumeError("\(path): not a NIfTI-1 file (bad header)")
+            throw AttunetError("\(path): not a NIfTI-1 file (bad header)")
         }
     }
 
@@ -80,19 +76,24 @@ public struct NIfTIVolume: Sendable {
 
     /// Writes the volume (`.nii` or `.nii.gz`), converting voxels to `type` (rounded and clamped for integers).
     public func write(_ path: String, as type: StorageType = .float32) throws {
-        var err = [CChar](repeating: 0, count: 1024)
-        let aff = affine.map(Float.init)
-        let rc: Int32
-        switch type {
-        case .float32:
-            rc = voxels.withUnsafeBytes { cnifti_write3d(path, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, &err, err.count) }
-        case .int16:
-            let v = voxels.map { Int16(clamping: Int(($0).rounded())) }
-            rc = v.withUnsafeBytes { cnifti_write3d(path, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, &err, err.count) }
-        case .uint8:
-            let v = voxels.map { UInt8(clamping: Int(($0).rounded())) }
-            rc = v.withUnsafeBytes { cnifti_write3d(path, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, &err, err.count) }
+        try AtomicFile.write(path) { tmp in
+            var err = [CChar](repeating: 0, count: 1024)
+            let aff = affine.map(Float.init)
+            let rc: Int32
+            switch type {
+            case .float32:
+                rc = voxels.withUnsafeBytes { cnifti_write3d(tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, &err, err.count) }
+            case .int16:
+                let v = voxels.map { Int16(clamping: Int(($0).rounded())) }
+                rc = v.withUnsafeBytes { cnifti_write3d(tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, &err, err.count) }
+            case .uint8:
+                let v = voxels.map { UInt8(clamping: Int(($0).rounded())) }
+                rc = v.withUnsafeBytes { cnifti_write3d(tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, &err, err.count) }
+            }
+            if rc != 0 {
+                let message = err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+                throw AttunetError(message.replacingOccurrences(of: tmp, with: path))
+            }
         }
-        if rc != 0 { throw VolumeError(err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }) }
     }
 }

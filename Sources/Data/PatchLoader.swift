@@ -1,4 +1,5 @@
 import Foundation
+import Support
 import Tensor
 
 /// One batch for one rank.
@@ -64,11 +65,11 @@ public final class PatchLoader: @unchecked Sendable {
         self.store = store
         if let cases {
             self.cases = try cases.map { id in
-                guard let i = store.index(of: id) else { throw VolumeError("\(store.path): no case '\(id)' in the store") }
+                guard let i = store.index(of: id) else { throw AttunetError("\(store.path): no case '\(id)' in the store") }
                 return i
             }
         } else { self.cases = Array(store.cases.indices) }
-        guard !self.cases.isEmpty else { throw VolumeError("\(store.path): no cases to sample from") }
+        guard !self.cases.isEmpty else { throw AttunetError("\(store.path): no cases to sample from") }
         self.patch = patch; self.batch = batch; self.rank = rank; self.worldSize = worldSize; self.seed = seed
         self.augment = augment; self.foregroundFraction = foregroundFraction; self.normalization = normalization
         self.samplesPerCase = samplesPerCase; self.prefetch = max(1, prefetch); self.threads = max(1, threads)
@@ -199,23 +200,16 @@ public final class PatchLoader: @unchecked Sendable {
         var lab = [UInt8](repeating: 0, count: batch * patch.count)
         var cs = [Int](repeating: 0, count: batch)
         let gs = (0..<batch).map { globalIndex(step: step, slot: $0) }
-        let errors = ErrorBox()
-        lab.withUnsafeMutableBufferPointer { lb in
+        try lab.withUnsafeMutableBufferPointer { lb in
             let lp = UncheckedSendable(lb.baseAddress!), ip = UncheckedSendable(img.pointer)
-            let out = UncheckedSendable(UnsafeMutablePointer<Int>.allocate(capacity: batch))
-            defer { cs = Array(UnsafeBufferPointer(start: out.value, count: batch)); out.value.deallocate() }
-            let work: (Int) -> Void = { b in
-                do {
+            try cs.withUnsafeMutableBufferPointer { cb in
+                let out = UncheckedSendable(cb.baseAddress!)
+                try parallelForEach(batch, threads: threads) { b in
                     out.value[b] = try self.sample(epoch: epoch, globalIndex: gs[b], order: ord,
                                                    image: ip.value + b * self.patch.count, label: lp.value + b * self.patch.count)
-                } catch { errors.add("\(error)") }
+                }
             }
-            if threads > 1 && batch > 1 {
-                let w = UncheckedSendable(work)
-                DispatchQueue.concurrentPerform(iterations: batch) { w.value($0) }
-            } else { for b in 0..<batch { work(b) } }
         }
-        if let e = errors.first { throw VolumeError(e) }
         return PatchBatch(image: img, label: lab, cases: cs, samples: gs, step: step, loadSeconds: Date().timeIntervalSince(t0))
     }
 

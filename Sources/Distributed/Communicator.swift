@@ -1,5 +1,6 @@
 import CMPI
 import Foundation
+import Support
 
 /// Collective operations the trainer needs. `MPICommunicator` runs them over MPI; `LocalCommunicator` is the
 /// single-process identity, so every code path runs the same with or without mpirun.
@@ -71,19 +72,12 @@ public final class LocalCommunicator: Communicator, @unchecked Sendable {
     public func barrier() throws {}
 }
 
-/// An MPI error turned into one readable line.
-public struct MPIError: Error, CustomStringConvertible, LocalizedError {
-    public let message: String
-    public var description: String { message }
-    public var errorDescription: String? { message }
-}
-
 @inline(__always)
 func check(_ rc: Int32, _ what: String) throws {
     if rc != cmpi_success() {
         var buf = [CChar](repeating: 0, count: 512)
         _ = cmpi_error_string(rc, &buf, 512)
-        throw MPIError(message: "MPI \(what) failed: \(cString(buf))")
+        throw AttunetError("MPI \(what) failed: \(cString(buf))")
     }
 }
 
@@ -173,6 +167,9 @@ public enum MPIRuntime {
     }
 
     public static var isInitialized: Bool { cmpi_initialized() != 0 && cmpi_finalized() == 0 }
+
+    /// This process's rank in MPI_COMM_WORLD; 0 while MPI is not initialised.
+    public static var worldRank: Int { isInitialized ? Int(cmpi_comm_rank(cmpi_comm_world())) : 0 }
 
     /// Thread level MPI granted, as text ("FUNNELED", ...).
     public static var threadLevel: String {

@@ -1,13 +1,6 @@
 import CHDF5
 import Foundation
-
-/// One clear line naming the file and what went wrong.
-public struct H5Error: Error, CustomStringConvertible, LocalizedError {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-    public var errorDescription: String? { message }
-}
+import Support
 
 /// Element types attunet stores.
 public enum H5ElementType: Sendable {
@@ -45,10 +38,10 @@ public final class H5File: @unchecked Sendable {
     /// Opens an existing file. Errors name the file and say whether it is missing or not HDF5.
     public static func open(_ path: String, writable: Bool = false) throws -> H5File {
         _ = silenceOnce
-        guard FileManager.default.fileExists(atPath: path) else { throw H5Error("\(path): no such file") }
-        if H5Fis_hdf5(path) <= 0 { throw H5Error("\(path): not an HDF5 file (or truncated/corrupt)") }
+        guard FileManager.default.fileExists(atPath: path) else { throw AttunetError("\(path): no such file") }
+        if H5Fis_hdf5(path) <= 0 { throw AttunetError("\(path): not an HDF5 file (or truncated/corrupt)") }
         let id = H5Fopen(path, writable ? chdf5_acc_rdwr() : chdf5_acc_rdonly(), chdf5_p_default())
-        if id < 0 { throw H5Error("\(path): cannot open HDF5 file (corrupt, or written by a newer HDF5 with libver='latest')") }
+        if id < 0 { throw AttunetError("\(path): cannot open HDF5 file (corrupt, or written by a newer HDF5 with libver='latest')") }
         return H5File(path: path, id: id)
     }
 
@@ -56,7 +49,7 @@ public final class H5File: @unchecked Sendable {
     public static func create(_ path: String) throws -> H5File {
         _ = silenceOnce
         let id = H5Fcreate(path, chdf5_acc_trunc(), chdf5_p_default(), chdf5_p_default())
-        if id < 0 { throw H5Error("\(path): cannot create HDF5 file") }
+        if id < 0 { throw AttunetError("\(path): cannot create HDF5 file") }
         return H5File(path: path, id: id)
     }
 
@@ -65,31 +58,19 @@ public final class H5File: @unchecked Sendable {
 
     /// Flushes HDF5's buffers to the OS (call before fsync + rename).
     public func flush() throws {
-        if H5Fflush(id, H5F_SCOPE_GLOBAL) < 0 { throw H5Error("\(path): flush failed") }
+        if H5Fflush(id, H5F_SCOPE_GLOBAL) < 0 { throw AttunetError("\(path): flush failed") }
     }
 
     deinit { H5Fclose(id) }
 
-    /// Writes a file so that a crash never leaves a half-written `path`: `body` fills a temporary file next to
-    /// it, which is flushed, fsync'ed and renamed over `path` only when `body` succeeds (else removed).
+    /// Writes a file so that a crash never leaves a half-written `path` (`AtomicFile`): `body` fills a new file
+    /// in the same folder, which is flushed, closed, fsync'ed and renamed over `path` only when `body` succeeds.
     public static func writeAtomically(_ path: String, _ body: (H5File) throws -> Void) throws {
-        let tmp = path + ".tmp-\(getpid())"
-        do {
-            do {
-                let f = try H5File.create(tmp)
-                try body(f)
-                try f.flush()
-            }  // closed here: the last reference is gone
-            let fd = Foundation.open(tmp, O_RDONLY)
-            guard fd >= 0 else { throw H5Error("\(tmp): cannot reopen for fsync") }
-            let rc = fsync(fd)
-            close(fd)
-            guard rc == 0 else { throw H5Error("\(tmp): fsync failed") }
-            guard rename(tmp, path) == 0 else { throw H5Error("\(path): cannot rename \(tmp) into place") }
-        } catch {
-            unlink(tmp)
-            throw error
-        }
+        try AtomicFile.write(path) { tmp in
+            let f = try H5File.create(tmp)
+            try body(f)
+            try f.flush()
+        }  // the file is closed when `f` goes, before AtomicFile syncs and renames it
     }
 }
 
@@ -116,9 +97,9 @@ public final class H5Group: H5Object, @unchecked Sendable {
     }
 
     public func group(_ name: String) throws -> H5Group {
-        guard exists(name) else { throw H5Error("\(file.path): missing group \(child(name))") }
+        guard exists(name) else { throw AttunetError("\(file.path): missing group \(child(name))") }
         let g = H5Gopen2(id, name, chdf5_p_default())
-        if g < 0 { throw H5Error("\(file.path): \(child(name)) is not a group") }
+        if g < 0 { throw AttunetError("\(file.path): \(child(name)) is not a group") }
         return H5Group(id: g, file: file, path: child(name))
     }
 
@@ -129,7 +110,7 @@ public final class H5Group: H5Object, @unchecked Sendable {
         defer { H5Pclose(lcpl) }
         H5Pset_create_intermediate_group(lcpl, 1)
         let g = H5Gcreate2(id, name, lcpl, chdf5_p_default(), chdf5_p_default())
-        if g < 0 { throw H5Error("\(file.path): cannot create group \(child(name))") }
+        if g < 0 { throw AttunetError("\(file.path): cannot create group \(child(name))") }
         return H5Group(id: g, file: file, path: child(name))
     }
 
@@ -140,18 +121,18 @@ public final class H5Group: H5Object, @unchecked Sendable {
         defer { H5Pclose(lcpl) }
         H5Pset_create_intermediate_group(lcpl, 1)
         if H5Ocopy(id, name, destination.id, newName, chdf5_p_default(), lcpl) < 0 {
-            throw H5Error("\(file.path): cannot copy \(child(name)) into \(destination.file.path)")
+            throw AttunetError("\(file.path): cannot copy \(child(name)) into \(destination.file.path)")
         }
     }
 
     /// Names of the direct members, in the order HDF5 keeps them (name order).
     public func members() throws -> [String] {
         var info = H5G_info_t()
-        if H5Gget_info(id, &info) < 0 { throw H5Error("\(location): cannot list members") }
+        if H5Gget_info(id, &info) < 0 { throw AttunetError("\(location): cannot list members") }
         var names: [String] = []
         for i in 0..<info.nlinks {
             let len = H5Lget_name_by_idx(id, ".", H5_INDEX_NAME, H5_ITER_INC, i, nil, 0, chdf5_p_default())
-            if len < 0 { throw H5Error("\(location): cannot read member name \(i)") }
+            if len < 0 { throw AttunetError("\(location): cannot read member name \(i)") }
             var buf = [CChar](repeating: 0, count: Int(len) + 1)
             H5Lget_name_by_idx(id, ".", H5_INDEX_NAME, H5_ITER_INC, i, &buf, Int(len) + 1, chdf5_p_default())
             names.append(cString(buf))
@@ -160,9 +141,9 @@ public final class H5Group: H5Object, @unchecked Sendable {
     }
 
     public func dataset(_ name: String) throws -> H5Dataset {
-        guard exists(name) else { throw H5Error("\(file.path): missing dataset \(child(name))") }
+        guard exists(name) else { throw AttunetError("\(file.path): missing dataset \(child(name))") }
         let d = H5Dopen2(id, name, chdf5_p_default())
-        if d < 0 { throw H5Error("\(file.path): cannot open dataset \(child(name)) (not a dataset, or unreadable)") }
+        if d < 0 { throw AttunetError("\(file.path): cannot open dataset \(child(name)) (not a dataset, or unreadable)") }
         return try H5Dataset(id: d, file: file, path: child(name))
     }
 
@@ -189,7 +170,7 @@ public final class H5Group: H5Object, @unchecked Sendable {
         defer { H5Pclose(lcpl) }
         H5Pset_create_intermediate_group(lcpl, 1)
         let d = H5Dcreate2(id, name, type.native, space, lcpl, dcpl, chdf5_p_default())
-        if d < 0 { throw H5Error("\(file.path): cannot create dataset \(child(name))") }
+        if d < 0 { throw AttunetError("\(file.path): cannot create dataset \(child(name))") }
         return try H5Dataset(id: d, file: file, path: child(name))
     }
 
@@ -218,7 +199,7 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
         let space = H5Dget_space(id)
         defer { H5Sclose(space) }
         let rank = Int(H5Sget_simple_extent_ndims(space))
-        if rank < 0 { H5Dclose(id); throw H5Error("\(file.path):\(path): unreadable dataspace") }
+        if rank < 0 { H5Dclose(id); throw AttunetError("\(file.path):\(path): unreadable dataspace") }
         var dims = [hsize_t](repeating: 0, count: max(rank, 1))
         H5Sget_simple_extent_dims(space, &dims, nil)
         shape = rank == 0 ? [] : dims.prefix(rank).map { Int($0) }
@@ -234,13 +215,13 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
     /// Reads the whole dataset, converted to `type`, into `buffer` (which must hold `count` elements).
     public func read(into buffer: UnsafeMutableRawPointer, as type: H5ElementType) throws {
         if H5Dread(id, type.native, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), buffer) < 0 {
-            throw H5Error("\(location): read failed (corrupt or truncated data)")
+            throw AttunetError("\(location): read failed (corrupt or truncated data)")
         }
     }
 
     public func write(from buffer: UnsafeRawPointer, as type: H5ElementType) throws {
         if H5Dwrite(id, type.native, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), buffer) < 0 {
-            throw H5Error("\(location): write failed")
+            throw AttunetError("\(location): write failed")
         }
     }
 
@@ -249,10 +230,10 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
     public func readHyperslab(start: [Int], count cnt: [Int], into buffer: UnsafeMutableRawPointer,
                               as type: H5ElementType) throws {
         guard start.count == shape.count, cnt.count == shape.count else {
-            throw H5Error("\(location): hyperslab rank \(start.count) for dataset of rank \(shape.count)")
+            throw AttunetError("\(location): hyperslab rank \(start.count) for dataset of rank \(shape.count)")
         }
         for a in 0..<shape.count where start[a] < 0 || cnt[a] < 0 || start[a] + cnt[a] > shape[a] {
-            throw H5Error("\(location): hyperslab \(start)+\(cnt) outside shape \(shape)")
+            throw AttunetError("\(location): hyperslab \(start)+\(cnt) outside shape \(shape)")
         }
         let fspace = H5Dget_space(id)
         defer { H5Sclose(fspace) }
@@ -261,7 +242,7 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
         let mspace = H5Screate_simple(Int32(c.count), &c, nil)
         defer { H5Sclose(mspace) }
         if H5Dread(id, type.native, mspace, fspace, chdf5_p_default(), buffer) < 0 {
-            throw H5Error("\(location): hyperslab read failed (corrupt or truncated data)")
+            throw AttunetError("\(location): hyperslab read failed (corrupt or truncated data)")
         }
     }
 
@@ -290,7 +271,7 @@ extension H5Object {
     private func replaceAttribute(_ name: String, type: hid_t, space: hid_t) throws -> hid_t {
         if H5Aexists(id, name) > 0 { H5Adelete(id, name) }
         let a = H5Acreate2(id, name, type, space, chdf5_p_default(), chdf5_p_default())
-        if a < 0 { throw H5Error("\(location): cannot create attribute \(name)") }
+        if a < 0 { throw AttunetError("\(location): cannot create attribute \(name)") }
         return a
     }
 
@@ -303,7 +284,7 @@ extension H5Object {
         let a = try replaceAttribute(name, type: t, space: space); defer { H5Aclose(a) }
         try value.withCString { cs in
             var p: UnsafePointer<CChar>? = cs
-            if H5Awrite(a, t, &p) < 0 { throw H5Error("\(location): cannot write attribute \(name)") }
+            if H5Awrite(a, t, &p) < 0 { throw AttunetError("\(location): cannot write attribute \(name)") }
         }
     }
 
@@ -311,23 +292,23 @@ extension H5Object {
         var dims = [hsize_t(values.count)]
         let space = H5Screate_simple(1, &dims, nil); defer { H5Sclose(space) }
         let a = try replaceAttribute(name, type: chdf5_native_double(), space: space); defer { H5Aclose(a) }
-        if H5Awrite(a, chdf5_native_double(), values) < 0 { throw H5Error("\(location): cannot write attribute \(name)") }
+        if H5Awrite(a, chdf5_native_double(), values) < 0 { throw AttunetError("\(location): cannot write attribute \(name)") }
     }
 
     public func setAttribute(_ name: String, _ values: [Int64]) throws {
         var dims = [hsize_t(values.count)]
         let space = H5Screate_simple(1, &dims, nil); defer { H5Sclose(space) }
         let a = try replaceAttribute(name, type: chdf5_native_int64(), space: space); defer { H5Aclose(a) }
-        if H5Awrite(a, chdf5_native_int64(), values) < 0 { throw H5Error("\(location): cannot write attribute \(name)") }
+        if H5Awrite(a, chdf5_native_int64(), values) < 0 { throw AttunetError("\(location): cannot write attribute \(name)") }
     }
 
     public func setAttribute(_ name: String, _ value: Double) throws { try setAttribute(name, [value]) }
     public func setAttribute(_ name: String, _ value: Int) throws { try setAttribute(name, [Int64(value)]) }
 
     private func openAttribute(_ name: String) throws -> hid_t {
-        guard H5Aexists(id, name) > 0 else { throw H5Error("\(location): missing attribute \(name)") }
+        guard H5Aexists(id, name) > 0 else { throw AttunetError("\(location): missing attribute \(name)") }
         let a = H5Aopen(id, name, chdf5_p_default())
-        if a < 0 { throw H5Error("\(location): cannot open attribute \(name)") }
+        if a < 0 { throw AttunetError("\(location): cannot open attribute \(name)") }
         return a
     }
 
@@ -339,45 +320,45 @@ extension H5Object {
     public func stringAttribute(_ name: String) throws -> String {
         let a = try openAttribute(name); defer { H5Aclose(a) }
         let ft = H5Aget_type(a); defer { H5Tclose(ft) }
-        guard H5Tget_class(ft) == H5T_STRING else { throw H5Error("\(location): attribute \(name) is not a string") }
+        guard H5Tget_class(ft) == H5T_STRING else { throw AttunetError("\(location): attribute \(name) is not a string") }
         if H5Tis_variable_str(ft) > 0 {
             let mt = H5Tcopy(chdf5_c_s1()); defer { H5Tclose(mt) }
             H5Tset_size(mt, chdf5_variable())
             H5Tset_cset(mt, H5Tget_cset(ft))
             var p: UnsafeMutablePointer<CChar>? = nil
-            if H5Aread(a, mt, &p) < 0 { throw H5Error("\(location): cannot read attribute \(name)") }
+            if H5Aread(a, mt, &p) < 0 { throw AttunetError("\(location): cannot read attribute \(name)") }
             defer { if let p { H5free_memory(p) } }
             return p.map { String(cString: $0) } ?? ""
         }
         let size = H5Tget_size(ft)
         var buf = [CChar](repeating: 0, count: size + 1)
-        if H5Aread(a, ft, &buf) < 0 { throw H5Error("\(location): cannot read attribute \(name)") }
+        if H5Aread(a, ft, &buf) < 0 { throw AttunetError("\(location): cannot read attribute \(name)") }
         return cString(buf)
     }
 
     public func doublesAttribute(_ name: String) throws -> [Double] {
         let a = try openAttribute(name); defer { H5Aclose(a) }
         var out = [Double](repeating: 0, count: attributeCount(a))
-        if H5Aread(a, chdf5_native_double(), &out) < 0 { throw H5Error("\(location): attribute \(name) is not numeric") }
+        if H5Aread(a, chdf5_native_double(), &out) < 0 { throw AttunetError("\(location): attribute \(name) is not numeric") }
         return out
     }
 
     public func intsAttribute(_ name: String) throws -> [Int64] {
         let a = try openAttribute(name); defer { H5Aclose(a) }
         var out = [Int64](repeating: 0, count: attributeCount(a))
-        if H5Aread(a, chdf5_native_int64(), &out) < 0 { throw H5Error("\(location): attribute \(name) is not an integer") }
+        if H5Aread(a, chdf5_native_int64(), &out) < 0 { throw AttunetError("\(location): attribute \(name) is not an integer") }
         return out
     }
 
     public func doubleAttribute(_ name: String) throws -> Double {
         let v = try doublesAttribute(name)
-        guard let f = v.first else { throw H5Error("\(location): attribute \(name) is empty") }
+        guard let f = v.first else { throw AttunetError("\(location): attribute \(name) is empty") }
         return f
     }
 
     public func intAttribute(_ name: String) throws -> Int {
         let v = try intsAttribute(name)
-        guard let f = v.first else { throw H5Error("\(location): attribute \(name) is empty") }
+        guard let f = v.first else { throw AttunetError("\(location): attribute \(name) is empty") }
         return Int(f)
     }
 }

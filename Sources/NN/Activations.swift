@@ -8,14 +8,6 @@ enum PointwiseSupport {
     /// Elements per task for flat elementwise loops (big enough to amortise dispatch, small enough to balance).
     static let chunk = 1 << 15
 
-    /// `t` when it already has `shape`, else a fresh zero-filled tensor of that shape (allocates only when the
-    /// shape changes).
-    @inline(__always)
-    static func buffer(_ t: Tensor?, _ shape: [Int]) -> Tensor {
-        if let t, t.shape == shape { return t }
-        return Tensor(shape)
-    }
-
     /// Runs `body(range)` over 0..<count split into chunks, in parallel.
     @inline(__always)
     static func chunks(_ count: Int, _ body: (Range<Int>) -> Void) {
@@ -25,6 +17,26 @@ enum PointwiseSupport {
             return
         }
         parallelFor(n) { i in body((i * chunk)..<min(count, (i + 1) * chunk)) }
+    }
+
+    /// out[i] = f(x[i]) in parallel chunks (`out` may be `x` itself); returns `out`.
+    @inline(__always)
+    static func map(_ x: Tensor, into out: Tensor, _ f: (Float) -> Float) -> Tensor {
+        let src = x.pointer, dst = out.pointer
+        chunks(x.count) { r in
+            for i in r { dst[i] = f(src[i]) }
+        }
+        return out
+    }
+
+    /// out[i] = f(a[i], b[i]) in parallel chunks; returns `out`.
+    @inline(__always)
+    static func map(_ a: Tensor, _ b: Tensor, into out: Tensor, _ f: (Float, Float) -> Float) -> Tensor {
+        let ap = a.pointer, bp = b.pointer, dst = out.pointer
+        chunks(a.count) { r in
+            for i in r { dst[i] = f(ap[i], bp[i]) }
+        }
+        return out
     }
 
     /// Checks `x` is a 5D `[N, C, Z, Y, X]` activation.
@@ -46,21 +58,16 @@ public final class ReLU {
     public init(inPlace: Bool = false) { self.inPlace = inPlace }
 
     public func forward(_ x: Tensor) -> Tensor {
-        let out = inPlace ? x : PointwiseSupport.buffer(y, x.shape)
+        let out = inPlace ? x : Tensor.reuse(&y, x.shape)
         y = out
-        let src = x.pointer, dst = out.pointer
-        PointwiseSupport.chunks(x.count) { r in
-            for i in r { dst[i] = max(src[i], 0) }
-        }
-        return out
+        return PointwiseSupport.map(x, into: out) { max($0, 0) }
     }
 
     /// dx = dy ⊙ [y > 0] (0 at the kink, as PyTorch).
     public func backward(_ dy: Tensor) -> Tensor {
         guard let y else { preconditionFailure("ReLU.backward before forward") }
         precondition(dy.shape == y.shape, "ReLU.backward: dy \(dy.shape) vs y \(y.shape)")
-        let g = PointwiseSupport.buffer(dx, dy.shape)
-        dx = g
+        let g = Tensor.reuse(&dx, dy.shape)
         let yp = y.pointer, dyp = dy.pointer, dxp = g.pointer
         PointwiseSupport.chunks(dy.count) { r in
             // An explicit vector select: the scalar form compiles to a data-dependent branch that mispredicts
@@ -86,34 +93,18 @@ public final class Sigmoid {
     public init() {}
 
     public func forward(_ x: Tensor) -> Tensor {
-        let out = PointwiseSupport.buffer(y, x.shape)
-        y = out
-        let src = x.pointer, dst = out.pointer
-        PointwiseSupport.chunks(x.count) { r in
-            for i in r {
-                // Both branches avoid overflow of exp: e^(-|x|) is in (0, 1].
-                let v = src[i]
-                if v >= 0 {
-                    dst[i] = 1 / (1 + Foundation.exp(-v))
-                } else {
-                    let e = Foundation.exp(v)
-                    dst[i] = e / (1 + e)
-                }
-            }
+        // Both branches avoid overflow of exp: e^(-|x|) is in (0, 1].
+        PointwiseSupport.map(x, into: Tensor.reuse(&y, x.shape)) { v in
+            if v >= 0 { return 1 / (1 + Foundation.exp(-v)) }
+            let e = Foundation.exp(v)
+            return e / (1 + e)
         }
-        return out
     }
 
     public func backward(_ dy: Tensor) -> Tensor {
         guard let y else { preconditionFailure("Sigmoid.backward before forward") }
         precondition(dy.shape == y.shape, "Sigmoid.backward: dy \(dy.shape) vs y \(y.shape)")
-        let g = PointwiseSupport.buffer(dx, dy.shape)
-        dx = g
-        let yp = y.pointer, dyp = dy.pointer, dxp = g.pointer
-        PointwiseSupport.chunks(dy.count) { r in
-            for i in r { let s = yp[i]; dxp[i] = dyp[i] * s * (1 - s) }
-        }
-        return g
+        return PointwiseSupport.map(y, dy, into: Tensor.reuse(&dx, dy.shape)) { s, g in g * s * (1 - s) }
     }
 }
 
@@ -130,8 +121,7 @@ public final class Softmax {
 
     public func forward(_ x: Tensor) -> Tensor {
         PointwiseSupport.require5D(x, "Softmax")
-        let out = PointwiseSupport.buffer(y, x.shape)
-        y = out
+        let out = Tensor.reuse(&y, x.shape)
         let n = x.shape[0], c = x.shape[1], v = x.shape[2] * x.shape[3] * x.shape[4]
         let blocks = (v + Self.block - 1) / Self.block
         let src = x.pointer, dst = out.pointer
@@ -168,8 +158,7 @@ public final class Softmax {
     public func backward(_ dy: Tensor) -> Tensor {
         guard let y else { preconditionFailure("Softmax.backward before forward") }
         precondition(dy.shape == y.shape, "Softmax.backward: dy \(dy.shape) vs y \(y.shape)")
-        let g = PointwiseSupport.buffer(dx, dy.shape)
-        dx = g
+        let g = Tensor.reuse(&dx, dy.shape)
         let n = y.shape[0], c = y.shape[1], v = y.shape[2] * y.shape[3] * y.shape[4]
         let blocks = (v + Self.block - 1) / Self.block
         let yp = y.pointer, dyp = dy.pointer, dxp = g.pointer

@@ -90,7 +90,7 @@ public final class BatchNorm3d {
         let n = x.shape[0], c = channels, v = x.shape[2] * x.shape[3] * x.shape[4]
         input = x
         forwardWasTraining = training
-        let y = Conv3d.reuse(&output, x.shape)
+        let y = Tensor.reuse(&output, x.shape)
         let xp = UnsafePointer(x.pointer)
         if training {
             var stats = [Double](repeating: 0, count: 2 * c + 1)
@@ -154,7 +154,7 @@ public final class BatchNorm3d {
         guard let x = input else { preconditionFailure("BatchNorm3d.backward before forward") }
         precondition(dy.shape == x.shape, "BatchNorm3d.backward: dy \(dy.shape) vs input \(x.shape)")
         let n = x.shape[0], c = channels, v = x.shape[2] * x.shape[3] * x.shape[4]
-        let dx = Conv3d.reuse(&inputGrad, x.shape)
+        let dx = Tensor.reuse(&inputGrad, x.shape)
         let xp = UnsafePointer(x.pointer), dyp = UnsafePointer(dy.pointer)
         let mean = mean, invStd = invStd
         // Σdy and Σdy·(x - mean) per channel, local to this rank.

@@ -22,8 +22,7 @@ public final class GateMultiply {
                      "GateMultiply: alpha \(alpha.shape) must be [N, 1, Z, Y, X] for x \(s)")
         self.x = x
         self.alpha = alpha
-        let out = PointwiseSupport.buffer(y, s)
-        y = out
+        let out = Tensor.reuse(&y, s)
         let c = s[1], v = s[2] * s[3] * s[4]
         let xp = x.pointer, ap = alpha.pointer, op = out.pointer
         parallelFor(s[0] * c) { plane in
@@ -38,10 +37,8 @@ public final class GateMultiply {
         guard let x, let alpha else { preconditionFailure("GateMultiply.backward before forward") }
         precondition(dy.shape == x.shape, "GateMultiply.backward: dy \(dy.shape) vs x \(x.shape)")
         let s = x.shape
-        let gx = PointwiseSupport.buffer(dx, s)
-        let ga = PointwiseSupport.buffer(dalpha, alpha.shape)
-        dx = gx
-        dalpha = ga
+        let gx = Tensor.reuse(&dx, s)
+        let ga = Tensor.reuse(&dalpha, alpha.shape)
         let n = s[0], c = s[1], zs = s[2], slice = s[3] * s[4], v = zs * slice
         let xp = x.pointer, ap = alpha.pointer, dyp = dy.pointer, gxp = gx.pointer, gap = ga.pointer
         // One task per (n, z) slice: it owns dα's slice and every channel's dx slice there.
@@ -90,8 +87,7 @@ public final class Concat {
         }
         var os = s0
         os[1] = cTotal
-        let out = PointwiseSupport.buffer(y, os)
-        y = out
+        let out = Tensor.reuse(&y, os)
         let shapes = xs.map(\.shape)
         if shapes != inShapes {
             inShapes = shapes
@@ -145,8 +141,7 @@ public final class Add {
 
     public func forward(_ a: Tensor, _ b: Tensor) -> Tensor {
         precondition(a.shape == b.shape, "Add: \(a.shape) vs \(b.shape)")
-        let out = PointwiseSupport.buffer(y, a.shape)
-        y = out
+        let out = Tensor.reuse(&y, a.shape)
         let ap = a.pointer, bp = b.pointer, op = out.pointer
         PointwiseSupport.chunks(a.count) { r in
             for i in r { op[i] = ap[i] + bp[i] }

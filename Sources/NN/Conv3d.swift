@@ -5,7 +5,7 @@ import Tensor
 ///
 /// - `kernel: 3`: 3x3x3, stride 1, zero padding 1 (every conv block). Runs on CKernels
 ///   (`ck_conv3_forward` / `backward_data` / `backward_weights`): the direct AVX-512 kernels or
-///   im2col + sgemm, chosen per shape and pass (`path`, `CK_PATH_AUTO` by default).
+///   im2col + sgemm, chosen per shape and pass (`path`, `.auto` by default).
 /// - `kernel: 1`: 1x1x1 (the gates' phi/psi/W and the final classifier): one sgemm `W[Cout][Cin] x X[Cin][V]`.
 /// - `kernel: 2`: 2x2x2, stride 2, no padding (the attention gate's theta): the 8 taps of each output voxel
 ///   are gathered (space-to-depth) into a bounded column tile, then one sgemm per tile. The output is
@@ -19,6 +19,39 @@ import Tensor
 /// Work is spread over `Parallelism.threads` (z-slabs of each sample for 3x3x3, voxel/row ranges for the
 /// others); parameter gradients use per-thread private buffers that are added up at the end, so results do
 /// not depend on thread timing.
+/// The implementation of a 3x3x3 convolution pass.
+public enum ConvPath: String, CaseIterable, Sendable {
+    /// Per shape and pass, the path that measured faster on this kind of CPU (what training uses).
+    case auto
+    /// The direct AVX-512 kernels (im2col + sgemm on a CPU without AVX-512).
+    case direct
+    /// im2col + OpenBLAS sgemm.
+    case gemm
+
+    var ck: ck_path {
+        switch self {
+        case .auto: CK_PATH_AUTO
+        case .direct: CK_PATH_DIRECT
+        case .gemm: CK_PATH_GEMM
+        }
+    }
+
+    init(_ ck: ck_path) { self = ck == CK_PATH_DIRECT ? .direct : ck == CK_PATH_GEMM ? .gemm : .auto }
+}
+
+/// The three passes of a convolution.
+public enum ConvPass: CaseIterable, Sendable {
+    case forward, backwardData, backwardWeights
+
+    var ck: ck_pass {
+        switch self {
+        case .forward: CK_PASS_FORWARD
+        case .backwardData: CK_PASS_BACKWARD_DATA
+        case .backwardWeights: CK_PASS_BACKWARD_WEIGHTS
+        }
+    }
+}
+
 public final class Conv3d {
     public let inChannels: Int
     public let outChannels: Int
@@ -29,9 +62,8 @@ public final class Conv3d {
     /// A ParameterRef does not keep its store alive; the layer does.
     private let store: ParameterStore
 
-    /// The 3x3x3 implementation: `CK_PATH_AUTO` (per shape and pass, `ck_conv3_choose`), `CK_PATH_DIRECT`
-    /// (AVX-512; CKernels falls back to GEMM on a CPU without it) or `CK_PATH_GEMM`. Ignored for k = 1, 2.
-    public var path: ck_path = CK_PATH_AUTO {
+    /// The 3x3x3 implementation (`ConvPath`). Ignored for k = 1, 2.
+    public var path: ConvPath = .auto {
         didSet { if path != oldValue { workspaceKey = nil } }
     }
 
@@ -70,27 +102,27 @@ public final class Conv3d {
     /// Whether this CPU can run the direct AVX-512 kernels.
     public static var hasDirectKernels: Bool { ck_cpu_has_avx512() != 0 }
 
-    /// The path `CK_PATH_AUTO` resolves to for a 3x3x3 conv of this shape and pass.
-    public static func autoPath(inChannels: Int, outChannels: Int, dims: Dim3, pass: ck_pass) -> ck_path {
-        ck_conv3_choose(Int32(inChannels), Int32(outChannels), Int32(dims.z), Int32(dims.y), Int32(dims.x), pass)
+    /// The path `.auto` resolves to for a 3x3x3 conv of this shape and pass.
+    public static func autoPath(inChannels: Int, outChannels: Int, dims: Dim3, pass: ConvPass) -> ConvPath {
+        ConvPath(ck_conv3_choose(Int32(inChannels), Int32(outChannels), Int32(dims.z), Int32(dims.y), Int32(dims.x), pass.ck))
     }
 
-    /// The path a 3x3x3 pass actually runs given a requested path (AUTO resolved; DIRECT without AVX-512
-    /// falls back to GEMM, as CKernels does).
-    public static func resolvedPath(_ requested: ck_path, inChannels: Int, outChannels: Int, dims: Dim3,
-                                    pass: ck_pass) -> ck_path {
+    /// The path a 3x3x3 pass actually runs given a requested path (`.auto` resolved; `.direct` without
+    /// AVX-512 falls back to GEMM, as CKernels does).
+    public static func resolvedPath(_ requested: ConvPath, inChannels: Int, outChannels: Int, dims: Dim3,
+                                    pass: ConvPass) -> ConvPath {
         switch requested {
-        case CK_PATH_AUTO: return autoPath(inChannels: inChannels, outChannels: outChannels, dims: dims, pass: pass)
-        case CK_PATH_DIRECT: return hasDirectKernels ? CK_PATH_DIRECT : CK_PATH_GEMM
-        default: return requested
+        case .auto: return autoPath(inChannels: inChannels, outChannels: outChannels, dims: dims, pass: pass)
+        case .direct: return hasDirectKernels ? .direct : .gemm
+        case .gemm: return .gemm
         }
     }
 
     /// "direct-avx512", "im2col-sgemm".
-    public static func pathName(_ path: ck_path) -> String { String(cString: ck_path_name(path)) }
+    public static func pathName(_ path: ConvPath) -> String { String(cString: ck_path_name(path.ck)) }
 
     /// The path this layer runs for `pass` on `dims` (3x3x3 only; "sgemm" paths for k = 1, 2).
-    public func pathName(for pass: ck_pass, dims: Dim3) -> String {
+    public func pathName(for pass: ConvPass, dims: Dim3) -> String {
         guard kernel == 3 else { return kernel == 1 ? "sgemm-1x1x1" : "space-to-depth-sgemm" }
         return Self.pathName(Self.resolvedPath(path, inChannels: inChannels, outChannels: outChannels,
                                                dims: dims, pass: pass))
@@ -108,7 +140,7 @@ public final class Conv3d {
         let od = outputDims(d)
         precondition(od.count > 0, "Conv3d.forward: input \(x.shape) too small for kernel \(kernel)")
         input = x
-        let y = Self.reuse(&output, [n, outChannels, od.z, od.y, od.x])
+        let y = Tensor.reuse(&output, [n, outChannels, od.z, od.y, od.x])
         prepareWorkspaces(n: n, d: d)
         switch kernel {
         case 3: forward3(x, y, n: n, d: d)
@@ -143,7 +175,7 @@ public final class Conv3d {
         precondition(dy.shape == [n, outChannels, od.z, od.y, od.x],
                      "Conv3d.backward: dy \(dy.shape) does not match the output [\(n), \(outChannels), \(od.z), \(od.y), \(od.x)]")
         prepareWorkspaces(n: n, d: d)
-        let dx = data ? Self.reuse(&inputGrad, x.shape) : nil
+        let dx = data ? Tensor.reuse(&inputGrad, x.shape) : nil
         switch kernel {
         case 3: backward3(x, dy, dx, weights: weights, n: n, d: d)
         case 1: backward1(x, dy, dx, weights: weights, n: n, v: d.count)
@@ -159,7 +191,7 @@ public final class Conv3d {
         let nz = Int32(d.z), ny = Int32(d.y), nx = Int32(d.x)
         let vin = inChannels * d.count, vout = outChannels * d.count
         let slabs = splitRange(d.z, parts: threadCount(d.z))
-        let w = weight.value, b = bias?.value, path = path
+        let w = weight.value, b = bias?.value, path = path.ck
         let xp = x.pointer, yp = y.pointer, ws = fwdWS
         for s in 0..<n {
             parallelFor(slabs.count) { t in
@@ -175,7 +207,7 @@ public final class Conv3d {
         let nz = Int32(d.z), ny = Int32(d.y), nx = Int32(d.x)
         let vin = inChannels * d.count, vout = outChannels * d.count
         let slabs = splitRange(d.z, parts: threadCount(d.z))
-        let w = weight.value, path = path
+        let w = weight.value, path = path.ck
         let xp = x.pointer, dyp = dy.pointer
         if let dx {
             let dxp = dx.pointer, ws = bwdDataWS
@@ -411,14 +443,6 @@ public final class Conv3d {
         }
     }
 
-    /// The tensor in `slot` if it has `shape`, else a new one stored there.
-    static func reuse(_ slot: inout Tensor?, _ shape: [Int]) -> Tensor {
-        if let t = slot, t.shape == shape { return t }
-        let t = Tensor(shape)
-        slot = t
-        return t
-    }
-
     /// (Re)allocates the per-thread workspaces for this input shape, thread count and path.
     private func prepareWorkspaces(n: Int, d: Dim3) {
         let threads = max(1, Parallelism.threads)
@@ -431,7 +455,7 @@ public final class Conv3d {
             let slab = (d.z + parts - 1) / parts
             func size(_ pass: ck_pass) -> Int {
                 Int(ck_conv3_workspace_floats(Int32(inChannels), Int32(outChannels), Int32(d.z), Int32(d.y),
-                                              Int32(d.x), Int32(slab), pass, path))
+                                              Int32(d.x), Int32(slab), pass, path.ck))
             }
             fwd = size(CK_PASS_FORWARD); bd = size(CK_PASS_BACKWARD_DATA); bw = size(CK_PASS_BACKWARD_WEIGHTS)
         case 2:

@@ -7,7 +7,7 @@ public enum LossKind: String, Codable, Sendable, CaseIterable {
     /// Sørensen-Dice over all classes (background included), per sample and class:
     /// D = (2Σpg + s) / (Σp² + Σg² + s), loss = 1 − mean D, s = `smooth`.
     case dice
-    /// The released code's `SoftDiceLoss` (reference §4): I = Σpg + s, U = Σp + Σg + s,
+    /// The released code's `SoftDiceLoss`: I = Σpg + s, U = Σp + Σg + s,
     /// loss = 1 − mean(2I/U), s = 0.01. Terms of absent classes approach 2, so the loss can go below 0.
     case softDice = "soft-dice"
     /// Cross-entropy, mean over voxels (log-softmax + NLL).

@@ -6,7 +6,7 @@ import Tensor
 public enum OptimizerKind: String, Codable, Sendable, CaseIterable {
     /// Adam (β 0.9/0.999, eps 1e-8): what the paper says it used.
     case adam
-    /// SGD with Nesterov momentum 0.9: what the released code actually ran (reference §9.1).
+    /// SGD with Nesterov momentum 0.9: what the released code actually ran.
     case sgd
 }
 
@@ -61,12 +61,27 @@ public final class Optimizer {
 }
 
 /// Learning-rate schedules, evaluated per epoch.
+/// The learning-rate schedules by name (`--schedule`).
+public enum ScheduleKind: String, Codable, Sendable, CaseIterable {
+    case step, poly, constant
+}
+
 public enum LRSchedule: Codable, Sendable, Equatable {
     /// lr × factor^⌊epoch / every⌋: the original's ×0.5 every 250 epochs.
     case step(every: Int, factor: Double)
     /// lr × (1 − epoch / epochs)^power (nnU-Net's poly, power 0.9).
     case poly(epochs: Int, power: Double)
     case constant
+
+    /// The schedule `kind` over a run of `epochs` epochs: ×0.5 every `stepEvery` epochs, poly with power 0.9,
+    /// or constant.
+    public init(_ kind: ScheduleKind, epochs: Int, stepEvery: Int) {
+        switch kind {
+        case .step: self = .step(every: stepEvery, factor: 0.5)
+        case .poly: self = .poly(epochs: epochs, power: 0.9)
+        case .constant: self = .constant
+        }
+    }
 
     public func rate(base: Double, epoch: Int) -> Double {
         switch self {

@@ -23,8 +23,7 @@ public final class MaxPool3d {
         PointwiseSupport.require5D(x, "MaxPool3d")
         let s = x.shape
         let os = Self.outputShape(s)
-        let out = PointwiseSupport.buffer(y, os)
-        y = out
+        let out = Tensor.reuse(&y, os)
         inShape = s
         let outCount = out.count
         if winner == nil || winner!.count != outCount {
@@ -71,8 +70,7 @@ public final class MaxPool3d {
         guard let y, let winner else { preconditionFailure("MaxPool3d.backward before forward") }
         precondition(dy.shape == y.shape, "MaxPool3d.backward: dy \(dy.shape) vs y \(y.shape)")
         let s = inShape, os = y.shape
-        let g = PointwiseSupport.buffer(dx, s)
-        dx = g
+        let g = Tensor.reuse(&dx, s)
         let planes = s[0] * s[1]
         let zi = s[2], yi = s[3], xi = s[4]
         let zo = os[2], yo = os[3], xo = os[4]

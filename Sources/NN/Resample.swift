@@ -145,8 +145,7 @@ public final class Trilinear {
         let planes = s[0] * s[1]
         let zi = s[2], yi = s[3], xi = s[4]
         let zo = tz.i0.count, yo = ty.i0.count, xo = tx.i0.count
-        let out = PointwiseSupport.buffer(y, [s[0], s[1], zo, yo, xo])
-        y = out
+        let out = Tensor.reuse(&y, [s[0], s[1], zo, yo, xo])
         let tasks = planes * zo
         let parts = max(1, min(Parallelism.threads, tasks))
         let perPart = yi * xi + yi * xo
@@ -196,8 +195,7 @@ public final class Trilinear {
         let planes = s[0] * s[1]
         let zi = s[2], yi = s[3], xi = s[4]
         let zo = tz.i0.count, yo = ty.i0.count, xo = tx.i0.count
-        let g = PointwiseSupport.buffer(dx, s)
-        dx = g
+        let g = Tensor.reuse(&dx, s)
         let tasks = planes * zi
         let parts = max(1, min(Parallelism.threads, tasks))
         let perPart = yo * xo + yi * xo

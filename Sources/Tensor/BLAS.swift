@@ -1,4 +1,5 @@
 import CBLAS
+import Foundation
 
 /// Row-major single-precision GEMM through OpenBLAS: C = alpha * op(A) * op(B) + beta * C.
 @inline(__always)
@@ -22,4 +23,29 @@ public enum BLASInfo {
     public static let slowCores: Set<String> = ["Prescott", "Core2", "Penryn", "Dunnington", "Nehalem", "Atom",
                                                 "Bobcat", "Opteron", "Opteron(SSE3)", "Barcelona", "Katmai", "Coppermine",
                                                 "Northwood", "Banias", "Athlon", "Sandybridge", "Bulldozer", "Piledriver"]
+}
+
+extension BLASInfo {
+    /// The sgemm rate in GFLOP/s on an n x n x n product with OpenBLAS's current thread count: the best of
+    /// `reps` timed runs after one warm-up. On one thread, the practical single-core ceiling that convolution
+    /// rates are judged against (`attunet bench`, `attunet doctor`).
+    public static func sgemmRate(n: Int, reps: Int) -> Double {
+        let a = Tensor([n, n]), b = Tensor([n, n]), c = Tensor([n, n])
+        Tensor.fillDeterministic(a.pointer, count: n * n, seed: 1, scale: 1)
+        Tensor.fillDeterministic(b.pointer, count: n * n, seed: 2, scale: 1)
+        let t = bestTime(of: reps) { sgemm(m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n) }
+        return 2 * Double(n * n * n) / t / 1e9
+    }
+}
+
+/// The best wall time in seconds of `reps` runs of `body` after one untimed warm-up (first touch of buffers).
+public func bestTime(of reps: Int, _ body: () -> Void) -> Double {
+    body()
+    var t = Double.infinity
+    for _ in 0..<max(1, reps) {
+        let t0 = DispatchTime.now().uptimeNanoseconds
+        body()
+        t = min(t, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+    }
+    return t
 }

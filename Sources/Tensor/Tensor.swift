@@ -47,10 +47,30 @@ public final class Tensor: @unchecked Sendable {
         pointer.update(from: other.pointer, count: count)
     }
 
+    /// The tensor in `slot` when it already has `shape` (its old contents kept), else a new zero-filled one
+    /// stored there: a layer's output and gradient buffers are allocated once per input shape, not per step.
+    @inline(__always)
+    public static func reuse(_ slot: inout Tensor?, _ shape: [Int]) -> Tensor {
+        if let t = slot, t.shape == shape { return t }
+        let t = Tensor(shape)
+        slot = t
+        return t
+    }
+
     public func clone() -> Tensor {
         let t = Tensor(shape)
         t.copy(from: self)
         return t
+    }
+
+    /// Fills `count` floats at `p` with deterministic values in [-scale, scale) (xorshift from `seed`): cheap
+    /// enough for 100M floats, for benchmarks and probes that need non-trivial data.
+    public static func fillDeterministic(_ p: UnsafeMutablePointer<Float>, count: Int, seed: UInt64, scale: Float) {
+        var s = seed &* 0x9E37_79B9_7F4A_7C15 | 1
+        for i in 0..<count {
+            s ^= s << 13; s ^= s >> 7; s ^= s << 17
+            p[i] = scale * (Float(s >> 40) / Float(1 << 23) - 1)
+        }
     }
 
     /// Maximum absolute value (0 for an empty tensor).

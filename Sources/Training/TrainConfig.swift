@@ -23,8 +23,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     public var seed: UInt64
     public var syncBN: Bool
     public var foregroundFraction: Double
-    /// "paper", "none" or "extended".
-    public var augment: String
+    public var augment: AugmentPreset
     /// Validate every N epochs (and after the last).
     public var validateEvery: Int
     /// Write checkpoint_latest.h5 every N epochs (and at the end).
@@ -36,7 +35,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
                 batch: Int = 2, epochs: Int = 100, samplesPerCase: Int = 1, optimizer: OptimizerKind = .adam,
                 learningRate: Double = 1e-4, weightDecay: Double = 1e-6, schedule: LRSchedule = .step(every: 250, factor: 0.5),
                 loss: LossKind = .dice, seed: UInt64 = 0, syncBN: Bool = false, foregroundFraction: Double = 1.0 / 3.0,
-                augment: String = "paper", validateEvery: Int = 1, checkpointEvery: Int = 1,
+                augment: AugmentPreset = .paper, validateEvery: Int = 1, checkpointEvery: Int = 1,
                 trainCases: [String] = [], validationCases: [String] = []) {
         self.store = store; self.model = model; self.patch = patch; self.batch = batch; self.epochs = epochs
         self.samplesPerCase = samplesPerCase; self.optimizer = optimizer; self.learningRate = learningRate
@@ -45,13 +44,7 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         self.checkpointEvery = checkpointEvery; self.trainCases = trainCases; self.validationCases = validationCases
     }
 
-    public var augmentOptions: AugmentOptions {
-        switch augment {
-        case "none": return .none
-        case "extended": return .extended
-        default: return .paper
-        }
-    }
+    public var augmentOptions: AugmentOptions { AugmentOptions(augment) }
 
     /// A seeded split of case ids: `validationFraction` of them (at least one when there are two or more)
     /// are held out for validation.
@@ -63,22 +56,4 @@ public struct TrainConfig: Codable, Sendable, Equatable {
         if ids.count >= 2 { nVal = min(max(nVal, 1), ids.count - 1) } else { nVal = 0 }
         return (Array(shuffled.dropLast(nVal)).sorted(), Array(shuffled.suffix(nVal)).sorted())
     }
-}
-
-/// Exit statuses of `attunet train` that scripts act on.
-public enum TrainExit {
-    /// A stop was requested (SIGTERM/SIGUSR1): every rank finished its step and checkpoint_latest.h5 holds the
-    /// state to `--resume` from (EX_TEMPFAIL).
-    public static let interrupted: Int32 = 75
-    /// The loss became NaN/Inf: the run stopped, the last good checkpoint is kept.
-    public static let nonFiniteLoss: Int32 = 3
-}
-
-/// One clear line for a training failure.
-public struct TrainError: Error, CustomStringConvertible, LocalizedError {
-    public let message: String
-    public let exitCode: Int32
-    public init(_ message: String, exitCode: Int32 = 1) { self.message = message; self.exitCode = exitCode }
-    public var description: String { message }
-    public var errorDescription: String? { message }
 }

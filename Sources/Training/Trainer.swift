@@ -3,6 +3,7 @@ import Distributed
 import Foundation
 import HDF5Kit
 import NN
+import Support
 import Tensor
 
 /// Set from signal handlers; read once per step. Async-signal-safe (a plain store).
@@ -31,21 +32,22 @@ public final class Trainer {
     public var latestPath: String { outDir.appendingPathComponent("checkpoint_latest.h5").path }
     public var bestPath: String { outDir.appendingPathComponent("checkpoint_best.h5").path }
 
-    /// Opens the store and builds the model; with `resume`, restores the latest checkpoint of `outDir`.
+    /// Opens the store, builds the model from `config.seed` and broadcasts rank 0's weights; `resume()` then
+    /// restores the latest checkpoint of `outDir` when continuing a run.
     public init(config: TrainConfig, comm: Communicator, outDir: URL) throws {
         self.config = config
         self.comm = comm
         self.outDir = outDir
         guard config.batch % comm.size == 0 else {
-            throw TrainError("--batch \(config.batch) is not divisible by the \(comm.size) MPI ranks (each rank takes batch/ranks patches)")
+            throw AttunetError("--batch \(config.batch) is not divisible by the \(comm.size) MPI ranks (each rank takes batch/ranks patches)")
         }
         for (axis, v) in [("x", config.patch.x), ("y", config.patch.y), ("z", config.patch.z)] where v <= 0 || v % 16 != 0 {
-            throw TrainError("--patch \(axis) = \(v) is not a positive multiple of 16 (the network pools four times)")
+            throw AttunetError("--patch \(axis) = \(v) is not a positive multiple of 16 (the network pools four times)")
         }
         store = try CaseStore(path: config.store)
         fingerprint = (try? store.file.root.stringAttribute("fingerprint")) ?? ""
         guard store.classNames.count == config.model.classes else {
-            throw TrainError("\(config.store): the store has \(store.classNames.count) classes (\(store.classNames.joined(separator: ", "))); the model was asked for \(config.model.classes) (--classes)")
+            throw AttunetError("\(config.store): the store has \(store.classNames.count) classes (\(store.classNames.joined(separator: ", "))); the model was asked for \(config.model.classes) (--classes)")
         }
         classNames = Array(store.classNames.dropFirst())
         model = SegmentationModel(config.model, seed: config.seed)
@@ -64,12 +66,12 @@ public final class Trainer {
     /// Restores the latest checkpoint (all ranks read it). Returns the state to continue from.
     public func resume() throws -> TrainingState {
         guard FileManager.default.fileExists(atPath: latestPath) else {
-            throw TrainError("\(latestPath): nothing to resume (no checkpoint_latest.h5 in \(outDir.path))")
+            throw AttunetError("\(latestPath): nothing to resume (no checkpoint_latest.h5 in \(outDir.path))")
         }
         let state = try TrainingCheckpoint.load(latestPath, model: model, optimizer: optimizer, config: config,
                                                 storeFingerprint: fingerprint)
         guard state.worldSize == comm.size else {
-            throw TrainError("\(latestPath): written by a run with \(state.worldSize) rank(s); resume with the same number (now \(comm.size)) to continue the same patch sequence")
+            throw AttunetError("\(latestPath): written by a run with \(state.worldSize) rank(s); resume with the same number (now \(comm.size)) to continue the same patch sequence")
         }
         try log?.load(keepBefore: state.epoch)
         return state
@@ -81,12 +83,12 @@ public final class Trainer {
     }
 
     /// Trains from `state` (nil: from scratch) to the configured number of epochs.
-    /// Throws `TrainError` with exit code `TrainExit.interrupted` after a requested stop (latest written).
+    /// Throws an `AttunetError` of kind `.interrupted` after a requested stop (checkpoint_latest.h5 written),
+    /// and of kind `.nonFinite` when the loss becomes NaN/Inf (the last good checkpoint kept).
     public func run(from resumed: TrainingState? = nil) throws {
         var state = resumed ?? TrainingState(epoch: 0, stepInEpoch: 0, globalStep: 0, bestDice: -1, bestEpoch: -1,
                                              worldSize: comm.size, storeFingerprint: fingerprint)
-        let local = config.batch / comm.size
-        let loader = try PatchLoader(store: store, cases: config.trainCases, patch: config.patch, batch: local,
+        let loader = try PatchLoader(store: store, cases: config.trainCases, patch: config.patch, batch: config.batch / comm.size,
                                      rank: comm.rank, worldSize: comm.size, seed: config.seed, augment: config.augmentOptions,
                                      foregroundFraction: config.foregroundFraction, samplesPerCase: config.samplesPerCase)
         let steps = loader.stepsPerEpoch
@@ -104,74 +106,37 @@ public final class Trainer {
             loader.startEpoch(epoch, fromStep: state.stepInEpoch)
             let t0 = Date()
             var lossSum = 0.0, lossCount = 0, loadWait = 0.0
-            for step in state.stepInEpoch..<steps {
+            for stepIndex in state.stepInEpoch..<steps {
                 let w0 = Date()
                 guard let batch = try loader.next() else { break }
                 loadWait += Date().timeIntervalSince(w0)
-                model.params.zeroGrads()
-                let logits = try model.forward(batch.image)
-                let value = batch.label.withUnsafeBufferPointer { loss.forward(logits: logits, labels: $0) }
-                model.backward(loss.gradient)
-                try averageGradients()
-                // One small all-reduce carries the loss and the stop/NaN flags of every rank.
-                var flags = [value.isFinite ? value : 0, value.isFinite ? 0 : 1, Double(stopSignal)]
-                try flags.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
-                if flags[1] > 0 {
-                    throw TrainError("loss is NaN/Inf at epoch \(epoch) step \(step) (global step \(state.globalStep)); stopped, the last good checkpoint is kept (\(latestPath)); lower --lr or check the data", exitCode: TrainExit.nonFiniteLoss)
+                let result: StepResult
+                do { result = try step(batch) } catch let e as AttunetError where e.kind == .nonFinite {
+                    throw AttunetError("loss is NaN/Inf at epoch \(epoch) step \(stepIndex) (global step \(state.globalStep)); stopped, the last good checkpoint is kept (\(latestPath)); lower --lr or check the data", kind: .nonFinite)
                 }
-                optimizer.update(params: model.params.values, grads: model.params.grads)
                 state.globalStep += 1
-                lossSum += flags[0] / Double(comm.size); lossCount += 1
-                if interactive { progressBar(epoch: epoch, step: step + 1, of: steps, loss: lossSum / Double(lossCount), since: t0) }
-                if flags[2] > 0 {
-                    state.stepInEpoch = step + 1
+                lossSum += result.loss; lossCount += 1
+                if interactive { progressBar(epoch: epoch, step: stepIndex + 1, of: steps, loss: lossSum / Double(lossCount), since: t0) }
+                if result.stopRequested {
+                    state.stepInEpoch = stepIndex + 1
                     if state.stepInEpoch == steps { state.epoch += 1; state.stepInEpoch = 0 }
-                    if comm.isRoot {
-                        try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config,
-                                                    state: state, metrics: lastRecord)
-                        if interactive { print("") }
-                        print("train: stop requested; finished epoch \(epoch) step \(step + 1)/\(steps), wrote \(latestPath); continue with --resume")
-                    }
-                    try comm.barrier()
-                    throw TrainError("interrupted", exitCode: TrainExit.interrupted)
+                    if interactive { print("") }
+                    try stopAndSave(state, metrics: lastRecord, finished: "epoch \(epoch) step \(stepIndex + 1)/\(steps)")
                 }
             }
             if interactive { print("") }
             let seconds = Date().timeIntervalSince(t0)
-            let trained = lossCount * config.batch
             state.epoch += 1
             state.stepInEpoch = 0
-            let last = state.epoch == config.epochs
-            var dice: [Double] = []
-            if !config.validationCases.isEmpty && (last || state.epoch % max(config.validateEvery, 1) == 0) {
-                dice = try validate()
-            }
-            let record = EpochRecord(epoch: epoch, step: state.globalStep, trainLoss: lossCount > 0 ? lossSum / Double(lossCount) : .nan,
-                                     learningRate: optimizer.learningRate, validationDice: dice, seconds: seconds,
-                                     patchesPerSecond: Double(trained) / max(seconds, 1e-9))
+            let record = try endEpoch(&state, trainLoss: lossCount > 0 ? lossSum / Double(lossCount) : .nan,
+                                      seconds: seconds, patches: lossCount * config.batch)
             lastRecord = record
-            let improved = !dice.isEmpty && record.meanDice! > state.bestDice
-            if improved { state.bestDice = record.meanDice!; state.bestEpoch = epoch }
-            if comm.isRoot {
-                try log?.append(record)
-                if improved {
-                    try TrainingCheckpoint.save(bestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record)
-                }
-                if last || state.epoch % max(config.checkpointEvery, 1) == 0 {
-                    try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record)
-                }
-                if verbose { printEpoch(record, loadWait: loadWait, steps: lossCount) }
-            }
+            if comm.isRoot && verbose { printEpoch(record, loadWait: loadWait, steps: lossCount) }
             // A stop requested during validation or checkpointing is honoured at the epoch boundary.
             var stop = [Double(stopSignal)]
             try stop.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
             if stop[0] > 0 && state.epoch < config.epochs {
-                if comm.isRoot {
-                    try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record)
-                    print("train: stop requested; finished epoch \(epoch), wrote \(latestPath); continue with --resume")
-                }
-                try comm.barrier()
-                throw TrainError("interrupted", exitCode: TrainExit.interrupted)
+                try stopAndSave(state, metrics: record, finished: "epoch \(epoch)")
             }
         }
         if comm.isRoot && verbose {
@@ -181,6 +146,72 @@ public final class Trainer {
             }
             print("train: outputs in \(outDir.path): checkpoint_latest.h5, checkpoint_best.h5, log.csv, progress.svg")
         }
+    }
+
+    /// One optimizer step on this rank's share of the global batch: zero the gradients, forward, loss,
+    /// backward, gradient all-reduce, optimizer update, at `optimizer.learningRate`. One small all-reduce
+    /// carries every rank's loss and its stop and NaN flags. Throws an `AttunetError` of kind `.nonFinite`
+    /// when the loss is NaN/Inf on any rank, before the update.
+    public func step(_ batch: PatchBatch) throws -> StepResult {
+        var times = StepTimes()
+        var clock = DispatchTime.now().uptimeNanoseconds
+        func lap() -> Double {
+            let now = DispatchTime.now().uptimeNanoseconds
+            defer { clock = now }
+            return Double(now - clock) / 1e9
+        }
+        model.params.zeroGrads()
+        let logits = try model.forward(batch.image)
+        times.forward = lap()
+        let value = batch.label.withUnsafeBufferPointer { loss.forward(logits: logits, labels: $0) }
+        times.loss = lap()
+        model.backward(loss.gradient)
+        times.backward = lap()
+        try averageGradients()
+        var flags = [value.isFinite ? value : 0, value.isFinite ? 0 : 1, Double(stopSignal)]
+        try flags.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
+        times.allReduce = lap()
+        if flags[1] > 0 {
+            throw AttunetError("loss is NaN/Inf at global step \(optimizer.step)", kind: .nonFinite)
+        }
+        optimizer.update(params: model.params.values, grads: model.params.grads)
+        times.update = lap()
+        return StepResult(loss: flags[0] / Double(comm.size), stopRequested: flags[2] > 0, times: times)
+    }
+
+    /// Validates when due, then logs the epoch and writes the checkpoints (rank 0).
+    private func endEpoch(_ state: inout TrainingState, trainLoss: Double, seconds: Double, patches: Int) throws -> EpochRecord {
+        let last = state.epoch == config.epochs
+        var dice: [Double] = []
+        if !config.validationCases.isEmpty && (last || state.epoch % max(config.validateEvery, 1) == 0) {
+            dice = try validate()
+        }
+        let record = EpochRecord(epoch: state.epoch - 1, step: state.globalStep, trainLoss: trainLoss,
+                                 learningRate: optimizer.learningRate, validationDice: dice, seconds: seconds,
+                                 patchesPerSecond: Double(patches) / max(seconds, 1e-9))
+        let improved = !dice.isEmpty && record.meanDice! > state.bestDice
+        if improved { state.bestDice = record.meanDice!; state.bestEpoch = record.epoch }
+        if comm.isRoot {
+            try log?.append(record)
+            if improved {
+                try TrainingCheckpoint.save(bestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record)
+            }
+            if last || state.epoch % max(config.checkpointEvery, 1) == 0 {
+                try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record)
+            }
+        }
+        return record
+    }
+
+    /// After a stop request: rank 0 writes checkpoint_latest.h5 with `state`, every rank waits for it and the
+    /// run ends with an `.interrupted` error (exit status 75).
+    private func stopAndSave(_ state: TrainingState, metrics: EpochRecord?, finished: String) throws -> Never {
+        if comm.isRoot {
+            try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: metrics)
+            print("train: stop requested; finished \(finished), wrote \(latestPath); continue with --resume")
+        }
+        try comm.barrier()
+        throw AttunetError("", kind: .interrupted)
     }
 
     /// Sums the flat gradient buffer over ranks in buckets of at most 16 MB and divides by the rank count.
@@ -206,7 +237,7 @@ public final class Trainer {
         let k = config.model.classes
         var counts = [Double](repeating: 0, count: ids.count * k * 3)
         for (i, id) in ids.enumerated() where i % comm.size == comm.rank {
-            guard let c = store.index(of: id) else { throw TrainError("\(config.store): no validation case \(id)") }
+            guard let c = store.index(of: id) else { throw AttunetError("\(config.store): no validation case \(id)") }
             let pred = try Inference.predict(model: model, store: store, case: c)
             let label = try store.label(c)
             for v in 0..<label.count {
@@ -254,6 +285,22 @@ public final class Trainer {
         print(line)
         fflush(nil)  // all output streams (stdout itself is not concurrency-safe to name in Swift 6)
     }
+}
+
+/// Seconds spent in each phase of one optimizer step.
+public struct StepTimes: Sendable, Equatable {
+    public var forward = 0.0, loss = 0.0, backward = 0.0, allReduce = 0.0, update = 0.0
+    public init() {}
+    public var total: Double { forward + loss + backward + allReduce + update }
+}
+
+/// What one optimizer step did.
+public struct StepResult: Sendable {
+    /// The loss averaged over ranks (each rank's loss on its share of the batch).
+    public var loss: Double
+    /// Some rank received SIGTERM/SIGUSR1 during the step.
+    public var stopRequested: Bool
+    public var times: StepTimes
 }
 
 func formatDuration(_ s: Double) -> String {

@@ -2,6 +2,7 @@ import Crypto
 import Foundation
 import HDF5Kit
 import NN
+import Support
 import Tensor
 
 /// Where a run stands, saved with the weights so `--resume` continues exactly (bit-identical weights).
@@ -17,7 +18,7 @@ public struct TrainingState: Codable, Sendable, Equatable {
     public var storeFingerprint: String
 }
 
-/// The training checkpoint: the model checkpoint of DESIGN.md §3 (state_dict in PyTorch order, model_config)
+/// The training checkpoint: the model checkpoint of `Checkpoint` (state_dict in PyTorch order, model_config)
 /// plus `optimizer/` (moment buffers in the flat parameter layout, kind, step), `train_config` and
 /// `training_state` (JSON attributes) and `metrics` (the last epoch's record).
 public enum TrainingCheckpoint {
@@ -26,8 +27,8 @@ public enum TrainingCheckpoint {
                             state: TrainingState, metrics: EpochRecord?) throws {
         for store in [model.params, model.buffers] {
             if let e = store.entries.first(where: { e in (e.offset..<(e.offset + e.count)).contains { !store.values.data[$0].isFinite } }) {
-                throw TrainError("\(e.name) holds NaN/Inf at global step \(state.globalStep); \(path) not written, the last good checkpoint is kept; lower --lr or check the data",
-                                 exitCode: TrainExit.nonFiniteLoss)
+                throw AttunetError("\(e.name) holds NaN/Inf at global step \(state.globalStep); \(path) not written, the last good checkpoint is kept; lower --lr or check the data",
+                                   kind: .nonFinite)
             }
         }
         try Checkpoint.save(model, to: path) { f in
@@ -57,19 +58,19 @@ public enum TrainingCheckpoint {
         let root = f.root
         guard let stateJSON = try? root.stringAttribute("training_state"),
               let state = try? JSONDecoder().decode(TrainingState.self, from: Data(stateJSON.utf8)) else {
-            throw H5Error("\(path): no training state (a weights-only checkpoint cannot be resumed)")
+            throw AttunetError("\(path): no training state (a weights-only checkpoint cannot be resumed)")
         }
         if state.storeFingerprint != storeFingerprint {
-            throw H5Error("\(path): checkpoint was trained on another case store (fingerprints differ); this run uses \(config.store)")
+            throw AttunetError("\(path): checkpoint was trained on another case store (fingerprints differ); this run uses \(config.store)")
         }
         let opt = try root.group("optimizer")
         let kind = try opt.stringAttribute("kind")
         guard kind == optimizer.kind.rawValue else {
-            throw H5Error("\(path): checkpoint used optimizer \(kind), this run uses \(optimizer.kind.rawValue)")
+            throw AttunetError("\(path): checkpoint used optimizer \(kind), this run uses \(optimizer.kind.rawValue)")
         }
         for (name, t) in [("moment1", optimizer.moment1), ("moment2", optimizer.moment2)] where t.count > 0 {
             let d = try opt.dataset(name)
-            guard d.count == t.count else { throw H5Error("\(d.location): \(d.count) values, the optimizer needs \(t.count)") }
+            guard d.count == t.count else { throw AttunetError("\(d.location): \(d.count) values, the optimizer needs \(t.count)") }
             try d.read(into: t.pointer, as: .float32)
         }
         optimizer.restore(step: try opt.intAttribute("step"))

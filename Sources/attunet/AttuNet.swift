@@ -1,6 +1,7 @@
 import ArgumentParser
 import Distributed
 import Foundation
+import Support
 
 @main
 struct AttuNet: ParsableCommand {
@@ -10,20 +11,41 @@ struct AttuNet: ParsableCommand {
         discussion: """
         Run any subcommand plainly for one process, or under `mpirun -np N` for N data-parallel ranks;
         only rank 0 prints and writes files. Start with `attunet doctor` on a new machine or cluster node.
+        Errors are printed as one line each, "error: FILE: PROBLEM". Exit status: 0 done, 1 error,
+        3 NaN/Inf loss (the last good checkpoint kept), 75 stopped on request (rerun with --resume).
         """,
         subcommands: [Doctor.self, Synth.self, Prepare.self, Train.self, Inspect.self, ImportWeights.self, Bench.self]
     )
 
-    /// Parses, runs, and finalizes MPI when a subcommand initialised it (mpirun treats a rank that exits
+    /// Parses and runs a subcommand. Argument errors are argument-parser's (with usage); every error a
+    /// subcommand throws is printed here and only here, one `error: ` line per message line, by rank 0 under
+    /// MPI (every rank meets the same error). MPI is finalized on every path (mpirun treats a rank that exits
     /// without MPI_Finalize as failed).
     static func main() {
+        var command: ParsableCommand
+        do { command = try parseAsRoot() } catch { exit(withError: error) }
         do {
-            var command = try parseAsRoot()
             try command.run()
             MPIRuntime.finalize()
         } catch {
+            let status: Int32
+            switch error {
+            case let e as ExitCode:
+                status = e.rawValue
+            case let e as AttunetError:
+                report(e.lines)
+                status = e.exitCode
+            default:
+                report(["\(error)"])
+                status = 1
+            }
             MPIRuntime.finalize()
-            exit(withError: error)
+            exit(withError: ExitCode(status))
         }
+    }
+
+    static func report(_ lines: [String]) {
+        guard MPIRuntime.worldRank == 0 else { return }
+        FileHandle.standardError.write(Data(lines.map { "error: \($0)\n" }.joined().utf8))
     }
 }

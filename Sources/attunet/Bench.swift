@@ -1,5 +1,4 @@
 import ArgumentParser
-import CKernels
 import Foundation
 import NN
 import Tensor
@@ -61,19 +60,12 @@ extension Bench {
         var quick = false
 
         @Option(help: "3x3x3 kernel path for every layer: auto (the per-shape choice training uses), direct or gemm.")
-        var path: String = "auto"
+        var path: ConvPath = .auto
 
         @Option(help: "Only the conv layers whose name contains this text, e.g. '48->16' or '@80x80'.")
         var only: String?
 
-        func validate() throws {
-            guard ["auto", "direct", "gemm"].contains(path) else {
-                throw ValidationError("--path must be auto, direct or gemm, not '\(path)'")
-            }
-        }
-
         func run() throws {
-            let ckPath = path == "direct" ? CK_PATH_DIRECT : path == "gemm" ? CK_PATH_GEMM : CK_PATH_AUTO
             let started = DispatchTime.now().uptimeNanoseconds
             Parallelism.threads = 1
             BLASInfo.setThreads(1)
@@ -92,7 +84,7 @@ extension Bench {
                 if !json { FileHandle.standardError.write((line + "\n").data(using: .utf8)!) }
             }
             log("measuring sgemm 1024^3 ...")
-            let sgemmStart = Self.sgemmRate(n: 1024, reps: quick ? 2 : 5)
+            let sgemmStart = BLASInfo.sgemmRate(n: 1024, reps: quick ? 2 : 5)
 
             // Measured again after the layers and the better figure kept: on a shared machine a busy moment
             // at the start would otherwise inflate every efficiency.
@@ -101,9 +93,9 @@ extension Bench {
             var convs: [ConvResult] = []
             for s in shapes {
                 log("measuring conv \(s.name) ...")
-                convs.append(Self.measure(s, reps: reps, path: ckPath))
+                convs.append(Self.measure(s, reps: reps, path: path))
             }
-            let sgemmEnd = Self.sgemmRate(n: 1024, reps: quick ? 2 : 5)
+            let sgemmEnd = BLASInfo.sgemmRate(n: 1024, reps: quick ? 2 : 5)
             sgemmRate = max(sgemmStart, sgemmEnd)
             for i in convs.indices { convs[i].setEfficiency(sgemm: sgemmRate) }
             log("measuring BatchNorm, ReLU, MaxPool, Trilinear, Concat, GateMultiply ...")
@@ -113,7 +105,7 @@ extension Bench {
             let report = Report(
                 cpu: cpu.modelName, avx512: cpu.hasAVX512F, directKernels: Conv3d.hasDirectKernels,
                 openblasCore: BLASInfo.coreName, openblasCoretypeEnv: env["OPENBLAS_CORETYPE"],
-                openblasThreads: BLASInfo.threads, threads: Parallelism.threads, path: path, quick: quick,
+                openblasThreads: BLASInfo.threads, threads: Parallelism.threads, path: path.rawValue, quick: quick,
                 sgemm1024GFlops: sgemmRate, sgemm1024StartEnd: [sgemmStart, sgemmEnd], convs: convs, all: Self.total(convs, sgemm: sgemmRate), memoryBound: memoryBound,
                 seconds: seconds, notes: notes)
             if json {
@@ -134,21 +126,15 @@ extension Bench {
             var gflop: Double { 2 * Double(cin * cout * 27 * dims.count) / 1e9 }
         }
 
-        /// The 3x3x3 convs of the Attention U-Net (feature scale 4: 16, 32, 64, 128, 256 channels) on a
-        /// 160x160x96 patch, each distinct shape once.
+        /// The distinct 3x3x3 conv shapes of the paper's Attention U-Net (feature scale 4: 16, 32, 64, 128, 256
+        /// channels) on a 160x160x96 patch, as the model itself reports them, largest extent first.
         static let shapes: [Shape] = {
-            let full = Dim3(z: 96, y: 160, x: 160)
-            return [
-                Shape(cin: 1, cout: 16, dims: full), Shape(cin: 16, cout: 16, dims: full),
-                Shape(cin: 48, cout: 16, dims: full),
-                Shape(cin: 16, cout: 32, dims: full.divided(by: 2)), Shape(cin: 32, cout: 32, dims: full.divided(by: 2)),
-                Shape(cin: 96, cout: 32, dims: full.divided(by: 2)),
-                Shape(cin: 32, cout: 64, dims: full.divided(by: 4)), Shape(cin: 64, cout: 64, dims: full.divided(by: 4)),
-                Shape(cin: 192, cout: 64, dims: full.divided(by: 4)),
-                Shape(cin: 64, cout: 128, dims: full.divided(by: 8)), Shape(cin: 128, cout: 128, dims: full.divided(by: 8)),
-                Shape(cin: 384, cout: 128, dims: full.divided(by: 8)),
-                Shape(cin: 128, cout: 256, dims: full.divided(by: 16)), Shape(cin: 256, cout: 256, dims: full.divided(by: 16)),
-            ]
+            let model = SegmentationModel(ModelConfig(kind: .attentionUNet, featureScale: 4))
+            var seen = Set<[Int]>(), out: [Shape] = []
+            for c in model.convolutions3x3(patch: Dim3(z: 96, y: 160, x: 160)) where seen.insert([c.inChannels, c.outChannels, c.dims.count]).inserted {
+                out.append(Shape(cin: c.inChannels, cout: c.outChannels, dims: c.dims))
+            }
+            return out.enumerated().sorted { ($1.element.dims.count, $0.offset) < ($0.element.dims.count, $1.offset) }.map(\.element)
         }()
 
         // MARK: Results
@@ -189,58 +175,29 @@ extension Bench {
 
         // MARK: Measurement
 
-        /// Best wall time of `reps` runs of `body` after one untimed warm-up.
-        static func best(_ reps: Int, _ body: () -> Void) -> Double {
-            body()
-            var t = Double.infinity
-            for _ in 0..<max(1, reps) {
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                body()
-                t = min(t, Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-            }
-            return t
-        }
-
-        /// Deterministic values in [-scale, scale) (xorshift), cheap enough for 100M floats.
-        static func fill(_ p: UnsafeMutablePointer<Float>, _ count: Int, seed: UInt64, scale: Float) {
-            var s = seed &* 0x9E37_79B9_7F4A_7C15 | 1
-            for i in 0..<count {
-                s ^= s << 13; s ^= s >> 7; s ^= s << 17
-                p[i] = scale * (Float(s >> 40) / Float(1 << 23) - 1)
-            }
-        }
-
-        static func sgemmRate(n: Int, reps: Int) -> Double {
-            let a = Tensor([n, n]), b = Tensor([n, n]), c = Tensor([n, n])
-            fill(a.pointer, n * n, seed: 1, scale: 1)
-            fill(b.pointer, n * n, seed: 2, scale: 1)
-            let t = best(reps) { sgemm(m: n, n: n, k: n, a: a.pointer, lda: n, b: b.pointer, ldb: n, c: c.pointer, ldc: n) }
-            return 2 * Double(n * n * n) / t / 1e9
-        }
-
-        static func measure(_ s: Shape, reps: Int, path: ck_path) -> ConvResult {
+        static func measure(_ s: Shape, reps: Int, path: ConvPath) -> ConvResult {
             let store = ParameterStore()
             let conv = Conv3d(params: store, name: "conv", inChannels: s.cin, outChannels: s.cout, kernel: 3, bias: true)
             conv.path = path
             store.allocate()
-            fill(conv.weight.value, conv.weight.count, seed: 3, scale: (6 / Float(27 * s.cin)).squareRoot())
+            Tensor.fillDeterministic(conv.weight.value, count: conv.weight.count, seed: 3, scale: (6 / Float(27 * s.cin)).squareRoot())
             let x = Tensor([1, s.cin, s.dims.z, s.dims.y, s.dims.x])
-            fill(x.pointer, x.count, seed: 4, scale: 1)
+            Tensor.fillDeterministic(x.pointer, count: x.count, seed: 4, scale: 1)
             let y = conv.forward(x)
             let dy = Tensor(y.shape)
-            fill(dy.pointer, dy.count, seed: 5, scale: 1)
+            Tensor.fillDeterministic(dy.pointer, count: dy.count, seed: 5, scale: 1)
             // Big layers need fewer repetitions for a stable best-of.
             let r = s.gflop > 20 ? min(reps, 2) : reps
-            let tf = best(r) { _ = conv.forward(x) }
-            let td = best(r) { _ = conv.backwardData(dy) }
-            let tw = best(r) { conv.backwardWeights(dy) }
-            func pass(_ t: Double, _ p: ck_pass) -> PassResult {
+            let tf = bestTime(of: r) { _ = conv.forward(x) }
+            let td = bestTime(of: r) { _ = conv.backwardData(dy) }
+            let tw = bestTime(of: r) { conv.backwardWeights(dy) }
+            func pass(_ t: Double, _ p: ConvPass) -> PassResult {
                 let rate = s.gflop / t
                 return PassResult(seconds: t, gflops: rate, path: conv.pathName(for: p, dims: s.dims), efficiency: 0)
             }
             return ConvResult(name: s.name, cin: s.cin, cout: s.cout, x: s.dims.x, y: s.dims.y, z: s.dims.z, gflop: s.gflop,
-                              forward: pass(tf, CK_PASS_FORWARD), backwardData: pass(td, CK_PASS_BACKWARD_DATA),
-                              backwardWeights: pass(tw, CK_PASS_BACKWARD_WEIGHTS))
+                              forward: pass(tf, .forward), backwardData: pass(td, .backwardData),
+                              backwardWeights: pass(tw, .backwardWeights))
         }
 
         /// FLOP-weighted totals over all measured layers.
@@ -264,11 +221,11 @@ extension Bench {
             let full = Dim3(z: 96, y: 160, x: 160), half = Dim3(z: 48, y: 80, x: 80)
             func tensor(_ c: Int, _ d: Dim3, seed: UInt64) -> Tensor {
                 let t = Tensor([1, c, d.z, d.y, d.x])
-                fill(t.pointer, t.count, seed: seed, scale: 2)
+                Tensor.fillDeterministic(t.pointer, count: t.count, seed: seed, scale: 2)
                 return t
             }
             func result(_ name: String, fwdBytes: Int, bwdBytes: Int, _ fwd: () -> Void, _ bwd: () -> Void) -> MemoryBoundResult {
-                let tf = best(reps, fwd), tb = best(reps, bwd)
+                let tf = bestTime(of: reps, fwd), tb = bestTime(of: reps, bwd)
                 return MemoryBoundResult(name: name, forwardSeconds: tf, forwardGBs: Double(fwdBytes) / tf / 1e9,
                                          backwardSeconds: tb, backwardGBs: Double(bwdBytes) / tb / 1e9)
             }

@@ -1,5 +1,5 @@
 import ArgumentParser
-import CNIfTI
+import Data
 import Distributed
 import Foundation
 import HDF5Kit
@@ -34,17 +34,13 @@ struct Doctor: ParsableCommand {
     }
 
     func run() throws {
-        let comm: Communicator
-        do { comm = try MPICommunicator() } catch {
-            FileHandle.standardError.write("attunet doctor: \(error)\n".data(using: .utf8)!)
-            throw ExitCode(1)
-        }
+        let comm = try MPICommunicator()
         let cpu = CPUInfo.current
         let report = Report(
             host: MPIRuntime.processorName, rank: comm.rank, size: comm.size,
             mpi: MPIRuntime.libraryVersion, threadLevel: MPIRuntime.threadLevel,
-            blasCore: BLASInfo.coreName, blasThreads: BLASInfo.threads, gflops: Bench.Layers.sgemmRate(n: gemmSize, reps: 3),
-            hdf5: hdf5LibraryVersion, nifti: cnifti_datatype_size(16) == 4,
+            blasCore: BLASInfo.coreName, blasThreads: BLASInfo.threads, gflops: BLASInfo.sgemmRate(n: gemmSize, reps: 3),
+            hdf5: hdf5LibraryVersion, nifti: NIfTIVolume.isLibraryUsable,
             cores: cpu.logicalCores, avx512: cpu.hasAVX512F, avx2: cpu.hasAVX2, cpu: cpu.modelName,
             coretypeEnv: ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"])
 

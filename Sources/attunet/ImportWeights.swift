@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NN
+import Support
 import Training
 
 /// `attunet import-weights`: weights trained by the original PyTorch code → an attunet checkpoint.
@@ -34,7 +35,7 @@ struct ImportWeights: ParsableCommand {
 
     func run() throws {
         if FileManager.default.fileExists(atPath: out) && !force {
-            throw ValidationError("\(out) exists; pass --force to overwrite it")
+            throw AttunetError("\(out) exists; pass --force to overwrite it")
         }
         let f = try SafetensorsFile(input)
         let config = try SegmentationModel.inferConfig(names: Set(f.entries.keys), shape: { f.entries[$0]?.shape },

@@ -16,7 +16,7 @@ struct Inspect: ParsableCommand {
           attunet inspect --model attention-unet --classes 4     # 6,473,322 parameters
           attunet inspect --model unet --classes 4               # 5,888,004
         With a checkpoint file: its model configuration, parameter count and tensors.
-          attunet inspect runs/x/fold_0/checkpoint_best.h5
+          attunet inspect runs/demo/checkpoint_best.h5
         """
     )
 

@@ -1,7 +1,6 @@
 import ArgumentParser
 import NN
 
-extension ModelKind: ExpressibleByArgument {}
 
 /// The options that choose an architecture, shared by the subcommands that build a model.
 struct ModelOptions: ParsableArguments {

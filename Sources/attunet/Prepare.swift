@@ -2,6 +2,7 @@ import ArgumentParser
 import Data
 import Distributed
 import Foundation
+import Support
 import Tensor
 
 /// `attunet prepare`: NIfTI cases -> the HDF5 case store training reads.
@@ -24,8 +25,8 @@ struct Prepare: ParsableCommand {
         Bad inputs (a missing label, image/label shape or geometry mismatch, unreadable/truncated/corrupt
         files, NaN or infinite intensities, labels outside the classes, empty volumes) each print one line
         "error: FILE: PROBLEM"; the run then exits 1 and leaves no store behind. With --skip-bad the good cases
-        are converted and the bad ones listed as skipped. The store is written to OUT.tmp-PID and renamed
-        when complete, so OUT is either the previous file or a finished store.
+        are converted and the bad ones listed as skipped. The store is written to a hidden temporary file next
+        to OUT, synced and renamed when complete, so OUT is either the previous file or a finished store.
 
         Store layout (h5py / h5dump readable): /cases/<id>/image (int16 HU, or float32 for non-integer
         sources) and /cases/<id>/label (uint8), [Z][Y][X], chunked 32^3 with deflate; /cases/<id>/foreground
@@ -69,7 +70,9 @@ struct Prepare: ParsableCommand {
     var classNames: String?
 
     @Option(help: "Image storage type: auto (int16 for integer HU sources, else float32), int16 or float32.")
-    var dtype: String = "auto"
+    var dtype: StorageChoice = .auto
+
+    enum StorageChoice: String, ExpressibleByArgument, CaseIterable { case auto, int16, float32 }
 
     @Option(help: "Deflate level 0-9 (0 = uncompressed).")
     var deflate: Int = 1
@@ -91,7 +94,6 @@ struct Prepare: ParsableCommand {
         if (imageDir == nil) != (labelDir == nil) { throw ValidationError("--image-dir and --label-dir go together") }
         guard spacing > 0 && spacing.isFinite else { throw ValidationError("--spacing must be positive") }
         guard blurSigma >= 0 else { throw ValidationError("--blur-sigma must be >= 0") }
-        guard ["auto", "int16", "float32"].contains(dtype) else { throw ValidationError("--dtype is auto, int16 or float32") }
         guard (0...9).contains(deflate) else { throw ValidationError("--deflate is 0-9") }
         if let labels { _ = try Prepare.parseLabelMap(labels) }
     }
@@ -110,23 +112,13 @@ struct Prepare: ParsableCommand {
         return m
     }
 
-    /// Every rank sees the same failure; rank 0 prints it.
-    func fail(_ lines: [String], rank: Int = 0) -> ExitCode {
-        if rank == 0 { for l in lines { FileHandle.standardError.write("error: \(l)\n".data(using: .utf8)!) } }
-        return ExitCode(1)
-    }
-
     func run() throws {
         let start = Date()
         let comm = try MPICommunicator()
-        let data: DatasetInput
-        do {
-            if let input { data = try DatasetInput.folder(input) }
-            else { data = try DatasetInput.folders(images: imageDir!, labels: labelDir!) }
-        } catch { throw fail(["\(error)"]) }
+        let data = try input.map { try DatasetInput.folder($0) } ?? DatasetInput.folders(images: imageDir!, labels: labelDir!)
         var o = PrepareOptions()
         o.spacing = spacing; o.blurSigma = blurSigma; o.deflate = deflate == 0 ? nil : deflate; o.threads = max(1, threads)
-        o.storeFloat = dtype == "auto" ? nil : dtype == "float32"
+        o.storeFloat = dtype == .auto ? nil : dtype == .float32
         if let m = labels { o.labelMap = try Prepare.parseLabelMap(m) }
         if let cn = classNames { o.classNames = cn.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
         else if let cn = data.classNames, o.labelMap == nil { o.classNames = cn }
@@ -140,39 +132,32 @@ struct Prepare: ParsableCommand {
         do {
             report = try CasePreparer.run(input: data, out: out, options: o, skipBad: skipBad, comm: comm,
                                           progress: progress)
-        } catch let f as PrepareFailure {
-            var lines = f.problems.map(\.description)
-            if let m = f.message { lines.append(m) }
-            if !skipBad { lines.append("\(out): not written (\(f.problems.count) bad input(s); --skip-bad converts the rest)") }
-            else { lines.append("\(out): not written") }
-            throw fail(lines, rank: comm.rank)
-        } catch { throw fail(["\(error)"], rank: comm.rank) }
+        } catch let e as AttunetError where e.kind == .badInput {
+            let note = skipBad ? "\(out): not written" : "\(out): not written (\(e.lines.count) bad input(s); --skip-bad converts the rest)"
+            throw AttunetError(lines: e.lines + [note])
+        }
         guard comm.isRoot else { return }
         for p in report.skipped { print("skipped: \(p)") }
         let fp = report.fingerprint
         let skipped = report.skipped.isEmpty ? "" : ", \(report.skipped.count) skipped"
         let secs = String(format: "%.1f", Date().timeIntervalSince(start))
         let hu = [fp["p0_5"] ?? 0, fp["p50"] ?? 0, fp["p99_5"] ?? 0].map { String(format: "%.0f", $0) }.joined(separator: "/")
-        defer { if checkPatches > 0 { checkLoader() } }
         let ranks = comm.size > 1 ? " by \(comm.size) ranks" : ""
         print("wrote \(out): \(report.written.count) case(s) at \(spacing) mm\(skipped)\(ranks) in \(secs) s; foreground intensity p0.5/p50/p99.5 = \(hu)")
+        if checkPatches > 0 { try checkLoader() }
     }
 
     /// Reads the new store back through the training loader (a quick end-to-end check and speed figure).
-    func checkLoader() {
-        do {
-            let store = try CaseStore(path: out)
-            let loader = try PatchLoader(store: store, patch: Dim3(z: 96, y: 160, x: 160), batch: 1, seed: 1,
-                                         samplesPerCase: max(1, (checkPatches + store.cases.count - 1) / store.cases.count))
-            loader.startEpoch(0)
-            let t0 = Date()
-            var n = 0, busy = 0.0
-            while n < checkPatches, let b = try loader.next() { n += 1; busy += b.loadSeconds }
-            let wall = Date().timeIntervalSince(t0)
-            print(String(format: "loader check: %d patches 160x160x96 (paper augmentation) in %.2f s: %.1f patches/s, %.0f ms of loader work per patch",
-                         n, wall, Double(n) / wall, 1000 * busy / Double(max(n, 1))))
-        } catch {
-            FileHandle.standardError.write("error: loader check: \(error)\n".data(using: .utf8)!)
-        }
+    func checkLoader() throws {
+        let store = try CaseStore(path: out)
+        let loader = try PatchLoader(store: store, patch: Dim3(z: 96, y: 160, x: 160), batch: 1, seed: 1,
+                                     samplesPerCase: max(1, (checkPatches + store.cases.count - 1) / store.cases.count))
+        loader.startEpoch(0)
+        let t0 = Date()
+        var n = 0, busy = 0.0
+        while n < checkPatches, let b = try loader.next() { n += 1; busy += b.loadSeconds }
+        let wall = Date().timeIntervalSince(t0)
+        print(String(format: "loader check: %d patches 160x160x96 (paper augmentation) in %.2f s: %.1f patches/s, %.0f ms of loader work per patch",
+                     n, wall, Double(n) / wall, 1000 * busy / Double(max(n, 1))))
     }
 }

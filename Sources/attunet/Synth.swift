@@ -52,12 +52,7 @@ struct Synth: ParsableCommand {
 
     func run() throws {
         let start = Date()
-        do {
-            try Phantom.writeDataset(to: out, count: cases, seed: seed, name: name, scale: resolution, threads: threads)
-        } catch {
-            FileHandle.standardError.write("attunet synth: \(error)\n".data(using: .utf8)!)
-            throw ExitCode(1)
-        }
+        try Phantom.writeDataset(to: out, count: cases, seed: seed, name: name, scale: resolution, threads: threads)
         print(String(format: "wrote %d phantom cases to %@ in %.1f s (labels: 1 spleen, 2 pancreas, 3 kidney)",
                      cases, out, Date().timeIntervalSince(start)))
     }

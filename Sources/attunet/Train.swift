@@ -3,11 +3,9 @@ import Data
 import Distributed
 import Foundation
 import NN
+import Support
 import Tensor
 import Training
-
-extension OptimizerKind: ExpressibleByArgument {}
-extension LossKind: ExpressibleByArgument {}
 
 /// `attunet train`: data-parallel training on a case store.
 struct Train: ParsableCommand {
@@ -36,7 +34,7 @@ struct Train: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
 
     @Option(help: "Patch size XxYxZ in voxels, each a multiple of 16 (the paper: 160x160x96).")
-    var patch: String = "160x160x96"
+    var patch = Dim3(z: 96, y: 160, x: 160)
 
     @Option(help: "Global batch size, split across ranks (the paper: 2).")
     var batch: Int = 2
@@ -57,7 +55,7 @@ struct Train: ParsableCommand {
     var weightDecay: Double = 1e-6
 
     @Option(help: "LR schedule: step (x0.5 every --lr-step epochs, the original), poly (x(1-e/E)^0.9) or constant.")
-    var schedule: String = "step"
+    var schedule: ScheduleKind = .step
 
     @Option(help: "Epochs between x0.5 LR steps for --schedule step.")
     var lrStep: Int = 250
@@ -75,7 +73,7 @@ struct Train: ParsableCommand {
     var foregroundFraction: Double = 1.0 / 3.0
 
     @Option(help: "Augmentation: paper (in-plane flips, rotation, shift, zoom), extended (+3D rotation, gamma, noise, brightness) or none.")
-    var augment: String = "paper"
+    var augment: AugmentPreset = .paper
 
     @Option(help: "Fraction of cases held out for validation (seeded), unless --val-cases is given.")
     var valFraction: Double = 0.2
@@ -106,64 +104,46 @@ struct Train: ParsableCommand {
             throw ValidationError("--batch, --epochs, --samples-per-case and --threads must be at least 1")
         }
         guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be a positive number") }
-        guard ["step", "poly", "constant"].contains(schedule) else { throw ValidationError("--schedule must be step, poly or constant") }
-        guard ["paper", "extended", "none"].contains(augment) else { throw ValidationError("--augment must be paper, extended or none") }
         guard (0..<1).contains(valFraction) else { throw ValidationError("--val-fraction must be in [0, 1)") }
-        _ = try parsePatch(patch)
-    }
-
-    func parsePatch(_ s: String) throws -> Dim3 {
-        let parts = s.lowercased().split(separator: "x").compactMap { Int($0) }
-        guard parts.count == 3 else { throw ValidationError("--patch must look like 160x160x96 (X x Y x Z), got '\(s)'") }
-        return Dim3(z: parts[2], y: parts[1], x: parts[0])
     }
 
     func run() throws {
         Parallelism.threads = threads
         let comm = try MPICommunicator()
         let outDir = URL(fileURLWithPath: out)
-        do {
-            let storeFile = try CaseStore(path: store)
-            let ids = storeFile.cases.map(\.id)
-            var trainIDs: [String], valIDs: [String]
-            if let valCases {
-                valIDs = valCases.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-                if let bad = valIDs.first(where: { !ids.contains($0) }) { throw TrainError("\(store): no case '\(bad)' (from --val-cases)") }
-                trainIDs = ids.filter { !valIDs.contains($0) }
-            } else {
-                (trainIDs, valIDs) = TrainConfig.split(ids, validationFraction: valFraction, seed: seed)
-            }
-            let sched: LRSchedule = schedule == "poly" ? .poly(epochs: epochs, power: 0.9)
-                : schedule == "constant" ? .constant : .step(every: lrStep, factor: 0.5)
-            let config = TrainConfig(store: store, model: modelOptions.config, patch: try parsePatch(patch), batch: batch,
-                                     epochs: epochs, samplesPerCase: samplesPerCase, optimizer: optimizer, learningRate: lr,
-                                     weightDecay: weightDecay, schedule: sched, loss: loss, seed: seed, syncBN: syncBN,
-                                     foregroundFraction: foregroundFraction, augment: augment, validateEvery: valEvery,
-                                     checkpointEvery: checkpointEvery, trainCases: trainIDs, validationCases: valIDs)
-            let latest = outDir.appendingPathComponent("checkpoint_latest.h5").path
-            if !resume && !force && FileManager.default.fileExists(atPath: latest) {
-                throw TrainError("\(latest) exists: pass --resume to continue that run or --force to start afresh (it will be overwritten)")
-            }
-            if comm.isRoot {
-                try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
-                let enc = JSONEncoder()
-                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-                try enc.encode(config).write(to: outDir.appendingPathComponent("config.json"))
-                try enc.encode(["train": trainIDs, "validation": valIDs]).write(to: outDir.appendingPathComponent("splits.json"))
-            }
-            try comm.barrier()
-            let trainer = try Trainer(config: config, comm: comm, outDir: outDir)
-            Trainer.installStopHandlers()
-            let state = resume ? try trainer.resume() : nil
-            if let state, comm.isRoot { print("train: resuming \(latest) at epoch \(state.epoch) step \(state.stepInEpoch)") }
-            try trainer.run(from: state)
-        } catch let e as TrainError {
-            if e.exitCode != TrainExit.interrupted && comm.isRoot { FileHandle.standardError.write("attunet train: \(e.message)\n".data(using: .utf8)!) }
-            throw ExitCode(e.exitCode)  // AttuNet.main finalizes MPI
-        } catch {
-            // The same error reaches every rank that read the same bad input; one line from each is enough.
-            if comm.isRoot || comm.size == 1 { FileHandle.standardError.write("attunet train: \(error)\n".data(using: .utf8)!) }
-            throw ExitCode(1)
+        let storeFile = try CaseStore(path: store)
+        let ids = storeFile.cases.map(\.id)
+        var trainIDs: [String], valIDs: [String]
+        if let valCases {
+            valIDs = valCases.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+            if let bad = valIDs.first(where: { !ids.contains($0) }) { throw AttunetError("\(store): no case '\(bad)' (from --val-cases)") }
+            trainIDs = ids.filter { !valIDs.contains($0) }
+        } else {
+            (trainIDs, valIDs) = TrainConfig.split(ids, validationFraction: valFraction, seed: seed)
         }
+        let config = TrainConfig(store: store, model: modelOptions.config, patch: patch, batch: batch,
+                                 epochs: epochs, samplesPerCase: samplesPerCase, optimizer: optimizer, learningRate: lr,
+                                 weightDecay: weightDecay, schedule: LRSchedule(schedule, epochs: epochs, stepEvery: lrStep),
+                                 loss: loss, seed: seed, syncBN: syncBN, foregroundFraction: foregroundFraction,
+                                 augment: augment, validateEvery: valEvery, checkpointEvery: checkpointEvery,
+                                 trainCases: trainIDs, validationCases: valIDs)
+        let latest = outDir.appendingPathComponent("checkpoint_latest.h5").path
+        if !resume && !force && FileManager.default.fileExists(atPath: latest) {
+            throw AttunetError("\(latest) exists: pass --resume to continue that run or --force to start afresh (it will be overwritten)")
+        }
+        if comm.isRoot {
+            try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
+            let enc = JSONEncoder()
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            try AtomicFile.write(try enc.encode(config), to: outDir.appendingPathComponent("config.json").path)
+            try AtomicFile.write(try enc.encode(["train": trainIDs, "validation": valIDs]),
+                                 to: outDir.appendingPathComponent("splits.json").path)
+        }
+        try comm.barrier()
+        let trainer = try Trainer(config: config, comm: comm, outDir: outDir)
+        Trainer.installStopHandlers()
+        let state = resume ? try trainer.resume() : nil
+        if let state, comm.isRoot { print("train: resuming \(latest) at epoch \(state.epoch) step \(state.stepInEpoch)") }
+        try trainer.run(from: state)
     }
 }

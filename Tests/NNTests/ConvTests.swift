@@ -1,4 +1,3 @@
-import CKernels
 import Tensor
 import XCTest
 @testable import NN
@@ -102,7 +101,7 @@ final class ConvTests: XCTestCase {
     }
 
     /// Forward, then backward of dy, compared with the naive loops in full.
-    func checkAgainstNaive(_ c: Case, kernel: Int, bias: Bool, path: ck_path = CK_PATH_AUTO,
+    func checkAgainstNaive(_ c: Case, kernel: Int, bias: Bool, path: ConvPath = .auto,
                            file: StaticString = #filePath, line: UInt = #line) {
         let (conv, store, x) = make(c, kernel: kernel, bias: bias)
         conv.path = path
@@ -130,23 +129,23 @@ final class ConvTests: XCTestCase {
     // MARK: Forward / backward against the naive loops
 
     func testConv3GemmPathMatchesNaive() {
-        checkAgainstNaive(Self.odd, kernel: 3, bias: true, path: CK_PATH_GEMM)
-        checkAgainstNaive(Self.wide, kernel: 3, bias: false, path: CK_PATH_GEMM)
+        checkAgainstNaive(Self.odd, kernel: 3, bias: true, path: .gemm)
+        checkAgainstNaive(Self.wide, kernel: 3, bias: false, path: .gemm)
     }
 
     func testConv3DirectPathMatchesNaive() throws {
         guard Conv3d.hasDirectKernels else {
             // Without AVX-512, a forced DIRECT must run (and report) the GEMM path.
-            for pass in [CK_PASS_FORWARD, CK_PASS_BACKWARD_DATA, CK_PASS_BACKWARD_WEIGHTS] {
-                XCTAssertEqual(Conv3d.resolvedPath(CK_PATH_DIRECT, inChannels: 3, outChannels: 5, dims: Self.odd.dims, pass: pass),
-                               CK_PATH_GEMM)
-                XCTAssertEqual(Conv3d.autoPath(inChannels: 3, outChannels: 5, dims: Self.odd.dims, pass: pass), CK_PATH_GEMM)
+            for pass in ConvPass.allCases {
+                XCTAssertEqual(Conv3d.resolvedPath(.direct, inChannels: 3, outChannels: 5, dims: Self.odd.dims, pass: pass),
+                               .gemm)
+                XCTAssertEqual(Conv3d.autoPath(inChannels: 3, outChannels: 5, dims: Self.odd.dims, pass: pass), .gemm)
             }
-            checkAgainstNaive(Self.odd, kernel: 3, bias: true, path: CK_PATH_DIRECT)
+            checkAgainstNaive(Self.odd, kernel: 3, bias: true, path: .direct)
             throw XCTSkip("CPU has no AVX-512: the direct kernels cannot run here (GEMM fallback checked)")
         }
-        checkAgainstNaive(Self.odd, kernel: 3, bias: true, path: CK_PATH_DIRECT)
-        checkAgainstNaive(Self.wide, kernel: 3, bias: false, path: CK_PATH_DIRECT)
+        checkAgainstNaive(Self.odd, kernel: 3, bias: true, path: .direct)
+        checkAgainstNaive(Self.wide, kernel: 3, bias: false, path: .direct)
     }
 
     func testConv3AutoPathMatchesNaive() {
@@ -167,7 +166,7 @@ final class ConvTests: XCTestCase {
 
     // MARK: Finite differences
 
-    func gradCheck(_ c: Case, kernel: Int, bias: Bool, path: ck_path = CK_PATH_AUTO,
+    func gradCheck(_ c: Case, kernel: Int, bias: Bool, path: ConvPath = .auto,
                    file: StaticString = #filePath, line: UInt = #line) {
         let (conv, store, x) = make(c, kernel: kernel, bias: bias, seed: 5)
         conv.path = path
@@ -191,8 +190,8 @@ final class ConvTests: XCTestCase {
     }
 
     func testConv3GradCheck() {
-        gradCheck(Self.odd, kernel: 3, bias: true, path: CK_PATH_GEMM)
-        gradCheck(Self.odd, kernel: 3, bias: true, path: CK_PATH_DIRECT)  // GEMM fallback without AVX-512
+        gradCheck(Self.odd, kernel: 3, bias: true, path: .gemm)
+        gradCheck(Self.odd, kernel: 3, bias: true, path: .direct)  // GEMM fallback without AVX-512
     }
 
     func testConv1GradCheck() { gradCheck(Self.odd, kernel: 1, bias: true) }
@@ -202,7 +201,7 @@ final class ConvTests: XCTestCase {
     // MARK: Threads, accumulation, reuse, first layer
 
     func testTwoThreadsEqualOneThread() {
-        for (kernel, path) in [(3, CK_PATH_GEMM), (3, CK_PATH_DIRECT), (1, CK_PATH_AUTO), (2, CK_PATH_AUTO)] {
+        for (kernel, path) in [(3, ConvPath.gemm), (3, .direct), (1, .auto), (2, .auto)] {
             // Large enough in V for the 1x1x1 split (V / 1024 >= 2).
             let c = kernel == 1 ? Case(n: 2, cin: 3, cout: 5, z: 4, y: 24, x: 24) : Self.odd
             var results: [[Float]] = []
@@ -277,6 +276,6 @@ final class ConvTests: XCTestCase {
         _ = Conv3d(params: store, name: "gate.theta", inChannels: 16, outChannels: 8, kernel: 2, bias: false)
         XCTAssertEqual(store.entries.map(\.name), ["conv1.conv1.0.weight", "conv1.conv1.0.bias", "gate.theta.weight"])
         XCTAssertEqual(store.entries.map(\.shape), [[16, 1, 3, 3, 3], [16], [8, 16, 2, 2, 2]])
-        XCTAssertFalse(Conv3d.pathName(CK_PATH_GEMM).isEmpty)
+        XCTAssertFalse(Conv3d.pathName(.gemm).isEmpty)
     }
 }

@@ -1,4 +1,3 @@
-import CKernels
 import NN
 import Tensor
 import XCTest
@@ -8,7 +7,7 @@ final class LayerFixtureTests: XCTestCase {
     var fx: Fixture!
     override func setUpWithError() throws { fx = try Fixture("layers.h5") }
 
-    private func checkConv(_ group: String, kernel: Int, path: ck_path = CK_PATH_AUTO) throws {
+    private func checkConv(_ group: String, kernel: Int, path: ConvPath = .auto) throws {
         let cfg = try fx.config(group)
         let x = try fx.tensor("\(group)/x"), w = try fx.tensor("\(group)/weight")
         let hasBias = cfg["bias"] as? Bool ?? false
@@ -18,7 +17,7 @@ final class LayerFixtureTests: XCTestCase {
         store.allocate()
         conv.weight.value.update(from: w.pointer, count: w.count)
         if hasBias { let b = try fx.tensor("\(group)/bias"); conv.bias!.value.update(from: b.pointer, count: b.count) }
-        let label = "\(group) [\(String(cString: ck_path_name(path == CK_PATH_AUTO ? CK_PATH_GEMM : path)))]"
+        let label = "\(group) [\(Conv3d.pathName(path == .auto ? .gemm : path))]"
         assertClose(conv.forward(x), try fx.tensor("\(group)/y"), "\(label) y")
         assertClose(conv.backward(try fx.tensor("\(group)/dy")), try fx.tensor("\(group)/dx"), "\(label) dx")
         assertClose(conv.weight.grad, try fx.tensor("\(group)/dweight"), "\(label) dweight")
@@ -27,8 +26,8 @@ final class LayerFixtureTests: XCTestCase {
 
     func testConv3x3x3BothPaths() throws {
         for group in ["conv3", "conv3_wide"] {
-            try checkConv(group, kernel: 3, path: CK_PATH_GEMM)
-            if ck_cpu_has_avx512() != 0 { try checkConv(group, kernel: 3, path: CK_PATH_DIRECT) }
+            try checkConv(group, kernel: 3, path: .gemm)
+            if Conv3d.hasDirectKernels { try checkConv(group, kernel: 3, path: .direct) }
         }
     }
 

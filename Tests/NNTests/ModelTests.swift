@@ -5,11 +5,11 @@ import Tensor
 import XCTest
 
 final class ModelTests: XCTestCase {
-    /// The released classes at feature_scale 4, 1 input channel, 4 classes (reference §1.5-§1.6).
+    /// The released classes at feature_scale 4, 1 input channel, 4 classes (the paper's Table and the released code).
     func testParameterCountsMatchTheReleasedClasses() {
         XCTAssertEqual(SegmentationModel(ModelConfig(kind: .attentionUNet)).parameterCount, 6_473_322)
         XCTAssertEqual(SegmentationModel(ModelConfig(kind: .unet)).parameterCount, 5_888_004)
-        // Per-module figures of reference §1.5.
+        // Per-module figures of the released classes (`Sources/NN/NN.docc/ModelGraph.md`).
         let m = SegmentationModel(ModelConfig(kind: .attentionUNet))
         func module(_ prefix: String) -> Int { m.params.entries.filter { $0.name.hasPrefix(prefix + ".") }.reduce(0) { $0 + $1.count } }
         XCTAssertEqual(module("conv1"), 7_440)

@@ -1,7 +1,8 @@
 import Foundation
 import HDF5Kit
+import Support
 
-/// The HDF5 checkpoint of DESIGN.md §3, model part: `/state_dict/<name>` in PyTorch's shape and axis order
+/// The HDF5 checkpoint (the NN documentation's "Checkpoint format" article), model part: `/state_dict/<name>` in PyTorch's shape and axis order
 /// (loads into the original model with h5py + torch.from_numpy), and root attributes `format` and
 /// `model_config` (JSON of `ModelConfig`). Training state (optimizer moments, epoch, RNG) is added by the
 /// trainer through `extra`.
@@ -22,11 +23,11 @@ public enum Checkpoint {
     /// The model configuration stored in a checkpoint.
     public static func config(of file: H5File) throws -> ModelConfig {
         guard file.root.hasAttribute("format"), (try? file.root.stringAttribute("format"))?.hasPrefix("attunet-checkpoint") == true else {
-            throw H5Error("\(file.path): not an attunet checkpoint (no format attribute 'attunet-checkpoint')")
+            throw AttunetError("\(file.path): not an attunet checkpoint (no format attribute 'attunet-checkpoint')")
         }
         let json = try file.root.stringAttribute("model_config")
         do { return try JSONDecoder().decode(ModelConfig.self, from: Data(json.utf8)) } catch {
-            throw H5Error("\(file.path): unreadable model_config attribute")
+            throw AttunetError("\(file.path): unreadable model_config attribute")
         }
     }
 
@@ -44,7 +45,7 @@ public enum Checkpoint {
         let c = try config(of: f)
         guard c.kind == model.config.kind, c.classes == model.config.classes, c.inChannels == model.config.inChannels,
               c.featureScale == model.config.featureScale else {
-            throw H5Error("\(path): checkpoint is for \(c.kind.rawValue) with \(c.classes) classes, \(c.inChannels) input channel(s), feature scale \(c.featureScale); this run uses \(model.config.kind.rawValue) with \(model.config.classes) classes, \(model.config.inChannels) input channel(s), feature scale \(model.config.featureScale)")
+            throw AttunetError("\(path): checkpoint is for \(c.kind.rawValue) with \(c.classes) classes, \(c.inChannels) input channel(s), feature scale \(c.featureScale); this run uses \(model.config.kind.rawValue) with \(model.config.classes) classes, \(model.config.inChannels) input channel(s), feature scale \(model.config.featureScale)")
         }
         try StateDict.read(into: model, from: try f.root.group("state_dict"))
     }

@@ -1,4 +1,5 @@
 import Foundation
+import Support
 
 /// A reader for the safetensors format (8-byte little-endian header length, a JSON header of
 /// `{name: {dtype, shape, data_offsets: [begin, end]}}`, then the raw little-endian data). A PyTorch `.pth`
@@ -14,23 +15,23 @@ public struct SafetensorsFile {
 
     public init(_ path: String) throws {
         self.path = path
-        guard let data = FileManager.default.contents(atPath: path) else { throw SafetensorsError("\(path): no such file or unreadable") }
+        guard let data = FileManager.default.contents(atPath: path) else { throw AttunetError("\(path): no such file or unreadable") }
         self.data = data
-        guard data.count >= 8 else { throw SafetensorsError("\(path): too short to be a safetensors file") }
+        guard data.count >= 8 else { throw AttunetError("\(path): too short to be a safetensors file") }
         let n = data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).littleEndian }
-        guard n > 0, n <= UInt64(data.count - 8) else { throw SafetensorsError("\(path): bad header length \(n) (not safetensors, or truncated)") }
+        guard n > 0, n <= UInt64(data.count - 8) else { throw AttunetError("\(path): bad header length \(n) (not safetensors, or truncated)") }
         dataStart = 8 + Int(n)
         guard let json = try? JSONSerialization.jsonObject(with: data.subdata(in: 8..<dataStart)) as? [String: Any] else {
-            throw SafetensorsError("\(path): header is not valid JSON")
+            throw AttunetError("\(path): header is not valid JSON")
         }
         var entries: [String: Entry] = [:]
         for (name, value) in json where name != "__metadata__" {
             guard let d = value as? [String: Any], let dtype = d["dtype"] as? String, let shape = d["shape"] as? [Int],
                   let offs = d["data_offsets"] as? [Int], offs.count == 2 else {
-                throw SafetensorsError("\(path): malformed header entry for \(name)")
+                throw AttunetError("\(path): malformed header entry for \(name)")
             }
             guard offs[0] >= 0, offs[1] >= offs[0], dataStart + offs[1] <= data.count else {
-                throw SafetensorsError("\(path): tensor \(name) lies outside the file (truncated?)")
+                throw AttunetError("\(path): tensor \(name) lies outside the file (truncated?)")
             }
             entries[name] = Entry(dtype: dtype, shape: shape, begin: offs[0], end: offs[1])
         }
@@ -39,13 +40,13 @@ public struct SafetensorsFile {
 
     /// The tensor's values as Float (F32, F64, F16, BF16, I64, I32 are converted).
     public func floats(_ name: String) throws -> [Float] {
-        guard let e = entries[name] else { throw SafetensorsError("\(path): no tensor \(name)") }
+        guard let e = entries[name] else { throw AttunetError("\(path): no tensor \(name)") }
         let count = e.shape.reduce(1, *)
         let bytes = data.subdata(in: (dataStart + e.begin)..<(dataStart + e.end))
         let width: Int = ["F32": 4, "F64": 8, "F16": 2, "BF16": 2, "I64": 8, "I32": 4][e.dtype] ?? 0
-        guard width > 0 else { throw SafetensorsError("\(path): tensor \(name) has unsupported dtype \(e.dtype)") }
+        guard width > 0 else { throw AttunetError("\(path): tensor \(name) has unsupported dtype \(e.dtype)") }
         guard bytes.count == count * width else {
-            throw SafetensorsError("\(path): tensor \(name) has \(bytes.count) bytes for shape \(e.shape) of \(e.dtype)")
+            throw AttunetError("\(path): tensor \(name) has \(bytes.count) bytes for shape \(e.shape) of \(e.dtype)")
         }
         return bytes.withUnsafeBytes { raw -> [Float] in
             (0..<count).map { i -> Float in
@@ -62,19 +63,12 @@ public struct SafetensorsFile {
     }
 }
 
-public struct SafetensorsError: Error, CustomStringConvertible, LocalizedError {
-    public let message: String
-    init(_ m: String) { message = m }
-    public var description: String { message }
-    public var errorDescription: String? { message }
-}
-
 extension SegmentationModel {
     /// Infers the architecture from a state_dict's names and shapes: attention blocks present or not, input
     /// channels and feature scale from `conv1.conv1.0.weight`, classes from `final.weight`.
     public static func inferConfig(names: Set<String>, shape: (String) -> [Int]?, alignCorners: Bool = false) throws -> ModelConfig {
         guard let c1 = shape("conv1.conv1.0.weight"), c1.count == 5, let fin = shape("final.weight"), fin.count == 5 else {
-            throw ModelError("not a state_dict of unet_CT_multi_att_dsv_3D or unet_CT_dsv_3D (conv1.conv1.0.weight / final.weight missing)")
+            throw AttunetError("not a state_dict of unet_CT_multi_att_dsv_3D or unet_CT_dsv_3D (conv1.conv1.0.weight / final.weight missing)")
         }
         let kind: ModelKind = names.contains("attentionblock2.gate_block_1.psi.weight") ? .attentionUNet : .unet
         return ModelConfig(kind: kind, inChannels: c1[1], classes: fin[0], featureScale: 64.0 / Double(c1[0]),

@@ -1,5 +1,6 @@
 import Foundation
 import HDF5Kit
+import Support
 import Tensor
 
 /// The PyTorch `state_dict` view of a model: names, PyTorch shapes and axis order.
@@ -53,12 +54,12 @@ public enum StateDict {
         try load(into: model, location: group.location, names: Set(try group.members()), strict: strict) { name in
             let d = try group.dataset(name)
             if isCounter(name) {
-                guard d.count == 1 else { throw H5Error("\(d.location): expected a scalar") }
+                guard d.count == 1 else { throw AttunetError("\(d.location): expected a scalar") }
                 var v: Int64 = 0
                 try d.read(into: &v, as: .int64)
                 return (d.shape, [Float(v)])
             }
-            guard d.isFloat else { throw H5Error("\(d.location): not a floating-point tensor") }
+            guard d.isFloat else { throw AttunetError("\(d.location): not a floating-point tensor") }
             return (d.shape, try d.readFloats())
         }
     }
@@ -72,15 +73,15 @@ public enum StateDict {
         for store in [model.params, model.buffers] {
             for e in store.entries {
                 guard names.contains(e.name) else {
-                    throw ModelError("\(location): missing tensor \(e.name) (is this for another model? this model is \(model.config.kind.rawValue), \(model.config.classes) classes, feature scale \(model.config.featureScale))")
+                    throw AttunetError("\(location): missing tensor \(e.name) (is this for another model? this model is \(model.config.kind.rawValue), \(model.config.classes) classes, feature scale \(model.config.featureScale))")
                 }
                 let (shape, torch) = try tensor(e.name)
                 let want = isCounter(e.name) ? [] : torchShape(e.shape)
                 guard shape == want || (want.isEmpty && torch.count == 1) else {
-                    throw ModelError("\(location): tensor \(e.name) has shape \(shape) but the model needs \(want) (another class count, channel count or feature scale?)")
+                    throw AttunetError("\(location): tensor \(e.name) has shape \(shape) but the model needs \(want) (another class count, channel count or feature scale?)")
                 }
                 if let bad = torch.firstIndex(where: { !$0.isFinite }) {
-                    throw ModelError("\(location): tensor \(e.name) has a non-finite value at element \(bad)")
+                    throw AttunetError("\(location): tensor \(e.name) has a non-finite value at element \(bad)")
                 }
                 var ours = [Float](repeating: 0, count: e.count)
                 torch.withUnsafeBufferPointer { t in
@@ -92,7 +93,7 @@ public enum StateDict {
         if strict {
             let known = Set(model.params.entries.map(\.name) + model.buffers.entries.map(\.name))
             if let extra = names.subtracting(known).sorted().first {
-                throw ModelError("\(location): unexpected tensor \(extra) (not part of \(model.config.kind.rawValue))")
+                throw AttunetError("\(location): unexpected tensor \(extra) (not part of \(model.config.kind.rawValue))")
             }
         }
         for (dst, values) in staged { dst.update(from: values, count: values.count) }

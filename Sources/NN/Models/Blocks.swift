@@ -55,7 +55,7 @@ final class UpBlock {
     }
 }
 
-/// `GridAttentionBlock3D` in `concatenation` mode (reference §2): θ (2³ stride 2, no bias) on x, φ (1³) on g,
+/// `GridAttentionBlock3D` in `concatenation` mode (the NN documentation's "Model graph" article): θ (2³ stride 2, no bias) on x, φ (1³) on g,
 /// ReLU(θx + φg), ψ (1³ → 1 channel), sigmoid, trilinear upsampling of α to x's size, y = α ⊙ x, then W
 /// (1³ conv + BN). Returns W(y) and α.
 final class GridAttentionGate {

@@ -1,4 +1,5 @@
 import Foundation
+import Support
 import Tensor
 
 /// Which of the paper's two networks.
@@ -32,14 +33,6 @@ public struct ModelConfig: Codable, Sendable, Equatable {
     }
 
     public var filters: [Int] { [64, 128, 256, 512, 1024].map { Int(Double($0) / featureScale) } }
-}
-
-/// A clear error at the model's entrance.
-public struct ModelError: Error, CustomStringConvertible, LocalizedError {
-    public let message: String
-    public init(_ message: String) { self.message = message }
-    public var description: String { message }
-    public var errorDescription: String? { message }
 }
 
 /// The paper's segmentation networks: an encoder of `UnetConv3` blocks with 2³ max-pooling, a decoder of
@@ -96,6 +89,27 @@ public final class SegmentationModel {
         buffers.allocate()
         batchNorms = allBatchNorms
         initialise(seed: seed)
+    }
+
+    /// One 3x3x3 convolution of the network and the spatial extent it runs at.
+    public struct ConvShape: Hashable, Sendable {
+        /// Its weight's state_dict name, e.g. `conv1.conv1.0.weight`.
+        public var name: String
+        public var inChannels: Int, outChannels: Int
+        public var dims: Dim3
+    }
+
+    /// Every 3x3x3 convolution (the encoder's and decoder's `UnetConv3` blocks) with the extent it sees for an
+    /// input `patch`, in state_dict order: what dominates the model's FLOPs, and what `attunet bench` times.
+    public func convolutions3x3(patch: Dim3) -> [ConvShape] {
+        let levels: [(UnetConv3, Int)] = [(conv1, 0), (conv2, 1), (conv3, 2), (conv4, 3), (center, 4),
+                                          (up4.conv, 3), (up3.conv, 2), (up2.conv, 1), (up1.conv, 0)]
+        return levels.flatMap { block, level in
+            [block.c1.conv, block.c2.conv].map { c in
+                ConvShape(name: c.weight.entry.name, inChannels: c.inChannels, outChannels: c.outChannels,
+                          dims: patch.divided(by: 1 << level))
+            }
+        }
     }
 
     private var allConvs: [Conv3d] {
@@ -159,13 +173,13 @@ public final class SegmentationModel {
 
     /// Checks an input's shape: [N, inChannels, Z, Y, X] with every spatial size a positive multiple of 16.
     public func validate(inputShape s: [Int]) throws {
-        guard s.count == 5 else { throw ModelError("model input must be [N, C, Z, Y, X], got shape \(s)") }
+        guard s.count == 5 else { throw AttunetError("model input must be [N, C, Z, Y, X], got shape \(s)") }
         guard s[1] == config.inChannels else {
-            throw ModelError("model input has \(s[1]) channel(s), the model expects \(config.inChannels)")
+            throw AttunetError("model input has \(s[1]) channel(s), the model expects \(config.inChannels)")
         }
         let spatial = [s[4], s[3], s[2]]
         if spatial.contains(where: { $0 <= 0 || $0 % 16 != 0 }) {
-            throw ModelError("model input spatial size \(spatial.map(String.init).joined(separator: "x")) (X x Y x Z) is not a multiple of 16 on every axis; pad or crop the patch (the network pools 4 times)")
+            throw AttunetError("model input spatial size \(spatial.map(String.init).joined(separator: "x")) (X x Y x Z) is not a multiple of 16 on every axis; pad or crop the patch (the network pools 4 times)")
         }
     }
 

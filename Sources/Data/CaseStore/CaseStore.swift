@@ -1,5 +1,6 @@
 import Foundation
 import HDF5Kit
+import Support
 import Tensor
 
 /// One case of a store: geometry and statistics from its attributes, and its sampled foreground voxels.
@@ -46,11 +47,11 @@ public final class CaseStore: @unchecked Sendable {
         let root = file.root
         let format = (try? root.stringAttribute("format")) ?? ""
         guard format == CaseStoreFormat.name else {
-            throw H5Error("\(path): not an attunet case store (format attribute '\(format)'); make one with attunet prepare")
+            throw AttunetError("\(path): not an attunet case store (format attribute '\(format)'); make one with attunet prepare")
         }
         let version = try root.intAttribute("format_version")
         guard version <= CaseStoreFormat.version else {
-            throw H5Error("\(path): case store format version \(version) is newer than this attunet reads (\(CaseStoreFormat.version))")
+            throw AttunetError("\(path): case store format version \(version) is newer than this attunet reads (\(CaseStoreFormat.version))")
         }
         let names = try root.stringAttribute("class_names")
         classNames = (try? JSONSerialization.jsonObject(with: Data(names.utf8)) as? [String]) ?? []
@@ -63,7 +64,7 @@ public final class CaseStore: @unchecked Sendable {
             let g = try group.group(id)
             let img = try g.dataset("image"), lab = try g.dataset("label")
             guard img.shape.count == 3, img.shape == lab.shape else {
-                throw H5Error("\(path): /cases/\(id) image \(img.shape) and label \(lab.shape) shapes differ or are not 3D")
+                throw AttunetError("\(path): /cases/\(id) image \(img.shape) and label \(lab.shape) shapes differ or are not 3D")
             }
             var fg: [Int32] = []
             if g.exists("foreground") {
@@ -78,7 +79,7 @@ public final class CaseStore: @unchecked Sendable {
                 foreground: fg, source: (try? g.stringAttribute("source")) ?? ""))
             imgs.append(img); labs.append(lab)
         }
-        guard !infos.isEmpty else { throw H5Error("\(path): the store has no cases") }
+        guard !infos.isEmpty else { throw AttunetError("\(path): the store has no cases") }
         cases = infos; images = imgs; labels = labs
     }
 

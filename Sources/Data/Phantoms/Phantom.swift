@@ -1,4 +1,5 @@
 import Foundation
+import Support
 import Tensor
 
 /// Synthetic abdominal CT phantoms: one case = an int16-valued HU image and a uint8 label map
@@ -103,26 +104,14 @@ public enum Phantom {
         try fm.createDirectory(atPath: dir + "/imagesTr", withIntermediateDirectories: true)
         try fm.createDirectory(atPath: dir + "/labelsTr", withIntermediateDirectories: true)
         let names = (0..<count).map { String(format: "%@_%03d", name, $0) }
-        let errors = ErrorBox()
-        let saved = Parallelism.threads
-        Parallelism.threads = 1
-        defer { Parallelism.threads = saved }
-        DispatchQueue.concurrentPerform(iterations: max(1, min(threads, count))) { t in
-            var i = t
-            while i < count {
-                let c = generate(seed: seed, index: i, scale: scale)
-                let aff = c.affine
-                do {
-                    try NIfTIVolume(nx: c.dim.x, ny: c.dim.y, nz: c.dim.z, affine: aff, voxels: c.image)
-                        .write("\(dir)/imagesTr/\(names[i]).nii.gz", as: .int16)
-                    try NIfTIVolume(nx: c.dim.x, ny: c.dim.y, nz: c.dim.z, affine: aff, voxels: c.label.map(Float.init))
-                        .write("\(dir)/labelsTr/\(names[i]).nii.gz", as: .uint8)
-                    progress?(i)
-                } catch { errors.add("\(error)") }
-                i += max(1, min(threads, count))
-            }
+        try parallelForEach(count, threads: threads) { i in
+            let c = generate(seed: seed, index: i, scale: scale)
+            try NIfTIVolume(nx: c.dim.x, ny: c.dim.y, nz: c.dim.z, affine: c.affine, voxels: c.image)
+                .write("\(dir)/imagesTr/\(names[i]).nii.gz", as: .int16)
+            try NIfTIVolume(nx: c.dim.x, ny: c.dim.y, nz: c.dim.z, affine: c.affine, voxels: c.label.map(Float.init))
+                .write("\(dir)/labelsTr/\(names[i]).nii.gz", as: .uint8)
+            progress?(i)
         }
-        if let e = errors.first { throw VolumeError(e) }
         let json: [String: Any] = [
             "name": name, "description": "attunet synthetic abdominal CT phantoms (seed \(seed))",
             "reference": "attunet synth", "licence": "CC0", "release": "1.0",
@@ -133,17 +122,8 @@ public enum Phantom {
             "test": [String](),
         ]
         let data = try JSONSerialization.data(withJSONObject: json, options: [.prettyPrinted, .sortedKeys])
-        try data.write(to: URL(fileURLWithPath: dir + "/dataset.json"))
+        try AtomicFile.write(data, to: dir + "/dataset.json")
     }
-}
-
-/// Thread-safe first-error collector.
-final class ErrorBox: @unchecked Sendable {
-    private let lock = NSLock()
-    private var items: [String] = []
-    func add(_ s: String) { lock.lock(); items.append(s); lock.unlock() }
-    var first: String? { lock.lock(); defer { lock.unlock() }; return items.first }
-    var all: [String] { lock.lock(); defer { lock.unlock() }; return items }
 }
 
 // MARK: - Geometry

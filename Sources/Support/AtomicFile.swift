@@ -1,0 +1,55 @@
+import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// How every file attunet writes reaches the disk: `body` fills a temporary file in the same folder, which is
+/// fsync'ed and renamed over the target, and then the folder is fsync'ed so the rename itself is durable. A
+/// crash or an error leaves either the previous file or the complete new one, never a half-written one, and
+/// no temporary file.
+public enum AtomicFile {
+    /// Writes `path` through `body(temporaryPath)`; the temporary name keeps `path`'s file name as its
+    /// suffix (so libraries that choose a format by extension, such as `.nii.gz`, choose the same one) and is
+    /// hidden (a leading dot), so folder scans skip it.
+    public static func write(_ path: String, _ body: (String) throws -> Void) throws {
+        let url = URL(fileURLWithPath: path)
+        let folder = url.deletingLastPathComponent().path
+        let n = counter.withLock { $0 += 1; return $0 }
+        let tmp = folder + "/.tmp-\(getpid())-\(n)-" + url.lastPathComponent
+        do {
+            try body(tmp)
+            try sync(tmp, what: "file")
+            guard rename(tmp, path) == 0 else {
+                throw AttunetError("\(path): cannot move the new file into place (\(String(cString: strerror(errno))))")
+            }
+        } catch {
+            unlink(tmp)
+            throw error
+        }
+        try sync(folder, what: "folder")
+    }
+
+    /// Writes `data` to `path` atomically.
+    public static func write(_ data: Data, to path: String) throws {
+        try write(path) { tmp in
+            guard FileManager.default.createFile(atPath: tmp, contents: data) else {
+                throw AttunetError("\(path): cannot write (\(String(cString: strerror(errno))))")
+            }
+        }
+    }
+
+    /// Writes `text` (UTF-8) to `path` atomically.
+    public static func write(_ text: String, to path: String) throws {
+        try write(Data(text.utf8), to: path)
+    }
+
+    private static func sync(_ path: String, what: String) throws {
+        let fd = open(path, O_RDONLY)
+        guard fd >= 0 else { throw AttunetError("\(path): cannot open the \(what) to fsync it (\(String(cString: strerror(errno))))") }
+        defer { close(fd) }
+        guard fsync(fd) == 0 else { throw AttunetError("\(path): fsync of the \(what) failed (\(String(cString: strerror(errno))))") }
+    }
+
+    /// Distinguishes the temporary files of concurrent writers in one process.
+    private static let counter = Locked(0)
+}

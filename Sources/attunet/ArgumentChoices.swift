@@ -1,0 +1,22 @@
+import ArgumentParser
+import Data
+import NN
+import Tensor
+
+// The library's named choices, parsed by name from the command line; help lists their values and parsing
+// refuses anything else.
+extension ModelKind: ExpressibleByArgument {}
+extension OptimizerKind: ExpressibleByArgument {}
+extension LossKind: ExpressibleByArgument {}
+extension ScheduleKind: ExpressibleByArgument {}
+extension AugmentPreset: ExpressibleByArgument {}
+extension ConvPath: ExpressibleByArgument {}
+
+/// Sizes are written X x Y x Z on the command line ("160x160x96"), the way users read them.
+extension Dim3: ExpressibleByArgument {
+    public init?(argument: String) {
+        let parts = argument.lowercased().split(separator: "x", omittingEmptySubsequences: false).map { Int($0) }
+        guard parts.count == 3, let x = parts[0], let y = parts[1], let z = parts[2] else { return nil }
+        self.init(z: z, y: y, x: x)
+    }
+}
