@@ -26,6 +26,15 @@ fi
 
 command -v swift >/dev/null || { echo "setup: swift not found on PATH (install Swift 6.x from swift.org)" >&2; exit 1; }
 echo "setup: building attunet (release)"
-swift build -c release --product attunet 2>&1 | grep -E "error|warning: unre|omplete" || true
-test -x .build/release/attunet || { echo "setup: build failed" >&2; exit 1; }
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+# A failed build fails setup, with the compiler's messages: an older .build/release/attunet must never stand
+# in for the sources.
+if ! swift build -c release --product attunet >"$log" 2>&1; then
+  grep -v '^\[[0-9]*/[0-9]*\]' "$log" >&2
+  echo "setup: the release build failed (messages above)" >&2
+  exit 1
+fi
+grep "warning:" "$log" || true
+tail -n 1 "$log"
 echo "setup: done: .build/release/attunet"

@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Runs the test suite, on a fresh machine too: launch/setup.sh first (system packages when missing, release
 # build; quick when everything is there). Tests compare against files written by real libraries (h5py,
-# nibabel), so a small Python environment with them is made once in .venv (pip, from PyPI) and handed to them.
+# nibabel, scipy, CPU torch), so a small Python environment with them is made once in .venv (pip) and handed
+# to them.
 # Tests never set OPENBLAS_CORETYPE: results must hold on whatever kernel OpenBLAS picks.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash launch/setup.sh
-if ! .venv/bin/python -c "import h5py, nibabel, numpy, scipy, safetensors" 2>/dev/null; then
-  echo "test: creating .venv with h5py, nibabel, numpy, scipy, safetensors"
+if ! .venv/bin/python -c "import h5py, nibabel, numpy, scipy, safetensors, torch" 2>/dev/null; then
+  echo "test: creating .venv with h5py, nibabel, numpy, scipy, safetensors, torch (CPU)"
   python3 -m venv .venv
   .venv/bin/pip install -q -r launch/requirements-test.txt
 fi

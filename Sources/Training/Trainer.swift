@@ -23,7 +23,7 @@ public final class Trainer {
     let loss: SegmentationLoss
     let log: TrainingLog?
     let fingerprint: String
-    /// All-reduce bucket size in floats (16 MB).
+    /// All-reduce bucket size in floats (16 MiB).
     public var bucketFloats = 4 << 20
     /// Print progress lines (rank 0 only).
     public var verbose = true
@@ -214,7 +214,7 @@ public final class Trainer {
         throw AttunetError("", kind: .interrupted)
     }
 
-    /// Sums the flat gradient buffer over ranks in buckets of at most 16 MB and divides by the rank count.
+    /// Sums the flat gradient buffer over ranks in buckets of `bucketFloats` and divides by the rank count.
     func averageGradients() throws {
         guard comm.size > 1 else { return }
         let g = model.params.grads.data

@@ -99,12 +99,16 @@ struct Train: ParsableCommand {
     @Option(help: "Threads per rank for the non-BLAS loops (1 when ranks fill the cores).")
     var threads: Int = 1
 
+    @Option(help: "All-reduce bucket in MiB: the flat gradient buffer is summed across ranks in pieces of this size. The result does not depend on it; smaller pieces need less MPI buffer memory.")
+    var allreduceBucketMib: Double = 16
+
     func validate() throws {
         guard batch >= 1, epochs >= 1, samplesPerCase >= 1, threads >= 1 else {
             throw ValidationError("--batch, --epochs, --samples-per-case and --threads must be at least 1")
         }
         guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be a positive number") }
         guard (0..<1).contains(valFraction) else { throw ValidationError("--val-fraction must be in [0, 1)") }
+        guard allreduceBucketMib * 262_144 >= 1 else { throw ValidationError("--allreduce-bucket-mib must hold at least one float (4 bytes)") }
     }
 
     func run() throws {
@@ -141,6 +145,7 @@ struct Train: ParsableCommand {
         }
         try comm.barrier()
         let trainer = try Trainer(config: config, comm: comm, outDir: outDir)
+        trainer.bucketFloats = Int(allreduceBucketMib * 262_144)
         Trainer.installStopHandlers()
         let state = resume ? try trainer.resume() : nil
         if let state, comm.isRoot { print("train: resuming \(latest) at epoch \(state.epoch) step \(state.stepInEpoch)") }

@@ -1,6 +1,7 @@
 import Foundation
 import HDF5Kit
 @testable import NN
+import TestSupport
 import Tensor
 import XCTest
 
@@ -96,11 +97,10 @@ final class ModelTests: XCTestCase {
     }
 
     /// A checkpoint written here loads into the original PyTorch model (h5py + torch.from_numpy) and gives the
-    /// same logits. Needs a Python with torch: set ATTUNET_TORCH_PYTHON (not part of CI's environment).
+    /// same logits. Needs a Python with torch and h5py: the test venv's (launch/test.sh installs CPU torch), or
+    /// ATTUNET_TORCH_PYTHON.
     func testCheckpointLoadsIntoPyTorch() throws {
-        guard let python = ProcessInfo.processInfo.environment["ATTUNET_TORCH_PYTHON"] else {
-            throw XCTSkip("set ATTUNET_TORCH_PYTHON to a python with torch + h5py to run this check")
-        }
+        let python = ProcessInfo.processInfo.environment["ATTUNET_TORCH_PYTHON"] ?? TestEnv.python
         let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("attunet-torch-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
