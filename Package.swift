@@ -47,7 +47,7 @@ let package = Package(
 
         .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "FoundationTests", dependencies: ["Tensor", "HDF5Kit", "Data", "Distributed", "TestSupport"]),
-        .testTarget(name: "NNTests", dependencies: ["NN", "Tensor", "HDF5Kit", "TestSupport"]),
+        .testTarget(name: "NNTests", dependencies: ["NN", "Support", "Tensor", "HDF5Kit", "TestSupport"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "HDF5Kit", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
     ]

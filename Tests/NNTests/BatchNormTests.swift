@@ -1,9 +1,36 @@
+import Foundation
+import Support
 import Tensor
 import XCTest
 @testable import NN
 
 /// BatchNorm3d: batch/running statistics against hand-computed values, finite differences in training and
 /// evaluation mode, and the SyncBN reducer hook.
+/// Two threads that swap one buffer per round, as two MPI ranks in an all-gather.
+final class PairExchange: @unchecked Sendable {
+    private let cond = NSCondition()
+    private var posted: [[Double]?] = [nil, nil]
+    private var taken = [false, false]
+    private(set) var rounds = 0
+
+    /// Posts `mine` as `rank`'s buffer, waits for the other rank's, and returns it.
+    func swap(rank: Int, _ mine: [Double]) -> [Double] {
+        cond.lock()
+        defer { cond.unlock() }
+        while posted[rank] != nil { cond.wait() }   // the previous round is still being read
+        posted[rank] = mine
+        cond.broadcast()
+        while posted[1 - rank] == nil || taken[rank] { cond.wait() }
+        let other = posted[1 - rank]!
+        taken[rank] = true
+        if taken[1 - rank] {   // both have read: the round is over
+            posted = [nil, nil]; taken = [false, false]; rounds += 1
+        }
+        cond.broadcast()
+        return other
+    }
+}
+
 final class BatchNormTests: XCTestCase {
     override func tearDown() {
         Parallelism.threads = 1
@@ -196,6 +223,52 @@ final class BatchNormTests: XCTestCase {
         _ = synced.forward(x)
         _ = synced.backward(dy)
         XCTAssertEqual(calls, [7, 6])
+    }
+
+    /// SyncBN as two ranks really run it: two layers on the two halves of a batch (halves with different
+    /// statistics), each on its own thread, whose reducers exchange their sums and add the other's. Forward
+    /// outputs, input gradients and running statistics equal one layer over the whole batch elementwise, and the
+    /// two ranks' γ/β gradients add up to the whole batch's (the trainer's all-reduce adds them).
+    func testTwoRanksOnHalvesOfABatchMatchOneLayerOnTheWholeBatch() throws {
+        let (whole, wholeParams, wholeBuffers, x) = make(seed: 11)
+        let n = Self.shape[0], half = x.count / n
+        // Rank 1's half gets other statistics, so a layer that ignores the reduced sums normalises differently.
+        for i in half..<x.count { x.data[i] = x.data[i] * 1.7 + 0.9 }
+        let dy = Tensor(Self.shape, GradCheck.random(x.count, seed: 12))
+        let y = whole.forward(x).array
+        wholeParams.zeroGrads()
+        let dx = whole.backward(dy).array
+
+        let exchange = PairExchange()
+        var ranks: [(bn: BatchNorm3d, params: ParameterStore, buffers: ParameterStore)] = []
+        for r in 0..<2 {
+            let (bn, params, buffers, _) = make(seed: 11)
+            bn.statisticsReducer = { buf in
+                let other = exchange.swap(rank: r, Array(buf))
+                for i in buf.indices { buf[i] += other[i] }
+            }
+            params.zeroGrads()
+            ranks.append((bn, params, buffers))
+        }
+        let halfShape = [n / 2] + Self.shape.dropFirst()
+        let outputs = Locked([[Float]](repeating: [], count: 4))
+        let layers = UncheckedSendable(ranks.map(\.bn))
+        DispatchQueue.concurrentPerform(iterations: 2) { r in
+            let xs = Tensor(halfShape, Array(x.data[(r * half)..<((r + 1) * half)]))
+            let dys = Tensor(halfShape, Array(dy.data[(r * half)..<((r + 1) * half)]))
+            let yr = layers.value[r].forward(xs).array
+            let dxr = layers.value[r].backward(dys).array
+            outputs.withLock { $0[r] = yr; $0[2 + r] = dxr }
+        }
+        let o = outputs.current
+        XCTAssertEqual(exchange.rounds, 2, "one exchange in forward, one in backward")
+        for (a, b) in zip(o[0] + o[1], y) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+        for (a, b) in zip(o[2] + o[3], dx) { XCTAssertEqual(a, b, accuracy: 1e-5) }
+        for r in 0..<2 {
+            for (a, b) in zip(ranks[r].buffers.values.array, wholeBuffers.values.array) { XCTAssertEqual(a, b, accuracy: 1e-6) }
+        }
+        let summed = zip(ranks[0].params.grads.array, ranks[1].params.grads.array).map { $0 + $1 }
+        for (a, b) in zip(summed, wholeParams.grads.array) { XCTAssertEqual(a, b, accuracy: 1e-4) }
     }
 
     func testReducerErrorPropagates() {
