@@ -44,9 +44,14 @@ let package = Package(
         ]),
 
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "FoundationTests", dependencies: ["Tensor", "HDF5Kit", "Data", "Distributed", "TestSupport"]),
+        // One test target per source target, each depending on what it tests (+ TestSupport); attunetTests runs the
+        // built command-line tool as a whole.
+        .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
+        .testTarget(name: "HDF5KitTests", dependencies: ["HDF5Kit", "TestSupport"]),
+        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Tensor", "CKernels", "HDF5Kit"]),
-        .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "HDF5Kit", "TestSupport"]),
+        .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
+        .testTarget(name: "attunetTests", dependencies: ["attunet", "TestSupport"]),
     ]
 )
