@@ -46,9 +46,15 @@ let package = Package(
         ]),
 
         .target(name: "TestSupport", path: "Tests/TestSupport"),
-        .testTarget(name: "FoundationTests", dependencies: ["Tensor", "HDF5Kit", "Data", "Distributed", "TestSupport"]),
+        // One test target per source target, each depending on what it tests (+ TestSupport); attunetTests runs the
+        // built command-line tool as a whole. CKernels is tested through NN's Conv3d on both kernel paths.
+        .testTarget(name: "SupportTests", dependencies: ["Support"]),
+        .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
+        .testTarget(name: "HDF5KitTests", dependencies: ["HDF5Kit", "TestSupport"]),
+        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Support", "Tensor", "HDF5Kit", "TestSupport"]),
-        .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "HDF5Kit", "TestSupport"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
+        .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "TestSupport"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
+        .testTarget(name: "attunetTests", dependencies: ["attunet", "TestSupport"]),
     ]
 )

@@ -644,6 +644,68 @@ def make_model_file(path, kind, seed, full):
 
 
 # ----------------------------------------------------------------------------------------------------------
+# Trainer steps: a few optimizer steps of the whole model, in the way of llm.c's test_gpt2.c
+# ----------------------------------------------------------------------------------------------------------
+
+TRAINER_STEPS = 5
+TRAINER_LR = 1e-3
+TRAINER_WEIGHT_DECAY = 1e-6
+TRAINER_SEED = 2020
+TRAINER_INPUT_SHAPE = (2, 1, 32, 32, 16)  # torch (B, C, X, Y, Z): batch 2, patch 32x32x16 (X x Y x Z)
+
+
+def make_trainer_steps(path):
+    """TRAINER_STEPS optimizer steps of the attention model (feature_scale 16, 4 classes, BN in train mode) on
+    one fixed batch, fed again at every step: zero_grad, forward, attunet's default Sorensen-Dice loss,
+    backward, torch.optim.Adam(lr=TRAINER_LR, weight_decay=1e-6). Writes the initial state_dict, the batch,
+    the loss of every step (computed before that step's update), the gradient of the first step and the
+    state_dict after the last step. The labels are a fixed function of the input intensity (thresholds near
+    its 40/70/90 % quantiles), so the steps make visible progress."""
+    gen = seeded(TRAINER_SEED)
+    model = build_model('attention', False)
+    init_like_original(model, gen)  # BN running stats stay at PyTorch's initial 0 / 1, num_batches_tracked 0
+    model.train()
+    base = state_dict_numpy(model)
+    x = randn(gen, *TRAINER_INPUT_SHAPE)
+    target = torch.bucketize(x, torch.tensor([-0.25, 0.5, 1.25]))  # int64 in 0..3, shape (B, 1, X, Y, Z)
+    opt = torch.optim.Adam(model.parameters(), lr=TRAINER_LR, weight_decay=TRAINER_WEIGHT_DECAY)
+    losses, grads = [], None
+    for step in range(TRAINER_STEPS):
+        opt.zero_grad()
+        loss = sorensen_dice_loss(model(x), target, N_CLASSES)
+        loss.backward()
+        if step == 0:
+            grads = {k: tnp(p.grad) for k, p in model.named_parameters()}
+        opt.step()
+        losses.append(loss.item())
+    with h5py.File(path, 'w') as f:
+        f.attrs['format'] = 'attunet-fixtures-trainer-steps v1'
+        f.attrs['generator'] = f'make_fixtures.py, torch {torch.__version__}'
+        set_config(f, dict(model='unet_CT_multi_att_dsv_3D', feature_scale=FIXTURE_FEATURE_SCALE,
+                           filters=filters_for(FIXTURE_FEATURE_SCALE), in_channels=1, n_classes=N_CLASSES,
+                           align_corners=False, bn_mode='train', torch_input_shape=list(TRAINER_INPUT_SHAPE),
+                           batch=TRAINER_INPUT_SHAPE[0], patch_xyz=list(TRAINER_INPUT_SHAPE[2:]),
+                           loss='dice (Sorensen-Dice, smooth 1e-5)', optimizer='adam', lr=TRAINER_LR,
+                           betas=[0.9, 0.999], eps=1e-8, weight_decay=TRAINER_WEIGHT_DECAY, steps=TRAINER_STEPS,
+                           seed=TRAINER_SEED, labels='bucketize(input, [-0.25, 0.5, 1.25])',
+                           activation_layout='[N][C][Z][Y][X] = torch (B,C,X,Y,Z).permute(0,1,4,3,2)',
+                           state_dict_layout='PyTorch shape and axis order (checkpoint format)'))
+        gs = f.create_group('state_dict')
+        for k, v in base.items():
+            put(gs, k, v)
+        put(f, 'image', ours(x))
+        put(f, 'target', ours(target))
+        put(f, 'losses', np.array(losses, dtype=np.float32))
+        gg = f.create_group('grad')
+        for k, v in grads.items():
+            put(gg, k, v)
+        ga = f.create_group('state_dict_after')
+        for k, v in state_dict_numpy(model).items():
+            put(ga, k, v)
+    return losses
+
+
+# ----------------------------------------------------------------------------------------------------------
 
 def main():
     ap = argparse.ArgumentParser()
@@ -667,7 +729,10 @@ def main():
         print(f'wrote {p}: {kind}, feature_scale {FIXTURE_FEATURE_SCALE}, {n:,} parameters')
         for name, loss in summary:
             print(f'  {name}: SoftDice loss {loss:.6f}')
-    for fn in ['layers.h5', 'model_attention_unet.h5', 'model_unet.h5']:
+    p = os.path.join(args.out, 'trainer_steps.h5')
+    losses = make_trainer_steps(p)
+    print(f'wrote {p}: {TRAINER_STEPS} Adam steps, Sorensen-Dice losses ' + ', '.join(f'{v:.7f}' for v in losses))
+    for fn in ['layers.h5', 'model_attention_unet.h5', 'model_unet.h5', 'trainer_steps.h5']:
         q = os.path.join(args.out, fn)
         print(f'{fn}: {os.path.getsize(q) / 1e6:.2f} MB')
 

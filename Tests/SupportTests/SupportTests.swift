@@ -1,0 +1,92 @@
+import Foundation
+import Support
+import XCTest
+
+/// The error type's exit statuses and lines, atomic writes (no half-written file, no temporary left, the old
+/// file kept on failure), and the lock-protected value.
+final class SupportTests: XCTestCase {
+    var dir: URL!
+    override func setUpWithError() throws {
+        dir = FileManager.default.temporaryDirectory.appendingPathComponent("attunet-support-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+    }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
+
+    func files() throws -> [String] { try FileManager.default.contentsOfDirectory(atPath: dir.path).sorted() }
+
+    func testErrorKindsCarryTheirExitStatus() {
+        XCTAssertEqual(AttunetError("x").exitCode, 1)
+        XCTAssertEqual(AttunetError(lines: ["a: bad", "b: bad"]).exitCode, 1)
+        XCTAssertEqual(AttunetError(lines: ["a: bad", "b: bad"]).kind, .badInput)
+        XCTAssertEqual(AttunetError(lines: ["a: bad", "b: bad"]).lines, ["a: bad", "b: bad"])
+        XCTAssertEqual(AttunetError("", kind: .interrupted).exitCode, 75)
+        XCTAssertEqual(AttunetError("", kind: .interrupted).lines, [], "an interrupted run prints no error line")
+        XCTAssertEqual(AttunetError("loss", kind: .nonFinite).exitCode, 3)
+        XCTAssertEqual("\(AttunetError("f.h5: missing dataset /x"))", "f.h5: missing dataset /x")
+        XCTAssertEqual(AttunetError.message(of: AttunetError("/a/b.nii: truncated"), strippingPath: "/a/b.nii"), "truncated")
+        XCTAssertEqual(AttunetError.message(of: AttunetError("other: truncated"), strippingPath: "/a/b.nii"), "other: truncated")
+    }
+
+    func testAtomicWriteReplacesTheFileAndLeavesNoTemporary() throws {
+        let path = dir.appendingPathComponent("log.csv").path
+        try AtomicFile.write("one\n", to: path)
+        try AtomicFile.write("two\n", to: path)
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "two\n")
+        XCTAssertEqual(try files(), ["log.csv"])
+    }
+
+    func testTemporaryKeepsTheNameAsSuffixAndIsHidden() throws {
+        let path = dir.appendingPathComponent("case_000.nii.gz").path
+        var seen = ""
+        try AtomicFile.write(path) { tmp in
+            seen = tmp
+            try Data("x".utf8).write(to: URL(fileURLWithPath: tmp))
+        }
+        let name = URL(fileURLWithPath: seen).lastPathComponent
+        XCTAssertTrue(name.hasPrefix("."), name)
+        XCTAssertTrue(name.hasSuffix("-case_000.nii.gz"), name)
+        XCTAssertEqual(URL(fileURLWithPath: seen).deletingLastPathComponent().path, dir.path)
+    }
+
+    func testAFailingWriterKeepsTheOldFileAndLeavesNothing() throws {
+        struct Boom: Error {}
+        let path = dir.appendingPathComponent("checkpoint.h5").path
+        try AtomicFile.write("good", to: path)
+        XCTAssertThrowsError(try AtomicFile.write(path) { tmp in
+            try Data("half".utf8).write(to: URL(fileURLWithPath: tmp))
+            throw Boom()
+        })
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "good")
+        XCTAssertEqual(try files(), ["checkpoint.h5"])
+    }
+
+    func testAWriterThatWritesNothingIsAnErrorNamingTheFile() throws {
+        let path = dir.appendingPathComponent("x.json").path
+        XCTAssertThrowsError(try AtomicFile.write(path) { _ in }) { error in
+            XCTAssertTrue("\(error)".contains("fsync"), "\(error)")
+        }
+        XCTAssertEqual(try files(), [])
+        XCTAssertThrowsError(try AtomicFile.write("x", to: dir.appendingPathComponent("no/such/folder/x.json").path)) { error in
+            XCTAssertTrue("\(error)".contains("no/such/folder/x.json"), "\(error)")
+        }
+    }
+
+    func testConcurrentWritersOfOneFolderDoNotCollide() throws {
+        let folder = dir!
+        DispatchQueue.concurrentPerform(iterations: 16) { i in
+            try? AtomicFile.write("\(i)", to: folder.appendingPathComponent("f\(i).txt").path)
+        }
+        XCTAssertEqual(try files().count, 16)
+        for i in 0..<16 {
+            XCTAssertEqual(try String(contentsOfFile: dir.appendingPathComponent("f\(i).txt").path, encoding: .utf8), "\(i)")
+        }
+    }
+
+    func testLockedCountsEveryIncrement() {
+        let counter = Locked(0)
+        DispatchQueue.concurrentPerform(iterations: 8) { _ in
+            for _ in 0..<10_000 { counter.withLock { $0 += 1 } }
+        }
+        XCTAssertEqual(counter.current, 80_000)
+    }
+}
