@@ -24,7 +24,7 @@ const char *ck_path_name(ck_path path) {
     }
 }
 
-// AUTO resolves per shape; DIRECT falls back to GEMM on a CPU that cannot run it.
+// AUTO resolves through ck_conv3_choose; DIRECT falls back to GEMM on a CPU that cannot run it.
 static ck_path resolve(ck_path path, int cin, int cout, int nz, int ny, int nx, ck_pass pass) {
     if (path == CK_PATH_AUTO) return ck_conv3_choose(cin, cout, nz, ny, nx, pass);
     if (path == CK_PATH_DIRECT && !ck_cpu_has_avx512()) return CK_PATH_GEMM;

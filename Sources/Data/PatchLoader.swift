@@ -55,8 +55,10 @@ public final class PatchLoader: @unchecked Sendable {
     private var epoch = 0
     private var consumed = 0
 
-    /// - Parameters:
-    ///   - cases: case ids to train on (e.g. a fold's training cases); nil = every case of the store.
+    /// `cases`: case ids to train on (e.g. a fold's training cases); nil = every case of the store. `patch`,
+    /// `batch` (patches per rank per step), `rank`/`worldSize` (this rank's shard), `seed`, `augment`,
+    /// `foregroundFraction`, `normalization` and `samplesPerCase` fix the sequence of patches; `prefetch` (batches
+    /// prepared ahead) and `threads` (patches prepared in parallel) only how fast it comes.
     public init(store: CaseStore, cases: [String]? = nil, patch: Dim3, batch: Int, rank: Int = 0, worldSize: Int = 1,
                 seed: UInt64, augment: AugmentOptions = .paper, foregroundFraction: Double = 1.0 / 3.0,
                 normalization: IntensityNormalization = .zscore, samplesPerCase: Int = 1, prefetch: Int = 2,

@@ -5,7 +5,7 @@ import Tensor
 ///
 /// - `kernel: 3`: 3x3x3, stride 1, zero padding 1 (every conv block). Runs on CKernels
 ///   (`ck_conv3_forward` / `backward_data` / `backward_weights`): the direct AVX-512 kernels or
-///   im2col + sgemm, chosen per shape and pass (`path`, `.auto` by default).
+///   im2col + sgemm (`path`, `.auto` by default: the direct kernels wherever the CPU runs AVX-512).
 /// - `kernel: 1`: 1x1x1 (the gates' phi/psi/W and the final classifier): one sgemm `W[Cout][Cin] x X[Cin][V]`.
 /// - `kernel: 2`: 2x2x2, stride 2, no padding (the attention gate's theta): the 8 taps of each output voxel
 ///   are gathered (space-to-depth) into a bounded column tile, then one sgemm per tile. The output is
@@ -21,7 +21,8 @@ import Tensor
 /// not depend on thread timing.
 /// The implementation of a 3x3x3 convolution pass.
 public enum ConvPath: String, CaseIterable, Sendable {
-    /// Per shape and pass, the path that measured faster on this kind of CPU (what training uses).
+    /// What `ck_conv3_choose` picks (it may look at shape and pass; today it decides by the CPU alone: the
+    /// direct kernels measured faster on every layer and pass wherever AVX-512 runs). What training uses.
     case auto
     /// The direct AVX-512 kernels (im2col + sgemm on a CPU without AVX-512).
     case direct

@@ -4,7 +4,7 @@ import NN
 import Tensor
 
 /// Everything that defines a training run; saved as `config.json` and inside every checkpoint, so a resumed
-/// run can refuse a different setup.
+/// run can be checked against it.
 public struct TrainConfig: Codable, Sendable, Equatable {
     public var store: String
     public var model: ModelConfig

@@ -77,7 +77,8 @@ public enum TrainingCheckpoint {
         return state
     }
 
-    /// SHA-256 of the weights and BN buffers as stored (float32 little-endian, state_dict order).
+    /// SHA-256 of the flat parameter buffer and then the flat BN buffer store (float32 little-endian, attunet's
+    /// order and axis layout): equal digests mean bit-identical weights and running statistics.
     public static func weightsDigest(_ model: SegmentationModel) -> String {
         var h = SHA256()
         for store in [model.params, model.buffers] {

@@ -28,12 +28,14 @@ struct Prepare: ParsableCommand {
         are converted and the bad ones listed as skipped. The store is written to a hidden temporary file next
         to OUT, synced and renamed when complete, so OUT is either the previous file or a finished store.
 
-        Store layout (h5py / h5dump readable): /cases/<id>/image (int16 HU, or float32 for non-integer
-        sources) and /cases/<id>/label (uint8), [Z][Y][X], chunked 32^3 with deflate; /cases/<id>/foreground
-        (sampled foreground voxels, for patch oversampling); per-case attributes spacing_mm, affine,
-        original_shape, original_spacing_mm, original_affine, source, intensity_stats; root attributes
-        format, format_version, class_names, modality, spacing_mm and a fingerprint (source spacings and
-        shapes, foreground intensity percentiles 0.5/50/99.5, mean, std).
+        Store layout (h5py / h5dump readable; every field in the Data documentation, CaseStoreFormat):
+        /cases/<id>/image (int16 HU, or float32 for non-integer sources) and /cases/<id>/label (uint8),
+        [Z][Y][X], chunked 32^3 with deflate; /cases/<id>/foreground (sampled foreground voxels, for patch
+        oversampling); per-case attributes spacing_mm, affine, original_shape, original_spacing_mm,
+        original_affine, source, source_label, intensity_stats, class_voxels; root attributes format,
+        format_version, class_names, modality, spacing_mm, blur_sigma_mm, num_cases, foreground_intensity,
+        label_map (with --labels) and a fingerprint (source spacings and shapes, foreground intensity
+        percentiles 0.5/50/99.5, mean, std).
 
         Under mpirun the ranks convert disjoint cases (rank r takes cases r, r+p, ...) into part files next to
         OUT, and rank 0 assembles the store; the result equals a single-process run's.

@@ -138,7 +138,7 @@ struct Train: ParsableCommand {
         if comm.isRoot {
             try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
             let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+            enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
             try AtomicFile.write(try enc.encode(config), to: outDir.appendingPathComponent("config.json").path)
             try AtomicFile.write(try enc.encode(["train": trainIDs, "validation": valIDs]),
                                  to: outDir.appendingPathComponent("splits.json").path)

@@ -6,7 +6,7 @@
 //     weights, masked loads for the halo), compiled with __attribute__((target)), used only when
 //     ck_cpu_has_avx512() says the CPU can run them;
 //   - CK_PATH_GEMM: tiled im2col + OpenBLAS sgemm with a bounded workspace (portable).
-// CK_PATH_AUTO picks per shape (ck_conv3_choose).
+// CK_PATH_AUTO asks ck_conv3_choose, which today decides by the CPU alone (direct where AVX-512 runs).
 //
 // Work is split by output z-slices [z0, z1) so a caller can spread one layer over threads.
 // All functions are thread-safe given distinct output ranges and distinct workspaces.

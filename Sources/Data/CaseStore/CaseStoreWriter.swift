@@ -2,7 +2,7 @@ import Foundation
 import HDF5Kit
 import Tensor
 
-/// The HDF5 case store layout, version 1 (the Data documentation's "Case store format" article has every field):
+/// The HDF5 case store layout, version 1 (this type's page in the Data documentation has every field):
 ///
 ///     /                               attrs: format="attunet-case-store", format_version=1, class_names (JSON
 ///                                            array), modality, spacing_mm [x,y,z], blur_sigma_mm, num_cases,

@@ -4,10 +4,13 @@ import Support
 
 /// The HDF5 checkpoint (the NN documentation's "Checkpoint format" article), model part: `/state_dict/<name>` in PyTorch's shape and axis order
 /// (loads into the original model with h5py + torch.from_numpy), and root attributes `format` and
-/// `model_config` (JSON of `ModelConfig`). Training state (optimizer moments, epoch, RNG) is added by the
+/// `model_config` (JSON of `ModelConfig`). Training state (optimizer moments and step, epoch and step within it, config) is added by the
 /// trainer through `extra`.
 public enum Checkpoint {
-    public static let format = "attunet-checkpoint 1"
+    public static let formatName = "attunet-checkpoint"
+    public static let formatVersion = 1
+    /// The root `format` attribute: name and version.
+    public static let format = "\(formatName) \(formatVersion)"
 
     /// Writes atomically (temporary file, fsync, rename): a crash never leaves a half-written `path`.
     public static func save(_ model: SegmentationModel, to path: String, extra: (H5File) throws -> Void = { _ in }) throws {
@@ -22,8 +25,13 @@ public enum Checkpoint {
 
     /// The model configuration stored in a checkpoint.
     public static func config(of file: H5File) throws -> ModelConfig {
-        guard file.root.hasAttribute("format"), (try? file.root.stringAttribute("format"))?.hasPrefix("attunet-checkpoint") == true else {
-            throw AttunetError("\(file.path): not an attunet checkpoint (no format attribute 'attunet-checkpoint')")
+        let format = (try? file.root.stringAttribute("format")) ?? ""
+        guard format.hasPrefix(formatName) else {
+            throw AttunetError("\(file.path): not an attunet checkpoint (no format attribute '\(formatName)')")
+        }
+        guard let version = Int(format.dropFirst(formatName.count).trimmingCharacters(in: .whitespaces)),
+              version <= formatVersion else {
+            throw AttunetError("\(file.path): checkpoint format '\(format)' is newer than this attunet reads (\(Self.format))")
         }
         let json = try file.root.stringAttribute("model_config")
         do { return try JSONDecoder().decode(ModelConfig.self, from: Data(json.utf8)) } catch {
