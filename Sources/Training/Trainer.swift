@@ -27,6 +27,9 @@ public final class Trainer {
     public var bucketFloats = 4 << 20
     /// Print progress lines (rank 0 only).
     public var verbose = true
+    /// Stop after this many epochs in this process, at an epoch boundary, as on a stop request (checkpoint
+    /// written, `.interrupted`): for batch jobs whose time limit fits a known number of epochs.
+    public var stopAfterEpochs: Int?
     private let classNames: [String]
 
     public var latestPath: String { outDir.appendingPathComponent("checkpoint_latest.h5").path }
@@ -99,6 +102,7 @@ public final class Trainer {
         // drawn only for single-process runs on a terminal.
         let interactive = comm.size == 1 && verbose && isatty(STDOUT_FILENO) != 0
         var lastRecord: EpochRecord?
+        var epochsThisRun = 0
         while state.epoch < config.epochs {
             let epoch = state.epoch
             optimizer.learningRate = config.schedule.rate(base: config.learningRate, epoch: epoch)
@@ -135,8 +139,10 @@ public final class Trainer {
             // A stop requested during validation or checkpointing is honoured at the epoch boundary.
             var stop = [Double(stopSignal)]
             try stop.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
-            if stop[0] > 0 && state.epoch < config.epochs {
-                try stopAndSave(state, metrics: record, finished: "epoch \(epoch)")
+            epochsThisRun += 1
+            let limitReached = stopAfterEpochs.map { epochsThisRun >= $0 } ?? false
+            if (stop[0] > 0 || limitReached) && state.epoch < config.epochs {
+                try stopAndSave(state, metrics: record, finished: "epoch \(epoch)" + (stop[0] > 0 ? "" : " (--stop-after-epochs)"))
             }
         }
         if comm.isRoot && verbose {
@@ -240,24 +246,13 @@ public final class Trainer {
             guard let c = store.index(of: id) else { throw AttunetError("\(config.store): no validation case \(id)") }
             let pred = try Inference.predict(model: model, store: store, case: c)
             let label = try store.label(c)
-            for v in 0..<label.count {
-                let p = Int(pred[v]), t = Int(label[v])
-                if p == t { counts[(i * k + p) * 3] += 1 }
-                counts[(i * k + p) * 3 + 1] += 1
-                if t < k { counts[(i * k + t) * 3 + 2] += 1 }
+            counts.withUnsafeMutableBufferPointer { buf in
+                DiceScore.accumulate(prediction: pred, reference: label, classes: k,
+                                     into: UnsafeMutableBufferPointer(rebasing: buf[(i * k * 3)..<((i + 1) * k * 3)]))
             }
         }
         try counts.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
-        return (1..<k).map { cls in
-            var sum = 0.0, n = 0
-            for i in 0..<ids.count {
-                let inter = counts[(i * k + cls) * 3], p = counts[(i * k + cls) * 3 + 1], t = counts[(i * k + cls) * 3 + 2]
-                guard t > 0 else { continue }  // the class is absent from this case
-                sum += 2 * inter / (p + t + 1e-6)
-                n += 1
-            }
-            return n > 0 ? sum / Double(n) : .nan
-        }
+        return DiceScore.meanPerClass(counts, cases: ids.count, classes: k)
     }
 
     private func progressBar(epoch: Int, step: Int, of steps: Int, loss: Double, since t0: Date) {

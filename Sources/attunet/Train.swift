@@ -93,6 +93,9 @@ struct Train: ParsableCommand {
     @Flag(help: "Continue the run in --out from its checkpoint_latest.h5.")
     var resume = false
 
+    @Option(help: "Stop after N epochs in this invocation, as on SIGUSR1: checkpoint written, exit status 75; run the same command with --resume for the next N (for batch jobs with short time limits).")
+    var stopAfterEpochs: Int?
+
     @Flag(help: "Start afresh even if --out already holds a checkpoint (it will be overwritten).")
     var force = false
 
@@ -108,6 +111,7 @@ struct Train: ParsableCommand {
         }
         guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be a positive number") }
         guard (0..<1).contains(valFraction) else { throw ValidationError("--val-fraction must be in [0, 1)") }
+        if let n = stopAfterEpochs, n < 1 { throw ValidationError("--stop-after-epochs must be at least 1") }
         guard allreduceBucketMib * 262_144 >= 1 else { throw ValidationError("--allreduce-bucket-mib must hold at least one float (4 bytes)") }
     }
 
@@ -135,6 +139,12 @@ struct Train: ParsableCommand {
         if !resume && !force && FileManager.default.fileExists(atPath: latest) {
             throw AttunetError("\(latest) exists: pass --resume to continue that run or --force to start afresh (it will be overwritten)")
         }
+        // Every check (settings, store, a checkpoint to resume) comes before the first write, so a refused run
+        // leaves an existing run folder as it was.
+        let trainer = try Trainer(config: config, comm: comm, outDir: outDir)
+        trainer.bucketFloats = Int(allreduceBucketMib * 262_144)
+        trainer.stopAfterEpochs = stopAfterEpochs
+        let state = resume ? try trainer.resume() : nil
         if comm.isRoot {
             try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
             let enc = JSONEncoder()
@@ -144,10 +154,7 @@ struct Train: ParsableCommand {
                                  to: outDir.appendingPathComponent("splits.json").path)
         }
         try comm.barrier()
-        let trainer = try Trainer(config: config, comm: comm, outDir: outDir)
-        trainer.bucketFloats = Int(allreduceBucketMib * 262_144)
         Trainer.installStopHandlers()
-        let state = resume ? try trainer.resume() : nil
         if let state, comm.isRoot { print("train: resuming \(latest) at epoch \(state.epoch) step \(state.stepInEpoch)") }
         try trainer.run(from: state)
     }
