@@ -52,11 +52,11 @@ final class ModelTests: XCTestCase {
         let values = (0..<w.count).map { Double(w.value[$0]) }
         let std = (values.map { $0 * $0 }.reduce(0, +) / Double(values.count)).squareRoot()
         XCTAssertEqual(std, (2.0 / (32 * 27)).squareRoot(), accuracy: 0.03 * std)
-        // BN weights N(1, 0.02), over every BN of the model (1,000+ values): the mean and the spread, so an
+        // BN weights N(1, 0.02), over every BN of the model (600 values at feature scale 16): the mean and the spread, so an
         // all-ones init (PyTorch's default, not the original's) fails.
         let gammas = a.params.entries.filter { $0.name.hasSuffix(".weight") && $0.shape.count == 1 }
             .flatMap { e in (e.offset..<(e.offset + e.count)).map { Double(a.params.values.data[$0]) } }
-        XCTAssertGreaterThan(gammas.count, 1000)
+        XCTAssertGreaterThan(gammas.count, 500)
         let mean = gammas.reduce(0, +) / Double(gammas.count)
         let spread = (gammas.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(gammas.count)).squareRoot()
         XCTAssertEqual(mean, 1, accuracy: 0.003)
