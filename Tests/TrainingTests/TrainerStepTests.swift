@@ -23,23 +23,8 @@ extension PatchBatch {
 /// default Sørensen-Dice), optimizer (Adam, weight decay 1e-6) and BatchNorm in training mode
 /// (Tests/Fixtures/make_fixtures.py, `make_trainer_steps`).
 final class TrainerStepTests: XCTestCase {
-    /// A one-case phantom store: `Trainer.init` opens it (and checks its class count) but the steps never read it.
-    nonisolated(unsafe) static var storeDir: URL?
-
-    static func store() throws -> String {
-        if let d = storeDir { return d.appendingPathComponent("store.h5").path }
-        let dir = try TestEnv.tempDir()
-        try Phantom.writeDataset(to: dir.path + "/nii", count: 1, seed: 3, scale: 0.3)
-        var options = PrepareOptions()
-        options.spacing = 6
-        _ = try CasePreparer.run(input: try DatasetInput.folder(dir.path + "/nii"), out: dir.path + "/store.h5",
-                                 options: options, skipBad: false)
-        storeDir = dir
-        return dir.appendingPathComponent("store.h5").path
-    }
-
     override class func tearDown() {
-        if let d = storeDir { try? FileManager.default.removeItem(at: d) }
+        PhantomStore.remove()
         super.tearDown()
     }
 
@@ -96,7 +81,7 @@ final class TrainerStepTests: XCTestCase {
     }
 
     func makeTrainer(_ fx: Fixture) throws -> Trainer {
-        let trainer = try Trainer(config: fx.trainConfig(store: try Self.store()), comm: LocalCommunicator(),
+        let trainer = try Trainer(config: fx.trainConfig(store: try PhantomStore.path()), comm: LocalCommunicator(),
                                   outDir: work.appendingPathComponent("run"))
         trainer.verbose = false
         try StateDict.read(into: trainer.model, from: try fx.file.root.group("state_dict"))

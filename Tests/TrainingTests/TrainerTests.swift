@@ -8,23 +8,8 @@ import XCTest
 /// `attunet train` end to end on a tiny phantom store: MPI against single-process runs, determinism,
 /// resume after SIGKILL and after a stop request, refusals, and the NaN stop.
 final class TrainerTests: XCTestCase {
-    /// A 4-case store at 4 mm (volumes of about 40x40x25), made once for all tests.
-    nonisolated(unsafe) static var storeDir: URL?
-
-    static func store() throws -> String {
-        if let d = storeDir { return d.appendingPathComponent("store.h5").path }
-        let dir = try TestEnv.tempDir()
-        let bin = TestEnv.attunet
-        var r = try TestEnv.run("\(bin) synth --cases 4 --resolution 0.5 --out \(dir.path)/nii --seed 3")
-        guard r.status == 0 else { throw NSError(domain: "synth failed: \(r.stderr)", code: 1) }
-        r = try TestEnv.run("\(bin) prepare --input \(dir.path)/nii --out \(dir.path)/store.h5 --spacing 4")
-        guard r.status == 0 else { throw NSError(domain: "prepare failed: \(r.stderr)", code: 1) }
-        storeDir = dir
-        return dir.appendingPathComponent("store.h5").path
-    }
-
     override class func tearDown() {
-        if let d = storeDir { try? FileManager.default.removeItem(at: d) }
+        PhantomStore.remove()
         super.tearDown()
     }
 
@@ -35,7 +20,7 @@ final class TrainerTests: XCTestCase {
     /// Small but real: feature scale 16, 32x32x16 patches, Adam, paper augmentation.
     func trainCommand(ranks: Int, out: String, extra: String = "", epochs: Int = 2, samples: Int = 4) throws -> String {
         let launcher = ranks > 1 ? "mpirun -np \(ranks) --bind-to none --oversubscribe " : ""
-        return "\(launcher)\(TestEnv.attunet) train --store \(try Self.store()) --feature-scale 16 --patch 32x32x16 --batch 2 --epochs \(epochs) --samples-per-case \(samples) --lr 1e-3 --seed 5 --out \(work.path)/\(out) \(extra)"
+        return "\(launcher)\(TestEnv.attunet) train --store \(try PhantomStore.path()) --feature-scale 16 --patch 32x32x16 --batch 2 --epochs \(epochs) --samples-per-case \(samples) --lr 1e-3 --seed 5 --out \(work.path)/\(out) \(extra)"
     }
 
     func weights(_ run: String, _ name: String = "checkpoint_latest.h5") throws -> SegmentationModel {

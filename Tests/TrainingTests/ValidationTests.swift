@@ -14,6 +14,11 @@ final class ValidationTests: XCTestCase {
         super.tearDown()
     }
 
+    override class func tearDown() {
+        PhantomStore.remove()
+        super.tearDown()
+    }
+
     func testDiceCountsAndTheMeanSkipCasesWithoutTheClass() {
         let classes = 4
         let cases: [(prediction: [UInt8], reference: [UInt8])] = [
@@ -38,7 +43,7 @@ final class ValidationTests: XCTestCase {
     /// `Inference.predict` on cases whose sides are not multiples of 16 equals a reference written here: pad with
     /// the case minimum, split evenly (the odd voxel after), z-score, forward, arg-max, crop back.
     func testWholeVolumePredictionPadsEvenlyAndCropsBack() throws {
-        let store = try CaseStore(path: try TrainerTests.store())
+        let store = try CaseStore(path: try PhantomStore.path())
         let model = SegmentationModel(ModelConfig(featureScale: 16), seed: 3)
         model.training = false
         for c in 0..<2 {

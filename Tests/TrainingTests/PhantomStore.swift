@@ -1,0 +1,26 @@
+import Data
+import Foundation
+import TestSupport
+
+/// The small phantom case store the training tests share: 4 cases at 4 mm (volumes of about 40x40x25, four
+/// classes), made in-process once and removed by the suites' class tear-down.
+enum PhantomStore {
+    nonisolated(unsafe) private static var dir: URL?
+
+    static func path() throws -> String {
+        if let dir { return dir.appendingPathComponent("store.h5").path }
+        let d = try TestEnv.tempDir()
+        try Phantom.writeDataset(to: d.path + "/nii", count: 4, seed: 3, scale: 0.5)
+        var options = PrepareOptions()
+        options.spacing = 4
+        _ = try CasePreparer.run(input: try DatasetInput.folder(d.path + "/nii"), out: d.path + "/store.h5",
+                                 options: options, skipBad: false)
+        dir = d
+        return d.appendingPathComponent("store.h5").path
+    }
+
+    static func remove() {
+        if let dir { try? FileManager.default.removeItem(at: dir) }
+        dir = nil
+    }
+}
