@@ -51,6 +51,12 @@ final class AugmentScipyTests: XCTestCase {
     static let lock = NSLock()
     nonisolated(unsafe) static var made: (dir: URL, store: CaseStore)?
 
+    override class func tearDown() {
+        lock.lock(); defer { lock.unlock() }
+        if let made { try? FileManager.default.removeItem(at: made.dir) }
+        made = nil
+    }
+
     /// An image with ramps along every axis plus noise (range about 900) and a random label in 0...3.
     static func store() throws -> (dir: URL, store: CaseStore) {
         lock.lock(); defer { lock.unlock() }
@@ -115,17 +121,18 @@ final class AugmentScipyTests: XCTestCase {
             got = np.fromfile(d + 'img%d.f32' % n, dtype=np.float32).reshape(P).astype(np.float64)
             glab = np.fromfile(d + 'lab%d.u8' % n, dtype=np.uint8).reshape(P)
             err = np.abs(got - img).max()
-            assert err <= 1e-4 * span, ('\(name)', n, s, 'image max error', err, 'allowed', 1e-4 * span)
-            # Nearest neighbour may differ only where a source coordinate sits on a tie (x.5).
+            assert err <= 1e-5 * span, ('\(name)', n, s, 'image max error', err, 'allowed', 1e-5 * span)
+            # Nearest neighbour may differ only where a source coordinate sits on a tie (x.5), where float rounding
+            # decides; these fixed draws have none, so every label voxel is compared.
             src = (M @ np.indices(tuple(P)).reshape(3, -1) + off[:, None]).reshape((3,) + tuple(P))
             tie = (np.abs(src - np.floor(src) - 0.5) < 1e-6).any(0)
             bad = (glab != lbl) & ~tie
             assert bad.sum() == 0, ('\(name)', n, s, 'label voxels differing from scipy', int(bad.sum()), 'ties', int(tie.sum()))
-            assert tie.sum() <= 2, ('\(name)', n, 'unexpected number of ties', int(tie.sum()))
+            assert tie.sum() == 0, ('\(name)', n, 'ties (x.5 source coordinates) left uncompared', int(tie.sum()))
             # Not vacuous: the draw really moves the labels compared with the plain crop.
             z0, y0, x0 = s['start']
             plain = lab[z0:z0 + P[0], y0:y0 + P[1], x0:x0 + P[2]]
-            assert (glab != plain).mean() > 0.05, ('\(name)', n, 'augmented label equals the plain crop', (glab != plain).mean())
+            assert (glab != plain).mean() > 0.3, ('\(name)', n, 'augmented label equals the plain crop', (glab != plain).mean())
         """, file: file, line: line)
     }
 
