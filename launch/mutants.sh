@@ -8,6 +8,8 @@
 # a test that fails anyway proves nothing. Mutants marked release=yes are caught by tests that run the
 # attunet binary, so the copy's release build is rebuilt for them. Not part of CI (too slow). Exit status 0
 # when every mutant is caught, 1 otherwise.
+# The whole script is one function, parsed before it runs, so editing this file during a run is safe.
+main() {
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$PWD
@@ -15,22 +17,25 @@ SCRATCH=${MUTANTS_DIR:-/tmp/attunet-mutants}
 bash launch/setup.sh >/dev/null
 source launch/test-env.sh          # the repository's .venv; the binary is the scratch copy's, below
 
-# name | file | find (verbatim, unique in the file) | replace | test filter | needs the release binary
-MUTANTS=$(cat <<'TABLE'
-bn-backward-sign | Sources/NN/BatchNorm3d.swift | for i in 0..<v { dst[i] = a * (src[i] - mdy) - bx * (xs[i] - mu) } | for i in 0..<v { dst[i] = a * (src[i] - mdy) + bx * (xs[i] - mu) } | BatchNormTests | no
-syncbn-reducer-skipped | Sources/NN/BatchNorm3d.swift | if let reduce = statisticsReducer { try stats.withUnsafeMutableBufferPointer { try reduce($0) } } | if false, let reduce = statisticsReducer { try stats.withUnsafeMutableBufferPointer { try reduce($0) } } | BatchNormTests/testTwoRanksOnHalvesOfABatchMatchOneLayerOnTheWholeBatch | no
-last-bucket-not-reduced | Sources/Training/Trainer.swift | while offset < g.count { | while offset + bucketFloats < g.count { | TrainerTests/testTwoRanksWithSyncBNMatchOneRank | yes
-gradient-average-wrong-rank-count | Sources/Training/Trainer.swift | let scale = 1 / Float(comm.size) | let scale = 1 / Float(comm.size + 1) | TrainerTests/testTwoRanksWithSyncBNMatchOneRank | yes
-inference-padding-off-by-one | Sources/Training/Inference.swift | try store.readBox(c, start: (-before.z, -before.y, -before.x), | try store.readBox(c, start: (-before.z, -before.y, -before.x - 1), | ValidationTests/testWholeVolumePredictionPadsEvenlyAndCropsBack | no
-dice-counts-absent-classes | Sources/Training/DiceScore.swift | guard t > 0 else { continue }  // the class is absent from this case | // (mutant: absent classes counted as Dice 0) | ValidationTests/testDiceCountsAndTheMeanSkipCasesWithoutTheClass | no
-resume-ignores-step-counter | Sources/Training/TrainingCheckpoint.swift | optimizer.restore(step: try opt.intAttribute("step")) | optimizer.restore(step: 0) | TrainerTests/testResumeAfterSigkillIsBitIdentical | yes
-lr-schedule-off-by-one-epoch | Sources/Training/Trainer.swift | optimizer.learningRate = config.schedule.rate(base: config.learningRate, epoch: epoch) | optimizer.learningRate = config.schedule.rate(base: config.learningRate, epoch: epoch + 1) | TrainerTests/testLearningRateSchedulesReachTheOptimizer | yes
-adam-bias-correction-dropped | Sources/NN/Optimizers.swift | let c1 = Float(1 - Foundation.pow(beta1, Double(step))), c2 = Float(1 - Foundation.pow(beta2, Double(step))) | let c1 = Float(1), c2 = Float(1) | TrainerStepTests | no
-mid-epoch-resume-skips-loader-position | Sources/Training/Trainer.swift | loader.startEpoch(epoch, fromStep: state.stepInEpoch) | loader.startEpoch(epoch) | TrainerTests/testStopRequestOnOneRankCheckpointsAndResumes | yes
-num-batches-tracked-as-float | Sources/NN/IO/StateDict.swift | let d = try group.createDataset(e.name, type: .int64, shape: []) | let d = try group.createDataset(e.name, type: .float64, shape: []) | TrainerTests/testNumBatchesTrackedIsAnInt64ScalarInTheCheckpoint | yes
-TABLE
+# The mutants: launch/mutants.txt (name, file, find, replace, filter, release), one record per line here,
+# fields separated by the unit separator (find and replace may hold any other character).
+MUTANTS=$(python3 - launch/mutants.txt <<'PY'
+import sys
+blocks, cur = [], {}
+for line in open(sys.argv[1]).read().split("\n") + [""]:
+    if line.startswith("#"):
+        continue
+    if not line.strip():
+        if cur: blocks.append(cur); cur = {}
+        continue
+    key, _, value = line.partition(":")
+    cur[key.strip()] = value.strip()
+for b in blocks:
+    missing = [k for k in ("name", "file", "find", "replace", "filter", "release") if k not in b]
+    if missing: sys.exit(f"launch/mutants.txt: mutant {b.get('name', '?')} lacks {', '.join(missing)}")
+    print("\x1f".join(b[k] for k in ("name", "file", "find", "replace", "filter", "release")))
+PY
 )
-MUTANTS+=$'\n'$(cat launch/mutants-data.txt 2>/dev/null || true)
 
 WORDS=("$@")
 selected() {  # is mutant $1 asked for (its name contains one of the words given on the command line)?
@@ -57,8 +62,7 @@ run_filter() { swift test --skip-build --filter "$1" >"$SCRATCH/test.log" 2>&1; 
 rows=()
 while IFS= read -r line; do
   [ -n "${line// /}" ] || continue
-  IFS='|' read -r name file find replace filter release <<<"$line"
-  name=$(echo "$name" | xargs); filter=$(echo "$filter" | xargs); release=$(echo "$release" | xargs)
+  IFS=$'\x1f' read -r name file find replace filter release <<<"$line"
   selected "$name" || continue
   rows+=("$line")
 done <<<"$MUTANTS"
@@ -69,7 +73,7 @@ build yes || { cat "$SCRATCH/build.log" >&2; echo "mutants: the unmutated copy d
 echo "mutants: checking that every filter passes without a mutant"
 declare -A checked
 for line in "${rows[@]}"; do
-  IFS='|' read -r _ _ _ _ filter _ <<<"$line"; filter=$(echo "$filter" | xargs)
+  IFS=$'\x1f' read -r _ _ _ _ filter _ <<<"$line"
   [ -n "${checked[$filter]:-}" ] && continue
   checked[$filter]=1
   if ! run_filter "$filter"; then
@@ -81,9 +85,7 @@ done
 
 caught=0; total=0; report=()
 for line in "${rows[@]}"; do
-  IFS='|' read -r name file find replace filter release <<<"$line"
-  name=$(echo "$name" | xargs); file=$(echo "$file" | xargs); filter=$(echo "$filter" | xargs); release=$(echo "$release" | xargs)
-  find=$(echo "$find" | sed 's/^ *//; s/ *$//'); replace=$(echo "$replace" | sed 's/^ *//; s/ *$//')
+  IFS=$'\x1f' read -r name file find replace filter release <<<"$line"
   total=$((total + 1))
   cp "$REPO/$file" "$SCRATCH/$file"
   if ! python3 - "$SCRATCH/$file" "$find" "$replace" <<'PY'
@@ -115,3 +117,5 @@ build yes >/dev/null 2>&1 || true   # leave the copy unmutated and built for the
 echo
 echo "mutants: $caught of $total caught"
 [ "$caught" -eq "$total" ]
+}
+main "$@"
