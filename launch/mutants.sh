@@ -109,6 +109,8 @@ PY
     verdict="caught"; caught=$((caught + 1))
   fi
   cp "$REPO/$file" "$SCRATCH/$file"
+  # The next mutants' tests may run the binary: it must not keep this mutant.
+  [ "$release" = yes ] && { swift build -c release --product attunet >>"$SCRATCH/build.log" 2>&1 || true; }
   line=$(printf '%-40s %-7s by %s (%ds)' "$name" "$verdict" "$filter" $((SECONDS - started)))
   echo "$line"
   report+=("$line")
