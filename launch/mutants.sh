@@ -120,4 +120,4 @@ echo
 echo "mutants: $caught of $total caught"
 [ "$caught" -eq "$total" ]
 }
-main "$@"
+main "$@"; exit
