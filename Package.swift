@@ -56,6 +56,7 @@ let package = Package(
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Support", "Tensor", "HDF5Kit", "TestSupport"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "TestSupport"]),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Data", "Tensor", "Support", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
         .testTarget(name: "attunetTests", dependencies: ["attunet", "TestSupport"]),
     ]
