@@ -139,6 +139,35 @@ final class DistanceTests: XCTestCase {
               + worst.keys.sorted().map { "\($0) \(worst[$0]!)" }.joined(separator: ", "))
     }
 
+    /// The two percentile rules on their own, at sizes where 0.95·n is a whole number (n = 20, 40, 100) and not,
+    /// with ties: numpy's `percentile(a, 95)` and surface-distance's `compute_robust_hausdorff` with unit weights.
+    func testPercentilesMatchNumpyAndSurfaceDistance() throws {
+        let dir = try TestEnv.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        var rng = SeededRNG(4)
+        let sizes = [1, 2, 19, 20, 21, 40, 57, 100]
+        let sets = sizes.map { n in (0..<n).map { _ in (rng.uniform(0, 20) * 2).rounded() / 2 }.sorted() }
+        try Masks.write(sets.flatMap { $0 }, dir.path + "/a.f64")
+        try TestEnv.python("""
+        import numpy as np
+        import surface_distance as sd
+        d = '\(dir.path)/'
+        v = np.fromfile(d + 'a.f64'); out = []; at = 0
+        for n in [\(sizes.map(String.init).joined(separator: ", "))]:
+            a = v[at:at + n]; at += n
+            dm = {'distances_gt_to_pred': a, 'distances_pred_to_gt': a[:1], 'surfel_areas_gt': np.ones(n),
+                  'surfel_areas_pred': np.ones(1)}
+            out += [np.percentile(a, 95), max(sd.compute_robust_hausdorff(dm, 95), 0)]
+        np.array(out, dtype=np.float64).tofile(d + 'q.f64')
+        """)
+        let ref = try Masks.doubles(dir.path + "/q.f64")
+        for (i, a) in sets.enumerated() {
+            XCTAssertEqual(SurfaceDistance.percentileLinear(sorted: a, 95), ref[i * 2], "numpy percentile, n = \(a.count)")
+            XCTAssertEqual(max(SurfaceDistance.percentileFirstReaching(sorted: a, 95), a[0]), ref[i * 2 + 1],
+                           "surface-distance percentile, n = \(a.count)")
+        }
+    }
+
     /// Multi-class label maps: every class's metrics equal those of its binary masks evaluated alone (the crop
     /// to the classes' bounding box changes nothing); the empty-mask classes get their documented values.
     func testLabelMapsPerClassAndEmptyMasks() {

@@ -23,6 +23,21 @@ final class SliceContourTests: XCTestCase {
                 for z in 0..<d.z { points.append(SliceContourDistance.contourPoints(pb, dim: d, z: z)) }
             } }
         }
+        // Hand-made slices: a ring with an island in its hole (ignored: not external), a one-pixel-wide line
+        // (traced there and back, so its pixels count twice), diagonal neighbours, a lone pixel, pixels on the
+        // volume's edge.
+        var hand = [UInt8](repeating: 0, count: d.count)
+        func set(_ z: Int, _ y: Int, _ x: Int) { hand[(z * d.y + y) * d.x + x] = 1 }
+        for y in 2..<14 { for x in 2..<16 where !(5..<11).contains(y) || !(5..<13).contains(x) { set(0, y, x) } }
+        set(0, 7, 8); set(0, 8, 8); set(0, 7, 9)
+        for x in 20..<30 { set(0, 20, x) }
+        set(1, 3, 3); set(1, 4, 4); set(1, 5, 5); set(1, 5, 3); set(1, 10, 30)
+        for y in 0..<d.y { set(2, y, 0); set(2, y, d.x - 1) }
+        for x in 0..<d.x { set(2, 0, x) }
+        try Masks.write(hand, dir.path + "/h.u8")
+        hand.withUnsafeBufferPointer { hb in
+            for z in 0..<3 { points.append(SliceContourDistance.contourPoints(hb, dim: d, z: z)) }
+        }
         try TestEnv.python("""
         import numpy as np, cv2
         d = '\(dir.path)/'
@@ -47,6 +62,9 @@ final class SliceContourTests: XCTestCase {
                 s2s.append(np.mean(md))
             for z in range(shape[0]):
                 pts.append(sorted(map(tuple, contour(p[z].T).tolist())))
+        h = np.fromfile(d + 'h.u8', dtype=np.uint8).reshape(shape)
+        for z in range(3):
+            pts.append(sorted(map(tuple, contour(h[z].T).tolist())))
         np.array(s2s, dtype=np.float64).tofile(d + 's2s.f64')
         with open(d + 'points.txt', 'w') as f:
             for q in pts:
