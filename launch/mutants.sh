@@ -22,12 +22,19 @@ syncbn-reducer-skipped | Sources/NN/BatchNorm3d.swift | if let reduce = statisti
 last-bucket-not-reduced | Sources/Training/Trainer.swift | while offset < g.count { | while offset + bucketFloats < g.count { | TrainerTests/testTwoRanksWithSyncBNMatchOneRank | yes
 gradient-average-wrong-rank-count | Sources/Training/Trainer.swift | let scale = 1 / Float(comm.size) | let scale = 1 / Float(comm.size + 1) | TrainerTests/testTwoRanksWithSyncBNMatchOneRank | yes
 inference-padding-off-by-one | Sources/Training/Inference.swift | try store.readBox(c, start: (-before.z, -before.y, -before.x), | try store.readBox(c, start: (-before.z, -before.y, -before.x - 1), | ValidationTests/testWholeVolumePredictionPadsEvenlyAndCropsBack | no
-dice-counts-absent-classes | Sources/Training/DiceScore.swift | guard t > 0 else { continue }  // the class is absent from this case | // (mutant: absent classes counted as Dice 0) | ValidationTests/testDiceCountsAndTheMeanSkipCasesWithoutTheClass | no
+dice-counts-absent-classes | Sources/Evaluation/DiceScore.swift | guard t > 0 else { continue }  // the class is absent from this case | // (mutant: absent classes counted as Dice 0) | ValidationTests/testDiceCountsAndTheMeanSkipCasesWithoutTheClass | no
 resume-ignores-step-counter | Sources/Training/TrainingCheckpoint.swift | optimizer.restore(step: try opt.intAttribute("step")) | optimizer.restore(step: 0) | TrainerTests/testResumeAfterSigkillIsBitIdentical | yes
 lr-schedule-off-by-one-epoch | Sources/Training/Trainer.swift | optimizer.learningRate = config.schedule.rate(base: config.learningRate, epoch: epoch) | optimizer.learningRate = config.schedule.rate(base: config.learningRate, epoch: epoch + 1) | TrainerTests/testLearningRateSchedulesReachTheOptimizer | yes
 adam-bias-correction-dropped | Sources/NN/Optimizers.swift | let c1 = Float(1 - Foundation.pow(beta1, Double(step))), c2 = Float(1 - Foundation.pow(beta2, Double(step))) | let c1 = Float(1), c2 = Float(1) | TrainerStepTests | no
 mid-epoch-resume-skips-loader-position | Sources/Training/Trainer.swift | loader.startEpoch(epoch, fromStep: state.stepInEpoch) | loader.startEpoch(epoch) | TrainerTests/testStopRequestOnOneRankCheckpointsAndResumes | yes
 num-batches-tracked-as-float | Sources/NN/IO/StateDict.swift | let d = try group.createDataset(e.name, type: .int64, shape: []) | let d = try group.createDataset(e.name, type: .float64, shape: []) | TrainerTests/testNumBatchesTrackedIsAnInt64ScalarInTheCheckpoint | yes
+edt-x-pass-with-y-spacing | Sources/Evaluation/DistanceTransform.swift | (dim.x, 1, spacing.x, [(dim.z * dim.y, dim.x)]), | (dim.x, 1, spacing.y, [(dim.z * dim.y, dim.x)]), | DistanceTests/testDistanceTransformMatchesScipy | no
+surface-ignores-z-neighbours | Sources/Evaluation/SurfaceDistance.swift | && mask[v - sz] != 0 && mask[v + sz] != 0 | && true | DistanceTests/testBinaryMetricsMatchMedpyAndSurfaceDistance | no
+pooled-assd-as-mean-of-directed-means | Sources/Evaluation/SurfaceDistance.swift | let assd = all.reduce(0, +) / Double(all.count) | let assd = (aToB.reduce(0, +) / Double(aToB.count) + bToA.reduce(0, +) / Double(bToA.count)) / 2 | DistanceTests/testBinaryMetricsMatchMedpyAndSurfaceDistance | no
+deepmind-percentile-strict | Sources/Evaluation/SurfaceDistance.swift | if Double(mid + 1) / n >= target { hi = mid } | if Double(mid + 1) / n > target { hi = mid } | DistanceTests/testPercentilesMatchNumpyAndSurfaceDistance | no
+both-empty-scored-as-miss | Sources/Evaluation/CaseMetrics.swift | m.dice = 1; m.precision = 1; m.recall = 1 | m.dice = 0; m.precision = 1; m.recall = 1 | DistanceTests/testLabelMapsPerClassAndEmptyMasks | no
+s2s-traces-components-in-holes | Sources/Evaluation/SliceContourDistance.swift | if external { trace(from: p, into: &points) } | if true { trace(from: p, into: &points) } | SliceContourTests | no
+wilcoxon-tie-correction-dropped | Sources/Evaluation/Wilcoxon.swift | if j > i { ties = true; tieTerm += t * t * t - t } | if j > i { ties = true } | StatisticsTests/testWilcoxonMatchesScipy | no
 TABLE
 )
 MUTANTS+=$'\n'$(cat launch/mutants-data.txt 2>/dev/null || true)
