@@ -1,8 +1,8 @@
 // swift-tools-version:6.0
 // attunet: data-parallel 3D Attention U-Net trainer over MPI on CPU clusters.
 // Targets, bottom up (see README.md "Layout"): system libraries and C shims, CKernels (AVX-512 convolutions),
-// Support (the error type, atomic writes), Tensor, HDF5Kit, Distributed, NN, Data, Training, and the `attunet`
-// executable, which depends on Swift modules only.
+// Support (the error type, atomic writes), Tensor, HDF5Kit, Distributed, NN, Data, Evaluation, Training, and the
+// `attunet` executable, which depends on Swift modules only.
 import PackageDescription
 
 let package = Package(
@@ -38,7 +38,9 @@ let package = Package(
         .target(name: "Distributed", dependencies: ["Support", "CMPI"]),
         .target(name: "NN", dependencies: ["Support", "Tensor", "CKernels", "HDF5Kit"]),
         .target(name: "Data", dependencies: ["Support", "Tensor", "HDF5Kit", "CNIfTI", "Distributed"]),
-        .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Distributed", "HDF5Kit",
+        // The metrics of the paper's tables; scoring never needs a network, so no NN.
+        .target(name: "Evaluation", dependencies: ["Support", "Tensor", "Data", "Distributed"]),
+        .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Evaluation", "Distributed", "HDF5Kit",
                                                .product(name: "Crypto", package: "swift-crypto")]),
         .executableTarget(name: "attunet", dependencies: [
             "Support", "Tensor", "HDF5Kit", "Distributed", "NN", "Data", "Training",
@@ -54,7 +56,8 @@ let package = Package(
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Support", "Tensor", "HDF5Kit", "TestSupport"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "TestSupport"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Data", "Tensor", "Support", "TestSupport"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
         .testTarget(name: "attunetTests", dependencies: ["attunet", "TestSupport"]),
     ]
 )

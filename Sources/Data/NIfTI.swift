@@ -25,6 +25,22 @@ public struct NIfTIVolume: Sendable {
         return (norm(0), norm(1), norm(2))
     }
 
+    /// The first entry (row, column) of the top three rows of two row-major 4x4 voxel-to-world matrices that
+    /// differ by more than the tolerance of one geometry, or nil: 0.05 mm on the translation column, and
+    /// 10⁻³·max(1, |a|) on the rotation/scale entries (`attunet prepare` compares an image's and its label's
+    /// affines with it; `Evaluation`'s geometry check a prediction's and its reference's).
+    public static func affineMismatch(_ a: [Double], _ b: [Double]) -> (row: Int, column: Int)? {
+        precondition(a.count == 16 && b.count == 16)
+        for r in 0..<3 {
+            for col in 0..<4 {
+                let x = a[r * 4 + col], y = b[r * 4 + col]
+                let tol = col == 3 ? 0.05 : 1e-3 * max(1, abs(x))
+                if !(abs(x - y) <= tol) { return (r, col) }
+            }
+        }
+        return nil
+    }
+
     /// Whether nifticlib is linked and answers (`attunet doctor`).
     public static var isLibraryUsable: Bool { cnifti_datatype_size(16) == 4 }
 

@@ -1,5 +1,6 @@
 import Data
 import Distributed
+import Evaluation
 import Foundation
 import HDF5Kit
 import NN

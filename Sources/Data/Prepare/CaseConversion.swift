@@ -66,14 +66,9 @@ public enum CasePreparer {
         if ![sp.x, sp.y, sp.z].allSatisfy({ $0.isFinite && $0 > 1e-6 }) {
             throw problem(c.image, "invalid voxel spacing \(fmt(sp.x)) x \(fmt(sp.y)) x \(fmt(sp.z)) mm")
         }
-        for r in 0..<3 {
-            for col in 0..<4 {
-                let a = img.affine[r * 4 + col], b = lab.affine[r * 4 + col]
-                let tol = col == 3 ? 0.05 : 1e-3 * max(1, abs(a))
-                if !(abs(a - b) <= tol) {
-                    throw problem(labelPath, "label geometry differs from the image (affine row \(r) column \(col): \(fmt(b)) vs \(fmt(a)))")
-                }
-            }
+        if let (r, col) = NIfTIVolume.affineMismatch(img.affine, lab.affine) {
+            let a = img.affine[r * 4 + col], b = lab.affine[r * 4 + col]
+            throw problem(labelPath, "label geometry differs from the image (affine row \(r) column \(col): \(fmt(b)) vs \(fmt(a)))")
         }
         var bad = 0
         var lo = Float.infinity, hi = -Float.infinity, integral = true
