@@ -1,8 +1,8 @@
 // swift-tools-version:6.0
 // attunet: data-parallel 3D Attention U-Net trainer over MPI on CPU clusters.
 // Targets, bottom up (see README.md "Layout"): system libraries and C shims, CKernels (AVX-512 convolutions),
-// Support (the error type, atomic writes), Tensor, HDF5Kit, Distributed, NN, Data, Training, and the `attunet`
-// executable, which depends on Swift modules only.
+// Support (the error type, atomic writes), Tensor, HDF5Kit, Distributed, NN, Data, Inference (sliding-window
+// prediction and NIfTI export), Training, and the `attunet` executable, which depends on Swift modules only.
 import PackageDescription
 
 let package = Package(
@@ -38,6 +38,7 @@ let package = Package(
         .target(name: "Distributed", dependencies: ["Support", "CMPI"]),
         .target(name: "NN", dependencies: ["Support", "Tensor", "CKernels", "HDF5Kit"]),
         .target(name: "Data", dependencies: ["Support", "Tensor", "HDF5Kit", "CNIfTI", "Distributed"]),
+        .target(name: "Inference", dependencies: ["Support", "Tensor", "NN", "Data"]),
         .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Distributed", "HDF5Kit",
                                                .product(name: "Crypto", package: "swift-crypto")]),
         .executableTarget(name: "attunet", dependencies: [
