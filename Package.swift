@@ -56,6 +56,7 @@ let package = Package(
         .testTarget(name: "NNTests", dependencies: ["NN", "Support", "Tensor", "HDF5Kit", "TestSupport"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
+        .testTarget(name: "InferenceTests", dependencies: ["Inference", "Support", "NN", "Data", "Tensor", "TestSupport"]),
         .testTarget(name: "attunetTests", dependencies: ["attunet", "TestSupport"]),
     ]
 )
