@@ -91,7 +91,8 @@ final class ExportTests: XCTestCase {
             try SourceExport.write(oracle, geometry: g, to: out + "_oracle_nearest.nii.gz", resampling: .nearestLabels, codes: codes)
         }
         try TestEnv.python("""
-            import numpy as np, nibabel as nib
+            import h5py, numpy as np, nibabel as nib
+            from scipy.ndimage import map_coordinates
             d = r'\(d.path)'
             for name in ('oblique', 'lps'):
                 src = nib.load(f'{d}/img/{name}.nii.gz')
@@ -113,8 +114,23 @@ final class ExportTests: XCTestCase {
                     got = np.asanyarray(nib.load(f'{d}/out/{name}{suffix}.nii.gz').dataobj)
                     for k in (1, 3):
                         dice = 2 * ((got == k) & (ref == k)).sum() / ((got == k).sum() + (ref == k).sum())
-                        print(name, suffix, k, round(dice, 3))
-                        assert dice > 0.8, (name, suffix, k, dice)
+                        assert dice > 0.85, (name, suffix, k, dice)   # 0.89 to 0.94 measured
+                # The same export from the affines alone: world = source affine @ voxel, stored voxel =
+                # inverse(stored affine) @ world, then SciPy's interpolation of the stored one-hot label.
+                with h5py.File(d + '/store.h5', 'r') as f:
+                    stored = f[f'cases/{name}/label'][:].transpose(2, 1, 0)           # (X, Y, Z)
+                    M = np.linalg.inv(f[f'cases/{name}'].attrs['affine'].reshape(4, 4)) @ src.affine
+                ijk = np.indices(src.shape).reshape(3, -1).astype(np.float64)
+                at = M[:3, :3] @ ijk + M[:3, 3:4]
+                probs = np.stack([map_coordinates((stored == k).astype(np.float64), at, order=1, mode='nearest')
+                                  for k in range(4)])
+                nearest = np.clip(np.floor(at + 0.5).astype(int), 0, np.array(stored.shape)[:, None] - 1)
+                want = {'_oracle_linear': probs.argmax(0).reshape(src.shape),
+                        '_oracle_nearest': stored[nearest[0], nearest[1], nearest[2]].reshape(src.shape)}
+                for suffix, w in want.items():
+                    got = np.asanyarray(nib.load(f'{d}/out/{name}{suffix}.nii.gz').dataobj)
+                    wrong = (got != w).mean()
+                    assert wrong < 2e-3, (name, suffix, 'differs from the export computed from the affines', wrong)
             """)
     }
 
