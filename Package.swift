@@ -1,8 +1,9 @@
 // swift-tools-version:6.0
 // attunet: data-parallel 3D Attention U-Net trainer over MPI on CPU clusters.
 // Targets, bottom up (see README.md "Layout"): system libraries and C shims, CKernels (AVX-512 convolutions),
-// Support (the error type, atomic writes), Tensor, HDF5Kit, Distributed, NN, Data, Evaluation, Training, and the
-// `attunet` executable, which depends on Swift modules only.
+// Support (the error type, atomic writes), Tensor, HDF5Kit, Distributed, NN, Data, Evaluation (the metrics),
+// Inference (sliding-window prediction and NIfTI export), Training, and the `attunet` executable, which depends
+// on Swift modules only.
 import PackageDescription
 
 let package = Package(
@@ -40,6 +41,7 @@ let package = Package(
         .target(name: "Data", dependencies: ["Support", "Tensor", "HDF5Kit", "CNIfTI", "Distributed"]),
         // The metrics of the paper's tables; scoring never needs a network, so no NN.
         .target(name: "Evaluation", dependencies: ["Support", "Tensor", "Data", "Distributed"]),
+        .target(name: "Inference", dependencies: ["Support", "Tensor", "NN", "Data"]),
         .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Evaluation", "Distributed", "HDF5Kit",
                                                .product(name: "Crypto", package: "swift-crypto")]),
         .executableTarget(name: "attunet", dependencies: [
@@ -58,6 +60,7 @@ let package = Package(
         .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Data", "Tensor", "Support", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
+        .testTarget(name: "InferenceTests", dependencies: ["Inference", "Support", "NN", "Data", "Tensor", "TestSupport"]),
         .testTarget(name: "attunetTests", dependencies: ["attunet", "TestSupport"]),
     ]
 )

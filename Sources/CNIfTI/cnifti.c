@@ -107,9 +107,13 @@ int cnifti_read_f32(const char *path, cnifti_header *hdr, float **data, char *er
 }
 
 int cnifti_write3d(const char *path, int64_t nx, int64_t ny, int64_t nz, int datatype, const void *data,
-                   const float affine[16], char *err, size_t errlen) {
+                   const float affine[16], int qform_code, int sform_code, char *err, size_t errlen) {
     if (datatype != DT_UINT8 && datatype != DT_INT16 && datatype != DT_FLOAT32) {
         snprintf(err, errlen, "%s: cannot write datatype %d", path, datatype); return 1;
+    }
+    // NIFTI_XFORM_UNKNOWN (0) ... NIFTI_XFORM_MNI_152 (4), and 5 (TEMPLATE_OTHER) of later nifti1.h versions.
+    if (qform_code < 0 || qform_code > 5 || sform_code < 0 || sform_code > 5) {
+        snprintf(err, errlen, "%s: invalid qform/sform code %d/%d (0-5)", path, qform_code, sform_code); return 1;
     }
     nifti_set_debug_level(0);
     int dims[8] = {3, (int)nx, (int)ny, (int)nz, 1, 1, 1, 1};
@@ -117,8 +121,8 @@ int cnifti_write3d(const char *path, int64_t nx, int64_t ny, int64_t nz, int dat
     if (!nim) { snprintf(err, errlen, "%s: cannot create NIfTI image", path); return 1; }
     mat44 m;
     for (int r = 0; r < 4; r++) for (int c = 0; c < 4; c++) m.m[r][c] = affine[r * 4 + c];
-    nim->sform_code = NIFTI_XFORM_SCANNER_ANAT;
-    nim->qform_code = NIFTI_XFORM_SCANNER_ANAT;
+    nim->sform_code = sform_code;
+    nim->qform_code = qform_code;
     nim->sto_xyz = m;
     nim->sto_ijk = nifti_mat44_inverse(m);
     nifti_mat44_to_quatern(m, &nim->quatern_b, &nim->quatern_c, &nim->quatern_d, &nim->qoffset_x, &nim->qoffset_y,
@@ -126,18 +130,42 @@ int cnifti_write3d(const char *path, int64_t nx, int64_t ny, int64_t nz, int dat
     nim->qto_xyz = nifti_quatern_to_mat44(nim->quatern_b, nim->quatern_c, nim->quatern_d, nim->qoffset_x,
                                           nim->qoffset_y, nim->qoffset_z, nim->dx, nim->dy, nim->dz, nim->qfac);
     nim->qto_ijk = nifti_mat44_inverse(nim->qto_xyz);
+    // A qform is a rotation, voxel sizes and a flip: it cannot carry shear. When the quaternion does not give the
+    // affine back, the qform is marked unknown (code 0) so that readers take the sform, which is exact.
+    for (int r = 0; r < 3; r++) for (int c = 0; c < 4; c++) {
+        float d = fabsf(nim->qto_xyz.m[r][c] - m.m[r][c]);
+        if (d > 1e-4f * (1.0f + fabsf(m.m[r][c]))) nim->qform_code = NIFTI_XFORM_UNKNOWN;
+    }
     nim->pixdim[1] = nim->dx; nim->pixdim[2] = nim->dy; nim->pixdim[3] = nim->dz;
     nim->xyz_units = NIFTI_UNITS_MM;
-    if (nifti_set_filenames(nim, path, 0, 1) != 0) {
+    size_t len = strlen(path);
+    int single = (len > 4 && strcmp(path + len - 4, ".nii") == 0) || (len > 7 && strcmp(path + len - 7, ".nii.gz") == 0);
+    if (!single || nifti_set_filenames(nim, path, 0, 1) != 0) {
         snprintf(err, errlen, "%s: not a valid NIfTI file name (use .nii or .nii.gz)", path);
         nim->data = NULL; nifti_image_free(nim); return 1;
     }
-    nim->data = (void *)data;
-    nifti_image_write(nim);
-    nim->data = NULL;  // owned by the caller
+    // nifti_image_write stores the quaternion only when qform_code > 0 (pixdim alone otherwise), so a qform
+    // code of 0 would lose the qform. Write the single-file header ourselves, as nifti_image_write would, with
+    // the quaternion always filled in (nibabel does the same), then the 4-byte extension flag and the voxels.
+    nim->nifti_type = NIFTI_FTYPE_NIFTI1_1;
+    nifti_set_iname_offset(nim);
+    struct nifti_1_header h = nifti_convert_nim2nhdr(nim);
+    h.quatern_b = nim->quatern_b; h.quatern_c = nim->quatern_c; h.quatern_d = nim->quatern_d;
+    h.qoffset_x = nim->qoffset_x; h.qoffset_y = nim->qoffset_y; h.qoffset_z = nim->qoffset_z;
+    h.pixdim[0] = nim->qfac;
+    size_t bytes = nim->nvox * (size_t)nim->nbyper;
+    int ok = h.vox_offset == 352;
+    znzFile f = ok ? znzopen(path, "wb", nifti_is_gzfile(path)) : NULL;
+    if (znz_isnull(f)) ok = 0;
+    else {
+        const char extension[4] = {0, 0, 0, 0};
+        ok = znzwrite(&h, 1, sizeof h, f) == sizeof h && znzwrite(extension, 1, 4, f) == 4 &&
+             znzwrite(data, 1, bytes, f) == bytes;
+        if (znzclose(f) != 0) ok = 0;
+    }
     nifti_image_free(nim);
     struct stat st;
-    if (stat(path, &st) != 0 || st.st_size == 0) { snprintf(err, errlen, "%s: write failed", path); return 1; }
+    if (!ok || stat(path, &st) != 0 || st.st_size == 0) { snprintf(err, errlen, "%s: write failed", path); return 1; }
     return 0;
 }
 

@@ -13,6 +13,10 @@ public struct NIfTIVolume: Sendable {
     /// The NIfTI datatype code the file stored (4 int16, 16 float32, 2 uint8, ...).
     public var datatype: Int32
     public var voxels: [Float]
+    /// The qform and sform codes (NIfTI's `NIFTI_XFORM_*`: 0 unknown, 1 scanner anatomy, 2 aligned, 3 Talairach,
+    /// 4 MNI): as read from a file, 1 and 1 for a new volume. `write` stores `affine` as both the qform and the
+    /// sform, with these codes.
+    public var qformCode: Int32 = 1, sformCode: Int32 = 1
 
     public init(nx: Int, ny: Int, nz: Int, affine: [Double], voxels: [Float], datatype: Int32 = 16) {
         precondition(voxels.count == nx * ny * nz && affine.count == 16)
@@ -61,7 +65,32 @@ public struct NIfTIVolume: Sendable {
         let (nx, ny, nz) = (Int(d[0]), Int(d[1]), Int(d[2]))
         let aff = withUnsafeBytes(of: hdr.affine) { Array($0.bindMemory(to: Float.self)).map(Double.init) }
         let voxels = Array(UnsafeBufferPointer(start: ptr, count: nx * ny * nz))
-        return NIfTIVolume(nx: nx, ny: ny, nz: nz, affine: aff, voxels: voxels, datatype: Int32(hdr.datatype))
+        var v = NIfTIVolume(nx: nx, ny: ny, nz: nz, affine: aff, voxels: voxels, datatype: Int32(hdr.datatype))
+        v.qformCode = Int32(hdr.qform_code); v.sformCode = Int32(hdr.sform_code)
+        return v
+    }
+
+    /// The geometry of a NIfTI file, from its header alone.
+    public struct Geometry: Sendable, Equatable {
+        /// Voxel counts along x, y, z.
+        public var nx: Int, ny: Int, nz: Int
+        /// Voxel-to-world affine, row-major 4x4, chosen as `read` chooses it (sform, else qform, else pixdim).
+        public var affine: [Double]
+        public var qformCode: Int32, sformCode: Int32
+    }
+
+    /// Reads only the header of a `.nii` / `.nii.gz` file (cheap: no voxels are read).
+    public static func readGeometry(_ path: String) throws -> Geometry {
+        try precheck(path)
+        var hdr = cnifti_header()
+        var err = [CChar](repeating: 0, count: 1024)
+        if cnifti_read_header(path, &hdr, &err, err.count) != 0 {
+            throw AttunetError(err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) })
+        }
+        let d = withUnsafeBytes(of: hdr.dim) { Array($0.bindMemory(to: Int64.self)) }
+        let aff = withUnsafeBytes(of: hdr.affine) { Array($0.bindMemory(to: Float.self)).map(Double.init) }
+        return Geometry(nx: Int(d[0]), ny: Int(d[1]), nz: Int(d[2]), affine: aff,
+                        qformCode: Int32(hdr.qform_code), sformCode: Int32(hdr.sform_code))
     }
 
     /// Cheap checks before nifticlib sees the file (it prints its own "** ERROR" lines for some corrupt
@@ -98,13 +127,13 @@ public struct NIfTIVolume: Sendable {
             let rc: Int32
             switch type {
             case .float32:
-                rc = voxels.withUnsafeBytes { cnifti_write3d(tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, &err, err.count) }
+                rc = voxels.withUnsafeBytes { cnifti_write3d(tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, qformCode, sformCode, &err, err.count) }
             case .int16:
                 let v = voxels.map { Int16(clamping: Int(($0).rounded())) }
-                rc = v.withUnsafeBytes { cnifti_write3d(tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, &err, err.count) }
+                rc = v.withUnsafeBytes { cnifti_write3d(tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, qformCode, sformCode, &err, err.count) }
             case .uint8:
                 let v = voxels.map { UInt8(clamping: Int(($0).rounded())) }
-                rc = v.withUnsafeBytes { cnifti_write3d(tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, &err, err.count) }
+                rc = v.withUnsafeBytes { cnifti_write3d(tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, qformCode, sformCode, &err, err.count) }
             }
             if rc != 0 {
                 let message = err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }

@@ -27,9 +27,11 @@ int cnifti_read_header(const char *path, cnifti_header *hdr, char *err, size_t e
 
 /// Writes a 3D volume nx*ny*nz (x fastest) to path (.nii or .nii.gz). `datatype` is 2 (uint8), 4 (int16)
 /// or 16 (float32) and `data` must hold that type. `affine` (row-major 4x4, voxel -> world, mm) is stored as
-/// both sform and qform (code 1, scanner). Returns 0 on success.
+/// both the sform (srow_x/y/z, exact) and the qform (quaternion, voxel sizes, qfac), with `sform_code` and
+/// `qform_code` (0-5; 1 = scanner anatomy). An affine with shear, which no quaternion represents, gets
+/// qform_code 0 so that readers use the sform. Returns 0 on success.
 int cnifti_write3d(const char *path, int64_t nx, int64_t ny, int64_t nz, int datatype, const void *data,
-                   const float affine[16], char *err, size_t errlen);
+                   const float affine[16], int qform_code, int sform_code, char *err, size_t errlen);
 
 void cnifti_free(void *p);
 

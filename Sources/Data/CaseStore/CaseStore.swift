@@ -17,6 +17,12 @@ public struct CaseInfo: Sendable {
     /// Sampled foreground voxels as rows (class, z, y, x), flat.
     public var foreground: [Int32]
     public var source: String
+    /// The source file's geometry as `attunet prepare` recorded it (`original_shape`, `original_spacing_mm`,
+    /// `original_affine`): its size, its spacing (x, y, z) in mm and its voxel-to-world affine (row-major 4x4).
+    /// nil when the store lacks the attribute; what maps a prediction back onto the source's grid.
+    public var originalShape: Dim3? = nil
+    public var originalSpacing: [Double]? = nil
+    public var originalAffine: [Double]? = nil
 
     public var minimum: Float { Float(stats[0]) }
     public var mean: Double { stats[2] }
@@ -72,11 +78,26 @@ public final class CaseStore: @unchecked Sendable {
                 fg = [Int32](repeating: 0, count: d.count)
                 try fg.withUnsafeMutableBytes { try d.read(into: $0.baseAddress!, as: .int32) }
             }
+            /// An optional numeric attribute of `count` values: nil when absent, an error when malformed.
+            func optional<T>(_ name: String, _ count: Int, _ read: (String) throws -> [T]) throws -> [T]? {
+                guard g.hasAttribute(name) else { return nil }
+                let v = try read(name)
+                guard v.count == count else {
+                    throw AttunetError("\(path): /cases/\(id) attribute \(name) has \(v.count) values, expected \(count)")
+                }
+                return v
+            }
+            let originalShape = try optional("original_shape", 3, g.intsAttribute).map {
+                Dim3(z: Int($0[2]), y: Int($0[1]), x: Int($0[0]))   // stored x, y, z
+            }
             infos.append(CaseInfo(
                 id: id, shape: Dim3(z: img.shape[0], y: img.shape[1], x: img.shape[2]),
                 spacing: try g.doublesAttribute("spacing_mm"), affine: try g.doublesAttribute("affine"),
                 stats: try g.doublesAttribute("intensity_stats"), classVoxels: try g.intsAttribute("class_voxels"),
-                foreground: fg, source: (try? g.stringAttribute("source")) ?? ""))
+                foreground: fg, source: (try? g.stringAttribute("source")) ?? "",
+                originalShape: originalShape,
+                originalSpacing: try optional("original_spacing_mm", 3, g.doublesAttribute),
+                originalAffine: try optional("original_affine", 16, g.doublesAttribute)))
             imgs.append(img); labs.append(lab)
         }
         guard !infos.isEmpty else { throw AttunetError("\(path): the store has no cases") }
