@@ -2,7 +2,7 @@ import Data
 import Foundation
 import TestSupport
 
-/// The small phantom case store the training tests share: 4 cases at 4 mm (volumes of about 40x40x25, four
+/// The small phantom case store the training tests share: 4 cases at 4 mm (volumes of about 90x70x50, X x Y x Z; four
 /// classes), made in-process once and removed by the suites' class tear-down.
 enum PhantomStore {
     nonisolated(unsafe) private static var dir: URL?
