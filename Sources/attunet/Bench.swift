@@ -29,8 +29,8 @@ extension Bench {
 
             For each layer and pass it prints the rate in GFLOP/s, counted as 2*Cin*Cout*27*voxels per pass \
             (the same count for forward, backward-data and backward-weights), and \
-            the kernel path each pass ran (by default the layer's automatic per-shape choice, which training \
-            uses; --path direct or --path gemm forces one to compare them; direct = AVX-512 direct convolution, \
+            the kernel path each pass ran (by default the automatic choice training uses: the direct kernels wherever AVX-512 runs; \
+            --path direct or --path gemm forces one to compare them; direct = AVX-512 direct convolution, \
             gemm = im2col + OpenBLAS sgemm). "eff" is each rate divided by the OpenBLAS sgemm rate on \
             1024x1024x1024 measured in the same run (before and after the layers; the better one): the practical \
             single-core ceiling. An efficiency near \
@@ -59,7 +59,7 @@ extension Bench {
         @Flag(help: "One timed run per pass after the warm-up instead of the best of several (faster, noisier).")
         var quick = false
 
-        @Option(help: "3x3x3 kernel path for every layer: auto (the per-shape choice training uses), direct or gemm.")
+        @Option(help: "3x3x3 kernel path for every layer: auto (what training uses: direct where the CPU runs AVX-512, else gemm), direct or gemm.")
         var path: ConvPath = .auto
 
         @Option(help: "Only the conv layers whose name contains this text, e.g. '48->16' or '@80x80'.")
