@@ -33,6 +33,10 @@ struct AttuNet: ParsableCommand {
             switch error {
             case let e as ExitCode:
                 status = e.rawValue
+            case _ where exitCode(for: error) == .success:
+                // `--help` (argument-parser hands it to run() as an error): the help text, status 0.
+                print(fullMessage(for: error))
+                status = 0
             case let e as AttunetError:
                 report(e.lines)
                 status = e.exitCode
