@@ -33,4 +33,5 @@ extension SurfaceDistanceDefinition: ExpressibleByArgument {
     }
     public static var allValueStrings: [String] { ["pooled", "max-directed"] }
     public var defaultValueDescription: String { self == .pooled ? "pooled" : "max-directed" }
+    public static var allValueDescriptions: [String: String] { [:] }
 }

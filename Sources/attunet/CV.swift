@@ -14,28 +14,16 @@ struct CV: ParsableCommand {
         commandName: "cv",
         abstract: "K-fold cross-validation of one or more models on the same folds, with the paper's results table.",
         discussion: """
-        Protocols (the paper's): 5-fold on CT-150 trains on 120 and tests on 30 cases per fold (--folds 5);
-        4-fold on TCIA-82 trains on 62 and tests on 20 (--folds 4); the inverse protocol trains on one part and
-        tests on the others, 30/120 on CT-150 (--folds 5 --inverse). Every case is tested exactly once per model
-        (k-fold); every model of --models trains on the same folds, so the comparison is paired.
-          mpirun -np 2 --bind-to none -x OPENBLAS_NUM_THREADS=1 attunet cv --store phantoms.h5 \\
-              --patch 64x64x32 --epochs 20 --folds 5 --out runs/cv
-        The folds are seeded by --seed (--group-by FILE keeps a patient's scans in one fold: JSON {case: patient}
-        or CSV case,patient), or taken verbatim from --splits FILE (attunet's splits.json or nnU-Net's
-        splits_final.json; refused, naming the cases, when parts overlap, miss or name unknown cases). In each
-        fold a seeded --val-fraction of the training cases (never a test case) is held out to pick the best
-        checkpoint; the test cases are segmented whole with it and measured against the store's labels at the
-        store's spacing: Dice, precision, recall, ASSD, HD95 (--distance-definition), the original code's S2S.
-        Every rank trains every fold (data-parallel); test cases are spread over the ranks.
-        Outputs in --out: config.json, splits.json, fold_<k>/<model>/ (a train run folder: checkpoints, log.csv,
-        progress.svg, and results.json, the fold's per-case metrics), summary.md (the table: per model the
-        pancreas DSC, precision, recall, S2S, the other organs' DSC, parameters, inference time; ASSD/HD95; with
-        two models a paired Wilcoxon test per organ), summary.csv and summary.json (also per fold and per case).
-        Restart: run the same command again after a stop (exit 75: SIGTERM/SIGUSR1, --stop-after-epochs, which
-        counts epochs over all folds of this job) or a crash: folds with results.json are skipped, an unfinished
-        fold resumes from its checkpoint_latest.h5, bit-identical to an uninterrupted run with the same rank
-        count. A command whose configuration differs from --out's config.json is refused, naming the difference
-        (--stop-after-epochs, --threads and --allreduce-bucket-mib may change).
+        Protocols (the paper's): 5-fold on CT-150 trains on 120 and tests on 30 cases per fold (--folds 5); 4-fold on TCIA-82 trains on 62 and tests on 20 (--folds 4); the inverse protocol trains on one part and tests on the others, 30/120 on CT-150 (--folds 5 --inverse). Every case is tested exactly once per model (k-fold), and every model of --models trains on the same folds, so the comparison is paired.
+
+          mpirun -np 2 --bind-to none -x OPENBLAS_NUM_THREADS=1 \\
+              attunet cv --store phantoms.h5 --patch 64x64x32 --epochs 20 --out runs/cv
+
+        Folds: seeded by --seed (--group-by FILE keeps a patient's scans in one fold: JSON {case: patient} or CSV case,patient), or taken verbatim from --splits FILE (attunet's splits.json or nnU-Net's splits_final.json; refused, naming the cases, when parts overlap, miss or name unknown cases). In each fold a seeded --val-fraction of the training cases (never a test case) is held out to pick the best checkpoint; the test cases are segmented whole with it and measured against the store's labels at the store's spacing: Dice, precision, recall, ASSD, HD95 (--distance-definition), the original code's S2S. Every rank trains every fold (data-parallel); the test cases are spread over the ranks.
+
+        Outputs in --out: config.json, splits.json, fold_<k>/<model>/ (a train run folder: checkpoints, log.csv, progress.svg, and results.json, the fold's per-case metrics), summary.md (the paper's table: per model the pancreas DSC, precision, recall and S2S, the other organs' DSC, parameters, inference time per volume; ASSD/HD95 under the distance definition; with two models a paired Wilcoxon test per organ), summary.csv and summary.json (also per fold and per case). Rank 0 prints the table at the end.
+
+        Restart: run the same command again after a stop (exit 75: SIGTERM/SIGUSR1, or --stop-after-epochs, which counts the epochs of all folds in this job) or a crash. Folds with results.json are skipped, an unfinished fold resumes from its checkpoint_latest.h5, bit-identical to an uninterrupted CV with the same rank count. A command whose configuration differs from --out's config.json is refused, naming the difference; --stop-after-epochs, --threads and --allreduce-bucket-mib may change.
         """
     )
 

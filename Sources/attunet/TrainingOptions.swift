@@ -48,7 +48,7 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Augmentation: paper (in-plane flips, rotation, shift, zoom), extended (+3D rotation, gamma, noise, brightness) or none.")
     var augment: AugmentPreset = .paper
 
-    @Option(help: "Fraction of cases held out for validation (seeded), unless --val-cases is given.")
+    @Option(help: "Fraction of cases held out for validation (seeded); train: unless --val-cases is given; cv: of each fold's training cases, to pick the best checkpoint.")
     var valFraction: Double = 0.2
 
     @Option(help: "Validate every N epochs (and after the last).")

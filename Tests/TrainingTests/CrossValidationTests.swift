@@ -117,6 +117,10 @@ final class CrossValidationTests: XCTestCase {
         let changed = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--weight-decay 1e-5"))
         XCTAssertEqual(changed.status, 1, changed.stdout + changed.stderr)
         XCTAssertTrue(changed.stderr.contains("training.weightDecay: 1e-05 (was 1e-06)"), changed.stderr)
+        let otherDistance = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--distance-definition max-directed"))
+        XCTAssertEqual(otherDistance.status, 1, otherDistance.stdout + otherDistance.stderr)
+        XCTAssertTrue(otherDistance.stderr.contains("distanceDefinition: \"maxDirected\" (was \"pooled\")")
+                      || otherDistance.stderr.contains("distanceDefinition: maxDirected (was pooled)"), otherDistance.stderr)
 
         r = try TestEnv.run(cmd)
         XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
