@@ -187,5 +187,17 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
         XCTAssertTrue(r.stderr.contains("error: \(file.path): case \(ids[1]) is in the test sets of folds 0 and 1"), r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: RunFolder(out).fold(0, model: "unet").path))
+
+        // Good splits, one epoch of the first fold, stop; the file edited to other folds: the rerun is refused.
+        let good = [["train": [ids[2], ids[3]], "val": [ids[0], ids[1]]], ["train": [ids[0], ids[1]], "val": [ids[2], ids[3]]]]
+        try JSONEncoder().encode(good).write(to: file)
+        let cmd = try Self.command(ranks: 1, out: out.path, extra: "--splits \(file.path) --epochs 1 --stop-after-epochs 1")
+        var s = try TestEnv.run(cmd)
+        XCTAssertEqual(s.status, 75, s.stdout + s.stderr)
+        let edited = [["train": [ids[1], ids[3]], "val": [ids[0], ids[2]]], ["train": [ids[0], ids[2]], "val": [ids[1], ids[3]]]]
+        try JSONEncoder().encode(edited).write(to: file)
+        s = try TestEnv.run(cmd)
+        XCTAssertEqual(s.status, 1, s.stdout + s.stderr)
+        XCTAssertTrue(s.stderr.contains("\(RunFolder(out).splits.path): the folds differ from the run's"), s.stderr)
     }
 }

@@ -168,6 +168,10 @@ public final class CrossValidation {
                 plan = try FoldPlan.make(ids: ids, folds: config.folds, seed: config.training.seed, inverse: config.inverse,
                                          groups: try config.groupBy.map(FoldPlan.groups(from:)))
             }
+            // The same options give the same folds, unless the --splits file was edited in between.
+            if let old = FileManager.default.contents(atPath: folder.splits.path), old != (try plan.json()) {
+                return Start(plan: nil, error: "\(folder.splits.path): the folds differ from the run's (was \(config.splitsFile ?? "the seeded plan") edited?); restore them or choose another --out")
+            }
             try FileManager.default.createDirectory(at: folder.url, withIntermediateDirectories: true)
             try AtomicFile.write(try Self.json(config), to: folder.config.path)
             try AtomicFile.write(try plan.json(), to: folder.splits.path)
