@@ -140,6 +140,38 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertEqual(try digests(out), try digests(reference))
     }
 
+    /// SIGKILL once the second fold of the first model has written a checkpoint, then the same command again:
+    /// the first fold is skipped, the second resumes (or, if the kill landed after its training, is evaluated),
+    /// and every fold's results and checkpoints equal the uninterrupted CV's.
+    func testKilledCVResumesToTheUninterruptedResults() throws {
+        let reference = try Self.reference()
+        let out = work.appendingPathComponent("cv")
+        let cmd = try Self.command(ranks: 1, out: out.path)
+        let job = Process()
+        job.executableURL = URL(fileURLWithPath: "/bin/sh")
+        job.arguments = ["-c", "exec \(cmd) > \(work.path)/killed.log 2>&1"]
+        job.environment = TestEnv.childEnvironment
+        try job.run()
+        let marker = RunFolder(out).fold(1, model: "attention-unet").checkpointLatest.path
+        let deadline = Date().addingTimeInterval(120)
+        while job.isRunning && Date() < deadline && !FileManager.default.fileExists(atPath: marker) { usleep(5_000) }
+        kill(job.processIdentifier, SIGKILL)
+        job.waitUntilExit()
+        XCTAssertEqual(job.terminationReason, .uncaughtSignal, "the CV must have been killed before it finished")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: RunFolder(out).summaryJSON.path))
+        let r = try TestEnv.run(cmd)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 1/2: done, skipped"), r.stdout)
+        for model in ["attention-unet", "unet"] {
+            for k in 0..<2 {
+                let a = try results(out, fold: k, model: model), b = try results(reference, fold: k, model: model)
+                XCTAssertEqual(a.weightsSHA256, b.weightsSHA256, "\(model) fold \(k)")
+                XCTAssertEqual(a.cases.map(\.classes), b.cases.map(\.classes), "\(model) fold \(k)")
+            }
+        }
+        XCTAssertEqual(try digests(out), try digests(reference))
+    }
+
     /// The same CV on 2 ranks (training data-parallel with SyncBN, test cases spread over the ranks) against 1
     /// rank: each fold's weights within the train rank-equivalence test's tolerance (relative difference of the
     /// update from the initial weights ≤ 1e-3), and every per-case Dice within 0.01 (arg-max maps may flip a
