@@ -18,6 +18,8 @@ public final class Trainer {
     public let config: TrainConfig
     public let comm: Communicator
     public let outDir: URL
+    /// The names of the files in `outDir`.
+    public let folder: RunFolder
     public let model: SegmentationModel
     public let optimizer: Optimizer
     let store: CaseStore
@@ -33,8 +35,11 @@ public final class Trainer {
     public var stopAfterEpochs: Int?
     private let classNames: [String]
 
-    public var latestPath: String { outDir.appendingPathComponent("checkpoint_latest.h5").path }
-    public var bestPath: String { outDir.appendingPathComponent("checkpoint_best.h5").path }
+    /// Printed after a stop request: how to continue (`attunet cv` continues by rerunning the same command).
+    public var resumeHint = "continue with --resume"
+
+    public var latestPath: String { folder.checkpointLatest.path }
+    public var bestPath: String { folder.checkpointBest.path }
 
     /// Opens the store, builds the model from `config.seed` and broadcasts rank 0's weights; `resume()` then
     /// restores the latest checkpoint of `outDir` when continuing a run.
@@ -42,6 +47,7 @@ public final class Trainer {
         self.config = config
         self.comm = comm
         self.outDir = outDir
+        folder = RunFolder(outDir)
         guard config.batch % comm.size == 0 else {
             throw AttunetError("--batch \(config.batch) is not divisible by the \(comm.size) MPI ranks (each rank takes batch/ranks patches)")
         }
@@ -70,7 +76,7 @@ public final class Trainer {
     /// Restores the latest checkpoint (all ranks read it). Returns the state to continue from.
     public func resume() throws -> TrainingState {
         guard FileManager.default.fileExists(atPath: latestPath) else {
-            throw AttunetError("\(latestPath): nothing to resume (no checkpoint_latest.h5 in \(outDir.path))")
+            throw AttunetError("\(latestPath): nothing to resume (no \(folder.checkpointLatest.lastPathComponent) in \(outDir.path))")
         }
         let state = try TrainingCheckpoint.load(latestPath, model: model, optimizer: optimizer, config: config,
                                                 storeFingerprint: fingerprint)
@@ -151,7 +157,7 @@ public final class Trainer {
                 print("train: done. validation Dice: " + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: ", ")
                       + "; best mean \(fmt(state.bestDice, 3)) at epoch \(state.bestEpoch)")
             }
-            print("train: outputs in \(outDir.path): checkpoint_latest.h5, checkpoint_best.h5, log.csv, progress.svg")
+            print("train: outputs in \(outDir.path): " + [folder.checkpointLatest, folder.checkpointBest, folder.log, folder.progress].map(\.lastPathComponent).joined(separator: ", "))
         }
     }
 
@@ -215,7 +221,7 @@ public final class Trainer {
     private func stopAndSave(_ state: TrainingState, metrics: EpochRecord?, finished: String) throws -> Never {
         if comm.isRoot {
             try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: metrics)
-            print("train: stop requested; finished \(finished), wrote \(latestPath); continue with --resume")
+            print("train: stop requested; finished \(finished), wrote \(latestPath); \(resumeHint)")
         }
         try comm.barrier()
         throw AttunetError("", kind: .interrupted)

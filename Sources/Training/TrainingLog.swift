@@ -56,9 +56,9 @@ public final class TrainingLog {
     public private(set) var records: [EpochRecord] = []
 
     /// `directory/log.csv`.
-    public var csvURL: URL { directory.appendingPathComponent("log.csv") }
+    public var csvURL: URL { RunFolder(directory).log }
     /// `directory/progress.svg`.
-    public var svgURL: URL { directory.appendingPathComponent("progress.svg") }
+    public var svgURL: URL { RunFolder(directory).progress }
 
     /// classNames: foreground class names in order (e.g. ["spleen", "pancreas", "kidney"]).
     /// Nothing is read or written until `load` or `append`; the directory is created on the first append.

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Data
+import Evaluation
 import NN
 import Tensor
 
@@ -19,4 +20,18 @@ extension Dim3: ExpressibleByArgument {
         guard parts.count == 3, let x = parts[0], let y = parts[1], let z = parts[2] else { return nil }
         self.init(z: z, y: y, x: x)
     }
+}
+
+/// `--distance-definition pooled|max-directed`.
+extension SurfaceDistanceDefinition: ExpressibleByArgument {
+    public init?(argument: String) {
+        switch argument {
+        case "pooled": self = .pooled
+        case "max-directed": self = .maxDirected
+        default: return nil
+        }
+    }
+    public static var allValueStrings: [String] { ["pooled", "max-directed"] }
+    public var defaultValueDescription: String { self == .pooled ? "pooled" : "max-directed" }
+    public static var allValueDescriptions: [String: String] { [:] }
 }

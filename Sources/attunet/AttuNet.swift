@@ -15,7 +15,7 @@ struct AttuNet: ParsableCommand {
         3 NaN/Inf loss (the last good checkpoint kept), 64 bad command line, 75 stopped on request (rerun
         with --resume).
         """,
-        subcommands: [Doctor.self, Synth.self, Prepare.self, Train.self, Inspect.self, ImportWeights.self, Bench.self]
+        subcommands: [Doctor.self, Synth.self, Prepare.self, Train.self, CV.self, Inspect.self, ImportWeights.self, Bench.self]
     )
 
     /// Parses and runs a subcommand. Argument errors are argument-parser's (with usage); every error a
@@ -36,6 +36,11 @@ struct AttuNet: ParsableCommand {
             case let e as AttunetError:
                 report(e.lines)
                 status = e.exitCode
+            case _ where exitCode(for: error) != .failure:
+                // argument-parser's own (a subcommand's --help reaches run() as an error; a ValidationError
+                // thrown by run): its help or usage text and status.
+                MPIRuntime.finalize()
+                exit(withError: error)
             default:
                 report(["\(error)"])
                 status = 1

@@ -7,6 +7,13 @@ struct ModelOptions: ParsableArguments {
     @Option(name: .long, help: "Network: attention-unet (the paper's released Attention U-Net) or unet (its U-Net baseline).")
     var model: ModelKind = .attentionUNet
 
+    @OptionGroup var architecture: ArchitectureOptions
+
+    var config: ModelConfig { architecture.config(model) }
+}
+
+/// Everything of the architecture but the network kind (`attunet cv` trains several kinds with these).
+struct ArchitectureOptions: ParsableArguments {
     @Option(help: "Output classes including background (the paper: 4 = background, spleen, pancreas, kidney).")
     var classes: Int = 4
 
@@ -28,8 +35,8 @@ struct ModelOptions: ParsableArguments {
         guard featureScale > 0, Int(64 / featureScale) >= 1 else { throw ValidationError("--feature-scale must be in (0, 64]") }
     }
 
-    var config: ModelConfig {
-        ModelConfig(kind: model, inChannels: inChannels, classes: classes, featureScale: featureScale,
+    func config(_ kind: ModelKind) -> ModelConfig {
+        ModelConfig(kind: kind, inChannels: inChannels, classes: classes, featureScale: featureScale,
                     alignCorners: alignCorners, passThroughGates: passThroughGates)
     }
 }

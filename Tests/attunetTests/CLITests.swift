@@ -52,4 +52,15 @@ final class CLITests: XCTestCase {
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.stderr.contains("--no-such-flag"), r.stderr)
     }
+
+    /// `--help` prints the subcommand's help (argument-parser hands it to run() as an error) and exits 0.
+    func testHelpPrintsHelpAndExitsZero() throws {
+        let r = try TestEnv.run("\(TestEnv.attunet) cv --help")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("USAGE: attunet cv") && r.stdout.contains("Protocols") && r.stdout.contains("--stop-after-epochs"), r.stdout)
+        XCTAssertTrue(r.stderr.isEmpty, r.stderr)
+        let t = try TestEnv.run("\(TestEnv.attunet) train --help")
+        XCTAssertEqual(t.status, 0, t.stdout + t.stderr)
+        XCTAssertTrue(t.stdout.contains("--val-cases") && t.stdout.contains("--lr <lr>"), t.stdout)
+    }
 }

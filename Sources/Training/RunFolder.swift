@@ -1,0 +1,43 @@
+import Foundation
+
+/// Every name in a run folder, in one place: what `attunet train --out DIR` writes (`config.json`,
+/// `splits.json`, the checkpoints, `log.csv`, `progress.svg`) and what `attunet cv --out DIR` adds (one sub-run
+/// folder `fold_<k>/<model>/` per fold and model, each a training run folder with the fold's `results.json`,
+/// and the reports `summary.md`, `summary.csv`, `summary.json`). See `Training.docc/RunFolder.md`.
+public struct RunFolder: Sendable, Equatable {
+    /// The folder itself.
+    public let url: URL
+
+    public init(_ url: URL) { self.url = url }
+    public init(path: String) { self.init(URL(fileURLWithPath: path)) }
+
+    public var path: String { url.path }
+
+    func file(_ name: String) -> URL { url.appendingPathComponent(name) }
+
+    /// The run's configuration (`TrainConfig` for a training run, `CrossValidationConfig` for a CV).
+    public var config: URL { file("config.json") }
+    /// The case ids of each set (a training run's train/validation; a CV's folds).
+    public var splits: URL { file("splits.json") }
+    /// The state to resume from.
+    public var checkpointLatest: URL { file("checkpoint_latest.h5") }
+    /// The epoch with the best mean validation Dice.
+    public var checkpointBest: URL { file("checkpoint_best.h5") }
+    /// One row per epoch.
+    public var log: URL { file("log.csv") }
+    /// The chart of `log.csv`.
+    public var progress: URL { file("progress.svg") }
+    /// A CV fold's per-case, per-class test metrics (in the fold's sub-run folder); its presence marks the fold done.
+    public var foldResults: URL { file("results.json") }
+    /// The CV's table in the paper's layout.
+    public var summaryMarkdown: URL { file("summary.md") }
+    /// The CV's summary, per-fold and per-case rows.
+    public var summaryCSV: URL { file("summary.csv") }
+    /// The same as `summary.csv`, structured.
+    public var summaryJSON: URL { file("summary.json") }
+
+    /// The sub-run folder `fold_<k>/<model>/` of a cross-validation, itself a training run folder.
+    public func fold(_ k: Int, model: String) -> RunFolder {
+        RunFolder(url.appendingPathComponent("fold_\(k)").appendingPathComponent(model))
+    }
+}

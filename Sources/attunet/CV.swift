@@ -1,0 +1,92 @@
+import ArgumentParser
+import Data
+import Distributed
+import Evaluation
+import Foundation
+import NN
+import Support
+import Tensor
+import Training
+
+/// `attunet cv`: k-fold cross-validation of the Attention U-Net and its U-Net baseline on the same folds.
+struct CV: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "cv",
+        abstract: "K-fold cross-validation of one or more models on the same folds, with the paper's results table.",
+        discussion: """
+        Protocols (the paper's): 5-fold on CT-150 trains on 120 and tests on 30 cases per fold (--folds 5); 4-fold on TCIA-82 trains on 62 and tests on 20 (--folds 4); the inverse protocol trains on one part and tests on the others, 30/120 on CT-150 (--folds 5 --inverse). Every case is tested exactly once per model (k-fold), and every model of --models trains on the same folds, so the comparison is paired.
+
+          mpirun -np 2 --bind-to none -x OPENBLAS_NUM_THREADS=1 \\
+              attunet cv --store phantoms.h5 --patch 64x64x32 --epochs 20 --out runs/cv
+
+        Folds: seeded by --seed (--group-by FILE keeps a patient's scans in one fold: JSON {case: patient} or CSV case,patient), or taken verbatim from --splits FILE (attunet's splits.json or nnU-Net's splits_final.json; refused, naming the cases, when parts overlap, miss or name unknown cases). In each fold a seeded --val-fraction of the training cases (never a test case) is held out to pick the best checkpoint; the test cases are segmented whole with it and measured against the store's labels at the store's spacing: Dice, precision, recall, ASSD, HD95 (--distance-definition), the original code's S2S. Every rank trains every fold (data-parallel); the test cases are spread over the ranks.
+
+        Outputs in --out: config.json, splits.json, fold_<k>/<model>/ (a train run folder: checkpoints, log.csv, progress.svg, and results.json, the fold's per-case metrics), summary.md (the paper's table: per model the pancreas DSC, precision, recall and S2S, the other organs' DSC, parameters, inference time per volume; ASSD/HD95 under the distance definition; with two models a paired Wilcoxon test per organ), summary.csv and summary.json (also per fold and per case). Rank 0 prints the table at the end.
+
+        Restart: run the same command again after a stop (exit 75: SIGTERM/SIGUSR1, or --stop-after-epochs, which counts the epochs of all folds in this job) or a crash. Folds with results.json are skipped, an unfinished fold resumes from its checkpoint_latest.h5, bit-identical to an uninterrupted CV with the same rank count. A command whose configuration differs from --out's config.json is refused, naming the difference; --stop-after-epochs, --threads and --allreduce-bucket-mib may change.
+        """
+    )
+
+    @Option(help: "The HDF5 case store (from attunet prepare).")
+    var store: String
+
+    @Option(help: "Run folder: config.json, splits.json, fold_<k>/<model>/ and the summaries.")
+    var out: String = "runs/cv"
+
+    @Option(help: "Number of folds (the paper: 5 on CT-150, 4 on TCIA-82).")
+    var folds: Int = 5
+
+    @Flag(help: "Inverse protocol: train on one part, test on all the others (the paper's 30/120).")
+    var inverse = false
+
+    @Option(help: "Reuse these folds (attunet's splits.json or nnU-Net's splits_final.json) instead of seeding them.")
+    var splits: String?
+
+    @Option(help: "Case-to-patient map (JSON object or CSV case,patient): a patient's cases stay in one fold.")
+    var groupBy: String?
+
+    @Option(help: "Comma-separated models, trained on the same folds; the first is compared with the others.")
+    var models: String = "attention-unet,unet"
+
+    @OptionGroup var architecture: ArchitectureOptions
+
+    @OptionGroup var training: TrainingOptions
+
+    @Option(help: "ASSD/HD95 definition: pooled (medpy: both directed sets pooled) or max-directed (DeepMind surface-distance).")
+    var distanceDefinition: SurfaceDistanceDefinition = .pooled
+
+    func validate() throws {
+        guard folds >= 2 else { throw ValidationError("--folds must be at least 2") }
+        guard splits == nil || groupBy == nil else { throw ValidationError("--splits and --group-by exclude each other (the splits file fixes the folds)") }
+        _ = try modelKinds()
+    }
+
+    func modelKinds() throws -> [ModelKind] {
+        let names = models.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        var kinds: [ModelKind] = []
+        for n in names {
+            guard let k = ModelKind(rawValue: n) else { throw ValidationError("--models: unknown model '\(n)' (attention-unet, unet)") }
+            guard !kinds.contains(k) else { throw ValidationError("--models: \(n) given twice") }
+            kinds.append(k)
+        }
+        guard !kinds.isEmpty else { throw ValidationError("--models: no model") }
+        return kinds
+    }
+
+    func run() throws {
+        Parallelism.threads = training.threads
+        let comm = try MPICommunicator()
+        let caseStore = try CaseStore(path: store)
+        let fingerprint = (try? caseStore.file.root.stringAttribute("fingerprint")) ?? ""
+        let config = CrossValidationConfig(
+            store: store, storeFingerprint: fingerprint, models: try modelKinds().map { architecture.config($0) },
+            folds: folds, inverse: inverse, splitsFile: splits, groupBy: groupBy,
+            validationFraction: training.valFraction, distanceDefinition: distanceDefinition,
+            training: training.config(store: store, model: architecture.config(.attentionUNet), trainCases: [], validationCases: []))
+        let cv = CrossValidation(config: config, comm: comm, folder: RunFolder(path: out))
+        cv.bucketFloats = training.bucketFloats
+        cv.stopAfterEpochs = training.stopAfterEpochs
+        Trainer.installStopHandlers()
+        try cv.run()
+    }
+}

@@ -1,0 +1,235 @@
+import Data
+import Foundation
+import NN
+import TestSupport
+import Training
+import XCTest
+
+/// `attunet cv` end to end on the tiny phantom store (4 cases, 2 folds, both models, 2 epochs per fold):
+/// outputs and summaries, restart after stops, 2 ranks against 1, refusals.
+final class CrossValidationTests: XCTestCase {
+    nonisolated(unsafe) static var shared: URL?
+
+    override class func tearDown() {
+        if let shared { try? FileManager.default.removeItem(at: shared) }
+        shared = nil
+        PhantomStore.remove()
+        super.tearDown()
+    }
+
+    var work: URL!
+    override func setUpWithError() throws { work = try TestEnv.tempDir() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: work) }
+
+    /// SyncBN and SGD so that 2 ranks compute what 1 rank does up to rounding (as the train rank-equivalence
+    /// test); validation only after the last epoch, so the checkpoint evaluated is the last one on any rank count.
+    static func command(ranks: Int, out: String, extra: String = "") throws -> String {
+        let launcher = ranks > 1 ? "mpirun -np \(ranks) --bind-to none --oversubscribe " : ""
+        return "\(launcher)\(TestEnv.attunet) cv --store \(try PhantomStore.path()) --folds 2 --feature-scale 16 --patch 32x32x16 --batch 2 --epochs 2 --samples-per-case 2 --sync-bn --optimizer sgd --lr 3e-3 --val-every 100 --seed 5 --out \(out) \(extra)"
+    }
+
+    /// The uninterrupted 1-rank CV, run once for the class.
+    static func reference() throws -> URL {
+        if let shared { return shared.appendingPathComponent("cv") }
+        let dir = try TestEnv.tempDir()
+        let r = try TestEnv.run(try command(ranks: 1, out: dir.path + "/cv"))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        shared = dir
+        return dir.appendingPathComponent("cv")
+    }
+
+    func summary(_ run: URL) throws -> CrossValidationSummary {
+        try JSONDecoder().decode(CrossValidationSummary.self, from: Data(contentsOf: RunFolder(run).summaryJSON))
+    }
+
+    func results(_ run: URL, fold k: Int, model: String) throws -> FoldResults {
+        try JSONDecoder().decode(FoldResults.self, from: Data(contentsOf: RunFolder(run).fold(k, model: model).foldResults))
+    }
+
+    /// Both models on 2 folds: splits.json, both folds' results, the three summaries; every case tested exactly
+    /// once per model; the summary's means are the means of its per-case rows; the Wilcoxon p-values are in [0, 1].
+    func testTwoFoldCVOfBothModelsWritesResultsAndSummaries() throws {
+        let run = try Self.reference()
+        let folder = RunFolder(run)
+        for f in [folder.config, folder.splits, folder.summaryMarkdown, folder.summaryCSV, folder.summaryJSON] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: f.path), f.path)
+        }
+        let ids = try CaseStore(path: try PhantomStore.path()).cases.map(\.id).sorted()
+        let s = try summary(run)
+        XCTAssertEqual(s.models.map(\.model), ["attention-unet", "unet"])
+        for model in ["attention-unet", "unet"] {
+            var tested: [String] = []
+            for k in 0..<2 {
+                let r = try results(run, fold: k, model: model)
+                XCTAssertEqual(r.checkpoint, "checkpoint_best.h5")
+                tested += r.cases.map(\.id)
+            }
+            XCTAssertEqual(tested.sorted(), ids, "\(model): every case tested exactly once")
+            let row = s.models.first { $0.model == model }!
+            for c in row.classes {
+                let values = s.cases.filter { $0.model == model && $0.className == c.className }
+                XCTAssertEqual(values.map(\.caseID).sorted(), ids)
+                for (metric, kp) in [("dice", \CrossValidationSummary.CaseRow.dice), ("precision", \.precision),
+                                     ("recall", \.recall), ("assd", \.assd), ("hd95", \.hd95), ("s2s2d", \.s2s2d)] {
+                    let mean = values.map { $0[keyPath: kp] }.reduce(0, +) / Double(values.count)
+                    XCTAssertEqual(c.metrics[metric]!.mean, mean, accuracy: 1e-12 * max(1, abs(mean)), "\(model) \(c.className) \(metric)")
+                }
+            }
+        }
+        XCTAssertEqual(s.comparisons.count, 2 * s.classNames.count)
+        for c in s.comparisons {
+            XCTAssertTrue((0...1).contains(c.pValue), "\(c)")
+            XCTAssertEqual(c.pairs, ids.count)
+        }
+        let md = try String(contentsOf: folder.summaryMarkdown, encoding: .utf8)
+        XCTAssertTrue(md.contains("pancreas DSC") && md.contains("distance definition: pooled") && md.contains("Wilcoxon"), md)
+        let csv = try String(contentsOf: folder.summaryCSV, encoding: .utf8)
+        XCTAssertEqual(csv.split(separator: "\n").filter { $0.hasPrefix("case,") }.count, 2 * ids.count * s.classNames.count)
+    }
+
+    /// Weights digests of each fold's checkpoints.
+    func digests(_ run: URL) throws -> [String] {
+        var d: [String] = []
+        for model in ["attention-unet", "unet"] {
+            for k in 0..<2 {
+                let sub = RunFolder(run).fold(k, model: model)
+                for f in [sub.checkpointLatest, sub.checkpointBest] {
+                    d.append(TrainingCheckpoint.weightsDigest(try Checkpoint.load(f.path)))
+                }
+            }
+        }
+        return d
+    }
+
+    /// `--stop-after-epochs 3` stops the CV in the middle of fold 2 of the first model (exit 75); the same
+    /// command again skips the finished fold (and says so), resumes the unfinished one, stops again; a third
+    /// time finishes. The results equal the uninterrupted CV's exactly: per-case metrics and weights digests.
+    /// A changed option is refused, naming it.
+    func testStoppedCVResumesToTheUninterruptedResults() throws {
+        let reference = try Self.reference()
+        let out = work.appendingPathComponent("cv")
+        let cmd = try Self.command(ranks: 1, out: out.path, extra: "--stop-after-epochs 3")
+        var r = try TestEnv.run(cmd)
+        XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: RunFolder(out).fold(0, model: "attention-unet").foldResults.path))
+        XCTAssertFalse(FileManager.default.fileExists(atPath: RunFolder(out).fold(1, model: "attention-unet").foldResults.path))
+
+        let changed = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--weight-decay 1e-5"))
+        XCTAssertEqual(changed.status, 1, changed.stdout + changed.stderr)
+        XCTAssertTrue(changed.stderr.contains("training.weightDecay: 1e-05 (was 1e-06)"), changed.stderr)
+        let otherDistance = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--distance-definition max-directed"))
+        XCTAssertEqual(otherDistance.status, 1, otherDistance.stdout + otherDistance.stderr)
+        XCTAssertTrue(otherDistance.stderr.contains("distanceDefinition: \"maxDirected\" (was \"pooled\")")
+                      || otherDistance.stderr.contains("distanceDefinition: maxDirected (was pooled)"), otherDistance.stderr)
+
+        r = try TestEnv.run(cmd)
+        XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("attention-unet fold 1/2: done, skipped"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("attention-unet fold 2/2: 1 training / 1 validation / 2 test cases, resuming"), r.stdout)
+        r = try TestEnv.run(cmd)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("cv: unet fold 1/2: done, skipped"), r.stdout)
+
+        for model in ["attention-unet", "unet"] {
+            for k in 0..<2 {
+                let a = try results(out, fold: k, model: model), b = try results(reference, fold: k, model: model)
+                XCTAssertEqual(a.weightsSHA256, b.weightsSHA256)
+                XCTAssertEqual(a.cases.map(\.classes), b.cases.map(\.classes), "\(model) fold \(k)")
+            }
+        }
+        XCTAssertEqual(try digests(out), try digests(reference))
+    }
+
+    /// SIGKILL once the second fold of the first model has written a checkpoint, then the same command again:
+    /// the first fold is skipped, the second resumes (or, if the kill landed after its training, is evaluated),
+    /// and every fold's results and checkpoints equal the uninterrupted CV's.
+    func testKilledCVResumesToTheUninterruptedResults() throws {
+        let reference = try Self.reference()
+        let out = work.appendingPathComponent("cv")
+        let cmd = try Self.command(ranks: 1, out: out.path)
+        let job = Process()
+        job.executableURL = URL(fileURLWithPath: "/bin/sh")
+        job.arguments = ["-c", "exec \(cmd) > \(work.path)/killed.log 2>&1"]
+        job.environment = TestEnv.childEnvironment
+        try job.run()
+        let marker = RunFolder(out).fold(1, model: "attention-unet").checkpointLatest.path
+        let deadline = Date().addingTimeInterval(120)
+        while job.isRunning && Date() < deadline && !FileManager.default.fileExists(atPath: marker) { usleep(5_000) }
+        kill(job.processIdentifier, SIGKILL)
+        job.waitUntilExit()
+        XCTAssertEqual(job.terminationReason, .uncaughtSignal, "the CV must have been killed before it finished")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: RunFolder(out).summaryJSON.path))
+        let r = try TestEnv.run(cmd)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 1/2: done, skipped"), r.stdout)
+        for model in ["attention-unet", "unet"] {
+            for k in 0..<2 {
+                let a = try results(out, fold: k, model: model), b = try results(reference, fold: k, model: model)
+                XCTAssertEqual(a.weightsSHA256, b.weightsSHA256, "\(model) fold \(k)")
+                XCTAssertEqual(a.cases.map(\.classes), b.cases.map(\.classes), "\(model) fold \(k)")
+            }
+        }
+        XCTAssertEqual(try digests(out), try digests(reference))
+    }
+
+    /// The same CV on 2 ranks (training data-parallel with SyncBN, test cases spread over the ranks) against 1
+    /// rank: each fold's weights within the train rank-equivalence test's tolerance (relative difference of the
+    /// update from the initial weights ≤ 1e-3), and every per-case Dice within 0.01 (arg-max maps may flip a
+    /// few voxels where two classes tie to rounding).
+    func testTwoRanksMatchOneRank() throws {
+        let reference = try Self.reference()
+        let out = work.appendingPathComponent("cv2")
+        let r = try TestEnv.run(try Self.command(ranks: 2, out: out.path))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        var worst = 0.0, worstDice = 0.0
+        for model in ["attention-unet", "unet"] {
+            for k in 0..<2 {
+                let path = { (run: URL) in RunFolder(run).fold(k, model: model).checkpointLatest.path }
+                let a = try Checkpoint.load(path(out)), b = try Checkpoint.load(path(reference))
+                let start = SegmentationModel(b.config, seed: 5)
+                var diff = 0.0, norm = 0.0
+                for i in 0..<b.params.count {
+                    let s = Double(start.params.values.data[i])
+                    let da = Double(a.params.values.data[i]) - s, db = Double(b.params.values.data[i]) - s
+                    diff += (da - db) * (da - db); norm += db * db
+                }
+                worst = max(worst, (diff / norm).squareRoot())
+                XCTAssertLessThanOrEqual((diff / norm).squareRoot(), 1e-3, "\(model) fold \(k)")
+                let ra = try results(out, fold: k, model: model), rb = try results(reference, fold: k, model: model)
+                XCTAssertEqual(ra.cases.map(\.id), rb.cases.map(\.id))
+                for (ca, cb) in zip(ra.cases, rb.cases) {
+                    for (ma, mb) in zip(ca.classes, cb.classes) {
+                        worstDice = max(worstDice, abs(ma.dice - mb.dice))
+                        XCTAssertEqual(ma.dice, mb.dice, accuracy: 0.01, "\(model) fold \(k) \(ca.id)")
+                    }
+                }
+            }
+        }
+        print("cv rank equivalence: worst relative update difference \(worst), worst Dice difference \(worstDice)")
+    }
+
+    /// A splits file whose test parts overlap is refused, naming the case, before anything is written.
+    func testBadSplitsAreRefusedNamingTheCases() throws {
+        let ids = try CaseStore(path: try PhantomStore.path()).cases.map(\.id).sorted()
+        let bad = [["train": [ids[2], ids[3]], "val": [ids[0], ids[1]]], ["train": [ids[0], ids[2]], "val": [ids[1], ids[3]]]]
+        let file = work.appendingPathComponent("splits_final.json")
+        try JSONEncoder().encode(bad).write(to: file)
+        let out = work.appendingPathComponent("cv")
+        let r = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--splits \(file.path)"))
+        XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
+        XCTAssertTrue(r.stderr.contains("error: \(file.path): case \(ids[1]) is in the test sets of folds 0 and 1"), r.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: RunFolder(out).fold(0, model: "unet").path))
+
+        // Good splits, one epoch of the first fold, stop; the file edited to other folds: the rerun is refused.
+        let good = [["train": [ids[2], ids[3]], "val": [ids[0], ids[1]]], ["train": [ids[0], ids[1]], "val": [ids[2], ids[3]]]]
+        try JSONEncoder().encode(good).write(to: file)
+        let cmd = try Self.command(ranks: 1, out: out.path, extra: "--splits \(file.path) --epochs 1 --stop-after-epochs 1")
+        var s = try TestEnv.run(cmd)
+        XCTAssertEqual(s.status, 75, s.stdout + s.stderr)
+        let edited = [["train": [ids[1], ids[3]], "val": [ids[0], ids[2]]], ["train": [ids[0], ids[2]], "val": [ids[1], ids[3]]]]
+        try JSONEncoder().encode(edited).write(to: file)
+        s = try TestEnv.run(cmd)
+        XCTAssertEqual(s.status, 1, s.stdout + s.stderr)
+        XCTAssertTrue(s.stderr.contains("\(RunFolder(out).splits.path): the folds differ from the run's"), s.stderr)
+    }
+}
