@@ -36,6 +36,10 @@ struct AttuNet: ParsableCommand {
             case let e as AttunetError:
                 report(e.lines)
                 status = e.exitCode
+            case _ where exitCode(for: error) == .success:
+                // `--help` and `help SUBCOMMAND` reach run() as argument-parser's help request: print the help.
+                if MPIRuntime.worldRank == 0 { print(fullMessage(for: error)) }
+                status = 0
             default:
                 report(["\(error)"])
                 status = 1
