@@ -48,7 +48,7 @@ let package = Package(
         .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Evaluation", "Distributed", "HDF5Kit",
                                                .product(name: "Crypto", package: "swift-crypto")]),
         .executableTarget(name: "attunet", dependencies: [
-            "Support", "Tensor", "HDF5Kit", "Distributed", "NN", "Data", "Training",
+            "Support", "Tensor", "HDF5Kit", "Distributed", "NN", "Data", "Evaluation", "Inference", "Training",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
