@@ -64,6 +64,6 @@ let package = Package(
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Data", "Tensor", "Support", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
         .testTarget(name: "InferenceTests", dependencies: ["Inference", "Support", "NN", "Data", "Tensor", "TestSupport"]),
-        .testTarget(name: "attunetTests", dependencies: ["attunet", "TestSupport"]),
+        .testTarget(name: "attunetTests", dependencies: ["attunet", "NN", "Data", "Evaluation", "Tensor", "TestSupport"]),
     ]
 )
