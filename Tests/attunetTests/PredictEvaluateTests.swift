@@ -56,6 +56,11 @@ final class PredictEvaluateTests: XCTestCase {
                 assert np.array_equal(np.argmax(probs, axis=0), lab) or np.mean(np.argmax(probs, axis=0) == lab) > 0.999
                 att = glob.glob(os.path.join(r'\(out)', 'attention', name.replace('.nii.gz', '_*.nii.gz')))
                 assert len(att) == 6, att
+                pngs = glob.glob(os.path.join(r'\(out)', 'attention', name.replace('.nii.gz', '_*.png')))
+                assert len(pngs) == 6, pngs
+                for png in pngs:
+                    head = open(png, 'rb').read(24)
+                    assert head[:8] == b'\\x89PNG\\r\\n\\x1a\\n' and head[12:16] == b'IHDR', png
             """)
         // An ensemble of two checkpoints.
         let e = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images)/phantom_000.nii.gz --checkpoint \(f.a) --checkpoint \(f.b) \(Self.tile) --out \(f.dir.path)/ens")
@@ -74,7 +79,8 @@ final class PredictEvaluateTests: XCTestCase {
         XCTAssertTrue(again.stderr.contains("\(out)/phantom_000.nii.gz exists: pass --force"), again.stderr)
     }
 
-    /// Cases spread over two ranks give the labels one process gives.
+    /// Cases spread over two ranks give the labels one process gives; a NIfTI input, prepared in memory, gives
+    /// the labels its store case gives; a trained checkpoint supplies the patch size and the store's spacing.
     func testPredictStoreUnderMPIEqualsOneRank() throws {
         let f = try makeFixture()
         defer { try? FileManager.default.removeItem(at: f.dir) }
@@ -86,6 +92,8 @@ final class PredictEvaluateTests: XCTestCase {
         let two = try TestEnv.run("mpirun -np 2 --bind-to none --oversubscribe \(TestEnv.attunet) predict --store \(store) --checkpoint \(f.a) --patch 32x32x16 --out \(f.dir.path)/p2")
         XCTAssertEqual(two.status, 0, two.stderr)
         XCTAssertTrue(two.stdout.contains("on 2 rank(s)") && two.stdout.contains("rank 1"), two.stdout)
+        let files = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) --patch 32x32x16 --spacing 4 --out \(f.dir.path)/p3")
+        XCTAssertEqual(files.status, 0, files.stderr)
         try TestEnv.python("""
             import nibabel as nib, numpy as np
             for c in ['phantom_000', 'phantom_001']:
@@ -94,7 +102,15 @@ final class PredictEvaluateTests: XCTestCase {
                 assert a.shape == src.shape and np.allclose(a.affine, src.affine, atol=1e-4)
                 assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)), c
                 assert np.array_equal(a.affine, b.affine)
+                f = nib.load(r'\(f.dir.path)/p3/' + c + '.nii.gz')
+                assert np.array_equal(np.asarray(a.dataobj), np.asarray(f.dataobj)), c + ': the NIfTI input differs from its store case'
             """)
+        // A checkpoint from `attunet train` records its patch and store: no --patch or --spacing needed.
+        let t = try TestEnv.run("\(TestEnv.attunet) train --store \(store) --feature-scale 16 --patch 32x32x16 --batch 1 --epochs 1 --val-cases phantom_001 --out \(f.dir.path)/run")
+        XCTAssertEqual(t.status, 0, t.stderr)
+        let d = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(f.dir.path)/run/checkpoint_latest.h5 --out \(f.dir.path)/p4")
+        XCTAssertEqual(d.status, 0, d.stderr)
+        XCTAssertTrue(d.stdout.contains("tiles 32x32x16") && d.stdout.contains("resampled to 4.000 mm (training store \(store))"), d.stdout)
     }
 
     // MARK: - evaluate
