@@ -24,7 +24,8 @@ struct Predict: ParsableCommand {
         fold models of a cross-validation): their softmax outputs are averaged; all must have the same
         architecture, input channels and classes.
         Output in --out, per case: <case>.nii.gz, uint8 labels on the source's grid with the source's affine
-        as qform and sform (a NIfTI input's own qform/sform codes; read back and checked);
+        as qform and sform, with the source file's own qform/sform codes (a store case's source file when it
+        is still where prepare read it, else scanner/scanner); read back and checked against the source;
           --save-probabilities  probabilities/<case>_<c>.nii.gz, one float32 volume per class c on the
                                 source grid (the NIfTI writer writes 3D volumes);
           --save-attention      attention/<case>_<gate>.nii.gz, the attention gates' alpha maps stitched as
@@ -235,7 +236,15 @@ struct Predict: ParsableCommand {
             geometry = try SourceGeometry(store: store!, case: c)
             let (normalized, pad) = try store!.normalizedImage(c, normalization: .zscore)
             prediction = try predictor.predict(volume: normalized, shape: store!.cases[c].shape, padValue: pad)
-            codes = .scanner; image = normalized
+            image = normalized
+            // The source file's own codes when it is still where prepare read it (checked against the store's
+            // record of its size and affine); else scanner anatomy for both.
+            let recorded = store!.cases[c].source
+            if FileManager.default.fileExists(atPath: recorded) {
+                codes = try XformCodes.of(source: recorded, geometry: geometry); sourcePath = recorded
+            } else {
+                codes = .scanner
+            }
         }
         let labelPath = "\(out)/\(id).nii.gz"
         try SourceExport.write(prediction, geometry: geometry, to: labelPath, codes: codes)
