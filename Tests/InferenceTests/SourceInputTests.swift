@@ -9,6 +9,13 @@ import XCTest
 /// A NIfTI image prepared in memory is what `attunet prepare` stores and training normalises: the same voxels,
 /// pad value and geometry as the store case made from it, on the oblique and LPS sources of ``ExportTests``.
 final class SourceInputTests: XCTestCase {
+    /// The sources are ExportTests' (made again by whichever suite runs first): removed after this suite too.
+    override class func tearDown() {
+        if let dir = ExportTests.dir { try? FileManager.default.removeItem(at: dir) }
+        ExportTests.dir = nil
+        super.tearDown()
+    }
+
     func testSourceInputEqualsItsStoreCase() throws {
         let d = try ExportTests.prepared()
         let store = try CaseStore(path: "\(d.path)/store.h5")
