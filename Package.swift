@@ -30,6 +30,9 @@ let package = Package(
         .target(name: "CNIfTI", path: "Sources/CNIfTI", exclude: ["README.md"],
                 cSettings: [.unsafeFlags(["-I/usr/include/nifti"])],
                 linkerSettings: [.linkedLibrary("niftiio"), .linkedLibrary("znz"), .linkedLibrary("z")]),
+        // libpng for the attention montages (a static-inline shim over its simplified write API).
+        .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
+                       providers: [.apt(["libpng-dev"])]),
         // Direct AVX-512 3x3x3 convolutions (runtime-dispatched) and the im2col+sgemm fallback.
         .target(name: "CKernels", dependencies: ["CBLAS"], path: "Sources/CKernels", exclude: ["README.md"]),
 
@@ -41,11 +44,11 @@ let package = Package(
         .target(name: "Data", dependencies: ["Support", "Tensor", "HDF5Kit", "CNIfTI", "Distributed"]),
         // The metrics of the paper's tables; scoring never needs a network, so no NN.
         .target(name: "Evaluation", dependencies: ["Support", "Tensor", "Data", "Distributed"]),
-        .target(name: "Inference", dependencies: ["Support", "Tensor", "NN", "Data"]),
+        .target(name: "Inference", dependencies: ["Support", "Tensor", "NN", "Data", "CPNG"]),
         .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Evaluation", "Distributed", "HDF5Kit",
                                                .product(name: "Crypto", package: "swift-crypto")]),
         .executableTarget(name: "attunet", dependencies: [
-            "Support", "Tensor", "HDF5Kit", "Distributed", "NN", "Data", "Evaluation", "Training",
+            "Support", "Tensor", "HDF5Kit", "Distributed", "NN", "Data", "Evaluation", "Inference", "Training",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
@@ -61,6 +64,6 @@ let package = Package(
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Data", "Tensor", "Support", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
         .testTarget(name: "InferenceTests", dependencies: ["Inference", "Support", "NN", "Data", "Tensor", "TestSupport"]),
-        .testTarget(name: "attunetTests", dependencies: ["attunet", "TestSupport"]),
+        .testTarget(name: "attunetTests", dependencies: ["attunet", "NN", "Data", "Evaluation", "Tensor", "TestSupport"]),
     ]
 )

@@ -15,7 +15,8 @@ struct AttuNet: ParsableCommand {
         3 NaN/Inf loss (the last good checkpoint kept), 64 bad command line, 75 stopped on request (rerun
         with --resume).
         """,
-        subcommands: [Doctor.self, Synth.self, Prepare.self, Train.self, CV.self, Inspect.self, ImportWeights.self, Bench.self]
+        subcommands: [Doctor.self, Synth.self, Prepare.self, Train.self, CV.self, Predict.self, Evaluate.self, Inspect.self,
+                      ImportWeights.self, Bench.self]
     )
 
     /// Parses and runs a subcommand. Argument errors are argument-parser's (with usage); every error a

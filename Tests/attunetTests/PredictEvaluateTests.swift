@@ -1,0 +1,230 @@
+import Data
+import Evaluation
+import Foundation
+import NN
+import Tensor
+import TestSupport
+import XCTest
+
+/// `attunet predict` and `attunet evaluate` as a user runs them: outputs read back with nibabel, an MPI run
+/// against a single-process run, metrics against `CaseMetrics.evaluate` called here.
+final class PredictEvaluateTests: XCTestCase {
+    /// Two small phantoms and untrained checkpoints (feature scale 16): A and B with 4 classes, C with 3.
+    struct Fixture { var dir: URL; var images: String; var labels: String; var a: String; var b: String; var c: String }
+
+    func makeFixture() throws -> Fixture {
+        let dir = try TestEnv.tempDir()
+        let s = try TestEnv.run("\(TestEnv.attunet) synth --cases 2 --resolution 0.5 --threads 2 --out \(dir.path)/ph")
+        XCTAssertEqual(s.status, 0, s.stderr)
+        var paths: [String] = []
+        for (name, classes, seed) in [("A", 4, UInt64(1)), ("B", 4, 2), ("C", 3, 3)] {
+            let path = "\(dir.path)/\(name).h5"
+            try Checkpoint.save(SegmentationModel(ModelConfig(classes: classes, featureScale: 16), seed: seed), to: path)
+            paths.append(path)
+        }
+        return Fixture(dir: dir, images: "\(dir.path)/ph/imagesTr", labels: "\(dir.path)/ph/labelsTr",
+                       a: paths[0], b: paths[1], c: paths[2])
+    }
+
+    static let tile = "--patch 32x32x16 --spacing 4"
+
+    func testPredictFolderKeepsSourceGeometryEnsemblesAndRefuses() throws {
+        let f = try makeFixture()
+        defer { try? FileManager.default.removeItem(at: f.dir) }
+        let out = "\(f.dir.path)/pred"
+        let r = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) \(Self.tile) --out \(out) --save-probabilities --save-attention")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("phantom_000") && r.stdout.contains("peak RSS"), r.stdout)
+        try TestEnv.python("""
+            import nibabel as nib, numpy as np, os, glob
+            imgs = sorted(glob.glob(r'\(f.images)/*.nii.gz'))
+            assert len(imgs) == 2
+            for p in imgs:
+                name = os.path.basename(p)
+                a, b = nib.load(p), nib.load(os.path.join(r'\(out)', name))
+                assert a.shape == b.shape, (a.shape, b.shape)
+                assert np.allclose(a.affine, b.affine, atol=1e-4), (a.affine, b.affine)
+                qa, qca = a.get_qform(coded=True); qb, qcb = b.get_qform(coded=True)
+                sa, sca = a.get_sform(coded=True); sb, scb = b.get_sform(coded=True)
+                assert qca == qcb and sca == scb, (qca, qcb, sca, scb)
+                assert np.allclose(qa, qb, atol=1e-4) and np.allclose(sa, sb, atol=1e-4)
+                lab = np.asarray(b.dataobj)
+                assert lab.dtype == np.uint8 and lab.min() >= 0 and lab.max() <= 3, (lab.dtype, lab.max())
+                probs = [np.asarray(nib.load(os.path.join(r'\(out)', 'probabilities', name.replace('.nii.gz', f'_{c}.nii.gz'))).dataobj) for c in range(4)]
+                s = np.sum(probs, axis=0)
+                assert probs[0].shape == a.shape and np.allclose(s, 1, atol=1e-3), (s.min(), s.max())
+                assert np.array_equal(np.argmax(probs, axis=0), lab) or np.mean(np.argmax(probs, axis=0) == lab) > 0.999
+                att = glob.glob(os.path.join(r'\(out)', 'attention', name.replace('.nii.gz', '_*.nii.gz')))
+                assert len(att) == 6, att
+                pngs = glob.glob(os.path.join(r'\(out)', 'attention', name.replace('.nii.gz', '_*.png')))
+                assert len(pngs) == 6, pngs
+                for png in pngs:
+                    head = open(png, 'rb').read(24)
+                    assert head[:8] == b'\\x89PNG\\r\\n\\x1a\\n' and head[12:16] == b'IHDR', png
+            """)
+        // An ensemble of two checkpoints.
+        let e = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images)/phantom_000.nii.gz --checkpoint \(f.a) --checkpoint \(f.b) \(Self.tile) --out \(f.dir.path)/ens")
+        XCTAssertEqual(e.status, 0, e.stderr)
+        XCTAssertTrue(e.stdout.contains("an ensemble of 2 checkpoints"), e.stdout)
+        XCTAssertTrue(FileManager.default.fileExists(atPath: "\(f.dir.path)/ens/phantom_000.nii.gz"))
+        // A mismatched ensemble: one error line naming the file.
+        let m = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) --checkpoint \(f.c) \(Self.tile) --out \(f.dir.path)/bad")
+        XCTAssertNotEqual(m.status, 0)
+        let lines = m.stderr.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1, m.stderr)
+        XCTAssertTrue(m.stderr.hasPrefix("error: \(f.c):") && m.stderr.contains("3 classes"), m.stderr)
+        // An existing output without --force.
+        let again = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) \(Self.tile) --out \(out)")
+        XCTAssertNotEqual(again.status, 0)
+        XCTAssertTrue(again.stderr.contains("\(out)/phantom_000.nii.gz exists: pass --force"), again.stderr)
+    }
+
+    /// Cases spread over two ranks give the labels one process gives; a NIfTI input, prepared in memory, gives
+    /// the labels its store case gives; a trained checkpoint supplies the patch size and the store's spacing.
+    func testPredictStoreUnderMPIEqualsOneRank() throws {
+        let f = try makeFixture()
+        defer { try? FileManager.default.removeItem(at: f.dir) }
+        let store = "\(f.dir.path)/s.h5"
+        let p = try TestEnv.run("\(TestEnv.attunet) prepare --input \(f.dir.path)/ph --out \(store) --spacing 4 --threads 2")
+        XCTAssertEqual(p.status, 0, p.stderr)
+        let one = try TestEnv.run("\(TestEnv.attunet) predict --store \(store) --checkpoint \(f.a) --patch 32x32x16 --out \(f.dir.path)/p1")
+        XCTAssertEqual(one.status, 0, one.stderr)
+        let two = try TestEnv.run("mpirun -np 2 --bind-to none --oversubscribe \(TestEnv.attunet) predict --store \(store) --checkpoint \(f.a) --patch 32x32x16 --out \(f.dir.path)/p2")
+        XCTAssertEqual(two.status, 0, two.stderr)
+        XCTAssertTrue(two.stdout.contains("on 2 rank(s)") && two.stdout.contains("rank 1"), two.stdout)
+        let files = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) --patch 32x32x16 --spacing 4 --out \(f.dir.path)/p3")
+        XCTAssertEqual(files.status, 0, files.stderr)
+        try TestEnv.python("""
+            import nibabel as nib, numpy as np
+            for c in ['phantom_000', 'phantom_001']:
+                a = nib.load(r'\(f.dir.path)/p1/' + c + '.nii.gz'); b = nib.load(r'\(f.dir.path)/p2/' + c + '.nii.gz')
+                src = nib.load(r'\(f.images)/' + c + '.nii.gz')
+                assert a.shape == src.shape and np.allclose(a.affine, src.affine, atol=1e-4)
+                assert np.array_equal(np.asarray(a.dataobj), np.asarray(b.dataobj)), c
+                assert np.array_equal(a.affine, b.affine)
+                f = nib.load(r'\(f.dir.path)/p3/' + c + '.nii.gz')
+                assert np.array_equal(np.asarray(a.dataobj), np.asarray(f.dataobj)), c + ': the NIfTI input differs from its store case'
+            """)
+        // A checkpoint from `attunet train` records its patch and store: no --patch or --spacing needed.
+        let t = try TestEnv.run("\(TestEnv.attunet) train --store \(store) --feature-scale 16 --patch 32x32x16 --batch 1 --epochs 1 --val-cases phantom_001 --out \(f.dir.path)/run")
+        XCTAssertEqual(t.status, 0, t.stderr)
+        let d = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(f.dir.path)/run/checkpoint_latest.h5 --out \(f.dir.path)/p4")
+        XCTAssertEqual(d.status, 0, d.stderr)
+        XCTAssertTrue(d.stdout.contains("tiles 32x32x16") && d.stdout.contains("resampled to 4.000 mm (training store \(store))"), d.stdout)
+    }
+
+    // MARK: - evaluate
+
+    static let dim = Dim3(z: 16, y: 24, x: 30)
+    static let affine: [Double] = [1.5, 0, 0, -20, 0, 1.2, 0, 10, 0, 0, 2.5, 5, 0, 0, 0, 1]
+
+    /// Two boxes (class 1 and 2) shifted by `dx` voxels along x; class 2 left out when `drop2`.
+    static func labelMap(dx: Int, drop2: Bool = false) -> [UInt8] {
+        var v = [UInt8](repeating: 0, count: dim.count)
+        for z in 3..<12 { for y in 4..<18 { for x in 5..<14 { v[(z * dim.y + y) * dim.x + x + dx] = 1 } } }
+        if !drop2 { for z in 5..<10 { for y in 6..<12 { for x in 18..<25 { v[(z * dim.y + y) * dim.x + x + dx] = 2 } } } }
+        return v
+    }
+
+    static func write(_ v: [UInt8], _ path: String, affine: [Double] = affine) throws {
+        try NIfTIVolume(nx: dim.x, ny: dim.y, nz: dim.z, affine: affine, voxels: v.map(Float.init)).write(path, as: .uint8)
+    }
+
+    func testEvaluateKnownAnswersSummariesAndRefusals() throws {
+        let dir = try TestEnv.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let ref = "\(dir.path)/ref", pred = "\(dir.path)/pred"
+        for d in [ref, pred] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        let reference = Self.labelMap(dx: 0)
+        let shifted = Self.labelMap(dx: 2), dropped = Self.labelMap(dx: 1, drop2: true)
+        for c in ["a", "b", "c"] { try Self.write(reference, "\(ref)/\(c).nii.gz") }
+        try Self.write(reference, "\(pred)/a.nii.gz")
+        try Self.write(shifted, "\(pred)/b.nii.gz")
+        try Self.write(dropped, "\(pred)/c.nii.gz")
+        let r = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref) --class-names background,spleen,kidney")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("| spleen |") && r.stdout.contains("pooled"), r.stdout)
+        let out = "\(pred)/evaluation"
+        for f in ["metrics.csv", "summary.json", "summary.md"] {
+            XCTAssertTrue(FileManager.default.fileExists(atPath: "\(out)/\(f)"), f)
+        }
+        // metrics.csv against CaseMetrics.evaluate in this process.
+        let csv = try String(contentsOfFile: "\(out)/metrics.csv", encoding: .utf8).split(separator: "\n").map { $0.split(separator: ",").map(String.init) }
+        let header = csv[0]
+        func value(_ row: [String], _ col: String) -> Double { Double(row[header.firstIndex(of: col)!])! }
+        let sp = try NIfTIVolume.read("\(ref)/a.nii.gz").spacing   // the float32 affine's column norms
+        let spacing = VoxelSpacing(x: sp.x, y: sp.y, z: sp.z)
+        var expected: [[ClassMetrics]] = []
+        for (i, (name, p)) in [("a", reference), ("b", shifted), ("c", dropped)].enumerated() {
+            let m = CaseMetrics.evaluate(prediction: p, reference: reference, dim: Self.dim, spacing: spacing, classes: 3)
+            expected.append(m)
+            for c in 0..<2 {
+                let row = csv[1 + i * 2 + c]
+                XCTAssertEqual(row[0], name); XCTAssertEqual(row[2], String(c + 1))
+                for (col, x) in [("dice", m[c].dice), ("precision", m[c].precision), ("recall", m[c].recall),
+                                 ("assd_mm", m[c].assd), ("hd95_mm", m[c].hd95), ("s2s_mm", m[c].s2s2d)] {
+                    XCTAssertEqual(value(row, col), x, accuracy: 1e-5 * max(1, abs(x)), "\(name) class \(c + 1) \(col)")
+                }
+            }
+        }
+        // The reference itself: Dice 1, distances 0; the shifted copy: a known overlap (shift 2 of 9 and 7 voxels).
+        XCTAssertEqual(value(csv[1], "dice"), 1, accuracy: 1e-6)
+        XCTAssertEqual(value(csv[1], "assd_mm"), 0); XCTAssertEqual(value(csv[1], "hd95_mm"), 0)
+        XCTAssertEqual(value(csv[3], "dice"), 7.0 / 9.0, accuracy: 1e-6)
+        XCTAssertEqual(value(csv[4], "dice"), 5.0 / 7.0, accuracy: 1e-6)
+        XCTAssertEqual(csv[6][header.firstIndex(of: "empty")!], "prediction")
+        // summary.json: the summaries of the same results, with the worst-case count and the definition.
+        let json = try JSONSerialization.jsonObject(with: Foundation.Data(contentsOf: URL(fileURLWithPath: "\(out)/summary.json"))) as! [String: Any]
+        XCTAssertEqual(json["distance_definition"] as? String, "pooled")
+        let classes = json["classes"] as! [[String: Any]]
+        let summaries = ClassSummary.summarize(expected)
+        for c in 0..<2 {
+            let metrics = classes[c]["metrics"] as! [String: [String: Any]]
+            for m in Metric.allCases {
+                let s = summaries[c].metrics[m]!
+                XCTAssertEqual(metrics[m.rawValue]!["mean"] as! Double, s.mean, accuracy: 1e-9 * max(1, s.mean))
+                XCTAssertEqual(metrics[m.rawValue]!["std"] as! Double, s.std, accuracy: 1e-9 * max(1, s.std))
+                XCTAssertEqual(metrics[m.rawValue]!["worst_case_count"] as! Int, s.worstCaseCount)
+            }
+        }
+        XCTAssertEqual(classes[1]["name"] as? String, "kidney")
+        XCTAssertEqual(classes[1]["prediction_empty"] as? Int, 1)
+        XCTAssertTrue(try String(contentsOfFile: "\(out)/summary.md", encoding: .utf8).contains("[1 worst]"))
+
+        // max-directed differs from pooled on the shifted case and is named.
+        let md = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref) --distance-definition max-directed --out \(dir.path)/md")
+        XCTAssertEqual(md.status, 0, md.stderr)
+        let mdJSON = try String(contentsOfFile: "\(dir.path)/md/summary.json", encoding: .utf8)
+        XCTAssertTrue(mdJSON.contains("\"max-directed\""), mdJSON)
+
+        // Geometry mismatch: one line naming the file.
+        var moved = Self.affine; moved[3] += 3
+        try Self.write(reference, "\(pred)/b.nii.gz", affine: moved)
+        let g = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref)")
+        XCTAssertNotEqual(g.status, 0)
+        XCTAssertEqual(g.stderr.split(separator: "\n").count, 1, g.stderr)
+        XCTAssertTrue(g.stderr.hasPrefix("error: \(pred)/b.nii.gz: geometry differs from the reference \(ref)/b.nii.gz"), g.stderr)
+        // A missing prediction, and an extra one.
+        try FileManager.default.removeItem(atPath: "\(pred)/b.nii.gz")
+        let miss = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref)")
+        XCTAssertNotEqual(miss.status, 0)
+        XCTAssertTrue(miss.stderr.hasPrefix("error: \(pred)/b.nii.gz: missing"), miss.stderr)
+        try Self.write(reference, "\(pred)/b.nii.gz")
+        try Self.write(reference, "\(pred)/z.nii.gz")
+        let extra = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref)")
+        XCTAssertNotEqual(extra.status, 0)
+        XCTAssertTrue(extra.stderr.hasPrefix("error: \(pred)/z.nii.gz: no reference \(ref)/z.nii.gz"), extra.stderr)
+    }
+
+    func testHelpDocumentsEmptyMaskRules() throws {
+        for command in ["evaluate --help", "help evaluate"] {
+            let h = try TestEnv.run("\(TestEnv.attunet) \(command)")
+            XCTAssertEqual(h.status, 0, h.stderr)
+            XCTAssertTrue(h.stdout.contains("both empty") && h.stdout.contains("prediction empty")
+                          && h.stdout.contains("worst case"), h.stdout)
+        }
+        let p = try TestEnv.run("\(TestEnv.attunet) predict --help")
+        XCTAssertEqual(p.status, 0, p.stderr)
+        XCTAssertTrue(p.stdout.contains("--save-attention"), p.stdout)
+    }
+}
