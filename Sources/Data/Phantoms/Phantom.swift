@@ -17,9 +17,10 @@ import Tensor
 /// voxel spacing and volume size from its own seeded generator.
 public struct PhantomCase: Sendable {
     public var dim: Dim3
-    /// Voxel spacing in mm (x, y, z).
+    /// Voxel spacing in mm along the voxel axes i, j, k (x, y, z).
     public var spacing: (x: Double, y: Double, z: Double)
-    /// Voxel-to-world (mm, RAS) row-major 4x4 affine; LPS-stored like most CT: diag(-sx, -sy, sz).
+    /// Voxel-to-world (mm, RAS) row-major 4x4 affine; LPS-stored like most CT: diag(-sx, -sy, sz), unless
+    /// ``PhantomOptions/orientation`` asks for another voxel order (then its columns are permuted and flipped).
     public var affine: [Double]
     public var image: [Float]
     public var label: [UInt8]
