@@ -30,6 +30,7 @@ struct Synth: ParsableCommand {
         to those above; with any, case i of a seed is still the same patient (the same random draws), and
         dataset.json's description lists the knobs used. Defaults:
           --orientation LPS     voxel i to the patient's left, j posterior, k superior (affine diag(-s, -s, s))
+          --oblique-degrees 0   a straight grid
           --organ-scale 1       spleen, pancreas and kidneys at their drawn size
           HU levels drawn per case: spleen 105-130, pancreas 80-100, kidney cortex 150-200,
           liver 95-120, bowel loops 25-55 (noise 8-20 HU and organ texture on top)
@@ -65,6 +66,13 @@ struct Synth: ParsableCommand {
         affine are reordered together, so the anatomy in world space is the same in every order.
         """, valueName: "codes"))
     var orientation: String = "LPS"
+
+    @Option(help: ArgumentHelp("""
+        Rotates the voxel grid by N degrees about the superior axis (right-handed in RAS world coordinates), \
+        |N| <= 45: an oblique in-plane grid, grown to keep the whole field of view. The anatomy in world space \
+        stays, sampled at the rotated voxels. Default 0 (a straight grid).
+        """, valueName: "N"))
+    var obliqueDegrees: Double = 0
 
     @Option(help: ArgumentHelp("""
         Linear size factor of the three labelled organs (spleen, pancreas, kidneys), each about its own \
@@ -103,7 +111,7 @@ struct Synth: ParsableCommand {
         do { o.orientation = try AxisCodes(orientation) } catch let e as AttunetError {
             throw ValidationError("--orientation \(e.message)")
         }
-        o.organScale = organScale
+        o.obliqueDegrees = obliqueDegrees; o.organScale = organScale
         o.spleenHU = spleenHU; o.pancreasHU = pancreasHU; o.kidneyHU = kidneyHU; o.liverHU = liverHU; o.bowelHU = bowelHU
         if let problem = o.problems.first { throw ValidationError(problem) }
         return o

@@ -58,6 +58,7 @@ final class CLITests: XCTestCase {
     func testSynthKnobs() throws {
         for (args, expect) in [("--orientation RAR", "--orientation 'RAR' is not a voxel order"),
                                ("--organ-scale 0", "--organ-scale must be in [0.25, 2]"),
+                               ("--oblique-degrees 90", "--oblique-degrees must be in [-45, 45]"),
                                ("--pancreas-hu 9000", "--pancreas-hu must be in [-1000, 1500] HU")] {
             let r = try TestEnv.run("\(TestEnv.attunet) synth --out /nonexistent/x \(args)")
             XCTAssertEqual(r.status, 64, args)

@@ -59,6 +59,11 @@ public enum Phantom {
         var label = [UInt8](repeating: 0, count: dim.count)
         let noiseSeed = rng.next()
         let edge = sxy * 0.7
+        if options.obliqueDegrees != 0 {
+            let c = obliqueCase(a, degrees: options.obliqueDegrees, n: (nx, ny, nz), sxy: sxy, sz: sz, centre: (cu, cv, cw),
+                                origin: (origin.x, origin.y, origin.z), noise: noise, noiseSeed: noiseSeed)
+            return options.orientation == .lps ? c : c.reoriented(to: options.orientation)
+        }
         image.withUnsafeMutableBufferPointer { ib in
             label.withUnsafeMutableBufferPointer { lb in
                 let ip = UncheckedSendable(ib.baseAddress!), lp = UncheckedSendable(lb.baseAddress!)
@@ -100,6 +105,60 @@ public enum Phantom {
         }
         let c = PhantomCase(dim: dim, spacing: (sxy, sxy, sz), affine: affine, image: image, label: label)
         return options.orientation == .lps ? c : c.reoriented(to: options.orientation)
+    }
+
+    /// The case on a grid rotated by `degrees` about the superior axis (right-handed in RAS: from +x towards
+    /// +y) about the centre of the straight grid, enlarged in-plane to hold the straight grid's field of view;
+    /// the anatomy in world space is that of the straight grid (the same body-frame origin), sampled at the
+    /// rotated voxels.
+    static func obliqueCase(_ a: Anatomy, degrees: Double, n: (Int, Int, Int), sxy: Double, sz: Double,
+                            centre: (Double, Double, Double), origin: (Double, Double, Double),
+                            noise: Double, noiseSeed: UInt64) -> PhantomCase {
+        let (nx, ny, nz) = n, (cu, cv, cw) = centre
+        let th = degrees * .pi / 180, c = cos(th), s = sin(th)
+        // World point of the straight grid's centre voxel; body frame u = -(x - cx) - cu, v = -(y - cy) - cv.
+        let cx = origin.0 - sxy * Double(nx - 1) / 2, cy = origin.1 - sxy * Double(ny - 1) / 2
+        let w0 = Double(nx - 1) * sxy, h0 = Double(ny - 1) * sxy
+        func notMul16(_ n: Int) -> Int { n % 16 == 0 ? n + 1 : n }
+        let mx = notMul16(Int(((abs(c) * w0 + abs(s) * h0) / sxy).rounded(.up)) + 1)
+        let my = notMul16(Int(((abs(s) * w0 + abs(c) * h0) / sxy).rounded(.up)) + 1)
+        let a0 = (x: -sxy * c, y: -sxy * s), a1 = (x: sxy * s, y: -sxy * c)   // Rz(θ) · (-sxy, 0), Rz(θ) · (0, -sxy)
+        let ci = Double(mx - 1) / 2, cj = Double(my - 1) / 2
+        let tx = cx - a0.x * ci - a1.x * cj, ty = cy - a0.y * ci - a1.y * cj
+        let affine: [Double] = [a0.x, a1.x, 0, tx,
+                                a0.y, a1.y, 0, ty,
+                                0, 0, sz, origin.2,
+                                0, 0, 0, 1]
+        let dim = Dim3(z: nz, y: my, x: mx)
+        var image = [Float](repeating: 0, count: dim.count)
+        var label = [UInt8](repeating: 0, count: dim.count)
+        let edge = sxy * 0.7
+        image.withUnsafeMutableBufferPointer { ib in
+            label.withUnsafeMutableBufferPointer { lb in
+                let ip = UncheckedSendable(ib.baseAddress!), lp = UncheckedSendable(lb.baseAddress!)
+                parallelFor(nz) { k in
+                    var nrng = SeededRNG(noiseSeed, UInt64(k))
+                    let w = (Double(k) - Double(nz - 1) / 2) * sz - cw
+                    var spare: Double? = nil
+                    for j in 0..<my {
+                        let row = (k * my + j) * mx
+                        for i in 0..<mx {
+                            let x = a0.x * Double(i) + a1.x * Double(j) + tx, y = a0.y * Double(i) + a1.y * Double(j) + ty
+                            let q = a.warped(V3(-(x - cx) - cu, -(y - cy) - cv, w))
+                            var hu = -1000.0
+                            var lab: UInt8 = 0
+                            a.paint(q, edge: edge, hu: &hu, label: &lab)
+                            if let z = spare { hu += noise * z; spare = nil } else {
+                                let (z0, z1) = nrng.normalPair(); hu += noise * z0; spare = z1
+                            }
+                            ip.value[row + i] = Float(min(max(hu, -1024), 3071).rounded())
+                            lp.value[row + i] = lab
+                        }
+                    }
+                }
+            }
+        }
+        return PhantomCase(dim: dim, spacing: (sxy, sxy, sz), affine: affine, image: image, label: label)
     }
 
     /// Writes `count` cases as a Decathlon/nnU-Net folder: `imagesTr/<name>_NNN.nii.gz` (int16 HU),

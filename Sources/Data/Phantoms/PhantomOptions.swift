@@ -34,6 +34,10 @@ public struct PhantomOptions: Sendable, Equatable {
     /// The voxel order of the written volumes (default LPS, attunet's own). The anatomy in world space does not
     /// change: the volume and its affine are reordered together, voxel for voxel.
     public var orientation: AxisCodes = .lps
+    /// Rotation of the voxel grid about the superior axis in degrees (right-handed in RAS world coordinates,
+    /// from +x towards +y), |N| ≤ 45; the grid grows in-plane to keep the whole field of view, the anatomy in
+    /// world space stays (resampled at the rotated voxels, so not voxel for voxel). Default 0.
+    public var obliqueDegrees: Double = 0
     /// Linear size factor of the three labelled organs (spleen, pancreas, kidneys; volumes scale by its cube),
     /// each about its own centre; the rest of the anatomy is unchanged. Default 1.
     public var organScale: Double = 1
@@ -55,6 +59,9 @@ public struct PhantomOptions: Sendable, Equatable {
         if !(organScale.isFinite && Self.organScaleRange.contains(organScale)) {
             p.append("--organ-scale must be in [0.25, 2] (a linear size factor; 0.5 halves the organs), got \(organScale)")
         }
+        if !(obliqueDegrees.isFinite && abs(obliqueDegrees) <= 45) {
+            p.append("--oblique-degrees must be in [-45, 45] (a rotation about the superior axis), got \(obliqueDegrees)")
+        }
         for (name, v) in huLevels where !(v.isFinite && Self.huRange.contains(v)) {
             p.append("--\(name)-hu must be in [-1000, 1500] HU, got \(v)")
         }
@@ -74,6 +81,7 @@ public struct PhantomOptions: Sendable, Equatable {
     public var summary: String {
         var parts: [String] = []
         if orientation != .lps { parts.append("orientation \(orientation)") }
+        if obliqueDegrees != 0 { parts.append("oblique \(obliqueDegrees) degrees") }
         if organScale != 1 { parts.append("organ scale \(organScale)") }
         for (n, v) in huLevels { parts.append("\(n) \(v) HU") }
         return parts.isEmpty ? "defaults" : parts.joined(separator: ", ")
@@ -82,7 +90,8 @@ public struct PhantomOptions: Sendable, Equatable {
 
 extension PhantomCase {
     /// The same case in another voxel order: voxels and affine reordered together, so every voxel keeps its
-    /// world position and value. Only for a case as `Phantom.generate` makes it (a diagonal LPS affine).
+    /// world position and value. For a case as `Phantom.generate` makes it (LPS, or LPS rotated about z by
+    /// at most 45°: voxel axes i, j, k closest to L, P, S).
     func reoriented(to o: AxisCodes) -> PhantomCase {
         let old = [dim.x, dim.y, dim.z], oldStride = [1, dim.x, dim.x * dim.y]
         let oldSpacing = [spacing.x, spacing.y, spacing.z]
