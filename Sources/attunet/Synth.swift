@@ -32,7 +32,7 @@ struct Synth: ParsableCommand {
           --orientation LPS     voxel i to the patient's left, j posterior, k superior (affine diag(-s, -s, s))
           --oblique-degrees 0   a straight grid
           --organ-scale 1       spleen, pancreas and kidneys at their drawn size
-          HU levels drawn per case: spleen 105-130, pancreas 80-100, kidney cortex 150-200,
+          HU levels drawn per case: spleen 105-130, pancreas 75-95 (mid-length), kidney cortex 150-200,
           liver 95-120, bowel loops 25-55 (noise 8-20 HU and organ texture on top)
         A fixed --*-hu level replaces the draw in every case. A hard cohort (half-size organs, spleen close to
         the liver, pancreas close to the bowel, the other voxel order) like one on which the default training
@@ -85,8 +85,8 @@ struct Synth: ParsableCommand {
     var spleenHU: Double?
 
     @Option(name: .customLong("pancreas-hu"), help: ArgumentHelp("""
-        Pancreas level in HU at mid-length for every case (it falls 10 HU from head to tail; default: drawn \
-        from 80-100).
+        Pancreas level in HU at mid-length for every case (it falls 10 HU from head to tail; default: drawn, \
+        80-100 at the head, 75-95 at mid-length).
         """, valueName: "HU"))
     var pancreasHU: Double?
 

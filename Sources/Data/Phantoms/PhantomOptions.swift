@@ -42,8 +42,8 @@ public struct PhantomOptions: Sendable, Equatable {
     /// each about its own centre; the rest of the anatomy is unchanged. Default 1.
     public var organScale: Double = 1
     /// Fixed tissue levels in HU instead of each case's draw (nil: drawn, the default). Texture and noise
-    /// still vary around them. Defaults as drawn: spleen 105-130, pancreas 80-100 (its mid-length level; it
-    /// falls 10 HU from head to tail), kidney cortex 150-200 (the medulla 20-110 HU below it keeps its drawn
+    /// still vary around them. Defaults as drawn: spleen 105-130, pancreas 75-95 (its mid-length level; it
+    /// falls 10 HU from head to tail, 80-100 at the head), kidney cortex 150-200 (the medulla 20-110 HU below it keeps its drawn
     /// offset), liver 95-120, bowel loops 25-55 (the duodenum, 45-70, keeps its drawn offset from them).
     public var spleenHU: Double? = nil, pancreasHU: Double? = nil, kidneyHU: Double? = nil
     public var liverHU: Double? = nil, bowelHU: Double? = nil
