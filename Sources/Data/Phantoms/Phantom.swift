@@ -17,9 +17,10 @@ import Tensor
 /// voxel spacing and volume size from its own seeded generator.
 public struct PhantomCase: Sendable {
     public var dim: Dim3
-    /// Voxel spacing in mm (x, y, z).
+    /// Voxel spacing in mm along the voxel axes i, j, k (x, y, z).
     public var spacing: (x: Double, y: Double, z: Double)
-    /// Voxel-to-world (mm, RAS) row-major 4x4 affine; LPS-stored like most CT: diag(-sx, -sy, sz).
+    /// Voxel-to-world (mm, RAS) row-major 4x4 affine; LPS-stored like most CT: diag(-sx, -sy, sz), unless
+    /// ``PhantomOptions/orientation`` asks for another voxel order (then its columns are permuted and flipped).
     public var affine: [Double]
     public var image: [Float]
     public var label: [UInt8]
@@ -30,9 +31,14 @@ public struct PhantomCase: Sendable {
 public enum Phantom {
     /// Generates case `index` of a set seeded by `seed`. `scale` (default 1) multiplies the field of view in
     /// voxels (smaller for tests).
-    public static func generate(seed: UInt64, index: Int, scale: Double = 1) -> PhantomCase {
+    /// `options` (default: none) change the voxel order, the labelled organs' sizes and tissue HU levels; the
+    /// random draws are the same whatever they are, so case `i` of a seed is the same patient with every option.
+    public static func generate(seed: UInt64, index: Int, scale: Double = 1,
+                                options: PhantomOptions = PhantomOptions()) -> PhantomCase {
         var rng = SeededRNG(seed, UInt64(index), 0x5048_414E_544F_4D)   // "PHANTOM"
-        let a = Anatomy(&rng)
+        var a = Anatomy(&rng)
+        if options.organScale != 1 { a.scaleOrgans(options.organScale) }
+        a.hu.apply(options)
         // Grid: in-plane 1.4-2.2 mm, slices 2.0-3.0 mm; FOV a bit larger than the body.
         let sxy = rng.uniform(1.4, 2.2) / scale, sz = rng.uniform(2.0, 3.0) / scale
         let fovX = 2 * a.bodyA + rng.uniform(20, 60), fovY = 2 * a.bodyB + rng.uniform(30, 70)
@@ -53,6 +59,11 @@ public enum Phantom {
         var label = [UInt8](repeating: 0, count: dim.count)
         let noiseSeed = rng.next()
         let edge = sxy * 0.7
+        if options.obliqueDegrees != 0 {
+            let c = obliqueCase(a, degrees: options.obliqueDegrees, n: (nx, ny, nz), sxy: sxy, sz: sz, centre: (cu, cv, cw),
+                                origin: (origin.x, origin.y, origin.z), noise: noise, noiseSeed: noiseSeed)
+            return options.orientation == .lps ? c : c.reoriented(to: options.orientation)
+        }
         image.withUnsafeMutableBufferPointer { ib in
             label.withUnsafeMutableBufferPointer { lb in
                 let ip = UncheckedSendable(ib.baseAddress!), lp = UncheckedSendable(lb.baseAddress!)
@@ -92,20 +103,77 @@ public enum Phantom {
                 }
             }
         }
+        let c = PhantomCase(dim: dim, spacing: (sxy, sxy, sz), affine: affine, image: image, label: label)
+        return options.orientation == .lps ? c : c.reoriented(to: options.orientation)
+    }
+
+    /// The case on a grid rotated by `degrees` about the superior axis (right-handed in RAS: from +x towards
+    /// +y) about the centre of the straight grid, enlarged in-plane to hold the straight grid's field of view;
+    /// the anatomy in world space is that of the straight grid (the same body-frame origin), sampled at the
+    /// rotated voxels.
+    static func obliqueCase(_ a: Anatomy, degrees: Double, n: (Int, Int, Int), sxy: Double, sz: Double,
+                            centre: (Double, Double, Double), origin: (Double, Double, Double),
+                            noise: Double, noiseSeed: UInt64) -> PhantomCase {
+        let (nx, ny, nz) = n, (cu, cv, cw) = centre
+        let th = degrees * .pi / 180, c = cos(th), s = sin(th)
+        // World point of the straight grid's centre voxel; body frame u = -(x - cx) - cu, v = -(y - cy) - cv.
+        let cx = origin.0 - sxy * Double(nx - 1) / 2, cy = origin.1 - sxy * Double(ny - 1) / 2
+        let w0 = Double(nx - 1) * sxy, h0 = Double(ny - 1) * sxy
+        func notMul16(_ n: Int) -> Int { n % 16 == 0 ? n + 1 : n }
+        let mx = notMul16(Int(((abs(c) * w0 + abs(s) * h0) / sxy).rounded(.up)) + 1)
+        let my = notMul16(Int(((abs(s) * w0 + abs(c) * h0) / sxy).rounded(.up)) + 1)
+        let a0 = (x: -sxy * c, y: -sxy * s), a1 = (x: sxy * s, y: -sxy * c)   // Rz(θ) · (-sxy, 0), Rz(θ) · (0, -sxy)
+        let ci = Double(mx - 1) / 2, cj = Double(my - 1) / 2
+        let tx = cx - a0.x * ci - a1.x * cj, ty = cy - a0.y * ci - a1.y * cj
+        let affine: [Double] = [a0.x, a1.x, 0, tx,
+                                a0.y, a1.y, 0, ty,
+                                0, 0, sz, origin.2,
+                                0, 0, 0, 1]
+        let dim = Dim3(z: nz, y: my, x: mx)
+        var image = [Float](repeating: 0, count: dim.count)
+        var label = [UInt8](repeating: 0, count: dim.count)
+        let edge = sxy * 0.7
+        image.withUnsafeMutableBufferPointer { ib in
+            label.withUnsafeMutableBufferPointer { lb in
+                let ip = UncheckedSendable(ib.baseAddress!), lp = UncheckedSendable(lb.baseAddress!)
+                parallelFor(nz) { k in
+                    var nrng = SeededRNG(noiseSeed, UInt64(k))
+                    let w = (Double(k) - Double(nz - 1) / 2) * sz - cw
+                    var spare: Double? = nil
+                    for j in 0..<my {
+                        let row = (k * my + j) * mx
+                        for i in 0..<mx {
+                            let x = a0.x * Double(i) + a1.x * Double(j) + tx, y = a0.y * Double(i) + a1.y * Double(j) + ty
+                            let q = a.warped(V3(-(x - cx) - cu, -(y - cy) - cv, w))
+                            var hu = -1000.0
+                            var lab: UInt8 = 0
+                            a.paint(q, edge: edge, hu: &hu, label: &lab)
+                            if let z = spare { hu += noise * z; spare = nil } else {
+                                let (z0, z1) = nrng.normalPair(); hu += noise * z0; spare = z1
+                            }
+                            ip.value[row + i] = Float(min(max(hu, -1024), 3071).rounded())
+                            lp.value[row + i] = lab
+                        }
+                    }
+                }
+            }
+        }
         return PhantomCase(dim: dim, spacing: (sxy, sxy, sz), affine: affine, image: image, label: label)
     }
 
     /// Writes `count` cases as a Decathlon/nnU-Net folder: `imagesTr/<name>_NNN.nii.gz` (int16 HU),
     /// `labelsTr/<name>_NNN.nii.gz` (uint8), `dataset.json`. Cases are made `threads` at a time.
+    /// `dataset.json`'s description names the seed and, when any differs from its default, the options.
     public static func writeDataset(to dir: String, count: Int, seed: UInt64, name: String = "phantom",
-                                    scale: Double = 1, threads: Int = ProcessInfo.processInfo.activeProcessorCount,
+                                    scale: Double = 1, options: PhantomOptions = PhantomOptions(),
+                                    threads: Int = ProcessInfo.processInfo.activeProcessorCount,
                                     progress: (@Sendable (Int) -> Void)? = nil) throws {
         let fm = FileManager.default
         try fm.createDirectory(atPath: dir + "/imagesTr", withIntermediateDirectories: true)
         try fm.createDirectory(atPath: dir + "/labelsTr", withIntermediateDirectories: true)
         let names = (0..<count).map { String(format: "%@_%03d", name, $0) }
         try parallelForEach(count, threads: threads) { i in
-            let c = generate(seed: seed, index: i, scale: scale)
+            let c = generate(seed: seed, index: i, scale: scale, options: options)
             try NIfTIVolume(nx: c.dim.x, ny: c.dim.y, nz: c.dim.z, affine: c.affine, voxels: c.image)
                 .write("\(dir)/imagesTr/\(names[i]).nii.gz", as: .int16)
             try NIfTIVolume(nx: c.dim.x, ny: c.dim.y, nz: c.dim.z, affine: c.affine, voxels: c.label.map(Float.init))
@@ -113,7 +181,7 @@ public enum Phantom {
             progress?(i)
         }
         let json: [String: Any] = [
-            "name": name, "description": "attunet synthetic abdominal CT phantoms (seed \(seed))",
+            "name": name, "description": "attunet synthetic abdominal CT phantoms (seed \(seed)\(options.isDefault ? "" : "; " + options.summary))",
             "reference": "attunet synth", "licence": "CC0", "release": "1.0",
             "tensorImageSize": "3D", "modality": ["0": "CT"],
             "labels": Dictionary(uniqueKeysWithValues: PhantomCase.classNames.enumerated().map { ("\($0.offset)", $0.element) }),
@@ -148,6 +216,14 @@ struct Ellipsoid {
         self.c = c; self.r = r; cosA = cos(angle); sinA = sin(angle); cosT = cos(tilt); sinT = sin(tilt)
         let m = max(r.x, r.y, r.z) + 3
         lo = c - V3(m, m, m); hi = c + V3(m, m, m)
+    }
+    /// The same ellipsoid with radii times `f`, its centre moved towards `o` by the same factor.
+    func scaled(_ f: Double, about o: V3) -> Ellipsoid {
+        var e = self
+        e.c = o + (c - o) * f; e.r = r * f
+        let m = max(e.r.x, e.r.y, e.r.z) + 3
+        e.lo = e.c - V3(m, m, m); e.hi = e.c + V3(m, m, m)
+        return e
     }
     @inline(__always) func inBox(_ p: V3) -> Bool {
         p.x >= lo.x && p.x <= hi.x && p.y >= lo.y && p.y <= hi.y && p.z >= lo.z && p.z <= hi.z
@@ -221,6 +297,16 @@ struct ValueNoise {
 /// Tissue HU levels of one case.
 struct HU {
     var fat, muscle, liver, spleen, pancreas, duodenum, cortex, medulla, vessel, vein, bone, cortical, bowel, fluid: Double
+
+    /// Replaces the drawn levels by the options' fixed ones (see ``PhantomOptions``).
+    mutating func apply(_ o: PhantomOptions) {
+        if let v = o.liverHU { liver = v }
+        if let v = o.spleenHU { spleen = v }
+        // The pancreas falls 10 HU from head to tail: the level asked for is its mid-length level.
+        if let v = o.pancreasHU { pancreas = v + 5 }
+        if let v = o.kidneyHU { medulla = v - (cortex - medulla); cortex = v }
+        if let v = o.bowelHU { duodenum = v + (duodenum - bowel); bowel = v }
+    }
 }
 
 /// One patient's anatomy, drawn from the case generator.
@@ -233,6 +319,25 @@ struct Anatomy {
     var spine: (u: Double, v: Double, r: Double, disc: Double, phase: Double)
     var hu: HU
     var texture: ValueNoise, bowel: ValueNoise, gas: ValueNoise
+    /// Amplitudes (mm) of the spleen's and the pancreas's lobulated outlines; they scale with the organs.
+    var spleenLobe = 4.0, pancreasLobe = 2.5
+
+    /// Scales the three labelled organs by `f` (linear size; volumes by f³), each about its own centre (the
+    /// pancreas about the mean of its centre line), with their lobulation; the rest of the anatomy, duodenum
+    /// and splenic vein included, stays where it was drawn.
+    mutating func scaleOrgans(_ f: Double) {
+        spleen = spleen.scaled(f, about: spleen.c)
+        for n in kidneys.indices {
+            let c = kidneys[n].c
+            kidneys[n] = kidneys[n].scaled(f, about: c)
+            medulla[n] = medulla[n].scaled(f, about: c)
+            sinus[n] = sinus[n].scaled(f, about: c)
+        }
+        let pts = pancreas.pts
+        let m = pts.reduce(V3(0, 0, 0), +) * (1 / Double(pts.count))
+        pancreas = Tube(pts: pts.map { m + ($0 - m) * f }, rad: pancreas.rad.map { $0 * f }, flat: pancreas.flat)
+        spleenLobe *= f; pancreasLobe *= f
+    }
 
     init(_ g: inout SeededRNG) {
         func U(_ a: Double, _ b: Double) -> Double { g.uniform(a, b) }
@@ -371,7 +476,7 @@ struct Anatomy {
             if dsn < 0 && dk < 0 { label = 0 }
         }
         if spleen.inBox(p) {
-            let d = spleen.sdf(p) + 4 * texture(V3(p.x * 0.5, p.y * 0.5, p.z * 0.5))
+            let d = spleen.sdf(p) + spleenLobe * texture(V3(p.x * 0.5, p.y * 0.5, p.z * 0.5))
             lay(d, hu.spleen + 5 * texture(p))
             if d < 0 { label = 1 }
         }
@@ -384,7 +489,7 @@ struct Anatomy {
         if pancreas.inBox(p) {
             // Lobulated outline and fatty texture: the low-contrast organ.
             let (d0, t) = pancreas.sdf(p)
-            let d = d0 + 2.5 * texture(p * 1.3)
+            let d = d0 + pancreasLobe * texture(p * 1.3)
             lay(d, hu.pancreas + 18 * texture(p * 2.2) - 10 * t)
             if d < 0 { label = 2 }
         }
