@@ -90,8 +90,8 @@ final class TrainerStepTests: XCTestCase {
     }
 
     /// Tolerances, from what was measured with margin: attunet against the fixture's PyTorch 2.13 CPU float32
-    /// run, on OpenBLAS' own kernel choice here (Prescott) and, by hand, with OPENBLAS_CORETYPE SkylakeX, Haswell
-    /// and Sandybridge, 1 and 2 threads; the figures are the largest seen. For scale: PyTorch in float64 differs
+    /// run, on OpenBLAS' own kernel choice here (Prescott) and, by hand, with the SkylakeX, Haswell
+    /// and Sandybridge kernels forced, 1 and 2 threads; the figures are the largest seen. For scale: PyTorch in float64 differs
     /// from the same PyTorch in float32 by as much as attunet does: losses by 2.8e-8, 1.8e-8, 3.4e-6, 2.0e-4,
     /// 2.8e-4.
     ///
