@@ -90,14 +90,7 @@ public enum Phantom {
                                 let s2 = ws[n] * dc[n] + wc[n] * ds[n]
                                 wc[n] = wc[n] * dc[n] - ws[n] * ds[n]; ws[n] = s2
                             }
-                            var hu = -1000.0
-                            var lab: UInt8 = 0
-                            a.paint(q, edge: edge, hu: &hu, label: &lab)
-                            if let z = spare { hu += noise * z; spare = nil } else {
-                                let (z0, z1) = nrng.normalPair(); hu += noise * z0; spare = z1
-                            }
-                            ip.value[row + i] = Float(min(max(hu, -1024), 3071).rounded())
-                            lp.value[row + i] = lab
+                            (ip.value[row + i], lp.value[row + i]) = a.voxel(q, edge: edge, noise: noise, rng: &nrng, spare: &spare)
                         }
                     }
                 }
@@ -145,14 +138,7 @@ public enum Phantom {
                         for i in 0..<mx {
                             let x = a0.x * Double(i) + a1.x * Double(j) + tx, y = a0.y * Double(i) + a1.y * Double(j) + ty
                             let q = a.warped(V3(-(x - cx) - cu, -(y - cy) - cv, w))
-                            var hu = -1000.0
-                            var lab: UInt8 = 0
-                            a.paint(q, edge: edge, hu: &hu, label: &lab)
-                            if let z = spare { hu += noise * z; spare = nil } else {
-                                let (z0, z1) = nrng.normalPair(); hu += noise * z0; spare = z1
-                            }
-                            ip.value[row + i] = Float(min(max(hu, -1024), 3071).rounded())
-                            lp.value[row + i] = lab
+                            (ip.value[row + i], lp.value[row + i]) = a.voxel(q, edge: edge, noise: noise, rng: &nrng, spare: &spare)
                         }
                     }
                 }
@@ -406,6 +392,19 @@ struct Anatomy {
         var q = p
         for (a, k, ph) in warp { let s = sin(k.dot(p) + ph); q = q + a * s }
         return q
+    }
+
+    /// One voxel at body point `q`: the painted HU plus noise (normals drawn in pairs from the slice's stream,
+    /// the second kept in `spare` for the next voxel), clamped to int16 CT range and rounded, and its label.
+    @inline(__always)
+    func voxel(_ q: V3, edge: Double, noise: Double, rng: inout SeededRNG, spare: inout Double?) -> (Float, UInt8) {
+        var hu = -1000.0
+        var lab: UInt8 = 0
+        paint(q, edge: edge, hu: &hu, label: &lab)
+        if let z = spare { hu += noise * z; spare = nil } else {
+            let (z0, z1) = rng.normalPair(); hu += noise * z0; spare = z1
+        }
+        return (Float(min(max(hu, -1024), 3071).rounded()), lab)
     }
 
     /// Paints the tissue stack at the warped body-frame point p onto `hu`/`label`; `edge` is the partial-volume width.
