@@ -55,6 +55,9 @@ struct CV: ParsableCommand {
     @Option(help: "ASSD/HD95 definition: pooled (medpy: both directed sets pooled) or max-directed (DeepMind surface-distance).")
     var distanceDefinition: SurfaceDistanceDefinition = .pooled
 
+    @Flag(help: "Print the plan (folds, cases, steps, epochs) and an estimate of the wall time, core-hours and peak memory per rank on these ranks, from a few timed steps and one timed validation volume per model; write nothing.")
+    var dryRun = false
+
     func validate() throws {
         guard folds >= 2 else { throw ValidationError("--folds must be at least 2") }
         guard splits == nil || groupBy == nil else { throw ValidationError("--splits and --group-by exclude each other (the splits file fixes the folds)") }
@@ -86,7 +89,31 @@ struct CV: ParsableCommand {
         let cv = CrossValidation(config: config, comm: comm, folder: RunFolder(path: out))
         cv.bucketFloats = training.bucketFloats
         cv.stopAfterEpochs = training.stopAfterEpochs
+        if dryRun {
+            let e = try cv.estimate()
+            if comm.isRoot { print(Self.describe(e, inverse: inverse)) }
+            return
+        }
         Trainer.installStopHandlers()
         try cv.run()
+    }
+
+    static func describe(_ e: CrossValidationEstimate, inverse: Bool) -> String {
+        func duration(_ s: Double) -> String {
+            let t = Int(s.rounded())
+            return t >= 3600 ? "\(t / 3600)h\(String(format: "%02d", (t % 3600) / 60))m" : "\(t / 60)m\(String(format: "%02d", t % 60))s"
+        }
+        var lines = ["cv dry run: \(e.folds.count) folds (\(inverse ? "inverse: train on one part, test on the others" : "k-fold")), \(e.models.count) model(s), \(e.epochs) epochs, \(e.ranks) rank(s) x \(e.threadsPerRank) thread(s)"]
+        for f in e.folds {
+            lines.append("  fold \(f.fold): \(f.training) training + \(f.validation) validation cases, \(f.test) test cases, \(f.stepsPerEpoch) steps per epoch")
+        }
+        for m in e.models {
+            lines.append("  \(m.model) (\(grouped(m.parameters)) parameters): \(fmt(m.secondsPerStep, 2)) s per step, \(fmt(m.secondsPerVolume, 2)) s per whole validation/test volume (timed here)")
+        }
+        lines.append("estimate: training \(duration(e.trainingSeconds)), validation \(duration(e.validationSeconds)) (\(e.validationsPerFold) per fold), testing \(duration(e.testSeconds))")
+        lines.append("  wall time \(duration(e.wallSeconds)) on these \(e.ranks) rank(s) = \(fmt(e.coreHours, 1)) core-hours")
+        if let peak = e.peakResidentBytes { lines.append("  peak memory per rank: \(fmt(Double(peak) / 1_073_741_824, 2)) GiB") }
+        lines.append("  (the data loader runs beside the steps and is not counted; nothing was written)")
+        return lines.joined(separator: "\n")
     }
 }

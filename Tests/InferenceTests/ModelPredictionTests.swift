@@ -1,5 +1,6 @@
 import Data
 import Foundation
+import Support
 import Inference
 import NN
 import Tensor

@@ -232,4 +232,18 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertEqual(s.status, 1, s.stdout + s.stderr)
         XCTAssertTrue(s.stderr.contains("\(RunFolder(out).splits.path): the folds differ from the run's"), s.stderr)
     }
+
+    /// --dry-run prints the plan (every fold's case counts and steps), per-model timings and the estimate on
+    /// these ranks, and writes nothing.
+    func testDryRunPrintsThePlanAndWritesNothing() throws {
+        let out = work.appendingPathComponent("dry").path
+        let r = try TestEnv.run(try Self.command(ranks: 2, out: out, extra: "--dry-run"))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("cv dry run: 2 folds (k-fold), 2 model(s)"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("2 rank(s)"), r.stdout)
+        for k in 0..<2 { XCTAssertTrue(r.stdout.contains("  fold \(k): "), r.stdout) }
+        for m in ["attention-unet", "unet"] { XCTAssertTrue(r.stdout.contains("  \(m) ("), r.stdout) }
+        XCTAssertTrue(r.stdout.contains("core-hours") && r.stdout.contains("peak memory per rank"), r.stdout)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: out), "a dry run writes nothing")
+    }
 }

@@ -152,6 +152,17 @@ public final class CrossValidation {
         return summary
     }
 
+    /// The folds this configuration gives: seeded, or from the --splits file (checked against the store).
+    /// Looks at nothing in the run folder and writes nothing.
+    public func plan() throws -> FoldPlan {
+        let ids = try CaseStore(path: config.store).cases.map(\.id)
+        if let s = config.splitsFile {
+            return try FoldPlan.load(s, ids: ids, folds: config.folds, inverse: config.inverse)
+        }
+        return try FoldPlan.make(ids: ids, folds: config.folds, seed: config.training.seed, inverse: config.inverse,
+                                 groups: try config.groupBy.map(FoldPlan.groups(from:)))
+    }
+
     /// Rank 0: the refusal of a changed configuration, the plan, and config.json and splits.json written.
     func decide() -> Start {
         do {
@@ -159,15 +170,7 @@ public final class CrossValidation {
                let d = try config.difference(from: old) {
                 return Start(plan: nil, error: "\(folder.config.path): this command differs from the run in \(folder.path): \(d); rerun with the run's options or choose another --out")
             }
-            let store = try CaseStore(path: config.store)
-            let ids = store.cases.map(\.id)
-            let plan: FoldPlan
-            if let s = config.splitsFile {
-                plan = try FoldPlan.load(s, ids: ids, folds: config.folds, inverse: config.inverse)
-            } else {
-                plan = try FoldPlan.make(ids: ids, folds: config.folds, seed: config.training.seed, inverse: config.inverse,
-                                         groups: try config.groupBy.map(FoldPlan.groups(from:)))
-            }
+            let plan = try self.plan()
             // The same options give the same folds, unless the --splits file was edited in between.
             if let old = FileManager.default.contents(atPath: folder.splits.path), old != (try plan.json()) {
                 return Start(plan: nil, error: "\(folder.splits.path): the folds differ from the run's (was \(config.splitsFile ?? "the seeded plan") edited?); restore them or choose another --out")

@@ -1,0 +1,97 @@
+import Data
+import Foundation
+import NN
+import Support
+import Tensor
+
+/// What a cross-validation will cost on the current ranks (`attunet cv --dry-run`): the plan, and a short timed
+/// run of every model scaled by it. A user deciding how many nodes to ask a batch system for needs exactly this.
+public struct CrossValidationEstimate: Codable, Sendable {
+    public struct Fold: Codable, Sendable {
+        public var fold: Int, training: Int, validation: Int, test: Int, stepsPerEpoch: Int
+    }
+    public struct ModelCost: Codable, Sendable {
+        public var model: String, parameters: Int
+        /// One optimizer step of the global batch, and one whole validation or test volume, on these ranks.
+        public var secondsPerStep: Double, secondsPerVolume: Double
+    }
+    public var folds: [Fold]
+    public var models: [ModelCost]
+    public var epochs: Int
+    /// Validation passes per fold (every --val-every epochs and after the last).
+    public var validationsPerFold: Int
+    /// Ranks, and the cores each one occupies (the larger of attunet's and OpenBLAS's thread counts).
+    public var ranks: Int, threadsPerRank: Int
+    public var trainingSeconds: Double, validationSeconds: Double, testSeconds: Double
+    /// The largest peak resident memory of any rank during the timed run (bytes): training and whole-volume
+    /// prediction of the largest model at these settings; the run itself holds somewhat more (metrics, caches).
+    public var peakResidentBytes: Int?
+
+    public var wallSeconds: Double { trainingSeconds + validationSeconds + testSeconds }
+    public var coreHours: Double { wallSeconds * Double(ranks * threadsPerRank) / 3600 }
+}
+
+extension CrossValidation {
+    /// Times `timedSteps` optimizer steps (after one warm-up step) on a real batch of fold 0, and one
+    /// whole-volume prediction, for every model, on every rank together, and scales them by the plan. Writes
+    /// nothing. Every rank must call it.
+    public func estimate(timedSteps: Int = 2) throws -> CrossValidationEstimate {
+        let plan = try plan()
+        let store = try CaseStore(path: config.store)
+        let ranks = comm.size, local = config.training.batch / ranks
+        guard local >= 1, config.training.batch % ranks == 0 else {
+            throw AttunetError("--batch \(config.training.batch) is not divisible by the \(ranks) MPI ranks (each rank takes batch/ranks patches)")
+        }
+        let t = config.training
+        let folds = try (0..<plan.count).map { k -> CrossValidationEstimate.Fold in
+            let tc = config.trainConfig(plan: plan, fold: k, model: config.models[0])
+            let loader = try PatchLoader(store: store, cases: tc.trainCases, patch: t.patch, batch: local, rank: comm.rank,
+                                         worldSize: ranks, seed: t.seed, samplesPerCase: t.samplesPerCase)
+            return .init(fold: k, training: tc.trainCases.count, validation: tc.validationCases.count,
+                         test: plan.testCases(fold: k).count, stepsPerEpoch: loader.stepsPerEpoch)
+        }
+        var costs: [CrossValidationEstimate.ModelCost] = []
+        let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("attunet-dry-run-\(getpid())")
+        for model in config.models {
+            let tc = config.trainConfig(plan: plan, fold: 0, model: model)
+            let trainer = try Trainer(config: tc, comm: comm, outDir: scratch)  // writes nothing until it runs
+            trainer.bucketFloats = bucketFloats
+            let loader = try PatchLoader(store: store, cases: tc.trainCases, patch: t.patch, batch: local, rank: comm.rank,
+                                         worldSize: ranks, seed: t.seed, augment: tc.augmentOptions,
+                                         foregroundFraction: t.foregroundFraction, samplesPerCase: t.samplesPerCase)
+            let batch = try loader.makeBatch(epoch: 0, step: 0)
+            trainer.model.training = true
+            _ = try trainer.step(batch)
+            var seconds = [0.0, 0.0]
+            for _ in 0..<max(1, timedSteps) { seconds[0] += try trainer.step(batch).times.total }
+            seconds[0] /= Double(max(1, timedSteps))
+            let volume = tc.validationCases.first ?? plan.testCases(fold: 0)[0]
+            let c = store.index(of: volume)!
+            trainer.model.training = false
+            _ = try Inference.predict(model: trainer.model, store: store, case: c)   // warm-up: first touch of the buffers
+            let t0 = Date()
+            _ = try Inference.predict(model: trainer.model, store: store, case: c)
+            seconds[1] = Date().timeIntervalSince(t0)
+            try seconds.withUnsafeMutableBufferPointer { try comm.allReduceMax($0) }
+            costs.append(.init(model: model.kind.rawValue, parameters: trainer.model.parameterCount,
+                               secondsPerStep: seconds[0], secondsPerVolume: seconds[1]))
+        }
+        var peak = [Double(Memory.peakResidentBytes() ?? 0)]
+        try peak.withUnsafeMutableBufferPointer { try comm.allReduceMax($0) }
+        let every = max(t.validateEvery, 1)
+        let validations = t.epochs / every + (t.epochs % every == 0 ? 0 : 1)
+        func spread(_ n: Int) -> Double { Double((n + ranks - 1) / ranks) }   // volumes are spread over ranks
+        var training = 0.0, validation = 0.0, test = 0.0
+        for m in costs {
+            for f in folds {
+                training += Double(t.epochs * f.stepsPerEpoch) * m.secondsPerStep
+                validation += Double(validations) * spread(f.validation) * m.secondsPerVolume
+                test += spread(f.test) * m.secondsPerVolume
+            }
+        }
+        return CrossValidationEstimate(folds: folds, models: costs, epochs: t.epochs, validationsPerFold: validations,
+                                       ranks: ranks, threadsPerRank: max(1, Parallelism.threads, BLASInfo.threads),
+                                       trainingSeconds: training, validationSeconds: validation, testSeconds: test,
+                                       peakResidentBytes: peak[0] > 0 ? Int(peak[0]) : nil)
+    }
+}
