@@ -33,5 +33,7 @@ RESUME=()
 bash launch/train.sh -n 2 --store data/phantoms_4mm.h5 --model attention-unet --feature-scale 16 \
   --patch 64x64x48 --batch 4 --epochs "${EPOCHS:-150}" --samples-per-case 2 --lr 5e-3 --schedule poly --sync-bn \
   --foreground-fraction 0.67 --val-every 25 --seed 0 --out runs/default "${RESUME[@]}"
-echo "run-default: done. The paper's cross-validation of both models on this store:"
-echo "  bash launch/train.sh is for one run; for the CV: mpirun -np 2 --bind-to none $BIN cv --store data/phantoms_4mm.h5 --out runs/cv (attunet help cv)"
+echo "run-default: done. The paper's cross-validation of both models on this store (see attunet help cv):"
+echo "  mpirun -np 2 --bind-to none $BIN cv --store data/phantoms_4mm.h5 --out runs/cv --feature-scale 16 \\"
+echo "    --patch 64x64x48 --batch 4 --epochs 150 --samples-per-case 2 --lr 5e-3 --schedule poly --sync-bn \\"
+echo "    --foreground-fraction 0.67 --val-every 25 --dry-run     # without --dry-run it runs"
