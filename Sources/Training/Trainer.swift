@@ -305,7 +305,8 @@ public struct StepResult: Sendable {
     public var times: StepTimes
 }
 
-func formatDuration(_ s: Double) -> String {
+/// 42 s → "42s", 125 s → "2m05s", 3,725 s → "1h02m": durations in progress lines and estimates.
+public func formatDuration(_ s: Double) -> String {
     let t = Int(s.rounded())
     return t >= 3600 ? "\(t / 3600)h\(String(format: "%02d", (t % 3600) / 60))m" : t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
 }

@@ -99,10 +99,6 @@ struct CV: ParsableCommand {
     }
 
     static func describe(_ e: CrossValidationEstimate, inverse: Bool) -> String {
-        func duration(_ s: Double) -> String {
-            let t = Int(s.rounded())
-            return t >= 3600 ? "\(t / 3600)h\(String(format: "%02d", (t % 3600) / 60))m" : "\(t / 60)m\(String(format: "%02d", t % 60))s"
-        }
         var lines = ["cv dry run: \(e.folds.count) folds (\(inverse ? "inverse: train on one part, test on the others" : "k-fold")), \(e.models.count) model(s), \(e.epochs) epochs, \(e.ranks) rank(s) x \(e.threadsPerRank) thread(s)"]
         for f in e.folds {
             lines.append("  fold \(f.fold): \(f.training) training + \(f.validation) validation cases, \(f.test) test cases, \(f.stepsPerEpoch) steps per epoch")
@@ -110,8 +106,8 @@ struct CV: ParsableCommand {
         for m in e.models {
             lines.append("  \(m.model) (\(grouped(m.parameters)) parameters): \(fmt(m.secondsPerStep, 2)) s per step, \(fmt(m.secondsPerVolume, 2)) s per whole validation/test volume (timed here)")
         }
-        lines.append("estimate: training \(duration(e.trainingSeconds)), validation \(duration(e.validationSeconds)) (\(e.validationsPerFold) per fold), testing \(duration(e.testSeconds))")
-        lines.append("  wall time \(duration(e.wallSeconds)) on these \(e.ranks) rank(s) = \(fmt(e.coreHours, 1)) core-hours")
+        lines.append("estimate: training \(formatDuration(e.trainingSeconds)), validation \(formatDuration(e.validationSeconds)) (\(e.validationsPerFold) per fold), testing \(formatDuration(e.testSeconds))")
+        lines.append("  wall time \(formatDuration(e.wallSeconds)) on these \(e.ranks) rank(s) = \(fmt(e.coreHours, 1)) core-hours")
         if let peak = e.peakResidentBytes { lines.append("  peak memory per rank: \(fmt(Double(peak) / 1_073_741_824, 2)) GiB") }
         lines.append("  (the data loader runs beside the steps and is not counted; nothing was written)")
         return lines.joined(separator: "\n")
