@@ -45,7 +45,7 @@ let package = Package(
         // The metrics of the paper's tables; scoring never needs a network, so no NN.
         .target(name: "Evaluation", dependencies: ["Support", "Tensor", "Data", "Distributed"]),
         .target(name: "Inference", dependencies: ["Support", "Tensor", "NN", "Data", "CPNG"]),
-        .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Evaluation", "Distributed", "HDF5Kit",
+        .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Evaluation", "Inference", "Distributed", "HDF5Kit",
                                                .product(name: "Crypto", package: "swift-crypto")]),
         .executableTarget(name: "attunet", dependencies: [
             "Support", "Tensor", "HDF5Kit", "Distributed", "NN", "Data", "Evaluation", "Inference", "Training",
@@ -62,7 +62,7 @@ let package = Package(
         .testTarget(name: "NNTests", dependencies: ["NN", "Support", "Tensor", "HDF5Kit", "TestSupport"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Data", "Tensor", "Support", "TestSupport"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Inference", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
         .testTarget(name: "InferenceTests", dependencies: ["Inference", "Support", "NN", "Data", "Tensor", "TestSupport"]),
         .testTarget(name: "attunetTests", dependencies: ["attunet", "NN", "Data", "Evaluation", "Tensor", "TestSupport"]),
     ]

@@ -3,6 +3,7 @@ import Distributed
 import Evaluation
 import Foundation
 import HDF5Kit
+import Inference
 import NN
 import Support
 import Tensor
@@ -34,6 +35,9 @@ public final class Trainer {
     /// written, `.interrupted`): for batch jobs whose time limit fits a known number of epochs.
     public var stopAfterEpochs: Int?
     private let classNames: [String]
+    /// Segments whole cases for validation (and the cross-validation's test cases): tiles of the training
+    /// patch, overlap 0.5, Gaussian blending, BN in evaluation mode; created on first use.
+    private var predictor: SlidingWindowPredictor?
 
     /// Printed after a stop request: how to continue (`attunet cv` continues by rerunning the same command).
     public var resumeHint = "continue with --resume"
@@ -241,25 +245,35 @@ public final class Trainer {
         for i in 0..<g.count { g[i] *= scale }
     }
 
-    /// Dice per foreground class on the validation cases (whole volumes, padded to multiples of 16, BN in eval
-    /// mode), averaged over the cases that contain the class. Cases are spread over ranks; sums meet on all.
+    /// Dice per foreground class on the validation cases (each segmented whole by ``segment(case:)``),
+    /// averaged over the cases that contain the class; the counts are ``DiceScore``'s, as `attunet evaluate`
+    /// uses. Case i goes to rank i mod ranks (so a rank may get one case more than another); every rank's
+    /// counts land in the case's own row and the rows are summed over ranks, so each case counts once.
     public func validate() throws -> [Double] {
-        model.training = false
-        defer { model.training = true }
         let ids = config.validationCases
         let k = config.model.classes
-        var counts = [Double](repeating: 0, count: ids.count * k * 3)
+        var counts = [Double](repeating: 0, count: ids.count * k * DiceScore.columns)
         for (i, id) in ids.enumerated() where i % comm.size == comm.rank {
             guard let c = store.index(of: id) else { throw AttunetError("\(config.store): no validation case \(id)") }
-            let pred = try Inference.predict(model: model, store: store, case: c)
+            let pred = try segment(case: c).labels
             let label = try store.label(c)
             counts.withUnsafeMutableBufferPointer { buf in
+                let row = (i * k * DiceScore.columns)..<((i + 1) * k * DiceScore.columns)
                 DiceScore.accumulate(prediction: pred, reference: label, classes: k,
-                                     into: UnsafeMutableBufferPointer(rebasing: buf[(i * k * 3)..<((i + 1) * k * 3)]))
+                                     into: UnsafeMutableBufferPointer(rebasing: buf[row]))
             }
         }
         try counts.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
         return DiceScore.meanPerClass(counts, cases: ids.count, classes: k)
+    }
+
+    /// Segments case `c` of the store with the model as it is now: the sliding-window predictor at the
+    /// training patch size (overlap 0.5, Gaussian blending), BN in evaluation mode (restored afterwards).
+    public func segment(case c: Int) throws -> Prediction {
+        if predictor == nil {
+            predictor = try SlidingWindowPredictor(network: model, options: SlidingWindowOptions(patch: config.patch))
+        }
+        return try predictor!.predict(store: store, case: c)
     }
 
     private func progressBar(epoch: Int, step: Int, of steps: Int, loss: Double, since t0: Date) {

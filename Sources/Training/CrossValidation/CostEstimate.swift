@@ -67,10 +67,9 @@ extension CrossValidation {
             seconds[0] /= Double(max(1, timedSteps))
             let volume = tc.validationCases.first ?? plan.testCases(fold: 0)[0]
             let c = store.index(of: volume)!
-            trainer.model.training = false
-            _ = try Inference.predict(model: trainer.model, store: store, case: c)   // warm-up: first touch of the buffers
+            _ = try trainer.segment(case: c)   // warm-up: first touch of the buffers
             let t0 = Date()
-            _ = try Inference.predict(model: trainer.model, store: store, case: c)
+            _ = try trainer.segment(case: c)
             seconds[1] = Date().timeIntervalSince(t0)
             try seconds.withUnsafeMutableBufferPointer { try comm.allReduceMax($0) }
             costs.append(.init(model: model.kind.rawValue, parameters: trainer.model.parameterCount,

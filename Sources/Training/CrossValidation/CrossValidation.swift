@@ -93,7 +93,7 @@ public struct CrossValidationConfig: Codable, Sendable, Equatable {
 /// One test case of one fold: its metrics per foreground class and the inference time.
 public struct CaseResult: Codable, Sendable, Equatable {
     public var id: String
-    /// Wall time of `Inference.predict` on this case, in seconds.
+    /// Wall time of the sliding-window segmentation of this case, in seconds.
     public var seconds: Double
     /// Element c − 1 is class c.
     public var classes: [ClassMetrics]
@@ -249,14 +249,13 @@ public final class CrossValidation {
         let path = useBest ? trainer.bestPath : trainer.latestPath
         let model = trainer.model
         try Checkpoint.load(path, into: model)
-        model.training = false
         let store = try CaseStore(path: config.store)
         let classes = trainer.config.model.classes
         var mine: [CaseResult] = []
         for (i, id) in test.enumerated() where i % comm.size == comm.rank {
             guard let c = store.index(of: id) else { throw AttunetError("\(config.store): no test case \(id)") }
             let t0 = DispatchTime.now().uptimeNanoseconds
-            let pred = try Inference.predict(model: model, store: store, case: c)
+            let pred = try trainer.segment(case: c).labels
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             let label = try store.label(c)
             let m = CaseMetrics.evaluate(prediction: pred, reference: label, dim: store.cases[c].shape,
