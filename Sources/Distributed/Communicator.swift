@@ -17,6 +17,9 @@ public protocol Communicator: AnyObject, Sendable {
     /// Gathers equal-sized byte blocks from every rank, concatenated in rank order, on every rank.
     func allGather(bytes: UnsafeRawBufferPointer) throws -> [UInt8]
     func barrier() throws
+    /// Splits the ranks into groups by `color`, ranked by `key` within a group; every rank calls it. Each group
+    /// gets its own communicator, whose collectives involve only the group.
+    func subgroup(color: Int, key: Int) throws -> any Communicator
 }
 
 extension Communicator {
@@ -70,6 +73,7 @@ public final class LocalCommunicator: Communicator, @unchecked Sendable {
     public func broadcast(bytes: UnsafeMutableRawBufferPointer, root: Int) throws {}
     public func allGather(bytes: UnsafeRawBufferPointer) throws -> [UInt8] { [UInt8](bytes) }
     public func barrier() throws {}
+    public func subgroup(color: Int, key: Int) throws -> any Communicator { LocalCommunicator() }
 }
 
 @inline(__always)
@@ -107,6 +111,8 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
         try check(cmpi_comm_split(comm, Int32(color), Int32(key), &out), "Comm_split")
         return MPICommunicator(comm: out!)
     }
+
+    public func subgroup(color: Int, key: Int) throws -> any Communicator { try split(color: color, key: key) }
 
     private func pieces<T>(_ buffer: UnsafeMutableBufferPointer<T>, _ body: (UnsafeMutablePointer<T>, Int) throws -> Void) rethrows {
         var offset = 0

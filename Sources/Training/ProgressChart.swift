@@ -174,7 +174,7 @@ public enum ProgressChart {
 /// Coordinates with one decimal.
 private func f(_ x: Double) -> String { String(format: "%.1f", x) }
 
-private func xmlEscape(_ s: String) -> String {
+func xmlEscape(_ s: String) -> String {
     var out = ""
     for c in s {
         switch c {

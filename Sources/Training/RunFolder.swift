@@ -3,7 +3,7 @@ import Foundation
 /// Every name in a run folder, in one place: what `attunet train --out DIR` writes (`config.json`,
 /// `splits.json`, the checkpoints, `log.csv`, `progress.svg`) and what `attunet cv --out DIR` adds (one sub-run
 /// folder `fold_<k>/<model>/` per fold and model, each a training run folder with the fold's `results.json`,
-/// and the reports `summary.md`, `summary.csv`, `summary.json`). See `Training.docc/RunFolder.md`.
+/// and the reports `summary.md`, `summary.csv`, `summary.json`, `summary.svg`). See `Training.docc/RunFolder.md`.
 public struct RunFolder: Sendable, Equatable {
     /// The folder itself.
     public let url: URL
@@ -35,6 +35,8 @@ public struct RunFolder: Sendable, Equatable {
     public var summaryCSV: URL { file("summary.csv") }
     /// The same as `summary.csv`, structured.
     public var summaryJSON: URL { file("summary.json") }
+    /// A box plot of the test Dice per class and model.
+    public var summarySVG: URL { file("summary.svg") }
 
     /// The sub-run folder `fold_<k>/<model>/` of a cross-validation, itself a training run folder.
     public func fold(_ k: Int, model: String) -> RunFolder {

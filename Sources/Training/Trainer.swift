@@ -39,6 +39,9 @@ public final class Trainer {
     /// patch, overlap 0.5, Gaussian blending, BN in evaluation mode; created on first use.
     private var predictor: SlidingWindowPredictor?
 
+    /// Put before every line rank 0 prints (the cross-validation's fold-parallel groups name their fold).
+    public var linePrefix = ""
+
     /// Printed after a stop request: how to continue (`attunet cv` continues by rerunning the same command).
     public var resumeHint = "continue with --resume"
 
@@ -107,7 +110,7 @@ public final class Trainer {
                                      foregroundFraction: config.foregroundFraction, samplesPerCase: config.samplesPerCase)
         let steps = loader.stepsPerEpoch
         if comm.isRoot && verbose {
-            print("train: \(config.model.kind.rawValue) \(grouped(model.parameterCount)) parameters, \(comm.size) rank(s), global batch \(config.batch), patch \(config.patch), \(config.trainCases.count) training / \(config.validationCases.count) validation cases, \(steps) steps per epoch, \(config.epochs) epochs")
+            print(linePrefix + "train: \(config.model.kind.rawValue) \(grouped(model.parameterCount)) parameters, \(comm.size) rank(s), global batch \(config.batch), patch \(config.patch), \(config.trainCases.count) training / \(config.validationCases.count) validation cases, \(steps) steps per epoch, \(config.epochs) epochs")
         }
         // Under mpirun a rank's stdout can be a pty even when the user pipes mpirun's output, so the bar is
         // drawn only for single-process runs on a terminal.
@@ -158,10 +161,10 @@ public final class Trainer {
         }
         if comm.isRoot && verbose {
             if let r = lastRecord, !r.validationDice.isEmpty {
-                print("train: done. validation Dice: " + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: ", ")
+                print(linePrefix + "train: done. validation Dice: " + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: ", ")
                       + "; best mean \(fmt(state.bestDice, 3)) at epoch \(state.bestEpoch)")
             }
-            print("train: outputs in \(outDir.path): " + [folder.checkpointLatest, folder.checkpointBest, folder.log, folder.progress].map(\.lastPathComponent).joined(separator: ", "))
+            print(linePrefix + "train: outputs in \(outDir.path): " + [folder.checkpointLatest, folder.checkpointBest, folder.log, folder.progress].map(\.lastPathComponent).joined(separator: ", "))
         }
     }
 
@@ -225,7 +228,7 @@ public final class Trainer {
     private func stopAndSave(_ state: TrainingState, metrics: EpochRecord?, finished: String) throws -> Never {
         if comm.isRoot {
             try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: metrics)
-            print("train: stop requested; finished \(finished), wrote \(latestPath); \(resumeHint)")
+            print(linePrefix + "train: stop requested; finished \(finished), wrote \(latestPath); \(resumeHint)")
         }
         try comm.barrier()
         throw AttunetError("", kind: .interrupted)
@@ -292,7 +295,7 @@ public final class Trainer {
         let remaining = config.epochs - r.epoch - 1
         epochsRun += 1
         let perEpoch = Date().timeIntervalSince(started) / Double(epochsRun)
-        var line = "epoch \(r.epoch + 1)/\(config.epochs)  loss \(fmt(r.trainLoss, 4))  lr \(String(format: "%.2e", r.learningRate))  \(fmt(r.patchesPerSecond, 2)) patches/s  \(fmt(r.seconds, 1)) s"
+        var line = linePrefix + "epoch \(r.epoch + 1)/\(config.epochs)  loss \(fmt(r.trainLoss, 4))  lr \(String(format: "%.2e", r.learningRate))  \(fmt(r.patchesPerSecond, 2)) patches/s  \(fmt(r.seconds, 1)) s"
         if !r.validationDice.isEmpty {
             line += "  Dice " + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: " ")
         }

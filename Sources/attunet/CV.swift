@@ -19,9 +19,9 @@ struct CV: ParsableCommand {
           mpirun -np 2 --bind-to none -x OPENBLAS_NUM_THREADS=1 \\
               attunet cv --store phantoms.h5 --patch 64x64x32 --epochs 20 --out runs/cv
 
-        Folds: seeded by --seed (--group-by FILE keeps a patient's scans in one fold: JSON {case: patient} or CSV case,patient), or taken verbatim from --splits FILE (attunet's splits.json or nnU-Net's splits_final.json; refused, naming the cases, when parts overlap, miss or name unknown cases). In each fold a seeded --val-fraction of the training cases (never a test case) is held out to pick the best checkpoint; the test cases are segmented whole with it and measured against the store's labels at the store's spacing: Dice, precision, recall, ASSD, HD95 (--distance-definition), the original code's S2S. Every rank trains every fold (data-parallel); the test cases are spread over the ranks.
+        Folds: seeded by --seed (--group-by FILE keeps a patient's scans in one fold: JSON {case: patient} or CSV case,patient), or taken verbatim from --splits FILE (attunet's splits.json or nnU-Net's splits_final.json; refused, naming the cases, when parts overlap, miss or name unknown cases). In each fold a seeded --val-fraction of the training cases (never a test case) is held out to pick the best checkpoint; the test cases are segmented whole with it and measured against the store's labels at the store's spacing: Dice, precision, recall, ASSD, HD95 (--distance-definition), the original code's S2S. Every rank trains every fold (data-parallel), or with --fold-parallel G each of G groups of ranks trains its share of the folds at the same time; the test cases are spread over the ranks that trained the fold.
 
-        Outputs in --out: config.json, splits.json, fold_<k>/<model>/ (a train run folder: checkpoints, log.csv, progress.svg, and results.json, the fold's per-case metrics), summary.md (the paper's table: per model the pancreas DSC, precision, recall and S2S, the other organs' DSC, parameters, inference time per volume; ASSD/HD95 under the distance definition; with two models a paired Wilcoxon test per organ), summary.csv and summary.json (also per fold and per case). Rank 0 prints the table at the end.
+        Outputs in --out: config.json, splits.json, fold_<k>/<model>/ (a train run folder: checkpoints, log.csv, progress.svg, and results.json, the fold's per-case metrics), summary.md (the paper's table: per model the pancreas DSC, precision, recall and S2S, the other organs' DSC, parameters, inference time per volume; ASSD/HD95 under the distance definition; with two models a paired Wilcoxon test per organ), summary.csv and summary.json (also per fold and per case), summary.svg (a box plot of Dice per organ and model). Rank 0 prints the table at the end.
 
         Restart: run the same command again after a stop (exit 75: SIGTERM/SIGUSR1, or --stop-after-epochs, which counts the epochs of all folds in this job) or a crash. Folds with results.json are skipped, an unfinished fold resumes from its checkpoint_latest.h5, bit-identical to an uninterrupted CV with the same rank count. A command whose configuration differs from --out's config.json is refused, naming the difference; --stop-after-epochs, --threads and --allreduce-bucket-mib may change.
         """
@@ -55,11 +55,14 @@ struct CV: ParsableCommand {
     @Option(help: "ASSD/HD95 definition: pooled (medpy: both directed sets pooled) or max-directed (DeepMind surface-distance).")
     var distanceDefinition: SurfaceDistanceDefinition = .pooled
 
+    @Option(help: ArgumentHelp("Split the MPI ranks into G groups that train different folds at the same time (each group data-parallel within itself); G must divide the ranks.", discussion: "Job j of the list (every fold of the first model, then of the next) goes to group j mod G. With few cases per fold or many ranks, groups waste less time in all-reduces than one big data-parallel run. A fold trained in a group of r ranks equals the same fold trained by attunet cv on r ranks; --batch must divide by r.", valueName: "G"))
+    var foldParallel: Int = 1
     @Flag(help: "Print the plan (folds, cases, steps, epochs) and an estimate of the wall time, core-hours and peak memory per rank on these ranks, from a few timed steps and one timed validation volume per model; write nothing.")
     var dryRun = false
 
     func validate() throws {
         guard folds >= 2 else { throw ValidationError("--folds must be at least 2") }
+        guard foldParallel >= 1 else { throw ValidationError("--fold-parallel must be at least 1") }
         guard splits == nil || groupBy == nil else { throw ValidationError("--splits and --group-by exclude each other (the splits file fixes the folds)") }
         _ = try modelKinds()
     }
@@ -89,6 +92,7 @@ struct CV: ParsableCommand {
         let cv = CrossValidation(config: config, comm: comm, folder: RunFolder(path: out))
         cv.bucketFloats = training.bucketFloats
         cv.stopAfterEpochs = training.stopAfterEpochs
+        cv.foldParallel = foldParallel
         if dryRun {
             let e = try cv.estimate()
             if comm.isRoot { print(Self.describe(e, inverse: inverse)) }
@@ -99,12 +103,13 @@ struct CV: ParsableCommand {
     }
 
     static func describe(_ e: CrossValidationEstimate, inverse: Bool) -> String {
-        var lines = ["cv dry run: \(e.folds.count) folds (\(inverse ? "inverse: train on one part, test on the others" : "k-fold")), \(e.models.count) model(s), \(e.epochs) epochs, \(e.ranks) rank(s) x \(e.threadsPerRank) thread(s)"]
+        let schedule = e.groups > 1 ? ", \(e.groups) fold-parallel groups of \(e.ranks / e.groups) rank(s)" : ""
+        var lines = ["cv dry run: \(e.folds.count) folds (\(inverse ? "inverse: train on one part, test on the others" : "k-fold")), \(e.models.count) model(s), \(e.epochs) epochs, \(e.ranks) rank(s) x \(e.threadsPerRank) thread(s)\(schedule)"]
         for f in e.folds {
             lines.append("  fold \(f.fold): \(f.training) training + \(f.validation) validation cases, \(f.test) test cases, \(f.stepsPerEpoch) steps per epoch")
         }
         for m in e.models {
-            lines.append("  \(m.model) (\(grouped(m.parameters)) parameters): \(fmt(m.secondsPerStep, 2)) s per step, \(fmt(m.secondsPerVolume, 2)) s per whole validation/test volume (timed here)")
+            lines.append("  \(m.model) (\(grouped(m.parameters)) parameters): \(fmt(m.secondsPerStep, 2)) s per step, \(fmt(m.secondsPerVolume, 2)) s per whole validation/test volume (timed here\(e.groups > 1 ? ", all groups at once" : ""))")
         }
         lines.append("estimate: training \(formatDuration(e.trainingSeconds)), validation \(formatDuration(e.validationSeconds)) (\(e.validationsPerFold) per fold), testing \(formatDuration(e.testSeconds))")
         lines.append("  wall time \(formatDuration(e.wallSeconds)) on these \(e.ranks) rank(s) = \(fmt(e.coreHours, 1)) core-hours")

@@ -51,7 +51,7 @@ final class CrossValidationTests: XCTestCase {
     func testTwoFoldCVOfBothModelsWritesResultsAndSummaries() throws {
         let run = try Self.reference()
         let folder = RunFolder(run)
-        for f in [folder.config, folder.splits, folder.summaryMarkdown, folder.summaryCSV, folder.summaryJSON] {
+        for f in [folder.config, folder.splits, folder.summaryMarkdown, folder.summaryCSV, folder.summaryJSON, folder.summarySVG] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: f.path), f.path)
         }
         let ids = try CaseStore(path: try PhantomStore.path()).cases.map(\.id).sorted()
@@ -85,6 +85,32 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertTrue(md.contains("pancreas DSC") && md.contains("distance definition: pooled") && md.contains("Wilcoxon"), md)
         let csv = try String(contentsOf: folder.summaryCSV, encoding: .utf8)
         XCTAssertEqual(csv.split(separator: "\n").filter { $0.hasPrefix("case,") }.count, 2 * ids.count * s.classNames.count)
+        // summary.svg: one box per model and class, at the median of that model's test Dice for the class.
+        let svg = try String(contentsOf: folder.summarySVG, encoding: .utf8)
+        XCTAssertTrue(svg.hasPrefix("<?xml") && svg.hasSuffix("</svg>\n"))
+        for model in ["attention-unet", "unet"] {
+            for name in s.classNames {
+                let dice = s.cases.filter { $0.model == model && $0.className == name }.map(\.dice).sorted()
+                let median = (dice[dice.count / 2 - 1] + dice[dice.count / 2]) / 2   // 4 cases
+                XCTAssertTrue(svg.contains("data-model=\"\(model)\" data-class=\"\(name)\" data-median=\"\(String(format: "%.4f", median))\""), "\(model) \(name)")
+            }
+        }
+    }
+
+    /// Box statistics as NumPy's percentile (linear) and Matplotlib's Tukey whiskers compute them.
+    func testBoxStatisticsQuartilesWhiskersAndOutliers() {
+        let b = BoxStatistics([0.9, 0.1, 0.82, 0.85, 0.8, .nan])!   // sorted: 0.1 0.8 0.82 0.85 0.9
+        XCTAssertEqual(b.count, 5)
+        XCTAssertEqual(b.q1, 0.8, accuracy: 1e-12)
+        XCTAssertEqual(b.median, 0.82, accuracy: 1e-12)
+        XCTAssertEqual(b.q3, 0.85, accuracy: 1e-12)
+        XCTAssertEqual(b.lowWhisker, 0.8, accuracy: 1e-12, "0.1 is below q1 − 1.5·IQR = 0.725")
+        XCTAssertEqual(b.highWhisker, 0.9, accuracy: 1e-12)
+        XCTAssertEqual(b.outliers, [0.1])
+        XCTAssertEqual(b.mean, 3.47 / 5, accuracy: 1e-12)
+        let even = BoxStatistics([1, 2, 3, 4])!   // numpy.percentile([1,2,3,4], [25,50,75]) = 1.75, 2.5, 3.25
+        XCTAssertEqual([even.q1, even.median, even.q3], [1.75, 2.5, 3.25])
+        XCTAssertNil(BoxStatistics([.nan]))
     }
 
     /// Weights digests of each fold's checkpoints.
@@ -206,6 +232,36 @@ final class CrossValidationTests: XCTestCase {
             }
         }
         print("cv rank equivalence: worst relative update difference \(worst), worst Dice difference \(worstDice)")
+    }
+
+    /// `--fold-parallel 2` on 2 ranks: two groups of one rank train the folds side by side (jobs 0 and 2 on
+    /// group 1, 1 and 3 on group 2). Every fold equals the same fold trained by the CV on 1 rank, bit for bit:
+    /// weights digests and per-case metrics. The summary, written by rank 0 from results gathered over the world,
+    /// equals the 1-rank summary's per-case rows; both groups' progress lines name their group.
+    func testFoldParallelGroupsEqualTheFoldsTrainedAloneOnTheirRankCount() throws {
+        let reference = try Self.reference()
+        let out = work.appendingPathComponent("cvfp")
+        let r = try TestEnv.run(try Self.command(ranks: 2, out: out.path, extra: "--fold-parallel 2"))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 1/2 (group 1/2, ranks 0-0): 1 training"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 2/2 (group 2/2, ranks 1-1): 1 training"), r.stdout)
+        for model in ["attention-unet", "unet"] {
+            for k in 0..<2 {
+                let a = try results(out, fold: k, model: model), b = try results(reference, fold: k, model: model)
+                XCTAssertEqual(a.weightsSHA256, b.weightsSHA256, "\(model) fold \(k)")
+                XCTAssertEqual(a.cases.map(\.classes), b.cases.map(\.classes), "\(model) fold \(k)")
+            }
+        }
+        XCTAssertEqual(try digests(out), try digests(reference))
+        let a = try summary(out), b = try summary(reference)
+        XCTAssertEqual(a.models.map(\.model), b.models.map(\.model))
+        func timeless(_ s: CrossValidationSummary) -> [CrossValidationSummary.CaseRow] { s.cases.map { var c = $0; c.seconds = 0; return c } }
+        XCTAssertEqual(timeless(a), timeless(b))
+        XCTAssertEqual(a.comparisons, b.comparisons)
+
+        let bad = try TestEnv.run(try Self.command(ranks: 2, out: work.appendingPathComponent("bad").path, extra: "--fold-parallel 3"))
+        XCTAssertEqual(bad.status, 1, bad.stdout + bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("error: --fold-parallel 3 does not divide the 2 MPI rank(s) into equal groups"), bad.stderr)
     }
 
     /// A splits file whose test parts overlap is refused, naming the case, before anything is written.

@@ -22,30 +22,39 @@ public struct CrossValidationEstimate: Codable, Sendable {
     public var validationsPerFold: Int
     /// Ranks, and the cores each one occupies (the larger of attunet's and OpenBLAS's thread counts).
     public var ranks: Int, threadsPerRank: Int
+    /// Fold-parallel groups (1: every rank trains every fold); each has ranks / groups ranks.
+    public var groups: Int
+    /// Summed over every fold and model (work, not wall time when groups run side by side).
     public var trainingSeconds: Double, validationSeconds: Double, testSeconds: Double
+    /// Wall time: the busiest group's folds, one after the other.
+    public var wallSeconds: Double
     /// The largest peak resident memory of any rank during the timed run (bytes): training and whole-volume
     /// prediction of the largest model at these settings; the run itself holds somewhat more (metrics, caches).
     public var peakResidentBytes: Int?
 
-    public var wallSeconds: Double { trainingSeconds + validationSeconds + testSeconds }
     public var coreHours: Double { wallSeconds * Double(ranks * threadsPerRank) / 3600 }
 }
 
 extension CrossValidation {
     /// Times `timedSteps` optimizer steps (after one warm-up step) on a real batch of fold 0, and one
-    /// whole-volume prediction, for every model, on every rank together, and scales them by the plan. Writes
-    /// nothing. Every rank must call it.
+    /// whole-volume prediction, for every model, on the ranks that will train a fold (every rank, or each
+    /// fold-parallel group at the same time), and scales them by the plan. Writes nothing. Every rank must call it.
     public func estimate(timedSteps: Int = 2) throws -> CrossValidationEstimate {
+        guard foldParallel >= 1, comm.size % foldParallel == 0 else {
+            throw AttunetError("--fold-parallel \(foldParallel) does not divide the \(comm.size) MPI rank(s) into equal groups")
+        }
         let plan = try plan()
         let store = try CaseStore(path: config.store)
-        let ranks = comm.size, local = config.training.batch / ranks
+        let work = foldParallel == 1 ? comm
+            : try comm.subgroup(color: Self.group(ofRank: comm.rank, ranks: comm.size, groups: foldParallel), key: comm.rank)
+        let ranks = work.size, local = config.training.batch / ranks
         guard local >= 1, config.training.batch % ranks == 0 else {
-            throw AttunetError("--batch \(config.training.batch) is not divisible by the \(ranks) MPI ranks (each rank takes batch/ranks patches)")
+            throw AttunetError("--batch \(config.training.batch) is not divisible by the \(ranks) MPI ranks of a fold (each rank takes batch/ranks patches)")
         }
         let t = config.training
         let folds = try (0..<plan.count).map { k -> CrossValidationEstimate.Fold in
             let tc = config.trainConfig(plan: plan, fold: k, model: config.models[0])
-            let loader = try PatchLoader(store: store, cases: tc.trainCases, patch: t.patch, batch: local, rank: comm.rank,
+            let loader = try PatchLoader(store: store, cases: tc.trainCases, patch: t.patch, batch: local, rank: work.rank,
                                          worldSize: ranks, seed: t.seed, samplesPerCase: t.samplesPerCase)
             return .init(fold: k, training: tc.trainCases.count, validation: tc.validationCases.count,
                          test: plan.testCases(fold: k).count, stepsPerEpoch: loader.stepsPerEpoch)
@@ -54,9 +63,9 @@ extension CrossValidation {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("attunet-dry-run-\(getpid())")
         for model in config.models {
             let tc = config.trainConfig(plan: plan, fold: 0, model: model)
-            let trainer = try Trainer(config: tc, comm: comm, outDir: scratch)  // writes nothing until it runs
+            let trainer = try Trainer(config: tc, comm: work, outDir: scratch)  // writes nothing until it runs
             trainer.bucketFloats = bucketFloats
-            let loader = try PatchLoader(store: store, cases: tc.trainCases, patch: t.patch, batch: local, rank: comm.rank,
+            let loader = try PatchLoader(store: store, cases: tc.trainCases, patch: t.patch, batch: local, rank: work.rank,
                                          worldSize: ranks, seed: t.seed, augment: tc.augmentOptions,
                                          foregroundFraction: t.foregroundFraction, samplesPerCase: t.samplesPerCase)
             let batch = try loader.makeBatch(epoch: 0, step: 0)
@@ -81,16 +90,19 @@ extension CrossValidation {
         let validations = t.epochs / every + (t.epochs % every == 0 ? 0 : 1)
         func spread(_ n: Int) -> Double { Double((n + ranks - 1) / ranks) }   // volumes are spread over ranks
         var training = 0.0, validation = 0.0, test = 0.0
-        for m in costs {
-            for f in folds {
-                training += Double(t.epochs * f.stepsPerEpoch) * m.secondsPerStep
-                validation += Double(validations) * spread(f.validation) * m.secondsPerVolume
-                test += spread(f.test) * m.secondsPerVolume
-            }
+        var groupSeconds = [Double](repeating: 0, count: foldParallel)
+        for (j, (m, f)) in costs.flatMap({ m in folds.map { (m, $0) } }).enumerated() {   // the run's job order
+            let job = (Double(t.epochs * f.stepsPerEpoch) * m.secondsPerStep,
+                       Double(validations) * spread(f.validation) * m.secondsPerVolume,
+                       spread(f.test) * m.secondsPerVolume)
+            training += job.0; validation += job.1; test += job.2
+            groupSeconds[j % foldParallel] += job.0 + job.1 + job.2
         }
         return CrossValidationEstimate(folds: folds, models: costs, epochs: t.epochs, validationsPerFold: validations,
-                                       ranks: ranks, threadsPerRank: max(1, Parallelism.threads, BLASInfo.threads),
+                                       ranks: comm.size, threadsPerRank: max(1, Parallelism.threads, BLASInfo.threads),
+                                       groups: foldParallel,
                                        trainingSeconds: training, validationSeconds: validation, testSeconds: test,
+                                       wallSeconds: groupSeconds.max()!,
                                        peakResidentBytes: peak[0] > 0 ? Int(peak[0]) : nil)
     }
 }

@@ -114,16 +114,22 @@ public struct FoldResults: Codable, Sendable, Equatable {
     public var cases: [CaseResult]
 }
 
-/// `attunet cv`: k-fold cross-validation of one or more models on the same folds, every rank taking part in
-/// every fold (data-parallel training, test cases spread over ranks); rank 0 decides, writes and prints.
+/// `attunet cv`: k-fold cross-validation of one or more models on the same folds. By default every rank takes
+/// part in every fold (data-parallel training, test cases spread over the ranks); with ``foldParallel`` G > 1 the
+/// world is split into G groups of equal size that train their share of the folds at the same time, each
+/// all-reducing within itself. Rank 0 decides the folds, gathers every fold's results over the world and writes
+/// the summaries.
 public final class CrossValidation {
     public let config: CrossValidationConfig
     public let comm: Communicator
     public let folder: RunFolder
     public var bucketFloats = 4 << 20
-    /// Epochs to train in this process over all folds before stopping as on a stop request (exit 75).
+    /// Epochs to train in this process over all folds before stopping as on a stop request (exit 75); with
+    /// fold-parallel groups, over the folds of this process's group.
     public var stopAfterEpochs: Int?
     public var verbose = true
+    /// Groups of ranks training folds side by side (1: every rank trains every fold). Must divide the ranks.
+    public var foldParallel = 1
 
     public init(config: CrossValidationConfig, comm: Communicator, folder: RunFolder) {
         self.config = config
@@ -134,22 +140,69 @@ public final class CrossValidation {
     /// What rank 0 decided at the start, sent to every rank.
     struct Start: Codable { var plan: FoldPlan?; var error: String? }
 
+    /// One (model, fold) training and evaluation: the unit the fold-parallel schedule hands to a group.
+    struct Job { var model: ModelConfig; var fold: Int }
+
+    /// How a group's share of the work ended, exchanged over the world before the summary.
+    struct Outcome: Codable { var error: String?; var interrupted = false; var results: [FoldResults] = [] }
+
+    /// The group of `rank` when the world of `ranks` is split into `groups` groups of consecutive ranks.
+    public static func group(ofRank rank: Int, ranks: Int, groups: Int) -> Int { rank / (ranks / groups) }
+
     /// Checks the run folder, decides the folds, trains and evaluates every unfinished fold of every model, and
     /// writes the reports. Returns the summary (on every rank).
     @discardableResult
     public func run() throws -> CrossValidationSummary {
+        guard foldParallel >= 1, comm.size % foldParallel == 0 else {
+            throw AttunetError("--fold-parallel \(foldParallel) does not divide the \(comm.size) MPI rank(s) into equal groups")
+        }
         let start: Start = try comm.broadcast(comm.isRoot ? decide() : nil)
         if let e = start.error { throw AttunetError(e) }
         let plan = start.plan!
-        var epochsLeft = stopAfterEpochs
-        for model in config.models {
-            for k in 0..<plan.count {
-                try runFold(k, model: model, plan: plan, epochsLeft: &epochsLeft)
-            }
+        let jobs = config.models.flatMap { m in (0..<plan.count).map { Job(model: m, fold: $0) } }
+        var results: [FoldResults]
+        if foldParallel == 1 {
+            var epochsLeft = stopAfterEpochs
+            results = try jobs.map { try runFold($0.fold, model: $0.model, plan: plan, on: comm, epochsLeft: &epochsLeft) }
+        } else {
+            results = try runGroups(jobs, plan: plan)
         }
-        let summary: CrossValidationSummary = try comm.broadcast(comm.isRoot ? try report(plan: plan) : nil)
+        let summary: CrossValidationSummary = try comm.broadcast(comm.isRoot ? try report(results, plan: plan) : nil)
         try comm.barrier()
         return summary
+    }
+
+    /// The fold-parallel schedule: job j goes to group j mod G; each group trains and evaluates its jobs on its
+    /// own communicator; then the world exchanges how every group ended. Any group's error is raised on every
+    /// rank (so rank 0 prints it, naming the group); a stop in any group stops every rank (exit 75) once all
+    /// groups have checkpointed. Returns every job's results on rank 0 (empty elsewhere).
+    func runGroups(_ jobs: [Job], plan: FoldPlan) throws -> [FoldResults] {
+        let size = comm.size / foldParallel
+        let g = Self.group(ofRank: comm.rank, ranks: comm.size, groups: foldParallel)
+        let local = try comm.subgroup(color: g, key: comm.rank)
+        var outcome = Outcome()
+        var epochsLeft = stopAfterEpochs
+        do {
+            for (j, job) in jobs.enumerated() where j % foldParallel == g {
+                let r = try runFold(job.fold, model: job.model, plan: plan, on: local, epochsLeft: &epochsLeft,
+                                    tag: " (group \(g + 1)/\(foldParallel), ranks \(g * size)-\(g * size + size - 1))")
+                if local.isRoot { outcome.results.append(r) }
+            }
+        } catch let e as AttunetError where e.kind == .interrupted {
+            outcome.interrupted = true
+        } catch let e as AttunetError {
+            outcome.error = "group \(g + 1)/\(foldParallel) (ranks \(g * size)-\(g * size + size - 1)): " + e.message
+        } catch {
+            outcome.error = "group \(g + 1)/\(foldParallel) (ranks \(g * size)-\(g * size + size - 1)): \(error)"
+        }
+        let all = try comm.allGather(data: try JSONEncoder().encode(outcome)).map { try JSONDecoder().decode(Outcome.self, from: $0) }
+        if let e = all.compactMap(\.error).first { throw AttunetError(e) }
+        if all.contains(where: \.interrupted) {
+            if comm.isRoot && verbose { print("cv: stopped; rerun the same command to continue") }
+            throw AttunetError("", kind: .interrupted)
+        }
+        let byJob = Dictionary(all.flatMap(\.results).map { ("\($0.model)/\($0.fold)", $0) }, uniquingKeysWith: { a, _ in a })
+        return comm.isRoot ? jobs.map { byJob["\($0.model.kind.rawValue)/\($0.fold)"]! } : []
     }
 
     /// The folds this configuration gives: seeded, or from the --splits file (checked against the store).
@@ -192,26 +245,30 @@ public final class CrossValidation {
         return try enc.encode(value)
     }
 
-    private func say(_ line: String) { if comm.isRoot && verbose { print(line) } }
-
-    /// Trains (or resumes) one fold of one model and evaluates its test cases; skips a fold with results.
-    func runFold(_ k: Int, model: ModelConfig, plan: FoldPlan, epochsLeft: inout Int?) throws {
+    /// Trains (or resumes) one fold of one model on `comm` (the world, or a fold-parallel group) and evaluates
+    /// its test cases; a fold with results.json is skipped and its results read back. Returns the results on
+    /// every rank of `comm`.
+    func runFold(_ k: Int, model: ModelConfig, plan: FoldPlan, on comm: Communicator, epochsLeft: inout Int?,
+                 tag: String = "") throws -> FoldResults {
         let name = model.kind.rawValue
         let sub = folder.fold(k, model: name)
-        // 0: fresh, 1: resume, 2: done (rank 0 looks; every rank follows).
+        func say(_ line: String) { if comm.isRoot && verbose { print(line); fflush(nil) } }
+        let head = "cv: \(name) fold \(k + 1)/\(plan.count)\(tag)"
+        // 0: fresh, 1: resume, 2: done (the group's root looks; its ranks follow).
         let fm = FileManager.default
         let status: Int = try comm.broadcast(comm.isRoot
             ? (fm.fileExists(atPath: sub.foldResults.path) ? 2 : fm.fileExists(atPath: sub.checkpointLatest.path) ? 1 : 0) : nil)
         if status == 2 {
-            say("cv: \(name) fold \(k + 1)/\(plan.count): done, skipped (\(sub.foldResults.path) exists)")
-            return
+            say("\(head): done, skipped (\(sub.foldResults.path) exists)")
+            return try comm.broadcast(comm.isRoot ? try Self.readResults(sub.foldResults.path) : nil)
         }
         let train = config.trainConfig(plan: plan, fold: k, model: model)
         let test = plan.testCases(fold: k)
-        say("cv: \(name) fold \(k + 1)/\(plan.count): \(train.trainCases.count) training / \(train.validationCases.count) validation / \(test.count) test cases" + (status == 1 ? ", resuming \(sub.checkpointLatest.path)" : ""))
+        say("\(head): \(train.trainCases.count) training / \(train.validationCases.count) validation / \(test.count) test cases" + (status == 1 ? ", resuming \(sub.checkpointLatest.path)" : ""))
         let trainer = try Trainer(config: train, comm: comm, outDir: sub.url)
         trainer.bucketFloats = bucketFloats
         trainer.verbose = verbose
+        trainer.linePrefix = tag.isEmpty ? "" : "[\(name) fold \(k + 1)] "
         trainer.resumeHint = "rerun the same attunet cv command to continue"
         let state = status == 1 ? try trainer.resume() : nil
         if comm.isRoot {
@@ -233,18 +290,28 @@ public final class CrossValidation {
             try trainer.run(from: state)
             epochsLeft = epochsLeft.map { $0 - (train.epochs - firstEpoch) }
         }
-        let results = try evaluate(trainer: trainer, fold: k, test: test)
+        let results = try evaluate(trainer: trainer, fold: k, test: test, on: comm)
         if comm.isRoot {
             try AtomicFile.write(try Self.json(results), to: sub.foldResults.path)
             let dice = ClassSummary.summarize(results.cases.map(\.classes)).map { $0.metrics[.dice]!.mean }
-            say("cv: \(name) fold \(k + 1)/\(plan.count): test Dice " + zip(results.classNames, dice).map { "\($0) \(String(format: "%.3f", $1))" }.joined(separator: ", ") + " (\(results.checkpoint)); wrote \(sub.foldResults.path)")
+            say("\(head): test Dice " + zip(results.classNames, dice).map { "\($0) \(String(format: "%.3f", $1))" }.joined(separator: ", ") + " (\(results.checkpoint)); wrote \(sub.foldResults.path)")
         }
         try comm.barrier()
+        return results
+    }
+
+    static func readResults(_ path: String) throws -> FoldResults {
+        guard let data = FileManager.default.contents(atPath: path) else { throw AttunetError("\(path): cannot read the fold's results") }
+        do {
+            return try JSONDecoder().decode(FoldResults.self, from: data)
+        } catch {
+            throw AttunetError("\(path): not a fold results file (\(error)); delete it to evaluate the fold again")
+        }
     }
 
     /// Loads the fold's best checkpoint (the latest when no validation ran) and measures every test case
-    /// (spread over ranks) against the store's label map at the store's spacing.
-    func evaluate(trainer: Trainer, fold k: Int, test: [String]) throws -> FoldResults {
+    /// (spread over the ranks of `comm`) against the store's label map at the store's spacing.
+    func evaluate(trainer: Trainer, fold k: Int, test: [String], on comm: Communicator) throws -> FoldResults {
         let useBest: Bool = try comm.broadcast(comm.isRoot ? FileManager.default.fileExists(atPath: trainer.bestPath) : nil)
         let path = useBest ? trainer.bestPath : trainer.latestPath
         let model = trainer.model
@@ -273,24 +340,18 @@ public final class CrossValidation {
                            cases: test.map { byID[$0]! })
     }
 
-    /// Rank 0: reads every fold's results and writes summary.md, summary.csv and summary.json.
-    func report(plan: FoldPlan) throws -> CrossValidationSummary {
-        var results: [FoldResults] = []
-        for model in config.models {
-            for k in 0..<plan.count {
-                let path = folder.fold(k, model: model.kind.rawValue).foldResults.path
-                guard let data = FileManager.default.contents(atPath: path) else { throw AttunetError("\(path): missing") }
-                results.append(try JSONDecoder().decode(FoldResults.self, from: data))
-            }
-        }
+    /// Rank 0: writes summary.md, summary.csv and summary.json from every fold's results (model by model, fold
+    /// by fold).
+    func report(_ results: [FoldResults], plan: FoldPlan) throws -> CrossValidationSummary {
         let summary = CrossValidationSummary(results: results, plan: plan, definition: config.distanceDefinition)
         try AtomicFile.write(try Self.json(summary), to: folder.summaryJSON.path)
         try AtomicFile.write(summary.csv(), to: folder.summaryCSV.path)
         let md = summary.markdown()
         try AtomicFile.write(md, to: folder.summaryMarkdown.path)
+        try AtomicFile.write(summary.boxPlotSVG(), to: folder.summarySVG.path)
         if verbose {
             print(md, terminator: "")
-            print("cv: wrote " + [folder.summaryMarkdown, folder.summaryCSV, folder.summaryJSON].map(\.path).joined(separator: ", "))
+            print("cv: wrote " + [folder.summaryMarkdown, folder.summaryCSV, folder.summaryJSON, folder.summarySVG].map(\.path).joined(separator: ", "))
         }
         return summary
     }
