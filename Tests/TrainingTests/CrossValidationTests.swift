@@ -28,14 +28,14 @@ final class CrossValidationTests: XCTestCase {
         return "\(launcher)\(TestEnv.attunet) cv --store \(try PhantomStore.path()) --folds 2 --feature-scale 16 --patch 32x32x16 --batch 2 --epochs 2 --samples-per-case 2 --sync-bn --optimizer sgd --lr 3e-3 --val-every 100 --seed 5 --out \(out) \(extra)"
     }
 
-    /// The uninterrupted 1-rank CV, run once for the class.
-    static func reference() throws -> URL {
-        if let shared { return shared.appendingPathComponent("cv") }
-        let dir = try TestEnv.tempDir()
-        let r = try TestEnv.run(try command(ranks: 1, out: dir.path + "/cv"))
+    /// The uninterrupted CV on 1 or 2 ranks, each run once for the class.
+    static func reference(ranks: Int = 1) throws -> URL {
+        if shared == nil { shared = try TestEnv.tempDir() }
+        let out = shared!.appendingPathComponent("cv\(ranks)")
+        if FileManager.default.fileExists(atPath: RunFolder(out).summaryJSON.path) { return out }
+        let r = try TestEnv.run(try command(ranks: ranks, out: out.path))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        shared = dir
-        return dir.appendingPathComponent("cv")
+        return out
     }
 
     func summary(_ run: URL) throws -> CrossValidationSummary {
@@ -198,15 +198,48 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertEqual(try digests(out), try digests(reference))
     }
 
+    /// On 2 ranks: SIGKILL of one rank (not mpirun) once the second fold of the first model has written a
+    /// checkpoint; mpirun ends the other. The same command again skips what finished, resumes the rest, and every
+    /// fold's results and checkpoints equal the uninterrupted 2-rank CV's, bit for bit.
+    func testKilledRankOfATwoRankCVResumesToTheUninterruptedResults() throws {
+        let reference = try Self.reference(ranks: 2)
+        let out = work.appendingPathComponent("cvkill2")
+        let cmd = try Self.command(ranks: 2, out: out.path)
+        let job = Process()
+        job.executableURL = URL(fileURLWithPath: "/bin/sh")
+        job.arguments = ["-c", "exec \(cmd) > \(work.path)/killed.log 2>&1"]
+        job.environment = TestEnv.childEnvironment
+        try job.run()
+        let marker = RunFolder(out).fold(1, model: "attention-unet").checkpointLatest.path
+        let deadline = Date().addingTimeInterval(120)
+        while job.isRunning && Date() < deadline && !FileManager.default.fileExists(atPath: marker) { usleep(5_000) }
+        let pids = try TestEnv.run("pgrep -f 'attunet cv .*\(out.path)' | while read p; do [ \"$(cat /proc/$p/comm)\" = attunet ] && echo $p; done")
+        let ranks = pids.stdout.split(separator: "\n")
+        XCTAssertEqual(ranks.count, 2, "two rank processes: \(pids.stdout)")
+        if let victim = ranks.last { kill(pid_t(victim)!, SIGKILL) }
+        job.waitUntilExit()
+        XCTAssertNotEqual(job.terminationStatus, 0, "mpirun must report the killed rank")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: RunFolder(out).summaryJSON.path), "the CV must have been killed before it finished")
+        let r = try TestEnv.run(cmd)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 1/2: done, skipped"), r.stdout)
+        for model in ["attention-unet", "unet"] {
+            for k in 0..<2 {
+                let a = try results(out, fold: k, model: model), b = try results(reference, fold: k, model: model)
+                XCTAssertEqual(a.weightsSHA256, b.weightsSHA256, "\(model) fold \(k)")
+                XCTAssertEqual(a.cases.map(\.classes), b.cases.map(\.classes), "\(model) fold \(k)")
+            }
+        }
+        XCTAssertEqual(try digests(out), try digests(reference))
+    }
+
     /// The same CV on 2 ranks (training data-parallel with SyncBN, test cases spread over the ranks) against 1
     /// rank: each fold's weights within the train rank-equivalence test's tolerance (relative difference of the
     /// update from the initial weights ≤ 1e-3), and every per-case Dice within 0.01 (arg-max maps may flip a
     /// few voxels where two classes tie to rounding).
     func testTwoRanksMatchOneRank() throws {
         let reference = try Self.reference()
-        let out = work.appendingPathComponent("cv2")
-        let r = try TestEnv.run(try Self.command(ranks: 2, out: out.path))
-        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        let out = try Self.reference(ranks: 2)
         var worst = 0.0, worstDice = 0.0
         for model in ["attention-unet", "unet"] {
             for k in 0..<2 {
