@@ -39,6 +39,9 @@ public final class Trainer {
     /// patch, overlap 0.5, Gaussian blending, BN in evaluation mode; created on first use.
     private var predictor: SlidingWindowPredictor?
 
+    /// Redraw a progress bar during the epoch when this is the only rank and stdout is a terminal (off when
+    /// several trainers share one terminal, as the cross-validation's fold-parallel groups do).
+    public var progressBar = true
     /// Put before every line rank 0 prints (the cross-validation's fold-parallel groups name their fold).
     public var linePrefix = ""
 
@@ -114,7 +117,7 @@ public final class Trainer {
         }
         // Under mpirun a rank's stdout can be a pty even when the user pipes mpirun's output, so the bar is
         // drawn only for single-process runs on a terminal.
-        let interactive = comm.size == 1 && verbose && isatty(STDOUT_FILENO) != 0
+        let interactive = progressBar && comm.size == 1 && verbose && isatty(STDOUT_FILENO) != 0
         var lastRecord: EpochRecord?
         var epochsThisRun = 0
         while state.epoch < config.epochs {

@@ -269,6 +269,7 @@ public final class CrossValidation {
         trainer.bucketFloats = bucketFloats
         trainer.verbose = verbose
         trainer.linePrefix = tag.isEmpty ? "" : "[\(name) fold \(k + 1)] "
+        trainer.progressBar = tag.isEmpty
         trainer.resumeHint = "rerun the same attunet cv command to continue"
         let state = status == 1 ? try trainer.resume() : nil
         if comm.isRoot {
