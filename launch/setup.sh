@@ -3,11 +3,16 @@
 # Idempotent: packages already present are not reinstalled, and a second run only rebuilds what changed.
 #   bash launch/setup.sh            # system packages (needs root or sudo) + release build
 #   SKIP_APT=1 bash launch/setup.sh # build only
+#   NO_CLUSTER_PACKAGES=1 ...       # without the packages of the emulated-cluster test (Tests/cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev libhdf5-dev hdf5-tools libnifti2-dev libpng-dev zlib1g-dev
           pkg-config python3 python3-venv python3-pip)
+# The emulated-cluster test (Tests/cluster/run.sh) runs a real Slurm (munge, slurmctld, one slurmd per network
+# namespace) with ip, unshare, nsenter, ps and timeout. Without systemd Debian starts none of these daemons.
+CLUSTER_PACKAGES=(slurmctld slurmd slurm-client munge iproute2 util-linux procps coreutils)
+[ "${NO_CLUSTER_PACKAGES:-0}" = 1 ] || PACKAGES+=("${CLUSTER_PACKAGES[@]}")
 
 if [ "${SKIP_APT:-0}" != 1 ]; then
   missing=()
