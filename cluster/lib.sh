@@ -1,0 +1,98 @@
+# Sourced by the cluster/*.sbatch scripts (not run): what they share.
+#   LAUNCH                 the rank launcher: srun --mpi=pmix where Slurm has PMIx, else mpirun inside the allocation
+#   run_ranks CMD...       starts CMD on every rank under `timeout -s KILL` (the job's time left), forwards USR1/TERM
+#                          to the ranks, and sets RC to their exit status
+#   finish                 requeues the job after a stop with a checkpoint (exit 75), otherwise exits with RC
+# Needs: ATTUNET_ROOT (the repository), MAX_REQUEUES, LAUNCHER (auto|srun|mpirun), MPIRUN_OPTS (array, may be empty).
+# shellcheck shell=bash
+
+log() { echo "$(date +%H:%M:%S) ${SLURM_JOB_ID:+job $SLURM_JOB_ID: }$*"; }
+die() { echo "error: $*" >&2; exit 1; }
+
+[ -n "${SLURM_JOB_ID:-}" ] || die "$(basename "$0") is a batch script: submit it with sbatch"
+
+# One BLAS thread per CPU Slurm gave each rank (--cpus-per-task), never OpenBLAS's default of one per core.
+export OPENBLAS_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
+# shellcheck source=../launch/env.sh
+source "$ATTUNET_ROOT/launch/env.sh"
+
+# srun starts the ranks itself when Slurm was built with PMIx (`srun --mpi=list` names it): no orted, and Slurm
+# tracks and cleans up every rank. Otherwise mpirun reads the allocation from Slurm's variables and starts its
+# daemons through srun; -x passes the BLAS/OpenMPI variables.
+case "${LAUNCHER:-auto}" in
+  auto) if srun --mpi=list 2>&1 | grep -q pmix; then LAUNCH=srun; else LAUNCH=mpirun; fi ;;
+  srun|mpirun) LAUNCH=$LAUNCHER ;;
+  *) die "LAUNCHER=$LAUNCHER: use auto, srun or mpirun" ;;
+esac
+if [ "$LAUNCH" = srun ]; then
+  # --kill-on-bad-exit: one rank dying ends the step at once instead of leaving the others in a collective.
+  LAUNCH_CMD=(srun --mpi=pmix --kill-on-bad-exit=1)
+else
+  # --bind-to none: Slurm already confines the ranks to their CPUs; binding inside that halves all-reduce
+  # bandwidth on small nodes.
+  LAUNCH_CMD=(mpirun -np "$SLURM_NTASKS" --bind-to none "${MPIRUN_ENV[@]}" "${MPIRUN_OPTS[@]}")
+fi
+
+# Seconds until Slurm ends the job (squeue's %L: [D-]HH:MM:SS, MM:SS, or UNLIMITED), 0 when unknown.
+time_left() {
+  local l d=0 h=0 m=0 s=0
+  l=$(squeue -h -j "$SLURM_JOB_ID" -o %L 2>/dev/null | head -n 1)
+  case "$l" in *-*) d=${l%%-*}; l=${l#*-} ;; esac
+  IFS=: read -r -a p <<< "$l"
+  case ${#p[@]} in
+    3) h=${p[0]}; m=${p[1]}; s=${p[2]} ;;
+    2) m=${p[0]}; s=${p[1]} ;;
+    *) echo 0; return ;;
+  esac
+  [[ "$d$h$m$s" =~ ^[0-9]+$ ]] || { echo 0; return; }
+  echo $(( 10#$d * 86400 + 10#$h * 3600 + 10#$m * 60 + 10#$s ))
+}
+
+STOP_REQUESTED=0 CANCELLED=0 LAUNCH_PID=
+# The ranks are children of `timeout`, which would die of USR1 itself and leave them running: signal its child.
+forward() {
+  [ -n "$LAUNCH_PID" ] || return 0
+  local kids
+  kids=$(ps -o pid= --ppid "$LAUNCH_PID" 2>/dev/null || true)
+  [ -n "$kids" ] && kill -s "$1" $kids 2>/dev/null || true
+}
+on_usr1() { STOP_REQUESTED=1; log "USR1 (time limit near): asking the ranks to checkpoint and stop"; forward USR1; }
+on_term() { CANCELLED=1; log "TERM (cancelled or out of time): forwarding to the ranks"; forward TERM; }
+trap on_usr1 USR1
+trap on_term TERM
+
+run_ranks() {
+  local left limit=0
+  left=$(time_left)
+  # Ends a hung launch (a silent partition leaves mpirun waiting for minutes) 20 s before Slurm's own kill,
+  # so this script still reports it; 0 = no limit known.
+  [ "$left" -gt 60 ] && limit=$(( left - 20 ))
+  log "$LAUNCH on $SLURM_JOB_NUM_NODES node(s) x ${SLURM_NTASKS_PER_NODE:-?} rank(s), OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS, kill after ${limit}s (0 = none): $*"
+  timeout -s KILL "$limit" "${LAUNCH_CMD[@]}" "$@" &
+  LAUNCH_PID=$!
+  # A trapped signal interrupts `wait`; wait again until the launcher itself has ended.
+  while :; do
+    if wait "$LAUNCH_PID"; then RC=0; else RC=$?; fi
+    kill -0 "$LAUNCH_PID" 2>/dev/null || break
+  done
+  LAUNCH_PID=
+  [ "$RC" = 137 ] && [ "$limit" -gt 0 ] && log "the ranks were killed (exit 137): hung, killed by hand, or out of time"
+  return 0
+}
+
+finish() {
+  local n=${SLURM_RESTART_COUNT:-0}
+  if [ "$RC" = 75 ] && [ "$CANCELLED" = 0 ]; then
+    if [ "$n" -lt "$MAX_REQUEUES" ]; then
+      log "stopped with a checkpoint (exit 75); requeue $((n + 1)) of at most $MAX_REQUEUES, the job continues from it"
+      scontrol requeue "$SLURM_JOB_ID" || { log "scontrol requeue failed; resubmit to continue"; exit 75; }
+      exit 0
+    fi
+    log "stopped with a checkpoint (exit 75) after $n requeue(s), the cap (MAX_REQUEUES); resubmit to continue"
+  elif [ "$RC" != 0 ]; then
+    log "failed with exit status $RC; not requeued"
+  else
+    log "done"
+  fi
+  exit "$RC"
+}
