@@ -85,6 +85,7 @@ finish() {
   if [ "$RC" = 75 ] && [ "$CANCELLED" = 0 ]; then
     if [ "$n" -lt "$MAX_REQUEUES" ]; then
       log "stopped with a checkpoint (exit 75); requeue $((n + 1)) of at most $MAX_REQUEUES, the job continues from it"
+      trap '' TERM   # Slurm now ends this attempt: nothing left to forward
       scontrol requeue "$SLURM_JOB_ID" || { log "scontrol requeue failed; resubmit to continue"; exit 75; }
       exit 0
     fi
