@@ -23,6 +23,8 @@ struct CV: ParsableCommand {
 
         Outputs in --out: config.json, splits.json, fold_<k>/<model>/ (a train run folder: checkpoints, log.csv, progress.svg, and results.json, the fold's per-case metrics), summary.md (the paper's table: per model the pancreas DSC, precision, recall and S2S, the other organs' DSC, parameters, inference time per volume; ASSD/HD95 under the distance definition; with two models a paired Wilcoxon test per organ), summary.csv and summary.json (also per fold and per case), summary.svg (a box plot of Dice per organ and model). Rank 0 prints the table at the end.
 
+        Job arrays (cluster/cv-array.sbatch): one task per fold runs the command with --fold K (K = 0 … folds−1, every model of that fold, no summary); a job depending on all of them runs it with --summarize, which writes the summaries from the folds' results.json and fails naming any fold without one. The tasks share config.json and splits.json, so the folds are the same as in one run.
+
         Restart: run the same command again after a stop (exit 75: SIGTERM/SIGUSR1, or --stop-after-epochs, which counts the epochs of all folds in this job) or a crash. Folds with results.json are skipped, an unfinished fold resumes from its checkpoint_latest.h5, bit-identical to an uninterrupted CV with the same rank count. A command whose configuration differs from --out's config.json is refused, naming the difference; --stop-after-epochs, --threads and --allreduce-bucket-mib may change.
         """
     )
@@ -57,12 +59,18 @@ struct CV: ParsableCommand {
 
     @Option(help: ArgumentHelp("Split the MPI ranks into G groups that train different folds at the same time (each group data-parallel within itself); G must divide the ranks.", discussion: "Job j of the list (every fold of the first model, then of the next) goes to group j mod G. With few cases per fold or many ranks, groups waste less time in all-reduces than one big data-parallel run. A fold trained in a group of r ranks equals the same fold trained by attunet cv on r ranks; --batch must divide by r.", valueName: "G"))
     var foldParallel: Int = 1
+    @Option(help: ArgumentHelp("Train and evaluate only fold K (0-based, as the fold_K folder) of every model, and write no summary: one task of a job array (SLURM_ARRAY_TASK_ID).", valueName: "K"))
+    var fold: Int?
+    @Flag(help: "Train nothing: write the summaries from every fold's results.json (after the --fold K tasks of a job array); fails naming the folds without results.")
+    var summarize = false
     @Flag(help: "Print the plan (folds, cases, steps, epochs) and an estimate of the wall time, core-hours and peak memory per rank on these ranks, from a few timed steps and one timed validation volume per model; write nothing.")
     var dryRun = false
 
     func validate() throws {
         guard folds >= 2 else { throw ValidationError("--folds must be at least 2") }
         guard foldParallel >= 1 else { throw ValidationError("--fold-parallel must be at least 1") }
+        guard fold == nil || !summarize else { throw ValidationError("--fold and --summarize exclude each other (run the --fold tasks first, then --summarize)") }
+        if let fold { guard fold >= 0 && fold < folds else { throw ValidationError("--fold \(fold): folds are numbered 0 to \(folds - 1) (as the fold_K folders)") } }
         guard splits == nil || groupBy == nil else { throw ValidationError("--splits and --group-by exclude each other (the splits file fixes the folds)") }
         _ = try modelKinds()
     }
@@ -93,6 +101,8 @@ struct CV: ParsableCommand {
         cv.bucketFloats = training.bucketFloats
         cv.stopAfterEpochs = training.stopAfterEpochs
         cv.foldParallel = foldParallel
+        cv.onlyFold = fold
+        cv.summarizeOnly = summarize
         if dryRun {
             let e = try cv.estimate()
             if comm.isRoot { print(Self.describe(e, inverse: inverse)) }

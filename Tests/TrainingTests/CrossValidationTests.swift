@@ -297,6 +297,36 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertTrue(bad.stderr.contains("error: --fold-parallel 3 does not divide the 2 MPI rank(s) into equal groups"), bad.stderr)
     }
 
+    /// The job-array path: `--fold 1` then `--summarize` (refused, naming fold_0 of both models, which has no
+    /// results yet), `--fold 0`, and `--summarize` again: every fold equals the one-run CV's, and so do the
+    /// summary's per-case rows.
+    func testFoldTasksThenSummarizeEqualOneRun() throws {
+        let reference = try Self.reference()
+        let out = work.appendingPathComponent("array")
+        var r = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--fold 1"))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("cv: fold 1 of every model done"), r.stdout)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: RunFolder(out).summaryJSON.path))
+        r = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--summarize"))
+        XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
+        XCTAssertTrue(r.stderr.contains("2 of 4 fold(s) have no results.json yet: fold_0/attention-unet, fold_0/unet"), r.stderr)
+        r = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--fold 0"))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        r = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--summarize"))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("| attention-unet |"), r.stdout)
+        for model in ["attention-unet", "unet"] {
+            for k in 0..<2 {
+                XCTAssertEqual(try results(out, fold: k, model: model).weightsSHA256, try results(reference, fold: k, model: model).weightsSHA256)
+            }
+        }
+        func timeless(_ s: CrossValidationSummary) -> [CrossValidationSummary.CaseRow] { s.cases.map { var c = $0; c.seconds = 0; return c } }
+        XCTAssertEqual(timeless(try summary(out)), timeless(try summary(reference)))
+        let bad = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--fold 2"))
+        XCTAssertEqual(bad.status, 64, bad.stdout + bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("--fold 2: folds are numbered 0 to 1"), bad.stderr)
+    }
+
     /// A splits file whose test parts overlap is refused, naming the case, before anything is written.
     func testBadSplitsAreRefusedNamingTheCases() throws {
         let ids = try CaseStore(path: try PhantomStore.path()).cases.map(\.id).sorted()

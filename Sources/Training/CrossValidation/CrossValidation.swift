@@ -130,6 +130,11 @@ public final class CrossValidation {
     public var verbose = true
     /// Groups of ranks training folds side by side (1: every rank trains every fold). Must divide the ranks.
     public var foldParallel = 1
+    /// Train and evaluate only this fold (0-based, as `fold_<k>`) of every model and write no summary: one task
+    /// of a batch-system job array. ``summarizeOnly`` then writes the summaries once every fold is done.
+    public var onlyFold: Int?
+    /// Train nothing: write the summaries from every fold's `results.json`; an error names the missing ones.
+    public var summarizeOnly = false
 
     public init(config: CrossValidationConfig, comm: Communicator, folder: RunFolder) {
         self.config = config
@@ -150,22 +155,40 @@ public final class CrossValidation {
     public static func group(ofRank rank: Int, ranks: Int, groups: Int) -> Int { rank / (ranks / groups) }
 
     /// Checks the run folder, decides the folds, trains and evaluates every unfinished fold of every model, and
-    /// writes the reports. Returns the summary (on every rank).
+    /// writes the reports. Returns the summary (on every rank); nil with ``onlyFold``, which writes none.
     @discardableResult
-    public func run() throws -> CrossValidationSummary {
+    public func run() throws -> CrossValidationSummary? {
         guard foldParallel >= 1, comm.size % foldParallel == 0 else {
             throw AttunetError("--fold-parallel \(foldParallel) does not divide the \(comm.size) MPI rank(s) into equal groups")
         }
         let start: Start = try comm.broadcast(comm.isRoot ? decide() : nil)
         if let e = start.error { throw AttunetError(e) }
         let plan = start.plan!
-        let jobs = config.models.flatMap { m in (0..<plan.count).map { Job(model: m, fold: $0) } }
+        var jobs = config.models.flatMap { m in (0..<plan.count).map { Job(model: m, fold: $0) } }
+        if summarizeOnly {
+            let results: [FoldResults] = try comm.broadcast(comm.isRoot ? try collectResults(jobs) : nil)
+            let summary: CrossValidationSummary = try comm.broadcast(comm.isRoot ? try report(results, plan: plan) : nil)
+            return summary
+        }
+        if let k = onlyFold {
+            guard (0..<plan.count).contains(k) else {
+                throw AttunetError("--fold \(k): the plan has folds 0 to \(plan.count - 1) (as the fold_<k> folders)")
+            }
+            jobs = jobs.filter { $0.fold == k }
+        }
         var results: [FoldResults]
         if foldParallel == 1 {
             var epochsLeft = stopAfterEpochs
             results = try jobs.map { try runFold($0.fold, model: $0.model, plan: plan, on: comm, epochsLeft: &epochsLeft) }
         } else {
             results = try runGroups(jobs, plan: plan)
+        }
+        if let k = onlyFold {
+            if comm.isRoot && verbose {
+                print("cv: fold \(k) of every model done; once every fold is, write the summaries with the same command and --summarize instead of --fold")
+            }
+            try comm.barrier()
+            return nil
         }
         let summary: CrossValidationSummary = try comm.broadcast(comm.isRoot ? try report(results, plan: plan) : nil)
         try comm.barrier()
@@ -299,6 +322,16 @@ public final class CrossValidation {
         }
         try comm.barrier()
         return results
+    }
+
+    /// Rank 0, for --summarize: every job's results.json, or an error naming the folds without one.
+    func collectResults(_ jobs: [Job]) throws -> [FoldResults] {
+        let missing = jobs.filter { !FileManager.default.fileExists(atPath: folder.fold($0.fold, model: $0.model.kind.rawValue).foldResults.path) }
+        guard missing.isEmpty else {
+            let names = missing.map { "fold_\($0.fold)/\($0.model.kind.rawValue)" }.joined(separator: ", ")
+            throw AttunetError("\(folder.path): \(missing.count) of \(jobs.count) fold(s) have no results.json yet: \(names); run them (--fold K) before --summarize")
+        }
+        return try jobs.map { try Self.readResults(folder.fold($0.fold, model: $0.model.kind.rawValue).foldResults.path) }
     }
 
     static func readResults(_ path: String) throws -> FoldResults {
