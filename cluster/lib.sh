@@ -6,7 +6,9 @@
 # Needs: ATTUNET_ROOT (the repository), MAX_REQUEUES, LAUNCHER (auto|srun|mpirun), MPIRUN_OPTS (array, may be empty).
 # shellcheck shell=bash
 
-log() { echo "$(date +%H:%M:%S) ${SLURM_JOB_ID:+job $SLURM_JOB_ID: }$*"; }
+JOB_LABEL=${SLURM_ARRAY_JOB_ID:+${SLURM_ARRAY_JOB_ID}_${SLURM_ARRAY_TASK_ID}}
+JOB_LABEL=${JOB_LABEL:-${SLURM_JOB_ID:-}}
+log() { echo "$(date +%H:%M:%S) ${JOB_LABEL:+job $JOB_LABEL: }$*"; }
 die() { echo "error: $*" >&2; exit 1; }
 
 [ -n "${SLURM_JOB_ID:-}" ] || die "$(basename "$0") is a batch script: submit it with sbatch"
