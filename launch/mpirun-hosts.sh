@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# Runs an attunet subcommand over several machines with mpirun and a hostfile (no Slurm; under Slurm use
+# cluster/*.sbatch). Before starting it checks that every host sees the same binary (size + SHA-256) and, for
+# --store, the same case store (size + SHA-256 of its `fingerprint` attribute), and names a host that differs.
+#   launch/mpirun-hosts.sh -f hosts.txt -r 2 train --store data/ct.h5 --batch 4 --out runs/x
+#   hosts.txt: one host per line, e.g. "node1 slots=2"
+# Options: -f HOSTFILE (or HOSTFILE=), -r RANKS_PER_NODE (or RANKS_PER_NODE=); the rest is attunet's command line.
+# Paths are the caller's: relative ones are resolved against the folder this is started from, on every host
+# (the ranks start there: the folder must exist on every host, as on a shared filesystem).
+# Exit status is attunet's (0, 75 stopped with a checkpoint, ...), 124/137 when TIME_LIMIT ended the run,
+# 2 when a host differs.
+set -euo pipefail
+
+# ---- edit these (or set them in the environment) ----------------------------------------------------------
+HOSTFILE=${HOSTFILE:-}                  # one host per line ("node1 slots=2"); -f overrides
+RANKS_PER_NODE=${RANKS_PER_NODE:-1}     # -r overrides; total ranks = hosts x this
+TCP_IF=${TCP_IF:-}                      # network for MPI traffic: interface (eth1) or CIDR (10.1.0.0/16); empty = all
+PML=${PML:-ob1}                         # ob1 = the btl transports below; ucx would pick /dev/shm or IB by itself
+BTL=${BTL:-self,vader,tcp}              # shared memory on a node, TCP between nodes
+RSH_AGENT=${RSH_AGENT:-}                # how mpirun reaches the hosts; empty = ssh (needs passwordless ssh)
+TIME_LIMIT=${TIME_LIMIT:-0}             # seconds until the run is stopped (TERM, then KILL 30 s later); 0 = none
+CHECK_HOSTS=${CHECK_HOSTS:-1}           # 0 skips the same-binary/same-store check
+MPIRUN_OPTS=(${MPIRUN_OPTS:-})          # anything else for mpirun
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}   # BLAS threads per rank: cores per node / RANKS_PER_NODE
+# -----------------------------------------------------------------------------------------------------------
+
+while getopts "f:r:" o; do
+  case $o in f) HOSTFILE=$OPTARG ;; r) RANKS_PER_NODE=$OPTARG ;; *) exit 2 ;; esac
+done
+shift $((OPTIND - 1))
+[ -n "$HOSTFILE" ] && [ -f "$HOSTFILE" ] || { echo "mpirun-hosts: hostfile '${HOSTFILE}' not found (-f HOSTFILE)" >&2; exit 1; }
+[ $# -gt 0 ] || { echo "usage: mpirun-hosts.sh -f HOSTFILE [-r RANKS_PER_NODE] SUBCOMMAND [attunet options]" >&2; exit 1; }
+source "$(dirname "$0")/env.sh"
+HOSTFILE=$(realpath "$HOSTFILE")
+mapfile -t HOSTS < <(sed 's/#.*//' "$HOSTFILE" | awk 'NF {print $1}' | awk '!seen[$0]++')
+[ ${#HOSTS[@]} -gt 0 ] || { echo "mpirun-hosts: no hosts in $HOSTFILE" >&2; exit 1; }
+NP=$(( ${#HOSTS[@]} * RANKS_PER_NODE ))
+
+# Paths given to attunet become absolute (the caller's folder), so the check below and every rank see the same file.
+ARGS=() STORE= prev=
+for a in "$@"; do
+  case "$prev" in
+    --store|--out|--splits|--group-by|--input|--checkpoint) [[ "$a" = /* ]] || a=$PWD/$a ;;
+  esac
+  [ "$prev" = --store ] && STORE=$a
+  ARGS+=("$a"); prev=$a
+done
+
+MPI=(mpirun --hostfile "$HOSTFILE"
+  # none: with one BLAS thread per rank the kernel places ranks well; binding to cores halved intra-node
+  # all-reduce bandwidth on small nodes and pins BLAS threads of a rank with OPENBLAS_NUM_THREADS>1 to one core.
+  --bind-to none
+  --wdir "$PWD"
+  --mca pml "$PML" --mca btl "$BTL"
+  "${MPIRUN_ENV[@]}")
+[ -n "$RSH_AGENT" ] && MPI+=(--mca plm_rsh_agent "$RSH_AGENT")
+# The same network for MPI messages (btl) and mpirun's own wire-up (oob): a host with several interfaces
+# (management, docker, IB) otherwise may try one the others cannot reach and hang.
+[ -n "$TCP_IF" ] && MPI+=(--mca btl_tcp_if_include "$TCP_IF" --mca oob_tcp_if_include "$TCP_IF")
+
+if [ "$CHECK_HOSTS" = 1 ]; then
+  # One process per host prints what it sees; compared with this machine's view.
+  probe='b=$1 s=$2
+    if [ -f "$b" ]; then bi="$(stat -c %s "$b") $(sha256sum < "$b" | cut -c1-64)"; else bi=missing; fi
+    si=-
+    if [ -n "$s" ]; then
+      if [ ! -f "$s" ]; then si=missing
+      elif ! command -v h5dump >/dev/null; then si="no-h5dump"
+      else si="$(stat -c %s "$s") $(h5dump -a /fingerprint "$s" 2>/dev/null | tail -n +2 | sha256sum | cut -c1-64)"; fi
+    fi
+    echo "HOSTCHECK $(hostname)|$bi|$si"'
+  mine=$(bash -c "$probe" probe "$BIN" "$STORE" | cut -d'|' -f2-)
+  [ "${mine#*|}" = missing ] && { echo "mpirun-hosts: store $STORE not found here" >&2; exit 1; }
+  seen=$(timeout -s KILL 60 "${MPI[@]}" --map-by ppr:1:node -np "${#HOSTS[@]}" bash -c "$probe" probe "$BIN" "$STORE" 2>&1) \
+    || { echo "mpirun-hosts: could not run the host check: $(tail -n 3 <<< "$seen")" >&2; exit 1; }
+  bad=0 n=0
+  while IFS='|' read -r host bi si; do
+    n=$((n + 1))
+    [ "$bi" = "${mine%%|*}" ] || { echo "mpirun-hosts: $host: binary $BIN differs from this machine's (size sha256: $bi)" >&2; bad=1; }
+    [ "$si" = "${mine#*|}" ] || { echo "mpirun-hosts: $host: store $STORE differs from this machine's (size fingerprint-sha256: $si)" >&2; bad=1; }
+  done < <(sed -n 's/^.*HOSTCHECK //p' <<< "$seen")
+  [ "$n" = "${#HOSTS[@]}" ] || { echo "mpirun-hosts: $n of ${#HOSTS[@]} hosts answered the check" >&2; exit 1; }
+  [ "$bad" = 0 ] || exit 2
+  echo "mpirun-hosts: ${#HOSTS[@]} host(s) see the same binary${STORE:+ and store}"
+fi
+
+echo "mpirun-hosts: $NP rank(s) on ${HOSTS[*]} ($RANKS_PER_NODE per host), OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS"
+# TERM first: mpirun then stops the remote ranks (they checkpoint and exit 75); KILL if it hangs (a partition).
+TO=()
+[ "$TIME_LIMIT" -gt 0 ] && TO=(timeout -k 30 -s TERM "$TIME_LIMIT")
+# ppr:R:node puts exactly R ranks on each host (hostfile order = rank order), whatever its slot count says.
+exec "${TO[@]}" "${MPI[@]}" --map-by "ppr:$RANKS_PER_NODE:node" -np "$NP" "${MPIRUN_OPTS[@]}" "$BIN" "${ARGS[@]}"
