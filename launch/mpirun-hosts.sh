@@ -76,8 +76,8 @@ if [ "$CHECK_HOSTS" = 1 ]; then
   bad=0 n=0
   while IFS='|' read -r host bi si; do
     n=$((n + 1))
-    [ "$bi" = "${mine%%|*}" ] || { echo "mpirun-hosts: $host: binary $BIN differs from this machine's (size sha256: $bi)" >&2; bad=1; }
-    [ "$si" = "${mine#*|}" ] || { echo "mpirun-hosts: $host: store $STORE differs from this machine's (size fingerprint-sha256: $si)" >&2; bad=1; }
+    [ "$bi" = "${mine%%|*}" ] || { echo "mpirun-hosts: $host: binary $BIN differs from this machine's (size sha256 there: $bi; here: ${mine%%|*})" >&2; bad=1; }
+    [ "$si" = "${mine#*|}" ] || { echo "mpirun-hosts: $host: store $STORE differs from this machine's (size and fingerprint sha256 there: $si; here: ${mine#*|})" >&2; bad=1; }
   done < <(sed -n 's/^.*HOSTCHECK //p' <<< "$seen")
   [ "$n" = "${#HOSTS[@]}" ] || { echo "mpirun-hosts: $n of ${#HOSTS[@]} hosts answered the check" >&2; exit 1; }
   [ "$bad" = 0 ] || exit 2

@@ -1,0 +1,225 @@
+#!/usr/bin/env bash
+# The cluster scripts on an emulated 2-node cluster inside this machine (root): two network namespaces on a
+# bridge with their own hostnames (node1, node2), an ssh stand-in for mpirun (nsrsh), munge, slurmctld and one
+# slurmd per namespace (emulate.sh). Checks:
+#   a  launch/mpirun-hosts.sh, 2 nodes x 1 rank over TCP: checkpoint == a 1-node 2-rank run (launch/train.sh),
+#      the btl log shows tcp between node1 and node2; a host seeing another store is named and refused
+#   b  sbatch --nodes=2 cluster/train.sbatch (srun --mpi=pmix): completes, outputs, checkpoint == reference
+#   c  the time-limit path (mpirun inside the allocation): USR1 -> checkpoint, exit 75 -> self-requeue ->
+#      --resume -> completes; final checkpoint == the uninterrupted reference
+#   d  cluster/cv.sbatch, and cluster/submit-cv-array.sh (one task per fold + dependent summary), 2 folds
+#   e  kill -9 of node2's rank mid-run: the job fails within seconds naming node2, not requeued, rank 0's
+#      checkpoint intact; resubmitted with RUN_DIR it resumes and ends == reference
+# Every launch runs under `timeout -s KILL`; an EXIT trap removes daemons (by PID), namespaces, bridge and
+# /etc/hosts lines. Without root or network namespaces it prints SKIP and exits 0.
+#   bash Tests/cluster/run.sh          (ATTUNET_BIN=... to test another binary; KEEP=1 keeps the work folder)
+set -euo pipefail
+HERE=$(cd "$(dirname "$0")" && pwd)
+ROOT=$(cd "$HERE/../.." && pwd)
+export ATTUNET_BIN=${ATTUNET_BIN:-$ROOT/.build/release/attunet}
+BIN=$ATTUNET_BIN
+EPOCHS=30            # long enough to interrupt mid-run (about 0.1-0.3 s per epoch here)
+T_START=$(date +%s)
+
+# A clean environment: not inside someone's Slurm job or MPI run.
+for v in $(compgen -v | grep -E '^(SLURM_|OMPI_|PMIX_|ORTE_|OPAL_)' || true); do unset "$v"; done
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+
+source "$HERE/emulate.sh"
+if ! why=$(netns_usable); then echo "SKIP cluster tests: $why"; exit 0; fi
+[ -x "$BIN" ] || { echo "cluster tests: $BIN missing (launch/setup.sh builds it)" >&2; exit 1; }
+
+W=$(mktemp -d /tmp/attunet-cluster.XXXXXX)
+chmod 755 "$W"
+cleanup() {
+  local rc=$?
+  cluster_down
+  if [ "${KEEP:-0}" = 1 ] || [ "$rc" != 0 ]; then echo "cluster tests: work folder kept: $W"; else rm -rf "$W"; fi
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+network_up
+SLURM=1
+if ! why=$(slurm_usable); then echo "SKIP Slurm checks (b-e): $why"; SLURM=0
+else slurm_up "$W/slurm" || { echo "cluster tests: Slurm did not start" >&2; exit 1; }; fi
+echo "cluster tests: 2 nodes up in $(( $(date +%s) - T_START )) s; work folder $W"
+
+cd "$W"   # the jobs' relative paths (store, runs) are relative to here, as a user's would be
+tmo() { local s=$1; shift; timeout -s KILL "$s" "$@"; }
+"$BIN" synth --cases 4 --resolution 0.5 --seed 3 --out nii >/dev/null
+"$BIN" prepare --input nii --out store.h5 --spacing 4 >/dev/null
+TRAIN=(--feature-scale 16 --patch 32x32x16 --batch 2 --epochs "$EPOCHS" --samples-per-case 2
+       --sync-bn --optimizer sgd --lr 3e-3 --val-every 100)
+export STORE=store.h5 OUT_BASE=runs TRAIN_OPTS="${TRAIN[*]}"
+
+sha() { "$BIN" inspect "$1" | sed -n 's/^weights sha256: //p'; }
+fail() { echo "FAIL: $*"; exit 1; }
+# Job state from scontrol: JobState, Restarts, ExitCode. Slurm holds a requeued job for about 2 minutes
+# (BeginTime); the wait releases it at once.
+job() { scontrol show job -o "$1" | tr ' ' '\n' | sed -n "s/^$2=//p"; }
+wait_job() {   # JOBID SECONDS -> prints the final state
+  local j=$1 end=$(( $(date +%s) + $2 )) st
+  while [ "$(date +%s)" -lt "$end" ]; do
+    st=$(job "$j" JobState)
+    case $st in
+      COMPLETED|FAILED|CANCELLED|TIMEOUT|NODE_FAIL|OUT_OF_MEMORY|BOOT_FAIL|DEADLINE|PREEMPTED) echo "$st"; return ;;
+      PENDING) [ "$(job "$j" Reason)" = BeginTime ] && scontrol update JobId="$j" StartTime=now 2>/dev/null || true ;;
+    esac
+    sleep 0.3
+  done
+  scancel "$j" 2>/dev/null || true
+  echo "TIMEOUT-IN-TEST"
+}
+wait_epochs() {   # RUNDIR N: until log.csv has N epochs (header + N lines)
+  local end=$(( $(date +%s) + 60 ))
+  while [ "$(date +%s)" -lt "$end" ]; do
+    [ -f "$1/log.csv" ] && [ "$(wc -l < "$1/log.csv")" -gt "$2" ] && return 0
+    sleep 0.1
+  done
+  return 1
+}
+submit() { sbatch --parsable --time=5 --signal=B:USR1@20 "$@" | cut -d';' -f1; }
+
+PASSED=() FAILED=()
+check() {   # NAME FUNCTION: runs it in a subshell (errexit on), its output in NAME.log
+  local t0 rc
+  t0=$(date +%s)
+  ( "$2" ) > "$W/$1.log" 2>&1 & 
+  wait $! && rc=0 || rc=$?
+  if [ "$rc" = 0 ]; then PASSED+=("$1"); echo "PASS $1 ($(( $(date +%s) - t0 )) s)"
+  else FAILED+=("$1"); echo "FAIL $1 ($(( $(date +%s) - t0 )) s); last lines of $W/$1.log:"; tail -n 15 "$W/$1.log" | sed 's/^/    /'; fi
+}
+
+reference() {   # one node, 2 ranks, same global batch: what every multi-node run must equal
+  tmo 120 bash "$ROOT/launch/train.sh" -n 2 --store store.h5 "${TRAIN[@]}" --out ref
+  sha ref/checkpoint_latest.h5 > ref.sha
+  [ -s ref.sha ] || fail "no reference checkpoint"
+}
+
+a_mpirun_hosts() {
+  printf 'node1 slots=1\nnode2 slots=1\n' > hosts
+  export RSH_AGENT=$HERE/nsrsh TCP_IF=$NET.0/24 MPIRUN_OPTS="--mca btl_base_verbose 10"
+  tmo 120 bash "$ROOT/launch/mpirun-hosts.sh" -f hosts -r 1 train --store store.h5 "${TRAIN[@]}" --out hosts-run > a.out 2>&1 \
+    || { tail -n 20 a.out; fail "mpirun-hosts.sh failed"; }
+  grep -q 'Using tcp btl for send to .* on node node2' a.out || fail "no 'Using tcp btl ... on node node2' in the btl log"
+  grep -q 'Using tcp btl for send to .* on node node1' a.out || fail "no 'Using tcp btl ... on node node1' in the btl log"
+  grep -q '^\[node1:' a.out && grep -q '^\[node2:' a.out || fail "ranks did not run on node1 and node2"
+  [ "$(sha hosts-run/checkpoint_latest.h5)" = "$(cat ref.sha)" ] || fail "2-node checkpoint differs from the 1-node 2-rank one"
+  echo "2 nodes x 1 rank == 1 node x 2 ranks: $(cat ref.sha)"
+  # node2 sees another file at the store's path (a private mount in its namespace): refused, naming node2.
+  "$BIN" prepare --input nii --out other.h5 --spacing 5 >/dev/null
+  export NSRSH_BIND_node2="$W/other.h5:$W/store.h5" MPIRUN_OPTS=
+  local rc=0
+  tmo 60 bash "$ROOT/launch/mpirun-hosts.sh" -f hosts -r 1 train --store store.h5 "${TRAIN[@]}" --out never > a2.out 2>&1 || rc=$?
+  cat a2.out
+  [ "$rc" = 2 ] || fail "a differing store on node2 gave exit $rc, not 2"
+  grep -q '^mpirun-hosts: node2: store .* differs' a2.out || fail "node2 not named"
+  ! grep -q '^mpirun-hosts: node1:' a2.out || fail "node1 named though it matches"
+  [ ! -e never ] || fail "training started despite the mismatch"
+}
+
+b_sbatch_train() {
+  local j st
+  j=$(submit --nodes=2 --ntasks-per-node=1 --output=b-%j.out "$ROOT/cluster/train.sbatch")
+  st=$(wait_job "$j" 90)
+  cat "b-$j.out"
+  [ "$st" = COMPLETED ] || fail "job $j ended $st"
+  [ "$(job "$j" ExitCode)" = 0:0 ] || fail "job $j exit code $(job "$j" ExitCode)"
+  for f in checkpoint_latest.h5 checkpoint_best.h5 log.csv progress.svg; do
+    [ -s "runs/train-$j/$f" ] || fail "runs/train-$j/$f missing"
+  done
+  [ "$(( $(wc -l < "runs/train-$j/log.csv") - 1 ))" = "$EPOCHS" ] || fail "log.csv has not $EPOCHS epochs"
+  grep -q "job $j: srun on 2 node(s)" "b-$j.out" || fail "not launched with srun on 2 nodes"
+  [ "$(sha "runs/train-$j/checkpoint_latest.h5")" = "$(cat ref.sha)" ] || fail "checkpoint differs from the reference"
+}
+
+c_time_limit_requeue() {
+  local j st
+  # mpirun inside the allocation this time (srun was b's launcher); USR1 as Slurm's --signal=B:USR1 sends it.
+  j=$(LAUNCHER=mpirun MPIRUN_OPTS="--mca pml ob1 --mca btl self,vader,tcp --mca btl_tcp_if_include $NET.0/24 --mca oob_tcp_if_include $NET.0/24" \
+      submit --nodes=2 --ntasks-per-node=1 --output=c-%j.out "$ROOT/cluster/train.sbatch")
+  wait_epochs "runs/train-$j" 2 || fail "job $j: no epochs"
+  scancel --signal=USR1 --batch "$j"
+  st=$(wait_job "$j" 120)
+  cat "c-$j.out"
+  [ "$st" = COMPLETED ] || fail "job $j ended $st"
+  [ "$(job "$j" Restarts)" = 1 ] || fail "job $j restarts: $(job "$j" Restarts), not 1"
+  grep -q 'train: stop requested' "c-$j.out" || fail "the ranks did not stop on USR1"
+  grep -q "requeue 1 of at most" "c-$j.out" || fail "no self-requeue"
+  grep -q "resuming from runs/train-$j/checkpoint_latest.h5" "c-$j.out" || fail "the requeued job did not resume"
+  [ "$(sha "runs/train-$j/checkpoint_latest.h5")" = "$(cat ref.sha)" ] || fail "interrupted+requeued checkpoint differs from the uninterrupted one"
+}
+
+d_cv() {
+  local j st out arr sum
+  export CV_OPTS="--folds 2 --models attention-unet --feature-scale 16 --patch 32x32x16 --batch 2 --epochs 2 --samples-per-case 2 --sync-bn --optimizer sgd --lr 3e-3 --val-every 100"
+  j=$(submit --nodes=2 --ntasks-per-node=1 --output=d-%j.out "$ROOT/cluster/cv.sbatch")
+  st=$(wait_job "$j" 90)
+  tail -n 3 "d-$j.out"
+  [ "$st" = COMPLETED ] || { cat "d-$j.out"; fail "cv job $j ended $st"; }
+  for f in summary.md summary.json fold_0/attention-unet/results.json fold_1/attention-unet/results.json; do
+    [ -s "runs/cv-$j/$f" ] || fail "runs/cv-$j/$f missing"
+  done
+  # The array: one task per fold on a node of its own, then the summary after both.
+  export CV_OPTS="--models attention-unet --feature-scale 16 --patch 32x32x16 --batch 2 --epochs 2 --samples-per-case 2 --sync-bn --optimizer sgd --lr 3e-3 --val-every 100"
+  out=$(FOLDS=2 SUMMARY_TIME=5 tmo 30 bash "$ROOT/cluster/submit-cv-array.sh" --time=5 --nodes=1 --ntasks-per-node=2)
+  echo "$out"
+  arr=$(sed -n 's/.*job array \([0-9]*\).*/\1/p' <<< "$out")
+  sum=$(sed -n 's/.*summary: job \([0-9]*\).*/\1/p' <<< "$out")
+  [ -n "$arr" ] && [ -n "$sum" ] || fail "submit-cv-array.sh printed no job ids"
+  st=$(wait_job "$sum" 120)
+  cat attunet-cv-"$arr"_*.out "attunet-cv-$arr-summary.out"
+  [ "$st" = COMPLETED ] || fail "summary job $sum ended $st"
+  grep -q "job ${arr}_0: .* --fold 0" "attunet-cv-${arr}_0.out" || fail "task 0 did not run --fold 0"
+  grep -q "job ${arr}_1: .* --fold 1" "attunet-cv-${arr}_1.out" || fail "task 1 did not run --fold 1"
+  grep -q -- "--summarize" "attunet-cv-$arr-summary.out" || fail "the summary job did not run --summarize"
+  for f in summary.md summary.json fold_0/attention-unet/results.json fold_1/attention-unet/results.json; do
+    [ -s "runs/cv-$arr/$f" ] || fail "runs/cv-$arr/$f missing"
+  done
+  # The array's folds are the one job's folds.
+  cmp "runs/cv-$j/splits.json" "runs/cv-$arr/splits.json" || fail "array and one-job CV split differently"
+}
+
+e_kill_node() {
+  local j j2 st t0 dt p killed=0 exe
+  exe=$(realpath "$BIN")
+  j=$(submit --nodes=2 --ntasks-per-node=1 --output=e-%j.out "$ROOT/cluster/train.sbatch")
+  wait_epochs "runs/train-$j" 3 || fail "job $j: no epochs"
+  for p in $(ip netns pids "${NS}2"); do
+    [ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$exe" ] && kill -9 "$p" && killed=$((killed + 1))
+  done
+  [ "$killed" -gt 0 ] || fail "no rank found on node2"
+  t0=$(date +%s)
+  st=$(wait_job "$j" 60)
+  dt=$(( $(date +%s) - t0 ))
+  cat "e-$j.out"
+  [ "$st" = FAILED ] || fail "job $j ended $st, not FAILED"
+  [ "$dt" -le 20 ] || fail "job $j took $dt s to fail"
+  grep -q 'node2: task 1: Killed' "e-$j.out" || fail "the output does not name node2's killed rank"
+  grep -q 'not requeued' "e-$j.out" || fail "no 'not requeued'"
+  [ "$(job "$j" Restarts)" = 0 ] || fail "a failed job was requeued"
+  "$BIN" inspect "runs/train-$j/checkpoint_latest.h5" | grep -E '^training state|^weights' || fail "rank 0's checkpoint is not readable"
+  echo "failed $dt s after the kill"
+  j2=$(RUN_DIR=runs/train-$j submit --nodes=2 --ntasks-per-node=1 --output=e-%j.out "$ROOT/cluster/train.sbatch")
+  st=$(wait_job "$j2" 90)
+  cat "e-$j2.out"
+  [ "$st" = COMPLETED ] || fail "resubmitted job $j2 ended $st"
+  grep -q "resuming from runs/train-$j/checkpoint_latest.h5" "e-$j2.out" || fail "the resubmission did not resume"
+  [ "$(sha "runs/train-$j/checkpoint_latest.h5")" = "$(cat ref.sha)" ] || fail "killed+resumed checkpoint differs from the uninterrupted one"
+}
+
+check reference reference
+if [ ${#FAILED[@]} = 0 ]; then
+  check a-mpirun-hosts a_mpirun_hosts
+  if [ "$SLURM" = 1 ]; then
+    check b-sbatch-train b_sbatch_train
+    check c-time-limit-requeue c_time_limit_requeue
+    check d-cv-array d_cv
+    check e-kill-node e_kill_node
+    echo "job records (Slurm's jobcomp log; sacct needs slurmdbd):"
+    sed -E 's/^(JobId=[^ ]+) .*(Name=[^ ]+) (JobState=[^ ]+) .*(StartTime=[^ ]+) (EndTime=[^ ]+) (NodeList=[^ ]+) .*(ExitCode=[^ ]+).*/  \1 \2 \3 \4 \5 \6 \7/' "$W/slurm/log/jobcomp.log" || true
+  fi
+fi
+echo "cluster tests: ${#PASSED[@]} passed, ${#FAILED[@]} failed${FAILED:+ (${FAILED[*]})} in $(( $(date +%s) - T_START )) s"
+[ ${#FAILED[@]} = 0 ]
