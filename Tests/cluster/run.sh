@@ -26,6 +26,7 @@ for v in $(compgen -v | grep -E '^(SLURM_|OMPI_|PMIX_|ORTE_|OPAL_)' || true); do
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
 
 source "$HERE/emulate.sh"
+[ "$(id -u)" = 0 ] && cluster_down   # namespaces, bridge or hosts lines left by a run that was killed
 if ! why=$(netns_usable); then echo "SKIP cluster tests: $why"; exit 0; fi
 [ -x "$BIN" ] || { echo "cluster tests: $BIN missing (launch/setup.sh builds it)" >&2; exit 1; }
 
