@@ -8,8 +8,10 @@
 #   c  the time-limit path (mpirun inside the allocation): USR1 -> checkpoint, exit 75 -> self-requeue ->
 #      --resume -> completes; final checkpoint == the uninterrupted reference
 #   d  cluster/cv.sbatch, and cluster/submit-cv-array.sh (one task per fold + dependent summary), 2 folds
+#   c2 the requeue cap: MAX_REQUEUES=0 -> the job stops with exit 75 and says so
 #   e  kill -9 of node2's rank mid-run: the job fails within seconds naming node2, not requeued, rank 0's
 #      checkpoint intact; resubmitted with RUN_DIR it resumes and ends == reference
+#   e2 the same under launch/mpirun-hosts.sh: mpirun ends within seconds naming node2, no rank left running
 # Every launch runs under `timeout -s KILL`; an EXIT trap removes daemons (by PID), namespaces, bridge and
 # /etc/hosts lines. Without root or network namespaces it prints SKIP and exits 0.
 #   bash Tests/cluster/run.sh          (ATTUNET_BIN=... to test another binary; KEEP=1 keeps the work folder)
@@ -152,6 +154,20 @@ c_time_limit_requeue() {
   [ "$(sha "runs/train-$j/checkpoint_latest.h5")" = "$(cat ref.sha)" ] || fail "interrupted+requeued checkpoint differs from the uninterrupted one"
 }
 
+c2_requeue_cap() {
+  local j st
+  j=$(MAX_REQUEUES=0 submit --nodes=2 --ntasks-per-node=1 --output=c2-%j.out "$ROOT/cluster/train.sbatch")
+  wait_epochs "runs/train-$j" 2 || fail "job $j: no epochs"
+  scancel --signal=USR1 --batch "$j"
+  st=$(wait_job "$j" 60)
+  cat "c2-$j.out"
+  [ "$st" = FAILED ] || fail "job $j ended $st, not FAILED (exit 75 at the requeue cap)"
+  [ "$(job "$j" ExitCode)" = 75:0 ] || fail "job $j exit code $(job "$j" ExitCode), not 75:0"
+  [ "$(job "$j" Restarts)" = 0 ] || fail "job $j was requeued past the cap"
+  grep -q 'the cap (MAX_REQUEUES); resubmit to continue' "c2-$j.out" || fail "no message about the cap"
+  "$BIN" inspect "runs/train-$j/checkpoint_latest.h5" | grep '^training state' || fail "no checkpoint"
+}
+
 d_cv() {
   local j st out arr sum
   export CV_OPTS="--folds 2 --models attention-unet --feature-scale 16 --patch 32x32x16 --batch 2 --epochs 2 --samples-per-case 2 --sync-bn --optimizer sgd --lr 3e-3 --val-every 100"
@@ -210,12 +226,41 @@ e_kill_node() {
   [ "$(sha "runs/train-$j/checkpoint_latest.h5")" = "$(cat ref.sha)" ] || fail "killed+resumed checkpoint differs from the uninterrupted one"
 }
 
+e2_kill_node_hostfile() {
+  local pid rc=0 p killed=0 t0 dt exe left
+  exe=$(realpath "$BIN")
+  printf 'node1 slots=1\nnode2 slots=1\n' > hosts
+  RSH_AGENT=$HERE/nsrsh TCP_IF=$NET.0/24 TIME_LIMIT=90 \
+    tmo 120 bash "$ROOT/launch/mpirun-hosts.sh" -f hosts -r 1 train --store store.h5 "${TRAIN[@]}" --out e2-run > e2.out 2>&1 &
+  pid=$!
+  wait_epochs e2-run 3 || fail "no epochs"
+  for p in $(ip netns pids "${NS}2"); do
+    [ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$exe" ] && kill -9 "$p" && killed=$((killed + 1))
+  done
+  [ "$killed" -gt 0 ] || fail "no rank found on node2"
+  t0=$(date +%s)
+  wait "$pid" || rc=$?
+  dt=$(( $(date +%s) - t0 ))
+  grep -v '^epoch' e2.out
+  [ "$rc" != 0 ] || fail "mpirun-hosts.sh exited 0 after a rank was killed"
+  [ "$dt" -le 15 ] || fail "took $dt s to end"
+  grep -q 'node2' e2.out || fail "node2 not named"
+  sleep 1
+  left=$(for p in $(ip netns pids "${NS}1") $(ip netns pids "${NS}2"); do
+    [ "$(readlink "/proc/$p/exe" 2>/dev/null)" = "$exe" ] && echo "$p"; done; true)
+  [ -z "$left" ] || fail "ranks left running: $left"
+  "$BIN" inspect e2-run/checkpoint_latest.h5 | grep '^training state' || fail "no checkpoint"
+  echo "mpirun-hosts.sh exited $rc $dt s after the kill; no rank left"
+}
+
 check reference reference
 if [ ${#FAILED[@]} = 0 ]; then
   check a-mpirun-hosts a_mpirun_hosts
+  check e2-kill-node-hostfile e2_kill_node_hostfile
   if [ "$SLURM" = 1 ]; then
     check b-sbatch-train b_sbatch_train
     check c-time-limit-requeue c_time_limit_requeue
+    check c2-requeue-cap c2_requeue_cap
     check d-cv-array d_cv
     check e-kill-node e_kill_node
     echo "job records (Slurm's jobcomp log; sacct needs slurmdbd):"
