@@ -56,7 +56,8 @@ forward() {
   [ -n "$LAUNCH_PID" ] || return 0
   local kids
   kids=$(ps -o pid= --ppid "$LAUNCH_PID" 2>/dev/null || true)
-  [ -n "$kids" ] && kill -s "$1" $kids 2>/dev/null || true
+  # shellcheck disable=SC2086  # one pid per word
+  if [ -n "$kids" ]; then kill -s "$1" $kids 2>/dev/null || true; fi
 }
 on_usr1() { STOP_REQUESTED=1; log "USR1 (time limit near): asking the ranks to checkpoint and stop"; forward USR1; }
 on_term() { CANCELLED=1; log "TERM (cancelled or out of time): forwarding to the ranks"; forward TERM; }
@@ -83,15 +84,17 @@ run_ranks() {
 }
 
 finish() {
-  local n=${SLURM_RESTART_COUNT:-0}
+  local n=${SLURM_RESTART_COUNT:-0} why="--stop-after-epochs or a signal to a rank"
+  [ "$STOP_REQUESTED" = 1 ] && why="USR1 before the time limit"
   if [ "$RC" = 75 ] && [ "$CANCELLED" = 0 ]; then
+    log "the ranks stopped with a checkpoint, exit 75 ($why)"
     if [ "$n" -lt "$MAX_REQUEUES" ]; then
-      log "stopped with a checkpoint (exit 75); requeue $((n + 1)) of at most $MAX_REQUEUES, the job continues from it"
+      log "requeue $((n + 1)) of at most $MAX_REQUEUES: the job continues from the checkpoint"
       trap '' TERM   # Slurm now ends this attempt: nothing left to forward
-      scontrol requeue "$SLURM_JOB_ID" || { log "scontrol requeue failed; resubmit to continue"; exit 75; }
+      scontrol requeue "$SLURM_JOB_ID" || { log "scontrol requeue failed; resubmit${RUN_DIR:+ with RUN_DIR=$RUN_DIR} to continue"; exit 75; }
       exit 0
     fi
-    log "stopped with a checkpoint (exit 75) after $n requeue(s), the cap (MAX_REQUEUES); resubmit to continue"
+    log "not requeued: $n requeue(s) already, the cap (MAX_REQUEUES); resubmit${RUN_DIR:+ with RUN_DIR=$RUN_DIR} to continue"
   elif [ "$RC" != 0 ]; then
     log "failed with exit status $RC; not requeued"
   else

@@ -20,6 +20,7 @@ BTL=${BTL:-self,vader,tcp}              # shared memory on a node, TCP between n
 RSH_AGENT=${RSH_AGENT:-}                # how mpirun reaches the hosts; empty = ssh (needs passwordless ssh)
 TIME_LIMIT=${TIME_LIMIT:-0}             # seconds until the run is stopped (TERM, then KILL 30 s later); 0 = none
 CHECK_HOSTS=${CHECK_HOSTS:-1}           # 0 skips the same-binary/same-store check
+# shellcheck disable=SC2206  # a list of options
 MPIRUN_OPTS=(${MPIRUN_OPTS:-})          # anything else for mpirun
 export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}   # BLAS threads per rank: cores per node / RANKS_PER_NODE
 # -----------------------------------------------------------------------------------------------------------
@@ -37,7 +38,7 @@ mapfile -t HOSTS < <(sed 's/#.*//' "$HOSTFILE" | awk 'NF {print $1}' | awk '!see
 NP=$(( ${#HOSTS[@]} * RANKS_PER_NODE ))
 
 # Paths given to attunet become absolute (the caller's folder), so the check below and every rank see the same file.
-ARGS=() STORE= prev=
+ARGS=() STORE='' prev=''
 for a in "$@"; do
   case "$prev" in
     --store|--out|--splits|--group-by|--input|--checkpoint) [[ "$a" = /* ]] || a=$PWD/$a ;;

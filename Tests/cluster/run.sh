@@ -164,7 +164,7 @@ c2_requeue_cap() {
   [ "$st" = FAILED ] || fail "job $j ended $st, not FAILED (exit 75 at the requeue cap)"
   [ "$(job "$j" ExitCode)" = 75:0 ] || fail "job $j exit code $(job "$j" ExitCode), not 75:0"
   [ "$(job "$j" Restarts)" = 0 ] || fail "job $j was requeued past the cap"
-  grep -q 'the cap (MAX_REQUEUES); resubmit to continue' "c2-$j.out" || fail "no message about the cap"
+  grep -q 'the cap (MAX_REQUEUES); resubmit with RUN_DIR=runs/train-' "c2-$j.out" || fail "no message about the cap"
   "$BIN" inspect "runs/train-$j/checkpoint_latest.h5" | grep '^training state' || fail "no checkpoint"
 }
 
