@@ -207,6 +207,32 @@ public enum MPIRuntime {
         if isInitialized { _ = cmpi_finalize() }
     }
 
+    /// Finalizes after an error, without hanging when the error was this rank's alone. MPI_Finalize waits for
+    /// every rank: when all met the same error it returns at once and the caller exits quietly (rank 0 has
+    /// printed). When it has not returned after `seconds`, the other ranks are busy or blocked in a collective
+    /// this rank will never join: a rank other than 0 then prints its own error, prefixed with its rank (rank 0
+    /// printed it already), and the process ends with `status` without finalizing, which makes mpirun end the
+    /// job instead of leaving the others waiting forever.
+    public static func finalizeAfterError(lines: [String], status: Int32, within seconds: Double = 5) {
+        guard isInitialized else { return }
+        let rank = worldRank, size = Int(cmpi_comm_size(cmpi_comm_world()))
+        guard size > 1 else { finalize(); return }
+        let done = Locked(false)
+        let guardThread = Thread {
+            Thread.sleep(forTimeInterval: seconds)
+            guard !done.current else { return }
+            if rank != 0 {
+                let text = lines.map { "error: rank \(rank): \($0)\n" }.joined()
+                FileHandle.standardError.write(Data(text.utf8))
+            }
+            FileHandle.standardError.write(Data("error: rank \(rank): the other ranks did not end with it within \(Int(seconds)) s; ending the job\n".utf8))
+            _exit(status)
+        }
+        guardThread.start()
+        _ = cmpi_finalize()
+        done.withLock { $0 = true }
+    }
+
     public static func wtime() -> Double { cmpi_wtime() }
 }
 
