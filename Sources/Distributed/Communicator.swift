@@ -125,32 +125,32 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
 
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
         guard size > 1 else { return }
-        try pieces(buffer) { try check(cmpi_allreduce_sum_f32(comm, $0, $1), "Allreduce") }
+        try pieces(buffer) { p, n in try CollectiveWatchdog.shared.watch("Allreduce") { try check(cmpi_allreduce_sum_f32(comm, p, n), "Allreduce") } }
     }
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws {
         guard size > 1 else { return }
-        try pieces(buffer) { try check(cmpi_allreduce_sum_f64(comm, $0, $1), "Allreduce") }
+        try pieces(buffer) { p, n in try CollectiveWatchdog.shared.watch("Allreduce") { try check(cmpi_allreduce_sum_f64(comm, p, n), "Allreduce") } }
     }
     public func allReduceMax(_ buffer: UnsafeMutableBufferPointer<Double>) throws {
         guard size > 1 else { return }
-        try pieces(buffer) { try check(cmpi_allreduce_max_f64(comm, $0, $1), "Allreduce") }
+        try pieces(buffer) { p, n in try CollectiveWatchdog.shared.watch("Allreduce") { try check(cmpi_allreduce_max_f64(comm, p, n), "Allreduce") } }
     }
     public func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {
         guard size > 1 else { return }
-        try pieces(buffer) { try check(cmpi_bcast_f32(comm, $0, $1, Int32(root)), "Bcast") }
+        try pieces(buffer) { p, n in try CollectiveWatchdog.shared.watch("Bcast") { try check(cmpi_bcast_f32(comm, p, n, Int32(root)), "Bcast") } }
     }
     public func broadcast(bytes: UnsafeMutableRawBufferPointer, root: Int) throws {
         guard size > 1, bytes.count > 0 else { return }
-        try pieces(bytes.bindMemory(to: UInt8.self)) { try check(cmpi_bcast_bytes(comm, $0, $1, Int32(root)), "Bcast") }
+        try pieces(bytes.bindMemory(to: UInt8.self)) { p, n in try CollectiveWatchdog.shared.watch("Bcast") { try check(cmpi_bcast_bytes(comm, p, n, Int32(root)), "Bcast") } }
     }
     public func allGather(bytes: UnsafeRawBufferPointer) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: bytes.count * size)
         try out.withUnsafeMutableBytes { o in
-            try check(cmpi_allgather_bytes(comm, bytes.baseAddress, bytes.count, o.baseAddress), "Allgather")
+            try CollectiveWatchdog.shared.watch("Allgather") { try check(cmpi_allgather_bytes(comm, bytes.baseAddress, bytes.count, o.baseAddress), "Allgather") }
         }
         return out
     }
-    public func barrier() throws { try check(cmpi_barrier(comm), "Barrier") }
+    public func barrier() throws { try CollectiveWatchdog.shared.watch("Barrier") { try check(cmpi_barrier(comm), "Barrier") } }
 
     /// Ends the whole job from any rank (use after printing the error on this rank).
     public func abort(code: Int32) -> Never {
