@@ -125,32 +125,32 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
 
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
         guard size > 1 else { return }
-        try pieces(buffer) { try check(cmpi_allreduce_sum_f32(comm, $0, $1), "Allreduce") }
+        try pieces(buffer) { p, n in try CollectiveWatchdog.shared.watch("Allreduce") { try check(cmpi_allreduce_sum_f32(comm, p, n), "Allreduce") } }
     }
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws {
         guard size > 1 else { return }
-        try pieces(buffer) { try check(cmpi_allreduce_sum_f64(comm, $0, $1), "Allreduce") }
+        try pieces(buffer) { p, n in try CollectiveWatchdog.shared.watch("Allreduce") { try check(cmpi_allreduce_sum_f64(comm, p, n), "Allreduce") } }
     }
     public func allReduceMax(_ buffer: UnsafeMutableBufferPointer<Double>) throws {
         guard size > 1 else { return }
-        try pieces(buffer) { try check(cmpi_allreduce_max_f64(comm, $0, $1), "Allreduce") }
+        try pieces(buffer) { p, n in try CollectiveWatchdog.shared.watch("Allreduce") { try check(cmpi_allreduce_max_f64(comm, p, n), "Allreduce") } }
     }
     public func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {
         guard size > 1 else { return }
-        try pieces(buffer) { try check(cmpi_bcast_f32(comm, $0, $1, Int32(root)), "Bcast") }
+        try pieces(buffer) { p, n in try CollectiveWatchdog.shared.watch("Bcast") { try check(cmpi_bcast_f32(comm, p, n, Int32(root)), "Bcast") } }
     }
     public func broadcast(bytes: UnsafeMutableRawBufferPointer, root: Int) throws {
         guard size > 1, bytes.count > 0 else { return }
-        try pieces(bytes.bindMemory(to: UInt8.self)) { try check(cmpi_bcast_bytes(comm, $0, $1, Int32(root)), "Bcast") }
+        try pieces(bytes.bindMemory(to: UInt8.self)) { p, n in try CollectiveWatchdog.shared.watch("Bcast") { try check(cmpi_bcast_bytes(comm, p, n, Int32(root)), "Bcast") } }
     }
     public func allGather(bytes: UnsafeRawBufferPointer) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: bytes.count * size)
         try out.withUnsafeMutableBytes { o in
-            try check(cmpi_allgather_bytes(comm, bytes.baseAddress, bytes.count, o.baseAddress), "Allgather")
+            try CollectiveWatchdog.shared.watch("Allgather") { try check(cmpi_allgather_bytes(comm, bytes.baseAddress, bytes.count, o.baseAddress), "Allgather") }
         }
         return out
     }
-    public func barrier() throws { try check(cmpi_barrier(comm), "Barrier") }
+    public func barrier() throws { try CollectiveWatchdog.shared.watch("Barrier") { try check(cmpi_barrier(comm), "Barrier") } }
 
     /// Ends the whole job from any rank (use after printing the error on this rank).
     public func abort(code: Int32) -> Never {
@@ -205,6 +205,32 @@ public enum MPIRuntime {
 
     public static func finalize() {
         if isInitialized { _ = cmpi_finalize() }
+    }
+
+    /// Finalizes after an error, without hanging when the error was this rank's alone. MPI_Finalize waits for
+    /// every rank: when all met the same error it returns at once and the caller exits quietly (rank 0 has
+    /// printed). When it has not returned after `seconds`, the other ranks are busy or blocked in a collective
+    /// this rank will never join: a rank other than 0 then prints its own error, prefixed with its rank (rank 0
+    /// printed it already), and the process ends with `status` without finalizing, which makes mpirun end the
+    /// job instead of leaving the others waiting forever.
+    public static func finalizeAfterError(lines: [String], status: Int32, within seconds: Double = 5) {
+        guard isInitialized else { return }
+        let rank = worldRank, size = Int(cmpi_comm_size(cmpi_comm_world()))
+        guard size > 1 else { finalize(); return }
+        let done = Locked(false)
+        let guardThread = Thread {
+            Thread.sleep(forTimeInterval: seconds)
+            guard !done.current else { return }
+            if rank != 0 {
+                let text = lines.map { "error: rank \(rank): \($0)\n" }.joined()
+                FileHandle.standardError.write(Data(text.utf8))
+            }
+            FileHandle.standardError.write(Data("error: rank \(rank): the other ranks did not end with it within \(Int(seconds)) s; ending the job\n".utf8))
+            _exit(status)
+        }
+        guardThread.start()
+        _ = cmpi_finalize()
+        done.withLock { $0 = true }
     }
 
     public static func wtime() -> Double { cmpi_wtime() }

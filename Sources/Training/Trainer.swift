@@ -42,6 +42,10 @@ public final class Trainer {
     /// Redraw a progress bar during the epoch when this is the only rank and stdout is a terminal (off when
     /// several trainers share one terminal, as the cross-validation's fold-parallel groups do).
     public var progressBar = true
+    /// Seconds one collective of a training step may take before the watchdog ends the job (a dead, hung or
+    /// unreachable peer); nil: derived from the measured steps (``StepTimeout``); 0: no watchdog.
+    public var stepTimeout: Double?
+    private var stepTimeouts = StepTimeout()
     /// Put before every line rank 0 prints (the cross-validation's fold-parallel groups name their fold).
     public var linePrefix = ""
 
@@ -120,6 +124,8 @@ public final class Trainer {
         let interactive = progressBar && comm.size == 1 && verbose && isatty(STDOUT_FILENO) != 0
         var lastRecord: EpochRecord?
         var epochsThisRun = 0
+        let watchdog = CollectiveWatchdog.shared
+        defer { watchdog.timeout = stepTimeouts.outsideSteps(fixed: stepTimeout); watchdog.context = "" }
         while state.epoch < config.epochs {
             let epoch = state.epoch
             optimizer.learningRate = config.schedule.rate(base: config.learningRate, epoch: epoch)
@@ -131,10 +137,15 @@ public final class Trainer {
                 let w0 = Date()
                 guard let batch = try loader.next() else { break }
                 loadWait += Date().timeIntervalSince(w0)
+                watchdog.timeout = stepTimeouts.forSteps(fixed: stepTimeout)
+                watchdog.context = "global step \(state.globalStep) (epoch \(epoch + 1), step \(stepIndex + 1)/\(steps))"
                 let result: StepResult
                 do { result = try step(batch) } catch let e as AttunetError where e.kind == .nonFinite {
                     throw AttunetError("loss is NaN/Inf at epoch \(epoch) step \(stepIndex) (global step \(state.globalStep)); stopped, the last good checkpoint is kept (\(latestPath)); lower --lr or check the data", kind: .nonFinite)
                 }
+                stepTimeouts.record(result.times.total)
+                watchdog.timeout = stepTimeouts.outsideSteps(fixed: stepTimeout)
+                watchdog.context = "the end of global step \(state.globalStep) (epoch \(epoch + 1))"
                 state.globalStep += 1
                 lossSum += result.loss; lossCount += 1
                 if interactive { progressBar(epoch: epoch, step: stepIndex + 1, of: steps, loss: lossSum / Double(lossCount), since: t0) }
@@ -146,6 +157,7 @@ public final class Trainer {
                 }
             }
             if interactive { print("") }
+            watchdog.context = "validation and checkpoints after epoch \(epoch + 1)"
             let seconds = Date().timeIntervalSince(t0)
             state.epoch += 1
             state.stepInEpoch = 0
@@ -306,6 +318,36 @@ public final class Trainer {
         line += "  ETA \(formatDuration(perEpoch * Double(remaining)))"
         print(line)
         fflush(nil)  // all output streams (stdout itself is not concurrency-safe to name in Swift 6)
+    }
+}
+
+/// The watchdog's timeouts when `--step-timeout` is not given: derived from the steps measured so far.
+///
+/// A step's collectives wait at most for the slowest rank's share of the step, so 20 times the slowest step
+/// seen (at least 120 s) leaves room for noisy nodes and still ends a job whose peer died within minutes. The
+/// first steps (start-up, first touch of memory) get 600 s. Outside steps (validation, checkpoint writing, a
+/// cross-validation's evaluation) ranks can legitimately wait for each other much longer: 10 times the step
+/// timeout, at least 30 minutes.
+public struct StepTimeout: Sendable {
+    public private(set) var steps = 0
+    public private(set) var slowest = 0.0
+    public init() {}
+
+    public mutating func record(_ seconds: Double) {
+        steps += 1
+        if steps > 1 { slowest = max(slowest, seconds) }   // the first step includes start-up
+    }
+
+    /// The timeout of a step's collectives: `fixed` when given, else derived.
+    public func forSteps(fixed: Double?) -> Double {
+        if let fixed { return fixed }
+        return steps < 3 ? 600 : max(120, 20 * slowest)
+    }
+
+    /// The timeout of the collectives between steps.
+    public func outsideSteps(fixed: Double?) -> Double {
+        let step = forSteps(fixed: fixed)
+        return step == 0 ? 0 : max(1800, 10 * step)
     }
 }
 

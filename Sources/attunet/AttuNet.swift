@@ -12,8 +12,8 @@ struct AttuNet: ParsableCommand {
         Run any subcommand plainly for one process, or under `mpirun -np N` for N data-parallel ranks;
         only rank 0 prints and writes files. Start with `attunet doctor` on a new machine or cluster node.
         Errors are printed as one line each, "error: FILE: PROBLEM". Exit status: 0 done, 1 error,
-        3 NaN/Inf loss (the last good checkpoint kept), 64 bad command line, 75 stopped on request (rerun
-        with --resume).
+        3 NaN/Inf loss (the last good checkpoint kept), 4 a collective timed out (a peer died, hung or is
+        unreachable; see --step-timeout), 64 bad command line, 75 stopped on request (rerun with --resume).
         """,
         subcommands: [Doctor.self, Synth.self, Prepare.self, Train.self, CV.self, Predict.self, Evaluate.self, Inspect.self,
                       ImportWeights.self, Bench.self]
@@ -21,8 +21,10 @@ struct AttuNet: ParsableCommand {
 
     /// Parses and runs a subcommand. Argument errors are argument-parser's (with usage); every error a
     /// subcommand throws is printed here and only here, one `error: ` line per message line, by rank 0 under
-    /// MPI (every rank meets the same error). MPI is finalized on every path (mpirun treats a rank that exits
-    /// without MPI_Finalize as failed).
+    /// MPI (usually every rank meets the same error). MPI is finalized on every path (mpirun treats a rank that
+    /// exits without MPI_Finalize as failed); after an error only one rank met, finalizing would wait for ranks
+    /// blocked in a collective, so that rank prints its error itself and ends the job
+    /// (`MPIRuntime.finalizeAfterError`).
     static func main() {
         var command: ParsableCommand
         do { command = try parseAsRoot() } catch { exit(withError: error) }
@@ -37,6 +39,7 @@ struct AttuNet: ParsableCommand {
             case let e as AttunetError:
                 report(e.lines)
                 status = e.exitCode
+                MPIRuntime.finalizeAfterError(lines: e.lines, status: status)
             case _ where exitCode(for: error) != .failure:
                 // argument-parser's own (a subcommand's --help reaches run() as an error; a ValidationError
                 // thrown by run): its help or usage text and status.
@@ -45,6 +48,7 @@ struct AttuNet: ParsableCommand {
             default:
                 report(["\(error)"])
                 status = 1
+                MPIRuntime.finalizeAfterError(lines: ["\(error)"], status: status)
             }
             MPIRuntime.finalize()
             exit(withError: ExitCode(status))

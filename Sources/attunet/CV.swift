@@ -100,6 +100,7 @@ struct CV: ParsableCommand {
         let cv = CrossValidation(config: config, comm: comm, folder: RunFolder(path: out))
         cv.bucketFloats = training.bucketFloats
         cv.stopAfterEpochs = training.stopAfterEpochs
+        cv.stepTimeout = training.stepTimeout
         cv.foldParallel = foldParallel
         cv.onlyFold = fold
         cv.summarizeOnly = summarize

@@ -72,6 +72,7 @@ struct Train: ParsableCommand {
         let trainer = try Trainer(config: config, comm: comm, outDir: outDir)
         trainer.bucketFloats = training.bucketFloats
         trainer.stopAfterEpochs = training.stopAfterEpochs
+        trainer.stepTimeout = training.stepTimeout
         let state = resume ? try trainer.resume() : nil
         if comm.isRoot {
             try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)

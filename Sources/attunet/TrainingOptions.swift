@@ -66,6 +66,9 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Stop after N epochs in this invocation, as on SIGUSR1: checkpoint written, exit status 75; run the same command again (train: with --resume) for the next N (for batch jobs with short time limits).")
     var stopAfterEpochs: Int?
 
+    @Option(help: ArgumentHelp("Seconds a collective of a training step may wait for the other ranks before the job is ended with exit status 4, naming the collective and the step (a peer that died, hung or sits behind a network partition would otherwise leave every rank waiting). Default: 20x the slowest step so far, at least 120 s (600 s for the first steps); between steps (validation, checkpoints) 10x that, at least 30 min. 0 turns the watchdog off.", valueName: "seconds"))
+    var stepTimeout: Double?
+
     func validate() throws {
         guard batch >= 1, epochs >= 1, samplesPerCase >= 1, threads >= 1 else {
             throw ValidationError("--batch, --epochs, --samples-per-case and --threads must be at least 1")
@@ -73,6 +76,7 @@ struct TrainingOptions: ParsableArguments {
         guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be a positive number") }
         guard (0..<1).contains(valFraction) else { throw ValidationError("--val-fraction must be in [0, 1)") }
         if let n = stopAfterEpochs, n < 1 { throw ValidationError("--stop-after-epochs must be at least 1") }
+        if let t = stepTimeout { guard t >= 0, t.isFinite else { throw ValidationError("--step-timeout must be 0 (off) or a positive number of seconds") } }
         guard allreduceBucketMib * 262_144 >= 1 else { throw ValidationError("--allreduce-bucket-mib must hold at least one float (4 bytes)") }
     }
 

@@ -37,4 +37,23 @@ final class MPITests: XCTestCase {
         let cores = ProcessInfo.processInfo.activeProcessorCount
         if 4 > cores { XCTAssertTrue(r.stdout.contains("oversubscribed"), r.stdout) }
     }
+
+    /// An error only rank 1 meets (its store is missing) while rank 0 waits in doctor's all-reduce: rank 1
+    /// prints it with its rank and ends the job within seconds, instead of both waiting forever. When every
+    /// rank meets the same error, rank 0 prints it once and nothing says "rank 1".
+    func testAnErrorOnOneRankEndsTheJobNamingTheRank() throws {
+        let missing = "/tmp/attunet-no-such-store-\(getpid()).h5"
+        let started = Date()
+        let r = try TestEnv.run("timeout -s KILL 60 mpirun --bind-to none -np 1 \(TestEnv.attunet) doctor : -np 1 \(TestEnv.attunet) train --store \(missing) --out /tmp/attunet-unused-\(getpid())")
+        let seconds = Date().timeIntervalSince(started)
+        XCTAssertNotEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertNotEqual(r.status, 137, "killed by the test's timeout: the job hung")
+        XCTAssertLessThan(seconds, 40, "the job must end within seconds")
+        XCTAssertTrue(r.stderr.contains("error: rank 1: \(missing): no such file"), r.stderr)
+
+        let same = try TestEnv.run("timeout -s KILL 60 mpirun --bind-to none -np 2 \(TestEnv.attunet) train --store \(missing) --out /tmp/attunet-unused-\(getpid())")
+        XCTAssertEqual(same.status, 1, same.stdout + same.stderr)
+        XCTAssertEqual(same.stderr.components(separatedBy: "error: \(missing): no such file").count, 2, same.stderr)
+        XCTAssertFalse(same.stderr.contains("rank 1"), same.stderr)
+    }
 }

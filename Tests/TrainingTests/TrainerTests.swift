@@ -175,6 +175,31 @@ final class TrainerTests: XCTestCase {
         XCTAssertEqual(after, TrainingCheckpoint.weightsDigest(try weights("full")))
     }
 
+    /// SIGSTOP of one rank mid-run (a hung peer: alive, so mpirun notices nothing): with --step-timeout 5 the
+    /// other rank's watchdog ends the job within seconds, naming the rank, the collective and the step, with
+    /// exit status 4; the last checkpoint is intact and resumable.
+    func testStepWatchdogEndsAJobWhosePeerHangs() throws {
+        let job = try startInBackground(try trainCommand(ranks: 2, out: "hung", extra: "--step-timeout 5", epochs: 50, samples: 12), log: "hung.log")
+        waitForFirstEpoch("hung")
+        let pid = try rankPID("hung")
+        XCTAssertFalse(pid.isEmpty, "no rank to stop")
+        _ = try TestEnv.run("kill -STOP \(pid)")
+        let stopped = Date()
+        let deadline = stopped.addingTimeInterval(90)
+        while job.isRunning && Date() < deadline { usleep(100_000) }
+        if job.isRunning { _ = try TestEnv.run("kill -KILL \(pid); kill -KILL \(job.processIdentifier)") }
+        job.waitUntilExit()
+        let seconds = Date().timeIntervalSince(stopped)
+        _ = try? TestEnv.run("kill -KILL \(pid) 2>/dev/null")
+        let log = (try? String(contentsOfFile: "\(work.path)/hung.log", encoding: .utf8)) ?? ""
+        XCTAssertLessThan(seconds, 40, "the watchdog must end the job soon after its 5 s timeout\n" + log)
+        XCTAssertEqual(job.terminationStatus, 4, log)
+        XCTAssertNotNil(log.range(of: #"error: rank 0: MPI (Allreduce|Bcast|Allgather|Barrier) did not finish within 5 s at (the end of )?global step \d+"#, options: .regularExpression), log)
+        XCTAssertNoThrow(try weights("hung"), "the last checkpoint must be intact")
+        let r = try TestEnv.run(try trainCommand(ranks: 2, out: "hung", extra: "--resume", epochs: 2, samples: 12))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+    }
+
     /// SIGUSR1 to one rank: every rank finishes its step, rank 0 writes latest mid-epoch (epoch 1, step k) and
     /// the job exits 75; --resume continues at exactly that step and completes it bit-identically to an
     /// uninterrupted run.

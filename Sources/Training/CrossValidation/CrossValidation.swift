@@ -128,6 +128,8 @@ public final class CrossValidation {
     /// fold-parallel groups, over the folds of this process's group.
     public var stopAfterEpochs: Int?
     public var verbose = true
+    /// Passed to every fold's ``Trainer/stepTimeout``.
+    public var stepTimeout: Double?
     /// Groups of ranks training folds side by side (1: every rank trains every fold). Must divide the ranks.
     public var foldParallel = 1
     /// Train and evaluate only this fold (0-based, as `fold_<k>`) of every model and write no summary: one task
@@ -290,6 +292,7 @@ public final class CrossValidation {
         say("\(head): \(train.trainCases.count) training / \(train.validationCases.count) validation / \(test.count) test cases" + (status == 1 ? ", resuming \(sub.checkpointLatest.path)" : ""))
         let trainer = try Trainer(config: train, comm: comm, outDir: sub.url)
         trainer.bucketFloats = bucketFloats
+        trainer.stepTimeout = stepTimeout
         trainer.verbose = verbose
         trainer.linePrefix = tag.isEmpty ? "" : "[\(name) fold \(k + 1)] "
         trainer.progressBar = tag.isEmpty
