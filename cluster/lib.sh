@@ -1,7 +1,7 @@
 # Sourced by the cluster/*.sbatch scripts (not run): what they share.
 #   LAUNCH                 the rank launcher: srun --mpi=pmix where Slurm has PMIx, else mpirun inside the allocation
 #   run_ranks CMD...       starts CMD on every rank under `timeout -s KILL` (the job's time left), forwards USR1/TERM
-#                          to the ranks, and sets RC to their exit status
+#                          to the ranks, ends a launcher that hangs after a rank failed, and sets RC
 #   finish                 requeues the job after a stop with a checkpoint (exit 75), otherwise exits with RC
 # Needs: ATTUNET_ROOT (the repository), MAX_REQUEUES, LAUNCHER (auto|srun|mpirun), MPIRUN_OPTS (array, may be empty).
 # shellcheck shell=bash
@@ -17,6 +17,8 @@ die() { echo "error: $*" >&2; exit 1; }
 export OPENBLAS_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
 # shellcheck source=../launch/env.sh
 source "$ATTUNET_ROOT/launch/env.sh"
+# shellcheck source=../launch/run-watched.sh
+source "$ATTUNET_ROOT/launch/run-watched.sh"
 
 # srun starts the ranks itself when Slurm was built with PMIx (`srun --mpi=list` names it): no orted, and Slurm
 # tracks and cleans up every rank. Otherwise mpirun reads the allocation from Slurm's variables and starts its
@@ -50,14 +52,12 @@ time_left() {
   echo $(( 10#$d * 86400 + 10#$h * 3600 + 10#$m * 60 + 10#$s ))
 }
 
-STOP_REQUESTED=0 CANCELLED=0 LAUNCH_PID=
-# The ranks are children of `timeout`, which would die of USR1 itself and leave them running: signal its child.
+STOP_REQUESTED=0 CANCELLED=0
+# The launcher is a child of `timeout`, which would die of USR1 itself and leave it running: signal the child.
 forward() {
-  [ -n "$LAUNCH_PID" ] || return 0
-  local kids
-  kids=$(ps -o pid= --ppid "$LAUNCH_PID" 2>/dev/null || true)
-  # shellcheck disable=SC2086  # one pid per word
-  if [ -n "$kids" ]; then kill -s "$1" $kids 2>/dev/null || true; fi
+  [ -n "$WATCHED_PID" ] || return 0
+  # shellcheck disable=SC2046  # one pid per word
+  kill -s "$1" $(watched_launcher "$WATCHED_PID") 2>/dev/null || true
 }
 on_usr1() { STOP_REQUESTED=1; log "USR1 (time limit near): asking the ranks to checkpoint and stop"; forward USR1; }
 on_term() { CANCELLED=1; log "TERM (cancelled or out of time): forwarding to the ranks"; forward TERM; }
@@ -71,14 +71,9 @@ run_ranks() {
   # so this script still reports it; 0 = no limit known.
   [ "$left" -gt 60 ] && limit=$(( left - 20 ))
   log "$LAUNCH on $SLURM_JOB_NUM_NODES node(s) x ${SLURM_NTASKS_PER_NODE:-?} rank(s), OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS, kill after ${limit}s (0 = none): $*"
-  timeout -s KILL "$limit" "${LAUNCH_CMD[@]}" "$@" &
-  LAUNCH_PID=$!
-  # A trapped signal interrupts `wait`; wait again until the launcher itself has ended.
-  while :; do
-    if wait "$LAUNCH_PID"; then RC=0; else RC=$?; fi
-    kill -0 "$LAUNCH_PID" 2>/dev/null || break
-  done
-  LAUNCH_PID=
+  # run_watched: once a rank has failed, the launcher gets ABORT_GRACE seconds to end (a partitioned node
+  # would keep srun or mpirun waiting).
+  run_watched timeout -s KILL "$limit" "${LAUNCH_CMD[@]}" "$@"
   [ "$RC" = 137 ] && [ "$limit" -gt 0 ] && log "the ranks were killed (exit 137): hung, killed by hand, or out of time"
   return 0
 }

@@ -7,8 +7,8 @@
 # Options: -f HOSTFILE (or HOSTFILE=), -r RANKS_PER_NODE (or RANKS_PER_NODE=); the rest is attunet's command line.
 # Paths are the caller's: relative ones are resolved against the folder this is started from, on every host
 # (the ranks start there: the folder must exist on every host, as on a shared filesystem).
-# Exit status is attunet's (0, 75 stopped with a checkpoint, ...), 124/137 when TIME_LIMIT ended the run,
-# 2 when a host differs.
+# Exit status is attunet's (0, 75 stopped with a checkpoint, 4 watchdog, ...), 124/137 when TIME_LIMIT ended
+# the run or mpirun hung after a failure (ABORT_GRACE), 2 when a host differs.
 set -euo pipefail
 
 # ---- edit these (or set them in the environment) ----------------------------------------------------------
@@ -19,6 +19,7 @@ PML=${PML:-ob1}                         # ob1 = the btl transports below; ucx wo
 BTL=${BTL:-self,vader,tcp}              # shared memory on a node, TCP between nodes
 RSH_AGENT=${RSH_AGENT:-}                # how mpirun reaches the hosts; empty = ssh (needs passwordless ssh)
 TIME_LIMIT=${TIME_LIMIT:-0}             # seconds until the run is stopped (TERM, then KILL 30 s later); 0 = none
+ABORT_GRACE=${ABORT_GRACE:-30}          # seconds mpirun may take to end once a rank failed, then it is killed
 CHECK_HOSTS=${CHECK_HOSTS:-1}           # 0 skips the same-binary/same-store check
 # shellcheck disable=SC2206  # a list of options
 MPIRUN_OPTS=(${MPIRUN_OPTS:-})          # anything else for mpirun
@@ -32,6 +33,7 @@ shift $((OPTIND - 1))
 [ -n "$HOSTFILE" ] && [ -f "$HOSTFILE" ] || { echo "mpirun-hosts: hostfile '${HOSTFILE}' not found (-f HOSTFILE)" >&2; exit 1; }
 [ $# -gt 0 ] || { echo "usage: mpirun-hosts.sh -f HOSTFILE [-r RANKS_PER_NODE] SUBCOMMAND [attunet options]" >&2; exit 1; }
 source "$(dirname "$0")/env.sh"
+source "$(dirname "$0")/run-watched.sh"
 HOSTFILE=$(realpath "$HOSTFILE")
 mapfile -t HOSTS < <(sed 's/#.*//' "$HOSTFILE" | awk 'NF {print $1}' | awk '!seen[$0]++')
 [ ${#HOSTS[@]} -gt 0 ] || { echo "mpirun-hosts: no hosts in $HOSTFILE" >&2; exit 1; }
@@ -87,7 +89,18 @@ fi
 
 echo "mpirun-hosts: $NP rank(s) on ${HOSTS[*]} ($RANKS_PER_NODE per host), OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS"
 # TERM first: mpirun then stops the remote ranks (they checkpoint and exit 75); KILL if it hangs (a partition).
-TO=()
-[ "$TIME_LIMIT" -gt 0 ] && TO=(timeout -k 30 -s TERM "$TIME_LIMIT")
+# Always under timeout (0 = no limit): it puts mpirun in a process group of its own, so each signal below
+# reaches mpirun exactly once.
+TO=(timeout -k 30 -s TERM "$TIME_LIMIT")
+# Signals to this script go to mpirun, which passes USR1/TERM on to the ranks (checkpoint, exit 75).
+pass_on() {
+  # shellcheck disable=SC2046  # one pid per word
+  [ -z "$WATCHED_PID" ] || kill -s "$1" $(watched_launcher "$WATCHED_PID") 2>/dev/null || true
+}
+# shellcheck disable=SC2064  # $sig expands now, on purpose
+for sig in USR1 USR2 TERM HUP INT; do trap "pass_on $sig" "$sig"; done
 # ppr:R:node puts exactly R ranks on each host (hostfile order = rank order), whatever its slot count says.
-exec "${TO[@]}" "${MPI[@]}" --map-by "ppr:$RANKS_PER_NODE:node" -np "$NP" "${MPIRUN_OPTS[@]}" "$BIN" "${ARGS[@]}"
+# run_watched: once a rank failed, mpirun gets ABORT_GRACE seconds to end; after a network partition the ranks
+# end by themselves (attunet's --step-timeout) but mpirun would wait for the lost host for many minutes.
+run_watched "${TO[@]}" "${MPI[@]}" --map-by "ppr:$RANKS_PER_NODE:node" -np "$NP" "${MPIRUN_OPTS[@]}" "$BIN" "${ARGS[@]}"
+exit "$RC"

@@ -12,6 +12,8 @@
 #   e  kill -9 of node2's rank mid-run: the job fails within seconds naming node2, not requeued, rank 0's
 #      checkpoint intact; resubmitted with RUN_DIR it resumes and ends == reference
 #   e2 the same under launch/mpirun-hosts.sh: mpirun ends within seconds naming node2, no rank left running
+#   f  a partition (node2's link down) under mpirun-hosts.sh: the --step-timeout watchdog's message, the run
+#      ends within 40 s instead of hanging; g: the same for a Slurm job
 # Every launch runs under `timeout -s KILL`; an EXIT trap removes daemons (by PID), namespaces, bridge and
 # /etc/hosts lines. Without root or network namespaces it prints SKIP and exits 0.
 #   bash Tests/cluster/run.sh          (ATTUNET_BIN=... to test another binary; KEEP=1 keeps the work folder)
@@ -52,10 +54,13 @@ cd "$W"   # the jobs' relative paths (store, runs) are relative to here, as a us
 tmo() { local s=$1; shift; timeout -s KILL "$s" "$@"; }
 "$BIN" synth --cases 4 --resolution 0.5 --seed 3 --out nii >/dev/null
 "$BIN" prepare --input nii --out store.h5 --spacing 4 >/dev/null
-TRAIN=(--feature-scale 16 --patch 32x32x16 --batch 2 --epochs "$EPOCHS" --samples-per-case 2
-       --sync-bn --optimizer sgd --lr 3e-3 --val-every 100)
+BASE=(--feature-scale 16 --patch 32x32x16 --batch 2 --samples-per-case 2 --sync-bn --optimizer sgd --lr 3e-3 --val-every 100)
+TRAIN=("${BASE[@]}" --epochs "$EPOCHS")
+LONG=("${BASE[@]}" --epochs 1000 --step-timeout 8)   # for the partition tests
 export STORE=store.h5 OUT_BASE=runs TRAIN_OPTS="${TRAIN[*]}"
 
+WATCHDOG=0
+"$BIN" help train 2>&1 | grep -q -- --step-timeout && WATCHDOG=1
 sha() { "$BIN" inspect "$1" | sed -n 's/^weights sha256: //p'; }
 fail() { echo "FAIL: $*"; exit 1; }
 # Job state from scontrol: JobState, Restarts, ExitCode. Slurm holds a requeued job for about 2 minutes
@@ -253,16 +258,58 @@ e2_kill_node_hostfile() {
   echo "mpirun-hosts.sh exited $rc $dt s after the kill; no rank left"
 }
 
+# A silent partition: node2's link goes down mid-run. attunet's watchdog (--step-timeout) ends the ranks, and
+# the launcher, which would wait for the lost node for many minutes, is ended ABORT_GRACE s after that.
+f_partition_hostfile() {
+  local pid rc=0 t0 dt
+  printf 'node1 slots=1\nnode2 slots=1\n' > hosts
+  RSH_AGENT=$HERE/nsrsh TCP_IF=$NET.0/24 TIME_LIMIT=100 ABORT_GRACE=10 \
+    tmo 120 bash "$ROOT/launch/mpirun-hosts.sh" -f hosts -r 1 train --store store.h5 "${LONG[@]}" --out f-run > f.out 2>&1 &
+  pid=$!
+  wait_epochs f-run 3 || fail "no epochs"
+  ip link set "${NS}v2" down
+  t0=$(date +%s)
+  wait "$pid" || rc=$?
+  dt=$(( $(date +%s) - t0 ))
+  ip link set "${NS}v2" up
+  grep -v '^epoch' f.out
+  [ "$rc" != 0 ] || fail "exit 0 after a partition"
+  grep -q 'did not finish within 8 s at global step .*(--step-timeout)' f.out || fail "no watchdog message"
+  [ "$dt" -le 40 ] || fail "took $dt s to end after the partition"
+  echo "ended $dt s after the partition, exit $rc"
+}
+
+g_partition_slurm() {
+  local j t0 dt
+  j=$(TRAIN_OPTS="${LONG[*]}" ABORT_GRACE=10 \
+      submit --nodes=2 --ntasks-per-node=1 --output=g-%j.out "$ROOT/cluster/train.sbatch")
+  wait_epochs "runs/train-$j" 3 || fail "job $j: no epochs"
+  ip link set "${NS}v2" down
+  t0=$(date +%s)
+  while [ $(( $(date +%s) - t0 )) -lt 60 ] && ! grep -q 'not requeued' "g-$j.out"; do sleep 0.5; done
+  dt=$(( $(date +%s) - t0 ))
+  ip link set "${NS}v2" up
+  cat "g-$j.out" | grep -v '^epoch'
+  grep -q 'did not finish within 8 s at global step .*(--step-timeout)' "g-$j.out" || fail "no watchdog message"
+  grep -q 'failed with exit status .*; not requeued' "g-$j.out" || fail "the job script did not end within 60 s"
+  [ "$dt" -le 40 ] || fail "took $dt s to end after the partition"
+  echo "job script ended $dt s after the partition"
+}
+
 check reference reference
 if [ ${#FAILED[@]} = 0 ]; then
   check a-mpirun-hosts a_mpirun_hosts
   check e2-kill-node-hostfile e2_kill_node_hostfile
+  if [ "$WATCHDOG" = 1 ]; then check f-partition-hostfile f_partition_hostfile
+  else echo "SKIP f-partition-hostfile, g-partition-slurm: $BIN has no --step-timeout"; fi
   if [ "$SLURM" = 1 ]; then
     check b-sbatch-train b_sbatch_train
     check c-time-limit-requeue c_time_limit_requeue
     check c2-requeue-cap c2_requeue_cap
     check d-cv-array d_cv
     check e-kill-node e_kill_node
+    # Last: Slurm may need a while to hear from node2 again.
+    [ "$WATCHDOG" = 1 ] && check g-partition-slurm g_partition_slurm
     echo "job records (Slurm's jobcomp log; sacct needs slurmdbd):"
     sed -E 's/^(JobId=[^ ]+) .*(Name=[^ ]+) (JobState=[^ ]+) .*(StartTime=[^ ]+) (EndTime=[^ ]+) (NodeList=[^ ]+) .*(ExitCode=[^ ]+).*/  \1 \2 \3 \4 \5 \6 \7/' "$W/slurm/log/jobcomp.log" || true
   fi
