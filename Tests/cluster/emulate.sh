@@ -123,6 +123,9 @@ cluster_down() {
     # Whatever still runs inside a "node" (orphaned ranks) goes with it.
     for p in $(ip netns pids "$NS$i" 2>/dev/null); do kill -9 "$p" 2>/dev/null || true; done
     ip netns del "$NS$i" 2>/dev/null || true
+    # A namespace outlives its name while sockets in it wait out TCP timeouts (after the partition test); its
+    # veth pair would then block the next run.
+    ip link del "${NS}v$i" 2>/dev/null || true
   done
   ip link del "$BR" 2>/dev/null || true
   if grep -q "$HOSTS_TAG" /etc/hosts; then
