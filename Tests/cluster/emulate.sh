@@ -46,7 +46,7 @@ network_up() {
 
 slurm_up() {   # $1 = state folder
   local d=$1 host
-  host=$(hostname)
+  host=$(hostname -s)   # slurmctld must find its own short name here
   mkdir -p "$d/munge" "$d/ctld" "$d/log"
   chmod 755 "$d"
   dd if=/dev/urandom of="$d/munge/munge.key" bs=1024 count=1 status=none

@@ -52,8 +52,8 @@ echo "cluster tests: 2 nodes up in $(( $(date +%s) - T_START )) s; work folder $
 
 cd "$W"   # the jobs' relative paths (store, runs) are relative to here, as a user's would be
 tmo() { local s=$1; shift; timeout -s KILL "$s" "$@"; }
-"$BIN" synth --cases 4 --resolution 0.5 --seed 3 --out nii >/dev/null
-"$BIN" prepare --input nii --out store.h5 --spacing 4 >/dev/null
+tmo 60 "$BIN" synth --cases 4 --resolution 0.5 --seed 3 --out nii >/dev/null
+tmo 60 "$BIN" prepare --input nii --out store.h5 --spacing 4 >/dev/null
 BASE=(--feature-scale 16 --patch 32x32x16 --batch 2 --samples-per-case 2 --sync-bn --optimizer sgd --lr 3e-3 --val-every 100)
 TRAIN=("${BASE[@]}" --epochs "$EPOCHS")
 LONG=("${BASE[@]}" --epochs 1000 --step-timeout 8)   # for the partition tests
