@@ -2,7 +2,7 @@
 # Submits the cross-validation as a job array (cluster/cv-array.sbatch: one task per fold) and the job that
 # writes the summaries once every task has succeeded (--dependency=afterok; cancelled if a task fails).
 #   cluster/submit-cv-array.sh [extra sbatch options for the fold tasks, e.g. --nodes=2 --time=06:00:00]
-#   STORE=data/ct.h5 FOLDS=4 CV_OPTS="--epochs 50" cluster/submit-cv-array.sh
+#   STORE=data/ct.h5 FOLDS=4 CV_OPTS="--batch 2 --epochs 50" cluster/submit-cv-array.sh   # --batch: divisible by the ranks
 # The variables are cv-array.sbatch's (STORE, OUT_BASE, FOLDS, CV_OPTS, ...); FOLDS defaults to the value there.
 # Prints the two job ids and the CV folder.
 set -euo pipefail
