@@ -7,8 +7,9 @@
 # Options: -f HOSTFILE (or HOSTFILE=), -r RANKS_PER_NODE (or RANKS_PER_NODE=); the rest is attunet's command line.
 # Paths are the caller's: relative ones are resolved against the folder this is started from, on every host
 # (the ranks start there: the folder must exist on every host, as on a shared filesystem).
-# Exit status is attunet's (0, 75 stopped with a checkpoint, 4 watchdog, ...), 124/137 when TIME_LIMIT ended
-# the run or mpirun hung after a failure (ABORT_GRACE), 2 when a host differs.
+# Exit status is attunet's (0; 75 stopped with a checkpoint, also at TIME_LIMIT: rerun with --resume; 4 the
+# watchdog; ...), 137 when mpirun hung and was killed (TIME_LIMIT + 30 s, or ABORT_GRACE after a failure),
+# 2 when a host differs.
 set -euo pipefail
 
 # ---- edit these (or set them in the environment) ----------------------------------------------------------
@@ -18,7 +19,7 @@ TCP_IF=${TCP_IF:-}                      # network for MPI traffic: interface (et
 PML=${PML:-ob1}                         # ob1 = the btl transports below; ucx would pick /dev/shm or IB by itself
 BTL=${BTL:-self,vader,tcp}              # shared memory on a node, TCP between nodes
 RSH_AGENT=${RSH_AGENT:-}                # how mpirun reaches the hosts; empty = ssh (needs passwordless ssh)
-TIME_LIMIT=${TIME_LIMIT:-0}             # seconds until the run is stopped (TERM, then KILL 30 s later); 0 = none
+TIME_LIMIT=${TIME_LIMIT:-0}             # seconds until the run is stopped (USR1: checkpoint, exit 75; KILL 30 s later); 0 = none
 ABORT_GRACE=${ABORT_GRACE:-30}          # seconds mpirun may take to end once a rank failed, then it is killed
 CHECK_HOSTS=${CHECK_HOSTS:-1}           # 0 skips the same-binary/same-store check
 # shellcheck disable=SC2206  # a list of options
@@ -88,17 +89,20 @@ if [ "$CHECK_HOSTS" = 1 ]; then
 fi
 
 echo "mpirun-hosts: $NP rank(s) on ${HOSTS[*]} ($RANKS_PER_NODE per host), OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS"
-# TERM first: mpirun then stops the remote ranks (they checkpoint and exit 75); KILL if it hangs (a partition).
+# USR1 first: mpirun passes it to the ranks, which checkpoint and exit 75 (mpirun then exits 75 too; on TERM
+# it would exit 1); KILL 30 s later if it hangs (a partition).
 # Always under timeout (0 = no limit): it puts mpirun in a process group of its own, so each signal below
 # reaches mpirun exactly once.
-TO=(timeout -k 30 -s TERM "$TIME_LIMIT")
-# Signals to this script go to mpirun, which passes USR1/TERM on to the ranks (checkpoint, exit 75).
+TO=(timeout --preserve-status -k 30 -s USR1 "$TIME_LIMIT")
+# Signals to this script go to mpirun, which passes them on to the ranks; TERM goes as USR1, so that the ranks
+# checkpoint and mpirun exits 75 (resumable) rather than 1.
 pass_on() {
   # shellcheck disable=SC2046  # one pid per word
   [ -z "$WATCHED_PID" ] || kill -s "$1" $(watched_launcher "$WATCHED_PID") 2>/dev/null || true
 }
 # shellcheck disable=SC2064  # $sig expands now, on purpose
-for sig in USR1 USR2 TERM HUP INT; do trap "pass_on $sig" "$sig"; done
+for sig in USR1 USR2 HUP INT; do trap "pass_on $sig" "$sig"; done
+trap "pass_on USR1" TERM
 # ppr:R:node puts exactly R ranks on each host (hostfile order = rank order), whatever its slot count says.
 # run_watched: once a rank failed, mpirun gets ABORT_GRACE seconds to end; after a network partition the ranks
 # end by themselves (attunet's --step-timeout) but mpirun would wait for the lost host for many minutes.

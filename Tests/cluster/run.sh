@@ -12,6 +12,7 @@
 #   e  kill -9 of node2's rank mid-run: the job fails within seconds naming node2, not requeued, rank 0's
 #      checkpoint intact; resubmitted with RUN_DIR it resumes and ends == reference
 #   e2 the same under launch/mpirun-hosts.sh: mpirun ends within seconds naming node2, no rank left running
+#   e3 TIME_LIMIT of mpirun-hosts.sh: the ranks checkpoint and it exits 75
 #   f  a partition (node2's link down) under mpirun-hosts.sh: the --step-timeout watchdog's message, the run
 #      ends within 40 s instead of hanging; g: the same for a Slurm job
 # Every launch runs under `timeout -s KILL`; an EXIT trap removes daemons (by PID), namespaces, bridge and
@@ -56,7 +57,7 @@ tmo 60 "$BIN" synth --cases 4 --resolution 0.5 --seed 3 --out nii >/dev/null
 tmo 60 "$BIN" prepare --input nii --out store.h5 --spacing 4 >/dev/null
 BASE=(--feature-scale 16 --patch 32x32x16 --batch 2 --samples-per-case 2 --sync-bn --optimizer sgd --lr 3e-3 --val-every 100)
 TRAIN=("${BASE[@]}" --epochs "$EPOCHS")
-LONG=("${BASE[@]}" --epochs 1000 --step-timeout 8)   # for the partition tests
+LONG=("${BASE[@]}" --epochs 1000)   # runs that are stopped or broken on purpose
 export STORE=store.h5 OUT_BASE=runs TRAIN_OPTS="${TRAIN[*]}"
 
 WATCHDOG=0
@@ -258,13 +259,24 @@ e2_kill_node_hostfile() {
   echo "mpirun-hosts.sh exited $rc $dt s after the kill; no rank left"
 }
 
+e3_time_limit_hostfile() {
+  local rc=0
+  printf 'node1 slots=1\nnode2 slots=1\n' > hosts
+  RSH_AGENT=$HERE/nsrsh TCP_IF=$NET.0/24 TIME_LIMIT=8 \
+    tmo 60 bash "$ROOT/launch/mpirun-hosts.sh" -f hosts -r 1 train --store store.h5 "${LONG[@]}" --out e3-run > e3.out 2>&1 || rc=$?
+  grep -v '^epoch' e3.out
+  [ "$rc" = 75 ] || fail "TIME_LIMIT gave exit $rc, not 75"
+  grep -q 'train: stop requested' e3.out || fail "the ranks did not checkpoint"
+  "$BIN" inspect e3-run/checkpoint_latest.h5 | grep '^training state' || fail "no checkpoint"
+}
+
 # A silent partition: node2's link goes down mid-run. attunet's watchdog (--step-timeout) ends the ranks, and
 # the launcher, which would wait for the lost node for many minutes, is ended ABORT_GRACE s after that.
 f_partition_hostfile() {
   local pid rc=0 t0 dt
   printf 'node1 slots=1\nnode2 slots=1\n' > hosts
   RSH_AGENT=$HERE/nsrsh TCP_IF=$NET.0/24 TIME_LIMIT=100 ABORT_GRACE=10 \
-    tmo 120 bash "$ROOT/launch/mpirun-hosts.sh" -f hosts -r 1 train --store store.h5 "${LONG[@]}" --out f-run > f.out 2>&1 &
+    tmo 120 bash "$ROOT/launch/mpirun-hosts.sh" -f hosts -r 1 train --store store.h5 "${LONG[@]}" --step-timeout 8 --out f-run > f.out 2>&1 &
   pid=$!
   wait_epochs f-run 3 || fail "no epochs"
   ip link set "${NS}v2" down
@@ -281,7 +293,7 @@ f_partition_hostfile() {
 
 g_partition_slurm() {
   local j t0 dt
-  j=$(TRAIN_OPTS="${LONG[*]}" ABORT_GRACE=10 \
+  j=$(TRAIN_OPTS="${LONG[*]} --step-timeout 8" ABORT_GRACE=10 \
       submit --nodes=2 --ntasks-per-node=1 --output=g-%j.out "$ROOT/cluster/train.sbatch")
   wait_epochs "runs/train-$j" 3 || fail "job $j: no epochs"
   ip link set "${NS}v2" down
@@ -289,7 +301,7 @@ g_partition_slurm() {
   while [ $(( $(date +%s) - t0 )) -lt 60 ] && ! grep -q 'not requeued' "g-$j.out"; do sleep 0.5; done
   dt=$(( $(date +%s) - t0 ))
   ip link set "${NS}v2" up
-  cat "g-$j.out" | grep -v '^epoch'
+  grep -v '^epoch' "g-$j.out"
   grep -q 'did not finish within 8 s at global step .*(--step-timeout)' "g-$j.out" || fail "no watchdog message"
   grep -q 'failed with exit status .*; not requeued' "g-$j.out" || fail "the job script did not end within 60 s"
   [ "$dt" -le 40 ] || fail "took $dt s to end after the partition"
@@ -300,6 +312,7 @@ check reference reference
 if [ ${#FAILED[@]} = 0 ]; then
   check a-mpirun-hosts a_mpirun_hosts
   check e2-kill-node-hostfile e2_kill_node_hostfile
+  check e3-time-limit-hostfile e3_time_limit_hostfile
   if [ "$WATCHDOG" = 1 ]; then check f-partition-hostfile f_partition_hostfile
   else echo "SKIP f-partition-hostfile, g-partition-slurm: $BIN has no --step-timeout"; fi
   if [ "$SLURM" = 1 ]; then
