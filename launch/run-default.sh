@@ -32,8 +32,8 @@ if [ -f data/phantoms_4mm.h5 ]; then echo "data/phantoms_4mm.h5 exists, kept"
 else "$BIN" prepare --input data/phantoms --out data/phantoms_4mm.h5 --spacing 4; fi
 
 echo "== 4/4 cv: 5 folds x 2 models on 2 ranks"
-SETTINGS=(--feature-scale 16 --patch 48x48x32 --batch 4 --epochs "${EPOCHS:-150}" --samples-per-case 2 --lr 5e-3
-          --schedule poly --foreground-fraction 0.67 --augment none --val-every 25 --seed 0)
+SETTINGS=(--feature-scale 16 --patch 48x48x32 --batch 2 --epochs "${EPOCHS:-120}" --samples-per-case 2 --lr 5e-3
+          --schedule poly --foreground-fraction 0.67 --augment none --val-every 20 --seed 0)
 mpirun -np 2 --bind-to none "${MPIRUN_ENV[@]}" "$BIN" cv --store data/phantoms_4mm.h5 --out runs/cv --folds 5 \
   --models attention-unet,unet --fold-parallel 2 "${SETTINGS[@]}"
 
