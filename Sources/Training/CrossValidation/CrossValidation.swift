@@ -220,6 +220,8 @@ public final class CrossValidation {
         } catch {
             outcome.error = "group \(g + 1)/\(foldParallel) (ranks \(g * size)-\(g * size + size - 1)): \(error)"
         }
+        // Groups can finish hours apart (one has a fold more): no watchdog on this exchange.
+        CollectiveWatchdog.shared.timeout = 0
         let all = try comm.allGather(data: try JSONEncoder().encode(outcome)).map { try JSONDecoder().decode(Outcome.self, from: $0) }
         if let e = all.compactMap(\.error).first { throw AttunetError(e) }
         if all.contains(where: \.interrupted) {

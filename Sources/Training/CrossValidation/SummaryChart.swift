@@ -49,7 +49,7 @@ extension CrossValidationSummary {
         <svg xmlns="http://www.w3.org/2000/svg" width="\(Int(total))" height="\(Int(height))" \
         viewBox="0 0 \(Int(total)) \(Int(height))" font-family="DejaVu Sans, Helvetica, Arial, sans-serif" font-size="11">
         <rect x="0" y="0" width="\(Int(total))" height="\(Int(height))" fill="#ffffff"/>
-        <text x="\(px(x0))" y="24" font-size="13" font-weight="bold">Test Dice per organ and model (\(folds)-fold \(xmlEscape(protocolName)), \(n) cases per box</text>
+        <text x="\(px(x0))" y="24" font-size="13" font-weight="bold">Test Dice per organ and model (\(folds) folds, \(xmlEscape(protocolName)) protocol, \(n) test cases per box)</text>
 
         """
         for t in stride(from: 0.0, through: 1.0001, by: 0.1) {
