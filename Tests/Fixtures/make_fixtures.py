@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Writes the PyTorch reference fixtures for attunet's Swift tests.
 
-    /work/venv/bin/python Tests/Fixtures/make_fixtures.py [--out DIR]
+    .venv/bin/python Tests/Fixtures/make_fixtures.py [--out DIR]
 
 Needs torch, numpy and h5py. The original repository (ozan-oktay/Attention-Gated-Networks) is NOT needed:
 the model classes below are a re-statement, written for modern PyTorch, of the original
