@@ -35,8 +35,9 @@ struct Synth: ParsableCommand {
           HU levels drawn per case: spleen 105-130, pancreas 75-95 (mid-length), kidney cortex 150-200,
           liver 95-120, bowel loops 25-55 (noise 8-20 HU and organ texture on top)
         A fixed --*-hu level replaces the draw in every case. A hard cohort (half-size organs, spleen close to
-        the liver, pancreas close to the bowel, the other voxel order) like one on which the default training
-        settings fell from Dice 0.90/0.78/0.86 to 0.65/0.41/0.60 (spleen/pancreas/kidney):
+        the liver, pancreas close to the bowel, the other voxel order), on which launch/run-default.sh's CV
+        settings give test Dice 0.78/0.47/0.82 (spleen/pancreas/kidney, Attention U-Net) against
+        0.91/0.76-0.81/0.89-0.91 on the default cohort:
           attunet synth --cases 20 --out data/hard --seed 1 --orientation RAS --organ-scale 0.5 \\
             --liver-hu 110 --spleen-hu 115 --bowel-hu 45 --pancreas-hu 55
         """
