@@ -51,6 +51,8 @@ To scale up to the paper:
                   (folds, steps, and the wall time, core-hours and memory per rank on those ranks)
   more ranks      mpirun -np 8 ... cv --store ct.h5 --fold-parallel 4   (4 groups of 2 ranks train folds side by side)
   a stopped run   rerun the same command: finished folds are skipped, an unfinished one resumes
+  on a cluster    STORE=ct.h5 sbatch cluster/cv.sbatch, or cluster/submit-cv-array.sh (a job per fold;
+                  see README.md, Running on a cluster)
   segment, score  attunet predict --checkpoint runs/ct/fold_0/attention-unet/checkpoint_best.h5 --input scans/ --out pred
                   attunet evaluate --pred pred --ref labels
 EOF
