@@ -22,7 +22,11 @@ static inline hid_t chdf5_p_dataset_create(void) { return H5P_DATASET_CREATE; }
 static inline hid_t chdf5_p_file_access(void) { return H5P_FILE_ACCESS; }
 static inline hid_t chdf5_p_link_create(void) { return H5P_LINK_CREATE; }
 static inline size_t chdf5_variable(void) { return H5T_VARIABLE; }
-/// Silence HDF5's automatic error-stack printing; we turn failures into one clear line ourselves.
-static inline void chdf5_silence_errors(void) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); }
+/// Silence HDF5's automatic error-stack printing on the calling thread (the setting is per thread in a
+/// thread-safe HDF5); we turn failures into one clear line ourselves. Cheap after the first call on a thread.
+static inline void chdf5_silence_errors(void) {
+    static _Thread_local int silenced = 0;
+    if (!silenced) { H5Eset_auto2(H5E_DEFAULT, NULL, NULL); silenced = 1; }
+}
 static inline int chdf5_version(unsigned *maj, unsigned *min, unsigned *rel) { return (int)H5get_libversion(maj, min, rel); }
 #endif

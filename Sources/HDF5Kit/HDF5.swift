@@ -26,7 +26,9 @@ public protocol H5Object: AnyObject {
     var location: String { get }
 }
 
-private let silenceOnce: Void = { chdf5_silence_errors() }()
+/// HDF5's automatic error printing is per thread: every entry point that can fail turns it off for the calling
+/// thread (the patch loader reads on its own thread), so no library diagnostic reaches stderr.
+@inline(__always) func silenceHDF5() { chdf5_silence_errors() }
 
 /// An open HDF5 file. Closed when the last reference goes away.
 public final class H5File: @unchecked Sendable {
@@ -37,7 +39,7 @@ public final class H5File: @unchecked Sendable {
 
     /// Opens an existing file. Errors name the file and say whether it is missing or not HDF5.
     public static func open(_ path: String, writable: Bool = false) throws -> H5File {
-        _ = silenceOnce
+        silenceHDF5()
         guard FileManager.default.fileExists(atPath: path) else { throw AttunetError("\(path): no such file") }
         if H5Fis_hdf5(path) <= 0 { throw AttunetError("\(path): not an HDF5 file (or truncated/corrupt)") }
         let id = H5Fopen(path, writable ? chdf5_acc_rdwr() : chdf5_acc_rdonly(), chdf5_p_default())
@@ -47,7 +49,7 @@ public final class H5File: @unchecked Sendable {
 
     /// Creates (truncating) a file.
     public static func create(_ path: String) throws -> H5File {
-        _ = silenceOnce
+        silenceHDF5()
         let id = H5Fcreate(path, chdf5_acc_trunc(), chdf5_p_default(), chdf5_p_default())
         if id < 0 { throw AttunetError("\(path): cannot create HDF5 file") }
         return H5File(path: path, id: id)
@@ -141,6 +143,7 @@ public final class H5Group: H5Object, @unchecked Sendable {
     }
 
     public func dataset(_ name: String) throws -> H5Dataset {
+        silenceHDF5()
         guard exists(name) else { throw AttunetError("\(file.path): missing dataset \(child(name))") }
         let d = H5Dopen2(id, name, chdf5_p_default())
         if d < 0 { throw AttunetError("\(file.path): cannot open dataset \(child(name)) (not a dataset, or unreadable)") }
@@ -214,12 +217,14 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
 
     /// Reads the whole dataset, converted to `type`, into `buffer` (which must hold `count` elements).
     public func read(into buffer: UnsafeMutableRawPointer, as type: H5ElementType) throws {
+        silenceHDF5()
         if H5Dread(id, type.native, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), buffer) < 0 {
             throw AttunetError("\(location): read failed (corrupt or truncated data)")
         }
     }
 
     public func write(from buffer: UnsafeRawPointer, as type: H5ElementType) throws {
+        silenceHDF5()
         if H5Dwrite(id, type.native, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), buffer) < 0 {
             throw AttunetError("\(location): write failed")
         }
@@ -229,6 +234,7 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
     /// a contiguous buffer of `count.product` elements. Touches only the chunks the box intersects.
     public func readHyperslab(start: [Int], count cnt: [Int], into buffer: UnsafeMutableRawPointer,
                               as type: H5ElementType) throws {
+        silenceHDF5()
         guard start.count == shape.count, cnt.count == shape.count else {
             throw AttunetError("\(location): hyperslab rank \(start.count) for dataset of rank \(shape.count)")
         }
@@ -306,6 +312,7 @@ extension H5Object {
     public func setAttribute(_ name: String, _ value: Int) throws { try setAttribute(name, [Int64(value)]) }
 
     private func openAttribute(_ name: String) throws -> hid_t {
+        silenceHDF5()
         guard H5Aexists(id, name) > 0 else { throw AttunetError("\(location): missing attribute \(name)") }
         let a = H5Aopen(id, name, chdf5_p_default())
         if a < 0 { throw AttunetError("\(location): cannot open attribute \(name)") }

@@ -72,6 +72,17 @@ public enum TestEnv {
                       stderr: String(decoding: errData, as: UTF8.self))
     }
 
+    /// Starts a command line through /bin/sh with the clean environment, its stdout and stderr in the file `log`,
+    /// and returns at once (for tests that signal or kill a running job).
+    public static func start(_ command: String, log: String) throws -> Process {
+        let job = Process()
+        job.executableURL = URL(fileURLWithPath: "/bin/sh")
+        job.arguments = ["-c", "exec \(command) > \(log) 2>&1"]
+        job.environment = childEnvironment
+        try job.run()
+        return job
+    }
+
     /// Runs a Python snippet with the test Python; fails the test with the script's stderr if it fails.
     public static func python(_ script: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let path = NSTemporaryDirectory() + "attunet-test-\(UUID().uuidString).py"

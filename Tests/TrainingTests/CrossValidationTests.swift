@@ -113,6 +113,32 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertNil(BoxStatistics([.nan]))
     }
 
+    /// Starts `cmd` in the background (output in killed.log) and returns once the second fold of the first model
+    /// has written a checkpoint (or the job ended, or 120 s passed).
+    func startUntilSecondFoldCheckpoints(_ cmd: String, out: URL) throws -> Process {
+        let job = try TestEnv.start(cmd, log: "\(work.path)/killed.log")
+        let marker = RunFolder(out).fold(1, model: "attention-unet").checkpointLatest.path
+        let deadline = Date().addingTimeInterval(120)
+        while job.isRunning && Date() < deadline && !FileManager.default.fileExists(atPath: marker) { usleep(5_000) }
+        return job
+    }
+
+    /// Every fold of both models in `out` equals `reference`'s: results (weights digest, per-case metrics) and
+    /// both checkpoints.
+    func assertSameFolds(_ out: URL, _ reference: URL, file: StaticString = #filePath, line: UInt = #line) throws {
+        for model in ["attention-unet", "unet"] {
+            for k in 0..<2 {
+                let a = try results(out, fold: k, model: model), b = try results(reference, fold: k, model: model)
+                XCTAssertEqual(a.weightsSHA256, b.weightsSHA256, "\(model) fold \(k)", file: file, line: line)
+                XCTAssertEqual(a.cases.map(\.classes), b.cases.map(\.classes), "\(model) fold \(k)", file: file, line: line)
+            }
+        }
+        XCTAssertEqual(try digests(out), try digests(reference), file: file, line: line)
+    }
+
+    /// The summary's per-case rows without the inference times (which differ from run to run).
+    func timeless(_ s: CrossValidationSummary) -> [CrossValidationSummary.CaseRow] { s.cases.map { var c = $0; c.seconds = 0; return c } }
+
     /// Weights digests of each fold's checkpoints.
     func digests(_ run: URL) throws -> [String] {
         var d: [String] = []
@@ -155,15 +181,7 @@ final class CrossValidationTests: XCTestCase {
         r = try TestEnv.run(cmd)
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertTrue(r.stdout.contains("cv: unet fold 1/2: done, skipped"), r.stdout)
-
-        for model in ["attention-unet", "unet"] {
-            for k in 0..<2 {
-                let a = try results(out, fold: k, model: model), b = try results(reference, fold: k, model: model)
-                XCTAssertEqual(a.weightsSHA256, b.weightsSHA256)
-                XCTAssertEqual(a.cases.map(\.classes), b.cases.map(\.classes), "\(model) fold \(k)")
-            }
-        }
-        XCTAssertEqual(try digests(out), try digests(reference))
+        try assertSameFolds(out, reference)
     }
 
     /// SIGKILL once the second fold of the first model has written a checkpoint, then the same command again:
@@ -173,14 +191,7 @@ final class CrossValidationTests: XCTestCase {
         let reference = try Self.reference()
         let out = work.appendingPathComponent("cv")
         let cmd = try Self.command(ranks: 1, out: out.path)
-        let job = Process()
-        job.executableURL = URL(fileURLWithPath: "/bin/sh")
-        job.arguments = ["-c", "exec \(cmd) > \(work.path)/killed.log 2>&1"]
-        job.environment = TestEnv.childEnvironment
-        try job.run()
-        let marker = RunFolder(out).fold(1, model: "attention-unet").checkpointLatest.path
-        let deadline = Date().addingTimeInterval(120)
-        while job.isRunning && Date() < deadline && !FileManager.default.fileExists(atPath: marker) { usleep(5_000) }
+        let job = try startUntilSecondFoldCheckpoints(cmd, out: out)
         kill(job.processIdentifier, SIGKILL)
         job.waitUntilExit()
         XCTAssertEqual(job.terminationReason, .uncaughtSignal, "the CV must have been killed before it finished")
@@ -188,14 +199,7 @@ final class CrossValidationTests: XCTestCase {
         let r = try TestEnv.run(cmd)
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 1/2: done, skipped"), r.stdout)
-        for model in ["attention-unet", "unet"] {
-            for k in 0..<2 {
-                let a = try results(out, fold: k, model: model), b = try results(reference, fold: k, model: model)
-                XCTAssertEqual(a.weightsSHA256, b.weightsSHA256, "\(model) fold \(k)")
-                XCTAssertEqual(a.cases.map(\.classes), b.cases.map(\.classes), "\(model) fold \(k)")
-            }
-        }
-        XCTAssertEqual(try digests(out), try digests(reference))
+        try assertSameFolds(out, reference)
     }
 
     /// On 2 ranks: SIGKILL of one rank (not mpirun) once the second fold of the first model has written a
@@ -205,14 +209,7 @@ final class CrossValidationTests: XCTestCase {
         let reference = try Self.reference(ranks: 2)
         let out = work.appendingPathComponent("cvkill2")
         let cmd = try Self.command(ranks: 2, out: out.path)
-        let job = Process()
-        job.executableURL = URL(fileURLWithPath: "/bin/sh")
-        job.arguments = ["-c", "exec \(cmd) > \(work.path)/killed.log 2>&1"]
-        job.environment = TestEnv.childEnvironment
-        try job.run()
-        let marker = RunFolder(out).fold(1, model: "attention-unet").checkpointLatest.path
-        let deadline = Date().addingTimeInterval(120)
-        while job.isRunning && Date() < deadline && !FileManager.default.fileExists(atPath: marker) { usleep(5_000) }
+        let job = try startUntilSecondFoldCheckpoints(cmd, out: out)
         let pids = try TestEnv.run("pgrep -f 'attunet cv .*\(out.path)' | while read p; do [ \"$(cat /proc/$p/comm)\" = attunet ] && echo $p; done")
         let ranks = pids.stdout.split(separator: "\n")
         XCTAssertEqual(ranks.count, 2, "two rank processes: \(pids.stdout)")
@@ -223,14 +220,7 @@ final class CrossValidationTests: XCTestCase {
         let r = try TestEnv.run(cmd)
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 1/2: done, skipped"), r.stdout)
-        for model in ["attention-unet", "unet"] {
-            for k in 0..<2 {
-                let a = try results(out, fold: k, model: model), b = try results(reference, fold: k, model: model)
-                XCTAssertEqual(a.weightsSHA256, b.weightsSHA256, "\(model) fold \(k)")
-                XCTAssertEqual(a.cases.map(\.classes), b.cases.map(\.classes), "\(model) fold \(k)")
-            }
-        }
-        XCTAssertEqual(try digests(out), try digests(reference))
+        try assertSameFolds(out, reference)
     }
 
     /// The same CV on 2 ranks (training data-parallel with SyncBN, test cases spread over the ranks) against 1
@@ -278,17 +268,9 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 1/2 (group 1/2, ranks 0-0): 1 training"), r.stdout)
         XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 2/2 (group 2/2, ranks 1-1): 1 training"), r.stdout)
-        for model in ["attention-unet", "unet"] {
-            for k in 0..<2 {
-                let a = try results(out, fold: k, model: model), b = try results(reference, fold: k, model: model)
-                XCTAssertEqual(a.weightsSHA256, b.weightsSHA256, "\(model) fold \(k)")
-                XCTAssertEqual(a.cases.map(\.classes), b.cases.map(\.classes), "\(model) fold \(k)")
-            }
-        }
-        XCTAssertEqual(try digests(out), try digests(reference))
+        try assertSameFolds(out, reference)
         let a = try summary(out), b = try summary(reference)
         XCTAssertEqual(a.models.map(\.model), b.models.map(\.model))
-        func timeless(_ s: CrossValidationSummary) -> [CrossValidationSummary.CaseRow] { s.cases.map { var c = $0; c.seconds = 0; return c } }
         XCTAssertEqual(timeless(a), timeless(b))
         XCTAssertEqual(a.comparisons, b.comparisons)
 
@@ -320,7 +302,6 @@ final class CrossValidationTests: XCTestCase {
                 XCTAssertEqual(try results(out, fold: k, model: model).weightsSHA256, try results(reference, fold: k, model: model).weightsSHA256)
             }
         }
-        func timeless(_ s: CrossValidationSummary) -> [CrossValidationSummary.CaseRow] { s.cases.map { var c = $0; c.seconds = 0; return c } }
         XCTAssertEqual(timeless(try summary(out)), timeless(try summary(reference)))
         let bad = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--fold 2"))
         XCTAssertEqual(bad.status, 64, bad.stdout + bad.stderr)

@@ -40,12 +40,7 @@ final class TrainerTests: XCTestCase {
 
     /// Starts a command line in the background with its output in `log` (under the work folder).
     func startInBackground(_ command: String, log: String) throws -> Process {
-        let job = Process()
-        job.executableURL = URL(fileURLWithPath: "/bin/sh")
-        job.arguments = ["-c", "exec \(command) > \(work.path)/\(log) 2>&1"]
-        job.environment = TestEnv.childEnvironment
-        try job.run()
-        return job
+        try TestEnv.start(command, log: "\(work.path)/\(log)")
     }
 
     /// Waits until `run` has logged its first epoch (so checkpoint_latest.h5 exists), then a moment more so a
@@ -274,6 +269,35 @@ final class TrainerTests: XCTestCase {
     }
 
     /// A loss that turns NaN stops the run with status 3 and a message naming the step; the checkpoint of the
+    /// Every image chunk of a copy of the store overwritten with garbage (so deflate fails): the patch loader's
+    /// thread meets the corrupt data first. Training fails with one error line naming the store and the
+    /// dataset, and no HDF5 diagnostic (its automatic error printing is per thread) reaches stderr.
+    func testCorruptChunksGiveOneLineAndNoLibraryNoiseFromTheLoaderThread() throws {
+        let store = work.appendingPathComponent("corrupt.h5").path
+        try FileManager.default.copyItem(atPath: try PhantomStore.path(), toPath: store)
+        try TestEnv.python("""
+        import h5py
+        spans = []
+        with h5py.File('\(store)', "r") as f:
+            for name in f["cases"]:
+                d = f["cases"][name]["image"]
+                assert d.compression == "gzip", d.compression
+                for i in range(d.id.get_num_chunks()):
+                    info = d.id.get_chunk_info(i)
+                    spans.append((info.byte_offset, info.size))
+        with open('\(store)', "r+b") as f:
+            for offset, size in spans:
+                f.seek(offset + 2)   # keep the zlib header: the inflate fails inside the stream
+                f.write(bytes((i * 37 + 11) % 256 for i in range(size - 2)))
+        """)
+        let r = try TestEnv.run(try trainCommand(ranks: 1, out: "corrupt", epochs: 1).replacingOccurrences(of: try PhantomStore.path(), with: store))
+        XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
+        let lines = r.stderr.split(separator: "\n")
+        XCTAssertEqual(lines.count, 1, "one error line, nothing from HDF5:\n" + r.stderr)
+        XCTAssertTrue(r.stderr.hasPrefix("error: \(store)") && r.stderr.contains("/image"), r.stderr)
+        XCTAssertFalse(r.stderr.contains("HDF5-DIAG"), r.stderr)
+    }
+
     /// last good epoch is kept.
     func testNonFiniteLossStopsAndKeepsTheLastGoodCheckpoint() throws {
         var r = try TestEnv.run(try trainCommand(ranks: 1, out: "nan", epochs: 1))
