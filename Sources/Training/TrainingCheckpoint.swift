@@ -63,6 +63,13 @@ public enum TrainingCheckpoint {
         if state.storeFingerprint != storeFingerprint {
             throw AttunetError("\(path): checkpoint was trained on another case store (fingerprints differ); this run uses \(config.store)")
         }
+        // The run's settings must be the checkpoint's, or the resumed run is no continuation of it. The epoch
+        // count (to train longer), the validation and checkpoint intervals and the store's path may change.
+        if let saved = try? root.stringAttribute("train_config"),
+           let d = try ConfigDifference.first(config, old: Data(saved.utf8),
+                                              ignoring: ["epochs", "validateEvery", "checkpointEvery", "store"]) {
+            throw AttunetError("\(path): this command's settings differ from the run's: \(d); resume with the run's options (its config.json) or start afresh with --force")
+        }
         let opt = try root.group("optimizer")
         let kind = try opt.stringAttribute("kind")
         guard kind == optimizer.kind.rawValue else {

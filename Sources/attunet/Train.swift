@@ -12,19 +12,17 @@ struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Train the Attention U-Net (or the U-Net baseline) on an HDF5 case store, data-parallel over MPI.",
         discussion: """
-        One process trains alone; under mpirun every rank holds a replica, takes its share of each global batch
-        (--batch must be divisible by the rank count) and gradients are averaged with an all-reduce. Rank 0
-        prints one line per epoch, writes log.csv, progress.svg, checkpoint_latest.h5 (every
-        --checkpoint-every epochs and at the end) and checkpoint_best.h5 (best mean validation Dice) into --out.
-          attunet synth --cases 20 --out phantoms && attunet prepare --input phantoms --out phantoms.h5
-          mpirun -np 2 --bind-to none -x OPENBLAS_NUM_THREADS=1 attunet train --store phantoms.h5 \\
-              --patch 64x64x32 --batch 2 --epochs 20 --out runs/demo
-        Validation: a seeded --val-fraction of the cases (or --val-cases) is held out and segmented whole
-        (padded to multiples of 16) every --val-every epochs; Dice is reported per organ.
-        Stopping: SIGTERM or SIGUSR1 to any rank (e.g. SLURM before the time limit) makes every rank finish the
-        current step; rank 0 writes checkpoint_latest.h5 and the run exits with status 75. Run the same command
-        with --resume to continue: the result is bit-identical to an uninterrupted run. A NaN/Inf loss stops
-        the run with status 3, keeping the last good checkpoint.
+        One process trains alone; under mpirun every rank holds a replica, takes its share of each global batch (--batch must be divisible by the rank count) and gradients are averaged with an all-reduce. Rank 0 prints one line per epoch, writes log.csv, progress.svg, checkpoint_latest.h5 (every --checkpoint-every epochs and at the end) and checkpoint_best.h5 (best mean validation Dice) into --out.
+
+          attunet synth --cases 20 --out phantoms
+          attunet prepare --input phantoms --out phantoms.h5
+          mpirun -np 2 --bind-to none -x OPENBLAS_NUM_THREADS=1 \\
+              attunet train --store phantoms.h5 --patch 64x64x32 --batch 2 \\
+              --epochs 20 --out runs/demo
+
+        Validation: a seeded --val-fraction of the cases (or --val-cases) is held out and segmented whole (sliding window at the training patch, Gaussian blending) every --val-every epochs; Dice is reported per organ.
+
+        Stopping: SIGTERM or SIGUSR1 to any rank (e.g. SLURM before the time limit) makes every rank finish the current step; rank 0 writes checkpoint_latest.h5 and the run exits with status 75. Run the same command with --resume to continue: the result is bit-identical to an uninterrupted run. A --resume whose settings differ from the run's is refused, naming the first difference (--epochs, --val-every, --checkpoint-every and the store's path may change). A NaN/Inf loss stops the run with status 3, keeping the last good checkpoint. A collective that waits past --step-timeout (a dead, hung or unreachable peer) ends the job with status 4.
         """
     )
 

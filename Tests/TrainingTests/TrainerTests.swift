@@ -261,6 +261,12 @@ final class TrainerTests: XCTestCase {
         r = try TestEnv.run(try trainCommand(ranks: 1, out: "run", extra: "--resume --model unet", epochs: 2))
         XCTAssertNotEqual(r.status, 0)
         XCTAssertTrue(r.stderr.contains("checkpoint is for attention-unet"), r.stderr)
+        // Other settings than the run's are refused, naming the first difference; more epochs are not.
+        r = try TestEnv.run(try trainCommand(ranks: 1, out: "run", extra: "--resume --weight-decay 1e-5", epochs: 2))
+        XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
+        XCTAssertEqual(r.stderr, "error: \(latest): this command's settings differ from the run's: weightDecay: 1e-05 (was 1e-06); resume with the run's options (its config.json) or start afresh with --force\n")
+        r = try TestEnv.run(try trainCommand(ranks: 1, out: "run", extra: "--resume --foreground-fraction 0.5", epochs: 2))
+        XCTAssertTrue(r.stderr.contains("foregroundFraction: 0.5 (was 0.3333333333333333)"), r.stderr)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: latest)), good, "a refused resume must not touch the checkpoint")
         try good.prefix(good.count / 3).write(to: URL(fileURLWithPath: latest))
         r = try TestEnv.run(try trainCommand(ranks: 1, out: "run", extra: "--resume", epochs: 2))
@@ -268,7 +274,6 @@ final class TrainerTests: XCTestCase {
         XCTAssertTrue(r.stderr.contains("checkpoint_latest.h5"), r.stderr)
     }
 
-    /// A loss that turns NaN stops the run with status 3 and a message naming the step; the checkpoint of the
     /// Every image chunk of a copy of the store overwritten with garbage (so deflate fails): the patch loader's
     /// thread meets the corrupt data first. Training fails with one error line naming the store and the
     /// dataset, and no HDF5 diagnostic (its automatic error printing is per thread) reaches stderr.
@@ -298,12 +303,13 @@ final class TrainerTests: XCTestCase {
         XCTAssertFalse(r.stderr.contains("HDF5-DIAG"), r.stderr)
     }
 
-    /// last good epoch is kept.
+    /// A loss that turns NaN stops the run with status 3 and a message naming the step; the checkpoint already
+    /// in the run folder (a good one) is kept.
     func testNonFiniteLossStopsAndKeepsTheLastGoodCheckpoint() throws {
         var r = try TestEnv.run(try trainCommand(ranks: 1, out: "nan", epochs: 1))
         XCTAssertEqual(r.status, 0, r.stderr)
         let good = try TrainingCheckpoint.weightsDigest(weights("nan"))
-        r = try TestEnv.run(try trainCommand(ranks: 1, out: "nan", extra: "--resume --lr 1e30 --schedule constant", epochs: 6))
+        r = try TestEnv.run(try trainCommand(ranks: 1, out: "nan", extra: "--force --lr 1e30 --schedule constant", epochs: 6))
         XCTAssertEqual(r.status, 3, r.stdout + r.stderr)
         XCTAssertTrue(r.stderr.contains("loss is NaN/Inf at epoch"), r.stderr)
         XCTAssertEqual(try TrainingCheckpoint.weightsDigest(weights("nan")), good, "the last good checkpoint must be kept")

@@ -60,33 +60,7 @@ public struct CrossValidationConfig: Codable, Sendable, Equatable {
 
     /// The first difference from `old` (a run folder's `config.json`) as "key: new (was old)", nil when equal.
     public func difference(from old: Data) throws -> String? {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
-        let new = try JSONSerialization.jsonObject(with: try enc.encode(self))
-        guard let was = try? JSONSerialization.jsonObject(with: old) else { return "not a cross-validation configuration" }
-        return Self.firstDifference(new, was, path: "")
-    }
-
-    static func firstDifference(_ a: Any, _ b: Any, path: String) -> String? {
-        if let a = a as? [String: Any], let b = b as? [String: Any] {
-            for key in Set(a.keys).union(b.keys).sorted() {
-                let p = path.isEmpty ? key : path + "." + key
-                guard let x = a[key] else { return "\(p): absent (was \(render(b[key]!)))" }
-                guard let y = b[key] else { return "\(p): \(render(x)) (absent before)" }
-                if let d = firstDifference(x, y, path: p) { return d }
-            }
-            return nil
-        }
-        return render(a) == render(b) ? nil : "\(path): \(render(a)) (was \(render(b)))"
-    }
-
-    static func render(_ v: Any) -> String {
-        if v is NSNull { return "none" }
-        if JSONSerialization.isValidJSONObject(v),
-           let d = try? JSONSerialization.data(withJSONObject: v, options: [.sortedKeys, .withoutEscapingSlashes]) {
-            return String(decoding: d, as: UTF8.self)
-        }
-        return "\(v)"
+        try ConfigDifference.first(self, old: old)
     }
 }
 

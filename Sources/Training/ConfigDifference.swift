@@ -1,0 +1,42 @@
+import Foundation
+
+/// The first difference between a configuration and the JSON it was saved as, for the refusals of a restart
+/// with other settings (`attunet cv` against its `config.json`, `train --resume` against the checkpoint's
+/// `train_config`): "key.path: new (was old)", keys in sorted order.
+public enum ConfigDifference {
+    /// nil when `value` encodes to what `old` holds, ignoring the top-level keys in `ignoring`.
+    public static func first<T: Encodable>(_ value: T, old: Data, ignoring: Set<String> = []) throws -> String? {
+        let enc = JSONEncoder()
+        enc.outputFormatting = [.sortedKeys, .withoutEscapingSlashes]
+        guard var new = try JSONSerialization.jsonObject(with: try enc.encode(value)) as? [String: Any] else {
+            return "not an object"
+        }
+        guard var was = try? JSONSerialization.jsonObject(with: old) as? [String: Any] else {
+            return "not a saved configuration"
+        }
+        for key in ignoring { new[key] = nil; was[key] = nil }
+        return firstDifference(new, was, path: "")
+    }
+
+    static func firstDifference(_ a: Any, _ b: Any, path: String) -> String? {
+        if let a = a as? [String: Any], let b = b as? [String: Any] {
+            for key in Set(a.keys).union(b.keys).sorted() {
+                let p = path.isEmpty ? key : path + "." + key
+                guard let x = a[key] else { return "\(p): absent (was \(render(b[key]!)))" }
+                guard let y = b[key] else { return "\(p): \(render(x)) (absent before)" }
+                if let d = firstDifference(x, y, path: p) { return d }
+            }
+            return nil
+        }
+        return render(a) == render(b) ? nil : "\(path): \(render(a)) (was \(render(b)))"
+    }
+
+    static func render(_ v: Any) -> String {
+        if v is NSNull { return "none" }
+        if JSONSerialization.isValidJSONObject(v),
+           let d = try? JSONSerialization.data(withJSONObject: v, options: [.sortedKeys, .withoutEscapingSlashes]) {
+            return String(decoding: d, as: UTF8.self)
+        }
+        return "\(v)"
+    }
+}
