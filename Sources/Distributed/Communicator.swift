@@ -125,32 +125,37 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
 
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Float>) throws {
         guard size > 1 else { return }
-        try pieces(buffer) { p, n in try CollectiveWatchdog.shared.watch("Allreduce") { try check(cmpi_allreduce_sum_f32(comm, p, n), "Allreduce") } }
+        try pieces(buffer) { p, n in try collective("Allreduce") { cmpi_allreduce_sum_f32(comm, p, n) } }
     }
     public func allReduceSum(_ buffer: UnsafeMutableBufferPointer<Double>) throws {
         guard size > 1 else { return }
-        try pieces(buffer) { p, n in try CollectiveWatchdog.shared.watch("Allreduce") { try check(cmpi_allreduce_sum_f64(comm, p, n), "Allreduce") } }
+        try pieces(buffer) { p, n in try collective("Allreduce") { cmpi_allreduce_sum_f64(comm, p, n) } }
     }
     public func allReduceMax(_ buffer: UnsafeMutableBufferPointer<Double>) throws {
         guard size > 1 else { return }
-        try pieces(buffer) { p, n in try CollectiveWatchdog.shared.watch("Allreduce") { try check(cmpi_allreduce_max_f64(comm, p, n), "Allreduce") } }
+        try pieces(buffer) { p, n in try collective("Allreduce") { cmpi_allreduce_max_f64(comm, p, n) } }
     }
     public func broadcast(_ buffer: UnsafeMutableBufferPointer<Float>, root: Int) throws {
         guard size > 1 else { return }
-        try pieces(buffer) { p, n in try CollectiveWatchdog.shared.watch("Bcast") { try check(cmpi_bcast_f32(comm, p, n, Int32(root)), "Bcast") } }
+        try pieces(buffer) { p, n in try collective("Bcast") { cmpi_bcast_f32(comm, p, n, Int32(root)) } }
     }
     public func broadcast(bytes: UnsafeMutableRawBufferPointer, root: Int) throws {
         guard size > 1, bytes.count > 0 else { return }
-        try pieces(bytes.bindMemory(to: UInt8.self)) { p, n in try CollectiveWatchdog.shared.watch("Bcast") { try check(cmpi_bcast_bytes(comm, p, n, Int32(root)), "Bcast") } }
+        try pieces(bytes.bindMemory(to: UInt8.self)) { p, n in try collective("Bcast") { cmpi_bcast_bytes(comm, p, n, Int32(root)) } }
     }
     public func allGather(bytes: UnsafeRawBufferPointer) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: bytes.count * size)
         try out.withUnsafeMutableBytes { o in
-            try CollectiveWatchdog.shared.watch("Allgather") { try check(cmpi_allgather_bytes(comm, bytes.baseAddress, bytes.count, o.baseAddress), "Allgather") }
+            try collective("Allgather") { cmpi_allgather_bytes(comm, bytes.baseAddress, bytes.count, o.baseAddress) }
         }
         return out
     }
-    public func barrier() throws { try CollectiveWatchdog.shared.watch("Barrier") { try check(cmpi_barrier(comm), "Barrier") } }
+    public func barrier() throws { try collective("Barrier") { cmpi_barrier(comm) } }
+
+    /// Runs one collective MPI call under the ``CollectiveWatchdog`` and turns its error code into an error.
+    private func collective(_ name: String, _ call: () -> Int32) throws {
+        try CollectiveWatchdog.shared.watch(name) { try check(call(), name) }
+    }
 
     /// Ends the whole job from any rank (use after printing the error on this rank).
     public func abort(code: Int32) -> Never {
