@@ -40,13 +40,9 @@ extension CrossValidation {
     /// whole-volume prediction, for every model, on the ranks that will train a fold (every rank, or each
     /// fold-parallel group at the same time), and scales them by the plan. Writes nothing. Every rank must call it.
     public func estimate(timedSteps: Int = 2) throws -> CrossValidationEstimate {
-        guard foldParallel >= 1, comm.size % foldParallel == 0 else {
-            throw AttunetError("--fold-parallel \(foldParallel) does not divide the \(comm.size) MPI rank(s) into equal groups")
-        }
+        let work = try foldCommunicator().comm
         let plan = try plan()
         let store = try CaseStore(path: config.store)
-        let work = foldParallel == 1 ? comm
-            : try comm.subgroup(color: Self.group(ofRank: comm.rank, ranks: comm.size, groups: foldParallel), key: comm.rank)
         let ranks = work.size, local = config.training.batch / ranks
         guard local >= 1, config.training.batch % ranks == 0 else {
             throw AttunetError("--batch \(config.training.batch) is not divisible by the \(ranks) MPI ranks of a fold (each rank takes batch/ranks patches)")

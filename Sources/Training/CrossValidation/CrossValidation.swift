@@ -127,16 +127,22 @@ public final class CrossValidation {
     /// How a group's share of the work ended, exchanged over the world before the summary.
     struct Outcome: Codable { var error: String?; var interrupted = false; var results: [FoldResults] = [] }
 
-    /// The group of `rank` when the world of `ranks` is split into `groups` groups of consecutive ranks.
-    public static func group(ofRank rank: Int, ranks: Int, groups: Int) -> Int { rank / (ranks / groups) }
+    /// The communicator a fold trains on, and this rank's group: the world (group 0) or, with ``foldParallel``
+    /// G > 1, this rank's group of the world split into G groups of consecutive ranks. Every rank must call it.
+    func foldCommunicator() throws -> (comm: Communicator, group: Int) {
+        guard foldParallel >= 1, comm.size % foldParallel == 0 else {
+            throw AttunetError("--fold-parallel \(foldParallel) does not divide the \(comm.size) MPI rank(s) into equal groups")
+        }
+        guard foldParallel > 1 else { return (comm, 0) }
+        let g = comm.rank / (comm.size / foldParallel)
+        return (try comm.subgroup(color: g, key: comm.rank), g)
+    }
 
     /// Checks the run folder, decides the folds, trains and evaluates every unfinished fold of every model, and
     /// writes the reports. Returns the summary (on every rank); nil with ``onlyFold``, which writes none.
     @discardableResult
     public func run() throws -> CrossValidationSummary? {
-        guard foldParallel >= 1, comm.size % foldParallel == 0 else {
-            throw AttunetError("--fold-parallel \(foldParallel) does not divide the \(comm.size) MPI rank(s) into equal groups")
-        }
+        let (local, group) = try foldCommunicator()
         let start: Start = try comm.broadcast(comm.isRoot ? decide() : nil)
         if let e = start.error { throw AttunetError(e) }
         let plan = start.plan!
@@ -157,7 +163,7 @@ public final class CrossValidation {
             var epochsLeft = stopAfterEpochs
             results = try jobs.map { try runFold($0.fold, model: $0.model, plan: plan, on: comm, epochsLeft: &epochsLeft) }
         } else {
-            results = try runGroups(jobs, plan: plan)
+            results = try runGroups(jobs, plan: plan, on: local, group: group)
         }
         if let k = onlyFold {
             if comm.isRoot && verbose {
@@ -175,24 +181,23 @@ public final class CrossValidation {
     /// own communicator; then the world exchanges how every group ended. Any group's error is raised on every
     /// rank (so rank 0 prints it, naming the group); a stop in any group stops every rank (exit 75) once all
     /// groups have checkpointed. Returns every job's results on rank 0 (empty elsewhere).
-    func runGroups(_ jobs: [Job], plan: FoldPlan) throws -> [FoldResults] {
-        let size = comm.size / foldParallel
-        let g = Self.group(ofRank: comm.rank, ranks: comm.size, groups: foldParallel)
-        let local = try comm.subgroup(color: g, key: comm.rank)
+    func runGroups(_ jobs: [Job], plan: FoldPlan, on local: Communicator, group g: Int) throws -> [FoldResults] {
+        let first = g * local.size
+        let group = "group \(g + 1)/\(foldParallel)", ranks = "ranks \(first)-\(first + local.size - 1)"
         var outcome = Outcome()
         var epochsLeft = stopAfterEpochs
         do {
             for (j, job) in jobs.enumerated() where j % foldParallel == g {
                 let r = try runFold(job.fold, model: job.model, plan: plan, on: local, epochsLeft: &epochsLeft,
-                                    tag: " (group \(g + 1)/\(foldParallel), ranks \(g * size)-\(g * size + size - 1))")
+                                    tag: " (\(group), \(ranks))")
                 if local.isRoot { outcome.results.append(r) }
             }
         } catch let e as AttunetError where e.kind == .interrupted {
             outcome.interrupted = true
         } catch let e as AttunetError {
-            outcome.error = "group \(g + 1)/\(foldParallel) (ranks \(g * size)-\(g * size + size - 1)): " + e.message
+            outcome.error = "\(group) (\(ranks)): " + e.message
         } catch {
-            outcome.error = "group \(g + 1)/\(foldParallel) (ranks \(g * size)-\(g * size + size - 1)): \(error)"
+            outcome.error = "\(group) (\(ranks)): \(error)"
         }
         // Groups can finish hours apart (one has a fold more): no watchdog on this exchange.
         CollectiveWatchdog.shared.timeout = 0
