@@ -52,7 +52,7 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
-        .target(name: "TestSupport", path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["Data"], path: "Tests/TestSupport"),
         // One test target per source target, each depending on what it tests (+ TestSupport); attunetTests runs the
         // built command-line tool as a whole. CKernels is tested through NN's Conv3d on both kernel paths.
         .testTarget(name: "SupportTests", dependencies: ["Support"]),

@@ -15,13 +15,9 @@ final class ModelPredictionTests: XCTestCase {
     static func storePath() throws -> String {
         if let dir { return dir.appendingPathComponent("store.h5").path }
         let d = try TestEnv.tempDir()
-        try Phantom.writeDataset(to: d.path + "/nii", count: 1, seed: 11, scale: 0.25)
-        var options = PrepareOptions()
-        options.spacing = 8
-        _ = try CasePreparer.run(input: try DatasetInput.folder(d.path + "/nii"), out: d.path + "/store.h5",
-                                 options: options, skipBad: false)
+        let store = try TestEnv.phantomStore(in: d, count: 1, seed: 11, scale: 0.25, spacing: 8)
         dir = d
-        return d.appendingPathComponent("store.h5").path
+        return store
     }
 
     override class func tearDown() {

@@ -10,13 +10,9 @@ enum PhantomStore {
     static func path() throws -> String {
         if let dir { return dir.appendingPathComponent("store.h5").path }
         let d = try TestEnv.tempDir()
-        try Phantom.writeDataset(to: d.path + "/nii", count: 4, seed: 3, scale: 0.5)
-        var options = PrepareOptions()
-        options.spacing = 4
-        _ = try CasePreparer.run(input: try DatasetInput.folder(d.path + "/nii"), out: d.path + "/store.h5",
-                                 options: options, skipBad: false)
+        let store = try TestEnv.phantomStore(in: d, count: 4, seed: 3, scale: 0.5, spacing: 4)
         dir = d
-        return d.appendingPathComponent("store.h5").path
+        return store
     }
 
     static func remove() {

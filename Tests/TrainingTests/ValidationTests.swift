@@ -50,11 +50,7 @@ final class ValidationTests: XCTestCase {
     func testThreeRankValidationOfFourCasesEqualsOneProcess() throws {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        try Phantom.writeDataset(to: dir.path + "/nii", count: 6, seed: 11, scale: 0.5)
-        var options = PrepareOptions()
-        options.spacing = 4
-        let storePath = dir.path + "/store.h5"
-        _ = try CasePreparer.run(input: try DatasetInput.folder(dir.path + "/nii"), out: storePath, options: options, skipBad: false)
+        let storePath = try TestEnv.phantomStore(in: dir, count: 6, seed: 11, scale: 0.5, spacing: 4)
         let store = try CaseStore(path: storePath)
         let validation = Array(store.cases.map(\.id).sorted().prefix(4))
         let out = dir.appendingPathComponent("run")
