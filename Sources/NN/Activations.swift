@@ -53,11 +53,15 @@ enum PointwiseSupport {
 public final class ReLU {
     public let inPlace: Bool
     private var y: Tensor?
-    private var dx: Tensor?
+
+    /// Its place in the model (`up_concat1.up`), for the per-layer profile.
+    public var label = ""
 
     public init(inPlace: Bool = false) { self.inPlace = inPlace }
 
     public func forward(_ x: Tensor) -> Tensor {
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "ReLU", x.shape, forward: 2 * x.count, backward: 3 * x.count) } }
         let out = inPlace ? x : Tensor.reuse(&y, x.shape)
         y = out
         return PointwiseSupport.map(x, into: out) { max($0, 0) }
@@ -65,9 +69,11 @@ public final class ReLU {
 
     /// dx = dy ⊙ [y > 0] (0 at the kink, as PyTorch).
     public func backward(_ dy: Tensor) -> Tensor {
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(label, "ReLU", dy.shape, forward: 2 * dy.count, backward: 3 * dy.count) } }
         guard let y else { preconditionFailure("ReLU.backward before forward") }
         precondition(dy.shape == y.shape, "ReLU.backward: dy \(dy.shape) vs y \(y.shape)")
-        let g = Tensor.reuse(&dx, dy.shape)
+        let g = Tensor.recycled(dy.shape)
         let yp = y.pointer, dyp = dy.pointer, dxp = g.pointer
         PointwiseSupport.chunks(dy.count) { r in
             // An explicit vector select: the scalar form compiles to a data-dependent branch that mispredicts
@@ -88,13 +94,17 @@ public final class ReLU {
 /// Logistic sigmoid, y = 1 / (1 + e^(-x)); keeps y for backward (dx = dy ⊙ y ⊙ (1 − y)).
 public final class Sigmoid {
     private var y: Tensor?
-    private var dx: Tensor?
+
+    /// Its place in the model (`up_concat1.up`), for the per-layer profile.
+    public var label = ""
 
     public init() {}
 
     public func forward(_ x: Tensor) -> Tensor {
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "Sigmoid", x.shape, forward: 2 * x.count, backward: 3 * x.count) } }
         // Both branches avoid overflow of exp: e^(-|x|) is in (0, 1].
-        PointwiseSupport.map(x, into: Tensor.reuse(&y, x.shape)) { v in
+        return PointwiseSupport.map(x, into: Tensor.reuse(&y, x.shape)) { v in
             if v >= 0 { return 1 / (1 + Foundation.exp(-v)) }
             let e = Foundation.exp(v)
             return e / (1 + e)
@@ -102,9 +112,11 @@ public final class Sigmoid {
     }
 
     public func backward(_ dy: Tensor) -> Tensor {
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(label, "Sigmoid", dy.shape, forward: 2 * dy.count, backward: 3 * dy.count) } }
         guard let y else { preconditionFailure("Sigmoid.backward before forward") }
         precondition(dy.shape == y.shape, "Sigmoid.backward: dy \(dy.shape) vs y \(y.shape)")
-        return PointwiseSupport.map(y, dy, into: Tensor.reuse(&dx, dy.shape)) { s, g in g * s * (1 - s) }
+        return PointwiseSupport.map(y, dy, into: Tensor.recycled(dy.shape)) { s, g in g * s * (1 - s) }
     }
 }
 
@@ -113,7 +125,6 @@ public final class Sigmoid {
 /// Keeps y for backward: dx = y ⊙ (dy − Σ_c dy ⊙ y).
 public final class Softmax {
     private var y: Tensor?
-    private var dx: Tensor?
     /// Voxels handled at once per task (scratch for the per-voxel max/sum lives on the stack).
     private static let block = 512
 
@@ -158,7 +169,7 @@ public final class Softmax {
     public func backward(_ dy: Tensor) -> Tensor {
         guard let y else { preconditionFailure("Softmax.backward before forward") }
         precondition(dy.shape == y.shape, "Softmax.backward: dy \(dy.shape) vs y \(y.shape)")
-        let g = Tensor.reuse(&dx, dy.shape)
+        let g = Tensor.recycled(dy.shape)
         let n = y.shape[0], c = y.shape[1], v = y.shape[2] * y.shape[3] * y.shape[4]
         let blocks = (v + Self.block - 1) / Self.block
         let yp = y.pointer, dyp = dy.pointer, dxp = g.pointer

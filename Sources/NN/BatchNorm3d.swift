@@ -45,7 +45,6 @@ public final class BatchNorm3d {
 
     private var input: Tensor?
     private var output: Tensor?
-    private var inputGrad: Tensor?
     /// Mean and 1/sqrt(var + eps) used by the last forward (batch or running statistics).
     private var mean: [Double]
     private var invStd: [Double]
@@ -85,6 +84,8 @@ public final class BatchNorm3d {
 
     /// `forward`, propagating an error thrown by `statisticsReducer`.
     public func forwardThrowing(_ x: Tensor) throws -> Tensor {
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(name, "BatchNorm3d", x.shape, forward: 3 * x.count, backward: 5 * x.count) } }
         precondition(x.shape.count == 5 && x.shape[1] == channels,
                      "BatchNorm3d.forward: expected [N, \(channels), Z, Y, X], got \(x.shape)")
         let n = x.shape[0], c = channels, v = x.shape[2] * x.shape[3] * x.shape[4]
@@ -151,10 +152,12 @@ public final class BatchNorm3d {
 
     /// `backward`, propagating an error thrown by `statisticsReducer`.
     public func backwardThrowing(_ dy: Tensor) throws -> Tensor {
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(name, "BatchNorm3d", dy.shape, forward: 3 * dy.count, backward: 5 * dy.count) } }
         guard let x = input else { preconditionFailure("BatchNorm3d.backward before forward") }
         precondition(dy.shape == x.shape, "BatchNorm3d.backward: dy \(dy.shape) vs input \(x.shape)")
         let n = x.shape[0], c = channels, v = x.shape[2] * x.shape[3] * x.shape[4]
-        let dx = Tensor.reuse(&inputGrad, x.shape)
+        let dx = Tensor.recycled(x.shape)
         let xp = UnsafePointer(x.pointer), dyp = UnsafePointer(dy.pointer)
         let mean = mean, invStd = invStd
         // Σdy and Σdy·(x - mean) per channel, local to this rank.

@@ -10,12 +10,15 @@ public final class GateMultiply {
     private var x: Tensor?
     private var alpha: Tensor?
     private var y: Tensor?
-    private var dx: Tensor?
-    private var dalpha: Tensor?
+
+    /// Its place in the model (`up_concat1.up`), for the per-layer profile.
+    public var label = ""
 
     public init() {}
 
     public func forward(x: Tensor, alpha: Tensor) -> Tensor {
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "GateMultiply", x.shape, forward: 2 * x.count + alpha.count, backward: 3 * x.count + 2 * alpha.count) } }
         PointwiseSupport.require5D(x, "GateMultiply")
         let s = x.shape
         precondition(alpha.shape == [s[0], 1, s[2], s[3], s[4]],
@@ -32,13 +35,15 @@ public final class GateMultiply {
         return out
     }
 
-    /// Returns (dx, dα), both owned by the layer.
+    /// Returns (dx, dα), recycled tensors that belong to the caller.
     public func backward(_ dy: Tensor) -> (dx: Tensor, dalpha: Tensor) {
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(label, "GateMultiply", dy.shape, forward: 2 * dy.count, backward: 3 * dy.count) } }
         guard let x, let alpha else { preconditionFailure("GateMultiply.backward before forward") }
         precondition(dy.shape == x.shape, "GateMultiply.backward: dy \(dy.shape) vs x \(x.shape)")
         let s = x.shape
-        let gx = Tensor.reuse(&dx, s)
-        let ga = Tensor.reuse(&dalpha, alpha.shape)
+        let gx = Tensor.recycled(s)
+        let ga = Tensor.recycled(alpha.shape)
         let n = s[0], c = s[1], zs = s[2], slice = s[3] * s[4], v = zs * slice
         let xp = x.pointer, ap = alpha.pointer, dyp = dy.pointer, gxp = gx.pointer, gap = ga.pointer
         // One task per (n, z) slice: it owns dα's slice and every channel's dx slice there.
@@ -65,17 +70,21 @@ public final class GateMultiply {
 ///
 /// The two-input form `forward(a, b)` / `backward(dy) -> (da, db)` serves the decoder's [skip, upsampled];
 /// `forward([Tensor])` / `backwardAll(dy) -> [Tensor]` serves any count (the head's [dsv1, dsv2, dsv3, dsv4]).
-/// Backward splits dy into layer-owned gradients of the input shapes.
+/// Backward splits dy into recycled gradients of the input shapes.
 public final class Concat {
     private var y: Tensor?
     private var inShapes: [[Int]] = []
-    private var grads: [Tensor] = []
+
+    /// Its place in the model (`up_concat1.up`), for the per-layer profile.
+    public var label = ""
 
     public init() {}
 
     public func forward(_ a: Tensor, _ b: Tensor) -> Tensor { forward([a, b]) }
 
     public func forward(_ xs: [Tensor]) -> Tensor {
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "Concat", y?.shape ?? [], forward: 2 * (y?.count ?? 0), backward: 2 * (y?.count ?? 0)) } }
         precondition(!xs.isEmpty, "Concat: no inputs")
         let s0 = xs[0].shape
         precondition(s0.count >= 2, "Concat: expected [N, C, ...], got \(s0)")
@@ -89,10 +98,7 @@ public final class Concat {
         os[1] = cTotal
         let out = Tensor.reuse(&y, os)
         let shapes = xs.map(\.shape)
-        if shapes != inShapes {
-            inShapes = shapes
-            grads = shapes.map { Tensor($0) }
-        }
+        inShapes = shapes
         let n = s0[0], v = s0[2...].reduce(1, *)
         let dst = out.pointer
         // Tasks are (n, output channel) planes; each finds its source by a scan over the (few) inputs.
@@ -115,10 +121,13 @@ public final class Concat {
 
     /// Gradients of every input of the last forward, in order.
     public func backwardAll(_ dy: Tensor) -> [Tensor] {
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(label, "Concat", dy.shape, forward: 2 * dy.count, backward: 2 * dy.count) } }
         guard let y else { preconditionFailure("Concat.backward before forward") }
         precondition(dy.shape == y.shape, "Concat.backward: dy \(dy.shape) vs y \(y.shape)")
         let n = y.shape[0], cTotal = y.shape[1], v = y.shape[2...].reduce(1, *)
         let src = dy.pointer
+        let grads = inShapes.map { Tensor.recycled($0) }
         let dsts = grads.map { UncheckedSendable($0.pointer) }, cs = inShapes.map { $0[1] }
         parallelFor(n * cTotal) { task in
             let b = task / cTotal
@@ -137,9 +146,14 @@ public final class Concat {
 public final class Add {
     private var y: Tensor?
 
+    /// Its place in the model (`up_concat1.up`), for the per-layer profile.
+    public var label = ""
+
     public init() {}
 
     public func forward(_ a: Tensor, _ b: Tensor) -> Tensor {
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "Add", a.shape, forward: 3 * a.count, backward: 0) } }
         precondition(a.shape == b.shape, "Add: \(a.shape) vs \(b.shape)")
         let out = Tensor.reuse(&y, a.shape)
         let ap = a.pointer, bp = b.pointer, op = out.pointer

@@ -15,7 +15,8 @@ import Tensor
 /// `[Cout]`. Initial values are the model's business (the store is zero after `allocate()`).
 ///
 /// `forward` keeps a reference to its input for `backward`: the caller must not overwrite it in between.
-/// The output and the input gradient are owned by the layer and reused while the shapes stay the same.
+/// The output is owned by the layer and reused while the shapes stay the same; the input gradient is a
+/// recycled tensor (`Tensor.recycled`) that belongs to the caller.
 /// Work is spread over `Parallelism.threads` (z-slabs of each sample for 3x3x3, voxel/row ranges for the
 /// others); parameter gradients use per-thread private buffers that are added up at the end, so results do
 /// not depend on thread timing.
@@ -74,13 +75,14 @@ public final class Conv3d {
 
     private var input: Tensor?
     private var output: Tensor?
-    private var inputGrad: Tensor?
     private static let empty = Tensor([0])
 
     // Per-thread scratch for the 3x3x3 kernels (or the k = 2 column tiles), allocated once per shape.
     private struct WorkspaceKey: Equatable { var n, z, y, x, threads: Int }
     private var workspaceKey: WorkspaceKey?
-    private var fwdWS: [ConvScratch] = [], bwdDataWS: [ConvScratch] = [], bwdWeightsWS: [ConvScratch] = []
+    /// Floats of scratch per thread for each pass, and the thread count they were sized for. The scratch itself
+    /// is recycled (`Tensor.recycled`) for the length of a pass, so every layer shares the same few buffers.
+    private var scratchFloats = (forward: 0, backwardData: 0, backwardWeights: 0, parts: 1)
     /// Per-thread private weight(+bias) gradients, `threads - 1` of them (thread 0 writes into the store).
     private var privateGrads: [ConvScratch] = []
 
@@ -129,6 +131,14 @@ public final class Conv3d {
                                                dims: dims, pass: pass))
     }
 
+    /// This layer in the per-layer profile: FLOP of a forward pass for output `shape`; backward does it twice
+    /// (data and weight gradients), once for the first layer.
+    private func profileEntry(_ shape: [Int]) -> LayerProfile.Entry {
+        let flop = 2 * Double(inChannels * kernel * kernel * kernel) * Double(shape.reduce(1, *))
+        return LayerProfile.Entry(name: String(weight.entry.name.dropLast(".weight".count)), kind: "Conv3d \(kernel)x\(kernel)x\(kernel)",
+                                  shape: shape, forwardFlop: flop, backwardFlop: needsInputGradient ? 2 * flop : flop)
+    }
+
     /// Output spatial extent for an input of extent `d`.
     public func outputDims(_ d: Dim3) -> Dim3 { kernel == 2 ? d.divided(by: 2) : d }
 
@@ -142,6 +152,8 @@ public final class Conv3d {
         precondition(od.count > 0, "Conv3d.forward: input \(x.shape) too small for kernel \(kernel)")
         input = x
         let y = Tensor.reuse(&output, [n, outChannels, od.z, od.y, od.x])
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: false) { profileEntry(y.shape) } }
         prepareWorkspaces(n: n, d: d)
         switch kernel {
         case 3: forward3(x, y, n: n, d: d)
@@ -176,7 +188,9 @@ public final class Conv3d {
         precondition(dy.shape == [n, outChannels, od.z, od.y, od.x],
                      "Conv3d.backward: dy \(dy.shape) does not match the output [\(n), \(outChannels), \(od.z), \(od.y), \(od.x)]")
         prepareWorkspaces(n: n, d: d)
-        let dx = data ? Tensor.reuse(&inputGrad, x.shape) : nil
+        let dx = data ? Tensor.recycled(x.shape) : nil
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: true) { profileEntry(dy.shape) } }
         switch kernel {
         case 3: backward3(x, dy, dx, weights: weights, n: n, d: d)
         case 1: backward1(x, dy, dx, weights: weights, n: n, v: d.count)
@@ -193,7 +207,7 @@ public final class Conv3d {
         let vin = inChannels * d.count, vout = outChannels * d.count
         let slabs = splitRange(d.z, parts: threadCount(d.z))
         let w = weight.value, b = bias?.value, path = path.ck
-        let xp = x.pointer, yp = y.pointer, ws = fwdWS
+        let xp = x.pointer, yp = y.pointer, ws = scratch(scratchFloats.forward)
         for s in 0..<n {
             parallelFor(slabs.count) { t in
                 let r = slabs[t]
@@ -211,7 +225,7 @@ public final class Conv3d {
         let w = weight.value, path = path.ck
         let xp = x.pointer, dyp = dy.pointer
         if let dx {
-            let dxp = dx.pointer, ws = bwdDataWS
+            let dxp = dx.pointer, ws = scratch(scratchFloats.backwardData)
             for s in 0..<n {
                 parallelFor(slabs.count) { t in
                     let r = slabs[t]
@@ -222,7 +236,7 @@ public final class Conv3d {
         }
         guard weights else { return }
         let wc = weight.count
-        let ws = bwdWeightsWS
+        let ws = scratch(scratchFloats.backwardWeights)
         let targets = gradTargets(threads: slabs.count)
         for s in 0..<n {
             parallelFor(slabs.count) { t in
@@ -335,7 +349,7 @@ public final class Conv3d {
         let od = outputDims(d), rows = od.z * od.y, vo = od.count
         let cin = inChannels, cout = outChannels, k = cin * 8
         let w = UnsafePointer(weight.value), b = bias.map { UnsafePointer($0.value) }
-        let xp = UnsafePointer(x.pointer), yp = y.pointer, ws = fwdWS
+        let xp = UnsafePointer(x.pointer), yp = y.pointer, ws = scratch(scratchFloats.forward)
         let parts = splitRange(rows, parts: threadCount(rows))
         let rt = rowsPerTile(od)
         for s in 0..<n {
@@ -364,7 +378,7 @@ public final class Conv3d {
         if let dx {
             // Voxels past the last even index (odd extents) get no gradient; the scatter covers the rest.
             if d.z % 2 != 0 || d.y % 2 != 0 || d.x % 2 != 0 { dx.zero() }
-            let dxp = dx.pointer, ws = bwdDataWS
+            let dxp = dx.pointer, ws = scratch(scratchFloats.backwardData)
             for s in 0..<n {
                 parallelFor(parts.count) { t in
                     let col = ws[t].pointer
@@ -382,7 +396,7 @@ public final class Conv3d {
         }
         guard weights else { return }
         let targets = gradTargets(threads: parts.count)
-        let hasBias = bias != nil, ws = bwdWeightsWS
+        let hasBias = bias != nil, ws = scratch(scratchFloats.backwardWeights)
         for s in 0..<n {
             parallelFor(parts.count) { t in
                 let col = ws[t].pointer
@@ -445,6 +459,11 @@ public final class Conv3d {
     }
 
     /// (Re)allocates the per-thread workspaces for this input shape, thread count and path.
+    /// One recycled scratch buffer of `floats` per thread of the current shape.
+    private func scratch(_ floats: Int) -> [Tensor] {
+        (0..<scratchFloats.parts).map { _ in Tensor.recycled([floats]) }
+    }
+
     private func prepareWorkspaces(n: Int, d: Dim3) {
         let threads = max(1, Parallelism.threads)
         let key = WorkspaceKey(n: n, z: d.z, y: d.y, x: d.x, threads: threads)
@@ -467,9 +486,7 @@ public final class Conv3d {
         default:
             parts = threadCount(d.count / 1024)
         }
-        fwdWS = (0..<parts).map { _ in ConvScratch(fwd) }
-        bwdDataWS = (0..<parts).map { _ in ConvScratch(bd) }
-        bwdWeightsWS = (0..<parts).map { _ in ConvScratch(bw) }
+        scratchFloats = (fwd, bd, bw, parts)
         privateGrads = (0..<max(0, parts - 1)).map { _ in ConvScratch(weight.count + outChannels) }
         workspaceKey = key
     }

@@ -8,7 +8,8 @@
 //   under (`conv1.conv1.0` → `conv1.conv1.0.weight`, `.bias`). Weights are stored in our layout (conv kernels
 //   `[Cout][Cin][kz][ky][kx]`); checkpoint code converts to PyTorch's axis order.
 // - `forward` returns an output tensor the layer owns and reuses while the input shape stays the same (no
-//   per-step allocation); it keeps what backward needs. `backward(dy)` returns the input gradient (owned by the
-//   layer, reused likewise) and **accumulates** parameter gradients into the store's `grads`.
+//   per-step allocation); it keeps what backward needs. `backward(dy)` returns the input gradient as a recycled
+//   tensor (`Tensor.recycled`, the caller's; its buffer returns to `TensorPool` when the last reference goes)
+//   and **accumulates** parameter gradients into the store's `grads`.
 // - Hot loops work on raw pointers; threads come from `parallelFor` (`Parallelism.threads`).
 enum NNConventions {}

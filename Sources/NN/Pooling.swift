@@ -8,9 +8,11 @@ import Tensor
 /// output gradient to its arg-max and zero elsewhere.
 public final class MaxPool3d {
     private var y: Tensor?
-    private var dx: Tensor?
     private var winner: UnsafeMutableBufferPointer<UInt8>?
     private var inShape: [Int] = []
+
+    /// Its place in the model (`up_concat1.up`), for the per-layer profile.
+    public var label = ""
 
     public init() {}
 
@@ -21,6 +23,8 @@ public final class MaxPool3d {
 
     public func forward(_ x: Tensor) -> Tensor {
         PointwiseSupport.require5D(x, "MaxPool3d")
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "MaxPool3d", Self.outputShape(x.shape), forward: x.count + x.count / 8 + x.count / 32, backward: x.count + x.count / 8 + x.count / 32) } }
         let s = x.shape
         let os = Self.outputShape(s)
         let out = Tensor.reuse(&y, os)
@@ -67,10 +71,12 @@ public final class MaxPool3d {
     }
 
     public func backward(_ dy: Tensor) -> Tensor {
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(label, "MaxPool3d", dy.shape, forward: 9 * dy.count + dy.count / 4, backward: 9 * dy.count + dy.count / 4) } }
         guard let y, let winner else { preconditionFailure("MaxPool3d.backward before forward") }
         precondition(dy.shape == y.shape, "MaxPool3d.backward: dy \(dy.shape) vs y \(y.shape)")
         let s = inShape, os = y.shape
-        let g = Tensor.reuse(&dx, s)
+        let g = Tensor.recycled(s)
         let planes = s[0] * s[1]
         let zi = s[2], yi = s[3], xi = s[4]
         let zo = os[2], yo = os[3], xo = os[4]

@@ -26,6 +26,8 @@ public final class Trilinear {
 
     public let target: Target
     public let alignCorners: Bool
+    /// Its place in the model (`up_concat1.up`), for the per-layer profile.
+    public var label = ""
 
     /// One axis: output index → two input indices and weights.
     struct AxisTable {
@@ -36,8 +38,8 @@ public final class Trilinear {
 
     private var tz = AxisTable(), ty = AxisTable(), tx = AxisTable()
     private var tableShape: [Int] = []
-    private var y: Tensor?
-    private var dx: Tensor?
+    /// The output shape of the last forward (its output is recycled: backward needs only the shape).
+    private var outShape: [Int]?
     private var scratch = Tensor([0])
 
     /// Integer up-sampling by `factor` on all three axes (`nn.Upsample(scale_factor: factor)`).
@@ -140,12 +142,15 @@ public final class Trilinear {
 
     public func forward(_ x: Tensor) -> Tensor {
         PointwiseSupport.require5D(x, "Trilinear")
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: false) { profileEntry(x.count) } }
         let s = x.shape
         prepare(s)
         let planes = s[0] * s[1]
         let zi = s[2], yi = s[3], xi = s[4]
         let zo = tz.i0.count, yo = ty.i0.count, xo = tx.i0.count
-        let out = Tensor.reuse(&y, [s[0], s[1], zo, yo, xo])
+        let out = Tensor.recycled([s[0], s[1], zo, yo, xo])
+        outShape = out.shape
         let tasks = planes * zo
         let parts = max(1, min(Parallelism.threads, tasks))
         let perPart = yi * xi + yi * xo
@@ -187,15 +192,23 @@ public final class Trilinear {
         return out
     }
 
+    /// This layer in the per-layer profile: a pass reads one tensor and writes the other.
+    private func profileEntry(_ inputCount: Int) -> LayerProfile.Entry {
+        let n = inputCount + (outShape?.reduce(1, *) ?? 0)
+        return .memoryBound(label, "Trilinear", outShape ?? [], forward: n, backward: n)
+    }
+
     /// The adjoint of `forward`: dx = Zᵀ Yᵀ Xᵀ dy (scatter-add with the forward weights).
     public func backward(_ dy: Tensor) -> Tensor {
-        guard let y else { preconditionFailure("Trilinear.backward before forward") }
-        precondition(dy.shape == y.shape, "Trilinear.backward: dy \(dy.shape) vs y \(y.shape)")
+        let t0 = LayerProfile.start()
+        defer { LayerProfile.stop(self, t0, backward: true) { profileEntry(tableShape.reduce(1, *)) } }
+        guard let outShape else { preconditionFailure("Trilinear.backward before forward") }
+        precondition(dy.shape == outShape, "Trilinear.backward: dy \(dy.shape) vs y \(outShape)")
         let s = tableShape
         let planes = s[0] * s[1]
         let zi = s[2], yi = s[3], xi = s[4]
         let zo = tz.i0.count, yo = ty.i0.count, xo = tx.i0.count
-        let g = Tensor.reuse(&dx, s)
+        let g = Tensor.recycled(s)
         let tasks = planes * zi
         let parts = max(1, min(Parallelism.threads, tasks))
         let perPart = yo * xo + yi * xo

@@ -52,6 +52,9 @@ public final class Trainer {
     /// Printed after a stop request: how to continue (`attunet cv` continues by rerunning the same command).
     public var resumeHint = "continue with --resume"
 
+    /// Whether ``step(_:)`` has settled the recycled-tensor pool (after its first step).
+    private var settled = false
+
     public var latestPath: String { folder.checkpointLatest.path }
     public var bestPath: String { folder.checkpointBest.path }
 
@@ -211,6 +214,12 @@ public final class Trainer {
         }
         optimizer.update(params: model.params.values, grads: model.params.grads)
         times.update = lap()
+        if !settled {
+            // The first step grew the recycled-tensor pool one request at a time; from now on every step shares
+            // one segment of the most it had live at once.
+            TensorPool.settle()
+            settled = true
+        }
         return StepResult(loss: flags[0] / Double(comm.size), stopRequested: flags[2] > 0, times: times)
     }
 

@@ -222,18 +222,21 @@ final class ConvTests: XCTestCase {
         }
     }
 
-    func testBackwardAccumulatesAndReusesBuffers() {
+    func testBackwardAccumulatesAndRecyclesBuffers() {
         let (conv, store, x) = make(Self.odd, kernel: 3, bias: true)
         let y1 = conv.forward(x)
         let y2 = conv.forward(x)
         XCTAssertTrue(y1 === y2, "output must be reused while the shape is unchanged")
         let dy = Tensor(y1.shape, GradCheck.random(y1.count, seed: 8))
         store.zeroGrads()
-        let dx1 = conv.backward(dy)
+        var dx1: Tensor? = conv.backward(dy)
+        let first = (dx1!.pointer, dx1!.array)
         let once = store.grads.array
         XCTAssertGreaterThan(once.map(abs).max()!, 0)
+        dx1 = nil   // the caller is done with it: its buffer goes back to the pool
         let dx2 = conv.backward(dy)
-        XCTAssertTrue(dx1 === dx2, "input gradient must be reused")
+        XCTAssertEqual(dx2.pointer, first.0, "the input gradient's buffer must be recycled once the caller drops it")
+        XCTAssertEqual(dx2.array, first.1, "a recycled buffer must be overwritten in full")
         for (a, b) in zip(once, store.grads.array) { XCTAssertEqual(2 * a, b, accuracy: 1e-5 * max(1, abs(b))) }
 
         // A new shape gets a new output.

@@ -27,6 +27,26 @@ final class ModelTests: XCTestCase {
         XCTAssertEqual(m.buffers.count, 4_828)
     }
 
+    /// After the first three steps, a training step's gradients and scratch buffers all come back from the pool:
+    /// a step allocates nothing new (so it takes no page faults), and the buffers held between steps stay
+    /// within twice the most that is live at once.
+    func testTrainingStepsReachASteadyStateWithoutAllocating() {
+        TensorPool.trim()
+        let model = SegmentationModel(ModelConfig(kind: .attentionUNet, featureScale: 16))
+        let x = Tensor([2, 1, 16, 32, 32], (0..<32_768).map { Float(($0 * 7919) % 101) / 50 - 1 })
+        var settled = 0
+        for step in 0..<6 {
+            model.params.zeroGrads()
+            let logits = try! model.forward(x)
+            let dLogits = Tensor(logits.shape, (0..<logits.count).map { Float(($0 * 31) % 17) / 17 - 0.5 })
+            model.backward(dLogits)
+            if step == 2 { settled = TensorPool.freshAllocations }   // best fit settles within 3 steps
+        }
+        XCTAssertEqual(TensorPool.freshAllocations, settled, "steps 4 to 6 allocated new buffers")
+        XCTAssertGreaterThan(TensorPool.cachedBytes, 0)
+        XCTAssertLessThanOrEqual(TensorPool.cachedBytes, 2 * TensorPool.peakLiveBytes)
+    }
+
     func testNamesFollowTheOriginalStateDict() {
         let names = SegmentationModel(ModelConfig(kind: .attentionUNet, featureScale: 16)).params.entries.map(\.name)
         for n in ["conv1.conv1.0.weight", "conv1.conv1.1.bias", "conv1.conv2.0.bias", "gating.conv1.0.weight",

@@ -28,6 +28,65 @@ final class TensorTests: XCTestCase {
         XCTAssertEqual(Tensor([0]).maxAbs, 0)
     }
 
+    /// Recycled tensors: a request takes the smallest free block that holds it and splits off the rest, freed
+    /// neighbours merge again, contents are not cleared, and only a request no free block holds allocates.
+    func testRecycledTensorsReuseSplitAndMergeBlocks() {
+        TensorPool.settle()
+        TensorPool.trim()
+        XCTAssertEqual(TensorPool.reservedBytes, 0, "a test before this one left recycled tensors alive")
+        var big: Tensor? = Tensor.recycled([10, 10])      // 112 floats (64-byte blocks)
+        let bigAddress = big!.pointer
+        big!.fill(7)
+        var small: Tensor? = Tensor.recycled([10])        // 16
+        let smallAddress = small!.pointer
+        XCTAssertEqual(Int(bitPattern: smallAddress) % 64, 0, "64-byte aligned")
+        big = nil; small = nil
+        XCTAssertEqual(TensorPool.cachedBytes, 4 * 128)
+        let fresh = TensorPool.freshAllocations
+        var a: Tensor? = Tensor.recycled([30])            // 32 of the 112: the 16 is too small
+        XCTAssertEqual(a!.pointer, bigAddress)
+        XCTAssertEqual(a!.data[29], 7, "a recycled buffer keeps its old contents (the caller overwrites them)")
+        let b = Tensor.recycled([8])                      // the smallest free block that fits: the 16
+        XCTAssertEqual(b.pointer, smallAddress)
+        var c: Tensor? = Tensor.recycled([10])            // split off the 80 left of the 112
+        XCTAssertEqual(c!.pointer, bigAddress + 32)
+        XCTAssertEqual(TensorPool.freshAllocations, fresh)
+        var d: Tensor? = Tensor.recycled([100])           // 64 free is not enough: a new segment
+        XCTAssertEqual(TensorPool.freshAllocations, fresh + 1)
+        let dAddress = d!.pointer
+        d = nil
+        withExtendedLifetime(d) {}
+        let e1 = Tensor.recycled([100])                   // a and c still hold big's: d's block again
+        XCTAssertEqual(e1.pointer, dAddress)
+        a = nil; c = nil                                  // a, c and the rest merge into the whole 112 again
+        let e = Tensor.recycled([100])
+        XCTAssertEqual(e.pointer, bigAddress, "merged blocks must serve a request as large as their segment")
+        withExtendedLifetime(e1) {}
+        XCTAssertEqual(TensorPool.freshAllocations, fresh + 1)
+        withExtendedLifetime((a, c, b, e)) {}
+        XCTAssertEqual(TensorPool.reservedBytes, 4 * (112 + 16 + 112))
+    }
+
+    /// settle() retires the segments the first step grew (each freed once nothing in it is live) and serves
+    /// later requests by splitting one segment of the most that was live at once.
+    func testSettleServesRequestsFromOneSegmentAndFreesRetiredOnes() {
+        TensorPool.settle()
+        TensorPool.trim()
+        XCTAssertEqual(TensorPool.reservedBytes, 0, "a test before this one left recycled tensors alive")
+        var a: Tensor? = Tensor.recycled([1000])          // 1008 floats
+        var b: Tensor? = Tensor.recycled([3000])          // 3008; 4000 live at most
+        b = nil
+        TensorPool.settle(slack: 1)                        // b's segment freed, a's retired, one of 4000 added
+        XCTAssertEqual(TensorPool.reservedBytes, 4 * (1008 + 4000))
+        let fresh = TensorPool.freshAllocations
+        let c = Tensor.recycled([2992]), d = Tensor.recycled([992])
+        XCTAssertEqual(d.pointer, c.pointer + 2992, "both split from the one segment")
+        XCTAssertEqual(TensorPool.freshAllocations, fresh)
+        a = nil                                            // the retired segment goes back to the system
+        XCTAssertEqual(TensorPool.reservedBytes, 4 * 4000)
+        withExtendedLifetime((b, c, d)) {}
+    }
+
     /// Pinned values of the published SplitMix64 (Steele, Lea, Flood; Vigna's splitmix64.c), from an
     /// independent Python implementation: every seeded stream of attunet starts here.
     func testSplitMix64MatchesTheReference() {

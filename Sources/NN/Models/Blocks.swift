@@ -1,19 +1,22 @@
 import Tensor
 
-// Gradients returned by a layer's backward are scratch until that layer's next backward, so a caller may sum
-// other contributions into them in place (forward outputs, by contrast, are read again by backward and are
-// never modified by consumers).
+// Gradients returned by a layer's backward belong to the caller (recycled tensors that go back to the pool
+// when the last reference goes), so a caller may sum other contributions into them in place (forward outputs,
+// by contrast, are read again by backward and are never modified by consumers, except by an in-place ReLU
+// that owns its input).
 
 /// Conv3d → BatchNorm3d → ReLU: one `nn.Sequential(Conv3d, BatchNorm3d, ReLU)` of the original code, whose
 /// children are named `<prefix>.0` (conv) and `<prefix>.1` (BN).
 final class ConvBNReLU {
     let conv: Conv3d
     let bn: BatchNorm3d
-    let relu = ReLU()
+    /// In place on BN's output, which BN's backward does not read (the original's `ReLU(inplace=True)`).
+    let relu = ReLU(inPlace: true)
 
     init(_ p: ParameterStore, _ b: ParameterStore, _ prefix: String, _ cin: Int, _ cout: Int, kernel: Int) {
         conv = Conv3d(params: p, name: "\(prefix).0", inChannels: cin, outChannels: cout, kernel: kernel, bias: true)
         bn = BatchNorm3d(params: p, buffers: b, name: "\(prefix).1", channels: cout)
+        relu.label = "\(prefix).2"
     }
 
     func forward(_ x: Tensor) -> Tensor { relu.forward(bn.forward(conv.forward(x))) }
@@ -42,6 +45,8 @@ final class UpBlock {
     init(_ p: ParameterStore, _ b: ParameterStore, _ prefix: String, inSize: Int, outSize: Int, alignCorners: Bool) {
         up = Trilinear(factor: 2, alignCorners: alignCorners)
         conv = UnetConv3(p, b, "\(prefix).conv", inSize + outSize, outSize)
+        up.label = "\(prefix).up"
+        concat.label = "\(prefix).concat"
     }
 
     func forward(skip: Tensor, coarse: Tensor) -> Tensor {
@@ -61,7 +66,7 @@ final class UpBlock {
 final class GridAttentionGate {
     let wConv: Conv3d, wBN: BatchNorm3d
     let theta: Conv3d, phi: Conv3d, psi: Conv3d
-    let add = Add(), relu = ReLU(), sigmoid = Sigmoid()
+    let add = Add(), relu = ReLU(inPlace: true), sigmoid = Sigmoid()   // the ReLU overwrites the sum
     let upAlpha: Trilinear
     var resizePhi: Trilinear?
     let alignCorners: Bool
@@ -77,6 +82,8 @@ final class GridAttentionGate {
         psi = Conv3d(params: p, name: "\(prefix).psi", inChannels: interChannels, outChannels: 1, kernel: 1, bias: true)
         upAlpha = Trilinear(factor: 2, alignCorners: alignCorners)
         self.alignCorners = alignCorners
+        add.label = "\(prefix).add"; relu.label = "\(prefix).relu"; sigmoid.label = "\(prefix).sigmoid"
+        upAlpha.label = "\(prefix).upsample"; multiply.label = "\(prefix).multiply"
     }
 
     func forward(x: Tensor, g: Tensor) -> (out: Tensor, alpha: Tensor) {
@@ -121,6 +128,7 @@ final class MultiAttentionBlock {
         gate2 = GridAttentionGate(p, b, "\(prefix).gate_block_2", inChannels: inSize, gatingChannels: gateSize,
                                   interChannels: inSize, alignCorners: alignCorners)
         combine = ConvBNReLU(p, b, "\(prefix).combine_gates", 2 * inSize, inSize, kernel: 1)
+        concat.label = "\(prefix).concat"
     }
 
     func forward(x: Tensor, g: Tensor) -> (out: Tensor, alphas: [Tensor]) {
@@ -148,6 +156,7 @@ final class DeepSupervision {
     init(_ p: ParameterStore, name: String, inSize: Int, classes: Int, factor: Int, alignCorners: Bool) {
         conv = Conv3d(params: p, name: name, inChannels: inSize, outChannels: classes, kernel: 1, bias: true)
         up = factor > 1 ? Trilinear(factor: factor, alignCorners: alignCorners) : nil
+        up?.label = "\(name).upsample"
     }
 
     func forward(_ x: Tensor) -> Tensor {

@@ -85,6 +85,8 @@ public final class SegmentationModel {
         dsv1 = DeepSupervision(p, name: "dsv1", inSize: f[0], classes: config.classes, factor: 1, alignCorners: ac)
         final = Conv3d(params: p, name: "final", inChannels: 4 * config.classes, outChannels: config.classes, kernel: 1, bias: true)
         conv1.c1.conv.needsInputGradient = false  // nothing upstream of the image
+        for (i, pool) in pools.enumerated() { pool.label = "maxpool\(i + 1)" }
+        headConcat.label = "final.concat"
         params.allocate()
         buffers.allocate()
         batchNorms = allBatchNorms
