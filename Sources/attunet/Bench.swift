@@ -13,7 +13,7 @@ struct Bench: ParsableCommand {
         Run them on an otherwise idle machine; another busy process on the same cores makes every figure low. \
         Build in release mode first (swift build -c release); a debug build is 10-100x slower.
         """,
-        subcommands: [Layers.self]
+        subcommands: [Layers.self, Train.self]
     )
 }
 

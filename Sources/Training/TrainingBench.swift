@@ -1,0 +1,235 @@
+import Data
+import Distributed
+import Foundation
+import NN
+import Support
+import Tensor
+
+/// Times whole training steps as `attunet train` runs them (``Trainer/step(_:)`` on batches from the
+/// ``PatchLoader``), with the time of every layer, the phases of the step, memory and page faults: what
+/// `attunet bench train` reports. Every rank of `comm` must take part.
+public final class TrainingBench {
+    public let trainer: Trainer
+    let store: CaseStore
+    let comm: Communicator
+
+    /// A trainer for `model` on every case of `store` (no validation), writing nothing.
+    public init(store path: String, model: ModelConfig, patch: Dim3, batch: Int, loss: LossKind = .dice,
+                optimizer: OptimizerKind = .adam, seed: UInt64 = 0, comm: Communicator) throws {
+        store = try CaseStore(path: path)
+        self.comm = comm
+        let config = TrainConfig(store: path, model: model, patch: patch, batch: batch, epochs: 1, optimizer: optimizer,
+                                 loss: loss, seed: seed, trainCases: store.cases.map(\.id), validationCases: [])
+        let unused = FileManager.default.temporaryDirectory.appendingPathComponent("attunet-bench-run-\(getpid())")
+        trainer = try Trainer(config: config, comm: comm, outDir: unused)
+        trainer.verbose = false
+    }
+
+    /// Writes `count` (default 2) phantom cases prepared at 2 mm into `dir` and returns the store's path.
+    public static func phantomStore(in dir: URL, classes: Int, count: Int = 2) throws -> String {
+        guard classes == PhantomCase.classNames.count else {
+            throw AttunetError("the synthesised phantoms have \(PhantomCase.classNames.count) classes (\(PhantomCase.classNames.joined(separator: ", "))); pass --store for a model with \(classes)")
+        }
+        try Phantom.writeDataset(to: dir.path + "/nii", count: count, seed: 0, threads: 1)
+        var options = PrepareOptions()
+        options.threads = 1
+        let store = dir.path + "/store.h5"
+        _ = try CasePreparer.run(input: try DatasetInput.folder(dir.path + "/nii"), out: store, options: options, skipBad: false)
+        return store
+    }
+
+    /// Runs `warmup` untimed and `steps` timed steps and gathers every rank's figures (the report is complete
+    /// on rank 0).
+    /// With `inference`, each timed step is instead an evaluation-mode forward pass of one patch (what the
+    /// sliding-window predictor runs per tile), and the report's phases hold only the forward time.
+    public func run(warmup: Int, steps: Int, threads: Int, inference: Bool = false) throws -> TrainingBenchReport {
+        let config = trainer.config
+        let local = config.batch / comm.size
+        // Enough samples per case that one epoch holds every step.
+        let needed = (warmup + steps) * config.batch
+        let perCase = (needed + config.trainCases.count - 1) / config.trainCases.count + 1
+        let loader = try PatchLoader(store: store, cases: config.trainCases, patch: config.patch, batch: local,
+                                     rank: comm.rank, worldSize: comm.size, seed: config.seed, augment: config.augmentOptions,
+                                     foregroundFraction: config.foregroundFraction, samplesPerCase: perCase)
+        loader.startEpoch(0)
+        trainer.model.training = !inference
+        let baseline = Double(Memory.residentBytes() ?? 0)
+        let profile = LayerProfile()
+        var walls: [Double] = [], phases = [Double](repeating: 0, count: 6)
+        var faultsBefore = rusage(), faultsAfter = rusage()
+        for i in 0..<(warmup + steps) {
+            let timed = i >= warmup
+            if timed && LayerProfile.active == nil {
+                Memory.resetPeak()
+                getrusage(RUSAGE_SELF.rawValue, &faultsBefore)
+                LayerProfile.active = profile
+            }
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            guard let batch = try loader.next() else { throw AttunetError("the patch loader ran out of batches after \(i) steps") }
+            let wait = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            let r: StepResult
+            if inference {
+                let one = Tensor([1] + Array(batch.image.shape.dropFirst()))
+                one.pointer.update(from: batch.image.pointer, count: one.count)
+                let f0 = DispatchTime.now().uptimeNanoseconds
+                _ = try trainer.model.forward(one)
+                var times = StepTimes()
+                times.forward = Double(DispatchTime.now().uptimeNanoseconds - f0) / 1e9
+                r = StepResult(loss: 0, stopRequested: false, times: times)
+            } else {
+                r = try trainer.step(batch)
+            }
+            if timed {
+                walls.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
+                for (k, v) in [wait, r.times.forward, r.times.loss, r.times.backward, r.times.allReduce, r.times.update].enumerated() {
+                    phases[k] += v / Double(steps)
+                }
+            }
+        }
+        LayerProfile.active = nil
+        getrusage(RUSAGE_SELF.rawValue, &faultsAfter)
+        let minor = Double(faultsAfter.ru_minflt - faultsBefore.ru_minflt) / Double(steps)
+        let major = Double(faultsAfter.ru_majflt - faultsBefore.ru_majflt) / Double(steps)
+
+        // Every rank's figures in its own slot of one summed vector.
+        let n = comm.size, fields = 7
+        var perRank = [Double](repeating: 0, count: n * fields)
+        let sorted = walls.sorted()
+        let mine = [sorted[sorted.count / 2], Double(Memory.peakResidentBytes() ?? 0), Double(Memory.residentBytes() ?? 0), minor, major,
+                    baseline, Double(TensorPool.reservedBytes)]
+        for k in 0..<fields { perRank[comm.rank * fields + k] = mine[k] }
+        try perRank.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
+        var slowest = phases + [sorted.first!, sorted.last!]
+        try slowest.withUnsafeMutableBufferPointer { try comm.allReduceMax($0) }
+        func column(_ k: Int) -> [Double] { (0..<n).map { perRank[$0 * fields + k] } }
+
+        let median = column(0).max()!
+        let perStepPatches = inference ? comm.size : config.batch
+        let voxels = Double(config.patch.count * perStepPatches)
+        let perStep = profile.entries.map { e -> LayerProfile.Entry in
+            var e = e
+            e.forwardSeconds /= Double(max(e.forwardCalls, 1)); e.backwardSeconds /= Double(max(e.backwardCalls, 1))
+            return e
+        }
+        let cpu = CPUInfo.current
+        var notes: [String] = []
+        let env = ProcessInfo.processInfo.environment
+        if env["OPENBLAS_CORETYPE"] == nil && BLASInfo.slowCores.contains(BLASInfo.coreName) && (cpu.hasAVX512F || cpu.hasAVX2) {
+            notes.append("OpenBLAS runs its slow '\(BLASInfo.coreName)' kernel on this CPU: rerun with OPENBLAS_CORETYPE=\(cpu.hasAVX512F ? "SkylakeX" : "Haswell") in the environment")
+        }
+        return TrainingBenchReport(
+            cpu: cpu.modelName, openblasCore: BLASInfo.coreName, openblasCoretypeEnv: env["OPENBLAS_CORETYPE"],
+            mode: inference ? "inference" : "training", ranks: n, threadsPerRank: threads, model: config.model.kind.rawValue, featureScale: config.model.featureScale,
+            parameters: trainer.model.parameterCount, patch: [config.patch.x, config.patch.y, config.patch.z],
+            globalBatch: inference ? n : config.batch, batchPerRank: inference ? 1 : local, warmupSteps: warmup, timedSteps: steps,
+            stepSeconds: .init(median: median, fastest: slowest[6] > 0 ? min(sorted.first!, median) : median, slowest: slowest[7]),
+            patchesPerSecond: Double(perStepPatches) / median, voxelsPerSecond: voxels / median,
+            phases: .init(data: slowest[0], forward: slowest[1], loss: slowest[2], backward: slowest[3],
+                          allReduce: slowest[4], optimizer: slowest[5]),
+            layers: perStep,
+            peakResidentBytes: column(1).map(Int.init), residentBytes: column(2).map(Int.init),
+            residentBeforeStepsBytes: column(5).map(Int.init), recycledBytes: column(6).map(Int.init),
+            minorFaultsPerStep: column(3), majorFaultsPerStep: column(4), notes: notes)
+    }
+}
+
+/// What `attunet bench train` measured (times in seconds, per step unless named otherwise).
+public struct TrainingBenchReport: Codable, Sendable {
+    public struct StepSeconds: Codable, Sendable {
+        /// The slowest rank's median step (the job's pace), and the extremes over every rank's timed steps.
+        public var median: Double, fastest: Double, slowest: Double
+    }
+    /// Mean seconds per timed step in each phase, the slowest rank's.
+    public struct Phases: Codable, Sendable {
+        public var data: Double, forward: Double, loss: Double, backward: Double, allReduce: Double, optimizer: Double
+    }
+    /// A kind of layer's summed time per step.
+    public struct KindTotal: Codable, Sendable {
+        public var kind: String, forwardSeconds: Double, backwardSeconds: Double
+    }
+
+    public var cpu: String, openblasCore: String, openblasCoretypeEnv: String?
+    /// `training` (whole optimizer steps) or `inference` (evaluation-mode forward passes of one patch per rank).
+    public var mode: String
+    public var ranks: Int, threadsPerRank: Int
+    public var model: String, featureScale: Double, parameters: Int
+    /// X, Y, Z.
+    public var patch: [Int]
+    public var globalBatch: Int, batchPerRank: Int, warmupSteps: Int, timedSteps: Int
+    public var stepSeconds: StepSeconds
+    /// For the whole job (every rank).
+    public var patchesPerSecond: Double, voxelsPerSecond: Double
+    public var phases: Phases
+    /// Rank 0's layers in the order they first ran, seconds per pass.
+    public var layers: [LayerProfile.Entry]
+    /// Per rank.
+    public var peakResidentBytes: [Int], residentBytes: [Int]
+    /// Per rank: resident before the first step (model, optimizer state, store and loader), and the buffers of
+    /// recycled tensors (gradients, scratch) held for reuse between steps.
+    public var residentBeforeStepsBytes: [Int], recycledBytes: [Int]
+    public var minorFaultsPerStep: [Double], majorFaultsPerStep: [Double]
+    public var notes: [String]
+
+    /// The layers' time summed by kind, largest first.
+    public var kinds: [KindTotal] {
+        var order: [String] = [], sums: [String: (Double, Double)] = [:]
+        for e in layers {
+            if sums[e.kind] == nil { order.append(e.kind) }
+            let s = sums[e.kind] ?? (0, 0)
+            sums[e.kind] = (s.0 + e.forwardSeconds, s.1 + e.backwardSeconds)
+        }
+        return order.map { KindTotal(kind: $0, forwardSeconds: sums[$0]!.0, backwardSeconds: sums[$0]!.1) }
+            .sorted { $0.forwardSeconds + $0.backwardSeconds > $1.forwardSeconds + $1.backwardSeconds }
+    }
+
+    /// The report as text tables.
+    public func table() -> String {
+        var out: [String] = []
+        func f(_ v: Double, _ d: Int) -> String { String(format: "%.\(d)f", v) }
+        func pad(_ s: String, _ w: Int, left: Bool = false) -> String {
+            let p = String(repeating: " ", count: max(0, w - s.count))
+            return left ? s + p : p + s
+        }
+        let patchText = "\(patch[0])x\(patch[1])x\(patch[2])"
+        out.append("attunet bench train (\(mode)): \(model) (feature scale \(f(featureScale, 2)), \(grouped(parameters)) parameters), patch \(patchText), global batch \(globalBatch) (\(batchPerRank) per rank)")
+        out.append("CPU \(cpu); \(ranks) rank(s) x \(threadsPerRank) thread(s); OpenBLAS core \(openblasCore) (OPENBLAS_CORETYPE=\(openblasCoretypeEnv ?? "unset")); \(warmupSteps) warm-up + \(timedSteps) timed steps")
+        out.append("")
+        out.append("step \(f(stepSeconds.median, 3)) s (median; fastest \(f(stepSeconds.fastest, 3)), slowest \(f(stepSeconds.slowest, 3)))   \(f(patchesPerSecond, 3)) patches/s   \(f(voxelsPerSecond / 1e6, 3)) Mvoxels/s")
+        let p = phases
+        let parts = [("data wait", p.data), ("forward", p.forward), ("loss", p.loss), ("backward", p.backward),
+                     ("all-reduce", p.allReduce), ("optimizer", p.optimizer)]
+        let total = parts.reduce(0) { $0 + $1.1 }
+        out.append("phases per step: " + parts.map { "\($0.0) \(f($0.1, 3)) s (\(f(100 * $0.1 / max(total, 1e-12), 1))%)" }.joined(separator: ", "))
+        out.append("")
+        out.append(pad("layer", 44, left: true) + pad("kind", 16, left: true) + pad("output", 22, left: true) + pad("fwd ms", 9) + pad("rate", 12) + pad("bwd ms", 9) + pad("rate", 12))
+        func rate(_ e: LayerProfile.Entry, backward: Bool) -> String {
+            let s = backward ? e.backwardSeconds : e.forwardSeconds
+            guard s > 0 else { return "" }
+            let flop = backward ? e.backwardFlop : e.forwardFlop
+            if flop > 0 { return f(flop / s / 1e9, 1) + " GF/s" }
+            let bytes = backward ? e.backwardBytes : e.forwardBytes
+            return f(bytes / s / 1e9, 1) + " GB/s"
+        }
+        var layerSum = 0.0
+        for e in layers {
+            layerSum += e.forwardSeconds + e.backwardSeconds
+            out.append(pad(String(e.name.prefix(43)), 44, left: true) + pad(e.kind, 16, left: true)
+                       + pad(e.shape.map(String.init).joined(separator: "x"), 22, left: true)
+                       + pad(f(1e3 * e.forwardSeconds, 1), 9) + pad(rate(e, backward: false), 12)
+                       + pad(e.backwardCalls > 0 ? f(1e3 * e.backwardSeconds, 1) : "", 9) + pad(rate(e, backward: true), 12))
+        }
+        out.append("")
+        out.append("by kind (per step, rank 0):")
+        for k in kinds {
+            out.append("  " + pad(k.kind, 16, left: true) + " fwd " + pad(f(1e3 * k.forwardSeconds, 1), 8) + " ms  bwd " + pad(f(1e3 * k.backwardSeconds, 1), 8)
+                       + " ms  " + pad(f(100 * (k.forwardSeconds + k.backwardSeconds) / max(stepSeconds.median, 1e-12), 1), 5) + "% of the step")
+        }
+        out.append("  layers cover \(f(100 * layerSum / max(p.forward + p.backward, 1e-12), 1))% of forward + backward (the rest: summing gradients where paths join, and glue)")
+        out.append("")
+        for r in 0..<ranks {
+            out.append("rank \(r): peak resident \(Memory.format(peakResidentBytes[r])) (\(Memory.format(peakResidentBytes[r] / max(batchPerRank, 1))) per sample; \(Memory.format(residentBeforeStepsBytes[r])) before the first step, \(Memory.format(recycledBytes[r])) of gradient and scratch buffers between steps); page faults per timed step: \(f(minorFaultsPerStep[r], 1)) minor, \(f(majorFaultsPerStep[r], 1)) major")
+        }
+        for n in notes { out.append("note: \(n)") }
+        return out.joined(separator: "\n")
+    }
+}

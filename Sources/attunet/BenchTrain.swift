@@ -1,0 +1,113 @@
+import ArgumentParser
+import Data
+import Distributed
+import Foundation
+import NN
+import Support
+import Tensor
+import Training
+
+extension Bench {
+    /// `attunet bench train`: whole training steps, timed as `attunet train` runs them.
+    struct Train: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Time whole training steps (data, forward, loss, backward, all-reduce, optimizer) as attunet train runs them.",
+            discussion: """
+            Runs --warmup steps, then --steps timed steps of Trainer.step, the function attunet train calls, on \
+            batches from the patch loader, on one process or on every rank under mpirun (--batch is global and \
+            split across ranks, as in train). Without --store, every rank synthesises two phantom CT cases \
+            (2 mm, in a temporary folder it removes afterwards), which takes a few seconds.
+
+            It prints, for the whole job:
+              step time (median of the timed steps, slowest rank), patches/s and voxels/s;
+              the phases of a step: waiting for data, forward, loss, backward, all-reduce, optimizer;
+              every layer's forward and backward time, with GFLOP/s for convolutions and GB/s of tensor traffic for
+                the memory-bound layers (bytes a pass must read and write at least), and totals per kind of layer;
+              peak resident memory per rank (VmHWM) and page faults per step in the timed steps.
+            --json prints all of it as one JSON object instead.
+
+            Compare runs side by side on an otherwise idle machine; one rank per core with one thread each \
+            (the default --threads 1) is how train runs on a node. OpenBLAS picks its kernel when the library \
+            loads: on CPUs it does not recognise, set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) \
+            in the environment before starting (the output says when it is needed).
+
+              attunet bench train --patch 96x96x48 --batch 2
+              mpirun -np 2 --bind-to none attunet bench train --patch 160x160x96 --batch 2 --json
+            """
+        )
+
+        @OptionGroup var modelOptions: ModelOptions
+
+        @Option(help: "Patch size XxYxZ in voxels, each a multiple of 16.")
+        var patch = Dim3(z: 48, y: 96, x: 96)
+
+        @Option(help: "Global batch size, split across ranks.")
+        var batch = 2
+
+        @Option(help: "Timed steps.")
+        var steps = 5
+
+        @Option(help: "Untimed steps first (first touch of every buffer, loader start-up).")
+        var warmup = 2
+
+        @Option(help: "Draw patches from this case store instead of synthesised phantoms.")
+        var store: String?
+
+        @Option(help: "Threads per rank, for attunet's loops and OpenBLAS alike.")
+        var threads = 1
+
+        @Option(help: "Loss: dice, soft-dice or cross-entropy.")
+        var loss: LossKind = .dice
+
+        @Option(help: "Optimizer: adam or sgd.")
+        var optimizer: OptimizerKind = .adam
+
+        @Option(help: "Seed for the weights and the patches.")
+        var seed: UInt64 = 0
+
+        @Flag(help: "Time evaluation-mode forward passes of one patch per rank (what prediction runs per tile) instead of training steps.")
+        var inference = false
+
+        @Flag(help: "Print one JSON object instead of the tables.")
+        var json = false
+
+        func validate() throws {
+            guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
+            guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
+            guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+            guard batch >= 1 else { throw ValidationError("--batch must be at least 1") }
+        }
+
+        func run() throws {
+            Parallelism.threads = threads
+            BLASInfo.setThreads(threads)
+            let comm = try MPICommunicator()
+            let say: (String) -> Void = { line in
+                if comm.isRoot && !json { FileHandle.standardError.write(Data((line + "\n").utf8)) }
+            }
+            var scratch: URL?
+            defer { if let scratch { try? FileManager.default.removeItem(at: scratch) } }
+            let storePath: String
+            if let store {
+                storePath = store
+            } else {
+                let dir = FileManager.default.temporaryDirectory.appendingPathComponent("attunet-bench-\(getpid())")
+                scratch = dir
+                say("bench train: synthesising 2 phantom cases at 2 mm (each rank in \(FileManager.default.temporaryDirectory.path)) ...")
+                storePath = try TrainingBench.phantomStore(in: dir, classes: modelOptions.config.classes)
+            }
+            let bench = try TrainingBench(store: storePath, model: modelOptions.config, patch: patch, batch: batch,
+                                          loss: loss, optimizer: optimizer, seed: seed, comm: comm)
+            say("bench train: \(modelOptions.model.rawValue), \(comm.size) rank(s) x \(threads) thread(s), patch \(patch), " + (inference ? "inference, 1 patch per rank" : "global batch \(batch)") + "; \(warmup) warm-up + \(steps) timed steps ...")
+            let report = try bench.run(warmup: warmup, steps: steps, threads: threads, inference: inference)
+            guard comm.isRoot else { return }
+            if json {
+                let enc = JSONEncoder()
+                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+                print(String(decoding: try enc.encode(report), as: UTF8.self))
+            } else {
+                print(report.table())
+            }
+        }
+    }
+}
