@@ -40,13 +40,13 @@ let package = Package(
         .target(name: "Tensor", dependencies: ["Support", "CBLAS"]),
         .target(name: "HDF5Kit", dependencies: ["Support", "CHDF5"]),
         .target(name: "Distributed", dependencies: ["Support", "CMPI"]),
-        .target(name: "NN", dependencies: ["Support", "Tensor", "CKernels", "HDF5Kit"]),
+        .target(name: "NN", dependencies: ["Support", "Tensor", "CKernels", "HDF5Kit",
+                                         .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Data", dependencies: ["Support", "Tensor", "HDF5Kit", "CNIfTI", "Distributed"]),
         // The metrics of the paper's tables; scoring never needs a network, so no NN.
         .target(name: "Evaluation", dependencies: ["Support", "Tensor", "Data", "Distributed"]),
         .target(name: "Inference", dependencies: ["Support", "Tensor", "NN", "Data", "CPNG"]),
-        .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Evaluation", "Inference", "Distributed", "HDF5Kit",
-                                               .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Evaluation", "Inference", "Distributed", "HDF5Kit"]),
         .executableTarget(name: "attunet", dependencies: [
             "Support", "Tensor", "HDF5Kit", "Distributed", "NN", "Data", "Evaluation", "Inference", "Training",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
