@@ -40,13 +40,13 @@ let package = Package(
         .target(name: "Tensor", dependencies: ["Support", "CBLAS"]),
         .target(name: "HDF5Kit", dependencies: ["Support", "CHDF5"]),
         .target(name: "Distributed", dependencies: ["Support", "CMPI"]),
-        .target(name: "NN", dependencies: ["Support", "Tensor", "CKernels", "HDF5Kit"]),
+        .target(name: "NN", dependencies: ["Support", "Tensor", "CKernels", "HDF5Kit",
+                                         .product(name: "Crypto", package: "swift-crypto")]),
         .target(name: "Data", dependencies: ["Support", "Tensor", "HDF5Kit", "CNIfTI", "Distributed"]),
         // The metrics of the paper's tables; scoring never needs a network, so no NN.
         .target(name: "Evaluation", dependencies: ["Support", "Tensor", "Data", "Distributed"]),
         .target(name: "Inference", dependencies: ["Support", "Tensor", "NN", "Data", "CPNG"]),
-        .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Evaluation", "Inference", "Distributed", "HDF5Kit",
-                                               .product(name: "Crypto", package: "swift-crypto")]),
+        .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Evaluation", "Inference", "Distributed", "HDF5Kit"]),
         .executableTarget(name: "attunet", dependencies: [
             "Support", "Tensor", "HDF5Kit", "Distributed", "NN", "Data", "Evaluation", "Inference", "Training",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
@@ -57,7 +57,7 @@ let package = Package(
         // built command-line tool as a whole. CKernels is tested through NN's Conv3d on both kernel paths.
         .testTarget(name: "SupportTests", dependencies: ["Support"]),
         .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
-        .testTarget(name: "HDF5KitTests", dependencies: ["HDF5Kit", "TestSupport"]),
+        .testTarget(name: "HDF5KitTests", dependencies: ["HDF5Kit", "Support", "TestSupport"]),
         .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Support", "Tensor", "HDF5Kit", "TestSupport"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "TestSupport"]),

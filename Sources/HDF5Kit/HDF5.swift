@@ -30,29 +30,75 @@ public protocol H5Object: AnyObject {
 /// thread (the patch loader reads on its own thread), so no library diagnostic reaches stderr.
 @inline(__always) func silenceHDF5() { chdf5_silence_errors() }
 
+/// What the calling thread's HDF5 error stack says about the call that just failed: a Fletcher-32 checksum
+/// that did not match, a system call that failed with an `errno` (a full disk: 28), or something else.
+enum H5FailureCause: Equatable {
+    case checksum
+    case system(errno: Int32)
+    case other
+
+    static var current: H5FailureCause {
+        var buf = [CChar](repeating: 0, count: 16384)
+        chdf5_error_text(&buf, buf.count)
+        let text = cString(buf)
+        if text.contains("Fletcher32") { return .checksum }
+        if let r = text.range(of: "errno = "), let code = Int32(text[r.upperBound...].prefix(while: \.isNumber)), code != 0 {
+            return .system(errno: code)
+        }
+        return .other
+    }
+}
+
 /// An open HDF5 file. Closed when the last reference goes away.
 public final class H5File: @unchecked Sendable {
     public let path: String
     public let id: hid_t
 
-    private init(path: String, id: hid_t) { self.path = path; self.id = id }
+    /// True for a file this process created (a new file whose data can be discarded after a failed write).
+    private let isNew: Bool
+
+    private init(path: String, id: hid_t, isNew: Bool = false) { self.path = path; self.id = id; self.isNew = isNew }
 
     /// Opens an existing file. Errors name the file and say whether it is missing or not HDF5.
     public static func open(_ path: String, writable: Bool = false) throws -> H5File {
         silenceHDF5()
         guard FileManager.default.fileExists(atPath: path) else { throw AttunetError("\(path): no such file") }
-        if H5Fis_hdf5(path) <= 0 { throw AttunetError("\(path): not an HDF5 file (or truncated/corrupt)") }
+        if H5Fis_hdf5(path) <= 0 { throw AttunetError("\(path): not an HDF5 file (or truncated/corrupt)", kind: .corrupt) }
         let id = H5Fopen(path, writable ? chdf5_acc_rdwr() : chdf5_acc_rdonly(), chdf5_p_default())
-        if id < 0 { throw AttunetError("\(path): cannot open HDF5 file (corrupt, or written by a newer HDF5 with libver='latest')") }
+        if id < 0 { throw AttunetError("\(path): cannot open HDF5 file (corrupt, or written by a newer HDF5 with libver='latest')", kind: .corrupt) }
         return H5File(path: path, id: id)
+    }
+
+    /// True when `path` exists and starts with HDF5's signature.
+    public static func isHDF5(_ path: String) -> Bool {
+        silenceHDF5()
+        return FileManager.default.fileExists(atPath: path) && H5Fis_hdf5(path) > 0
     }
 
     /// Creates (truncating) a file.
     public static func create(_ path: String) throws -> H5File {
         silenceHDF5()
         let id = H5Fcreate(path, chdf5_acc_trunc(), chdf5_p_default(), chdf5_p_default())
-        if id < 0 { throw AttunetError("\(path): cannot create HDF5 file") }
-        return H5File(path: path, id: id)
+        if id < 0 {
+            if case let .system(code) = H5FailureCause.current { throw AttunetError.writeFailed(path, while: "the file", errno: code) }
+            throw AttunetError("\(path): cannot create HDF5 file")
+        }
+        return H5File(path: path, id: id, isNew: true)
+    }
+
+    /// The error for a failed write into this file: a full disk or quota named as such, else `otherwise`.
+    /// A new file that met a full disk is given up (`chdf5_discard_file_data`): what HDF5 still writes as its
+    /// objects close goes nowhere, so the file closes cleanly; the caller removes it (`writeAtomically` does).
+    func writeError(_ what: String, otherwise: String) -> AttunetError {
+        guard case let .system(code) = H5FailureCause.current else { return AttunetError(otherwise) }
+        if isNew && (code == ENOSPC || code == EDQUOT) { _ = chdf5_discard_file_data(id) }
+        return AttunetError.writeFailed(path, while: what, errno: code)
+    }
+
+    /// The error for a failed read of the dataset `object`: a failed Fletcher-32 checksum is named as such.
+    func readError(_ object: String, otherwise: String) -> AttunetError {
+        if H5FailureCause.current == .checksum { return AttunetError("\(path): checksum mismatch in \(object)", kind: .corrupt) }
+        return AttunetError(otherwise, kind: .corrupt)
     }
 
     /// The root group (a new handle each time: a stored one would form a reference cycle with the file).
@@ -60,19 +106,40 @@ public final class H5File: @unchecked Sendable {
 
     /// Flushes HDF5's buffers to the OS (call before fsync + rename).
     public func flush() throws {
-        if H5Fflush(id, H5F_SCOPE_GLOBAL) < 0 { throw AttunetError("\(path): flush failed") }
+        silenceHDF5()
+        // HDF5 1.10 cannot recover from a metadata flush that fails (every later flush, the close's too, then
+        // fails): the file's space is reserved first, and a full disk is met here, before the flush.
+        if isNew, case let code = chdf5_reserve_file_space(id), code == ENOSPC || code == EDQUOT {
+            _ = chdf5_discard_file_data(id)
+            throw AttunetError.writeFailed(path, while: "the file", errno: code)
+        }
+        if H5Fflush(id, H5F_SCOPE_GLOBAL) < 0 { throw writeError("the file", otherwise: "\(path): flush failed") }
     }
 
-    deinit { H5Fclose(id) }
+    private var isOpen = true
+
+    /// Closes the file now, reporting what the close writes failing (a full disk); otherwise it is closed
+    /// when the last reference goes. Groups and datasets still open keep HDF5's file open until they go.
+    public func close() throws {
+        guard isOpen else { return }
+        isOpen = false
+        silenceHDF5()
+        if H5Fclose(id) < 0 { throw writeError("the file", otherwise: "\(path): close failed") }
+    }
+
+    deinit { if isOpen { H5Fclose(id) } }
 
     /// Writes a file so that a crash never leaves a half-written `path` (`AtomicFile`): `body` fills a new file
-    /// in the same folder, which is flushed, closed, fsync'ed and renamed over `path` only when `body` succeeds.
+    /// in the same folder, which is flushed, closed, fsync'ed and renamed over `path` only when all of that
+    /// succeeded. On a full disk the error says so, naming `path`, the previous file is kept and no temporary
+    /// file is left.
     public static func writeAtomically(_ path: String, _ body: (H5File) throws -> Void) throws {
         try AtomicFile.write(path) { tmp in
             let f = try H5File.create(tmp)
             try body(f)
             try f.flush()
-        }  // the file is closed when `f` goes, before AtomicFile syncs and renames it
+            try f.close()
+        }
     }
 }
 
@@ -122,8 +189,12 @@ public final class H5Group: H5Object, @unchecked Sendable {
         let lcpl = H5Pcreate(chdf5_p_link_create())
         defer { H5Pclose(lcpl) }
         H5Pset_create_intermediate_group(lcpl, 1)
+        silenceHDF5()
         if H5Ocopy(id, name, destination.id, newName, chdf5_p_default(), lcpl) < 0 {
-            throw AttunetError("\(file.path): cannot copy \(child(name)) into \(destination.file.path)")
+            if H5FailureCause.current == .checksum {
+                throw AttunetError("\(file.path): checksum mismatch in \(child(name))", kind: .corrupt)
+            }
+            throw destination.file.writeError(newName, otherwise: "\(file.path): cannot copy \(child(name)) into \(destination.file.path)")
         }
     }
 
@@ -150,17 +221,22 @@ public final class H5Group: H5Object, @unchecked Sendable {
         return try H5Dataset(id: d, file: file, path: child(name))
     }
 
-    /// Creates a dataset. `chunks` (same rank as shape) turns on chunked layout; `deflate` (1-9) adds
-    /// shuffle + gzip and requires chunks.
+    /// Creates a dataset. Every dataset but a scalar is chunked and carries HDF5's Fletcher-32 checksum
+    /// filter (applied last on write, first on read: h5py and h5dump verify it too, and a read of a damaged
+    /// chunk fails with "checksum mismatch"); `chunks` (same rank as shape) sets the chunk shape, by default
+    /// the whole dataset in one chunk (split along the first axis past 64 MiB). `deflate` (1-9) adds
+    /// shuffle + gzip. Scalars cannot be chunked in HDF5 and so carry no checksum.
     public func createDataset(_ name: String, type: H5ElementType, shape: [Int], chunks: [Int]? = nil,
                               deflate: Int? = nil) throws -> H5Dataset {
+        silenceHDF5()
         var dims = shape.map { hsize_t($0) }
         // Rank 0 is a scalar (PyTorch's 0-dim tensors such as BN's num_batches_tracked).
         let space = dims.isEmpty ? H5Screate(H5S_SCALAR) : H5Screate_simple(Int32(dims.count), &dims, nil)
         defer { H5Sclose(space) }
         let dcpl = H5Pcreate(chdf5_p_dataset_create())
         defer { H5Pclose(dcpl) }
-        if let chunks {
+        if !shape.isEmpty {
+            let chunks = chunks ?? H5Group.wholeChunks(shape, elementSize: H5Tget_size(type.native))
             precondition(chunks.count == shape.count, "chunk rank must equal dataset rank")
             var c = zip(chunks, shape).map { hsize_t(max(1, min($0, max($1, 1)))) }
             H5Pset_chunk(dcpl, Int32(c.count), &c)
@@ -168,13 +244,25 @@ public final class H5Group: H5Object, @unchecked Sendable {
                 H5Pset_shuffle(dcpl)
                 H5Pset_deflate(dcpl, UInt32(level))
             }
+            H5Pset_fletcher32(dcpl)
         }
         let lcpl = H5Pcreate(chdf5_p_link_create())
         defer { H5Pclose(lcpl) }
         H5Pset_create_intermediate_group(lcpl, 1)
-        let d = H5Dcreate2(id, name, type.native, space, lcpl, dcpl, chdf5_p_default())
-        if d < 0 { throw AttunetError("\(file.path): cannot create dataset \(child(name))") }
+        // No chunk cache for a dataset being written: every chunk reaches the file in `write`, where a full disk
+        // is reported, and none waits for the dataset's close (whose failure nobody would see).
+        let dapl = H5Pcreate(chdf5_p_dataset_access())
+        defer { H5Pclose(dapl) }
+        H5Pset_chunk_cache(dapl, 0, 0, 1.0)
+        let d = H5Dcreate2(id, name, type.native, space, lcpl, dcpl, dapl)
+        if d < 0 { throw file.writeError(child(name), otherwise: "\(file.path): cannot create dataset \(child(name))") }
         return try H5Dataset(id: d, file: file, path: child(name))
+    }
+
+    /// The default chunk shape: the whole dataset, split along the first axis when larger than 64 MiB.
+    static func wholeChunks(_ shape: [Int], elementSize: Int) -> [Int] {
+        let rowBytes = shape.dropFirst().reduce(max(elementSize, 1)) { $0 * max($1, 1) }
+        return [max(1, min(shape[0], (64 << 20) / rowBytes))] + shape.dropFirst()
     }
 
     /// Writes a whole float32 array as a new dataset.
@@ -219,14 +307,14 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
     public func read(into buffer: UnsafeMutableRawPointer, as type: H5ElementType) throws {
         silenceHDF5()
         if H5Dread(id, type.native, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), buffer) < 0 {
-            throw AttunetError("\(location): read failed (corrupt or truncated data)")
+            throw file.readError(path, otherwise: "\(location): read failed (corrupt or truncated data)")
         }
     }
 
     public func write(from buffer: UnsafeRawPointer, as type: H5ElementType) throws {
         silenceHDF5()
         if H5Dwrite(id, type.native, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), buffer) < 0 {
-            throw AttunetError("\(location): write failed")
+            throw file.writeError(path, otherwise: "\(location): write failed")
         }
     }
 
@@ -248,7 +336,7 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
         let mspace = H5Screate_simple(Int32(c.count), &c, nil)
         defer { H5Sclose(mspace) }
         if H5Dread(id, type.native, mspace, fspace, chdf5_p_default(), buffer) < 0 {
-            throw AttunetError("\(location): hyperslab read failed (corrupt or truncated data)")
+            throw file.readError(path, otherwise: "\(location): hyperslab read failed (corrupt or truncated data)")
         }
     }
 

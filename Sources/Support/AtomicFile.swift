@@ -6,7 +6,7 @@ import Glibc
 /// How every file attunet writes reaches the disk: `body` fills a temporary file in the same folder, which is
 /// fsync'ed and renamed over the target, and then the folder is fsync'ed so the rename itself is durable. A
 /// crash or an error leaves either the previous file or the complete new one, never a half-written one, and
-/// no temporary file.
+/// no temporary file. Errors name `path`, never the temporary file, and a full disk is named as such.
 public enum AtomicFile {
     /// Writes `path` through `body(temporaryPath)`; the temporary name keeps `path`'s file name as its
     /// suffix (so libraries that choose a format by extension, such as `.nii.gz`, choose the same one) and is
@@ -22,6 +22,9 @@ public enum AtomicFile {
             guard rename(tmp, path) == 0 else {
                 throw AttunetError("\(path): cannot move the new file into place (\(String(cString: strerror(errno))))")
             }
+        } catch let e as AttunetError {
+            unlink(tmp)
+            throw AttunetError(e.message.replacingOccurrences(of: tmp, with: path), kind: e.kind)
         } catch {
             unlink(tmp)
             throw error
@@ -32,8 +35,9 @@ public enum AtomicFile {
     /// Writes `data` to `path` atomically.
     public static func write(_ data: Data, to path: String) throws {
         try write(path) { tmp in
+            errno = 0
             guard FileManager.default.createFile(atPath: tmp, contents: data) else {
-                throw AttunetError("\(path): cannot write (\(String(cString: strerror(errno))))")
+                throw AttunetError.writeFailed(path, while: "the file", errno: errno)
             }
         }
     }

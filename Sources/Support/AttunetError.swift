@@ -1,4 +1,7 @@
 import Foundation
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// attunet's one error type: a message naming the file (or option) and the problem, and a `kind` that
 /// callers branch on.
@@ -13,6 +16,9 @@ public struct AttunetError: Error, CustomStringConvertible, LocalizedError, Send
         case failure
         /// Several bad inputs, one line each (`attunet prepare`): exit status 1.
         case badInput
+        /// A file is damaged: a checksum (HDF5's Fletcher-32 or a stored SHA-256) does not match, or its data
+        /// does not read back. Exit status 1; `train --resume` adds how to continue from another checkpoint.
+        case corrupt
         /// A stop was requested (SIGTERM/SIGUSR1) and the state to resume from was written: exit status 75
         /// (EX_TEMPFAIL). The message is empty: the trainer has already said what it wrote.
         case interrupted
@@ -38,7 +44,7 @@ public struct AttunetError: Error, CustomStringConvertible, LocalizedError, Send
 
     public var exitCode: Int32 {
         switch kind {
-        case .failure, .badInput: 1
+        case .failure, .badInput, .corrupt: 1
         case .interrupted: 75
         case .nonFinite: 3
         }
@@ -46,6 +52,16 @@ public struct AttunetError: Error, CustomStringConvertible, LocalizedError, Send
 
     public var description: String { message }
     public var errorDescription: String? { message }
+
+    /// A failed write of `path`, from the C library's `errno` code: a full disk and an exhausted quota are
+    /// named as such ("no space left on device while writing `what`"), anything else with the system's text.
+    public static func writeFailed(_ path: String, while what: String, errno code: Int32) -> AttunetError {
+        switch code {
+        case ENOSPC: AttunetError("\(path): no space left on device while writing \(what)")
+        case EDQUOT: AttunetError("\(path): disk quota exceeded while writing \(what)")
+        default: AttunetError("\(path): cannot write \(what) (\(String(cString: strerror(code))))")
+        }
+    }
 
     /// The error's message without a leading "`path`: ", for callers that name the file themselves.
     public static func message(of error: Error, strippingPath path: String) -> String {

@@ -90,15 +90,19 @@ public final class Trainer {
         }
     }
 
-    /// Restores the latest checkpoint (all ranks read it). Returns the state to continue from.
-    public func resume() throws -> TrainingState {
-        guard FileManager.default.fileExists(atPath: latestPath) else {
+    /// Restores the latest checkpoint, or `checkpoint` when given (`train --resume-from`: checkpoint_best.h5
+    /// or a copy of an earlier latest, when the latest is damaged); all ranks read it, and it is verified
+    /// (checksums, stored digests) before anything is written. Returns the state to continue from.
+    public func resume(from checkpoint: String? = nil) throws -> TrainingState {
+        let path = checkpoint ?? latestPath
+        guard FileManager.default.fileExists(atPath: path) else {
+            if checkpoint != nil { throw AttunetError("\(path): no such file (from --resume-from)") }
             throw AttunetError("\(latestPath): nothing to resume (no \(folder.checkpointLatest.lastPathComponent) in \(outDir.path))")
         }
-        let state = try TrainingCheckpoint.load(latestPath, model: model, optimizer: optimizer, config: config,
+        let state = try TrainingCheckpoint.load(path, model: model, optimizer: optimizer, config: config,
                                                 storeFingerprint: fingerprint)
         guard state.worldSize == comm.size else {
-            throw AttunetError("\(latestPath): written by a run with \(state.worldSize) rank(s); resume with the same number (now \(comm.size)) to continue the same patch sequence")
+            throw AttunetError("\(path): written by a run with \(state.worldSize) rank(s); resume with the same number (now \(comm.size)) to continue the same patch sequence")
         }
         try log?.load(keepBefore: state.epoch)
         return state

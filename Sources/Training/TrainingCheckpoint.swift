@@ -1,4 +1,3 @@
-import Crypto
 import Foundation
 import HDF5Kit
 import NN
@@ -20,8 +19,13 @@ public struct TrainingState: Codable, Sendable, Equatable {
 
 /// The training checkpoint: the model checkpoint of `Checkpoint` (state_dict in PyTorch order, model_config)
 /// plus `optimizer/` (moment buffers in the flat parameter layout, kind, step), `train_config` and
-/// `training_state` (JSON attributes) and `metrics` (the last epoch's record).
+/// `training_state` (JSON attributes) and `metrics` (the last epoch's record). Besides the weights digest of
+/// `Checkpoint`, the root attribute `state_sha256` holds ``stateDigest(moments:step:kind:trainingState:trainConfig:)``
+/// of what `--resume` restores beyond the weights; `--resume` and `attunet inspect` verify it.
 public enum TrainingCheckpoint {
+    /// The root attribute holding the digest of the optimizer and training state (hex).
+    public static let stateDigestAttribute = "state_sha256"
+
     /// Refuses to write non-finite weights (the previous checkpoint at `path` is kept).
     public static func save(_ path: String, model: SegmentationModel, optimizer: Optimizer, config: TrainConfig,
                             state: TrainingState, metrics: EpochRecord?) throws {
@@ -33,8 +37,10 @@ public enum TrainingCheckpoint {
         }
         try Checkpoint.save(model, to: path) { f in
             let root = f.root
-            try root.setAttribute("train_config", String(decoding: try JSONEncoder().encode(config), as: UTF8.self))
-            try root.setAttribute("training_state", String(decoding: try JSONEncoder().encode(state), as: UTF8.self))
+            let configJSON = String(decoding: try JSONEncoder().encode(config), as: UTF8.self)
+            let stateJSON = String(decoding: try JSONEncoder().encode(state), as: UTF8.self)
+            try root.setAttribute("train_config", configJSON)
+            try root.setAttribute("training_state", stateJSON)
             if let metrics {
                 try root.setAttribute("metrics", String(decoding: try JSONEncoder().encode(metrics), as: UTF8.self))
             }
@@ -42,19 +48,63 @@ public enum TrainingCheckpoint {
             try opt.setAttribute("kind", optimizer.kind.rawValue)
             try opt.setAttribute("step", optimizer.step)
             try opt.setAttribute("learning_rate", optimizer.learningRate)
-            for (name, t) in [("moment1", optimizer.moment1), ("moment2", optimizer.moment2)] where t.count > 0 {
+            let moments = [("moment1", optimizer.moment1), ("moment2", optimizer.moment2)].filter { $0.1.count > 0 }
+            for (name, t) in moments {
                 let d = try opt.createDataset(name, type: .float32, shape: [t.count])
                 try d.write(from: t.pointer, as: .float32)
             }
+            try root.setAttribute(stateDigestAttribute, stateDigest(
+                moments: moments, step: optimizer.step, kind: optimizer.kind.rawValue, trainingState: stateJSON, trainConfig: configJSON))
         }
+    }
+
+    /// SHA-256 (hex) of what a resume restores besides the weights: each optimizer moment buffer present (its
+    /// name, then its float32 little-endian values), the optimizer step (int64 little-endian) and kind, and
+    /// the `training_state` and `train_config` JSON (strings length-prefixed, ``StoredDigest``).
+    public static func stateDigest(moments: [(name: String, values: Tensor)], step: Int, kind: String,
+                                   trainingState: String, trainConfig: String) -> String {
+        var d = StoredDigest()
+        for (name, t) in moments {
+            d.add(name)
+            withExtendedLifetime(t) { d.add(UnsafeRawBufferPointer(start: t.pointer, count: t.count * 4)) }
+        }
+        d.add(Int64(step))
+        d.add(kind)
+        d.add(trainingState)
+        d.add(trainConfig)
+        return d.hex
+    }
+
+    /// Reads the optimizer and training state of `file` back and compares its digest with `state_sha256`
+    /// (the datasets' Fletcher-32 checksums are verified on the way). Returns false when the file stores no
+    /// such digest (a weights-only checkpoint, or one written before attunet stored it); throws a `.corrupt`
+    /// error naming the file when they differ.
+    @discardableResult
+    public static func verifyState(in file: H5File) throws -> Bool {
+        let root = file.root
+        guard root.hasAttribute(stateDigestAttribute) else { return false }
+        let opt = try root.group("optimizer")
+        let moments = try ["moment1", "moment2"].filter { opt.exists($0) }.map { name -> (name: String, values: Tensor) in
+            let d = try opt.dataset(name)
+            let t = Tensor([d.count])
+            try d.read(into: t.pointer, as: .float32)
+            return (name, t)
+        }
+        let actual = stateDigest(moments: moments, step: try opt.intAttribute("step"), kind: try opt.stringAttribute("kind"),
+                                 trainingState: try root.stringAttribute("training_state"),
+                                 trainConfig: try root.stringAttribute("train_config"))
+        try StoredDigest.check(stored: try root.stringAttribute(stateDigestAttribute), actual: actual, file: file.path,
+                               what: "the optimizer and training state (/optimizer, training_state, train_config)")
+        return true
     }
 
     /// Reads a checkpoint for `--resume` into `model` and `optimizer`, refusing one whose model, classes,
     /// store or optimizer differ from this run's. Returns the saved state.
     public static func load(_ path: String, model: SegmentationModel, optimizer: Optimizer, config: TrainConfig,
                             storeFingerprint: String) throws -> TrainingState {
-        try Checkpoint.load(path, into: model)  // refuses another architecture or class count
+        try Checkpoint.load(path, into: model)  // refuses another architecture or class count, or damaged weights
         let f = try H5File.open(path)
+        try verifyState(in: f)
         let root = f.root
         guard let stateJSON = try? root.stringAttribute("training_state"),
               let state = try? JSONDecoder().decode(TrainingState.self, from: Data(stateJSON.utf8)) else {
@@ -84,13 +134,7 @@ public enum TrainingCheckpoint {
         return state
     }
 
-    /// SHA-256 of the flat parameter buffer and then the flat BN buffer store (float32 little-endian, attunet's
-    /// order and axis layout): equal digests mean bit-identical weights and running statistics.
-    public static func weightsDigest(_ model: SegmentationModel) -> String {
-        var h = SHA256()
-        for store in [model.params, model.buffers] {
-            h.update(bufferPointer: UnsafeRawBufferPointer(start: store.values.pointer, count: store.count * 4))
-        }
-        return h.finalize().map { String(format: "%02x", $0) }.joined()
-    }
+    /// `Checkpoint.weightsDigest(_:)`: the SHA-256 of the weights and BN buffers that a checkpoint stores and
+    /// `attunet inspect` prints.
+    public static func weightsDigest(_ model: SegmentationModel) -> String { Checkpoint.weightsDigest(model) }
 }

@@ -1,5 +1,6 @@
 import ArgumentParser
 import Foundation
+import HDF5Kit
 import NN
 import Support
 import Training
@@ -8,7 +9,7 @@ import Training
 struct ImportWeights: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import-weights",
-        abstract: "Convert a safetensors state_dict of the original PyTorch model into an attunet checkpoint.",
+        abstract: "Convert a safetensors state_dict of the original PyTorch model (or an attunet checkpoint) into an attunet checkpoint.",
         discussion: """
         The architecture (attention-unet or unet, input channels, classes, feature scale) is inferred from the
         tensors' names and shapes; every name and shape is checked. Convert a .pth first:
@@ -18,10 +19,13 @@ struct ImportWeights: ParsableCommand {
         A .pth saved from the whole training state (e.g. {'state_dict': ...}) must be reduced to the model's
         state_dict first. Weights trained with PyTorch <= 0.3 (the paper's) used align_corners=True trilinear
         upsampling: pass --align-corners to keep that behaviour.
+        An attunet checkpoint (HDF5) as input is verified (Fletcher-32 checksums, stored SHA-256 of the weights)
+        and written as a weights-only checkpoint (no optimizer or training state). safetensors has no checksum:
+        a damaged header is refused with one line, but a changed value inside the data cannot be detected.
         """
     )
 
-    @Argument(help: "The safetensors file.")
+    @Argument(help: "The safetensors file (or an attunet checkpoint).")
     var input: String
 
     @Option(help: "The checkpoint to write (HDF5). Refuses to overwrite an existing file unless --force.")
@@ -37,11 +41,17 @@ struct ImportWeights: ParsableCommand {
         if FileManager.default.fileExists(atPath: out) && !force {
             throw AttunetError("\(out) exists; pass --force to overwrite it")
         }
-        let f = try SafetensorsFile(input)
-        let config = try SegmentationModel.inferConfig(names: Set(f.entries.keys), shape: { f.entries[$0]?.shape },
-                                                       alignCorners: alignCorners)
-        let model = SegmentationModel(config)
-        try model.load(safetensors: f)
+        let model: SegmentationModel
+        if H5File.isHDF5(input) {
+            if alignCorners { throw AttunetError("\(input): --align-corners is for safetensors input; an attunet checkpoint keeps its model_config") }
+            model = try Checkpoint.load(input)   // verified: checksums and the stored weights digest
+        } else {
+            let f = try SafetensorsFile(input)
+            model = SegmentationModel(try SegmentationModel.inferConfig(names: Set(f.entries.keys), shape: { f.entries[$0]?.shape },
+                                                                        alignCorners: alignCorners))
+            try model.load(safetensors: f)
+        }
+        let config = model.config
         try Checkpoint.save(model, to: out)
         print("import-weights: \(input) -> \(out): \(config.kind.rawValue), \(config.inChannels) input channel(s), \(config.classes) classes, feature scale \(config.featureScale), \(grouped(model.parameterCount)) parameters")
     }

@@ -15,7 +15,11 @@ struct Inspect: ParsableCommand {
         parameter count, then the total. With --tensors, one row per state_dict tensor instead.
           attunet inspect --model attention-unet --classes 4     # 6,473,322 parameters
           attunet inspect --model unet --classes 4               # 5,888,004
-        With a checkpoint file: its model configuration, parameter count and tensors.
+        With a checkpoint file: its model configuration, training state, parameter count and tensors, the
+        weights' SHA-256, and the integrity check: every dataset is read (HDF5's Fletcher-32 checksums) and the
+        stored SHA-256 digests of the weights and of the optimizer and training state are verified. A damaged
+        checkpoint is refused with one line naming it and what failed (exit status 1); one written before
+        attunet stored digests says "no stored digest".
           attunet inspect runs/demo/checkpoint_best.h5
         """
     )
@@ -31,9 +35,10 @@ struct Inspect: ParsableCommand {
     func run() throws {
         let model: SegmentationModel
         if let file {
-            model = try Checkpoint.load(file)
+            model = try Checkpoint.load(file)   // verifies the weights' stored digest, when there is one
+            let f = try H5File.open(file), root = f.root
+            let weights = root.hasAttribute(Checkpoint.weightsDigestAttribute), state = try TrainingCheckpoint.verifyState(in: f)
             print("checkpoint: \(file)")
-            let root = try H5File.open(file).root
             if let json = try? root.stringAttribute("training_state"),
                let st = try? JSONDecoder().decode(TrainingState.self, from: Data(json.utf8)) {
                 print("training state: next epoch \(st.epoch) step \(st.stepInEpoch), \(st.globalStep) optimizer steps, \(st.worldSize) rank(s), best mean Dice \(st.bestDice >= 0 ? fmt(st.bestDice, 4) : "-") (epoch \(st.bestEpoch))")
@@ -43,6 +48,10 @@ struct Inspect: ParsableCommand {
                 print("metrics of epoch \(r.epoch): loss \(fmt(r.trainLoss, 5)), lr \(String(format: "%.3e", r.learningRate)), validation Dice \(r.validationDice.map { fmt($0, 4) }.joined(separator: " "))")
             }
             print("weights sha256: \(TrainingCheckpoint.weightsDigest(model))")
+            let optimizer = root.exists("optimizer")
+            print("stored digests: " + (!weights && !state ? "none (no stored digest: written before attunet stored them; checksums of the datasets read passed)" :
+                "weights and BN buffers " + (weights ? "verified" : "no stored digest") + "; optimizer and training state "
+                + (state ? "verified" : optimizer ? "no stored digest" : "absent (weights-only checkpoint)")))
         } else {
             model = SegmentationModel(modelOptions.config)
         }

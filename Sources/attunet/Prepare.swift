@@ -23,10 +23,13 @@ struct Prepare: ParsableCommand {
           --labels 4:1,7:2,8:3    (spleen, pancreas, kidney)
 
         Bad inputs (a missing label, image/label shape or geometry mismatch, unreadable/truncated/corrupt
-        files, NaN or infinite intensities, labels outside the classes, empty volumes) each print one line
+        files, NaN or infinite intensities, CT intensities beyond ±100000 HU after the header's scl_slope and
+        scl_inter, labels outside the classes, empty volumes) each print one line
         "error: FILE: PROBLEM"; the run then exits 1 and leaves no store behind. With --skip-bad the good cases
         are converted and the bad ones listed as skipped. The store is written to a hidden temporary file next
-        to OUT, synced and renamed when complete, so OUT is either the previous file or a finished store.
+        to OUT, synced and renamed when complete, so OUT is either the previous file or a finished store (a
+        full disk fails with "no space left on device while writing ..." and leaves no temporary file). Every
+        dataset carries HDF5's Fletcher-32 checksum, so a damaged chunk fails its read with "checksum mismatch".
 
         Store layout (h5py / h5dump readable; every field in the Data documentation, CaseStoreFormat):
         /cases/<id>/image (int16 HU, or float32 for non-integer sources) and /cases/<id>/label (uint8),

@@ -23,6 +23,8 @@ struct Train: ParsableCommand {
         Validation: a seeded --val-fraction of the cases (or --val-cases) is held out and segmented whole (sliding window at the training patch, Gaussian blending) every --val-every epochs; Dice is reported per organ.
 
         Stopping: SIGTERM or SIGUSR1 to any rank (e.g. SLURM before the time limit) makes every rank finish the current step; rank 0 writes checkpoint_latest.h5 and the run exits with status 75. Run the same command with --resume to continue: the result is bit-identical to an uninterrupted run. A --resume whose settings differ from the run's is refused, naming the first difference (--epochs, --val-every, --checkpoint-every and the store's path may change). A NaN/Inf loss stops the run with status 3, keeping the last good checkpoint. A collective that waits past --step-timeout (a dead, hung or unreachable peer) ends the job with status 4.
+
+        Integrity: every checkpoint carries Fletcher-32 checksums on its datasets and SHA-256 digests of its weights and of its optimizer and training state; --resume verifies them and refuses a damaged checkpoint_latest.h5 with one line. It never falls back on its own: continue from another checkpoint with --resume-from PATH (checkpoint_best.h5, or a copy of an earlier checkpoint_latest.h5); the run goes on from that checkpoint's epoch and overwrites checkpoint_latest.h5 at its next save. A checkpoint that cannot be written (a full disk) ends the run with status 1 and keeps the previous one.
         """
     )
 
@@ -41,6 +43,9 @@ struct Train: ParsableCommand {
 
     @Flag(help: "Continue the run in --out from its checkpoint_latest.h5.")
     var resume = false
+
+    @Option(help: ArgumentHelp("Continue the run in --out from this checkpoint instead (e.g. its checkpoint_best.h5 when checkpoint_latest.h5 is damaged).", valueName: "path"))
+    var resumeFrom: String?
 
     @Flag(help: "Start afresh even if --out already holds a checkpoint (it will be overwritten).")
     var force = false
@@ -62,7 +67,9 @@ struct Train: ParsableCommand {
         }
         let config = training.config(store: store, model: modelOptions.config, trainCases: trainIDs, validationCases: valIDs)
         let latest = folder.checkpointLatest.path
-        if !resume && !force && FileManager.default.fileExists(atPath: latest) {
+        if resume && resumeFrom != nil { throw AttunetError("--resume and --resume-from: pass one of them") }
+        let resuming = resume || resumeFrom != nil
+        if !resuming && !force && FileManager.default.fileExists(atPath: latest) {
             throw AttunetError("\(latest) exists: pass --resume to continue that run or --force to start afresh (it will be overwritten)")
         }
         // Every check (settings, store, a checkpoint to resume) comes before the first write, so a refused run
@@ -71,7 +78,16 @@ struct Train: ParsableCommand {
         trainer.bucketFloats = training.bucketFloats
         trainer.stopAfterEpochs = training.stopAfterEpochs
         trainer.stepTimeout = training.stepTimeout
-        let state = resume ? try trainer.resume() : nil
+        var state: TrainingState?
+        if let resumeFrom {
+            state = try trainer.resume(from: resumeFrom)
+        } else if resume {
+            do { state = try trainer.resume() } catch let e as AttunetError where e.kind == .corrupt {
+                let best = folder.checkpointBest.path
+                let example = FileManager.default.fileExists(atPath: best) ? "e.g. --resume-from \(best)" : "with a copy of an earlier checkpoint_latest.h5"
+                throw AttunetError("\(e.message); to continue from another checkpoint pass --resume-from (\(example))", kind: .corrupt)
+            }
+        }
         if comm.isRoot {
             try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
             let enc = JSONEncoder()
@@ -82,7 +98,7 @@ struct Train: ParsableCommand {
         }
         try comm.barrier()
         Trainer.installStopHandlers()
-        if let state, comm.isRoot { print("train: resuming \(latest) at epoch \(state.epoch) step \(state.stepInEpoch)") }
+        if let state, comm.isRoot { print("train: resuming \(resumeFrom ?? latest) at epoch \(state.epoch) step \(state.stepInEpoch)") }
         try trainer.run(from: state)
     }
 }

@@ -95,6 +95,63 @@ public enum TestEnv {
         }
     }
 
+    /// A tmpfs of `size` (mount's notation: "2m") mounted on a fresh temporary folder, for full-disk tests;
+    /// where mounting is not permitted (not root, a container without CAP_SYS_ADMIN) the test is skipped with
+    /// that reason. The caller's defer passes it to `unmount(_:)`.
+    public static func smallFileSystem(size: String) throws -> URL {
+        let dir = try tempDir()
+        let r = try run("mount -t tmpfs -o size=\(size) tmpfs \(dir.path)")
+        guard r.status == 0 else {
+            try? FileManager.default.removeItem(at: dir)
+            throw XCTSkip("full-disk test skipped: mount -t tmpfs is not permitted here (\(r.stderr.trimmingCharacters(in: .whitespacesAndNewlines)))")
+        }
+        return dir
+    }
+
+    /// Unmounts and removes a folder of `smallFileSystem(size:)`.
+    public static func unmount(_ dir: URL) {
+        _ = try? run("umount \(dir.path)")
+        try? FileManager.default.removeItem(at: dir)
+    }
+
+    /// Fills the file system holding `dir` with a file `dir/filler`, leaving about `kib` KiB free.
+    public static func fill(_ dir: URL, leavingKiB kib: Int) throws {
+        let r = try run("avail=$(df -k --output=avail \(dir.path) | tail -1); dd if=/dev/zero of=\(dir.path)/filler bs=1k count=$((avail - \(kib))) 2>&1")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+    }
+
+    /// The names in `dir` that start with a dot (an atomic write's temporary files), for leftover checks.
+    public static func hiddenFiles(_ dir: URL) -> [String] {
+        ((try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []).filter { $0.hasPrefix(".") }
+    }
+
+    /// Flips one bit of byte `offset` of the first stored chunk of `dataset` in the HDF5 file `file` (h5py
+    /// says where the chunk lies), as bit rot would.
+    public static func flipByte(in file: String, dataset: String, at offset: Int = 10) throws {
+        try python("""
+            import h5py
+            with h5py.File(r'\(file)', 'r') as f:
+                d = f[r'\(dataset)']
+                start = d.id.get_offset() if d.chunks is None else d.id.get_chunk_info(0).byte_offset
+            with open(r'\(file)', 'r+b') as f:
+                f.seek(start + \(offset)); b = f.read(1)
+                f.seek(start + \(offset)); f.write(bytes([b[0] ^ 0x10]))
+            """)
+    }
+
+    /// Changes element `index` of `dataset` through h5py, which writes a valid checksum for the new value:
+    /// damage that only a stored digest can see.
+    public static func rewriteValue(in file: String, dataset: String, index: Int = 3) throws {
+        try python("""
+            import h5py
+            with h5py.File(r'\(file)', 'r+') as f:
+                d = f[r'\(dataset)']
+                a = d[...]
+                a.flat[\(index)] = a.flat[\(index)] * 2 + 1
+                d[...] = a
+            """)
+    }
+
     /// A fresh temporary directory, removed by the caller's defer.
     public static func tempDir() throws -> URL {
         let url = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("attunet-\(UUID().uuidString)")

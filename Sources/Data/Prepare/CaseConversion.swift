@@ -78,6 +78,9 @@ public enum CasePreparer {
             if integral && v != v.rounded() { integral = false }
         }
         if bad > 0 { throw problem(c.image, "\(bad) NaN or infinite voxel(s)") }
+        if o.modality.uppercased() == "CT" && (lo < -Float(ctLimit) || hi > Float(ctLimit)) {
+            throw problem(c.image, "intensities \(fmt(Double(lo))) to \(fmt(Double(hi))) after the header's scaling (scl_slope, scl_inter) are not CT Hounsfield units (expected within ±\(fmt(ctLimit))); check the header's scaling, or name the modality in dataset.json if this is not CT")
+        }
         if !(hi - lo > 1e-6) { throw problem(c.image, "empty volume (every voxel is \(fmt(Double(lo))))") }
         // Labels: integers, remapped, within the declared classes.
         let nClasses = o.classNames.count
@@ -146,6 +149,10 @@ public enum CasePreparer {
             sourceImage: c.image, sourceLabel: labelPath, stats: [Double(mn), Double(mx), mean, std],
             classVoxels: classVoxels, foregroundSample: sample, foregroundLocations: locations)
     }
+
+    /// The largest magnitude a CT voxel may have after scaling, in HU: air is -1000 and dense metal a few
+    /// 10,000; beyond this the header's scl_slope/scl_inter (or the data type) is wrong, and the case is refused.
+    public static let ctLimit = 1e5
 
     /// One line naming the file and the problem.
     static func problem(_ file: String, _ text: String) -> AttunetError { AttunetError("\(file): \(text)") }

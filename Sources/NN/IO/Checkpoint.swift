@@ -1,3 +1,4 @@
+import Crypto
 import Foundation
 import HDF5Kit
 import Support
@@ -6,21 +7,54 @@ import Support
 /// (loads into the original model with h5py + torch.from_numpy), and root attributes `format` and
 /// `model_config` (JSON of `ModelConfig`). Training state (optimizer moments and step, epoch and step within it, config) is added by the
 /// trainer through `extra`.
+///
+/// Integrity: every dataset carries HDF5's Fletcher-32 checksum (`H5Group/createDataset(_:type:shape:chunks:deflate:)`),
+/// and the root attribute `weights_sha256` holds ``weightsDigest(_:)`` of what was saved. Loading verifies both
+/// and refuses a damaged file with one line naming it and what failed; a checkpoint written before the digest
+/// existed loads without it.
 public enum Checkpoint {
     public static let formatName = "attunet-checkpoint"
     public static let formatVersion = 1
     /// The root `format` attribute: name and version.
     public static let format = "\(formatName) \(formatVersion)"
 
-    /// Writes atomically (temporary file, fsync, rename): a crash never leaves a half-written `path`.
+    /// The root attribute holding ``weightsDigest(_:)`` of the saved weights and BN buffers (hex).
+    public static let weightsDigestAttribute = "weights_sha256"
+
+    /// Writes atomically (temporary file, fsync, rename): a crash never leaves a half-written `path`, and a
+    /// failed write (a full disk) keeps the previous file.
     public static func save(_ model: SegmentationModel, to path: String, extra: (H5File) throws -> Void = { _ in }) throws {
         try H5File.writeAtomically(path) { f in
             try f.root.setAttribute("format", format)
             let json = String(decoding: try JSONEncoder().encode(model.config), as: UTF8.self)
             try f.root.setAttribute("model_config", json)
             try StateDict.write(model, to: try f.root.createGroup("state_dict"))
+            try f.root.setAttribute(weightsDigestAttribute, weightsDigest(model))
             try extra(f)
         }
+    }
+
+    /// SHA-256 of the flat parameter buffer and then the flat BN buffer store (float32 little-endian, attunet's
+    /// order and axis layout), as hex: equal digests mean bit-identical weights and running statistics. What
+    /// `attunet inspect` prints and the checkpoint stores.
+    public static func weightsDigest(_ model: SegmentationModel) -> String {
+        var d = StoredDigest()
+        for store in [model.params, model.buffers] {
+            d.add(UnsafeRawBufferPointer(start: store.values.pointer, count: store.count * 4))
+        }
+        return d.hex
+    }
+
+    /// Compares ``weightsDigest(_:)`` of `model` (just loaded from `file`) with the digest `file` stores.
+    /// Returns false when the file stores none (written before attunet stored it); throws a `.corrupt` error
+    /// naming the file when they differ.
+    @discardableResult
+    public static func verifyWeights(_ model: SegmentationModel, in file: H5File) throws -> Bool {
+        let root = file.root
+        guard root.hasAttribute(weightsDigestAttribute) else { return false }
+        try StoredDigest.check(stored: try root.stringAttribute(weightsDigestAttribute), actual: weightsDigest(model),
+                         file: file.path, what: "the weights and BN buffers (/state_dict)")
+        return true
     }
 
     /// The model configuration stored in a checkpoint.
@@ -39,15 +73,18 @@ public enum Checkpoint {
         }
     }
 
-    /// Builds the model a checkpoint describes and loads its weights and BN buffers.
+    /// Builds the model a checkpoint describes and loads its weights and BN buffers, verified against the
+    /// stored digest (and every dataset's Fletcher-32 checksum) when the file has them.
     public static func load(_ path: String) throws -> SegmentationModel {
         let f = try H5File.open(path)
         let model = SegmentationModel(try config(of: f))
         try StateDict.read(into: model, from: try f.root.group("state_dict"))
+        try verifyWeights(model, in: f)
         return model
     }
 
-    /// Loads a checkpoint's weights into an existing model, refusing one made for another architecture.
+    /// Loads a checkpoint's weights into an existing model, refusing one made for another architecture or one
+    /// that fails its checksums; `model` is changed only when everything passed.
     public static func load(_ path: String, into model: SegmentationModel) throws {
         let f = try H5File.open(path)
         let c = try config(of: f)
@@ -55,6 +92,41 @@ public enum Checkpoint {
               c.featureScale == model.config.featureScale else {
             throw AttunetError("\(path): checkpoint is for \(c.kind.rawValue) with \(c.classes) classes, \(c.inChannels) input channel(s), feature scale \(c.featureScale); this run uses \(model.config.kind.rawValue) with \(model.config.classes) classes, \(model.config.inChannels) input channel(s), feature scale \(model.config.featureScale)")
         }
-        try StateDict.read(into: model, from: try f.root.group("state_dict"))
+        let loaded = SegmentationModel(model.config)
+        try StateDict.read(into: loaded, from: try f.root.group("state_dict"))
+        try verifyWeights(loaded, in: f)
+        for (dst, src) in [(model.params, loaded.params), (model.buffers, loaded.buffers)] {
+            dst.values.pointer.update(from: src.values.pointer, count: src.count)
+        }
+    }
+}
+
+/// SHA-256 (swift-crypto) over byte buffers and length-prefixed strings, as lowercase hex: the stored digests of
+/// a checkpoint.
+public struct StoredDigest {
+    private var hash = SHA256()
+    public init() {}
+
+    public mutating func add(_ bytes: UnsafeRawBufferPointer) { hash.update(bufferPointer: bytes) }
+
+    /// An integer as 8 bytes little-endian.
+    public mutating func add(_ value: Int64) {
+        withUnsafeBytes(of: value.littleEndian) { hash.update(bufferPointer: $0) }
+    }
+
+    /// A string as its UTF-8 byte count (8 bytes little-endian) and bytes, so concatenations cannot collide.
+    public mutating func add(_ text: String) {
+        let bytes = Array(text.utf8)
+        add(Int64(bytes.count))
+        bytes.withUnsafeBytes { hash.update(bufferPointer: $0) }
+    }
+
+    public var hex: String { hash.finalize().map { String(format: "%02x", $0) }.joined() }
+
+    /// Throws a `.corrupt` error naming `file` and `what` when `actual` is not the `stored` digest.
+    public static func check(stored: String, actual: String, file: String, what: String) throws {
+        guard stored != actual else { return }
+        throw AttunetError("\(file): SHA-256 mismatch in \(what): the file records \(stored.prefix(16))…, its contents give \(actual.prefix(16))… (the file is damaged)",
+                           kind: .corrupt)
     }
 }

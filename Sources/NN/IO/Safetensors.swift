@@ -6,6 +6,10 @@ import Support
 /// state_dict converts to it in two lines:
 ///     import torch, safetensors.torch as st
 ///     st.save_file({k: v.contiguous() for k, v in torch.load('model.pth', map_location='cpu').items()}, 'model.safetensors')
+///
+/// The format has no checksum. A damaged header (length, JSON, dtype, shape or offsets that do not fit the
+/// file) is refused with one line naming the file and the tensor; a changed value inside the data cannot be
+/// detected (beyond non-finite values, which loading refuses).
 public struct SafetensorsFile {
     public struct Entry { public let dtype: String; public let shape: [Int]; let begin: Int; let end: Int }
     public let path: String
@@ -30,24 +34,36 @@ public struct SafetensorsFile {
                   let offs = d["data_offsets"] as? [Int], offs.count == 2 else {
                 throw AttunetError("\(path): malformed header entry for \(name)")
             }
-            guard offs[0] >= 0, offs[1] >= offs[0], dataStart + offs[1] <= data.count else {
+            guard offs[0] >= 0, offs[1] >= offs[0], offs[1] <= data.count - dataStart else {
                 throw AttunetError("\(path): tensor \(name) lies outside the file (truncated?)")
+            }
+            // Checked arithmetic: a damaged header must give an error, never an overflow.
+            var count = 1
+            for n in shape {
+                let (p, overflow) = count.multipliedReportingOverflow(by: n)
+                guard n >= 0, !overflow else { throw AttunetError("\(path): tensor \(name) has an impossible shape \(shape)") }
+                count = p
+            }
+            if let width = Self.widths[dtype] {
+                let (bytes, overflow) = count.multipliedReportingOverflow(by: width)
+                guard !overflow, bytes == offs[1] - offs[0] else {
+                    throw AttunetError("\(path): tensor \(name) has \(offs[1] - offs[0]) bytes for shape \(shape) of \(dtype)")
+                }
             }
             entries[name] = Entry(dtype: dtype, shape: shape, begin: offs[0], end: offs[1])
         }
         self.entries = entries
     }
 
+    /// Bytes per element of the dtypes `floats(_:)` converts.
+    static let widths = ["F32": 4, "F64": 8, "F16": 2, "BF16": 2, "I64": 8, "I32": 4]
+
     /// The tensor's values as Float (F32, F64, F16, BF16, I64, I32 are converted).
     public func floats(_ name: String) throws -> [Float] {
         guard let e = entries[name] else { throw AttunetError("\(path): no tensor \(name)") }
-        let count = e.shape.reduce(1, *)
+        guard let width = Self.widths[e.dtype] else { throw AttunetError("\(path): tensor \(name) has unsupported dtype \(e.dtype)") }
+        let count = (e.end - e.begin) / width   // the header's shape and byte count agree (checked on opening)
         let bytes = data.subdata(in: (dataStart + e.begin)..<(dataStart + e.end))
-        let width: Int = ["F32": 4, "F64": 8, "F16": 2, "BF16": 2, "I64": 8, "I32": 4][e.dtype] ?? 0
-        guard width > 0 else { throw AttunetError("\(path): tensor \(name) has unsupported dtype \(e.dtype)") }
-        guard bytes.count == count * width else {
-            throw AttunetError("\(path): tensor \(name) has \(bytes.count) bytes for shape \(e.shape) of \(e.dtype)")
-        }
         return bytes.withUnsafeBytes { raw -> [Float] in
             (0..<count).map { i -> Float in
                 switch e.dtype {
