@@ -16,11 +16,11 @@
 # below); PyTorch does not use OpenBLAS.
 #
 # Usage: launch/compare-pytorch.sh [--patch 96x96x48] [--batch 2] [--model attention-unet] [--reps 3]
-#                                  [--steps 3] [--warmup 1] [--ranks N] [--infer-patch 160x160x96] [--json FILE]
+#                                  [--steps 3] [--warmup 2] [--ranks N] [--infer-patch 160x160x96] [--json FILE]
 #   e.g. launch/compare-pytorch.sh --patch 160x160x96 --batch 2 --reps 3
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PATCH=96x96x48 BATCH=2 MODEL=attention-unet REPS=3 STEPS=3 WARMUP=1 RANKS=$(nproc) INFER=160x160x96 JSON=""
+PATCH=96x96x48 BATCH=2 MODEL=attention-unet REPS=3 STEPS=3 WARMUP=2 RANKS=$(nproc) INFER=160x160x96 JSON=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --patch) PATCH=$2; shift 2 ;;

@@ -117,6 +117,9 @@ public final class TrainingBench {
         if env["OPENBLAS_CORETYPE"] == nil && BLASInfo.slowCores.contains(BLASInfo.coreName) && (cpu.hasAVX512F || cpu.hasAVX2) {
             notes.append("OpenBLAS runs its slow '\(BLASInfo.coreName)' kernel on this CPU: rerun with OPENBLAS_CORETYPE=\(cpu.hasAVX512F ? "SkylakeX" : "Haswell") in the environment")
         }
+        if warmup < 2 && !inference {
+            notes.append("fewer than 2 warm-up steps: the first step after the first one touches the memory pool's settled segment for the first time, so the page faults (and a little time) of that touch are counted; use --warmup 2 or more for steady-state figures")
+        }
         return TrainingBenchReport(
             cpu: cpu.modelName, openblasCore: BLASInfo.coreName, openblasCoretypeEnv: env["OPENBLAS_CORETYPE"],
             mode: inference ? "inference" : "training", ranks: n, threadsPerRank: threads, model: config.model.kind.rawValue, featureScale: config.model.featureScale,

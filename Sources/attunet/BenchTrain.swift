@@ -47,7 +47,7 @@ extension Bench {
         @Option(help: "Timed steps.")
         var steps = 5
 
-        @Option(help: "Untimed steps first (first touch of every buffer, loader start-up).")
+        @Option(help: "Untimed steps first: the first grows the memory pool, the second first touches the segment it settles into (2 or more for steady-state figures).")
         var warmup = 2
 
         @Option(help: "Draw patches from this case store instead of synthesised phantoms.")

@@ -1,0 +1,80 @@
+import Foundation
+import TestSupport
+import XCTest
+
+/// `attunet bench train` as CI runs it: a short smoke run whose JSON must have the report's shape. No figure is
+/// judged (speed is measured, never tested); only what the report must contain and what must hold between its
+/// parts.
+final class BenchTrainTests: XCTestCase {
+    private func report(_ command: String) throws -> [String: Any] {
+        let r = try TestEnv.run(command, timeout: 600)
+        XCTAssertEqual(r.status, 0, r.stderr)
+        let json = try JSONSerialization.jsonObject(with: Data(r.stdout.utf8)) as? [String: Any]
+        return try XCTUnwrap(json, "bench train --json printed no JSON object: \(r.stdout.prefix(300))")
+    }
+
+    private let small = "--feature-scale 16 --patch 32x32x16 --steps 2 --warmup 1 --json"
+
+    func testOneProcessAndTwoRanksReportEveryPartOfAStep() throws {
+        for (ranks, prefix) in [(1, ""), (2, "mpirun -np 2 --bind-to none --oversubscribe ")] {
+            let j = try report("\(prefix)\(TestEnv.attunet) bench train --batch 2 \(small)")
+            XCTAssertEqual(j["mode"] as? String, "training")
+            XCTAssertEqual(j["ranks"] as? Int, ranks)
+            XCTAssertEqual(j["batchPerRank"] as? Int, 2 / ranks)
+            XCTAssertEqual(j["parameters"] as? Int, 406_446, "attention-unet at feature scale 16")
+            XCTAssertEqual(j["patch"] as? [Int], [32, 32, 16])
+            let step = try XCTUnwrap(j["stepSeconds"] as? [String: Double])
+            XCTAssertGreaterThan(step["median"] ?? 0, 0)
+            XCTAssertEqual(j["patchesPerSecond"] as? Double ?? 0, 2 / step["median"]!, accuracy: 1e-9)
+            let phases = try XCTUnwrap(j["phases"] as? [String: Double])
+            XCTAssertEqual(Set(phases.keys), ["data", "forward", "loss", "backward", "allReduce", "optimizer"])
+            for key in ["peakResidentBytes", "residentBytes", "residentBeforeStepsBytes", "recycledBytes"] {
+                let v = try XCTUnwrap(j[key] as? [Int], key)
+                XCTAssertEqual(v.count, ranks, key)
+                XCTAssertTrue(v.allSatisfy { $0 > 0 }, "\(key): \(v)")
+            }
+            XCTAssertEqual((j["minorFaultsPerStep"] as? [Double])?.count, ranks)
+
+            // Every layer of the model, once, in the order the forward pass runs them; their times lie within
+            // the forward and backward phases.
+            let layers = try XCTUnwrap(j["layers"] as? [[String: Any]])
+            let names = layers.compactMap { $0["name"] as? String }
+            XCTAssertEqual(names.count, Set(names).count, "a layer listed twice")
+            XCTAssertEqual(names.first, "conv1.conv1.0")
+            XCTAssertEqual(names.last, "final")
+            XCTAssertEqual(layers.filter { ($0["kind"] as? String) == "Conv3d 3x3x3" }.count, 18)
+            XCTAssertEqual(layers.filter { ($0["kind"] as? String) == "BatchNorm3d" }.count, 28)
+            for name in ["maxpool1", "up_concat1.up", "attentionblock2.gate_block_1.multiply", "final.concat"] {
+                XCTAssertTrue(names.contains(name), "\(name) missing from \(names)")
+            }
+            let conv = try XCTUnwrap(layers.first { ($0["name"] as? String) == "conv1.conv2.0" })
+            XCTAssertEqual(conv["forwardFlop"] as? Double, 2 * 4 * 27 * 4 * Double(2 / ranks * 32 * 32 * 16),
+                           "4 -> 4 channels, 3x3x3, on the rank's patches")
+            let layerSeconds = layers.reduce(0.0) { $0 + ($1["forwardSeconds"] as? Double ?? 0) + ($1["backwardSeconds"] as? Double ?? 0) }
+            XCTAssertGreaterThan(layerSeconds, 0)
+            XCTAssertLessThanOrEqual(layerSeconds, 1.01 * (phases["forward"]! + phases["backward"]!) + 1e-3,
+                                     "rank 0's layers cannot take longer than the slowest rank's forward and backward")
+        }
+    }
+
+    func testInferenceModeTimesForwardPassesOfOnePatch() throws {
+        let j = try report("\(TestEnv.attunet) bench train --inference \(small)")
+        XCTAssertEqual(j["mode"] as? String, "inference")
+        XCTAssertEqual(j["batchPerRank"] as? Int, 1)
+        let phases = try XCTUnwrap(j["phases"] as? [String: Double])
+        XCTAssertGreaterThan(phases["forward"] ?? 0, 0)
+        XCTAssertEqual(phases["backward"], 0)
+        let layers = try XCTUnwrap(j["layers"] as? [[String: Any]])
+        XCTAssertTrue(layers.allSatisfy { ($0["backwardCalls"] as? Int) == 0 }, "inference ran a backward pass")
+    }
+
+    func testBadOptionsAreClearErrors() throws {
+        let r = try TestEnv.run("\(TestEnv.attunet) bench train --steps 0")
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue(r.stderr.contains("--steps must be at least 1"), r.stderr)
+        let s = try TestEnv.run("\(TestEnv.attunet) bench train --store /nonexistent/store.h5 --steps 1 --warmup 0")
+        XCTAssertEqual(s.status, 1)
+        XCTAssertTrue(s.stderr.contains("/nonexistent/store.h5"), s.stderr)
+        XCTAssertEqual(s.stderr.split(separator: "\n").count, 1, s.stderr)
+    }
+}
