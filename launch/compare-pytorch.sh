@@ -11,6 +11,7 @@
 # and the targets: training and inference throughput >= 2x PyTorch's, peak memory per sample <= PyTorch's,
 # no page faults in steady-state steps, N-rank scaling >= 0.95 N.
 #
+# Every run's JSON report is kept in runs/compare-pytorch/<date-time>/.
 # PyTorch runs the original model classes (Tests/Fixtures/make_fixtures.py) from a venv with CPU torch (made by
 # launch/test-env.sh on first use). OPENBLAS_CORETYPE is set to SkylakeX when unset on an AVX-512 CPU (said
 # below); PyTorch does not use OpenBLAS.
@@ -32,7 +33,7 @@ while [ $# -gt 0 ]; do
     --ranks) RANKS=$2; shift 2 ;;
     --infer-patch) INFER=$2; shift 2 ;;
     --json) JSON=$2; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | grep '^#' | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "compare-pytorch.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
   esac
 done
@@ -42,9 +43,10 @@ fi
 source launch/env.sh
 source launch/test-env.sh >/dev/null
 PY=$ATTUNET_PYTHON
-OUT=$(mktemp -d /tmp/attunet-compare.XXXXXX)
-trap 'rm -rf "$OUT"' EXIT
-STORE_DIR=$OUT/store
+OUT=runs/compare-pytorch/$(date +%Y%m%d-%H%M%S)
+mkdir -p "$OUT"
+STORE_DIR=$(mktemp -d /tmp/attunet-compare.XXXXXX)
+trap 'rm -rf "$STORE_DIR"' EXIT
 echo "compare-pytorch: $MODEL, patch $PATCH, batch $BATCH, $REPS repetitions of $WARMUP warm-up + $STEPS timed steps; CPU: $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), $(nproc) cores"
 
 # One phantom store for every attunet run (the bench synthesises one per run otherwise).
@@ -99,7 +101,7 @@ def section(name, title):
     faults = max(max(a["minorFaultsPerStep"]) for a in o)
     print(f"\n{title}")
     print(f"  attunet  {statistics.median([a['patchesPerSecond'] for a in o]):.3f} patches/s, step {statistics.median([a['stepSeconds']['median'] for a in o]):.3f} s, "
-          f"peak {max(max(a['peakResidentBytes']) for a in o) / 2**30:.2f} GiB per rank ({a['batchPerRank']} sample(s) per rank), {faults:.0f} page faults per step")
+          f"peak {max(max(a['peakResidentBytes']) for a in o) / 2**30:.2f} GiB per rank ({o[0]['batchPerRank']} sample(s) per rank), {faults:.0f} page faults per step")
     print(f"  PyTorch  {statistics.median([b['patchesPerSecond'] for b in t]):.3f} patches/s, step {statistics.median([b['stepSeconds']['median'] for b in t]):.3f} s, "
           f"peak {max(b['peakResidentBytes'] for b in t) / 2**30:.2f} GiB ({t[0]['batch']} sample(s)), {max(b['minorFaultsPerStep'] for b in t):.0f} page faults per step")
     print(f"  throughput attunet/PyTorch {spread(speed)}; peak memory per sample attunet/PyTorch {spread(mem)}")
@@ -124,4 +126,5 @@ for text, good in ok: print(f"  [{'met' if good else 'NOT met'}] {text}")
 if json_path:
     json.dump({"targets": [{"target": t, "met": g} for t, g in ok], **summary}, open(json_path, "w"), indent=1)
     print(f"\nall figures: {json_path}")
+print(f"every run's report: {out}/")
 EOF

@@ -239,7 +239,8 @@ public final class SlidingWindowPredictor {
                 for flip in flips {
                     Self.extract(vol.baseAddress!, n, origin: origin, patch: p, flip: flip, pad: padValue, into: input.pointer)
                     for (i, net) in networks.enumerated() {
-                        let logits = try net.forward(input)
+                        // Keeping nothing for a backward pass: a tile needs a few activations at a time.
+                        let logits = try GradientMode.withoutGradients { try net.forward(input) }
                         guard logits.shape == [1, k, p.z, p.y, p.x] else {
                             throw AttunetError("sliding window: network \(i + 1) returned logits of shape \(logits.shape) for a tile \(input.shape); expected [1, \(k), \(p.z), \(p.y), \(p.x)]")
                         }

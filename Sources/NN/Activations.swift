@@ -62,18 +62,19 @@ public final class ReLU {
     public func forward(_ x: Tensor) -> Tensor {
         let t0 = LayerProfile.start()
         defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "ReLU", x.shape, forward: 2 * x.count, backward: 3 * x.count) } }
-        let out = inPlace ? x : Tensor.reuse(&y, x.shape)
-        y = out
+        let out = inPlace ? x : GradientMode.output(&y, x.shape)
+        y = GradientMode.keep(out)
         return PointwiseSupport.map(x, into: out) { max($0, 0) }
     }
 
-    /// dx = dy ⊙ [y > 0] (0 at the kink, as PyTorch).
-    public func backward(_ dy: Tensor) -> Tensor {
+    /// dx = dy ⊙ [y > 0] (0 at the kink, as PyTorch). With `inPlace`, dx is written over dy and dy returned (the
+    /// caller must own dy and not need it afterwards).
+    public func backward(_ dy: Tensor, inPlace: Bool = false) -> Tensor {
         let t0 = LayerProfile.start()
         defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(label, "ReLU", dy.shape, forward: 2 * dy.count, backward: 3 * dy.count) } }
         guard let y else { preconditionFailure("ReLU.backward before forward") }
         precondition(dy.shape == y.shape, "ReLU.backward: dy \(dy.shape) vs y \(y.shape)")
-        let g = Tensor.recycled(dy.shape)
+        let g = inPlace ? dy : Tensor.recycled(dy.shape)
         let yp = y.pointer, dyp = dy.pointer, dxp = g.pointer
         PointwiseSupport.chunks(dy.count) { r in
             // An explicit vector select: the scalar form compiles to a data-dependent branch that mispredicts
@@ -104,7 +105,7 @@ public final class Sigmoid {
         let t0 = LayerProfile.start()
         defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "Sigmoid", x.shape, forward: 2 * x.count, backward: 3 * x.count) } }
         // Both branches avoid overflow of exp: e^(-|x|) is in (0, 1].
-        return PointwiseSupport.map(x, into: Tensor.reuse(&y, x.shape)) { v in
+        return PointwiseSupport.map(x, into: GradientMode.output(&y, x.shape)) { v in
             if v >= 0 { return 1 / (1 + Foundation.exp(-v)) }
             let e = Foundation.exp(v)
             return e / (1 + e)
@@ -132,7 +133,7 @@ public final class Softmax {
 
     public func forward(_ x: Tensor) -> Tensor {
         PointwiseSupport.require5D(x, "Softmax")
-        let out = Tensor.reuse(&y, x.shape)
+        let out = GradientMode.output(&y, x.shape)
         let n = x.shape[0], c = x.shape[1], v = x.shape[2] * x.shape[3] * x.shape[4]
         let blocks = (v + Self.block - 1) / Self.block
         let src = x.pointer, dst = out.pointer

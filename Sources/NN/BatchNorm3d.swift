@@ -39,6 +39,9 @@ public final class BatchNorm3d {
     public let numBatchesTracked: ParameterRef
 
     public var training = true
+    /// True when no backward pass reads this layer's output (the next layer only copies it): the output is then
+    /// a recycled tensor, freed once read, instead of a buffer the layer keeps between steps.
+    public var outputIsScratch = false
     /// Strong references: a ParameterRef does not keep its store alive.
     private let stores: (ParameterStore, ParameterStore)
     public var statisticsReducer: ((UnsafeMutableBufferPointer<Double>) throws -> Void)?
@@ -89,9 +92,9 @@ public final class BatchNorm3d {
         precondition(x.shape.count == 5 && x.shape[1] == channels,
                      "BatchNorm3d.forward: expected [N, \(channels), Z, Y, X], got \(x.shape)")
         let n = x.shape[0], c = channels, v = x.shape[2] * x.shape[3] * x.shape[4]
-        input = x
+        input = GradientMode.keep(x)
         forwardWasTraining = training
-        let y = Tensor.reuse(&output, x.shape)
+        let y = outputIsScratch ? Tensor.recycled(x.shape) : GradientMode.output(&output, x.shape)
         let xp = UnsafePointer(x.pointer)
         if training {
             var stats = [Double](repeating: 0, count: 2 * c + 1)
@@ -144,20 +147,23 @@ public final class BatchNorm3d {
 
     // MARK: Backward
 
-    /// Returns dL/dx and accumulates dL/dgamma, dL/dbeta into the parameter store's gradients.
-    /// A failing `statisticsReducer` stops the process (see `forward`); `backwardThrowing` propagates it.
-    public func backward(_ dy: Tensor) -> Tensor {
-        do { return try backwardThrowing(dy) } catch { fatalError("BatchNorm3d \(name): statistics reducer failed: \(error)") }
+    /// Returns dL/dx and accumulates dL/dgamma, dL/dbeta into the parameter store's gradients. With `inPlace`,
+    /// dx is written over dy and dy returned (the caller must own dy and not need it afterwards); the values are
+    /// the same either way. A failing `statisticsReducer` stops the process (see `forward`); `backwardThrowing`
+    /// propagates it.
+    public func backward(_ dy: Tensor, inPlace: Bool = false) -> Tensor {
+        do { return try backwardThrowing(dy, inPlace: inPlace) } catch { fatalError("BatchNorm3d \(name): statistics reducer failed: \(error)") }
     }
 
     /// `backward`, propagating an error thrown by `statisticsReducer`.
-    public func backwardThrowing(_ dy: Tensor) throws -> Tensor {
+    public func backwardThrowing(_ dy: Tensor, inPlace: Bool = false) throws -> Tensor {
         let t0 = LayerProfile.start()
         defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(name, "BatchNorm3d", dy.shape, forward: 3 * dy.count, backward: 5 * dy.count) } }
         guard let x = input else { preconditionFailure("BatchNorm3d.backward before forward") }
         precondition(dy.shape == x.shape, "BatchNorm3d.backward: dy \(dy.shape) vs input \(x.shape)")
         let n = x.shape[0], c = channels, v = x.shape[2] * x.shape[3] * x.shape[4]
-        let dx = Tensor.recycled(x.shape)
+        // In place, each element of dx is computed from the same element of dy only (the sums come first).
+        let dx = inPlace ? dy : Tensor.recycled(x.shape)
         let xp = UnsafePointer(x.pointer), dyp = UnsafePointer(dy.pointer)
         let mean = mean, invStd = invStd
         // Σdy and Σdy·(x - mean) per channel, local to this rank.

@@ -23,9 +23,9 @@ public final class GateMultiply {
         let s = x.shape
         precondition(alpha.shape == [s[0], 1, s[2], s[3], s[4]],
                      "GateMultiply: alpha \(alpha.shape) must be [N, 1, Z, Y, X] for x \(s)")
-        self.x = x
-        self.alpha = alpha
-        let out = Tensor.reuse(&y, s)
+        self.x = GradientMode.keep(x)
+        self.alpha = GradientMode.keep(alpha)
+        let out = GradientMode.output(&y, s)
         let c = s[1], v = s[2] * s[3] * s[4]
         let xp = x.pointer, ap = alpha.pointer, op = out.pointer
         parallelFor(s[0] * c) { plane in
@@ -74,6 +74,7 @@ public final class GateMultiply {
 public final class Concat {
     private var y: Tensor?
     private var inShapes: [[Int]] = []
+    private var outShape: [Int] = []
 
     /// Its place in the model (`up_concat1.up`), for the per-layer profile.
     public var label = ""
@@ -84,7 +85,7 @@ public final class Concat {
 
     public func forward(_ xs: [Tensor]) -> Tensor {
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "Concat", y?.shape ?? [], forward: 2 * (y?.count ?? 0), backward: 2 * (y?.count ?? 0)) } }
+        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "Concat", outShape, forward: 2 * outShape.reduce(1, *), backward: 2 * outShape.reduce(1, *)) } }
         precondition(!xs.isEmpty, "Concat: no inputs")
         let s0 = xs[0].shape
         precondition(s0.count >= 2, "Concat: expected [N, C, ...], got \(s0)")
@@ -96,7 +97,8 @@ public final class Concat {
         }
         var os = s0
         os[1] = cTotal
-        let out = Tensor.reuse(&y, os)
+        let out = GradientMode.output(&y, os)
+        outShape = os
         let shapes = xs.map(\.shape)
         inShapes = shapes
         let n = s0[0], v = s0[2...].reduce(1, *)
@@ -117,6 +119,28 @@ public final class Concat {
         precondition(inShapes.count == 2, "Concat.backward(dy) -> (da, db) needs a two-input forward")
         let g = backwardAll(dy)
         return (g[0], g[1])
+    }
+
+    /// The gradient of input `k` of the last forward alone (the other inputs' parts of dy are read by their
+    /// own layers in place, e.g. ``Trilinear/backward(_:channels:)``).
+    public func backward(_ dy: Tensor, input k: Int) -> Tensor {
+        precondition(inShapes.indices.contains(k), "Concat.backward: no input \(k) in the last forward")
+        precondition(dy.shape == outShape, "Concat.backward: dy \(dy.shape) vs y \(outShape)")
+        let n = outShape[0], cTotal = outShape[1], v = outShape[2...].reduce(1, *)
+        let c = inShapes[k][1], first = inShapes[..<k].reduce(0) { $0 + $1[1] }
+        let grad = Tensor.recycled(inShapes[k])
+        let src = dy.pointer, dst = grad.pointer
+        parallelFor(n * c) { task in
+            let b = task / c, ch = task % c
+            (dst + task * v).update(from: src + (b * cTotal + first + ch) * v, count: v)
+        }
+        return grad
+    }
+
+    /// The channels of input `k` in the concatenation.
+    public func channels(ofInput k: Int) -> Range<Int> {
+        let first = inShapes[..<k].reduce(0) { $0 + $1[1] }
+        return first..<(first + inShapes[k][1])
     }
 
     /// Gradients of every input of the last forward, in order.
@@ -155,7 +179,7 @@ public final class Add {
         let t0 = LayerProfile.start()
         defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "Add", a.shape, forward: 3 * a.count, backward: 0) } }
         precondition(a.shape == b.shape, "Add: \(a.shape) vs \(b.shape)")
-        let out = Tensor.reuse(&y, a.shape)
+        let out = GradientMode.output(&y, a.shape)
         let ap = a.pointer, bp = b.pointer, op = out.pointer
         PointwiseSupport.chunks(a.count) { r in
             for i in r { op[i] = ap[i] + bp[i] }

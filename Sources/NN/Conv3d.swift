@@ -73,6 +73,11 @@ public final class Conv3d {
     /// tensor) and only accumulates the parameter gradients.
     public var needsInputGradient = true
 
+    /// True when no backward pass reads this layer's output (the next layer copies it or needs only its own
+    /// output for backward): the output is then a recycled tensor, freed once read, instead of a buffer the
+    /// layer keeps between steps.
+    public var outputIsScratch = false
+
     private var input: Tensor?
     private var output: Tensor?
     private static let empty = Tensor([0])
@@ -150,8 +155,9 @@ public final class Conv3d {
         let n = x.shape[0], d = Dim3(z: x.shape[2], y: x.shape[3], x: x.shape[4])
         let od = outputDims(d)
         precondition(od.count > 0, "Conv3d.forward: input \(x.shape) too small for kernel \(kernel)")
-        input = x
-        let y = Tensor.reuse(&output, [n, outChannels, od.z, od.y, od.x])
+        input = GradientMode.keep(x)
+        let y = outputIsScratch ? Tensor.recycled([n, outChannels, od.z, od.y, od.x])
+            : GradientMode.output(&output, [n, outChannels, od.z, od.y, od.x])
         let t0 = LayerProfile.start()
         defer { LayerProfile.stop(self, t0, backward: false) { profileEntry(y.shape) } }
         prepareWorkspaces(n: n, d: d)

@@ -27,7 +27,7 @@ public final class MaxPool3d {
         defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "MaxPool3d", Self.outputShape(x.shape), forward: x.count + x.count / 8 + x.count / 32, backward: x.count + x.count / 8 + x.count / 32) } }
         let s = x.shape
         let os = Self.outputShape(s)
-        let out = Tensor.reuse(&y, os)
+        let out = GradientMode.output(&y, os)
         inShape = s
         let outCount = out.count
         if winner == nil || winner!.count != outCount {

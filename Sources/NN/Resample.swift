@@ -199,12 +199,20 @@ public final class Trilinear {
     }
 
     /// The adjoint of `forward`: dx = Zᵀ Yᵀ Xᵀ dy (scatter-add with the forward weights).
-    public func backward(_ dy: Tensor) -> Tensor {
+    ///
+    /// With `channels`, dy is a wider tensor (the gradient of a concatenation the output went into) and the
+    /// output's gradient is its channels `channels` of every sample, read in place.
+    public func backward(_ dy: Tensor, channels: Range<Int>? = nil) -> Tensor {
         let t0 = LayerProfile.start()
         defer { LayerProfile.stop(self, t0, backward: true) { profileEntry(tableShape.reduce(1, *)) } }
         guard let outShape else { preconditionFailure("Trilinear.backward before forward") }
-        precondition(dy.shape == outShape, "Trilinear.backward: dy \(dy.shape) vs y \(outShape)")
+        let range = channels ?? 0..<dy.shape[1]
+        var expected = dy.shape
+        if expected.count == 5 { expected[1] = range.count }
+        precondition(expected == outShape && range.upperBound <= dy.shape[1],
+                     "Trilinear.backward: dy \(dy.shape) (channels \(range)) vs y \(outShape)")
         let s = tableShape
+        let cOut = s[1], cDy = dy.shape[1], cOff = range.lowerBound
         let planes = s[0] * s[1]
         let zi = s[2], yi = s[3], xi = s[4]
         let zo = tz.i0.count, yo = ty.i0.count, xo = tx.i0.count
@@ -234,7 +242,7 @@ public final class Trilinear {
                         continue
                     }
                     // Zᵀ: gather the output slices that read input slice z.
-                    let gplane = dyp + p * outPlane
+                    let gplane = dyp + ((p / cOut) * cDy + cOff + p % cOut) * outPlane
                     do {
                         let first = gplane + Int(zro[r0]) * outSlice, w = zrw[r0]
                         for i in 0..<outSlice { acc[i] = w * first[i] }

@@ -226,7 +226,7 @@ public enum TensorPool {
     /// free segment of `slack` times the most that was live at once since the last settle. Call it after the first training
     /// step at a new shape: from then on the step's requests share that one segment instead of the many the
     /// first step grew, each sized for the request that first needed it.
-    public static func settle(slack: Double = 1.1) {
+    public static func settle(slack: Double = 1.25) {
         let released = state.withLock { st -> [UnsafeMutablePointer<Float>] in
             var idle: [UnsafeMutablePointer<Float>] = []
             for (base, seg) in st.segments {

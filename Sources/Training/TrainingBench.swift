@@ -40,8 +40,9 @@ public final class TrainingBench {
 
     /// Runs `warmup` untimed and `steps` timed steps and gathers every rank's figures (the report is complete
     /// on rank 0).
-    /// With `inference`, each timed step is instead an evaluation-mode forward pass of one patch (what the
-    /// sliding-window predictor runs per tile), and the report's phases hold only the forward time.
+    /// With `inference`, each timed step is instead an evaluation-mode forward pass of one patch without
+    /// gradients (what the sliding-window predictor runs per tile), and the report's phases hold only the
+    /// forward time.
     public func run(warmup: Int, steps: Int, threads: Int, inference: Bool = false) throws -> TrainingBenchReport {
         let config = trainer.config
         let local = config.batch / comm.size
@@ -57,6 +58,7 @@ public final class TrainingBench {
         let profile = LayerProfile()
         var walls: [Double] = [], phases = [Double](repeating: 0, count: 6)
         var faultsBefore = rusage(), faultsAfter = rusage()
+        var single: Tensor?   // inference: the first patch of each batch
         for i in 0..<(warmup + steps) {
             let timed = i >= warmup
             if timed && LayerProfile.active == nil {
@@ -69,10 +71,10 @@ public final class TrainingBench {
             let wait = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             let r: StepResult
             if inference {
-                let one = Tensor([1] + Array(batch.image.shape.dropFirst()))
+                let one = Tensor.reuse(&single, [1] + Array(batch.image.shape.dropFirst()))
                 one.pointer.update(from: batch.image.pointer, count: one.count)
                 let f0 = DispatchTime.now().uptimeNanoseconds
-                _ = try trainer.model.forward(one)
+                _ = try GradientMode.withoutGradients { try trainer.model.forward(one) }
                 var times = StepTimes()
                 times.forward = Double(DispatchTime.now().uptimeNanoseconds - f0) / 1e9
                 r = StepResult(loss: 0, stopRequested: false, times: times)

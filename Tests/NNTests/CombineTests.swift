@@ -121,5 +121,38 @@ final class CombineTests: XCTestCase {
         }
         XCTAssertEqual(results[0], results[1])
     }
-}
 
+    /// The memory-saving forms of backward give the plain forms' values bit for bit: BN and ReLU writing over
+    /// dy, one input's gradient of a concatenation, and an upsampling reading its part of a wider gradient.
+    func testInPlaceAndSlicedBackwardsEqualThePlainOnes() {
+        let shape = [2, 3, 4, 6, 5], count = 720
+        let params = ParameterStore(), buffers = ParameterStore()
+        let bn = BatchNorm3d(params: params, buffers: buffers, name: "bn", channels: 3)
+        params.allocate(); buffers.allocate()
+        bn.resetParameters()
+        let x = Tensor(shape, GradCheck.random(count, seed: 1))
+        _ = bn.forward(x)
+        let dy = GradCheck.random(count, seed: 2)
+        let plain = bn.backward(Tensor(shape, dy)).array
+        let owned = Tensor(shape, dy)
+        let inPlace = bn.backward(owned, inPlace: true)
+        XCTAssertTrue(inPlace === owned)
+        XCTAssertEqual(inPlace.array, plain)
+
+        let relu = ReLU()
+        _ = relu.forward(x)
+        let reluOwned = Tensor(shape, dy)
+        XCTAssertEqual(relu.backward(reluOwned, inPlace: true).array, relu.backward(Tensor(shape, dy)).array)
+
+        // [skip 2 ch | upsampled 3 ch]: the upsampling's gradient read in place from channels 2..<5.
+        let up = Trilinear(factor: 2, alignCorners: false), cat = Concat()
+        let coarse = Tensor([2, 3, 2, 3, 3], GradCheck.random(108, seed: 3))
+        let skip = Tensor([2, 2, 4, 6, 6], GradCheck.random(576, seed: 4))
+        _ = cat.forward(skip, up.forward(coarse))
+        let dCat = Tensor([2, 5, 4, 6, 6], GradCheck.random(1440, seed: 5))
+        let (dSkip, dUp) = cat.backward(dCat)
+        XCTAssertEqual(cat.backward(dCat, input: 0).array, dSkip.array)
+        XCTAssertEqual(cat.channels(ofInput: 1), 2..<5)
+        XCTAssertEqual(up.backward(dCat, channels: 2..<5).array, up.backward(dUp).array)
+    }
+}

@@ -70,7 +70,7 @@ final class LayerFixtureTests: XCTestCase {
     func testActivationsAndPooling() throws {
         let cases: [(String, (Tensor) -> Tensor, (Tensor) -> Tensor)] = {
             let relu = ReLU(), sig = Sigmoid(), sm = Softmax(), pool = MaxPool3d()
-            return [("relu", relu.forward, relu.backward), ("sigmoid", sig.forward, sig.backward),
+            return [("relu", relu.forward, { relu.backward($0) }), ("sigmoid", sig.forward, sig.backward),
                     ("softmax", sm.forward, sm.backward), ("maxpool", pool.forward, pool.backward)]
         }()
         for (group, forward, backward) in cases {

@@ -47,6 +47,29 @@ final class ModelTests: XCTestCase {
         XCTAssertLessThanOrEqual(TensorPool.cachedBytes, 2 * TensorPool.peakLiveBytes)
     }
 
+    /// Without gradients (prediction), a forward pass gives the same logits bit for bit, keeps no activation
+    /// in the layers, and has at most three times the largest activation live at once, where a recording pass
+    /// keeps every activation.
+    func testForwardWithoutGradientsKeepsOnlyAFewActivations() throws {
+        let model = SegmentationModel(ModelConfig(kind: .attentionUNet, featureScale: 16))
+        model.training = false
+        let x = Tensor([1, 1, 16, 32, 32], (0..<16_384).map { Float(($0 * 7919) % 101) / 50 - 1 })
+        let recorded = try model.forward(x).array
+        TensorPool.settle()   // peak counted from here
+        let free = try GradientMode.withoutGradients { try model.forward(x).array }
+        XCTAssertEqual(free, recorded)
+        // The largest activation: the head's concatenation of 4 x 4 class maps, [1, 16, 16, 32, 32]. Without
+        // gradients it comes from the pool (so the peak is at least its size) and is freed with the rest.
+        let largest = 4 * 16 * 16 * 32 * 32
+        XCTAssertGreaterThanOrEqual(TensorPool.peakLiveBytes, largest, "layer outputs must be recycled tensors")
+        XCTAssertLessThanOrEqual(TensorPool.peakLiveBytes, 3 * largest)
+        XCTAssertTrue(GradientMode.isRecording, "recording resumes after the block")
+        // The layers let go of their buffers: a second pass is served entirely from the pool.
+        let fresh = TensorPool.freshAllocations
+        _ = try GradientMode.withoutGradients { try model.forward(x) }
+        XCTAssertEqual(TensorPool.freshAllocations, fresh)
+    }
+
     func testNamesFollowTheOriginalStateDict() {
         let names = SegmentationModel(ModelConfig(kind: .attentionUNet, featureScale: 16)).params.entries.map(\.name)
         for n in ["conv1.conv1.0.weight", "conv1.conv1.1.bias", "conv1.conv2.0.bias", "gating.conv1.0.weight",

@@ -20,7 +20,11 @@ final class ConvBNReLU {
     }
 
     func forward(_ x: Tensor) -> Tensor { relu.forward(bn.forward(conv.forward(x))) }
-    func backward(_ dy: Tensor) -> Tensor { conv.backward(bn.backward(relu.backward(dy))) }
+    /// Takes `dy` over: ReLU and BN write their gradients over it, so only the convolution's input gradient is
+    /// a new buffer (every caller hands in a gradient nobody else holds).
+    func backward(_ dy: consuming Tensor) -> Tensor {
+        conv.backward(bn.backward(relu.backward(dy, inPlace: true), inPlace: true))
+    }
 }
 
 /// `UnetConv3`: two 3×3×3 conv+BN+ReLU, children `conv1` and `conv2`.
@@ -33,7 +37,7 @@ final class UnetConv3 {
     }
 
     func forward(_ x: Tensor) -> Tensor { c2.forward(c1.forward(x)) }
-    func backward(_ dy: Tensor) -> Tensor { c1.backward(c2.backward(dy)) }
+    func backward(_ dy: consuming Tensor) -> Tensor { c1.backward(c2.backward(dy)) }
 }
 
 /// `UnetUp3_CT`: upsample the coarser decoder feature ×2 (trilinear), concatenate [skip, up], `UnetConv3`.
@@ -54,9 +58,10 @@ final class UpBlock {
     }
 
     /// Returns (d skip, d coarse).
-    func backward(_ dy: Tensor) -> (Tensor, Tensor) {
-        let (dSkip, dUp) = concat.backward(conv.backward(dy))
-        return (dSkip, up.backward(dUp))
+    func backward(_ dy: consuming Tensor) -> (Tensor, Tensor) {
+        // The upsampling's gradient is read straight out of the concatenation's: only the skip's part is copied.
+        let dCat = conv.backward(dy)
+        return (concat.backward(dCat, input: 0), up.backward(dCat, channels: concat.channels(ofInput: 1)))
     }
 }
 
@@ -84,6 +89,10 @@ final class GridAttentionGate {
         self.alignCorners = alignCorners
         add.label = "\(prefix).add"; relu.label = "\(prefix).relu"; sigmoid.label = "\(prefix).sigmoid"
         upAlpha.label = "\(prefix).upsample"; multiply.label = "\(prefix).multiply"
+        // Read only by layers whose backward does not need them: the sum (θ, φ), the sigmoid (ψ, which keeps
+        // its own output) and the concatenation of the two gates (W's BN).
+        for c in [theta, phi, psi] { c.outputIsScratch = true }
+        wBN.outputIsScratch = true
     }
 
     func forward(x: Tensor, g: Tensor) -> (out: Tensor, alpha: Tensor) {
@@ -157,6 +166,7 @@ final class DeepSupervision {
         conv = Conv3d(params: p, name: name, inChannels: inSize, outChannels: classes, kernel: 1, bias: true)
         up = factor > 1 ? Trilinear(factor: factor, alignCorners: alignCorners) : nil
         up?.label = "\(name).upsample"
+        conv.outputIsScratch = true   // read by the upsampling or the head's concatenation, which keep nothing of it
     }
 
     func forward(_ x: Tensor) -> Tensor {

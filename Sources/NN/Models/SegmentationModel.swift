@@ -229,29 +229,32 @@ public final class SegmentationModel {
 
     private func backwardPass(_ dLogits: Tensor, inputGradient: Bool) -> Tensor? {
         conv1.c1.conv.needsInputGradient = inputGradient
-        let dHead = headConcat.backwardAll(final.backward(dLogits))
-        let dU1 = dsv1.backward(dHead[0])
-        let dU2 = dsv2.backward(dHead[1]), dU3 = dsv3.backward(dHead[2]), dU4 = dsv4.backward(dHead[3])
-        let (dC1, dU2b) = up1.backward(dU1)
+        // The head's gradients live only inside this closure (an array local to the function would keep them
+        // alive through the whole decoder).
+        let (dU1, dU2, dU3, dU4) = { () -> (Tensor, Tensor, Tensor, Tensor) in
+            let dHead = headConcat.backwardAll(final.backward(dLogits))
+            return (dsv1.backward(dHead[0]), dsv2.backward(dHead[1]), dsv3.backward(dHead[2]), dsv4.backward(dHead[3]))
+        }()
+        let (dC1, dU2b) = up1.backward(consume dU1)
         dU2.add(dU2b)
         let dC2, dC3, dC4, dCtr: Tensor
         if let gating, let att2, let att3, let att4 {
-            let (dG2, dU3b) = up2.backward(dU2)
+            let (dG2, dU3b) = up2.backward(consume dU2)
             let (dC2a, dU3c) = att2.backward(dG2)
             dU3.add(dU3b); dU3.add(dU3c)
-            let (dG3, dU4b) = up3.backward(dU3)
+            let (dG3, dU4b) = up3.backward(consume dU3)
             let (dC3a, dU4c) = att3.backward(dG3)
             dU4.add(dU4b); dU4.add(dU4c)
-            let (dG4, dCtrA) = up4.backward(dU4)
+            let (dG4, dCtrA) = up4.backward(consume dU4)
             let (dC4a, dGating) = att4.backward(dG4)
             dCtrA.add(gating.backward(dGating))
             dC2 = dC2a; dC3 = dC3a; dC4 = dC4a; dCtr = dCtrA
         } else {
-            let (dS2, dU3b) = up2.backward(dU2)
+            let (dS2, dU3b) = up2.backward(consume dU2)
             dU3.add(dU3b)
-            let (dS3, dU4b) = up3.backward(dU3)
+            let (dS3, dU4b) = up3.backward(consume dU3)
             dU4.add(dU4b)
-            let (dS4, dCtrA) = up4.backward(dU4)
+            let (dS4, dCtrA) = up4.backward(consume dU4)
             dC2 = dS2; dC3 = dS3; dC4 = dS4; dCtr = dCtrA
         }
         dC4.add(pools[3].backward(center.backward(dCtr)))
