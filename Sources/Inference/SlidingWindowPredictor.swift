@@ -130,6 +130,8 @@ public final class SlidingWindowPredictor {
     /// Per tile and attention map: the map up-sampled to the tile, summed likewise.
     private var tileMaps: [Tensor] = []
     private var upsamplers: [Trilinear] = []
+    /// Whether the recycled-tensor pool was settled after this predictor's first tile (see `TensorPool.settle`).
+    private var poolSettled = false
 
     /// Checks the options and that the networks agree (one input channel, the same classes, at most 256 so labels
     /// fit a byte).
@@ -241,6 +243,12 @@ public final class SlidingWindowPredictor {
                     for (i, net) in networks.enumerated() {
                         // Keeping nothing for a backward pass: a tile needs a few activations at a time.
                         let logits = try GradientMode.withoutGradients { try net.forward(input) }
+                        if !poolSettled {
+                            // The first tile grew the pool one request at a time; every later tile shares one
+                            // segment of the most it had live at once.
+                            TensorPool.settle()
+                            poolSettled = true
+                        }
                         guard logits.shape == [1, k, p.z, p.y, p.x] else {
                             throw AttunetError("sliding window: network \(i + 1) returned logits of shape \(logits.shape) for a tile \(input.shape); expected [1, \(k), \(p.z), \(p.y), \(p.x)]")
                         }

@@ -75,6 +75,7 @@ public final class TrainingBench {
                 one.pointer.update(from: batch.image.pointer, count: one.count)
                 let f0 = DispatchTime.now().uptimeNanoseconds
                 _ = try GradientMode.withoutGradients { try trainer.model.forward(one) }
+                if i == 0 { TensorPool.settle() }   // as the sliding-window predictor does after its first tile
                 var times = StepTimes()
                 times.forward = Double(DispatchTime.now().uptimeNanoseconds - f0) / 1e9
                 r = StepResult(loss: 0, stopRequested: false, times: times)
