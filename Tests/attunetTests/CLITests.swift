@@ -13,6 +13,27 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(u.stdout.contains("total trainable parameters: 5,888,004"), u.stdout)
     }
 
+    /// The U-Net presets: `inspect` prints their count and feature scale; a --feature-scale that contradicts
+    /// a preset is refused in inspect, train and cv (whose --models lists them among the known models).
+    func testPresetsPrintTheirCountAndFixTheirFeatureScale() throws {
+        let c = try TestEnv.run("\(TestEnv.attunet) inspect --model unet-capacity-matched")
+        XCTAssertEqual(c.status, 0, c.stderr)
+        XCTAssertTrue(c.stdout.contains("total trainable parameters: 6,444,328"), c.stdout)
+        XCTAssertTrue(c.stdout.contains("feature-scale 3.82 (filters 16,33,67,134,268)") && c.stdout.contains("capacity-matched"), c.stdout)
+        let b = try TestEnv.run("\(TestEnv.attunet) inspect --model unet-10m --feature-scale 3")
+        XCTAssertEqual(b.status, 0, b.stderr)
+        XCTAssertTrue(b.stdout.contains("total trainable parameters: 10,403,190") && b.stdout.contains("feature-scale 3.0 (filters 21,42,85,170,341)"), b.stdout)
+        for command in ["inspect --model unet-10m --feature-scale 16",
+                        "train --store none.h5 --model unet-capacity-matched --feature-scale 8",
+                        "cv --store none.h5 --models unet,unet-capacity-matched --feature-scale 16"] {
+            let r = try TestEnv.run("\(TestEnv.attunet) \(command)")
+            XCTAssertNotEqual(r.status, 0, command)
+            XCTAssertTrue(r.stderr.contains("conflicts with unet-") && r.stderr.contains("which fixes feature scale"), "\(command): \(r.stderr)")
+        }
+        let unknown = try TestEnv.run("\(TestEnv.attunet) cv --store none.h5 --models unet,vnet")
+        XCTAssertTrue(unknown.stderr.contains("unknown model 'vnet' (attention-unet, unet, unet-capacity-matched, unet-10m)"), unknown.stderr)
+    }
+
     /// A state_dict saved by the original code as safetensors imports into a checkpoint whose tensors equal
     /// the originals in PyTorch's axis order; a wrong file is refused with one line naming it.
     func testImportWeightsFromSafetensors() throws {
