@@ -61,13 +61,14 @@ final class TransferTests: XCTestCase {
         XCTAssertTrue(through.contains("attentionblock4.gate_block_1.psi.weight") && through.contains("attentionblock2.combine_gates.0.weight")
                       && through.contains("attentionblock3.gate_block_2.W.1.running_var"), "\(through)")
         XCTAssertEqual(Set(fresh + through), Set((att.params.entries + att.buffers.entries).map(\.name).filter { $0.hasPrefix("gating.") || $0.hasPrefix("attentionblock") }))
-        XCTAssertEqual(report.freshParameters.count, att.params.entries.filter { $0.name.hasPrefix("gating.") || $0.hasPrefix("attentionblock") }.count)
+        XCTAssertEqual(report.freshParameters.count, att.params.entries.filter { $0.name.hasPrefix("gating.") || $0.name.hasPrefix("attentionblock") }.count)
         att.training = false
         let got = try att.forward(x)
         var worst: Float = 0
         for i in 0..<got.count { worst = max(worst, abs(got.data[i] - want.data[i])) }
         XCTAssertLessThanOrEqual(worst, 1e-5, "attention-unet from the U-Net: max |logit difference| \(worst) (logits up to \(want.maxAbs))")
         XCTAssertGreaterThan(want.maxAbs, 0.1)
+        print("pass-through from the U-Net: max |logit difference| \(worst), logits up to \(want.maxAbs)")
         // The gates pass features through but stay trainable: α = σ(3) everywhere.
         for (name, map) in att.attentionMaps {
             XCTAssertEqual(map.data[0], Float(1 / (1 + exp(-3.0))), accuracy: 1e-6, name)
