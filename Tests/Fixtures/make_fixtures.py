@@ -536,7 +536,7 @@ def print_presets():
         print(f'{name}: feature_scale {scale}, filters {filters_for(scale)}: {n:,} parameters (pinned {want:,})')
         assert n == want
     # The paper's 10.40 M row: the filter sets of unet_CT_dsv_3D between feature scales 2.5 and 3.8 whose
-    # count rounds to 10.40 M (only one: [21, 42, 85, 170, 341], feature scales (2.994, 3.011]).
+    # count rounds to 10.40 M (only one: [21, 42, 85, 170, 341], feature scales (2.9942, 3.0029]).
     seen = {}
     for i in range(2500, 3800):
         scale = i / 1000
