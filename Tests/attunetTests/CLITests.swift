@@ -34,6 +34,30 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(unknown.stderr.contains("unknown model 'vnet' (attention-unet, unet, unet-capacity-matched, unet-10m)"), unknown.stderr)
     }
 
+    /// `attunet experiment capacity` is `attunet cv` of attention-unet, unet and unet-capacity-matched (and
+    /// unet-10m with --with-10m) on the same folds: the dry run plans the three models with their counts; a
+    /// --models of its own is refused; the presets' feature scales hold.
+    func testExperimentCapacityIsTheCVOfTheThreeModels() throws {
+        let dir = try TestEnv.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try TestEnv.phantomStore(in: dir, count: 4, seed: 3, scale: 0.5, spacing: 4)
+        let r = try TestEnv.run("\(TestEnv.attunet) experiment capacity --store \(store) --folds 2 --patch 32x32x16 --epochs 1 --dry-run")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        for line in ["attention-unet (6,473,322 parameters)", "unet (5,888,004 parameters)", "unet-capacity-matched (6,444,328 parameters)"] {
+            XCTAssertTrue(r.stdout.contains(line), "missing '\(line)':\n\(r.stdout)")
+        }
+        XCTAssertFalse(r.stdout.contains("unet-10m"), r.stdout)
+        let own = try TestEnv.run("\(TestEnv.attunet) experiment capacity --store \(store) --models unet")
+        XCTAssertNotEqual(own.status, 0)
+        XCTAssertTrue(own.stderr.contains("--models is fixed by experiment capacity"), own.stderr)
+        let big = try TestEnv.run("\(TestEnv.attunet) experiment capacity --store \(store) --feature-scale 3.82 --with-10m")
+        XCTAssertNotEqual(big.status, 0)
+        XCTAssertTrue(big.stderr.contains("conflicts with unet-10m"), big.stderr)
+        let help = try TestEnv.run("\(TestEnv.attunet) experiment capacity --help")
+        XCTAssertEqual(help.status, 0, help.stderr)
+        XCTAssertTrue(help.stdout.contains("capacity-matched") && help.stdout.contains("--fold-parallel"), help.stdout)
+    }
+
     /// A state_dict saved by the original code as safetensors imports into a checkpoint whose tensors equal
     /// the originals in PyTorch's axis order; a wrong file is refused with one line naming it.
     func testImportWeightsFromSafetensors() throws {
