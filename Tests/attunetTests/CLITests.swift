@@ -47,12 +47,12 @@ final class CLITests: XCTestCase {
             XCTAssertTrue(r.stdout.contains(line), "missing '\(line)':\n\(r.stdout)")
         }
         XCTAssertFalse(r.stdout.contains("unet-10m"), r.stdout)
-        let own = try TestEnv.run("\(TestEnv.attunet) experiment capacity --store \(store) --models unet")
-        XCTAssertNotEqual(own.status, 0)
-        XCTAssertTrue(own.stderr.contains("--models is fixed by experiment capacity"), own.stderr)
-        let big = try TestEnv.run("\(TestEnv.attunet) experiment capacity --store \(store) --feature-scale 3.82 --with-10m")
-        XCTAssertNotEqual(big.status, 0)
-        XCTAssertTrue(big.stderr.contains("conflicts with unet-10m"), big.stderr)
+        for (options, message) in [("--models unet", "--models is fixed by experiment capacity"),
+                                   ("--feature-scale 3.82 --with-10m", "conflicts with unet-10m")] {
+            let refused = try TestEnv.run("\(TestEnv.attunet) experiment capacity --store \(store) \(options)")
+            XCTAssertNotEqual(refused.status, 0, options)
+            XCTAssertTrue(refused.stderr.contains(message), "\(options): \(refused.stderr)")
+        }
         let help = try TestEnv.run("\(TestEnv.attunet) experiment capacity --help")
         XCTAssertEqual(help.status, 0, help.stderr)
         XCTAssertTrue(help.stdout.contains("capacity-matched") && help.stdout.contains("--fold-parallel"), help.stdout)
