@@ -10,9 +10,22 @@ public enum OptimizerKind: String, Codable, Sendable, CaseIterable {
     case sgd
 }
 
+/// What the optimizer does with a parameter (`attunet train --init`): train it at the base learning rate,
+/// train it at the rate of the parameters that start fresh (`--head-lr`), or leave it alone (`--freeze`).
+public enum ParameterRole: String, Codable, Sendable {
+    /// Initialised from a checkpoint (or the seeded initialisation of a run without `--init`): the base rate.
+    case trained
+    /// Not initialised from the checkpoint: ``Optimizer/freshLearningRate`` when set.
+    case fresh
+    /// Never updated: no step, no weight decay, its moments stay as they are (zero in a fresh optimizer).
+    case frozen
+}
+
 public final class Optimizer {
     public let kind: OptimizerKind
     public var learningRate: Double
+    /// The learning rate of the parameters whose role is ``ParameterRole/fresh`` (nil: ``learningRate``).
+    public var freshLearningRate: Double?
     public let weightDecay: Double
     public let momentum: Double = 0.9
     public let beta1 = 0.9, beta2 = 0.999, eps = 1e-8
@@ -20,26 +33,57 @@ public final class Optimizer {
     public private(set) var step: Int = 0
     /// Adam's first/second moments, or SGD's momentum buffer (first) — same layout as the parameters.
     public let moment1: Tensor, moment2: Tensor
+    /// Runs of the flat parameter buffer and their roles, in order, covering it (default: one run, trained).
+    public private(set) var segments: [(range: Range<Int>, role: ParameterRole)]
 
     public init(_ kind: OptimizerKind, parameterCount: Int, learningRate: Double = 1e-4, weightDecay: Double = 1e-6) {
         self.kind = kind; self.learningRate = learningRate; self.weightDecay = weightDecay
         moment1 = Tensor([parameterCount])
         moment2 = Tensor([kind == .adam ? parameterCount : 0])
+        segments = [(0..<parameterCount, .trained)]
     }
+
+    /// Gives every parameter of `entries` (the model's parameter store) the role `role(name)`; neighbouring
+    /// tensors of one role form one run.
+    public func setRoles(_ entries: [ParameterEntry], _ role: (String) -> ParameterRole) {
+        var runs: [(range: Range<Int>, role: ParameterRole)] = []
+        for e in entries where e.count > 0 {
+            let r = role(e.name)
+            if let last = runs.last, last.role == r, last.range.upperBound == e.offset {
+                runs[runs.count - 1].range = last.range.lowerBound..<(e.offset + e.count)
+            } else {
+                runs.append((e.offset..<(e.offset + e.count), r))
+            }
+        }
+        precondition(runs.map { $0.range.count }.reduce(0, +) == moment1.count, "roles must cover every parameter")
+        segments = runs
+    }
+
+    /// The number of parameters of each role.
+    public func count(_ role: ParameterRole) -> Int { segments.filter { $0.role == role }.map { $0.range.count }.reduce(0, +) }
 
     /// Restores the state saved in a checkpoint.
     public func restore(step: Int) { self.step = step }
 
-    /// One update of `params` from `grads` (already averaged across ranks).
+    /// One update of `params` from `grads` (already averaged across ranks), run by run: frozen runs are
+    /// skipped, fresh ones use ``freshLearningRate``.
     public func update(params: Tensor, grads: Tensor) {
         precondition(params.count == grads.count && params.count == moment1.count)
         step += 1
+        for (range, role) in segments {
+            if role == .frozen { continue }
+            let rate = role == .fresh ? freshLearningRate ?? learningRate : learningRate
+            update(params: params, grads: grads, range: range, learningRate: rate)
+        }
+    }
+
+    private func update(params: Tensor, grads: Tensor, range: Range<Int>, learningRate: Double) {
         let p = params.pointer, g = grads.pointer, m = moment1.pointer
-        let n = params.count, lr = Float(learningRate), wd = Float(weightDecay)
+        let lr = Float(learningRate), wd = Float(weightDecay)
         switch kind {
         case .sgd:
             let mu = Float(momentum), first = step == 1
-            for i in 0..<n {
+            for i in range {
                 let gi = g[i] + wd * p[i]
                 let b = first ? gi : mu * m[i] + gi
                 m[i] = b
@@ -50,7 +94,7 @@ public final class Optimizer {
             let b1 = Float(beta1), b2 = Float(beta2)
             let c1 = Float(1 - Foundation.pow(beta1, Double(step))), c2 = Float(1 - Foundation.pow(beta2, Double(step)))
             let stepSize = lr / c1, c2root = c2.squareRoot(), e = Float(eps)
-            for i in 0..<n {
+            for i in range {
                 let gi = g[i] + wd * p[i]
                 m[i] = b1 * m[i] + (1 - b1) * gi
                 v[i] = b2 * v[i] + (1 - b2) * gi * gi

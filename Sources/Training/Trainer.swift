@@ -55,6 +55,10 @@ public final class Trainer {
     /// Whether ``step(_:)`` has settled the recycled-tensor pool (after its first step).
     private var settled = false
 
+    /// The mapping `--init` applied (``initialiseFromCheckpoint()``), or the one the resumed checkpoint
+    /// records; nil for a run without `--init`.
+    public private(set) var transfer: TransferReport?
+
     public var latestPath: String { folder.checkpointLatest.path }
     public var bestPath: String { folder.checkpointBest.path }
 
@@ -101,11 +105,57 @@ public final class Trainer {
         }
         let state = try TrainingCheckpoint.load(path, model: model, optimizer: optimizer, config: config,
                                                 storeFingerprint: fingerprint)
+        if config.transfer != nil {
+            // --init is not applied again: the weights are the run's; the record says which parameters are fresh.
+            guard let report = try TrainingCheckpoint.transferReport(in: try H5File.open(path)) else {
+                throw AttunetError("\(path): no record of the --init mapping (attribute \(TrainingCheckpoint.transferAttribute)); was this run started with --init?")
+            }
+            transfer = report
+            assignRoles()  // frozen and fresh as the run started
+        }
         guard state.worldSize == comm.size else {
             throw AttunetError("\(path): written by a run with \(state.worldSize) rank(s); resume with the same number (now \(comm.size)) to continue the same patch sequence")
         }
         try log?.load(keepBefore: state.epoch)
         return state
+    }
+
+    /// Initialises the model from `config.transfer`'s checkpoint (``WeightTransfer``: by name, the output
+    /// layers per `--reset-head` / `--label-map`, exact pass-through gates from a U-Net with
+    /// `--pass-through-gates`), on every rank from the same file, and gives the optimizer the parameters' roles:
+    /// `--freeze` ones frozen, the ones that start fresh at `--head-lr`. Rank 0 prints the mapping table. Call
+    /// it before ``run(from:)`` for a fresh run (``run(from:)`` calls it when nobody did), never for a resumed
+    /// one. The optimizer is fresh: zero moments, step 0.
+    @discardableResult
+    public func initialiseFromCheckpoint() throws -> TransferReport {
+        guard let t = config.transfer else { throw AttunetError("no --init checkpoint in this run's configuration") }
+        let file = try H5File.open(t.checkpoint)
+        let source = try Checkpoint.load(t.checkpoint)  // verifies checksums and the weights digest
+        let report = try WeightTransfer.apply(from: source, sourcePath: t.checkpoint,
+                                              sourceClassNames: TrainingCheckpoint.classNames(in: file), into: model,
+                                              targetPath: config.store, targetClassNames: store.classNames,
+                                              resetHead: t.resetHead, labelMap: t.labelMap)
+        transfer = report
+        try comm.broadcast(model.params.values.data, root: 0)
+        try comm.broadcast(model.buffers.values.data, root: 0)
+        assignRoles()
+        if comm.isRoot && verbose {
+            for line in report.table(target: config.model) { print(linePrefix + line) }
+            let frozen = optimizer.count(.frozen), fresh = optimizer.count(.fresh)
+            if t.freeze != .none {
+                print(linePrefix + "  frozen (--freeze \(t.freeze.rawValue)): \(t.freeze.modules.joined(separator: ", ")), \(grouped(frozen)) parameters keep their values (no step, no weight decay, Adam moments stay 0); their BN running statistics keep updating in training mode, as PyTorch's requires_grad=False does")
+            }
+            let head = t.headLearningRate.map { "--head-lr \($0)" } ?? "--lr \(config.learningRate)"
+            print(linePrefix + "  learning rates: \(grouped(model.parameterCount - frozen - fresh)) copied parameters --lr \(config.learningRate), \(grouped(fresh)) fresh ones \(head); the optimizer starts fresh")
+        }
+        return report
+    }
+
+    /// The optimizer's parameter roles from `config.transfer` and ``transfer``.
+    private func assignRoles() {
+        let freeze = config.transfer?.freeze ?? FreezeKind.none, fresh = transfer?.freshParameters ?? []
+        optimizer.setRoles(model.params.entries) { freeze.freezes($0) ? .frozen : fresh.contains($0) ? .fresh : .trained }
+        optimizer.freshLearningRate = config.transfer?.headLearningRate.map { config.schedule.rate(base: $0, epoch: 0) }
     }
 
     /// Installs SIGTERM/SIGUSR1 handlers that ask every rank to finish the current step and stop.
@@ -119,6 +169,7 @@ public final class Trainer {
     public func run(from resumed: TrainingState? = nil) throws {
         var state = resumed ?? TrainingState(epoch: 0, stepInEpoch: 0, globalStep: 0, bestDice: -1, bestEpoch: -1,
                                              worldSize: comm.size, storeFingerprint: fingerprint)
+        if resumed == nil && config.transfer != nil && transfer == nil { try initialiseFromCheckpoint() }
         let loader = try PatchLoader(store: store, cases: config.trainCases, patch: config.patch, batch: config.batch / comm.size,
                                      rank: comm.rank, worldSize: comm.size, seed: config.seed, augment: config.augmentOptions,
                                      foregroundFraction: config.foregroundFraction, samplesPerCase: config.samplesPerCase)
@@ -136,6 +187,7 @@ public final class Trainer {
         while state.epoch < config.epochs {
             let epoch = state.epoch
             optimizer.learningRate = config.schedule.rate(base: config.learningRate, epoch: epoch)
+            optimizer.freshLearningRate = config.transfer?.headLearningRate.map { config.schedule.rate(base: $0, epoch: epoch) }
             model.training = true
             loader.startEpoch(epoch, fromStep: state.stepInEpoch)
             let t0 = Date()
@@ -242,10 +294,12 @@ public final class Trainer {
         if comm.isRoot {
             try log?.append(record)
             if improved {
-                try TrainingCheckpoint.save(bestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record)
+                try TrainingCheckpoint.save(bestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record,
+                                            classNames: store.classNames, transfer: transfer)
             }
             if last || state.epoch % max(config.checkpointEvery, 1) == 0 {
-                try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record)
+                try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record,
+                                            classNames: store.classNames, transfer: transfer)
             }
         }
         return record
@@ -255,7 +309,8 @@ public final class Trainer {
     /// run ends with an `.interrupted` error (exit status 75).
     private func stopAndSave(_ state: TrainingState, metrics: EpochRecord?, finished: String) throws -> Never {
         if comm.isRoot {
-            try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: metrics)
+            try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: metrics,
+                                        classNames: store.classNames, transfer: transfer)
             print(linePrefix + "train: stop requested; finished \(finished), wrote \(latestPath); \(resumeHint)")
         }
         try comm.barrier()
@@ -384,15 +439,4 @@ public struct StepResult: Sendable {
 public func formatDuration(_ s: Double) -> String {
     let t = Int(s.rounded())
     return t >= 3600 ? "\(t / 3600)h\(String(format: "%02d", (t % 3600) / 60))m" : t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
-}
-
-/// 6473322 → "6,473,322".
-public func grouped(_ n: Int) -> String {
-    let s = String(n)
-    var out = ""
-    for (i, ch) in s.enumerated() {
-        if i > 0 && (s.count - i) % 3 == 0 { out.append(",") }
-        out.append(ch)
-    }
-    return out
 }

@@ -19,16 +19,23 @@ public struct TrainingState: Codable, Sendable, Equatable {
 
 /// The training checkpoint: the model checkpoint of `Checkpoint` (state_dict in PyTorch order, model_config)
 /// plus `optimizer/` (moment buffers in the flat parameter layout, kind, step), `train_config` and
-/// `training_state` (JSON attributes) and `metrics` (the last epoch's record). Besides the weights digest of
-/// `Checkpoint`, the root attribute `state_sha256` holds ``stateDigest(moments:step:kind:trainingState:trainConfig:)``
-/// of what `--resume` restores beyond the weights; `--resume` and `attunet inspect` verify it.
+/// `training_state` (JSON attributes), `metrics` (the last epoch's record), `class_names` (the store's, JSON)
+/// and, for a run started with `--init`, `transfer` (the ``TransferReport``: what was copied, what started
+/// fresh). Besides the weights digest of `Checkpoint`, the root attribute `state_sha256` holds
+/// ``stateDigest(moments:step:kind:trainingState:trainConfig:transfer:)`` of what `--resume` restores beyond
+/// the weights; `--resume` and `attunet inspect` verify it.
 public enum TrainingCheckpoint {
     /// The root attribute holding the digest of the optimizer and training state (hex).
     public static let stateDigestAttribute = "state_sha256"
+    /// The root attribute holding the ``TransferReport`` of a run started with `--init` (JSON).
+    public static let transferAttribute = "transfer"
+    /// The root attribute holding the training store's class names, background first (JSON array).
+    public static let classNamesAttribute = "class_names"
 
     /// Refuses to write non-finite weights (the previous checkpoint at `path` is kept).
     public static func save(_ path: String, model: SegmentationModel, optimizer: Optimizer, config: TrainConfig,
-                            state: TrainingState, metrics: EpochRecord?) throws {
+                            state: TrainingState, metrics: EpochRecord?, classNames: [String]? = nil,
+                            transfer: TransferReport? = nil) throws {
         for store in [model.params, model.buffers] {
             if let e = store.entries.first(where: { e in (e.offset..<(e.offset + e.count)).contains { !store.values.data[$0].isFinite } }) {
                 throw AttunetError("\(e.name) holds NaN/Inf at global step \(state.globalStep); \(path) not written, the last good checkpoint is kept; lower --lr or check the data",
@@ -44,6 +51,11 @@ public enum TrainingCheckpoint {
             if let metrics {
                 try root.setAttribute("metrics", String(decoding: try JSONEncoder().encode(metrics), as: UTF8.self))
             }
+            if let classNames {
+                try root.setAttribute(classNamesAttribute, String(decoding: try JSONEncoder().encode(classNames), as: UTF8.self))
+            }
+            let transferJSON = try transfer.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) }
+            if let transferJSON { try root.setAttribute(transferAttribute, transferJSON) }
             let opt = try root.createGroup("optimizer")
             try opt.setAttribute("kind", optimizer.kind.rawValue)
             try opt.setAttribute("step", optimizer.step)
@@ -54,15 +66,17 @@ public enum TrainingCheckpoint {
                 try d.write(from: t.pointer, as: .float32)
             }
             try root.setAttribute(stateDigestAttribute, stateDigest(
-                moments: moments, step: optimizer.step, kind: optimizer.kind.rawValue, trainingState: stateJSON, trainConfig: configJSON))
+                moments: moments, step: optimizer.step, kind: optimizer.kind.rawValue, trainingState: stateJSON, trainConfig: configJSON,
+                transfer: transferJSON))
         }
     }
 
     /// SHA-256 (hex) of what a resume restores besides the weights: each optimizer moment buffer present (its
     /// name, then its float32 little-endian values), the optimizer step (int64 little-endian) and kind, and
-    /// the `training_state` and `train_config` JSON (strings length-prefixed, ``StoredDigest``).
+    /// the `training_state` and `train_config` JSON (strings length-prefixed, ``StoredDigest``), and the
+    /// `transfer` JSON when the checkpoint has one (so the digest of a checkpoint without it is unchanged).
     public static func stateDigest(moments: [(name: String, values: Tensor)], step: Int, kind: String,
-                                   trainingState: String, trainConfig: String) -> String {
+                                   trainingState: String, trainConfig: String, transfer: String? = nil) -> String {
         var d = StoredDigest()
         for (name, t) in moments {
             d.add(name)
@@ -72,6 +86,7 @@ public enum TrainingCheckpoint {
         d.add(kind)
         d.add(trainingState)
         d.add(trainConfig)
+        if let transfer { d.add(transfer) }
         return d.hex
     }
 
@@ -92,7 +107,8 @@ public enum TrainingCheckpoint {
         }
         let actual = stateDigest(moments: moments, step: try opt.intAttribute("step"), kind: try opt.stringAttribute("kind"),
                                  trainingState: try root.stringAttribute("training_state"),
-                                 trainConfig: try root.stringAttribute("train_config"))
+                                 trainConfig: try root.stringAttribute("train_config"),
+                                 transfer: try root.hasAttribute(transferAttribute) ? root.stringAttribute(transferAttribute) : nil)
         try StoredDigest.check(stored: try root.stringAttribute(stateDigestAttribute), actual: actual, file: file.path,
                                what: "the optimizer and training state (/optimizer, training_state, train_config)")
         return true
@@ -132,6 +148,22 @@ public enum TrainingCheckpoint {
         }
         optimizer.restore(step: try opt.intAttribute("step"))
         return state
+    }
+
+    /// The ``TransferReport`` a checkpoint of a run started with `--init` records (nil: none).
+    public static func transferReport(in file: H5File) throws -> TransferReport? {
+        guard file.root.hasAttribute(transferAttribute) else { return nil }
+        do {
+            return try JSONDecoder().decode(TransferReport.self, from: Data(try file.root.stringAttribute(transferAttribute).utf8))
+        } catch {
+            throw AttunetError("\(file.path): unreadable \(transferAttribute) attribute")
+        }
+    }
+
+    /// The class names a checkpoint records (nil: written before attunet recorded them, or not by `train`).
+    public static func classNames(in file: H5File) -> [String]? {
+        guard let json = try? file.root.stringAttribute(classNamesAttribute) else { return nil }
+        return try? JSONDecoder().decode([String].self, from: Data(json.utf8))
     }
 
     /// `Checkpoint.weightsDigest(_:)`: the SHA-256 of the weights and BN buffers that a checkpoint stores and

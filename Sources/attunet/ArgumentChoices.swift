@@ -7,6 +7,7 @@ import Tensor
 // The library's named choices, parsed by name from the command line; help lists their values and parsing
 // refuses anything else.
 extension ModelKind: ExpressibleByArgument {}
+extension FreezeKind: ExpressibleByArgument {}
 extension OptimizerKind: ExpressibleByArgument {}
 extension LossKind: ExpressibleByArgument {}
 extension ScheduleKind: ExpressibleByArgument {}

@@ -15,7 +15,7 @@ struct AttuNet: ParsableCommand {
         3 NaN/Inf loss (the last good checkpoint kept), 4 a collective timed out (a peer died, hung or is
         unreachable; see --step-timeout), 64 bad command line, 75 stopped on request (rerun with --resume).
         """,
-        subcommands: [Doctor.self, Synth.self, Prepare.self, Train.self, CV.self, Predict.self, Evaluate.self, Inspect.self,
+        subcommands: [Doctor.self, Synth.self, Prepare.self, Train.self, CV.self, Experiment.self, Predict.self, Evaluate.self, Inspect.self,
                       ImportWeights.self, Bench.self]
     )
 

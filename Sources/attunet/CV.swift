@@ -47,7 +47,7 @@ struct CV: ParsableCommand {
     @Option(help: "Case-to-patient map (JSON object or CSV case,patient): a patient's cases stay in one fold.")
     var groupBy: String?
 
-    @Option(help: "Comma-separated models, trained on the same folds; the first is compared with the others.")
+    @Option(help: "Comma-separated models, trained on the same folds; the first is compared with the others: attention-unet, unet, unet-capacity-matched, unet-10m (the presets fix their feature scale; --feature-scale then must be left out or equal theirs).")
     var models: String = "attention-unet,unet"
 
     @OptionGroup var architecture: ArchitectureOptions
@@ -79,11 +79,14 @@ struct CV: ParsableCommand {
         let names = models.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
         var kinds: [ModelKind] = []
         for n in names {
-            guard let k = ModelKind(rawValue: n) else { throw ValidationError("--models: unknown model '\(n)' (attention-unet, unet)") }
+            guard let k = ModelKind(rawValue: n) else {
+                throw ValidationError("--models: unknown model '\(n)' (\(ModelKind.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
             guard !kinds.contains(k) else { throw ValidationError("--models: \(n) given twice") }
             kinds.append(k)
         }
         guard !kinds.isEmpty else { throw ValidationError("--models: no model") }
+        try architecture.check(kinds)
         return kinds
     }
 

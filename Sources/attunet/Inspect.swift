@@ -15,6 +15,8 @@ struct Inspect: ParsableCommand {
         parameter count, then the total. With --tensors, one row per state_dict tensor instead.
           attunet inspect --model attention-unet --classes 4     # 6,473,322 parameters
           attunet inspect --model unet --classes 4               # 5,888,004
+          attunet inspect --model unet-capacity-matched          # 6,444,328 (feature scale 3.82)
+          attunet inspect --model unet-10m                       # 10,403,190 (feature scale 3)
         With a checkpoint file: its model configuration, training state, parameter count and tensors, the
         weights' SHA-256, and the integrity check: every dataset is read (HDF5's Fletcher-32 checksums) and the
         stored SHA-256 digests of the weights and of the optimizer and training state are verified. A damaged
@@ -47,6 +49,10 @@ struct Inspect: ParsableCommand {
                let r = try? JSONDecoder().decode(EpochRecord.self, from: Data(json.utf8)) {
                 print("metrics of epoch \(r.epoch): loss \(fmt(r.trainLoss, 5)), lr \(String(format: "%.3e", r.learningRate)), validation Dice \(r.validationDice.map { fmt($0, 4) }.joined(separator: " "))")
             }
+            if let t = try TrainingCheckpoint.transferReport(in: f) {
+                let fresh = t.freshParameters.count, copied = t.tensors.filter { $0.action == .copied || $0.action == .classRows }.count
+                print("initialised from: \(t.source) (\(t.sourceModel.kind.rawValue), \(t.sourceModel.classes) classes, weights sha256 \(t.sourceWeightsSHA256.prefix(16))…): \(copied) tensors copied, \(fresh) parameter tensors fresh" + (t.labelMap.map { ", label map \($0)" } ?? ""))
+            }
             print("weights sha256: \(TrainingCheckpoint.weightsDigest(model))")
             let optimizer = root.exists("optimizer")
             print("stored digests: " + (!weights && !state ? "none (no stored digest: written before attunet stored them; checksums of the datasets read passed)" :
@@ -57,6 +63,7 @@ struct Inspect: ParsableCommand {
         }
         let c = model.config
         print("model: \(c.kind.rawValue)  in-channels \(c.inChannels)  classes \(c.classes)  feature-scale \(c.featureScale) (filters \(c.filters.map(String.init).joined(separator: ",")))  align-corners \(c.alignCorners)")
+        print("  \(c.kind.summary)")
         if tensors {
             for e in model.params.entries + model.buffers.entries {
                 print("  \(e.name.padding(toLength: 52, withPad: " ", startingAt: 0)) \(StateDict.torchShape(e.shape))")

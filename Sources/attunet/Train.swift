@@ -24,6 +24,11 @@ struct Train: ParsableCommand {
 
         Stopping: SIGTERM or SIGUSR1 to any rank (e.g. SLURM before the time limit) makes every rank finish the current step; rank 0 writes checkpoint_latest.h5 and the run exits with status 75. Run the same command with --resume to continue: the result is bit-identical to an uninterrupted run. A --resume whose settings differ from the run's is refused, naming the first difference (--epochs, --val-every, --checkpoint-every and the store's path may change). A NaN/Inf loss stops the run with status 3, keeping the last good checkpoint. A collective that waits past --step-timeout (a dead, hung or unreachable peer) ends the job with status 4.
 
+        Starting from a checkpoint: --init CHECKPOINT copies its weights and BN buffers by name (the optimizer starts fresh) and prints what was copied and what starts fresh. --freeze encoder keeps conv1 ... center as they are; --head-lr trains the fresh parameters at another rate; --reset-head starts the output layers fresh (a checkpoint with another class count); --label-map SRC:DST,... copies the output rows of the checkpoint's classes to the store's. From a unet checkpoint into --model attention-unet --pass-through-gates the network starts computing the U-Net's logits (evaluation mode). These settings are part of the run's configuration: --resume needs the same ones and does not apply --init again.
+
+          attunet train --store pancreas.h5 --classes 2 --init runs/ct/checkpoint_best.h5 \\
+              --label-map 2:1 --freeze encoder --head-lr 1e-3 --out runs/finetune
+
         Integrity: every checkpoint carries Fletcher-32 checksums on its datasets and SHA-256 digests of its weights and of its optimizer and training state; --resume verifies them and refuses a damaged checkpoint_latest.h5 with one line. It never falls back on its own: continue from another checkpoint with --resume-from PATH (checkpoint_best.h5, or a copy of an earlier checkpoint_latest.h5); the run goes on from that checkpoint's epoch and overwrites checkpoint_latest.h5 at its next save. A checkpoint that cannot be written (a full disk) ends the run with status 1 and keeps the previous one.
         """
     )
@@ -34,6 +39,8 @@ struct Train: ParsableCommand {
     @OptionGroup var modelOptions: ModelOptions
 
     @OptionGroup var training: TrainingOptions
+
+    @OptionGroup(title: "Starting from a checkpoint") var transferOptions: TransferOptions
 
     @Option(help: "Comma-separated validation case ids (the rest train).")
     var valCases: String?
@@ -65,7 +72,8 @@ struct Train: ParsableCommand {
         } else {
             (trainIDs, valIDs) = TrainConfig.split(ids, validationFraction: training.valFraction, seed: training.seed)
         }
-        let config = training.config(store: store, model: modelOptions.config, trainCases: trainIDs, validationCases: valIDs)
+        var config = training.config(store: store, model: modelOptions.config, trainCases: trainIDs, validationCases: valIDs)
+        config.transfer = transferOptions.config
         let latest = folder.checkpointLatest.path
         if resume && resumeFrom != nil { throw AttunetError("--resume and --resume-from: pass one of them") }
         let resuming = resume || resumeFrom != nil
@@ -87,6 +95,8 @@ struct Train: ParsableCommand {
                 let example = FileManager.default.fileExists(atPath: best) ? "e.g. --resume-from \(best)" : "with a copy of an earlier checkpoint_latest.h5"
                 throw AttunetError("\(e.message); to continue from another checkpoint pass --resume-from (\(example))", kind: .corrupt)
             }
+        } else if config.transfer != nil {
+            try trainer.initialiseFromCheckpoint()   // prints the mapping; refusals come before anything is written
         }
         if comm.isRoot {
             try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)

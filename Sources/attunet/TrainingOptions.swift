@@ -1,5 +1,7 @@
 import ArgumentParser
 import Data
+import Foundation
+import Support
 import NN
 import Tensor
 import Training
@@ -91,5 +93,43 @@ struct TrainingOptions: ParsableArguments {
                     loss: loss, seed: seed, syncBN: syncBN, foregroundFraction: foregroundFraction,
                     augment: augment, validateEvery: valEvery, checkpointEvery: checkpointEvery,
                     trainCases: trainCases, validationCases: validationCases)
+    }
+}
+
+/// `attunet train --init` and the options that go with it.
+struct TransferOptions: ParsableArguments {
+    @Option(name: .customLong("init"), help: ArgumentHelp("Start from this checkpoint's weights and BN buffers instead of the seeded initialisation; the optimizer starts fresh.", discussion: "Tensors are copied by state_dict name (same feature scale and input channels); tensors the checkpoint lacks start from the seeded initialisation, e.g. the gates and the gating signal of an attention-unet initialised from a unet checkpoint (with --pass-through-gates they start as an exact pass-through, and the network computes the U-Net's logits in evaluation mode). The mapping is printed as a table and recorded in every checkpoint. --resume never applies --init again.", valueName: "checkpoint"))
+    var initCheckpoint: String?
+
+    @Option(help: ArgumentHelp("Parameters that keep their initial values: encoder (conv1 ... conv4 and center, their convolutions and BN affine parameters) or none.", discussion: "Frozen parameters stay bit-identical: no step, no weight decay, their Adam moments stay 0. Their BN running statistics keep updating in training mode, as with PyTorch's requires_grad=False. Needs --init."))
+    var freeze: FreezeKind = .none
+
+    @Option(help: ArgumentHelp("Base learning rate of the parameters that start fresh (not copied from --init's checkpoint: new output layers, new gates), under the same schedule; default: --lr.", valueName: "rate"))
+    var headLr: Double?
+
+    @Flag(help: "The output layers (dsv1-dsv4, final) start fresh: needed for a checkpoint with another class count, unless --label-map maps its classes.")
+    var resetHead = false
+
+    @Option(help: ArgumentHelp("Checkpoint class SRC becomes store class DST, e.g. 2:1 for a pancreas-only store whose pancreas (1) is the checkpoint's class 2.", discussion: "The output layers' rows (and final's columns) of every store class are copied from its checkpoint class; 0:0 (background) is implied unless class 0 is named. Every store class needs a checkpoint class, each class appears once, and every id must exist in the checkpoint and in the store (an error names one that does not). Recorded in the run's configuration.", valueName: "SRC:DST,..."))
+    var labelMap: String?
+
+    func validate() throws {
+        if initCheckpoint == nil {
+            for (given, name) in [(freeze != .none, "--freeze"), (headLr != nil, "--head-lr"), (resetHead, "--reset-head"), (labelMap != nil, "--label-map")] where given {
+                throw ValidationError("\(name) needs --init CHECKPOINT (it says how to start from a checkpoint's weights)")
+            }
+        }
+        if let headLr { guard headLr > 0, headLr.isFinite else { throw ValidationError("--head-lr must be a positive number") } }
+        if let labelMap {
+            do { _ = try LabelMap(parsing: labelMap) } catch let e as AttunetError { throw ValidationError(e.message) }
+            if resetHead { throw ValidationError("--label-map and --reset-head exclude each other: the map copies the output layers' class rows, --reset-head starts them fresh") }
+        }
+    }
+
+    /// The run's `transfer` configuration (nil without --init).
+    var config: TransferConfig? {
+        guard let initCheckpoint else { return nil }
+        return TransferConfig(checkpoint: initCheckpoint, freeze: freeze, headLearningRate: headLr, resetHead: resetHead,
+                              labelMap: labelMap.map { try! LabelMap(parsing: $0) })
     }
 }

@@ -22,7 +22,8 @@ def main(ckpt_path, io_path):
     with h5py.File(ckpt_path, 'r') as f:
         cfg = json.loads(f.attrs['model_config'])
         state = {k: torch.from_numpy(np.array(f['state_dict'][k][()])) for k in f['state_dict']}
-    kind = {'attention-unet': 'attention', 'unet': 'unet'}[cfg['kind']]
+    # The U-Net presets are unet_CT_dsv_3D at their feature scale (stored in model_config).
+    kind = {'attention-unet': 'attention', 'unet': 'unet', 'unet-capacity-matched': 'unet', 'unet-10m': 'unet'}[cfg['kind']]
     mf.N_CLASSES = cfg['classes']
     model = mf.build_model(kind, cfg['alignCorners'], feature_scale=cfg['featureScale'])
     model.load_state_dict(state, strict=True)  # raises on any missing, unexpected or mis-shaped tensor

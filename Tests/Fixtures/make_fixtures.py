@@ -520,6 +520,34 @@ def build_model(kind, align_corners, feature_scale=FIXTURE_FEATURE_SCALE):
     return cls(feature_scale=feature_scale, n_classes=N_CLASSES, in_channels=1, align_corners=align_corners)
 
 
+# The U-Net presets (`--model unet-capacity-matched`, `--model unet-10m`): unet_CT_dsv_3D at a fixed feature
+# scale, 4 classes. ModelTests.testPresetsMatchTheOriginalClass pins these counts; `python make_fixtures.py
+# --presets` prints them (and the search for the 10.40 M scale) without writing any fixture.
+UNET_PRESETS = [('unet-capacity-matched', 3.82, 6444328), ('unet-10m', 3, 10403190)]
+
+
+def preset_parameter_count(feature_scale):
+    return sum(p.numel() for p in build_model('unet', False, feature_scale=feature_scale).parameters())
+
+
+def print_presets():
+    for name, scale, want in UNET_PRESETS:
+        n = preset_parameter_count(scale)
+        print(f'{name}: feature_scale {scale}, filters {filters_for(scale)}: {n:,} parameters (pinned {want:,})')
+        assert n == want
+    # The paper's 10.40 M row: the filter sets of unet_CT_dsv_3D between feature scales 2.5 and 3.8 whose
+    # count rounds to 10.40 M (only one: [21, 42, 85, 170, 341], feature scales (2.9942, 3.0029]).
+    seen = {}
+    for i in range(2500, 3800):
+        scale = i / 1000
+        f = tuple(filters_for(scale))
+        if f not in seen:
+            seen[f] = (scale, preset_parameter_count(scale))
+    for f, (scale, n) in seen.items():
+        if round(n / 1e4) == 1040:
+            print(f'10.40 M: filters {list(f)} from feature_scale {scale}: {n:,} parameters')
+
+
 def seeded_model(kind, seed):
     """Original-style init, then 3 no-grad train-mode passes on random inputs to give the BN running stats
     realistic values, then a multiplicative/additive perturbation so eval mode differs from train mode."""
@@ -712,12 +740,21 @@ def main():
     ap.add_argument('--out', default=HERE)
     ap.add_argument('--full', action='store_true',
                     help='write the full case matrix with all parameter gradients (~30 MB; not committed)')
+    ap.add_argument('--presets', action='store_true',
+                    help="print the U-Net presets' parameter counts with the original class and exit")
     args = ap.parse_args()
+    if args.presets:
+        print_presets()
+        return 0
     os.makedirs(args.out, exist_ok=True)
 
     for kind, want in [('attention', 6473322), ('unet', 5888004)]:
         n = sum(p.numel() for p in build_model(kind, False, feature_scale=4).parameters())
         print(f'{kind}: {n:,} parameters at feature_scale 4 (expected {want:,})')
+        assert n == want
+    for name, scale, want in UNET_PRESETS:
+        n = preset_parameter_count(scale)
+        print(f'{name}: unet_CT_dsv_3D at feature_scale {scale}: {n:,} parameters (pinned in ModelTests: {want:,})')
         assert n == want
 
     p = os.path.join(args.out, 'layers.h5')

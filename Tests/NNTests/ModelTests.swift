@@ -27,6 +27,22 @@ final class ModelTests: XCTestCase {
         XCTAssertEqual(m.buffers.count, 4_828)
     }
 
+    /// The U-Net presets against the original `unet_CT_dsv_3D` at their feature scale, 4 classes: the counts
+    /// `python Tests/Fixtures/make_fixtures.py --presets` prints with the PyTorch class (it also shows that
+    /// feature scale 3 gives the only filter set whose count rounds to 10.40 M). A preset ignores the feature
+    /// scale it is constructed with; `testCheckpointLoadsIntoPyTorch` loads each into the PyTorch class.
+    func testPresetsMatchTheOriginalClass() {
+        let capacity = SegmentationModel(ModelConfig(kind: .unetCapacityMatched, featureScale: 16))
+        XCTAssertEqual(capacity.config.featureScale, 3.82)
+        XCTAssertEqual(capacity.config.filters, [16, 33, 67, 134, 268])
+        XCTAssertEqual(capacity.parameterCount, 6_444_328)
+        let big = SegmentationModel(ModelConfig(kind: .unet10M))
+        XCTAssertEqual(big.config.filters, [21, 42, 85, 170, 341])
+        XCTAssertEqual(big.parameterCount, 10_403_190)
+        XCTAssertEqual((Double(big.parameterCount) / 1e4).rounded() / 100, 10.40)
+        XCTAssertFalse(capacity.params.entries.contains { $0.name.hasPrefix("attentionblock") || $0.name.hasPrefix("gating") })
+    }
+
     /// After the first three steps, a training step's gradients and scratch buffers all come back from the pool:
     /// a step allocates nothing new (so it takes no page faults), and the buffers held between steps stay
     /// within twice the most that is live at once.

@@ -1,6 +1,7 @@
 import Data
 import Foundation
 import TestSupport
+import XCTest
 
 /// The small phantom case store the training tests share: 4 cases at 4 mm (volumes of about 90x70x50, X x Y x Z; four
 /// classes), made in-process once and removed by the suites' class tear-down.
@@ -19,4 +20,17 @@ enum PhantomStore {
         if let dir { try? FileManager.default.removeItem(at: dir) }
         dir = nil
     }
+}
+
+/// The suites that train on the shared phantom store: a fresh folder `work` per test (removed after it), and the
+/// store removed after the suite.
+class PhantomRunTestCase: XCTestCase {
+    override class func tearDown() {
+        PhantomStore.remove()
+        super.tearDown()
+    }
+
+    var work: URL!
+    override func setUpWithError() throws { work = try TestEnv.tempDir() }
+    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: work) }
 }

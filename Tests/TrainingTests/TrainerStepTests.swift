@@ -22,16 +22,7 @@ extension PatchBatch {
 /// and the weights after the last must match what PyTorch computed for the same weights, data, loss (the
 /// default Sørensen-Dice), optimizer (Adam, weight decay 1e-6) and BatchNorm in training mode
 /// (Tests/Fixtures/make_fixtures.py, `make_trainer_steps`).
-final class TrainerStepTests: XCTestCase {
-    override class func tearDown() {
-        PhantomStore.remove()
-        super.tearDown()
-    }
-
-    var work: URL!
-    override func setUpWithError() throws { work = try TestEnv.tempDir() }
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: work) }
-
+final class TrainerStepTests: PhantomRunTestCase {
     struct Fixture {
         let file: H5File
         let config: [String: Any]

@@ -7,16 +7,7 @@ import XCTest
 
 /// `attunet train` end to end on a tiny phantom store: MPI against single-process runs, determinism,
 /// resume after SIGKILL and after a stop request, refusals, and the NaN stop.
-final class TrainerTests: XCTestCase {
-    override class func tearDown() {
-        PhantomStore.remove()
-        super.tearDown()
-    }
-
-    var work: URL!
-    override func setUpWithError() throws { work = try TestEnv.tempDir() }
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: work) }
-
+final class TrainerTests: PhantomRunTestCase {
     /// Small but real: feature scale 16, 32x32x16 patches, Adam, paper augmentation.
     func trainCommand(ranks: Int, out: String, extra: String = "", epochs: Int = 2, samples: Int = 4) throws -> String {
         let launcher = ranks > 1 ? "mpirun -np \(ranks) --bind-to none --oversubscribe " : ""

@@ -13,6 +13,51 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(u.stdout.contains("total trainable parameters: 5,888,004"), u.stdout)
     }
 
+    /// The U-Net presets: `inspect` prints their count and feature scale; a --feature-scale that contradicts
+    /// a preset is refused in inspect, train and cv (whose --models lists them among the known models).
+    func testPresetsPrintTheirCountAndFixTheirFeatureScale() throws {
+        let c = try TestEnv.run("\(TestEnv.attunet) inspect --model unet-capacity-matched")
+        XCTAssertEqual(c.status, 0, c.stderr)
+        XCTAssertTrue(c.stdout.contains("total trainable parameters: 6,444,328"), c.stdout)
+        XCTAssertTrue(c.stdout.contains("feature-scale 3.82 (filters 16,33,67,134,268)") && c.stdout.contains("capacity-matched"), c.stdout)
+        let b = try TestEnv.run("\(TestEnv.attunet) inspect --model unet-10m --feature-scale 3")
+        XCTAssertEqual(b.status, 0, b.stderr)
+        XCTAssertTrue(b.stdout.contains("total trainable parameters: 10,403,190") && b.stdout.contains("feature-scale 3.0 (filters 21,42,85,170,341)"), b.stdout)
+        for command in ["inspect --model unet-10m --feature-scale 16",
+                        "train --store none.h5 --model unet-capacity-matched --feature-scale 8",
+                        "cv --store none.h5 --models unet,unet-capacity-matched --feature-scale 16"] {
+            let r = try TestEnv.run("\(TestEnv.attunet) \(command)")
+            XCTAssertNotEqual(r.status, 0, command)
+            XCTAssertTrue(r.stderr.contains("conflicts with unet-") && r.stderr.contains("which fixes feature scale"), "\(command): \(r.stderr)")
+        }
+        let unknown = try TestEnv.run("\(TestEnv.attunet) cv --store none.h5 --models unet,vnet")
+        XCTAssertTrue(unknown.stderr.contains("unknown model 'vnet' (attention-unet, unet, unet-capacity-matched, unet-10m)"), unknown.stderr)
+    }
+
+    /// `attunet experiment capacity` is `attunet cv` of attention-unet, unet and unet-capacity-matched (and
+    /// unet-10m with --with-10m) on the same folds: the dry run plans the three models with their counts; a
+    /// --models of its own is refused; the presets' feature scales hold.
+    func testExperimentCapacityIsTheCVOfTheThreeModels() throws {
+        let dir = try TestEnv.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let store = try TestEnv.phantomStore(in: dir, count: 4, seed: 3, scale: 0.5, spacing: 4)
+        let r = try TestEnv.run("\(TestEnv.attunet) experiment capacity --store \(store) --folds 2 --patch 32x32x16 --epochs 1 --dry-run")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        for line in ["attention-unet (6,473,322 parameters)", "unet (5,888,004 parameters)", "unet-capacity-matched (6,444,328 parameters)"] {
+            XCTAssertTrue(r.stdout.contains(line), "missing '\(line)':\n\(r.stdout)")
+        }
+        XCTAssertFalse(r.stdout.contains("unet-10m"), r.stdout)
+        for (options, message) in [("--models unet", "--models is fixed by experiment capacity"),
+                                   ("--feature-scale 3.82 --with-10m", "conflicts with unet-10m")] {
+            let refused = try TestEnv.run("\(TestEnv.attunet) experiment capacity --store \(store) \(options)")
+            XCTAssertNotEqual(refused.status, 0, options)
+            XCTAssertTrue(refused.stderr.contains(message), "\(options): \(refused.stderr)")
+        }
+        let help = try TestEnv.run("\(TestEnv.attunet) experiment capacity --help")
+        XCTAssertEqual(help.status, 0, help.stderr)
+        XCTAssertTrue(help.stdout.contains("capacity-matched") && help.stdout.contains("--fold-parallel"), help.stdout)
+    }
+
     /// A state_dict saved by the original code as safetensors imports into a checkpoint whose tensors equal
     /// the originals in PyTorch's axis order; a wrong file is refused with one line naming it.
     func testImportWeightsFromSafetensors() throws {

@@ -2,13 +2,43 @@ import Foundation
 import Support
 import Tensor
 
-/// Which of the paper's two networks.
+/// Which of the paper's networks: its two models and two U-Net presets of fixed capacity.
 public enum ModelKind: String, Codable, Sendable, CaseIterable {
     /// `unet_CT_multi_att_dsv_3D`: the released 3D Attention U-Net (6,473,322 parameters at feature_scale 4,
     /// 1 input channel, 4 classes).
     case attentionUNet = "attention-unet"
     /// `unet_CT_dsv_3D`: the paper's U-Net baseline with the same deep-supervision head (5,888,004).
     case unet = "unet"
+    /// `unet_CT_dsv_3D` at feature scale 3.82 (filters 16, 33, 67, 134, 268): the authors' capacity-matched
+    /// U-Net (their deleted config `config_unet_ct_dsv_big_cap_match.json`), 6,444,328 parameters with 4
+    /// classes, the paper's 6.44 M row.
+    case unetCapacityMatched = "unet-capacity-matched"
+    /// `unet_CT_dsv_3D` at feature scale 3 (filters 21, 42, 85, 170, 341): 10,403,190 parameters with 4
+    /// classes, the paper's 10.40 M row (the only filter set of `unet_CT_dsv_3D` whose count rounds to
+    /// 10.40 M; the paper does not give its feature scale).
+    case unet10M = "unet-10m"
+
+    /// Whether the network has the attention gates (`attention-unet`); the others are `unet_CT_dsv_3D`.
+    public var hasAttentionGates: Bool { self == .attentionUNet }
+
+    /// The feature scale a preset fixes (nil: `attention-unet` and `unet` take `--feature-scale`).
+    public var presetFeatureScale: Double? {
+        switch self {
+        case .attentionUNet, .unet: return nil
+        case .unetCapacityMatched: return 3.82
+        case .unet10M: return 3
+        }
+    }
+
+    /// One line on what the network is, for `attunet inspect`.
+    public var summary: String {
+        switch self {
+        case .attentionUNet: return "unet_CT_multi_att_dsv_3D, the released Attention U-Net"
+        case .unet: return "unet_CT_dsv_3D, the paper's U-Net baseline"
+        case .unetCapacityMatched: return "unet_CT_dsv_3D at feature scale 3.82, the authors' capacity-matched U-Net (the paper's 6.44 M row)"
+        case .unet10M: return "unet_CT_dsv_3D at feature scale 3, the paper's 10.40 M U-Net"
+        }
+    }
 }
 
 /// Everything that fixes a model's architecture; stored in checkpoints as JSON.
@@ -16,19 +46,23 @@ public struct ModelConfig: Codable, Sendable, Equatable {
     public var kind: ModelKind
     public var inChannels: Int
     public var classes: Int
-    /// Filters are [64, 128, 256, 512, 1024] / featureScale, truncated (4 → [16, 32, 64, 128, 256]).
+    /// Filters are [64, 128, 256, 512, 1024] / featureScale, truncated (4 → [16, 32, 64, 128, 256]); a preset
+    /// kind fixes it (``ModelKind/presetFeatureScale``).
     public var featureScale: Double
     /// Trilinear semantics of every upsampling: false = modern PyTorch (default), true = PyTorch ≤ 0.3, the
     /// version the paper's models were trained with.
     public var alignCorners: Bool
     /// The paper's pass-through initialisation of the attention gates, absent from the released code (off):
     /// ψ's weights are scaled by 1e-2 and its bias set to 3, so every gate starts with α ≈ 0.95 everywhere and
-    /// passes features through while θ, φ and ψ still receive gradients.
+    /// passes features through while θ, φ and ψ still receive gradients. When the network is initialised
+    /// from a U-Net checkpoint (``WeightTransfer``), the gates start as an exact pass-through instead
+    /// (``WeightTransfer/passThrough(_:)``), so the network computes the U-Net's logits in evaluation mode.
     public var passThroughGates: Bool
 
     public init(kind: ModelKind = .attentionUNet, inChannels: Int = 1, classes: Int = 4, featureScale: Double = 4,
                 alignCorners: Bool = false, passThroughGates: Bool = false) {
-        self.kind = kind; self.inChannels = inChannels; self.classes = classes; self.featureScale = featureScale
+        self.kind = kind; self.inChannels = inChannels; self.classes = classes
+        self.featureScale = kind.presetFeatureScale ?? featureScale
         self.alignCorners = alignCorners; self.passThroughGates = passThroughGates
     }
 
@@ -64,7 +98,7 @@ public final class SegmentationModel {
     public init(_ config: ModelConfig, seed: UInt64 = 0) {
         self.config = config
         let f = config.filters, p = params, b = buffers, ac = config.alignCorners
-        let attention = config.kind == .attentionUNet
+        let attention = config.kind.hasAttentionGates
         // Construction order = the original's module registration order = its state_dict order.
         conv1 = UnetConv3(p, b, "conv1", config.inChannels, f[0])
         conv2 = UnetConv3(p, b, "conv2", f[0], f[1])
@@ -126,6 +160,9 @@ public final class SegmentationModel {
         convs += [dsv4.conv, dsv3.conv, dsv2.conv, dsv1.conv, final]
         return convs
     }
+
+    /// The attention blocks (`attentionblock2`, `3`, `4`; empty for the U-Nets).
+    var attentionBlocks: [MultiAttentionBlock] { [att2, att3, att4].compactMap { $0 } }
 
     private var allBatchNorms: [BatchNorm3d] {
         var bns: [BatchNorm3d] = []

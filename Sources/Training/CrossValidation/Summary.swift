@@ -1,4 +1,5 @@
 import Evaluation
+import NN
 import Foundation
 
 /// The reports of a cross-validation: per model and class the summaries over all test cases, per fold the
