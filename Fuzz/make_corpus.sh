@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Writes the fuzz targets' seed corpus, Fuzz/corpus/<target>/ (committed; well under 1 MB): small real files
-# written by attunet (synth, prepare, train, import-weights, cv) and by the Python libraries the tests compare
+# written by attunet (synth, prepare, train, import-weights) and by the Python libraries the tests compare
 # with (nibabel, h5py, safetensors). Needs the release build and the test .venv (launch/test.sh makes it).
 #   bash Fuzz/make_corpus.sh
 set -euo pipefail
@@ -14,21 +14,16 @@ C=Fuzz/corpus
 rm -rf "$C"
 mkdir -p "$C"/{nifti,casestore,checkpoint,safetensors,splits,config}
 
-# attunet: one small phantom (image and label .nii.gz), a store at 8 mm, a one-step run at feature scale 64.
+# attunet: one small phantom (image and label .nii.gz), a store at 12 mm, a one-step run at feature scale 64.
 "$BIN" synth --cases 2 --seed 1 --resolution 0.25 --threads 1 --out "$W/nii" >/dev/null
 cp "$(ls "$W"/nii/imagesTr/*.nii.gz | head -1)" "$C/nifti/attunet-image.nii.gz"
 cp "$(ls "$W"/nii/labelsTr/*.nii.gz | head -1)" "$C/nifti/attunet-label.nii.gz"
 "$BIN" prepare --input "$W/nii" --out "$W/store.h5" --spacing 12 --threads 1 >/dev/null
 cp "$W/store.h5" "$C/casestore/attunet-store.h5"
-"$BIN" train --store "$W/store.h5" --feature-scale 64 --patch 16x16x16 --batch 1 --epochs 1 --samples-per-case 1 \
+"$BIN" train --store "$W/store.h5" --feature-scale 64 --patch 32x32x16 --batch 1 --epochs 1 --samples-per-case 1 \
   --val-every 100 --out "$W/run" >/dev/null
-cp "$W/run/checkpoint_latest.h5" "$C/checkpoint/attunet-training.h5"
 cp "$W/run/config.json" "$C/config/attunet-train-config.json"
 "$BIN" import-weights "$W/run/checkpoint_latest.h5" --out "$W/weights.h5" >/dev/null
-cp "$W/weights.h5" "$C/checkpoint/attunet-weights.h5"
-"$BIN" cv --store "$W/store.h5" --folds 2 --feature-scale 64 --patch 16x16x16 --batch 1 --epochs 1 \
-  --samples-per-case 1 --out "$W/cv" --dry-run >/dev/null 2>&1 || true
-for f in config.json splits.json; do [ -f "$W/cv/$f" ] && cp "$W/cv/$f" "$C/$([ $f = splits.json ] && echo splits || echo config)/attunet-cv-$f"; done
 
 "$PY" - "$W" "$C" <<'PY'
 import json, sys
@@ -72,15 +67,21 @@ with h5py.File(f"{c}/casestore/h5py-store.h5", "w") as s:
         g.attrs.create("source", f"{n}.nii.gz", dtype=vstr)
         g.attrs["original_shape"] = np.array(shape[::-1], np.int64)
 
-# A weights-only checkpoint rewritten by h5py (its own layout of the same content) and its state_dict as
-# safetensors.
-with h5py.File(f"{w}/weights.h5", "r") as src, h5py.File(f"{c}/checkpoint/h5py-weights.h5", "w") as dst:
+# attunet's training and weights-only checkpoints (feature scale 64), rewritten by h5py with the same groups,
+# attributes and values in contiguous datasets: attunet's own files are about 1 MB each, mostly the chunk
+# index of each of their ~110 chunked datasets (the store seeds carry that layout, Fletcher-32 included).
+def copy(src, dst):
     for k, v in src.attrs.items():
         if isinstance(v, str): dst.attrs.create(k, v, dtype=vstr)
         else: dst.attrs[k] = v
+    for k, v in src.items():
+        if isinstance(v, h5py.Group): copy(v, dst.create_group(k))
+        else: dst.create_dataset(k, data=v[()])
+for name, path in (("training", f"{w}/run/checkpoint_latest.h5"), ("weights", f"{w}/weights.h5")):
+    with h5py.File(path, "r") as src, h5py.File(f"{c}/checkpoint/attunet-{name}-h5py.h5", "w") as dst:
+        copy(src, dst)
+with h5py.File(f"{w}/weights.h5", "r") as src:
     sd = {k: np.array(src["state_dict"][k]) for k in src["state_dict"]}
-    for k, v in sd.items():
-        dst.create_dataset(f"state_dict/{k}", data=v)
 save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, f"{c}/safetensors/attunet-fs64.safetensors")
 save_file({"conv1.conv1.0.weight": rng.normal(size=(4, 1, 3, 3, 3)).astype(np.float32),
            "final.weight": rng.normal(size=(2, 4, 1, 1, 1)).astype(np.float16),
