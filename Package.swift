@@ -71,14 +71,16 @@ let package = Package(
     ]
 )
 
-// libFuzzer targets (Fuzz/<Name>/main.swift: an LLVMFuzzerTestOneInput each, libFuzzer's own main): in the
-// manifest only when launch/fuzz.sh builds them (ATTUNET_FUZZ=1, with -sanitize=fuzzer,address and
+// libFuzzer targets (Fuzz/<Name>/main.swift: an LLVMFuzzerTestOneInput each, and the <module>_main that SwiftPM
+// links as the program's main, which starts libFuzzer's driver): in the manifest only when launch/fuzz.sh builds them (ATTUNET_FUZZ=1, with -sanitize=fuzzer,address and
 // -parse-as-library, into .build-fuzz), so a plain `swift build` or `swift test` never sees them.
-// FuzzSupport (the readers each target drives, and the input file) is an ordinary library: the regression
-// tests of what fuzzing found use it too.
+// FuzzDriver starts libFuzzer; FuzzSupport (the readers each target drives, and the input file) is an ordinary
+// library: the regression tests of what fuzzing found use it too.
 if Context.environment["ATTUNET_FUZZ"] == "1" {
+    package.targets.append(.target(name: "FuzzDriver", path: "Fuzz/FuzzDriver"))
     for name in ["NIfTI", "CaseStore", "Checkpoint", "Safetensors", "Splits", "Config"] {
-        package.targets.append(.executableTarget(name: "Fuzz\(name)", dependencies: ["FuzzSupport"], path: "Fuzz/\(name)"))
+        package.targets.append(.executableTarget(name: "Fuzz\(name)", dependencies: ["FuzzSupport", "FuzzDriver"],
+                                                 path: "Fuzz/\(name)"))
         package.products.append(.executable(name: "fuzz-\(name.lowercased())", targets: ["Fuzz\(name)"]))
     }
 }

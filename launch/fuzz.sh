@@ -3,7 +3,7 @@
 #   bash launch/fuzz.sh TARGET SECONDS    # TARGET: nifti, casestore, checkpoint, safetensors, splits, config
 #   bash launch/fuzz.sh all SECONDS       # each target in turn, SECONDS each (CI: 30)
 # The targets are Fuzz/<Name>/main.swift (an LLVMFuzzerTestOneInput each), built here with the toolchain's
-# libFuzzer (swiftc -sanitize=fuzzer,address, -parse-as-library so libFuzzer's main is the program's) into
+# libFuzzer (swiftc -sanitize=fuzzer,address -parse-as-library; clang -fsanitize=address for the C targets) into
 # .build-fuzz; Package.swift lists them only under ATTUNET_FUZZ=1, so a plain swift build never sees them.
 # The first build takes a few minutes, later ones only what changed. Seeds: Fuzz/corpus/<target> (small real
 # files written by attunet, nibabel, h5py and safetensors; read only); what the fuzzer finds goes to
