@@ -33,6 +33,9 @@ cleanup() {
 }
 trap cleanup EXIT
 echo "fault-inject: $TRIALS trial(s), seed $SEED, work folder $W"
+# bash reports each killed background job ("Killed ... mpirun ..."); those notices go to a file, not the
+# report; the script's own errors go to the original stderr (3).
+exec 3>&3 2>>"$W/notices.log"
 
 # The phantom store: 4 cases at 4 mm.
 if [ ! -f "$W/store.h5" ]; then
@@ -63,10 +66,10 @@ calc() { awk "BEGIN { printf \"%.3f\", $* }"; }
 # The uninterrupted run: its digest and duration.
 t0=$(now)
 start "$W/reference" "$W/reference.log"
-wait "$JOB" || { cat "$W/reference.log" >&2; echo "fault-inject: the uninterrupted run failed" >&2; exit 1; }
+wait "$JOB" || { cat "$W/reference.log" >&3; echo "fault-inject: the uninterrupted run failed" >&3; exit 1; }
 DURATION=$(calc "$(now) - $t0")
 REFERENCE=$(digest "$W/reference/checkpoint_latest.h5")
-[ -n "$REFERENCE" ] || { echo "fault-inject: no digest from the uninterrupted run" >&2; exit 1; }
+[ -n "$REFERENCE" ] || { echo "fault-inject: no digest from the uninterrupted run" >&3; exit 1; }
 printf 'fault-inject: uninterrupted run %.1f s, weights sha256 %s\n' "$DURATION" "${REFERENCE:0:16}"
 
 # Every checkpoint of run folder $1 must pass inspect (checksums and stored digests); counts failures.
@@ -82,7 +85,7 @@ check_checkpoints() {
   done
 }
 
-IDENTICAL=0
+IDENTICAL=0 KILLED=0
 MOMENTS=(step allreduce checkpoint)
 VICTIMS=(rank0 rank1 mpirun all)
 for trial in $(seq 1 "$TRIALS"); do
@@ -90,9 +93,9 @@ for trial in $(seq 1 "$TRIALS"); do
   rm -rf "$run" "$HOOKS"
   moment=${MOMENTS[$(( (trial - 1) % 3 ))]}
   victim=${VICTIMS[$(( RANDOM % 4 ))]}
-  # A random delay within the first 80% of a run, then (for allreduce and checkpoint) the first moment the
-  # chosen phase is entered.
-  delay=$(calc "$DURATION * 0.8 * $(( RANDOM % 100 )) / 100")
+  # A random delay between 20% and 80% of an uninterrupted run, then the first moment rank 0 is in the chosen
+  # phase.
+  delay=$(calc "$DURATION * (0.2 + 0.6 * $(( RANDOM % 100 )) / 100)")
   t0=$(now)
   start "$run" "$run.log"
   sleep "$delay"
@@ -103,7 +106,7 @@ for trial in $(seq 1 "$TRIALS"); do
     if [ -n "${pid_of[rank0]:-}" ] && [ -n "${pid_of[rank1]:-}" ]; then
       p0=$(phase "${pid_of[rank0]}")
       case $moment in
-        step) landed=yes ;;
+        step) [ "$p0" = step ] && landed=yes ;;
         allreduce) [ "$p0" = allreduce ] && landed=yes ;;
         checkpoint) [ "$p0" = checkpoint ] && compgen -G "$run/.tmp-*checkpoint_*.h5" >/dev/null && landed=yes ;;
       esac
@@ -124,6 +127,7 @@ for trial in $(seq 1 "$TRIALS"); do
       all) kill -KILL "$JOB" "${pid_of[rank0]}" "${pid_of[rank1]}" 2>/dev/null || true ;;
     esac
     what="$victim at $(printf '%.2f' "$at") s ($phases)"
+    KILLED=$((KILLED + 1))
     # mpirun ends a job whose rank died; ranks whose mpirun died end by themselves or are ended here
     # (a resumed run must never share the folder with a survivor).
     for _ in $(seq 1 100); do
@@ -153,5 +157,5 @@ for trial in $(seq 1 "$TRIALS"); do
   [ "$leftovers" -gt 0 ] && outcome+=", $leftovers temporary file(s) of the killed write left"
   printf 'trial %2d: %-10s killed %s; %s: %s\n' "$trial" "$moment" "$what" "$how" "$outcome"
 done
-echo "fault-inject: $IDENTICAL/$TRIALS bit-identical, $UNREADABLE unreadable checkpoint(s) (seed $SEED)"
+echo "fault-inject: $IDENTICAL/$TRIALS bit-identical ($KILLED killed, the others ended before their moment came), $UNREADABLE unreadable checkpoint(s) (seed $SEED)"
 [ "$IDENTICAL" -eq "$TRIALS" ] && [ "$UNREADABLE" -eq 0 ]
