@@ -35,7 +35,7 @@ trap cleanup EXIT
 echo "fault-inject: $TRIALS trial(s), seed $SEED, work folder $W"
 # bash reports each killed background job ("Killed ... mpirun ..."); those notices go to a file, not the
 # report; the script's own errors go to the original stderr (3).
-exec 3>&3 2>>"$W/notices.log"
+exec 3>&2 2>>"$W/notices.log"
 
 # The phantom store: 4 cases at 4 mm.
 if [ ! -f "$W/store.h5" ]; then
