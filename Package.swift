@@ -71,15 +71,15 @@ let package = Package(
     ]
 )
 
-// libFuzzer targets (Fuzz/<Name>/main.swift: an LLVMFuzzerTestOneInput each, and the <module>_main that SwiftPM
-// links as the program's main, which starts libFuzzer's driver): in the manifest only when launch/fuzz.sh builds them (ATTUNET_FUZZ=1, with -sanitize=fuzzer,address and
-// -parse-as-library, into .build-fuzz), so a plain `swift build` or `swift test` never sees them.
-// FuzzDriver starts libFuzzer; FuzzSupport (the readers each target drives, and the input file) is an ordinary
-// library: the regression tests of what fuzzing found use it too.
+// libFuzzer targets (Fuzz/<Name>/main.swift: the <module>_main that SwiftPM links as the program's main, which
+// starts libFuzzer's driver from FuzzDriver over FuzzSupport's reads): in the manifest only when launch/fuzz.sh
+// builds them (ATTUNET_FUZZ=1, with -sanitize=fuzzer,address and -parse-as-library, into .build-fuzz), so a
+// plain `swift build` or `swift test` never sees them. FuzzSupport (the readers each target drives, and the
+// input file) is an ordinary library: the regression tests of what fuzzing found use it too.
 if Context.environment["ATTUNET_FUZZ"] == "1" {
-    package.targets.append(.target(name: "FuzzDriver", path: "Fuzz/FuzzDriver"))
+    package.targets.append(.target(name: "FuzzDriver", dependencies: ["FuzzSupport"], path: "Fuzz/FuzzDriver"))
     for name in ["NIfTI", "CaseStore", "Checkpoint", "Safetensors", "Splits", "Config"] {
-        package.targets.append(.executableTarget(name: "Fuzz\(name)", dependencies: ["FuzzSupport", "FuzzDriver"],
+        package.targets.append(.executableTarget(name: "Fuzz\(name)", dependencies: ["FuzzDriver"],
                                                  path: "Fuzz/\(name)"))
         package.products.append(.executable(name: "fuzz-\(name.lowercased())", targets: ["Fuzz\(name)"]))
     }
