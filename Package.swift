@@ -52,6 +52,9 @@ let package = Package(
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
+        // The readers the fuzz targets drive (Fuzz/; launch/fuzz.sh), shared with the fuzz regression tests.
+        .target(name: "FuzzSupport", dependencies: ["Support", "Tensor", "HDF5Kit", "NN", "Data", "Training"],
+                path: "Fuzz/FuzzSupport"),
         .target(name: "TestSupport", dependencies: ["Data"], path: "Tests/TestSupport"),
         // One test target per source target, each depending on what it tests (+ TestSupport); attunetTests runs the
         // built command-line tool as a whole. CKernels is tested through NN's Conv3d on both kernel paths.
@@ -62,8 +65,22 @@ let package = Package(
         .testTarget(name: "NNTests", dependencies: ["NN", "Support", "Tensor", "HDF5Kit", "TestSupport"]),
         .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Data", "Tensor", "Support", "TestSupport"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Inference", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Inference", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport", "FuzzSupport"]),
         .testTarget(name: "InferenceTests", dependencies: ["Inference", "Support", "NN", "Data", "Tensor", "TestSupport"]),
         .testTarget(name: "attunetTests", dependencies: ["attunet", "NN", "Data", "Evaluation", "Tensor", "TestSupport"]),
     ]
 )
+
+// libFuzzer targets (Fuzz/<Name>/main.swift: the <module>_main that SwiftPM links as the program's main, which
+// starts libFuzzer's driver from FuzzDriver over FuzzSupport's reads): in the manifest only when launch/fuzz.sh
+// builds them (ATTUNET_FUZZ=1, with -sanitize=fuzzer,address and -parse-as-library, into .build-fuzz), so a
+// plain `swift build` or `swift test` never sees them. FuzzSupport (the readers each target drives, and the
+// input file) is an ordinary library: the regression tests of what fuzzing found use it too.
+if Context.environment["ATTUNET_FUZZ"] == "1" {
+    package.targets.append(.target(name: "FuzzDriver", dependencies: ["FuzzSupport"], path: "Fuzz/FuzzDriver"))
+    for name in ["NIfTI", "CaseStore", "Checkpoint", "Safetensors", "Splits", "Config"] {
+        package.targets.append(.executableTarget(name: "Fuzz\(name)", dependencies: ["FuzzDriver"],
+                                                 path: "Fuzz/\(name)"))
+        package.products.append(.executable(name: "fuzz-\(name.lowercased())", targets: ["Fuzz\(name)"]))
+    }
+}

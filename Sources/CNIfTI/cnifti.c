@@ -37,18 +37,100 @@ static int check_file(const char *path, char *err, size_t errlen) {
     return 0;
 }
 
+// nifticlib prints some of its errors to stderr whatever its debug level (nifti_convert_nhdr2nim's "bad
+// dim[0]", "bad datatype", a missing image file for a two-file header, ...), and a damaged header can claim a
+// volume of terabytes. So the raw header is checked here first, .nii and .nii.gz alike (through znzlib), and
+// nifticlib only ever sees headers that pass; the reason for a refusal is the caller's one error line.
+static int check_header(const char *path, char *err, size_t errlen) {
+    znzFile f = znzopen(path, "rb", nifti_is_gzfile(path));
+    if (znz_isnull(f)) { snprintf(err, errlen, "%s: cannot open the file", path); return 1; }
+    struct nifti_1_header h;
+    memset(&h, 0, sizeof h);
+    long n = (long)znzread(&h, 1, sizeof h, f);
+    znzclose(f);
+    if (n != (long)sizeof h) {
+        snprintf(err, errlen, "%s: not a readable NIfTI-1 file (header truncated: %ld of 348 bytes)", path, n < 0 ? 0 : n);
+        return 1;
+    }
+    int swap = 0;
+    if (h.sizeof_hdr != 348) {
+        int size = h.sizeof_hdr;
+        nifti_swap_4bytes(1, &size);
+        if (size != 348) { snprintf(err, errlen, "%s: not a NIfTI-1 file (bad header: sizeof_hdr %d)", path, h.sizeof_hdr); return 1; }
+        swap = 1;
+    }
+    if (swap) {
+        nifti_swap_2bytes(8, h.dim);
+        nifti_swap_2bytes(1, &h.datatype);
+        nifti_swap_4bytes(1, &h.vox_offset);
+    }
+    if (memcmp(h.magic, "n+1", 4) != 0) {
+        snprintf(err, errlen, "%s: not a single-file NIfTI-1 file (bad header: magic is not \"n+1\")", path);
+        return 1;
+    }
+    if (h.dim[0] < 1 || h.dim[0] > 7) {
+        snprintf(err, errlen, "%s: not a NIfTI-1 file (bad header: dim[0] = %d, not 1-7)", path, h.dim[0]);
+        return 1;
+    }
+    double voxels = 1;
+    for (int i = 1; i <= h.dim[0]; i++) {
+        if (h.dim[i] < 1) { snprintf(err, errlen, "%s: bad NIfTI header: dim[%d] = %d", path, i, h.dim[i]); return 1; }
+        voxels *= h.dim[i];
+    }
+    int nbyper = 0, swapsize = 0;
+    nifti_datatype_sizes(h.datatype, &nbyper, &swapsize);
+    if (nbyper <= 0 || h.datatype == DT_BINARY) {
+        snprintf(err, errlen, "%s: unsupported NIfTI datatype %d", path, h.datatype);
+        return 1;
+    }
+    if (!(h.vox_offset >= 0 && h.vox_offset < 2147483647.0f)) {
+        snprintf(err, errlen, "%s: bad NIfTI header: vox_offset %g", path, (double)h.vox_offset);
+        return 1;
+    }
+    // 2^40 bytes: far beyond any CT volume, and every size below stays exact in size_t.
+    if (voxels * nbyper > 1099511627776.0) {
+        snprintf(err, errlen, "%s: bad NIfTI header: implausible volume of %.0f voxels", path, voxels);
+        return 1;
+    }
+    if (!nifti_is_gzfile(path)) {
+        struct stat st;
+        double offset = h.vox_offset < 348 ? 348 : (double)(long)h.vox_offset;
+        if (stat(path, &st) != 0 || (double)st.st_size < offset + voxels * nbyper) {
+            snprintf(err, errlen, "%s: voxel data is truncated (%.0f voxels of %d bytes expected after byte %.0f, the file has %lld bytes)",
+                     path, voxels, nbyper, offset, (long long)st.st_size);
+            return 1;
+        }
+    }
+    return 0;
+}
+
 // nifti_image_load accepts a short read silently (it keeps what it got), so read the voxels ourselves and
-// insist on every byte.
+// insist on every byte. The buffer grows as data arrives (16 MiB at a time): a .nii.gz whose header claims
+// more than the stream holds costs no more memory than the stream gives.
 static int load_data(nifti_image *nim) {
     size_t bytes = nim->nvox * (size_t)nim->nbyper;
     if (!nim->iname || bytes == 0) return 1;
     // znzseek returns gzseek's new offset for .gz files but fseek's 0 otherwise: both are >= 0 on success.
     znzFile f = znzopen(nim->iname, "rb", nifti_is_gzfile(nim->iname));
     if (znz_isnull(f)) return 1;
-    void *buf = malloc(bytes);
-    int ok = buf && znzseek(f, nim->iname_offset, SEEK_SET) >= 0 && znzread(buf, 1, bytes, f) == bytes;
+    char *buf = NULL;
+    size_t have = 0, capacity = 0;
+    int ok = znzseek(f, nim->iname_offset, SEEK_SET) >= 0;
+    while (ok && have < bytes) {
+        size_t want = bytes - have < ((size_t)16 << 20) ? bytes - have : ((size_t)16 << 20);
+        if (have + want > capacity) {
+            size_t grown = capacity * 2 > have + want ? capacity * 2 : have + want;
+            if (grown > bytes) grown = bytes;
+            char *more = realloc(buf, grown);
+            if (!more) { ok = 0; break; }
+            buf = more; capacity = grown;
+        }
+        long got = (long)znzread(buf + have, 1, want, f);
+        if (got <= 0) { ok = 0; break; }
+        have += (size_t)got;
+    }
     znzclose(f);
-    if (!ok) { free(buf); return 1; }
+    if (!ok || have != bytes) { free(buf); return 1; }
     if (nim->swapsize > 1 && nim->byteorder != nifti_short_order())
         nifti_swap_Nbytes(nim->nvox, nim->swapsize, buf);
     nim->data = buf;
@@ -56,7 +138,7 @@ static int load_data(nifti_image *nim) {
 }
 
 int cnifti_read_header(const char *path, cnifti_header *hdr, char *err, size_t errlen) {
-    if (check_file(path, err, errlen)) return 1;
+    if (check_file(path, err, errlen) || check_header(path, err, errlen)) return 1;
     nifti_set_debug_level(0);
     nifti_image *nim = nifti_image_read(path, 0);
     if (!nim) { snprintf(err, errlen, "%s: not a readable NIfTI-1 file (bad or truncated header)", path); return 1; }
@@ -67,7 +149,7 @@ int cnifti_read_header(const char *path, cnifti_header *hdr, char *err, size_t e
 
 int cnifti_read_f32(const char *path, cnifti_header *hdr, float **data, char *err, size_t errlen) {
     *data = NULL;
-    if (check_file(path, err, errlen)) return 1;
+    if (check_file(path, err, errlen) || check_header(path, err, errlen)) return 1;
     nifti_set_debug_level(0);
     nifti_image *nim = nifti_image_read(path, 0);
     if (!nim) { snprintf(err, errlen, "%s: not a readable NIfTI-1 file (bad or truncated header)", path); return 1; }

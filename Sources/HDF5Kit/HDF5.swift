@@ -137,6 +137,7 @@ public final class H5File: @unchecked Sendable {
         try AtomicFile.write(path) { tmp in
             let f = try H5File.create(tmp)
             try body(f)
+            FaultHooks.pauseInCheckpointWrite()
             try f.flush()
             try f.close()
         }
@@ -292,9 +293,26 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
         let rank = Int(H5Sget_simple_extent_ndims(space))
         if rank < 0 { H5Dclose(id); throw AttunetError("\(file.path):\(path): unreadable dataspace") }
         var dims = [hsize_t](repeating: 0, count: max(rank, 1))
-        H5Sget_simple_extent_dims(space, &dims, nil)
+        if H5Sget_simple_extent_dims(space, &dims, nil) < 0 {
+            H5Dclose(id); throw AttunetError("\(file.path):\(path): unreadable dataspace", kind: .corrupt)
+        }
+        // A damaged file can claim any extent: refuse one whose element count does not fit a process (2^48),
+        // so `count` and every buffer sized from the shape stay finite.
+        var total: UInt64 = 1
+        for d in dims.prefix(rank) {
+            let (t, overflow) = total.multipliedReportingOverflow(by: d)
+            guard !overflow, t <= H5Dataset.maximumCount else {
+                H5Dclose(id)
+                throw AttunetError("\(file.path):\(path): implausible dataset extent \(dims.prefix(rank).map(String.init).joined(separator: "x")) (corrupt file?)",
+                                   kind: .corrupt)
+            }
+            total = t
+        }
         shape = rank == 0 ? [] : dims.prefix(rank).map { Int($0) }
     }
+
+    /// The largest element count a dataset may claim (2^48).
+    static let maximumCount: UInt64 = 1 << 48
     deinit { H5Dclose(id) }
 
     /// True for floating-point storage (float32/float64).
@@ -407,9 +425,14 @@ extension H5Object {
         return a
     }
 
-    private func attributeCount(_ a: hid_t) -> Int {
+    /// The number of values of attribute `a` (of `name`); a damaged file's negative or huge count is refused.
+    private func attributeCount(_ a: hid_t, _ name: String) throws -> Int {
         let s = H5Aget_space(a); defer { H5Sclose(s) }
-        return Int(H5Sget_simple_extent_npoints(s))
+        let n = Int(H5Sget_simple_extent_npoints(s))
+        guard n >= 0, n <= 1 << 24 else {
+            throw AttunetError("\(location): attribute \(name) has an unreadable or implausible size (\(n) values)", kind: .corrupt)
+        }
+        return n
     }
 
     public func stringAttribute(_ name: String) throws -> String {
@@ -433,14 +456,14 @@ extension H5Object {
 
     public func doublesAttribute(_ name: String) throws -> [Double] {
         let a = try openAttribute(name); defer { H5Aclose(a) }
-        var out = [Double](repeating: 0, count: attributeCount(a))
+        var out = [Double](repeating: 0, count: try attributeCount(a, name))
         if H5Aread(a, chdf5_native_double(), &out) < 0 { throw AttunetError("\(location): attribute \(name) is not numeric") }
         return out
     }
 
     public func intsAttribute(_ name: String) throws -> [Int64] {
         let a = try openAttribute(name); defer { H5Aclose(a) }
-        var out = [Int64](repeating: 0, count: attributeCount(a))
+        var out = [Int64](repeating: 0, count: try attributeCount(a, name))
         if H5Aread(a, chdf5_native_int64(), &out) < 0 { throw AttunetError("\(location): attribute \(name) is not an integer") }
         return out
     }

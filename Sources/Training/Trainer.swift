@@ -254,6 +254,7 @@ public final class Trainer {
             defer { clock = now }
             return Double(now - clock) / 1e9
         }
+        FaultHooks.enter(.step)
         model.params.zeroGrads()
         let logits = try model.forward(batch.image)
         times.forward = lap()
@@ -261,9 +262,11 @@ public final class Trainer {
         times.loss = lap()
         model.backward(loss.gradient)
         times.backward = lap()
+        FaultHooks.enterAllReduce(rank: comm.rank)
         try averageGradients()
         var flags = [value.isFinite ? value : 0, value.isFinite ? 0 : 1, Double(stopSignal)]
         try flags.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
+        FaultHooks.enter(.step)
         times.allReduce = lap()
         if flags[1] > 0 {
             throw AttunetError("loss is NaN/Inf at global step \(optimizer.step)", kind: .nonFinite)
@@ -284,6 +287,7 @@ public final class Trainer {
         let last = state.epoch == config.epochs
         var dice: [Double] = []
         if !config.validationCases.isEmpty && (last || state.epoch % max(config.validateEvery, 1) == 0) {
+            FaultHooks.enter(.validate)
             dice = try validate()
         }
         let record = EpochRecord(epoch: state.epoch - 1, step: state.globalStep, trainLoss: trainLoss,
@@ -292,6 +296,7 @@ public final class Trainer {
         let improved = !dice.isEmpty && record.meanDice! > state.bestDice
         if improved { state.bestDice = record.meanDice!; state.bestEpoch = record.epoch }
         if comm.isRoot {
+            FaultHooks.enter(.checkpoint)
             try log?.append(record)
             if improved {
                 try TrainingCheckpoint.save(bestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record,

@@ -99,8 +99,16 @@ public enum TrainingCheckpoint {
         let root = file.root
         guard root.hasAttribute(stateDigestAttribute) else { return false }
         let opt = try root.group("optimizer")
+        // A moment buffer holds one value per parameter: never more than /state_dict holds (a damaged file may
+        // claim billions).
+        let weights = try root.group("state_dict")
+        var stateDictCount = 0
+        for name in try weights.members() { stateDictCount += try weights.dataset(name).count }
         let moments = try ["moment1", "moment2"].filter { opt.exists($0) }.map { name -> (name: String, values: Tensor) in
             let d = try opt.dataset(name)
+            guard d.count <= stateDictCount else {
+                throw AttunetError("\(d.location): \(d.count) values, more than /state_dict holds (\(stateDictCount))", kind: .corrupt)
+            }
             let t = Tensor([d.count])
             try d.read(into: t.pointer, as: .float32)
             return (name, t)

@@ -47,8 +47,12 @@ struct ImportWeights: ParsableCommand {
             model = try Checkpoint.load(input)   // verified: checksums and the stored weights digest
         } else {
             let f = try SafetensorsFile(input)
-            model = SegmentationModel(try SegmentationModel.inferConfig(names: Set(f.entries.keys), shape: { f.entries[$0]?.shape },
-                                                                        alignCorners: alignCorners))
+            let config: ModelConfig
+            do {
+                config = try SegmentationModel.inferConfig(names: Set(f.entries.keys), shape: { f.entries[$0]?.shape },
+                                                           alignCorners: alignCorners)
+            } catch let e as AttunetError { throw AttunetError("\(input): \(e.message)", kind: e.kind) }
+            model = SegmentationModel(config)
             try model.load(safetensors: f)
         }
         let config = model.config

@@ -64,6 +64,8 @@ public final class CaseStore: @unchecked Sendable {
         modality = (try? root.stringAttribute("modality")) ?? "CT"
         spacing = try root.doublesAttribute("spacing_mm")
         foregroundIntensity = try root.doublesAttribute("foreground_intensity")
+        try Self.expect(spacing, 3, "spacing_mm", at: "/", in: path)
+        try Self.expect(foregroundIntensity, 5, "foreground_intensity", at: "/", in: path)
         let group = try root.group("cases")
         var infos: [CaseInfo] = [], imgs: [H5Dataset] = [], labs: [H5Dataset] = []
         for id in try group.members().sorted() {
@@ -90,10 +92,18 @@ public final class CaseStore: @unchecked Sendable {
             let originalShape = try optional("original_shape", 3, g.intsAttribute).map {
                 Dim3(z: Int($0[2]), y: Int($0[1]), x: Int($0[0]))   // stored x, y, z
             }
+            guard fg.count % 4 == 0 else {
+                throw AttunetError("\(path): /cases/\(id)/foreground has \(fg.count) values, not rows of 4 (class, z, y, x)", kind: .corrupt)
+            }
+            let caseSpacing = try g.doublesAttribute("spacing_mm"), affine = try g.doublesAttribute("affine")
+            let stats = try g.doublesAttribute("intensity_stats")
+            for (values, count, name) in [(caseSpacing, 3, "spacing_mm"), (affine, 16, "affine"), (stats, 4, "intensity_stats")] {
+                try Self.expect(values, count, name, at: "/cases/\(id)", in: path)
+            }
             infos.append(CaseInfo(
                 id: id, shape: Dim3(z: img.shape[0], y: img.shape[1], x: img.shape[2]),
-                spacing: try g.doublesAttribute("spacing_mm"), affine: try g.doublesAttribute("affine"),
-                stats: try g.doublesAttribute("intensity_stats"), classVoxels: try g.intsAttribute("class_voxels"),
+                spacing: caseSpacing, affine: affine,
+                stats: stats, classVoxels: try g.intsAttribute("class_voxels"),
                 foreground: fg, source: (try? g.stringAttribute("source")) ?? "",
                 originalShape: originalShape,
                 originalSpacing: try optional("original_spacing_mm", 3, g.doublesAttribute),
@@ -102,6 +112,13 @@ public final class CaseStore: @unchecked Sendable {
         }
         guard !infos.isEmpty else { throw AttunetError("\(path): the store has no cases") }
         cases = infos; images = imgs; labels = labs
+    }
+
+    /// Refuses a numeric attribute of a damaged or foreign store that does not hold `count` values.
+    static func expect(_ values: [Double], _ count: Int, _ name: String, at object: String, in path: String) throws {
+        guard values.count == count else {
+            throw AttunetError("\(path): \(object) attribute \(name) has \(values.count) values, expected \(count)", kind: .corrupt)
+        }
     }
 
     public func index(of id: String) -> Int? { cases.firstIndex { $0.id == id } }

@@ -68,9 +68,20 @@ public enum Checkpoint {
             throw AttunetError("\(file.path): checkpoint format '\(format)' is newer than this attunet reads (\(Self.format))")
         }
         let json = try file.root.stringAttribute("model_config")
-        do { return try JSONDecoder().decode(ModelConfig.self, from: Data(json.utf8)) } catch {
+        guard let config = try? JSONDecoder().decode(ModelConfig.self, from: Data(json.utf8)) else {
             throw AttunetError("\(file.path): unreadable model_config attribute")
         }
+        if let problem = config.problem { throw AttunetError("\(file.path): model_config: \(problem)", kind: .corrupt) }
+        // The first convolution's stored shape must be the configuration's before a network is built from it.
+        let first = "conv1.conv1.0.weight", expected = [config.filters[0], config.inChannels, 3, 3, 3]
+        guard let group = try? file.root.group("state_dict"), group.exists(first) else {
+            throw AttunetError("\(file.path): missing /state_dict/\(first)", kind: .corrupt)
+        }
+        let shape = try group.dataset(first).shape
+        guard shape == expected else {
+            throw AttunetError("\(file.path): /state_dict/\(first) has shape \(shape), model_config needs \(expected)", kind: .corrupt)
+        }
+        return config
     }
 
     /// Builds the model a checkpoint describes and loads its weights and BN buffers, verified against the

@@ -87,8 +87,10 @@ extension SegmentationModel {
             throw AttunetError("not a state_dict of unet_CT_multi_att_dsv_3D or unet_CT_dsv_3D (conv1.conv1.0.weight / final.weight missing)")
         }
         let kind: ModelKind = names.contains("attentionblock2.gate_block_1.psi.weight") ? .attentionUNet : .unet
-        return ModelConfig(kind: kind, inChannels: c1[1], classes: fin[0], featureScale: 64.0 / Double(c1[0]),
-                           alignCorners: alignCorners)
+        let config = ModelConfig(kind: kind, inChannels: c1[1], classes: fin[0], featureScale: 64.0 / Double(c1[0]),
+                                 alignCorners: alignCorners)
+        if let problem = config.problem { throw AttunetError("not a state_dict attunet can load: \(problem)") }
+        return config
     }
 
     /// Loads weights from a safetensors state_dict (PyTorch axis order), checking every name and shape.

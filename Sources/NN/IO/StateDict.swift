@@ -51,8 +51,12 @@ public enum StateDict {
     /// or a wrong shape is an error naming the file, the tensor and both shapes. Nothing is changed unless the
     /// whole set matches.
     public static func read(into model: SegmentationModel, from group: H5Group, strict: Bool = true) throws {
+        let counts = Dictionary((model.params.entries + model.buffers.entries).map { ($0.name, $0.count) }, uniquingKeysWith: { a, _ in a })
         try load(into: model, location: group.location, names: Set(try group.members()), strict: strict) { name in
             let d = try group.dataset(name)
+            // A dataset of another size is refused by its shape; its values are never read (a damaged file
+            // may claim billions of them).
+            if d.count != counts[name] && !isCounter(name) { return (d.shape, []) }
             if isCounter(name) {
                 guard d.count == 1 else { throw AttunetError("\(d.location): expected a scalar") }
                 var v: Int64 = 0

@@ -67,6 +67,19 @@ public struct ModelConfig: Codable, Sendable, Equatable {
     }
 
     public var filters: [Int] { [64, 128, 256, 512, 1024].map { Int(Double($0) / featureScale) } }
+
+    /// Why a configuration read from a file (a checkpoint's `model_config`, a state_dict's shapes) describes
+    /// no network attunet builds, or nil: the feature scale must be finite and in [1, 64] (64 to 1 filters at
+    /// the top level; 1 is the original's full width), input channels 1 to 64 and classes 1 to 1,024. A
+    /// damaged file must give an error, never a network of billions of weights.
+    public var problem: String? {
+        guard featureScale.isFinite, featureScale >= 1, featureScale <= 64 else {
+            return "feature scale \(featureScale) is not in [1, 64]"
+        }
+        guard (1...64).contains(inChannels) else { return "\(inChannels) input channels (1 to 64 expected)" }
+        guard (1...1024).contains(classes) else { return "\(classes) classes (1 to 1024 expected)" }
+        return nil
+    }
 }
 
 /// The paper's segmentation networks: an encoder of `UnetConv3` blocks with 2³ max-pooling, a decoder of
