@@ -72,7 +72,8 @@ public final class Tensor: @unchecked Sendable {
     }
 
     /// The tensor in `slot` when it already has `shape` (its old contents kept), else a new zero-filled one
-    /// stored there: a layer's output and gradient buffers are allocated once per input shape, not per step.
+    /// stored there: a layer's output buffers are allocated once per input shape, not per step (gradients are
+    /// recycled tensors instead, see `recycled(_:)`).
     @inline(__always)
     public static func reuse(_ slot: inout Tensor?, _ shape: [Int]) -> Tensor {
         if let t = slot, t.shape == shape { return t }
