@@ -102,7 +102,8 @@ public final class TrainingBench {
                     baseline, Double(TensorPool.reservedBytes)]
         for k in 0..<fields { perRank[comm.rank * fields + k] = mine[k] }
         try perRank.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
-        var slowest = phases + [sorted.first!, sorted.last!]
+        // Phases and the slowest step: the largest over ranks; the fastest step: the smallest (negated under max).
+        var slowest = phases + [-sorted.first!, sorted.last!]
         try slowest.withUnsafeMutableBufferPointer { try comm.allReduceMax($0) }
         func column(_ k: Int) -> [Double] { (0..<n).map { perRank[$0 * fields + k] } }
 
@@ -128,7 +129,7 @@ public final class TrainingBench {
             mode: inference ? "inference" : "training", ranks: n, threadsPerRank: threads, model: config.model.kind.rawValue, featureScale: config.model.featureScale,
             parameters: trainer.model.parameterCount, patch: [config.patch.x, config.patch.y, config.patch.z],
             globalBatch: inference ? n : config.batch, batchPerRank: inference ? 1 : local, warmupSteps: warmup, timedSteps: steps,
-            stepSeconds: .init(median: median, fastest: slowest[6] > 0 ? min(sorted.first!, median) : median, slowest: slowest[7]),
+            stepSeconds: .init(median: median, fastest: -slowest[6], slowest: slowest[7]),
             patchesPerSecond: Double(perStepPatches) / median, voxelsPerSecond: voxels / median,
             phases: .init(data: slowest[0], forward: slowest[1], loss: slowest[2], backward: slowest[3],
                           allReduce: slowest[4], optimizer: slowest[5]),
