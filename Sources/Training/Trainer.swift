@@ -46,6 +46,8 @@ public final class Trainer {
     /// unreachable peer); nil: derived from the measured steps (``StepTimeout``); 0: no watchdog.
     public var stepTimeout: Double?
     private var stepTimeouts = StepTimeout()
+    /// Print the `--init` mapping table (a cross-validation prints it for its first fold only: every fold's is the same).
+    public var printsTransferTable = true
     /// Put before every line rank 0 prints (the cross-validation's fold-parallel groups name their fold).
     public var linePrefix = ""
 
@@ -139,7 +141,7 @@ public final class Trainer {
         try comm.broadcast(model.params.values.data, root: 0)
         try comm.broadcast(model.buffers.values.data, root: 0)
         assignRoles()
-        if comm.isRoot && verbose {
+        if comm.isRoot && verbose && printsTransferTable {
             for line in report.table(target: config.model) { print(linePrefix + line) }
             let frozen = optimizer.count(.frozen), fresh = optimizer.count(.fresh)
             if t.freeze != .none {
@@ -170,6 +172,20 @@ public final class Trainer {
         var state = resumed ?? TrainingState(epoch: 0, stepInEpoch: 0, globalStep: 0, bestDice: -1, bestEpoch: -1,
                                              worldSize: comm.size, storeFingerprint: fingerprint)
         if resumed == nil && config.transfer != nil && transfer == nil { try initialiseFromCheckpoint() }
+        if config.epochs == 0 {
+            // Nothing to train: the initial weights (--init's, mapped: the paper's "before fine-tuning") are the
+            // run's result, written as its latest checkpoint so that evaluation reads them like any other.
+            if resumed == nil {
+                if comm.isRoot {
+                    try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
+                    try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state,
+                                                metrics: nil, classNames: store.classNames, transfer: transfer)
+                    if verbose { print(linePrefix + "train: --epochs 0: wrote the initial weights to \(latestPath)") }
+                }
+                try comm.barrier()
+            }
+            return
+        }
         let loader = try PatchLoader(store: store, cases: config.trainCases, patch: config.patch, batch: config.batch / comm.size,
                                      rank: comm.rank, worldSize: comm.size, seed: config.seed, augment: config.augmentOptions,
                                      foregroundFraction: config.foregroundFraction, samplesPerCase: config.samplesPerCase)

@@ -36,3 +36,4 @@ extension SurfaceDistanceDefinition: ExpressibleByArgument {
     public var defaultValueDescription: String { self == .pooled ? "pooled" : "max-directed" }
     public static var allValueDescriptions: [String: String] { [:] }
 }
+extension PhantomLabels: ExpressibleByArgument {}

@@ -25,6 +25,8 @@ struct CV: ParsableCommand {
 
         Job arrays (cluster/cv-array.sbatch): one task per fold runs the command with --fold K (K = 0 … folds−1, every model of that fold, no summary); a job depending on all of them runs it with --summarize, which writes the summaries from the folds' results.json and fails naming any fold without one. The tasks share config.json and splits.json, so the folds are the same as in one run.
 
+        Fine-tuning on the folds (the paper's TCIA protocols; attunet experiment transfer runs all three): --init CHECKPOINT starts every fold of every model from that checkpoint's weights, with train's --freeze, --head-lr, --reset-head and --label-map (AFT, after fine-tuning); with --epochs 0 each fold evaluates the mapped checkpoint as it is (BFT, before fine-tuning); without --init the folds train from scratch (SCR).
+
         Restart: run the same command again after a stop (exit 75: SIGTERM/SIGUSR1, or --stop-after-epochs, which counts the epochs of all folds in this job) or a crash. Folds with results.json are skipped, an unfinished fold resumes from its checkpoint_latest.h5, bit-identical to an uninterrupted CV with the same rank count. A command whose configuration differs from --out's config.json is refused, naming the difference; --stop-after-epochs, --threads and --allreduce-bucket-mib may change.
         """
     )
@@ -54,6 +56,8 @@ struct CV: ParsableCommand {
 
     @OptionGroup var training: TrainingOptions
 
+    @OptionGroup(title: "Starting from a checkpoint (every model of every fold)") var transferOptions: TransferOptions
+
     @Option(help: "ASSD/HD95 definition: pooled (medpy: both directed sets pooled) or max-directed (DeepMind surface-distance).")
     var distanceDefinition: SurfaceDistanceDefinition = .pooled
 
@@ -73,21 +77,16 @@ struct CV: ParsableCommand {
         if let fold { guard fold >= 0 && fold < folds else { throw ValidationError("--fold \(fold): folds are numbered 0 to \(folds - 1) (as the fold_K folders)") } }
         guard splits == nil || groupBy == nil else { throw ValidationError("--splits and --group-by exclude each other (the splits file fixes the folds)") }
         _ = try modelKinds()
+        try transferOptions.check(epochs: training.epochs)
     }
 
-    func modelKinds() throws -> [ModelKind] {
-        let names = models.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
-        var kinds: [ModelKind] = []
-        for n in names {
-            guard let k = ModelKind(rawValue: n) else {
-                throw ValidationError("--models: unknown model '\(n)' (\(ModelKind.allCases.map(\.rawValue).joined(separator: ", ")))")
-            }
-            guard !kinds.contains(k) else { throw ValidationError("--models: \(n) given twice") }
-            kinds.append(k)
-        }
-        guard !kinds.isEmpty else { throw ValidationError("--models: no model") }
-        try architecture.check(kinds)
-        return kinds
+    func modelKinds() throws -> [ModelKind] { try architecture.kinds(models) }
+
+    /// The training settings every fold and model share (their model and cases are filled per fold).
+    var trainingTemplate: TrainConfig {
+        var t = training.config(store: store, model: architecture.config(.attentionUNet), trainCases: [], validationCases: [])
+        t.transfer = transferOptions.config
+        return t
     }
 
     func run() throws {
@@ -99,7 +98,7 @@ struct CV: ParsableCommand {
             store: store, storeFingerprint: fingerprint, models: try modelKinds().map { architecture.config($0) },
             folds: folds, inverse: inverse, splitsFile: splits, groupBy: groupBy,
             validationFraction: training.valFraction, distanceDefinition: distanceDefinition,
-            training: training.config(store: store, model: architecture.config(.attentionUNet), trainCases: [], validationCases: []))
+            training: trainingTemplate)
         let cv = CrossValidation(config: config, comm: comm, folder: RunFolder(path: out))
         cv.bucketFloats = training.bucketFloats
         cv.stopAfterEpochs = training.stopAfterEpochs

@@ -5,7 +5,7 @@ import ArgumentParser
 struct Experiment: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "The paper's other experiments, as ready-made runs of the other subcommands.",
-        subcommands: [Capacity.self]
+        subcommands: [Capacity.self, Transfer.self]
     )
 }
 

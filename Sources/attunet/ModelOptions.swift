@@ -49,6 +49,22 @@ struct ArchitectureOptions: ParsableArguments {
         }
     }
 
+    /// The models of a comma-separated `--models` list, in order, checked against these options.
+    func kinds(_ list: String) throws -> [ModelKind] {
+        let names = list.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        var kinds: [ModelKind] = []
+        for n in names {
+            guard let k = ModelKind(rawValue: n) else {
+                throw ValidationError("--models: unknown model '\(n)' (\(ModelKind.allCases.map(\.rawValue).joined(separator: ", ")))")
+            }
+            guard !kinds.contains(k) else { throw ValidationError("--models: \(n) given twice") }
+            kinds.append(k)
+        }
+        guard !kinds.isEmpty else { throw ValidationError("--models: no model") }
+        try check(kinds)
+        return kinds
+    }
+
     func config(_ kind: ModelKind) -> ModelConfig {
         ModelConfig(kind: kind, inChannels: inChannels, classes: classes, featureScale: featureScale ?? 4,
                     alignCorners: alignCorners, passThroughGates: passThroughGates)

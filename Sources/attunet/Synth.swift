@@ -40,6 +40,10 @@ struct Synth: ParsableCommand {
         0.91/0.76-0.81/0.89-0.91 on the default cohort:
           attunet synth --cases 20 --out data/hard --seed 1 --orientation RAS --organ-scale 0.5 \\
             --liver-hu 110 --spleen-hu 115 --bowel-hu 45 --pancreas-hu 55
+        Another site (attunet experiment transfer's target cohort): thick slices, finer in-plane spacing, more
+        noise, a pancreatic-phase pancreas, and only the pancreas labelled:
+          attunet synth --cases 16 --out data/site-b --seed 2 --in-plane-spacing 1.2 --slice-thickness 5 \\
+            --noise-hu 28 --pancreas-hu 115 --labels pancreas
         """
     )
 
@@ -106,6 +110,18 @@ struct Synth: ParsableCommand {
         """, valueName: "HU"))
     var bowelHU: Double?
 
+    @Option(name: .customLong("in-plane-spacing"), help: ArgumentHelp("In-plane voxel spacing in mm for every case (default: drawn from 1.4-2.2).", valueName: "mm"))
+    var inPlaneSpacing: Double?
+
+    @Option(name: .customLong("slice-thickness"), help: ArgumentHelp("Slice spacing in mm for every case (default: drawn from 2.0-3.0).", valueName: "mm"))
+    var sliceThickness: Double?
+
+    @Option(name: .customLong("noise-hu"), help: ArgumentHelp("Image noise, a standard deviation in HU, for every case (default: drawn from 8-20).", valueName: "HU"))
+    var noiseHU: Double?
+
+    @Option(help: ArgumentHelp("Organs labelled: all (1 spleen, 2 pancreas, 3 kidney) or pancreas (1 pancreas; spleen and kidneys stay in the image, unlabelled, as in TCIA's Pancreas-CT).", valueName: "set"))
+    var labels: PhantomLabels = .all
+
     /// The knobs as the generator takes them; the error names the option.
     func phantomOptions() throws -> PhantomOptions {
         var o = PhantomOptions()
@@ -114,6 +130,7 @@ struct Synth: ParsableCommand {
         }
         o.obliqueDegrees = obliqueDegrees; o.organScale = organScale
         o.spleenHU = spleenHU; o.pancreasHU = pancreasHU; o.kidneyHU = kidneyHU; o.liverHU = liverHU; o.bowelHU = bowelHU
+        o.inPlaneSpacing = inPlaneSpacing; o.sliceThickness = sliceThickness; o.noiseHU = noiseHU; o.labels = labels
         if let problem = o.problems.first { throw ValidationError(problem) }
         return o
     }
@@ -129,7 +146,7 @@ struct Synth: ParsableCommand {
         let start = Date()
         try Phantom.writeDataset(to: out, count: cases, seed: seed, name: name, scale: resolution,
                                  options: try phantomOptions(), threads: threads)
-        print(String(format: "wrote %d phantom cases to %@ in %.1f s (labels: 1 spleen, 2 pancreas, 3 kidney)",
-                     cases, out, Date().timeIntervalSince(start)))
+        let names = labels.classNames.enumerated().dropFirst().map { "\($0.offset) \($0.element)" }.joined(separator: ", ")
+        print(String(format: "wrote %d phantom cases to %@ in %.1f s (labels: %@)", cases, out, Date().timeIntervalSince(start), names))
     }
 }

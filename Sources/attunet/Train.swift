@@ -57,6 +57,8 @@ struct Train: ParsableCommand {
     @Flag(help: "Start afresh even if --out already holds a checkpoint (it will be overwritten).")
     var force = false
 
+    func validate() throws { try transferOptions.check(epochs: training.epochs) }
+
     func run() throws {
         Parallelism.threads = training.threads
         let comm = try MPICommunicator()

@@ -72,9 +72,10 @@ struct TrainingOptions: ParsableArguments {
     var stepTimeout: Double?
 
     func validate() throws {
-        guard batch >= 1, epochs >= 1, samplesPerCase >= 1, threads >= 1 else {
-            throw ValidationError("--batch, --epochs, --samples-per-case and --threads must be at least 1")
+        guard batch >= 1, samplesPerCase >= 1, threads >= 1 else {
+            throw ValidationError("--batch, --samples-per-case and --threads must be at least 1")
         }
+        guard epochs >= 0 else { throw ValidationError("--epochs must be at least 1 (0 with --init: the mapped checkpoint as it is)") }
         guard lr > 0, lr.isFinite else { throw ValidationError("--lr must be a positive number") }
         guard (0..<1).contains(valFraction) else { throw ValidationError("--val-fraction must be in [0, 1)") }
         if let n = stopAfterEpochs, n < 1 { throw ValidationError("--stop-after-epochs must be at least 1") }
@@ -112,6 +113,13 @@ struct TransferOptions: ParsableArguments {
 
     @Option(help: ArgumentHelp("Checkpoint class SRC becomes store class DST, e.g. 2:1 for a pancreas-only store whose pancreas (1) is the checkpoint's class 2.", discussion: "The output layers' rows (and final's columns) of every store class are copied from its checkpoint class; 0:0 (background) is implied unless class 0 is named. Every store class needs a checkpoint class, each class appears once, and every id must exist in the checkpoint and in the store (an error names one that does not). Recorded in the run's configuration.", valueName: "SRC:DST,..."))
     var labelMap: String?
+
+    /// Refuses `--epochs 0` without `--init` (there would be nothing to evaluate but random weights).
+    func check(epochs: Int) throws {
+        if epochs == 0 && initCheckpoint == nil {
+            throw ValidationError("--epochs 0 needs --init CHECKPOINT (it writes the mapped checkpoint's weights as they are, e.g. to evaluate them before fine-tuning)")
+        }
+    }
 
     func validate() throws {
         if initCheckpoint == nil {

@@ -220,3 +220,54 @@ func organShapeVolumes(_ a: Anatomy, step: Double) -> [Double] {
     for n in 0..<2 { kidney += count(a.kidneys[n].lo, a.kidneys[n].hi) { p in a.kidneys[n].sdf(p) < 0 && !(a.sinus[n].sdf(p) < 0) } }
     return [spleen, pancreas, kidney]
 }
+
+/// The knobs `attunet experiment transfer`'s target cohort uses: fixed spacing, fixed noise, and a label set
+/// with only the pancreas.
+final class PhantomSiteKnobTests: XCTestCase {
+    /// Only the pancreas labelled: the label map is the default's with pancreas (2) as 1 and every other organ
+    /// 0, voxel for voxel, and the image is the same; dataset.json names the two classes.
+    func testPancreasOnlyLabelsRelabelTheSamePatient() throws {
+        var o = PhantomOptions()
+        o.labels = .pancreas
+        let plain = Phantom.generate(seed: 5, index: 1, scale: 0.4), site = Phantom.generate(seed: 5, index: 1, scale: 0.4, options: o)
+        XCTAssertEqual(site.image, plain.image)
+        XCTAssertEqual(site.label, plain.label.map { $0 == 2 ? 1 : 0 })
+        XCTAssertGreaterThan(site.label.filter { $0 == 1 }.count, 100)
+        XCTAssertEqual(PhantomLabels.pancreas.classNames, ["background", "pancreas"])
+        let dir = try TestEnv.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Phantom.writeDataset(to: dir.path, count: 1, seed: 5, scale: 0.3, options: o, threads: 1)
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: dir.appendingPathComponent("dataset.json"))) as! [String: Any]
+        XCTAssertEqual(json["labels"] as? [String: String], ["0": "background", "1": "pancreas"])
+        XCTAssertTrue((json["description"] as! String).contains("labels pancreas"), "\(json["description"]!)")
+    }
+
+    /// A fixed spacing replaces the draw (the grid and affine follow it, the field of view stays), and a fixed
+    /// noise level scales the same noise draws: the difference of two noise levels is noise of their difference.
+    func testFixedSpacingAndNoise() {
+        var o = PhantomOptions()
+        o.inPlaneSpacing = 1.2; o.sliceThickness = 5
+        let plain = Phantom.generate(seed: 5, index: 0, scale: 0.5), site = Phantom.generate(seed: 5, index: 0, scale: 0.5, options: o)
+        XCTAssertEqual(site.spacing.x, 2.4, accuracy: 1e-12)
+        XCTAssertEqual(site.spacing.z, 10, accuracy: 1e-12)
+        XCTAssertEqual(abs(site.affine[0]), 2.4, accuracy: 1e-12)
+        XCTAssertEqual(site.affine[10], 10, accuracy: 1e-12)
+        // The same field of view in mm, within a voxel.
+        XCTAssertEqual(Double(site.dim.x) * site.spacing.x, Double(plain.dim.x) * plain.spacing.x, accuracy: 2 * max(site.spacing.x, plain.spacing.x))
+        XCTAssertEqual(Double(site.dim.z) * site.spacing.z, Double(plain.dim.z) * plain.spacing.z, accuracy: 2 * site.spacing.z)
+        var quiet = PhantomOptions(), loud = PhantomOptions()
+        quiet.noiseHU = 0; loud.noiseHU = 40
+        let a = Phantom.generate(seed: 5, index: 0, scale: 0.4, options: quiet), b = Phantom.generate(seed: 5, index: 0, scale: 0.4, options: loud)
+        // Inside the body (air is clipped at -1024 HU, which would hide part of the noise).
+        let d = zip(b.image, a.image).filter { $0.1 > -900 && $0.1 < 1000 }.map { Double($0.0 - $0.1) }
+        let mean = d.reduce(0, +) / Double(d.count)
+        let std = (d.map { ($0 - mean) * ($0 - mean) }.reduce(0, +) / Double(d.count)).squareRoot()
+        XCTAssertEqual(std, 40, accuracy: 2, "noise 40 HU minus noise 0: the noise itself")
+        XCTAssertEqual(mean, 0, accuracy: 1)
+        var bad = PhantomOptions()
+        bad.sliceThickness = 0.1; bad.noiseHU = -3; bad.inPlaneSpacing = .nan
+        XCTAssertEqual(bad.problems.count, 3, "\(bad.problems)")
+        XCTAssertTrue(bad.problems.contains { $0.contains("--slice-thickness must be in [0.3, 6] mm, got 0.1") }, "\(bad.problems)")
+        XCTAssertTrue(bad.problems.contains { $0.contains("--noise-hu must be in [0, 200] HU") }, "\(bad.problems)")
+    }
+}

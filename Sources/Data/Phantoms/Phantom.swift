@@ -26,6 +26,15 @@ public struct PhantomCase: Sendable {
     public var label: [UInt8]
 
     public static let classNames = ["background", "spleen", "pancreas", "kidney"]
+
+    /// The case with only `labels`' organs labelled, renumbered as that set numbers them.
+    func relabelled(_ labels: PhantomLabels) -> PhantomCase {
+        guard labels != .all else { return self }
+        var c = self
+        let table = labels.relabel
+        c.label = label.map { table[Int($0)] }
+        return c
+    }
 }
 
 public enum Phantom {
@@ -40,7 +49,8 @@ public enum Phantom {
         if options.organScale != 1 { a.scaleOrgans(options.organScale) }
         a.hu.apply(options)
         // Grid: in-plane 1.4-2.2 mm, slices 2.0-3.0 mm; FOV a bit larger than the body.
-        let sxy = rng.uniform(1.4, 2.2) / scale, sz = rng.uniform(2.0, 3.0) / scale
+        let drawnXY = rng.uniform(1.4, 2.2), drawnZ = rng.uniform(2.0, 3.0)
+        let sxy = (options.inPlaneSpacing ?? drawnXY) / scale, sz = (options.sliceThickness ?? drawnZ) / scale
         let fovX = 2 * a.bodyA + rng.uniform(20, 60), fovY = 2 * a.bodyB + rng.uniform(30, 70)
         let fovZ = rng.uniform(170, 230)
         func notMul16(_ n: Int) -> Int { n % 16 == 0 ? n + 1 : n }
@@ -48,7 +58,7 @@ public enum Phantom {
         let dim = Dim3(z: nz, y: ny, x: nx)
         // Body centre in the FOV, a little off-centre; the table under the patient (posterior).
         let cu = rng.uniform(-10, 10), cv = rng.uniform(-15, 5), cw = rng.uniform(-15, 15)
-        let noise = rng.uniform(8, 20)
+        let drawnNoise = rng.uniform(8, 20), noise = options.noiseHU ?? drawnNoise
         let origin = (x: Double(nx - 1) * sxy / 2 + rng.uniform(-50, 50), y: Double(ny - 1) * sxy / 2 + rng.uniform(-50, 50),
                       z: -Double(nz - 1) * sz / 2 + rng.uniform(-400, 0))
         let affine: [Double] = [-sxy, 0, 0, origin.x,
@@ -62,7 +72,7 @@ public enum Phantom {
         if options.obliqueDegrees != 0 {
             let c = obliqueCase(a, degrees: options.obliqueDegrees, n: (nx, ny, nz), sxy: sxy, sz: sz, centre: (cu, cv, cw),
                                 origin: (origin.x, origin.y, origin.z), noise: noise, noiseSeed: noiseSeed)
-            return options.orientation == .lps ? c : c.reoriented(to: options.orientation)
+            return (options.orientation == .lps ? c : c.reoriented(to: options.orientation)).relabelled(options.labels)
         }
         image.withUnsafeMutableBufferPointer { ib in
             label.withUnsafeMutableBufferPointer { lb in
@@ -97,7 +107,7 @@ public enum Phantom {
             }
         }
         let c = PhantomCase(dim: dim, spacing: (sxy, sxy, sz), affine: affine, image: image, label: label)
-        return options.orientation == .lps ? c : c.reoriented(to: options.orientation)
+        return (options.orientation == .lps ? c : c.reoriented(to: options.orientation)).relabelled(options.labels)
     }
 
     /// The case on a grid rotated by `degrees` about the superior axis (right-handed in RAS: from +x towards
@@ -170,7 +180,7 @@ public enum Phantom {
             "name": name, "description": "attunet synthetic abdominal CT phantoms (seed \(seed)\(options.isDefault ? "" : "; " + options.summary))",
             "reference": "attunet synth", "licence": "CC0", "release": "1.0",
             "tensorImageSize": "3D", "modality": ["0": "CT"],
-            "labels": Dictionary(uniqueKeysWithValues: PhantomCase.classNames.enumerated().map { ("\($0.offset)", $0.element) }),
+            "labels": Dictionary(uniqueKeysWithValues: options.labels.classNames.enumerated().map { ("\($0.offset)", $0.element) }),
             "numTraining": count, "numTest": 0,
             "training": names.map { ["image": "./imagesTr/\($0).nii.gz", "label": "./labelsTr/\($0).nii.gz"] },
             "test": [String](),

@@ -28,6 +28,31 @@ public struct AxisCodes: Sendable, Equatable, CustomStringConvertible {
     }
 }
 
+/// The organs a phantom cohort labels: all three of the paper's CT-150 set, or only the pancreas (as TCIA's
+/// Pancreas-CT, whose other organs are in the image but unlabelled).
+public enum PhantomLabels: String, Sendable, Equatable, CaseIterable {
+    /// 1 spleen, 2 pancreas, 3 kidney.
+    case all
+    /// 1 pancreas; the spleen and kidneys are background.
+    case pancreas
+
+    /// The class names in label order, background first.
+    public var classNames: [String] {
+        switch self {
+        case .all: PhantomCase.classNames
+        case .pancreas: ["background", "pancreas"]
+        }
+    }
+
+    /// The label value of each of `PhantomCase.classNames`' labels in this set (0: unlabelled).
+    var relabel: [UInt8] {
+        switch self {
+        case .all: [0, 1, 2, 3]
+        case .pancreas: [0, 0, 1, 0]
+        }
+    }
+}
+
 /// The knobs of `attunet synth`: a phantom cohort unlike attunet's own. Each is at its default in a plain
 /// `PhantomOptions()`, and then the phantoms are bit for bit those attunet has always made.
 public struct PhantomOptions: Sendable, Equatable {
@@ -47,11 +72,20 @@ public struct PhantomOptions: Sendable, Equatable {
     /// offset), liver 95-120, bowel loops 25-55 (the duodenum, 45-70, keeps its drawn offset from them).
     public var spleenHU: Double? = nil, pancreasHU: Double? = nil, kidneyHU: Double? = nil
     public var liverHU: Double? = nil, bowelHU: Double? = nil
+    /// In-plane voxel spacing in mm for every case instead of the 1.4-2.2 mm draw (nil: drawn).
+    public var inPlaneSpacing: Double? = nil
+    /// Slice spacing (thickness) in mm for every case instead of the 2.0-3.0 mm draw (nil: drawn).
+    public var sliceThickness: Double? = nil
+    /// Image noise (standard deviation in HU) for every case instead of the 8-20 HU draw (nil: drawn).
+    public var noiseHU: Double? = nil
+    /// The organs labelled in the label maps (default all three). The image is the same whatever is labelled.
+    public var labels: PhantomLabels = .all
 
     public init() {}
 
-    /// The allowed ranges: organ scale 0.25-2, HU levels -1000-1500.
+    /// The allowed ranges: organ scale 0.25-2, HU levels -1000-1500, spacings 0.3-6 mm, noise 0-200 HU.
     public static let organScaleRange = 0.25...2.0, huRange = -1000.0...1500.0
+    public static let spacingRange = 0.3...6.0, noiseRange = 0.0...200.0
 
     /// One line per option out of range, naming the command-line option.
     public var problems: [String] {
@@ -64,6 +98,12 @@ public struct PhantomOptions: Sendable, Equatable {
         }
         for (name, v) in huLevels where !(v.isFinite && Self.huRange.contains(v)) {
             p.append("--\(name)-hu must be in [-1000, 1500] HU, got \(v)")
+        }
+        for (name, v) in [("in-plane-spacing", inPlaneSpacing), ("slice-thickness", sliceThickness)] {
+            if let v, !(v.isFinite && Self.spacingRange.contains(v)) { p.append("--\(name) must be in [0.3, 6] mm, got \(v)") }
+        }
+        if let v = noiseHU, !(v.isFinite && Self.noiseRange.contains(v)) {
+            p.append("--noise-hu must be in [0, 200] HU (a standard deviation), got \(v)")
         }
         return p
     }
@@ -84,6 +124,10 @@ public struct PhantomOptions: Sendable, Equatable {
         if obliqueDegrees != 0 { parts.append("oblique \(obliqueDegrees) degrees") }
         if organScale != 1 { parts.append("organ scale \(organScale)") }
         for (n, v) in huLevels { parts.append("\(n) \(v) HU") }
+        if let v = inPlaneSpacing { parts.append("in-plane spacing \(v) mm") }
+        if let v = sliceThickness { parts.append("slice thickness \(v) mm") }
+        if let v = noiseHU { parts.append("noise \(v) HU") }
+        if labels != .all { parts.append("labels \(labels.rawValue)") }
         return parts.isEmpty ? "defaults" : parts.joined(separator: ", ")
     }
 }

@@ -46,6 +46,17 @@ public struct LabelMap: Codable, Sendable, Equatable, CustomStringConvertible {
 
     public var description: String { pairs.map(\.description).joined(separator: ",") }
 
+    /// Every foreground class of `target` mapped from the `source` class of the same name (case-insensitive),
+    /// or nil when one has no namesake.
+    public static func matchingNames(source: [String], target: [String]) -> LabelMap? {
+        var pairs: [Pair] = []
+        for (t, name) in target.enumerated().dropFirst() {
+            guard let s = source.firstIndex(where: { $0.lowercased() == name.lowercased() }) else { return nil }
+            pairs.append(Pair(source: s, target: t))
+        }
+        return pairs.isEmpty ? nil : LabelMap(pairs)
+    }
+
     /// The map with background to background (`0:0`) added when neither side names class 0.
     public var withBackground: LabelMap {
         pairs.contains { $0.source == 0 || $0.target == 0 } ? self : LabelMap([Pair(source: 0, target: 0)] + pairs)
@@ -234,12 +245,12 @@ public enum WeightTransfer {
 
     /// The label map checked against the checkpoint's and the store's classes, with `0:0` added: every id
     /// must exist on its side, no class may appear twice, and every store class needs a checkpoint class.
-    static func check(_ given: LabelMap, sourcePath: String, sourceNames: [String], targetPath: String,
-                      targetNames: [String]) throws -> LabelMap {
+    public static func check(_ given: LabelMap, sourcePath: String, sourceNames: [String], targetPath: String,
+                             targetNames: [String], sourceKind: String = "checkpoint") throws -> LabelMap {
         func classes(_ names: [String]) -> String { "0-\(names.count - 1) (\(names.joined(separator: ", ")))" }
         for p in given.pairs {
             guard p.source < sourceNames.count else {
-                throw AttunetError("\(sourcePath): --label-map \(p) names class \(p.source), but the checkpoint has classes \(classes(sourceNames))")
+                throw AttunetError("\(sourcePath): --label-map \(p) names class \(p.source), but the \(sourceKind) has classes \(classes(sourceNames))")
             }
             guard p.target < targetNames.count else {
                 throw AttunetError("\(targetPath): --label-map \(p) names class \(p.target), but the store has classes \(classes(targetNames))")

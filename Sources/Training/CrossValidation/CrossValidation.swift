@@ -111,6 +111,8 @@ public final class CrossValidation {
     public var onlyFold: Int?
     /// Train nothing: write the summaries from every fold's `results.json`; an error names the missing ones.
     public var summarizeOnly = false
+    /// Print summary.md at the end (with ``verbose``); off when the CV is one part of a larger report.
+    public var printsSummary = true
 
     public init(config: CrossValidationConfig, comm: Communicator, folder: RunFolder) {
         self.config = config
@@ -277,6 +279,7 @@ public final class CrossValidation {
         trainer.verbose = verbose
         trainer.linePrefix = tag.isEmpty ? "" : "[\(name) fold \(k + 1)] "
         trainer.progressBar = tag.isEmpty
+        trainer.printsTransferTable = k == 0
         trainer.resumeHint = "rerun the same attunet cv command to continue"
         let state = status == 1 ? try trainer.resume() : nil
         if comm.isRoot {
@@ -286,7 +289,7 @@ public final class CrossValidation {
                                  to: sub.splits.path)
         }
         let firstEpoch = state?.epoch ?? 0
-        if firstEpoch < train.epochs {
+        if firstEpoch < train.epochs || (train.epochs == 0 && state == nil) {
             if let left = epochsLeft {
                 if left <= 0 {
                     say("cv: stopped before \(name) fold \(k + 1) (--stop-after-epochs); rerun the same command to continue")
@@ -368,7 +371,7 @@ public final class CrossValidation {
         try AtomicFile.write(md, to: folder.summaryMarkdown.path)
         try AtomicFile.write(summary.boxPlotSVG(), to: folder.summarySVG.path)
         if verbose {
-            print(md, terminator: "")
+            if printsSummary { print(md, terminator: "") }
             print("cv: wrote " + [folder.summaryMarkdown, folder.summaryCSV, folder.summaryJSON, folder.summarySVG].map(\.path).joined(separator: ", "))
         }
         return summary

@@ -192,11 +192,18 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
         }
         if !comparisons.isEmpty {
             s += "\nPaired comparison over the same test cases (Wilcoxon signed-rank, two-sided, scipy's defaults)\n\n"
-            s += "| organ | metric | difference | mean difference | p-value | pairs |\n|---|---|---|---|---|---|\n"
-            for c in comparisons {
-                s += "| \(c.className) | \(c.metric == "dice" ? "DSC" : "S2S (mm)") | \(c.models[0]) − \(c.models[1]) | "
-                s += "\(Self.f(c.meanDifference, c.metric == "dice" ? 4 : 3)) | \(Self.f(c.pValue, 4)) | \(c.pairs) |\n"
-            }
+            s += Self.comparisonTable(comparisons.map { ($0.className, $0.metric, "\($0.models[0]) − \($0.models[1])", $0.meanDifference, $0.pValue, $0.pairs) })
+        }
+        return s
+    }
+
+    /// A markdown table of paired comparisons, one row each: class, metric (DSC or S2S), "a − b", the mean
+    /// difference, the p-value and the number of pairs.
+    static func comparisonTable(_ rows: [(className: String, metric: String, difference: String, mean: Double, p: Double, pairs: Int)]) -> String {
+        var s = "| organ | metric | difference | mean difference | p-value | pairs |\n|---|---|---|---|---|---|\n"
+        for c in rows {
+            s += "| \(c.className) | \(c.metric == "dice" ? "DSC" : "S2S (mm)") | \(c.difference) | "
+            s += "\(f(c.mean, c.metric == "dice" ? 4 : 3)) | \(f(c.p, 4)) | \(c.pairs) |\n"
         }
         return s
     }
