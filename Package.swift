@@ -67,7 +67,7 @@ let package = Package(
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Data", "Tensor", "Support", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Inference", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport", "FuzzSupport"]),
         .testTarget(name: "InferenceTests", dependencies: ["Inference", "Support", "NN", "Data", "Tensor", "TestSupport"]),
-        .testTarget(name: "attunetTests", dependencies: ["attunet", "NN", "Data", "Evaluation", "Tensor", "TestSupport"]),
+        .testTarget(name: "attunetTests", dependencies: ["attunet", "NN", "Data", "Evaluation", "Inference", "Tensor", "TestSupport"]),
     ]
 )
 

@@ -2,13 +2,15 @@ import Data
 import Distributed
 import Evaluation
 import Foundation
+import Inference
 import NN
 import Support
+import Tensor
 
 /// The paper's transfer protocols on a target cohort, each evaluated on the same target folds.
 public enum TransferProtocol: String, Codable, Sendable, CaseIterable {
-    /// Before fine-tuning: the source model applied to the target's test cases as it is (its output rows
-    /// mapped to the target's classes).
+    /// Before fine-tuning: the source model applied to the target's test cases as it is (its arg-max over
+    /// its own classes, mapped to the target's; an unmapped class counts as background).
     case bft = "BFT"
     /// After fine-tuning: the source model trained further on each fold's training cases.
     case aft = "AFT"
@@ -67,14 +69,14 @@ public struct TransferExperimentConfig: Codable, Sendable, Equatable {
 }
 
 /// `attunet experiment transfer`: the paper's TCIA table. Trains every model on the source cohort, then on the
-/// target cohort's folds reports BFT (the source model mapped through the label map, as it is), AFT (it
-/// fine-tuned on the fold) and SCR (trained from scratch on the fold), all on the same folds and test cases, so
+/// target cohort's folds reports BFT (the source model as it is, its predicted classes mapped through the label
+/// map), AFT (fine-tuned on the fold from the source weights, the output rows of the mapped classes kept) and SCR (trained from scratch on the fold), all on the same folds and test cases, so
 /// every comparison is paired.
 ///
 /// Layout of the run folder: `config.json`; `source/<model>/` (a training run folder on the whole source cohort,
 /// less a seeded validation part); `target/splits.json` (the target folds every protocol uses);
-/// `target/bft-<model>/`, `target/aft-<model>/` (cross-validations from the source checkpoint, with `--epochs 0`
-/// and with fine-tuning) and `target/scr/` (a cross-validation of every model from scratch); the report
+/// `target/bft-<model>/` (each fold's `results.json` of the source model), `target/aft-<model>/` (a
+/// cross-validation fine-tuning the source checkpoint) and `target/scr/` (a cross-validation of every model from scratch); the report
 /// `transfer.md`, `transfer.csv` and `transfer.json`. A rerun of the same command continues: finished source
 /// runs and folds are skipped, an unfinished one resumes.
 public final class TransferExperiment {
@@ -120,11 +122,8 @@ public final class TransferExperiment {
         if let error = start.error { throw AttunetError(error) }
         try trainSources()
         var summaries: [TransferProtocol: [CrossValidationSummary]] = [:]
-        for proto in [TransferProtocol.bft, .aft] {
-            for m in config.models {
-                summaries[proto, default: []].append(try crossValidate(proto, models: [m]))
-            }
-        }
+        for m in config.models { summaries[.bft, default: []].append(try beforeFineTuning(m)) }
+        for m in config.models { summaries[.aft, default: []].append(try crossValidate(.aft, models: [m])) }
         summaries[.scr] = [try crossValidate(.scr, models: config.models)]
         let report = TransferExperimentReport(config: config, summaries: summaries)
         if comm.isRoot {
@@ -230,7 +229,59 @@ public final class TransferExperiment {
         if (state?.epoch ?? 0) < t.epochs { try trainer.run(from: state) }
     }
 
-    /// The cross-validation of `proto` on the target folds (`target/splits.json`).
+    /// BFT: the source model as it is — its arg-max over its own classes, mapped through the label map (a class
+    /// without a target class counts as background) — on every fold's test cases, spread over the ranks; each
+    /// fold's results written as a cross-validation's (`target/bft-<model>/fold_<k>/<model>/results.json`, a
+    /// fold with one is read back).
+    func beforeFineTuning(_ m: ModelConfig) throws -> CrossValidationSummary {
+        let name = m.kind.rawValue, sub = targetFolder(.bft, model: m), path = sourceCheckpoint(m)
+        let target = try CaseStore(path: config.targetStore)
+        let plan = try FoldPlan.load(targetSplits, ids: target.cases.map(\.id), folds: config.folds, inverse: false)
+        say("transfer: BFT (before fine-tuning) of \(name) on \(config.targetStore), \(config.folds) folds: \(path) as it is, its classes mapped \(config.labelMap)")
+        let model = SegmentationModel(m)
+        try Checkpoint.load(path, into: model)   // verified against its checksums and digest
+        var table = [UInt8](repeating: 0, count: m.classes)
+        for p in config.labelMap.withBackground.pairs { table[p.source] = UInt8(p.target) }
+        let predictor = try SlidingWindowPredictor(network: model, options: SlidingWindowOptions(patch: config.training.patch))
+        let classes = target.classNames.count
+        var results: [FoldResults] = []
+        for k in 0..<plan.count {
+            let fold = sub.fold(k, model: name)
+            let done: Bool = try comm.broadcast(comm.isRoot ? FileManager.default.fileExists(atPath: fold.foldResults.path) : nil)
+            if done {
+                results.append(try comm.broadcast(comm.isRoot ? try CrossValidation.readResults(fold.foldResults.path) : nil))
+                continue
+            }
+            let test = plan.testCases(fold: k)
+            var mine: [CaseResult] = []
+            for (i, id) in test.enumerated() where i % comm.size == comm.rank {
+                guard let c = target.index(of: id) else { throw AttunetError("\(config.targetStore): no test case \(id)") }
+                let t0 = DispatchTime.now().uptimeNanoseconds
+                let pred = try predictor.predict(store: target, case: c).labels.map { table[Int($0)] }
+                let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+                let metrics = CaseMetrics.evaluate(prediction: pred, reference: try target.label(c), dim: target.cases[c].shape,
+                                                   spacing: VoxelSpacing(target.spacing), classes: classes,
+                                                   definition: config.distanceDefinition)
+                mine.append(CaseResult(id: id, seconds: seconds, classes: metrics))
+            }
+            let byID = Dictionary(uniqueKeysWithValues: try comm.allGather(data: try JSONEncoder().encode(mine))
+                .flatMap { try JSONDecoder().decode([CaseResult].self, from: $0) }.map { ($0.id, $0) })
+            let r = FoldResults(model: name, fold: k, checkpoint: path, weightsSHA256: TrainingCheckpoint.weightsDigest(model),
+                                parameters: model.parameterCount, classNames: Array(target.classNames.dropFirst()),
+                                distanceDefinition: config.distanceDefinition, cases: test.map { byID[$0]! })
+            if comm.isRoot {
+                try FileManager.default.createDirectory(at: fold.url, withIntermediateDirectories: true)
+                try AtomicFile.write(try CrossValidation.json(r), to: fold.foldResults.path)
+                let dice = ClassSummary.summarize(r.cases.map(\.classes)).map { $0.metrics[.dice]!.mean }
+                say("transfer: BFT \(name) fold \(k + 1)/\(plan.count): test Dice " + zip(r.classNames, dice).map { "\($0) \(fmt($1, 3))" }.joined(separator: ", "))
+            }
+            results.append(r)
+        }
+        try comm.barrier()
+        return CrossValidationSummary(results: results, plan: plan, definition: config.distanceDefinition)
+    }
+
+    /// The cross-validation of `proto` (AFT or SCR) on the target folds (`target/splits.json`).
     func crossValidate(_ proto: TransferProtocol, models: [ModelConfig]) throws -> CrossValidationSummary {
         let target = try CaseStore(path: config.targetStore)
         var t = config.training
@@ -242,14 +293,11 @@ public final class TransferExperiment {
         }
         if proto != .scr {
             let m = models[0]
-            t.transfer = TransferConfig(checkpoint: sourceCheckpoint(m), freeze: proto == .aft ? config.freeze : .none,
-                                        headLearningRate: proto == .aft ? config.headLearningRate : nil,
-                                        labelMap: config.labelMap)
-            t.epochs = proto == .aft ? config.fineTuneEpochs : 0
-            if proto == .aft {
-                t.learningRate = config.fineTuneLearningRate
-                if case .poly(_, let power) = t.schedule { t.schedule = .poly(epochs: config.fineTuneEpochs, power: power) }
-            }
+            t.transfer = TransferConfig(checkpoint: sourceCheckpoint(m), freeze: config.freeze,
+                                        headLearningRate: config.headLearningRate, labelMap: config.labelMap)
+            t.epochs = config.fineTuneEpochs
+            t.learningRate = config.fineTuneLearningRate
+            if case .poly(_, let power) = t.schedule { t.schedule = .poly(epochs: config.fineTuneEpochs, power: power) }
         }
         let sub = targetFolder(proto, model: proto == .scr ? nil : models[0])
         say("transfer: \(proto.rawValue) (\(proto.meaning)) of \(targetModels.map(\.kind.rawValue).joined(separator: ", ")) on \(config.targetStore), \(config.folds) folds" + (proto == .scr ? "" : " from \(t.transfer!.checkpoint), label map \(config.labelMap)"))
@@ -372,7 +420,7 @@ public struct TransferExperimentReport: Codable, Sendable, Equatable {
         let p = primaryClass
         let n = rows.first?.classes.first?.metrics["dice"]?.count ?? 0
         var s = "# Transfer: \(sourceStore) → \(targetStore), \(folds)-fold on the target, \(n) test cases per row\n\n"
-        s += "BFT: the source model as it is (output rows mapped \(labelMap)); AFT: fine-tuned on each fold's training cases; "
+        s += "BFT: the source model as it is (its predicted classes mapped \(labelMap), the others background); AFT: fine-tuned from it on each fold's training cases; "
         s += "SCR: trained from scratch on them. Every row is tested on the same folds and cases. Mean ± std over the test cases; "
         s += "S2S: the original code's slice-wise contour distance in mm ((wc N): N cases scored with the worst-case substitute). "
         s += "Paper: the TCIA Pancreas-CT table (82 scans, 61 training / 21 test, 2 mm, source CT-150), for reference.\n\n"
