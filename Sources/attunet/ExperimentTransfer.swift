@@ -27,7 +27,8 @@ struct Transfer: ParsableCommand {
 
         Without --source and --target, the built-in default: two phantom cohorts that differ as sites do, written to RUN/data and prepared at 4 mm —
           source  20 cases, attunet's phantoms (seed 1): 1.4-2.2 mm in-plane, 2-3 mm slices, noise 8-20 HU, pancreas 75-95 HU (portal venous), labels spleen, pancreas, kidney
-          target  16 cases (seed 2): 1.2 mm in-plane, 5 mm slices, noise 28 HU, pancreas 115 HU (pancreatic phase), pancreas only (label 1)
+          target  16 cases (seed 2) from another site: 1.2 mm in-plane, 5 mm slices, noise 40 HU; a pancreatic phase (pancreas 125 HU,
+                  liver 80, kidney cortex 230); another population (labelled organs at 0.75 of the size); pancreas only (label 1)
         and small settings that fit 20 minutes on 2 ranks: --feature-scale 16 --patch 48x48x32 --batch 2 --epochs 120 --samples-per-case 2 --lr 5e-3 --schedule poly --foreground-fraction 0.67 --augment none --val-every 20 --seed 0, --folds 4, --fold-parallel = the ranks (options given override them). With --source/--target every default is attunet cv's (the paper's settings).
 
           mpirun -np 2 --bind-to none attunet experiment transfer
@@ -123,7 +124,8 @@ struct TransferExperimentOptions: ParsableArguments {
     func builtInStores(comm: Communicator) throws -> (String, String) {
         let data = out + "/data"
         var site = PhantomOptions()
-        site.inPlaneSpacing = 1.2; site.sliceThickness = 5; site.noiseHU = 28; site.pancreasHU = 115; site.labels = .pancreas
+        site.inPlaneSpacing = 1.2; site.sliceThickness = 5; site.noiseHU = 40
+        site.pancreasHU = 125; site.liverHU = 80; site.kidneyHU = 230; site.organScale = 0.75; site.labels = .pancreas
         let cohorts: [(name: String, cases: Int, seed: UInt64, options: PhantomOptions)] = [
             ("source", 20, 1, PhantomOptions()), ("target", 16, 2, site),
         ]

@@ -41,9 +41,9 @@ struct Synth: ParsableCommand {
           attunet synth --cases 20 --out data/hard --seed 1 --orientation RAS --organ-scale 0.5 \\
             --liver-hu 110 --spleen-hu 115 --bowel-hu 45 --pancreas-hu 55
         Another site (attunet experiment transfer's target cohort): thick slices, finer in-plane spacing, more
-        noise, a pancreatic-phase pancreas, and only the pancreas labelled:
+        noise, the pancreatic contrast phase, smaller organs, and only the pancreas labelled:
           attunet synth --cases 16 --out data/site-b --seed 2 --in-plane-spacing 1.2 --slice-thickness 5 \\
-            --noise-hu 28 --pancreas-hu 115 --labels pancreas
+            --noise-hu 40 --pancreas-hu 125 --liver-hu 80 --kidney-hu 230 --organ-scale 0.75 --labels pancreas
         """
     )
 
