@@ -28,8 +28,11 @@ struct AttuNet: ParsableCommand {
     /// (`MPIRuntime.finalizeAfterError`).
     static func main() {
         // Every HDF5 file is read in a child process (`attunet probe-hdf5`) before this process opens it: a
-        // damaged file that crashes or hangs libhdf5 then gives one error line (HDF5Kit's `H5Probe`).
-        H5File.probe = H5Probe.inChildProcess(["/proc/self/exe", ProbeHDF5.configuration.commandName!])
+        // damaged file that crashes or hangs libhdf5 then gives one error line (HDF5Kit's `H5Probe`). Not where
+        // /proc is not mounted (this executable cannot be found to start it).
+        if FileManager.default.isExecutableFile(atPath: "/proc/self/exe") {
+            H5File.probe = H5Probe.inChildProcess(["/proc/self/exe", ProbeHDF5.configuration.commandName!])
+        }
         var command: ParsableCommand
         do { command = try parseAsRoot() } catch { exit(withError: error) }
         do {
