@@ -154,7 +154,12 @@ for trial in $(seq 1 "$TRIALS"); do
   check_checkpoints "$run"
   final=$(digest "$run/checkpoint_latest.h5")
   if [ "$final" = "$REFERENCE" ]; then outcome="bit-identical"; IDENTICAL=$((IDENTICAL + 1)); else outcome="DIFFERENT (${final:0:16})"; fi
-  [ "$leftovers" -gt 0 ] && outcome+=", $leftovers temporary file(s) of the killed write left"
+  if [ "$leftovers" -gt 0 ]; then
+    outcome+=", $leftovers temporary file(s) of the killed write left"
+    # --resume removes those of dead processes; a run started afresh does not look.
+    after=$({ find "$run" -maxdepth 1 -name '.tmp-*' 2>/dev/null || true; } | wc -l)
+    [ "$how" = resumed ] && { [ "$after" -eq 0 ] && outcome+=" (removed by the resume)" || outcome+=" ($after still there after the resume)"; }
+  fi
   printf 'trial %2d: %-10s killed %s; %s: %s\n' "$trial" "$moment" "$what" "$how" "$outcome"
 done
 echo "fault-inject: $IDENTICAL/$TRIALS bit-identical ($KILLED killed, the others ended before their moment came), $UNREADABLE unreadable checkpoint(s) (seed $SEED)"

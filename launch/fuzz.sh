@@ -10,7 +10,9 @@
 # .build-fuzz/corpus/<target>, kept between runs. A crash, more than 4 GiB in use or a hang (10 s) stops the
 # target: libFuzzer's report is printed and the input kept as .build-fuzz/crashes/<target>/<kind>-<sha1>
 # (reproduce: .build-fuzz/release/fuzz-<target> FILE). A crash inside Debian's libhdf5 itself (a bug of HDF5
-# 1.10.8 on a damaged file, outside attunet's code) is kept and counted apart, and fuzzing goes on. Prints
+# 1.10.8 on a damaged file, outside attunet's code) is kept and counted apart, and fuzzing goes on (the targets
+# read in-process; the attunet commands probe every HDF5 file in a child process first and refuse such a file:
+# keep the input under Tests/Fixtures/fuzz-hdf5/<target>/, where DamagedHDF5Tests checks that). Prints
 # per target the executions, crashes and seconds run; exit status 1 when attunet's code crashed.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -52,6 +52,18 @@ static inline void chdf5_error_text(char *buf, size_t size) {
     H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, chdf5_append_error, cursor);
     *cursor[0] = 0;
 }
+/// True when the calling thread's HDF5 error stack holds an allocation failure (H5E_NOSPACE, H5E_CANTALLOC):
+/// how the probe of a damaged file (`H5Probe`) tells "needed more memory than its limit" from other failures.
+static herr_t chdf5_find_allocation_failure(unsigned n, const H5E_error2_t *e, void *data) {
+    (void)n;
+    if (e->min_num == H5E_NOSPACE || e->min_num == H5E_CANTALLOC) *(int *)data = 1;
+    return 0;
+}
+static inline int chdf5_error_is_allocation_failure(void) {
+    int found = 0;
+    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, chdf5_find_allocation_failure, &found);
+    return found;
+}
 /// Gives up a file being written that met a full disk: its sec2 descriptor is pointed at an empty in-memory
 /// file (memfd), so that what HDF5 still writes as its objects and the file close cannot fail, and the file
 /// closes cleanly (HDF5 1.10 frees a file whose close failed but keeps its identifier, and its exit handler

@@ -59,14 +59,67 @@ public final class H5File: @unchecked Sendable {
 
     private init(path: String, id: hid_t, isNew: Bool = false) { self.path = path; self.id = id; self.isNew = isNew }
 
-    /// Opens an existing file. Errors name the file and say whether it is missing or not HDF5.
+    /// Opens an existing file. Errors name the file and say whether it is missing or not HDF5. With a
+    /// ``probe`` installed, the file is probed first (once per version of it: device, inode, size and
+    /// modification time), and a file the probe refuses is not opened here.
     public static func open(_ path: String, writable: Bool = false) throws -> H5File {
         silenceHDF5()
         guard FileManager.default.fileExists(atPath: path) else { throw AttunetError("\(path): no such file") }
         if H5Fis_hdf5(path) <= 0 { throw AttunetError("\(path): not an HDF5 file (or truncated/corrupt)", kind: .corrupt) }
+        try probeOnce(path)
         let id = H5Fopen(path, writable ? chdf5_acc_rdwr() : chdf5_acc_rdonly(), chdf5_p_default())
-        if id < 0 { throw AttunetError("\(path): cannot open HDF5 file (corrupt, or written by a newer HDF5 with libver='latest')", kind: .corrupt) }
+        if id < 0 { throw AttunetError("\(path): \(cannotOpenMessage)", kind: .corrupt) }
         return H5File(path: path, id: id)
+    }
+
+    static let cannotOpenMessage = "cannot open HDF5 file (corrupt, or written by a newer HDF5 with libver='latest')"
+
+    /// Called with a file's path before ``open(_:writable:)`` opens it in this process; throws to refuse the
+    /// file. nil (the default): no probe. The attunet executable installs ``H5Probe/inChildProcess(_:)``, which
+    /// reads all of the file's metadata in a child process first, so that a damaged file that would crash, hang
+    /// or exhaust memory inside libhdf5 gives one error line instead.
+    public static var probe: (@Sendable (String) throws -> Void)? {
+        get { probeHook.current }
+        set { probeHook.withLock { $0 = newValue } }
+    }
+
+    private static let probeHook = Locked<(@Sendable (String) throws -> Void)?>(nil)
+
+    /// A version of a file: what a probe's verdict holds for.
+    private struct FileVersion: Hashable {
+        var device: UInt64, inode: UInt64, size: Int64, seconds: Int, nanoseconds: Int
+
+        init?(_ path: String) {
+            var st = stat()
+            guard stat(path, &st) == 0 else { return nil }
+            device = UInt64(st.st_dev); inode = UInt64(st.st_ino); size = Int64(st.st_size)
+            seconds = st.st_mtim.tv_sec; nanoseconds = st.st_mtim.tv_nsec
+        }
+    }
+
+    /// The probe's verdicts in this process (nil: passed), and the files this process wrote itself.
+    private static let verdicts = Locked<[FileVersion: AttunetError?]>([:])
+
+    /// Runs ``probe`` on `path` unless this version of the file was probed (or written) by this process.
+    private static func probeOnce(_ path: String) throws {
+        guard let probe, let version = FileVersion(path) else { return }
+        if let verdict = verdicts.current[version] {
+            if let e = verdict { throw e }
+            return
+        }
+        do {
+            try probe(path)
+            verdicts.withLock { $0[version] = .some(nil) }
+        } catch let e as AttunetError {
+            verdicts.withLock { $0[version] = e }
+            throw e
+        }
+    }
+
+    /// Records that this process wrote `path` as it is now (``writeAtomically(_:_:)``): no probe needed.
+    private static func wroteSoundFile(_ path: String) {
+        guard let version = FileVersion(path) else { return }
+        verdicts.withLock { $0[version] = .some(nil) }
     }
 
     /// True when `path` exists and starts with HDF5's signature.
@@ -141,6 +194,7 @@ public final class H5File: @unchecked Sendable {
             try f.flush()
             try f.close()
         }
+        wroteSoundFile(path)
     }
 }
 

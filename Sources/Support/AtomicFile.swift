@@ -6,7 +6,8 @@ import Glibc
 /// How every file attunet writes reaches the disk: `body` fills a temporary file in the same folder, which is
 /// fsync'ed and renamed over the target, and then the folder is fsync'ed so the rename itself is durable. A
 /// crash or an error leaves either the previous file or the complete new one, never a half-written one, and
-/// no temporary file. Errors name `path`, never the temporary file, and a full disk is named as such.
+/// no temporary file (a process killed mid-write leaves its temporary: `removeStaleTemporaries(in:)`, which a
+/// resumed run calls). Errors name `path`, never the temporary file, and a full disk is named as such.
 public enum AtomicFile {
     /// Writes `path` through `body(temporaryPath)`; the temporary name keeps `path`'s file name as its
     /// suffix (so libraries that choose a format by extension, such as `.nii.gz`, choose the same one) and is
@@ -52,6 +53,21 @@ public enum AtomicFile {
         guard fd >= 0 else { throw AttunetError("\(path): cannot open the \(what) to fsync it (\(String(cString: strerror(errno))))") }
         defer { close(fd) }
         guard fsync(fd) == 0 else { throw AttunetError("\(path): fsync of the \(what) failed (\(String(cString: strerror(errno))))") }
+    }
+
+    /// Removes the temporary files (`.tmp-<pid>-<n>-<name>`) in `folder` that a writer killed mid-write left
+    /// (SIGKILL, a lost node): those whose process `<pid>` is not alive on this host. A temporary of a live
+    /// process (a write under way) is kept. Returns the names removed, sorted.
+    public static func removeStaleTemporaries(in folder: String) -> [String] {
+        let names = (try? FileManager.default.contentsOfDirectory(atPath: folder)) ?? []
+        var removed: [String] = []
+        for name in names.sorted() where name.hasPrefix(".tmp-") {
+            let fields = name.dropFirst(5).split(separator: "-", maxSplits: 2)
+            guard fields.count == 3, let pid = pid_t(fields[0]), pid > 0, Int(fields[1]) != nil else { continue }
+            guard kill(pid, 0) != 0, errno == ESRCH else { continue }
+            if unlink(folder + "/" + name) == 0 { removed.append(name) }
+        }
+        return removed
     }
 
     /// Distinguishes the temporary files of concurrent writers in one process.

@@ -1,4 +1,5 @@
 import Foundation
+import Support
 
 /// Every name in a run folder, in one place: what `attunet train --out DIR` writes (`config.json`,
 /// `splits.json`, the checkpoints, `log.csv`, `progress.svg`) and what `attunet cv --out DIR` adds (one sub-run
@@ -37,6 +38,16 @@ public struct RunFolder: Sendable, Equatable {
     public var summaryJSON: URL { file("summary.json") }
     /// A box plot of the test Dice per class and model.
     public var summarySVG: URL { file("summary.svg") }
+
+    /// Removes the temporary files that a write killed mid-way (SIGKILL, a lost node) left here: hidden
+    /// `.tmp-<pid>-<n>-<name>` files (`AtomicFile`) whose process is not alive on this host. Rank 0 calls it when
+    /// a run is reopened (`train --resume`, `--resume-from`, a CV restart). Returns the line that says what was
+    /// removed, or nil when nothing was.
+    public func removeStaleTemporaries() -> String? {
+        let removed = AtomicFile.removeStaleTemporaries(in: path)
+        guard !removed.isEmpty else { return nil }
+        return "removed \(removed.count) temporary file(s) of a write killed mid-way from \(path): \(removed.joined(separator: ", "))"
+    }
 
     /// The sub-run folder `fold_<k>/<model>/` of a cross-validation, itself a training run folder.
     public func fold(_ k: Int, model: String) -> RunFolder {

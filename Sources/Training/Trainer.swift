@@ -98,8 +98,10 @@ public final class Trainer {
 
     /// Restores the latest checkpoint, or `checkpoint` when given (`train --resume-from`: checkpoint_best.h5
     /// or a copy of an earlier latest, when the latest is damaged); all ranks read it, and it is verified
-    /// (checksums, stored digests) before anything is written. Returns the state to continue from.
+    /// (checksums, stored digests) before anything is written. Returns the state to continue from. Rank 0 first
+    /// removes the temporary files a killed checkpoint write left in the run folder (``RunFolder/removeStaleTemporaries()``).
     public func resume(from checkpoint: String? = nil) throws -> TrainingState {
+        if comm.isRoot, let removed = folder.removeStaleTemporaries(), verbose { print(linePrefix + "train: " + removed) }
         let path = checkpoint ?? latestPath
         guard FileManager.default.fileExists(atPath: path) else {
             if checkpoint != nil { throw AttunetError("\(path): no such file (from --resume-from)") }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Distributed
 import Foundation
+import HDF5Kit
 import Support
 
 @main
@@ -16,7 +17,7 @@ struct AttuNet: ParsableCommand {
         unreachable; see --step-timeout), 64 bad command line, 75 stopped on request (rerun with --resume).
         """,
         subcommands: [Doctor.self, Synth.self, Prepare.self, Train.self, CV.self, Experiment.self, Predict.self, Evaluate.self, Inspect.self,
-                      ImportWeights.self, Bench.self]
+                      ImportWeights.self, Bench.self, ProbeHDF5.self]
     )
 
     /// Parses and runs a subcommand. Argument errors are argument-parser's (with usage); every error a
@@ -26,6 +27,12 @@ struct AttuNet: ParsableCommand {
     /// blocked in a collective, so that rank prints its error itself and ends the job
     /// (`MPIRuntime.finalizeAfterError`).
     static func main() {
+        // Every HDF5 file is read in a child process (`attunet probe-hdf5`) before this process opens it: a
+        // damaged file that crashes or hangs libhdf5 then gives one error line (HDF5Kit's `H5Probe`). Not where
+        // /proc is not mounted (this executable cannot be found to start it).
+        if FileManager.default.isExecutableFile(atPath: "/proc/self/exe") {
+            H5File.probe = H5Probe.inChildProcess(["/proc/self/exe", ProbeHDF5.configuration.commandName!])
+        }
         var command: ParsableCommand
         do { command = try parseAsRoot() } catch { exit(withError: error) }
         do {

@@ -85,6 +85,82 @@ final class HDF5Tests: XCTestCase {
         }
     }
 
+    /// The probe hook: called before a file is opened, once per version of the file (a rewritten file is probed
+    /// again, a file written here through `writeAtomically` not at all); a refusal is thrown by every open,
+    /// before HDF5 opens the file, and the missing/not-HDF5 errors come first, as before.
+    func testProbeHookRunsOncePerFileVersionAndItsRefusalIsThrown() throws {
+        let dir = try TestEnv.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir); H5File.probe = nil }
+        let calls = Locked<[String]>([])
+        H5File.probe = { path in
+            calls.withLock { $0.append(path) }
+            if path.hasSuffix("bad.h5") { throw AttunetError("\(path): damaged HDF5 metadata (test)", kind: .corrupt) }
+        }
+        let ok = dir.appendingPathComponent("ok.h5").path, bad = dir.appendingPathComponent("bad.h5").path
+        try H5File.writeAtomically(ok) { try $0.root.setAttribute("format", "x") }
+        _ = try H5File.open(ok)
+        XCTAssertEqual(calls.current, [], "a file written here needs no probe")
+        usleep(20_000)   // past the file system's clock tick: a new modification time
+        try FileManager.default.removeItem(atPath: ok)
+        for path in [ok, bad] { _ = try H5File.create(path) }
+        for _ in 0..<3 { _ = try H5File.open(ok) }
+        for _ in 0..<2 {
+            XCTAssertThrowsError(try H5File.open(bad)) {
+                XCTAssertEqual("\($0)", "\(bad): damaged HDF5 metadata (test)")
+                XCTAssertEqual(($0 as? AttunetError)?.kind, .corrupt)
+            }
+        }
+        XCTAssertEqual(calls.current, [ok, bad], "one probe per file version")
+        usleep(20_000)
+        try FileManager.default.removeItem(atPath: ok)
+        _ = try H5File.create(ok)
+        _ = try H5File.open(ok)
+        XCTAssertEqual(calls.current, [ok, bad, ok], "a new version of the file is probed again")
+        XCTAssertThrowsError(try H5File.open(dir.appendingPathComponent("nope.h5").path)) { XCTAssertTrue("\($0)".hasSuffix("nope.h5: no such file")) }
+        XCTAssertEqual(calls.current.count, 3, "no probe for a missing file")
+    }
+
+    /// The probe's walk passes files attunet and h5py write (variable-length strings, chunked compressed
+    /// datasets, scalars, nested groups) and names what it could not read otherwise; how each way the child can
+    /// end maps to one line naming the file.
+    func testProbeWalkAndOutcomes() throws {
+        let dir = try TestEnv.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let mine = dir.appendingPathComponent("mine.h5").path, theirs = dir.appendingPathComponent("theirs.h5").path
+        try H5File.writeAtomically(mine) { f in
+            try f.root.setAttribute("format", "attunet-case-store")
+            let g = try f.root.createGroup("cases/case_00")
+            try g.setAttribute("spacing_mm", [1.0, 2, 3])
+            try g.write("image", [Float](repeating: 1, count: 4096), shape: [16, 16, 16], chunks: [8, 8, 8], deflate: 1)
+            _ = try g.createDataset("step", type: .int64, shape: [])
+        }
+        try TestEnv.python("""
+            import h5py, numpy as np
+            with h5py.File(r'\(theirs)', 'w') as f:
+                f.attrs['names'] = ['a', 'bb']
+                f.attrs['fixed'] = np.bytes_('abc')
+                f.create_dataset('g/v', data=np.arange(10.0), chunks=(3,), compression='gzip').attrs['unit'] = 'mm'
+                f.create_dataset('empty', shape=(0, 4), maxshape=(None, 4), dtype='f4')
+                f['link'] = h5py.SoftLink('/g/v')
+            """)
+        XCTAssertNoThrow(try H5Probe.walk(mine))
+        XCTAssertNoThrow(try H5Probe.walk(theirs))
+        let path = "ckpt.h5"
+        XCTAssertNil(H5Probe.error(for: .exited(status: 0, stderr: ""), path: path))
+        let lines: [(ChildProcess.Outcome, String)] = [
+            (.exited(status: 1, stderr: "damaged HDF5 metadata (cannot read attribute x of /)\n"), "ckpt.h5: damaged HDF5 metadata (cannot read attribute x of /)"),
+            (.exited(status: 3, stderr: ""), "ckpt.h5: damaged HDF5 metadata (needed more than 2 GiB)"),
+            (.exited(status: 1, stderr: ""), "ckpt.h5: damaged HDF5 metadata (the probe reading it exited with status 1)"),
+            (.signaled(signal: 11, stderr: "noise\n"), "ckpt.h5: damaged HDF5 metadata (HDF5 \(hdf5LibraryVersion) crashed reading it: signal 11 in the probe)"),
+            (.timedOut(seconds: 20), "ckpt.h5: damaged HDF5 metadata (reading it did not finish within 20 s; if the file is sound but slow to read, set ATTUNET_HDF5_PROBE_TIMEOUT to more seconds)"),
+        ]
+        for (outcome, line) in lines {
+            let e = H5Probe.error(for: outcome, path: path)
+            XCTAssertEqual(e?.message, line)
+            XCTAssertEqual(e?.kind, .corrupt)
+        }
+    }
+
     /// Every non-scalar dataset written here carries HDF5's Fletcher-32 filter (h5py sees it, unchunked requests
     /// become one chunk); a flipped byte in a plain or a compressed chunk fails the read, whole or hyperslab,
     /// with one line naming the file and the dataset, and h5py refuses it too. A file written without the

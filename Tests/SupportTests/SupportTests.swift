@@ -82,6 +82,29 @@ final class SupportTests: XCTestCase {
         }
     }
 
+    /// Temporaries of dead writers are removed, those of live processes and other hidden files kept.
+    func testStaleTemporariesOfDeadProcessesAreRemoved() throws {
+        let outcome = try ChildProcess.run(["/bin/sh", "-c", "echo $$ >&2"], timeout: 10)
+        guard case let .exited(0, text) = outcome, let dead = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            return XCTFail("\(outcome)")
+        }
+        let names = [".tmp-\(dead)-1-ckpt.h5", ".tmp-\(getpid())-2-ckpt.h5", ".tmp-x-1-other", ".hidden", "ckpt.h5"]
+        for name in names { try Data([1]).write(to: dir.appendingPathComponent(name)) }
+        XCTAssertEqual(AtomicFile.removeStaleTemporaries(in: dir.path), [".tmp-\(dead)-1-ckpt.h5"])
+        XCTAssertEqual(try files(), names.dropFirst().sorted())
+    }
+
+    /// A child's exit status and stderr, its death by a signal, and a child that runs past its time, killed.
+    func testChildProcessOutcomes() throws {
+        XCTAssertEqual(try ChildProcess.run(["/bin/sh", "-c", "echo out; echo 'one line' >&2; exit 1"], timeout: 10),
+                       .exited(status: 1, stderr: "one line\n"))
+        XCTAssertEqual(try ChildProcess.run(["/bin/sh", "-c", "kill -SEGV $$"], timeout: 10), .signaled(signal: SIGSEGV, stderr: ""))
+        let start = Date()
+        XCTAssertEqual(try ChildProcess.run(["/bin/sh", "-c", "exec sleep 30"], timeout: 0.3), .timedOut(seconds: 0.3))
+        XCTAssertLessThan(Date().timeIntervalSince(start), 5)
+        XCTAssertThrowsError(try ChildProcess.run(["/nonexistent/program"], timeout: 1))
+    }
+
     func testLockedCountsEveryIncrement() {
         let counter = Locked(0)
         DispatchQueue.concurrentPerform(iterations: 8) { _ in

@@ -83,6 +83,16 @@ public enum TestEnv {
         return job
     }
 
+    /// The process id of a process that has ended (a shell that printed its own id): what a writer killed
+    /// mid-write leaves in its temporary file's name (`.tmp-<pid>-<n>-<name>`).
+    public static func deadPID() throws -> Int32 {
+        let r = try run("sh -c 'echo $$'")
+        guard let pid = Int32(r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+            throw NSError(domain: "test", code: 3, userInfo: [NSLocalizedDescriptionKey: "no pid from sh: \(r.stdout)"])
+        }
+        return pid
+    }
+
     /// Runs a Python snippet with the test Python; fails the test with the script's stderr if it fails.
     public static func python(_ script: String, file: StaticString = #filePath, line: UInt = #line) throws {
         let path = NSTemporaryDirectory() + "attunet-test-\(UUID().uuidString).py"

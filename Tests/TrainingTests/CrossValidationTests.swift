@@ -174,8 +174,17 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertTrue(otherDistance.stderr.contains("distanceDefinition: \"maxDirected\" (was \"pooled\")")
                       || otherDistance.stderr.contains("distanceDefinition: maxDirected (was pooled)"), otherDistance.stderr)
 
+        // Writes killed mid-way left temporaries of a dead process in the CV folder and in the fold to resume:
+        // the restart removes them, one line each.
+        let stale = ".tmp-\(try TestEnv.deadPID())-1-checkpoint_latest.h5"
+        let resumed = RunFolder(out).fold(1, model: "attention-unet").path
+        for folder in [out.path, resumed] { try Foundation.Data([1]).write(to: URL(fileURLWithPath: "\(folder)/\(stale)")) }
         r = try TestEnv.run(cmd)
         XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
+        for folder in [out.path, resumed] {
+            XCTAssertFalse(FileManager.default.fileExists(atPath: "\(folder)/\(stale)"), folder)
+            XCTAssertEqual(r.stdout.components(separatedBy: "removed 1 temporary file(s) of a write killed mid-way from \(folder): \(stale)\n").count, 2, r.stdout)
+        }
         XCTAssertTrue(r.stdout.contains("attention-unet fold 1/2: done, skipped"), r.stdout)
         XCTAssertTrue(r.stdout.contains("attention-unet fold 2/2: 1 training / 1 validation / 2 test cases, resuming"), r.stdout)
         r = try TestEnv.run(cmd)

@@ -265,6 +265,24 @@ final class TrainerTests: PhantomRunTestCase {
         XCTAssertTrue(r.stderr.contains("checkpoint_latest.h5"), r.stderr)
     }
 
+    /// A checkpoint write killed mid-way leaves its hidden temporary (`.tmp-<pid>-<n>-<name>`): `--resume`
+    /// removes it when its process is dead, with one line saying so, and keeps one of a live process.
+    func testResumeRemovesTemporariesOfADeadWriterOnly() throws {
+        var r = try TestEnv.run(try trainCommand(ranks: 1, out: "stale", epochs: 1))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        let stale = ".tmp-\(try TestEnv.deadPID())-3-checkpoint_latest.h5", live = ".tmp-\(getpid())-1-checkpoint_latest.h5"
+        for name in [stale, live] {
+            try Data(repeating: 1, count: 4096).write(to: work.appendingPathComponent("stale/\(name)"))
+        }
+        r = try TestEnv.run(try trainCommand(ranks: 1, out: "stale", extra: "--resume", epochs: 2))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        let files = try FileManager.default.contentsOfDirectory(atPath: work.appendingPathComponent("stale").path)
+        XCTAssertFalse(files.contains(stale), "the dead writer's temporary must be removed: \(files)")
+        XCTAssertTrue(files.contains(live), "a live process's temporary must be kept: \(files)")
+        let lines = r.stdout.split(separator: "\n").filter { $0.contains("temporary file") }
+        XCTAssertEqual(lines, ["train: removed 1 temporary file(s) of a write killed mid-way from \(work.path)/stale: \(stale)"], r.stdout)
+    }
+
     /// Every image chunk of a copy of the store overwritten with garbage (so deflate fails): the patch loader's
     /// thread meets the corrupt data first. Training fails with one error line naming the store and the
     /// dataset, and no HDF5 diagnostic (its automatic error printing is per thread) reaches stderr.

@@ -227,9 +227,11 @@ public final class CrossValidation {
     /// Rank 0: the refusal of a changed configuration, the plan, and config.json and splits.json written.
     func decide() -> Start {
         do {
-            if let old = FileManager.default.contents(atPath: folder.config.path),
-               let d = try config.difference(from: old) {
-                return Start(plan: nil, error: "\(folder.config.path): this command differs from the run in \(folder.path): \(d); rerun with the run's options or choose another --out")
+            if let old = FileManager.default.contents(atPath: folder.config.path) {
+                if let d = try config.difference(from: old) {
+                    return Start(plan: nil, error: "\(folder.config.path): this command differs from the run in \(folder.path): \(d); rerun with the run's options or choose another --out")
+                }
+                if let removed = folder.removeStaleTemporaries(), verbose { print("cv: " + removed) }
             }
             let plan = try self.plan()
             // The same options give the same folds, unless the --splits file was edited in between.
@@ -264,6 +266,8 @@ public final class CrossValidation {
         let head = "cv: \(name) fold \(k + 1)/\(plan.count)\(tag)"
         // 0: fresh, 1: resume, 2: done (the group's root looks; its ranks follow).
         let fm = FileManager.default
+        // A fold whose first checkpoint write was killed has a temporary file and no checkpoint yet.
+        if comm.isRoot, fm.fileExists(atPath: sub.path), let removed = sub.removeStaleTemporaries() { say(head + ": " + removed) }
         let status: Int = try comm.broadcast(comm.isRoot
             ? (fm.fileExists(atPath: sub.foldResults.path) ? 2 : fm.fileExists(atPath: sub.checkpointLatest.path) ? 1 : 0) : nil)
         if status == 2 {
