@@ -10,8 +10,8 @@ import Glibc
 /// Damaged metadata can crash (SIGSEGV in `H5HG_read` through a damaged global-heap reference), hang or
 /// exhaust memory inside libhdf5 1.10 itself, where no check of attunet's can come first. So the child reads
 /// everything that decodes metadata: it opens the file, visits every object, reads every attribute in full
-/// (variable-length strings too), and for every dataset its type, dataspace and filters and, when chunked, its
-/// whole chunk index; never a dataset's data. It runs under a memory limit (``memoryLimit``) and a time limit
+/// (variable-length strings too), and for every dataset its type, dataspace and filters, when chunked its
+/// whole chunk index, and its data (a damaged chunk record crashes libhdf5 in the read). It runs under a memory limit (``memoryLimit``) and a time limit
 /// (``timeout(forFileSize:)``). If the child crashes, runs out of time or memory, or meets an error, the file is
 /// refused with one line naming it; only a file that passed is opened here.
 public enum H5Probe {
@@ -203,9 +203,60 @@ public enum H5Probe {
                     throw Self.failure("cannot read filter \(f)", at: object)
                 }
             }
-            guard H5Pget_layout(plist) == H5D_CHUNKED else { return }
-            var chunks: hsize_t = 0
-            guard H5Dget_num_chunks(d, space, &chunks) >= 0 else { throw Self.failure("cannot read the chunk index", at: object) }
+            if H5Pget_layout(plist) == H5D_CHUNKED {
+                var chunks: hsize_t = 0
+                guard H5Dget_num_chunks(d, space, &chunks) >= 0 else { throw Self.failure("cannot read the chunk index", at: object) }
+            }
+            try readData(d, space: space, object)
+        }
+
+        /// Reads the dataset's data in its native type, in slabs of at most 64 MB along its first axis: a damaged
+        /// chunk record (a size or address) makes libhdf5 copy from wild addresses while reading or inflating,
+        /// which only a read finds. A read that fails cleanly is not the probe's to report (see below).
+        private func readData(_ d: hid_t, space: hid_t, _ object: String) throws {
+            let type = H5Dget_type(d)
+            guard type >= 0 else { throw Self.failure("cannot read the datatype", at: object) }
+            defer { H5Tclose(type) }
+            let native = H5Tget_native_type(type, H5T_DIR_ASCEND)
+            guard native >= 0 else { throw Self.failure("cannot read the datatype", at: object) }
+            defer { H5Tclose(native) }
+            // Variable-length data (strings) has no fixed size to read into; its heap references were read with
+            // the attributes' kind of checks, and attunet writes none in datasets.
+            guard H5Tdetect_class(native, H5T_VLEN) <= 0, H5Tis_variable_str(native) <= 0 else { return }
+            let rank = Int(H5Sget_simple_extent_ndims(space))
+            let size = H5Tget_size(native)
+            guard rank >= 0, size > 0 else { throw Self.failure("cannot read the dataspace", at: object) }
+            if rank == 0 {
+                guard let buffer = calloc(max(size, 1), 1) else { throw ProbeFailure.outOfMemory }
+                defer { free(buffer) }
+                _ = H5Dread(d, native, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), buffer)   // a clean failure: as below
+                return
+            }
+            var dims = [hsize_t](repeating: 0, count: rank)
+            guard H5Sget_simple_extent_dims(space, &dims, nil) == rank else { throw Self.failure("cannot read the dataspace", at: object) }
+            guard dims.allSatisfy({ $0 > 0 }) else { return }
+            var rowBytes = UInt64(size)
+            for n in dims.dropFirst() {
+                let (r, overflow) = rowBytes.multipliedReportingOverflow(by: UInt64(n))
+                guard !overflow, r < memoryLimit / 2 else { throw ProbeFailure.outOfMemory }
+                rowBytes = r
+            }
+            let rowsPerSlab = max(1, (64 << 20) / rowBytes)
+            guard let buffer = malloc(Int(rowBytes * min(rowsPerSlab, UInt64(dims[0])))) else { throw ProbeFailure.outOfMemory }
+            defer { free(buffer) }
+            var first: hsize_t = 0
+            while first < dims[0] {
+                var start = [hsize_t](repeating: 0, count: rank), count = dims
+                start[0] = first
+                count[0] = min(hsize_t(rowsPerSlab), dims[0] - first)
+                let fileSpace = H5Scopy(space), memorySpace = H5Screate_simple(Int32(rank), &count, nil)
+                defer { H5Sclose(fileSpace); H5Sclose(memorySpace) }
+                // A read that fails cleanly (a checksum mismatch, a damaged deflate stream) is left to the reader
+                // in the parent, which names what failed; the probe is after crashes and hangs.
+                guard fileSpace >= 0, memorySpace >= 0, H5Sselect_hyperslab(fileSpace, H5S_SELECT_SET, &start, nil, &count, nil) >= 0,
+                      H5Dread(d, native, memorySpace, fileSpace, chdf5_p_default(), buffer) >= 0 else { return }
+                first += count[0]
+            }
         }
     }
 }
