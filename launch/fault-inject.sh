@@ -156,9 +156,9 @@ for trial in $(seq 1 "$TRIALS"); do
   if [ "$final" = "$REFERENCE" ]; then outcome="bit-identical"; IDENTICAL=$((IDENTICAL + 1)); else outcome="DIFFERENT (${final:0:16})"; fi
   if [ "$leftovers" -gt 0 ]; then
     outcome+=", $leftovers temporary file(s) of the killed write left"
-    # --resume removes those of dead processes; a run started afresh does not look.
+    # The restart (--resume, or a fresh start into the same folder) removes those of dead processes.
     after=$({ find "$run" -maxdepth 1 -name '.tmp-*' 2>/dev/null || true; } | wc -l)
-    [ "$how" = resumed ] && { [ "$after" -eq 0 ] && outcome+=" (removed by the resume)" || outcome+=" ($after still there after the resume)"; }
+    [ "$how" != "not resumed" ] && { [ "$after" -eq 0 ] && outcome+=" (removed by the restart)" || outcome+=" ($after still there after the restart)"; }
   fi
   printf 'trial %2d: %-10s killed %s; %s: %s\n' "$trial" "$moment" "$what" "$how" "$outcome"
 done

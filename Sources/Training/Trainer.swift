@@ -173,6 +173,9 @@ public final class Trainer {
     public func run(from resumed: TrainingState? = nil) throws {
         var state = resumed ?? TrainingState(epoch: 0, stepInEpoch: 0, globalStep: 0, bestDice: -1, bestEpoch: -1,
                                              worldSize: comm.size, storeFingerprint: fingerprint)
+        // A fresh start into a folder where a killed run's first checkpoint write left its temporary cleans it
+        // too (a resume does in resume()).
+        if resumed == nil, comm.isRoot, let removed = folder.removeStaleTemporaries(), verbose { print(linePrefix + "train: " + removed) }
         if resumed == nil && config.transfer != nil && transfer == nil { try initialiseFromCheckpoint() }
         if config.epochs == 0 {
             // Nothing to train: the initial weights (--init's, mapped: the paper's "before fine-tuning") are the
