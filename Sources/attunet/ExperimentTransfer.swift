@@ -14,26 +14,22 @@ struct Transfer: ParsableCommand {
         abstract: "Train on a source cohort, then report BFT, AFT and SCR on a target cohort's folds (the paper's TCIA table).",
         discussion: """
         The paper trained on CT-150 (multi-organ) and moved to TCIA Pancreas-CT (another site, pancreas only): the CT-150 model applied as it is (BFT, before fine-tuning), fine-tuned on the new cohort (AFT), and a model trained there from scratch (SCR). This does the same for every model of --models:
-          1. trains each model on the whole --source store (less a seeded --val-fraction to pick its best checkpoint): RUN/source/<model>/
-          2. splits the --target store into --folds folds (RUN/target/splits.json) and, on every fold, tests
-             BFT  the source checkpoint as it is: its arg-max over the source classes, mapped by --label-map (a class
-                  without a target class counts as background); RUN/target/bft-<model>/fold_<k>/<model>/results.json
-             AFT  the source weights fine-tuned on the fold's training cases, the output rows of the mapped classes
-                  kept (--finetune-epochs, --finetune-lr, --freeze, --head-lr); RUN/target/aft-<model>/, an attunet cv folder
-             SCR  trained from scratch on the fold's training cases with the source settings; RUN/target/scr/
-          3. writes RUN/transfer.md (the paper's table layout: Dice, precision, recall, S2S in mm, mean ± std over the target cases, the paper's numbers beside), transfer.csv and transfer.json, with paired Wilcoxon tests (AFT − BFT, AFT − SCR, and the first model against the others) over the same cases.
+
+        1. Train each model on the whole --source store, less a seeded --val-fraction that picks its best checkpoint (RUN/source/<model>/).
+        2. Split the --target store into --folds folds (RUN/target/splits.json) and test every fold under each protocol:
+        BFT: the source checkpoint as it is: its arg-max over the source classes, mapped by --label-map (a class without a target class counts as background); RUN/target/bft-<model>/.
+        AFT: the source weights fine-tuned on the fold's training cases, the output rows of the mapped classes kept (--finetune-epochs, --finetune-lr, --freeze, --head-lr); RUN/target/aft-<model>/, an attunet cv folder.
+        SCR: trained from scratch on the fold's training cases with the source settings; RUN/target/scr/.
+        3. Write RUN/transfer.md (the paper's table layout: Dice, precision, recall, S2S in mm, mean ± std over the target cases, the paper's numbers beside), transfer.csv and transfer.json, with paired Wilcoxon tests (AFT − BFT, AFT − SCR, and the first model against the others) over the same cases.
 
         --label-map SRC:DST,... maps source classes to target classes (background implied); by default every target class takes the source class of the same name (pancreas 2 → pancreas 1). It is checked against both stores before anything trains. Model classes come from the stores (--classes is refused).
 
-        Without --source and --target, the built-in default: two phantom cohorts that differ as sites do, written to RUN/data and prepared at 4 mm —
-          source  20 cases, attunet's phantoms (seed 1): 1.4-2.2 mm in-plane, 2-3 mm slices, noise 8-20 HU, pancreas 75-95 HU (portal venous), labels spleen, pancreas, kidney
-          target  16 cases (seed 2) from another site: 1.2 mm in-plane, 5 mm slices, noise 40 HU; a pancreatic phase (pancreas 125 HU,
-                  liver 80, kidney cortex 230); another population (labelled organs at 0.75 of the size); pancreas only (label 1)
-        and small settings that fit 20 minutes on 2 ranks: --feature-scale 16 --patch 48x48x32 --batch 2 --epochs 120 --samples-per-case 2 --lr 5e-3 --schedule poly --foreground-fraction 0.67 --augment none --val-every 20 --seed 0, --folds 4, --fold-parallel = the ranks (options given override them). With --source/--target every default is attunet cv's (the paper's settings).
+        Without --source and --target, the built-in default: two phantom cohorts that differ as sites do, written to RUN/data and prepared at 4 mm. Source: 20 of attunet's phantoms (seed 1; 1.4-2.2 mm in-plane, 2-3 mm slices, noise 8-20 HU, pancreas 75-95 HU in the portal venous phase; spleen, pancreas and kidney labelled). Target: 16 phantoms from another site (seed 2; 1.2 mm in-plane, 5 mm slices, noise 40 HU; the pancreatic phase: pancreas 125 HU, liver 80, kidney cortex 230; another population: labelled organs at 0.75 of the size; only the pancreas labelled, as 1). The settings are small enough for 20 minutes on 2 ranks: --feature-scale 16 --patch 48x48x32 --batch 2 --epochs 120 --samples-per-case 2 --lr 5e-3 --schedule poly --foreground-fraction 0.67 --augment none --val-every 20 --seed 0 --folds 4, and --fold-parallel as many as the ranks; options given override them. With --source and --target every default is attunet cv's (the paper's settings).
 
           mpirun -np 2 --bind-to none attunet experiment transfer
-          mpirun -np 8 --bind-to none -x OPENBLAS_NUM_THREADS=1 attunet experiment transfer \\
-              --source ct150_2mm.h5 --target tcia82_2mm.h5 --folds 4 --epochs 300 --finetune-epochs 100 --out runs/transfer
+          mpirun -np 8 --bind-to none -x OPENBLAS_NUM_THREADS=1 \\
+              attunet experiment transfer --source ct150.h5 \\
+              --target tcia82.h5 --epochs 300 --finetune-epochs 100
 
         Restart: rerun the same command; finished source runs and folds are skipped, an unfinished one resumes. A command whose settings differ from RUN/config.json is refused, naming the difference.
         """
@@ -49,7 +45,7 @@ struct Transfer: ParsableCommand {
 
     func run() throws {
         if arguments.contains("--help") || arguments.contains("-h") {
-            print(Transfer.helpMessage(columns: nil) + "\n\nOptions:\n\n" + TransferExperimentOptions.helpMessage(columns: nil))
+            print(AttuNet.helpMessage(for: Transfer.self) + "\n\nOptions:\n\n" + TransferExperimentOptions.helpMessage(columns: nil))
             return
         }
         func given(_ name: String) -> Bool { arguments.contains { $0 == name || $0.hasPrefix(name + "=") } }
