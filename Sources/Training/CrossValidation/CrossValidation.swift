@@ -342,27 +342,34 @@ public final class CrossValidation {
         let model = trainer.model
         try Checkpoint.load(path, into: model)
         let store = try CaseStore(path: config.store)
-        let classes = trainer.config.model.classes
-        var mine: [CaseResult] = []
-        for (i, id) in test.enumerated() where i % comm.size == comm.rank {
-            guard let c = store.index(of: id) else { throw AttunetError("\(config.store): no test case \(id)") }
-            let t0 = DispatchTime.now().uptimeNanoseconds
-            let pred = try trainer.segment(case: c).labels
-            let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-            let label = try store.label(c)
-            let m = CaseMetrics.evaluate(prediction: pred, reference: label, dim: store.cases[c].shape,
-                                         spacing: VoxelSpacing(store.spacing), classes: classes,
-                                         definition: config.distanceDefinition)
-            mine.append(CaseResult(id: id, seconds: seconds, classes: m))
-        }
-        let all = try comm.allGather(data: try JSONEncoder().encode(mine))
-            .flatMap { try JSONDecoder().decode([CaseResult].self, from: $0) }
-        let byID = Dictionary(uniqueKeysWithValues: all.map { ($0.id, $0) })
+        let cases = try Self.measure(test, of: store, path: config.store, classes: trainer.config.model.classes,
+                                     definition: config.distanceDefinition, on: comm) { try trainer.segment(case: $0).labels }
         return FoldResults(model: trainer.config.model.kind.rawValue, fold: k,
                            checkpoint: URL(fileURLWithPath: path).lastPathComponent,
                            weightsSHA256: TrainingCheckpoint.weightsDigest(model), parameters: model.parameterCount,
                            classNames: Array(store.classNames.dropFirst()), distanceDefinition: config.distanceDefinition,
-                           cases: test.map { byID[$0]! })
+                           cases: cases)
+    }
+
+    /// Segments the `test` cases of `store` (case i on rank i mod size) with `segment` (store index → label per
+    /// voxel), times each and measures it against the store's labels at the store's spacing; every rank gets
+    /// every case's result, in the order of `test`.
+    static func measure(_ test: [String], of store: CaseStore, path: String, classes: Int,
+                        definition: SurfaceDistanceDefinition, on comm: Communicator,
+                        segment: (Int) throws -> [UInt8]) throws -> [CaseResult] {
+        var mine: [CaseResult] = []
+        for (i, id) in test.enumerated() where i % comm.size == comm.rank {
+            guard let c = store.index(of: id) else { throw AttunetError("\(path): no test case \(id)") }
+            let t0 = DispatchTime.now().uptimeNanoseconds
+            let pred = try segment(c)
+            let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
+            let m = CaseMetrics.evaluate(prediction: pred, reference: try store.label(c), dim: store.cases[c].shape,
+                                         spacing: VoxelSpacing(store.spacing), classes: classes, definition: definition)
+            mine.append(CaseResult(id: id, seconds: seconds, classes: m))
+        }
+        let byID = Dictionary(uniqueKeysWithValues: try comm.allGather(data: try JSONEncoder().encode(mine))
+            .flatMap { try JSONDecoder().decode([CaseResult].self, from: $0) }.map { ($0.id, $0) })
+        return test.map { byID[$0]! }
     }
 
     /// Rank 0: writes summary.md, summary.csv and summary.json from every fold's results (model by model, fold

@@ -243,7 +243,6 @@ public final class TransferExperiment {
         var table = [UInt8](repeating: 0, count: m.classes)
         for p in config.labelMap.withBackground.pairs { table[p.source] = UInt8(p.target) }
         let predictor = try SlidingWindowPredictor(network: model, options: SlidingWindowOptions(patch: config.training.patch))
-        let classes = target.classNames.count
         var results: [FoldResults] = []
         for k in 0..<plan.count {
             let fold = sub.fold(k, model: name)
@@ -253,22 +252,13 @@ public final class TransferExperiment {
                 continue
             }
             let test = plan.testCases(fold: k)
-            var mine: [CaseResult] = []
-            for (i, id) in test.enumerated() where i % comm.size == comm.rank {
-                guard let c = target.index(of: id) else { throw AttunetError("\(config.targetStore): no test case \(id)") }
-                let t0 = DispatchTime.now().uptimeNanoseconds
-                let pred = try predictor.predict(store: target, case: c).labels.map { table[Int($0)] }
-                let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-                let metrics = CaseMetrics.evaluate(prediction: pred, reference: try target.label(c), dim: target.cases[c].shape,
-                                                   spacing: VoxelSpacing(target.spacing), classes: classes,
-                                                   definition: config.distanceDefinition)
-                mine.append(CaseResult(id: id, seconds: seconds, classes: metrics))
+            let cases = try CrossValidation.measure(test, of: target, path: config.targetStore, classes: target.classNames.count,
+                                                    definition: config.distanceDefinition, on: comm) {
+                try predictor.predict(store: target, case: $0).labels.map { table[Int($0)] }
             }
-            let byID = Dictionary(uniqueKeysWithValues: try comm.allGather(data: try JSONEncoder().encode(mine))
-                .flatMap { try JSONDecoder().decode([CaseResult].self, from: $0) }.map { ($0.id, $0) })
             let r = FoldResults(model: name, fold: k, checkpoint: path, weightsSHA256: TrainingCheckpoint.weightsDigest(model),
                                 parameters: model.parameterCount, classNames: Array(target.classNames.dropFirst()),
-                                distanceDefinition: config.distanceDefinition, cases: test.map { byID[$0]! })
+                                distanceDefinition: config.distanceDefinition, cases: cases)
             if comm.isRoot {
                 try FileManager.default.createDirectory(at: fold.url, withIntermediateDirectories: true)
                 try AtomicFile.write(try CrossValidation.json(r), to: fold.foldResults.path)
