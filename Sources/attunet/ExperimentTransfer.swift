@@ -112,6 +112,9 @@ struct TransferExperimentOptions: ParsableArguments {
             if let v { guard v > 0, v.isFinite else { throw ValidationError("\(name) must be a positive number") } }
         }
         guard foldParallel >= 1 else { throw ValidationError("--fold-parallel must be at least 1") }
+        if training.stopAfterEpochs != nil {
+            throw ValidationError("--stop-after-epochs: experiment transfer runs many trainings; stop it with SIGUSR1 or SIGTERM (every rank checkpoints, exit 75) and rerun the same command to continue")
+        }
         _ = try architecture.kinds(models)
         if let labelMap { do { _ = try LabelMap(parsing: labelMap) } catch let e as AttunetError { throw ValidationError(e.message) } }
     }

@@ -119,6 +119,7 @@ final class ExperimentTransferTests: XCTestCase {
             ("--label-map 2:3", "\(target): --label-map 2:3 names class 3, but the store has classes 0-1 (background, pancreas)"),
             ("--label-map 1:0", "gives the store's class 1 (pancreas) no checkpoint class"),
             ("--classes 2", "--classes: the models' classes come from the stores"),
+            ("--stop-after-epochs 1", "--stop-after-epochs: experiment transfer runs many trainings"),
         ] {
             let r = try TestEnv.run("\(base) \(options)")
             XCTAssertNotEqual(r.status, 0, options)
