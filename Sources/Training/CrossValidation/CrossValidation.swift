@@ -132,12 +132,18 @@ public final class CrossValidation {
     /// The communicator a fold trains on, and this rank's group: the world (group 0) or, with ``foldParallel``
     /// G > 1, this rank's group of the world split into G groups of consecutive ranks. Every rank must call it.
     func foldCommunicator() throws -> (comm: Communicator, group: Int) {
-        guard foldParallel >= 1, comm.size % foldParallel == 0 else {
-            throw AttunetError("--fold-parallel \(foldParallel) does not divide the \(comm.size) MPI rank(s) into equal groups")
+        try Self.split(comm, into: foldParallel)
+    }
+
+    /// `world` split into `groups` groups of consecutive ranks: this rank's group's communicator (the world
+    /// itself for one group) and the group's index. Every rank must call it; `groups` must divide the ranks.
+    static func split(_ world: Communicator, into groups: Int) throws -> (comm: Communicator, group: Int) {
+        guard groups >= 1, world.size % groups == 0 else {
+            throw AttunetError("--fold-parallel \(groups) does not divide the \(world.size) MPI rank(s) into equal groups")
         }
-        guard foldParallel > 1 else { return (comm, 0) }
-        let g = comm.rank / (comm.size / foldParallel)
-        return (try comm.subgroup(color: g, key: comm.rank), g)
+        guard groups > 1 else { return (world, 0) }
+        let g = world.rank / (world.size / groups)
+        return (try world.subgroup(color: g, key: world.rank), g)
     }
 
     /// Checks the run folder, decides the folds, trains and evaluates every unfinished fold of every model, and

@@ -166,38 +166,28 @@ public final class TransferExperiment {
         }
     }
 
-    /// The world split into ``foldParallel`` groups of consecutive ranks: (this rank's group's communicator, its index).
-    func groups() throws -> (Communicator, Int) {
-        guard foldParallel >= 1, comm.size % foldParallel == 0 else {
-            throw AttunetError("--fold-parallel \(foldParallel) does not divide the \(comm.size) MPI rank(s) into equal groups")
-        }
-        guard foldParallel > 1 else { return (comm, 0) }
-        let g = comm.rank / (comm.size / foldParallel)
-        return (try comm.subgroup(color: g, key: comm.rank), g)
-    }
-
     /// Trains every model on the source cohort (model j in group j mod G), each resuming its own run when one
     /// was started; then every rank learns how every group ended.
     func trainSources() throws {
-        let (local, g) = try groups()
-        var failure: String?, interrupted = false
+        let (local, g) = try CrossValidation.split(comm, into: foldParallel)
+        var outcome = CrossValidation.Outcome()
         do {
             for (j, m) in config.models.enumerated() where j % foldParallel == g {
                 try trainSource(m, on: local, tag: foldParallel > 1 ? "[source \(m.kind.rawValue)] " : "")
             }
         } catch let e as AttunetError where e.kind == .interrupted {
-            interrupted = true
+            outcome.interrupted = true
         } catch let e as AttunetError {
-            failure = foldParallel > 1 ? "group \(g + 1)/\(foldParallel): \(e.message)" : e.message
+            outcome.error = foldParallel > 1 ? "group \(g + 1)/\(foldParallel): \(e.message)" : e.message
         } catch {
-            failure = "\(error)"
+            outcome.error = "\(error)"
         }
         // Groups can finish at different times: no watchdog on this exchange.
         CollectiveWatchdog.shared.timeout = 0
-        let all = try comm.allGather(data: Data((failure.map { "E" + $0 } ?? (interrupted ? "I" : "")).utf8))
-            .map { String(decoding: $0, as: UTF8.self) }
-        if let e = all.first(where: { $0.hasPrefix("E") }) { throw AttunetError(String(e.dropFirst())) }
-        if all.contains("I") {
+        let all = try comm.allGather(data: try JSONEncoder().encode(outcome))
+            .map { try JSONDecoder().decode(CrossValidation.Outcome.self, from: $0) }
+        if let e = all.compactMap(\.error).first { throw AttunetError(e) }
+        if all.contains(where: \.interrupted) {
             say("transfer: stopped; rerun the same command to continue")
             throw AttunetError("", kind: .interrupted)
         }
