@@ -23,7 +23,8 @@ BIN=${ATTUNET_BIN:-$PWD/.build/release/attunet}
 test -x "$BIN" || { echo "fault-inject: $BIN missing; run launch/setup.sh first" >&2; exit 1; }
 SEED=${FAULT_SEED:-$(( $(date +%s) % 32768 ))}
 RANDOM=$SEED
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OPENBLAS_NUM_THREADS=1
+export OPENBLAS_NUM_THREADS=1
+if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
 W=${FAULT_DIR:-$(mktemp -d /tmp/attunet-fault-XXXXXX)}
 mkdir -p "$W"
 cleanup() {

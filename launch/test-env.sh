@@ -2,7 +2,7 @@
 # Tests compare against files written by real libraries (h5py, nibabel, scipy, CPU torch; medpy,
 # surface-distance and OpenCV for the evaluation metrics), so a small Python
 # environment with them is made once in .venv (pip) and handed to the tests; the tests that spawn the tool get
-# the release build (same code, 10x faster than debug); mpirun may run as root. OPENBLAS_CORETYPE is never set:
+# the release build (same code, 10x faster than debug); mpirun may run as root (when the tests run as root). OPENBLAS_CORETYPE is never set:
 # results must hold on whatever kernel OpenBLAS picks.
 ATTUNET_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 if ! "$ATTUNET_ROOT/.venv/bin/python" -c "import h5py, nibabel, numpy, scipy, safetensors, torch, medpy, surface_distance, cv2" 2>/dev/null; then
@@ -12,4 +12,4 @@ if ! "$ATTUNET_ROOT/.venv/bin/python" -c "import h5py, nibabel, numpy, scipy, sa
 fi
 export ATTUNET_PYTHON="$ATTUNET_ROOT/.venv/bin/python"
 export ATTUNET_BIN="${ATTUNET_BIN:-$ATTUNET_ROOT/.build/release/attunet}"
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+if [ "$(id -u)" = 0 ]; then export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1; fi
