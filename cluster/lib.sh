@@ -13,8 +13,10 @@ die() { echo "error: $*" >&2; exit 1; }
 
 [ -n "${SLURM_JOB_ID:-}" ] || die "$(basename "$0") is a batch script: submit it with sbatch"
 
-# One BLAS thread per CPU Slurm gave each rank (--cpus-per-task), never OpenBLAS's default of one per core.
-export OPENBLAS_NUM_THREADS=${SLURM_CPUS_PER_TASK:-1}
+# One attunet thread per CPU Slurm gave each rank (--cpus-per-task): ATTUNET_THREADS is the default of every
+# subcommand's --threads. OpenBLAS runs single-threaded inside attunet's own loops.
+export ATTUNET_THREADS=${ATTUNET_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+export OPENBLAS_NUM_THREADS=1
 # shellcheck source=../launch/env.sh
 source "$ATTUNET_ROOT/launch/env.sh"
 # shellcheck source=../launch/run-watched.sh
@@ -70,7 +72,7 @@ run_ranks() {
   # Ends a hung launch (a silent partition leaves mpirun waiting for minutes) 20 s before Slurm's own kill,
   # so this script still reports it; 0 = no limit known.
   [ "$left" -gt 60 ] && limit=$(( left - 20 ))
-  log "$LAUNCH on $SLURM_JOB_NUM_NODES node(s) x ${SLURM_NTASKS_PER_NODE:-?} rank(s), OPENBLAS_NUM_THREADS=$OPENBLAS_NUM_THREADS, kill after ${limit}s (0 = none): $*"
+  log "$LAUNCH on $SLURM_JOB_NUM_NODES node(s) x ${SLURM_NTASKS_PER_NODE:-?} rank(s), $ATTUNET_THREADS thread(s) per rank, kill after ${limit}s (0 = none): $*"
   # run_watched: once a rank has failed, the launcher gets ABORT_GRACE seconds to end (a partitioned node
   # would keep srun or mpirun waiting).
   run_watched timeout -s KILL "$limit" "${LAUNCH_CMD[@]}" "$@"

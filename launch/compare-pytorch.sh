@@ -7,6 +7,7 @@
 # printed. Configurations, for one --patch and --batch:
 #   1 rank x 1 thread      attunet bench train          vs  PyTorch with 1 thread
 #   N ranks x 1 thread     mpirun -np N attunet bench train  vs  PyTorch with N threads (N = --ranks, default the cores)
+#   1 rank x N threads     attunet bench train --threads N   vs  PyTorch with N threads (threads inside one rank)
 #   inference              one eval-mode forward of a batch-1 patch, 1 rank vs 1 thread (--infer-patch)
 # and the targets: training and inference throughput >= 2x PyTorch's, peak memory per sample <= PyTorch's,
 # no page faults in steady-state steps, N-rank scaling >= 0.95 N.
@@ -58,6 +59,8 @@ ours() {  # ours RANKS PATCH BATCH [--inference] > json
   local n=$1 patch=$2 batch=$3; shift 3
   if [ "$n" = 1 ]; then
     OPENBLAS_NUM_THREADS=1 "$BIN" bench train "${COMMON[@]}" --patch "$patch" --batch "$batch" "$@"
+  elif [ "${n#t}" != "$n" ]; then   # tN: one rank with N threads
+    OPENBLAS_NUM_THREADS=1 "$BIN" bench train "${COMMON[@]}" --patch "$patch" --batch "$batch" --threads "${n#t}" "$@"
   else
     OPENBLAS_NUM_THREADS=1 mpirun -np "$n" --bind-to none "${MPIRUN_ENV[@]}" "$BIN" bench train "${COMMON[@]}" \
       --patch "$patch" --batch "$batch" "$@"
@@ -82,7 +85,10 @@ for rep in $(seq 1 "$REPS"); do
     fi
   }
   pair one ours 1 "$PATCH" "$BATCH" -- theirs 1 "$PATCH" "$BATCH"
-  if [ "$RANKS" -gt 1 ]; then pair many ours "$RANKS" "$PATCH" "$BATCH" -- theirs "$RANKS" "$PATCH" "$BATCH"; fi
+  if [ "$RANKS" -gt 1 ]; then
+    pair many ours "$RANKS" "$PATCH" "$BATCH" -- theirs "$RANKS" "$PATCH" "$BATCH"
+    pair threads ours "t$RANKS" "$PATCH" "$BATCH" -- theirs "$RANKS" "$PATCH" "$BATCH"
+  fi
   pair infer ours 1 "$INFER" 1 --inference -- theirs 1 "$INFER" 1 --infer
 done
 
@@ -119,6 +125,12 @@ if ranks > 1:
     print(f"\nscaling: {ranks} ranks / 1 rank throughput {spread(scale)}")
     summary["scaling"] = scale
     ok.append((f"{ranks}-rank scaling >= {0.95 * ranks:.2f}x", statistics.median(scale) >= 0.95 * ranks))
+    ot, st, mt, ft = section("threads", f"training, 1 rank x {ranks} threads vs PyTorch {ranks} threads")
+    ok.append((f"training 1 rank x {ranks} threads >= 2x PyTorch {ranks} threads", statistics.median(st) >= 2))
+    tscale = [a["patchesPerSecond"] / b["patchesPerSecond"] for a, b in zip(ot, o1)]
+    print(f"\nthread scaling: 1 rank x {ranks} threads / 1 thread throughput {spread(tscale)}")
+    summary["threadScaling"] = tscale
+    ok.append((f"{ranks}-thread scaling in one rank >= {0.925 * ranks:.2f}x", statistics.median(tscale) >= 0.925 * ranks))
 oi, si, mi, fi = section("infer", "inference, one patch, 1 rank x 1 thread vs PyTorch 1 thread")
 ok.append(("inference >= 2x PyTorch", statistics.median(si) >= 2))
 print("\ntargets:")

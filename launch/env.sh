@@ -7,7 +7,8 @@
 #                            said; on other CPUs (AVX2-only: Zen 2/3, Haswell, Broadwell) OpenBLAS picks right
 #                            by itself and the variable stays unset
 #   MPIRUN_ENV               the -x flags that pass these variables to every rank (remote hosts included)
-# The caller sets OPENBLAS_NUM_THREADS to fit its rank count (one BLAS thread per rank when ranks fill the cores).
+# The caller sets ATTUNET_THREADS (threads per rank, the default of attunet's --threads) to fit its rank count, and
+# OPENBLAS_NUM_THREADS=1 (attunet sets OpenBLAS to one thread itself once it runs its own threads).
 # Sourcing this returns 0 on every CPU: callers run under `set -e`, where any failing last command would end them
 # silently. The facts it reads can be replaced for a test: ATTUNET_CPUINFO (a file in /proc/cpuinfo's format,
 # default /proc/cpuinfo) and ATTUNET_UID (default `id -u`).
@@ -25,4 +26,7 @@ if [ -z "${OPENBLAS_CORETYPE:-}" ] && grep -qw avx512f "${ATTUNET_CPUINFO:-/proc
 fi
 if [ -n "${OPENBLAS_CORETYPE:-}" ]; then
   MPIRUN_ENV+=(-x OPENBLAS_CORETYPE)
+fi
+if [ -n "${ATTUNET_THREADS:-}" ]; then
+  MPIRUN_ENV+=(-x ATTUNET_THREADS)
 fi

@@ -5,18 +5,10 @@ import Tensor
 
 /// Small helpers shared by the parameter-free layers (activations, pooling, resampling, combining).
 enum PointwiseSupport {
-    /// Elements per task for flat elementwise loops (big enough to amortise dispatch, small enough to balance).
-    static let chunk = 1 << 15
-
-    /// Runs `body(range)` over 0..<count split into chunks, in parallel.
+    /// Runs `body(range)` over 0..<count split into pieces (`parallelForPieces`), in parallel.
     @inline(__always)
     static func chunks(_ count: Int, _ body: (Range<Int>) -> Void) {
-        let n = (count + chunk - 1) / chunk
-        if n <= 1 {
-            if count > 0 { body(0..<count) }
-            return
-        }
-        parallelFor(n) { i in body((i * chunk)..<min(count, (i + 1) * chunk)) }
+        parallelForPieces(planes: 1, length: count) { _, r in body(r) }
     }
 
     /// out[i] = f(x[i]) in parallel chunks (`out` may be `x` itself); returns `out`.

@@ -28,9 +28,9 @@ public final class GateMultiply {
         let out = GradientMode.output(&y, s)
         let c = s[1], v = s[2] * s[3] * s[4]
         let xp = x.pointer, ap = alpha.pointer, op = out.pointer
-        parallelFor(s[0] * c) { plane in
+        parallelForPieces(planes: s[0] * c, length: v) { plane, r in
             let a = ap + (plane / c) * v, src = xp + plane * v, dst = op + plane * v
-            for i in 0..<v { dst[i] = a[i] * src[i] }
+            for i in r { dst[i] = a[i] * src[i] }
         }
         return out
     }
@@ -105,11 +105,11 @@ public final class Concat {
         let dst = out.pointer
         // Tasks are (n, output channel) planes; each finds its source by a scan over the (few) inputs.
         let srcs = xs.map { UncheckedSendable($0.pointer) }, cs = shapes.map { $0[1] }
-        parallelFor(n * cTotal) { task in
+        parallelForPieces(planes: n * cTotal, length: v) { task, r in
             let b = task / cTotal
             var ch = task % cTotal, k = 0
             while ch >= cs[k] { ch -= cs[k]; k += 1 }
-            (dst + task * v).update(from: srcs[k].value + (b * cs[k] + ch) * v, count: v)
+            (dst + task * v + r.lowerBound).update(from: srcs[k].value + (b * cs[k] + ch) * v + r.lowerBound, count: r.count)
         }
         return out
     }
@@ -130,9 +130,9 @@ public final class Concat {
         let c = inShapes[k][1], first = inShapes[..<k].reduce(0) { $0 + $1[1] }
         let grad = Tensor.recycled(inShapes[k])
         let src = dy.pointer, dst = grad.pointer
-        parallelFor(n * c) { task in
+        parallelForPieces(planes: n * c, length: v) { task, r in
             let b = task / c, ch = task % c
-            (dst + task * v).update(from: src + (b * cTotal + first + ch) * v, count: v)
+            (dst + task * v + r.lowerBound).update(from: src + (b * cTotal + first + ch) * v + r.lowerBound, count: r.count)
         }
         return grad
     }
@@ -153,11 +153,11 @@ public final class Concat {
         let src = dy.pointer
         let grads = inShapes.map { Tensor.recycled($0) }
         let dsts = grads.map { UncheckedSendable($0.pointer) }, cs = inShapes.map { $0[1] }
-        parallelFor(n * cTotal) { task in
+        parallelForPieces(planes: n * cTotal, length: v) { task, r in
             let b = task / cTotal
             var ch = task % cTotal, k = 0
             while ch >= cs[k] { ch -= cs[k]; k += 1 }
-            (dsts[k].value + (b * cs[k] + ch) * v).update(from: src + task * v, count: v)
+            (dsts[k].value + (b * cs[k] + ch) * v + r.lowerBound).update(from: src + task * v + r.lowerBound, count: r.count)
         }
         return grads
     }

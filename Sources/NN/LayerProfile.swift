@@ -23,6 +23,10 @@ public final class LayerProfile: @unchecked Sendable {
         public var forwardFlop = 0.0, backwardFlop = 0.0
         /// Bytes one pass must read and write at least; 0 for convolutions.
         public var forwardBytes = 0.0, backwardBytes = 0.0
+        /// The fewest work items of any parallel loop of a pass (how finely it splits over threads; nil when the
+        /// pass ran no parallel loop), as partitioned for `threads`.
+        public var forwardItems: Int?, backwardItems: Int?
+        public var threads = 1
 
         /// An entry for a memory-bound layer whose passes read and write `forward` and `backward` floats.
         static func memoryBound(_ name: String, _ kind: String, _ shape: [Int], forward: Int, backward: Int) -> Entry {
@@ -48,24 +52,37 @@ public final class LayerProfile: @unchecked Sendable {
 
     /// A pass's start time, or 0 when no profile is active.
     @inline(__always)
-    static func start() -> UInt64 { active == nil ? 0 : DispatchTime.now().uptimeNanoseconds }
+    static func start() -> UInt64 {
+        guard active != nil else { return 0 }
+        LoopCount.start()
+        return DispatchTime.now().uptimeNanoseconds
+    }
 
     /// Adds the pass that began at `start` to `layer`'s entry; `describe` names the layer and its work the
     /// first time (and is not called otherwise).
     @inline(__always)
     static func stop(_ layer: AnyObject, _ start: UInt64, backward: Bool, _ describe: () -> Entry) {
         guard let p = active, start != 0 else { return }
-        p.add(ObjectIdentifier(layer), Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9, backward, describe)
+        let seconds = Double(DispatchTime.now().uptimeNanoseconds - start) / 1e9
+        p.add(ObjectIdentifier(layer), seconds, backward, LoopCount.stop(), describe)
     }
 
-    private func add(_ id: ObjectIdentifier, _ seconds: Double, _ backward: Bool, _ describe: () -> Entry) {
+    private func add(_ id: ObjectIdentifier, _ seconds: Double, _ backward: Bool, _ loops: LoopCount.Counts,
+                     _ describe: () -> Entry) {
         let i: Int
         if let k = index[id] { i = k } else {
             i = entries.count
             index[id] = i
             entries.append(describe())
         }
-        if backward { entries[i].backwardSeconds += seconds; entries[i].backwardCalls += 1 }
-        else { entries[i].forwardSeconds += seconds; entries[i].forwardCalls += 1 }
+        let items = loops.loops > 0 ? loops.fewestItems : nil
+        entries[i].threads = Parallelism.threads
+        if backward {
+            entries[i].backwardSeconds += seconds; entries[i].backwardCalls += 1
+            entries[i].backwardItems = items
+        } else {
+            entries[i].forwardSeconds += seconds; entries[i].forwardCalls += 1
+            entries[i].forwardItems = items
+        }
     }
 }

@@ -26,85 +26,132 @@ public final class SegmentationLoss {
         self.smooth = smooth ?? (kind == .softDice ? 0.01 : 1e-5)
     }
 
+    /// Voxels per work item of the loss's loops: the partition (and so every partial sum) is the same for any
+    /// thread count, so the loss and its gradient do not depend on `Parallelism.threads`.
+    static let chunk = 4096
+    /// Per (sample, chunk) partial sums (Dice: Σpg, Σp or Σp², Σg per class; cross-entropy: −Σ log p), kept
+    /// between steps.
+    private var partials: [Double] = []
+
     /// Returns the loss; `gradient` then holds d(loss)/d(logits).
     public func forward(logits: Tensor, labels: UnsafeBufferPointer<UInt8>) -> Double {
         let s = logits.shape
         let n = s[0], c = s[1], v = s[2] * s[3] * s[4]
         precondition(labels.count == n * v, "loss: \(labels.count) labels for logits \(s)")
         if probs.shape != s { probs = Tensor(s); gradient = Tensor(s) }
-        softmax(logits.pointer, probs.pointer, n: n, c: c, v: v)
-        let p = probs.pointer, g = gradient.pointer
-        switch kind {
-        case .crossEntropy:
-            var total = 0.0
-            let scale = Float(1.0 / Double(n * v))
-            for b in 0..<n {
-                for i in 0..<v {
-                    let t = Int(labels[b * v + i])
-                    total -= Foundation.log(max(Double(p[(b * c + t) * v + i]), 1e-30))
-                    for k in 0..<c { g[(b * c + k) * v + i] = p[(b * c + k) * v + i] * scale }
-                    g[(b * c + t) * v + i] -= scale
-                }
+        let chunks = (v + Self.chunk - 1) / Self.chunk, items = n * chunks
+        let width = kind == .crossEntropy ? 1 : 3 * c
+        if partials.count != items * width { partials = [Double](repeating: 0, count: items * width) }
+        let p = probs.pointer, g = gradient.pointer, x = logits.pointer, lab = labels.baseAddress!
+        let smooth = smooth, kind = kind
+        // Work item j: sample j / chunks, voxels [lo, hi) of it.
+        func span(_ j: Int) -> (b: Int, lo: Int, hi: Int) {
+            let lo = (j % chunks) * Self.chunk
+            return (j / chunks, lo, min(v, lo + Self.chunk))
+        }
+        return partials.withUnsafeMutableBufferPointer { buffer -> Double in
+            let part = buffer.baseAddress!
+            parallelFor(items) { j in
+                let (b, lo, hi) = span(j)
+                Self.softmax(x + b * c * v, p + b * c * v, c: c, v: v, lo, hi)
             }
-            return total / Double(n * v)
-        case .dice, .softDice:
-            // Per (sample, class) sums, then dL/dp, then back through the softmax.
-            var loss = 0.0
-            let norm = 1.0 / Double(n * c)
-            for b in 0..<n {
-                for k in 0..<c {
-                    let pk = p + (b * c + k) * v, lab = labels.baseAddress! + b * v
-                    var pg = 0.0, pp = 0.0, gg = 0.0
-                    for i in 0..<v {
-                        let pv = Double(pk[i]), isK = lab[i] == UInt8(k)
-                        if isK { pg += pv; gg += 1 }
-                        pp += kind == .dice ? pv * pv : pv
+            switch kind {
+            case .crossEntropy:
+                let scale = Float(1.0 / Double(n * v))
+                parallelFor(items) { j in
+                    let (b, lo, hi) = span(j)
+                    var total = 0.0
+                    for i in lo..<hi {
+                        let t = Int(lab[b * v + i])
+                        total -= Foundation.log(max(Double(p[(b * c + t) * v + i]), 1e-30))
+                        for k in 0..<c { g[(b * c + k) * v + i] = p[(b * c + k) * v + i] * scale }
+                        g[(b * c + t) * v + i] -= scale
                     }
-                    let gk = g + (b * c + k) * v
-                    if kind == .dice {
-                        let num = 2 * pg + smooth, den = pp + gg + smooth
-                        loss += num / den
-                        // dD/dp = (2g·den − num·2p) / den²
-                        let a = Float(-norm * 2 / den), bcoef = Float(norm * 2 * num / (den * den))
-                        for i in 0..<v { gk[i] = (lab[i] == UInt8(k) ? a : 0) + bcoef * pk[i] }
-                    } else {
-                        let inter = pg + smooth, union = pp + gg + smooth
-                        loss += 2 * inter / union
-                        // d(2I/U)/dp = 2(g·U − I)/U²
-                        let a = Float(-norm * 2 / union), bcoef = Float(norm * 2 * inter / (union * union))
-                        for i in 0..<v { gk[i] = (lab[i] == UInt8(k) ? a : 0) + bcoef }
+                    part[j] = total
+                }
+                var total = 0.0
+                for j in 0..<items { total += part[j] }
+                return total / Double(n * v)
+            case .dice, .softDice:
+                // Per (sample, class) sums over the chunks in order, then dL/dp, then back through the softmax.
+                parallelFor(items) { j in
+                    let (b, lo, hi) = span(j)
+                    let sums = part + j * width, l = lab + b * v
+                    for k in 0..<c {
+                        let pk = p + (b * c + k) * v
+                        var pg = 0.0, pp = 0.0, gg = 0.0
+                        for i in lo..<hi {
+                            let pv = Double(pk[i]), isK = l[i] == UInt8(k)
+                            if isK { pg += pv; gg += 1 }
+                            pp += kind == .dice ? pv * pv : pv
+                        }
+                        sums[3 * k] = pg; sums[3 * k + 1] = pp; sums[3 * k + 2] = gg
                     }
                 }
+                var loss = 0.0
+                let norm = 1.0 / Double(n * c)
+                // (a, b) of each (sample, class): dL/dp = a·g + b (Dice: b·p).
+                var coefficients = [(Float, Float)](repeating: (0, 0), count: n * c)
+                for b in 0..<n {
+                    for k in 0..<c {
+                        var pg = 0.0, pp = 0.0, gg = 0.0
+                        for j in (b * chunks)..<((b + 1) * chunks) {
+                            pg += part[j * width + 3 * k]; pp += part[j * width + 3 * k + 1]; gg += part[j * width + 3 * k + 2]
+                        }
+                        if kind == .dice {
+                            let num = 2 * pg + smooth, den = pp + gg + smooth
+                            loss += num / den
+                            // dD/dp = (2g·den − num·2p) / den²
+                            coefficients[b * c + k] = (Float(-norm * 2 / den), Float(norm * 2 * num / (den * den)))
+                        } else {
+                            let inter = pg + smooth, union = pp + gg + smooth
+                            loss += 2 * inter / union
+                            // d(2I/U)/dp = 2(g·U − I)/U²
+                            coefficients[b * c + k] = (Float(-norm * 2 / union), Float(norm * 2 * inter / (union * union)))
+                        }
+                    }
+                }
+                coefficients.withUnsafeBufferPointer { co in
+                    parallelFor(items) { j in
+                        let (b, lo, hi) = span(j)
+                        let l = lab + b * v
+                        for k in 0..<c {
+                            let pk = p + (b * c + k) * v, gk = g + (b * c + k) * v
+                            let (a, bcoef) = co[b * c + k], label = UInt8(k)
+                            if kind == .dice {
+                                for i in lo..<hi { gk[i] = (l[i] == label ? a : 0) + bcoef * pk[i] }
+                            } else {
+                                for i in lo..<hi { gk[i] = (l[i] == label ? a : 0) + bcoef }
+                            }
+                        }
+                        Self.softmaxBackward(p + b * c * v, g + b * c * v, c: c, v: v, lo, hi)
+                    }
+                }
+                return 1 - loss * norm
             }
-            softmaxBackward(p, g, n: n, c: c, v: v)
-            return 1 - loss * norm
         }
     }
 
-    /// Numerically stable softmax over channels.
-    private func softmax(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, n: Int, c: Int, v: Int) {
-        for b in 0..<n {
-            let xb = x + b * c * v, yb = y + b * c * v
-            for i in 0..<v {
-                var m = -Float.infinity
-                for k in 0..<c { m = max(m, xb[k * v + i]) }
-                var sum: Float = 0
-                for k in 0..<c { let e = expf(xb[k * v + i] - m); yb[k * v + i] = e; sum += e }
-                let inv = 1 / sum
-                for k in 0..<c { yb[k * v + i] *= inv }
-            }
+    /// Numerically stable softmax over channels for voxels [lo, hi) of one sample.
+    private static func softmax(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, c: Int, v: Int,
+                                _ lo: Int, _ hi: Int) {
+        for i in lo..<hi {
+            var m = -Float.infinity
+            for k in 0..<c { m = max(m, x[k * v + i]) }
+            var sum: Float = 0
+            for k in 0..<c { let e = expf(x[k * v + i] - m); y[k * v + i] = e; sum += e }
+            let inv = 1 / sum
+            for k in 0..<c { y[k * v + i] *= inv }
         }
     }
 
-    /// In place: g ← dL/dz from g = dL/dp, using dz_k = p_k (g_k − Σ_j p_j g_j).
-    private func softmaxBackward(_ p: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>, n: Int, c: Int, v: Int) {
-        for b in 0..<n {
-            let pb = p + b * c * v, gb = g + b * c * v
-            for i in 0..<v {
-                var dot: Float = 0
-                for k in 0..<c { dot += pb[k * v + i] * gb[k * v + i] }
-                for k in 0..<c { gb[k * v + i] = pb[k * v + i] * (gb[k * v + i] - dot) }
-            }
+    /// In place for voxels [lo, hi) of one sample: g ← dL/dz from g = dL/dp, using dz_k = p_k (g_k − Σ_j p_j g_j).
+    private static func softmaxBackward(_ p: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>, c: Int, v: Int,
+                                        _ lo: Int, _ hi: Int) {
+        for i in lo..<hi {
+            var dot: Float = 0
+            for k in 0..<c { dot += p[k * v + i] * g[k * v + i] }
+            for k in 0..<c { g[k * v + i] = p[k * v + i] * (g[k * v + i] - dot) }
         }
     }
 }

@@ -83,23 +83,37 @@ public final class Optimizer {
         switch kind {
         case .sgd:
             let mu = Float(momentum), first = step == 1
-            for i in range {
-                let gi = g[i] + wd * p[i]
-                let b = first ? gi : mu * m[i] + gi
-                m[i] = b
-                p[i] -= lr * (gi + mu * b)
+            Self.chunks(range) { r in
+                for i in r {
+                    let gi = g[i] + wd * p[i]
+                    let b = first ? gi : mu * m[i] + gi
+                    m[i] = b
+                    p[i] -= lr * (gi + mu * b)
+                }
             }
         case .adam:
             let v = moment2.pointer
             let b1 = Float(beta1), b2 = Float(beta2)
             let c1 = Float(1 - Foundation.pow(beta1, Double(step))), c2 = Float(1 - Foundation.pow(beta2, Double(step)))
             let stepSize = lr / c1, c2root = c2.squareRoot(), e = Float(eps)
-            for i in range {
-                let gi = g[i] + wd * p[i]
-                m[i] = b1 * m[i] + (1 - b1) * gi
-                v[i] = b2 * v[i] + (1 - b2) * gi * gi
-                p[i] -= stepSize * m[i] / (v[i].squareRoot() / c2root + e)
+            Self.chunks(range) { r in
+                for i in r {
+                    let gi = g[i] + wd * p[i]
+                    m[i] = b1 * m[i] + (1 - b1) * gi
+                    v[i] = b2 * v[i] + (1 - b2) * gi * gi
+                    p[i] -= stepSize * m[i] / (v[i].squareRoot() / c2root + e)
+                }
             }
+        }
+    }
+
+    /// Runs `body` over `range` in chunks of 64 Ki parameters on `Parallelism.threads` threads. Each parameter's
+    /// update is independent, so the result is the same for any thread count.
+    private static func chunks(_ range: Range<Int>, _ body: (Range<Int>) -> Void) {
+        let size = 1 << 16, n = (range.count + size - 1) / size
+        parallelFor(n) { i in
+            let lo = range.lowerBound + i * size
+            body(lo..<min(range.upperBound, lo + size))
         }
     }
 }

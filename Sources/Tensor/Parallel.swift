@@ -1,10 +1,16 @@
+import CBLAS
 import Foundation
 import Support
 
 /// Threads used by `parallelFor` inside one process (one MPI rank). 1 by default: with one rank per core,
-/// ranks provide the parallelism; a single-rank run may raise it to the core count.
+/// ranks provide the parallelism; a rank given several cores (`--threads`) spreads every layer over them.
 public enum Parallelism {
-    nonisolated(unsafe) public static var threads: Int = 1
+    /// Setting it also makes OpenBLAS single-threaded: every sgemm attunet calls runs inside its own parallel
+    /// loops as one work item, and an OpenBLAS starting threads of its own there would oversubscribe the cores
+    /// (T loop threads x T BLAS threads, contending for OpenBLAS's one thread server).
+    nonisolated(unsafe) public static var threads: Int = 1 {
+        didSet { openblas_set_num_threads(1) }
+    }
 
     /// True on a worker thread of `parallelForEach`, where `parallelFor` runs inline: the coarse items
     /// already occupy the threads.
@@ -21,6 +27,7 @@ public enum Parallelism {
 /// when that is 1, when n is 1, or inside a `parallelForEach` worker). For loops over voxels and channels.
 @inlinable
 public func parallelFor(_ n: Int, _ body: (Int) -> Void) {
+    LoopCount.record(n)
     let t = min(Parallelism.threads, n)
     if t <= 1 || Parallelism.isInsideWorker {
         for i in 0..<n { body(i) }
@@ -34,6 +41,32 @@ public func parallelFor(_ n: Int, _ body: (Int) -> Void) {
         }
     }
 }
+
+/// Elements per piece of `parallelForPieces` (16 KB of floats): the unit of its partition, fixed, so that
+/// per-piece partial sums are the same on any number of threads.
+public let parallelPieceLength = 4096
+
+/// Runs `body(plane, range)` over `planes` planes of `length` elements each, every plane cut into pieces of at
+/// most ``parallelPieceLength`` elements. Runs of consecutive pieces form the work items, about 8 per thread
+/// (at most 64 pieces each), so a small tensor still gives every one of 32-64 threads work and a large one
+/// does not pay a dispatch per piece. The pieces do not depend on the thread count: per-piece partial sums
+/// reduced in piece order give the same result on any number of threads.
+@inlinable
+public func parallelForPieces(planes: Int, length: Int, _ body: (_ plane: Int, _ range: Range<Int>) -> Void) {
+    let pieces = pieceCount(length), total = planes * pieces
+    guard total > 0 else { return }
+    let perItem = max(1, min(64, total / max(1, 8 * Parallelism.threads)))
+    parallelFor((total + perItem - 1) / perItem) { item in
+        for j in (item * perItem)..<min(total, (item + 1) * perItem) {
+            let lo = (j % pieces) * parallelPieceLength
+            body(j / pieces, lo..<min(length, lo + parallelPieceLength))
+        }
+    }
+}
+
+/// The number of pieces `parallelForPieces` cuts a plane of `length` elements into.
+@inlinable
+public func pieceCount(_ length: Int) -> Int { max(1, (length + parallelPieceLength - 1) / parallelPieceLength) }
 
 /// Runs `body(i)` for i in 0..<n on `threads` threads (worker w takes items w, w + threads, ...), for coarse
 /// items such as whole cases or patches; `parallelFor` inside `body` runs inline. Every item runs even when
@@ -63,6 +96,50 @@ public func parallelForEach(_ n: Int, threads: Int, _ body: (Int) throws -> Void
         }
     }
     if let first = failures.current.min(by: { $0.0 < $1.0 }) { throw first.1 }
+}
+
+/// How finely the parallel loops run on one thread split their work: the number of loops and the fewest items
+/// any of them had, counted between ``start()`` and ``stop()`` on that thread (the per-layer profile counts a
+/// layer's passes; `attunet bench train` prints items per thread). Counting costs one thread-local read per loop.
+public enum LoopCount {
+    public struct Counts: Sendable, Codable, Equatable {
+        public var loops = 0
+        public var fewestItems = Int.max
+        public init() {}
+    }
+
+    private static let key: pthread_key_t = {
+        var key = pthread_key_t()
+        pthread_key_create(&key, nil)
+        return key
+    }()
+
+    /// Starts counting the loops this thread runs (the counts of an unfinished count are dropped).
+    public static func start() {
+        let p = pthread_getspecific(key).map { $0.assumingMemoryBound(to: Counts.self) } ?? {
+            let p = UnsafeMutablePointer<Counts>.allocate(capacity: 1)   // one per counting thread, kept
+            pthread_setspecific(key, p)
+            return p
+        }()
+        p.pointee = Counts()
+        active = true
+    }
+
+    /// The counts since ``start()`` on this thread.
+    public static func stop() -> Counts {
+        guard let p = pthread_getspecific(key)?.assumingMemoryBound(to: Counts.self) else { return Counts() }
+        return p.pointee
+    }
+
+    /// Whether any thread ever counted: until then a loop pays one load and a branch.
+    nonisolated(unsafe) private static var active = false
+
+    @usableFromInline
+    static func record(_ items: Int) {
+        guard active, let p = pthread_getspecific(key)?.assumingMemoryBound(to: Counts.self) else { return }
+        p.pointee.loops += 1
+        p.pointee.fewestItems = min(p.pointee.fewestItems, items)
+    }
 }
 
 /// Wraps a value that is safe to share by construction (e.g. a closure over disjoint raw-pointer ranges).

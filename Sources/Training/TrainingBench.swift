@@ -153,6 +153,9 @@ public struct TrainingBenchReport: Codable, Sendable {
     /// A kind of layer's summed time per step.
     public struct KindTotal: Codable, Sendable {
         public var kind: String, forwardSeconds: Double, backwardSeconds: Double
+        /// The fewest work items per thread of any parallel loop of this kind's layers (both passes), as
+        /// partitioned for the run's threads: below about 2, some threads idle while others finish.
+        public var fewestItemsPerThread: Double?
     }
 
     public var cpu: String, openblasCore: String, openblasCoretypeEnv: String?
@@ -179,14 +182,18 @@ public struct TrainingBenchReport: Codable, Sendable {
 
     /// The layers' time summed by kind, largest first.
     public var kinds: [KindTotal] {
-        var order: [String] = [], sums: [String: (Double, Double)] = [:]
+        var order: [String] = [], sums: [String: (Double, Double, Int?)] = [:]
         for e in layers {
             if sums[e.kind] == nil { order.append(e.kind) }
-            let s = sums[e.kind] ?? (0, 0)
-            sums[e.kind] = (s.0 + e.forwardSeconds, s.1 + e.backwardSeconds)
+            let s = sums[e.kind] ?? (0, 0, nil)
+            let items = [s.2, e.forwardItems, e.backwardItems].compactMap { $0 }.min()
+            sums[e.kind] = (s.0 + e.forwardSeconds, s.1 + e.backwardSeconds, items)
         }
-        return order.map { KindTotal(kind: $0, forwardSeconds: sums[$0]!.0, backwardSeconds: sums[$0]!.1) }
-            .sorted { $0.forwardSeconds + $0.backwardSeconds > $1.forwardSeconds + $1.backwardSeconds }
+        return order.map { k in
+            let s = sums[k]!
+            return KindTotal(kind: k, forwardSeconds: s.0, backwardSeconds: s.1,
+                             fewestItemsPerThread: s.2.map { Double($0) / Double(max(threadsPerRank, 1)) })
+        }.sorted { $0.forwardSeconds + $0.backwardSeconds > $1.forwardSeconds + $1.backwardSeconds }
     }
 
     /// The report as text tables.
@@ -208,7 +215,9 @@ public struct TrainingBenchReport: Codable, Sendable {
         let total = parts.reduce(0) { $0 + $1.1 }
         out.append("phases per step: " + parts.map { "\($0.0) \(f($0.1, 3)) s (\(f(100 * $0.1 / max(total, 1e-12), 1))%)" }.joined(separator: ", "))
         out.append("")
-        out.append(pad("layer", 44, left: true) + pad("kind", 16, left: true) + pad("output", 22, left: true) + pad("fwd ms", 9) + pad("rate", 12) + pad("bwd ms", 9) + pad("rate", 12))
+        out.append(pad("layer", 44, left: true) + pad("kind", 16, left: true) + pad("output", 22, left: true) + pad("fwd ms", 9) + pad("rate", 12) + pad("bwd ms", 9) + pad("rate", 12)
+                   + pad("items fwd/bwd", 15))
+        func items(_ n: Int?) -> String { n.map(String.init) ?? "-" }
         func rate(_ e: LayerProfile.Entry, backward: Bool) -> String {
             let s = backward ? e.backwardSeconds : e.forwardSeconds
             guard s > 0 else { return "" }
@@ -223,13 +232,15 @@ public struct TrainingBenchReport: Codable, Sendable {
             out.append(pad(String(e.name.prefix(43)), 44, left: true) + pad(e.kind, 16, left: true)
                        + pad(e.shape.map(String.init).joined(separator: "x"), 22, left: true)
                        + pad(f(1e3 * e.forwardSeconds, 1), 9) + pad(rate(e, backward: false), 12)
-                       + pad(e.backwardCalls > 0 ? f(1e3 * e.backwardSeconds, 1) : "", 9) + pad(rate(e, backward: true), 12))
+                       + pad(e.backwardCalls > 0 ? f(1e3 * e.backwardSeconds, 1) : "", 9) + pad(rate(e, backward: true), 12)
+                       + pad(items(e.forwardItems) + "/" + (e.backwardCalls > 0 ? items(e.backwardItems) : "-"), 15))
         }
         out.append("")
-        out.append("by kind (per step, rank 0):")
+        out.append("by kind (per step, rank 0; items: the fewest work items per thread of any of the kind's parallel loops):")
         for k in kinds {
             out.append("  " + pad(k.kind, 16, left: true) + " fwd " + pad(f(1e3 * k.forwardSeconds, 1), 8) + " ms  bwd " + pad(f(1e3 * k.backwardSeconds, 1), 8)
-                       + " ms  " + pad(f(100 * (k.forwardSeconds + k.backwardSeconds) / max(stepSeconds.median, 1e-12), 1), 5) + "% of the step")
+                       + " ms  " + pad(f(100 * (k.forwardSeconds + k.backwardSeconds) / max(stepSeconds.median, 1e-12), 1), 5) + "% of the step"
+                       + "  items/thread " + (k.fewestItemsPerThread.map { f($0, 1) } ?? "-"))
         }
         out.append("  layers cover \(f(100 * layerSum / max(p.forward + p.backward, 1e-12), 1))% of forward + backward (the rest: summing gradients where paths join, and glue)")
         out.append("")
@@ -237,6 +248,44 @@ public struct TrainingBenchReport: Codable, Sendable {
             out.append("rank \(r): peak resident \(Memory.format(peakResidentBytes[r])) (\(Memory.format(peakResidentBytes[r] / max(batchPerRank, 1))) per sample; \(Memory.format(residentBeforeStepsBytes[r])) before the first step, \(Memory.format(recycledBytes[r])) of gradient and scratch buffers between steps); page faults per timed step: \(f(minorFaultsPerStep[r], 1)) minor, \(f(majorFaultsPerStep[r], 1)) major")
         }
         for n in notes { out.append("note: \(n)") }
+        return out.joined(separator: "\n")
+    }
+}
+
+/// Thread scaling inside one rank: the same bench at several `--threads` counts, side by side in one process.
+public struct ThreadScaling: Codable, Sendable {
+    public struct Row: Codable, Sendable {
+        public var threads: Int, stepSeconds: Double
+        /// Step time at the first count divided by this one, and that divided by the thread ratio.
+        public var speedup: Double, efficiency: Double
+        /// Per kind of layer: (forward + backward) time at the first count divided by this one.
+        public var kindSpeedups: [String: Double]
+    }
+    public var rows: [Row]
+
+    public init(_ runs: [TrainingBenchReport]) {
+        let base = runs[0]
+        let baseKinds = Dictionary(uniqueKeysWithValues: base.kinds.map { ($0.kind, $0.forwardSeconds + $0.backwardSeconds) })
+        rows = runs.map { r in
+            let speedup = base.stepSeconds.median / r.stepSeconds.median
+            var kinds: [String: Double] = [:]
+            for k in r.kinds where k.forwardSeconds + k.backwardSeconds > 0 {
+                if let b = baseKinds[k.kind] { kinds[k.kind] = b / (k.forwardSeconds + k.backwardSeconds) }
+            }
+            return Row(threads: r.threadsPerRank, stepSeconds: r.stepSeconds.median, speedup: speedup,
+                       efficiency: speedup * Double(base.threadsPerRank) / Double(r.threadsPerRank), kindSpeedups: kinds)
+        }
+    }
+
+    public func table(kindOrder: [String]) -> String {
+        func f(_ v: Double, _ d: Int) -> String { String(format: "%.\(d)f", v) }
+        var out = ["thread scaling in one rank (same process, one run after the other):"]
+        for r in rows {
+            out.append("  \(r.threads) thread(s): step \(f(r.stepSeconds, 3)) s, speed-up \(f(r.speedup, 2))x, efficiency \(f(100 * r.efficiency, 0))%")
+        }
+        guard let last = rows.last, rows.count > 1 else { return out.joined(separator: "\n") }
+        out.append("  speed-up per kind of layer at \(last.threads) threads (largest first):")
+        for k in kindOrder { if let v = last.kindSpeedups[k] { out.append("    \(k.padding(toLength: 16, withPad: " ", startingAt: 0)) \(f(v, 2))x") } }
         return out.joined(separator: "\n")
     }
 }

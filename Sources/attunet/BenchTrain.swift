@@ -32,6 +32,7 @@ extension Bench {
             in the environment before starting (the output says when it is needed).
 
               attunet bench train --patch 96x96x48 --batch 2
+              attunet bench train --patch 96x96x48 --batch 2 --threads 1,2     (thread scaling inside one rank)
               mpirun -np 2 --bind-to none attunet bench train --patch 160x160x96 --batch 2 --json
             """
         )
@@ -53,8 +54,8 @@ extension Bench {
         @Option(help: "Draw patches from this case store instead of synthesised phantoms.")
         var store: String?
 
-        @Option(help: "Threads per rank, for attunet's loops and OpenBLAS alike.")
-        var threads = 1
+        @Option(help: ArgumentHelp("Threads per rank (attunet's loops; OpenBLAS runs single-threaded inside them). A list such as 1,2 runs the bench at each count in turn, in one process, and ends with the thread scaling: step time, speed-up and efficiency, and the speed-up of every kind of layer.", valueName: "n[,n...]"))
+        var threads: ThreadCounts = ThreadCounts([PerRankThreads.fromEnvironment])
 
         @Option(help: "Loss: dice, soft-dice or cross-entropy.")
         var loss: LossKind = .dice
@@ -74,13 +75,11 @@ extension Bench {
         func validate() throws {
             guard steps >= 1 else { throw ValidationError("--steps must be at least 1") }
             guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
-            guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+            guard threads.counts.allSatisfy({ $0 >= 1 }) else { throw ValidationError("--threads must be at least 1") }
             guard batch >= 1 else { throw ValidationError("--batch must be at least 1") }
         }
 
         func run() throws {
-            Parallelism.threads = threads
-            BLASInfo.setThreads(threads)
             let comm = try MPICommunicator()
             let say: (String) -> Void = { line in
                 if comm.isRoot && !json { FileHandle.standardError.write(Data((line + "\n").utf8)) }
@@ -98,16 +97,37 @@ extension Bench {
             }
             let bench = try TrainingBench(store: storePath, model: modelOptions.config, patch: patch, batch: batch,
                                           loss: loss, optimizer: optimizer, seed: seed, comm: comm)
-            say("bench train: \(modelOptions.model.rawValue), \(comm.size) rank(s) x \(threads) thread(s), patch \(patch), " + (inference ? "inference, 1 patch per rank" : "global batch \(batch)") + "; \(warmup) warm-up + \(steps) timed steps ...")
-            let report = try bench.run(warmup: warmup, steps: steps, threads: threads, inference: inference)
+            var reports: [TrainingBenchReport] = []
+            for t in threads.counts {
+                Parallelism.threads = t
+                say("bench train: \(modelOptions.model.rawValue), \(comm.size) rank(s) x \(t) thread(s), patch \(patch), " + (inference ? "inference, 1 patch per rank" : "global batch \(batch)") + "; \(warmup) warm-up + \(steps) timed steps ...")
+                reports.append(try bench.run(warmup: warmup, steps: steps, threads: t, inference: inference))
+            }
             guard comm.isRoot else { return }
+            let scaling = reports.count > 1 ? ThreadScaling(reports) : nil
             if json {
                 let enc = JSONEncoder()
                 enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try enc.encode(report), as: UTF8.self))
+                // One report as before; with several counts, the reports and the scaling.
+                struct Scaled: Encodable { var runs: [TrainingBenchReport]; var scaling: ThreadScaling }
+                let data = try scaling.map { try enc.encode(Scaled(runs: reports, scaling: $0)) } ?? enc.encode(reports[0])
+                print(String(decoding: data, as: UTF8.self))
             } else {
-                print(report.table())
+                print(reports.map { $0.table() }.joined(separator: "\n\n"))
+                if let scaling { print("\n" + scaling.table(kindOrder: reports[0].kinds.map(\.kind))) }
             }
         }
     }
+}
+
+/// `--threads 1,2`: one or more thread counts.
+struct ThreadCounts: ExpressibleByArgument, Sendable {
+    let counts: [Int]
+    init(_ counts: [Int]) { self.counts = counts }
+    init?(argument: String) {
+        let parts = argument.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
+        guard !parts.isEmpty, parts.allSatisfy({ $0 != nil }) else { return nil }
+        counts = parts.map { $0! }
+    }
+    var defaultValueDescription: String { counts.map(String.init).joined(separator: ",") }
 }

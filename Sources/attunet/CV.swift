@@ -125,7 +125,13 @@ struct CV: ParsableCommand {
             lines.append("  \(m.model) (\(grouped(m.parameters)) parameters): \(fmt(m.secondsPerStep, 2)) s per step, \(fmt(m.secondsPerVolume, 2)) s per whole validation/test volume (timed here\(e.groups > 1 ? ", all groups at once" : ""))")
         }
         lines.append("estimate: training \(formatDuration(e.trainingSeconds)), validation \(formatDuration(e.validationSeconds)) (\(e.validationsPerFold) per fold), testing \(formatDuration(e.testSeconds))")
-        lines.append("  wall time \(formatDuration(e.wallSeconds)) on these \(e.ranks) rank(s) = \(fmt(e.coreHours, 1)) core-hours")
+        lines.append("  wall time \(formatDuration(e.wallSeconds)) on these \(e.ranks) rank(s) x \(e.threadsPerRank) thread(s) = \(fmt(e.coreHours, 1)) core-hours")
+        // Threads inside a rank are how a fold's few ranks (batch / ranks >= 1) reach the rest of a node.
+        let cores = ProcessInfo.processInfo.activeProcessorCount
+        let perNode = min(e.ranks, cores)
+        if perNode * e.threadsPerRank < cores {
+            lines.append("  this node has \(cores) cores and these ranks use \(perNode * e.threadsPerRank) of them here: --threads \(max(1, cores / perNode)) runs \(perNode) rank(s) x \(max(1, cores / perNode)) threads (the time above is for \(e.threadsPerRank) thread(s))")
+        }
         if let peak = e.peakResidentBytes { lines.append("  peak memory per rank: \(fmt(Double(peak) / 1_073_741_824, 2)) GiB") }
         lines.append("  (the data loader runs beside the steps and is not counted; nothing was written)")
         return lines.joined(separator: "\n")

@@ -81,8 +81,8 @@ struct Predict: ParsableCommand {
     @Flag(help: "Overwrite existing outputs.")
     var force = false
 
-    @Option(help: "Threads per rank for the non-BLAS loops.")
-    var threads: Int = 1
+    @Option(help: "Threads per rank: every layer's work is spread over them (default: ATTUNET_THREADS when set, else 1).")
+    var threads: Int = PerRankThreads.fromEnvironment
 
     func validate() throws {
         guard (input == nil) != (store == nil) else { throw ValidationError("give exactly one of --input and --store") }

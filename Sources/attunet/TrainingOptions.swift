@@ -59,8 +59,8 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Write checkpoint_latest.h5 every N epochs (and at the end).")
     var checkpointEvery: Int = 1
 
-    @Option(help: "Threads per rank for the non-BLAS loops (1 when ranks fill the cores).")
-    var threads: Int = 1
+    @Option(help: "Threads per rank: every layer's work is spread over them (1 when ranks fill the cores; the batch scripts pass the CPUs per task through ATTUNET_THREADS, the default when set).")
+    var threads: Int = PerRankThreads.fromEnvironment
 
     @Option(help: "All-reduce bucket in MiB: the flat gradient buffer is summed across ranks in pieces of this size. The result does not depend on it; smaller pieces need less MPI buffer memory.")
     var allreduceBucketMib: Double = 16
@@ -139,5 +139,14 @@ struct TransferOptions: ParsableArguments {
         guard let initCheckpoint else { return nil }
         return TransferConfig(checkpoint: initCheckpoint, freeze: freeze, headLearningRate: headLr, resetHead: resetHead,
                               labelMap: labelMap.map { try! LabelMap(parsing: $0) })
+    }
+}
+
+/// The default of `--threads`: `ATTUNET_THREADS` when it holds a positive count (the launch and batch scripts
+/// set it to the cores each rank may use), else 1.
+enum PerRankThreads {
+    static var fromEnvironment: Int {
+        guard let text = ProcessInfo.processInfo.environment["ATTUNET_THREADS"], let n = Int(text), n >= 1 else { return 1 }
+        return n
     }
 }

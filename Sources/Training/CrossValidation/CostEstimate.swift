@@ -20,7 +20,7 @@ public struct CrossValidationEstimate: Codable, Sendable {
     public var epochs: Int
     /// Validation passes per fold (every --val-every epochs and after the last).
     public var validationsPerFold: Int
-    /// Ranks, and the cores each one occupies (the larger of attunet's and OpenBLAS's thread counts).
+    /// Ranks, and the cores each one occupies (its threads).
     public var ranks: Int, threadsPerRank: Int
     /// Fold-parallel groups (1: every rank trains every fold); each has ranks / groups ranks.
     public var groups: Int
@@ -95,7 +95,7 @@ extension CrossValidation {
             groupSeconds[j % foldParallel] += job.0 + job.1 + job.2
         }
         return CrossValidationEstimate(folds: folds, models: costs, epochs: t.epochs, validationsPerFold: validations,
-                                       ranks: comm.size, threadsPerRank: max(1, Parallelism.threads, BLASInfo.threads),
+                                       ranks: comm.size, threadsPerRank: max(1, Parallelism.threads),
                                        groups: foldParallel,
                                        trainingSeconds: training, validationSeconds: validation, testSeconds: test,
                                        wallSeconds: groupSeconds.max()!,
