@@ -1,0 +1,703 @@
+// Winograd F(2x2x2, 3x3x3) convolution kernels for AVX2+FMA and AVX-512F (API: winograd.h).
+//
+// Per axis F(2,3): B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
+// A^T = [1 1 1 0; 0 1 -1 -1]. A tile is 2x2x2 outputs, read from a 4x4x4 input patch; the 64 transformed
+// positions p = i*16 + j*4 + k (z, y, x frequency) are 64 independent GEMMs over the channels.
+//
+// Lanes are tiles. The tiles of a call are numbered t = tzi*(nty*(ntx+1)) + ty*(ntx+1) + tx, with one dummy
+// tile (tx = ntx) per tile row: then the input of every tile is two contiguous vector loads per (z, y, x
+// parity) of a staged buffer S[z 4][y 4][x parity 2][lane] (lane l holds x = 2tx-1+parity, lane l+1 the
+// next two x), so the zero padding and partial edge tiles are handled once, in the staging copy.
+//
+// Work is fused over blocks of T tiles that stay in L2: stage + input transform (V[p][ci][T]), the 64 GEMMs,
+// output transform + scatter. Nothing is written at full size.
+//   forward / backward-data: M[co][p][T] = sum_ci U[p][co][ci] V[p][ci][T], register tile 4 output channels
+//     x 3 vectors of tiles (12 accumulators), weights broadcast from the plan [p][co/4][ci][4].
+//   backward-weights: dU[p][co][ci] += sum_t dM[p][co][t] V[p][ci][t] (dM = A dY A^T), register tile
+//     4 co x 3 ci with the tile lanes reduced horizontally once per block; dw += G^T dU G at the end.
+//
+// The vector code is written once (the body below, under WINO_BODY) and instantiated twice by including
+// this file again: W = 8 under target("avx2,fma") and W = 16 under target("avx512f,fma").
+#ifndef WINO_BODY
+
+#include <immintrin.h>
+#include <stdint.h>
+#include <string.h>
+#include "winograd.h"
+
+#define WINO_NR 4   // output channels of the register tile (the plan's channel group)
+#ifndef WINO_NV2
+#define WINO_NV2 2  // vectors of tiles of the forward register tile, AVX2 (4 x 2 = 8 accumulators)
+#endif
+#define WINO_NV512 3  // the same, AVX-512 (4 x 3 = 12 accumulators)
+#define WINO_NV_OF(w) ((w) == 8 ? WINO_NV2 : WINO_NV512)
+#define WINO_NC 3   // input channels of the backward-weights register tile
+
+typedef struct {
+    int nx, ny, nz, z0, z1;
+    int ntx, nty, rowl;  // tiles per row, tile rows, lanes per tile row (ntx + 1: one dummy)
+    long plane_l;        // lanes per tile slice
+    long total;          // lanes of the call
+    size_t vol;
+} wgeo;
+
+static void wgeo_init(wgeo *g, int nz, int ny, int nx, int z0, int z1) {
+    g->nx = nx; g->ny = ny; g->nz = nz; g->z0 = z0; g->z1 = z1;
+    g->ntx = (nx + 1) / 2; g->nty = (ny + 1) / 2; g->rowl = g->ntx + 1;
+    g->plane_l = (long)g->nty * g->rowl;
+    int ntz = z1 > z0 ? (z1 - z0 + 1) / 2 : 0;
+    g->total = (long)ntz * g->plane_l;
+    g->vol = (size_t)nz * ny * nx;
+}
+
+static int pad_to(int n, int m) { return (n + m - 1) / m * m; }
+
+// Stride between the 64 positions of V / M / D: rows + 16 floats, so that the 64 rows written together by
+// a transform do not fall into the same few L1 sets (rows * T is often a multiple of 1 KiB).
+static size_t pos_stride(size_t rows, int T) { return rows * (size_t)T + 16; }
+
+// Forward / backward-data block: T = k * NV * W tiles, k chosen so V and M of a block stay within ~L2.
+static int fwd_T(int cin, int cout, int w) {
+    int nvw = WINO_NV_OF(w) * w;
+    size_t per = (size_t)64 * (size_t)(cin + pad_to(cout, WINO_NR)) * nvw * 4;
+    int k = (int)((size_t)320 * 1024 / per);
+    if (k < 1) k = 1;
+    if (k > 4) k = 4;
+    return k * nvw;
+}
+
+// Backward-weights block: T = k * W tiles (the reduction length of one register tile).
+static int bww_T(int cin, int cout, int w) {
+    size_t per = (size_t)64 * (size_t)(pad_to(cin, WINO_NC) + pad_to(cout, WINO_NR)) * w * 4;
+    int k = (int)((size_t)384 * 1024 / per);
+    if (k < 4) k = 4;
+    if (k > 16) k = 16;
+    return k * w;
+}
+
+static size_t fwd_ws(int cin, int cout, int w) {
+    int T = fwd_T(cin, cout, w);
+    return 64 * pos_stride((size_t)cin, T) + (size_t)pad_to(cout, WINO_NR) * (64 * (size_t)T + 16) + (size_t)32 * (T + w) +
+           (size_t)8 * T + 64;
+}
+
+static size_t bww_ws(int cin, int cout, int w) {
+    int T = bww_T(cin, cout, w), cinp = pad_to(cin, WINO_NC), mp = pad_to(cout, WINO_NR);
+    return 64 * pos_stride((size_t)cinp, T) + 64 * pos_stride((size_t)mp, T) + (size_t)64 * mp * cinp + (size_t)40 * (T + w) +
+           64;
+}
+
+// 1D filter transform u = G g.
+static void g_fwd(const double g[3], double u[4]) {
+    u[0] = g[0];
+    u[1] = 0.5 * (g[0] + g[1] + g[2]);
+    u[2] = 0.5 * (g[0] - g[1] + g[2]);
+    u[3] = g[2];
+}
+
+// 3D filter transform of one 3x3x3 filter (kz, ky, kx) into u[i*16 + j*4 + k]; flip reverses the taps.
+static void filter_transform(const float *w, int flip, double u[64]) {
+    double g[27], a[3][3][4], b[3][4][4];
+    for (int q = 0; q < 27; q++) g[q] = w[flip ? 26 - q : q];
+    for (int z = 0; z < 3; z++)
+        for (int y = 0; y < 3; y++) g_fwd(&g[z * 9 + y * 3], a[z][y]);
+    for (int z = 0; z < 3; z++)
+        for (int k = 0; k < 4; k++) {
+            double t[3] = {a[z][0][k], a[z][1][k], a[z][2][k]}, o[4];
+            g_fwd(t, o);
+            for (int j = 0; j < 4; j++) b[z][j][k] = o[j];
+        }
+    for (int j = 0; j < 4; j++)
+        for (int k = 0; k < 4; k++) {
+            double t[3] = {b[0][j][k], b[1][j][k], b[2][j][k]}, o[4];
+            g_fwd(t, o);
+            for (int i = 0; i < 4; i++) u[i * 16 + j * 4 + k] = o[i];
+        }
+}
+
+int ck_winograd_channel_group(int isa512) { (void)isa512; return WINO_NR; }
+
+size_t ck_winograd_plan_floats(int cin, int cout, ck_pass pass, int isa512) {
+    (void)isa512;
+    switch (pass) {
+    case CK_PASS_FORWARD: return (size_t)64 * pad_to(cout, WINO_NR) * cin;
+    case CK_PASS_BACKWARD_DATA: return (size_t)64 * pad_to(cin, WINO_NR) * cout;
+    default: return 0;
+    }
+}
+
+// Plan layout: plan[((p * G + g) * K + c) * 4 + r] = U[p] of output channel 4g + r, input channel c
+// (G groups of 4 output channels, K input channels; zero past the last output channel).
+void ck_winograd_plan(const float *w, float *plan, int cin, int cout, ck_pass pass, int isa512) {
+    (void)isa512;
+    if (pass != CK_PASS_FORWARD && pass != CK_PASS_BACKWARD_DATA) return;
+    int bd = pass == CK_PASS_BACKWARD_DATA;
+    int M = bd ? cin : cout, K = bd ? cout : cin, G = pad_to(M, WINO_NR) / WINO_NR;
+    memset(plan, 0, sizeof(float) * ck_winograd_plan_floats(cin, cout, pass, isa512));
+    double u[64];
+    for (int m = 0; m < M; m++)
+        for (int c = 0; c < K; c++) {
+            // forward: w[m][c]; backward-data: w'[m][c] = w[c][m] flipped.
+            const float *f = bd ? w + ((size_t)c * cin + m) * 27 : w + ((size_t)m * cin + c) * 27;
+            filter_transform(f, bd, u);
+            int g = m / WINO_NR, r = m % WINO_NR;
+            for (int p = 0; p < 64; p++) plan[(((size_t)p * G + g) * K + c) * WINO_NR + r] = (float)u[p];
+        }
+}
+
+size_t ck_winograd_workspace_floats(int cin, int cout, int nz, int ny, int nx, int nzslab, ck_pass pass,
+                                    int isa512) {
+    (void)nz; (void)ny; (void)nx; (void)nzslab;
+    int w = isa512 ? 16 : 8;
+    switch (pass) {
+    case CK_PASS_FORWARD: return fwd_ws(cin, cout, w);
+    case CK_PASS_BACKWARD_DATA: return fwd_ws(cout, cin, w);
+    case CK_PASS_BACKWARD_WEIGHTS: return bww_ws(cin, cout, w);
+    }
+    return 0;
+}
+
+// dw[27] += G^T du G (per axis dg0 = du0 + (du1 + du2)/2, dg1 = (du1 - du2)/2, dg2 = (du1 + du2)/2 + du3).
+static void gt_1d(const double u[4], double g[3]) {
+    double s = 0.5 * (u[1] + u[2]);
+    g[0] = u[0] + s;
+    g[1] = 0.5 * (u[1] - u[2]);
+    g[2] = s + u[3];
+}
+
+static void dw_transform(const double du[64], float *dw) {
+    double a[4][4][3], b[4][3][3];
+    for (int i = 0; i < 4; i++)
+        for (int j = 0; j < 4; j++) gt_1d(&du[i * 16 + j * 4], a[i][j]);
+    for (int i = 0; i < 4; i++)
+        for (int kx = 0; kx < 3; kx++) {
+            double t[4] = {a[i][0][kx], a[i][1][kx], a[i][2][kx], a[i][3][kx]}, o[3];
+            gt_1d(t, o);
+            for (int ky = 0; ky < 3; ky++) b[i][ky][kx] = o[ky];
+        }
+    for (int ky = 0; ky < 3; ky++)
+        for (int kx = 0; kx < 3; kx++) {
+            double t[4] = {b[0][ky][kx], b[1][ky][kx], b[2][ky][kx], b[3][ky][kx]}, o[3];
+            gt_1d(t, o);
+            for (int kz = 0; kz < 3; kz++) dw[kz * 9 + ky * 3 + kx] += (float)o[kz];
+        }
+}
+
+static void bias_grad(const float *dout, float *dbias, const wgeo *g, int m0, int m1) {
+    size_t plane = (size_t)g->ny * g->nx;
+    for (int co = m0; co < m1; co++) {
+        const float *p = dout + co * g->vol + (size_t)g->z0 * plane;
+        double s = 0.0;
+        for (size_t i = 0; i < (size_t)(g->z1 - g->z0) * plane; i++) s += p[i];
+        dbias[co] += (float)s;
+    }
+}
+
+// p[k] for the k < W with 0 <= x0 + k < nx, else 0 (masked lanes never fault).
+static inline __attribute__((always_inline, target("avx2,fma"))) __m256 mloadx_avx2(const float *p, int x0, int nx) {
+    __m256i vx = _mm256_add_epi32(_mm256_set1_epi32(x0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    __m256i m = _mm256_andnot_si256(_mm256_cmpgt_epi32(_mm256_setzero_si256(), vx),
+                                    _mm256_cmpgt_epi32(_mm256_set1_epi32(nx), vx));
+    return _mm256_maskload_ps(p, m);
+}
+static inline __attribute__((always_inline, target("avx512f,fma"))) __m512 mloadx_avx512(const float *p, int x0, int nx) {
+    __m512i vx = _mm512_add_epi32(_mm512_set1_epi32(x0),
+                                  _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
+    __mmask16 m = _mm512_cmpge_epi32_mask(vx, _mm512_setzero_si512()) & _mm512_cmplt_epi32_mask(vx, _mm512_set1_epi32(nx));
+    return _mm512_maskz_loadu_ps(m, p);
+}
+
+// ---- the vector code, twice ----
+#define WINO_BODY 1
+
+#define W 8
+#define SUF avx2
+#define TGT __attribute__((target("avx2,fma")))
+#define VF __m256
+#define LD(p) _mm256_loadu_ps(p)
+#define ST(p, v) _mm256_storeu_ps((p), (v))
+#define SET1(s) _mm256_set1_ps(s)
+#define VZERO() _mm256_setzero_ps()
+#define FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
+#define TO256(v) (v)
+// e = p[0, 2, .., 2W-2], o = p[1, 3, .., 2W-1]
+#define MLOADX(p, x0, nx) mloadx_avx2((p), (x0), (nx))
+#define DEINT(p, e, o) DEINT2(_mm256_loadu_ps(p), _mm256_loadu_ps((p) + 8), e, o)
+#define DEINT2(lo, hi, e, o) do { \
+        __m256 lo_ = (lo), hi_ = (hi); \
+        e = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo_, hi_, 0x88)), 0xD8)); \
+        o = _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(_mm256_shuffle_ps(lo_, hi_, 0xDD)), 0xD8)); \
+    } while (0)
+// p[2q] = e[q], p[2q + 1] = o[q]
+#define INTERLEAVE_ST(p, e, o) do { \
+        __m256 l_ = _mm256_unpacklo_ps(e, o), h_ = _mm256_unpackhi_ps(e, o); \
+        _mm256_storeu_ps(p, _mm256_permute2f128_ps(l_, h_, 0x20)); \
+        _mm256_storeu_ps((p) + 8, _mm256_permute2f128_ps(l_, h_, 0x31)); \
+    } while (0)
+#include "winograd.c"
+#undef W
+#undef SUF
+#undef TGT
+#undef VF
+#undef LD
+#undef ST
+#undef SET1
+#undef VZERO
+#undef FMA
+#undef TO256
+#undef DEINT
+#undef DEINT2
+#undef MLOADX
+#undef INTERLEAVE_ST
+
+#define W 16
+#define SUF avx512
+#define TGT __attribute__((target("avx512f,fma")))
+#define VF __m512
+#define LD(p) _mm512_loadu_ps(p)
+#define ST(p, v) _mm512_storeu_ps((p), (v))
+#define SET1(s) _mm512_set1_ps(s)
+#define VZERO() _mm512_setzero_ps()
+#define FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
+#define TO256(v) _mm256_add_ps(_mm512_castps512_ps256(v), \
+                               _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
+#define MLOADX(p, x0, nx) mloadx_avx512((p), (x0), (nx))
+#define DEINT(p, e, o) DEINT2(_mm512_loadu_ps(p), _mm512_loadu_ps((p) + 16), e, o)
+#define DEINT2(lo, hi, e, o) do { \
+        __m512 lo_ = (lo), hi_ = (hi); \
+        e = _mm512_permutex2var_ps(lo_, _mm512_setr_epi32(0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30), hi_); \
+        o = _mm512_permutex2var_ps(lo_, _mm512_setr_epi32(1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31), hi_); \
+    } while (0)
+#define INTERLEAVE_ST(p, e, o) do { \
+        _mm512_storeu_ps(p, _mm512_permutex2var_ps(e, _mm512_setr_epi32(0, 16, 1, 17, 2, 18, 3, 19, 4, 20, 5, 21, 6, 22, 7, 23), o)); \
+        _mm512_storeu_ps((p) + 16, _mm512_permutex2var_ps(e, _mm512_setr_epi32(8, 24, 9, 25, 10, 26, 11, 27, 12, 28, 13, 29, 14, 30, 15, 31), o)); \
+    } while (0)
+#include "winograd.c"
+
+// ---- exported entry points ----
+
+void ck_winograd_forward(const float *in, const float *plan, const float *bias, float *out,
+                         int cin, int cout, int nz, int ny, int nx, int z0, int z1, int m0, int m1,
+                         int isa512, float *ws) {
+    if (z1 <= z0 || m1 <= m0) return;
+    if (isa512) wino_fwd_avx512(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, ws);
+    else wino_fwd_avx2(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, ws);
+}
+
+void ck_winograd_backward_data(const float *dout, const float *plan, float *din,
+                               int cin, int cout, int nz, int ny, int nx, int z0, int z1, int m0, int m1,
+                               int isa512, float *ws) {
+    if (z1 <= z0 || m1 <= m0) return;
+    if (isa512) wino_fwd_avx512(dout, plan, NULL, din, cout, cin, nz, ny, nx, z0, z1, m0, m1, ws);
+    else wino_fwd_avx2(dout, plan, NULL, din, cout, cin, nz, ny, nx, z0, z1, m0, m1, ws);
+}
+
+void ck_winograd_backward_weights(const float *in, const float *dout, float *dw, float *dbias,
+                                  int cin, int cout, int nz, int ny, int nx, int z0, int z1,
+                                  int m0, int m1, int isa512, float *ws) {
+    if (z1 <= z0 || m1 <= m0) return;
+    if (isa512) wino_bww_avx512(in, dout, dw, cin, cout, nz, ny, nx, z0, z1, m0, m1, ws);
+    else wino_bww_avx2(in, dout, dw, cin, cout, nz, ny, nx, z0, z1, m0, m1, ws);
+    if (dbias) {
+        wgeo g;
+        wgeo_init(&g, nz, ny, nx, z0, z1);
+        bias_grad(dout, dbias, &g, m0, m1);
+    }
+}
+
+#else  // WINO_BODY: instantiated with W, SUF, TGT, VF, LD, ST, SET1, VZERO, FMA, TO256
+
+#define WCAT_(a, b) a##_##b
+#define WCAT(a, b) WCAT_(a, b)
+#define FN(n) WCAT(n, SUF)
+#define KI static inline __attribute__((always_inline)) TGT
+#define KF static TGT __attribute__((noinline))
+#define NV WINO_NV_OF(W)
+
+// Stages the input channel `src` for the lanes [t0, t0 + npos): S[(i*4 + j)*2 + par][l] =
+// src[z0 + 2tzi - 1 + i][2ty - 1 + j][2tx - 1 + par] (zero outside the volume and past the last lane).
+// Whole vectors of W lanes: a run's last vector spills into the next run's lanes (rewritten by it) or into
+// the W floats of slack past npos (ss >= npos + W - 1).
+KF void FN(stage_in)(const float *src, float *S, int ss, const wgeo *g, long t0, int npos) {
+    const int nx = g->nx, ny = g->ny, nz = g->nz;
+    int l = 0;
+    while (l < npos) {
+        long t = t0 + l;
+        if (t >= g->total) {
+            for (int a = 0; a < 32; a++) memset(S + (size_t)a * ss + l, 0, sizeof(float) * (size_t)(npos - l));
+            break;
+        }
+        int tzi = (int)(t / g->plane_l), r = (int)(t % g->plane_l);
+        int ty = r / g->rowl, tx = r % g->rowl;
+        int run = g->rowl - tx;
+        if (run > npos - l) run = npos - l;
+        const int nvr = (run + W - 1) / W;
+        const int zb = g->z0 + 2 * tzi - 1, yb = 2 * ty - 1, xb = 2 * tx - 1;
+        for (int i = 0; i < 4; i++) {
+            int z = zb + i;
+            for (int j = 0; j < 4; j++) {
+                int y = yb + j;
+                float *d0 = S + (size_t)((i * 4 + j) * 2) * ss + l, *d1 = d0 + ss;
+                if (z < 0 || z >= nz || y < 0 || y >= ny) {
+                    for (int v = 0; v < nvr; v++) {
+                        ST(d0 + v * W, VZERO());
+                        ST(d1 + v * W, VZERO());
+                    }
+                    continue;
+                }
+                const float *rp = src + ((size_t)z * ny + y) * nx + xb;  // x = xb + position
+                for (int v = 0; v < nvr; v++) {
+                    const int x0 = xb + 2 * v * W;
+                    VF e, o;
+                    if (x0 >= 0 && x0 + 2 * W <= nx) DEINT(rp + 2 * v * W, e, o);
+                    else DEINT2(MLOADX(rp + 2 * v * W, x0, nx), MLOADX(rp + 2 * v * W + W, x0 + W, nx), e, o);
+                    ST(d0 + v * W, e);
+                    ST(d1 + v * W, o);
+                }
+                // The next block reads on from here (or the next rows, which follow in memory): a block
+                // touches 16 short row pieces per channel, too many streams for the hardware prefetcher.
+                const char *pf = (const char *)(rp + 2 * run);
+                for (int b = 0; b < 8 * npos; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
+            }
+        }
+        l += run;
+    }
+}
+
+// Input transform of one staged channel: V[p * pstride + l] for l in [0, nvec * W). One x frequency k at
+// a time (16 live vectors): x from the staged pairs, then y, then z.
+KF void FN(tin)(const float *S, int ss, float *V, size_t pstride, int nvec) {
+    for (int v = 0; v < nvec; v++) {
+        const int o = v * W;
+#pragma GCC unroll 4
+        for (int k = 0; k < 4; k++) {
+            VF t[16];
+#pragma GCC unroll 16
+            for (int ij = 0; ij < 16; ij++) {
+                const float *s0 = S + (size_t)(2 * ij) * ss + o, *s1 = s0 + ss;
+                // a = s0[0], b = s1[0], c = s0[1], d = s1[1]: [a - c, b + c, c - b, b - d]
+                if (k == 0) t[ij] = LD(s0) - LD(s0 + 1);
+                else if (k == 1) t[ij] = LD(s1) + LD(s0 + 1);
+                else if (k == 2) t[ij] = LD(s0 + 1) - LD(s1);
+                else t[ij] = LD(s1) - LD(s1 + 1);
+            }
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                VF d0 = t[i * 4 + 0], d1 = t[i * 4 + 1], d2 = t[i * 4 + 2], d3 = t[i * 4 + 3];
+                t[i * 4 + 0] = d0 - d2;
+                t[i * 4 + 1] = d1 + d2;
+                t[i * 4 + 2] = d2 - d1;
+                t[i * 4 + 3] = d1 - d3;
+            }
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                VF d0 = t[j], d1 = t[4 + j], d2 = t[8 + j], d3 = t[12 + j];
+                ST(V + (size_t)(0 * 16 + j * 4 + k) * pstride + o, d0 - d2);
+                ST(V + (size_t)(1 * 16 + j * 4 + k) * pstride + o, d1 + d2);
+                ST(V + (size_t)(2 * 16 + j * 4 + k) * pstride + o, d2 - d1);
+                ST(V + (size_t)(3 * 16 + j * 4 + k) * pstride + o, d1 - d3);
+            }
+        }
+    }
+}
+
+// M[r * mstride + j*W] = sum_ci U[ci*4 + r] * V[ci*T + j*W] for r < 4, j < NV.
+KI void FN(gemm_fwd)(const float *U, const float *V, int T, int cin, float *M, size_t mstride) {
+    VF acc[WINO_NR][NV];
+#pragma GCC unroll 4
+    for (int r = 0; r < WINO_NR; r++)
+#pragma GCC unroll 3
+        for (int j = 0; j < NV; j++) acc[r][j] = VZERO();
+    for (int ci = 0; ci < cin; ci++) {
+        const float *vp = V + (size_t)ci * T;
+        VF x[NV];
+#pragma GCC unroll 3
+        for (int j = 0; j < NV; j++) x[j] = LD(vp + j * W);
+#pragma GCC unroll 4
+        for (int r = 0; r < WINO_NR; r++) {
+            VF b = SET1(U[ci * WINO_NR + r]);
+#pragma GCC unroll 3
+            for (int j = 0; j < NV; j++) acc[r][j] = FMA(b, x[j], acc[r][j]);
+        }
+    }
+#pragma GCC unroll 4
+    for (int r = 0; r < WINO_NR; r++)
+#pragma GCC unroll 3
+        for (int j = 0; j < NV; j++) ST(M + (size_t)r * mstride + j * W, acc[r][j]);
+}
+
+// Output transform of one channel: Ob[(a*2 + b)*2 + c][l] = bias + (A^T M A)[a][b][c], M[p*T + l].
+KF void FN(tout)(const float *M, int T, float bias, float *Ob, int nvec) {
+    VF bv = SET1(bias);
+    for (int v = 0; v < nvec; v++) {
+        const int o = v * W;
+        VF s[32];
+#pragma GCC unroll 16
+        for (int ij = 0; ij < 16; ij++) {
+            const float *m = M + (size_t)(ij * 4) * T + o;
+            VF m0 = LD(m), m1 = LD(m + T), m2 = LD(m + 2 * T), m3 = LD(m + 3 * T);
+            s[ij * 2 + 0] = m0 + m1 + m2;
+            s[ij * 2 + 1] = m1 - m2 - m3;
+        }
+        VF q[16];  // [i][b][c]
+#pragma GCC unroll 8
+        for (int ic = 0; ic < 8; ic++) {
+            int i = ic >> 1, c = ic & 1;
+            VF d0 = s[(i * 4 + 0) * 2 + c], d1 = s[(i * 4 + 1) * 2 + c], d2 = s[(i * 4 + 2) * 2 + c],
+               d3 = s[(i * 4 + 3) * 2 + c];
+            q[i * 4 + 0 + c] = d0 + d1 + d2;
+            q[i * 4 + 2 + c] = d1 - d2 - d3;
+        }
+#pragma GCC unroll 4
+        for (int bc = 0; bc < 4; bc++) {
+            VF d0 = q[bc], d1 = q[4 + bc], d2 = q[8 + bc], d3 = q[12 + bc];
+            ST(Ob + (size_t)bc * T + o, d0 + d1 + d2 + bv);
+            ST(Ob + (size_t)(4 + bc) * T + o, d1 - d2 - d3 + bv);
+        }
+    }
+}
+
+// Writes the 2x2x2 outputs of lanes [t0, t0 + T) of one channel from Ob into dst (= out + co*vol).
+KF void FN(scatter_out)(const float *Ob, int T, float *dst, const wgeo *g, long t0) {
+    const int nx = g->nx, ny = g->ny;
+    int l = 0;
+    while (l < T) {
+        long t = t0 + l;
+        if (t >= g->total) break;
+        int tzi = (int)(t / g->plane_l), r = (int)(t % g->plane_l);
+        int ty = r / g->rowl, tx = r % g->rowl;
+        int run = g->rowl - tx;
+        if (run > T - l) run = T - l;
+        int nt = g->ntx - tx;  // real tiles in the run
+        if (nt > run) nt = run;
+        if (nt > 0) {
+            int nf = (nx - 2 * tx) / 2;  // tiles with both x inside
+            if (nf > nt) nf = nt;
+            for (int a = 0; a < 2; a++) {
+                int z = g->z0 + 2 * tzi + a;
+                if (z >= g->z1) continue;
+                for (int b = 0; b < 2; b++) {
+                    int y = 2 * ty + b;
+                    if (y >= ny) continue;
+                    float *row = dst + ((size_t)z * ny + y) * nx + 2 * tx;
+                    const float *e0 = Ob + (size_t)((a * 2 + b) * 2) * T + l, *e1 = e0 + T;
+                    int q = 0;
+                    for (; q + W <= nf; q += W) INTERLEAVE_ST(row + 2 * q, LD(e0 + q), LD(e1 + q));
+                    for (; q < nf; q++) {
+                        row[2 * q] = e0[q];
+                        row[2 * q + 1] = e1[q];
+                    }
+                    if (nf < nt) row[2 * nf] = e0[nf];
+                    const char *pf = (const char *)(row + 2 * run);
+                    for (int b = 0; b < 8 * T; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
+                }
+            }
+        }
+        l += run;
+    }
+}
+
+TGT static void FN(wino_fwd)(const float *in, const float *plan, const float *bias, float *out,
+                             int cin, int cout, int nz, int ny, int nx, int z0, int z1, int m0, int m1,
+                             float *ws) {
+    wgeo g;
+    wgeo_init(&g, nz, ny, nx, z0, z1);
+    const int T = fwd_T(cin, cout, W), ss = T + W, G = pad_to(cout, WINO_NR) / WINO_NR;
+    const int g0 = m0 / WINO_NR, g1 = pad_to(m1, WINO_NR) / WINO_NR, mp = (g1 - g0) * WINO_NR;
+    const size_t vstride = pos_stride((size_t)cin, T), mrow = 64 * (size_t)T + 16;
+    float *V = ws;                               // [p][ci][T], p stride vstride
+    float *M = V + 64 * vstride;                 // [co - 4 g0][p][T], co stride mrow
+    float *S = M + (size_t)mp * mrow;            // [32][ss]
+    float *Ob = S + (size_t)32 * ss;             // [8][T]
+    for (long t0 = 0; t0 < g.total; t0 += T) {
+        for (int ci = 0; ci < cin; ci++) {
+            FN(stage_in)(in + (size_t)ci * g.vol, S, ss, &g, t0, T + 1);
+            FN(tin)(S, ss, V + (size_t)ci * T, vstride, T / W);
+        }
+        for (int p = 0; p < 64; p++) {
+            const float *Vp = V + (size_t)p * vstride;
+            for (int gg = g0; gg < g1; gg++) {
+                const float *Up = plan + (((size_t)p * G + gg) * cin) * WINO_NR;
+                float *Mp = M + (size_t)((gg - g0) * WINO_NR) * mrow + (size_t)p * T;
+                for (int c = 0; c < T; c += NV * W)
+                    FN(gemm_fwd)(Up, Vp + c, T, cin, Mp + c, mrow);
+            }
+        }
+        for (int co = m0; co < m1; co++) {
+            FN(tout)(M + (size_t)(co - g0 * WINO_NR) * mrow, T, bias ? bias[co] : 0.0f, Ob, T / W);
+            FN(scatter_out)(Ob, T, out + (size_t)co * g.vol, &g, t0);
+        }
+    }
+}
+
+// ---- backward-weights ----
+
+// Stages dout channel `src` for lanes [t0, t0 + T): Od[(a*2 + b)*2 + c][l] (stride os >= T + W - 1) =
+// src[z0 + 2tzi + a][2ty + b][2tx + c] (zero outside [z0, z1) x ny x nx, on dummy lanes, past the last lane).
+KF void FN(stage_dout)(const float *src, float *Od, int os, int T, const wgeo *g, long t0) {
+    const int nx = g->nx, ny = g->ny;
+    int l = 0;
+    while (l < T) {
+        long t = t0 + l;
+        if (t >= g->total) {
+            for (int a = 0; a < 8; a++) memset(Od + (size_t)a * os + l, 0, sizeof(float) * (size_t)(T - l));
+            break;
+        }
+        int tzi = (int)(t / g->plane_l), r = (int)(t % g->plane_l);
+        int ty = r / g->rowl, tx = r % g->rowl;
+        int run = g->rowl - tx;
+        if (run > T - l) run = T - l;
+        const int nvr = (run + W - 1) / W, xb = 2 * tx;
+        for (int a = 0; a < 2; a++) {
+            int z = g->z0 + 2 * tzi + a;
+            for (int b = 0; b < 2; b++) {
+                int y = 2 * ty + b;
+                float *d0 = Od + (size_t)((a * 2 + b) * 2) * os + l, *d1 = d0 + os;
+                if (z >= g->z1 || y >= ny) {
+                    for (int v = 0; v < nvr; v++) {
+                        ST(d0 + v * W, VZERO());
+                        ST(d1 + v * W, VZERO());
+                    }
+                    continue;
+                }
+                const float *rp = src + ((size_t)z * ny + y) * nx + xb;  // x = xb + position; x >= nx on the dummy
+                for (int v = 0; v < nvr; v++) {
+                    const int x0 = xb + 2 * v * W;
+                    VF e, o;
+                    if (x0 + 2 * W <= nx) DEINT(rp + 2 * v * W, e, o);
+                    else DEINT2(MLOADX(rp + 2 * v * W, x0, nx), MLOADX(rp + 2 * v * W + W, x0 + W, nx), e, o);
+                    ST(d0 + v * W, e);
+                    ST(d1 + v * W, o);
+                }
+                const char *pf = (const char *)(rp + 2 * run);
+                for (int q = 0; q < 8 * T; q += 64) _mm_prefetch(pf + q, _MM_HINT_T0);
+            }
+        }
+        l += run;
+    }
+}
+
+// dM = A dY A^T per axis (dm = [y0, y0 + y1, y0 - y1, -y1]): D[p * pstride + l].
+KF void FN(tdout)(const float *Od, int os, float *D, size_t pstride, int nvec) {
+    for (int v = 0; v < nvec; v++) {
+        const int o = v * W;
+        VF s[16];  // [a][b][k]
+#pragma GCC unroll 4
+        for (int ab = 0; ab < 4; ab++) {
+            VF y0 = LD(Od + (size_t)(ab * 2) * os + o), y1 = LD(Od + (size_t)(ab * 2 + 1) * os + o);
+            s[ab * 4 + 0] = y0;
+            s[ab * 4 + 1] = y0 + y1;
+            s[ab * 4 + 2] = y0 - y1;
+            s[ab * 4 + 3] = -y1;
+        }
+        VF q[32];  // [a][j][k]
+#pragma GCC unroll 8
+        for (int ak = 0; ak < 8; ak++) {
+            int a = ak >> 2, k = ak & 3;
+            VF y0 = s[(a * 2 + 0) * 4 + k], y1 = s[(a * 2 + 1) * 4 + k];
+            q[a * 16 + 0 + k] = y0;
+            q[a * 16 + 4 + k] = y0 + y1;
+            q[a * 16 + 8 + k] = y0 - y1;
+            q[a * 16 + 12 + k] = -y1;
+        }
+#pragma GCC unroll 16
+        for (int jk = 0; jk < 16; jk++) {
+            VF y0 = q[jk], y1 = q[16 + jk];
+            ST(D + (size_t)jk * pstride + o, y0);
+            ST(D + (size_t)(16 + jk) * pstride + o, y0 + y1);
+            ST(D + (size_t)(32 + jk) * pstride + o, y0 - y1);
+            ST(D + (size_t)(48 + jk) * pstride + o, -y1);
+        }
+    }
+}
+
+// acc[r][s] = sum_l D[r*T + l] * V[s*T + l] over l < nvec*W, for 4 rows r, 3 rows s; dU[r*ldu + s] += acc.
+KI void FN(gemm_bww)(const float *D, const float *V, int T, int nvec, float *dU, int ldu) {
+    VF acc[WINO_NR][WINO_NC];
+#pragma GCC unroll 4
+    for (int r = 0; r < WINO_NR; r++)
+#pragma GCC unroll 3
+        for (int s = 0; s < WINO_NC; s++) acc[r][s] = VZERO();
+    for (int v = 0; v < nvec; v++) {
+        VF x[WINO_NC];
+#pragma GCC unroll 3
+        for (int s = 0; s < WINO_NC; s++) x[s] = LD(V + (size_t)s * T + v * W);
+#pragma GCC unroll 4
+        for (int r = 0; r < WINO_NR; r++) {
+            VF d = LD(D + (size_t)r * T + v * W);
+#pragma GCC unroll 3
+            for (int s = 0; s < WINO_NC; s++) acc[r][s] = FMA(d, x[s], acc[r][s]);
+        }
+    }
+    // Horizontal sums: 8 accumulators into one __m256, the other 4 into one __m128.
+    __m256 h[12];
+#pragma GCC unroll 12
+    for (int k = 0; k < 12; k++) h[k] = TO256(acc[k / 3][k % 3]);
+    __m256 a01 = _mm256_hadd_ps(h[0], h[1]), a23 = _mm256_hadd_ps(h[2], h[3]);
+    __m256 a45 = _mm256_hadd_ps(h[4], h[5]), a67 = _mm256_hadd_ps(h[6], h[7]);
+    __m256 a03 = _mm256_hadd_ps(a01, a23), a47 = _mm256_hadd_ps(a45, a67);
+    __m256 s8 = _mm256_add_ps(_mm256_permute2f128_ps(a03, a47, 0x20), _mm256_permute2f128_ps(a03, a47, 0x31));
+    __m256 b01 = _mm256_hadd_ps(h[8], h[9]), b23 = _mm256_hadd_ps(h[10], h[11]);
+    __m256 b03 = _mm256_hadd_ps(b01, b23);
+    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(b03), _mm256_extractf128_ps(b03, 1));
+    float sum[12];
+    _mm256_storeu_ps(sum, s8);
+    _mm_storeu_ps(sum + 8, s4);
+#pragma GCC unroll 4
+    for (int r = 0; r < WINO_NR; r++)
+#pragma GCC unroll 3
+        for (int s = 0; s < WINO_NC; s++) dU[r * ldu + s] += sum[r * 3 + s];
+}
+
+TGT static void FN(wino_bww)(const float *in, const float *dout, float *dw, int cin, int cout,
+                             int nz, int ny, int nx, int z0, int z1, int m0, int m1, float *ws) {
+    wgeo g;
+    wgeo_init(&g, nz, ny, nx, z0, z1);
+    const int T = bww_T(cin, cout, W), ss = T + W, cinp = pad_to(cin, WINO_NC);
+    const int g0 = m0 / WINO_NR, g1 = pad_to(m1, WINO_NR) / WINO_NR, mp = (g1 - g0) * WINO_NR;
+    const int mb = g0 * WINO_NR;
+    const size_t vstride = pos_stride((size_t)cinp, T), dstride = pos_stride((size_t)mp, T);
+    float *V = ws;                              // [p][cinp][T], p stride vstride
+    float *D = V + 64 * vstride;                // [p][mp][T], p stride dstride
+    float *dU = D + 64 * dstride;               // [p][mp][cinp]
+    float *S = dU + (size_t)64 * mp * cinp;     // [32][ss]
+    float *Od = S + (size_t)32 * ss;            // [8][ss]
+    memset(dU, 0, sizeof(float) * (size_t)64 * mp * cinp);
+    // Padding rows (input channels past cin, output channels outside [m0, m1)) stay zero.
+    for (int p = 0; p < 64; p++) {
+        for (int ci = cin; ci < cinp; ci++) memset(V + p * vstride + (size_t)ci * T, 0, sizeof(float) * T);
+        for (int co = mb; co < mb + mp; co++)
+            if (co < m0 || co >= m1) memset(D + p * dstride + (size_t)(co - mb) * T, 0, sizeof(float) * T);
+    }
+    for (long t0 = 0; t0 < g.total; t0 += T) {
+        for (int ci = 0; ci < cin; ci++) {
+            FN(stage_in)(in + (size_t)ci * g.vol, S, ss, &g, t0, T + 1);
+            FN(tin)(S, ss, V + (size_t)ci * T, vstride, T / W);
+        }
+        for (int co = m0; co < m1; co++) {
+            FN(stage_dout)(dout + (size_t)co * g.vol, Od, ss, T, &g, t0);
+            FN(tdout)(Od, ss, D + (size_t)(co - mb) * T, dstride, T / W);
+        }
+        for (int p = 0; p < 64; p++) {
+            const float *Vp = V + p * vstride, *Dp = D + p * dstride;
+            float *dUp = dU + (size_t)p * mp * cinp;
+            for (int r = 0; r < mp; r += WINO_NR)
+                for (int s = 0; s < cinp; s += WINO_NC)
+                    FN(gemm_bww)(Dp + (size_t)r * T, Vp + (size_t)s * T, T, T / W, dUp + (size_t)r * cinp + s, cinp);
+        }
+    }
+    double du[64];
+    for (int co = m0; co < m1; co++)
+        for (int ci = 0; ci < cin; ci++) {
+            for (int p = 0; p < 64; p++) du[p] = dU[((size_t)p * mp + (co - mb)) * cinp + ci];
+            dw_transform(du, dw + ((size_t)co * cin + ci) * 27);
+        }
+}
+
+#undef NV
+#undef FN
+#undef KI
+#undef KF
+#undef WCAT
+#undef WCAT_
+#endif  // WINO_BODY
