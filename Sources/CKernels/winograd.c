@@ -31,7 +31,7 @@
 #endif
 #define WINO_NV512 3  // the same, AVX-512 (4 x 3 = 12 accumulators)
 #define WINO_NV_OF(w) ((w) == 8 ? WINO_NV2 : WINO_NV512)
-#define WINO_NC 3   // input channels of the backward-weights register tile
+#define WINO_NC 12  // input channels of the backward-weights register tile (x 1 vector of output channels)
 
 typedef struct {
     int nx, ny, nz, z0, z1;
@@ -66,11 +66,12 @@ static int fwd_T(int cin, int cout, int w) {
     return k * nvw;
 }
 
-// Backward-weights block: T = k * W tiles (the reduction length of one register tile).
+// Backward-weights block: T = k * W tiles (the reduction length of one register tile). V [64][cin][T] and
+// dM transposed [64][T][pad(Cout range, W)] per block.
 static int bww_T(int cin, int cout, int w) {
-    size_t per = (size_t)64 * (size_t)(pad_to(cin, WINO_NC) + pad_to(cout, WINO_NR)) * w * 4;
-    int k = (int)((size_t)384 * 1024 / per);
-    if (k < 4) k = 4;
+    size_t per = (size_t)64 * (size_t)(cin + pad_to(cout, w)) * w * 4;
+    int k = (int)((size_t)512 * 1024 / per);
+    if (k < 2) k = 2;
     if (k > 16) k = 16;
     return k * w;
 }
@@ -82,9 +83,9 @@ static size_t fwd_ws(int cin, int cout, int w) {
 }
 
 static size_t bww_ws(int cin, int cout, int w) {
-    int T = bww_T(cin, cout, w), cinp = pad_to(cin, WINO_NC), mp = pad_to(cout, WINO_NR);
-    return 64 * pos_stride((size_t)cinp, T) + 64 * pos_stride((size_t)mp, T) + (size_t)64 * mp * cinp + (size_t)40 * (T + w) +
-           64;
+    int T = bww_T(cin, cout, w), cop = pad_to(cout, w);
+    return 64 * pos_stride((size_t)cin, T) + 64 * pos_stride((size_t)cop, T) + (size_t)64 * cin * cop +
+           (size_t)32 * (T + w) + (size_t)64 * (T + w) + 64;
 }
 
 // 1D filter transform u = G g.
@@ -183,16 +184,6 @@ static void dw_transform(const double du[64], float *dw) {
         }
 }
 
-static void bias_grad(const float *dout, float *dbias, const wgeo *g, int m0, int m1) {
-    size_t plane = (size_t)g->ny * g->nx;
-    for (int co = m0; co < m1; co++) {
-        const float *p = dout + co * g->vol + (size_t)g->z0 * plane;
-        double s = 0.0;
-        for (size_t i = 0; i < (size_t)(g->z1 - g->z0) * plane; i++) s += p[i];
-        dbias[co] += (float)s;
-    }
-}
-
 // p[k] for the k < W with 0 <= x0 + k < nx, else 0 (masked lanes never fault).
 static inline __attribute__((always_inline, target("avx2,fma"))) __m256 mloadx_avx2(const float *p, int x0, int nx) {
     __m256i vx = _mm256_add_epi32(_mm256_set1_epi32(x0), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
@@ -205,6 +196,131 @@ static inline __attribute__((always_inline, target("avx512f,fma"))) __m512 mload
                                   _mm512_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15));
     __mmask16 m = _mm512_cmpge_epi32_mask(vx, _mm512_setzero_si512()) & _mm512_cmplt_epi32_mask(vx, _mm512_set1_epi32(nx));
     return _mm512_maskz_loadu_ps(m, p);
+}
+
+// dst[c * ds + r] = r_r[c] for r, c < 8 (8x8 transpose of registers into memory).
+static inline __attribute__((always_inline, target("avx2,fma"))) void tr8x8(__m256 r0, __m256 r1, __m256 r2, __m256 r3,
+                                                                            __m256 r4, __m256 r5, __m256 r6, __m256 r7,
+                                                                            float *dst, size_t ds) {
+    __m256 t0 = _mm256_unpacklo_ps(r0, r1), t1 = _mm256_unpackhi_ps(r0, r1), t2 = _mm256_unpacklo_ps(r2, r3),
+           t3 = _mm256_unpackhi_ps(r2, r3), t4 = _mm256_unpacklo_ps(r4, r5), t5 = _mm256_unpackhi_ps(r4, r5),
+           t6 = _mm256_unpacklo_ps(r6, r7), t7 = _mm256_unpackhi_ps(r6, r7);
+    __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xEE),
+           u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xEE),
+           u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xEE),
+           u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xEE);
+    _mm256_storeu_ps(dst, _mm256_permute2f128_ps(u0, u4, 0x20));
+    _mm256_storeu_ps(dst + ds, _mm256_permute2f128_ps(u1, u5, 0x20));
+    _mm256_storeu_ps(dst + 2 * ds, _mm256_permute2f128_ps(u2, u6, 0x20));
+    _mm256_storeu_ps(dst + 3 * ds, _mm256_permute2f128_ps(u3, u7, 0x20));
+    _mm256_storeu_ps(dst + 4 * ds, _mm256_permute2f128_ps(u0, u4, 0x31));
+    _mm256_storeu_ps(dst + 5 * ds, _mm256_permute2f128_ps(u1, u5, 0x31));
+    _mm256_storeu_ps(dst + 6 * ds, _mm256_permute2f128_ps(u2, u6, 0x31));
+    _mm256_storeu_ps(dst + 7 * ds, _mm256_permute2f128_ps(u3, u7, 0x31));
+}
+
+// Stages 8 dout channels src + c * vol (c < n8; zero for c >= n8) for lanes [t0, t0 + T), transposed so
+// that lanes are channels: Od8[((a*2 + b) * os + 2l + cx) * 8 + c] = src[c][z0 + 2tzi + a][2ty + b][2tx + cx]
+// (zero outside [z0, z1) x ny x nx, on dummy lanes, past the last lane). os >= 2T + 8.
+static __attribute__((target("avx2,fma"))) void stage_dout8(const float *src, size_t vol, int n8, float *Od8,
+                                                             int os, int T, const wgeo *g, long t0) {
+    const int nx = g->nx, ny = g->ny;
+    const __m256 zero = _mm256_setzero_ps();
+    int l = 0;
+    while (l < T) {
+        long t = t0 + l;
+        if (t >= g->total) {
+            for (int ab = 0; ab < 4; ab++)
+                memset(Od8 + ((size_t)ab * os + 2 * l) * 8, 0, sizeof(float) * 16 * (size_t)(T - l));
+            break;
+        }
+        int tzi = (int)(t / g->plane_l), r = (int)(t % g->plane_l);
+        int ty = r / g->rowl, tx = r % g->rowl;
+        int run = g->rowl - tx;
+        if (run > T - l) run = T - l;
+        const int nch = (2 * run + 7) / 8, xb = 2 * tx;  // chunks of 8 x positions (4 lanes)
+        for (int a = 0; a < 2; a++) {
+            int z = g->z0 + 2 * tzi + a;
+            for (int b = 0; b < 2; b++) {
+                int y = 2 * ty + b;
+                float *d = Od8 + ((size_t)(a * 2 + b) * os + 2 * l) * 8;
+                if (z >= g->z1 || y >= ny) {
+                    for (int k = 0; k < nch * 8; k++) _mm256_storeu_ps(d + (size_t)k * 8, zero);
+                    continue;
+                }
+                const float *rp = src + ((size_t)z * ny + y) * nx + xb;  // x = xb + k; x >= nx on the dummy
+                for (int k = 0; k < nch; k++) {
+                    const int x0 = xb + 8 * k;
+                    __m256 v[8];
+                    if (x0 + 8 <= nx) {
+                        for (int c = 0; c < 8; c++) v[c] = c < n8 ? _mm256_loadu_ps(rp + c * vol + 8 * k) : zero;
+                    } else {
+                        for (int c = 0; c < 8; c++) v[c] = c < n8 ? mloadx_avx2(rp + c * vol + 8 * k, x0, nx) : zero;
+                    }
+                    tr8x8(v[0], v[1], v[2], v[3], v[4], v[5], v[6], v[7], d + (size_t)k * 64, 8);
+                }
+                for (int c = 0; c < n8; c++) {
+                    const char *pf = (const char *)(rp + c * vol + 2 * run);
+                    for (int q = 0; q < 8 * T; q += 64) _mm_prefetch(pf + q, _MM_HINT_T0);
+                }
+            }
+        }
+        l += run;
+    }
+}
+
+// dM = A dY A^T per axis (dm = [y0, y0 + y1, y0 - y1, -y1]) of the lanes [0, T) of a transposed staging
+// (8 channels a vector): Dt[p * pstride + l * ldd + c] for c < 8.
+static __attribute__((target("avx2,fma"))) void tdout8(const float *Od8, int os, int T, float *Dt, size_t pstride,
+                                                        size_t ldd) {
+    for (int l = 0; l < T; l++) {
+        __m256 s[16];  // [a][b][k]
+        for (int ab = 0; ab < 4; ab++) {
+            const float *o = Od8 + ((size_t)ab * os + 2 * l) * 8;
+            __m256 y0 = _mm256_loadu_ps(o), y1 = _mm256_loadu_ps(o + 8);
+            s[ab * 4 + 0] = y0;
+            s[ab * 4 + 1] = y0 + y1;
+            s[ab * 4 + 2] = y0 - y1;
+            s[ab * 4 + 3] = -y1;
+        }
+        __m256 q[32];  // [a][j][k]
+        for (int ak = 0; ak < 8; ak++) {
+            int a = ak >> 2, k = ak & 3;
+            __m256 y0 = s[(a * 2 + 0) * 4 + k], y1 = s[(a * 2 + 1) * 4 + k];
+            q[a * 16 + 0 + k] = y0;
+            q[a * 16 + 4 + k] = y0 + y1;
+            q[a * 16 + 8 + k] = y0 - y1;
+            q[a * 16 + 12 + k] = -y1;
+        }
+        float *dl = Dt + (size_t)l * ldd;
+        for (int jk = 0; jk < 16; jk++) {
+            __m256 y0 = q[jk], y1 = q[16 + jk];
+            _mm256_storeu_ps(dl + (size_t)jk * pstride, y0);
+            _mm256_storeu_ps(dl + (size_t)(16 + jk) * pstride, y0 + y1);
+            _mm256_storeu_ps(dl + (size_t)(32 + jk) * pstride, y0 - y1);
+            _mm256_storeu_ps(dl + (size_t)(48 + jk) * pstride, -y1);
+        }
+    }
+}
+
+// dbias[co] += sum of dout[co] over slices [z0, z1), accumulated in double.
+static __attribute__((target("avx2,fma"))) void bias_grad_avx2(const float *dout, float *dbias, const wgeo *g,
+                                                                int m0, int m1) {
+    size_t plane = (size_t)g->ny * g->nx, n = (size_t)(g->z1 - g->z0) * plane;
+    for (int co = m0; co < m1; co++) {
+        const float *p = dout + co * g->vol + (size_t)g->z0 * plane;
+        __m256d a0 = _mm256_setzero_pd(), a1 = _mm256_setzero_pd();
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8) {
+            a0 = _mm256_add_pd(a0, _mm256_cvtps_pd(_mm_loadu_ps(p + i)));
+            a1 = _mm256_add_pd(a1, _mm256_cvtps_pd(_mm_loadu_ps(p + i + 4)));
+        }
+        double t[4];
+        _mm256_storeu_pd(t, _mm256_add_pd(a0, a1));
+        double s = (t[0] + t[1]) + (t[2] + t[3]);
+        for (; i < n; i++) s += p[i];
+        dbias[co] += (float)s;
+    }
 }
 
 // ---- the vector code, twice ----
@@ -301,7 +417,7 @@ void ck_winograd_backward_weights(const float *in, const float *dout, float *dw,
     if (dbias) {
         wgeo g;
         wgeo_init(&g, nz, ny, nx, z0, z1);
-        bias_grad(dout, dbias, &g, m0, m1);
+        bias_grad_avx2(dout, dbias, &g, m0, m1);
     }
 }
 
@@ -489,7 +605,7 @@ KF void FN(scatter_out)(const float *Ob, int T, float *dst, const wgeo *g, long 
                     }
                     if (nf < nt) row[2 * nf] = e0[nf];
                     const char *pf = (const char *)(row + 2 * run);
-                    for (int b = 0; b < 8 * T; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
+                    for (int q2 = 0; q2 < 8 * T; q2 += 64) _mm_prefetch(pf + q2, _MM_HINT_T0);
                 }
             }
         }
@@ -532,164 +648,78 @@ TGT static void FN(wino_fwd)(const float *in, const float *plan, const float *bi
 
 // ---- backward-weights ----
 
-// Stages dout channel `src` for lanes [t0, t0 + T): Od[(a*2 + b)*2 + c][l] (stride os >= T + W - 1) =
-// src[z0 + 2tzi + a][2ty + b][2tx + c] (zero outside [z0, z1) x ny x nx, on dummy lanes, past the last lane).
-KF void FN(stage_dout)(const float *src, float *Od, int os, int T, const wgeo *g, long t0) {
-    const int nx = g->nx, ny = g->ny;
-    int l = 0;
-    while (l < T) {
-        long t = t0 + l;
-        if (t >= g->total) {
-            for (int a = 0; a < 8; a++) memset(Od + (size_t)a * os + l, 0, sizeof(float) * (size_t)(T - l));
-            break;
-        }
-        int tzi = (int)(t / g->plane_l), r = (int)(t % g->plane_l);
-        int ty = r / g->rowl, tx = r % g->rowl;
-        int run = g->rowl - tx;
-        if (run > T - l) run = T - l;
-        const int nvr = (run + W - 1) / W, xb = 2 * tx;
-        for (int a = 0; a < 2; a++) {
-            int z = g->z0 + 2 * tzi + a;
-            for (int b = 0; b < 2; b++) {
-                int y = 2 * ty + b;
-                float *d0 = Od + (size_t)((a * 2 + b) * 2) * os + l, *d1 = d0 + os;
-                if (z >= g->z1 || y >= ny) {
-                    for (int v = 0; v < nvr; v++) {
-                        ST(d0 + v * W, VZERO());
-                        ST(d1 + v * W, VZERO());
-                    }
-                    continue;
-                }
-                const float *rp = src + ((size_t)z * ny + y) * nx + xb;  // x = xb + position; x >= nx on the dummy
-                for (int v = 0; v < nvr; v++) {
-                    const int x0 = xb + 2 * v * W;
-                    VF e, o;
-                    if (x0 + 2 * W <= nx) DEINT(rp + 2 * v * W, e, o);
-                    else DEINT2(MLOADX(rp + 2 * v * W, x0, nx), MLOADX(rp + 2 * v * W + W, x0 + W, nx), e, o);
-                    ST(d0 + v * W, e);
-                    ST(d1 + v * W, o);
-                }
-                const char *pf = (const char *)(rp + 2 * run);
-                for (int q = 0; q < 8 * T; q += 64) _mm_prefetch(pf + q, _MM_HINT_T0);
-            }
-        }
-        l += run;
-    }
-}
-
-// dM = A dY A^T per axis (dm = [y0, y0 + y1, y0 - y1, -y1]): D[p * pstride + l].
-KF void FN(tdout)(const float *Od, int os, float *D, size_t pstride, int nvec) {
-    for (int v = 0; v < nvec; v++) {
-        const int o = v * W;
-        VF s[16];  // [a][b][k]
-#pragma GCC unroll 4
-        for (int ab = 0; ab < 4; ab++) {
-            VF y0 = LD(Od + (size_t)(ab * 2) * os + o), y1 = LD(Od + (size_t)(ab * 2 + 1) * os + o);
-            s[ab * 4 + 0] = y0;
-            s[ab * 4 + 1] = y0 + y1;
-            s[ab * 4 + 2] = y0 - y1;
-            s[ab * 4 + 3] = -y1;
-        }
-        VF q[32];  // [a][j][k]
-#pragma GCC unroll 8
-        for (int ak = 0; ak < 8; ak++) {
-            int a = ak >> 2, k = ak & 3;
-            VF y0 = s[(a * 2 + 0) * 4 + k], y1 = s[(a * 2 + 1) * 4 + k];
-            q[a * 16 + 0 + k] = y0;
-            q[a * 16 + 4 + k] = y0 + y1;
-            q[a * 16 + 8 + k] = y0 - y1;
-            q[a * 16 + 12 + k] = -y1;
-        }
-#pragma GCC unroll 16
-        for (int jk = 0; jk < 16; jk++) {
-            VF y0 = q[jk], y1 = q[16 + jk];
-            ST(D + (size_t)jk * pstride + o, y0);
-            ST(D + (size_t)(16 + jk) * pstride + o, y0 + y1);
-            ST(D + (size_t)(32 + jk) * pstride + o, y0 - y1);
-            ST(D + (size_t)(48 + jk) * pstride + o, -y1);
-        }
-    }
-}
-
-// acc[r][s] = sum_l D[r*T + l] * V[s*T + l] over l < nvec*W, for 4 rows r, 3 rows s; dU[r*ldu + s] += acc.
-KI void FN(gemm_bww)(const float *D, const float *V, int T, int nvec, float *dU, int ldu) {
-    VF acc[WINO_NR][WINO_NC];
-#pragma GCC unroll 4
-    for (int r = 0; r < WINO_NR; r++)
-#pragma GCC unroll 3
-        for (int s = 0; s < WINO_NC; s++) acc[r][s] = VZERO();
-    for (int v = 0; v < nvec; v++) {
-        VF x[WINO_NC];
-#pragma GCC unroll 3
-        for (int s = 0; s < WINO_NC; s++) x[s] = LD(V + (size_t)s * T + v * W);
-#pragma GCC unroll 4
-        for (int r = 0; r < WINO_NR; r++) {
-            VF d = LD(D + (size_t)r * T + v * W);
-#pragma GCC unroll 3
-            for (int s = 0; s < WINO_NC; s++) acc[r][s] = FMA(d, x[s], acc[r][s]);
-        }
-    }
-    // Horizontal sums: 8 accumulators into one __m256, the other 4 into one __m128.
-    __m256 h[12];
+// dU[c * ldu + lanes] += sum_t V[c * T + t] * Dt[t * ldd + lanes] for c < nc (lanes = W output channels).
+KI void FN(gemm_bww)(const float *V, int T, const float *Dt, size_t ldd, float *dU, size_t ldu, int nc) {
+    VF acc[WINO_NC];
 #pragma GCC unroll 12
-    for (int k = 0; k < 12; k++) h[k] = TO256(acc[k / 3][k % 3]);
-    __m256 a01 = _mm256_hadd_ps(h[0], h[1]), a23 = _mm256_hadd_ps(h[2], h[3]);
-    __m256 a45 = _mm256_hadd_ps(h[4], h[5]), a67 = _mm256_hadd_ps(h[6], h[7]);
-    __m256 a03 = _mm256_hadd_ps(a01, a23), a47 = _mm256_hadd_ps(a45, a67);
-    __m256 s8 = _mm256_add_ps(_mm256_permute2f128_ps(a03, a47, 0x20), _mm256_permute2f128_ps(a03, a47, 0x31));
-    __m256 b01 = _mm256_hadd_ps(h[8], h[9]), b23 = _mm256_hadd_ps(h[10], h[11]);
-    __m256 b03 = _mm256_hadd_ps(b01, b23);
-    __m128 s4 = _mm_add_ps(_mm256_castps256_ps128(b03), _mm256_extractf128_ps(b03, 1));
-    float sum[12];
-    _mm256_storeu_ps(sum, s8);
-    _mm_storeu_ps(sum + 8, s4);
-#pragma GCC unroll 4
-    for (int r = 0; r < WINO_NR; r++)
-#pragma GCC unroll 3
-        for (int s = 0; s < WINO_NC; s++) dU[r * ldu + s] += sum[r * 3 + s];
+    for (int c = 0; c < WINO_NC; c++)
+        if (c < nc) acc[c] = LD(dU + c * ldu);
+    for (int t = 0; t < T; t++) {
+        VF d = LD(Dt + (size_t)t * ldd);
+#pragma GCC unroll 12
+        for (int c = 0; c < WINO_NC; c++)
+            if (c < nc) acc[c] = FMA(SET1(V[(size_t)c * T + t]), d, acc[c]);
+    }
+#pragma GCC unroll 12
+    for (int c = 0; c < WINO_NC; c++)
+        if (c < nc) ST(dU + c * ldu, acc[c]);
+}
+
+KF void FN(gemm_bww_any)(const float *V, int T, const float *Dt, size_t ldd, float *dU, size_t ldu, int nc) {
+    switch (nc) {
+    case 12: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 12); break;
+    case 11: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 11); break;
+    case 10: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 10); break;
+    case 9: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 9); break;
+    case 8: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 8); break;
+    case 7: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 7); break;
+    case 6: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 6); break;
+    case 5: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 5); break;
+    case 4: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 4); break;
+    case 3: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 3); break;
+    case 2: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 2); break;
+    default: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 1); break;
+    }
 }
 
 TGT static void FN(wino_bww)(const float *in, const float *dout, float *dw, int cin, int cout,
                              int nz, int ny, int nx, int z0, int z1, int m0, int m1, float *ws) {
     wgeo g;
     wgeo_init(&g, nz, ny, nx, z0, z1);
-    const int T = bww_T(cin, cout, W), ss = T + W, cinp = pad_to(cin, WINO_NC);
-    const int g0 = m0 / WINO_NR, g1 = pad_to(m1, WINO_NR) / WINO_NR, mp = (g1 - g0) * WINO_NR;
-    const int mb = g0 * WINO_NR;
-    const size_t vstride = pos_stride((size_t)cinp, T), dstride = pos_stride((size_t)mp, T);
-    float *V = ws;                              // [p][cinp][T], p stride vstride
-    float *D = V + 64 * vstride;                // [p][mp][T], p stride dstride
-    float *dU = D + 64 * dstride;               // [p][mp][cinp]
-    float *S = dU + (size_t)64 * mp * cinp;     // [32][ss]
-    float *Od = S + (size_t)32 * ss;            // [8][ss]
-    memset(dU, 0, sizeof(float) * (size_t)64 * mp * cinp);
-    // Padding rows (input channels past cin, output channels outside [m0, m1)) stay zero.
-    for (int p = 0; p < 64; p++) {
-        for (int ci = cin; ci < cinp; ci++) memset(V + p * vstride + (size_t)ci * T, 0, sizeof(float) * T);
-        for (int co = mb; co < mb + mp; co++)
-            if (co < m0 || co >= m1) memset(D + p * dstride + (size_t)(co - mb) * T, 0, sizeof(float) * T);
-    }
+    const int T = bww_T(cin, cout, W), ss = T + W, mr = m1 - m0, cop = pad_to(mr, W);
+    const size_t vstride = pos_stride((size_t)cin, T), dtstride = pos_stride((size_t)cop, T);
+    float *V = ws;                              // [p][cin][T], p stride vstride
+    float *Dt = V + 64 * vstride;               // [p][T][cop], p stride dtstride
+    float *dU = Dt + 64 * dtstride;             // [p][cin][cop]
+    float *S = dU + (size_t)64 * cin * cop;     // [32][ss]
+    float *Od8 = S + (size_t)32 * ss;           // [4][2 ss][8]
+    memset(dU, 0, sizeof(float) * (size_t)64 * cin * cop);
+    // Channels past the range stay zero in Dt (lanes of the last vector).
+    for (int p = 0; p < 64; p++) memset(Dt + p * dtstride, 0, sizeof(float) * (size_t)T * cop);
+    // Input channels in balanced groups of at most WINO_NC (the register tile's rows).
+    const int ngr = (cin + WINO_NC - 1) / WINO_NC, gsz = (cin + ngr - 1) / ngr;
     for (long t0 = 0; t0 < g.total; t0 += T) {
         for (int ci = 0; ci < cin; ci++) {
             FN(stage_in)(in + (size_t)ci * g.vol, S, ss, &g, t0, T + 1);
             FN(tin)(S, ss, V + (size_t)ci * T, vstride, T / W);
         }
-        for (int co = m0; co < m1; co++) {
-            FN(stage_dout)(dout + (size_t)co * g.vol, Od, ss, T, &g, t0);
-            FN(tdout)(Od, ss, D + (size_t)(co - mb) * T, dstride, T / W);
+        for (int c0 = 0; c0 < mr; c0 += 8) {
+            stage_dout8(dout + (size_t)(m0 + c0) * g.vol, g.vol, mr - c0 < 8 ? mr - c0 : 8, Od8, 2 * ss, T, &g, t0);
+            tdout8(Od8, 2 * ss, T, Dt + c0, dtstride, (size_t)cop);
         }
         for (int p = 0; p < 64; p++) {
-            const float *Vp = V + p * vstride, *Dp = D + p * dstride;
-            float *dUp = dU + (size_t)p * mp * cinp;
-            for (int r = 0; r < mp; r += WINO_NR)
-                for (int s = 0; s < cinp; s += WINO_NC)
-                    FN(gemm_bww)(Dp + (size_t)r * T, Vp + (size_t)s * T, T, T / W, dUp + (size_t)r * cinp + s, cinp);
+            const float *Vp = V + p * vstride, *Dp = Dt + p * dtstride;
+            float *dUp = dU + (size_t)p * cin * cop;
+            for (int cv = 0; cv < cop; cv += W)
+                for (int ci = 0; ci < cin; ci += gsz)
+                    FN(gemm_bww_any)(Vp + (size_t)ci * T, T, Dp + cv, (size_t)cop, dUp + (size_t)ci * cop + cv,
+                                     (size_t)cop, cin - ci < gsz ? cin - ci : gsz);
         }
     }
     double du[64];
     for (int co = m0; co < m1; co++)
         for (int ci = 0; ci < cin; ci++) {
-            for (int p = 0; p < 64; p++) du[p] = dU[((size_t)p * mp + (co - mb)) * cinp + ci];
+            for (int p = 0; p < 64; p++) du[p] = dU[((size_t)p * cin + ci) * cop + (co - m0)];
             dw_transform(du, dw + ((size_t)co * cin + ci) * 27);
         }
 }
