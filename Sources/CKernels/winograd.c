@@ -52,6 +52,9 @@ static void wgeo_init(wgeo *g, int nz, int ny, int nx, int z0, int z1) {
 
 static int pad_to(int n, int m) { return (n + m - 1) / m * m; }
 
+// The workspace rounded up to 64 bytes (the sizes below include 64 floats of slack for it).
+static float *wino_align64(float *p) { return (float *)(((uintptr_t)p + 63) & ~(uintptr_t)63); }
+
 // Stride between the 64 positions of V / M / D: rows + 16 floats, so that the 64 rows written together by
 // a transform do not fall into the same few L1 sets (rows * T is often a multiple of 1 KiB).
 static size_t pos_stride(size_t rows, int T) { return rows * (size_t)T + 16; }
@@ -78,14 +81,14 @@ static int bww_T(int cin, int cout, int w) {
 
 static size_t fwd_ws(int cin, int cout, int w) {
     int T = fwd_T(cin, cout, w);
-    return 64 * pos_stride((size_t)cin, T) + (size_t)pad_to(cout, WINO_NR) * (64 * (size_t)T + 16) + (size_t)32 * (T + w) +
-           (size_t)8 * T + 64;
+    return 64 * pos_stride((size_t)cin, T) + (size_t)pad_to(cout, WINO_NR) * (64 * (size_t)T + 16) + (size_t)32 * (T + w + 16) +
+           (size_t)8 * T + 128;
 }
 
 static size_t bww_ws(int cin, int cout, int w) {
     int T = bww_T(cin, cout, w), cop = pad_to(cout, w);
     return 64 * pos_stride((size_t)cin, T) + 64 * pos_stride((size_t)cop, T) + (size_t)64 * cin * cop +
-           (size_t)32 * (T + w) + (size_t)64 * (T + w) + 64;
+           (size_t)32 * (T + w + 16) + (size_t)64 * (T + w + 16) + 128;
 }
 
 // 1D filter transform u = G g.
@@ -430,10 +433,11 @@ void ck_winograd_backward_weights(const float *in, const float *dout, float *dw,
 #define KF static TGT __attribute__((noinline))
 #define NV WINO_NV_OF(W)
 
-// Stages the input channel `src` for the lanes [t0, t0 + npos): S[(i*4 + j)*2 + par][l] =
-// src[z0 + 2tzi - 1 + i][2ty - 1 + j][2tx - 1 + par] (zero outside the volume and past the last lane).
+// Stages the input channel `src` for the lanes [t0, t0 + npos), with the z and y transforms applied:
+// S[(i*4 + j)*2 + par][l] = sum_{z,y} B^T[i][z] B^T[j][y] src[z0 + 2tzi - 1 + z][2ty - 1 + y][2tx - 1 + par]
+// (zero outside the volume and past the last lane). The x transform (tin) then reads lanes l and l + 1.
 // Whole vectors of W lanes: a run's last vector spills into the next run's lanes (rewritten by it) or into
-// the W floats of slack past npos (ss >= npos + W - 1).
+// the slack past npos (ss >= npos + W - 1).
 KF void FN(stage_in)(const float *src, float *S, int ss, const wgeo *g, long t0, int npos) {
     const int nx = g->nx, ny = g->ny, nz = g->nz;
     int l = 0;
@@ -449,70 +453,75 @@ KF void FN(stage_in)(const float *src, float *S, int ss, const wgeo *g, long t0,
         if (run > npos - l) run = npos - l;
         const int nvr = (run + W - 1) / W;
         const int zb = g->z0 + 2 * tzi - 1, yb = 2 * ty - 1, xb = 2 * tx - 1;
-        for (int i = 0; i < 4; i++) {
-            int z = zb + i;
+        const float *rows[16];  // x = xb + position; NULL: row outside the volume
+        for (int i = 0; i < 4; i++)
             for (int j = 0; j < 4; j++) {
-                int y = yb + j;
-                float *d0 = S + (size_t)((i * 4 + j) * 2) * ss + l, *d1 = d0 + ss;
-                if (z < 0 || z >= nz || y < 0 || y >= ny) {
-                    for (int v = 0; v < nvr; v++) {
-                        ST(d0 + v * W, VZERO());
-                        ST(d1 + v * W, VZERO());
-                    }
-                    continue;
+                int z = zb + i, y = yb + j;
+                rows[i * 4 + j] = z < 0 || z >= nz || y < 0 || y >= ny ? NULL : src + ((size_t)z * ny + y) * nx + xb;
+            }
+        float *sl = S + l;
+        for (int v = 0; v < nvr; v++) {
+            const int x0 = xb + 2 * v * W, q = 2 * v * W;
+            const int inner = x0 >= 0 && x0 + 2 * W <= nx;
+            VF e[16], o[16];
+#pragma GCC unroll 16
+            for (int ij = 0; ij < 16; ij++) {
+                const float *rp = rows[ij];
+                if (!rp) {
+                    e[ij] = VZERO();
+                    o[ij] = VZERO();
+                } else if (inner) {
+                    DEINT(rp + q, e[ij], o[ij]);
+                } else {
+                    DEINT2(MLOADX(rp + q, x0, nx), MLOADX(rp + q + W, x0 + W, nx), e[ij], o[ij]);
                 }
-                const float *rp = src + ((size_t)z * ny + y) * nx + xb;  // x = xb + position
-                for (int v = 0; v < nvr; v++) {
-                    const int x0 = xb + 2 * v * W;
-                    VF e, o;
-                    if (x0 >= 0 && x0 + 2 * W <= nx) DEINT(rp + 2 * v * W, e, o);
-                    else DEINT2(MLOADX(rp + 2 * v * W, x0, nx), MLOADX(rp + 2 * v * W + W, x0 + W, nx), e, o);
-                    ST(d0 + v * W, e);
-                    ST(d1 + v * W, o);
-                }
-                // The next block reads on from here (or the next rows, which follow in memory): a block
-                // touches 16 short row pieces per channel, too many streams for the hardware prefetcher.
-                const char *pf = (const char *)(rp + 2 * run);
-                for (int b = 0; b < 8 * npos; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
+            }
+            // y: [d0 - d2, d1 + d2, d2 - d1, d1 - d3] over j, then the same over i.
+#pragma GCC unroll 4
+            for (int i = 0; i < 4; i++) {
+                VF d0 = e[i * 4], d1 = e[i * 4 + 1], d2 = e[i * 4 + 2], d3 = e[i * 4 + 3];
+                e[i * 4] = d0 - d2; e[i * 4 + 1] = d1 + d2; e[i * 4 + 2] = d2 - d1; e[i * 4 + 3] = d1 - d3;
+                d0 = o[i * 4]; d1 = o[i * 4 + 1]; d2 = o[i * 4 + 2]; d3 = o[i * 4 + 3];
+                o[i * 4] = d0 - d2; o[i * 4 + 1] = d1 + d2; o[i * 4 + 2] = d2 - d1; o[i * 4 + 3] = d1 - d3;
+            }
+#pragma GCC unroll 4
+            for (int j = 0; j < 4; j++) {
+                VF d0 = e[j], d1 = e[4 + j], d2 = e[8 + j], d3 = e[12 + j];
+                ST(sl + (size_t)((0 * 4 + j) * 2) * ss + v * W, d0 - d2);
+                ST(sl + (size_t)((1 * 4 + j) * 2) * ss + v * W, d1 + d2);
+                ST(sl + (size_t)((2 * 4 + j) * 2) * ss + v * W, d2 - d1);
+                ST(sl + (size_t)((3 * 4 + j) * 2) * ss + v * W, d1 - d3);
+                d0 = o[j]; d1 = o[4 + j]; d2 = o[8 + j]; d3 = o[12 + j];
+                ST(sl + (size_t)((0 * 4 + j) * 2 + 1) * ss + v * W, d0 - d2);
+                ST(sl + (size_t)((1 * 4 + j) * 2 + 1) * ss + v * W, d1 + d2);
+                ST(sl + (size_t)((2 * 4 + j) * 2 + 1) * ss + v * W, d2 - d1);
+                ST(sl + (size_t)((3 * 4 + j) * 2 + 1) * ss + v * W, d1 - d3);
             }
         }
+        // The next block reads on from here (or the next rows, which follow in memory): a block touches 16
+        // short row pieces per channel, too many streams for the hardware prefetcher.
+        for (int ij = 0; ij < 16; ij++)
+            if (rows[ij]) {
+                const char *pf = (const char *)(rows[ij] + 2 * run);
+                for (int b = 0; b < 8 * npos; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
+            }
         l += run;
     }
 }
 
-// Input transform of one staged channel: V[p * pstride + l] for l in [0, nvec * W). One x frequency k at
-// a time (16 live vectors): x from the staged pairs, then y, then z.
+// x transform of one staged channel: V[(ij*4 + k) * pstride + l] for l in [0, nvec * W), from
+// a = S[ij][0][l], b = S[ij][1][l], c = S[ij][0][l + 1], d = S[ij][1][l + 1]: [a - c, b + c, c - b, b - d].
 KF void FN(tin)(const float *S, int ss, float *V, size_t pstride, int nvec) {
     for (int v = 0; v < nvec; v++) {
         const int o = v * W;
 #pragma GCC unroll 4
-        for (int k = 0; k < 4; k++) {
-            VF t[16];
-#pragma GCC unroll 16
-            for (int ij = 0; ij < 16; ij++) {
-                const float *s0 = S + (size_t)(2 * ij) * ss + o, *s1 = s0 + ss;
-                // a = s0[0], b = s1[0], c = s0[1], d = s1[1]: [a - c, b + c, c - b, b - d]
-                if (k == 0) t[ij] = LD(s0) - LD(s0 + 1);
-                else if (k == 1) t[ij] = LD(s1) + LD(s0 + 1);
-                else if (k == 2) t[ij] = LD(s0 + 1) - LD(s1);
-                else t[ij] = LD(s1) - LD(s1 + 1);
-            }
-#pragma GCC unroll 4
-            for (int i = 0; i < 4; i++) {
-                VF d0 = t[i * 4 + 0], d1 = t[i * 4 + 1], d2 = t[i * 4 + 2], d3 = t[i * 4 + 3];
-                t[i * 4 + 0] = d0 - d2;
-                t[i * 4 + 1] = d1 + d2;
-                t[i * 4 + 2] = d2 - d1;
-                t[i * 4 + 3] = d1 - d3;
-            }
-#pragma GCC unroll 4
-            for (int j = 0; j < 4; j++) {
-                VF d0 = t[j], d1 = t[4 + j], d2 = t[8 + j], d3 = t[12 + j];
-                ST(V + (size_t)(0 * 16 + j * 4 + k) * pstride + o, d0 - d2);
-                ST(V + (size_t)(1 * 16 + j * 4 + k) * pstride + o, d1 + d2);
-                ST(V + (size_t)(2 * 16 + j * 4 + k) * pstride + o, d2 - d1);
-                ST(V + (size_t)(3 * 16 + j * 4 + k) * pstride + o, d1 - d3);
-            }
+        for (int ij = 0; ij < 16; ij++) {
+            const float *s0 = S + (size_t)(2 * ij) * ss + o, *s1 = s0 + ss;
+            VF a = LD(s0), b = LD(s1), c = LD(s0 + 1), d = LD(s1 + 1);
+            ST(V + (size_t)(ij * 4 + 0) * pstride + o, a - c);
+            ST(V + (size_t)(ij * 4 + 1) * pstride + o, b + c);
+            ST(V + (size_t)(ij * 4 + 2) * pstride + o, c - b);
+            ST(V + (size_t)(ij * 4 + 3) * pstride + o, b - d);
         }
     }
 }
@@ -618,10 +627,10 @@ TGT static void FN(wino_fwd)(const float *in, const float *plan, const float *bi
                              float *ws) {
     wgeo g;
     wgeo_init(&g, nz, ny, nx, z0, z1);
-    const int T = fwd_T(cin, cout, W), ss = T + W, G = pad_to(cout, WINO_NR) / WINO_NR;
+    const int T = fwd_T(cin, cout, W), ss = pad_to(T + W, 16), G = pad_to(cout, WINO_NR) / WINO_NR;
     const int g0 = m0 / WINO_NR, g1 = pad_to(m1, WINO_NR) / WINO_NR, mp = (g1 - g0) * WINO_NR;
     const size_t vstride = pos_stride((size_t)cin, T), mrow = 64 * (size_t)T + 16;
-    float *V = ws;                               // [p][ci][T], p stride vstride
+    float *V = wino_align64(ws);                 // [p][ci][T], p stride vstride
     float *M = V + 64 * vstride;                 // [co - 4 g0][p][T], co stride mrow
     float *S = M + (size_t)mp * mrow;            // [32][ss]
     float *Ob = S + (size_t)32 * ss;             // [8][T]
@@ -686,9 +695,9 @@ TGT static void FN(wino_bww)(const float *in, const float *dout, float *dw, int 
                              int nz, int ny, int nx, int z0, int z1, int m0, int m1, float *ws) {
     wgeo g;
     wgeo_init(&g, nz, ny, nx, z0, z1);
-    const int T = bww_T(cin, cout, W), ss = T + W, mr = m1 - m0, cop = pad_to(mr, W);
+    const int T = bww_T(cin, cout, W), ss = pad_to(T + W, 16), mr = m1 - m0, cop = pad_to(mr, W);
     const size_t vstride = pos_stride((size_t)cin, T), dtstride = pos_stride((size_t)cop, T);
-    float *V = ws;                              // [p][cin][T], p stride vstride
+    float *V = wino_align64(ws);                // [p][cin][T], p stride vstride
     float *Dt = V + 64 * vstride;               // [p][T][cop], p stride dtstride
     float *dU = Dt + 64 * dtstride;             // [p][cin][cop]
     float *S = dU + (size_t)64 * cin * cop;     // [32][ss]
