@@ -74,7 +74,9 @@ static int fwd_T(int cin, int cout, int w) {
 static int bww_T(int cin, int cout, int w) {
     size_t per = (size_t)64 * (size_t)(cin + pad_to(cout, w)) * w * 4;
     int k = (int)((size_t)512 * 1024 / per);
-    if (k < 2) k = 2;
+    // At least 64 tiles: each block reads and writes all of dU (64 * Cin * Cout floats), which for deep
+    // layers lives in L3; fewer tiles per block would make that traffic dominate.
+    if (k < 64 / w) k = 64 / w;
     if (k > 16) k = 16;
     return k * w;
 }
@@ -657,37 +659,54 @@ TGT static void FN(wino_fwd)(const float *in, const float *plan, const float *bi
 
 // ---- backward-weights ----
 
-// dU[c * ldu + lanes] += sum_t V[c * T + t] * Dt[t * ldd + lanes] for c < nc (lanes = W output channels).
-KI void FN(gemm_bww)(const float *V, int T, const float *Dt, size_t ldd, float *dU, size_t ldu, int nc) {
+// dU[c * ldu + u*W + lanes] += sum_t V[c * T + t] * Dt[t * ldd + u*W + lanes] for c < nc, u < nco
+// (lanes = output channels; nc * nco <= 12 accumulators).
+KI void FN(gemm_bww)(const float *V, int T, const float *Dt, size_t ldd, float *dU, size_t ldu, int nc, int nco) {
     VF acc[WINO_NC];
 #pragma GCC unroll 12
     for (int c = 0; c < WINO_NC; c++)
-        if (c < nc) acc[c] = LD(dU + c * ldu);
+        if (c < nc * nco) acc[c] = LD(dU + (c / nco) * ldu + (c % nco) * W);
     for (int t = 0; t < T; t++) {
-        VF d = LD(Dt + (size_t)t * ldd);
+        VF d0 = LD(Dt + (size_t)t * ldd), d1 = nco > 1 ? LD(Dt + (size_t)t * ldd + W) : d0;
 #pragma GCC unroll 12
         for (int c = 0; c < WINO_NC; c++)
-            if (c < nc) acc[c] = FMA(SET1(V[(size_t)c * T + t]), d, acc[c]);
+            if (c < nc) {
+                VF b = SET1(V[(size_t)c * T + t]);
+                acc[c * nco] = FMA(b, d0, acc[c * nco]);
+                if (nco > 1) acc[c * nco + 1] = FMA(b, d1, acc[c * nco + 1]);
+            }
     }
 #pragma GCC unroll 12
     for (int c = 0; c < WINO_NC; c++)
-        if (c < nc) ST(dU + c * ldu, acc[c]);
+        if (c < nc * nco) ST(dU + (c / nco) * ldu + (c % nco) * W, acc[c]);
 }
 
-KF void FN(gemm_bww_any)(const float *V, int T, const float *Dt, size_t ldd, float *dU, size_t ldu, int nc) {
+// nco = 1: nc <= 12; nco = 2: nc <= 6.
+KF void FN(gemm_bww_any)(const float *V, int T, const float *Dt, size_t ldd, float *dU, size_t ldu, int nc, int nco) {
+    if (nco == 2) {
+        switch (nc) {
+        case 6: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 6, 2); break;
+        case 5: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 5, 2); break;
+        case 4: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 4, 2); break;
+        case 3: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 3, 2); break;
+        case 2: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 2, 2); break;
+        default: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 1, 2); break;
+        }
+        return;
+    }
     switch (nc) {
-    case 12: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 12); break;
-    case 11: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 11); break;
-    case 10: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 10); break;
-    case 9: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 9); break;
-    case 8: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 8); break;
-    case 7: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 7); break;
-    case 6: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 6); break;
-    case 5: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 5); break;
-    case 4: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 4); break;
-    case 3: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 3); break;
-    case 2: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 2); break;
-    default: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 1); break;
+    case 12: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 12, 1); break;
+    case 11: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 11, 1); break;
+    case 10: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 10, 1); break;
+    case 9: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 9, 1); break;
+    case 8: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 8, 1); break;
+    case 7: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 7, 1); break;
+    case 6: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 6, 1); break;
+    case 5: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 5, 1); break;
+    case 4: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 4, 1); break;
+    case 3: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 3, 1); break;
+    case 2: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 2, 1); break;
+    default: FN(gemm_bww)(V, T, Dt, ldd, dU, ldu, 1, 1); break;
     }
 }
 
@@ -705,8 +724,10 @@ TGT static void FN(wino_bww)(const float *in, const float *dout, float *dw, int 
     memset(dU, 0, sizeof(float) * (size_t)64 * cin * cop);
     // Channels past the range stay zero in Dt (lanes of the last vector).
     for (int p = 0; p < 64; p++) memset(Dt + p * dtstride, 0, sizeof(float) * (size_t)T * cop);
-    // Input channels in balanced groups of at most WINO_NC (the register tile's rows).
-    const int ngr = (cin + WINO_NC - 1) / WINO_NC, gsz = (cin + ngr - 1) / ngr;
+    // Register tiles: 6 input channels x 2 vectors of output channels, or 12 x 1 for a last single vector;
+    // input channels in balanced groups.
+    const int ngr2 = (cin + WINO_NC / 2 - 1) / (WINO_NC / 2), gsz2 = (cin + ngr2 - 1) / ngr2;
+    const int ngr1 = (cin + WINO_NC - 1) / WINO_NC, gsz1 = (cin + ngr1 - 1) / ngr1;
     for (long t0 = 0; t0 < g.total; t0 += T) {
         for (int ci = 0; ci < cin; ci++) {
             FN(stage_in)(in + (size_t)ci * g.vol, S, ss, &g, t0, T + 1);
@@ -719,10 +740,13 @@ TGT static void FN(wino_bww)(const float *in, const float *dout, float *dw, int 
         for (int p = 0; p < 64; p++) {
             const float *Vp = V + p * vstride, *Dp = Dt + p * dtstride;
             float *dUp = dU + (size_t)p * cin * cop;
-            for (int cv = 0; cv < cop; cv += W)
+            for (int cv = 0; cv < cop;) {
+                const int nco = cop - cv >= 2 * W ? 2 : 1, gsz = nco == 2 ? gsz2 : gsz1;
                 for (int ci = 0; ci < cin; ci += gsz)
                     FN(gemm_bww_any)(Vp + (size_t)ci * T, T, Dp + cv, (size_t)cop, dUp + (size_t)ci * cop + cv,
-                                     (size_t)cop, cin - ci < gsz ? cin - ci : gsz);
+                                     (size_t)cop, cin - ci < gsz ? cin - ci : gsz, nco);
+                cv += nco * W;
+            }
         }
     }
     double du[64];
