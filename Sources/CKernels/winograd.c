@@ -64,7 +64,7 @@ static int fwd_T(int cin, int cout, int w) {
     int nvw = WINO_NV_OF(w) * w;
     size_t per = (size_t)64 * (size_t)(cin + pad_to(cout, WINO_NR)) * nvw * 4;
     int k = (int)((size_t)320 * 1024 / per);
-    if (k < 1) k = 1;
+    if (k < 2) k = 2;
     if (k > 4) k = 4;
     return k * nvw;
 }
@@ -340,7 +340,6 @@ static __attribute__((target("avx2,fma"))) void bias_grad_avx2(const float *dout
 #define SET1(s) _mm256_set1_ps(s)
 #define VZERO() _mm256_setzero_ps()
 #define FMA(a, b, c) _mm256_fmadd_ps((a), (b), (c))
-#define TO256(v) (v)
 // e = p[0, 2, .., 2W-2], o = p[1, 3, .., 2W-1]
 #define MLOADX(p, x0, nx) mloadx_avx2((p), (x0), (nx))
 #define DEINT(p, e, o) DEINT2(_mm256_loadu_ps(p), _mm256_loadu_ps((p) + 8), e, o)
@@ -365,7 +364,6 @@ static __attribute__((target("avx2,fma"))) void bias_grad_avx2(const float *dout
 #undef SET1
 #undef VZERO
 #undef FMA
-#undef TO256
 #undef DEINT
 #undef DEINT2
 #undef MLOADX
@@ -380,8 +378,6 @@ static __attribute__((target("avx2,fma"))) void bias_grad_avx2(const float *dout
 #define SET1(s) _mm512_set1_ps(s)
 #define VZERO() _mm512_setzero_ps()
 #define FMA(a, b, c) _mm512_fmadd_ps((a), (b), (c))
-#define TO256(v) _mm256_add_ps(_mm512_castps512_ps256(v), \
-                               _mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(v), 1)))
 #define MLOADX(p, x0, nx) mloadx_avx512((p), (x0), (nx))
 #define DEINT(p, e, o) DEINT2(_mm512_loadu_ps(p), _mm512_loadu_ps((p) + 16), e, o)
 #define DEINT2(lo, hi, e, o) do { \
@@ -395,30 +391,82 @@ static __attribute__((target("avx2,fma"))) void bias_grad_avx2(const float *dout
     } while (0)
 #include "winograd.c"
 
+#ifdef WINO_TEST_EMU16
+// Test only (never built in the package): the 16-lane code paths of the AVX-512 instantiation, run with
+// 16-float GCC vectors on an AVX2 machine (isa512 = 2), to check everything that depends on W = 16.
+#undef W
+#undef SUF
+#undef TGT
+#undef VF
+#undef LD
+#undef ST
+#undef SET1
+#undef VZERO
+#undef FMA
+#undef DEINT
+#undef DEINT2
+#undef MLOADX
+#undef INTERLEAVE_ST
+typedef float wemu16 __attribute__((vector_size(64)));
+#define EMU static inline __attribute__((always_inline, target("avx2,fma")))
+EMU wemu16 emu_ld(const float *p) { wemu16 v; memcpy(&v, p, 64); return v; }
+EMU void emu_st(float *p, wemu16 v) { memcpy(p, &v, 64); }
+EMU wemu16 emu_mloadx(const float *p, int x0, int nx) {
+    wemu16 v = {0};
+    for (int k = 0; k < 16; k++)
+        if (x0 + k >= 0 && x0 + k < nx) v[k] = p[k];
+    return v;
+}
+#define W 16
+#define SUF emu16
+#define TGT __attribute__((target("avx2,fma")))
+#define VF wemu16
+#define LD(p) emu_ld(p)
+#define ST(p, v) emu_st((p), (v))
+#define SET1(s) ((wemu16){0} + (s))
+#define VZERO() ((wemu16){0})
+#define FMA(a, b, c) ((a) * (b) + (c))
+#define MLOADX(p, x0, nx) emu_mloadx((p), (x0), (nx))
+#define DEINT(p, e, o) DEINT2(emu_ld(p), emu_ld((p) + 16), e, o)
+#define DEINT2(lo, hi, e, o) do { \
+        wemu16 lo_ = (lo), hi_ = (hi); \
+        for (int k_ = 0; k_ < 8; k_++) { \
+            e[k_] = lo_[2 * k_]; o[k_] = lo_[2 * k_ + 1]; e[8 + k_] = hi_[2 * k_]; o[8 + k_] = hi_[2 * k_ + 1]; \
+        } \
+    } while (0)
+#define INTERLEAVE_ST(p, e, o) do { \
+        wemu16 e_ = (e), o_ = (o); \
+        for (int k_ = 0; k_ < 16; k_++) { (p)[2 * k_] = e_[k_]; (p)[2 * k_ + 1] = o_[k_]; } \
+    } while (0)
+#include "winograd.c"
+#define WINO_FWD(isa) ((isa) == 2 ? wino_fwd_emu16 : (isa) ? wino_fwd_avx512 : wino_fwd_avx2)
+#define WINO_BWW(isa) ((isa) == 2 ? wino_bww_emu16 : (isa) ? wino_bww_avx512 : wino_bww_avx2)
+#else
+#define WINO_FWD(isa) ((isa) ? wino_fwd_avx512 : wino_fwd_avx2)
+#define WINO_BWW(isa) ((isa) ? wino_bww_avx512 : wino_bww_avx2)
+#endif
+
 // ---- exported entry points ----
 
 void ck_winograd_forward(const float *in, const float *plan, const float *bias, float *out,
                          int cin, int cout, int nz, int ny, int nx, int z0, int z1, int m0, int m1,
                          int isa512, float *ws) {
     if (z1 <= z0 || m1 <= m0) return;
-    if (isa512) wino_fwd_avx512(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, ws);
-    else wino_fwd_avx2(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, ws);
+    WINO_FWD(isa512)(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, ws);
 }
 
 void ck_winograd_backward_data(const float *dout, const float *plan, float *din,
                                int cin, int cout, int nz, int ny, int nx, int z0, int z1, int m0, int m1,
                                int isa512, float *ws) {
     if (z1 <= z0 || m1 <= m0) return;
-    if (isa512) wino_fwd_avx512(dout, plan, NULL, din, cout, cin, nz, ny, nx, z0, z1, m0, m1, ws);
-    else wino_fwd_avx2(dout, plan, NULL, din, cout, cin, nz, ny, nx, z0, z1, m0, m1, ws);
+    WINO_FWD(isa512)(dout, plan, NULL, din, cout, cin, nz, ny, nx, z0, z1, m0, m1, ws);
 }
 
 void ck_winograd_backward_weights(const float *in, const float *dout, float *dw, float *dbias,
                                   int cin, int cout, int nz, int ny, int nx, int z0, int z1,
                                   int m0, int m1, int isa512, float *ws) {
     if (z1 <= z0 || m1 <= m0) return;
-    if (isa512) wino_bww_avx512(in, dout, dw, cin, cout, nz, ny, nx, z0, z1, m0, m1, ws);
-    else wino_bww_avx2(in, dout, dw, cin, cout, nz, ny, nx, z0, z1, m0, m1, ws);
+    WINO_BWW(isa512)(in, dout, dw, cin, cout, nz, ny, nx, z0, z1, m0, m1, ws);
     if (dbias) {
         wgeo g;
         wgeo_init(&g, nz, ny, nx, z0, z1);
@@ -426,7 +474,7 @@ void ck_winograd_backward_weights(const float *in, const float *dout, float *dw,
     }
 }
 
-#else  // WINO_BODY: instantiated with W, SUF, TGT, VF, LD, ST, SET1, VZERO, FMA, TO256
+#else  // WINO_BODY: instantiated with W, SUF, TGT, VF, LD, ST, SET1, VZERO, FMA, MLOADX, DEINT, DEINT2, INTERLEAVE_ST
 
 #define WCAT_(a, b) a##_##b
 #define WCAT(a, b) WCAT_(a, b)
