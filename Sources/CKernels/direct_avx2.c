@@ -24,6 +24,10 @@
 #define FWD_NV 3
 #endif
 #define FWD_NM 4
+// Software prefetch distance of the forward tile's input rows, in floats (0: none).
+#ifndef FWD_PREFETCH
+#define FWD_PREFETCH 96
+#endif
 // Backward-weights register tile: BWW_NM output channels x 3 dx = 12 accumulators, summed over a chunk of about
 // BWW_CHUNK plane vectors before one horizontal reduction.
 #define BWW_NM 4
@@ -31,7 +35,11 @@
 #define BWW_CHUNK 160
 #endif
 
-// ---- plan of forward / backward-data: packed weights [G][C][27][4], then masks int32 [vec][9][8], then flags ----
+// ---- plan of forward / backward-data ----
+// [packed weights [G][C][27][4]] [mask pool: distinct mask sets, 9 taps x 8 int32 lanes each] [per vector: the
+// offset of its mask set in the pool, in int32] [per vector: 1 when all nine taps are full]. A plane has few
+// distinct mask sets (interior, row starts and ends at each phase of X against the 8 lanes, first and last rows),
+// so the pool stays in L1 where a full table (288 B per vector) would not even fit in L2 at 160 x 160.
 
 static size_t round8(size_t n) { return (n + 7) & ~(size_t)7; }
 
@@ -43,17 +51,16 @@ static size_t fwd_weight_floats(int cin, int cout, ck_pass pass) {
 size_t ck_avx2_plan_floats(int cin, int cout, int ny, int nx, ck_pass pass) {
     if (pass == CK_PASS_BACKWARD_WEIGHTS) return 0;
     size_t nvec = (size_t)ck_plane_vectors(ny, nx, 8);
-    // masks: 9 x 8 int32 per vector; flags: one int32 per vector (1 when all nine taps are full).
-    return fwd_weight_floats(cin, cout, pass) + nvec * 72 + round8(nvec);
+    return fwd_weight_floats(cin, cout, pass) + nvec * 72 + 2 * round8(nvec);
 }
 
 void ck_avx2_plan(const float *w, float *plan, int cin, int cout, int ny, int nx, ck_pass pass) {
     if (pass == CK_PASS_BACKWARD_WEIGHTS) return;
     ck_pack_weights(w, plan, cin, cout, pass == CK_PASS_BACKWARD_DATA, FWD_NM);
-    int nvec = ck_plane_vectors(ny, nx, 8);
-    int32_t *masks = (int32_t *)(plan + fwd_weight_floats(cin, cout, pass));
-    int32_t *flags = masks + (size_t)nvec * 72;
-    int plane = ny * nx;
+    int nvec = ck_plane_vectors(ny, nx, 8), plane = ny * nx, npool = 0;
+    int32_t *pool = (int32_t *)(plan + fwd_weight_floats(cin, cout, pass));
+    int32_t *index = pool + (size_t)nvec * 72, *flags = index + round8((size_t)nvec);
+    int32_t set[72];
     for (int v = 0; v < nvec; v++) {
         int full = 1;
         for (int t = 0; t < 9; t++) {
@@ -64,10 +71,14 @@ void ck_avx2_plan(const float *w, float *plan, int cin, int cout, int ny, int nx
                     int y = p / nx + dy - 1, x = p % nx + dx - 1;
                     ok = y >= 0 && y < ny && x >= 0 && x < nx;
                 }
-                masks[((size_t)v * 9 + t) * 8 + l] = ok ? -1 : 0;
+                set[t * 8 + l] = ok ? -1 : 0;
                 if (!ok) full = 0;
             }
         }
+        int k = 0;
+        while (k < npool && memcmp(pool + (size_t)k * 72, set, sizeof set) != 0) k++;
+        if (k == npool) memcpy(pool + (size_t)npool++ * 72, set, sizeof set);
+        index[v] = 72 * k;
         flags[v] = full;
     }
 }
@@ -77,7 +88,7 @@ void ck_avx2_plan(const float *w, float *plan, int cin, int cout, int ny, int nx
 typedef struct {
     const float *in, *wp, *bias;
     float *out;
-    const int32_t *masks;
+    const int32_t *pool, *index, *flags;  // mask sets, per-vector offset into pool, per-vector "all taps full"
     int c_count, nz, nx, plane, m0, m1;
     size_t vol;
 } fwd_args;
@@ -99,7 +110,9 @@ AVX2_INLINE void fwd_tile(const fwd_args *a, int z, int v0, int nv, int g, int m
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) acc[v][j] = b;
     }
-    const int32_t *mt = a->masks + (size_t)v0 * 72;
+    const int32_t *mt[FWD_NV];
+#pragma GCC unroll 4
+    for (int v = 0; v < nv; v++) mt[v] = a->pool + a->index[v0 + v];
     int dz0 = z == 0 ? 1 : 0, dz1 = z == a->nz - 1 ? 2 : 3;
     int nx = a->nx;
     const float *wg = a->wp + (size_t)g * a->c_count * 27 * FWD_NM;
@@ -115,7 +128,7 @@ AVX2_INLINE void fwd_tile(const fwd_args *a, int z, int v0, int nv, int g, int m
                 ptrdiff_t off = (ptrdiff_t)(t / 3 - 1) * nx + (t % 3 - 1);
                 __m256 x[FWD_NV];
 #pragma GCC unroll 4
-                for (int v = 0; v < nv; v++) x[v] = tap_load(ip + 8 * v + off, mt + (v * 9 + t) * 8, mode);
+                for (int v = 0; v < nv; v++) x[v] = tap_load(ip + 8 * v + off, mt[v] + t * 8, mode);
 #pragma GCC unroll 4
                 for (int j = 0; j < FWD_NM; j++) {
                     __m256 wv = _mm256_broadcast_ss(wk + t * FWD_NM + j);
@@ -133,7 +146,7 @@ AVX2_INLINE void fwd_tile(const fwd_args *a, int z, int v0, int nv, int g, int m
 #pragma GCC unroll 4
         for (int v = 0; v < nv; v++) {
             if (mode == 2)
-                _mm256_maskstore_ps(op + m * a->vol + 8 * v, _mm256_loadu_si256((const __m256i *)(mt + (v * 9 + 4) * 8)), acc[v][j]);
+                _mm256_maskstore_ps(op + m * a->vol + 8 * v, _mm256_loadu_si256((const __m256i *)(mt[v] + 4 * 8)), acc[v][j]);
             else
                 _mm256_storeu_ps(op + m * a->vol + 8 * v, acc[v][j]);
         }
@@ -144,12 +157,12 @@ AVX2_INLINE void fwd_tile(const fwd_args *a, int z, int v0, int nv, int g, int m
 // spills an accumulator when this is written with intrinsics (a store-forwarding round trip on the FMA chain per
 // tap: half the rate, measured). Here the accumulators are register operands and ymm12-15 the scratch.
 // The 9 taps of one (input channel, dz): row pointers r0, r1, r2 = input at (dy - 1) * nx - 1 from the tile start,
-// so tap (dy, dx) of vector v is at r_dy + 4 dx + 32 v bytes; its mask at mt + 288 v + 32 t; weight j at wk + 16 t + 4 j.
+// so tap (dy, dx) of vector v is at r_dy + 4 dx + 32 v bytes; its mask at m_v + 32 t; weight j at wk + 16 t + 4 j.
 #define CK_STR_(x) #x
 #define CK_STR(x) CK_STR_(x)
 #define X_LOAD0(R, DX, T, V, REG) "vmovups " #DX "*4+" #V "*32(%[" #R "]), %%" #REG "\n\t"
-#define X_LOAD1(R, DX, T, V, REG) X_LOAD0(R, DX, T, V, REG) "vandps " #V "*288+" #T "*32(%[mt]), %%" #REG ", %%" #REG "\n\t"
-#define X_LOAD2(R, DX, T, V, REG) "vmovups " #V "*288+" #T "*32(%[mt]), %%" #REG "\n\t" \
+#define X_LOAD1(R, DX, T, V, REG) X_LOAD0(R, DX, T, V, REG) "vandps " #T "*32(%[m" #V "]), %%" #REG ", %%" #REG "\n\t"
+#define X_LOAD2(R, DX, T, V, REG) "vmovups " #T "*32(%[m" #V "]), %%" #REG "\n\t" \
     "vmaskmovps " #DX "*4+" #V "*32(%[" #R "]), %%" #REG ", %%" #REG "\n\t"
 #define FMA_J(T, J) "vbroadcastss " #T "*16+" #J "*4(%[wk]), %%ymm15\n\t" \
     "vfmadd231ps %%ymm15, %%ymm12, %[a0" #J "]\n\t" \
@@ -164,7 +177,8 @@ AVX2_INLINE void fwd_tile(const fwd_args *a, int z, int v0, int nv, int g, int m
             : [a00] "+x"(a00), [a01] "+x"(a01), [a02] "+x"(a02), [a03] "+x"(a03),                          \
               [a10] "+x"(a10), [a11] "+x"(a11), [a12] "+x"(a12), [a13] "+x"(a13),                          \
               [a20] "+x"(a20), [a21] "+x"(a21), [a22] "+x"(a22), [a23] "+x"(a23)                           \
-            : [r0] "r"(r0), [r1] "r"(r1), [r2] "r"(r2), [mt] "r"(mt), [wk] "r"(wk)                         \
+            : [r0] "r"(r0), [r1] "r"(r1), [r2] "r"(r2), [m0] "r"(mt0), [m1] "r"(mt1), [m2] "r"(mt2),       \
+              [wk] "r"(wk)                                                                                 \
             : "xmm12", "xmm13", "xmm14", "xmm15", "memory")
 
 AVX2_INLINE void fwd_tile3(const fwd_args *a, int z, int v0, int g, int mode) {
@@ -176,7 +190,8 @@ AVX2_INLINE void fwd_tile3(const fwd_args *a, int z, int v0, int g, int mode) {
     }
     __m256 a00 = bj[0], a01 = bj[1], a02 = bj[2], a03 = bj[3], a10 = bj[0], a11 = bj[1], a12 = bj[2], a13 = bj[3],
            a20 = bj[0], a21 = bj[1], a22 = bj[2], a23 = bj[3];
-    const int32_t *mt = a->masks + (size_t)v0 * 72;
+    const int32_t *mt0 = a->pool + a->index[v0], *mt1 = a->pool + a->index[v0 + 1], *mt2 = a->pool + a->index[v0 + 2];
+    const int32_t *mt[3] = {mt0, mt1, mt2};
     int dz0 = z == 0 ? 1 : 0, dz1 = z == a->nz - 1 ? 2 : 3;
     int nx = a->nx;
     const float *wg = a->wp + (size_t)g * a->c_count * 27 * FWD_NM;
@@ -185,6 +200,17 @@ AVX2_INLINE void fwd_tile3(const fwd_args *a, int z, int v0, int g, int mode) {
             const float *ip = a->in + c * a->vol + (size_t)(z + dz - 1) * a->plane + 8 * (size_t)v0;
             const float *wk = wg + ((size_t)c * 27 + dz * 9) * FWD_NM;
             const float *r0 = ip - nx - 1, *r1 = ip - 1, *r2 = ip + nx - 1;
+#if FWD_PREFETCH
+            // The tile reads 3 * Cin * 3 rows of 1.5 cache lines, too many streams for the hardware prefetchers when
+            // Cin is large: fetch the lines of the tile FWD_PREFETCH floats ahead (2 lines per row: the tile
+            // advances 1.5 lines). A prefetch never faults, so reading past the tensor is harmless.
+            _mm_prefetch((const char *)(r0 + FWD_PREFETCH), _MM_HINT_T0);
+            _mm_prefetch((const char *)(r0 + FWD_PREFETCH + 16), _MM_HINT_T0);
+            _mm_prefetch((const char *)(r1 + FWD_PREFETCH), _MM_HINT_T0);
+            _mm_prefetch((const char *)(r1 + FWD_PREFETCH + 16), _MM_HINT_T0);
+            _mm_prefetch((const char *)(r2 + FWD_PREFETCH), _MM_HINT_T0);
+            _mm_prefetch((const char *)(r2 + FWD_PREFETCH + 16), _MM_HINT_T0);
+#endif
             if (mode == 0) TAPS9_ASM(0);
             else if (mode == 1) TAPS9_ASM(1);
             else TAPS9_ASM(2);
@@ -199,7 +225,7 @@ AVX2_INLINE void fwd_tile3(const fwd_args *a, int z, int v0, int g, int mode) {
 #pragma GCC unroll 3
         for (int v = 0; v < 3; v++) {
             if (mode == 2)
-                _mm256_maskstore_ps(op + m * a->vol + 8 * v, _mm256_loadu_si256((const __m256i *)(mt + (v * 9 + 4) * 8)), acc[v][j]);
+                _mm256_maskstore_ps(op + m * a->vol + 8 * v, _mm256_loadu_si256((const __m256i *)(mt[v] + 4 * 8)), acc[v][j]);
             else
                 _mm256_storeu_ps(op + m * a->vol + 8 * v, acc[v][j]);
         }
@@ -213,31 +239,46 @@ AVX2_INLINE void fwd_tile3(const fwd_args *a, int z, int v0, int g, int mode) {
         else fwd_tile(a, z, v0, NV, g, 2);                        \
         break;
 
+// Tiles are run in strips of the plane whose input (C channels x 3 slices) fits in about FWD_STRIP_FLOATS (half
+// of a 512 KiB L2), output-channel groups outside the tiles of a strip: a group's packed weights stay in L1 over
+// the strip and the strip's input in L2 over the groups. 0: one group after the other per tile (no strips).
+#ifndef FWD_STRIP_FLOATS
+#define FWD_STRIP_FLOATS 65536
+#endif
+
 AVX2 static void fwd_slices(const fwd_args *a, int z0, int z1) {
     int nvec = (a->plane + 7) / 8, g0 = a->m0 / FWD_NM, g1 = (a->m1 + FWD_NM - 1) / FWD_NM;
-    const int32_t *flags = a->masks + (size_t)nvec * 72;
+    const int32_t *flags = a->flags;
+    int strip = nvec;
+    if (FWD_STRIP_FLOATS > 0) {
+        strip = FWD_STRIP_FLOATS / (3 * 8 * a->c_count) / FWD_NV * FWD_NV;
+        if (strip < FWD_NV) strip = FWD_NV;
+    }
     for (int z = z0; z < z1; z++) {
-        for (int v0 = 0; v0 < nvec; v0 += FWD_NV) {
-            int nv = nvec - v0 < FWD_NV ? nvec - v0 : FWD_NV;
-            int mode = 0;
-            for (int v = 0; v < nv; v++)
-                if (!flags[v0 + v]) mode = 1;
-            // A plain load of a tap reads [8 v0 - nx - 1, 8 (v0 + nv) + nx + 1) of the slice: inside it, the read
-            // cannot leave the tensor; else (first and last rows) maskload.
-            if (mode == 1 && (8 * v0 - a->nx - 1 < 0 || 8 * (v0 + nv) + a->nx + 1 > a->plane)) mode = 2;
+        for (int s0 = 0; s0 < nvec; s0 += strip) {
+            int s1 = s0 + strip < nvec ? s0 + strip : nvec;
             for (int g = g0; g < g1; g++) {
-                switch (nv) {
-                case 3:
-                    if (mode == 0) fwd_tile3(a, z, v0, g, 0);
-                    else if (mode == 1) fwd_tile3(a, z, v0, g, 1);
-                    else fwd_tile3(a, z, v0, g, 2);
-                    break;
-                FWD_CASE(2)
-                default:
-                    if (mode == 0) fwd_tile(a, z, v0, 1, g, 0);
-                    else if (mode == 1) fwd_tile(a, z, v0, 1, g, 1);
-                    else fwd_tile(a, z, v0, 1, g, 2);
-                    break;
+                for (int v0 = s0; v0 < s1; v0 += FWD_NV) {
+                    int nv = s1 - v0 < FWD_NV ? s1 - v0 : FWD_NV;
+                    int mode = 0;
+                    for (int v = 0; v < nv; v++)
+                        if (!flags[v0 + v]) mode = 1;
+                    // A plain load of a tap reads [8 v0 - nx - 1, 8 (v0 + nv) + nx + 1) of the slice: inside it,
+                    // the read cannot leave the tensor; else (first and last rows) maskload.
+                    if (mode == 1 && (8 * v0 - a->nx - 1 < 0 || 8 * (v0 + nv) + a->nx + 1 > a->plane)) mode = 2;
+                    switch (nv) {
+                    case 3:
+                        if (mode == 0) fwd_tile3(a, z, v0, g, 0);
+                        else if (mode == 1) fwd_tile3(a, z, v0, g, 1);
+                        else fwd_tile3(a, z, v0, g, 2);
+                        break;
+                    FWD_CASE(2)
+                    default:
+                        if (mode == 0) fwd_tile(a, z, v0, 1, g, 0);
+                        else if (mode == 1) fwd_tile(a, z, v0, 1, g, 1);
+                        else fwd_tile(a, z, v0, 1, g, 2);
+                        break;
+                    }
                 }
             }
         }
@@ -248,8 +289,10 @@ void ck_avx2_forward(const float *in, const float *plan, const float *bias, floa
                      int nz, int ny, int nx, int z0, int z1, int m0, int m1, int flip_transpose) {
     ck_pass pass = flip_transpose ? CK_PASS_BACKWARD_DATA : CK_PASS_FORWARD;
     int c_count = flip_transpose ? cout : cin;
-    const int32_t *masks = (const int32_t *)(plan + fwd_weight_floats(cin, cout, pass));
-    fwd_args a = {in, plan, bias, out, masks, c_count, nz, nx, ny * nx, m0, m1, (size_t)nz * ny * nx};
+    const int32_t *pool = (const int32_t *)(plan + fwd_weight_floats(cin, cout, pass));
+    int nvec = ck_plane_vectors(ny, nx, 8);
+    const int32_t *index = pool + (size_t)nvec * 72, *flags = index + round8((size_t)nvec);
+    fwd_args a = {in, plan, bias, out, pool, index, flags, c_count, nz, nx, ny * nx, m0, m1, (size_t)nz * ny * nx};
     fwd_slices(&a, z0, z1);
 }
 
