@@ -37,11 +37,15 @@ void ck_pack_weights(const float *w, float *wp, int cin, int cout, int flip_tran
 }
 
 void ck_bias_grad(const float *dout, float *dbias, int nz, int ny, int nx, int z0, int z1, int m0, int m1) {
-    size_t vol = (size_t)nz * ny * nx, plane = (size_t)ny * nx;
+    size_t vol = (size_t)nz * ny * nx, plane = (size_t)ny * nx, n = (size_t)(z1 - z0) * plane;
     for (int m = m0; m < m1; m++) {
         const float *p = dout + m * vol + z0 * plane;
-        double s = 0.0;
-        for (size_t i = 0; i < (size_t)(z1 - z0) * plane; i++) s += p[i];
-        dbias[m] += (float)s;
+        // 8 independent double sums: one running sum would wait for each add's latency (4 cycles per element).
+        double s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+        size_t i = 0;
+        for (; i + 8 <= n; i += 8)
+            for (int k = 0; k < 8; k++) s[k] += p[i + k];
+        for (; i < n; i++) s[0] += p[i];
+        dbias[m] += (float)(((s[0] + s[1]) + (s[2] + s[3])) + ((s[4] + s[5]) + (s[6] + s[7])));
     }
 }

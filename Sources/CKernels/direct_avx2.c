@@ -337,7 +337,20 @@ size_t ck_avx2_workspace_floats(int cin, int cout, int nz, int ny, int nx, int n
     (void)cin; (void)nz;
     if (pass != CK_PASS_BACKWARD_WEIGHTS) return 0;
     bw_geom q = bw_geometry(ny, nx, nzslab < 1 ? 1 : nzslab);
-    return bw_dpk_floats(cout, q) + round8((size_t)q.nq * 8 + 8) + (size_t)(q.nzc + 2) * q.S;
+    return bw_dpk_floats(cout, q) + round8((size_t)q.nq * 8 + 16) + (size_t)(q.nzc + 2) * q.S;
+}
+
+// dst[0, nx) = src[0, nx), then zeros up to the next multiple of 8 past nx (at least dst[nx], the pad column):
+// writes up to 8 floats past dst[nx]; reads nothing past src[nx - 1].
+AVX2_INLINE void copy_row_pad(float *dst, const float *src, int nx) {
+    int i = 0;
+    for (; i + 8 <= nx; i += 8) _mm256_storeu_ps(dst + i, _mm256_loadu_ps(src + i));
+    __m256i tail = _mm256_cmpgt_epi32(_mm256_set1_epi32(nx - i), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+    _mm256_storeu_ps(dst + i, _mm256_maskload_ps(src + i, tail));
+}
+
+AVX2_INLINE void zero_floats(float *dst, size_t n) {  // n rounded up to a multiple of 8
+    for (size_t i = 0; i < n; i += 8) _mm256_storeu_ps(dst + i, _mm256_setzero_ps());
 }
 
 AVX2_INLINE __m128 hsum4(__m256 a0, __m256 a1, __m256 a2, __m256 a3) {
@@ -359,7 +372,7 @@ AVX2 static void bww_chunk(const bww_args *a, bw_geom q, int z, int nzc, int y0,
     size_t gstride = (size_t)nzc * nq * BWW_NM * 8;  // floats per group in dpk
     float *dpk = ws;
     float *flat = ws + bw_dpk_floats(a->cout, q);
-    float *ipk = flat + round8((size_t)q.nq * 8 + 8);
+    float *ipk = flat + round8((size_t)q.nq * 8 + 16);
     // dOut of the chunk: per channel and slice, rows into a flat padded block, then interleaved [i][j][8].
     for (int gl = 0; gl < ngl; gl++)
         for (int j = 0; j < BWW_NM; j++) {
@@ -371,9 +384,10 @@ AVX2 static void bww_chunk(const bww_args *a, bw_geom q, int z, int nzc, int y0,
                     for (int i = 0; i < nq; i++) _mm256_storeu_ps(dst + (size_t)i * BWW_NM * 8, _mm256_setzero_ps());
                     continue;
                 }
-                memset(flat, 0, sizeof(float) * (size_t)nq * 8);
                 const float *src = a->dout + m * a->vol + (size_t)(z + s) * a->plane + (size_t)y0 * nx;
-                for (int r = 0; r < nr; r++) memcpy(flat + (size_t)r * P, src + (size_t)r * nx, sizeof(float) * nx);
+                // Rows in increasing order: each row's zero tail is overwritten by the next row, except the pad column.
+                for (int r = 0; r < nr; r++) copy_row_pad(flat + (size_t)r * P, src + (size_t)r * nx, nx);
+                zero_floats(flat + (size_t)nr * P, (size_t)nq * 8 - (size_t)nr * P + 8);
                 for (int i = 0; i < nq; i++) _mm256_storeu_ps(dst + (size_t)i * BWW_NM * 8, _mm256_loadu_ps(flat + 8 * i));
             }
         }
@@ -384,13 +398,14 @@ AVX2 static void bww_chunk(const bww_args *a, bw_geom q, int z, int nzc, int y0,
             int zz = z - 1 + sp;
             if (zz < 0 || zz >= a->nz) continue;
             float *dst = ipk + sp * S;
-            memset(dst, 0, sizeof(float) * S);
             const float *src = a->in + c * a->vol + (size_t)zz * a->plane;
+            zero_floats(dst, BW_GUARD);
             for (int r = 0; r < nr + 2; r++) {
                 int yy = y0 - 1 + r;
-                if (yy < 0 || yy >= a->ny) continue;
-                memcpy(dst + BW_GUARD + (size_t)r * P, src + (size_t)yy * nx, sizeof(float) * nx);
+                if (yy < 0 || yy >= a->ny) zero_floats(dst + BW_GUARD + (size_t)r * P, (size_t)P + 8);
+                else copy_row_pad(dst + BW_GUARD + (size_t)r * P, src + (size_t)yy * nx, nx);
             }
+            zero_floats(dst + BW_GUARD + (size_t)(nr + 2) * P, 16);
         }
         for (int gl = 0; gl < ngl; gl++) {
             float *wrow = a->dw + ((size_t)(g0 + gl) * BWW_NM * a->cin + c) * 27;
