@@ -2,22 +2,33 @@
 //
 // Per axis F(2,3): B^T = [1 0 -1 0; 0 1 1 0; 0 -1 1 0; 0 1 0 -1], G = [1 0 0; .5 .5 .5; .5 -.5 .5; 0 0 1],
 // A^T = [1 1 1 0; 0 1 -1 -1]. A tile is 2x2x2 outputs, read from a 4x4x4 input patch; the 64 transformed
-// positions p = i*16 + j*4 + k (z, y, x frequency) are 64 independent GEMMs over the channels.
+// positions p = i*16 + j*4 + k (z, y, x frequency) are 64 independent GEMMs over the channels
+// (64 multiplications per tile and channel pair instead of 216).
 //
 // Lanes are tiles. The tiles of a call are numbered t = tzi*(nty*(ntx+1)) + ty*(ntx+1) + tx, with one dummy
-// tile (tx = ntx) per tile row: then the input of every tile is two contiguous vector loads per (z, y, x
-// parity) of a staged buffer S[z 4][y 4][x parity 2][lane] (lane l holds x = 2tx-1+parity, lane l+1 the
-// next two x), so the zero padding and partial edge tiles are handled once, in the staging copy.
+// tile (tx = ntx) per tile row, so that lane l + 1 always holds the next two x of lane l's tile row. The
+// staging (stage_in) reads each input row piece once per tile row, splits it by x parity (two loads and a
+// shuffle per vector; masked loads at the volume's edges give the zero padding), applies the z and y
+// transforms there, and stores S[(i*4 + j)*2 + parity][lane]; the x transform (tin) then reads lanes l and
+// l + 1 of the two parities. Partial edge tiles read zeros and their outputs outside the volume are dropped.
 //
-// Work is fused over blocks of T tiles that stay in L2: stage + input transform (V[p][ci][T]), the 64 GEMMs,
-// output transform + scatter. Nothing is written at full size.
+// Work is fused over blocks of T tiles (T from the channel counts, so that a block's buffers stay within
+// about L2): stage + input transform into V[p][ci][T], the 64 GEMMs, output transform + scatter. Nothing is
+// written at full size; the workspace depends on the channel counts only.
 //   forward / backward-data: M[co][p][T] = sum_ci U[p][co][ci] V[p][ci][T], register tile 4 output channels
-//     x 3 vectors of tiles (12 accumulators), weights broadcast from the plan [p][co/4][ci][4].
-//   backward-weights: dU[p][co][ci] += sum_t dM[p][co][t] V[p][ci][t] (dM = A dY A^T), register tile
-//     4 co x 3 ci with the tile lanes reduced horizontally once per block; dw += G^T dU G at the end.
+//     x NV vectors of tiles (AVX2: 4 x 2, AVX-512: 4 x 3 accumulators), the 4 weights of a step broadcast
+//     from the plan [p][co/4][ci][4]. Output transform with the bias, x-interleaved stores into [C][Z][Y][X].
+//     Backward-data is the same code with the plan of the flipped, transposed weights.
+//   backward-weights: dU[p][ci][co] += sum_t V[p][ci][t] dM[p][t][co] with dM = A dY A^T computed with the
+//     output channels in the lanes (dY staged through an 8x8 transpose, 8 channels at a time), register tile
+//     6 input channels x 2 vectors of output channels (or 12 x 1), no horizontal sums; dU (64 * Cin *
+//     pad(Cout range, W) floats of the workspace) is transformed once at the end of the call: dw += G^T dU G.
 //
 // The vector code is written once (the body below, under WINO_BODY) and instantiated twice by including
-// this file again: W = 8 under target("avx2,fma") and W = 16 under target("avx512f,fma").
+// this file again: W = 8 under target("avx2,fma") and W = 16 under target("avx512f,fma"); the two differ only
+// in the macros that name the vector type, its loads, stores, FMA, masked load, and x-parity shuffles.
+// Building with -DWINO_TEST_EMU16 adds a third, test-only instantiation (isa512 = 2) with 16-float generic
+// vectors that runs every W = 16 code path on an AVX2 machine.
 #ifndef WINO_BODY
 
 #include <immintrin.h>
@@ -64,7 +75,8 @@ static int fwd_T(int cin, int cout, int w) {
     int nvw = WINO_NV_OF(w) * w;
     size_t per = (size_t)64 * (size_t)(cin + pad_to(cout, WINO_NR)) * nvw * 4;
     int k = (int)((size_t)320 * 1024 / per);
-    if (k < 2) k = 2;
+    // At least 32 tiles: the staging computes one vector past the block (lane T), wasted on short blocks.
+    if (k * nvw < 32) k = (32 + nvw - 1) / nvw;
     if (k > 4) k = 4;
     return k * nvw;
 }
@@ -84,13 +96,13 @@ static int bww_T(int cin, int cout, int w) {
 static size_t fwd_ws(int cin, int cout, int w) {
     int T = fwd_T(cin, cout, w);
     return 64 * pos_stride((size_t)cin, T) + (size_t)pad_to(cout, WINO_NR) * (64 * (size_t)T + 16) + (size_t)32 * (T + w + 16) +
-           (size_t)8 * T + 128;
+           (size_t)8 * T + (size_t)2 * (T + w + 16) + 2 * (size_t)w + 128;
 }
 
 static size_t bww_ws(int cin, int cout, int w) {
     int T = bww_T(cin, cout, w), cop = pad_to(cout, w);
     return 64 * pos_stride((size_t)cin, T) + 64 * pos_stride((size_t)cop, T) + (size_t)64 * cin * cop +
-           (size_t)32 * (T + w + 16) + (size_t)64 * (T + w + 16) + 128;
+           (size_t)32 * (T + w + 16) + (size_t)64 * (T + w + 16) + (size_t)2 * (T + w + 16) + 2 * (size_t)w + 128;
 }
 
 // 1D filter transform u = G g.
@@ -121,7 +133,9 @@ static void filter_transform(const float *w, int flip, double u[64]) {
         }
 }
 
-int ck_winograd_channel_group(int isa512) { (void)isa512; return WINO_NR; }
+// m ranges in multiples of the vector width: forward / backward-data work in groups of 4 output channels,
+// backward-weights has output channels in the lanes (a range that is not a multiple of W pads lanes).
+int ck_winograd_channel_group(int isa512) { return isa512 ? 16 : 8; }
 
 size_t ck_winograd_plan_floats(int cin, int cout, ck_pass pass, int isa512) {
     (void)isa512;
@@ -488,7 +502,7 @@ void ck_winograd_backward_weights(const float *in, const float *dout, float *dw,
 // (zero outside the volume and past the last lane). The x transform (tin) then reads lanes l and l + 1.
 // Whole vectors of W lanes: a run's last vector spills into the next run's lanes (rewritten by it) or into
 // the slack past npos (ss >= npos + W - 1).
-KF void FN(stage_in)(const float *src, float *S, int ss, const wgeo *g, long t0, int npos) {
+KF void FN(stage_in)(const float *src, float *S, int ss, const wgeo *g, long t0, int npos, const float *zrow) {
     const int nx = g->nx, ny = g->ny, nz = g->nz;
     int l = 0;
     while (l < npos) {
@@ -503,11 +517,11 @@ KF void FN(stage_in)(const float *src, float *S, int ss, const wgeo *g, long t0,
         if (run > npos - l) run = npos - l;
         const int nvr = (run + W - 1) / W;
         const int zb = g->z0 + 2 * tzi - 1, yb = 2 * ty - 1, xb = 2 * tx - 1;
-        const float *rows[16];  // x = xb + position; NULL: row outside the volume
+        const float *rows[16];  // x = xb + position; rows outside the volume read the zero row
         for (int i = 0; i < 4; i++)
             for (int j = 0; j < 4; j++) {
                 int z = zb + i, y = yb + j;
-                rows[i * 4 + j] = z < 0 || z >= nz || y < 0 || y >= ny ? NULL : src + ((size_t)z * ny + y) * nx + xb;
+                rows[i * 4 + j] = z < 0 || z >= nz || y < 0 || y >= ny ? zrow : src + ((size_t)z * ny + y) * nx + xb;
             }
         float *sl = S + l;
         for (int v = 0; v < nvr; v++) {
@@ -517,10 +531,7 @@ KF void FN(stage_in)(const float *src, float *S, int ss, const wgeo *g, long t0,
 #pragma GCC unroll 16
             for (int ij = 0; ij < 16; ij++) {
                 const float *rp = rows[ij];
-                if (!rp) {
-                    e[ij] = VZERO();
-                    o[ij] = VZERO();
-                } else if (inner) {
+                if (inner) {
                     DEINT(rp + q, e[ij], o[ij]);
                 } else {
                     DEINT2(MLOADX(rp + q, x0, nx), MLOADX(rp + q + W, x0 + W, nx), e[ij], o[ij]);
@@ -550,11 +561,10 @@ KF void FN(stage_in)(const float *src, float *S, int ss, const wgeo *g, long t0,
         }
         // The next block reads on from here (or the next rows, which follow in memory): a block touches 16
         // short row pieces per channel, too many streams for the hardware prefetcher.
-        for (int ij = 0; ij < 16; ij++)
-            if (rows[ij]) {
-                const char *pf = (const char *)(rows[ij] + 2 * run);
-                for (int b = 0; b < 8 * npos; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
-            }
+        for (int ij = 0; ij < 16; ij++) {
+            const char *pf = (const char *)(rows[ij] + 2 * run);
+            for (int b = 0; b < 8 * npos; b += 64) _mm_prefetch(pf + b, _MM_HINT_T0);
+        }
         l += run;
     }
 }
@@ -684,9 +694,11 @@ TGT static void FN(wino_fwd)(const float *in, const float *plan, const float *bi
     float *M = V + 64 * vstride;                 // [co - 4 g0][p][T], co stride mrow
     float *S = M + (size_t)mp * mrow;            // [32][ss]
     float *Ob = S + (size_t)32 * ss;             // [8][T]
+    float *Z = Ob + (size_t)8 * T;               // zero row: [2 ss + 2 W]
+    memset(Z, 0, sizeof(float) * (size_t)(2 * ss + 2 * W));
     for (long t0 = 0; t0 < g.total; t0 += T) {
         for (int ci = 0; ci < cin; ci++) {
-            FN(stage_in)(in + (size_t)ci * g.vol, S, ss, &g, t0, T + 1);
+            FN(stage_in)(in + (size_t)ci * g.vol, S, ss, &g, t0, T + 1, Z);
             FN(tin)(S, ss, V + (size_t)ci * T, vstride, T / W);
         }
         for (int p = 0; p < 64; p++) {
@@ -714,7 +726,32 @@ KI void FN(gemm_bww)(const float *V, int T, const float *Dt, size_t ldd, float *
 #pragma GCC unroll 12
     for (int c = 0; c < WINO_NC; c++)
         if (c < nc * nco) acc[c] = LD(dU + (c / nco) * ldu + (c % nco) * W);
-    for (int t = 0; t < T; t++) {
+    int t = 0;
+    if (2 * nc * nco <= WINO_NC) {
+        // Few accumulators: a second set for the odd tiles keeps enough FMAs in flight.
+        VF acc2[WINO_NC / 2];
+#pragma GCC unroll 6
+        for (int c = 0; c < WINO_NC / 2; c++) acc2[c] = VZERO();
+        for (; t + 2 <= T; t += 2) {
+            VF d0 = LD(Dt + (size_t)t * ldd), d1 = nco > 1 ? LD(Dt + (size_t)t * ldd + W) : d0;
+            VF e0 = LD(Dt + (size_t)(t + 1) * ldd), e1 = nco > 1 ? LD(Dt + (size_t)(t + 1) * ldd + W) : e0;
+#pragma GCC unroll 6
+            for (int c = 0; c < WINO_NC / 2; c++)
+                if (c < nc) {
+                    VF b = SET1(V[(size_t)c * T + t]), b2 = SET1(V[(size_t)c * T + t + 1]);
+                    acc[c * nco] = FMA(b, d0, acc[c * nco]);
+                    acc2[c * nco] = FMA(b2, e0, acc2[c * nco]);
+                    if (nco > 1) {
+                        acc[c * nco + 1] = FMA(b, d1, acc[c * nco + 1]);
+                        acc2[c * nco + 1] = FMA(b2, e1, acc2[c * nco + 1]);
+                    }
+                }
+        }
+#pragma GCC unroll 6
+        for (int c = 0; c < WINO_NC / 2; c++)
+            if (c < nc * nco) acc[c] = acc[c] + acc2[c];
+    }
+    for (; t < T; t++) {
         VF d0 = LD(Dt + (size_t)t * ldd), d1 = nco > 1 ? LD(Dt + (size_t)t * ldd + W) : d0;
 #pragma GCC unroll 12
         for (int c = 0; c < WINO_NC; c++)
@@ -769,6 +806,8 @@ TGT static void FN(wino_bww)(const float *in, const float *dout, float *dw, int 
     float *dU = Dt + 64 * dtstride;             // [p][cin][cop]
     float *S = dU + (size_t)64 * cin * cop;     // [32][ss]
     float *Od8 = S + (size_t)32 * ss;           // [4][2 ss][8]
+    float *Z = Od8 + (size_t)64 * ss;           // zero row: [2 ss + 2 W]
+    memset(Z, 0, sizeof(float) * (size_t)(2 * ss + 2 * W));
     memset(dU, 0, sizeof(float) * (size_t)64 * cin * cop);
     // Channels past the range stay zero in Dt (lanes of the last vector).
     for (int p = 0; p < 64; p++) memset(Dt + p * dtstride, 0, sizeof(float) * (size_t)T * cop);
@@ -778,7 +817,7 @@ TGT static void FN(wino_bww)(const float *in, const float *dout, float *dw, int 
     const int ngr1 = (cin + WINO_NC - 1) / WINO_NC, gsz1 = (cin + ngr1 - 1) / ngr1;
     for (long t0 = 0; t0 < g.total; t0 += T) {
         for (int ci = 0; ci < cin; ci++) {
-            FN(stage_in)(in + (size_t)ci * g.vol, S, ss, &g, t0, T + 1);
+            FN(stage_in)(in + (size_t)ci * g.vol, S, ss, &g, t0, T + 1, Z);
             FN(tin)(S, ss, V + (size_t)ci * T, vstride, T / W);
         }
         for (int c0 = 0; c0 < mr; c0 += 8) {

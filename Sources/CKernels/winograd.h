@@ -15,7 +15,9 @@
 extern "C" {
 #endif
 
-/// Preferred granularity of m ranges (m0 and m1 multiples of it, or m1 = the channel count).
+/// Preferred granularity of m ranges (m0 and m1 multiples of it, or m1 = the channel count): 8 (AVX2),
+/// 16 (AVX-512). Any range is correct; forward / backward-data compute groups of 4 channels, backward-weights
+/// has output channels in the vector lanes.
 int ck_winograd_channel_group(int isa512);
 
 /// Floats of the plan of `pass` (forward / backward-data: transformed filters; backward-weights: 0).
@@ -26,7 +28,8 @@ size_t ck_winograd_plan_floats(int cin, int cout, ck_pass pass, int isa512);
 void ck_winograd_plan(const float *w, float *plan, int cin, int cout, ck_pass pass, int isa512);
 
 /// Floats of per-thread scratch one call needs (independent of nz, ny, nx and nzslab: bounded by the
-/// channel counts).
+/// channel counts). Any float* works (aligned to 64 bytes inside). Backward-weights holds the transformed
+/// weight gradient of the whole call: 64 * cin * pad(cout, 8 or 16) floats, plus the block buffers.
 size_t ck_winograd_workspace_floats(int cin, int cout, int nz, int ny, int nx, int nzslab, ck_pass pass,
                                     int isa512);
 
