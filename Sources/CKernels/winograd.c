@@ -74,7 +74,7 @@ static size_t pos_stride(size_t rows, int T) { return rows * (size_t)T + 16; }
 static int fwd_T(int cin, int cout, int w) {
     int nvw = WINO_NV_OF(w) * w;
     size_t per = (size_t)64 * (size_t)(cin + pad_to(cout, WINO_NR)) * nvw * 4;
-    int k = (int)((size_t)320 * 1024 / per);
+    int k = (int)((size_t)512 * 1024 / per);
     // At least 32 tiles: the staging computes one vector past the block (lane T), wasted on short blocks.
     if (k * nvw < 32) k = (32 + nvw - 1) / nvw;
     if (k > 4) k = 4;
