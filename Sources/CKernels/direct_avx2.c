@@ -91,7 +91,16 @@ typedef struct {
     const int32_t *pool, *index, *flags;  // mask sets, per-vector offset into pool, per-vector "all taps full"
     int c_count, nz, nx, plane, m0, m1;
     size_t vol;
+    int c0, c1;  // the input-channel block of this tile pass: starts from the bias when c0 = 0, else from out
 } fwd_args;
+
+// Start value of accumulator (v, j): the bias on the first channel block, else the partial sum stored in out.
+AVX2_INLINE __m256 acc_start(const fwd_args *a, const float *op, const int32_t *mv, int v, int m, int mode) {
+    if (m < a->m0 || m >= a->m1) return _mm256_setzero_ps();
+    if (a->c0 == 0) return _mm256_set1_ps(a->bias ? a->bias[m] : 0.0f);
+    const float *p = op + m * a->vol + 8 * v;
+    return mode == 2 ? _mm256_maskload_ps(p, _mm256_loadu_si256((const __m256i *)(mv + 4 * 8))) : _mm256_loadu_ps(p);
+}
 
 // Tap loads: 0 = plain (all lanes inside), 1 = plain load AND mask (read stays inside the slice), 2 = maskload.
 AVX2_INLINE __m256 tap_load(const float *p, const int32_t *m, int mode) {
@@ -103,20 +112,18 @@ AVX2_INLINE __m256 tap_load(const float *p, const int32_t *m, int mode) {
 // Output channels [4g, 4g+4) ∩ [m0, m1) of plane vectors [v0, v0+nv) of slice z. nv, mode: constants after inlining.
 AVX2_INLINE void fwd_tile(const fwd_args *a, int z, int v0, int nv, int g, int mode) {
     __m256 acc[FWD_NV][FWD_NM];
-#pragma GCC unroll 4
-    for (int j = 0; j < FWD_NM; j++) {
-        int m = FWD_NM * g + j;
-        __m256 b = _mm256_set1_ps(a->bias && m >= a->m0 && m < a->m1 ? a->bias[m] : 0.0f);
-#pragma GCC unroll 4
-        for (int v = 0; v < nv; v++) acc[v][j] = b;
-    }
     const int32_t *mt[FWD_NV];
 #pragma GCC unroll 4
     for (int v = 0; v < nv; v++) mt[v] = a->pool + a->index[v0 + v];
+    float *op = a->out + (size_t)z * a->plane + 8 * (size_t)v0;
+#pragma GCC unroll 4
+    for (int j = 0; j < FWD_NM; j++)
+#pragma GCC unroll 4
+        for (int v = 0; v < nv; v++) acc[v][j] = acc_start(a, op, mt[v], v, FWD_NM * g + j, mode);
     int dz0 = z == 0 ? 1 : 0, dz1 = z == a->nz - 1 ? 2 : 3;
     int nx = a->nx;
     const float *wg = a->wp + (size_t)g * a->c_count * 27 * FWD_NM;
-    for (int c = 0; c < a->c_count; c++) {
+    for (int c = a->c0; c < a->c1; c++) {
         for (int dz = dz0; dz < dz1; dz++) {
             const float *ip = a->in + c * a->vol + (size_t)(z + dz - 1) * a->plane + 8 * (size_t)v0;
             const float *wk = wg + ((size_t)c * 27 + dz * 9) * FWD_NM;
@@ -138,7 +145,6 @@ AVX2_INLINE void fwd_tile(const fwd_args *a, int z, int v0, int nv, int g, int m
             }
         }
     }
-    float *op = a->out + (size_t)z * a->plane + 8 * (size_t)v0;
 #pragma GCC unroll 4
     for (int j = 0; j < FWD_NM; j++) {
         int m = FWD_NM * g + j;
@@ -182,20 +188,20 @@ AVX2_INLINE void fwd_tile(const fwd_args *a, int z, int v0, int nv, int g, int m
             : "xmm12", "xmm13", "xmm14", "xmm15", "memory")
 
 AVX2_INLINE void fwd_tile3(const fwd_args *a, int z, int v0, int g, int mode) {
-    __m256 bj[FWD_NM];
-#pragma GCC unroll 4
-    for (int j = 0; j < FWD_NM; j++) {
-        int m = FWD_NM * g + j;
-        bj[j] = _mm256_set1_ps(a->bias && m >= a->m0 && m < a->m1 ? a->bias[m] : 0.0f);
-    }
-    __m256 a00 = bj[0], a01 = bj[1], a02 = bj[2], a03 = bj[3], a10 = bj[0], a11 = bj[1], a12 = bj[2], a13 = bj[3],
-           a20 = bj[0], a21 = bj[1], a22 = bj[2], a23 = bj[3];
     const int32_t *mt0 = a->pool + a->index[v0], *mt1 = a->pool + a->index[v0 + 1], *mt2 = a->pool + a->index[v0 + 2];
     const int32_t *mt[3] = {mt0, mt1, mt2};
+    float *op = a->out + (size_t)z * a->plane + 8 * (size_t)v0;
+    int mb = FWD_NM * g;
+    __m256 a00 = acc_start(a, op, mt0, 0, mb, mode), a01 = acc_start(a, op, mt0, 0, mb + 1, mode),
+           a02 = acc_start(a, op, mt0, 0, mb + 2, mode), a03 = acc_start(a, op, mt0, 0, mb + 3, mode),
+           a10 = acc_start(a, op, mt1, 1, mb, mode), a11 = acc_start(a, op, mt1, 1, mb + 1, mode),
+           a12 = acc_start(a, op, mt1, 1, mb + 2, mode), a13 = acc_start(a, op, mt1, 1, mb + 3, mode),
+           a20 = acc_start(a, op, mt2, 2, mb, mode), a21 = acc_start(a, op, mt2, 2, mb + 1, mode),
+           a22 = acc_start(a, op, mt2, 2, mb + 2, mode), a23 = acc_start(a, op, mt2, 2, mb + 3, mode);
     int dz0 = z == 0 ? 1 : 0, dz1 = z == a->nz - 1 ? 2 : 3;
     int nx = a->nx;
     const float *wg = a->wp + (size_t)g * a->c_count * 27 * FWD_NM;
-    for (int c = 0; c < a->c_count; c++) {
+    for (int c = a->c0; c < a->c1; c++) {
         for (int dz = dz0; dz < dz1; dz++) {
             const float *ip = a->in + c * a->vol + (size_t)(z + dz - 1) * a->plane + 8 * (size_t)v0;
             const float *wk = wg + ((size_t)c * 27 + dz * 9) * FWD_NM;
@@ -217,7 +223,6 @@ AVX2_INLINE void fwd_tile3(const fwd_args *a, int z, int v0, int g, int mode) {
         }
     }
     __m256 acc[3][FWD_NM] = {{a00, a01, a02, a03}, {a10, a11, a12, a13}, {a20, a21, a22, a23}};
-    float *op = a->out + (size_t)z * a->plane + 8 * (size_t)v0;
 #pragma GCC unroll 4
     for (int j = 0; j < FWD_NM; j++) {
         int m = FWD_NM * g + j;
@@ -246,18 +251,51 @@ AVX2_INLINE void fwd_tile3(const fwd_args *a, int z, int v0, int g, int mode) {
 #define FWD_STRIP_FLOATS 65536
 #endif
 
-AVX2 static void fwd_slices(const fwd_args *a, int z0, int z1) {
+// Prefetches into L2 the input a strip [s0, s1) of output slice z reads: C channels x 3 slices x the plane range
+// [8 s0 - nx - 1, 8 s1 + nx + 1). Issued one strip ahead, so the first group's pass over a strip finds it in L2
+// (the per-tile prefetch alone cannot cover L3 latency for 3 C row streams).
+#ifndef FWD_STRIP_PREFETCH
+#define FWD_STRIP_PREFETCH 1
+#endif
+AVX2_INLINE void prefetch_strip(const fwd_args *a, int z, int s0, int s1) {
+    ptrdiff_t lo = 8 * (ptrdiff_t)s0 - a->nx - 1, hi = 8 * (ptrdiff_t)s1 + a->nx + 1;
+    if (lo < 0) lo = 0;
+    if (hi > a->plane) hi = a->plane;
+    for (int c = 0; c < a->c_count; c++)
+        for (int dz = 0; dz < 3; dz++) {
+            int zz = z + dz - 1;
+            if (zz < 0 || zz >= a->nz) continue;
+            const char *p = (const char *)(a->in + c * a->vol + (size_t)zz * a->plane);
+            for (ptrdiff_t i = lo * 4 & ~(ptrdiff_t)63; i < hi * 4; i += 64) _mm_prefetch(p + i, _MM_HINT_T1);
+        }
+}
+
+// Input channels per tile pass: a group's packed weights for FWD_CB channels (432 B each) stay in L1 over a strip;
+// the partial sums go through out between blocks (12 loads and stores per tile per block).
+#ifndef FWD_CB
+#define FWD_CB 32
+#endif
+
+AVX2 static void fwd_slices(fwd_args *a, int z0, int z1) {
     int nvec = (a->plane + 7) / 8, g0 = a->m0 / FWD_NM, g1 = (a->m1 + FWD_NM - 1) / FWD_NM;
     const int32_t *flags = a->flags;
     int strip = nvec;
     if (FWD_STRIP_FLOATS > 0) {
-        strip = FWD_STRIP_FLOATS / (3 * 8 * a->c_count) / FWD_NV * FWD_NV;
+        int cb = FWD_CB > 0 && a->c_count > FWD_CB ? FWD_CB : a->c_count;
+        strip = FWD_STRIP_FLOATS / (3 * 8 * cb) / FWD_NV * FWD_NV;
         if (strip < FWD_NV) strip = FWD_NV;
     }
     for (int z = z0; z < z1; z++) {
         for (int s0 = 0; s0 < nvec; s0 += strip) {
             int s1 = s0 + strip < nvec ? s0 + strip : nvec;
+            if (FWD_STRIP_PREFETCH && strip < nvec) {
+                if (s1 < nvec) prefetch_strip(a, z, s1, s1 + strip < nvec ? s1 + strip : nvec);
+                else if (z + 1 < z1) prefetch_strip(a, z + 1, 0, strip);
+            }
             for (int g = g0; g < g1; g++) {
+              int cstep = FWD_CB > 0 ? FWD_CB : a->c_count;
+              for (a->c0 = 0; a->c0 < a->c_count; a->c0 += cstep) {
+                a->c1 = a->c0 + cstep < a->c_count ? a->c0 + cstep : a->c_count;
                 for (int v0 = s0; v0 < s1; v0 += FWD_NV) {
                     int nv = s1 - v0 < FWD_NV ? s1 - v0 : FWD_NV;
                     int mode = 0;
@@ -280,6 +318,7 @@ AVX2 static void fwd_slices(const fwd_args *a, int z0, int z1) {
                         break;
                     }
                 }
+              }
             }
         }
     }
@@ -292,7 +331,7 @@ void ck_avx2_forward(const float *in, const float *plan, const float *bias, floa
     const int32_t *pool = (const int32_t *)(plan + fwd_weight_floats(cin, cout, pass));
     int nvec = ck_plane_vectors(ny, nx, 8);
     const int32_t *index = pool + (size_t)nvec * 72, *flags = index + round8((size_t)nvec);
-    fwd_args a = {in, plan, bias, out, pool, index, flags, c_count, nz, nx, ny * nx, m0, m1, (size_t)nz * ny * nx};
+    fwd_args a = {in, plan, bias, out, pool, index, flags, c_count, nz, nx, ny * nx, m0, m1, (size_t)nz * ny * nx, 0, c_count};
     fwd_slices(&a, z0, z1);
 }
 
