@@ -1,78 +1,120 @@
-// Public API: CPU detection, per-shape path choice, workspace sizes, and dispatch to the two paths.
+// Public API: CPU checks, path availability, choice and names, plan and workspace sizes, and the dispatch to the
+// paths (gemm.c, direct_avx2.c, direct_avx512.c; winograd_*.c later). The paths never call back into this file.
+#include <assert.h>
 #include "ckernels.h"
 #include "conv3_internal.h"
 
-int ck_cpu_has_avx512(void) {
-    // libgcc / compiler-rt fill the CPU model once in a load-time constructor (so this reads immutable
-    // state and is thread-safe); the avx512f bit there includes the OS (XSAVE) support check.
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+// libgcc / compiler-rt fill the CPU model once in a load-time constructor (so these read immutable state and are
+// thread-safe); the avx2 / avx512f bits there include the OS (XSAVE) support check.
+int ck_cpu_has_avx2(void) { return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"); }
+int ck_cpu_has_avx512(void) { return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma"); }
+
+int ck_path_available(ck_path path) {
+    switch (path) {
+    case CK_PATH_GEMM: return 1;
+    case CK_PATH_DIRECT_AVX2: return ck_cpu_has_avx2();
+    case CK_PATH_DIRECT_AVX512: return ck_cpu_has_avx512();
+    default: return 0;  // AUTO is not a path; Winograd is not implemented yet
+    }
 }
 
 ck_path ck_conv3_choose(int cin, int cout, int nz, int ny, int nx, ck_pass pass) {
-    // Measured on every layer of the model (AMD Zen 4, one thread): the direct kernels beat im2col+sgemm
-    // in all three passes, by 1.3-3x on the full-resolution layers and by 0-40% on the deep ones
-    // (10x10x6 is a tie), so the choice depends only on the CPU.
+    // The direct kernels beat im2col + sgemm on every layer of the model and every pass where they were measured
+    // (AVX-512 on Zen 4, AVX2 on Zen 3: README.md), so today the choice depends only on the CPU.
     (void)cin; (void)cout; (void)nz; (void)ny; (void)nx; (void)pass;
-    return ck_cpu_has_avx512() ? CK_PATH_DIRECT : CK_PATH_GEMM;
+    if (ck_cpu_has_avx512()) return CK_PATH_DIRECT_AVX512;
+    if (ck_cpu_has_avx2()) return CK_PATH_DIRECT_AVX2;
+    return CK_PATH_GEMM;
+}
+
+ck_path ck_conv3_resolve(ck_path requested, int cin, int cout, int nz, int ny, int nx, ck_pass pass) {
+    if (requested == CK_PATH_AUTO) return ck_conv3_choose(cin, cout, nz, ny, nx, pass);
+    return ck_path_available(requested) ? requested : CK_PATH_GEMM;
 }
 
 const char *ck_path_name(ck_path path) {
     switch (path) {
-    case CK_PATH_DIRECT: return "direct-avx512";
+    case CK_PATH_AUTO: return "auto";
     case CK_PATH_GEMM: return "im2col-sgemm";
-    default: return "auto";
+    case CK_PATH_DIRECT_AVX2: return "direct-avx2";
+    case CK_PATH_DIRECT_AVX512: return "direct-avx512";
+    case CK_PATH_WINOGRAD_AVX2: return "winograd-avx2";
+    case CK_PATH_WINOGRAD_AVX512: return "winograd-avx512";
+    }
+    return "unknown";
+}
+
+int ck_conv3_channel_group(ck_path path, ck_pass pass) {
+    switch (path) {
+    case CK_PATH_DIRECT_AVX2: return 4;                                            // 4-channel register tiles
+    case CK_PATH_DIRECT_AVX512: return pass == CK_PASS_BACKWARD_WEIGHTS ? 8 : 4;   // 8 x 3 dx, 5 vectors x 4
+    default: return 0;                                                             // whole range (im2col once)
     }
 }
 
-// AUTO resolves through ck_conv3_choose; DIRECT falls back to GEMM on a CPU that cannot run it.
-static ck_path resolve(ck_path path, int cin, int cout, int nz, int ny, int nx, ck_pass pass) {
-    if (path == CK_PATH_AUTO) return ck_conv3_choose(cin, cout, nz, ny, nx, pass);
-    if (path == CK_PATH_DIRECT && !ck_cpu_has_avx512()) return CK_PATH_GEMM;
-    return path;
+size_t ck_conv3_plan_floats(int cin, int cout, int nz, int ny, int nx, ck_pass pass, ck_path path) {
+    (void)nz;
+    assert(path != CK_PATH_AUTO);
+    switch (path) {
+    case CK_PATH_DIRECT_AVX2: return ck_avx2_plan_floats(cin, cout, ny, nx, pass);
+    case CK_PATH_DIRECT_AVX512: return ck_avx512_plan_floats(cin, cout, ny, nx, pass);
+    default: return ck_gemm_plan_floats(cin, cout, pass);
+    }
+}
+
+void ck_conv3_plan(const float *w, float *plan, int cin, int cout, int nz, int ny, int nx, ck_pass pass, ck_path path) {
+    (void)nz;
+    assert(path != CK_PATH_AUTO);
+    switch (path) {
+    case CK_PATH_DIRECT_AVX2: ck_avx2_plan(w, plan, cin, cout, ny, nx, pass); break;
+    case CK_PATH_DIRECT_AVX512: ck_avx512_plan(w, plan, cin, cout, ny, nx, pass); break;
+    default: ck_gemm_plan(w, plan, cin, cout, pass); break;
+    }
 }
 
 size_t ck_conv3_workspace_floats(int cin, int cout, int nz, int ny, int nx, int nzslab, ck_pass pass, ck_path path) {
-    if (resolve(path, cin, cout, nz, ny, nx, pass) == CK_PATH_DIRECT)
-        return ck_direct_workspace_floats(cin, cout, ny, nx, pass);
-    return ck_gemm_workspace_floats(cin, cout, nz, ny, nx, nzslab, pass);
+    assert(path != CK_PATH_AUTO);
+    if (nzslab < 1) nzslab = 1;
+    if (nzslab > nz) nzslab = nz;
+    switch (path) {
+    case CK_PATH_DIRECT_AVX2: return ck_avx2_workspace_floats(cin, cout, nz, ny, nx, nzslab, pass);
+    case CK_PATH_DIRECT_AVX512: return ck_avx512_workspace_floats(cin, cout, nz, ny, nx, nzslab, pass);
+    default: return ck_gemm_workspace_floats(cin, cout, nz, ny, nx, nzslab, pass);
+    }
 }
 
-void ck_conv3_forward(const float *in, const float *w, const float *bias, float *out,
-                      int cin, int cout, int nz, int ny, int nx, int z0, int z1,
+void ck_conv3_forward(const float *in, const float *plan, const float *bias, float *out,
+                      int cin, int cout, int nz, int ny, int nx, int z0, int z1, int m0, int m1,
                       ck_path path, float *workspace) {
-    if (z0 >= z1) return;
-    if (resolve(path, cin, cout, nz, ny, nx, CK_PASS_FORWARD) == CK_PATH_DIRECT)
-        ck_direct_forward(in, w, bias, out, cin, cout, nz, ny, nx, z0, z1, 0, workspace);
-    else
-        ck_gemm_forward(in, w, bias, out, cin, cout, nz, ny, nx, z0, z1, workspace);
+    assert(path != CK_PATH_AUTO);
+    if (z0 >= z1 || m0 >= m1) return;
+    switch (path) {
+    case CK_PATH_DIRECT_AVX2: ck_avx2_forward(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, 0); break;
+    case CK_PATH_DIRECT_AVX512: ck_avx512_forward(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, 0); break;
+    default: ck_gemm_forward(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, 0, workspace); break;
+    }
 }
 
-void ck_conv3_backward_data(const float *dout, const float *w, float *din,
-                            int cin, int cout, int nz, int ny, int nx, int z0, int z1,
+void ck_conv3_backward_data(const float *dout, const float *plan, float *din,
+                            int cin, int cout, int nz, int ny, int nx, int z0, int z1, int m0, int m1,
                             ck_path path, float *workspace) {
-    if (z0 >= z1) return;
-    if (resolve(path, cin, cout, nz, ny, nx, CK_PASS_BACKWARD_DATA) == CK_PATH_DIRECT)
-        ck_direct_forward(dout, w, NULL, din, cin, cout, nz, ny, nx, z0, z1, 1, workspace);
-    else
-        ck_gemm_backward_data(dout, w, din, cin, cout, nz, ny, nx, z0, z1, workspace);
+    assert(path != CK_PATH_AUTO);
+    if (z0 >= z1 || m0 >= m1) return;
+    switch (path) {
+    case CK_PATH_DIRECT_AVX2: ck_avx2_forward(dout, plan, NULL, din, cin, cout, nz, ny, nx, z0, z1, m0, m1, 1); break;
+    case CK_PATH_DIRECT_AVX512: ck_avx512_forward(dout, plan, NULL, din, cin, cout, nz, ny, nx, z0, z1, m0, m1, 1); break;
+    default: ck_gemm_forward(dout, plan, NULL, din, cin, cout, nz, ny, nx, z0, z1, m0, m1, 1, workspace); break;
+    }
 }
 
 void ck_conv3_backward_weights(const float *in, const float *dout, float *dw, float *dbias,
-                               int cin, int cout, int nz, int ny, int nx, int z0, int z1,
+                               int cin, int cout, int nz, int ny, int nx, int z0, int z1, int m0, int m1,
                                ck_path path, float *workspace) {
-    if (z0 >= z1) return;
-    if (resolve(path, cin, cout, nz, ny, nx, CK_PASS_BACKWARD_WEIGHTS) == CK_PATH_DIRECT)
-        ck_direct_backward_weights(in, dout, dw, dbias, cin, cout, nz, ny, nx, z0, z1, workspace);
-    else
-        ck_gemm_backward_weights(in, dout, dw, dbias, cin, cout, nz, ny, nx, z0, z1, workspace);
-}
-
-void ck_bias_grad(const float *dout, float *dbias, int cout, int nz, int ny, int nx, int z0, int z1) {
-    size_t vol = (size_t)nz * ny * nx, plane = (size_t)ny * nx;
-    for (int co = 0; co < cout; co++) {
-        const float *p = dout + co * vol + z0 * plane;
-        double s = 0.0;
-        for (size_t i = 0; i < (size_t)(z1 - z0) * plane; i++) s += p[i];
-        dbias[co] += (float)s;
+    assert(path != CK_PATH_AUTO);
+    if (z0 >= z1 || m0 >= m1) return;
+    switch (path) {
+    case CK_PATH_DIRECT_AVX2: ck_avx2_backward_weights(in, dout, dw, dbias, cin, cout, nz, ny, nx, z0, z1, m0, m1, workspace); break;
+    case CK_PATH_DIRECT_AVX512: ck_avx512_backward_weights(in, dout, dw, dbias, cin, cout, nz, ny, nx, z0, z1, m0, m1, workspace); break;
+    default: ck_gemm_backward_weights(in, dout, dw, dbias, cin, cout, nz, ny, nx, z0, z1, m0, m1, workspace); break;
     }
 }

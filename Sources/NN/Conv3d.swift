@@ -1,4 +1,5 @@
 import CKernels
+import Foundation
 import Tensor
 
 /// A 3D convolution over `[N, C, Z, Y, X]` activations, in the three forms the Attention U-Net uses:
@@ -17,28 +18,68 @@ import Tensor
 /// `forward` keeps a reference to its input for `backward`: the caller must not overwrite it in between.
 /// The output is owned by the layer and reused while the shapes stay the same; the input gradient is a
 /// recycled tensor (`Tensor.recycled`) that belongs to the caller.
-/// Work is spread over `Parallelism.threads` (z-slabs of each sample for 3x3x3, voxel/row ranges for the
-/// others); parameter gradients use per-thread private buffers that are added up at the end, so results do
-/// not depend on thread timing.
-/// The implementation of a 3x3x3 convolution pass.
+/// Work is spread over `Parallelism.threads`: for 3x3x3, each pass of each sample is cut into items (output z-slab x
+/// output-channel range) from a fixed partition; for the others, voxel/row ranges. Parameter gradients that several
+/// threads would share go to private buffers added up in a fixed order, so results do not depend on thread timing.
+/// The implementation of a 3x3x3 convolution pass (a CKernels path). Raw values are the names the command line and
+/// `ATTUNET_CONV_PATH` take.
 public enum ConvPath: String, CaseIterable, Sendable {
-    /// What `ck_conv3_choose` picks (it may look at shape and pass; today it decides by the CPU alone: the
-    /// direct kernels measured faster on every layer and pass wherever AVX-512 runs). What training uses.
+    /// What `ck_conv3_choose` picks for the shape and pass (today by the CPU alone: the direct kernels of the widest
+    /// ISA the CPU runs, im2col + sgemm without AVX2). What training uses, unless `ATTUNET_CONV_PATH` says otherwise.
     case auto
-    /// The direct AVX-512 kernels (im2col + sgemm on a CPU without AVX-512).
-    case direct
-    /// im2col + OpenBLAS sgemm.
+    /// im2col + OpenBLAS sgemm (every CPU).
     case gemm
+    /// The best direct kernels this CPU runs: `directAVX512` where AVX-512 runs, else `directAVX2`.
+    case direct
+    /// Direct AVX2 + FMA kernels.
+    case directAVX2 = "direct-avx2"
+    /// Direct AVX-512 kernels.
+    case directAVX512 = "direct-avx512"
+    /// Winograd kernels: reserved in the C API, not implemented yet (never available).
+    case winogradAVX2 = "winograd-avx2"
+    case winogradAVX512 = "winograd-avx512"
 
     var ck: ck_path {
         switch self {
         case .auto: CK_PATH_AUTO
-        case .direct: CK_PATH_DIRECT
         case .gemm: CK_PATH_GEMM
+        case .direct: ck_cpu_has_avx512() != 0 ? CK_PATH_DIRECT_AVX512 : CK_PATH_DIRECT_AVX2
+        case .directAVX2: CK_PATH_DIRECT_AVX2
+        case .directAVX512: CK_PATH_DIRECT_AVX512
+        case .winogradAVX2: CK_PATH_WINOGRAD_AVX2
+        case .winogradAVX512: CK_PATH_WINOGRAD_AVX512
         }
     }
 
-    init(_ ck: ck_path) { self = ck == CK_PATH_DIRECT ? .direct : ck == CK_PATH_GEMM ? .gemm : .auto }
+    /// The concrete path of a C path value (`.auto` for CK_PATH_AUTO).
+    init(_ ck: ck_path) {
+        switch ck {
+        case CK_PATH_GEMM: self = .gemm
+        case CK_PATH_DIRECT_AVX2: self = .directAVX2
+        case CK_PATH_DIRECT_AVX512: self = .directAVX512
+        case CK_PATH_WINOGRAD_AVX2: self = .winogradAVX2
+        case CK_PATH_WINOGRAD_AVX512: self = .winogradAVX512
+        default: self = .auto
+        }
+    }
+
+    /// A path by its raw value or its CKernels name ("im2col-sgemm"), ignoring case.
+    public init?(name: String) {
+        let n = name.lowercased()
+        if let p = ConvPath(rawValue: n) { self = p; return }
+        guard let p = ConvPath.allCases.first(where: { $0 != .auto && $0 != .direct && String(cString: ck_path_name($0.ck)) == n })
+        else { return nil }
+        self = p
+    }
+
+    /// Whether this CPU runs the path (`.auto` always; `.direct` when some direct ISA runs).
+    public var isAvailable: Bool {
+        switch self {
+        case .auto: true
+        case .direct: ck_path_available(CK_PATH_DIRECT_AVX2) != 0 || ck_path_available(CK_PATH_DIRECT_AVX512) != 0
+        default: ck_path_available(ck) != 0
+        }
+    }
 }
 
 /// The three passes of a convolution.
@@ -64,7 +105,7 @@ public final class Conv3d {
     /// A ParameterRef does not keep its store alive; the layer does.
     private let store: ParameterStore
 
-    /// The 3x3x3 implementation (`ConvPath`). Ignored for k = 1, 2.
+    /// The 3x3x3 implementation (`ConvPath`). Ignored for k = 1, 2. `.auto` obeys `ATTUNET_CONV_PATH` when it is set.
     public var path: ConvPath = .auto {
         didSet { if path != oldValue { workspaceKey = nil } }
     }
@@ -82,13 +123,17 @@ public final class Conv3d {
     private var output: Tensor?
     private static let empty = Tensor([0])
 
-    // Per-thread scratch for the 3x3x3 kernels (or the k = 2 column tiles), allocated once per shape.
+    // Per-thread scratch for the 3x3x3 kernels (or the k = 2 column tiles), sized once per shape.
     private struct WorkspaceKey: Equatable { var n, z, y, x, threads: Int }
     private var workspaceKey: WorkspaceKey?
-    /// Floats of scratch per thread for each pass, and the thread count they were sized for. The scratch itself
-    /// is recycled (`Tensor.recycled`) for the length of a pass, so every layer shares the same few buffers.
+    /// Floats of scratch per thread for each pass of k = 2 (and k = 1: none), and the thread count they were sized
+    /// for. The scratch itself is recycled (`Tensor.recycled`) for the length of a pass, so every layer shares the
+    /// same few buffers.
     private var scratchFloats = (forward: 0, backwardData: 0, backwardWeights: 0, parts: 1)
-    /// Per-thread private weight(+bias) gradients, `threads - 1` of them (thread 0 writes into the store).
+    /// The 3x3x3 passes' partitions (forward, backward-data, backward-weights) for the current shape.
+    private var plans3: [PassPartition] = []
+    /// Private weight(+bias) gradients: `threads - 1` of them for k = 1, 2, `z-parts - 1` of backward-weights for
+    /// k = 3 (the first part writes into the store).
     private var privateGrads: [ConvScratch] = []
 
     public init(params: ParameterStore, name: String, inChannels: Int, outChannels: Int, kernel: Int, bias: Bool) {
@@ -107,33 +152,70 @@ public final class Conv3d {
 
     // MARK: Path information (for the bench and logs)
 
-    /// Whether this CPU can run the direct AVX-512 kernels.
-    public static var hasDirectKernels: Bool { ck_cpu_has_avx512() != 0 }
+    /// The environment variable that forces the path of every 3x3x3 conv whose `path` is `.auto`.
+    public static let pathVariable = "ATTUNET_CONV_PATH"
 
-    /// The path `.auto` resolves to for a 3x3x3 conv of this shape and pass.
+    /// The concrete paths this CPU runs (im2col + sgemm always; the direct kernels by ISA).
+    public static var availablePaths: [ConvPath] {
+        [.gemm, .directAVX2, .directAVX512, .winogradAVX2, .winogradAVX512].filter { ck_path_available($0.ck) != 0 }
+    }
+
+    /// Whether this CPU runs any direct kernels (AVX2 + FMA or AVX-512).
+    public static var hasDirectKernels: Bool { ConvPath.direct.isAvailable }
+
+    /// `ATTUNET_CONV_PATH`, read once: nil when unset, empty or "auto". An unknown or unavailable name is a fatal error
+    /// (a silent fallback would measure or train something else than asked).
+    public static let environmentPath: ConvPath? = {
+        guard let value = ProcessInfo.processInfo.environment[pathVariable], !value.isEmpty else { return nil }
+        return parseEnvironmentPath(value)
+    }()
+
+    static func parseEnvironmentPath(_ value: String) -> ConvPath? {
+        let available = (["auto", "direct"] + availablePaths.map(\.rawValue)).joined(separator: ", ")
+        guard let p = ConvPath(name: value) else {
+            fatalError("\(pathVariable)=\(value): unknown 3x3x3 convolution path; this CPU runs: \(available)")
+        }
+        guard p.isAvailable else {
+            fatalError("\(pathVariable)=\(value): this CPU cannot run the \(p.rawValue) path; it runs: \(available)")
+        }
+        return p == .auto ? nil : p
+    }
+
+    /// What a layer whose `path` is `requested` asks CKernels for (`.auto` replaced by `ATTUNET_CONV_PATH` if set).
+    public static func effectiveRequest(_ requested: ConvPath) -> ConvPath {
+        requested == .auto ? environmentPath ?? .auto : requested
+    }
+
+    /// The path `ck_conv3_choose` picks for a 3x3x3 conv of this shape and pass (ignores `ATTUNET_CONV_PATH`).
     public static func autoPath(inChannels: Int, outChannels: Int, dims: Dim3, pass: ConvPass) -> ConvPath {
         ConvPath(ck_conv3_choose(Int32(inChannels), Int32(outChannels), Int32(dims.z), Int32(dims.y), Int32(dims.x), pass.ck))
     }
 
-    /// The path a 3x3x3 pass actually runs given a requested path (`.auto` resolved; `.direct` without
-    /// AVX-512 falls back to GEMM, as CKernels does).
+    /// The concrete path a 3x3x3 pass runs given a requested path: `.auto` resolved (through `ATTUNET_CONV_PATH` when
+    /// set, else `ck_conv3_choose`), an unavailable path falls back to GEMM, as CKernels does.
     public static func resolvedPath(_ requested: ConvPath, inChannels: Int, outChannels: Int, dims: Dim3,
                                     pass: ConvPass) -> ConvPath {
-        switch requested {
-        case .auto: return autoPath(inChannels: inChannels, outChannels: outChannels, dims: dims, pass: pass)
-        case .direct: return hasDirectKernels ? .direct : .gemm
-        case .gemm: return .gemm
-        }
+        ConvPath(resolvedCK(requested, inChannels: inChannels, outChannels: outChannels, dims: dims, pass: pass))
     }
 
-    /// "direct-avx512", "im2col-sgemm".
-    public static func pathName(_ path: ConvPath) -> String { String(cString: ck_path_name(path.ck)) }
+    static func resolvedCK(_ requested: ConvPath, inChannels: Int, outChannels: Int, dims: Dim3, pass: ConvPass) -> ck_path {
+        ck_conv3_resolve(effectiveRequest(requested).ck, Int32(inChannels), Int32(outChannels), Int32(dims.z),
+                         Int32(dims.y), Int32(dims.x), pass.ck)
+    }
+
+    /// "im2col-sgemm", "direct-avx2", "direct-avx512"; for `.auto` / `.direct` the name of what they resolve to on
+    /// this CPU for a generic shape.
+    public static func pathName(_ path: ConvPath) -> String {
+        let concrete = path == .auto || path == .direct
+            ? resolvedCK(path, inChannels: 16, outChannels: 16, dims: Dim3(z: 8, y: 8, x: 8), pass: .forward) : path.ck
+        return String(cString: ck_path_name(concrete))
+    }
 
     /// The path this layer runs for `pass` on `dims` (3x3x3 only; "sgemm" paths for k = 1, 2).
     public func pathName(for pass: ConvPass, dims: Dim3) -> String {
         guard kernel == 3 else { return kernel == 1 ? "sgemm-1x1x1" : "space-to-depth-sgemm" }
-        return Self.pathName(Self.resolvedPath(path, inChannels: inChannels, outChannels: outChannels,
-                                               dims: dims, pass: pass))
+        return String(cString: ck_path_name(Self.resolvedCK(path, inChannels: inChannels, outChannels: outChannels,
+                                                            dims: dims, pass: pass)))
     }
 
     /// This layer in the per-layer profile: FLOP of a forward pass for output `shape`; backward does it twice
@@ -207,18 +289,88 @@ public final class Conv3d {
 
     // MARK: 3x3x3
 
+    /// The items of one 3x3x3 pass on the current shape: output z-slabs x output-channel ranges (item i is slab
+    /// i / ms.count, range i % ms.count), dealt to `parts` threads in contiguous runs (part p runs
+    /// splitRange(items, parts)[p] with workspace p). Fixed for a shape and thread count.
+    struct PassPartition {
+        var path: ck_path
+        var zs: [Range<Int>], ms: [Range<Int>]
+        var parts: Int
+        var workspaceFloats: Int, planFloats: Int
+        var items: Int { zs.count * ms.count }
+    }
+
+    /// The partition of `pass` for `threads` threads. M = channels the pass writes (Cout, or Cin for backward-data),
+    /// in ranges of `ck_conv3_channel_group` (0: the whole range). Forward / backward-data aim at about 4 items per
+    /// thread, z-slabs first (items of one slab share its input), then channel ranges. Backward-weights splits the
+    /// channel ranges first (disjoint dW rows: no private buffer), and z only when there are fewer channel groups
+    /// than threads (each z-part but the first then writes a private dW, added up in part order).
+    static func partition(pass: ConvPass, path: ck_path, cin: Int, cout: Int, d: Dim3, threads: Int) -> PassPartition {
+        let m = pass == .backwardData ? cin : cout
+        let group = Int(ck_conv3_channel_group(path, pass.ck))
+        let groups = group > 0 ? (m + group - 1) / group : 1
+        let t = max(1, threads), target = 4 * t
+        var zparts = 1, mparts = 1
+        if t > 1 {
+            if pass == .backwardWeights {
+                mparts = min(groups, target)
+                zparts = mparts >= t ? 1 : min(d.z, (t + mparts - 1) / mparts)
+            } else {
+                zparts = min(d.z, target)
+                mparts = min(groups, (target + zparts - 1) / zparts)
+            }
+        }
+        let zs = splitRange(d.z, parts: zparts)
+        // Channel ranges on group boundaries: split the groups, then scale to channels (the last range ends at m).
+        let ms = splitRange(groups, parts: mparts).map { r in
+            group > 0 ? (r.lowerBound * group)..<min(m, r.upperBound * group) : 0..<m
+        }
+        let slab = zs.map(\.count).max() ?? 1
+        let ws = Int(ck_conv3_workspace_floats(Int32(cin), Int32(cout), Int32(d.z), Int32(d.y), Int32(d.x), Int32(slab),
+                                               pass.ck, path))
+        let plan = Int(ck_conv3_plan_floats(Int32(cin), Int32(cout), Int32(d.z), Int32(d.y), Int32(d.x), pass.ck, path))
+        return PassPartition(path: path, zs: zs, ms: ms, parts: min(t, zs.count * ms.count), workspaceFloats: ws,
+                             planFloats: plan)
+    }
+
+    /// The partition of `pass` for this layer's current shape (after prepareWorkspaces).
+    func passPartition(_ pass: ConvPass) -> PassPartition {
+        plans3[pass == .forward ? 0 : pass == .backwardData ? 1 : 2]
+    }
+
+    /// The pass's plan (packed weights, masks...), made once per pass into a recycled tensor (nil when the path
+    /// needs none).
+    private func makePlan(_ p: PassPartition, _ pass: ConvPass, _ d: Dim3) -> Tensor? {
+        guard p.planFloats > 0 else { return nil }
+        let plan = Tensor.recycled([p.planFloats])
+        ck_conv3_plan(weight.value, plan.pointer, Int32(inChannels), Int32(outChannels), Int32(d.z), Int32(d.y),
+                      Int32(d.x), pass.ck, p.path)
+        return plan
+    }
+
+    /// Runs the items of partition `p`: body(item's z-range, channel range, z-part index, workspace).
+    private func runItems(_ p: PassPartition,
+                          _ body: (Range<Int>, Range<Int>, Int, UnsafeMutablePointer<Float>) -> Void) {
+        let ws = (0..<p.parts).map { _ in Tensor.recycled([max(1, p.workspaceFloats)]) }
+        let runs = splitRange(p.items, parts: p.parts), nm = p.ms.count
+        parallelFor(runs.count) { part in
+            let w = ws[part].pointer
+            for i in runs[part] { body(p.zs[i / nm], p.ms[i % nm], i / nm, w) }
+        }
+    }
+
     private func forward3(_ x: Tensor, _ y: Tensor, n: Int, d: Dim3) {
         let cin = Int32(inChannels), cout = Int32(outChannels)
         let nz = Int32(d.z), ny = Int32(d.y), nx = Int32(d.x)
         let vin = inChannels * d.count, vout = outChannels * d.count
-        let slabs = splitRange(d.z, parts: threadCount(d.z))
-        let w = weight.value, b = bias?.value, path = path.ck
-        let xp = x.pointer, yp = y.pointer, ws = scratch(scratchFloats.forward)
+        let p = passPartition(.forward)
+        let plan = makePlan(p, .forward, d)
+        let pp = plan.map { UnsafePointer($0.pointer) }, b = bias.map { UnsafePointer($0.value) }, path = p.path
+        let xp = x.pointer, yp = y.pointer
         for s in 0..<n {
-            parallelFor(slabs.count) { t in
-                let r = slabs[t]
-                ck_conv3_forward(xp + s * vin, w, b, yp + s * vout, cin, cout, nz, ny, nx,
-                                 Int32(r.lowerBound), Int32(r.upperBound), path, ws[t].pointer)
+            runItems(p) { z, m, _, ws in
+                ck_conv3_forward(xp + s * vin, pp, b, yp + s * vout, cin, cout, nz, ny, nx,
+                                 Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound), Int32(m.upperBound), path, ws)
             }
         }
     }
@@ -227,32 +379,31 @@ public final class Conv3d {
         let cin = Int32(inChannels), cout = Int32(outChannels)
         let nz = Int32(d.z), ny = Int32(d.y), nx = Int32(d.x)
         let vin = inChannels * d.count, vout = outChannels * d.count
-        let slabs = splitRange(d.z, parts: threadCount(d.z))
-        let w = weight.value, path = path.ck
         let xp = x.pointer, dyp = dy.pointer
         if let dx {
-            let dxp = dx.pointer, ws = scratch(scratchFloats.backwardData)
+            let p = passPartition(.backwardData)
+            let plan = makePlan(p, .backwardData, d)
+            let pp = plan.map { UnsafePointer($0.pointer) }, path = p.path, dxp = dx.pointer
             for s in 0..<n {
-                parallelFor(slabs.count) { t in
-                    let r = slabs[t]
-                    ck_conv3_backward_data(dyp + s * vout, w, dxp + s * vin, cin, cout, nz, ny, nx,
-                                           Int32(r.lowerBound), Int32(r.upperBound), path, ws[t].pointer)
+                runItems(p) { z, m, _, ws in
+                    ck_conv3_backward_data(dyp + s * vout, pp, dxp + s * vin, cin, cout, nz, ny, nx,
+                                           Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound),
+                                           Int32(m.upperBound), path, ws)
                 }
             }
         }
         guard weights else { return }
-        let wc = weight.count
-        let ws = scratch(scratchFloats.backwardWeights)
-        let targets = gradTargets(threads: slabs.count)
+        let p = passPartition(.backwardWeights), path = p.path
+        let targets = gradTargets(threads: p.zs.count)
         for s in 0..<n {
-            parallelFor(slabs.count) { t in
-                let r = slabs[t]
-                let (dw, db) = targets[t]
+            runItems(p) { z, m, zpart, ws in
+                let (dw, db) = targets[zpart]
                 ck_conv3_backward_weights(xp + s * vin, dyp + s * vout, dw, db, cin, cout, nz, ny, nx,
-                                          Int32(r.lowerBound), Int32(r.upperBound), path, ws[t].pointer)
+                                          Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound),
+                                          Int32(m.upperBound), path, ws)
             }
         }
-        reducePrivateGrads(threads: slabs.count, weightCount: wc)
+        reducePrivateGrads(threads: p.zs.count, weightCount: weight.count)
     }
 
     // MARK: 1x1x1
@@ -474,26 +625,26 @@ public final class Conv3d {
         let threads = max(1, Parallelism.threads)
         let key = WorkspaceKey(n: n, z: d.z, y: d.y, x: d.x, threads: threads)
         if key == workspaceKey { return }
-        var fwd = 0, bd = 0, bw = 0, parts = 1
+        var fwd = 0, bd = 0, bw = 0, parts = 1, grads = 1
         switch kernel {
         case 3:
-            parts = threadCount(d.z)
-            let slab = (d.z + parts - 1) / parts
-            func size(_ pass: ck_pass) -> Int {
-                Int(ck_conv3_workspace_floats(Int32(inChannels), Int32(outChannels), Int32(d.z), Int32(d.y),
-                                              Int32(d.x), Int32(slab), pass, path.ck))
+            plans3 = ConvPass.allCases.map { pass in
+                let path = Self.resolvedCK(path, inChannels: inChannels, outChannels: outChannels, dims: d, pass: pass)
+                return Self.partition(pass: pass, path: path, cin: inChannels, cout: outChannels, d: d, threads: threads)
             }
-            fwd = size(CK_PASS_FORWARD); bd = size(CK_PASS_BACKWARD_DATA); bw = size(CK_PASS_BACKWARD_WEIGHTS)
+            grads = plans3[2].zs.count
         case 2:
             let od = outputDims(d)
             parts = threadCount(od.z * od.y)
             let tile = inChannels * 8 * min(rowsPerTile(od), od.z * od.y) * od.x
             (fwd, bd, bw) = (tile, tile, tile)
+            grads = parts
         default:
             parts = threadCount(d.count / 1024)
+            grads = parts
         }
         scratchFloats = (fwd, bd, bw, parts)
-        privateGrads = (0..<max(0, parts - 1)).map { _ in ConvScratch(weight.count + outChannels) }
+        privateGrads = (0..<max(0, grads - 1)).map { _ in ConvScratch(weight.count + outChannels) }
         workspaceKey = key
     }
 }

@@ -29,9 +29,11 @@ extension Bench {
 
             For each layer and pass it prints the rate in GFLOP/s, counted as 2*Cin*Cout*27*voxels per pass \
             (the same count for forward, backward-data and backward-weights), and \
-            the kernel path each pass ran (by default the automatic choice training uses: the direct kernels wherever AVX-512 runs; \
-            --path direct or --path gemm forces one to compare them; direct = AVX-512 direct convolution, \
-            gemm = im2col + OpenBLAS sgemm). "eff" is each rate divided by the OpenBLAS sgemm rate on \
+            the kernel path each pass ran (by default the automatic choice training uses: the direct kernels of the widest \
+            ISA the CPU runs, AVX-512 or AVX2 + FMA, else im2col + sgemm; ATTUNET_CONV_PATH in the environment overrides \
+            it as in training). --path forces one path for every layer to compare them: gemm (im2col + OpenBLAS sgemm), \
+            direct-avx2, direct-avx512, or direct (the widest direct ISA this CPU runs); a path the CPU cannot run falls \
+            back to gemm, and the table says so per pass. "eff" is each rate divided by the OpenBLAS sgemm rate on \
             1024x1024x1024 measured in the same run (before and after the layers; the better one): the practical \
             single-core ceiling. An efficiency near \
             or above 100% means the conv runs as fast as the best dense matrix product this core can do. \
@@ -50,6 +52,7 @@ extension Bench {
             set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) in the environment before starting. \
             Figures meant for comparison are taken with
               OPENBLAS_CORETYPE=SkylakeX OPENBLAS_NUM_THREADS=1 attunet bench layers
+            (OPENBLAS_CORETYPE only where OpenBLAS does not recognise the CPU by itself).
             """
         )
 
@@ -59,11 +62,20 @@ extension Bench {
         @Flag(help: "One timed run per pass after the warm-up instead of the best of several (faster, noisier).")
         var quick = false
 
-        @Option(help: "3x3x3 kernel path for every layer: auto (what training uses: direct where the CPU runs AVX-512, else gemm), direct or gemm.")
+        @Option(help: "3x3x3 kernel path for every layer: auto (what training uses), gemm, direct (the widest direct ISA this CPU runs), direct-avx2 or direct-avx512.")
         var path: ConvPath = .auto
 
         @Option(help: "Only the conv layers whose name contains this text, e.g. '48->16' or '@80x80'.")
         var only: String?
+
+        @Option(help: "Feature scale of the model whose conv layers are timed (4: the paper's 16..256 channels; 16: 4..64).")
+        var featureScale: Double = 4
+
+        @Option(help: "Input patch X x Y x Z of the model whose conv layers are timed, e.g. 48x48x32.")
+        var patch = Dim3(z: 96, y: 160, x: 160)
+
+        @Flag(name: .customLong("no-memory-bound"), help: "Skip the memory-bound layers (BatchNorm, ReLU, ...).")
+        var noMemoryBound = false
 
         func run() throws {
             let started = DispatchTime.now().uptimeNanoseconds
@@ -77,7 +89,10 @@ extension Bench {
                 notes.append("OpenBLAS runs its slow '\(BLASInfo.coreName)' kernel on a CPU with \(cpu.hasAVX512F ? "AVX-512" : "AVX2"): rerun with OPENBLAS_CORETYPE=\(fix) in the environment (OpenBLAS reads it only at load time)")
             }
             if !Conv3d.hasDirectKernels {
-                notes.append("this CPU cannot run the direct AVX-512 kernels: every 3x3x3 pass uses im2col + sgemm")
+                notes.append("this CPU runs neither direct kernel (AVX2 + FMA, AVX-512): every 3x3x3 pass uses im2col + sgemm")
+            }
+            if path == .auto, let forced = Conv3d.environmentPath {
+                notes.append("\(Conv3d.pathVariable)=\(forced.rawValue) forces the path of --path auto")
             }
             let reps = quick ? 1 : 3
             let log: (String) -> Void = { line in
@@ -89,7 +104,7 @@ extension Bench {
             // Measured again after the layers and the better figure kept: on a shared machine a busy moment
             // at the start would otherwise inflate every efficiency.
             var sgemmRate = sgemmStart
-            let shapes = Self.shapes.filter { only == nil || $0.name.contains(only!) }
+            let shapes = Self.shapes(featureScale: featureScale, patch: patch).filter { only == nil || $0.name.contains(only!) }
             var convs: [ConvResult] = []
             for s in shapes {
                 log("measuring conv \(s.name) ...")
@@ -99,11 +114,12 @@ extension Bench {
             sgemmRate = max(sgemmStart, sgemmEnd)
             for i in convs.indices { convs[i].setEfficiency(sgemm: sgemmRate) }
             log("measuring BatchNorm, ReLU, MaxPool, Trilinear, Concat, GateMultiply ...")
-            let memoryBound = Self.measureMemoryBound(reps: reps)
+            let memoryBound = noMemoryBound ? [] : Self.measureMemoryBound(reps: reps)
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - started) / 1e9
 
             let report = Report(
                 cpu: cpu.modelName, avx512: cpu.hasAVX512F, directKernels: Conv3d.hasDirectKernels,
+                availablePaths: Conv3d.availablePaths.map(\.rawValue),
                 openblasCore: BLASInfo.coreName, openblasCoretypeEnv: env["OPENBLAS_CORETYPE"],
                 openblasThreads: BLASInfo.threads, threads: Parallelism.threads, path: path.rawValue, quick: quick,
                 sgemm1024GFlops: sgemmRate, sgemm1024StartEnd: [sgemmStart, sgemmEnd], convs: convs, all: Self.total(convs, sgemm: sgemmRate), memoryBound: memoryBound,
@@ -126,16 +142,16 @@ extension Bench {
             var gflop: Double { 2 * Double(cin * cout * 27 * dims.count) / 1e9 }
         }
 
-        /// The distinct 3x3x3 conv shapes of the paper's Attention U-Net (feature scale 4: 16, 32, 64, 128, 256
-        /// channels) on a 160x160x96 patch, as the model itself reports them, largest extent first.
-        static let shapes: [Shape] = {
-            let model = SegmentationModel(ModelConfig(kind: .attentionUNet, featureScale: 4))
+        /// The distinct 3x3x3 conv shapes of the Attention U-Net (by default the paper's: feature scale 4, i.e. 16, 32,
+        /// 64, 128, 256 channels, on a 160x160x96 patch), as the model itself reports them, largest extent first.
+        static func shapes(featureScale: Double = 4, patch: Dim3 = Dim3(z: 96, y: 160, x: 160)) -> [Shape] {
+            let model = SegmentationModel(ModelConfig(kind: .attentionUNet, featureScale: featureScale))
             var seen = Set<[Int]>(), out: [Shape] = []
-            for c in model.convolutions3x3(patch: Dim3(z: 96, y: 160, x: 160)) where seen.insert([c.inChannels, c.outChannels, c.dims.count]).inserted {
+            for c in model.convolutions3x3(patch: patch) where seen.insert([c.inChannels, c.outChannels, c.dims.count]).inserted {
                 out.append(Shape(cin: c.inChannels, cout: c.outChannels, dims: c.dims))
             }
             return out.enumerated().sorted { ($1.element.dims.count, $0.offset) < ($0.element.dims.count, $1.offset) }.map(\.element)
-        }()
+        }
 
         // MARK: Results
 
@@ -162,6 +178,8 @@ extension Bench {
 
         struct Report: Codable {
             var cpu: String, avx512: Bool, directKernels: Bool
+            /// The concrete 3x3x3 paths this CPU runs.
+            var availablePaths: [String]
             var openblasCore: String, openblasCoretypeEnv: String?, openblasThreads: Int, threads: Int, path: String, quick: Bool
             /// The better of the two measurements (before and after the layers) is the reference.
             var sgemm1024GFlops: Double
@@ -272,7 +290,8 @@ extension Bench {
 
         static func short(_ path: String) -> String {
             switch path {
-            case "direct-avx512": return "direct"
+            case "direct-avx512": return "avx512"
+            case "direct-avx2": return "avx2"
             case "im2col-sgemm": return "gemm"
             default: return path
             }
@@ -280,7 +299,7 @@ extension Bench {
 
         static func printTable(_ r: Report) {
             print("attunet bench layers: 3x3x3 conv, batch 1, one thread, path \(r.path)\(r.quick ? " (--quick)" : "")")
-            print("CPU \(r.cpu); AVX-512 \(r.avx512 ? "yes" : "no"); direct kernels \(r.directKernels ? "yes" : "no")")
+            print("CPU \(r.cpu); AVX-512 \(r.avx512 ? "yes" : "no"); 3x3x3 paths this CPU runs: \(r.availablePaths.joined(separator: ", "))")
             print("OpenBLAS core \(r.openblasCore) (OPENBLAS_CORETYPE=\(r.openblasCoretypeEnv ?? "unset")), \(r.openblasThreads) thread(s); sgemm 1024^3: \(fmt(r.sgemm1024GFlops, 1)) GFLOP/s (before/after the layers: \(r.sgemm1024StartEnd.map { fmt($0, 1) }.joined(separator: " / ")))")
             print("")
             let head = pad("layer", 24, left: true) + pad("GFLOP", 7) + " | " + pad("fwd GF/s", 15) + pad("bwd-data", 15)

@@ -1,9 +1,10 @@
 import Tensor
 import XCTest
+import CKernels
 @testable import NN
 
-/// Conv3d (3x3x3 on both CKernels paths, 1x1x1, 2x2x2 stride 2) against naive double-precision loops, finite
-/// differences, and single- vs multi-threaded runs.
+/// Conv3d (3x3x3 on every CKernels path this CPU runs, 1x1x1, 2x2x2 stride 2) against naive double-precision loops,
+/// finite differences, and single- vs multi-threaded runs (different partitions of the 3x3x3 passes).
 final class ConvTests: XCTestCase {
     override func tearDown() {
         Parallelism.threads = 1
@@ -19,6 +20,10 @@ final class ConvTests: XCTestCase {
 
     static let odd = Case(n: 2, cin: 3, cout: 5, z: 5, y: 6, x: 7)
     static let wide = Case(n: 1, cin: 2, cout: 3, z: 3, y: 4, x: 17)
+    /// Shapes the direct kernels treat specially: one input channel, a single slice, channel counts that are not
+    /// multiples of the 4- or 8-channel tiles, X of 3, 10 and 20 (planes not a multiple of the vector width).
+    static let edgeCases = [Case(n: 1, cin: 1, cout: 4, z: 2, y: 2, x: 3), Case(n: 1, cin: 9, cout: 2, z: 1, y: 3, x: 10),
+                            Case(n: 1, cin: 4, cout: 9, z: 3, y: 5, x: 20), Case(n: 2, cin: 12, cout: 4, z: 4, y: 6, x: 6)]
 
     /// A layer with random weights (and bias) in a fresh store, plus a random input.
     func make(_ c: Case, kernel: Int, bias: Bool, seed: UInt64 = 1) -> (Conv3d, ParameterStore, Tensor) {
@@ -105,47 +110,61 @@ final class ConvTests: XCTestCase {
                            file: StaticString = #filePath, line: UInt = #line) {
         let (conv, store, x) = make(c, kernel: kernel, bias: bias)
         conv.path = path
+        let tag = kernel == 3 ? "k3 \(conv.pathName(for: .forward, dims: c.dims)) \(c.cin)->\(c.cout) @\(c.dims)" : "k\(kernel)"
         let naive = Naive(c: c, k: kernel, stride: kernel == 2 ? 2 : 1, pad: kernel == 3 ? 1 : 0)
         let w = Array(UnsafeBufferPointer(start: conv.weight.value, count: conv.weight.count))
         let b = conv.bias.map { Array(UnsafeBufferPointer(start: $0.value, count: $0.count)) }
         let y = conv.forward(x)
         XCTAssertEqual(y.shape, [c.n, c.cout, naive.od.z, naive.od.y, naive.od.x], file: file, line: line)
-        assertClose(y.array, naive.forward(x: x.array, w: w, b: b), "k\(kernel) forward", file: file, line: line)
+        assertClose(y.array, naive.forward(x: x.array, w: w, b: b), "\(tag) forward", file: file, line: line)
 
         let dy = Tensor(y.shape, GradCheck.random(y.count, seed: 99))
         store.zeroGrads()
         let dx = conv.backward(dy)
         let (rdx, rdw, rdb) = naive.backward(x: x.array, w: w, dy: dy.array)
         XCTAssertEqual(dx.shape, x.shape, file: file, line: line)
-        assertClose(dx.array, rdx, "k\(kernel) dx", file: file, line: line)
-        assertClose(Array(UnsafeBufferPointer(start: conv.weight.grad, count: conv.weight.count)), rdw, "k\(kernel) dW",
+        assertClose(dx.array, rdx, "\(tag) dx", file: file, line: line)
+        assertClose(Array(UnsafeBufferPointer(start: conv.weight.grad, count: conv.weight.count)), rdw, "\(tag) dW",
                     file: file, line: line)
         if let bias = conv.bias {
-            assertClose(Array(UnsafeBufferPointer(start: bias.grad, count: bias.count)), rdb, "k\(kernel) db",
+            assertClose(Array(UnsafeBufferPointer(start: bias.grad, count: bias.count)), rdb, "\(tag) db",
                         file: file, line: line)
         }
     }
 
     // MARK: Forward / backward against the naive loops
 
-    func testConv3GemmPathMatchesNaive() {
-        checkAgainstNaive(Self.odd, kernel: 3, bias: true, path: .gemm)
-        checkAgainstNaive(Self.wide, kernel: 3, bias: false, path: .gemm)
+    func testConv3EveryPathMatchesNaive() {
+        XCTAssertTrue(Conv3d.availablePaths.contains(.gemm))
+        for path in Conv3d.availablePaths {
+            checkAgainstNaive(Self.odd, kernel: 3, bias: true, path: path)
+            checkAgainstNaive(Self.wide, kernel: 3, bias: false, path: path)
+            for c in Self.edgeCases { checkAgainstNaive(c, kernel: 3, bias: true, path: path) }
+        }
+        print("conv 3x3x3 checked against naive loops on: \(Conv3d.availablePaths.map { Conv3d.pathName($0) }.joined(separator: ", "))")
     }
 
-    func testConv3DirectPathMatchesNaive() throws {
-        guard Conv3d.hasDirectKernels else {
-            // Without AVX-512, a forced DIRECT must run (and report) the GEMM path.
+    /// A path the CPU cannot run resolves to GEMM (CKernels' fallback); `.auto` and `.direct` resolve to an
+    /// available path; names parse both ways.
+    func testPathResolutionAndNames() {
+        let available = Conv3d.availablePaths
+        for path in ConvPath.allCases {
             for pass in ConvPass.allCases {
-                XCTAssertEqual(Conv3d.resolvedPath(.direct, inChannels: 3, outChannels: 5, dims: Self.odd.dims, pass: pass),
-                               .gemm)
-                XCTAssertEqual(Conv3d.autoPath(inChannels: 3, outChannels: 5, dims: Self.odd.dims, pass: pass), .gemm)
+                let r = Conv3d.resolvedPath(path, inChannels: 3, outChannels: 5, dims: Self.odd.dims, pass: pass)
+                XCTAssertTrue(available.contains(r), "\(path) resolves to \(r), not available here")
+                if path != .auto && path != .direct {
+                    XCTAssertEqual(r, path.isAvailable ? path : .gemm, "\(path) \(pass)")
+                }
             }
-            checkAgainstNaive(Self.odd, kernel: 3, bias: true, path: .direct)
-            throw XCTSkip("CPU has no AVX-512: the direct kernels cannot run here (GEMM fallback checked)")
+            XCTAssertEqual(ConvPath(name: path.rawValue), path)
         }
-        checkAgainstNaive(Self.odd, kernel: 3, bias: true, path: .direct)
-        checkAgainstNaive(Self.wide, kernel: 3, bias: false, path: .direct)
+        XCTAssertFalse(ConvPath.winogradAVX2.isAvailable, "Winograd is not implemented yet")
+        XCTAssertEqual(ConvPath(name: "im2col-sgemm"), .gemm)
+        XCTAssertEqual(ConvPath(name: "Direct-AVX2"), .directAVX2)
+        XCTAssertNil(ConvPath(name: "fast"))
+        XCTAssertEqual(Conv3d.parseEnvironmentPath("gemm"), .gemm)
+        XCTAssertNil(Conv3d.parseEnvironmentPath("auto"))
+        XCTAssertEqual(Conv3d.hasDirectKernels, available.contains(.directAVX2) || available.contains(.directAVX512))
     }
 
     func testConv3AutoPathMatchesNaive() {
@@ -177,7 +196,7 @@ final class ConvTests: XCTestCase {
         let dx = conv.backward(dy).array
         let dw = Array(UnsafeBufferPointer(start: conv.weight.grad, count: conv.weight.count))
         let loss = { GradCheck.dot(conv.forward(x).data, r) }
-        let tag = "k\(kernel) \(Conv3d.pathName(path))"
+        let tag = kernel == 3 ? "k3 \(Conv3d.pathName(path))" : "k\(kernel)"
         GradCheck.check("\(tag) dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-3,
                         loss: loss, file: file, line: line)
         GradCheck.check("\(tag) dW", parameter: conv.weight.value, count: conv.weight.count, analytic: dw, relTol: 1e-3,
@@ -190,8 +209,7 @@ final class ConvTests: XCTestCase {
     }
 
     func testConv3GradCheck() {
-        gradCheck(Self.odd, kernel: 3, bias: true, path: .gemm)
-        gradCheck(Self.odd, kernel: 3, bias: true, path: .direct)  // GEMM fallback without AVX-512
+        for path in Conv3d.availablePaths { gradCheck(Self.odd, kernel: 3, bias: true, path: path) }
     }
 
     func testConv1GradCheck() { gradCheck(Self.odd, kernel: 1, bias: true) }
@@ -201,24 +219,62 @@ final class ConvTests: XCTestCase {
     // MARK: Threads, accumulation, reuse, first layer
 
     func testTwoThreadsEqualOneThread() {
-        for (kernel, path) in [(3, ConvPath.gemm), (3, .direct), (1, .auto), (2, .auto)] {
+        let conv3 = Conv3d.availablePaths.map { (3, $0) }
+        for (kernel, path) in conv3 + [(1, ConvPath.auto), (2, .auto)] {
             // Large enough in V for the 1x1x1 split (V / 1024 >= 2).
             let c = kernel == 1 ? Case(n: 2, cin: 3, cout: 5, z: 4, y: 24, x: 24) : Self.odd
-            var results: [[Float]] = []
-            for threads in [1, 2] {
-                Parallelism.threads = threads
-                let (conv, store, x) = make(c, kernel: kernel, bias: true, seed: 3)
-                conv.path = path
-                let y = conv.forward(x).array
-                let dy = Tensor(conv.forward(x).shape, GradCheck.random(y.count, seed: 4))
-                store.zeroGrads()
-                let dx = conv.backward(dy).array
-                results.append(y + dx + store.grads.array)
-            }
-            Parallelism.threads = 1
+            let results = [1, 2].map { threads in runAll(c, kernel: kernel, path: path, threads: threads) }
             let scale = Double(results[0].map(abs).max()!)
             let worst = zip(results[0], results[1]).map { Double(abs($0 - $1)) }.max()!
-            XCTAssertLessThanOrEqual(worst / scale, 1e-6, "kernel \(kernel) \(Conv3d.pathName(path)): 2 threads differ from 1")
+            let tag = kernel == 3 ? Conv3d.pathName(path) : ""
+            XCTAssertLessThanOrEqual(worst / scale, 1e-6, "kernel \(kernel) \(tag): 2 threads differ from 1")
+        }
+    }
+
+    /// forward + backward (data and parameter gradients) of a fresh layer on `threads` threads, concatenated.
+    func runAll(_ c: Case, kernel: Int, path: ConvPath, threads: Int) -> [Float] {
+        Parallelism.threads = threads
+        defer { Parallelism.threads = 1 }
+        let (conv, store, x) = make(c, kernel: kernel, bias: true, seed: 3)
+        conv.path = path
+        let y = conv.forward(x).array
+        let dy = Tensor(conv.forward(x).shape, GradCheck.random(y.count, seed: 4))
+        store.zeroGrads()
+        let dx = conv.backward(dy).array
+        return y + dx + store.grads.array
+    }
+
+    /// The 3x3x3 passes cut into items (z-slab x channel range) differently for 1, 3 and 7 threads give the same
+    /// results (within float rounding: backward-weights may add its z-parts in another grouping), on every path, for
+    /// odd channel counts; and a partition covers every (z, channel) once, on channel-group boundaries.
+    func testPartitionsAgree() {
+        let cases = [Case(n: 1, cin: 5, cout: 7, z: 6, y: 5, x: 6), Case(n: 2, cin: 9, cout: 3, z: 3, y: 4, x: 10),
+                     Case(n: 1, cin: 1, cout: 4, z: 5, y: 3, x: 3)]
+        for path in Conv3d.availablePaths {
+            for c in cases {
+                let one = runAll(c, kernel: 3, path: path, threads: 1)
+                for threads in [3, 7] {
+                    let many = runAll(c, kernel: 3, path: path, threads: threads)
+                    let scale = Double(one.map(abs).max()!)
+                    let worst = zip(one, many).map { Double(abs($0 - $1)) }.max()!
+                    XCTAssertLessThanOrEqual(worst / scale, 1e-5, "\(Conv3d.pathName(path)) \(c.cin)->\(c.cout) @\(c.dims): \(threads) threads differ from 1")
+                }
+                for pass in ConvPass.allCases {
+                    let ck = Conv3d.resolvedCK(path, inChannels: c.cin, outChannels: c.cout, dims: c.dims, pass: pass)
+                    let m = pass == .backwardData ? c.cin : c.cout
+                    let group = Int(ck_conv3_channel_group(ck, pass.ck))
+                    for threads in [1, 2, 3, 16] {
+                        let p = Conv3d.partition(pass: pass, path: ck, cin: c.cin, cout: c.cout, d: c.dims, threads: threads)
+                        let what = "\(Conv3d.pathName(path)) \(pass) \(c.cin)->\(c.cout) @\(c.dims) threads \(threads)"
+                        XCTAssertEqual(p.zs.flatMap { Array($0) }, Array(0..<c.z), what)
+                        XCTAssertEqual(p.ms.flatMap { Array($0) }, Array(0..<m), what)
+                        XCTAssertTrue(p.ms.allSatisfy { group == 0 || $0.lowerBound % group == 0 }, what)
+                        XCTAssertLessThanOrEqual(p.parts, threads, what)
+                        if threads == 1 { XCTAssertEqual(p.items, 1, what) }
+                        if pass == .backwardWeights && p.ms.count >= threads { XCTAssertEqual(p.zs.count, 1, what) }
+                    }
+                }
+            }
         }
     }
 

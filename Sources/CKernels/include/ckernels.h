@@ -1,15 +1,16 @@
 // CKernels: C kernels where Swift cannot reach the machine's speed.
 //
 // 3x3x3 convolution (stride 1, zero padding 1) over one sample, layout [C][Z][Y][X] (X fastest),
-// weights [Cout][Cin][3][3][3] (kz, ky, kx), float32. Two implementations behind one API:
-//   - CK_PATH_DIRECT: direct AVX-512 kernels (register tile of x-vectors x output channels, packed
-//     weights, masked loads for the halo), compiled with __attribute__((target)), used only when
-//     ck_cpu_has_avx512() says the CPU can run them;
-//   - CK_PATH_GEMM: tiled im2col + OpenBLAS sgemm with a bounded workspace (portable).
-// CK_PATH_AUTO asks ck_conv3_choose, which today decides by the CPU alone (direct where AVX-512 runs).
+// weights [Cout][Cin][3][3][3] (kz, ky, kx), float32. Several implementations ("paths") behind one API:
+//   - CK_PATH_GEMM: tiled im2col + OpenBLAS sgemm with a bounded workspace (portable, every CPU);
+//   - CK_PATH_DIRECT_AVX2: direct AVX2 + FMA kernels (8-lane vectors, 16 ymm registers);
+//   - CK_PATH_DIRECT_AVX512: direct AVX-512F kernels (16-lane vectors, 32 zmm registers);
+//   - CK_PATH_WINOGRAD_AVX2 / _AVX512: reserved (not implemented yet: ck_path_available() says 0).
+// The direct kernels carry __attribute__((target)) and run only where ck_path_available() says so.
 //
-// Work is split by output z-slices [z0, z1) so a caller can spread one layer over threads.
-// All functions are thread-safe given distinct output ranges and distinct workspaces.
+// Use: resolve the path once (ck_conv3_resolve), make the pass's plan once (packed weights, halo masks: read-only,
+// shared by all threads), then cut the pass into items (output z-slab x output-channel range) and run each item
+// with a per-thread workspace. Calls are thread-safe given disjoint output ranges and distinct workspaces.
 #ifndef CKERNELS_H
 #define CKERNELS_H
 
@@ -21,8 +22,11 @@ extern "C" {
 
 typedef enum {
     CK_PATH_AUTO = 0,
-    CK_PATH_DIRECT = 1,
-    CK_PATH_GEMM = 2,
+    CK_PATH_GEMM = 1,
+    CK_PATH_DIRECT_AVX2 = 2,
+    CK_PATH_DIRECT_AVX512 = 3,
+    CK_PATH_WINOGRAD_AVX2 = 4,
+    CK_PATH_WINOGRAD_AVX512 = 5,
 } ck_path;
 
 typedef enum {
@@ -31,36 +35,56 @@ typedef enum {
     CK_PASS_BACKWARD_WEIGHTS = 2,
 } ck_pass;
 
-/// 1 when the CPU (and OS) can run the AVX-512F + FMA kernels, else 0.
+/// 1 when the CPU (and OS) runs AVX2 and FMA, else 0.
+int ck_cpu_has_avx2(void);
+/// 1 when the CPU (and OS) runs AVX-512F and FMA, else 0.
 int ck_cpu_has_avx512(void);
 
-/// The path CK_PATH_AUTO resolves to for this shape and pass (never CK_PATH_AUTO).
-/// Never CK_PATH_DIRECT on a CPU without AVX-512.
+/// 1 when `path` is implemented and this CPU runs it (CK_PATH_GEMM always; CK_PATH_AUTO: 0).
+int ck_path_available(ck_path path);
+
+/// The path CK_PATH_AUTO resolves to for this shape and pass: never CK_PATH_AUTO, always an available path.
 ck_path ck_conv3_choose(int cin, int cout, int nz, int ny, int nx, ck_pass pass);
 
-/// Human-readable name of a resolved path ("direct-avx512", "im2col-sgemm").
+/// The path a request runs: CK_PATH_AUTO -> ck_conv3_choose; an unavailable path -> CK_PATH_GEMM.
+ck_path ck_conv3_resolve(ck_path requested, int cin, int cout, int nz, int ny, int nx, ck_pass pass);
+
+/// Name of a path: "auto", "im2col-sgemm", "direct-avx2", "direct-avx512", "winograd-avx2", "winograd-avx512".
 const char *ck_path_name(ck_path path);
 
-/// Floats of scratch memory one call of `pass` needs on `path` for output slices [z0, z0+nzslab)
-/// (pass nzslab = nz for the whole volume). Bounded: never proportional to the whole volume times 27*Cin.
+/// Granularity of the output-channel ranges [m0, m1) for best efficiency on a resolved path: ranges should start
+/// at multiples of it (a range that does not wastes part of a register tile). 0 means the path prefers the whole
+/// channel range in one call (im2col + sgemm: splitting channels repeats the im2col).
+int ck_conv3_channel_group(ck_path path, ck_pass pass);
+
+/// Floats of the plan of one pass of one layer on a resolved path (may be 0: then `plan` may be NULL).
+size_t ck_conv3_plan_floats(int cin, int cout, int nz, int ny, int nx, ck_pass pass, ck_path path);
+
+/// Fills the plan (packed weights, halo masks, ...) from w [Cout][Cin][3][3][3]. Make it once per pass, with the
+/// same resolved path as the calls that use it (for CK_PASS_BACKWARD_WEIGHTS `w` is not read).
+void ck_conv3_plan(const float *w, float *plan, int cin, int cout, int nz, int ny, int nx, ck_pass pass, ck_path path);
+
+/// Floats of per-thread scratch for one call of `pass` on a resolved path covering at most `nzslab` output slices
+/// (any channel range). Bounded: never proportional to the volume times 27*Cin.
 size_t ck_conv3_workspace_floats(int cin, int cout, int nz, int ny, int nx, int nzslab, ck_pass pass, ck_path path);
 
-/// out[co][z][y][x] = bias[co] + sum_{ci,kz,ky,kx} w[co][ci][kz][ky][kx] * in[ci][z+kz-1][y+ky-1][x+kx-1]
-/// for z in [z0, z1). Overwrites out in that range. bias may be NULL.
-void ck_conv3_forward(const float *in, const float *w, const float *bias, float *out,
-                      int cin, int cout, int nz, int ny, int nx, int z0, int z1,
+/// out[m][z][y][x] = bias[m] + sum_{ci,kz,ky,kx} w[m][ci][kz][ky][kx] * in[ci][z+kz-1][y+ky-1][x+kx-1]
+/// for z in [z0, z1) and output channels m in [m0, m1) (of Cout). Overwrites exactly that range. bias may be NULL.
+void ck_conv3_forward(const float *in, const float *plan, const float *bias, float *out,
+                      int cin, int cout, int nz, int ny, int nx, int z0, int z1, int m0, int m1,
                       ck_path path, float *workspace);
 
-/// din = d(loss)/d(in) for z in [z0, z1) given dout = d(loss)/d(out): a forward convolution of dout
-/// with the flipped, transposed weights. Overwrites din in that range.
-void ck_conv3_backward_data(const float *dout, const float *w, float *din,
-                            int cin, int cout, int nz, int ny, int nx, int z0, int z1,
+/// din = d(loss)/d(in) for z in [z0, z1) and input channels m in [m0, m1) (of Cin), given dout: a forward
+/// convolution of dout with the flipped, transposed weights (held by the plan). Overwrites exactly that range.
+void ck_conv3_backward_data(const float *dout, const float *plan, float *din,
+                            int cin, int cout, int nz, int ny, int nx, int z0, int z1, int m0, int m1,
                             ck_path path, float *workspace);
 
-/// dw += d(loss)/d(w) and, if dbias != NULL, dbias += d(loss)/d(bias), summed over output slices
-/// z in [z0, z1) only (so a caller can split over threads with private dw buffers and add them up).
+/// dw[m][*] += d(loss)/d(w[m]) and, if dbias != NULL, dbias[m] += d(loss)/d(bias[m]) for output channels m in
+/// [m0, m1), summed over output slices z in [z0, z1) only. Concurrent calls must write disjoint dw rows (distinct
+/// m ranges, or private dw buffers for z ranges of the same m range). Needs no plan.
 void ck_conv3_backward_weights(const float *in, const float *dout, float *dw, float *dbias,
-                               int cin, int cout, int nz, int ny, int nx, int z0, int z1,
+                               int cin, int cout, int nz, int ny, int nx, int z0, int z1, int m0, int m1,
                                ck_path path, float *workspace);
 
 #ifdef __cplusplus

@@ -3,7 +3,6 @@
 // faster than whole slices for the wide full-resolution layers.
 #include <string.h>
 #include <cblas.h>
-#include "ckernels.h"
 #include "conv3_internal.h"
 
 // Tile size, measured: a column buffer of about 4 MB (1M floats) and about 1024 voxels per tile were best
@@ -53,9 +52,10 @@ static void im2col_rows(const float *src, float *col, int c_count, int nz, int n
     }
 }
 
-// dst[m][rows z0..z1) = wmat[m][c*27] * im2col(src) (+ bias[m]); wmat is row-major [m_count][c_count*27].
+// dst[m][rows z0..z1) = wmat[m][c*27] * im2col(src) (+ bias[m]) for m in [m0, m1); wmat is row-major
+// [m_count][c_count*27] (the plan), so a channel range is a row subset of it.
 static void gemm_conv(const float *src, const float *wmat, const float *bias, float *dst,
-                      int c_count, int m_count, int nz, int ny, int nx, int z0, int z1, float *col) {
+                      int c_count, int nz, int ny, int nx, int z0, int z1, int m0, int m1, float *col) {
     int rbeg = z0 * ny, rend = z1 * ny;
     int rt = tile_rows(c_count, nx, rend - rbeg);
     size_t vol = (size_t)nz * ny * nx;
@@ -63,16 +63,32 @@ static void gemm_conv(const float *src, const float *wmat, const float *bias, fl
     for (int r0 = rbeg; r0 < rend; r0 += rt) {
         int nr = rend - r0 < rt ? rend - r0 : rt;
         int nt = nr * nx;
-        float *c_tile = dst + (size_t)r0 * nx;
+        float *c_tile = dst + (size_t)m0 * vol + (size_t)r0 * nx;
         im2col_rows(src, col, c_count, nz, ny, nx, r0, nr);
         if (bias) {
-            for (int m = 0; m < m_count; m++) {
-                float *o = c_tile + (size_t)m * vol;
+            for (int m = m0; m < m1; m++) {
+                float *o = c_tile + (size_t)(m - m0) * vol;
                 for (int i = 0; i < nt; i++) o[i] = bias[m];
             }
         }
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m_count, nt, k,
-                    1.0f, wmat, k, col, nt, bias ? 1.0f : 0.0f, c_tile, (int)vol);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, m1 - m0, nt, k,
+                    1.0f, wmat + (size_t)m0 * k, k, col, nt, bias ? 1.0f : 0.0f, c_tile, (int)vol);
+    }
+}
+
+size_t ck_gemm_plan_floats(int cin, int cout, ck_pass pass) {
+    return pass == CK_PASS_BACKWARD_WEIGHTS ? 0 : (size_t)27 * cin * cout;
+}
+
+void ck_gemm_plan(const float *w, float *plan, int cin, int cout, ck_pass pass) {
+    if (pass == CK_PASS_FORWARD) {
+        memcpy(plan, w, sizeof(float) * 27 * (size_t)cin * cout);
+    } else if (pass == CK_PASS_BACKWARD_DATA) {
+        // din = conv(dout, w') with w'[ci][co][k] = w[co][ci][26-k]: a forward conv, no col2im.
+        for (int ci = 0; ci < cin; ci++)
+            for (int co = 0; co < cout; co++)
+                for (int k = 0; k < 27; k++)
+                    plan[((size_t)ci * cout + co) * 27 + k] = w[((size_t)co * cin + ci) * 27 + 26 - k];
     }
 }
 
@@ -81,40 +97,28 @@ size_t ck_gemm_workspace_floats(int cin, int cout, int nz, int ny, int nx, int n
     int nrows = nzslab * ny;
     if (nrows < 1) nrows = 1;
     int c = pass == CK_PASS_BACKWARD_DATA ? cout : cin;
-    size_t col = (size_t)27 * c * nx * tile_rows(c, nx, nrows);
-    if (pass == CK_PASS_BACKWARD_DATA) col += (size_t)27 * cin * cout;
-    return col;
+    return (size_t)27 * c * nx * tile_rows(c, nx, nrows);
 }
 
-void ck_gemm_forward(const float *in, const float *w, const float *bias, float *out,
-                     int cin, int cout, int nz, int ny, int nx, int z0, int z1, float *workspace) {
-    gemm_conv(in, w, bias, out, cin, cout, nz, ny, nx, z0, z1, workspace);
+void ck_gemm_forward(const float *in, const float *plan, const float *bias, float *out, int cin, int cout,
+                     int nz, int ny, int nx, int z0, int z1, int m0, int m1, int flip_transpose, float *workspace) {
+    gemm_conv(in, plan, bias, out, flip_transpose ? cout : cin, nz, ny, nx, z0, z1, m0, m1, workspace);
 }
 
-void ck_gemm_backward_data(const float *dout, const float *w, float *din,
-                           int cin, int cout, int nz, int ny, int nx, int z0, int z1, float *workspace) {
-    // din = conv(dout, w') with w'[ci][co][k] = w[co][ci][26-k]: a forward conv, no col2im.
-    float *wt = workspace;
-    for (int ci = 0; ci < cin; ci++)
-        for (int co = 0; co < cout; co++)
-            for (int k = 0; k < 27; k++)
-                wt[((size_t)ci * cout + co) * 27 + k] = w[((size_t)co * cin + ci) * 27 + 26 - k];
-    gemm_conv(dout, wt, NULL, din, cout, cin, nz, ny, nx, z0, z1, workspace + (size_t)27 * cin * cout);
-}
-
-void ck_gemm_backward_weights(const float *in, const float *dout, float *dw, float *dbias,
-                              int cin, int cout, int nz, int ny, int nx, int z0, int z1, float *workspace) {
+void ck_gemm_backward_weights(const float *in, const float *dout, float *dw, float *dbias, int cin, int cout,
+                              int nz, int ny, int nx, int z0, int z1, int m0, int m1, float *workspace) {
+    (void)cout;
     int rbeg = z0 * ny, rend = z1 * ny;
     int rt = tile_rows(cin, nx, rend - rbeg);
     size_t vol = (size_t)nz * ny * nx;
     int k = 27 * cin;
-    // dw[co][ci*27+k] += dout_tile[co][n] * col[ci*27+k][n]
+    // dw[m][ci*27+k] += dout_tile[m][n] * col[ci*27+k][n] for m in [m0, m1)
     for (int r0 = rbeg; r0 < rend; r0 += rt) {
         int nr = rend - r0 < rt ? rend - r0 : rt;
         int nt = nr * nx;
         im2col_rows(in, workspace, cin, nz, ny, nx, r0, nr);
-        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, cout, k, nt,
-                    1.0f, dout + (size_t)r0 * nx, (int)vol, workspace, nt, 1.0f, dw, k);
+        cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, m1 - m0, k, nt,
+                    1.0f, dout + (size_t)m0 * vol + (size_t)r0 * nx, (int)vol, workspace, nt, 1.0f, dw + (size_t)m0 * k, k);
     }
-    if (dbias) ck_bias_grad(dout, dbias, cout, nz, ny, nx, z0, z1);
+    if (dbias) ck_bias_grad(dout, dbias, nz, ny, nx, z0, z1, m0, m1);
 }

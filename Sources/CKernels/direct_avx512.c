@@ -9,7 +9,6 @@
 #include <immintrin.h>
 #include <stdint.h>
 #include <string.h>
-#include "ckernels.h"
 #include "conv3_internal.h"
 
 #define AVX512 __attribute__((target("avx512f,fma")))
@@ -23,41 +22,36 @@
 #define BWW_NM 8
 #define BWW_CHUNK 256
 
-// Packed dOut chunk of backward-weights, in floats.
-static size_t bww_dpk_floats(int cout) { return (size_t)BWW_CHUNK * (size_t)((cout + BWW_NM - 1) / BWW_NM) * BWW_NM * 16; }
+// Packed dOut chunk of backward-weights, in floats (one group more than Cout needs: a range [m0, m1) that does not
+// start at a multiple of 8 spans one more group).
+static size_t bww_dpk_floats(int cout) { return (size_t)BWW_CHUNK * (size_t)((cout + BWW_NM - 1) / BWW_NM + 1) * BWW_NM * 16; }
 
-static int plane_vectors(int ny, int nx) { return (ny * nx + 15) / 16; }
+static int plane_vectors(int ny, int nx) { return ck_plane_vectors(ny, nx, 16); }
 
-// Mask table size in floats (two uint16 masks per float).
+// Mask table size in floats (two uint16 masks per float; ck_build_masks16: entry [v][dy*3 + dx]).
 static size_t mask_floats(int ny, int nx) { return ((size_t)plane_vectors(ny, nx) * 9 + 1) / 2; }
 
-// mtab[v*9 + dy*3 + dx]: lanes of plane vector v whose tap (dy, dx) lies inside the plane.
-// Entry dy=1, dx=1 is the set of lanes inside the plane (the store mask).
-static void build_masks(uint16_t *mtab, int ny, int nx) {
-    int plane = ny * nx, nvec = plane_vectors(ny, nx);
-    memset(mtab, 0, sizeof(uint16_t) * 9 * (size_t)nvec);
-    for (int p = 0; p < plane; p++) {
-        int y = p / nx, x = p % nx;
-        uint16_t *m = mtab + (size_t)(p / 16) * 9;
-        for (int dy = 0; dy < 3; dy++) {
-            if (y + dy - 1 < 0 || y + dy - 1 >= ny) continue;
-            for (int dx = 0; dx < 3; dx++)
-                if (x + dx - 1 >= 0 && x + dx - 1 < nx) m[dy * 3 + dx] |= (uint16_t)(1u << (p % 16));
-        }
-    }
+// Plan of forward / backward-data: packed weights [G][C][27][4] (ck_pack_weights), then the mask table.
+static size_t fwd_weight_floats(int cin, int cout, ck_pass pass) {
+    int m = pass == CK_PASS_BACKWARD_DATA ? cin : cout, c = pass == CK_PASS_BACKWARD_DATA ? cout : cin;
+    return ck_packed_weight_floats(m, c, FWD_NM);
 }
 
-size_t ck_direct_workspace_floats(int cin, int cout, int ny, int nx, ck_pass pass) {
-    size_t masks = mask_floats(ny, nx);
-    switch (pass) {
-    case CK_PASS_FORWARD:
-        return (size_t)(cout + FWD_NM - 1) / FWD_NM * FWD_NM * cin * 27 + masks;
-    case CK_PASS_BACKWARD_DATA:
-        return (size_t)(cin + FWD_NM - 1) / FWD_NM * FWD_NM * cout * 27 + masks;
-    case CK_PASS_BACKWARD_WEIGHTS:
-        return bww_dpk_floats(cout) + masks;
-    }
-    return 0;
+size_t ck_avx512_plan_floats(int cin, int cout, int ny, int nx, ck_pass pass) {
+    if (pass == CK_PASS_BACKWARD_WEIGHTS) return 0;
+    return fwd_weight_floats(cin, cout, pass) + mask_floats(ny, nx);
+}
+
+void ck_avx512_plan(const float *w, float *plan, int cin, int cout, int ny, int nx, ck_pass pass) {
+    if (pass == CK_PASS_BACKWARD_WEIGHTS) return;
+    ck_pack_weights(w, plan, cin, cout, pass == CK_PASS_BACKWARD_DATA, FWD_NM);
+    ck_build_masks16((uint16_t *)(plan + fwd_weight_floats(cin, cout, pass)), ny, nx);
+}
+
+// Backward-weights builds its mask table per call in the workspace (the pass has no plan).
+size_t ck_avx512_workspace_floats(int cin, int cout, int nz, int ny, int nx, int nzslab, ck_pass pass) {
+    (void)cin; (void)nz; (void)nzslab;
+    return pass == CK_PASS_BACKWARD_WEIGHTS ? bww_dpk_floats(cout) + mask_floats(ny, nx) : 0;
 }
 
 // ---- forward / backward-data ----
@@ -66,18 +60,17 @@ typedef struct {
     const float *in, *wp, *bias;
     float *out;
     const uint16_t *mtab;
-    int c_count, m_count, nz, nx, plane;
+    int c_count, nz, nx, plane, m0, m1;
     size_t vol;
 } fwd_args;
 
-// Output channels [4g, 4g+4) of plane vectors [v0, v0+nv) of slice z. nv is a constant after inlining.
+// Output channels [4g, 4g+4) ∩ [m0, m1) of plane vectors [v0, v0+nv) of slice z. nv is a constant after inlining.
 AVX512_INLINE void fwd_tile(const fwd_args *a, int z, int v0, int nv, int g) {
     __m512 acc[FWD_NV][FWD_NM];
-    int mvalid = a->m_count - FWD_NM * g;
-    if (mvalid > FWD_NM) mvalid = FWD_NM;
+    int jlo = a->m0 - FWD_NM * g, jhi = a->m1 - FWD_NM * g;
 #pragma GCC unroll 4
     for (int j = 0; j < FWD_NM; j++) {
-        __m512 b = _mm512_set1_ps(a->bias && j < mvalid ? a->bias[FWD_NM * g + j] : 0.0f);
+        __m512 b = _mm512_set1_ps(a->bias && j >= jlo && j < jhi ? a->bias[FWD_NM * g + j] : 0.0f);
 #pragma GCC unroll 5
         for (int v = 0; v < nv; v++) acc[v][j] = b;
     }
@@ -105,20 +98,20 @@ AVX512_INLINE void fwd_tile(const fwd_args *a, int z, int v0, int nv, int g) {
         }
     }
     float *op = a->out + (size_t)z * a->plane + 16 * (size_t)v0;
-    // Constant trip counts (no early exit on mvalid) keep acc[][] in registers.
+    // Constant trip counts (no early exit on the channel range) keep acc[][] in registers.
 #pragma GCC unroll 4
     for (int j = 0; j < FWD_NM; j++)
 #pragma GCC unroll 5
         for (int v = 0; v < nv; v++)
-            if (j < mvalid) _mm512_mask_storeu_ps(op + (FWD_NM * g + j) * a->vol + 16 * v, mt[v * 9 + 4], acc[v][j]);
+            if (j >= jlo && j < jhi) _mm512_mask_storeu_ps(op + (FWD_NM * g + j) * a->vol + 16 * v, mt[v * 9 + 4], acc[v][j]);
 }
 
 AVX512 static void fwd_slices(const fwd_args *a, int z0, int z1) {
-    int nvec = (a->plane + 15) / 16, ng = (a->m_count + FWD_NM - 1) / FWD_NM;
+    int nvec = (a->plane + 15) / 16, g0 = a->m0 / FWD_NM, g1 = (a->m1 + FWD_NM - 1) / FWD_NM;
     for (int z = z0; z < z1; z++) {
         for (int v0 = 0; v0 < nvec; v0 += FWD_NV) {
             int nv = nvec - v0 < FWD_NV ? nvec - v0 : FWD_NV;
-            for (int g = 0; g < ng; g++) {
+            for (int g = g0; g < g1; g++) {
                 switch (nv) {
                 case 5: fwd_tile(a, z, v0, 5, g); break;
                 case 4: fwd_tile(a, z, v0, 4, g); break;
@@ -131,32 +124,12 @@ AVX512 static void fwd_slices(const fwd_args *a, int z0, int z1) {
     }
 }
 
-// wp[g][c][27][4] for output channel m = 4g+j (zero past m_count). With flip_transpose the conv is the
-// backward-data one: output channel m = ci, input channel c = co, taps reversed.
-static void pack_weights(const float *w, float *wp, int cin, int cout, int flip_transpose) {
-    int m_count = flip_transpose ? cin : cout, c_count = flip_transpose ? cout : cin;
-    int ng = (m_count + FWD_NM - 1) / FWD_NM;
-    for (int g = 0; g < ng; g++)
-        for (int c = 0; c < c_count; c++)
-            for (int k = 0; k < 27; k++)
-                for (int j = 0; j < FWD_NM; j++) {
-                    int m = g * FWD_NM + j;
-                    float v = 0.0f;
-                    if (m < m_count)
-                        v = flip_transpose ? w[((size_t)c * cin + m) * 27 + 26 - k] : w[((size_t)m * cin + c) * 27 + k];
-                    wp[(((size_t)g * c_count + c) * 27 + k) * FWD_NM + j] = v;
-                }
-}
-
-void ck_direct_forward(const float *in, const float *w, const float *bias, float *out,
-                       int cin, int cout, int nz, int ny, int nx, int z0, int z1,
-                       int flip_transpose, float *workspace) {
-    int m_count = flip_transpose ? cin : cout, c_count = flip_transpose ? cout : cin;
-    size_t wfloats = (size_t)(m_count + FWD_NM - 1) / FWD_NM * FWD_NM * c_count * 27;
-    uint16_t *mtab = (uint16_t *)(workspace + wfloats);
-    pack_weights(w, workspace, cin, cout, flip_transpose);
-    build_masks(mtab, ny, nx);
-    fwd_args a = {in, workspace, bias, out, mtab, c_count, m_count, nz, nx, ny * nx, (size_t)nz * ny * nx};
+void ck_avx512_forward(const float *in, const float *plan, const float *bias, float *out, int cin, int cout,
+                       int nz, int ny, int nx, int z0, int z1, int m0, int m1, int flip_transpose) {
+    ck_pass pass = flip_transpose ? CK_PASS_BACKWARD_DATA : CK_PASS_FORWARD;
+    int c_count = flip_transpose ? cout : cin;
+    const uint16_t *mtab = (const uint16_t *)(plan + fwd_weight_floats(cin, cout, pass));
+    fwd_args a = {in, plan, bias, out, mtab, c_count, nz, nx, ny * nx, m0, m1, (size_t)nz * ny * nx};
     fwd_slices(&a, z0, z1);
 }
 
@@ -166,11 +139,11 @@ typedef struct {
     const float *in, *dout;
     float *dw;
     const uint16_t *mtab;
-    int cin, cout, nz, nx, plane;
+    int cin, cout, nz, nx, plane, m0, m1;
     size_t vol;
 } bww_args;
 
-// One chunk: slices [z, z+nzc) x plane vectors [v0, v0+nq), all output channels.
+// One chunk: slices [z, z+nzc) x plane vectors [v0, v0+nq), output channels [m0, m1) (groups of 8 from m0/8).
 // dw[m][c][dz][dy][dx] += sum over the chunk of dout[m] * in[c] shifted by the tap. The 24 accumulators
 // (8 channels of group g x 3 dx) run over the whole chunk before one horizontal reduction each, so the
 // chunk must be long. The chunk's dOut is packed first as dpk[g][s][i][8][16], invalid lanes and absent
@@ -178,15 +151,15 @@ typedef struct {
 // place thrashes L1 sets. Channel c is the outer loop so its input rows are reused by every group.
 AVX512_INLINE void bww_chunk(const bww_args *a, int z, int nzc, int v0, int nq, float *dpk) {
     const uint16_t *mt = a->mtab + (size_t)v0 * 9;
-    int ng = (a->cout + BWW_NM - 1) / BWW_NM, nx = a->nx;
+    int g0 = a->m0 / BWW_NM, ng = (a->m1 + BWW_NM - 1) / BWW_NM - g0, nx = a->nx;
     size_t gstride = (size_t)nzc * nq * BWW_NM * 16;
     for (int g = 0; g < ng; g++)
         for (int s = 0; s < nzc; s++)
             for (int i = 0; i < nq; i++)
                 for (int co = 0; co < BWW_NM; co++) {
-                    int m = g * BWW_NM + co;
+                    int m = (g0 + g) * BWW_NM + co;
                     __m512 d = _mm512_setzero_ps();
-                    if (m < a->cout)
+                    if (m >= a->m0 && m < a->m1)
                         d = _mm512_maskz_loadu_ps(mt[i * 9 + 4], a->dout + m * a->vol + (size_t)(z + s) * a->plane + 16 * (size_t)(v0 + i));
                     _mm512_storeu_ps(dpk + g * gstride + ((size_t)(s * nq + i) * BWW_NM + co) * 16, d);
                 }
@@ -216,13 +189,13 @@ AVX512_INLINE void bww_chunk(const bww_args *a, int z, int nzc, int v0, int nq, 
                             }
                         }
                     }
-                    int mcount = a->cout - g * BWW_NM;
-                    float *wp = a->dw + ((size_t)g * BWW_NM * a->cin + c) * 27 + (dz * 3 + dy) * 3;
+                    int jlo = a->m0 - (g0 + g) * BWW_NM, jhi = a->m1 - (g0 + g) * BWW_NM;
+                    float *wp = a->dw + ((size_t)(g0 + g) * BWW_NM * a->cin + c) * 27 + (dz * 3 + dy) * 3;
 #pragma GCC unroll 8
                     for (int co = 0; co < BWW_NM; co++)
 #pragma GCC unroll 3
                         for (int dx = 0; dx < 3; dx++)
-                            if (co < mcount) wp[(size_t)co * a->cin * 27 + dx] += _mm512_reduce_add_ps(acc[co][dx]);
+                            if (co >= jlo && co < jhi) wp[(size_t)co * a->cin * 27 + dx] += _mm512_reduce_add_ps(acc[co][dx]);
                 }
 }
 
@@ -238,12 +211,11 @@ AVX512 static void bww_run(const bww_args *a, int z0, int z1, float *dpk) {
     }
 }
 
-void ck_direct_backward_weights(const float *in, const float *dout, float *dw, float *dbias,
-                                int cin, int cout, int nz, int ny, int nx, int z0, int z1,
-                                float *workspace) {
+void ck_avx512_backward_weights(const float *in, const float *dout, float *dw, float *dbias, int cin, int cout,
+                                int nz, int ny, int nx, int z0, int z1, int m0, int m1, float *workspace) {
     uint16_t *mtab = (uint16_t *)(workspace + bww_dpk_floats(cout));
-    build_masks(mtab, ny, nx);
-    bww_args a = {in, dout, dw, mtab, cin, cout, nz, nx, ny * nx, (size_t)nz * ny * nx};
+    ck_build_masks16(mtab, ny, nx);
+    bww_args a = {in, dout, dw, mtab, cin, cout, nz, nx, ny * nx, m0, m1, (size_t)nz * ny * nx};
     bww_run(&a, z0, z1, workspace);
-    if (dbias) ck_bias_grad(dout, dbias, cout, nz, ny, nx, z0, z1);
+    if (dbias) ck_bias_grad(dout, dbias, nz, ny, nx, z0, z1, m0, m1);
 }
