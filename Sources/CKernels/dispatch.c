@@ -1,8 +1,9 @@
 // Public API: CPU checks, path availability, choice and names, plan and workspace sizes, and the dispatch to the
-// paths (gemm.c, direct_avx2.c, direct_avx512.c; winograd_*.c later). The paths never call back into this file.
+// paths (gemm.c, direct_avx2.c, direct_avx512.c, winograd.c). The paths never call back into this file.
 #include <assert.h>
 #include "ckernels.h"
 #include "conv3_internal.h"
+#include "winograd.h"
 
 // libgcc / compiler-rt fill the CPU model once in a load-time constructor (so these read immutable state and are
 // thread-safe); the avx2 / avx512f bits there include the OS (XSAVE) support check.
@@ -14,16 +15,30 @@ int ck_path_available(ck_path path) {
     case CK_PATH_GEMM: return 1;
     case CK_PATH_DIRECT_AVX2: return ck_cpu_has_avx2();
     case CK_PATH_DIRECT_AVX512: return ck_cpu_has_avx512();
-    default: return 0;  // AUTO is not a path; Winograd is not implemented yet
+    case CK_PATH_WINOGRAD_AVX2: return ck_cpu_has_avx2();
+    case CK_PATH_WINOGRAD_AVX512: return ck_cpu_has_avx512();
+    default: return 0;  // AUTO is not a path
     }
 }
 
+static int is_winograd(ck_path path) { return path == CK_PATH_WINOGRAD_AVX2 || path == CK_PATH_WINOGRAD_AVX512; }
+static int isa512(ck_path path) { return path == CK_PATH_WINOGRAD_AVX512; }
+
+int ck_conv3_z_align(ck_path path) { return is_winograd(path) ? 2 : 1; }
+
 ck_path ck_conv3_choose(int cin, int cout, int nz, int ny, int nx, ck_pass pass) {
-    // The direct kernels beat im2col + sgemm on every layer of the model and every pass where they were measured
-    // (AVX-512 on Zen 4, AVX2 on Zen 3: README.md), so today the choice depends only on the CPU.
-    (void)cin; (void)cout; (void)nz; (void)ny; (void)nx; (void)pass;
+    // Measured per layer and pass (README.md): the direct kernels beat im2col + sgemm everywhere; on AVX2 (Zen 3)
+    // Winograd beats the direct kernels by 1.5-3x in all three passes once both channel counts reach 16 and a
+    // slice has at least 16x16 voxels (16->16 to 384->128, 160x160x96 down to 20x20x12); it ties at 8->8 and
+    // loses below (4->4, 12->4: its transforms cost more than the few products they save) and on 10x10 slices
+    // (too few tiles per row to fill its vectors: measured 0.6x the direct kernels). Its AVX-512 build has not been timed on an AVX-512 CPU, so there the
+    // direct kernels stay the choice until it is.
+    (void)nz; (void)pass;
     if (ck_cpu_has_avx512()) return CK_PATH_DIRECT_AVX512;
-    if (ck_cpu_has_avx2()) return CK_PATH_DIRECT_AVX2;
+    if (ck_cpu_has_avx2()) {
+        if (cin >= 16 && cout >= 16 && ny * nx >= 256) return CK_PATH_WINOGRAD_AVX2;
+        return CK_PATH_DIRECT_AVX2;
+    }
     return CK_PATH_GEMM;
 }
 
@@ -48,6 +63,7 @@ int ck_conv3_channel_group(ck_path path, ck_pass pass) {
     switch (path) {
     case CK_PATH_DIRECT_AVX2: return 4;                                            // 4-channel register tiles
     case CK_PATH_DIRECT_AVX512: return pass == CK_PASS_BACKWARD_WEIGHTS ? 8 : 4;   // 8 x 3 dx, 5 vectors x 4
+    case CK_PATH_WINOGRAD_AVX2: case CK_PATH_WINOGRAD_AVX512: return ck_winograd_channel_group(isa512(path));
     default: return 0;                                                             // whole range (im2col once)
     }
 }
@@ -58,6 +74,7 @@ size_t ck_conv3_plan_floats(int cin, int cout, int nz, int ny, int nx, ck_pass p
     switch (path) {
     case CK_PATH_DIRECT_AVX2: return ck_avx2_plan_floats(cin, cout, ny, nx, pass);
     case CK_PATH_DIRECT_AVX512: return ck_avx512_plan_floats(cin, cout, ny, nx, pass);
+    case CK_PATH_WINOGRAD_AVX2: case CK_PATH_WINOGRAD_AVX512: return ck_winograd_plan_floats(cin, cout, pass, isa512(path));
     default: return ck_gemm_plan_floats(cin, cout, pass);
     }
 }
@@ -68,6 +85,7 @@ void ck_conv3_plan(const float *w, float *plan, int cin, int cout, int nz, int n
     switch (path) {
     case CK_PATH_DIRECT_AVX2: ck_avx2_plan(w, plan, cin, cout, ny, nx, pass); break;
     case CK_PATH_DIRECT_AVX512: ck_avx512_plan(w, plan, cin, cout, ny, nx, pass); break;
+    case CK_PATH_WINOGRAD_AVX2: case CK_PATH_WINOGRAD_AVX512: ck_winograd_plan(w, plan, cin, cout, pass, isa512(path)); break;
     default: ck_gemm_plan(w, plan, cin, cout, pass); break;
     }
 }
@@ -79,6 +97,8 @@ size_t ck_conv3_workspace_floats(int cin, int cout, int nz, int ny, int nx, int 
     switch (path) {
     case CK_PATH_DIRECT_AVX2: return ck_avx2_workspace_floats(cin, cout, nz, ny, nx, nzslab, pass);
     case CK_PATH_DIRECT_AVX512: return ck_avx512_workspace_floats(cin, cout, nz, ny, nx, nzslab, pass);
+    case CK_PATH_WINOGRAD_AVX2: case CK_PATH_WINOGRAD_AVX512:
+        return ck_winograd_workspace_floats(cin, cout, nz, ny, nx, nzslab, pass, isa512(path));
     default: return ck_gemm_workspace_floats(cin, cout, nz, ny, nx, nzslab, pass);
     }
 }
@@ -91,6 +111,8 @@ void ck_conv3_forward(const float *in, const float *plan, const float *bias, flo
     switch (path) {
     case CK_PATH_DIRECT_AVX2: ck_avx2_forward(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, 0); break;
     case CK_PATH_DIRECT_AVX512: ck_avx512_forward(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, 0); break;
+    case CK_PATH_WINOGRAD_AVX2: case CK_PATH_WINOGRAD_AVX512:
+        ck_winograd_forward(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, isa512(path), workspace); break;
     default: ck_gemm_forward(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, 0, workspace); break;
     }
 }
@@ -103,6 +125,8 @@ void ck_conv3_backward_data(const float *dout, const float *plan, float *din,
     switch (path) {
     case CK_PATH_DIRECT_AVX2: ck_avx2_forward(dout, plan, NULL, din, cin, cout, nz, ny, nx, z0, z1, m0, m1, 1); break;
     case CK_PATH_DIRECT_AVX512: ck_avx512_forward(dout, plan, NULL, din, cin, cout, nz, ny, nx, z0, z1, m0, m1, 1); break;
+    case CK_PATH_WINOGRAD_AVX2: case CK_PATH_WINOGRAD_AVX512:
+        ck_winograd_backward_data(dout, plan, din, cin, cout, nz, ny, nx, z0, z1, m0, m1, isa512(path), workspace); break;
     default: ck_gemm_forward(dout, plan, NULL, din, cin, cout, nz, ny, nx, z0, z1, m0, m1, 1, workspace); break;
     }
 }
@@ -115,6 +139,8 @@ void ck_conv3_backward_weights(const float *in, const float *dout, float *dw, fl
     switch (path) {
     case CK_PATH_DIRECT_AVX2: ck_avx2_backward_weights(in, dout, dw, dbias, cin, cout, nz, ny, nx, z0, z1, m0, m1, workspace); break;
     case CK_PATH_DIRECT_AVX512: ck_avx512_backward_weights(in, dout, dw, dbias, cin, cout, nz, ny, nx, z0, z1, m0, m1, workspace); break;
+    case CK_PATH_WINOGRAD_AVX2: case CK_PATH_WINOGRAD_AVX512:
+        ck_winograd_backward_weights(in, dout, dw, dbias, cin, cout, nz, ny, nx, z0, z1, m0, m1, isa512(path), workspace); break;
     default: ck_gemm_backward_weights(in, dout, dw, dbias, cin, cout, nz, ny, nx, z0, z1, m0, m1, workspace); break;
     }
 }

@@ -24,8 +24,9 @@ import Tensor
 /// The implementation of a 3x3x3 convolution pass (a CKernels path). Raw values are the names the command line and
 /// `ATTUNET_CONV_PATH` take.
 public enum ConvPath: String, CaseIterable, Sendable {
-    /// What `ck_conv3_choose` picks for the shape and pass (today by the CPU alone: the direct kernels of the widest
-    /// ISA the CPU runs, im2col + sgemm without AVX2). What training uses, unless `ATTUNET_CONV_PATH` says otherwise.
+    /// What `ck_conv3_choose` picks for the shape and pass, as measured per layer (AVX2: Winograd where both channel
+    /// counts reach 16, else the direct kernels; AVX-512: the direct kernels; im2col + sgemm without AVX2). What
+    /// training uses, unless `ATTUNET_CONV_PATH` says otherwise.
     case auto
     /// im2col + OpenBLAS sgemm (every CPU).
     case gemm
@@ -35,7 +36,7 @@ public enum ConvPath: String, CaseIterable, Sendable {
     case directAVX2 = "direct-avx2"
     /// Direct AVX-512 kernels.
     case directAVX512 = "direct-avx512"
-    /// Winograd kernels: reserved in the C API, not implemented yet (never available).
+    /// Winograd F(2x2x2, 3x3x3): 3.375x fewer multiplications, transforms fused with the products.
     case winogradAVX2 = "winograd-avx2"
     case winogradAVX512 = "winograd-avx512"
 
@@ -310,17 +311,21 @@ public final class Conv3d {
         let group = Int(ck_conv3_channel_group(path, pass.ck))
         let groups = group > 0 ? (m + group - 1) / group : 1
         let t = max(1, threads), target = 4 * t
+        let align = max(1, Int(ck_conv3_z_align(path)))
         var zparts = 1, mparts = 1
         if t > 1 {
             if pass == .backwardWeights {
                 mparts = min(groups, target)
-                zparts = mparts >= t ? 1 : min(d.z, (t + mparts - 1) / mparts)
+                zparts = mparts >= t ? 1 : min((d.z + align - 1) / align, (t + mparts - 1) / mparts)
             } else {
-                zparts = min(d.z, target)
+                zparts = min((d.z + align - 1) / align, target)
                 mparts = min(groups, (target + zparts - 1) / zparts)
             }
         }
-        let zs = splitRange(d.z, parts: zparts)
+        // Slabs start on multiples of the path's z alignment (Winograd's tiles span 2 slices).
+        let zs = splitRange((d.z + align - 1) / align, parts: zparts).map { r in
+            (r.lowerBound * align)..<min(d.z, r.upperBound * align)
+        }
         // Channel ranges on group boundaries: split the groups, then scale to channels (the last range ends at m).
         let ms = splitRange(groups, parts: mparts).map { r in
             group > 0 ? (r.lowerBound * group)..<min(m, r.upperBound * group) : 0..<m

@@ -5,7 +5,8 @@
 //   - CK_PATH_GEMM: tiled im2col + OpenBLAS sgemm with a bounded workspace (portable, every CPU);
 //   - CK_PATH_DIRECT_AVX2: direct AVX2 + FMA kernels (8-lane vectors, 16 ymm registers);
 //   - CK_PATH_DIRECT_AVX512: direct AVX-512F kernels (16-lane vectors, 32 zmm registers);
-//   - CK_PATH_WINOGRAD_AVX2 / _AVX512: reserved (not implemented yet: ck_path_available() says 0).
+//   - CK_PATH_WINOGRAD_AVX2 / _AVX512: Winograd F(2x2x2, 3x3x3) (3.375x fewer multiplications), input and output
+//     transforms fused with the products over blocks of tiles; z-slabs start on even slices (ck_conv3_z_align).
 // The direct kernels carry __attribute__((target)) and run only where ck_path_available() says so.
 //
 // Use: resolve the path once (ck_conv3_resolve), make the pass's plan once (packed weights, halo masks: read-only,
@@ -56,6 +57,10 @@ const char *ck_path_name(ck_path path);
 /// at multiples of it (a range that does not wastes part of a register tile). 0 means the path prefers the whole
 /// channel range in one call (im2col + sgemm: splitting channels repeats the im2col).
 int ck_conv3_channel_group(ck_path path, ck_pass pass);
+
+/// Output z-slabs of one call must start at multiples of this on a resolved path (2 for Winograd's 2-slice tiles,
+/// else 1); a slab may end anywhere up to nz.
+int ck_conv3_z_align(ck_path path);
 
 /// Floats of the plan of one pass of one layer on a resolved path (may be 0: then `plan` may be NULL).
 size_t ck_conv3_plan_floats(int cin, int cout, int nz, int ny, int nx, ck_pass pass, ck_path path);
