@@ -94,7 +94,12 @@ final class TrainerTests: PhantomRunTestCase {
             if t.moved > 1e-3 * scale {
                 XCTAssertLessThanOrEqual(t.relative, 1e-3, "\(t.name): 2 ranks and 1 rank moved it differently")
             } else {
-                XCTAssertLessThanOrEqual(t.relative * t.moved, 1e-6 * scale, "\(t.name)")
+                // A tensor whose true gradient is 0 (a conv bias in front of a BN) moves in both runs by rounding
+                // noise only: the float rounding of the BN backward's output, summed over every voxel, which
+                // depends on the kernel path's summation order (3e-6 of the largest move on direct AVX2 and
+                // Winograd, below 1e-6 on direct AVX-512). The bound keeps that noise negligible; a wrong
+                // average across ranks shows in the tensors that really move, checked above.
+                XCTAssertLessThanOrEqual(t.relative * t.moved, 1e-5 * scale, "\(t.name)")
             }
         }
         for t in tensorDifferences(a.buffers, b.buffers, start: start.buffers) {
