@@ -36,8 +36,11 @@ let package = Package(
         // Direct AVX-512 3x3x3 convolutions (runtime-dispatched) and the im2col+sgemm fallback.
         .target(name: "CKernels", dependencies: ["CBLAS"], path: "Sources/CKernels", exclude: ["README.md"]),
 
+        // The persistent worker threads of Tensor's parallel loops.
+        .target(name: "CThreadPool", path: "Sources/CThreadPool", exclude: ["README.md"]),
+
         .target(name: "Support"),
-        .target(name: "Tensor", dependencies: ["Support", "CBLAS"]),
+        .target(name: "Tensor", dependencies: ["Support", "CBLAS", "CThreadPool"]),
         .target(name: "HDF5Kit", dependencies: ["Support", "CHDF5"]),
         .target(name: "Distributed", dependencies: ["Support", "CMPI"]),
         .target(name: "NN", dependencies: ["Support", "Tensor", "CKernels", "HDF5Kit",

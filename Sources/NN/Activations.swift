@@ -56,7 +56,20 @@ public final class ReLU {
         defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "ReLU", x.shape, forward: 2 * x.count, backward: 3 * x.count) } }
         let out = inPlace ? x : GradientMode.output(&y, x.shape)
         y = GradientMode.keep(out)
-        return PointwiseSupport.map(x, into: out) { max($0, 0) }
+        let src = x.pointer, dst = out.pointer
+        // The loop is written out in the piece's closure: a per-element closure call is not inlined once the
+        // pieces run on worker threads.
+        PointwiseSupport.chunks(x.count) { r in
+            var i = r.lowerBound
+            while i + 8 <= r.upperBound {
+                let v = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self)
+                // Negative values become 0; NaN stays NaN (as max(x, 0) and PyTorch's ReLU).
+                UnsafeMutableRawPointer(dst + i).storeBytes(of: v.replacing(with: 0, where: v .<= 0), as: SIMD8<Float>.self)
+                i += 8
+            }
+            while i < r.upperBound { dst[i] = src[i] <= 0 ? 0 : src[i]; i += 1 }
+        }
+        return out
     }
 
     /// dx = dy ⊙ [y > 0] (0 at the kink, as PyTorch). With `inPlace`, dx is written over dy and dy returned (the

@@ -291,8 +291,8 @@ public final class Conv3d {
     // MARK: 3x3x3
 
     /// The items of one 3x3x3 pass on the current shape: output z-slabs x output-channel ranges (item i is slab
-    /// i / ms.count, range i % ms.count), dealt to `parts` threads in contiguous runs (part p runs
-    /// splitRange(items, parts)[p] with workspace p). Fixed for a shape and thread count.
+    /// i / ms.count, range i % ms.count), claimed one at a time by up to `parts` threads, each with its own
+    /// workspace. Fixed for a shape and thread count.
     struct PassPartition {
         var path: ck_path
         var zs: [Range<Int>], ms: [Range<Int>]
@@ -356,11 +356,12 @@ public final class Conv3d {
     /// Runs the items of partition `p`: body(item's z-range, channel range, z-part index, workspace).
     private func runItems(_ p: PassPartition,
                           _ body: (Range<Int>, Range<Int>, Int, UnsafeMutablePointer<Float>) -> Void) {
+        // Items are claimed one at a time by the loop's threads; each thread has its own workspace.
         let ws = (0..<p.parts).map { _ in Tensor.recycled([max(1, p.workspaceFloats)]) }
-        let runs = splitRange(p.items, parts: p.parts), nm = p.ms.count
-        parallelFor(runs.count) { part in
-            let w = ws[part].pointer
-            for i in runs[part] { body(p.zs[i / nm], p.ms[i % nm], i / nm, w) }
+        let nm = p.ms.count
+        parallelFor(p.items) { i in
+            // (A loop that runs inline, nested in another loop's item, has the workspaces to itself.)
+            body(p.zs[i / nm], p.ms[i % nm], i / nm, ws[min(Parallelism.threadIndex, ws.count - 1)].pointer)
         }
     }
 

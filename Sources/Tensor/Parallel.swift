@@ -1,4 +1,5 @@
 import CBLAS
+import CThreadPool
 import Foundation
 import Support
 
@@ -12,9 +13,12 @@ public enum Parallelism {
         didSet { openblas_set_num_threads(1) }
     }
 
-    /// True on a worker thread of `parallelForEach`, where `parallelFor` runs inline: the coarse items
-    /// already occupy the threads.
-    public static var isInsideWorker: Bool { pthread_getspecific(workerKey) != nil }
+    /// True on a worker thread of `parallelForEach` or inside an item of `parallelFor`, where `parallelFor` runs
+    /// inline: the items already occupy the threads.
+    public static var isInsideWorker: Bool { pthread_getspecific(workerKey) != nil || ctp_inside() != 0 }
+
+    /// Inside an item of `parallelFor`: which of its threads runs it, in 0..<threads (for per-thread scratch).
+    public static var threadIndex: Int { Int(ctp_thread_index()) }
 
     fileprivate static let workerKey: pthread_key_t = {
         var key = pthread_key_t()
@@ -23,8 +27,10 @@ public enum Parallelism {
     }()
 }
 
-/// Runs `body(i)` for i in 0..<n on up to `Parallelism.threads` threads, each taking a contiguous range (inline
-/// when that is 1, when n is 1, or inside a `parallelForEach` worker). For loops over voxels and channels.
+/// Runs `body(i)` for i in 0..<n on up to `Parallelism.threads` threads: the calling thread and the persistent
+/// workers of CThreadPool, which claim items one at a time (inline when that is 1 thread, when n is 1, or
+/// inside an item or a `parallelForEach` worker). For loops over voxels and channels; the body must write
+/// disjoint memory per item, and what it computes must not depend on which thread runs it.
 @inlinable
 public func parallelFor(_ n: Int, _ body: (Int) -> Void) {
     LoopCount.record(n)
@@ -34,10 +40,11 @@ public func parallelFor(_ n: Int, _ body: (Int) -> Void) {
         return
     }
     withoutActuallyEscaping(body) { body in
-        let box = UncheckedSendable(body)
-        let ranges = splitRange(n, parts: t)
-        DispatchQueue.concurrentPerform(iterations: ranges.count) { part in
-            for i in ranges[part] { box.value(i) }
+        var item = body
+        withUnsafeMutablePointer(to: &item) { context in
+            ctp_parallel_for(n, Int32(t), { context, i in
+                context!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(i)
+            }, context)
         }
     }
 }

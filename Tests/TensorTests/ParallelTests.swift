@@ -1,0 +1,71 @@
+import Foundation
+import Tensor
+import XCTest
+
+/// `parallelFor` on the CThreadPool workers: every item exactly once on any thread count, loops of every size
+/// back to back (the workers spin between them, then sleep), nested loops inline, per-thread indices in range,
+/// and `parallelForPieces` covering every element with a partition that does not depend on the thread count.
+final class ParallelTests: XCTestCase {
+    override func tearDown() { Parallelism.threads = 1 }
+
+    func testEveryItemRunsOnceOnAnyThreadCount() {
+        for threads in [1, 2, 3, 5] {
+            Parallelism.threads = threads
+            for round in 0..<400 {
+                let n = 1 + (round * 37) % 113
+                let hits = UnsafeMutablePointer<Int>.allocate(capacity: n)
+                hits.initialize(repeating: 0, count: n)
+                defer { hits.deallocate() }
+                let counts = UncheckedSendable(hits)
+                let badIndex = UnsafeMutablePointer<Int>.allocate(capacity: 1)
+                badIndex.pointee = 0
+                defer { badIndex.deallocate() }
+                let bad = UncheckedSendable(badIndex)
+                parallelFor(n) { i in
+                    counts.value[i] += 1   // one item per slot: no two threads write the same one
+                    let t = Parallelism.threadIndex
+                    if t < 0 || t >= min(threads, n) { bad.value.pointee = 1 }
+                    // A nested loop runs inline on this thread.
+                    var inner = 0
+                    parallelFor(3) { _ in inner += 1 }
+                    if inner != 3 { bad.value.pointee = 1 }
+                }
+                XCTAssertEqual((0..<n).filter { hits[$0] != 1 }, [], "threads \(threads), n \(n)")
+                XCTAssertEqual(badIndex.pointee, 0, "threads \(threads), n \(n): thread index or nested loop")
+            }
+            usleep(2000)   // workers fall asleep between some loops, then wake for the next
+            var total = 0
+            let sum = UnsafeMutablePointer<Int>.allocate(capacity: 64)
+            defer { sum.deallocate() }
+            sum.initialize(repeating: 0, count: 64)
+            let s = UncheckedSendable(sum)
+            parallelFor(64) { i in s.value[i] = i }
+            for i in 0..<64 { total += sum[i] }
+            XCTAssertEqual(total, 64 * 63 / 2, "after sleeping, threads \(threads)")
+        }
+    }
+
+    func testPiecesCoverEveryElementWithTheSamePartitionOnAnyThreadCount() {
+        let length = 3 * parallelPieceLength + 17, planes = 5
+        var seen: [[Range<Int>]] = []
+        for threads in [1, 2, 7] {
+            Parallelism.threads = threads
+            let marks = UnsafeMutablePointer<UInt8>.allocate(capacity: planes * length)
+            marks.initialize(repeating: 0, count: planes * length)
+            defer { marks.deallocate() }
+            let m = UncheckedSendable(marks)
+            let ranges = UnsafeMutablePointer<Range<Int>>.allocate(capacity: planes * 4)
+            defer { ranges.deallocate() }
+            let r = UncheckedSendable(ranges)
+            parallelForPieces(planes: planes, length: length) { plane, range in
+                for i in range { m.value[plane * length + i] += 1 }
+                r.value[plane * 4 + range.lowerBound / parallelPieceLength] = range
+            }
+            XCTAssertTrue((0..<(planes * length)).allSatisfy { marks[$0] == 1 }, "threads \(threads)")
+            seen.append((0..<(planes * 4)).map { ranges[$0] })
+        }
+        XCTAssertEqual(seen[0], seen[1])
+        XCTAssertEqual(seen[0], seen[2])
+        XCTAssertEqual(pieceCount(length), 4)
+    }
+}
