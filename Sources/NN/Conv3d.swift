@@ -1,4 +1,5 @@
 import CKernels
+import Support
 import Foundation
 import Tensor
 
@@ -164,20 +165,27 @@ public final class Conv3d {
     /// Whether this CPU runs any direct kernels (AVX2 + FMA or AVX-512).
     public static var hasDirectKernels: Bool { ConvPath.direct.isAvailable }
 
-    /// `ATTUNET_CONV_PATH`, read once: nil when unset, empty or "auto". An unknown or unavailable name is a fatal error
-    /// (a silent fallback would measure or train something else than asked).
+    /// `ATTUNET_CONV_PATH`, read once: nil when unset, empty or "auto". An unknown or unavailable name is refused
+    /// (a silent fallback would measure or train something else than asked): the executable checks it first
+    /// (``checkEnvironmentPath()``, one error line); a library user that skips the check stops here.
     public static let environmentPath: ConvPath? = {
         guard let value = ProcessInfo.processInfo.environment[pathVariable], !value.isEmpty else { return nil }
-        return parseEnvironmentPath(value)
+        do { return try parseEnvironmentPath(value) } catch { fatalError("\(error)") }
     }()
 
-    static func parseEnvironmentPath(_ value: String) -> ConvPath? {
+    /// Throws the one-line error an unknown or unavailable `ATTUNET_CONV_PATH` gets (nothing when it is unset).
+    public static func checkEnvironmentPath() throws {
+        guard let value = ProcessInfo.processInfo.environment[pathVariable], !value.isEmpty else { return }
+        _ = try parseEnvironmentPath(value)
+    }
+
+    static func parseEnvironmentPath(_ value: String) throws -> ConvPath? {
         let available = (["auto", "direct"] + availablePaths.map(\.rawValue)).joined(separator: ", ")
         guard let p = ConvPath(name: value) else {
-            fatalError("\(pathVariable)=\(value): unknown 3x3x3 convolution path; this CPU runs: \(available)")
+            throw AttunetError("\(pathVariable)=\(value): unknown 3x3x3 convolution path; this CPU runs: \(available)", kind: .badInput)
         }
         guard p.isAvailable else {
-            fatalError("\(pathVariable)=\(value): this CPU cannot run the \(p.rawValue) path; it runs: \(available)")
+            throw AttunetError("\(pathVariable)=\(value): this CPU cannot run the \(p.rawValue) path; it runs: \(available)", kind: .badInput)
         }
         return p == .auto ? nil : p
     }

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Distributed
 import Foundation
+import NN
 import HDF5Kit
 import Support
 
@@ -36,6 +37,7 @@ struct AttuNet: ParsableCommand {
         var command: ParsableCommand
         do { command = try parseAsRoot() } catch { exit(withError: error) }
         do {
+            try Conv3d.checkEnvironmentPath()
             try command.run()
             MPIRuntime.finalize()
         } catch {

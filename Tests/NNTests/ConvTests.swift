@@ -146,7 +146,7 @@ final class ConvTests: XCTestCase {
 
     /// A path the CPU cannot run resolves to GEMM (CKernels' fallback); `.auto` and `.direct` resolve to an
     /// available path; names parse both ways.
-    func testPathResolutionAndNames() {
+    func testPathResolutionAndNames() throws {
         let available = Conv3d.availablePaths
         for path in ConvPath.allCases {
             for pass in ConvPass.allCases {
@@ -164,8 +164,12 @@ final class ConvTests: XCTestCase {
         XCTAssertEqual(ConvPath(name: "im2col-sgemm"), .gemm)
         XCTAssertEqual(ConvPath(name: "Direct-AVX2"), .directAVX2)
         XCTAssertNil(ConvPath(name: "fast"))
-        XCTAssertEqual(Conv3d.parseEnvironmentPath("gemm"), .gemm)
-        XCTAssertNil(Conv3d.parseEnvironmentPath("auto"))
+        XCTAssertEqual(try Conv3d.parseEnvironmentPath("gemm"), .gemm)
+        XCTAssertNil(try Conv3d.parseEnvironmentPath("auto"))
+        XCTAssertThrowsError(try Conv3d.parseEnvironmentPath("fast")) { error in
+            XCTAssertTrue("\(error)".contains("ATTUNET_CONV_PATH=fast: unknown 3x3x3 convolution path; this CPU runs: auto, direct, gemm"),
+                          "\(error)")
+        }
         XCTAssertEqual(Conv3d.hasDirectKernels, available.contains(.directAVX2) || available.contains(.directAVX512))
     }
 

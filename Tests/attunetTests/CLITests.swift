@@ -13,6 +13,19 @@ final class CLITests: XCTestCase {
         XCTAssertTrue(u.stdout.contains("total trainable parameters: 5,888,004"), u.stdout)
     }
 
+    /// An unknown or unavailable `ATTUNET_CONV_PATH` is one error line and exit status 1 before any work, not a
+    /// crash or a silent fallback to another kernel.
+    func testUnknownConvolutionPathIsOneErrorLine() throws {
+        let r = try TestEnv.run("ATTUNET_CONV_PATH=fast \(TestEnv.attunet) inspect --model unet --feature-scale 16")
+        XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
+        XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
+        XCTAssertTrue(r.stderr.hasPrefix("error: ATTUNET_CONV_PATH=fast: unknown 3x3x3 convolution path; this CPU runs: auto, direct, gemm"),
+                      r.stderr)
+        XCTAssertFalse(r.stdout.contains("total trainable parameters"), r.stdout)
+        let gemm = try TestEnv.run("ATTUNET_CONV_PATH=gemm \(TestEnv.attunet) inspect --model unet --feature-scale 16")
+        XCTAssertEqual(gemm.status, 0, gemm.stderr)
+    }
+
     /// The U-Net presets: `inspect` prints their count and feature scale; a --feature-scale that contradicts
     /// a preset is refused in inspect, train and cv (whose --models lists them among the known models).
     func testPresetsPrintTheirCountAndFixTheirFeatureScale() throws {
