@@ -33,7 +33,8 @@ void ck_avx2_plan(const float *w, float *plan, int cin, int cout, int ny, int nx
 size_t ck_avx2_workspace_floats(int cin, int cout, int nz, int ny, int nx, int nzslab, ck_pass pass);
 /// Forward (flip_transpose = 0: m over Cout, c over Cin) or backward-data (1: m over Cin, c over Cout).
 void ck_avx2_forward(const float *in, const float *plan, const float *bias, float *out, int cin, int cout,
-                     int nz, int ny, int nx, int z0, int z1, int m0, int m1, int flip_transpose);
+                     int nz, int ny, int nx, int z0, int z1, int m0, int m1, int flip_transpose, float *workspace);
+size_t ck_avx2_fwd_workspace_floats(int c_count, int ny, int nx);
 void ck_avx2_backward_weights(const float *in, const float *dout, float *dw, float *dbias, int cin, int cout,
                               int nz, int ny, int nx, int z0, int z1, int m0, int m1, float *workspace);
 

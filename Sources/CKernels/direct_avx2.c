@@ -24,9 +24,10 @@
 #define FWD_NV 3
 #endif
 #define FWD_NM 4
-// Software prefetch distance of the forward tile's input rows, in floats (0: none).
+// Software prefetch distance of the forward tile's input rows, in floats (0: none). Since the strips are packed
+// (see fwd_needs_packing) 0 measured as fast as 48 or 96 and faster than 192.
 #ifndef FWD_PREFETCH
-#define FWD_PREFETCH 96
+#define FWD_PREFETCH 0
 #endif
 // Backward-weights register tile: BWW_NM output channels x 3 dx = 12 accumulators, summed over a chunk of about
 // BWW_CHUNK plane vectors before one horizontal reduction.
@@ -92,6 +93,10 @@ typedef struct {
     int c_count, nz, nx, plane, m0, m1;
     size_t vol;
     int c0, c1;  // the input-channel block of this tile pass: starts from the bias when c0 = 0, else from out
+    // Where the tiles read input channel c, slice zz, plane position p: xin[c * xc + zz * xz + xoff + p]. Either the
+    // tensor itself (xin = in, xc = vol, xz = plane, xoff = 0) or the strip's packed copy in the workspace.
+    const float *xin;
+    ptrdiff_t xc, xz, xoff;
 } fwd_args;
 
 // Start value of accumulator (v, j): the bias on the first channel block, else the partial sum stored in out.
@@ -125,7 +130,7 @@ AVX2_INLINE void fwd_tile(const fwd_args *a, int z, int v0, int nv, int g, int m
     const float *wg = a->wp + (size_t)g * a->c_count * 27 * FWD_NM;
     for (int c = a->c0; c < a->c1; c++) {
         for (int dz = dz0; dz < dz1; dz++) {
-            const float *ip = a->in + c * a->vol + (size_t)(z + dz - 1) * a->plane + 8 * (size_t)v0;
+            const float *ip = a->xin + ((ptrdiff_t)c * a->xc + (ptrdiff_t)(z + dz - 1) * a->xz + a->xoff + 8 * (ptrdiff_t)v0);
             const float *wk = wg + ((size_t)c * 27 + dz * 9) * FWD_NM;
 #ifndef TAP_UNROLL
 #define TAP_UNROLL 9
@@ -203,7 +208,7 @@ AVX2_INLINE void fwd_tile3(const fwd_args *a, int z, int v0, int g, int mode) {
     const float *wg = a->wp + (size_t)g * a->c_count * 27 * FWD_NM;
     for (int c = a->c0; c < a->c1; c++) {
         for (int dz = dz0; dz < dz1; dz++) {
-            const float *ip = a->in + c * a->vol + (size_t)(z + dz - 1) * a->plane + 8 * (size_t)v0;
+            const float *ip = a->xin + ((ptrdiff_t)c * a->xc + (ptrdiff_t)(z + dz - 1) * a->xz + a->xoff + 8 * (ptrdiff_t)v0);
             const float *wk = wg + ((size_t)c * 27 + dz * 9) * FWD_NM;
             const float *r0 = ip - nx - 1, *r1 = ip - 1, *r2 = ip + nx - 1;
 #if FWD_PREFETCH
@@ -248,7 +253,7 @@ AVX2_INLINE void fwd_tile3(const fwd_args *a, int z, int v0, int g, int mode) {
 // of a 512 KiB L2), output-channel groups outside the tiles of a strip: a group's packed weights stay in L1 over
 // the strip and the strip's input in L2 over the groups. 0: one group after the other per tile (no strips).
 #ifndef FWD_STRIP_FLOATS
-#define FWD_STRIP_FLOATS 65536
+#define FWD_STRIP_FLOATS 32768
 #endif
 
 // Prefetches into L2 the input a strip [s0, s1) of output slice z reads: C channels x 3 slices x the plane range
@@ -276,15 +281,73 @@ AVX2_INLINE void prefetch_strip(const fwd_args *a, int z, int s0, int s1) {
 #define FWD_CB 32
 #endif
 
-AVX2 static void fwd_slices(fwd_args *a, int z0, int z1) {
+// Strip geometry: channel block cb, strip length in vectors, and the packed segment stride (floats) of one
+// (channel, slice) of a strip: 8 strip + 2 nx + 2 floats, rounded to a whole number of cache lines, and an odd one, so
+// that the same position of the 3 cb segments falls into different L1 sets.
+typedef struct { int cb, strip; ptrdiff_t seg; } fwd_geom;
+
+#ifndef FWD_PACK
+#define FWD_PACK 1
+#endif
+
+static fwd_geom fwd_geometry(int c_count, int ny, int nx) {
+    fwd_geom q;
+    int nvec = ck_plane_vectors(ny, nx, 8);
+    q.cb = FWD_CB > 0 && c_count > FWD_CB ? FWD_CB : c_count;
+    q.strip = nvec;
+    if (FWD_STRIP_FLOATS > 0) {
+        q.strip = FWD_STRIP_FLOATS / (3 * 8 * q.cb) / FWD_NV * FWD_NV;
+        if (q.strip < FWD_NV) q.strip = FWD_NV;
+        if (q.strip > nvec) q.strip = nvec;
+    }
+    ptrdiff_t lines = (8 * (ptrdiff_t)q.strip + 2 * nx + 2 + 15) / 16;
+    q.seg = 16 * (lines | 1);
+    return q;
+}
+
+// Whether the 3 cb row streams of a tile pass read in place would crowd L1 sets: channel c, slice dz starts at
+// (c vol + dz plane) floats, and when vol and plane are multiples of 4 KiB (160 x 160 x 96: both) every stream maps
+// to the same sets and the 8 ways cannot hold them (4 KiB aliasing). Packs when some set gets more than 4 streams.
+static int fwd_needs_packing(int cb, size_t vol, size_t plane) {
+    int count[64] = {0};
+    for (int c = 0; c < cb; c++)
+        for (int dz = 0; dz < 3; dz++)
+            if (++count[(((size_t)c * vol + dz * plane) * 4 / 64) % 64] > 4) return 1;
+    return 0;
+}
+
+// Copies plane positions [lo, hi) ∩ [0, plane) of channels [c0, c1) x slices z-1 .. z+1 into seg-strided segments:
+// position p of (c, dz) at ws[((c - c0) * 3 + dz) * seg + p - lo].
+AVX2_INLINE void pack_strip(const fwd_args *a, float *ws, ptrdiff_t seg, int z, ptrdiff_t lo, ptrdiff_t hi) {
+    ptrdiff_t b = lo < 0 ? 0 : lo, e = hi > a->plane ? a->plane : hi;
+    for (int c = a->c0; c < a->c1; c++)
+        for (int dz = 0; dz < 3; dz++) {
+            int zz = z + dz - 1;
+            if (zz < 0 || zz >= a->nz) continue;
+            const float *src = a->in + c * a->vol + (size_t)zz * a->plane;
+            float *dst = ws + ((ptrdiff_t)(c - a->c0) * 3 + dz) * seg - lo;
+            ptrdiff_t p = b;
+            for (; p + 32 <= e; p += 32) {
+                __m256 x0 = _mm256_loadu_ps(src + p), x1 = _mm256_loadu_ps(src + p + 8);
+                __m256 x2 = _mm256_loadu_ps(src + p + 16), x3 = _mm256_loadu_ps(src + p + 24);
+                _mm256_storeu_ps(dst + p, x0); _mm256_storeu_ps(dst + p + 8, x1);
+                _mm256_storeu_ps(dst + p + 16, x2); _mm256_storeu_ps(dst + p + 24, x3);
+            }
+            for (; p + 8 <= e; p += 8) _mm256_storeu_ps(dst + p, _mm256_loadu_ps(src + p));
+            for (; p < e; p++) dst[p] = src[p];
+        }
+}
+
+size_t ck_avx2_fwd_workspace_floats(int c_count, int ny, int nx) {
+    fwd_geom q = fwd_geometry(c_count, ny, nx);
+    return (size_t)3 * q.cb * q.seg;
+}
+
+AVX2 static void fwd_slices(fwd_args *a, int z0, int z1, float *ws) {
     int nvec = (a->plane + 7) / 8, g0 = a->m0 / FWD_NM, g1 = (a->m1 + FWD_NM - 1) / FWD_NM;
     const int32_t *flags = a->flags;
-    int strip = nvec;
-    if (FWD_STRIP_FLOATS > 0) {
-        int cb = FWD_CB > 0 && a->c_count > FWD_CB ? FWD_CB : a->c_count;
-        strip = FWD_STRIP_FLOATS / (3 * 8 * cb) / FWD_NV * FWD_NV;
-        if (strip < FWD_NV) strip = FWD_NV;
-    }
+    fwd_geom q = fwd_geometry(a->c_count, a->plane / a->nx, a->nx);
+    int strip = q.strip, pack = FWD_PACK && ws != NULL && fwd_needs_packing(q.cb, a->vol, a->plane);
     for (int z = z0; z < z1; z++) {
         for (int s0 = 0; s0 < nvec; s0 += strip) {
             int s1 = s0 + strip < nvec ? s0 + strip : nvec;
@@ -292,10 +355,16 @@ AVX2 static void fwd_slices(fwd_args *a, int z0, int z1) {
                 if (s1 < nvec) prefetch_strip(a, z, s1, s1 + strip < nvec ? s1 + strip : nvec);
                 else if (z + 1 < z1) prefetch_strip(a, z + 1, 0, strip);
             }
-            for (int g = g0; g < g1; g++) {
-              int cstep = FWD_CB > 0 ? FWD_CB : a->c_count;
-              for (a->c0 = 0; a->c0 < a->c_count; a->c0 += cstep) {
-                a->c1 = a->c0 + cstep < a->c_count ? a->c0 + cstep : a->c_count;
+            ptrdiff_t lo = 8 * (ptrdiff_t)s0 - a->nx - 1, hi = 8 * (ptrdiff_t)s1 + a->nx + 1;
+            for (a->c0 = 0; a->c0 < a->c_count; a->c0 += q.cb) {
+              a->c1 = a->c0 + q.cb < a->c_count ? a->c0 + q.cb : a->c_count;
+              if (pack) {
+                  pack_strip(a, ws, q.seg, z, lo, hi);
+                  // c * xc + zz * xz + xoff + p = ((c - c0) * 3 + zz - (z - 1)) * seg + p - lo
+                  a->xin = ws; a->xc = 3 * q.seg; a->xz = q.seg;
+                  a->xoff = -(ptrdiff_t)a->c0 * 3 * q.seg - (ptrdiff_t)(z - 1) * q.seg - lo;
+              }
+              for (int g = g0; g < g1; g++) {
                 for (int v0 = s0; v0 < s1; v0 += FWD_NV) {
                     int nv = s1 - v0 < FWD_NV ? s1 - v0 : FWD_NV;
                     int mode = 0;
@@ -325,14 +394,16 @@ AVX2 static void fwd_slices(fwd_args *a, int z0, int z1) {
 }
 
 void ck_avx2_forward(const float *in, const float *plan, const float *bias, float *out, int cin, int cout,
-                     int nz, int ny, int nx, int z0, int z1, int m0, int m1, int flip_transpose) {
+                     int nz, int ny, int nx, int z0, int z1, int m0, int m1, int flip_transpose, float *workspace) {
     ck_pass pass = flip_transpose ? CK_PASS_BACKWARD_DATA : CK_PASS_FORWARD;
     int c_count = flip_transpose ? cout : cin;
     const int32_t *pool = (const int32_t *)(plan + fwd_weight_floats(cin, cout, pass));
     int nvec = ck_plane_vectors(ny, nx, 8);
     const int32_t *index = pool + (size_t)nvec * 72, *flags = index + round8((size_t)nvec);
-    fwd_args a = {in, plan, bias, out, pool, index, flags, c_count, nz, nx, ny * nx, m0, m1, (size_t)nz * ny * nx, 0, c_count};
-    fwd_slices(&a, z0, z1);
+    size_t vol = (size_t)nz * ny * nx, plane = (size_t)ny * nx;
+    fwd_args a = {in, plan, bias, out, pool, index, flags, c_count, nz, nx, ny * nx, m0, m1, vol, 0, c_count,
+                  in, (ptrdiff_t)vol, (ptrdiff_t)plane, 0};
+    fwd_slices(&a, z0, z1, workspace);
 }
 
 // ---- backward-weights ----
@@ -373,10 +444,11 @@ static size_t bw_dpk_floats(int cout, bw_geom q) {
 }
 
 size_t ck_avx2_workspace_floats(int cin, int cout, int nz, int ny, int nx, int nzslab, ck_pass pass) {
-    (void)cin; (void)nz;
-    if (pass != CK_PASS_BACKWARD_WEIGHTS) return 0;
+    (void)nz;
+    if (pass != CK_PASS_BACKWARD_WEIGHTS) return ck_avx2_fwd_workspace_floats(pass == CK_PASS_FORWARD ? cin : cout, ny, nx);
     bw_geom q = bw_geometry(ny, nx, nzslab < 1 ? 1 : nzslab);
-    return bw_dpk_floats(cout, q) + round8((size_t)q.nq * 8 + 16) + (size_t)(q.nzc + 2) * q.S;
+    // + Cout doubles: the bias gradient's sums.
+    return round8(bw_dpk_floats(cout, q) + round8((size_t)q.nq * 8 + 16) + (size_t)(q.nzc + 2) * q.S) + 2 * (size_t)cout;
 }
 
 // dst[0, nx) = src[0, nx), then zeros up to the next multiple of 8 past nx (at least dst[nx], the pad column):
@@ -402,6 +474,7 @@ typedef struct {
     float *dw;
     int cin, cout, nz, ny, nx, m0, m1;
     size_t vol, plane;
+    double *bsum;  // per output channel: the bias gradient's sum over the call, or NULL
 } bww_args;
 
 AVX2 static void bww_chunk(const bww_args *a, bw_geom q, int z, int nzc, int y0, int nr, float *ws) {
@@ -427,7 +500,18 @@ AVX2 static void bww_chunk(const bww_args *a, bw_geom q, int z, int nzc, int y0,
                 // Rows in increasing order: each row's zero tail is overwritten by the next row, except the pad column.
                 for (int r = 0; r < nr; r++) copy_row_pad(flat + (size_t)r * P, src + (size_t)r * nx, nx);
                 zero_floats(flat + (size_t)nr * P, (size_t)nq * 8 - (size_t)nr * P + 8);
-                for (int i = 0; i < nq; i++) _mm256_storeu_ps(dst + (size_t)i * BWW_NM * 8, _mm256_loadu_ps(flat + 8 * i));
+                __m256 sum0 = _mm256_setzero_ps(), sum1 = _mm256_setzero_ps();
+                for (int i = 0; i < nq; i++) {
+                    __m256 d = _mm256_loadu_ps(flat + 8 * i);
+                    _mm256_storeu_ps(dst + (size_t)i * BWW_NM * 8, d);
+                    if (i & 1) sum1 = _mm256_add_ps(sum1, d); else sum0 = _mm256_add_ps(sum0, d);
+                }
+                // The bias gradient from the staged rows (pads are zero): a float sum over one chunk row block, then
+                // double across chunks. A separate pass over dOut cost 30% of the whole pass when Cin = 1.
+                if (a->bsum) {
+                    __m128 h = hsum4(_mm256_add_ps(sum0, sum1), _mm256_setzero_ps(), _mm256_setzero_ps(), _mm256_setzero_ps());
+                    a->bsum[m] += (double)_mm_cvtss_f32(h);
+                }
             }
         }
     size_t S = q.S;
@@ -487,11 +571,17 @@ AVX2 static void bww_chunk(const bww_args *a, bw_geom q, int z, int nzc, int y0,
 void ck_avx2_backward_weights(const float *in, const float *dout, float *dw, float *dbias, int cin, int cout,
                               int nz, int ny, int nx, int z0, int z1, int m0, int m1, float *workspace) {
     bw_geom q = bw_geometry(ny, nx, z1 - z0);
-    bww_args a = {in, dout, dw, cin, cout, nz, ny, nx, m0, m1, (size_t)nz * ny * nx, (size_t)ny * nx};
+    double *bsum = NULL;
+    if (dbias) {
+        bsum = (double *)(workspace + round8(bw_dpk_floats(cout, q) + round8((size_t)q.nq * 8 + 16) + (size_t)(q.nzc + 2) * q.S));
+        for (int m = m0; m < m1; m++) bsum[m] = 0.0;
+    }
+    bww_args a = {in, dout, dw, cin, cout, nz, ny, nx, m0, m1, (size_t)nz * ny * nx, (size_t)ny * nx, bsum};
     for (int z = z0; z < z1; z += q.nzc) {
         int nzc = z1 - z < q.nzc ? z1 - z : q.nzc;
         for (int y0 = 0; y0 < ny; y0 += q.nr)
             bww_chunk(&a, q, z, nzc, y0, ny - y0 < q.nr ? ny - y0 : q.nr, workspace);
     }
-    if (dbias) ck_bias_grad(dout, dbias, nz, ny, nx, z0, z1, m0, m1);
+    if (dbias)
+        for (int m = m0; m < m1; m++) dbias[m] += (float)a.bsum[m];
 }

@@ -109,7 +109,7 @@ void ck_conv3_forward(const float *in, const float *plan, const float *bias, flo
     assert(path != CK_PATH_AUTO);
     if (z0 >= z1 || m0 >= m1) return;
     switch (path) {
-    case CK_PATH_DIRECT_AVX2: ck_avx2_forward(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, 0); break;
+    case CK_PATH_DIRECT_AVX2: ck_avx2_forward(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, 0, workspace); break;
     case CK_PATH_DIRECT_AVX512: ck_avx512_forward(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, 0); break;
     case CK_PATH_WINOGRAD_AVX2: case CK_PATH_WINOGRAD_AVX512:
         ck_winograd_forward(in, plan, bias, out, cin, cout, nz, ny, nx, z0, z1, m0, m1, isa512(path), workspace); break;
@@ -123,7 +123,7 @@ void ck_conv3_backward_data(const float *dout, const float *plan, float *din,
     assert(path != CK_PATH_AUTO);
     if (z0 >= z1 || m0 >= m1) return;
     switch (path) {
-    case CK_PATH_DIRECT_AVX2: ck_avx2_forward(dout, plan, NULL, din, cin, cout, nz, ny, nx, z0, z1, m0, m1, 1); break;
+    case CK_PATH_DIRECT_AVX2: ck_avx2_forward(dout, plan, NULL, din, cin, cout, nz, ny, nx, z0, z1, m0, m1, 1, workspace); break;
     case CK_PATH_DIRECT_AVX512: ck_avx512_forward(dout, plan, NULL, din, cin, cout, nz, ny, nx, z0, z1, m0, m1, 1); break;
     case CK_PATH_WINOGRAD_AVX2: case CK_PATH_WINOGRAD_AVX512:
         ck_winograd_backward_data(dout, plan, din, cin, cout, nz, ny, nx, z0, z1, m0, m1, isa512(path), workspace); break;

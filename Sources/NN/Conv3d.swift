@@ -6,8 +6,10 @@ import Tensor
 /// A 3D convolution over `[N, C, Z, Y, X]` activations, in the three forms the Attention U-Net uses:
 ///
 /// - `kernel: 3`: 3x3x3, stride 1, zero padding 1 (every conv block). Runs on CKernels
-///   (`ck_conv3_forward` / `backward_data` / `backward_weights`): the direct AVX-512 kernels or
-///   im2col + sgemm (`path`, `.auto` by default: the direct kernels wherever the CPU runs AVX-512).
+///   (`ck_conv3_forward` / `backward_data` / `backward_weights`): Winograd F(2,3), the direct AVX-512 or
+///   AVX2 + FMA kernels, or im2col + sgemm (`path`, `.auto` by default: the choice measured per layer, Winograd
+///   on AVX2 for 16 channels and more, the direct kernels of the widest ISA elsewhere; the environment
+///   variable `ATTUNET_CONV_PATH` forces the path of every layer left at `.auto`).
 /// - `kernel: 1`: 1x1x1 (the gates' phi/psi/W and the final classifier): one sgemm `W[Cout][Cin] x X[Cin][V]`.
 /// - `kernel: 2`: 2x2x2, stride 2, no padding (the attention gate's theta): the 8 taps of each output voxel
 ///   are gathered (space-to-depth) into a bounded column tile, then one sgemm per tile. The output is

@@ -21,9 +21,11 @@ final class ConvTests: XCTestCase {
     static let odd = Case(n: 2, cin: 3, cout: 5, z: 5, y: 6, x: 7)
     static let wide = Case(n: 1, cin: 2, cout: 3, z: 3, y: 4, x: 17)
     /// Shapes the direct kernels treat specially: one input channel, a single slice, channel counts that are not
-    /// multiples of the 4- or 8-channel tiles, X of 3, 10 and 20 (planes not a multiple of the vector width).
+    /// multiples of the 4- or 8-channel tiles, X of 3, 10 and 20 (planes not a multiple of the vector width), more
+    /// than 32 input and output channels (the AVX2 forward / backward-data kernels work in blocks of 32 channels).
     static let edgeCases = [Case(n: 1, cin: 1, cout: 4, z: 2, y: 2, x: 3), Case(n: 1, cin: 9, cout: 2, z: 1, y: 3, x: 10),
-                            Case(n: 1, cin: 4, cout: 9, z: 3, y: 5, x: 20), Case(n: 2, cin: 12, cout: 4, z: 4, y: 6, x: 6)]
+                            Case(n: 1, cin: 4, cout: 9, z: 3, y: 5, x: 20), Case(n: 2, cin: 12, cout: 4, z: 4, y: 6, x: 6),
+                            Case(n: 1, cin: 37, cout: 35, z: 2, y: 3, x: 5)]
 
     /// A layer with random weights (and bias) in a fresh store, plus a random input.
     func make(_ c: Case, kernel: Int, bias: Bool, seed: UInt64 = 1) -> (Conv3d, ParameterStore, Tensor) {
