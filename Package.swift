@@ -1,6 +1,7 @@
 // swift-tools-version:6.0
 // attunet: data-parallel 3D Attention U-Net trainer over MPI on CPU clusters.
-// Targets, bottom up (see README.md "Layout"): system libraries and C shims, CKernels (AVX-512 convolutions),
+// Targets, bottom up (see README.md "Layout"): system libraries and C shims, CKernels (the 3x3x3 convolutions),
+// CThreadPool (the workers of the parallel loops),
 // Support (the error type, atomic writes), Tensor, HDF5Kit, Distributed, NN, Data, Evaluation (the metrics),
 // Inference (sliding-window prediction and NIfTI export), Training, and the `attunet` executable, which depends
 // on Swift modules only.
@@ -33,7 +34,7 @@ let package = Package(
         // libpng for the attention montages (a static-inline shim over its simplified write API).
         .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
                        providers: [.apt(["libpng-dev"])]),
-        // Direct AVX-512 3x3x3 convolutions (runtime-dispatched) and the im2col+sgemm fallback.
+        // The 3x3x3 convolutions: direct AVX2 and AVX-512, Winograd F(2,3), im2col + sgemm; chosen per layer at run time.
         .target(name: "CKernels", dependencies: ["CBLAS"], path: "Sources/CKernels", exclude: ["README.md"]),
 
         // The persistent worker threads of Tensor's parallel loops.
@@ -60,7 +61,7 @@ let package = Package(
                 path: "Fuzz/FuzzSupport"),
         .target(name: "TestSupport", dependencies: ["Data"], path: "Tests/TestSupport"),
         // One test target per source target, each depending on what it tests (+ TestSupport); attunetTests runs the
-        // built command-line tool as a whole. CKernels is tested through NN's Conv3d on both kernel paths.
+        // built command-line tool as a whole. CKernels is tested through NN's Conv3d on every path the CPU runs.
         .testTarget(name: "SupportTests", dependencies: ["Support"]),
         .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
         .testTarget(name: "HDF5KitTests", dependencies: ["HDF5Kit", "Support", "TestSupport"]),
