@@ -2,7 +2,7 @@
 // attunet: data-parallel 3D Attention U-Net trainer over MPI on CPU clusters.
 // Targets, bottom up (see README.md "Layout"): system libraries and C shims, CKernels (the 3x3x3 convolutions),
 // CThreadPool (the workers of the parallel loops),
-// Support (the error type, atomic writes), Tensor, HDF5Kit, Distributed, NN, Data, Evaluation (the metrics),
+// Support (the error type, atomic writes), Tensor, HDF5Kit, Collectives, NN, DataPipeline, Evaluation (the metrics),
 // Inference (sliding-window prediction and NIfTI export), Training, and the `attunet` executable, which depends
 // on Swift modules only.
 import PackageDescription
@@ -43,35 +43,35 @@ let package = Package(
         .target(name: "Support"),
         .target(name: "Tensor", dependencies: ["Support", "CBLAS", "CThreadPool"]),
         .target(name: "HDF5Kit", dependencies: ["Support", "CHDF5"]),
-        .target(name: "Distributed", dependencies: ["Support", "CMPI"]),
+        .target(name: "Collectives", dependencies: ["Support", "CMPI"]),
         .target(name: "NN", dependencies: ["Support", "Tensor", "CKernels", "HDF5Kit",
                                          .product(name: "Crypto", package: "swift-crypto")]),
-        .target(name: "Data", dependencies: ["Support", "Tensor", "HDF5Kit", "CNIfTI", "Distributed"]),
+        .target(name: "DataPipeline", dependencies: ["Support", "Tensor", "HDF5Kit", "CNIfTI", "Collectives"]),
         // The metrics of the paper's tables; scoring never needs a network, so no NN.
-        .target(name: "Evaluation", dependencies: ["Support", "Tensor", "Data", "Distributed"]),
-        .target(name: "Inference", dependencies: ["Support", "Tensor", "NN", "Data", "CPNG"]),
-        .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "Data", "Evaluation", "Inference", "Distributed", "HDF5Kit"]),
+        .target(name: "Evaluation", dependencies: ["Support", "Tensor", "DataPipeline", "Collectives"]),
+        .target(name: "Inference", dependencies: ["Support", "Tensor", "NN", "DataPipeline", "CPNG"]),
+        .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "DataPipeline", "Evaluation", "Inference", "Collectives", "HDF5Kit"]),
         .executableTarget(name: "attunet", dependencies: [
-            "Support", "Tensor", "HDF5Kit", "Distributed", "NN", "Data", "Evaluation", "Inference", "Training",
+            "Support", "Tensor", "HDF5Kit", "Collectives", "NN", "DataPipeline", "Evaluation", "Inference", "Training",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         // The readers the fuzz targets drive (Fuzz/; launch/fuzz.sh), shared with the fuzz regression tests.
-        .target(name: "FuzzSupport", dependencies: ["Support", "Tensor", "HDF5Kit", "NN", "Data", "Training"],
+        .target(name: "FuzzSupport", dependencies: ["Support", "Tensor", "HDF5Kit", "NN", "DataPipeline", "Training"],
                 path: "Fuzz/FuzzSupport"),
-        .target(name: "TestSupport", dependencies: ["Data"], path: "Tests/TestSupport"),
+        .target(name: "TestSupport", dependencies: ["DataPipeline"], path: "Tests/TestSupport"),
         // One test target per source target, each depending on what it tests (+ TestSupport); attunetTests runs the
         // built command-line tool as a whole. CKernels is tested through NN's Conv3d on every path the CPU runs.
         .testTarget(name: "SupportTests", dependencies: ["Support"]),
         .testTarget(name: "TensorTests", dependencies: ["Tensor"]),
         .testTarget(name: "HDF5KitTests", dependencies: ["HDF5Kit", "Support", "TestSupport"]),
-        .testTarget(name: "DistributedTests", dependencies: ["Distributed", "TestSupport"]),
+        .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Support", "Tensor", "HDF5Kit", "TestSupport"]),
-        .testTarget(name: "DataTests", dependencies: ["Data", "Tensor", "TestSupport"]),
-        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "Data", "Tensor", "Support", "TestSupport"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Inference", "Support", "NN", "Data", "Tensor", "HDF5Kit", "Distributed", "TestSupport", "FuzzSupport"]),
-        .testTarget(name: "InferenceTests", dependencies: ["Inference", "Support", "NN", "Data", "Tensor", "TestSupport"]),
-        .testTarget(name: "attunetTests", dependencies: ["attunet", "NN", "Data", "Evaluation", "Inference", "Tensor", "TestSupport"]),
+        .testTarget(name: "DataPipelineTests", dependencies: ["DataPipeline", "Tensor", "TestSupport"]),
+        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "DataPipeline", "Tensor", "Support", "TestSupport"]),
+        .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Inference", "Support", "NN", "DataPipeline", "Tensor", "HDF5Kit", "Collectives", "TestSupport", "FuzzSupport"]),
+        .testTarget(name: "InferenceTests", dependencies: ["Inference", "Support", "NN", "DataPipeline", "Tensor", "TestSupport"]),
+        .testTarget(name: "attunetTests", dependencies: ["attunet", "NN", "DataPipeline", "Evaluation", "Inference", "Tensor", "TestSupport"]),
     ]
 )
 

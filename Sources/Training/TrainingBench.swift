@@ -1,5 +1,5 @@
-import Data
-import Distributed
+import DataPipeline
+import Collectives
 import Foundation
 import NN
 import Support

@@ -1,5 +1,5 @@
 import ArgumentParser
-import Distributed
+import Collectives
 import Foundation
 import NN
 import HDF5Kit

@@ -1,6 +1,6 @@
 import ArgumentParser
-import Data
-import Distributed
+import DataPipeline
+import Collectives
 import Evaluation
 import Foundation
 import NN

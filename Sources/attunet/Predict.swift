@@ -1,6 +1,6 @@
 import ArgumentParser
-import Data
-import Distributed
+import DataPipeline
+import Collectives
 import Foundation
 import HDF5Kit
 import Inference
@@ -118,7 +118,7 @@ struct Predict: ParsableCommand {
         }
         let trainConfig: TrainConfig? = {
             guard let f = try? H5File.open(checkpoints[0]), let json = try? f.root.stringAttribute("train_config") else { return nil }
-            return try? JSONDecoder().decode(TrainConfig.self, from: Foundation.Data(json.utf8))
+            return try? JSONDecoder().decode(TrainConfig.self, from: Data(json.utf8))
         }()
         let tile = patch ?? trainConfig?.patch ?? Dim3(z: 96, y: 160, x: 160)
         let options = SlidingWindowOptions(patch: tile, overlap: overlap, tta: tta, keepProbabilities: saveProbabilities,
@@ -198,7 +198,7 @@ struct Predict: ParsableCommand {
                 if firstError == nil { firstError = error }
                 if !comm.isRoot {
                     let lines = (error as? AttunetError)?.lines ?? ["\(error)"]
-                    FileHandle.standardError.write(Foundation.Data(lines.map { "error: \($0)\n" }.joined().utf8))
+                    FileHandle.standardError.write(Data(lines.map { "error: \($0)\n" }.joined().utf8))
                 }
                 stats[i * 3 + 2] = 1
             }

@@ -1,6 +1,6 @@
 import ArgumentParser
-import Data
-import Distributed
+import DataPipeline
+import Collectives
 import Foundation
 import NN
 import Support

@@ -1,4 +1,4 @@
-import Data
+import DataPipeline
 import Evaluation
 import Foundation
 import Support

@@ -1,4 +1,4 @@
-import Data
+import DataPipeline
 import Foundation
 import NN
 import TestSupport
@@ -178,7 +178,7 @@ final class CrossValidationTests: XCTestCase {
         // the restart removes them, one line each.
         let stale = ".tmp-\(try TestEnv.deadPID())-1-checkpoint_latest.h5"
         let resumed = RunFolder(out).fold(1, model: "attention-unet").path
-        for folder in [out.path, resumed] { try Foundation.Data([1]).write(to: URL(fileURLWithPath: "\(folder)/\(stale)")) }
+        for folder in [out.path, resumed] { try Data([1]).write(to: URL(fileURLWithPath: "\(folder)/\(stale)")) }
         r = try TestEnv.run(cmd)
         XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
         for folder in [out.path, resumed] {

@@ -1,4 +1,4 @@
-import Distributed
+import Collectives
 import Foundation
 import HDF5Kit
 import NN
@@ -7,7 +7,7 @@ import Tensor
 import TestSupport
 import Training
 import XCTest
-@testable import Data  // PatchBatch has no public initializer; its memberwise one is internal
+@testable import DataPipeline  // PatchBatch has no public initializer; its memberwise one is internal
 
 extension PatchBatch {
     /// A batch made of given arrays (no store, no loader).

@@ -1,4 +1,4 @@
-import Data
+import DataPipeline
 import Foundation
 import NN
 import TestSupport
@@ -13,7 +13,7 @@ final class IntegrityCLITests: XCTestCase {
         defer { try? FileManager.default.removeItem(at: dir) }
         // safetensors: a flipped bit in the JSON header.
         let header = #"{"final.weight":{"dtype":"F32","shape":[1],"data_offsets":[0,4]}}"#
-        var bytes = Foundation.Data()
+        var bytes = Data()
         withUnsafeBytes(of: UInt64(header.utf8.count).littleEndian) { bytes.append(contentsOf: $0) }
         bytes.append(contentsOf: Array(header.utf8) + [0, 0, 128, 63])
         bytes[8] ^= 0x01   // '{' becomes 'z'
@@ -58,9 +58,9 @@ final class IntegrityCLITests: XCTestCase {
             // The bad image: its header changed, compressed again.
             let bad = images.path + "/bad.nii.gz"
             XCTAssertEqual(try TestEnv.run("gzip -dc \(bad) > \(dir.path)/raw.nii").status, 0)
-            var header = [UInt8](try Foundation.Data(contentsOf: URL(fileURLWithPath: dir.path + "/raw.nii")))
+            var header = [UInt8](try Data(contentsOf: URL(fileURLWithPath: dir.path + "/raw.nii")))
             for (i, b) in bytes.enumerated() { header[offset + i] = UInt8(b) }
-            try Foundation.Data(header).write(to: URL(fileURLWithPath: dir.path + "/raw.nii"))
+            try Data(header).write(to: URL(fileURLWithPath: dir.path + "/raw.nii"))
             XCTAssertEqual(try TestEnv.run("gzip -c \(dir.path)/raw.nii > \(bad)").status, 0)
 
             let r = try TestEnv.run("\(TestEnv.attunet) prepare --image-dir \(images.path) --label-dir \(labs.path) --out \(dir.path)/store-\(offset).h5 --spacing 4 --threads 2")

@@ -1,4 +1,4 @@
-import Data
+import DataPipeline
 import Evaluation
 import Foundation
 import NN
@@ -174,7 +174,7 @@ final class PredictEvaluateTests: XCTestCase {
         XCTAssertEqual(value(csv[4], "dice"), 5.0 / 7.0, accuracy: 1e-6)
         XCTAssertEqual(csv[6][header.firstIndex(of: "empty")!], "prediction")
         // summary.json: the summaries of the same results, with the worst-case count and the definition.
-        let json = try JSONSerialization.jsonObject(with: Foundation.Data(contentsOf: URL(fileURLWithPath: "\(out)/summary.json"))) as! [String: Any]
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(out)/summary.json"))) as! [String: Any]
         XCTAssertEqual(json["distance_definition"] as? String, "pooled")
         let classes = json["classes"] as! [[String: Any]]
         let summaries = ClassSummary.summarize(expected)

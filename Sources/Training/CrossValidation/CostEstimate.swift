@@ -1,4 +1,4 @@
-import Data
+import DataPipeline
 import Foundation
 import NN
 import Support

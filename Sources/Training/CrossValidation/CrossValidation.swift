@@ -1,5 +1,5 @@
-import Data
-import Distributed
+import DataPipeline
+import Collectives
 import Evaluation
 import Foundation
 import NN

@@ -2,7 +2,7 @@ import Foundation
 import Tensor
 import TestSupport
 import XCTest
-@testable import Data
+@testable import DataPipeline
 
 final class NIfTIImportTests: XCTestCase {
     /// nibabel writes oblique int16 .nii.gz (sform) and float32 .nii (qform only); we read the same geometry.

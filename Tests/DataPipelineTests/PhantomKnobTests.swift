@@ -1,6 +1,6 @@
 import Foundation
 import XCTest
-@testable import Data
+@testable import DataPipeline
 import Tensor
 import TestSupport
 

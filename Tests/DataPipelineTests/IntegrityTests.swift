@@ -4,7 +4,7 @@ import Support
 import Tensor
 import TestSupport
 import XCTest
-@testable import Data
+@testable import DataPipeline
 
 /// A case store's checksums, prepare on a full disk, and intensities no CT can have.
 final class StoreIntegrityTests: XCTestCase {

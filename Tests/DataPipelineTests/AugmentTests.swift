@@ -2,7 +2,7 @@ import Foundation
 import Tensor
 import TestSupport
 import XCTest
-@testable import Data
+@testable import DataPipeline
 
 /// The parameters of one augmented sample, replayed from the loader's seeded streams in the documented order:
 /// patch placement from the "SAMP" stream (a uniform start per axis, z/y/x, when the patch is not foreground),

@@ -2,7 +2,7 @@ import Foundation
 import Tensor
 import TestSupport
 import XCTest
-@testable import Data
+@testable import DataPipeline
 
 /// Resampling with oblique affines and anisotropic voxels (0.7 x 1.3 x 2.5 mm) and an image that is not symmetric in
 /// x and y, so that a swap of x and y anywhere (spacing, scale, blur sigma, affine columns) shows. Expected values

@@ -3,7 +3,7 @@ import Support
 import Tensor
 import TestSupport
 import XCTest
-@testable import Data
+@testable import DataPipeline
 
 /// `--labels` remapping (`PrepareOptions.labelMap`): listed source values become their targets, every other value 0;
 /// without a map, values outside the declared classes are refused with one line naming the label file.

@@ -2,7 +2,7 @@ import Foundation
 import Tensor
 import TestSupport
 import XCTest
-@testable import Data
+@testable import DataPipeline
 
 /// Without augmentation every patch the loader makes is a plain box read of the store, normalised.
 ///

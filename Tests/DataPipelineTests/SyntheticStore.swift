@@ -2,7 +2,7 @@ import Foundation
 import Tensor
 import TestSupport
 import XCTest
-@testable import Data
+@testable import DataPipeline
 
 /// One-case stores made from arrays, for tests that need to know every voxel: the volume is written as NIfTI
 /// (1 mm isotropic, identity affine) and prepared at 1 mm, so the store holds exactly these voxels (no
