@@ -12,7 +12,7 @@ let package = Package(
     platforms: [.macOS(.v13)],
     products: [
         .executable(name: "attunet", targets: ["attunet"]),
-        .library(name: "AttuNet", targets: ["Training"]),
+        .library(name: "AttuNet", targets: ["Workflows"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -51,13 +51,16 @@ let package = Package(
         .target(name: "Evaluation", dependencies: ["Support", "Tensor", "DataPipeline", "Collectives"]),
         .target(name: "Inference", dependencies: ["Support", "Tensor", "NN", "DataPipeline", "CPNG"]),
         .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "DataPipeline", "Evaluation", "Inference", "Collectives", "HDF5Kit"]),
+        // The application layer: prediction to files, evaluation and its reports, cross-validation and the
+        // experiments; `cv`, `experiment` and the standalone commands share it.
+        .target(name: "Workflows", dependencies: ["Support", "Tensor", "NN", "DataPipeline", "Evaluation", "Inference", "Training", "Collectives", "HDF5Kit"]),
         .executableTarget(name: "attunet", dependencies: [
-            "Support", "Tensor", "HDF5Kit", "Collectives", "NN", "DataPipeline", "Evaluation", "Inference", "Training",
+            "Support", "Tensor", "HDF5Kit", "Collectives", "NN", "DataPipeline", "Evaluation", "Inference", "Training", "Workflows",
             .product(name: "ArgumentParser", package: "swift-argument-parser"),
         ]),
 
         // The readers the fuzz targets drive (Fuzz/; launch/fuzz.sh), shared with the fuzz regression tests.
-        .target(name: "FuzzSupport", dependencies: ["Support", "Tensor", "HDF5Kit", "NN", "DataPipeline", "Training"],
+        .target(name: "FuzzSupport", dependencies: ["Support", "Tensor", "HDF5Kit", "NN", "DataPipeline", "Training", "Workflows"],
                 path: "Fuzz/FuzzSupport"),
         .target(name: "TestSupport", dependencies: ["DataPipeline"], path: "Tests/TestSupport"),
         // One test target per source target, each depending on what it tests (+ TestSupport); attunetTests runs the
@@ -70,8 +73,9 @@ let package = Package(
         .testTarget(name: "DataPipelineTests", dependencies: ["DataPipeline", "Tensor", "TestSupport"]),
         .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "DataPipeline", "Tensor", "Support", "TestSupport"]),
         .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Inference", "Support", "NN", "DataPipeline", "Tensor", "HDF5Kit", "Collectives", "TestSupport", "FuzzSupport"]),
+        .testTarget(name: "WorkflowsTests", dependencies: ["Workflows", "Training", "Evaluation", "Inference", "Support", "NN", "DataPipeline", "Tensor", "HDF5Kit", "Collectives", "TestSupport", "FuzzSupport"]),
         .testTarget(name: "InferenceTests", dependencies: ["Inference", "Support", "NN", "DataPipeline", "Tensor", "TestSupport"]),
-        .testTarget(name: "attunetTests", dependencies: ["attunet", "NN", "DataPipeline", "Evaluation", "Inference", "Tensor", "TestSupport"]),
+        .testTarget(name: "attunetTests", dependencies: ["attunet", "Workflows", "Training", "NN", "DataPipeline", "Evaluation", "Inference", "Tensor", "TestSupport"]),
     ]
 )
 

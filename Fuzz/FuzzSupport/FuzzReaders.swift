@@ -5,6 +5,7 @@ import NN
 import Support
 import Tensor
 import Training
+import Workflows
 
 /// The readers each fuzz target drives, as attunet's commands drive them; the fuzz targets (Fuzz/<Name>) and
 /// the regression tests of the inputs fuzzing found (`FuzzRegressionTests`) both call these. Every function

@@ -174,7 +174,8 @@ public enum ProgressChart {
 /// Coordinates with one decimal.
 private func f(_ x: Double) -> String { String(format: "%.1f", x) }
 
-func xmlEscape(_ s: String) -> String {
+/// `s` with the five XML special characters escaped, for text and attribute values in the SVG charts.
+public func xmlEscape(_ s: String) -> String {
     var out = ""
     for c in s {
         switch c {

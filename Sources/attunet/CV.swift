@@ -7,6 +7,7 @@ import NN
 import Support
 import Tensor
 import Training
+import Workflows
 
 /// `attunet cv`: k-fold cross-validation of the Attention U-Net and its U-Net baseline on the same folds.
 struct CV: ParsableCommand {

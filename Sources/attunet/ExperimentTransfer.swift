@@ -7,6 +7,7 @@ import NN
 import Support
 import Tensor
 import Training
+import Workflows
 
 /// `attunet experiment transfer`: the paper's TCIA table (BFT, AFT, SCR) on two cohorts.
 struct Transfer: ParsableCommand {

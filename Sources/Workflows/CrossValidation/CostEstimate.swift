@@ -3,6 +3,7 @@ import Foundation
 import NN
 import Support
 import Tensor
+import Training
 
 /// What a cross-validation will cost on the current ranks (`attunet cv --dry-run`): the plan, and a short timed
 /// run of every model scaled by it. A user deciding how many nodes to ask a batch system for needs exactly this.

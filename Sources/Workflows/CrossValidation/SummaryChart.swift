@@ -1,4 +1,5 @@
 import Foundation
+import Training
 
 /// The quartiles and Tukey whiskers of one box in `summary.svg`.
 public struct BoxStatistics: Sendable, Equatable {

@@ -1,6 +1,7 @@
 import Evaluation
 import NN
 import Foundation
+import Training
 
 /// The reports of a cross-validation: per model and class the summaries over all test cases, per fold the
 /// same, every case's metrics, and with two or more models the paired comparison of the first with each other.

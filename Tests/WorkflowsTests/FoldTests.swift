@@ -2,6 +2,7 @@ import Foundation
 import Support
 import TestSupport
 import Training
+import Workflows
 import XCTest
 
 /// Cross-validation folds: disjoint, covering, balanced and seeded; the inverse protocol; a user's splits

@@ -5,6 +5,7 @@ import Foundation
 import NN
 import Support
 import Tensor
+import Training
 
 /// Everything that defines a cross-validation; saved as the CV folder's `config.json` and compared at every
 /// restart. Not stored, so free to change between restarts: `--stop-after-epochs` (how much runs in one job),

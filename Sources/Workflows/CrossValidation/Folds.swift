@@ -1,6 +1,7 @@
 import Foundation
 import Support
 import Tensor
+import Training
 
 /// Which cases train and which test in each fold of a cross-validation.
 ///

@@ -2,6 +2,7 @@ import DataPipeline
 import Collectives
 import Evaluation
 import Foundation
+import Training
 import Inference
 import NN
 import Support

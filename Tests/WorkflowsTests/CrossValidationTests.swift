@@ -3,6 +3,7 @@ import Foundation
 import NN
 import TestSupport
 import Training
+import Workflows
 import XCTest
 
 /// `attunet cv` end to end on the tiny phantom store (4 cases, 2 folds, both models, 2 epochs per fold):

@@ -1,14 +1,13 @@
 import DataPipeline
 import Foundation
-import TestSupport
 import XCTest
 
 /// The small phantom case store the training tests share: 4 cases at 4 mm (volumes of about 90x70x50, X x Y x Z; four
 /// classes), made in-process once and removed by the suites' class tear-down.
-enum PhantomStore {
+public enum PhantomStore {
     nonisolated(unsafe) private static var dir: URL?
 
-    static func path() throws -> String {
+    public static func path() throws -> String {
         if let dir { return dir.appendingPathComponent("store.h5").path }
         let d = try TestEnv.tempDir()
         let store = try TestEnv.phantomStore(in: d, count: 4, seed: 3, scale: 0.5, spacing: 4)
@@ -16,7 +15,7 @@ enum PhantomStore {
         return store
     }
 
-    static func remove() {
+    public static func remove() {
         if let dir { try? FileManager.default.removeItem(at: dir) }
         dir = nil
     }
@@ -24,13 +23,13 @@ enum PhantomStore {
 
 /// The suites that train on the shared phantom store: a fresh folder `work` per test (removed after it), and the
 /// store removed after the suite.
-class PhantomRunTestCase: XCTestCase {
-    override class func tearDown() {
+open class PhantomRunTestCase: XCTestCase {
+    override open class func tearDown() {
         PhantomStore.remove()
         super.tearDown()
     }
 
-    var work: URL!
-    override func setUpWithError() throws { work = try TestEnv.tempDir() }
-    override func tearDownWithError() throws { try? FileManager.default.removeItem(at: work) }
+    public var work: URL!
+    override open func setUpWithError() throws { work = try TestEnv.tempDir() }
+    override open func tearDownWithError() throws { try? FileManager.default.removeItem(at: work) }
 }
