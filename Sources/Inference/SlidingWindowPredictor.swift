@@ -427,9 +427,12 @@ public final class SlidingWindowPredictor {
 extension IntensityNormalization {
     /// The value the case's minimum normalises to: what pads a volume (as `CaseStore.readBox` pads training
     /// patches with the minimum before they are normalised).
-    public func padValue(for info: CaseInfo) -> Float {
-        var m = info.minimum
-        apply(&m, count: 1, case: info)
+    public func padValue(for info: CaseInfo) -> Float { padValue(stats: info.stats) }
+
+    /// The value the minimum of an image with these statistics (min, max, mean, std) normalises to.
+    public func padValue(stats: [Double]) -> Float {
+        var m = Float(stats[0])
+        apply(&m, count: 1, stats: stats)
         return m
     }
 }

@@ -27,32 +27,17 @@ public final class Trainer {
     let loss: SegmentationLoss
     let log: TrainingLog?
     let fingerprint: String
-    /// All-reduce bucket size in floats (16 MiB).
-    public var bucketFloats = 4 << 20
-    /// Print progress lines (rank 0 only).
-    public var verbose = true
-    /// Stop after this many epochs in this process, at an epoch boundary, as on a stop request (checkpoint
-    /// written, `.interrupted`): for batch jobs whose time limit fits a known number of epochs.
-    public var stopAfterEpochs: Int?
+    /// The settings of this process's part of the run that are not its configuration (bucket, step timeout,
+    /// stop budget, console prefix, verbosity).
+    public let context: RunContext
     private let classNames: [String]
+    /// What prediction needs, saved in every checkpoint.
+    public let recipe: PredictionRecipe
     /// Segments whole cases for validation (and the cross-validation's test cases): tiles of the training
     /// patch, overlap 0.5, Gaussian blending, BN in evaluation mode; created on first use.
     private var predictor: SlidingWindowPredictor?
 
-    /// Redraw a progress bar during the epoch when this is the only rank and stdout is a terminal (off when
-    /// several trainers share one terminal, as the cross-validation's fold-parallel groups do).
-    public var progressBar = true
-    /// Seconds one collective of a training step may take before the watchdog ends the job (a dead, hung or
-    /// unreachable peer); nil: derived from the measured steps (``StepTimeout``); 0: no watchdog.
-    public var stepTimeout: Double?
     private var stepTimeouts = StepTimeout()
-    /// Print the `--init` mapping table (a cross-validation prints it for its first fold only: every fold's is the same).
-    public var printsTransferTable = true
-    /// Put before every line rank 0 prints (the cross-validation's fold-parallel groups name their fold).
-    public var linePrefix = ""
-
-    /// Printed after a stop request: how to continue (`attunet cv` continues by rerunning the same command).
-    public var resumeHint = "continue with --resume"
 
     /// Whether ``step(_:)`` has settled the recycled-tensor pool (after its first step).
     private var settled = false
@@ -66,8 +51,9 @@ public final class Trainer {
 
     /// Opens the store, builds the model from `config.seed` and broadcasts rank 0's weights; `resume()` then
     /// restores the latest checkpoint of `outDir` when continuing a run.
-    public init(config: TrainConfig, comm: Communicator, outDir: URL) throws {
+    public init(config: TrainConfig, comm: Communicator, outDir: URL, context: RunContext = RunContext()) throws {
         self.config = config
+        self.context = context
         self.comm = comm
         self.outDir = outDir
         folder = RunFolder(outDir)
@@ -78,11 +64,12 @@ public final class Trainer {
             throw AttunetError("--patch \(axis) = \(v) is not a positive multiple of 16 (the network pools four times)")
         }
         store = try CaseStore(path: config.store)
-        fingerprint = (try? store.file.root.stringAttribute("fingerprint")) ?? ""
+        fingerprint = store.fingerprint
         guard store.classNames.count == config.model.classes else {
             throw AttunetError("\(config.store): the store has \(store.classNames.count) classes (\(store.classNames.joined(separator: ", "))); the model was asked for \(config.model.classes) (--classes)")
         }
         classNames = Array(store.classNames.dropFirst())
+        recipe = try PredictionRecipe(store: store, config: config)
         model = SegmentationModel(config.model, seed: config.seed)
         optimizer = Optimizer(config.optimizer, parameterCount: model.params.count, learningRate: config.learningRate,
                               weightDecay: config.weightDecay)
@@ -101,7 +88,7 @@ public final class Trainer {
     /// (checksums, stored digests) before anything is written. Returns the state to continue from. Rank 0 first
     /// removes the temporary files a killed checkpoint write left in the run folder (``RunFolder/removeStaleTemporaries()``).
     public func resume(from checkpoint: String? = nil) throws -> TrainingState {
-        if comm.isRoot, let removed = folder.removeStaleTemporaries(), verbose { print(linePrefix + "train: " + removed) }
+        if comm.isRoot, let removed = folder.removeStaleTemporaries(), context.verbose { print(context.linePrefix + "train: " + removed) }
         let path = checkpoint ?? latestPath
         guard FileManager.default.fileExists(atPath: path) else {
             if checkpoint != nil { throw AttunetError("\(path): no such file (from --resume-from)") }
@@ -143,14 +130,14 @@ public final class Trainer {
         try comm.broadcast(model.params.values.data, root: 0)
         try comm.broadcast(model.buffers.values.data, root: 0)
         assignRoles()
-        if comm.isRoot && verbose && printsTransferTable {
-            for line in report.table(target: config.model) { print(linePrefix + line) }
+        if comm.isRoot && context.verbose && context.printsTransferTable {
+            for line in report.table(target: config.model) { print(context.linePrefix + line) }
             let frozen = optimizer.count(.frozen), fresh = optimizer.count(.fresh)
             if t.freeze != .none {
-                print(linePrefix + "  frozen (--freeze \(t.freeze.rawValue)): \(t.freeze.modules.joined(separator: ", ")), \(grouped(frozen)) parameters keep their values (no step, no weight decay, Adam moments stay 0); their BN running statistics keep updating in training mode, as PyTorch's requires_grad=False does")
+                print(context.linePrefix + "  frozen (--freeze \(t.freeze.rawValue)): \(t.freeze.modules.joined(separator: ", ")), \(grouped(frozen)) parameters keep their values (no step, no weight decay, Adam moments stay 0); their BN running statistics keep updating in training mode, as PyTorch's requires_grad=False does")
             }
             let head = t.headLearningRate.map { "--head-lr \($0)" } ?? "--lr \(config.learningRate)"
-            print(linePrefix + "  learning rates: \(grouped(model.parameterCount - frozen - fresh)) copied parameters --lr \(config.learningRate), \(grouped(fresh)) fresh ones \(head); the optimizer starts fresh")
+            print(context.linePrefix + "  learning rates: \(grouped(model.parameterCount - frozen - fresh)) copied parameters --lr \(config.learningRate), \(grouped(fresh)) fresh ones \(head); the optimizer starts fresh")
         }
         return report
     }
@@ -175,7 +162,7 @@ public final class Trainer {
                                              worldSize: comm.size, storeFingerprint: fingerprint)
         // A fresh start into a folder where a killed run's first checkpoint write left its temporary cleans it
         // too (a resume does in resume()).
-        if resumed == nil, comm.isRoot, let removed = folder.removeStaleTemporaries(), verbose { print(linePrefix + "train: " + removed) }
+        if resumed == nil, comm.isRoot, let removed = folder.removeStaleTemporaries(), context.verbose { print(context.linePrefix + "train: " + removed) }
         if resumed == nil && config.transfer != nil && transfer == nil { try initialiseFromCheckpoint() }
         if config.epochs == 0 {
             // Nothing to train: the initial weights (--init's, mapped: the paper's "before fine-tuning") are the
@@ -184,8 +171,8 @@ public final class Trainer {
                 if comm.isRoot {
                     try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
                     try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state,
-                                                metrics: nil, classNames: store.classNames, transfer: transfer)
-                    if verbose { print(linePrefix + "train: --epochs 0: wrote the initial weights to \(latestPath)") }
+                                                metrics: nil, recipe: recipe, transfer: transfer)
+                    if context.verbose { print(context.linePrefix + "train: --epochs 0: wrote the initial weights to \(latestPath)") }
                 }
                 try comm.barrier()
             }
@@ -195,16 +182,16 @@ public final class Trainer {
                                      rank: comm.rank, worldSize: comm.size, seed: config.seed, augment: config.augmentOptions,
                                      foregroundFraction: config.foregroundFraction, samplesPerCase: config.samplesPerCase)
         let steps = loader.stepsPerEpoch
-        if comm.isRoot && verbose {
-            print(linePrefix + "train: \(config.model.kind.rawValue) \(grouped(model.parameterCount)) parameters, \(comm.size) rank(s), global batch \(config.batch), patch \(config.patch), \(config.trainCases.count) training / \(config.validationCases.count) validation cases, \(steps) steps per epoch, \(config.epochs) epochs")
+        if comm.isRoot && context.verbose {
+            print(context.linePrefix + "train: \(config.model.kind.rawValue) \(grouped(model.parameterCount)) parameters, \(comm.size) rank(s), global batch \(config.batch), patch \(config.patch), \(config.trainCases.count) training / \(config.validationCases.count) validation cases, \(steps) steps per epoch, \(config.epochs) epochs")
         }
         // Under mpirun a rank's stdout can be a pty even when the user pipes mpirun's output, so the bar is
         // drawn only for single-process runs on a terminal.
-        let interactive = progressBar && comm.size == 1 && verbose && isatty(STDOUT_FILENO) != 0
+        let interactive = context.progressBar && comm.size == 1 && context.verbose && isatty(STDOUT_FILENO) != 0
         var lastRecord: EpochRecord?
         var epochsThisRun = 0
         let watchdog = CollectiveWatchdog.shared
-        defer { watchdog.timeout = stepTimeouts.outsideSteps(fixed: stepTimeout); watchdog.context = "" }
+        defer { watchdog.timeout = stepTimeouts.outsideSteps(fixed: context.stepTimeout); watchdog.context = "" }
         while state.epoch < config.epochs {
             let epoch = state.epoch
             optimizer.learningRate = config.schedule.rate(base: config.learningRate, epoch: epoch)
@@ -217,18 +204,18 @@ public final class Trainer {
                 let w0 = Date()
                 guard let batch = try loader.next() else { break }
                 loadWait += Date().timeIntervalSince(w0)
-                watchdog.timeout = stepTimeouts.forSteps(fixed: stepTimeout)
+                watchdog.timeout = stepTimeouts.forSteps(fixed: context.stepTimeout)
                 watchdog.context = "global step \(state.globalStep) (epoch \(epoch + 1), step \(stepIndex + 1)/\(steps))"
                 let result: StepResult
                 do { result = try step(batch) } catch let e as AttunetError where e.kind == .nonFinite {
                     throw AttunetError("loss is NaN/Inf at epoch \(epoch) step \(stepIndex) (global step \(state.globalStep)); stopped, the last good checkpoint is kept (\(latestPath)); lower --lr or check the data", kind: .nonFinite)
                 }
                 stepTimeouts.record(result.times.total)
-                watchdog.timeout = stepTimeouts.outsideSteps(fixed: stepTimeout)
+                watchdog.timeout = stepTimeouts.outsideSteps(fixed: context.stepTimeout)
                 watchdog.context = "the end of global step \(state.globalStep) (epoch \(epoch + 1))"
                 state.globalStep += 1
                 lossSum += result.loss; lossCount += 1
-                if interactive { progressBar(epoch: epoch, step: stepIndex + 1, of: steps, loss: lossSum / Double(lossCount), since: t0) }
+                if interactive { drawProgressBar(epoch: epoch, step: stepIndex + 1, of: steps, loss: lossSum / Double(lossCount), since: t0) }
                 if result.stopRequested {
                     state.stepInEpoch = stepIndex + 1
                     if state.stepInEpoch == steps { state.epoch += 1; state.stepInEpoch = 0 }
@@ -244,22 +231,22 @@ public final class Trainer {
             let record = try endEpoch(&state, trainLoss: lossCount > 0 ? lossSum / Double(lossCount) : .nan,
                                       seconds: seconds, patches: lossCount * config.batch)
             lastRecord = record
-            if comm.isRoot && verbose { printEpoch(record, loadWait: loadWait, steps: lossCount) }
+            if comm.isRoot && context.verbose { printEpoch(record, loadWait: loadWait, steps: lossCount) }
             // A stop requested during validation or checkpointing is honoured at the epoch boundary.
             var stop = [Double(stopSignal)]
             try stop.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
             epochsThisRun += 1
-            let limitReached = stopAfterEpochs.map { epochsThisRun >= $0 } ?? false
+            let limitReached = context.stopAfterEpochs.map { epochsThisRun >= $0 } ?? false
             if (stop[0] > 0 || limitReached) && state.epoch < config.epochs {
                 try stopAndSave(state, metrics: record, finished: "epoch \(epoch)" + (stop[0] > 0 ? "" : " (--stop-after-epochs)"))
             }
         }
-        if comm.isRoot && verbose {
+        if comm.isRoot && context.verbose {
             if let r = lastRecord, !r.validationDice.isEmpty {
-                print(linePrefix + "train: done. validation Dice: " + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: ", ")
+                print(context.linePrefix + "train: done. validation Dice: " + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: ", ")
                       + "; best mean \(fmt(state.bestDice, 3)) at epoch \(state.bestEpoch)")
             }
-            print(linePrefix + "train: outputs in \(outDir.path): " + [folder.checkpointLatest, folder.checkpointBest, folder.log, folder.progress].map(\.lastPathComponent).joined(separator: ", "))
+            print(context.linePrefix + "train: outputs in \(outDir.path): " + [folder.checkpointLatest, folder.checkpointBest, folder.log, folder.progress].map(\.lastPathComponent).joined(separator: ", "))
         }
     }
 
@@ -321,11 +308,11 @@ public final class Trainer {
             try log?.append(record)
             if improved {
                 try TrainingCheckpoint.save(bestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record,
-                                            classNames: store.classNames, transfer: transfer)
+                                            recipe: recipe, transfer: transfer)
             }
             if last || state.epoch % max(config.checkpointEvery, 1) == 0 {
                 try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record,
-                                            classNames: store.classNames, transfer: transfer)
+                                            recipe: recipe, transfer: transfer)
             }
         }
         return record
@@ -336,20 +323,20 @@ public final class Trainer {
     private func stopAndSave(_ state: TrainingState, metrics: EpochRecord?, finished: String) throws -> Never {
         if comm.isRoot {
             try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: metrics,
-                                        classNames: store.classNames, transfer: transfer)
-            print(linePrefix + "train: stop requested; finished \(finished), wrote \(latestPath); \(resumeHint)")
+                                        recipe: recipe, transfer: transfer)
+            print(context.linePrefix + "train: stop requested; finished \(finished), wrote \(latestPath); \(context.resumeHint)")
         }
         try comm.barrier()
         throw AttunetError("", kind: .interrupted)
     }
 
-    /// Sums the flat gradient buffer over ranks in buckets of `bucketFloats` and divides by the rank count.
+    /// Sums the flat gradient buffer over ranks in buckets of `context.bucketFloats` and divides by the rank count.
     func averageGradients() throws {
         guard comm.size > 1 else { return }
         let g = model.params.grads.data
         var offset = 0
         while offset < g.count {
-            let n = min(bucketFloats, g.count - offset)
+            let n = min(context.bucketFloats, g.count - offset)
             try comm.allReduceSum(UnsafeMutableBufferPointer(rebasing: g[offset..<(offset + n)]))
             offset += n
         }
@@ -388,7 +375,7 @@ public final class Trainer {
         return try predictor!.predict(store: store, case: c)
     }
 
-    private func progressBar(epoch: Int, step: Int, of steps: Int, loss: Double, since t0: Date) {
+    private func drawProgressBar(epoch: Int, step: Int, of steps: Int, loss: Double, since t0: Date) {
         let width = 30, done = width * step / max(steps, 1)
         let bar = String(repeating: "#", count: done) + String(repeating: ".", count: width - done)
         let elapsed = Date().timeIntervalSince(t0)
@@ -404,7 +391,7 @@ public final class Trainer {
         let remaining = config.epochs - r.epoch - 1
         epochsRun += 1
         let perEpoch = Date().timeIntervalSince(started) / Double(epochsRun)
-        var line = linePrefix + "epoch \(r.epoch + 1)/\(config.epochs)  loss \(fmt(r.trainLoss, 4))  lr \(String(format: "%.2e", r.learningRate))  \(fmt(r.patchesPerSecond, 2)) patches/s  \(fmt(r.seconds, 1)) s"
+        var line = context.linePrefix + "epoch \(r.epoch + 1)/\(config.epochs)  loss \(fmt(r.trainLoss, 4))  lr \(String(format: "%.2e", r.learningRate))  \(fmt(r.patchesPerSecond, 2)) patches/s  \(fmt(r.seconds, 1)) s"
         if !r.validationDice.isEmpty {
             line += "  Dice " + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: " ")
         }

@@ -21,8 +21,7 @@ public final class TrainingBench {
         let config = TrainConfig(store: path, model: model, patch: patch, batch: batch, epochs: 1, optimizer: optimizer,
                                  loss: loss, seed: seed, trainCases: store.cases.map(\.id), validationCases: [])
         let unused = FileManager.default.temporaryDirectory.appendingPathComponent("attunet-bench-run-\(getpid())")
-        trainer = try Trainer(config: config, comm: comm, outDir: unused)
-        trainer.verbose = false
+        trainer = try Trainer(config: config, comm: comm, outDir: unused, context: .quiet)
     }
 
     /// Writes `count` (default 2) phantom cases prepared at 2 mm into `dir` and returns the store's path.

@@ -19,7 +19,8 @@ public struct TrainingState: Codable, Sendable, Equatable {
 
 /// The training checkpoint: the model checkpoint of `Checkpoint` (state_dict in PyTorch order, model_config)
 /// plus `optimizer/` (moment buffers in the flat parameter layout, kind, step), `train_config` and
-/// `training_state` (JSON attributes), `metrics` (the last epoch's record), `class_names` (the store's, JSON)
+/// `training_state` (JSON attributes), `metrics` (the last epoch's record), `class_names` (the store's, JSON),
+/// `prediction_recipe` (``PredictionRecipe``: what prediction needs, so the checkpoint stands alone)
 /// and, for a run started with `--init`, `transfer` (the ``TransferReport``: what was copied, what started
 /// fresh). Besides the weights digest of `Checkpoint`, the root attribute `state_sha256` holds
 /// ``stateDigest(moments:step:kind:trainingState:trainConfig:transfer:)`` of what `--resume` restores beyond
@@ -34,7 +35,7 @@ public enum TrainingCheckpoint {
 
     /// Refuses to write non-finite weights (the previous checkpoint at `path` is kept).
     public static func save(_ path: String, model: SegmentationModel, optimizer: Optimizer, config: TrainConfig,
-                            state: TrainingState, metrics: EpochRecord?, classNames: [String]? = nil,
+                            state: TrainingState, metrics: EpochRecord?, recipe: PredictionRecipe? = nil,
                             transfer: TransferReport? = nil) throws {
         for store in [model.params, model.buffers] {
             if let e = store.entries.first(where: { e in (e.offset..<(e.offset + e.count)).contains { !store.values.data[$0].isFinite } }) {
@@ -51,8 +52,9 @@ public enum TrainingCheckpoint {
             if let metrics {
                 try root.setAttribute("metrics", String(decoding: try JSONEncoder().encode(metrics), as: UTF8.self))
             }
-            if let classNames {
-                try root.setAttribute(classNamesAttribute, String(decoding: try JSONEncoder().encode(classNames), as: UTF8.self))
+            if let recipe {
+                try root.setAttribute(classNamesAttribute, String(decoding: try JSONEncoder().encode(recipe.classNames), as: UTF8.self))
+                try root.setAttribute(PredictionRecipe.attribute, try recipe.json())
             }
             let transferJSON = try transfer.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) }
             if let transferJSON { try root.setAttribute(transferAttribute, transferJSON) }
@@ -166,6 +168,24 @@ public enum TrainingCheckpoint {
         } catch {
             throw AttunetError("\(file.path): unreadable \(transferAttribute) attribute")
         }
+    }
+
+    /// The training state a checkpoint records (nil: a weights-only checkpoint).
+    public static func trainingState(in file: H5File) -> TrainingState? {
+        guard let json = try? file.root.stringAttribute("training_state") else { return nil }
+        return try? JSONDecoder().decode(TrainingState.self, from: Data(json.utf8))
+    }
+
+    /// The run configuration a checkpoint records (nil: a weights-only checkpoint).
+    public static func trainConfig(in file: H5File) -> TrainConfig? {
+        guard let json = try? file.root.stringAttribute("train_config") else { return nil }
+        return try? JSONDecoder().decode(TrainConfig.self, from: Data(json.utf8))
+    }
+
+    /// The last epoch's record a checkpoint holds (nil: none, e.g. the initial weights of `--epochs 0`).
+    public static func metrics(in file: H5File) -> EpochRecord? {
+        guard let json = try? file.root.stringAttribute("metrics") else { return nil }
+        return try? JSONDecoder().decode(EpochRecord.self, from: Data(json.utf8))
     }
 
     /// The class names a checkpoint records (nil: written before attunet recorded them, or not by `train`).

@@ -94,16 +94,15 @@ struct CV: ParsableCommand {
         Parallelism.threads = training.threads
         let comm = try MPICommunicator()
         let caseStore = try CaseStore(path: store)
-        let fingerprint = (try? caseStore.file.root.stringAttribute("fingerprint")) ?? ""
+        let fingerprint = caseStore.fingerprint
         let config = CrossValidationConfig(
             store: store, storeFingerprint: fingerprint, models: try modelKinds().map { architecture.config($0) },
             folds: folds, inverse: inverse, splitsFile: splits, groupBy: groupBy,
             validationFraction: training.valFraction, distanceDefinition: distanceDefinition,
             training: trainingTemplate)
         let cv = CrossValidation(config: config, comm: comm, folder: RunFolder(path: out))
-        cv.bucketFloats = training.bucketFloats
-        cv.stopAfterEpochs = training.stopAfterEpochs
-        cv.stepTimeout = training.stepTimeout
+        cv.context = training.context
+        cv.context.resumeHint = "rerun the same attunet cv command to continue"
         cv.foldParallel = foldParallel
         cv.onlyFold = fold
         cv.summarizeOnly = summarize

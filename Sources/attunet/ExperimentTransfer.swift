@@ -176,8 +176,8 @@ struct TransferExperimentOptions: ParsableArguments {
         template.model.classes = sourceStore.classNames.count
         let ftEpochs = finetuneEpochs ?? max(1, training.epochs / 2)
         let config = TransferExperimentConfig(
-            sourceStore: sourcePath, sourceFingerprint: (try? sourceStore.file.root.stringAttribute("fingerprint")) ?? "",
-            targetStore: targetPath, targetFingerprint: (try? targetStore.file.root.stringAttribute("fingerprint")) ?? "",
+            sourceStore: sourcePath, sourceFingerprint: sourceStore.fingerprint,
+            targetStore: targetPath, targetFingerprint: targetStore.fingerprint,
             models: try architecture.kinds(models).map { k in
                 var m = architecture.config(k)
                 m.classes = sourceStore.classNames.count
@@ -188,8 +188,8 @@ struct TransferExperimentOptions: ParsableArguments {
             freeze: freeze, headLearningRate: headLr)
         let experiment = TransferExperiment(config: config, comm: comm, folder: RunFolder(path: out))
         experiment.foldParallel = builtIn && !foldParallelGiven ? comm.size : foldParallel
-        experiment.bucketFloats = training.bucketFloats
-        experiment.stepTimeout = training.stepTimeout
+        experiment.context = training.context
+        experiment.context.resumeHint = "rerun the same attunet experiment transfer command to continue"
         Trainer.installStopHandlers()
         let t0 = Date()
         try experiment.run()

@@ -41,17 +41,20 @@ struct Inspect: ParsableCommand {
             let f = try H5File.open(file), root = f.root
             let weights = root.hasAttribute(Checkpoint.weightsDigestAttribute), state = try TrainingCheckpoint.verifyState(in: f)
             print("checkpoint: \(file)")
-            if let json = try? root.stringAttribute("training_state"),
-               let st = try? JSONDecoder().decode(TrainingState.self, from: Data(json.utf8)) {
+            if let st = TrainingCheckpoint.trainingState(in: f) {
                 print("training state: next epoch \(st.epoch) step \(st.stepInEpoch), \(st.globalStep) optimizer steps, \(st.worldSize) rank(s), best mean Dice \(st.bestDice >= 0 ? fmt(st.bestDice, 4) : "-") (epoch \(st.bestEpoch))")
             }
-            if let json = try? root.stringAttribute("metrics"),
-               let r = try? JSONDecoder().decode(EpochRecord.self, from: Data(json.utf8)) {
+            if let r = TrainingCheckpoint.metrics(in: f) {
                 print("metrics of epoch \(r.epoch): loss \(fmt(r.trainLoss, 5)), lr \(String(format: "%.3e", r.learningRate)), validation Dice \(r.validationDice.map { fmt($0, 4) }.joined(separator: " "))")
             }
             if let t = try TrainingCheckpoint.transferReport(in: f) {
                 let fresh = t.freshParameters.count, copied = t.tensors.filter { $0.action == .copied || $0.action == .classRows }.count
                 print("initialised from: \(t.source) (\(t.sourceModel.kind.rawValue), \(t.sourceModel.classes) classes, weights sha256 \(t.sourceWeightsSHA256.prefix(16))…): \(copied) tensors copied, \(fresh) parameter tensors fresh" + (t.labelMap.map { ", label map \($0)" } ?? ""))
+            }
+            if let r = try PredictionRecipe.read(from: f) {
+                print("prediction recipe: \(fmt(r.spacingMM, 4)) mm isotropic, pre-blur \(fmt(r.blurSigmaMM, 4)) mm, \(r.normalization) normalisation, classes \(r.classNames.joined(separator: ", ")), patch \(r.patch), mirror axes \(r.mirrorAxes.isEmpty ? "none" : r.mirrorAxes.joined(separator: ","))")
+            } else {
+                print("prediction recipe: none (written before attunet recorded it, or imported): predict needs --spacing and --blur-sigma")
             }
             print("weights sha256: \(TrainingCheckpoint.weightsDigest(model))")
             let optimizer = root.exists("optimizer")

@@ -84,10 +84,7 @@ struct Train: ParsableCommand {
         }
         // Every check (settings, store, a checkpoint to resume) comes before the first write, so a refused run
         // leaves an existing run folder as it was.
-        let trainer = try Trainer(config: config, comm: comm, outDir: outDir)
-        trainer.bucketFloats = training.bucketFloats
-        trainer.stopAfterEpochs = training.stopAfterEpochs
-        trainer.stepTimeout = training.stepTimeout
+        let trainer = try Trainer(config: config, comm: comm, outDir: outDir, context: training.context)
         var state: TrainingState?
         if let resumeFrom {
             state = try trainer.resume(from: resumeFrom)

@@ -86,6 +86,11 @@ struct TrainingOptions: ParsableArguments {
     /// The all-reduce bucket in floats.
     var bucketFloats: Int { Int(allreduceBucketMib * 262_144) }
 
+    /// The settings of this process's part of the run that are not its configuration.
+    var context: RunContext {
+        RunContext(bucketFloats: bucketFloats, stepTimeout: stepTimeout, stopAfterEpochs: stopAfterEpochs)
+    }
+
     /// The run's configuration with these options.
     func config(store: String, model: ModelConfig, trainCases: [String], validationCases: [String]) -> TrainConfig {
         TrainConfig(store: store, model: model, patch: patch, batch: batch,

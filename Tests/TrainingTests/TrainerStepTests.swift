@@ -73,8 +73,7 @@ final class TrainerStepTests: PhantomRunTestCase {
 
     func makeTrainer(_ fx: Fixture) throws -> Trainer {
         let trainer = try Trainer(config: fx.trainConfig(store: try PhantomStore.path()), comm: LocalCommunicator(),
-                                  outDir: work.appendingPathComponent("run"))
-        trainer.verbose = false
+                                  outDir: work.appendingPathComponent("run"), context: .quiet)
         try StateDict.read(into: trainer.model, from: try fx.file.root.group("state_dict"))
         trainer.model.training = true
         return trainer

@@ -34,8 +34,8 @@ final class TransferTrainingTests: PhantomRunTestCase {
                                  model: ModelConfig(kind: .attentionUNet, featureScale: 16, passThroughGates: true),
                                  patch: Dim3(z: xyz[2], y: xyz[1], x: xyz[0]), batch: 2, optimizer: .adam, learningRate: 1e-3,
                                  transfer: TransferConfig(checkpoint: sourcePath, freeze: .encoder, headLearningRate: 1e-2))
-        let trainer = try Trainer(config: config, comm: LocalCommunicator(), outDir: work.appendingPathComponent("run"))
-        trainer.verbose = false
+        let trainer = try Trainer(config: config, comm: LocalCommunicator(), outDir: work.appendingPathComponent("run"),
+                                  context: .quiet)
         let report = try trainer.initialiseFromCheckpoint()
         let model = trainer.model, opt = trainer.optimizer
         XCTAssertEqual(opt.count(.frozen), model.params.entries.filter { FreezeKind.encoder.freezes($0.name) }.reduce(0) { $0 + $1.count })

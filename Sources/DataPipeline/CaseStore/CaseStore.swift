@@ -42,6 +42,12 @@ public final class CaseStore: @unchecked Sendable {
     public let spacing: [Double]
     /// Dataset foreground intensity statistics: p0.5, p50, p99.5, mean, std.
     public let foregroundIntensity: [Double]
+    /// Gaussian pre-blur sigma in mm that `prepare` applied before resampling images (nil: a store written
+    /// before attunet recorded it).
+    public let blurSigma: Double?
+    /// The dataset fingerprint (JSON, sorted keys): a resume or restart on other data is refused by comparing
+    /// it ("" for a store without one).
+    public let fingerprint: String
     /// Cases sorted by id.
     public let cases: [CaseInfo]
     private let images: [H5Dataset], labels: [H5Dataset]
@@ -64,6 +70,8 @@ public final class CaseStore: @unchecked Sendable {
         modality = (try? root.stringAttribute("modality")) ?? "CT"
         spacing = try root.doublesAttribute("spacing_mm")
         foregroundIntensity = try root.doublesAttribute("foreground_intensity")
+        blurSigma = root.hasAttribute("blur_sigma_mm") ? try root.doublesAttribute("blur_sigma_mm").first : nil
+        fingerprint = (try? root.stringAttribute("fingerprint")) ?? ""
         try Self.expect(spacing, 3, "spacing_mm", at: "/", in: path)
         try Self.expect(foregroundIntensity, 5, "foreground_intensity", at: "/", in: path)
         let group = try root.group("cases")
@@ -186,10 +194,16 @@ public enum IntensityNormalization: Sendable, Equatable {
     }
 
     public func apply(_ p: UnsafeMutablePointer<Float>, count: Int, case info: CaseInfo) {
+        apply(p, count: count, stats: info.stats)
+    }
+
+    /// Normalises `count` values of an image whose statistics are `stats` (min, max, mean, population std, as
+    /// the store's `intensity_stats`).
+    public func apply(_ p: UnsafeMutablePointer<Float>, count: Int, stats: [Double]) {
         switch self {
         case .none: return
         case .zscore:
-            let m = Float(info.mean), inv = Float(1 / max(info.std, 1e-6))
+            let m = Float(stats[2]), inv = Float(1 / max(stats[3], 1e-6))
             for i in 0..<count { p[i] = (p[i] - m) * inv }
         case let .ctWindow(lo, hi, mean, std):
             let l = Float(lo), h = Float(hi), m = Float(mean), inv = Float(1 / max(std, 1e-6))

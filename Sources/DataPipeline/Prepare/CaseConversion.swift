@@ -46,6 +46,17 @@ public struct PreparedCase: Sendable {
     public var foregroundLocations: [Int32]
 }
 
+/// An image resampled as `prepare` resamples it (``CasePreparer/prepareImage(_:path:spacing:blurSigma:modality:storeFloat:)``).
+public struct PreparedImage: Sendable {
+    /// `[Z][Y][X]` on ``grid``'s target shape.
+    public var image: [Float]
+    public var grid: ResampleGrid
+    /// Whether the values are kept as float32 (else rounded to integers in the int16 range).
+    public var storeFloat: Bool
+    /// min, max, mean, population std of ``image`` (the store's `intensity_stats`).
+    public var stats: [Double]
+}
+
 /// Converts input cases into the case store: per-case checks and resampling here, the whole run in
 /// `CasePreparer.run`.
 public enum CasePreparer {
@@ -70,18 +81,7 @@ public enum CasePreparer {
             let a = img.affine[r * 4 + col], b = lab.affine[r * 4 + col]
             throw problem(labelPath, "label geometry differs from the image (affine row \(r) column \(col): \(fmt(b)) vs \(fmt(a)))")
         }
-        var bad = 0
-        var lo = Float.infinity, hi = -Float.infinity, integral = true
-        for v in img.voxels {
-            if !v.isFinite { bad += 1; continue }
-            lo = min(lo, v); hi = max(hi, v)
-            if integral && v != v.rounded() { integral = false }
-        }
-        if bad > 0 { throw problem(c.image, "\(bad) NaN or infinite voxel(s)") }
-        if o.modality.uppercased() == "CT" && (lo < -Float(ctLimit) || hi > Float(ctLimit)) {
-            throw problem(c.image, "intensities \(fmt(Double(lo))) to \(fmt(Double(hi))) after the header's scaling (scl_slope, scl_inter) are not CT Hounsfield units (expected within ±\(fmt(ctLimit))); check the header's scaling, or name the modality in dataset.json if this is not CT")
-        }
-        if !(hi - lo > 1e-6) { throw problem(c.image, "empty volume (every voxel is \(fmt(Double(lo))))") }
+        try checkImage(img, path: c.image, modality: o.modality)
         // Labels: integers, remapped, within the declared classes.
         let nClasses = o.classNames.count
         var counts = [Int: Int]()
@@ -102,29 +102,14 @@ public enum CasePreparer {
         if !labels.contains(where: { $0 != 0 }) {
             throw problem(labelPath, "empty label (no foreground voxels)")
         }
-        // Resample.
-        let dim = Dim3(z: img.nz, y: img.ny, x: img.nx)
-        let grid = ResampleGrid(from: dim, spacing: sp, target: (o.spacing, o.spacing, o.spacing))
-        var image = img.voxels
-        var label = labels
-        if !grid.isIdentity {
-            if o.blurSigma > 0 {
-                Resample.gaussianBlur(&image, dim: dim, sigma: (o.blurSigma / sp.x, o.blurSigma / sp.y, o.blurSigma / sp.z))
-            }
-            image = Resample.resampleLinear(image, grid: grid)
-            label = Resample.resampleNearest(label, grid: grid, fill: 0)
-        }
-        let storeFloat = o.storeFloat ?? !(integral && lo >= -32768 && hi <= 32767)
-        if !storeFloat { for i in image.indices { image[i] = image[i].rounded() } }
-        // Statistics, foreground sample and locations.
-        var sum = 0.0, sum2 = 0.0, mn = Float.infinity, mx = -Float.infinity
+        // Resample: the image as prediction resamples it, the label by nearest neighbour on the same grid.
+        let prepared = try prepareImage(img, path: c.image, spacing: o.spacing, blurSigma: o.blurSigma, modality: o.modality,
+                                        storeFloat: o.storeFloat)
+        let image = prepared.image, grid = prepared.grid, storeFloat = prepared.storeFloat
+        let label = grid.isIdentity ? labels : Resample.resampleNearest(labels, grid: grid, fill: 0)
+        // Class counts, foreground sample and locations.
         var classVoxels = [Int64](repeating: 0, count: nClasses)
-        for i in image.indices {
-            let v = image[i]; sum += Double(v); sum2 += Double(v) * Double(v); mn = min(mn, v); mx = max(mx, v)
-            classVoxels[Int(label[i])] += 1
-        }
-        let n = Double(image.count), mean = sum / n
-        let std = max(sum2 / n - mean * mean, 0).squareRoot()
+        for i in label.indices { classVoxels[Int(label[i])] += 1 }
         let fgCount = image.count - Int(classVoxels[0])
         var sample: [Float] = []
         let strideFG = max(1, fgCount / 20_000)
@@ -146,8 +131,60 @@ public enum CasePreparer {
             id: c.id, dim: to, image: image, label: label, storeFloat: storeFloat,
             spacing: (o.spacing, o.spacing, o.spacing), affine: grid.affine(source: img.affine),
             originalShape: dims, originalSpacing: [sp.x, sp.y, sp.z], originalAffine: img.affine,
-            sourceImage: c.image, sourceLabel: labelPath, stats: [Double(mn), Double(mx), mean, std],
+            sourceImage: c.image, sourceLabel: labelPath, stats: prepared.stats,
             classVoxels: classVoxels, foregroundSample: sample, foregroundLocations: locations)
+    }
+
+    /// The checks of an image's voxels: every value finite, CT within ±``ctLimit`` HU, not constant. Errors
+    /// name `path`.
+    public static func checkImage(_ img: NIfTIVolume, path: String, modality: String) throws {
+        var bad = 0
+        var lo = Float.infinity, hi = -Float.infinity
+        for v in img.voxels {
+            if !v.isFinite { bad += 1; continue }
+            lo = min(lo, v); hi = max(hi, v)
+        }
+        if bad > 0 { throw problem(path, "\(bad) NaN or infinite voxel(s)") }
+        if modality.uppercased() == "CT" && (lo < -Float(ctLimit) || hi > Float(ctLimit)) {
+            throw problem(path, "intensities \(fmt(Double(lo))) to \(fmt(Double(hi))) after the header's scaling (scl_slope, scl_inter) are not CT Hounsfield units (expected within ±\(fmt(ctLimit))); check the header's scaling, or name the modality in dataset.json if this is not CT")
+        }
+        if !(hi - lo > 1e-6) { throw problem(path, "empty volume (every voxel is \(fmt(Double(lo))))") }
+    }
+
+    /// The image path of `prepare`, which prediction shares: the voxel checks (``checkImage(_:path:modality:)``),
+    /// a Gaussian pre-blur of `blurSigma` mm when the spacing changes, trilinear resampling to the isotropic
+    /// `spacing`, rounding when the values are kept as integers (`storeFloat` nil: when every source voxel is
+    /// an integer in the int16 range), and the statistics of the result.
+    public static func prepareImage(_ img: NIfTIVolume, path: String, spacing target: Double, blurSigma: Double,
+                                    modality: String, storeFloat: Bool? = nil) throws -> PreparedImage {
+        if img.voxels.isEmpty { throw problem(path, "empty volume (no voxels)") }
+        let sp = img.spacing
+        if ![sp.x, sp.y, sp.z].allSatisfy({ $0.isFinite && $0 > 1e-6 }) {
+            throw problem(path, "invalid voxel spacing \(fmt(sp.x)) x \(fmt(sp.y)) x \(fmt(sp.z)) mm")
+        }
+        guard target.isFinite && target > 0 else { throw problem(path, "target spacing \(target) mm is not positive") }
+        try checkImage(img, path: path, modality: modality)
+        var lo = Float.infinity, hi = -Float.infinity, integral = true
+        for v in img.voxels {
+            lo = min(lo, v); hi = max(hi, v)
+            if integral && v != v.rounded() { integral = false }
+        }
+        let dim = Dim3(z: img.nz, y: img.ny, x: img.nx)
+        let grid = ResampleGrid(from: dim, spacing: sp, target: (target, target, target))
+        var image = img.voxels
+        if !grid.isIdentity {
+            if blurSigma > 0 {
+                Resample.gaussianBlur(&image, dim: dim, sigma: (blurSigma / sp.x, blurSigma / sp.y, blurSigma / sp.z))
+            }
+            image = Resample.resampleLinear(image, grid: grid)
+        }
+        let keepFloat = storeFloat ?? !(integral && lo >= -32768 && hi <= 32767)
+        if !keepFloat { for i in image.indices { image[i] = image[i].rounded() } }
+        var sum = 0.0, sum2 = 0.0, mn = Float.infinity, mx = -Float.infinity
+        for v in image { sum += Double(v); sum2 += Double(v) * Double(v); mn = min(mn, v); mx = max(mx, v) }
+        let n = Double(image.count), mean = sum / n
+        let std = max(sum2 / n - mean * mean, 0).squareRoot()
+        return PreparedImage(image: image, grid: grid, storeFloat: keepFloat, stats: [Double(mn), Double(mx), mean, std])
     }
 
     /// The largest magnitude a CT voxel may have after scaling, in HU: air is -1000 and dense metal a few

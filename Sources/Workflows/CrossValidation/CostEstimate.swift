@@ -60,8 +60,7 @@ extension CrossValidation {
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("attunet-dry-run-\(getpid())")
         for model in config.models {
             let tc = config.trainConfig(plan: plan, fold: 0, model: model)
-            let trainer = try Trainer(config: tc, comm: work, outDir: scratch)  // writes nothing until it runs
-            trainer.bucketFloats = bucketFloats
+            let trainer = try Trainer(config: tc, comm: work, outDir: scratch, context: context)  // writes nothing until it runs
             let loader = try PatchLoader(store: store, cases: tc.trainCases, patch: t.patch, batch: local, rank: work.rank,
                                          worldSize: ranks, seed: t.seed, augment: tc.augmentOptions,
                                          foregroundFraction: t.foregroundFraction, samplesPerCase: t.samplesPerCase)

@@ -98,13 +98,9 @@ public final class CrossValidation {
     public let config: CrossValidationConfig
     public let comm: Communicator
     public let folder: RunFolder
-    public var bucketFloats = 4 << 20
-    /// Epochs to train in this process over all folds before stopping as on a stop request (exit 75); with
-    /// fold-parallel groups, over the folds of this process's group.
-    public var stopAfterEpochs: Int?
-    public var verbose = true
-    /// Passed to every fold's ``Trainer/stepTimeout``.
-    public var stepTimeout: Double?
+    /// Bucket, step timeout, stop budget (epochs over all folds in this process; with fold-parallel groups,
+    /// over the folds of this process's group), verbosity. Each fold's trainer gets a copy with its prefix.
+    public var context = RunContext(resumeHint: "rerun the same attunet cv command to continue")
     /// Groups of ranks training folds side by side (1: every rank trains every fold). Must divide the ranks.
     public var foldParallel = 1
     /// Train and evaluate only this fold (0-based, as `fold_<k>`) of every model and write no summary: one task
@@ -112,7 +108,7 @@ public final class CrossValidation {
     public var onlyFold: Int?
     /// Train nothing: write the summaries from every fold's `results.json`; an error names the missing ones.
     public var summarizeOnly = false
-    /// Print summary.md at the end (with ``verbose``); off when the CV is one part of a larger report.
+    /// Print summary.md at the end (with ``RunContext/verbose``); off when the CV is one part of a larger report.
     public var printsSummary = true
 
     public init(config: CrossValidationConfig, comm: Communicator, folder: RunFolder) {
@@ -169,13 +165,13 @@ public final class CrossValidation {
         }
         var results: [FoldResults]
         if foldParallel == 1 {
-            var epochsLeft = stopAfterEpochs
+            var epochsLeft = context.stopAfterEpochs
             results = try jobs.map { try runFold($0.fold, model: $0.model, plan: plan, on: comm, epochsLeft: &epochsLeft) }
         } else {
             results = try runGroups(jobs, plan: plan, on: local, group: group)
         }
         if let k = onlyFold {
-            if comm.isRoot && verbose {
+            if comm.isRoot && context.verbose {
                 print("cv: fold \(k) of every model done; once every fold is, write the summaries with the same command and --summarize instead of --fold")
             }
             try comm.barrier()
@@ -194,7 +190,7 @@ public final class CrossValidation {
         let first = g * local.size
         let group = "group \(g + 1)/\(foldParallel)", ranks = "ranks \(first)-\(first + local.size - 1)"
         var outcome = Outcome()
-        var epochsLeft = stopAfterEpochs
+        var epochsLeft = context.stopAfterEpochs
         do {
             for (j, job) in jobs.enumerated() where j % foldParallel == g {
                 let r = try runFold(job.fold, model: job.model, plan: plan, on: local, epochsLeft: &epochsLeft,
@@ -213,7 +209,7 @@ public final class CrossValidation {
         let all = try comm.allGather(data: try JSONEncoder().encode(outcome)).map { try JSONDecoder().decode(Outcome.self, from: $0) }
         if let e = all.compactMap(\.error).first { throw AttunetError(e) }
         if all.contains(where: \.interrupted) {
-            if comm.isRoot && verbose { print("cv: stopped; rerun the same command to continue") }
+            if comm.isRoot && context.verbose { print("cv: stopped; rerun the same command to continue") }
             throw AttunetError("", kind: .interrupted)
         }
         let byJob = Dictionary(all.flatMap(\.results).map { ("\($0.model)/\($0.fold)", $0) }, uniquingKeysWith: { a, _ in a })
@@ -238,7 +234,7 @@ public final class CrossValidation {
                 if let d = try config.difference(from: old) {
                     return Start(plan: nil, error: "\(folder.config.path): this command differs from the run in \(folder.path): \(d); rerun with the run's options or choose another --out")
                 }
-                if let removed = folder.removeStaleTemporaries(), verbose { print("cv: " + removed) }
+                if let removed = folder.removeStaleTemporaries(), context.verbose { print("cv: " + removed) }
             }
             let plan = try self.plan()
             // The same options give the same folds, unless the --splits file was edited in between.
@@ -269,7 +265,7 @@ public final class CrossValidation {
                  tag: String = "") throws -> FoldResults {
         let name = model.kind.rawValue
         let sub = folder.fold(k, model: name)
-        func say(_ line: String) { if comm.isRoot && verbose { print(line); fflush(nil) } }
+        func say(_ line: String) { if comm.isRoot && context.verbose { print(line); fflush(nil) } }
         let head = "cv: \(name) fold \(k + 1)/\(plan.count)\(tag)"
         // 0: fresh, 1: resume, 2: done (the group's root looks; its ranks follow).
         let fm = FileManager.default
@@ -284,14 +280,12 @@ public final class CrossValidation {
         let train = config.trainConfig(plan: plan, fold: k, model: model)
         let test = plan.testCases(fold: k)
         say("\(head): \(train.trainCases.count) training / \(train.validationCases.count) validation / \(test.count) test cases" + (status == 1 ? ", resuming \(sub.checkpointLatest.path)" : ""))
-        let trainer = try Trainer(config: train, comm: comm, outDir: sub.url)
-        trainer.bucketFloats = bucketFloats
-        trainer.stepTimeout = stepTimeout
-        trainer.verbose = verbose
-        trainer.linePrefix = tag.isEmpty ? "" : "[\(name) fold \(k + 1)] "
-        trainer.progressBar = tag.isEmpty
-        trainer.printsTransferTable = k == 0
-        trainer.resumeHint = "rerun the same attunet cv command to continue"
+        var foldContext = context
+        foldContext.linePrefix = tag.isEmpty ? "" : "[\(name) fold \(k + 1)] "
+        foldContext.progressBar = tag.isEmpty
+        foldContext.printsTransferTable = k == 0
+        foldContext.stopAfterEpochs = epochsLeft
+        let trainer = try Trainer(config: train, comm: comm, outDir: sub.url, context: foldContext)
         let state = status == 1 ? try trainer.resume() : nil
         if comm.isRoot {
             try fm.createDirectory(at: sub.url, withIntermediateDirectories: true)
@@ -307,7 +301,6 @@ public final class CrossValidation {
                     try comm.barrier()
                     throw AttunetError("", kind: .interrupted)
                 }
-                trainer.stopAfterEpochs = left
             }
             try trainer.run(from: state)
             epochsLeft = epochsLeft.map { $0 - (train.epochs - firstEpoch) }
@@ -388,7 +381,7 @@ public final class CrossValidation {
         let md = summary.markdown()
         try AtomicFile.write(md, to: folder.summaryMarkdown.path)
         try AtomicFile.write(summary.boxPlotSVG(), to: folder.summarySVG.path)
-        if verbose {
+        if context.verbose {
             if printsSummary { print(md, terminator: "") }
             print("cv: wrote " + [folder.summaryMarkdown, folder.summaryCSV, folder.summaryJSON, folder.summarySVG].map(\.path).joined(separator: ", "))
         }

@@ -86,9 +86,8 @@ public final class TransferExperiment {
     public let folder: RunFolder
     /// Groups of ranks training side by side (the source models, then each protocol's folds); must divide the ranks.
     public var foldParallel = 1
-    public var bucketFloats = 4 << 20
-    public var stepTimeout: Double?
-    public var verbose = true
+    /// Bucket, step timeout and verbosity, passed to every training and cross-validation of the experiment.
+    public var context = RunContext(resumeHint: "rerun the same attunet experiment transfer command to continue")
 
     public init(config: TransferExperimentConfig, comm: Communicator, folder: RunFolder) {
         self.config = config; self.comm = comm; self.folder = folder
@@ -113,7 +112,7 @@ public final class TransferExperiment {
         return FileManager.default.fileExists(atPath: f.checkpointBest.path) ? f.checkpointBest.path : f.checkpointLatest.path
     }
 
-    func say(_ line: String) { if comm.isRoot && verbose { print(line); fflush(nil) } }
+    func say(_ line: String) { if comm.isRoot && context.verbose { print(line); fflush(nil) } }
 
     /// Checks the folder and the stores, trains the source models, runs the three protocols on the target
     /// folds and writes the report. Returns the report on every rank.
@@ -132,7 +131,7 @@ public final class TransferExperiment {
             try AtomicFile.write(report.csv(), to: folder.url.appendingPathComponent("transfer.csv").path)
             let md = report.markdown()
             try AtomicFile.write(md, to: folder.url.appendingPathComponent("transfer.md").path)
-            if verbose {
+            if context.verbose {
                 print(md, terminator: "")
                 print("transfer: wrote \(folder.path)/transfer.md, transfer.csv, transfer.json")
             }
@@ -201,16 +200,13 @@ public final class TransferExperiment {
         var t = config.training
         t.store = config.sourceStore; t.model = model; t.trainCases = train; t.validationCases = val
         let resume: Bool = try comm.broadcast(comm.isRoot ? FileManager.default.fileExists(atPath: sub.checkpointLatest.path) : nil)
-        if comm.isRoot && verbose {
+        if comm.isRoot && context.verbose {
             print(tag + "transfer: source \(model.kind.rawValue) on \(config.sourceStore): \(train.count) training / \(val.count) validation cases" + (resume ? ", resuming \(sub.checkpointLatest.path)" : ""))
         }
-        let trainer = try Trainer(config: t, comm: comm, outDir: sub.url)
-        trainer.bucketFloats = bucketFloats
-        trainer.stepTimeout = stepTimeout
-        trainer.verbose = verbose
-        trainer.linePrefix = tag
-        trainer.progressBar = tag.isEmpty
-        trainer.resumeHint = "rerun the same attunet experiment transfer command to continue"
+        var sourceContext = context
+        sourceContext.linePrefix = tag
+        sourceContext.progressBar = tag.isEmpty
+        let trainer = try Trainer(config: t, comm: comm, outDir: sub.url, context: sourceContext)
         let state = resume ? try trainer.resume() : nil
         if comm.isRoot {
             try FileManager.default.createDirectory(at: sub.url, withIntermediateDirectories: true)
@@ -288,9 +284,8 @@ public final class TransferExperiment {
             distanceDefinition: config.distanceDefinition, training: t)
         let cv = CrossValidation(config: cvConfig, comm: comm, folder: sub)
         cv.foldParallel = foldParallel
-        cv.bucketFloats = bucketFloats
-        cv.stepTimeout = stepTimeout
-        cv.verbose = verbose
+        cv.context = context
+        cv.context.resumeHint = "rerun the same attunet experiment transfer command to continue"
         cv.printsSummary = false
         return try cv.run()!
     }
