@@ -190,6 +190,11 @@ int cnifti_read_f32(const char *path, cnifti_header *hdr, float **data, char *er
 
 int cnifti_write3d(const char *path, int64_t nx, int64_t ny, int64_t nz, int datatype, const void *data,
                    const float affine[16], int qform_code, int sform_code, char *err, size_t errlen) {
+    return cnifti_write4d(path, nx, ny, nz, 1, datatype, data, affine, qform_code, sform_code, err, errlen);
+}
+
+int cnifti_write4d(const char *path, int64_t nx, int64_t ny, int64_t nz, int64_t nt, int datatype, const void *data,
+                   const float affine[16], int qform_code, int sform_code, char *err, size_t errlen) {
     if (datatype != DT_UINT8 && datatype != DT_INT16 && datatype != DT_FLOAT32) {
         snprintf(err, errlen, "%s: cannot write datatype %d", path, datatype); return 1;
     }
@@ -198,7 +203,8 @@ int cnifti_write3d(const char *path, int64_t nx, int64_t ny, int64_t nz, int dat
         snprintf(err, errlen, "%s: invalid qform/sform code %d/%d (0-5)", path, qform_code, sform_code); return 1;
     }
     nifti_set_debug_level(0);
-    int dims[8] = {3, (int)nx, (int)ny, (int)nz, 1, 1, 1, 1};
+    if (nt < 1) { snprintf(err, errlen, "%s: invalid 4th dimension %lld", path, (long long)nt); return 1; }
+    int dims[8] = {nt > 1 ? 4 : 3, (int)nx, (int)ny, (int)nz, (int)nt, 1, 1, 1};
     nifti_image *nim = nifti_make_new_nim(dims, datatype, 0);
     if (!nim) { snprintf(err, errlen, "%s: cannot create NIfTI image", path); return 1; }
     mat44 m;

@@ -116,6 +116,26 @@ public struct NIfTIVolume: Sendable {
         }
     }
 
+    /// Writes `channels` float32 volumes of `nx`·`ny`·`nz` voxels, one after the other in `voxels` (x fastest,
+    /// then y, z, channel), as one 4-D NIfTI image: dim = (nx, ny, nz, channels), the channel the 4th axis (as
+    /// nibabel reads it: `img.get_fdata()[x, y, z, c]`), with `affine` and the codes as ``write(_:as:)``.
+    public static func write4D(_ path: String, nx: Int, ny: Int, nz: Int, channels: Int, affine: [Double],
+                               voxels: [Float], qformCode: Int32 = 1, sformCode: Int32 = 1) throws {
+        precondition(voxels.count == nx * ny * nz * channels && affine.count == 16)
+        try AtomicFile.write(path) { tmp in
+            var err = [CChar](repeating: 0, count: 1024)
+            let aff = affine.map(Float.init)
+            let rc = voxels.withUnsafeBytes {
+                cnifti_write4d(tmp, Int64(nx), Int64(ny), Int64(nz), Int64(channels), StorageType.float32.rawValue,
+                               $0.baseAddress, aff, qformCode, sformCode, &err, err.count)
+            }
+            if rc != 0 {
+                let message = err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
+                throw AttunetError(message.replacingOccurrences(of: tmp, with: path))
+            }
+        }
+    }
+
     /// Datatypes `write` can store.
     public enum StorageType: Int32, Sendable { case uint8 = 2, int16 = 4, float32 = 16 }
 

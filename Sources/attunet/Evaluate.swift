@@ -77,7 +77,7 @@ struct Evaluate: ParsableCommand {
         func niftiFiles(_ dir: String) throws -> [String] {
             var isDir: ObjCBool = false
             guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else { throw AttunetError("\(dir): no such folder") }
-            return try fm.contentsOfDirectory(atPath: dir).filter(Predict.isNIfTI).sorted()
+            return try fm.contentsOfDirectory(atPath: dir).filter { DatasetInput.caseID(fileName: $0) != nil }.sorted()
         }
         let predFiles = try niftiFiles(pred), refFiles = try niftiFiles(ref)
         if let extra = predFiles.first(where: { !refFiles.contains($0) }) {
@@ -107,7 +107,7 @@ struct Evaluate: ParsableCommand {
             let pv = try NIfTIVolume.read(pp), rv = try NIfTIVolume.read(rp)
             try GeometryCheck.check(pv, path: pp, against: rv, referencePath: rp)
             let sp = rv.spacing
-            return Pair(id: Predict.stem(f), p: try labels(pv, pp), r: try labels(rv, rp),
+            return Pair(id: DatasetInput.caseID(fileName: f) ?? f, p: try labels(pv, pp), r: try labels(rv, rp),
                         dim: Dim3(z: rv.nz, y: rv.ny, x: rv.nx), spacing: VoxelSpacing(x: sp.x, y: sp.y, z: sp.z))
         }
         // Every pair is read and checked before any is scored; one pair is in memory at a time.

@@ -33,6 +33,11 @@ int cnifti_read_header(const char *path, cnifti_header *hdr, char *err, size_t e
 int cnifti_write3d(const char *path, int64_t nx, int64_t ny, int64_t nz, int datatype, const void *data,
                    const float affine[16], int qform_code, int sform_code, char *err, size_t errlen);
 
+/// As cnifti_write3d, with `nt` volumes of nx*ny*nz one after the other (a 4-D image, dim[4] = nt; 3-D when
+/// nt is 1). pixdim[4] is 1.
+int cnifti_write4d(const char *path, int64_t nx, int64_t ny, int64_t nz, int64_t nt, int datatype, const void *data,
+                   const float affine[16], int qform_code, int sform_code, char *err, size_t errlen);
+
 void cnifti_free(void *p);
 
 /// Bytes per voxel of a NIfTI datatype code (0 when unknown); also proves nifticlib is linked.

@@ -34,8 +34,33 @@ public struct DatasetInput: Sendable {
     static func caseID(_ name: String, dropChannel: Bool) -> String? {
         guard !name.hasPrefix("."), let suf = suffixes.first(where: { name.hasSuffix($0) }) else { return nil }
         var id = String(name.dropLast(suf.count))
-        if dropChannel, id.count > 5, id.suffix(5).first == "_", id.suffix(4).allSatisfy(\.isNumber) { id = String(id.dropLast(5)) }
+        if dropChannel, channel(ofStem: id) != nil { id = String(id.dropLast(5)) }
         return id
+    }
+
+    /// The case id of an image file name, by the one rule `prepare`, `predict` and `evaluate` share: the name
+    /// without `.nii` / `.nii.gz` and without nnU-Net's 4-digit channel suffix (`case_0000.nii.gz` → `case`);
+    /// nil for files that are not NIfTI or are hidden.
+    public static func caseID(fileName: String) -> String? { caseID(fileName, dropChannel: true) }
+
+    /// nnU-Net's channel index of an image file name (`case_0001.nii.gz` → 1), nil when it has no suffix.
+    public static func channel(fileName name: String) -> Int? {
+        guard let suf = suffixes.first(where: { name.hasSuffix($0) }) else { return nil }
+        return channel(ofStem: String(name.dropLast(suf.count)))
+    }
+
+    static func channel(ofStem id: String) -> Int? {
+        guard id.count > 5, id.suffix(5).first == "_", id.suffix(4).allSatisfy(\.isNumber) else { return nil }
+        return Int(id.suffix(4))
+    }
+
+    /// Refuses an image file of a second or later input channel (`_0001` and up): attunet's models take one
+    /// channel, and such a file would otherwise be taken for, or merged with, its case's first channel.
+    public static func checkSingleChannel(_ path: String) throws {
+        let name = (path as NSString).lastPathComponent
+        if let c = channel(fileName: name), c > 0 {
+            throw AttunetError("\(path): input channel \(c) (nnU-Net's _\(String(format: "%04d", c)) suffix); attunet's models take one channel (CT, _0000), and multi-channel input is not supported; if the digits belong to the case name, add the channel suffix (\((name as NSString).deletingPathExtension.replacingOccurrences(of: ".nii", with: ""))_0000.nii.gz)")
+        }
     }
 
     /// A Decathlon / nnU-Net folder: `dataset.json` (optional: labels, modality, training list) with
@@ -55,8 +80,13 @@ public struct DatasetInput: Sendable {
                 throw AttunetError("\(jsonPath): not valid JSON")
             }
             classNames = parseLabels(obj["labels"])
-            if let m = obj["modality"] as? [String: Any] { modality = m["0"] as? String }
-            if let m = obj["channel_names"] as? [String: Any] { modality = m["0"] as? String }
+            for key in ["modality", "channel_names"] {
+                guard let m = obj[key] as? [String: Any] else { continue }
+                if m.count > 1 {
+                    throw AttunetError("\(jsonPath): \(m.count) input channels in \"\(key)\" (\(m.keys.sorted().map { "\($0): \(m[$0]!)" }.joined(separator: ", "))); attunet's models take one channel, and multi-channel input is not supported")
+                }
+                modality = m["0"] as? String
+            }
             if let training = obj["training"] as? [[String: Any]], !training.isEmpty {
                 listed = try training.map { entry in
                     guard let img = entry["image"] as? String else { throw AttunetError("\(jsonPath): a training entry has no \"image\"") }
@@ -113,7 +143,11 @@ public struct DatasetInput: Sendable {
         func list(_ d: String, dropChannel: Bool) throws -> [String: String] {
             guard let names = try? FileManager.default.contentsOfDirectory(atPath: d) else { throw AttunetError("\(d): no such folder") }
             var out: [String: String] = [:]
-            for n in names { if let id = caseID(n, dropChannel: dropChannel) { out[id] = d + "/" + n } }
+            for n in names.sorted() {
+                guard let id = caseID(n, dropChannel: dropChannel) else { continue }
+                if dropChannel { try checkSingleChannel(d + "/" + n) }
+                out[id] = d + "/" + n
+            }
             return out
         }
         let imgs = try list(images, dropChannel: true)

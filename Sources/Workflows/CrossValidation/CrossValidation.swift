@@ -2,6 +2,7 @@ import DataPipeline
 import Collectives
 import Evaluation
 import Foundation
+import Inference
 import NN
 import Support
 import Tensor
@@ -342,8 +343,11 @@ public final class CrossValidation {
         let model = trainer.model
         try Checkpoint.load(path, into: model)
         let store = try CaseStore(path: config.store)
+        // The test cases are segmented by the Predictor that `attunet predict` uses, on the store's grid.
+        let predictor = try Predictor(networks: [model], recipe: trainer.recipe,
+                                      options: SlidingWindowOptions(patch: trainer.config.patch))
         let cases = try Self.measure(test, of: store, path: config.store, classes: trainer.config.model.classes,
-                                     definition: config.distanceDefinition, on: comm) { try trainer.segment(case: $0).labels }
+                                     definition: config.distanceDefinition, on: comm) { try predictor.segment(store: store, case: $0).labels }
         return FoldResults(model: trainer.config.model.kind.rawValue, fold: k,
                            checkpoint: URL(fileURLWithPath: path).lastPathComponent,
                            weightsSHA256: TrainingCheckpoint.weightsDigest(model), parameters: model.parameterCount,

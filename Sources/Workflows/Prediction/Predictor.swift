@@ -1,0 +1,336 @@
+import Collectives
+import DataPipeline
+import Foundation
+import HDF5Kit
+import Inference
+import NN
+import Support
+import Tensor
+import Training
+
+/// What a prediction asks for beyond the checkpoints: the tiling, test-time augmentation, explicit
+/// preprocessing (only for checkpoints that record none, or with ``force``), and the optional outputs.
+public struct PredictionSettings: Sendable {
+    /// Tile size (nil: the training patch the checkpoint records).
+    public var patch: Dim3?
+    /// Overlap of neighbouring tiles, in [0, 1).
+    public var overlap: Double = 0.5
+    /// Mirror test-time augmentation along the axes training mirrored along (the recipe's).
+    public var tta = false
+    /// Mirror along exactly these axes, even those training never flipped (an explicit request).
+    public var ttaAxes: MirrorAxes?
+    /// Spacing in mm to resample NIfTI inputs to: required for a checkpoint without a recipe; refused when
+    /// it conflicts with the recipe's, unless ``force``.
+    public var spacing: Double?
+    /// Pre-blur sigma in mm, as ``spacing``.
+    public var blurSigma: Double?
+    /// Accept a ``spacing`` or ``blurSigma`` that conflicts with the recipe.
+    public var force = false
+    /// Also write the class probabilities on the source grid (one 4-D NIfTI per case).
+    public var saveProbabilities = false
+    /// Also write the attention gates' maps (Attention U-Net only).
+    public var saveAttention = false
+
+    public init() {}
+}
+
+/// One case to predict: a NIfTI file, or a case of a store.
+public struct PredictionCase: Sendable {
+    public enum Source: Sendable {
+        case file(String)
+        case stored(CaseStore, Int)
+    }
+
+    /// The case id: the output file's name (``DatasetInput/caseID(fileName:)`` for files).
+    public var id: String
+    public var source: Source
+
+    public init(id: String, source: Source) { self.id = id; self.source = source }
+
+    /// The NIfTI files of `path` (a file, or a folder's `.nii` / `.nii.gz` files sorted by name), named by case id.
+    /// Files of a second input channel (`_0001` and up) are refused, and two files that make one id.
+    public static func files(_ path: String) throws -> [PredictionCase] {
+        var isDir: ObjCBool = false
+        guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
+            throw AttunetError("\(path): no such file or folder")
+        }
+        let files = isDir.boolValue
+            ? try FileManager.default.contentsOfDirectory(atPath: path).sorted()
+                .filter { DatasetInput.caseID(fileName: $0) != nil }.map { "\(path)/\($0)" }
+            : [path]
+        if files.isEmpty { throw AttunetError("\(path): no .nii or .nii.gz files") }
+        var cases: [PredictionCase] = [], byID: [String: String] = [:]
+        for f in files {
+            try DatasetInput.checkSingleChannel(f)
+            let name = URL(fileURLWithPath: f).lastPathComponent
+            guard let id = DatasetInput.caseID(fileName: name) else { throw AttunetError("\(f): not a .nii or .nii.gz file") }
+            if let other = byID[id] { throw AttunetError("\(f): makes the case '\(id)' as \(other) does; rename one") }
+            byID[id] = f
+            cases.append(PredictionCase(id: id, source: .file(f)))
+        }
+        return cases
+    }
+
+    /// The cases `ids` of `store` (nil: all), in that order.
+    public static func stored(_ store: CaseStore, ids: [String]?) throws -> [PredictionCase] {
+        try (ids ?? store.cases.map(\.id)).map { id in
+            guard let i = store.index(of: id) else { throw AttunetError("\(store.path): no case '\(id)'") }
+            return PredictionCase(id: id, source: .stored(store, i))
+        }
+    }
+}
+
+/// Segments cases with one network or an ensemble, as training saw its images: NIfTI inputs resampled and
+/// normalised by `prepare`'s image path with the checkpoint's ``PredictionRecipe``, tiled by the sliding
+/// window, and the labels (and probabilities, attention maps) written on the source's grid. `attunet predict`
+/// and the cross-validation's test cases use it.
+public final class Predictor {
+    /// The checkpoints of the ensemble (empty when built from networks in memory).
+    public let checkpoints: [String]
+    /// The preprocessing in use: the checkpoints' recipe, or the explicit values for one that records none.
+    public let recipe: PredictionRecipe
+    /// Where ``recipe``'s spacing came from (for the header line): "checkpoint", "--spacing" or "--spacing, --force".
+    public let recipeSource: String
+    public let options: SlidingWindowOptions
+    public let settings: PredictionSettings
+    /// Architecture and classes (one across the ensemble).
+    public let modelConfig: ModelConfig
+    let sliding: SlidingWindowPredictor
+
+    /// Networks in memory with their recipe (the cross-validation's fold model).
+    public init(networks: [SegmentationModel], recipe: PredictionRecipe, options: SlidingWindowOptions,
+                settings: PredictionSettings = PredictionSettings()) throws {
+        guard let first = networks.first else { throw AttunetError("predict: no network") }
+        checkpoints = []
+        self.recipe = recipe; recipeSource = "checkpoint"; self.options = options; self.settings = settings
+        modelConfig = first.config
+        sliding = try SlidingWindowPredictor(networks: networks, options: options)
+    }
+
+    /// Loads the checkpoints (verified), checks that they form one ensemble and resolves the recipe, the tile
+    /// and the mirror axes against `settings`. Every refusal is one line naming a checkpoint.
+    public init(checkpoints: [String], settings: PredictionSettings) throws {
+        guard let firstPath = checkpoints.first else { throw AttunetError("predict: give at least one checkpoint") }
+        var models: [SegmentationModel] = [], recipes: [PredictionRecipe] = []
+        var source = "checkpoint"
+        for path in checkpoints {
+            let m = try Checkpoint.load(path)
+            if let first = models.first {
+                let a = first.config, b = m.config
+                guard a.kind == b.kind, a.classes == b.classes, a.inChannels == b.inChannels else {
+                    throw AttunetError("\(path): \(b.kind.rawValue) with \(b.classes) classes and \(b.inChannels) input channel(s) differs from \(firstPath) (\(a.kind.rawValue), \(a.classes) classes, \(a.inChannels) input channel(s)); an ensemble needs one architecture and one set of classes")
+                }
+            }
+            let (r, s) = try Self.recipe(of: path, model: m.config, settings: settings)
+            if let first = recipes.first {
+                for (what, x, y) in [("spacing", first.spacingMM, r.spacingMM), ("pre-blur", first.blurSigmaMM, r.blurSigmaMM)] where x != y {
+                    throw AttunetError("\(path): trained at \(what) \(fmt(y, 4)) mm, \(firstPath) at \(fmt(x, 4)) mm; an ensemble needs one preprocessing")
+                }
+                guard first.normalization == r.normalization, first.classNames == r.classNames else {
+                    throw AttunetError("\(path): normalisation \(r.normalization) and classes \(r.classNames.joined(separator: ", ")) differ from \(firstPath)'s (\(first.normalization); \(first.classNames.joined(separator: ", ")))")
+                }
+            }
+            models.append(m); recipes.append(r); source = s
+        }
+        var recipe = recipes[0]
+        // Training flips in an ensemble: only the axes every member was trained to see mirrored.
+        recipe.mirrorAxes = recipe.mirrorAxes.filter { a in recipes.allSatisfy { $0.mirrorAxes.contains(a) } }
+        var options = SlidingWindowOptions(patch: settings.patch ?? recipe.patch, overlap: settings.overlap,
+                                           keepProbabilities: settings.saveProbabilities, attentionMaps: settings.saveAttention)
+        options.mirrorAxes = try Self.mirrorAxes(settings, trained: recipe.mirrorAxes, checkpoint: firstPath)
+        try options.validate()
+        if settings.saveAttention, models[0].config.kind != .attentionUNet {
+            throw AttunetError("\(firstPath): --save-attention needs an Attention U-Net, this is \(models[0].config.kind.rawValue)")
+        }
+        self.checkpoints = checkpoints
+        self.recipe = recipe; recipeSource = source; self.options = options; self.settings = settings
+        modelConfig = models[0].config
+        sliding = try SlidingWindowPredictor(networks: models, options: options)
+    }
+
+    /// The recipe `path` records, with the explicit values checked against it; for a checkpoint without one,
+    /// the explicit spacing and pre-blur (both required) around what else it records.
+    static func recipe(of path: String, model: ModelConfig, settings: PredictionSettings) throws -> (PredictionRecipe, String) {
+        let file = try H5File.open(path)
+        if var r = try PredictionRecipe.read(from: file) {
+            var source = "checkpoint"
+            for (option, given, recorded) in [("--spacing", settings.spacing, r.spacingMM), ("--blur-sigma", settings.blurSigma, r.blurSigmaMM)] {
+                guard let given, abs(given - recorded) > 1e-9 * max(1, recorded) else { continue }
+                guard settings.force else {
+                    throw AttunetError("\(path): \(option) \(fmt(given, 4)) conflicts with the \(fmt(recorded, 4)) mm the model was trained with (its prediction recipe); drop \(option), or add --force to predict with \(fmt(given, 4)) mm anyway")
+                }
+                source = "\(option) with --force"
+            }
+            r.spacingMM = settings.spacing ?? r.spacingMM
+            r.blurSigmaMM = settings.blurSigma ?? r.blurSigmaMM
+            return (r, source)
+        }
+        guard let spacing = settings.spacing, let blur = settings.blurSigma else {
+            throw AttunetError("\(path): records no prediction recipe (written before attunet stored one, or made by import-weights); pass the spacing and pre-blur its training data was prepared with: --spacing MM --blur-sigma MM (attunet inspect STORE prints a case store's)")
+        }
+        let config = TrainingCheckpoint.trainConfig(in: file)
+        let names = TrainingCheckpoint.classNames(in: file) ?? (["background"] + (1..<model.classes).map { "class\($0)" })
+        let augment = config?.augmentOptions
+        let mirror = augment.map { ($0.flipX > 0 ? ["x"] : []) + ($0.flipY > 0 ? ["y"] : []) } ?? []
+        return (PredictionRecipe(spacingMM: spacing, blurSigmaMM: blur, classNames: names,
+                                 patch: config?.patch ?? Dim3(z: 96, y: 160, x: 160), mirrorAxes: mirror), "--spacing")
+    }
+
+    /// The axes test-time augmentation flips: explicit ``PredictionSettings/ttaAxes`` as given; `--tta` the
+    /// axes training mirrored along, refused for a model trained without mirroring.
+    static func mirrorAxes(_ s: PredictionSettings, trained: [String], checkpoint: String) throws -> MirrorAxes {
+        if let axes = s.ttaAxes { return axes }
+        guard s.tta else { return [] }
+        guard !trained.isEmpty else {
+            throw AttunetError("\(checkpoint): --tta: the model was trained without mirroring (--augment none), so flipped images are new to it; pass --tta-axes x,y to flip anyway")
+        }
+        var axes: MirrorAxes = []
+        for a in trained {
+            switch a {
+            case "x": axes.insert(.x)
+            case "y": axes.insert(.y)
+            case "z": axes.insert(.z)
+            default: throw AttunetError("\(checkpoint): unknown mirror axis '\(a)' in the prediction recipe")
+            }
+        }
+        return axes
+    }
+
+    /// The case segmented on the store's grid (labels and probabilities in memory), normalised as training
+    /// normalises: what the cross-validation scores against the store's labels.
+    public func segment(store: CaseStore, case c: Int) throws -> Prediction {
+        try sliding.predict(store: store, case: c)
+    }
+
+    /// The files ``predict(_:into:)`` writes for case `id` directly (attention maps aside).
+    public func outputs(_ id: String, in out: String) -> [String] {
+        ["\(out)/\(id).nii.gz"] + (settings.saveProbabilities ? ["\(out)/probabilities/\(id).nii.gz"] : [])
+    }
+
+    /// Refuses existing outputs of `cases` in `out` (checked before the first prediction), unless `force`.
+    public func checkOutputs(_ cases: [PredictionCase], in out: String, force: Bool) throws {
+        guard !force else { return }
+        let fm = FileManager.default
+        if let existing = cases.flatMap({ outputs($0.id, in: out) }).first(where: { fm.fileExists(atPath: $0) }) {
+            throw AttunetError("\(existing) exists: pass --force to overwrite")
+        }
+        // Attention maps are named after the gates: any file of a case in attention/ counts as existing.
+        if settings.saveAttention, let listed = try? fm.contentsOfDirectory(atPath: "\(out)/attention"),
+           let existing = listed.sorted().first(where: { f in cases.contains { f.hasPrefix("\($0.id)_") } }) {
+            throw AttunetError("\(out)/attention/\(existing) exists: pass --force to overwrite")
+        }
+    }
+
+    /// Segments one case and writes, in `out`: `<id>.nii.gz` (uint8 labels on the source's grid, with its
+    /// affine and codes, read back and checked against the source file), and as asked
+    /// `probabilities/<id>.nii.gz` (float32, 4-D: x, y, z, class) and `attention/<id>_<gate>.nii.gz` / `.png`.
+    public func predict(_ item: PredictionCase, into out: String) throws {
+        let id = item.id
+        let prediction: Prediction, geometry: SourceGeometry, codes: XformCodes, image: [Float]
+        var sourcePath: String? = nil
+        switch item.source {
+        case let .file(path):
+            let input = try SourceInput(path: path, id: id, spacing: recipe.spacingMM, blurSigma: recipe.blurSigmaMM,
+                                        modality: recipe.modality)
+            prediction = try sliding.predict(volume: input.image, shape: input.geometry.storedShape, padValue: input.padValue)
+            geometry = input.geometry; codes = input.codes; sourcePath = path; image = input.image
+        case let .stored(store, c):
+            geometry = try SourceGeometry(store: store, case: c)
+            let (normalized, pad) = try store.normalizedImage(c, normalization: .zscore)
+            prediction = try sliding.predict(volume: normalized, shape: store.cases[c].shape, padValue: pad)
+            image = normalized
+            // The source file's own codes when it is still where prepare read it (checked against the store's
+            // record of its size and affine); else scanner anatomy for both.
+            let recorded = store.cases[c].source
+            if FileManager.default.fileExists(atPath: recorded) {
+                codes = try XformCodes.of(source: recorded, geometry: geometry); sourcePath = recorded
+            } else {
+                codes = .scanner
+            }
+        }
+        let labelPath = "\(out)/\(id).nii.gz"
+        try SourceExport.write(prediction, geometry: geometry, to: labelPath, codes: codes)
+        if let sourcePath { try Self.checkGeometry(labelPath, against: sourcePath) }
+        if settings.saveProbabilities {
+            let p = try SourceExport.probabilities(prediction, geometry: geometry)
+            let s = geometry.sourceShape
+            try NIfTIVolume.write4D("\(out)/probabilities/\(id).nii.gz", nx: s.x, ny: s.y, nz: s.z, channels: prediction.classes,
+                                    affine: geometry.sourceAffine, voxels: p, qformCode: codes.qform, sformCode: codes.sform)
+        }
+        if settings.saveAttention, let maps = prediction.attentionMaps {
+            let s = maps.shape
+            for name in maps.names {
+                let safe = String(name.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : "_" })
+                var v = NIfTIVolume(nx: s.x, ny: s.y, nz: s.z, affine: geometry.storedAffine, voxels: Array(maps.map(name)!))
+                v.qformCode = codes.qform; v.sformCode = codes.sform
+                try v.write("\(out)/attention/\(id)_\(safe).nii.gz")
+                try AttentionMontage.write(image: image, attention: maps.map(name)!, shape: s, affine: geometry.storedAffine,
+                                           to: "\(out)/attention/\(id)_\(safe).png")
+            }
+        }
+    }
+
+    /// Predicts `cases` into `out` over the ranks of `comm` (rank r takes cases r, r+p, ...). Rank 0 makes the
+    /// folders and, with `verbose`, prints one line per case (seconds, peak resident memory of the rank that
+    /// predicted it) and a summary. A failed case fails the run once every rank is done, with its error.
+    public func run(_ cases: [PredictionCase], into out: String, comm: Communicator, verbose: Bool = true) throws {
+        if comm.isRoot {
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            for (on, sub) in [(settings.saveProbabilities, "probabilities"), (settings.saveAttention, "attention")] where on {
+                try FileManager.default.createDirectory(atPath: "\(out)/\(sub)", withIntermediateDirectories: true)
+            }
+        }
+        try comm.barrier()
+        let n = cases.count
+        var stats = [Double](repeating: 0, count: n * 3)  // per case: seconds, peak RSS, failed
+        var firstError: Error? = nil
+        let started = Date()
+        for i in stride(from: comm.rank, to: n, by: comm.size) {
+            let t0 = Date()
+            _ = Memory.resetPeak()
+            do {
+                try predict(cases[i], into: out)
+            } catch {
+                if firstError == nil { firstError = error }
+                if !comm.isRoot {
+                    let lines = (error as? AttunetError)?.lines ?? ["\(error)"]
+                    FileHandle.standardError.write(Data(lines.map { "error: \($0)\n" }.joined().utf8))
+                }
+                stats[i * 3 + 2] = 1
+            }
+            stats[i * 3] = Date().timeIntervalSince(t0)
+            stats[i * 3 + 1] = Double(Memory.peakResidentBytes() ?? 0)
+        }
+        try stats.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
+        if comm.isRoot && verbose {
+            for i in 0..<n {
+                let status = stats[i * 3 + 2] > 0 ? "FAILED" : "\(out)/\(cases[i].id).nii.gz"
+                print("  \(cases[i].id)  \(fmt(stats[i * 3], 2)) s  peak RSS \(Memory.format(Int(stats[i * 3 + 1])))  rank \(i % comm.size)  \(status)")
+            }
+        }
+        let failed = (0..<n).filter { stats[$0 * 3 + 2] > 0 }.count
+        if failed > 0 {
+            if let firstError { throw firstError }
+            throw AttunetError("\(failed) of \(n) case(s) failed on other ranks (their errors are above)")
+        }
+        if comm.isRoot && verbose {
+            let peak = (0..<n).map { stats[$0 * 3 + 1] }.max() ?? 0
+            let busy = (0..<n).map { stats[$0 * 3] }.reduce(0, +)
+            print("predict: \(n) case(s) in \(fmt(Date().timeIntervalSince(started), 1)) s, \(fmt(busy, 1)) s of prediction; peak RSS \(Memory.format(Int(peak))); labels in \(out)")
+        }
+    }
+
+    /// The written labels must carry the input's size, affine and codes: a mismatch is an error, never a warning.
+    public static func checkGeometry(_ path: String, against source: String) throws {
+        let a = try NIfTIVolume.readGeometry(path), b = try NIfTIVolume.readGeometry(source)
+        guard [a.nx, a.ny, a.nz] == [b.nx, b.ny, b.nz] else {
+            throw AttunetError("\(path): size \(a.nx)x\(a.ny)x\(a.nz) differs from its input \(source) (\(b.nx)x\(b.ny)x\(b.nz))")
+        }
+        for i in 0..<12 where abs(a.affine[i] - b.affine[i]) > 1e-4 * max(1, abs(b.affine[i])) {
+            throw AttunetError("\(path): affine row \(i / 4) column \(i % 4) is \(a.affine[i]), its input \(source) has \(b.affine[i])")
+        }
+        guard a.qformCode == b.qformCode, a.sformCode == b.sformCode else {
+            throw AttunetError("\(path): qform/sform codes \(a.qformCode)/\(a.sformCode) differ from its input \(source) (\(b.qformCode)/\(b.sformCode))")
+        }
+    }
+}
