@@ -52,7 +52,7 @@ struct Inspect: ParsableCommand {
                 print("initialised from: \(t.source) (\(t.sourceModel.kind.rawValue), \(t.sourceModel.classes) classes, weights sha256 \(t.sourceWeightsSHA256.prefix(16))…): \(copied) tensors copied, \(fresh) parameter tensors fresh" + (t.labelMap.map { ", label map \($0)" } ?? ""))
             }
             if let r = try PredictionRecipe.read(from: f) {
-                print("prediction recipe: \(fmt(r.spacingMM, 4)) mm isotropic, pre-blur \(fmt(r.blurSigmaMM, 4)) mm, \(r.normalization) normalisation, classes \(r.classNames.joined(separator: ", ")), patch \(r.patch), mirror axes \(r.mirrorAxes.isEmpty ? "none" : r.mirrorAxes.joined(separator: ","))")
+                print("prediction recipe: \(fmtShort(r.spacingMM)) mm isotropic, pre-blur \(fmtShort(r.blurSigmaMM)) mm, \(r.normalization) normalisation, classes \(r.classNames.joined(separator: ", ")), patch \(r.patch), mirror axes \(r.mirrorAxes.isEmpty ? "none" : r.mirrorAxes.joined(separator: ","))")
             } else {
                 print("prediction recipe: none (written before attunet recorded it, or imported): predict needs --spacing and --blur-sigma")
             }

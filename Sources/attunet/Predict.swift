@@ -101,6 +101,9 @@ struct Predict: ParsableCommand {
         guard (0..<1).contains(overlap) else { throw ValidationError("--overlap must be in [0, 1)") }
         if let spacing, !(spacing > 0 && spacing.isFinite) { throw ValidationError("--spacing must be positive") }
         if let blurSigma, !(blurSigma >= 0) { throw ValidationError("--blur-sigma must be at least 0") }
+        if store != nil && (spacing != nil || blurSigma != nil) {
+            throw ValidationError("--spacing and --blur-sigma resample NIfTI inputs; the cases of --store are prepared already")
+        }
         if tta && ttaAxes != nil { throw ValidationError("give --tta (the training's axes) or --tta-axes, not both") }
         _ = try mirrorAxes()
         _ = try foldList()
@@ -138,20 +141,21 @@ struct Predict: ParsableCommand {
         settings.patch = patch; settings.overlap = overlap; settings.tta = tta; settings.ttaAxes = try mirrorAxes()
         settings.spacing = spacing; settings.blurSigma = blurSigma; settings.force = force
         settings.saveProbabilities = saveProbabilities; settings.saveAttention = saveAttention
-        var models = checkpoints.joined(separator: ", ")
+        var models = checkpoints.count > 1 ? "an ensemble of \(checkpoints.count) checkpoints" : checkpoints.first ?? ""
         var paths = checkpoints
         if let cvDir {
             let e = try FoldEnsemble(run: cvDir, model: model, folds: try foldList(), which: which)
             paths = e.checkpoints
             models = "\(e.model) folds \(e.folds.map(String.init).joined(separator: ",")) of \(cvDir) (\(which.rawValue))"
         }
-        let predictor = try Predictor(checkpoints: paths, settings: settings)
-        let items = try input.map(PredictionCase.files)
-            ?? PredictionCase.stored(try CaseStore(path: store!), ids: cases.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } })
+        let caseStore = try store.map { try CaseStore(path: $0) }
+        let predictor = try Predictor(checkpoints: paths, settings: settings, store: caseStore)
+        let ids = cases.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
+        let items = try input.map(PredictionCase.files) ?? PredictionCase.stored(caseStore!, ids: ids)
         try predictor.checkOutputs(items, in: out, force: force)
         if comm.isRoot {
             let r = predictor.recipe, tile = predictor.options.patch
-            let grid = input != nil ? "; inputs resampled to \(fmt(r.spacingMM, 4)) mm, pre-blur \(fmt(r.blurSigmaMM, 4)) mm (\(predictor.recipeSource))" : ""
+            let grid = input != nil ? "; inputs resampled to \(fmtShort(r.spacingMM)) mm, pre-blur \(fmtShort(r.blurSigmaMM)) mm (\(predictor.recipeSource))" : ""
             let flips = predictor.options.tta ? ", TTA flips along \(predictor.options.mirrorAxes.names)" : ""
             print("predict: \(items.count) case(s) on \(comm.size) rank(s) with \(models); tiles \(tile), overlap \(overlap)\(flips)\(grid)")
         }

@@ -26,7 +26,8 @@ final class PredictEvaluateTests: XCTestCase {
                        a: paths[0], b: paths[1], c: paths[2])
     }
 
-    static let tile = "--patch 32x32x16 --spacing 4"
+    /// The fixture's checkpoints are weights-only (no prediction recipe): the spacing and pre-blur are given.
+    static let tile = "--patch 32x32x16 --spacing 4 --blur-sigma 0.5"
 
     func testPredictFolderKeepsSourceGeometryEnsemblesAndRefuses() throws {
         let f = try makeFixture()
@@ -50,7 +51,9 @@ final class PredictEvaluateTests: XCTestCase {
                 assert np.allclose(qa, qb, atol=1e-4) and np.allclose(sa, sb, atol=1e-4)
                 lab = np.asarray(b.dataobj)
                 assert lab.dtype == np.uint8 and lab.min() >= 0 and lab.max() <= 3, (lab.dtype, lab.max())
-                probs = [np.asarray(nib.load(os.path.join(r'\(out)', 'probabilities', name.replace('.nii.gz', f'_{c}.nii.gz'))).dataobj) for c in range(4)]
+                p4 = nib.load(os.path.join(r'\(out)', 'probabilities', name))
+                assert p4.shape == a.shape + (4,) and np.allclose(p4.affine, a.affine, atol=1e-4), (p4.shape, a.shape)
+                probs = [np.asarray(p4.dataobj)[..., c] for c in range(4)]
                 s = np.sum(probs, axis=0)
                 assert probs[0].shape == a.shape and np.allclose(s, 1, atol=1e-3), (s.min(), s.max())
                 assert np.array_equal(np.argmax(probs, axis=0), lab) or np.mean(np.argmax(probs, axis=0) == lab) > 0.999
@@ -92,7 +95,7 @@ final class PredictEvaluateTests: XCTestCase {
         let two = try TestEnv.run("mpirun -np 2 --bind-to none --oversubscribe \(TestEnv.attunet) predict --store \(store) --checkpoint \(f.a) --patch 32x32x16 --out \(f.dir.path)/p2")
         XCTAssertEqual(two.status, 0, two.stderr)
         XCTAssertTrue(two.stdout.contains("on 2 rank(s)") && two.stdout.contains("rank 1"), two.stdout)
-        let files = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) --patch 32x32x16 --spacing 4 --out \(f.dir.path)/p3")
+        let files = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) \(Self.tile) --out \(f.dir.path)/p3")
         XCTAssertEqual(files.status, 0, files.stderr)
         try TestEnv.python("""
             import nibabel as nib, numpy as np
@@ -105,12 +108,38 @@ final class PredictEvaluateTests: XCTestCase {
                 f = nib.load(r'\(f.dir.path)/p3/' + c + '.nii.gz')
                 assert np.array_equal(np.asarray(a.dataobj), np.asarray(f.dataobj)), c + ': the NIfTI input differs from its store case'
             """)
-        // A checkpoint from `attunet train` records its patch and store: no --patch or --spacing needed.
+        // A weights-only checkpoint (no recipe) is refused for NIfTI inputs without the spacing and pre-blur.
+        let legacy = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) --spacing 4 --out \(f.dir.path)/p5")
+        XCTAssertEqual(legacy.status, 1)
+        XCTAssertEqual(legacy.stderr.split(separator: "\n").count, 1, legacy.stderr)
+        XCTAssertTrue(legacy.stderr.hasPrefix("error: \(f.a): records no prediction recipe") && legacy.stderr.contains("--spacing MM --blur-sigma MM"), legacy.stderr)
+        // A checkpoint from `attunet train` records its recipe: no --patch or --spacing needed.
         let t = try TestEnv.run("\(TestEnv.attunet) train --store \(store) --feature-scale 16 --patch 32x32x16 --batch 1 --epochs 1 --val-cases phantom_001 --out \(f.dir.path)/run")
         XCTAssertEqual(t.status, 0, t.stderr)
         let d = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(f.dir.path)/run/checkpoint_latest.h5 --out \(f.dir.path)/p4")
         XCTAssertEqual(d.status, 0, d.stderr)
-        XCTAssertTrue(d.stdout.contains("tiles 32x32x16") && d.stdout.contains("resampled to 4.000 mm (training store \(store))"), d.stdout)
+        XCTAssertTrue(d.stdout.contains("tiles 32x32x16") && d.stdout.contains("resampled to 4 mm, pre-blur 0.5 mm (checkpoint)"), d.stdout)
+        // The wrong-spacing case: an explicit --spacing that conflicts with the recipe is refused, naming both.
+        let wrong = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(f.dir.path)/run/checkpoint_latest.h5 --spacing 2 --out \(f.dir.path)/p6")
+        XCTAssertEqual(wrong.status, 1)
+        XCTAssertTrue(wrong.stderr.contains("--spacing 2 conflicts with the 4 mm the model was trained with"), wrong.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(f.dir.path)/p6/phantom_001.nii.gz"))
+        let forced = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(f.dir.path)/run/checkpoint_latest.h5 --spacing 2 --force --out \(f.dir.path)/p6")
+        XCTAssertEqual(forced.status, 0, forced.stderr)
+        XCTAssertTrue(forced.stdout.contains("resampled to 2 mm") && forced.stdout.contains("--spacing with --force"), forced.stdout)
+        // A copy of the checkpoint in another folder, its training store gone from view, predicts the same labels.
+        let elsewhere = try TestEnv.tempDir()
+        defer { try? FileManager.default.removeItem(at: elsewhere) }
+        try FileManager.default.copyItem(atPath: "\(f.dir.path)/run/checkpoint_latest.h5", toPath: elsewhere.path + "/ck.h5")
+        try FileManager.default.moveItem(atPath: store, toPath: store + ".moved")
+        let copied = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(elsewhere.path)/ck.h5 --out \(f.dir.path)/p7")
+        XCTAssertEqual(copied.status, 0, copied.stderr)
+        try TestEnv.python("""
+            import nibabel as nib, numpy as np
+            a = np.asarray(nib.load(r'\(f.dir.path)/p4/phantom_001.nii.gz').dataobj)
+            b = np.asarray(nib.load(r'\(f.dir.path)/p7/phantom_001.nii.gz').dataobj)
+            assert np.array_equal(a, b)
+            """)
     }
 
     // MARK: - evaluate

@@ -108,8 +108,10 @@ public final class Predictor {
     }
 
     /// Loads the checkpoints (verified), checks that they form one ensemble and resolves the recipe, the tile
-    /// and the mirror axes against `settings`. Every refusal is one line naming a checkpoint.
-    public init(checkpoints: [String], settings: PredictionSettings) throws {
+    /// and the mirror axes against `settings`. With `store` (its cases are the inputs, already prepared) the
+    /// store's spacing must be the recipe's, and it stands in for the recipe of a checkpoint that records none.
+    /// Every refusal is one line naming a checkpoint.
+    public init(checkpoints: [String], settings: PredictionSettings, store: CaseStore? = nil) throws {
         guard let firstPath = checkpoints.first else { throw AttunetError("predict: give at least one checkpoint") }
         var models: [SegmentationModel] = [], recipes: [PredictionRecipe] = []
         var source = "checkpoint"
@@ -121,10 +123,10 @@ public final class Predictor {
                     throw AttunetError("\(path): \(b.kind.rawValue) with \(b.classes) classes and \(b.inChannels) input channel(s) differs from \(firstPath) (\(a.kind.rawValue), \(a.classes) classes, \(a.inChannels) input channel(s)); an ensemble needs one architecture and one set of classes")
                 }
             }
-            let (r, s) = try Self.recipe(of: path, model: m.config, settings: settings)
+            let (r, s) = try Self.recipe(of: path, model: m.config, settings: settings, store: store)
             if let first = recipes.first {
                 for (what, x, y) in [("spacing", first.spacingMM, r.spacingMM), ("pre-blur", first.blurSigmaMM, r.blurSigmaMM)] where x != y {
-                    throw AttunetError("\(path): trained at \(what) \(fmt(y, 4)) mm, \(firstPath) at \(fmt(x, 4)) mm; an ensemble needs one preprocessing")
+                    throw AttunetError("\(path): trained at \(what) \(fmtShort(y)) mm, \(firstPath) at \(fmtShort(x)) mm; an ensemble needs one preprocessing")
                 }
                 guard first.normalization == r.normalization, first.classNames == r.classNames else {
                     throw AttunetError("\(path): normalisation \(r.normalization) and classes \(r.classNames.joined(separator: ", ")) differ from \(firstPath)'s (\(first.normalization); \(first.classNames.joined(separator: ", ")))")
@@ -150,14 +152,23 @@ public final class Predictor {
 
     /// The recipe `path` records, with the explicit values checked against it; for a checkpoint without one,
     /// the explicit spacing and pre-blur (both required) around what else it records.
-    static func recipe(of path: String, model: ModelConfig, settings: PredictionSettings) throws -> (PredictionRecipe, String) {
+    static func recipe(of path: String, model: ModelConfig, settings: PredictionSettings,
+                       store: CaseStore?) throws -> (PredictionRecipe, String) {
         let file = try H5File.open(path)
+        var settings = settings
+        if let store {
+            // Stored cases are prepared already: the store's spacing is what the network will see.
+            if let r = try PredictionRecipe.read(from: file), abs(store.spacing[0] - r.spacingMM) > 1e-9 * r.spacingMM, !settings.force {
+                throw AttunetError("\(store.path): prepared at \(fmtShort(store.spacing[0])) mm, but \(path) was trained at \(fmtShort(r.spacingMM)) mm (its prediction recipe); prepare the cases at \(fmtShort(r.spacingMM)) mm, or add --force to predict anyway")
+            }
+            settings.spacing = store.spacing[0]; settings.blurSigma = store.blurSigma ?? 0; settings.force = true
+        }
         if var r = try PredictionRecipe.read(from: file) {
             var source = "checkpoint"
             for (option, given, recorded) in [("--spacing", settings.spacing, r.spacingMM), ("--blur-sigma", settings.blurSigma, r.blurSigmaMM)] {
                 guard let given, abs(given - recorded) > 1e-9 * max(1, recorded) else { continue }
                 guard settings.force else {
-                    throw AttunetError("\(path): \(option) \(fmt(given, 4)) conflicts with the \(fmt(recorded, 4)) mm the model was trained with (its prediction recipe); drop \(option), or add --force to predict with \(fmt(given, 4)) mm anyway")
+                    throw AttunetError("\(path): \(option) \(fmtShort(given)) conflicts with the \(fmtShort(recorded)) mm the model was trained with (its prediction recipe); drop \(option), or add --force to predict with \(fmtShort(given)) mm anyway")
                 }
                 source = "\(option) with --force"
             }
@@ -173,7 +184,8 @@ public final class Predictor {
         let augment = config?.augmentOptions
         let mirror = augment.map { ($0.flipX > 0 ? ["x"] : []) + ($0.flipY > 0 ? ["y"] : []) } ?? []
         return (PredictionRecipe(spacingMM: spacing, blurSigmaMM: blur, classNames: names,
-                                 patch: config?.patch ?? Dim3(z: 96, y: 160, x: 160), mirrorAxes: mirror), "--spacing")
+                                 patch: config?.patch ?? Dim3(z: 96, y: 160, x: 160), mirrorAxes: mirror),
+                store != nil ? "the store" : "--spacing")
     }
 
     /// The axes test-time augmentation flips: explicit ``PredictionSettings/ttaAxes`` as given; `--tta` the
