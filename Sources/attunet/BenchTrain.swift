@@ -93,9 +93,10 @@ extension Bench {
                 let dir = FileManager.default.temporaryDirectory.appendingPathComponent("attunet-bench-\(getpid())")
                 scratch = dir
                 say("bench train: synthesising 2 phantom cases at 2 mm (each rank in \(FileManager.default.temporaryDirectory.path)) ...")
-                storePath = try TrainingBench.phantomStore(in: dir, classes: modelOptions.config.classes)
+                storePath = try TrainingBench.phantomStore(in: dir, classes: modelOptions.config().classes)
             }
-            let bench = try TrainingBench(store: storePath, model: modelOptions.config, patch: patch, batch: batch,
+            let storeClasses = try store.map { try CaseStore(path: $0).classNames.count }
+            let bench = try TrainingBench(store: storePath, model: modelOptions.config(storeClasses: storeClasses), patch: patch, batch: batch,
                                           loss: loss, optimizer: optimizer, seed: seed, comm: comm)
             var reports: [TrainingBenchReport] = []
             for t in threads.counts {

@@ -96,7 +96,7 @@ struct CV: ParsableCommand {
         let caseStore = try CaseStore(path: store)
         let fingerprint = caseStore.fingerprint
         let config = CrossValidationConfig(
-            store: store, storeFingerprint: fingerprint, models: try modelKinds().map { architecture.config($0) },
+            store: store, storeFingerprint: fingerprint, models: try modelKinds().map { architecture.config($0, storeClasses: caseStore.classNames.count) },
             folds: folds, inverse: inverse, splitsFile: splits, groupBy: groupBy,
             validationFraction: training.valFraction, distanceDefinition: distanceDefinition,
             training: trainingTemplate)

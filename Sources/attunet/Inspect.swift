@@ -62,7 +62,7 @@ struct Inspect: ParsableCommand {
                 "weights and BN buffers " + (weights ? "verified" : "no stored digest") + "; optimizer and training state "
                 + (state ? "verified" : optimizer ? "no stored digest" : "absent (weights-only checkpoint)")))
         } else {
-            model = SegmentationModel(modelOptions.config)
+            model = SegmentationModel(modelOptions.config())
         }
         let c = model.config
         print("model: \(c.kind.rawValue)  in-channels \(c.inChannels)  classes \(c.classes)  feature-scale \(c.featureScale) (filters \(c.filters.map(String.init).joined(separator: ",")))  align-corners \(c.alignCorners)")

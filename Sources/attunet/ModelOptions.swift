@@ -11,13 +11,14 @@ struct ModelOptions: ParsableArguments {
 
     func validate() throws { try architecture.check([model]) }
 
-    var config: ModelConfig { architecture.config(model) }
+    /// The architecture, with the class count of the store it trains on unless --classes is given.
+    func config(storeClasses: Int? = nil) -> ModelConfig { architecture.config(model, storeClasses: storeClasses) }
 }
 
 /// Everything of the architecture but the network kind (`attunet cv` trains several kinds with these).
 struct ArchitectureOptions: ParsableArguments {
-    @Option(help: "Output classes including background (the paper: 4 = background, spleen, pancreas, kidney).")
-    var classes: Int = 4
+    @Option(help: "Output classes including background (default: the store's class count; 4 without a store, the paper's background, spleen, pancreas, kidney).")
+    var classes: Int?
 
     @Option(help: "Input channels (1 for CT).")
     var inChannels: Int = 1
@@ -32,7 +33,7 @@ struct ArchitectureOptions: ParsableArguments {
     var passThroughGates = false
 
     func validate() throws {
-        guard classes >= 2 else { throw ValidationError("--classes must be at least 2 (background + one organ)") }
+        if let classes, classes < 2 { throw ValidationError("--classes must be at least 2 (background + one organ)") }
         guard inChannels >= 1 else { throw ValidationError("--in-channels must be at least 1") }
         if let featureScale {
             guard featureScale > 0, Int(64 / featureScale) >= 1 else { throw ValidationError("--feature-scale must be in (0, 64]") }
@@ -65,8 +66,9 @@ struct ArchitectureOptions: ParsableArguments {
         return kinds
     }
 
-    func config(_ kind: ModelKind) -> ModelConfig {
-        ModelConfig(kind: kind, inChannels: inChannels, classes: classes, featureScale: featureScale ?? 4,
+    /// The architecture of `kind`: --classes when given, else `storeClasses` (the store's class count), else 4.
+    func config(_ kind: ModelKind, storeClasses: Int? = nil) -> ModelConfig {
+        ModelConfig(kind: kind, inChannels: inChannels, classes: classes ?? storeClasses ?? 4, featureScale: featureScale ?? 4,
                     alignCorners: alignCorners, passThroughGates: passThroughGates)
     }
 }

@@ -74,7 +74,7 @@ struct Train: ParsableCommand {
         } else {
             (trainIDs, valIDs) = TrainConfig.split(ids, validationFraction: training.valFraction, seed: training.seed)
         }
-        var config = training.config(store: store, model: modelOptions.config, trainCases: trainIDs, validationCases: valIDs)
+        var config = training.config(store: store, model: modelOptions.config(storeClasses: storeFile.classNames.count), trainCases: trainIDs, validationCases: valIDs)
         config.transfer = transferOptions.config
         let latest = folder.checkpointLatest.path
         if resume && resumeFrom != nil { throw AttunetError("--resume and --resume-from: pass one of them") }
