@@ -15,6 +15,12 @@ public struct TrainingState: Codable, Sendable, Equatable {
     public var bestEpoch: Int
     public var worldSize: Int
     public var storeFingerprint: String
+
+    public init(epoch: Int, stepInEpoch: Int, globalStep: Int, bestDice: Double, bestEpoch: Int, worldSize: Int,
+                storeFingerprint: String) {
+        self.epoch = epoch; self.stepInEpoch = stepInEpoch; self.globalStep = globalStep; self.bestDice = bestDice
+        self.bestEpoch = bestEpoch; self.worldSize = worldSize; self.storeFingerprint = storeFingerprint
+    }
 }
 
 /// The training checkpoint: the model checkpoint of `Checkpoint` (state_dict in PyTorch order, model_config)
