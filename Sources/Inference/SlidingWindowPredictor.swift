@@ -19,6 +19,22 @@ public struct MirrorAxes: OptionSet, Sendable, Hashable {
 
     /// Every combination of these axes, the identity first: 2^(number of axes) flips.
     public var flips: [MirrorAxes] { (0..<8).map { MirrorAxes(rawValue: $0) }.filter { isSuperset(of: $0) } }
+
+    static let named: [(MirrorAxes, String)] = [(.x, "x"), (.y, "y"), (.z, "z")]
+
+    /// The axes named `x`, `y`, `z` (as a checkpoint's prediction recipe and `--tta-axes` name them); nil when a
+    /// name is none of these.
+    public init?(names: [String]) {
+        var axes: MirrorAxes = []
+        for n in names {
+            guard let a = Self.named.first(where: { $0.1 == n.lowercased() }) else { return nil }
+            axes.insert(a.0)
+        }
+        self = axes
+    }
+
+    /// The axes' names, x before y before z.
+    public var names: [String] { Self.named.filter { contains($0.0) }.map(\.1) }
 }
 
 /// How ``SlidingWindowPredictor`` tiles, blends and what it returns.

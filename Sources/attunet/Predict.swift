@@ -112,14 +112,9 @@ struct Predict: ParsableCommand {
 
     func mirrorAxes() throws -> MirrorAxes? {
         guard let ttaAxes else { return nil }
-        var axes: MirrorAxes = []
-        for a in ttaAxes.split(separator: ",").map({ $0.trimmingCharacters(in: .whitespaces).lowercased() }) {
-            switch a {
-            case "x": axes.insert(.x)
-            case "y": axes.insert(.y)
-            case "z": axes.insert(.z)
-            default: throw ValidationError("--tta-axes: '\(a)' is not an axis (x, y or z)")
-            }
+        let names = ttaAxes.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        guard let axes = MirrorAxes(names: names), !names.isEmpty else {
+            throw ValidationError("--tta-axes: '\(ttaAxes)' is not a list of axes (x, y, z; e.g. x,y)")
         }
         return axes
     }
@@ -156,7 +151,7 @@ struct Predict: ParsableCommand {
         if comm.isRoot {
             let r = predictor.recipe, tile = predictor.options.patch
             let grid = input != nil ? "; inputs resampled to \(fmtShort(r.spacingMM)) mm, pre-blur \(fmtShort(r.blurSigmaMM)) mm (\(predictor.recipeSource))" : ""
-            let flips = predictor.options.tta ? ", TTA flips along \(predictor.options.mirrorAxes.names)" : ""
+            let flips = predictor.options.tta ? ", TTA flips along \(predictor.options.mirrorAxes.names.joined(separator: ","))" : ""
             print("predict: \(items.count) case(s) on \(comm.size) rank(s) with \(models); tiles \(tile), overlap \(overlap)\(flips)\(grid)")
         }
         try predictor.run(items, into: out, comm: comm)
@@ -164,8 +159,3 @@ struct Predict: ParsableCommand {
 }
 
 extension FoldEnsemble.Which: ExpressibleByArgument {}
-
-extension MirrorAxes {
-    /// "x,y" for the header line.
-    var names: String { [(MirrorAxes.x, "x"), (.y, "y"), (.z, "z")].filter { contains($0.0) }.map(\.1).joined(separator: ",") }
-}

@@ -196,14 +196,8 @@ public final class Predictor {
         guard !trained.isEmpty else {
             throw AttunetError("\(checkpoint): --tta: the model was trained without mirroring (--augment none), so flipped images are new to it; pass --tta-axes x,y to flip anyway")
         }
-        var axes: MirrorAxes = []
-        for a in trained {
-            switch a {
-            case "x": axes.insert(.x)
-            case "y": axes.insert(.y)
-            case "z": axes.insert(.z)
-            default: throw AttunetError("\(checkpoint): unknown mirror axis '\(a)' in the prediction recipe")
-            }
+        guard let axes = MirrorAxes(names: trained) else {
+            throw AttunetError("\(checkpoint): unknown mirror axes \(trained.joined(separator: ",")) in the prediction recipe (x, y, z)")
         }
         return axes
     }
