@@ -18,7 +18,7 @@ struct AttuNet: ParsableCommand {
         unreachable; see --step-timeout), 64 bad command line, 75 stopped on request (rerun with --resume).
         """,
         subcommands: [Doctor.self, Synth.self, Prepare.self, Train.self, CV.self, Experiment.self, Predict.self, Evaluate.self, Inspect.self,
-                      ImportWeights.self, Bench.self, ProbeHDF5.self]
+                      ImportWeights.self, ExportWeights.self, Bench.self, ProbeHDF5.self]
     )
 
     /// Parses and runs a subcommand. Argument errors are argument-parser's (with usage); every error a

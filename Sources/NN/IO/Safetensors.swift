@@ -14,6 +14,9 @@ public struct SafetensorsFile {
     public struct Entry { public let dtype: String; public let shape: [Int]; let begin: Int; let end: Int }
     public let path: String
     public let entries: [String: Entry]
+    /// The header's `__metadata__` (string to string; empty when absent). Entries that are not strings are
+    /// left out: the format allows only strings there.
+    public let metadata: [String: String]
     private let data: Data
     private let dataStart: Int
 
@@ -28,6 +31,7 @@ public struct SafetensorsFile {
         guard let json = try? JSONSerialization.jsonObject(with: data.subdata(in: 8..<dataStart)) as? [String: Any] else {
             throw AttunetError("\(path): header is not valid JSON")
         }
+        metadata = (json["__metadata__"] as? [String: Any])?.compactMapValues { $0 as? String } ?? [:]
         var entries: [String: Entry] = [:]
         for (name, value) in json where name != "__metadata__" {
             guard let d = value as? [String: Any], let dtype = d["dtype"] as? String, let shape = d["shape"] as? [Int],
@@ -79,9 +83,126 @@ public struct SafetensorsFile {
     }
 }
 
+/// One tensor for ``SafetensorsFile/encode(_:metadata:)``: its name, dtype, shape and raw little-endian bytes.
+public struct SafetensorsTensor: Sendable {
+    /// The dtypes attunet writes: float32 weights and the int64 `num_batches_tracked` counters.
+    public enum DType: String, Sendable {
+        case f32 = "F32", i64 = "I64"
+        /// Bytes per element.
+        public var width: Int { self == .f32 ? 4 : 8 }
+    }
+    public let name: String
+    public let dtype: DType
+    public let shape: [Int]
+    public let bytes: Data
+
+    /// A float32 tensor; `values` has the shape's element count.
+    public init(name: String, shape: [Int], floats values: [Float]) {
+        precondition(values.count == shape.reduce(1, *), "\(name): \(values.count) values for shape \(shape)")
+        self.name = name; self.dtype = .f32; self.shape = shape
+        bytes = values.map { $0.bitPattern.littleEndian }.withUnsafeBytes { Data($0) }
+    }
+
+    /// An int64 tensor (shape `[]` for a scalar); `values` has the shape's element count.
+    public init(name: String, shape: [Int], int64s values: [Int64]) {
+        precondition(values.count == shape.reduce(1, *), "\(name): \(values.count) values for shape \(shape)")
+        self.name = name; self.dtype = .i64; self.shape = shape
+        bytes = values.map { $0.littleEndian }.withUnsafeBytes { Data($0) }
+    }
+}
+
+extension SafetensorsFile {
+    /// The bytes of a safetensors file holding `tensors`, the writer beside the reader above.
+    ///
+    /// The header lists the tensors in the order given, with `metadata` (sorted by key) as `__metadata__`
+    /// when it is not empty, and is padded with spaces to a multiple of 8 bytes, as the reference writer
+    /// does. The data holds the widest dtype first, each dtype in the order given, so every tensor starts at
+    /// a multiple of its element size (PyTorch refuses a misaligned view) and the data is contiguous, as the
+    /// reference reader requires. The same input gives the same bytes.
+    public static func encode(_ tensors: [SafetensorsTensor], metadata: [String: String] = [:]) throws -> Data {
+        var names = Set<String>()
+        for t in tensors {
+            guard t.name != "__metadata__", names.insert(t.name).inserted else {
+                throw AttunetError("safetensors: tensor name \(t.name) used twice or reserved")
+            }
+        }
+        var offsets: [String: (Int, Int)] = [:], layout: [SafetensorsTensor] = [], end = 0
+        for width in [8, 4] {
+            for t in tensors where t.dtype.width == width {
+                offsets[t.name] = (end, end + t.bytes.count)
+                end += t.bytes.count
+                layout.append(t)
+            }
+        }
+        var fields: [String] = []
+        if !metadata.isEmpty {
+            let pairs = try metadata.sorted { $0.key < $1.key }.map { "\(try jsonString($0.key)):\(try jsonString($0.value))" }
+            fields.append("\"__metadata__\":{\(pairs.joined(separator: ","))}")
+        }
+        for t in tensors {
+            let (begin, end) = offsets[t.name]!
+            fields.append("\(try jsonString(t.name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(begin),\(end)]}")
+        }
+        var header = Data("{\(fields.joined(separator: ","))}".utf8)
+        header.append(contentsOf: [UInt8](repeating: 0x20, count: (8 - header.count % 8) % 8))
+        var out = Data(capacity: 8 + header.count + end)
+        withUnsafeBytes(of: UInt64(header.count).littleEndian) { out.append(contentsOf: $0) }
+        out.append(header)
+        for t in layout { out.append(t.bytes) }
+        return out
+    }
+
+    /// Writes ``encode(_:metadata:)`` of `tensors` to `path` atomically (temporary file, fsync, rename): a
+    /// failed write keeps the previous file. Returns the bytes written.
+    @discardableResult
+    public static func write(_ tensors: [SafetensorsTensor], metadata: [String: String] = [:], to path: String) throws -> Int {
+        let data = try encode(tensors, metadata: metadata)
+        try AtomicFile.write(data, to: path)
+        return data.count
+    }
+
+    /// `text` as a JSON string literal.
+    static func jsonString(_ text: String) throws -> String {
+        String(decoding: try JSONSerialization.data(withJSONObject: text, options: [.fragmentsAllowed, .withoutEscapingSlashes]), as: UTF8.self)
+    }
+}
+
 extension SegmentationModel {
+    /// The metadata ``save(safetensors:metadata:)`` writes: `format` `pt` (what PyTorch's own writer
+    /// records), `attunet_model_config` (the checkpoint's `model_config` JSON: kind, classes, input channels,
+    /// feature scale, align_corners) and `attunet_weights_sha256` (``Checkpoint/weightsDigest(_:)``).
+    public func safetensorsMetadata() throws -> [String: String] {
+        let encoder = JSONEncoder()
+        encoder.outputFormatting = [.sortedKeys]
+        return ["format": "pt",
+                "attunet_model_config": String(decoding: try encoder.encode(config), as: UTF8.self),
+                "attunet_weights_sha256": Checkpoint.weightsDigest(self)]
+    }
+
+    /// The model's `state_dict` as safetensors tensors, in the original class's order: float32 in PyTorch's
+    /// shape and axis order, `num_batches_tracked` as int64 scalars. A non-finite value is an error naming
+    /// the tensor: loading refuses such a file, so none is written.
+    public func safetensorsTensors() throws -> [SafetensorsTensor] {
+        try StateDict.tensors(of: self).map { t in
+            if let bad = t.values.firstIndex(where: { !$0.isFinite }) {
+                throw AttunetError("tensor \(t.name) has a non-finite value at element \(bad); not written")
+            }
+            return t.isCounter ? SafetensorsTensor(name: t.name, shape: [], int64s: [Int64(t.values[0])])
+                               : SafetensorsTensor(name: t.name, shape: t.shape, floats: t.values)
+        }
+    }
+
+    /// Writes the model's `state_dict` to `path` as safetensors, atomically, with ``safetensorsMetadata()``
+    /// and `metadata` (which wins on a shared key) in the header: the file the original class loads with
+    /// `load_state_dict(safetensors.torch.load_file(path), strict=True)`. Returns the bytes written.
+    @discardableResult
+    public func save(safetensors path: String, metadata: [String: String] = [:]) throws -> Int {
+        try SafetensorsFile.write(try safetensorsTensors(), metadata: try safetensorsMetadata().merging(metadata) { $1 }, to: path)
+    }
+
     /// Infers the architecture from a state_dict's names and shapes: attention blocks present or not, input
-    /// channels and feature scale from `conv1.conv1.0.weight`, classes from `final.weight`.
+    /// channels and feature scale from `conv1.conv1.0.weight` (or a preset's feature scale, 3.82 or 3, when
+    /// the widths of `conv1` ... `center` are that preset's), classes from `final.weight`.
     public static func inferConfig(names: Set<String>, shape: (String) -> [Int]?, alignCorners: Bool = false) throws -> ModelConfig {
         guard let c1 = shape("conv1.conv1.0.weight"), c1.count == 5, let fin = shape("final.weight"), fin.count == 5 else {
             throw AttunetError("not a state_dict of unet_CT_multi_att_dsv_3D or unet_CT_dsv_3D (conv1.conv1.0.weight / final.weight missing)")
@@ -90,6 +211,17 @@ extension SegmentationModel {
         let config = ModelConfig(kind: kind, inChannels: c1[1], classes: fin[0], featureScale: 64.0 / Double(c1[0]),
                                  alignCorners: alignCorners)
         if let problem = config.problem { throw AttunetError("not a state_dict attunet can load: \(problem)") }
+        // conv1's width alone cannot tell the scales whose deeper widths truncate differently (3.82 gives 16,
+        // 33, 67, 134, 268; 4 gives 16, 32, 64, 128, 256): the presets' scales are tried against every
+        // level's width. When none fits, loading names the first tensor whose shape differs.
+        let widths = ["conv1", "conv2", "conv3", "conv4", "center"].map { shape("\($0).conv1.0.weight")?.first }
+        for preset in [nil] + ModelKind.allCases.filter({ $0.presetFeatureScale != nil }) {
+            let candidate = preset.map {
+                ModelConfig(kind: kind == .unet ? $0 : kind, inChannels: c1[1], classes: fin[0],
+                            featureScale: $0.presetFeatureScale!, alignCorners: alignCorners)
+            } ?? config
+            if candidate.filters.map(Optional.some) == widths { return candidate }
+        }
         return config
     }
 

@@ -47,6 +47,41 @@ public enum StateDict {
         }
     }
 
+    /// One tensor of a model's PyTorch `state_dict`: its name, PyTorch shape and values in PyTorch's axis order.
+    /// `num_batches_tracked` counters are `isCounter`, shape `[]`, one value (an int64 in PyTorch).
+    public struct NamedTensor: Sendable {
+        public let name: String
+        public let shape: [Int]
+        public let values: [Float]
+        public var isCounter: Bool { StateDict.isCounter(name) }
+    }
+
+    /// Every parameter and buffer of `model` as the original class's `state_dict()` returns them, in its
+    /// order: PyTorch lists each module's parameters, then its buffers, module by module. Our two stores each
+    /// keep registration order, so a BatchNorm's buffers follow its last parameter.
+    public static func tensors(of model: SegmentationModel) -> [NamedTensor] {
+        func module(_ name: String) -> Substring { name[..<(name.lastIndex(of: ".") ?? name.endIndex)] }
+        func named(_ store: ParameterStore, _ e: ParameterEntry) -> NamedTensor {
+            let src = store.values.pointer + e.offset
+            if isCounter(e.name) { return NamedTensor(name: e.name, shape: [], values: [src[0]]) }
+            var out = [Float](repeating: 0, count: e.count)
+            out.withUnsafeMutableBufferPointer { convert(src, $0.baseAddress!, ourShape: e.shape) }
+            return NamedTensor(name: e.name, shape: torchShape(e.shape), values: out)
+        }
+        let params = model.params.entries, buffers = model.buffers.entries
+        var result: [NamedTensor] = [], next = 0
+        for (i, e) in params.enumerated() {
+            result.append(named(model.params, e))
+            guard i + 1 == params.count || module(params[i + 1].name) != module(e.name) else { continue }
+            while next < buffers.count && module(buffers[next].name) == module(e.name) {
+                result.append(named(model.buffers, buffers[next]))
+                next += 1
+            }
+        }
+        result += buffers[next...].map { named(model.buffers, $0) }
+        return result
+    }
+
     /// Loads every parameter and buffer of `model` from `group`; a missing name, an unexpected name (`strict`)
     /// or a wrong shape is an error naming the file, the tensor and both shapes. Nothing is changed unless the
     /// whole set matches.
