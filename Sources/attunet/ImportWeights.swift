@@ -47,11 +47,16 @@ struct ImportWeights: ParsableCommand {
             model = try Checkpoint.load(input)   // verified: checksums and the stored weights digest
         } else {
             let f = try SafetensorsFile(input)
-            let config: ModelConfig
+            var config: ModelConfig
             do {
                 config = try SegmentationModel.inferConfig(names: Set(f.entries.keys), shape: { f.entries[$0]?.shape },
                                                            alignCorners: alignCorners)
             } catch let e as AttunetError { throw AttunetError("\(input): \(e.message)", kind: e.kind) }
+            // A file from `attunet export-weights` records the model configuration: its upsampling mode is kept.
+            if let json = f.metadata["attunet_model_config"],
+               let recorded = try? JSONDecoder().decode(ModelConfig.self, from: Data(json.utf8)), recorded.alignCorners {
+                config.alignCorners = true
+            }
             model = SegmentationModel(config)
             try model.load(safetensors: f)
         }
