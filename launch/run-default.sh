@@ -53,6 +53,6 @@ To scale up to the paper:
   a stopped run   rerun the same command: finished folds are skipped, an unfinished one resumes
   on a cluster    STORE=ct.h5 sbatch cluster/cv.sbatch, or cluster/submit-cv-array.sh (a job per fold;
                   see README.md, Running on a cluster)
-  segment, score  attunet predict --checkpoint runs/ct/fold_0/attention-unet/checkpoint_best.h5 --input scans/ --out pred
-                  attunet evaluate --pred pred --ref labels
+  segment, score  attunet predict --cv-dir runs/ct --input imagesTs/ --out pred   (the folds' ensemble)
+                  attunet evaluate --pred pred --ref labelsTs
 EOF
