@@ -36,6 +36,8 @@ public struct RunFolder: Sendable, Equatable {
     public var summaryCSV: URL { file("summary.csv") }
     /// The same as `summary.csv`, structured.
     public var summaryJSON: URL { file("summary.json") }
+    /// TensorBoard event files (one per process that trained this run), a run of `tensorboard --logdir`.
+    public var tensorBoard: URL { file("tensorboard") }
     /// A box plot of the test Dice per class and model.
     public var summarySVG: URL { file("summary.svg") }
 

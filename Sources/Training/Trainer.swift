@@ -199,7 +199,7 @@ public final class Trainer {
             model.training = true
             loader.startEpoch(epoch, fromStep: state.stepInEpoch)
             let t0 = Date()
-            var lossSum = 0.0, lossCount = 0, loadWait = 0.0
+            var lossSum = 0.0, lossCount = 0, loadWait = 0.0, phases = StepTimes()
             for stepIndex in state.stepInEpoch..<steps {
                 let w0 = Date()
                 guard let batch = try loader.next() else { break }
@@ -215,6 +215,7 @@ public final class Trainer {
                 watchdog.context = "the end of global step \(state.globalStep) (epoch \(epoch + 1))"
                 state.globalStep += 1
                 lossSum += result.loss; lossCount += 1
+                phases.add(result.times)
                 if interactive { drawProgressBar(epoch: epoch, step: stepIndex + 1, of: steps, loss: lossSum / Double(lossCount), since: t0) }
                 if result.stopRequested {
                     state.stepInEpoch = stepIndex + 1
@@ -229,7 +230,8 @@ public final class Trainer {
             state.epoch += 1
             state.stepInEpoch = 0
             let record = try endEpoch(&state, trainLoss: lossCount > 0 ? lossSum / Double(lossCount) : .nan,
-                                      seconds: seconds, patches: lossCount * config.batch)
+                                      seconds: seconds, patches: lossCount * config.batch,
+                                      phases: lossCount > 0 ? phases.scaled(by: 1 / Double(lossCount)) : nil)
             lastRecord = record
             if comm.isRoot && context.verbose { printEpoch(record, loadWait: loadWait, steps: lossCount) }
             // A stop requested during validation or checkpointing is honoured at the epoch boundary.
@@ -291,16 +293,18 @@ public final class Trainer {
     }
 
     /// Validates when due, then logs the epoch and writes the checkpoints (rank 0).
-    private func endEpoch(_ state: inout TrainingState, trainLoss: Double, seconds: Double, patches: Int) throws -> EpochRecord {
+    private func endEpoch(_ state: inout TrainingState, trainLoss: Double, seconds: Double, patches: Int,
+                          phases: StepTimes?) throws -> EpochRecord {
         let last = state.epoch == config.epochs
         var dice: [Double] = []
         if !config.validationCases.isEmpty && (last || state.epoch % max(config.validateEvery, 1) == 0) {
             FaultHooks.enter(.validate)
             dice = try validate()
         }
-        let record = EpochRecord(epoch: state.epoch - 1, step: state.globalStep, trainLoss: trainLoss,
+        var record = EpochRecord(epoch: state.epoch - 1, step: state.globalStep, trainLoss: trainLoss,
                                  learningRate: optimizer.learningRate, validationDice: dice, seconds: seconds,
                                  patchesPerSecond: Double(patches) / max(seconds, 1e-9))
+        record.phases = phases
         let improved = !dice.isEmpty && record.meanDice! > state.bestDice
         if improved { state.bestDice = record.meanDice!; state.bestEpoch = record.epoch }
         if comm.isRoot {
@@ -433,10 +437,20 @@ public struct StepTimeout: Sendable {
 }
 
 /// Seconds spent in each phase of one optimizer step.
-public struct StepTimes: Sendable, Equatable {
+public struct StepTimes: Sendable, Equatable, Codable {
     public var forward = 0.0, loss = 0.0, backward = 0.0, allReduce = 0.0, update = 0.0
     public init() {}
     public var total: Double { forward + loss + backward + allReduce + update }
+    /// Adds `o`'s phases to these.
+    public mutating func add(_ o: StepTimes) {
+        forward += o.forward; loss += o.loss; backward += o.backward; allReduce += o.allReduce; update += o.update
+    }
+    /// These phases times `f`.
+    public func scaled(by f: Double) -> StepTimes {
+        var s = self
+        s.forward *= f; s.loss *= f; s.backward *= f; s.allReduce *= f; s.update *= f
+        return s
+    }
 }
 
 /// What one optimizer step did.

@@ -19,6 +19,9 @@ public struct EpochRecord: Codable, Sendable, Equatable {
     public var seconds: Double
     /// Training throughput over the epoch (patches per second, all ranks together).
     public var patchesPerSecond: Double
+    /// The mean seconds of a step's phases on rank 0 over the epoch (nil: not measured). Not in `log.csv`;
+    /// written to the TensorBoard events.
+    public var phases: StepTimes?
 
     /// Memberwise initializer.
     public init(epoch: Int, step: Int, trainLoss: Double, learningRate: Double,
@@ -59,6 +62,12 @@ public final class TrainingLog {
     public var csvURL: URL { RunFolder(directory).log }
     /// `directory/progress.svg`.
     public var svgURL: URL { RunFolder(directory).progress }
+    /// Write every appended record to TensorBoard event files in `directory/tensorboard` as well.
+    public var writesTensorBoard = true
+    private var events: TensorBoardEvents?
+    /// The global step a resumed run continues from (``load(keepBefore:)``): the events an earlier process
+    /// wrote from there on are marked for TensorBoard to drop.
+    private var resumedAfterStep: Int?
 
     /// classNames: foreground class names in order (e.g. ["spleen", "pancreas", "kidney"]).
     /// Nothing is read or written until `load` or `append`; the directory is created on the first append.
@@ -80,6 +89,7 @@ public final class TrainingLog {
     /// Throws an error naming the file and line for unreadable content, and when the file has
     /// a different number of Dice columns than `classNames`.
     public func load(keepBefore epoch: Int) throws {
+        defer { resumedAfterStep = records.last?.step ?? 0 }
         let url = csvURL
         guard FileManager.default.fileExists(atPath: url.path) else {
             records = []
@@ -161,6 +171,32 @@ public final class TrainingLog {
         }
         try AtomicFile.write(csv(), to: csvURL.path)
         try AtomicFile.write(svg(), to: svgURL.path)
+        if writesTensorBoard { try writeEvents(r) }
+    }
+
+    /// The record's scalars at its global step: training loss, learning rate, throughput, epoch time, the
+    /// step phases and, when validated, the Dice per class and their mean.
+    func writeEvents(_ r: EpochRecord) throws {
+        if events == nil {
+            let e = try TensorBoardEvents(directory: RunFolder(directory).tensorBoard.path)
+            // A fresh run starts at 0 (events of an earlier run in this folder are dropped), a resumed one after
+            // its last kept epoch.
+            try e.start(step: (resumedAfterStep ?? -1) + 1)
+            events = e
+        }
+        var values: [(tag: String, value: Double)] = [
+            ("train/loss", r.trainLoss), ("train/learning_rate", r.learningRate),
+            ("train/patches_per_s", r.patchesPerSecond), ("time/epoch_s", r.seconds),
+        ]
+        if let p = r.phases {
+            values += [("time/step_forward_s", p.forward), ("time/step_loss_s", p.loss), ("time/step_backward_s", p.backward),
+                       ("time/step_allreduce_s", p.allReduce), ("time/step_update_s", p.update)]
+        }
+        if let mean = r.meanDice {
+            values += zip(classNames, r.validationDice).map { ("validation/dice_\(Self.sanitize($0))", $1) }
+            values.append(("validation/mean_dice", mean))
+        }
+        try events!.scalars(values, step: r.step)
     }
 
     /// The CSV document (header plus one line per record) for the current records.
