@@ -106,7 +106,7 @@ struct Predict: ParsableCommand {
         }
         if tta && ttaAxes != nil { throw ValidationError("give --tta (the training's axes) or --tta-axes, not both") }
         _ = try mirrorAxes()
-        _ = try foldList()
+        do { _ = try FoldEnsemble.folds(parsing: folds) } catch let e as AttunetError { throw ValidationError(e.message) }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
     }
 
@@ -119,16 +119,6 @@ struct Predict: ParsableCommand {
         return axes
     }
 
-    func foldList() throws -> [Int]? {
-        if folds == "all" { return nil }
-        return try folds.split(separator: ",").map {
-            guard let k = Int($0.trimmingCharacters(in: .whitespaces)), k >= 0 else {
-                throw ValidationError("--folds: '\($0)' is not a fold index (all, or e.g. 0,2)")
-            }
-            return k
-        }
-    }
-
     func run() throws {
         Parallelism.threads = threads
         let comm = try MPICommunicator()
@@ -139,7 +129,7 @@ struct Predict: ParsableCommand {
         var models = checkpoints.count > 1 ? "an ensemble of \(checkpoints.count) checkpoints" : checkpoints.first ?? ""
         var paths = checkpoints
         if let cvDir {
-            let e = try FoldEnsemble(run: cvDir, model: model, folds: try foldList(), which: which)
+            let e = try FoldEnsemble(run: cvDir, model: model, folds: try FoldEnsemble.folds(parsing: folds), which: which)
             paths = e.checkpoints
             models = "\(e.model) folds \(e.folds.map(String.init).joined(separator: ",")) of \(cvDir) (\(which.rawValue))"
         }

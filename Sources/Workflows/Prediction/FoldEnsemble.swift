@@ -23,6 +23,17 @@ public struct FoldEnsemble: Sendable, Equatable {
     /// The model names the run trained, in report order.
     public var models: [String]
 
+    /// The folds of `--folds`: `all` (nil) or comma-separated fold indices ("0,2").
+    public static func folds(parsing text: String) throws -> [Int]? {
+        if text == "all" { return nil }
+        return try text.split(separator: ",").map {
+            guard let k = Int($0.trimmingCharacters(in: .whitespaces)), k >= 0 else {
+                throw AttunetError("--folds: '\($0)' is not a fold index (all, or e.g. 0,2)")
+            }
+            return k
+        }
+    }
+
     /// Finds the checkpoints of `model` (nil: the run's first model) for `folds` (nil: all) in the CV folder
     /// `run`. Every error names the folder or file and what is missing.
     public init(run: String, model: String?, folds: [Int]?, which: Which) throws {
