@@ -87,13 +87,13 @@ def main():
     out = {
         "framework": f"PyTorch {torch.__version__}", "model": a.model, "parameters": params, "patch": [x, y, z],
         "batch": batch, "threads": torch.get_num_threads(), "mode": "inference" if a.infer else "training",
-        "timedSteps": a.steps, "warmupSteps": a.warmup,
-        "stepSeconds": {"median": median, "fastest": min(walls), "slowest": max(walls)},
-        "patchesPerSecond": batch / median, "voxelsPerSecond": batch * x * y * z / median,
+        "timed_steps": a.steps, "warmup_steps": a.warmup,
+        "step_seconds": {"median": median, "fastest": min(walls), "slowest": max(walls)},
+        "patches_per_second": batch / median, "voxels_per_second": batch * x * y * z / median,
         "phases": phases if not a.infer else {},
-        "peakResidentBytes": faults1.ru_maxrss * 1024,
-        "minorFaultsPerStep": (faults1.ru_minflt - faults0.ru_minflt) / a.steps,
-        "majorFaultsPerStep": (faults1.ru_majflt - faults0.ru_majflt) / a.steps,
+        "peak_resident_bytes": faults1.ru_maxrss * 1024,
+        "minor_faults_per_step": (faults1.ru_minflt - faults0.ru_minflt) / a.steps,
+        "major_faults_per_step": (faults1.ru_majflt - faults0.ru_majflt) / a.steps,
     }
     print(json.dumps(out, indent=1, sort_keys=True))
 

@@ -101,17 +101,17 @@ def spread(v): return f"{statistics.median(v):.2f}x (range {min(v):.2f}-{max(v):
 summary, ok = {}, []
 def section(name, title):
     o, t = load(name, "ours"), load(name, "torch")
-    speed = [a["patchesPerSecond"] / b["patchesPerSecond"] for a, b in zip(o, t)]
-    per_sample = lambda j, n: max(j["peakResidentBytes"]) / j["batchPerRank"] if isinstance(j["peakResidentBytes"], list) else j["peakResidentBytes"] / n
-    mem = [per_sample(a, 1) / (b["peakResidentBytes"] / b["batch"]) for a, b in zip(o, t)]
-    faults = max(max(a["minorFaultsPerStep"]) for a in o)
+    speed = [a["patches_per_second"] / b["patches_per_second"] for a, b in zip(o, t)]
+    per_sample = lambda j, n: max(j["peak_resident_bytes"]) / j["batch_per_rank"] if isinstance(j["peak_resident_bytes"], list) else j["peak_resident_bytes"] / n
+    mem = [per_sample(a, 1) / (b["peak_resident_bytes"] / b["batch"]) for a, b in zip(o, t)]
+    faults = max(max(a["minor_faults_per_step"]) for a in o)
     print(f"\n{title}")
-    print(f"  attunet  {statistics.median([a['patchesPerSecond'] for a in o]):.3f} patches/s, step {statistics.median([a['stepSeconds']['median'] for a in o]):.3f} s, "
-          f"peak {max(max(a['peakResidentBytes']) for a in o) / 2**30:.2f} GiB per rank ({o[0]['batchPerRank']} sample(s) per rank), {faults:.0f} page faults per step")
-    print(f"  PyTorch  {statistics.median([b['patchesPerSecond'] for b in t]):.3f} patches/s, step {statistics.median([b['stepSeconds']['median'] for b in t]):.3f} s, "
-          f"peak {max(b['peakResidentBytes'] for b in t) / 2**30:.2f} GiB ({t[0]['batch']} sample(s)), {max(b['minorFaultsPerStep'] for b in t):.0f} page faults per step")
+    print(f"  attunet  {statistics.median([a['patches_per_second'] for a in o]):.3f} patches/s, step {statistics.median([a['step_seconds']['median'] for a in o]):.3f} s, "
+          f"peak {max(max(a['peak_resident_bytes']) for a in o) / 2**30:.2f} GiB per rank ({o[0]['batch_per_rank']} sample(s) per rank), {faults:.0f} page faults per step")
+    print(f"  PyTorch  {statistics.median([b['patches_per_second'] for b in t]):.3f} patches/s, step {statistics.median([b['step_seconds']['median'] for b in t]):.3f} s, "
+          f"peak {max(b['peak_resident_bytes'] for b in t) / 2**30:.2f} GiB ({t[0]['batch']} sample(s)), {max(b['minor_faults_per_step'] for b in t):.0f} page faults per step")
     print(f"  throughput attunet/PyTorch {spread(speed)}; peak memory per sample attunet/PyTorch {spread(mem)}")
-    summary[name] = {"speedRatio": speed, "memoryRatio": mem, "attunet": o, "pytorch": t}
+    summary[name] = {"speed_ratio": speed, "memory_ratio": mem, "attunet": o, "pytorch": t}
     return o, speed, mem, faults
 o1, s1, m1, f1 = section("one", "training, 1 rank x 1 thread vs PyTorch 1 thread")
 ok.append(("training 1 rank >= 2x PyTorch 1 thread", statistics.median(s1) >= 2))
@@ -121,15 +121,15 @@ if ranks > 1:
     on, sn, mn, fn = section("many", f"training, {ranks} ranks x 1 thread vs PyTorch {ranks} threads")
     ok.append((f"training {ranks} ranks >= 2x PyTorch {ranks} threads", statistics.median(sn) >= 2))
     ok.append((f"peak memory per sample <= PyTorch's ({ranks} ranks)", statistics.median(mn) <= 1))
-    scale = [a["patchesPerSecond"] / b["patchesPerSecond"] for a, b in zip(on, o1)]
+    scale = [a["patches_per_second"] / b["patches_per_second"] for a, b in zip(on, o1)]
     print(f"\nscaling: {ranks} ranks / 1 rank throughput {spread(scale)}")
     summary["scaling"] = scale
     ok.append((f"{ranks}-rank scaling >= {0.95 * ranks:.2f}x", statistics.median(scale) >= 0.95 * ranks))
     ot, st, mt, ft = section("threads", f"training, 1 rank x {ranks} threads vs PyTorch {ranks} threads")
     ok.append((f"training 1 rank x {ranks} threads >= 2x PyTorch {ranks} threads", statistics.median(st) >= 2))
-    tscale = [a["patchesPerSecond"] / b["patchesPerSecond"] for a, b in zip(ot, o1)]
+    tscale = [a["patches_per_second"] / b["patches_per_second"] for a, b in zip(ot, o1)]
     print(f"\nthread scaling: 1 rank x {ranks} threads / 1 thread throughput {spread(tscale)}")
-    summary["threadScaling"] = tscale
+    summary["thread_scaling"] = tscale
     ok.append((f"{ranks}-thread scaling in one rank >= {0.925 * ranks:.2f}x", statistics.median(tscale) >= 0.925 * ranks))
 oi, si, mi, fi = section("infer", "inference, one patch, 1 rank x 1 thread vs PyTorch 1 thread")
 ok.append(("inference >= 2x PyTorch", statistics.median(si) >= 2))

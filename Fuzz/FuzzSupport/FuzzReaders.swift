@@ -83,8 +83,8 @@ public enum FuzzReaders {
                 try all([
                     { _ = try Checkpoint.config(of: file) },
                     { try TrainingCheckpoint.verifyState(in: file) },
-                    { _ = try JSONDecoder().decode(TrainingState.self, from: Foundation.Data(try file.root.stringAttribute("training_state").utf8)) },
-                    { _ = try JSONDecoder().decode(TrainConfig.self, from: Foundation.Data(try file.root.stringAttribute("train_config").utf8)) },
+                    { _ = try JSONFiles.decode(TrainingState.self, from: try file.root.stringAttribute("training_state")) },
+                    { _ = try JSONFiles.decode(TrainConfig.self, from: try file.root.stringAttribute("train_config")) },
                 ])
             },
         ])
@@ -120,7 +120,7 @@ public enum FuzzReaders {
     /// restart compares them, and a checkpoint's training state.
     public static func config(_ path: String) throws {
         guard let bytes = FileManager.default.contents(atPath: path) else { throw AttunetError("\(path): unreadable") }
-        let decoder = JSONDecoder()
+        let decoder = JSONFiles.decoder()
         try all([
             {
                 let c = try decoder.decode(TrainConfig.self, from: bytes)

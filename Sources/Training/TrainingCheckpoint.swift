@@ -51,18 +51,18 @@ public enum TrainingCheckpoint {
         }
         try Checkpoint.save(model, to: path) { f in
             let root = f.root
-            let configJSON = String(decoding: try JSONEncoder().encode(config), as: UTF8.self)
-            let stateJSON = String(decoding: try JSONEncoder().encode(state), as: UTF8.self)
+            let configJSON = try JSONFiles.string(config)
+            let stateJSON = try JSONFiles.string(state)
             try root.setAttribute("train_config", configJSON)
             try root.setAttribute("training_state", stateJSON)
             if let metrics {
-                try root.setAttribute("metrics", String(decoding: try JSONEncoder().encode(metrics), as: UTF8.self))
+                try root.setAttribute("metrics", try JSONFiles.string(metrics))
             }
             if let recipe {
-                try root.setAttribute(classNamesAttribute, String(decoding: try JSONEncoder().encode(recipe.classNames), as: UTF8.self))
+                try root.setAttribute(classNamesAttribute, try JSONFiles.string(recipe.classNames))
                 try root.setAttribute(PredictionRecipe.attribute, try recipe.json())
             }
-            let transferJSON = try transfer.map { String(decoding: try JSONEncoder().encode($0), as: UTF8.self) }
+            let transferJSON = try transfer.map { try JSONFiles.string($0) }
             if let transferJSON { try root.setAttribute(transferAttribute, transferJSON) }
             let opt = try root.createGroup("optimizer")
             try opt.setAttribute("kind", optimizer.kind.rawValue)
@@ -139,7 +139,7 @@ public enum TrainingCheckpoint {
         try verifyState(in: f)
         let root = f.root
         guard let stateJSON = try? root.stringAttribute("training_state"),
-              let state = try? JSONDecoder().decode(TrainingState.self, from: Data(stateJSON.utf8)) else {
+              let state = try? JSONFiles.decode(TrainingState.self, from: stateJSON) else {
             throw AttunetError("\(path): no training state (a weights-only checkpoint cannot be resumed)")
         }
         if state.storeFingerprint != storeFingerprint {
@@ -170,7 +170,7 @@ public enum TrainingCheckpoint {
     public static func transferReport(in file: H5File) throws -> TransferReport? {
         guard file.root.hasAttribute(transferAttribute) else { return nil }
         do {
-            return try JSONDecoder().decode(TransferReport.self, from: Data(try file.root.stringAttribute(transferAttribute).utf8))
+            return try JSONFiles.decode(TransferReport.self, from: try file.root.stringAttribute(transferAttribute))
         } catch {
             throw AttunetError("\(file.path): unreadable \(transferAttribute) attribute")
         }
@@ -179,25 +179,25 @@ public enum TrainingCheckpoint {
     /// The training state a checkpoint records (nil: a weights-only checkpoint).
     public static func trainingState(in file: H5File) -> TrainingState? {
         guard let json = try? file.root.stringAttribute("training_state") else { return nil }
-        return try? JSONDecoder().decode(TrainingState.self, from: Data(json.utf8))
+        return try? JSONFiles.decode(TrainingState.self, from: json)
     }
 
     /// The run configuration a checkpoint records (nil: a weights-only checkpoint).
     public static func trainConfig(in file: H5File) -> TrainConfig? {
         guard let json = try? file.root.stringAttribute("train_config") else { return nil }
-        return try? JSONDecoder().decode(TrainConfig.self, from: Data(json.utf8))
+        return try? JSONFiles.decode(TrainConfig.self, from: json)
     }
 
     /// The last epoch's record a checkpoint holds (nil: none, e.g. the initial weights of `--epochs 0`).
     public static func metrics(in file: H5File) -> EpochRecord? {
         guard let json = try? file.root.stringAttribute("metrics") else { return nil }
-        return try? JSONDecoder().decode(EpochRecord.self, from: Data(json.utf8))
+        return try? JSONFiles.decode(EpochRecord.self, from: json)
     }
 
     /// The class names a checkpoint records (nil: written before attunet recorded them, or not by `train`).
     public static func classNames(in file: H5File) -> [String]? {
         guard let json = try? file.root.stringAttribute(classNamesAttribute) else { return nil }
-        return try? JSONDecoder().decode([String].self, from: Data(json.utf8))
+        return try? JSONFiles.decode([String].self, from: json)
     }
 
     /// `Checkpoint.weightsDigest(_:)`: the SHA-256 of the weights and BN buffers that a checkpoint stores and

@@ -1,6 +1,7 @@
 import ArgumentParser
 import Foundation
 import NN
+import Support
 import Tensor
 
 /// `attunet bench`: speed measurements of the building blocks on this machine.
@@ -125,9 +126,7 @@ extension Bench {
                 sgemm1024GFlops: sgemmRate, sgemm1024StartEnd: [sgemmStart, sgemmEnd], convs: convs, all: Self.total(convs, sgemm: sgemmRate), memoryBound: memoryBound,
                 seconds: seconds, notes: notes)
             if json {
-                let enc = JSONEncoder()
-                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
-                print(String(decoding: try enc.encode(report), as: UTF8.self))
+                print(String(decoding: try JSONFiles.data(report), as: UTF8.self))
             } else {
                 Self.printTable(report)
             }

@@ -107,8 +107,7 @@ extension Bench {
             guard comm.isRoot else { return }
             let scaling = reports.count > 1 ? ThreadScaling(reports) : nil
             if json {
-                let enc = JSONEncoder()
-                enc.outputFormatting = [.prettyPrinted, .sortedKeys]
+                let enc = JSONFiles.encoder()
                 // One report as before; with several counts, the reports and the scaling.
                 struct Scaled: Encodable { var runs: [TrainingBenchReport]; var scaling: ThreadScaling }
                 let data = try scaling.map { try enc.encode(Scaled(runs: reports, scaling: $0)) } ?? enc.encode(reports[0])

@@ -3,6 +3,7 @@ import DataPipeline
 import Collectives
 import Foundation
 import HDF5Kit
+import Support
 import Tensor
 
 /// `attunet doctor`: what every rank sees, and whether the setup will run at full speed.
@@ -46,7 +47,7 @@ struct Doctor: ParsableCommand {
 
         // Fixed-size blocks so one Allgather collects every rank's report.
         let blockSize = 2048
-        var block = [UInt8](try JSONEncoder().encode(report))
+        var block = [UInt8](try JSONFiles.compactEncoder().encode(report))
         precondition(block.count < blockSize, "doctor report too large")
         block += [UInt8](repeating: 0, count: blockSize - block.count)
         let all = try block.withUnsafeBytes { try comm.allGather(bytes: $0) }
@@ -54,7 +55,7 @@ struct Doctor: ParsableCommand {
         guard comm.isRoot else { return }
         let reports: [Report] = try (0..<comm.size).map { r in
             let bytes = all[(r * blockSize)..<((r + 1) * blockSize)].prefix { $0 != 0 }
-            return try JSONDecoder().decode(Report.self, from: Data(bytes))
+            return try JSONFiles.decode(Report.self, from: Data(bytes))
         }
         print("attunet doctor: \(comm.size) rank(s)")
         for r in reports {

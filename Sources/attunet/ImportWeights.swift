@@ -54,7 +54,7 @@ struct ImportWeights: ParsableCommand {
             } catch let e as AttunetError { throw AttunetError("\(input): \(e.message)", kind: e.kind) }
             // A file from `attunet export-weights` records the model configuration: its upsampling mode is kept.
             if let json = f.metadata["attunet_model_config"],
-               let recorded = try? JSONDecoder().decode(ModelConfig.self, from: Data(json.utf8)), recorded.alignCorners {
+               let recorded = try? JSONFiles.decode(ModelConfig.self, from: json), recorded.alignCorners {
                 config.alignCorners = true
             }
             model = SegmentationModel(config)

@@ -99,10 +99,8 @@ struct Train: ParsableCommand {
         }
         if comm.isRoot {
             try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
-            let enc = JSONEncoder()
-            enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-            try AtomicFile.write(try enc.encode(config), to: folder.config.path)
-            try AtomicFile.write(try enc.encode(["train": trainIDs, "validation": valIDs]),
+            try AtomicFile.write(try JSONFiles.data(config), to: folder.config.path)
+            try AtomicFile.write(try JSONFiles.data(["train": trainIDs, "validation": valIDs]),
                                  to: folder.splits.path)
         }
         try comm.barrier()

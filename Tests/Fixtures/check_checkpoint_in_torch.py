@@ -31,8 +31,11 @@ def build(cfg):
     feature scale (stored in model_config)."""
     cls = mf.unet_CT_multi_att_dsv_3D if cfg['kind'] == 'attention-unet' else mf.unet_CT_dsv_3D
     assert cfg['kind'] in ('attention-unet', 'unet', 'unet-capacity-matched', 'unet-10m'), cfg['kind']
-    return cls(feature_scale=cfg['featureScale'], n_classes=cfg['classes'], in_channels=cfg['inChannels'],
-               align_corners=cfg['alignCorners'])
+    # snake_case keys; checkpoints written before attunet used snake_case have camelCase ones.
+    def key(snake, camel):
+        return cfg[snake] if snake in cfg else cfg[camel]
+    return cls(feature_scale=key('feature_scale', 'featureScale'), n_classes=cfg['classes'],
+               in_channels=key('in_channels', 'inChannels'), align_corners=key('align_corners', 'alignCorners'))
 
 
 def read_checkpoint(path):

@@ -1,5 +1,6 @@
 import Foundation
 import NN
+import Support
 import TestSupport
 import XCTest
 
@@ -60,7 +61,7 @@ final class SafetensorsWriterTests: XCTestCase {
             let f = try SafetensorsFile(path)
             XCTAssertEqual(f.metadata["format"], "pt")
             XCTAssertEqual(f.metadata["attunet_weights_sha256"], Checkpoint.weightsDigest(m))
-            XCTAssertEqual(try JSONDecoder().decode(ModelConfig.self, from: Data(f.metadata["attunet_model_config"]!.utf8)), config)
+            XCTAssertEqual(try JSONFiles.decode(ModelConfig.self, from: f.metadata["attunet_model_config"]!), config)
             let batchNorms = m.buffers.entries.count / 3
             XCTAssertEqual(f.entries.count, m.params.entries.count + m.buffers.entries.count)
             XCTAssertEqual(f.entries.values.filter { $0.dtype == "I64" }.count, batchNorms)

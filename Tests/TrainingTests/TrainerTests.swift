@@ -260,9 +260,9 @@ final class TrainerTests: PhantomRunTestCase {
         // Other settings than the run's are refused, naming the first difference; more epochs are not.
         r = try TestEnv.run(try trainCommand(ranks: 1, out: "run", extra: "--resume --weight-decay 1e-5", epochs: 2))
         XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
-        XCTAssertEqual(r.stderr, "error: \(latest): this command's settings differ from the run's: weightDecay: 1e-05 (was 1e-06); resume with the run's options (its config.json) or start afresh with --force\n")
+        XCTAssertEqual(r.stderr, "error: \(latest): this command's settings differ from the run's: weight_decay: 1e-05 (was 1e-06); resume with the run's options (its config.json) or start afresh with --force\n")
         r = try TestEnv.run(try trainCommand(ranks: 1, out: "run", extra: "--resume --foreground-fraction 0.5", epochs: 2))
-        XCTAssertTrue(r.stderr.contains("foregroundFraction: 0.5 (was 0.3333333333333333)"), r.stderr)
+        XCTAssertTrue(r.stderr.contains("foreground_fraction: 0.5 (was 0.3333333333333333)"), r.stderr)
         XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: latest)), good, "a refused resume must not touch the checkpoint")
         try good.prefix(good.count / 3).write(to: URL(fileURLWithPath: latest))
         r = try TestEnv.run(try trainCommand(ranks: 1, out: "run", extra: "--resume", epochs: 2))

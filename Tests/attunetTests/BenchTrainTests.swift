@@ -20,20 +20,20 @@ final class BenchTrainTests: XCTestCase {
             let j = try report("\(prefix)\(TestEnv.attunet) bench train --batch 2 \(small)")
             XCTAssertEqual(j["mode"] as? String, "training")
             XCTAssertEqual(j["ranks"] as? Int, ranks)
-            XCTAssertEqual(j["batchPerRank"] as? Int, 2 / ranks)
+            XCTAssertEqual(j["batch_per_rank"] as? Int, 2 / ranks)
             XCTAssertEqual(j["parameters"] as? Int, 406_446, "attention-unet at feature scale 16")
             XCTAssertEqual(j["patch"] as? [Int], [32, 32, 16])
-            let step = try XCTUnwrap(j["stepSeconds"] as? [String: Double])
+            let step = try XCTUnwrap(j["step_seconds"] as? [String: Double])
             XCTAssertGreaterThan(step["median"] ?? 0, 0)
-            XCTAssertEqual(j["patchesPerSecond"] as? Double ?? 0, 2 / step["median"]!, accuracy: 1e-9)
+            XCTAssertEqual(j["patches_per_second"] as? Double ?? 0, 2 / step["median"]!, accuracy: 1e-9)
             let phases = try XCTUnwrap(j["phases"] as? [String: Double])
-            XCTAssertEqual(Set(phases.keys), ["data", "forward", "loss", "backward", "allReduce", "optimizer"])
-            for key in ["peakResidentBytes", "residentBytes", "residentBeforeStepsBytes", "recycledBytes"] {
+            XCTAssertEqual(Set(phases.keys), ["data", "forward", "loss", "backward", "all_reduce", "optimizer"])
+            for key in ["peak_resident_bytes", "resident_bytes", "resident_before_steps_bytes", "recycled_bytes"] {
                 let v = try XCTUnwrap(j[key] as? [Int], key)
                 XCTAssertEqual(v.count, ranks, key)
                 XCTAssertTrue(v.allSatisfy { $0 > 0 }, "\(key): \(v)")
             }
-            XCTAssertEqual((j["minorFaultsPerStep"] as? [Double])?.count, ranks)
+            XCTAssertEqual((j["minor_faults_per_step"] as? [Double])?.count, ranks)
 
             // Every layer of the model, once, in the order the forward pass runs them; their times lie within
             // the forward and backward phases.
@@ -48,9 +48,9 @@ final class BenchTrainTests: XCTestCase {
                 XCTAssertTrue(names.contains(name), "\(name) missing from \(names)")
             }
             let conv = try XCTUnwrap(layers.first { ($0["name"] as? String) == "conv1.conv2.0" })
-            XCTAssertEqual(conv["forwardFlop"] as? Double, 2 * 4 * 27 * 4 * Double(2 / ranks * 32 * 32 * 16),
+            XCTAssertEqual(conv["forward_flop"] as? Double, 2 * 4 * 27 * 4 * Double(2 / ranks * 32 * 32 * 16),
                            "4 -> 4 channels, 3x3x3, on the rank's patches")
-            let layerSeconds = layers.reduce(0.0) { $0 + ($1["forwardSeconds"] as? Double ?? 0) + ($1["backwardSeconds"] as? Double ?? 0) }
+            let layerSeconds = layers.reduce(0.0) { $0 + ($1["forward_seconds"] as? Double ?? 0) + ($1["backward_seconds"] as? Double ?? 0) }
             XCTAssertGreaterThan(layerSeconds, 0)
             XCTAssertLessThanOrEqual(layerSeconds, 1.01 * (phases["forward"]! + phases["backward"]!) + 1e-3,
                                      "rank 0's layers cannot take longer than the slowest rank's forward and backward")
@@ -60,12 +60,12 @@ final class BenchTrainTests: XCTestCase {
     func testInferenceModeTimesForwardPassesOfOnePatch() throws {
         let j = try report("\(TestEnv.attunet) bench train --inference \(small)")
         XCTAssertEqual(j["mode"] as? String, "inference")
-        XCTAssertEqual(j["batchPerRank"] as? Int, 1)
+        XCTAssertEqual(j["batch_per_rank"] as? Int, 1)
         let phases = try XCTUnwrap(j["phases"] as? [String: Double])
         XCTAssertGreaterThan(phases["forward"] ?? 0, 0)
         XCTAssertEqual(phases["backward"], 0)
         let layers = try XCTUnwrap(j["layers"] as? [[String: Any]])
-        XCTAssertTrue(layers.allSatisfy { ($0["backwardCalls"] as? Int) == 0 }, "inference ran a backward pass")
+        XCTAssertTrue(layers.allSatisfy { ($0["backward_calls"] as? Int) == 0 }, "inference ran a backward pass")
     }
 
     func testBadOptionsAreClearErrors() throws {

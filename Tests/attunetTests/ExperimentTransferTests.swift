@@ -47,9 +47,9 @@ final class ExperimentTransferTests: XCTestCase {
         let report = try JSONSerialization.jsonObject(with: Data(contentsOf: out.appendingPathComponent("transfer.json"))) as! [String: Any]
         let rows = report["rows"] as! [[String: Any]]
         XCTAssertEqual(rows.map { "\($0["protocol"]!) \($0["model"]!)" }, ["BFT unet", "AFT unet", "SCR unet"])
-        XCTAssertEqual(report["labelMap"] as? String, "2:1")
+        XCTAssertEqual(report["label_map"] as? String, "2:1")
         // Paired: each protocol tests every target case exactly once, on the same folds.
-        let cases = report["perCase"] as! [[String: Any]]
+        let cases = report["per_case"] as! [[String: Any]]
         var byProtocol: [String: [String]] = [:]
         for c in cases { byProtocol[c["model"] as! String, default: []].append("\(c["fold"]!)/\(c["case"]!)") }
         XCTAssertEqual(Set(byProtocol.keys), ["BFT unet", "AFT unet", "SCR unet"])
@@ -89,7 +89,7 @@ final class ExperimentTransferTests: XCTestCase {
             # AFT and SCR trained (their weights differ from each other and have the target's 2 classes).
             a = json.load(open(r'\(out.path)/target/aft-unet/fold_0/unet/results.json'))
             s = json.load(open(r'\(out.path)/target/scr/fold_0/unet/results.json'))
-            assert a['weightsSHA256'] != s['weightsSHA256']
+            assert a['weights_sha256'] != s['weights_sha256']
             assert a['parameters'] == s['parameters'] < \(model.parameterCount)
             """)
         let md = try String(contentsOf: out.appendingPathComponent("transfer.md"), encoding: .utf8)
@@ -108,7 +108,7 @@ final class ExperimentTransferTests: XCTestCase {
         XCTAssertEqual(try Data(contentsOf: out.appendingPathComponent("transfer.json")), first)
         let changed = try TestEnv.run(command + " --finetune-epochs 3")
         XCTAssertNotEqual(changed.status, 0)
-        XCTAssertTrue(changed.stderr.contains("config.json: this command differs") && changed.stderr.contains("fineTuneEpochs: 3 (was 1)"), changed.stderr)
+        XCTAssertTrue(changed.stderr.contains("config.json: this command differs") && changed.stderr.contains("fine_tune_epochs: 3 (was 1)"), changed.stderr)
     }
 
     /// Label maps are checked against both stores before anything trains; half-given stores, --classes and

@@ -26,8 +26,7 @@ public enum Checkpoint {
     public static func save(_ model: SegmentationModel, to path: String, extra: (H5File) throws -> Void = { _ in }) throws {
         try H5File.writeAtomically(path) { f in
             try f.root.setAttribute("format", format)
-            let json = String(decoding: try JSONEncoder().encode(model.config), as: UTF8.self)
-            try f.root.setAttribute("model_config", json)
+            try f.root.setAttribute("model_config", try JSONFiles.string(model.config))
             try StateDict.write(model, to: try f.root.createGroup("state_dict"))
             try f.root.setAttribute(weightsDigestAttribute, weightsDigest(model))
             try extra(f)
@@ -68,7 +67,7 @@ public enum Checkpoint {
             throw AttunetError("\(file.path): checkpoint format '\(format)' is newer than this attunet reads (\(Self.format))")
         }
         let json = try file.root.stringAttribute("model_config")
-        guard let config = try? JSONDecoder().decode(ModelConfig.self, from: Data(json.utf8)) else {
+        guard let config = try? JSONFiles.decode(ModelConfig.self, from: json) else {
             throw AttunetError("\(file.path): unreadable model_config attribute")
         }
         if let problem = config.problem { throw AttunetError("\(file.path): model_config: \(problem)", kind: .corrupt) }

@@ -172,10 +172,8 @@ extension SegmentationModel {
     /// records), `attunet_model_config` (the checkpoint's `model_config` JSON: kind, classes, input channels,
     /// feature scale, align_corners) and `attunet_weights_sha256` (``Checkpoint/weightsDigest(_:)``).
     public func safetensorsMetadata() throws -> [String: String] {
-        let encoder = JSONEncoder()
-        encoder.outputFormatting = [.sortedKeys]
         return ["format": "pt",
-                "attunet_model_config": String(decoding: try encoder.encode(config), as: UTF8.self),
+                "attunet_model_config": try JSONFiles.string(config),
                 "attunet_weights_sha256": Checkpoint.weightsDigest(self)]
     }
 

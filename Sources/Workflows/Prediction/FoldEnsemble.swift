@@ -42,7 +42,7 @@ public struct FoldEnsemble: Sendable, Equatable {
             throw AttunetError("\(run): not a cross-validation folder (no \(folder.config.lastPathComponent); attunet cv --out writes one)")
         }
         let config: CrossValidationConfig
-        do { config = try JSONDecoder().decode(CrossValidationConfig.self, from: data) } catch {
+        do { config = try JSONFiles.decode(CrossValidationConfig.self, from: data) } catch {
             throw AttunetError("\(folder.config.path): not a cross-validation configuration (\(error))")
         }
         models = config.models.map(\.kind.rawValue)
