@@ -29,9 +29,12 @@ public struct DatasetInput: Sendable {
 
     static let suffixes = [".nii.gz", ".nii"]
 
-    /// Case id of a NIfTI file name ("case_0000.nii.gz" -> "case": nnU-Net's channel suffix is dropped), or
-    /// nil for files that are not NIfTI or are hidden (macOS "._" files in the Decathlon archives).
-    static func caseID(_ name: String, dropChannel: Bool) -> String? {
+    /// The case id of a NIfTI file name: the name without `.nii.gz` or `.nii`, and with `dropChannel` (an
+    /// image's name, ``caseID(fileName:)``) also without nnU-Net's channel suffix ("case_0000.nii.gz" ->
+    /// "case"); without it (a label's or a prediction's name, as `prepare` pairs labels) the suffix stays
+    /// ("case_0001.nii.gz" -> "case_0001"). Nil for files that are not NIfTI or are hidden (macOS "._" files
+    /// in the Decathlon archives).
+    public static func caseID(_ name: String, dropChannel: Bool) -> String? {
         guard !name.hasPrefix("."), let suf = suffixes.first(where: { name.hasSuffix($0) }) else { return nil }
         var id = String(name.dropLast(suf.count))
         if dropChannel, channel(ofStem: id) != nil { id = String(id.dropLast(5)) }
