@@ -73,6 +73,13 @@ public struct CaseResult: Codable, Sendable, Equatable {
     public var seconds: Double
     /// Element c − 1 is class c.
     public var classes: [ClassMetrics]
+    /// Voxels of the case's label map (nil in results written before attunet recorded it: the summary then
+    /// has no TN).
+    public var voxels: Int?
+
+    public init(id: String, seconds: Double, classes: [ClassMetrics], voxels: Int?) {
+        self.id = id; self.seconds = seconds; self.classes = classes; self.voxels = voxels
+    }
 }
 
 /// A fold's results file (`fold_<k>/<model>/results.json`).
@@ -253,10 +260,9 @@ public final class CrossValidation {
         }
     }
 
+    /// A JSON file of the run folder (``JSONFiles``: snake_case keys, sorted, pretty-printed).
     static func json<T: Encodable>(_ value: T) throws -> Data {
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        return try enc.encode(value)
+        try JSONFiles.data(value)
     }
 
     /// Trains (or resumes) one fold of one model on `comm` (the world, or a fold-parallel group) and evaluates
@@ -329,7 +335,7 @@ public final class CrossValidation {
     static func readResults(_ path: String) throws -> FoldResults {
         guard let data = FileManager.default.contents(atPath: path) else { throw AttunetError("\(path): cannot read the fold's results") }
         do {
-            return try JSONDecoder().decode(FoldResults.self, from: data)
+            return try JSONFiles.decode(FoldResults.self, from: data)
         } catch {
             throw AttunetError("\(path): not a fold results file (\(error)); delete it to evaluate the fold again")
         }
@@ -356,20 +362,22 @@ public final class CrossValidation {
     }
 
     /// Segments the `test` cases of `store` (case i on rank i mod size) with `segment` (store index → label per
-    /// voxel), times each and measures it against the store's labels at the store's spacing; every rank gets
-    /// every case's result, in the order of `test`.
+    /// voxel), times each and scores it against the store's labels at the store's spacing (``Evaluator``);
+    /// every rank gets every case's result, in the order of `test`.
     static func measure(_ test: [String], of store: CaseStore, path: String, classes: Int,
                         definition: SurfaceDistanceDefinition, on comm: Communicator,
                         segment: (Int) throws -> [UInt8]) throws -> [CaseResult] {
         var mine: [CaseResult] = []
+        let evaluator = Evaluator(classes: classes, definition: definition)
         for (i, id) in test.enumerated() where i % comm.size == comm.rank {
             guard let c = store.index(of: id) else { throw AttunetError("\(path): no test case \(id)") }
             let t0 = DispatchTime.now().uptimeNanoseconds
             let pred = try segment(c)
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
-            let m = CaseMetrics.evaluate(prediction: pred, reference: try store.label(c), dim: store.cases[c].shape,
-                                         spacing: VoxelSpacing(store.spacing), classes: classes, definition: definition)
-            mine.append(CaseResult(id: id, seconds: seconds, classes: m))
+            let shape = store.cases[c].shape
+            let m = evaluator.metrics(prediction: pred, reference: try store.label(c), dim: shape,
+                                      spacing: VoxelSpacing(store.spacing))
+            mine.append(CaseResult(id: id, seconds: seconds, classes: m, voxels: shape.count))
         }
         let byID = Dictionary(uniqueKeysWithValues: try comm.allGather(data: try JSONEncoder().encode(mine))
             .flatMap { try JSONDecoder().decode([CaseResult].self, from: $0) }.map { ($0.id, $0) })
@@ -379,7 +387,8 @@ public final class CrossValidation {
     /// Rank 0: writes summary.md, summary.csv and summary.json from every fold's results (model by model, fold
     /// by fold).
     func report(_ results: [FoldResults], plan: FoldPlan) throws -> CrossValidationSummary {
-        let summary = CrossValidationSummary(results: results, plan: plan, definition: config.distanceDefinition)
+        let summary = CrossValidationSummary(results: results, plan: plan, definition: config.distanceDefinition,
+                                             store: config.store)
         try AtomicFile.write(try Self.json(summary), to: folder.summaryJSON.path)
         try AtomicFile.write(summary.csv(), to: folder.summaryCSV.path)
         let md = summary.markdown()

@@ -71,9 +71,9 @@ public struct FoldPlan: Codable, Sendable, Equatable {
     public static func load(_ path: String, ids: [String], folds: Int, inverse: Bool) throws -> FoldPlan {
         guard let data = FileManager.default.contents(atPath: path) else { throw AttunetError("\(path): no such file") }
         let entries: [[String: [String]]]
-        if let plan = try? JSONDecoder().decode(SplitsFile.self, from: data) {
+        if let plan = try? JSONFiles.decode(SplitsFile.self, from: data) {
             entries = plan.folds.map { ["train": $0.train, "test": $0.test] }
-        } else if let list = try? JSONDecoder().decode([[String: [String]]].self, from: data) {
+        } else if let list = try? JSONFiles.decode([[String: [String]]].self, from: data) {
             entries = list
         } else {
             throw AttunetError("\(path): not a splits file (a list of {\"train\": [...], \"test\" or \"val\": [...]})")
@@ -125,9 +125,7 @@ public struct FoldPlan: Codable, Sendable, Equatable {
     public func json() throws -> Data {
         let file = SplitsFile(protocolName: inverse ? "inverse" : "k-fold",
                               folds: (0..<count).map { .init(train: trainingCases(fold: $0), test: testCases(fold: $0)) })
-        let enc = JSONEncoder()
-        enc.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
-        return try enc.encode(file)
+        return try JSONFiles.data(file)
     }
 
     /// Reads a case → patient map: a JSON object, or CSV lines `case,patient` (a header line is allowed).

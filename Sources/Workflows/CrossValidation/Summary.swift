@@ -3,24 +3,25 @@ import NN
 import Foundation
 import Training
 
-/// The reports of a cross-validation: per model and class the summaries over all test cases, per fold the
-/// same, every case's metrics, and with two or more models the paired comparison of the first with each other.
-/// Written as `summary.json`; `csv()` and `markdown()` give `summary.csv` and `summary.md`.
+/// The reports of a cross-validation: per model the evaluation over all its test cases (the
+/// ``EvaluationSummary`` that `attunet evaluate` writes, whose first keys are nnU-Net's `summary.json`), per
+/// fold the class statistics, every case's metrics, and with two or more models the paired comparison of the
+/// first with each other. Written as `summary.json` (snake_case keys: `protocol`, `folds`,
+/// `distance_definition`, `class_names`, `models`, `per_fold`, `per_case`, `comparisons`); `csv()` and
+/// `markdown()` give `summary.csv` and `summary.md`.
 public struct CrossValidationSummary: Codable, Sendable, Equatable {
-    /// One class's summaries (keys: ``Metric`` raw values) over a set of cases.
-    public struct ClassStats: Codable, Sendable, Equatable {
-        public var className: String
-        public var label: Int
-        public var metrics: [String: MetricSummary]
-        public var bothEmpty: Int, predictionEmpty: Int, referenceEmpty: Int
-    }
+    /// One class's statistics over a set of cases: the shared ``ClassStatistics``.
+    public typealias ClassStats = ClassStatistics
 
     public struct ModelRow: Codable, Sendable, Equatable {
         public var model: String
         public var parameters: Int
         /// Mean wall time of whole-volume inference per test case, in seconds.
         public var inferenceSecondsPerVolume: Double
-        public var classes: [ClassStats]
+        /// The evaluation over every test case of every fold, as `attunet evaluate` writes it.
+        public var evaluation: EvaluationSummary
+        /// Per foreground class, the statistics over every test case (`evaluation.classes`).
+        public var classes: [ClassStats] { evaluation.classes }
     }
 
     public struct FoldRow: Codable, Sendable, Equatable {
@@ -61,7 +62,8 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
 
     public var protocolName: String
     public var folds: Int
-    public var distanceDefinition: SurfaceDistanceDefinition
+    /// `pooled` or `max-directed`.
+    public var distanceDefinition: String
     public var classNames: [String]
     public var models: [ModelRow]
     public var foldRows: [FoldRow]
@@ -73,19 +75,13 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
              cases = "perCase", comparisons
     }
 
-    static func stats(_ cases: [[ClassMetrics]], names: [String]) -> [ClassStats] {
-        ClassSummary.summarize(cases).map { s in
-            ClassStats(className: names[s.label - 1], label: s.label,
-                       metrics: Dictionary(uniqueKeysWithValues: s.metrics.map { ($0.key.rawValue, $0.value) }),
-                       bothEmpty: s.bothEmpty, predictionEmpty: s.predictionEmpty, referenceEmpty: s.referenceEmpty)
-        }
-    }
-
-    /// The summary of `results` (every fold of every model, models in report order).
-    public init(results: [FoldResults], plan: FoldPlan, definition: SurfaceDistanceDefinition) {
+    /// The summary of `results` (every fold of every model, models in report order) measured against the
+    /// label maps of the case store `store`. In the evaluations' `metric_per_case`, a case's `reference_file`
+    /// is `<store>#<case id>` and its `prediction_file` `fold_<k>/<model>#<case id>` (predicted in memory).
+    public init(results: [FoldResults], plan: FoldPlan, definition: SurfaceDistanceDefinition, store: String) {
         protocolName = plan.inverse ? "inverse" : "k-fold"
         folds = plan.count
-        distanceDefinition = definition
+        distanceDefinition = definition.optionName
         let names = results.first?.classNames ?? []
         classNames = names
         var modelNames: [String] = []
@@ -93,13 +89,19 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
         models = modelNames.map { m in
             let rs = results.filter { $0.model == m }
             let cases = rs.flatMap(\.cases)
+            let evaluated = rs.flatMap { r in
+                r.cases.map {
+                    CaseEvaluation(id: $0.id, predictionFile: "fold_\(r.fold)/\(r.model)#\($0.id)", referenceFile: "\(store)#\($0.id)",
+                                   voxels: $0.voxels, classes: $0.classes)
+                }
+            }
             return ModelRow(model: m, parameters: rs[0].parameters,
                             inferenceSecondsPerVolume: cases.map(\.seconds).reduce(0, +) / Double(max(cases.count, 1)),
-                            classes: Self.stats(cases.map(\.classes), names: names))
+                            evaluation: EvaluationSummary(cases: evaluated, classNames: names, definition: definition))
         }
         foldRows = results.map {
             FoldRow(model: $0.model, fold: $0.fold, checkpoint: $0.checkpoint, weightsSHA256: $0.weightsSHA256,
-                    classes: Self.stats($0.cases.map(\.classes), names: names))
+                    classes: ClassStatistics.summarize($0.cases.map(\.classes), names: names))
         }
         let rows = results.flatMap { r in
             r.cases.flatMap { c in
@@ -173,7 +175,7 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
         header += others.map { "\($0) DSC" } + ["parameters", "inference (s/volume)"]
         s += "| " + header.joined(separator: " | ") + " |\n|" + header.map { _ in "---|" }.joined() + "\n"
         for m in models {
-            func stat(_ c: String, _ metric: String) -> MetricSummary { m.classes.first { $0.className == c }!.metrics[metric]! }
+            func stat(_ c: String, _ metric: String) -> MetricSummary { m.classes.first { $0.name == c }!.metrics[metric]! }
             var row = [m.model, Self.cell(stat(p, "dice"), digits: 3, worstCase: false),
                        Self.cell(stat(p, "precision"), digits: 3, worstCase: false),
                        Self.cell(stat(p, "recall"), digits: 3, worstCase: false),
@@ -182,8 +184,8 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
             row += [Self.grouped(m.parameters), Self.f(m.inferenceSecondsPerVolume, 2)]
             s += "| " + row.joined(separator: " | ") + " |\n"
         }
-        s += "\nSurface distances (mm), distance definition: \(distanceDefinition.rawValue) ("
-        s += distanceDefinition == .pooled ? "medpy: both directed sets pooled" : "DeepMind surface-distance: HD95 the larger directed percentile, ASSD the mean of the directed means"
+        s += "\nSurface distances (mm), distance definition: \(distanceDefinition == "pooled" ? "pooled" : "maxDirected") ("
+        s += distanceDefinition == "pooled" ? "medpy: both directed sets pooled" : "DeepMind surface-distance: HD95 the larger directed percentile, ASSD the mean of the directed means"
         s += ")\n\n| Method | " + classNames.flatMap { ["\($0) ASSD", "\($0) HD95"] }.joined(separator: " | ") + " |\n|---|"
         s += classNames.map { _ in "---|---|" }.joined() + "\n"
         for m in models {
@@ -218,7 +220,7 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
         for m in models {
             for c in m.classes {
                 for stat in ["mean", "std"] {
-                    s += "model,\(m.model),,,\(c.className),\(stat),"
+                    s += "model,\(m.model),,,\(c.name),\(stat),"
                     s += metrics.map { g(stat == "mean" ? c.metrics[$0]!.mean : c.metrics[$0]!.std) }.joined(separator: ",")
                     s += ",\(c.metrics["assd"]!.worstCaseCount),\(c.metrics["s2s2d"]!.worstCaseCount),,\(g(m.inferenceSecondsPerVolume))\n"
                 }
@@ -226,7 +228,7 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
         }
         for r in foldRows {
             for c in r.classes {
-                s += "fold,\(r.model),\(r.fold),,\(c.className),mean," + metrics.map { g(c.metrics[$0]!.mean) }.joined(separator: ",")
+                s += "fold,\(r.model),\(r.fold),,\(c.name),mean," + metrics.map { g(c.metrics[$0]!.mean) }.joined(separator: ",")
                 s += ",\(c.metrics["assd"]!.worstCaseCount),\(c.metrics["s2s2d"]!.worstCaseCount),,\n"
             }
         }

@@ -255,7 +255,8 @@ public final class TransferExperiment {
             results.append(r)
         }
         try comm.barrier()
-        return CrossValidationSummary(results: results, plan: plan, definition: config.distanceDefinition)
+        return CrossValidationSummary(results: results, plan: plan, definition: config.distanceDefinition,
+                                      store: config.targetStore)
     }
 
     /// The cross-validation of `proto` (AFT or SCR) on the target folds (`target/splits.json`).
@@ -403,7 +404,7 @@ public struct TransferExperimentReport: Codable, Sendable, Equatable {
         let header = ["Protocol", "Method", "\(p) DSC", "precision", "recall", "S2S (mm)", "paper DSC", "paper precision", "paper recall", "paper S2S (mm)"]
         s += "| " + header.joined(separator: " | ") + " |\n|" + header.map { _ in "---|" }.joined() + "\n"
         for r in rows {
-            guard let c = r.classes.first(where: { $0.className == p }) else { continue }
+            guard let c = r.classes.first(where: { $0.name == p }) else { continue }
             func cell(_ metric: String, _ digits: Int, worstCase: Bool = false) -> String {
                 let m = c.metrics[metric]!
                 return Self.f(m.mean, digits) + " ± " + Self.f(m.std, digits) + (worstCase ? " (wc \(m.worstCaseCount))" : "")
@@ -421,7 +422,7 @@ public struct TransferExperimentReport: Codable, Sendable, Equatable {
             s += "\nOther target classes (DSC)\n\n| Protocol | Method | " + others.joined(separator: " | ") + " |\n|---|---|" + others.map { _ in "---|" }.joined() + "\n"
             for r in rows {
                 s += "| \(r.protocolName) | \(r.model) | " + others.map { o in
-                    r.classes.first { $0.className == o }.map { Self.f($0.metrics["dice"]!.mean, 3) + " ± " + Self.f($0.metrics["dice"]!.std, 3) } ?? "—"
+                    r.classes.first { $0.name == o }.map { Self.f($0.metrics["dice"]!.mean, 3) + " ± " + Self.f($0.metrics["dice"]!.std, 3) } ?? "—"
                 }.joined(separator: " | ") + " |\n"
             }
         }
@@ -440,7 +441,7 @@ public struct TransferExperimentReport: Codable, Sendable, Equatable {
         for r in rows {
             for c in r.classes {
                 for stat in ["mean", "std"] {
-                    s += "row,\(r.protocolName),\(r.model),,,\(c.className),\(stat),"
+                    s += "row,\(r.protocolName),\(r.model),,,\(c.name),\(stat),"
                     s += metrics.map { g(stat == "mean" ? c.metrics[$0]!.mean : c.metrics[$0]!.std) }.joined(separator: ",") + "\n"
                 }
             }
