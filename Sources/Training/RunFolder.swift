@@ -2,9 +2,10 @@ import Foundation
 import Support
 
 /// Every name in a run folder, in one place: what `attunet train --out DIR` writes (`config.json`,
-/// `splits.json`, the checkpoints, `log.csv`, `progress.svg`) and what `attunet cv --out DIR` adds (one sub-run
-/// folder `fold_<k>/<model>/` per fold and model, each a training run folder with the fold's `results.json`,
-/// and the reports `summary.md`, `summary.csv`, `summary.json`, `summary.svg`). See `Training.docc/RunFolder.md`.
+/// `splits.json`, the checkpoints, `log.csv`, `progress.svg`) and what `attunet cv --out DIR` adds (nnU-Net's
+/// `splits_final.json`, one sub-run folder `fold_<k>/<model>/` per fold and model, each a training run folder
+/// with the fold's `results.json`, and the reports `summary.md`, `summary.csv`, `summary.json`, `summary.svg`).
+/// Every JSON file has snake_case keys (`JSONFiles`). See `Training.docc/RunFolder.md`.
 public struct RunFolder: Sendable, Equatable {
     /// The folder itself.
     public let url: URL
@@ -20,6 +21,9 @@ public struct RunFolder: Sendable, Equatable {
     public var config: URL { file("config.json") }
     /// The case ids of each set (a training run's train/validation; a CV's folds).
     public var splits: URL { file("splits.json") }
+    /// A CV's folds as nnU-Net's `splits_final.json`: per fold `{"train": [...], "val": [...]}`, `val` being
+    /// the fold's test cases (what nnU-Net's fold predicts and evaluates); `cv --splits` reads it back.
+    public var splitsFinal: URL { file("splits_final.json") }
     /// The state to resume from.
     public var checkpointLatest: URL { file("checkpoint_latest.h5") }
     /// The epoch with the best mean validation Dice.
@@ -34,7 +38,8 @@ public struct RunFolder: Sendable, Equatable {
     public var summaryMarkdown: URL { file("summary.md") }
     /// The CV's summary, per-fold and per-case rows.
     public var summaryCSV: URL { file("summary.csv") }
-    /// The same as `summary.csv`, structured.
+    /// Per model the evaluation over every test case (its first keys nnU-Net's `summary.json`), the per-fold
+    /// and per-case rows and the paired comparisons.
     public var summaryJSON: URL { file("summary.json") }
     /// TensorBoard event files (one per process that trained this run), a run of `tensorboard --logdir`.
     public var tensorBoard: URL { file("tensorboard") }

@@ -235,7 +235,8 @@ public final class CrossValidation {
                                  groups: try config.groupBy.map(FoldPlan.groups(from:)))
     }
 
-    /// Rank 0: the refusal of a changed configuration, the plan, and config.json and splits.json written.
+    /// Rank 0: the refusal of a changed configuration, the plan, and config.json, splits.json and nnU-Net's
+    /// splits_final.json written.
     func decide() -> Start {
         do {
             if let old = FileManager.default.contents(atPath: folder.config.path) {
@@ -252,6 +253,7 @@ public final class CrossValidation {
             try FileManager.default.createDirectory(at: folder.url, withIntermediateDirectories: true)
             try AtomicFile.write(try Self.json(config), to: folder.config.path)
             try AtomicFile.write(try plan.json(), to: folder.splits.path)
+            try AtomicFile.write(try plan.nnUNetJSON(), to: folder.splitsFinal.path)
             return Start(plan: plan, error: nil)
         } catch let e as AttunetError {
             return Start(plan: nil, error: e.message)

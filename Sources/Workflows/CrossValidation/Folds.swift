@@ -128,6 +128,13 @@ public struct FoldPlan: Codable, Sendable, Equatable {
         return try JSONFiles.data(file)
     }
 
+    /// `splits_final.json` as nnU-Net writes it: per fold `{"train": [...], "val": [...]}`, where nnU-Net's
+    /// `val` of fold k is what it predicts and evaluates, so the fold's test cases (the validation cases that
+    /// pick attunet's best checkpoint are part of `train`). `--splits` reads it back.
+    public func nnUNetJSON() throws -> Data {
+        try JSONFiles.data((0..<count).map { ["train": trainingCases(fold: $0), "val": testCases(fold: $0)] })
+    }
+
     /// Reads a case → patient map: a JSON object, or CSV lines `case,patient` (a header line is allowed).
     public static func groups(from path: String) throws -> [String: String] {
         guard let data = FileManager.default.contents(atPath: path) else { throw AttunetError("\(path): no such file") }
