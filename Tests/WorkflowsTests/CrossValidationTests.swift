@@ -1,6 +1,7 @@
 import DataPipeline
 import Foundation
 import NN
+import Support
 import TestSupport
 import Training
 import Workflows
@@ -40,19 +41,21 @@ final class CrossValidationTests: XCTestCase {
     }
 
     func summary(_ run: URL) throws -> CrossValidationSummary {
-        try JSONDecoder().decode(CrossValidationSummary.self, from: Data(contentsOf: RunFolder(run).summaryJSON))
+        try JSONFiles.decode(CrossValidationSummary.self, from: Data(contentsOf: RunFolder(run).summaryJSON))
     }
 
     func results(_ run: URL, fold k: Int, model: String) throws -> FoldResults {
-        try JSONDecoder().decode(FoldResults.self, from: Data(contentsOf: RunFolder(run).fold(k, model: model).foldResults))
+        try JSONFiles.decode(FoldResults.self, from: Data(contentsOf: RunFolder(run).fold(k, model: model).foldResults))
     }
 
-    /// Both models on 2 folds: splits.json, both folds' results, the three summaries; every case tested exactly
-    /// once per model; the summary's means are the means of its per-case rows; the Wilcoxon p-values are in [0, 1].
+    /// Both models on 2 folds: splits.json and nnU-Net's splits_final.json, both folds' results, the three
+    /// summaries; every case tested exactly once per model; the summary's means are the means of its per-case
+    /// rows; the Wilcoxon p-values are in [0, 1]; summary.json read as nnU-Net's is read, checked against the
+    /// store's label maps.
     func testTwoFoldCVOfBothModelsWritesResultsAndSummaries() throws {
         let run = try Self.reference()
         let folder = RunFolder(run)
-        for f in [folder.config, folder.splits, folder.summaryMarkdown, folder.summaryCSV, folder.summaryJSON, folder.summarySVG] {
+        for f in [folder.config, folder.splits, folder.splitsFinal, folder.summaryMarkdown, folder.summaryCSV, folder.summaryJSON, folder.summarySVG] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: f.path), f.path)
         }
         let ids = try CaseStore(path: try PhantomStore.path()).cases.map(\.id).sorted()
@@ -68,15 +71,25 @@ final class CrossValidationTests: XCTestCase {
             XCTAssertEqual(tested.sorted(), ids, "\(model): every case tested exactly once")
             let row = s.models.first { $0.model == model }!
             for c in row.classes {
-                let values = s.cases.filter { $0.model == model && $0.className == c.className }
+                let values = s.cases.filter { $0.model == model && $0.className == c.name }
                 XCTAssertEqual(values.map(\.caseID).sorted(), ids)
                 for (metric, kp) in [("dice", \CrossValidationSummary.CaseRow.dice), ("precision", \.precision),
                                      ("recall", \.recall), ("assd", \.assd), ("hd95", \.hd95), ("s2s2d", \.s2s2d)] {
                     let mean = values.map { $0[keyPath: kp] }.reduce(0, +) / Double(values.count)
-                    XCTAssertEqual(c.metrics[metric]!.mean, mean, accuracy: 1e-12 * max(1, abs(mean)), "\(model) \(c.className) \(metric)")
+                    XCTAssertEqual(c.metrics[metric]!.mean, mean, accuracy: 1e-12 * max(1, abs(mean)), "\(model) \(c.name) \(metric)")
                 }
             }
+            XCTAssertEqual(row.evaluation.metricPerCase.map(\.caseID).sorted(), ids)
         }
+        // splits_final.json: nnU-Net's list of folds, "val" the fold's test cases; --splits reads it back.
+        let nnunet = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.splitsFinal)) as! [[String: [String]]]
+        let plan = try FoldPlan.load(folder.splits.path, ids: ids, folds: 2, inverse: false)
+        XCTAssertEqual(nnunet.map { $0["val"]! }, [plan.testCases(fold: 0), plan.testCases(fold: 1)])
+        XCTAssertEqual(nnunet.map { $0["train"]! }, [plan.trainingCases(fold: 0), plan.trainingCases(fold: 1)])
+        XCTAssertEqual(try FoldPlan.load(folder.splitsFinal.path, ids: ids, folds: 2, inverse: false), plan)
+        let check = TestEnv.root.appendingPathComponent("Tests/Fixtures/check_summary_json.py").path
+        let py = try TestEnv.run("\(TestEnv.python) \(check) cv \(folder.summaryJSON.path) \(try PhantomStore.path()) 1,2,3")
+        XCTAssertEqual(py.status, 0, py.stdout + py.stderr)
         XCTAssertEqual(s.comparisons.count, 2 * s.classNames.count)
         for c in s.comparisons {
             XCTAssertTrue((0...1).contains(c.pValue), "\(c)")
@@ -169,11 +182,11 @@ final class CrossValidationTests: XCTestCase {
 
         let changed = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--weight-decay 1e-5"))
         XCTAssertEqual(changed.status, 1, changed.stdout + changed.stderr)
-        XCTAssertTrue(changed.stderr.contains("training.weightDecay: 1e-05 (was 1e-06)"), changed.stderr)
+        XCTAssertTrue(changed.stderr.contains("training.weight_decay: 1e-05 (was 1e-06)"), changed.stderr)
         let otherDistance = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--distance-definition max-directed"))
         XCTAssertEqual(otherDistance.status, 1, otherDistance.stdout + otherDistance.stderr)
-        XCTAssertTrue(otherDistance.stderr.contains("distanceDefinition: \"maxDirected\" (was \"pooled\")")
-                      || otherDistance.stderr.contains("distanceDefinition: maxDirected (was pooled)"), otherDistance.stderr)
+        XCTAssertTrue(otherDistance.stderr.contains("distance_definition: \"maxDirected\" (was \"pooled\")")
+                      || otherDistance.stderr.contains("distance_definition: maxDirected (was pooled)"), otherDistance.stderr)
 
         // Writes killed mid-way left temporaries of a dead process in the CV folder and in the fold to resume:
         // the restart removes them, one line each.

@@ -218,6 +218,20 @@ final class PredictEvaluateTests: XCTestCase {
         }
         XCTAssertEqual(classes[1]["name"] as? String, "kidney")
         XCTAssertEqual(classes[1]["prediction_empty"] as? Int, 1)
+        // The nnU-Net part: the same means under nnU-Net's names, and every value against numpy on the files.
+        let mean = json["mean"] as! [String: [String: Any]]
+        XCTAssertEqual(Set(mean.keys), ["1", "2"])
+        for c in 0..<2 {
+            XCTAssertEqual(mean[String(c + 1)]!["Dice"] as! Double, summaries[c].metrics[.dice]!.mean, accuracy: 1e-12)
+        }
+        XCTAssertEqual((json["foreground_mean"] as! [String: Any])["Dice"] as! Double,
+                       (summaries[0].metrics[.dice]!.mean + summaries[1].metrics[.dice]!.mean) / 2, accuracy: 1e-12)
+        let perCase = json["metric_per_case"] as! [[String: Any]]
+        XCTAssertEqual(perCase.map { $0["reference_file"] as! String }, ["a", "b", "c"].map { "\(ref)/\($0).nii.gz" })
+        XCTAssertEqual(perCase.map { $0["prediction_file"] as! String }, ["a", "b", "c"].map { "\(pred)/\($0).nii.gz" })
+        let check = TestEnv.root.appendingPathComponent("Tests/Fixtures/check_summary_json.py").path
+        let py = try TestEnv.run("\(TestEnv.python) \(check) evaluate \(out)/summary.json 1,2")
+        XCTAssertEqual(py.status, 0, py.stdout + py.stderr)
         XCTAssertTrue(try String(contentsOfFile: "\(out)/summary.md", encoding: .utf8).contains("[1 worst]"))
 
         // max-directed differs from pooled on the shifted case and is named.
@@ -243,6 +257,41 @@ final class PredictEvaluateTests: XCTestCase {
         let extra = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref)")
         XCTAssertNotEqual(extra.status, 0)
         XCTAssertTrue(extra.stderr.hasPrefix("error: \(pred)/z.nii.gz: no reference \(ref)/z.nii.gz"), extra.stderr)
+    }
+
+    /// Predictions pair with references by case id, the rule of `prepare`: `case.nii.gz` with `case.nii.gz`
+    /// (nnU-Net's `labelsTs` as --ref), a prediction named with the channel suffix with the reference without it,
+    /// an id that itself ends in four digits with its own reference; hidden files are ignored.
+    func testEvaluatePairsByCaseIDAsPrepareDoes() throws {
+        let dir = try TestEnv.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let ref = "\(dir.path)/labelsTs", pred = "\(dir.path)/out"
+        for d in [ref, pred] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        let reference = Self.labelMap(dx: 0), shifted = Self.labelMap(dx: 2)
+        for c in ["liver_7", "case_0001", "pan"] { try Self.write(reference, "\(ref)/\(c).nii.gz") }
+        try Self.write(shifted, "\(pred)/liver_7_0000.nii.gz")
+        try Self.write(reference, "\(pred)/case_0001.nii.gz")
+        try Self.write(reference, "\(pred)/pan.nii")
+        try Data([0]).write(to: URL(fileURLWithPath: "\(pred)/._pan.nii.gz"))
+        let r = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref)")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("evaluate: 3 case(s)"), r.stdout)
+        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(pred)/evaluation/summary.json"))) as! [String: Any]
+        let perCase = json["metric_per_case"] as! [[String: Any]]
+        XCTAssertEqual(perCase.map { $0["case_id"] as! String }, ["case_0001", "liver_7", "pan"])
+        XCTAssertEqual(perCase.map { $0["prediction_file"] as! String },
+                       ["\(pred)/case_0001.nii.gz", "\(pred)/liver_7_0000.nii.gz", "\(pred)/pan.nii"])
+        let dice = perCase.map { (($0["metrics"] as! [String: [String: Any]])["1"]!["Dice"] as! NSNumber).doubleValue }
+        XCTAssertEqual(dice[0], 1, accuracy: 1e-6)
+        XCTAssertEqual(dice[1], 7.0 / 9.0, accuracy: 1e-6, "the shifted prediction paired with liver_7")
+        let check = TestEnv.root.appendingPathComponent("Tests/Fixtures/check_summary_json.py").path
+        let py = try TestEnv.run("\(TestEnv.python) \(check) evaluate \(pred)/evaluation/summary.json 1,2")
+        XCTAssertEqual(py.status, 0, py.stdout + py.stderr)
+        // Two predictions of one case: refused, naming both.
+        try Self.write(reference, "\(pred)/liver_7.nii.gz")
+        let twice = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref)")
+        XCTAssertEqual(twice.status, 1, twice.stdout + twice.stderr)
+        XCTAssertEqual(twice.stderr, "error: \(pred)/liver_7_0000.nii.gz: a second prediction of case liver_7 (\(pred)/liver_7.nii.gz)\n")
     }
 
     func testHelpDocumentsEmptyMaskRules() throws {
