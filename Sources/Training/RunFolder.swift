@@ -38,7 +38,7 @@ public struct RunFolder: Sendable, Equatable {
     public var summaryMarkdown: URL { file("summary.md") }
     /// The CV's summary, per-fold and per-case rows.
     public var summaryCSV: URL { file("summary.csv") }
-    /// Per model the evaluation over every test case (its first keys nnU-Net's `summary.json`), the per-fold
+    /// Per model the evaluation over every test case (with nnU-Net's `summary.json` keys), the per-fold
     /// and per-case rows and the paired comparisons.
     public var summaryJSON: URL { file("summary.json") }
     /// TensorBoard event files (one per process that trained this run), a run of `tensorboard --logdir`.

@@ -4,7 +4,7 @@ import Foundation
 import Training
 
 /// The reports of a cross-validation: per model the evaluation over all its test cases (the
-/// ``EvaluationSummary`` that `attunet evaluate` writes, whose first keys are nnU-Net's `summary.json`), per
+/// ``EvaluationSummary`` that `attunet evaluate` writes, nnU-Net's `summary.json` keys included), per
 /// fold the class statistics, every case's metrics, and with two or more models the paired comparison of the
 /// first with each other. Written as `summary.json` (snake_case keys: `protocol`, `folds`,
 /// `distance_definition`, `class_names`, `models`, `per_fold`, `per_case`, `comparisons`); `csv()` and

@@ -6,7 +6,7 @@ import Tensor
 
 /// One case scored: where its label maps came from, its size and the metrics of every foreground class.
 public struct CaseEvaluation: Sendable, Equatable {
-    /// The case id (``DatasetInput/caseID(fileName:dropChannel:)`` of the reference's file name, or the store's).
+    /// The case id (the reference's file name without its extension, or the store's).
     public var id: String
     /// The prediction's file, or for a prediction made in memory (`cv`) where it came from.
     public var predictionFile: String
@@ -71,19 +71,21 @@ public struct Evaluator: Sendable {
 
     // MARK: - Files
 
-    /// The NIfTI label maps of two folders paired by case id (``DatasetInput/caseID(fileName:dropChannel:)``,
-    /// the rule of `attunet prepare`): a prediction pairs with the reference of its own id, else with that of
-    /// its id without nnU-Net's channel suffix (`case_0000.nii.gz` with `case.nii.gz`). Hidden files and other
+    /// The NIfTI label maps of two folders paired by case id (`DatasetInput`'s rule, which `attunet prepare`
+    /// pairs images and labels by): a reference's id is its name without the extension
+    /// (``DatasetInput/caseID(_:dropChannel:)``); a prediction pairs with the reference of its own id, else with
+    /// that of its id without nnU-Net's channel suffix (``DatasetInput/caseID(fileName:)``: `case_0000.nii.gz`
+    /// with `case.nii.gz`). Hidden files and other
     /// files are ignored. A prediction without a reference, a reference without a prediction, two files of one
     /// case in a folder, or no reference at all is an error naming the file. Sorted by case id.
     public static func pairs(predictions: String, references: String) throws -> [EvaluationPair] {
-        func ids(_ dir: String, dropChannel: Bool = false) throws -> [(id: String, name: String)] {
+        func ids(_ dir: String) throws -> [(id: String, name: String)] {
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
                 throw AttunetError("\(dir): no such folder")
             }
             return try FileManager.default.contentsOfDirectory(atPath: dir).sorted().compactMap { name in
-                DatasetInput.caseID(fileName: name, dropChannel: dropChannel).map { ($0, name) }
+                DatasetInput.caseID(name, dropChannel: false).map { ($0, name) }
             }
         }
         var reference: [String: String] = [:]
@@ -96,7 +98,7 @@ public struct Evaluator: Sendable {
         var prediction: [String: String] = [:]
         for (id, name) in try ids(predictions) {
             let ext = name.hasSuffix(".nii.gz") ? ".nii.gz" : ".nii"
-            let stripped = DatasetInput.caseID(fileName: name, dropChannel: true) ?? id
+            let stripped = DatasetInput.caseID(fileName: name) ?? id
             let key = reference[id] != nil ? id : stripped
             guard reference[key] != nil else {
                 throw AttunetError("\(predictions)/\(name): no reference \(references)/\(id)\(ext)"

@@ -103,7 +103,7 @@ extension SurfaceDistanceDefinition {
 }
 
 /// The summary of an evaluation, the `summary.json` of `attunet evaluate` and, per model, the `evaluation`
-/// of `attunet cv`'s `summary.json`. Its first three keys are nnU-Net v2's `summary.json` as
+/// of `attunet cv`'s `summary.json`. Three of its keys are nnU-Net v2's `summary.json` as
 /// `compute_metrics_on_folder` writes it, so that scripts reading nnU-Net's results read attunet's:
 ///
 /// - `metric_per_case`: per case `{"metrics": {"1": {"Dice", "IoU", "FN", "FP", "TP", "TN", "n_pred", "n_ref"},
