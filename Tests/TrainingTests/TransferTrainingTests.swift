@@ -99,7 +99,7 @@ final class TransferTrainingTests: PhantomRunTestCase {
             XCTAssertTrue(r.stdout.contains(text), "missing '\(text)' in:\n\(r.stdout)")
         }
         let config = try String(contentsOfFile: "\(work.path)/ft/config.json", encoding: .utf8)
-        XCTAssertTrue(config.contains("\"freeze\" : \"encoder\"") && config.contains("\"headLearningRate\" : 0.01"), config)
+        XCTAssertTrue(config.contains("\"freeze\" : \"encoder\"") && config.contains("\"head_learning_rate\" : 0.01"), config)
         let source = try Checkpoint.load(src)
         func assertEncoderFrozen(_ path: String) throws {
             let m = try Checkpoint.load(path)
@@ -113,7 +113,7 @@ final class TransferTrainingTests: PhantomRunTestCase {
         try assertEncoderFrozen("\(work.path)/ft/checkpoint_latest.h5")
         let latest = try Data(contentsOf: URL(fileURLWithPath: "\(work.path)/ft/checkpoint_latest.h5"))
         for (changed, difference) in [("", "transfer: absent"), ("--init \(src) --freeze none --head-lr 1e-2", "transfer.freeze: none (was encoder)"),
-                                      ("--init \(src) --freeze encoder", "transfer.headLearningRate")] {
+                                      ("--init \(src) --freeze encoder", "transfer.head_learning_rate")] {
             r = try TestEnv.run("\(base) \(changed) --epochs 2 --resume")
             XCTAssertNotEqual(r.status, 0, "a resume with other --init settings must be refused: \(changed)")
             XCTAssertTrue(r.stderr.hasPrefix("error: ") && r.stderr.contains(difference), "\(changed): \(r.stderr)")
@@ -156,7 +156,7 @@ final class TransferTrainingTests: PhantomRunTestCase {
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertTrue(r.stdout.contains("label map (checkpoint class -> store class): 0 background -> 0 background, 2 pancreas -> 1 pancreas"), r.stdout)
         let f = try H5File.open("\(work.path)/pan/checkpoint_latest.h5")
-        XCTAssertTrue(try f.root.stringAttribute("train_config").contains("\"labelMap\":\"2:1\""))
+        XCTAssertTrue(try f.root.stringAttribute("train_config").contains("\"label_map\":\"2:1\""))
         XCTAssertEqual(try TrainingCheckpoint.transferReport(in: f)?.labelMap?.description, "0:0,2:1")
         XCTAssertEqual(TrainingCheckpoint.classNames(in: f), ["background", "pancreas"])
         XCTAssertTrue(try TrainingCheckpoint.verifyState(in: f), "the transfer record is part of the state digest")
