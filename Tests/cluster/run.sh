@@ -181,7 +181,7 @@ d_cv() {
   st=$(wait_job "$j" 90)
   tail -n 3 "d-$j.out"
   [ "$st" = COMPLETED ] || { cat "d-$j.out"; fail "cv job $j ended $st"; }
-  for f in summary.md summary.json fold_0/attention-unet/results.json fold_1/attention-unet/results.json; do
+  for f in summary.md summary.json splits_final.json fold_0/attention-unet/results.json fold_1/attention-unet/results.json; do
     [ -s "runs/cv-$j/$f" ] || fail "runs/cv-$j/$f missing"
   done
   # The array: one task per fold on a node of its own, then the summary after both.
@@ -197,7 +197,7 @@ d_cv() {
   grep -q "job ${arr}_0: .* --fold 0" "attunet-cv-${arr}_0.out" || fail "task 0 did not run --fold 0"
   grep -q "job ${arr}_1: .* --fold 1" "attunet-cv-${arr}_1.out" || fail "task 1 did not run --fold 1"
   grep -q -- "--summarize" "attunet-cv-$arr-summary.out" || fail "the summary job did not run --summarize"
-  for f in summary.md summary.json fold_0/attention-unet/results.json fold_1/attention-unet/results.json; do
+  for f in summary.md summary.json splits_final.json fold_0/attention-unet/results.json fold_1/attention-unet/results.json; do
     [ -s "runs/cv-$arr/$f" ] || fail "runs/cv-$arr/$f missing"
   done
   # The array's folds are the one job's folds.
