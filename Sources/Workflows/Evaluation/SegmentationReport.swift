@@ -171,9 +171,6 @@ public struct SegmentationReport: Sendable {
         summary = EvaluationSummary(cases: cases, classNames: classNames, definition: definition)
     }
 
-    /// The file names in the report's folder.
-    public static let files = ["metrics.csv", "summary.json", "summary.md"]
-
     /// Writes `metrics.csv`, `summary.json` and `summary.md` into `folder` (made when missing; each file
     /// replaced atomically).
     public func write(to folder: String) throws {
