@@ -12,9 +12,9 @@ import Training
 struct CV: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cv",
-        abstract: "K-fold cross-validation of one or more models on the same folds, with the paper's results table.",
+        abstract: "K-fold cross-validation of several models, with the paper's table.",
         discussion: """
-        Protocols (the paper's): 5-fold on CT-150 trains on 120 and tests on 30 cases per fold (--folds 5); 4-fold on TCIA-82 trains on 62 and tests on 20 (--folds 4); the inverse protocol trains on one part and tests on the others, 30/120 on CT-150 (--folds 5 --inverse). Every case is tested exactly once per model (k-fold), and every model of --models trains on the same folds, so the comparison is paired.
+        Every model of --models trains and is tested on the same folds, and rank 0 writes the paper's results table. Protocols (the paper's): 5-fold on CT-150 trains on 120 and tests on 30 cases per fold (--folds 5); 4-fold on TCIA-82 trains on 62 and tests on 20 (--folds 4); the inverse protocol trains on one part and tests on the others, 30/120 on CT-150 (--folds 5 --inverse). Every case is tested exactly once per model (k-fold), and every model of --models trains on the same folds, so the comparison is paired.
 
           mpirun -np 2 --bind-to none -x OPENBLAS_NUM_THREADS=1 \\
               attunet cv --store phantoms.h5 --patch 64x64x32 --epochs 20 --out runs/cv

@@ -11,15 +11,15 @@ import Training
 /// `attunet experiment transfer`: the paper's TCIA table (BFT, AFT, SCR) on two cohorts.
 struct Transfer: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train on a source cohort, then report BFT, AFT and SCR on a target cohort's folds (the paper's TCIA table).",
+        abstract: "The paper's TCIA table: BFT, AFT and SCR on a target cohort's folds.",
         discussion: """
-        The paper trained on CT-150 (multi-organ) and moved to TCIA Pancreas-CT (another site, pancreas only): the CT-150 model applied as it is (BFT, before fine-tuning), fine-tuned on the new cohort (AFT), and a model trained there from scratch (SCR). This does the same for every model of --models:
+        The paper trained on CT-150 (multi-organ) and moved to TCIA Pancreas-CT (another site, pancreas only): the CT-150 model applied as it is (BFT, before fine-tuning), fine-tuned on the new cohort (AFT), and a model trained there from scratch (SCR). This does the same for every model of --models, trained first on a source cohort and then reported on a target cohort's folds:
 
         1. Train each model on the whole --source store, less a seeded --val-fraction that picks its best checkpoint (RUN/source/<model>/).
         2. Split the --target store into --folds folds (RUN/target/splits.json) and test every fold under each protocol:
-        BFT: the source checkpoint as it is: its arg-max over the source classes, mapped by --label-map (a class without a target class counts as background); RUN/target/bft-<model>/.
-        AFT: the source weights fine-tuned on the fold's training cases, the output rows of the mapped classes kept (--finetune-epochs, --finetune-lr, --freeze, --head-lr); RUN/target/aft-<model>/, an attunet cv folder.
-        SCR: trained from scratch on the fold's training cases with the source settings; RUN/target/scr/.
+        - BFT: the source checkpoint as it is: its arg-max over the source classes, mapped by --label-map (a class without a target class counts as background); RUN/target/bft-<model>/.
+        - AFT: the source weights fine-tuned on the fold's training cases, the output rows of the mapped classes kept (--finetune-epochs, --finetune-lr, --freeze, --head-lr); RUN/target/aft-<model>/, an attunet cv folder.
+        - SCR: trained from scratch on the fold's training cases with the source settings; RUN/target/scr/.
         3. Write RUN/transfer.md (the paper's table layout: Dice, precision, recall, S2S in mm, mean ± std over the target cases, the paper's numbers beside), transfer.csv and transfer.json, with paired Wilcoxon tests (AFT − BFT, AFT − SCR, and the first model against the others) over the same cases.
 
         --label-map SRC:DST,... maps source classes to target classes (background implied); by default every target class takes the source class of the same name (pancreas 2 → pancreas 1). It is checked against both stores before anything trains. Model classes come from the stores (--classes is refused).

@@ -8,7 +8,7 @@ import HDF5Kit
 struct ProbeHDF5: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "probe-hdf5",
-        abstract: "Read all of an HDF5 file's metadata (attunet's own child process before it opens a file).",
+        abstract: "Read all of an HDF5 file's metadata (attunet's own child process).",
         shouldDisplay: false
     )
 
