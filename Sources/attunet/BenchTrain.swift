@@ -46,7 +46,7 @@ extension Bench {
         var store: String?
 
         @Option(help: ArgumentHelp("Threads per rank (attunet's loops; OpenBLAS runs single-threaded inside them). A list such as 1,2 runs the bench at each count in turn, in one process, and ends with the thread scaling: step time, speed-up and efficiency, and the speed-up of every kind of layer.", valueName: "n[,n...]"))
-        var threads: ThreadCounts = ThreadCounts([PerRankThreads.fromEnvironment])
+        var threads = ThreadCounts.fromEnvironment
 
         @Option(help: "Loss: dice, soft-dice or cross-entropy.")
         var loss: LossKind = .dice
@@ -114,11 +114,20 @@ extension Bench {
 /// `--threads 1,2`: one or more thread counts.
 struct ThreadCounts: ExpressibleByArgument, Sendable {
     let counts: [Int]
+    /// The default, ATTUNET_THREADS else 1: help shows that rule, not the count of the shell it runs in.
+    private var isEnvironmentDefault = false
     init(_ counts: [Int]) { self.counts = counts }
+    static var fromEnvironment: ThreadCounts {
+        var t = ThreadCounts([PerRankThreads.fromEnvironment])
+        t.isEnvironmentDefault = true
+        return t
+    }
     init?(argument: String) {
         let parts = argument.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !parts.isEmpty, parts.allSatisfy({ $0 != nil }) else { return nil }
         counts = parts.map { $0! }
     }
-    var defaultValueDescription: String { counts.map(String.init).joined(separator: ",") }
+    var defaultValueDescription: String {
+        isEnvironmentDefault ? PerRankThreads.defaultDescription : counts.map(String.init).joined(separator: ",")
+    }
 }

@@ -94,7 +94,7 @@ struct TransferExperimentOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Fine-tuning: base learning rate of the parameters that start fresh; default: --finetune-lr.", valueName: "rate"))
     var headLr: Double?
 
-    @Option(help: ArgumentHelp("Groups of ranks training side by side (the source models, then each protocol's folds); must divide the ranks. Default 1; the built-in default: the ranks.", valueName: "G"))
+    @Option(help: ArgumentHelp("Groups of ranks training side by side (the source models, then each protocol's folds); must divide the ranks. The built-in default (no --source and --target) runs as many groups as ranks.", valueName: "G"))
     var foldParallel: Int = 1
 
     @Option(help: "ASSD/HD95 definition: pooled (medpy) or max-directed (DeepMind surface-distance).")

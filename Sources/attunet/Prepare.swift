@@ -68,8 +68,9 @@ struct Prepare: ParsableCommand {
     @Option(help: "Deflate level 0-9 (0 = uncompressed).")
     var deflate: Int = 1
 
-    @Option(help: "Threads converting cases in parallel (default: all cores).")
-    var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+    @Option(name: .customLong("threads"), help: "Threads converting cases in parallel.")
+    var threadCount = CoreCount.allCores
+    var threads: Int { threadCount.value }
 
     @Flag(help: "Convert the good cases and list the bad ones instead of failing.")
     var skipBad = false

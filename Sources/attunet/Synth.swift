@@ -55,8 +55,9 @@ struct Synth: ParsableCommand {
     @Option(help: "Resolution factor: 2 halves the voxel spacing (8x the voxels), 0.5 doubles it (quick tests).")
     var resolution: Double = 1
 
-    @Option(help: "Threads generating cases in parallel (default: all cores).")
-    var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+    @Option(name: .customLong("threads"), help: "Threads generating cases in parallel.")
+    var threadCount = CoreCount.allCores
+    var threads: Int { threadCount.value }
 
     @Option(help: ArgumentHelp("Voxel order of the written volumes as nibabel's aff2axcodes reports it: one code of each pair R/L, A/P, S/I per voxel axis i, j, k, in any order (RAS, LPS, LAS, RPI, SAR, ...: 48 orders). Volume and affine are reordered together, so the anatomy in world space is the same in every order.", valueName: "codes"))
     var orientation: String = "LPS"

@@ -73,6 +73,21 @@ final class HelpTextTests: XCTestCase {
         XCTAssertTrue(failures.isEmpty, "\n" + failures.joined(separator: "\n"))
     }
 
+    /// Defaults show as users think of them: the same help whatever ATTUNET_THREADS holds (the rule, not this
+    /// shell's value), and no number printed to the Double's last digit (0.3333333333333333).
+    func testDefaultsDoNotDependOnTheEnvironment() throws {
+        var failures: [String] = []
+        for command in try commands() {
+            let plain = try help(command, columns: Self.width)
+            let r = try TestEnv.run("ATTUNET_THREADS=7 COLUMNS=\(Self.width) \(TestEnv.attunet) \((command + ["--help"]).joined(separator: " "))")
+            if r.stdout != plain { failures.append("\(Self.name(command)) --help changes with ATTUNET_THREADS") }
+            if let long = plain.range(of: #"default: [^)]*[0-9]\.[0-9]{6,}"#, options: .regularExpression) {
+                failures.append("\(Self.name(command)) --help: \(plain[long])")
+            }
+        }
+        XCTAssertTrue(failures.isEmpty, "\n" + failures.joined(separator: "\n"))
+    }
+
     /// The checker itself: it flags a paragraph hard-wrapped at 105 columns, and passes the same paragraph as
     /// argument-parser wraps it from one source line, with its option table and examples.
     func testRaggedCheckerCatchesHardWrappedParagraphs() {
