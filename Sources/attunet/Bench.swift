@@ -32,6 +32,11 @@ extension Bench {
 
             OpenBLAS picks its kernel when the library loads. On CPUs it does not recognise it falls back to a slow SSE kernel ('Prescott'), which makes the gemm path and the sgemm reference 3-5x slower: set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) in the environment before starting, only where OpenBLAS does not recognise the CPU by itself (the output says when). Figures meant for comparison are taken with
               OPENBLAS_CORETYPE=SkylakeX OPENBLAS_NUM_THREADS=1 attunet bench layers
+
+            Exit status:
+              0   done
+              1   an error, one line each on stderr
+              64  bad command line
             """
         )
 

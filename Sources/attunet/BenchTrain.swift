@@ -25,6 +25,12 @@ extension Bench {
                   --batch 2 --json
 
             The second runs at 1 and 2 threads in turn, in one process, and ends with the thread scaling inside one rank.
+
+            Exit status:
+              0   done
+              1   an error, one line each on stderr
+              3   the loss became NaN/Inf in a step
+              64  bad command line
             """
         )
 

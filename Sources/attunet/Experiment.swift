@@ -20,6 +20,16 @@ struct Capacity: ParsableCommand {
           mpirun -np 2 --bind-to none -x OPENBLAS_NUM_THREADS=1 \\
               attunet experiment capacity --store phantoms.h5 --patch 64x64x32 \\
               --epochs 20 --out runs/capacity
+
+        Exit status (attunet cv's):
+          0   done
+          1   an error, one line each on stderr
+          3   the loss became NaN/Inf; the last good checkpoint is kept
+          4   a collective waited past --step-timeout: a peer died, hung or is
+              unreachable, and the job was ended
+          64  bad command line
+          75  stopped on request (SIGTERM/SIGUSR1, --stop-after-epochs) after
+              checkpointing the folds in progress: rerun the same command to continue
         """
     )
 

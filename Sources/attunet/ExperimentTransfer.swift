@@ -32,6 +32,16 @@ struct Transfer: ParsableCommand {
               --target tcia82.h5 --epochs 300 --finetune-epochs 100
 
         Restart: rerun the same command; finished source runs and folds are skipped, an unfinished one resumes. A command whose settings differ from RUN/config.json is refused, naming the difference.
+
+        Exit status:
+          0   done
+          1   an error, one line each on stderr
+          3   the loss became NaN/Inf; the last good checkpoint is kept
+          4   a collective waited past --step-timeout: a peer died, hung or is
+              unreachable, and the job was ended
+          64  bad command line
+          75  stopped on request (SIGTERM/SIGUSR1) after checkpointing the trainings
+              in progress: rerun the same command to continue
         """
     )
 

@@ -21,6 +21,11 @@ struct ImportWeights: ParsableCommand {
         A .pth saved from the whole training state (e.g. {'state_dict': ...}) must be reduced to the model's state_dict first. Weights trained with PyTorch <= 0.3 (the paper's) used align_corners=True trilinear upsampling: pass --align-corners to keep that behaviour.
 
         An attunet checkpoint (HDF5) as input is verified (Fletcher-32 checksums, stored SHA-256 of the weights) and written as a weights-only checkpoint (no optimizer or training state). safetensors has no checksum: a damaged header is refused with one line, but a changed value inside the data cannot be detected.
+
+        Exit status:
+          0   done, --out written
+          1   an error, one line on stderr; --out not written
+          64  bad command line
         """
     )
 

@@ -18,6 +18,11 @@ struct Inspect: ParsableCommand {
 
         With a checkpoint file: its model configuration, training state, parameter count and tensors, the weights' SHA-256, and the integrity check: every dataset is read (HDF5's Fletcher-32 checksums) and the stored SHA-256 digests of the weights and of the optimizer and training state are verified. A damaged checkpoint is refused with one line naming it and what failed (exit status 1); one written before attunet stored digests says "no stored digest".
           attunet inspect runs/demo/checkpoint_best.h5
+
+        Exit status:
+          0   done
+          1   an error or a damaged checkpoint, one line on stderr
+          64  bad command line
         """
     )
 

@@ -33,6 +33,11 @@ struct Prepare: ParsableCommand {
           attunet prepare --input data/phantoms --out data/phantoms.h5
           mpirun -np 2 --bind-to none attunet prepare --input data/phantoms \\
               --out data/phantoms.h5
+
+        Exit status:
+          0   done
+          1   an error or bad inputs, one line each on stderr; no store written
+          64  bad command line
         """
     )
 

@@ -37,6 +37,11 @@ struct Synth: ParsableCommand {
           attunet synth --cases 16 --out data/site-b --seed 2 --in-plane-spacing 1.2 \\
             --slice-thickness 5 --noise-hu 40 --pancreas-hu 125 --liver-hu 80 \\
             --kidney-hu 230 --organ-scale 0.75 --labels pancreas
+
+        Exit status:
+          0   done
+          1   an error, one line each on stderr
+          64  bad command line
         """
     )
 

@@ -31,6 +31,17 @@ struct Train: ParsableCommand {
               --head-lr 1e-3 --out runs/finetune
 
         Integrity: every checkpoint carries Fletcher-32 checksums on its datasets and SHA-256 digests of its weights and of its optimizer and training state; --resume verifies them and refuses a damaged checkpoint_latest.h5 with one line. It never falls back on its own: continue from another checkpoint with --resume-from PATH (checkpoint_best.h5, or a copy of an earlier checkpoint_latest.h5); the run goes on from that checkpoint's epoch and overwrites checkpoint_latest.h5 at its next save. A checkpoint that cannot be written (a full disk) ends the run with status 1 and keeps the previous one.
+
+        Exit status:
+          0   done
+          1   an error, one line each on stderr (e.g. a refused --resume, a checkpoint
+              that cannot be written: the previous one is kept)
+          3   the loss became NaN/Inf; the last good checkpoint is kept
+          4   a collective waited past --step-timeout: a peer died, hung or is
+              unreachable, and the job was ended
+          64  bad command line
+          75  stopped on request (SIGTERM/SIGUSR1, --stop-after-epochs) after writing
+              checkpoint_latest.h5: run the same command with --resume to continue
         """
     )
 
