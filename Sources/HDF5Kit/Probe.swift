@@ -229,7 +229,8 @@ public enum H5Probe {
             if rank == 0 {
                 guard let buffer = calloc(max(size, 1), 1) else { throw ProbeFailure.outOfMemory }
                 defer { free(buffer) }
-                _ = H5Dread(d, native, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), buffer)   // a clean failure: as below
+                // a clean failure: as below
+                _ = H5Dread(d, native, chdf5_s_all(), chdf5_s_all(), chdf5_p_default(), buffer)
                 return
             }
             var dims = [hsize_t](repeating: 0, count: rank)

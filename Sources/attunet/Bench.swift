@@ -9,10 +9,9 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure how fast the network's building blocks run on this machine.",
         discussion: """
-        Benchmarks run in one process on ONE thread (attunet's threads and OpenBLAS's threads are both set \
-        to 1), because training runs one MPI rank per core: the single-core rate is what a rank gets. \
-        Run them on an otherwise idle machine; another busy process on the same cores makes every figure low. \
-        Build in release mode first (swift build -c release); a debug build is 10-100x slower.
+        bench layers times each building block alone, in one process on one thread (attunet's threads and OpenBLAS's threads are both set to 1): training runs one MPI rank per core, so the single-core rate is what a rank gets. bench train times whole training steps as attunet train runs them, in one process or on every rank under mpirun.
+
+        Run them on an otherwise idle machine; another busy process on the same cores makes every figure low. Build in release mode first (swift build -c release); a debug build is 10-100x slower.
         """,
         subcommands: [Layers.self, Train.self]
     )
@@ -22,38 +21,23 @@ extension Bench {
     /// `attunet bench layers`: every 3x3x3 convolution shape of the paper's model, and BatchNorm.
     struct Layers: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Time every 3x3x3 conv shape of the Attention U-Net (fwd, bwd-data, bwd-weights) and BatchNorm.",
+            abstract: "Time each 3x3x3 convolution of the model and the memory-bound layers.",
             discussion: """
-            The shapes are those of the paper's model on a 160x160x96 (X x Y x Z) input patch, batch 1: \
-            the encoder/decoder convs at 160x160x96, 80x80x48, 40x40x24, 20x20x12 and 10x10x6, including \
-            the decoder convs that read a concatenation (48->16, 96->32, 192->64, 384->128).
+            The shapes are those of the paper's model on a 160x160x96 (X x Y x Z) input patch, batch 1 (--feature-scale and --patch choose another model): the encoder/decoder convs at 160x160x96, 80x80x48, 40x40x24, 20x20x12 and 10x10x6, including the decoder convs that read a concatenation (48->16, 96->32, 192->64, 384->128). Each is timed forward, backward-data and backward-weights.
 
-            For each layer and pass it prints the rate in GFLOP/s, counted as 2*Cin*Cout*27*voxels per pass \
-            (the same count for forward, backward-data and backward-weights), and \
-            the kernel path each pass ran (by default the automatic choice training uses: the direct kernels of the widest \
-            ISA the CPU runs, AVX-512 or AVX2 + FMA, else im2col + sgemm; ATTUNET_CONV_PATH in the environment overrides \
-            it as in training). --path forces one path for every layer to compare them: gemm (im2col + OpenBLAS sgemm), \
-            direct-avx2, direct-avx512, or direct (the widest direct ISA this CPU runs); a path the CPU cannot run falls \
-            back to gemm, and the table says so per pass. "eff" is each rate divided by the OpenBLAS sgemm rate on \
-            1024x1024x1024 measured in the same run (before and after the layers; the better one): the practical \
-            single-core ceiling. An efficiency near \
-            or above 100% means the conv runs as fast as the best dense matrix product this core can do. \
-            The "all" row is total FLOP over total time, i.e. FLOP-weighted. The first layer (1->16) never \
-            runs backward-data in training (there is no input gradient to compute); it is timed for completeness.
+            For each layer and pass it prints the rate in GFLOP/s, counted as 2*Cin*Cout*27*voxels per pass (the same count for forward, backward-data and backward-weights), and the kernel path each pass ran (by default the automatic choice training uses: the direct kernels of the widest ISA the CPU runs, AVX-512 or AVX2 + FMA, else im2col + sgemm; ATTUNET_CONV_PATH in the environment overrides it as in training). --path forces one path for every layer to compare them: gemm (im2col + OpenBLAS sgemm), direct-avx2, direct-avx512, or direct (the widest direct ISA this CPU runs); a path the CPU cannot run falls back to gemm, and the table says so per pass. "eff" is each rate divided by the OpenBLAS sgemm rate on 1024x1024x1024 measured in the same run (before and after the layers; the better one): the practical single-core ceiling. An efficiency near or above 100% means the conv runs as fast as the best dense matrix product this core can do. The "all" row is total FLOP over total time, i.e. FLOP-weighted. The first layer (1->16) never runs backward-data in training (there is no input gradient to compute); it is timed for completeness.
 
-            BatchNorm, ReLU, MaxPool, Trilinear, Concat and GateMultiply are memory-bound, so they are reported in GB/s \
-            of tensor traffic (bytes a pass must read and write at least; BatchNorm forward reads x twice, for the \
-            statistics and to normalise, and backward reads dy and x twice). One core reaches about 14-20 GB/s.
+            BatchNorm, ReLU, MaxPool, Trilinear, Concat and GateMultiply are memory-bound, so they are reported in GB/s of tensor traffic (bytes a pass must read and write at least; BatchNorm forward reads x twice, for the statistics and to normalise, and backward reads dy and x twice), at the paper's full-resolution sizes. One core reaches about 14-20 GB/s.
 
-            Each pass runs once to warm up (first touch of the buffers), then the best of several timed \
-            runs is kept (--quick: a single timed run). A full run takes about a minute in a release build.
+            Each pass runs once to warm up (first touch of the buffers), then the best of several timed runs is kept (--quick: a single timed run). A full run takes about a minute in a release build.
 
-            OpenBLAS picks its kernel when the library loads. On CPUs it does not recognise it falls back \
-            to a slow SSE kernel ('Prescott'), which makes the gemm path and the sgemm reference 3-5x slower: \
-            set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) in the environment before starting. \
-            Figures meant for comparison are taken with
+            OpenBLAS picks its kernel when the library loads. On CPUs it does not recognise it falls back to a slow SSE kernel ('Prescott'), which makes the gemm path and the sgemm reference 3-5x slower: set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) in the environment before starting, only where OpenBLAS does not recognise the CPU by itself (the output says when). Figures meant for comparison are taken with
               OPENBLAS_CORETYPE=SkylakeX OPENBLAS_NUM_THREADS=1 attunet bench layers
-            (OPENBLAS_CORETYPE only where OpenBLAS does not recognise the CPU by itself).
+
+            Exit status:
+              0   done
+              1   an error, one line each on stderr
+              64  bad command line
             """
         )
 

@@ -11,29 +11,26 @@ extension Bench {
     /// `attunet bench train`: whole training steps, timed as `attunet train` runs them.
     struct Train: ParsableCommand {
         static let configuration = CommandConfiguration(
-            abstract: "Time whole training steps (data, forward, loss, backward, all-reduce, optimizer) as attunet train runs them.",
+            abstract: "Time whole training steps, phase by phase, as train runs them.",
             discussion: """
-            Runs --warmup steps, then --steps timed steps of Trainer.step, the function attunet train calls, on \
-            batches from the patch loader, on one process or on every rank under mpirun (--batch is global and \
-            split across ranks, as in train). Without --store, every rank synthesises two phantom CT cases \
-            (2 mm, in a temporary folder it removes afterwards), which takes a few seconds.
+            Runs --warmup steps, then --steps timed steps of Trainer.step, the function attunet train calls (data, forward, loss, backward, all-reduce, optimizer), on batches from the patch loader, in one process or on every rank under mpirun (--batch is global and split across ranks, as in train). Without --store, every rank synthesises two phantom CT cases (2 mm, in a temporary folder it removes afterwards), which takes a few seconds.
 
-            It prints, for the whole job:
-              step time (median of the timed steps, slowest rank), patches/s and voxels/s;
-              the phases of a step: waiting for data, forward, loss, backward, all-reduce, optimizer;
-              every layer's forward and backward time, with GFLOP/s for convolutions and GB/s of tensor traffic for
-                the memory-bound layers (bytes a pass must read and write at least), and totals per kind of layer;
-              peak resident memory per rank (VmHWM) and page faults per step in the timed steps.
-            --json prints all of it as one JSON object instead.
+            It prints, for the whole job: the step time (median of the timed steps, slowest rank), patches/s and voxels/s; the phases of a step (waiting for data, forward, loss, backward, all-reduce, optimizer); every layer's forward and backward time, with GFLOP/s for convolutions and GB/s of tensor traffic for the memory-bound layers (bytes a pass must read and write at least), and totals per kind of layer; the peak resident memory per rank (VmHWM) and page faults per step in the timed steps. --json prints all of it as one JSON object instead.
 
-            Compare runs side by side on an otherwise idle machine; one rank per core with one thread each \
-            (the default --threads 1) is how train runs on a node. OpenBLAS picks its kernel when the library \
-            loads: on CPUs it does not recognise, set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) \
-            in the environment before starting (the output says when it is needed).
+            Compare runs side by side on an otherwise idle machine; one rank per core with one thread each (--threads 1) is how train runs on a node. OpenBLAS picks its kernel when the library loads: on CPUs it does not recognise, set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) in the environment before starting (the output says when it is needed).
 
               attunet bench train --patch 96x96x48 --batch 2
-              attunet bench train --patch 96x96x48 --batch 2 --threads 1,2     (thread scaling inside one rank)
-              mpirun -np 2 --bind-to none attunet bench train --patch 160x160x96 --batch 2 --json
+              attunet bench train --patch 96x96x48 --batch 2 --threads 1,2
+              mpirun -np 2 --bind-to none attunet bench train --patch 160x160x96 \\
+                  --batch 2 --json
+
+            The second runs at 1 and 2 threads in turn, in one process, and ends with the thread scaling inside one rank.
+
+            Exit status:
+              0   done
+              1   an error, one line each on stderr
+              3   the loss became NaN/Inf in a step
+              64  bad command line
             """
         )
 
@@ -55,7 +52,7 @@ extension Bench {
         var store: String?
 
         @Option(help: ArgumentHelp("Threads per rank (attunet's loops; OpenBLAS runs single-threaded inside them). A list such as 1,2 runs the bench at each count in turn, in one process, and ends with the thread scaling: step time, speed-up and efficiency, and the speed-up of every kind of layer.", valueName: "n[,n...]"))
-        var threads: ThreadCounts = ThreadCounts([PerRankThreads.fromEnvironment])
+        var threads = ThreadCounts.fromEnvironment
 
         @Option(help: "Loss: dice, soft-dice or cross-entropy.")
         var loss: LossKind = .dice
@@ -123,11 +120,20 @@ extension Bench {
 /// `--threads 1,2`: one or more thread counts.
 struct ThreadCounts: ExpressibleByArgument, Sendable {
     let counts: [Int]
+    /// The default, ATTUNET_THREADS else 1: help shows that rule, not the count of the shell it runs in.
+    private var isEnvironmentDefault = false
     init(_ counts: [Int]) { self.counts = counts }
+    static var fromEnvironment: ThreadCounts {
+        var t = ThreadCounts([PerRankThreads.fromEnvironment])
+        t.isEnvironmentDefault = true
+        return t
+    }
     init?(argument: String) {
         let parts = argument.split(separator: ",").map { Int($0.trimmingCharacters(in: .whitespaces)) }
         guard !parts.isEmpty, parts.allSatisfy({ $0 != nil }) else { return nil }
         counts = parts.map { $0! }
     }
-    var defaultValueDescription: String { counts.map(String.init).joined(separator: ",") }
+    var defaultValueDescription: String {
+        isEnvironmentDefault ? PerRankThreads.defaultDescription : counts.map(String.init).joined(separator: ",")
+    }
 }

@@ -13,9 +13,9 @@ import Workflows
 struct CV: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "cv",
-        abstract: "K-fold cross-validation of one or more models on the same folds, with the paper's results table.",
+        abstract: "K-fold cross-validation of several models, with the paper's table.",
         discussion: """
-        Protocols (the paper's): 5-fold on CT-150 trains on 120 and tests on 30 cases per fold (--folds 5); 4-fold on TCIA-82 trains on 62 and tests on 20 (--folds 4); the inverse protocol trains on one part and tests on the others, 30/120 on CT-150 (--folds 5 --inverse). Every case is tested exactly once per model (k-fold), and every model of --models trains on the same folds, so the comparison is paired.
+        Every model of --models trains and is tested on the same folds, and rank 0 writes the paper's results table. Protocols (the paper's): 5-fold on CT-150 trains on 120 and tests on 30 cases per fold (--folds 5); 4-fold on TCIA-82 trains on 62 and tests on 20 (--folds 4); the inverse protocol trains on one part and tests on the others, 30/120 on CT-150 (--folds 5 --inverse). Every case is tested exactly once per model (k-fold), and every model of --models trains on the same folds, so the comparison is paired.
 
           mpirun -np 2 --bind-to none -x OPENBLAS_NUM_THREADS=1 \\
               attunet cv --store phantoms.h5 --patch 64x64x32 --epochs 20 --out runs/cv
@@ -29,6 +29,16 @@ struct CV: ParsableCommand {
         Fine-tuning on the folds (the paper's TCIA protocols; attunet experiment transfer runs all three): --init CHECKPOINT starts every fold of every model from that checkpoint's weights, with train's --freeze, --head-lr, --reset-head and --label-map (AFT, after fine-tuning); with --epochs 0 each fold evaluates the mapped checkpoint as it is (BFT, before fine-tuning); without --init the folds train from scratch (SCR).
 
         Restart: run the same command again after a stop (exit 75: SIGTERM/SIGUSR1, or --stop-after-epochs, which counts the epochs of all folds in this job) or a crash. Folds with results.json are skipped, an unfinished fold resumes from its checkpoint_latest.h5, bit-identical to an uninterrupted CV with the same rank count. A command whose configuration differs from --out's config.json is refused, naming the difference; --stop-after-epochs, --threads and --allreduce-bucket-mib may change.
+
+        Exit status:
+          0   done
+          1   an error, one line each on stderr
+          3   the loss became NaN/Inf; the last good checkpoint is kept
+          4   a collective waited past --step-timeout: a peer died, hung or is
+              unreachable, and the job was ended
+          64  bad command line
+          75  stopped on request (SIGTERM/SIGUSR1, --stop-after-epochs) after
+              checkpointing the folds in progress: rerun the same command to continue
         """
     )
 

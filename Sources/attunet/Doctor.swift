@@ -9,15 +9,17 @@ import Tensor
 /// `attunet doctor`: what every rank sees, and whether the setup will run at full speed.
 struct Doctor: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Check MPI, OpenBLAS, HDF5 and nifticlib on every rank and print a verdict.",
+        abstract: "Check MPI, OpenBLAS, HDF5 and nifticlib on every rank.",
         discussion: """
         Run it first on a new machine, and under mpirun the way you will train, e.g.
           mpirun -np 2 --bind-to none attunet doctor
-        Rank 0 prints one line per rank (host, rank/size, MPI library and thread level, OpenBLAS kernel and
-        threads, a measured sgemm rate, HDF5 version, nifticlib) and then warnings and a verdict. It warns when
-        OpenBLAS runs a slow fallback kernel on a CPU with AVX2/AVX-512 (set OPENBLAS_CORETYPE=SkylakeX, or
-        Haswell for AVX2-only CPUs) and when ranks x BLAS threads exceed the cores of a host.
-        Exit status: 0 when every check passes (warnings allowed), 1 when a check fails.
+
+        Rank 0 prints one line per rank (host, rank/size, MPI library and thread level, OpenBLAS kernel and threads, a measured sgemm rate, HDF5 version, nifticlib), under mpirun whether an all-reduce and a broadcast across the ranks delivered the right data, and then warnings and a verdict. It warns when OpenBLAS runs a slow fallback kernel on a CPU with AVX2/AVX-512 (set OPENBLAS_CORETYPE=SkylakeX, or Haswell for AVX2-only CPUs) and when ranks x BLAS threads exceed the cores of a host.
+
+        Exit status:
+          0   every check passed (warnings allowed)
+          1   a check failed, or an error (one line each on stderr)
+          64  bad command line
         """
     )
 

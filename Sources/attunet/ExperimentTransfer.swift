@@ -12,15 +12,15 @@ import Workflows
 /// `attunet experiment transfer`: the paper's TCIA table (BFT, AFT, SCR) on two cohorts.
 struct Transfer: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train on a source cohort, then report BFT, AFT and SCR on a target cohort's folds (the paper's TCIA table).",
+        abstract: "The paper's TCIA table: BFT, AFT and SCR on a target cohort's folds.",
         discussion: """
-        The paper trained on CT-150 (multi-organ) and moved to TCIA Pancreas-CT (another site, pancreas only): the CT-150 model applied as it is (BFT, before fine-tuning), fine-tuned on the new cohort (AFT), and a model trained there from scratch (SCR). This does the same for every model of --models:
+        The paper trained on CT-150 (multi-organ) and moved to TCIA Pancreas-CT (another site, pancreas only): the CT-150 model applied as it is (BFT, before fine-tuning), fine-tuned on the new cohort (AFT), and a model trained there from scratch (SCR). This does the same for every model of --models, trained first on a source cohort and then reported on a target cohort's folds:
 
         1. Train each model on the whole --source store, less a seeded --val-fraction that picks its best checkpoint (RUN/source/<model>/).
         2. Split the --target store into --folds folds (RUN/target/splits.json) and test every fold under each protocol:
-        BFT: the source checkpoint as it is: its arg-max over the source classes, mapped by --label-map (a class without a target class counts as background); RUN/target/bft-<model>/.
-        AFT: the source weights fine-tuned on the fold's training cases, the output rows of the mapped classes kept (--finetune-epochs, --finetune-lr, --freeze, --head-lr); RUN/target/aft-<model>/, an attunet cv folder.
-        SCR: trained from scratch on the fold's training cases with the source settings; RUN/target/scr/.
+        - BFT: the source checkpoint as it is: its arg-max over the source classes, mapped by --label-map (a class without a target class counts as background); RUN/target/bft-<model>/.
+        - AFT: the source weights fine-tuned on the fold's training cases, the output rows of the mapped classes kept (--finetune-epochs, --finetune-lr, --freeze, --head-lr); RUN/target/aft-<model>/, an attunet cv folder.
+        - SCR: trained from scratch on the fold's training cases with the source settings; RUN/target/scr/.
         3. Write RUN/transfer.md (the paper's table layout: Dice, precision, recall, S2S in mm, mean ± std over the target cases, the paper's numbers beside), transfer.csv and transfer.json, with paired Wilcoxon tests (AFT − BFT, AFT − SCR, and the first model against the others) over the same cases.
 
         --label-map SRC:DST,... maps source classes to target classes (background implied); by default every target class takes the source class of the same name (pancreas 2 → pancreas 1). It is checked against both stores before anything trains. Model classes come from the stores (--classes is refused).
@@ -33,6 +33,16 @@ struct Transfer: ParsableCommand {
               --target tcia82.h5 --epochs 300 --finetune-epochs 100
 
         Restart: rerun the same command; finished source runs and folds are skipped, an unfinished one resumes. A command whose settings differ from RUN/config.json is refused, naming the difference.
+
+        Exit status:
+          0   done
+          1   an error, one line each on stderr
+          3   the loss became NaN/Inf; the last good checkpoint is kept
+          4   a collective waited past --step-timeout: a peer died, hung or is
+              unreachable, and the job was ended
+          64  bad command line
+          75  stopped on request (SIGTERM/SIGUSR1) after checkpointing the trainings
+              in progress: rerun the same command to continue
         """
     )
 
@@ -95,7 +105,7 @@ struct TransferExperimentOptions: ParsableArguments {
     @Option(help: ArgumentHelp("Fine-tuning: base learning rate of the parameters that start fresh; default: --finetune-lr.", valueName: "rate"))
     var headLr: Double?
 
-    @Option(help: ArgumentHelp("Groups of ranks training side by side (the source models, then each protocol's folds); must divide the ranks. Default 1; the built-in default: the ranks.", valueName: "G"))
+    @Option(help: ArgumentHelp("Groups of ranks training side by side (the source models, then each protocol's folds); must divide the ranks. The built-in default (no --source and --target) runs as many groups as ranks.", valueName: "G"))
     var foldParallel: Int = 1
 
     @Option(help: "ASSD/HD95 definition: pooled (medpy) or max-directed (DeepMind surface-distance).")

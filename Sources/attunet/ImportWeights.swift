@@ -9,19 +9,23 @@ import Training
 struct ImportWeights: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "import-weights",
-        abstract: "Convert a safetensors state_dict of the original PyTorch model (or an attunet checkpoint) into an attunet checkpoint.",
+        abstract: "Convert PyTorch weights (safetensors) into an attunet checkpoint.",
         discussion: """
-        The architecture (attention-unet or unet, input channels, classes, feature scale) is inferred from the
-        tensors' names and shapes; every name and shape is checked. Convert a .pth first:
+        The input is a safetensors state_dict of the original PyTorch model, or an attunet checkpoint. The architecture (attention-unet or unet, input channels, classes, feature scale) is inferred from the tensors' names and shapes; every name and shape is checked. Convert a .pth first:
           python -c "import torch, safetensors.torch as st; \\
-            st.save_file({k: v.contiguous() for k, v in torch.load('model.pth', map_location='cpu').items()}, 'model.safetensors')"
+            sd = torch.load('model.pth', map_location='cpu'); \\
+            sd = {k: v.contiguous() for k, v in sd.items()}; \\
+            st.save_file(sd, 'model.safetensors')"
           attunet import-weights model.safetensors --out ckpt.h5
-        A .pth saved from the whole training state (e.g. {'state_dict': ...}) must be reduced to the model's
-        state_dict first. Weights trained with PyTorch <= 0.3 (the paper's) used align_corners=True trilinear
-        upsampling: pass --align-corners to keep that behaviour.
-        An attunet checkpoint (HDF5) as input is verified (Fletcher-32 checksums, stored SHA-256 of the weights)
-        and written as a weights-only checkpoint (no optimizer or training state). safetensors has no checksum:
-        a damaged header is refused with one line, but a changed value inside the data cannot be detected.
+
+        A .pth saved from the whole training state (e.g. {'state_dict': ...}) must be reduced to the model's state_dict first. Weights trained with PyTorch <= 0.3 (the paper's) used align_corners=True trilinear upsampling: pass --align-corners to keep that behaviour.
+
+        An attunet checkpoint (HDF5) as input is verified (Fletcher-32 checksums, stored SHA-256 of the weights) and written as a weights-only checkpoint (no optimizer or training state). safetensors has no checksum: a damaged header is refused with one line, but a changed value inside the data cannot be detected.
+
+        Exit status:
+          0   done, --out written
+          1   an error, one line on stderr; --out not written
+          64  bad command line
         """
     )
 

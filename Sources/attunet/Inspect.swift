@@ -8,21 +8,21 @@ import Training
 /// `attunet inspect`: a model's parameter table, or what a checkpoint holds.
 struct Inspect: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Print a model's parameter count and per-module table, or describe a checkpoint.",
+        abstract: "Print a model's parameters per module, or describe a checkpoint.",
         discussion: """
-        Without a file: builds the architecture from the model options and prints one row per top-level
-        module of the original PyTorch class (conv1, ..., attentionblock4, up_concat1, dsv1, final) with its
-        parameter count, then the total. With --tensors, one row per state_dict tensor instead.
-          attunet inspect --model attention-unet --classes 4     # 6,473,322 parameters
-          attunet inspect --model unet --classes 4               # 5,888,004
-          attunet inspect --model unet-capacity-matched          # 6,444,328 (feature scale 3.82)
-          attunet inspect --model unet-10m                       # 10,403,190 (feature scale 3)
-        With a checkpoint file: its model configuration, training state, parameter count and tensors, the
-        weights' SHA-256, and the integrity check: every dataset is read (HDF5's Fletcher-32 checksums) and the
-        stored SHA-256 digests of the weights and of the optimizer and training state are verified. A damaged
-        checkpoint is refused with one line naming it and what failed (exit status 1); one written before
-        attunet stored digests says "no stored digest".
+        Without a file: builds the architecture from the model options and prints one row per top-level module of the original PyTorch class (conv1, ..., attentionblock4, up_concat1, dsv1, final) with its parameter count, then the total. With --tensors, one row per state_dict tensor instead.
+          attunet inspect --model attention-unet --classes 4   # 6,473,322 parameters
+          attunet inspect --model unet --classes 4             # 5,888,004
+          attunet inspect --model unet-capacity-matched        # 6,444,328 (scale 3.82)
+          attunet inspect --model unet-10m                     # 10,403,190 (scale 3)
+
+        With a checkpoint file: its model configuration, training state, parameter count and tensors, the weights' SHA-256, and the integrity check: every dataset is read (HDF5's Fletcher-32 checksums) and the stored SHA-256 digests of the weights and of the optimizer and training state are verified. A damaged checkpoint is refused with one line naming it and what failed (exit status 1); one written before attunet stored digests says "no stored digest".
           attunet inspect runs/demo/checkpoint_best.h5
+
+        Exit status:
+          0   done
+          1   an error or a damaged checkpoint, one line on stderr
+          64  bad command line
         """
     )
 

@@ -8,45 +8,36 @@ import Tensor
 /// `attunet prepare`: NIfTI cases -> the HDF5 case store training reads.
 struct Prepare: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Convert NIfTI CT cases (Decathlon/nnU-Net folder or two folders) into an HDF5 case store.",
+        abstract: "Convert NIfTI CT cases into an HDF5 case store for training.",
         discussion: """
         Input, one of:
-          --input DIR                      a Decathlon / nnU-Net folder: dataset.json, imagesTr/, labelsTr/
-          --image-dir DIR --label-dir DIR  two folders of .nii / .nii.gz files paired by name
-                                           (an image's nnU-Net channel suffix _0000 is ignored)
-        Geometry comes from each file's sform (else qform). Every case is checked, then the image is
-        Gaussian-blurred (--blur-sigma, mm) and resampled trilinearly, the label by nearest neighbour, to
-        --spacing mm isotropic (the paper: 2.0 mm; voxel axes and orientation are kept, the affine updated).
+          --input DIR                      a Decathlon / nnU-Net folder:
+                                           dataset.json, imagesTr/, labelsTr/
+          --image-dir DIR --label-dir DIR  two folders of .nii / .nii.gz files,
+                                           paired by name (an image's nnU-Net
+                                           channel suffix _0000 is ignored)
 
-        Labels: values must be integers within the declared classes (dataset.json "labels", else --class-names).
-        --labels remaps source values and sets every unlisted value to 0, e.g. CT-150's organ ids:
+        Geometry comes from each file's sform (else qform). Every case is checked, then the image is Gaussian-blurred (--blur-sigma, mm) and resampled trilinearly, the label by nearest neighbour, to --spacing mm isotropic (the paper: 2.0 mm; voxel axes and orientation are kept, the affine updated).
+
+        Labels: values must be integers within the declared classes (dataset.json "labels", else --class-names). --labels remaps source values and sets every unlisted value to 0, e.g. CT-150's organ ids:
           --labels 4:1,7:2,8:3    (spleen, pancreas, kidney)
 
-        Bad inputs (a missing label, image/label shape or geometry mismatch, unreadable/truncated/corrupt
-        files, NaN or infinite intensities, CT intensities beyond ±100000 HU after the header's scl_slope and
-        scl_inter, labels outside the classes, empty volumes) each print one line
-        "error: FILE: PROBLEM"; the run then exits 1 and leaves no store behind. With --skip-bad the good cases
-        are converted and the bad ones listed as skipped. The store is written to a hidden temporary file next
-        to OUT, synced and renamed when complete, so OUT is either the previous file or a finished store (a
-        full disk fails with "no space left on device while writing ..." and leaves no temporary file). Every
-        dataset carries HDF5's Fletcher-32 checksum, so a damaged chunk fails its read with "checksum mismatch".
+        Bad inputs (a missing label, image/label shape or geometry mismatch, unreadable/truncated/corrupt files, NaN or infinite intensities, CT intensities beyond ±100000 HU after the header's scl_slope and scl_inter, labels outside the classes, empty volumes) each print one line "error: FILE: PROBLEM"; the run then exits 1 and leaves no store behind. With --skip-bad the good cases are converted and the bad ones listed as skipped. The store is written to a hidden temporary file next to OUT, synced and renamed when complete, so OUT is either the previous file or a finished store (a full disk fails with "no space left on device while writing ..." and leaves no temporary file). Every dataset carries HDF5's Fletcher-32 checksum, so a damaged chunk fails its read with "checksum mismatch".
 
-        Store layout (h5py / h5dump readable; every field in the Data documentation, CaseStoreFormat):
-        /cases/<id>/image (int16 HU, or float32 for non-integer sources) and /cases/<id>/label (uint8),
-        [Z][Y][X], chunked 32^3 with deflate; /cases/<id>/foreground (sampled foreground voxels, for patch
-        oversampling); per-case attributes spacing_mm, affine, original_shape, original_spacing_mm,
-        original_affine, source, source_label, intensity_stats, class_voxels; root attributes format,
-        format_version, class_names, modality, spacing_mm, blur_sigma_mm, num_cases, foreground_intensity,
-        label_map (with --labels) and a fingerprint (source spacings and shapes, foreground intensity
-        percentiles 0.5/50/99.5, mean, std).
+        Store layout (h5py / h5dump readable; every field in the DataPipeline documentation, CaseStoreFormat): /cases/<id>/image (int16 HU, or float32 for non-integer sources) and /cases/<id>/label (uint8), [Z][Y][X], chunked 32^3 with deflate; /cases/<id>/foreground (sampled foreground voxels, for patch oversampling); per-case attributes spacing_mm, affine, original_shape, original_spacing_mm, original_affine, source, source_label, intensity_stats, class_voxels; root attributes format, format_version, class_names, modality, spacing_mm, blur_sigma_mm, num_cases, foreground_intensity, label_map (with --labels) and a fingerprint (source spacings and shapes, foreground intensity percentiles 0.5/50/99.5, mean, std).
 
-        Under mpirun the ranks convert disjoint cases (rank r takes cases r, r+p, ...) into part files next to
-        OUT, and rank 0 assembles the store; the result equals a single-process run's.
+        Under mpirun the ranks convert disjoint cases (rank r takes cases r, r+p, ...) into part files next to OUT, and rank 0 assembles the store; the result equals a single-process run's.
 
         Example:
           attunet synth --cases 20 --out data/phantoms
           attunet prepare --input data/phantoms --out data/phantoms.h5
-          mpirun -np 2 --bind-to none attunet prepare --input data/phantoms --out data/phantoms.h5
+          mpirun -np 2 --bind-to none attunet prepare --input data/phantoms \\
+              --out data/phantoms.h5
+
+        Exit status:
+          0   done
+          1   an error or bad inputs, one line each on stderr; no store written
+          64  bad command line
         """
     )
 
@@ -82,8 +73,9 @@ struct Prepare: ParsableCommand {
     @Option(help: "Deflate level 0-9 (0 = uncompressed).")
     var deflate: Int = 1
 
-    @Option(help: "Threads converting cases in parallel (default: all cores).")
-    var threads: Int = ProcessInfo.processInfo.activeProcessorCount
+    @Option(name: .customLong("threads"), help: "Threads converting cases in parallel.")
+    var threadCount = CoreCount.allCores
+    var threads: Int { threadCount.value }
 
     @Flag(help: "Convert the good cases and list the bad ones instead of failing.")
     var skipBad = false

@@ -10,9 +10,9 @@ import Training
 /// `attunet train`: data-parallel training on a case store.
 struct Train: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Train the Attention U-Net (or the U-Net baseline) on an HDF5 case store, data-parallel over MPI.",
+        abstract: "Train the Attention U-Net (or a U-Net) on a case store, over MPI.",
         discussion: """
-        One process trains alone; under mpirun every rank holds a replica, takes its share of each global batch (--batch must be divisible by the rank count) and gradients are averaged with an all-reduce. Rank 0 prints one line per epoch, writes log.csv, progress.svg, checkpoint_latest.h5 (every --checkpoint-every epochs and at the end) and checkpoint_best.h5 (best mean validation Dice) into --out.
+        One process trains alone (the Attention U-Net, or with --model its U-Net baseline or a U-Net preset); under mpirun every rank holds a replica, takes its share of each global batch (--batch must be divisible by the rank count) and gradients are averaged with an all-reduce. Rank 0 prints one line per epoch, writes log.csv, progress.svg, checkpoint_latest.h5 (every --checkpoint-every epochs and at the end) and checkpoint_best.h5 (best mean validation Dice) into --out.
 
           attunet synth --cases 20 --out phantoms
           attunet prepare --input phantoms --out phantoms.h5
@@ -26,10 +26,22 @@ struct Train: ParsableCommand {
 
         Starting from a checkpoint: --init CHECKPOINT copies its weights and BN buffers by name (the optimizer starts fresh) and prints what was copied and what starts fresh. --freeze encoder keeps conv1 ... center as they are; --head-lr trains the fresh parameters at another rate; --reset-head starts the output layers fresh (a checkpoint with another class count); --label-map SRC:DST,... copies the output rows of the checkpoint's classes to the store's. From a unet checkpoint into --model attention-unet --pass-through-gates the network starts computing the U-Net's logits (evaluation mode). These settings are part of the run's configuration: --resume needs the same ones and does not apply --init again.
 
-          attunet train --store pancreas.h5 --classes 2 --init runs/ct/checkpoint_best.h5 \\
-              --label-map 2:1 --freeze encoder --head-lr 1e-3 --out runs/finetune
+          attunet train --store pancreas.h5 --classes 2 \\
+              --init runs/ct/checkpoint_best.h5 --label-map 2:1 --freeze encoder \\
+              --head-lr 1e-3 --out runs/finetune
 
         Integrity: every checkpoint carries Fletcher-32 checksums on its datasets and SHA-256 digests of its weights and of its optimizer and training state; --resume verifies them and refuses a damaged checkpoint_latest.h5 with one line. It never falls back on its own: continue from another checkpoint with --resume-from PATH (checkpoint_best.h5, or a copy of an earlier checkpoint_latest.h5); the run goes on from that checkpoint's epoch and overwrites checkpoint_latest.h5 at its next save. A checkpoint that cannot be written (a full disk) ends the run with status 1 and keeps the previous one.
+
+        Exit status:
+          0   done
+          1   an error, one line each on stderr (e.g. a refused --resume, a checkpoint
+              that cannot be written: the previous one is kept)
+          3   the loss became NaN/Inf; the last good checkpoint is kept
+          4   a collective waited past --step-timeout: a peer died, hung or is
+              unreachable, and the job was ended
+          64  bad command line
+          75  stopped on request (SIGTERM/SIGUSR1, --stop-after-epochs) after writing
+              checkpoint_latest.h5: run the same command with --resume to continue
         """
     )
 

@@ -23,11 +23,13 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "adam (the paper) or sgd (Nesterov momentum 0.9, what the released code ran).")
     var optimizer: OptimizerKind = .adam
 
-    @Option(help: "Base learning rate (the paper: 1e-4).")
-    var lr: Double = 1e-4
+    @Option(name: .customLong("lr"), help: "Base learning rate (the paper's).")
+    var lrOption = WrittenNumber(1e-4, written: "1e-4")
+    var lr: Double { lrOption.value }
 
-    @Option(help: "L2 weight decay.")
-    var weightDecay: Double = 1e-6
+    @Option(name: .customLong("weight-decay"), help: "L2 weight decay.")
+    var weightDecayOption = WrittenNumber(1e-6, written: "1e-6")
+    var weightDecay: Double { weightDecayOption.value }
 
     @Option(help: "LR schedule: step (x0.5 every --lr-step epochs, the original), poly (x(1-e/E)^0.9) or constant.")
     var schedule: ScheduleKind = .step
@@ -44,8 +46,9 @@ struct TrainingOptions: ParsableArguments {
     @Flag(help: "Synchronise BatchNorm statistics across ranks (SyncBN); default: per-rank statistics.")
     var syncBN = false
 
-    @Option(help: "Fraction of patches centred on a foreground voxel.")
-    var foregroundFraction: Double = 1.0 / 3.0
+    @Option(name: .customLong("foreground-fraction"), help: "Fraction of patches centred on a foreground voxel, a decimal or a ratio such as 1/3.")
+    var foregroundFractionOption = WrittenNumber(1.0 / 3.0, written: "1/3")
+    var foregroundFraction: Double { foregroundFractionOption.value }
 
     @Option(help: "Augmentation: paper (in-plane flips, rotation, shift, zoom), extended (+3D rotation, gamma, noise, brightness) or none.")
     var augment: AugmentPreset = .paper
@@ -59,8 +62,9 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Write checkpoint_latest.h5 every N epochs (and at the end).")
     var checkpointEvery: Int = 1
 
-    @Option(help: "Threads per rank: every layer's work is spread over them (1 when ranks fill the cores; the batch scripts pass the CPUs per task through ATTUNET_THREADS, the default when set).")
-    var threads: Int = PerRankThreads.fromEnvironment
+    @Option(name: .customLong("threads"), help: "Threads per rank: every layer's work is spread over them (1 when ranks fill the cores; the batch scripts pass the CPUs per task through ATTUNET_THREADS).")
+    var threadCount = RankThreadCount.fromEnvironment
+    var threads: Int { threadCount.value }
 
     @Option(help: "All-reduce bucket in MiB: the flat gradient buffer is summed across ranks in pieces of this size. The result does not depend on it; smaller pieces need less MPI buffer memory.")
     var allreduceBucketMib: Double = 16

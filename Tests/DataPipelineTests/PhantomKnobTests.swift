@@ -117,7 +117,8 @@ extension PhantomKnobTests {
             let c = Phantom.generate(seed: 3, index: 1, scale: 0.5, options: o)
             XCTAssertEqual(c.dim.z, straight.dim.z)
             XCTAssertGreaterThan(c.dim.x * c.dim.y, straight.dim.x * straight.dim.y)
-            let ang = atan2(c.affine[4] * (codes == "LPS" ? 1 : -1), c.affine[0] * (codes == "LPS" ? 1 : -1))   // column i vs -x
+            // column i vs -x
+            let ang = atan2(c.affine[4] * (codes == "LPS" ? 1 : -1), c.affine[0] * (codes == "LPS" ? 1 : -1))
             XCTAssertEqual(abs(ang) * 180 / .pi, 180 - abs(deg), accuracy: 1e-6)
             for l: UInt8 in 1...3 {
                 let a = worldCentroid(straight, l), b = worldCentroid(c, l)
