@@ -9,7 +9,7 @@ import Support
 struct ExportWeights: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "export-weights",
-        abstract: "Write an attunet checkpoint's weights as a safetensors state_dict that the original PyTorch model loads.",
+        abstract: "Write a checkpoint's weights as a PyTorch safetensors state_dict.",
         discussion: """
         Reads a training checkpoint or a weights-only one, verifies it as every load does (HDF5's Fletcher-32 checksums, the stored SHA-256 of the weights and BN buffers) and writes every parameter and buffer of the original class's state_dict (unet_CT_multi_att_dsv_3D, or unet_CT_dsv_3D for the U-Nets) under its own name, in PyTorch's shape and axis order: float32, num_batches_tracked as int64, little-endian, in state_dict order. The optimizer and training state are not exported. The header's __metadata__ holds format "pt", attunet_model_config (the checkpoint's model_config JSON) and attunet_weights_sha256.
 

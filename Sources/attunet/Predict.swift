@@ -10,7 +10,7 @@ import Workflows
 /// `attunet predict`: segment CT volumes with a checkpoint, an ensemble, or a cross-validation's folds.
 struct Predict: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Segment NIfTI volumes or store cases with a checkpoint, an ensemble or a CV's folds; labels on the source grid.",
+        abstract: "Segment CT volumes with a checkpoint, an ensemble or a CV's folds.",
         discussion: """
         Models: --checkpoint (repeat it for an ensemble), or --cv-dir, a folder written by attunet cv: the ensemble of every fold's checkpoint_best.h5 of the run's first model, as nnU-Net ensembles its folds (--model, --folds and --which choose others). An ensemble averages the softmax outputs; its members must share the architecture, the classes and the preprocessing.
 
@@ -20,19 +20,22 @@ struct Predict: ParsableCommand {
 
         The sliding window tiles the volume with the training patch (--patch to change it) and blends the tiles' softmax with a Gaussian weight (--overlap). --tta averages the flips along the axes training mirrored along; a model trained without flips (--augment none) is refused, since flipped images are new to it, unless the axes are named with --tta-axes.
 
-        Output in --out, per case:
-          <case>.nii.gz                  uint8 labels on the source's grid, with its affine and qform/sform codes (a store case's source file when it is still where prepare read it, else scanner/scanner), read back and checked against the source;
-          probabilities/<case>.nii.gz    with --save-probabilities: float32, 4-D (x, y, z, class), the class probabilities on the source grid;
-          attention/<case>_<gate>.*      with --save-attention: the attention gates' maps on the resampled grid (.nii.gz) and 12 axial slices with the map overlaid (.png).
-        Only the label maps lie in --out itself, so attunet evaluate --pred OUT pairs them alone. Existing outputs are refused unless --force.
+        Output in --out, per case: <case>.nii.gz, uint8 labels on the source's grid with its affine and qform/sform codes (a store case's source file when it is still where prepare read it, else scanner/scanner), read back and checked against the source. With --save-probabilities, probabilities/<case>.nii.gz: float32, 4-D (x, y, z, class), the class probabilities on the source grid. With --save-attention, attention/<case>_<gate>.nii.gz and .png: the attention gates' maps on the resampled grid, and 12 axial slices with the map overlaid. Only the label maps lie in --out itself, so attunet evaluate --pred OUT pairs them alone. Existing outputs are refused unless --force.
 
-        Examples:
-          attunet predict --cv-dir runs/cv --input Dataset007_Pancreas/imagesTs --out pred
-          attunet predict --checkpoint runs/demo/checkpoint_best.h5 --input scan.nii.gz --out pred --tta
-          mpirun -np 2 --bind-to none -x OPENBLAS_NUM_THREADS=1 attunet predict --store phantoms.h5 --cv-dir runs/cv --out pred
+          attunet predict --cv-dir runs/cv --input Dataset007/imagesTs \\
+              --out pred
+          attunet predict --checkpoint runs/demo/checkpoint_best.h5 \\
+              --input scan.nii.gz --out pred --tta
+          mpirun -np 2 --bind-to none -x OPENBLAS_NUM_THREADS=1 \\
+              attunet predict --store phantoms.h5 --cv-dir runs/cv --out pred
+
         Under mpirun, rank r takes cases r, r+p, ...; rank 0 prints one line per case (seconds, peak resident memory of the rank that predicted it) and a summary.
 
-        Exit status: 0 done; 1 bad input, a refused checkpoint or option, or a failed case (one line naming the file); 64 usage error.
+        Exit status:
+          0   every case was written
+          1   an error, one line naming the file: bad input, a refused checkpoint
+              or option, a failed case
+          64  the command line itself is wrong (an unknown option, an invalid value)
         """
     )
 
@@ -90,8 +93,9 @@ struct Predict: ParsableCommand {
     @Flag(help: "Overwrite existing outputs; accept a --spacing or --blur-sigma that conflicts with the checkpoint's recipe.")
     var force = false
 
-    @Option(help: "Threads per rank: every layer's work is spread over them (default: ATTUNET_THREADS when set, else 1).")
-    var threads: Int = PerRankThreads.fromEnvironment
+    @Option(name: .customLong("threads"), help: "Threads per rank: every layer's work is spread over them.")
+    var threadCount = RankThreadCount.fromEnvironment
+    var threads: Int { threadCount.value }
 
     func validate() throws {
         guard (input == nil) != (store == nil) else { throw ValidationError("give exactly one of --input and --store") }

@@ -298,8 +298,9 @@ final class PredictEvaluateTests: XCTestCase {
         for command in ["evaluate --help", "help evaluate"] {
             let h = try TestEnv.run("\(TestEnv.attunet) \(command)")
             XCTAssertEqual(h.status, 0, h.stderr)
-            XCTAssertTrue(h.stdout.contains("both empty") && h.stdout.contains("prediction empty")
-                          && h.stdout.contains("worst case"), h.stdout)
+            let flat = h.stdout.split(whereSeparator: \.isWhitespace).joined(separator: " ")
+            XCTAssertTrue(flat.contains("When both are empty") && flat.contains("the prediction is empty")
+                          && flat.contains("worst case"), h.stdout)
         }
         let p = try TestEnv.run("\(TestEnv.attunet) predict --help")
         XCTAssertEqual(p.status, 0, p.stderr)
