@@ -90,7 +90,7 @@ struct Predict: ParsableCommand {
     @Flag(help: "Overwrite existing outputs; accept a --spacing or --blur-sigma that conflicts with the checkpoint's recipe.")
     var force = false
 
-    @Option(help: "Threads per rank: every layer's work is spread over them (default: ATTUNET_THREADS when set, else 1).")
+    @Option(help: "Threads per rank: every layer's work is spread over them (default: ATTUNET_THREADS when set, else SLURM_CPUS_PER_TASK, else the CPUs of the rank's affinity mask divided among the ranks on its node that share them).")
     var threads: Int = PerRankThreads.fromEnvironment
 
     func validate() throws {

@@ -59,7 +59,7 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Write checkpoint_latest.h5 every N epochs (and at the end).")
     var checkpointEvery: Int = 1
 
-    @Option(help: "Threads per rank: every layer's work is spread over them (1 when ranks fill the cores; the batch scripts pass the CPUs per task through ATTUNET_THREADS, the default when set).")
+    @Option(help: "Threads per rank: every layer's work is spread over them. Default: ATTUNET_THREADS when set, else Slurm's --cpus-per-task (SLURM_CPUS_PER_TASK), else the CPUs this rank may run on (its affinity mask) divided among the ranks on its node that share them (mpirun --bind-to none); at least 1.")
     var threads: Int = PerRankThreads.fromEnvironment
 
     @Option(help: "All-reduce bucket in MiB: the flat gradient buffer is summed across ranks in pieces of this size. The result does not depend on it; smaller pieces need less MPI buffer memory.")
@@ -147,11 +147,8 @@ struct TransferOptions: ParsableArguments {
     }
 }
 
-/// The default of `--threads`: `ATTUNET_THREADS` when it holds a positive count (the launch and batch scripts
-/// set it to the cores each rank may use), else 1.
+/// The default of `--threads` (``CPUAllocation/defaultThreads``): `ATTUNET_THREADS` when it holds a positive
+/// count, else `SLURM_CPUS_PER_TASK`, else the CPUs of the affinity mask divided among the node's ranks sharing it.
 enum PerRankThreads {
-    static var fromEnvironment: Int {
-        guard let text = ProcessInfo.processInfo.environment["ATTUNET_THREADS"], let n = Int(text), n >= 1 else { return 1 }
-        return n
-    }
+    static var fromEnvironment: Int { CPUAllocation.defaultThreads.threads }
 }
