@@ -14,7 +14,9 @@
 #   e2 the same under launch/mpirun-hosts.sh: mpirun ends within seconds naming node2, no rank left running
 #   e3 TIME_LIMIT of mpirun-hosts.sh: the ranks checkpoint and it exits 75
 #   h  --cpus-per-task=2 (srun --mpi=pmix, task/affinity binding): attunet doctor on each rank reports 2 CPUs
-#      in its affinity mask and 2 threads, no oversubscription warning
+#      in its affinity mask and 2 threads, from the scripts' ATTUNET_THREADS and, without it, from
+#      SLURM_CPUS_PER_TASK; no warning of more threads than CPUs. 2 ranks x 1 CPU on a node: each rank bound to
+#      its own CPU, 1 thread
 #   i  elastic resume: a 2-node train job (3 epochs, --stop-after-epochs 1) requeued onto 1 node (1 rank, the
 #      same global batch) after its first epoch finishes; its weights equal an uninterrupted 2-rank run's within
 #      the rank-equivalence tolerance (relative L2 difference of the update since the stop <= 1e-3; a short run,
@@ -327,6 +329,7 @@ set -euo pipefail
 ATTUNET_ROOT=$ROOT MAX_REQUEUES=0 LAUNCHER=srun
 source "\$ATTUNET_ROOT/cluster/lib.sh"
 run_ranks "\$BIN" doctor --gemm-size 64
+[ "\$RC" = 0 ] && run_ranks env -u ATTUNET_THREADS "\$BIN" doctor --gemm-size 64
 finish
 EOF
   j=$(submit --nodes=2 --ntasks-per-node=1 --cpus-per-task=2 --output=h-%j.out doctor.sbatch)
@@ -335,9 +338,17 @@ EOF
   [ "$st" = COMPLETED ] || fail "doctor job $j ended $st"
   grep -q "srun on 2 node(s) x 1 rank(s) (2 in all), 2 thread(s) per rank" "h-$j.out" || fail "the job script does not say 2 threads per rank"
   for r in 0 1; do
-    grep -Eq "^rank $r/2 .* CPUs [0-9,-]+ \(2\)  threads 2 " "h-$j.out" || fail "rank $r: not 2 CPUs in its affinity mask and 2 threads"
+    for src in ATTUNET_THREADS SLURM_CPUS_PER_TASK; do
+      grep -Eq "^rank $r/2 .* CPUs [0-9,-]+ \(2\)  threads 2 \($src\)" "h-$j.out" || fail "rank $r: not 2 CPUs in its affinity mask and 2 threads from $src"
+    done
   done
   ! grep -q 'threads .* but it may run on' "h-$j.out" || fail "doctor warns of more threads than CPUs"
+  j=$(submit --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --output=h-%j.out doctor.sbatch)
+  st=$(wait_job "$j" 60)
+  cat "h-$j.out"
+  [ "$st" = COMPLETED ] || fail "doctor job $j ended $st"
+  [ "$(grep -Ec '^rank [01]/2 .* CPUs [0-9]+ \(1\)  threads 1 ' "h-$j.out")" = 4 ] || fail "2 ranks x 1 CPU: not 1 CPU and 1 thread per rank"
+  [ "$(grep -E '^rank [01]/2 ' "h-$j.out" | head -n 2 | sed -E 's/.* CPUs ([0-9]+) .*/\1/' | sort -u | wc -l)" = 2 ] || fail "the 2 ranks of a node share a CPU"
 }
 
 # ||A - B|| / ||B - S|| over the parameters in /state_dict (not the BN running statistics): the difference of
