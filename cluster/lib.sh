@@ -14,8 +14,11 @@ die() { echo "error: $*" >&2; exit 1; }
 [ -n "${SLURM_JOB_ID:-}" ] || die "$(basename "$0") is a batch script: submit it with sbatch"
 
 # One attunet thread per CPU Slurm gave each rank (--cpus-per-task): ATTUNET_THREADS is the default of every
-# subcommand's --threads. OpenBLAS runs single-threaded inside attunet's own loops.
-export ATTUNET_THREADS=${ATTUNET_THREADS:-${SLURM_CPUS_PER_TASK:-1}}
+# subcommand's --threads (without it attunet reads SLURM_CPUS_PER_TASK, then its affinity mask, itself; set
+# here so that both launchers and the log line agree). OpenBLAS runs single-threaded inside attunet's own
+# loops: a rank's BLAS calls are items of its ATTUNET_THREADS-wide loops.
+CPUS_PER_TASK=${SLURM_CPUS_PER_TASK:-1}
+export ATTUNET_THREADS=${ATTUNET_THREADS:-$CPUS_PER_TASK}
 export OPENBLAS_NUM_THREADS=1
 # shellcheck source=../launch/env.sh
 source "$ATTUNET_ROOT/launch/env.sh"
@@ -30,13 +33,20 @@ case "${LAUNCHER:-auto}" in
   srun|mpirun) LAUNCH=$LAUNCHER ;;
   *) die "LAUNCHER=$LAUNCHER: use auto, srun or mpirun" ;;
 esac
+# Ranks: with --ntasks-per-node, the nodes this attempt was given times that, so that a job requeued onto fewer
+# nodes (submitted with --nodes=MIN-MAX, or shrunk with scontrol update NumNodes=) runs fewer ranks and resumes
+# its checkpoint there (any rank count that divides the global batch); SLURM_NTASKS keeps the submitted count.
+RANKS=${SLURM_NTASKS:-1}
+if [[ "${SLURM_NTASKS_PER_NODE:-}" =~ ^[0-9]+$ ]]; then RANKS=$(( ${SLURM_JOB_NUM_NODES:-1} * SLURM_NTASKS_PER_NODE )); fi
 if [ "$LAUNCH" = srun ]; then
   # --kill-on-bad-exit: one rank dying ends the step at once instead of leaving the others in a collective.
-  LAUNCH_CMD=(srun --mpi=pmix --kill-on-bad-exit=1)
+  # --cpus-per-task: srun of Slurm 22.05-23.02 does not take it from the allocation, and would bind each rank
+  # to one CPU whatever its thread count.
+  LAUNCH_CMD=(srun --mpi=pmix --kill-on-bad-exit=1 --ntasks="$RANKS" --cpus-per-task="$CPUS_PER_TASK")
 else
   # --bind-to none: Slurm already confines the ranks to their CPUs; binding inside that halves all-reduce
   # bandwidth on small nodes.
-  LAUNCH_CMD=(mpirun -np "$SLURM_NTASKS" --bind-to none "${MPIRUN_ENV[@]}" "${MPIRUN_OPTS[@]}")
+  LAUNCH_CMD=(mpirun -np "$RANKS" --bind-to none "${MPIRUN_ENV[@]}" "${MPIRUN_OPTS[@]}")
 fi
 
 # Seconds until Slurm ends the job (squeue's %L: [D-]HH:MM:SS, MM:SS, or UNLIMITED), 0 when unknown.
@@ -72,7 +82,7 @@ run_ranks() {
   # Ends a hung launch (a silent partition leaves mpirun waiting for minutes) 20 s before Slurm's own kill,
   # so this script still reports it; 0 = no limit known.
   [ "$left" -gt 60 ] && limit=$(( left - 20 ))
-  log "$LAUNCH on $SLURM_JOB_NUM_NODES node(s) x ${SLURM_NTASKS_PER_NODE:-?} rank(s), $ATTUNET_THREADS thread(s) per rank, kill after ${limit}s (0 = none): $*"
+  log "$LAUNCH on $SLURM_JOB_NUM_NODES node(s) x ${SLURM_NTASKS_PER_NODE:-?} rank(s) ($RANKS in all), $ATTUNET_THREADS thread(s) per rank, kill after ${limit}s (0 = none): $*"
   # run_watched: once a rank has failed, the launcher gets ABORT_GRACE seconds to end (a partitioned node
   # would keep srun or mpirun waiting).
   run_watched timeout -s KILL "$limit" "${LAUNCH_CMD[@]}" "$@"

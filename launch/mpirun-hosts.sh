@@ -24,8 +24,9 @@ ABORT_GRACE=${ABORT_GRACE:-30}          # seconds mpirun may take to end once a 
 CHECK_HOSTS=${CHECK_HOSTS:-1}           # 0 skips the same-binary/same-store check
 # shellcheck disable=SC2206  # a list of options
 MPIRUN_OPTS=(${MPIRUN_OPTS:-})          # anything else for mpirun
-export ATTUNET_THREADS=${ATTUNET_THREADS:-1}   # threads per rank (attunet's --threads): cores per node / RANKS_PER_NODE
-export OPENBLAS_NUM_THREADS=1                  # OpenBLAS runs single-threaded inside attunet's own loops
+# ATTUNET_THREADS=N                     # threads per rank (attunet's --threads), passed to every rank when set;
+                                        # unset: each rank takes its host's CPUs (affinity mask) / RANKS_PER_NODE
+export OPENBLAS_NUM_THREADS=1           # OpenBLAS runs single-threaded inside attunet's own loops
 # -----------------------------------------------------------------------------------------------------------
 
 while getopts "f:r:" o; do
@@ -89,7 +90,8 @@ if [ "$CHECK_HOSTS" = 1 ]; then
   echo "mpirun-hosts: ${#HOSTS[@]} host(s) see the same binary${STORE:+ and store}"
 fi
 
-echo "mpirun-hosts: $NP rank(s) on ${HOSTS[*]} ($RANKS_PER_NODE per host) x $ATTUNET_THREADS thread(s)"
+THREADS_SAID=${ATTUNET_THREADS:-"each host's CPUs / $RANKS_PER_NODE"}
+echo "mpirun-hosts: $NP rank(s) on ${HOSTS[*]} ($RANKS_PER_NODE per host) x $THREADS_SAID thread(s)"
 # USR1 first: mpirun passes it to the ranks, which checkpoint and exit 75 (mpirun then exits 75 too; on TERM
 # it would exit 1); KILL 30 s later if it hangs (a partition).
 # Always under timeout (0 = no limit): it puts mpirun in a process group of its own, so each signal below

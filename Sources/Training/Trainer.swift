@@ -104,8 +104,13 @@ public final class Trainer {
             transfer = report
             assignRoles()  // frozen and fresh as the run started
         }
-        guard state.worldSize == comm.size else {
-            throw AttunetError("\(path): written by a run with \(state.worldSize) rank(s); resume with the same number (now \(comm.size)) to continue the same patch sequence")
+        // Any rank count that divides the global batch continues the same run (init refused the others): the
+        // patches of a step, their augmentation and the validation are functions of global sample and case
+        // indices, and the gradient is the global batch's mean. Per-rank BatchNorm statistics (no --sync-bn)
+        // are the one exception: they cover batch/ranks patches, so they change with the rank count.
+        if state.worldSize != comm.size && comm.isRoot && context.verbose {
+            let bn = config.syncBN ? "" : "; without --sync-bn each rank's BatchNorm statistics now cover \(config.batch / comm.size) patch(es) instead of \(config.batch / max(1, state.worldSize)), so the run continues differently from one that kept its ranks"
+            print(context.linePrefix + "train: \(path) was written on \(state.worldSize) rank(s); continuing on \(comm.size) with the same global batch \(config.batch)" + bn)
         }
         try log?.load(keepBefore: state.epoch)
         return state
@@ -160,6 +165,7 @@ public final class Trainer {
     public func run(from resumed: TrainingState? = nil) throws {
         var state = resumed ?? TrainingState(epoch: 0, stepInEpoch: 0, globalStep: 0, bestDice: -1, bestEpoch: -1,
                                              worldSize: comm.size, storeFingerprint: fingerprint)
+        state.worldSize = comm.size   // a resumed run may continue on another rank count
         // A fresh start into a folder where a killed run's first checkpoint write left its temporary cleans it
         // too (a resume does in resume()).
         if resumed == nil, comm.isRoot, let removed = folder.removeStaleTemporaries(), context.verbose { print(context.linePrefix + "train: " + removed) }

@@ -14,7 +14,7 @@ struct Doctor: ParsableCommand {
         Run it first on a new machine, and under mpirun the way you will train, e.g.
           mpirun -np 2 --bind-to none attunet doctor
 
-        Rank 0 prints one line per rank (host, rank/size, MPI library and thread level, OpenBLAS kernel and threads, a measured sgemm rate, HDF5 version, nifticlib), under mpirun whether an all-reduce and a broadcast across the ranks delivered the right data, and then warnings and a verdict. It warns when OpenBLAS runs a slow fallback kernel on a CPU with AVX2/AVX-512 (set OPENBLAS_CORETYPE=SkylakeX, or Haswell for AVX2-only CPUs) and when ranks x BLAS threads exceed the cores of a host.
+        Rank 0 prints one line per rank (host, rank/size, the CPUs it may run on (its affinity mask), its threads (what --threads defaults to, and why), MPI library and thread level, OpenBLAS kernel and threads, a measured sgemm rate, HDF5 version, nifticlib), under mpirun whether an all-reduce and a broadcast across the ranks delivered the right data, and then warnings and a verdict. It warns when a rank's threads exceed the CPUs it may run on, when OpenBLAS runs a slow fallback kernel on a CPU with AVX2/AVX-512 (set OPENBLAS_CORETYPE=SkylakeX, or Haswell for AVX2-only CPUs) and when ranks x BLAS threads exceed the cores of a host.
 
         Exit status:
           0   every check passed (warnings allowed)
@@ -34,18 +34,22 @@ struct Doctor: ParsableCommand {
         var hdf5: String, nifti: Bool
         var cores: Int, avx512: Bool, avx2: Bool, cpu: String
         var coretypeEnv: String?
+        /// The affinity mask's CPUs, and the thread count the training subcommands default to here.
+        var affinity: [Int] = [], threads = 1, threadsSource = ""
     }
 
     func run() throws {
         let comm = try MPICommunicator()
         let cpu = CPUInfo.current
+        let affinity = CPUAllocation.affinity(), threads = CPUAllocation.defaultThreads
         let report = Report(
             host: MPIRuntime.processorName, rank: comm.rank, size: comm.size,
             mpi: MPIRuntime.libraryVersion, threadLevel: MPIRuntime.threadLevel,
             blasCore: BLASInfo.coreName, blasThreads: BLASInfo.threads, gflops: BLASInfo.sgemmRate(n: gemmSize, reps: 3),
             hdf5: hdf5LibraryVersion, nifti: NIfTIVolume.isLibraryUsable,
             cores: cpu.logicalCores, avx512: cpu.hasAVX512F, avx2: cpu.hasAVX2, cpu: cpu.modelName,
-            coretypeEnv: ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"])
+            coretypeEnv: ProcessInfo.processInfo.environment["OPENBLAS_CORETYPE"],
+            affinity: affinity, threads: threads.threads, threadsSource: threads.source)
 
         // Fixed-size blocks so one Allgather collects every rank's report.
         let blockSize = 2048
@@ -61,7 +65,7 @@ struct Doctor: ParsableCommand {
         }
         print("attunet doctor: \(comm.size) rank(s)")
         for r in reports {
-            print("rank \(r.rank)/\(r.size)  host \(r.host)  \(r.mpi) thread=\(r.threadLevel)  OpenBLAS \(r.blasCore) x\(r.blasThreads) thread(s)  sgemm \(fmt(r.gflops, 1)) GFLOP/s  HDF5 \(r.hdf5)  nifticlib \(r.nifti ? "yes" : "NO")")
+            print("rank \(r.rank)/\(r.size)  host \(r.host)  CPUs \(CPUAllocation.listString(r.affinity)) (\(r.affinity.count))  threads \(r.threads) (\(r.threadsSource))  \(r.mpi) thread=\(r.threadLevel)  OpenBLAS \(r.blasCore) x\(r.blasThreads) thread(s)  sgemm \(fmt(r.gflops, 1)) GFLOP/s  HDF5 \(r.hdf5)  nifticlib \(r.nifti ? "yes" : "NO")")
         }
         var (warnings, failures) = Self.verdict(reports)
         if let c = collectives {
@@ -84,6 +88,9 @@ struct Doctor: ParsableCommand {
     static func verdict(_ reports: [Report]) -> (warnings: [String], failures: [String]) {
         var warnings: [String] = [], failures: [String] = []
         for r in reports {
+            if r.threads > r.affinity.count {
+                warnings.append("rank \(r.rank) on \(r.host): \(r.threads) threads (\(r.threadsSource)) but it may run on \(r.affinity.count) CPU(s) (\(CPUAllocation.listString(r.affinity))); its threads share them (give srun --cpus-per-task, or set ATTUNET_THREADS=\(max(1, r.affinity.count)))")
+            }
             if !r.nifti { failures.append("rank \(r.rank): nifticlib is not usable (install libnifti2-dev)") }
             let slow = BLASInfo.slowCores.contains(r.blasCore)
             if slow && (r.avx512 || r.avx2) {

@@ -23,8 +23,8 @@ struct CoreCount: ExpressibleByArgument, Sendable {
     var defaultValueDescription: String { count.map(String.init) ?? "all cores" }
 }
 
-/// `--threads` of the training subcommands: a count, by default ATTUNET_THREADS when it holds a positive count,
-/// else 1 (``PerRankThreads``).
+/// `--threads` of the training subcommands and predict: a count, by default what the allocation gives this rank
+/// (``PerRankThreads``: ATTUNET_THREADS, else SLURM_CPUS_PER_TASK, else its share of its affinity mask).
 struct RankThreadCount: ExpressibleByArgument, Sendable {
     /// nil: from the environment.
     let count: Int?
@@ -44,7 +44,7 @@ struct RankThreadCount: ExpressibleByArgument, Sendable {
 
 extension PerRankThreads {
     /// How help shows the default.
-    static let defaultDescription = "ATTUNET_THREADS when set, else 1"
+    static let defaultDescription = "ATTUNET_THREADS, else SLURM_CPUS_PER_TASK, else this rank's share of its CPUs"
 }
 
 /// A number option whose default shows as written here; the command line takes a decimal or a ratio such as

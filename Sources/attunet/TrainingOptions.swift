@@ -62,7 +62,7 @@ struct TrainingOptions: ParsableArguments {
     @Option(help: "Write checkpoint_latest.h5 every N epochs (and at the end).")
     var checkpointEvery: Int = 1
 
-    @Option(name: .customLong("threads"), help: "Threads per rank: every layer's work is spread over them (1 when ranks fill the cores; the batch scripts pass the CPUs per task through ATTUNET_THREADS).")
+    @Option(name: .customLong("threads"), help: "Threads per rank: every layer's work is spread over them (the default follows the allocation: Slurm's --cpus-per-task, or the CPUs this rank may run on shared among the ranks of its node).")
     var threadCount = RankThreadCount.fromEnvironment
     var threads: Int { threadCount.value }
 
@@ -151,11 +151,8 @@ struct TransferOptions: ParsableArguments {
     }
 }
 
-/// The default of `--threads`: `ATTUNET_THREADS` when it holds a positive count (the launch and batch scripts
-/// set it to the cores each rank may use), else 1.
+/// The default of `--threads` (``CPUAllocation/defaultThreads``): `ATTUNET_THREADS` when it holds a positive
+/// count, else `SLURM_CPUS_PER_TASK`, else the CPUs of the affinity mask divided among the node's ranks sharing it.
 enum PerRankThreads {
-    static var fromEnvironment: Int {
-        guard let text = ProcessInfo.processInfo.environment["ATTUNET_THREADS"], let n = Int(text), n >= 1 else { return 1 }
-        return n
-    }
+    static var fromEnvironment: Int { CPUAllocation.defaultThreads.threads }
 }

@@ -38,6 +38,32 @@ final class MPITests: XCTestCase {
         if 4 > cores { XCTAssertTrue(r.stdout.contains("oversubscribed"), r.stdout) }
     }
 
+    /// Each rank's CPUs (its affinity mask, as the kernel lists it in /proc/self/status) and threads: under
+    /// mpirun --bind-to none without ATTUNET_THREADS the 2 ranks share the mask; ATTUNET_THREADS above the CPUs
+    /// of a rank (taskset to one CPU) is warned about.
+    func testDoctorPrintsEachRanksCPUsAndThreads() throws {
+        let status = try String(contentsOfFile: "/proc/self/status", encoding: .utf8)
+        let list = status.split(separator: "\n").first { $0.hasPrefix("Cpus_allowed_list:") }!
+            .split(separator: ":")[1].trimmingCharacters(in: .whitespaces)
+        let count = list.split(separator: ",").reduce(0) { n, part in
+            let ends = part.split(separator: "-").compactMap { Int($0) }
+            return n + (ends.count == 2 ? ends[1] - ends[0] + 1 : 1)
+        }
+        var r = try TestEnv.run("env -u ATTUNET_THREADS mpirun -np 2 --bind-to none --oversubscribe \(TestEnv.attunet) doctor --gemm-size 64")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        for rank in 0..<2 {
+            let line = r.stdout.split(separator: "\n").first { $0.hasPrefix("rank \(rank)/2 ") } ?? ""
+            XCTAssertTrue(line.contains("  CPUs \(list) (\(count))  threads \(max(1, count / 2)) (affinity mask of \(count) CPU(s) shared by 2 ranks on this node)  "), r.stdout)
+        }
+        XCTAssertFalse(r.stdout.contains("but it may run on"), r.stdout)
+        let first = list.split(whereSeparator: { $0 == "-" || $0 == "," })[0]
+        r = try TestEnv.run("ATTUNET_THREADS=2 taskset -c \(first) \(TestEnv.attunet) doctor --gemm-size 64")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("  CPUs \(first) (1)  threads 2 (ATTUNET_THREADS)  "), r.stdout)
+        XCTAssertTrue(r.stdout.contains("warning: rank 0 on "), r.stdout)
+        XCTAssertTrue(r.stdout.contains(": 2 threads (ATTUNET_THREADS) but it may run on 1 CPU(s) (\(first)); its threads share them"), r.stdout)
+    }
+
     /// An error only rank 1 meets (its store is missing) while rank 0 waits in doctor's all-reduce: rank 1
     /// prints it with its rank and ends the job within seconds, instead of both waiting forever. When every
     /// rank meets the same error, rank 0 prints it once and nothing says "rank 1".

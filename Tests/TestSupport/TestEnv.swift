@@ -41,6 +41,9 @@ public enum TestEnv {
             env["OMPI_ALLOW_RUN_AS_ROOT_CONFIRM"] = "1"
         }
         env["OPENBLAS_NUM_THREADS"] = "1"
+        // One thread per rank unless a test asks for more: runs on different rank counts are compared bit for
+        // bit, and weight gradients are summed per thread (the default would follow each rank's CPUs).
+        if env["ATTUNET_THREADS"] == nil { env["ATTUNET_THREADS"] = "1" }
         return env
     }
 

@@ -84,31 +84,64 @@ final class TrainerTests: PhantomRunTestCase {
         r = try TestEnv.run(try trainCommand(ranks: 2, out: "buckets", extra: extra + " --allreduce-bucket-mib 0.01", epochs: 2, samples: 2))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         let a = try weights("mpi"), b = try weights("single")
+        let worst = assertRankEquivalent(a, b, "2 ranks and 1 rank")
+        XCTAssertEqual(TrainingCheckpoint.weightsDigest(try weights("buckets")), TrainingCheckpoint.weightsDigest(a),
+                       "the bucketed all-reduce must give exactly the one-bucket result")
+        print("rank equivalence, worst relative Δ difference: params \(worst)")
+    }
+
+    /// The tolerance of the rank-equivalence test: `a` and `b`, trained from the seeded initial weights (seed 5),
+    /// moved every tensor alike (‖Δa − Δb‖ / ‖Δb‖ ≤ 1e-3 per tensor that really moves, rounding noise only in
+    /// the others, BN running statistics within 1e-4). Returns the worst relative difference of the parameters.
+    @discardableResult
+    func assertRankEquivalent(_ a: SegmentationModel, _ b: SegmentationModel, _ what: String,
+                              file: StaticString = #filePath, line: UInt = #line) -> Double {
         let start = SegmentationModel(a.config, seed: 5)
-        XCTAssertGreaterThan(relativeDifference(b, start), 1e-4, "training must have moved the weights")
+        XCTAssertGreaterThan(relativeDifference(b, start), 1e-4, "training must have moved the weights", file: file, line: line)
         // Largest per-value move of any tensor: the scale below which a tensor's Δ is rounding noise (the conv
         // biases in front of a BN have a true gradient of 0).
         let params = tensorDifferences(a.params, b.params, start: start.params)
         let scale = params.map(\.moved).max()!
         for t in params {
             if t.moved > 1e-3 * scale {
-                XCTAssertLessThanOrEqual(t.relative, 1e-3, "\(t.name): 2 ranks and 1 rank moved it differently")
+                XCTAssertLessThanOrEqual(t.relative, 1e-3, "\(t.name): \(what) moved it differently", file: file, line: line)
             } else {
                 // A tensor whose true gradient is 0 (a conv bias in front of a BN) moves in both runs by rounding
                 // noise only: the float rounding of the BN backward's output, summed over every voxel, which
                 // depends on the kernel path's summation order (3e-6 of the largest move on direct AVX2 and
                 // Winograd, below 1e-6 on direct AVX-512). The bound keeps that noise negligible; a wrong
                 // average across ranks shows in the tensors that really move, checked above.
-                XCTAssertLessThanOrEqual(t.relative * t.moved, 1e-5 * scale, "\(t.name)")
+                XCTAssertLessThanOrEqual(t.relative * t.moved, 1e-5 * scale, "\(t.name)", file: file, line: line)
             }
         }
         for t in tensorDifferences(a.buffers, b.buffers, start: start.buffers) {
-            XCTAssertLessThanOrEqual(t.relative, 1e-4, "\(t.name): BN running statistics differ")
-            XCTAssertGreaterThan(t.moved, 0, "\(t.name) must have moved")
+            XCTAssertLessThanOrEqual(t.relative, 1e-4, "\(t.name): BN running statistics differ (\(what))", file: file, line: line)
+            XCTAssertGreaterThan(t.moved, 0, "\(t.name) must have moved", file: file, line: line)
         }
-        XCTAssertEqual(TrainingCheckpoint.weightsDigest(try weights("buckets")), TrainingCheckpoint.weightsDigest(a),
-                       "the bucketed all-reduce must give exactly the one-bucket result")
-        print("rank equivalence, worst relative Δ difference: params \(params.filter { $0.moved > 1e-3 * scale }.map(\.relative).max()!)")
+        return params.filter { $0.moved > 1e-3 * scale }.map(\.relative).max() ?? 0
+    }
+
+    /// Elastic resume: a run stopped on 2 ranks (--stop-after-epochs 1) continues on 1 rank with the same global
+    /// batch, says so, and ends where the uninterrupted 1-rank run ends, within the rank-equivalence tolerance.
+    /// A rank count that does not divide the global batch is refused with one line.
+    func testResumeOnAnotherRankCountContinuesTheSameRun() throws {
+        let extra = "--sync-bn --optimizer sgd --lr 3e-3 --val-every 100"
+        var r = try TestEnv.run(try trainCommand(ranks: 1, out: "single", extra: extra, epochs: 2, samples: 2))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        r = try TestEnv.run(try trainCommand(ranks: 2, out: "elastic", extra: extra + " --stop-after-epochs 1", epochs: 2, samples: 2))
+        XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
+        r = try TestEnv.run(try trainCommand(ranks: 3, out: "elastic", extra: extra + " --resume", epochs: 2, samples: 2))
+        XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
+        XCTAssertTrue(r.stderr.contains("error: --batch 2 is not divisible by the 3 MPI ranks"), r.stderr)
+        r = try TestEnv.run(try trainCommand(ranks: 1, out: "elastic", extra: extra + " --resume", epochs: 2, samples: 2))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("checkpoint_latest.h5 was written on 2 rank(s); continuing on 1 with the same global batch 2\n"), r.stdout)
+        XCTAssertEqual(resumedAt(r.stdout)?.epoch, 1, r.stdout)
+        XCTAssertEqual(epochLines(r.stdout), [2], r.stdout)
+        let inspect = try TestEnv.run("\(TestEnv.attunet) inspect \(work.path)/elastic/checkpoint_latest.h5")
+        XCTAssertTrue(inspect.stdout.contains("optimizer steps, 1 rank(s)"), "the checkpoint records the rank count that wrote it: " + inspect.stdout)
+        let worst = assertRankEquivalent(try weights("elastic"), try weights("single"), "2 ranks then 1 and 1 rank throughout")
+        print("elastic resume 2 -> 1 rank, worst relative Δ difference: params \(worst)")
     }
 
     /// Same seed, data and rank count: bit-identical checkpoints.

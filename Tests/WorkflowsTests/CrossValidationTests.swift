@@ -251,8 +251,34 @@ final class CrossValidationTests: XCTestCase {
     /// update from the initial weights ≤ 1e-3), and every per-case Dice within 0.01 (arg-max maps may flip a
     /// few voxels where two classes tie to rounding).
     func testTwoRanksMatchOneRank() throws {
+        let (worst, worstDice) = try assertFoldsEquivalent(try Self.reference(ranks: 2), try Self.reference())
+        print("cv rank equivalence: worst relative update difference \(worst), worst Dice difference \(worstDice)")
+    }
+
+    /// Elastic restarts: a CV stopped on 4 ranks in 2 fold-parallel groups (each fold on 2 ranks) continues on
+    /// 2 ranks in 1 group, stops again, and finishes on 1 rank (the folds it left unfinished continue on 1 rank,
+    /// saying so). Every fold equals the uninterrupted 1-rank CV's within the rank-equivalence tolerance.
+    func testCVStoppedOnFourRanksInTwoGroupsContinuesOnTwoThenOneRank() throws {
         let reference = try Self.reference()
-        let out = try Self.reference(ranks: 2)
+        let out = work.appendingPathComponent("elastic")
+        var r = try TestEnv.run(try Self.command(ranks: 4, out: out.path, extra: "--fold-parallel 2 --stop-after-epochs 1"))
+        XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 2/2 (group 2/2, ranks 2-3): 1 training"), r.stdout)
+        r = try TestEnv.run(try Self.command(ranks: 2, out: out.path, extra: "--stop-after-epochs 1"))
+        XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 1/2: 1 training"), r.stdout)
+        r = try TestEnv.run(try Self.command(ranks: 1, out: out.path))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("was written on 2 rank(s); continuing on 1 with the same global batch 2"), r.stdout)
+        let (worst, worstDice) = try assertFoldsEquivalent(out, reference)
+        print("cv elastic restart 4 ranks (2 groups) -> 2 ranks -> 1 rank: worst relative update difference \(worst), worst Dice difference \(worstDice)")
+    }
+
+    /// Each fold's weights of `out` against `reference`'s within the train rank-equivalence test's tolerance
+    /// (relative difference of the update from the initial weights ≤ 1e-3), every per-case Dice within 0.01.
+    /// Returns the worst of both.
+    func assertFoldsEquivalent(_ out: URL, _ reference: URL, file: StaticString = #filePath, line: UInt = #line) throws
+        -> (update: Double, dice: Double) {
         var worst = 0.0, worstDice = 0.0
         for model in ["attention-unet", "unet"] {
             for k in 0..<2 {
@@ -266,18 +292,18 @@ final class CrossValidationTests: XCTestCase {
                     diff += (da - db) * (da - db); norm += db * db
                 }
                 worst = max(worst, (diff / norm).squareRoot())
-                XCTAssertLessThanOrEqual((diff / norm).squareRoot(), 1e-3, "\(model) fold \(k)")
+                XCTAssertLessThanOrEqual((diff / norm).squareRoot(), 1e-3, "\(model) fold \(k)", file: file, line: line)
                 let ra = try results(out, fold: k, model: model), rb = try results(reference, fold: k, model: model)
-                XCTAssertEqual(ra.cases.map(\.id), rb.cases.map(\.id))
+                XCTAssertEqual(ra.cases.map(\.id), rb.cases.map(\.id), file: file, line: line)
                 for (ca, cb) in zip(ra.cases, rb.cases) {
                     for (ma, mb) in zip(ca.classes, cb.classes) {
                         worstDice = max(worstDice, abs(ma.dice - mb.dice))
-                        XCTAssertEqual(ma.dice, mb.dice, accuracy: 0.01, "\(model) fold \(k) \(ca.id)")
+                        XCTAssertEqual(ma.dice, mb.dice, accuracy: 0.01, "\(model) fold \(k) \(ca.id)", file: file, line: line)
                     }
                 }
             }
         }
-        print("cv rank equivalence: worst relative update difference \(worst), worst Dice difference \(worstDice)")
+        return (worst, worstDice)
     }
 
     /// `--fold-parallel 2` on 2 ranks: two groups of one rank train the folds side by side (jobs 0 and 2 on

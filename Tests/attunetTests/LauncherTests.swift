@@ -34,7 +34,7 @@ final class LauncherTests: XCTestCase {
     private func bash(_ body: String, cpu: String, uid: Int) throws -> TestEnv.Result {
         let script = """
             set -euo pipefail
-            unset OPENBLAS_CORETYPE OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM
+            unset OPENBLAS_CORETYPE OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM ATTUNET_THREADS
             export ATTUNET_BIN=\(fakeBin) ATTUNET_CPUINFO=\(dir.appendingPathComponent("cpuinfo-\(cpu)").path) ATTUNET_UID=\(uid)
             cd \(TestEnv.root.path)
             \(body)

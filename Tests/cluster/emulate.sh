@@ -77,7 +77,9 @@ SlurmdLogFile=$d/log/slurmd-%n.log
 # PMIx puts its folders under TmpFS; the "nodes" share /tmp, so each gets its own.
 TmpFS=$d/%n/tmp
 ProctrackType=proctrack/pgid
-TaskPlugin=task/none
+# task/affinity binds each rank to the CPUs of its task, as on a real cluster (both "nodes" bind within this
+# machine's CPUs): what the --cpus-per-task check sees.
+TaskPlugin=task/affinity
 JobAcctGatherType=jobacct_gather/none
 JobCompType=jobcomp/filetxt
 JobCompLoc=$d/log/jobcomp.log

@@ -13,8 +13,18 @@
 #      checkpoint intact; resubmitted with RUN_DIR it resumes and ends == reference
 #   e2 the same under launch/mpirun-hosts.sh: mpirun ends within seconds naming node2, no rank left running
 #   e3 TIME_LIMIT of mpirun-hosts.sh: the ranks checkpoint and it exits 75
+#   h  --cpus-per-task=2 (srun --mpi=pmix, task/affinity binding): attunet doctor on each rank reports 2 CPUs
+#      in its affinity mask and 2 threads, from the scripts' ATTUNET_THREADS and, without it, from
+#      SLURM_CPUS_PER_TASK; no warning of more threads than CPUs. 2 ranks x 1 CPU on a node: each rank bound to
+#      its own CPU, 1 thread
+#   i  elastic resume: a 2-node train job (3 epochs, --stop-after-epochs 1) requeued onto 1 node (1 rank, the
+#      same global batch) after its first epoch finishes; its weights equal an uninterrupted 2-rank run's within
+#      the rank-equivalence tolerance (relative L2 difference of the update since the stop <= 1e-3; a short run,
+#      as rounding differences between rank counts grow over many steps)
 #   f  a partition (node2's link down) under mpirun-hosts.sh: the --step-timeout watchdog's message, the run
 #      ends within 40 s instead of hanging; g: the same for a Slurm job
+# mpirun-hosts.sh runs here with ATTUNET_THREADS=1: both "nodes" share this machine's CPUs, and each rank would
+# otherwise take all of them.
 # Every launch runs under `timeout -s KILL`; an EXIT trap removes daemons (by PID), namespaces, bridge and
 # /etc/hosts lines. Without root or network namespaces it prints SKIP and exits 0.
 #   bash Tests/cluster/run.sh          (ATTUNET_BIN=... to test another binary; KEEP=1 keeps the work folder)
@@ -23,6 +33,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../.." && pwd)
 export ATTUNET_BIN=${ATTUNET_BIN:-$ROOT/.build/release/attunet}
 BIN=$ATTUNET_BIN
+PYTHON=${ATTUNET_PYTHON:-$ROOT/.venv/bin/python}
 EPOCHS=30            # long enough to interrupt mid-run (about 0.1-0.3 s per epoch here)
 T_START=$(date +%s)
 
@@ -61,7 +72,8 @@ LONG=("${BASE[@]}" --epochs 1000)   # runs that are stopped or broken on purpose
 export STORE=store.h5 OUT_BASE=runs TRAIN_OPTS="${TRAIN[*]}"
 
 WATCHDOG=0
-"$BIN" help train 2>&1 | grep -q -- --step-timeout && WATCHDOG=1
+# grep reads the whole help (-q would stop at the match and pipefail then sees attunet's SIGPIPE).
+"$BIN" help train 2>&1 | grep -- --step-timeout >/dev/null && WATCHDOG=1
 sha() { "$BIN" inspect "$1" | sed -n 's/^weights sha256: //p'; }
 fail() { echo "FAIL: $*"; exit 1; }
 # Job state from scontrol: JobState, Restarts, ExitCode. Slurm holds a requeued job for about 2 minutes
@@ -108,6 +120,7 @@ reference() {   # one node, 2 ranks, same global batch: what every multi-node ru
 
 a_mpirun_hosts() {
   printf 'node1 slots=1\nnode2 slots=1\n' > hosts
+  export ATTUNET_THREADS=1   # the reference's
   export RSH_AGENT=$HERE/nsrsh TCP_IF=$NET.0/24 MPIRUN_OPTS="--mca btl_base_verbose 10"
   tmo 120 bash "$ROOT/launch/mpirun-hosts.sh" -f hosts -r 1 train --store store.h5 "${TRAIN[@]}" --out hosts-run > a.out 2>&1 \
     || { tail -n 20 a.out; fail "mpirun-hosts.sh failed"; }
@@ -236,7 +249,7 @@ e2_kill_node_hostfile() {
   local pid rc=0 p killed=0 t0 dt exe left
   exe=$(realpath "$BIN")
   printf 'node1 slots=1\nnode2 slots=1\n' > hosts
-  RSH_AGENT=$HERE/nsrsh TCP_IF=$NET.0/24 TIME_LIMIT=90 \
+  ATTUNET_THREADS=1 RSH_AGENT=$HERE/nsrsh TCP_IF=$NET.0/24 TIME_LIMIT=90 \
     tmo 120 bash "$ROOT/launch/mpirun-hosts.sh" -f hosts -r 1 train --store store.h5 "${TRAIN[@]}" --out e2-run > e2.out 2>&1 &
   pid=$!
   wait_epochs e2-run 3 || fail "no epochs"
@@ -262,7 +275,7 @@ e2_kill_node_hostfile() {
 e3_time_limit_hostfile() {
   local rc=0
   printf 'node1 slots=1\nnode2 slots=1\n' > hosts
-  RSH_AGENT=$HERE/nsrsh TCP_IF=$NET.0/24 TIME_LIMIT=8 \
+  ATTUNET_THREADS=1 RSH_AGENT=$HERE/nsrsh TCP_IF=$NET.0/24 TIME_LIMIT=8 \
     tmo 60 bash "$ROOT/launch/mpirun-hosts.sh" -f hosts -r 1 train --store store.h5 "${LONG[@]}" --out e3-run > e3.out 2>&1 || rc=$?
   grep -v '^epoch' e3.out
   [ "$rc" = 75 ] || fail "TIME_LIMIT gave exit $rc, not 75"
@@ -275,7 +288,7 @@ e3_time_limit_hostfile() {
 f_partition_hostfile() {
   local pid rc=0 t0 dt
   printf 'node1 slots=1\nnode2 slots=1\n' > hosts
-  RSH_AGENT=$HERE/nsrsh TCP_IF=$NET.0/24 TIME_LIMIT=100 ABORT_GRACE=10 \
+  ATTUNET_THREADS=1 RSH_AGENT=$HERE/nsrsh TCP_IF=$NET.0/24 TIME_LIMIT=100 ABORT_GRACE=10 \
     tmo 120 bash "$ROOT/launch/mpirun-hosts.sh" -f hosts -r 1 train --store store.h5 "${LONG[@]}" --step-timeout 8 --out f-run > f.out 2>&1 &
   pid=$!
   wait_epochs f-run 3 || fail "no epochs"
@@ -308,6 +321,78 @@ g_partition_slurm() {
   echo "job script ended $dt s after the partition"
 }
 
+h_cpus_per_task() {
+  local j st r
+  cat > doctor.sbatch <<EOF
+#!/usr/bin/env bash
+set -euo pipefail
+ATTUNET_ROOT=$ROOT MAX_REQUEUES=0 LAUNCHER=srun
+source "\$ATTUNET_ROOT/cluster/lib.sh"
+run_ranks "\$BIN" doctor --gemm-size 64
+[ "\$RC" = 0 ] && run_ranks env -u ATTUNET_THREADS "\$BIN" doctor --gemm-size 64
+finish
+EOF
+  j=$(submit --nodes=2 --ntasks-per-node=1 --cpus-per-task=2 --output=h-%j.out doctor.sbatch)
+  st=$(wait_job "$j" 60)
+  cat "h-$j.out"
+  [ "$st" = COMPLETED ] || fail "doctor job $j ended $st"
+  grep -q "srun on 2 node(s) x 1 rank(s) (2 in all), 2 thread(s) per rank" "h-$j.out" || fail "the job script does not say 2 threads per rank"
+  for r in 0 1; do
+    for src in ATTUNET_THREADS SLURM_CPUS_PER_TASK; do
+      grep -Eq "^rank $r/2 .* CPUs [0-9,-]+ \(2\)  threads 2 \($src\)" "h-$j.out" || fail "rank $r: not 2 CPUs in its affinity mask and 2 threads from $src"
+    done
+  done
+  ! grep -q 'threads .* but it may run on' "h-$j.out" || fail "doctor warns of more threads than CPUs"
+  j=$(submit --nodes=1 --ntasks-per-node=2 --cpus-per-task=1 --output=h-%j.out doctor.sbatch)
+  st=$(wait_job "$j" 60)
+  cat "h-$j.out"
+  [ "$st" = COMPLETED ] || fail "doctor job $j ended $st"
+  [ "$(grep -Ec '^rank [01]/2 .* CPUs [0-9]+ \(1\)  threads 1 ' "h-$j.out")" = 4 ] || fail "2 ranks x 1 CPU: not 1 CPU and 1 thread per rank"
+  [ "$(grep -E '^rank [01]/2 ' "h-$j.out" | head -n 2 | sed -E 's/.* CPUs ([0-9]+) .*/\1/' | sort -u | wc -l)" = 2 ] || fail "the 2 ranks of a node share a CPU"
+}
+
+# ||A - B|| / ||B - S|| over the parameters in /state_dict (not the BN running statistics): the difference of
+# two runs' updates since S.
+update_difference() {
+  "$PYTHON" - "$@" <<'PY'
+import sys, h5py, numpy as np
+def load(p):
+    with h5py.File(p, 'r') as f:
+        g = f['state_dict']
+        return {k: np.asarray(g[k][()], dtype=np.float64) for k in g
+                if g[k].dtype.kind == 'f' and not k.endswith(('running_mean', 'running_var'))}
+a, b, s = (load(p) for p in sys.argv[1:4])
+diff = sum(((a[k] - b[k]) ** 2).sum() for k in b)
+norm = sum(((b[k] - s[k]) ** 2).sum() for k in b)
+print(f"{(diff / norm) ** 0.5:.3g}")
+PY
+}
+
+i_elastic_requeue() {
+  local j st end c
+  tmo 120 bash "$ROOT/launch/train.sh" -n 2 --store store.h5 "${BASE[@]}" --epochs 3 --out ref3 >/dev/null
+  # One epoch per attempt: the job requeues itself after epochs 1 and 2.
+  j=$(TRAIN_OPTS="${BASE[*]} --epochs 3 --stop-after-epochs 1" submit --nodes=2 --ntasks-per-node=1 --output=i-%j.out "$ROOT/cluster/train.sbatch")
+  # Requeued after its first epoch, it waits (BeginTime): while it does, the job shrinks to 1 node x 1 rank.
+  end=$(( $(date +%s) + 60 ))
+  while [ "$(job "$j" Restarts)" != 1 ] || [ "$(job "$j" JobState)" != PENDING ]; do
+    [ "$(date +%s)" -lt "$end" ] || fail "job $j was not requeued: $(job "$j" JobState)"
+    sleep 0.2
+  done
+  cp "runs/train-$j/checkpoint_latest.h5" i-stop.h5
+  scontrol update JobId="$j" NumNodes=1 NumTasks=1 || fail "scontrol could not shrink job $j to 1 node"
+  st=$(wait_job "$j" 120)
+  cat "i-$j.out"
+  [ "$st" = COMPLETED ] || fail "job $j ended $st"
+  grep -q "srun on 1 node(s) x 1 rank(s) (1 in all)" "i-$j.out" || fail "the requeued job did not run 1 rank on 1 node"
+  grep -q "was written on 2 rank(s); continuing on 1" "i-$j.out" || fail "no note of the rank count change"
+  "$BIN" inspect "runs/train-$j/checkpoint_latest.h5" | grep '^training state'
+  [ "$(job "$j" Restarts)" = 2 ] || fail "job $j restarts: $(job "$j" Restarts), not 2"
+  c=$(update_difference "runs/train-$j/checkpoint_latest.h5" ref3/checkpoint_latest.h5 i-stop.h5)
+  echo "2 nodes -> requeued onto 1 node: relative difference of the update since the stop $c (bound 1e-3)"
+  "$PYTHON" -c "import sys; sys.exit(0 if float('$c') <= 1e-3 else 1)" || fail "elastic resume differs from the reference by $c"
+}
+
 check reference reference
 if [ ${#FAILED[@]} = 0 ]; then
   check a-mpirun-hosts a_mpirun_hosts
@@ -321,6 +406,9 @@ if [ ${#FAILED[@]} = 0 ]; then
     check c2-requeue-cap c2_requeue_cap
     check d-cv-array d_cv
     check e-kill-node e_kill_node
+    check h-cpus-per-task h_cpus_per_task
+    if [ -x "$PYTHON" ] && "$PYTHON" -c "import h5py" 2>/dev/null; then check i-elastic-requeue i_elastic_requeue
+    else echo "SKIP i-elastic-requeue: no h5py in $PYTHON (launch/test-env.sh makes .venv)"; fi
     # Last: Slurm may need a while to hear from node2 again.
     [ "$WATCHDOG" = 1 ] && check g-partition-slurm g_partition_slurm
     echo "job records (Slurm's jobcomp log; sacct needs slurmdbd):"
