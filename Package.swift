@@ -22,20 +22,25 @@ let package = Package(
     ],
     targets: [
         // System libraries: module maps + static-inline shims for what Swift cannot import (macros).
-        .systemLibrary(name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c",
-                       providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
-        .systemLibrary(name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
-                       providers: [.apt(["libopenblas-dev"])]),
-        .systemLibrary(name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5",
-                       providers: [.apt(["libhdf5-dev"])]),
+        .systemLibrary(
+            name: "CMPI", path: "Sources/CMPI", pkgConfig: "ompi-c",
+            providers: [.apt(["libopenmpi-dev", "openmpi-bin"])]),
+        .systemLibrary(
+            name: "CBLAS", path: "Sources/CBLAS", pkgConfig: "openblas",
+            providers: [.apt(["libopenblas-dev"])]),
+        .systemLibrary(
+            name: "CHDF5", path: "Sources/CHDF5", pkgConfig: "hdf5",
+            providers: [.apt(["libhdf5-dev"])]),
         // nifticlib ships no pkg-config file and includes its own headers with <...> from /usr/include/nifti:
         // the one target that needs unsafeFlags (an include path). Swift never sees nifticlib's headers.
-        .target(name: "CNIfTI", path: "Sources/CNIfTI", exclude: ["README.md"],
-                cSettings: [.unsafeFlags(["-I/usr/include/nifti"])],
-                linkerSettings: [.linkedLibrary("niftiio"), .linkedLibrary("znz"), .linkedLibrary("z")]),
+        .target(
+            name: "CNIfTI", path: "Sources/CNIfTI", exclude: ["README.md"],
+            cSettings: [.unsafeFlags(["-I/usr/include/nifti"])],
+            linkerSettings: [.linkedLibrary("niftiio"), .linkedLibrary("znz"), .linkedLibrary("z")]),
         // libpng for the attention montages (a static-inline shim over its simplified write API).
-        .systemLibrary(name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
-                       providers: [.apt(["libpng-dev"])]),
+        .systemLibrary(
+            name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
+            providers: [.apt(["libpng-dev"])]),
         // The 3x3x3 convolutions: direct AVX2 and AVX-512, Winograd F(2,3), im2col + sgemm; chosen per layer at run time.
         .target(name: "CKernels", dependencies: ["CBLAS"], path: "Sources/CKernels", exclude: ["README.md"]),
 
@@ -46,24 +51,42 @@ let package = Package(
         .target(name: "Tensor", dependencies: ["Support", "CBLAS", "CThreadPool"]),
         .target(name: "HDF5Kit", dependencies: ["Support", "CHDF5"]),
         .target(name: "Collectives", dependencies: ["Support", "CMPI"]),
-        .target(name: "NN", dependencies: ["Support", "Tensor", "CKernels", "HDF5Kit",
-                                         .product(name: "Crypto", package: "swift-crypto")]),
+        .target(
+            name: "NN",
+            dependencies: [
+                "Support", "Tensor", "CKernels", "HDF5Kit",
+                .product(name: "Crypto", package: "swift-crypto"),
+            ]),
         .target(name: "DataPipeline", dependencies: ["Support", "Tensor", "HDF5Kit", "CNIfTI", "Collectives"]),
         // The metrics of the paper's tables; scoring never needs a network, so no NN.
         .target(name: "Evaluation", dependencies: ["Support", "Tensor", "DataPipeline", "Collectives"]),
         .target(name: "Inference", dependencies: ["Support", "Tensor", "NN", "DataPipeline", "CPNG"]),
-        .target(name: "Training", dependencies: ["Support", "Tensor", "NN", "DataPipeline", "Evaluation", "Inference", "Collectives", "HDF5Kit"]),
+        .target(
+            name: "Training",
+            dependencies: [
+                "Support", "Tensor", "NN", "DataPipeline", "Evaluation", "Inference", "Collectives", "HDF5Kit",
+            ]),
         // The application layer: prediction to files, evaluation and its reports, cross-validation and the
         // experiments; `cv`, `experiment` and the standalone commands share it.
-        .target(name: "Workflows", dependencies: ["Support", "Tensor", "NN", "DataPipeline", "Evaluation", "Inference", "Training", "Collectives", "HDF5Kit"]),
-        .executableTarget(name: "attunet", dependencies: [
-            "Support", "Tensor", "HDF5Kit", "Collectives", "NN", "DataPipeline", "Evaluation", "Inference", "Training", "Workflows",
-            .product(name: "ArgumentParser", package: "swift-argument-parser"),
-        ]),
+        .target(
+            name: "Workflows",
+            dependencies: [
+                "Support", "Tensor", "NN", "DataPipeline", "Evaluation", "Inference", "Training", "Collectives",
+                "HDF5Kit",
+            ]),
+        .executableTarget(
+            name: "attunet",
+            dependencies: [
+                "Support", "Tensor", "HDF5Kit", "Collectives", "NN", "DataPipeline", "Evaluation", "Inference",
+                "Training", "Workflows",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
 
         // The readers the fuzz targets drive (Fuzz/; launch/fuzz.sh), shared with the fuzz regression tests.
-        .target(name: "FuzzSupport", dependencies: ["Support", "Tensor", "HDF5Kit", "NN", "DataPipeline", "Training", "Workflows"],
-                path: "Fuzz/FuzzSupport"),
+        .target(
+            name: "FuzzSupport",
+            dependencies: ["Support", "Tensor", "HDF5Kit", "NN", "DataPipeline", "Training", "Workflows"],
+            path: "Fuzz/FuzzSupport"),
         .target(name: "TestSupport", dependencies: ["DataPipeline"], path: "Tests/TestSupport"),
         // One test target per source target, each depending on what it tests (+ TestSupport); attunetTests runs the
         // built command-line tool as a whole. CKernels is tested through NN's Conv3d on every path the CPU runs.
@@ -73,11 +96,29 @@ let package = Package(
         .testTarget(name: "CollectivesTests", dependencies: ["Collectives", "TestSupport"]),
         .testTarget(name: "NNTests", dependencies: ["NN", "Support", "Tensor", "HDF5Kit", "TestSupport"]),
         .testTarget(name: "DataPipelineTests", dependencies: ["DataPipeline", "Tensor", "TestSupport"]),
-        .testTarget(name: "EvaluationTests", dependencies: ["Evaluation", "DataPipeline", "Tensor", "Support", "TestSupport"]),
-        .testTarget(name: "TrainingTests", dependencies: ["Training", "Evaluation", "Inference", "Support", "NN", "DataPipeline", "Tensor", "HDF5Kit", "Collectives", "TestSupport", "FuzzSupport"]),
-        .testTarget(name: "WorkflowsTests", dependencies: ["Workflows", "Training", "Evaluation", "Inference", "Support", "NN", "DataPipeline", "Tensor", "HDF5Kit", "Collectives", "TestSupport", "FuzzSupport"]),
-        .testTarget(name: "InferenceTests", dependencies: ["Inference", "Support", "NN", "DataPipeline", "Tensor", "TestSupport"]),
-        .testTarget(name: "attunetTests", dependencies: ["attunet", "Workflows", "Training", "NN", "DataPipeline", "Evaluation", "Inference", "Tensor", "TestSupport"]),
+        .testTarget(
+            name: "EvaluationTests", dependencies: ["Evaluation", "DataPipeline", "Tensor", "Support", "TestSupport"]),
+        .testTarget(
+            name: "TrainingTests",
+            dependencies: [
+                "Training", "Evaluation", "Inference", "Support", "NN", "DataPipeline", "Tensor", "HDF5Kit",
+                "Collectives", "TestSupport", "FuzzSupport",
+            ]),
+        .testTarget(
+            name: "WorkflowsTests",
+            dependencies: [
+                "Workflows", "Training", "Evaluation", "Inference", "Support", "NN", "DataPipeline", "Tensor",
+                "HDF5Kit", "Collectives", "TestSupport", "FuzzSupport",
+            ]),
+        .testTarget(
+            name: "InferenceTests",
+            dependencies: ["Inference", "Support", "NN", "DataPipeline", "Tensor", "TestSupport"]),
+        .testTarget(
+            name: "attunetTests",
+            dependencies: [
+                "attunet", "Workflows", "Training", "NN", "DataPipeline", "Evaluation", "Inference", "Tensor",
+                "TestSupport",
+            ]),
     ]
 )
 
@@ -89,8 +130,10 @@ let package = Package(
 if Context.environment["ATTUNET_FUZZ"] == "1" {
     package.targets.append(.target(name: "FuzzDriver", dependencies: ["FuzzSupport"], path: "Fuzz/FuzzDriver"))
     for name in ["NIfTI", "CaseStore", "Checkpoint", "Safetensors", "Splits", "Config"] {
-        package.targets.append(.executableTarget(name: "Fuzz\(name)", dependencies: ["FuzzDriver"],
-                                                 path: "Fuzz/\(name)"))
+        package.targets.append(
+            .executableTarget(
+                name: "Fuzz\(name)", dependencies: ["FuzzDriver"],
+                path: "Fuzz/\(name)"))
         package.products.append(.executable(name: "fuzz-\(name.lowercased())", targets: ["Fuzz\(name)"]))
     }
 }

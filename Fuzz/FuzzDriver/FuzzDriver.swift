@@ -24,11 +24,15 @@ public func runLibFuzzer(_ argc: Int32, _ argv: CArguments, target: String) -> I
 
 /// libFuzzer's callback for one input, under the name libFuzzer's runtime links against.
 @_cdecl("LLVMFuzzerTestOneInput")
-public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 { FuzzReaders.fuzz(fuzzTarget, data, size) }
+public func fuzzOneInput(_ data: UnsafePointer<UInt8>, _ size: Int) -> Int32 {
+    FuzzReaders.fuzz(fuzzTarget, data, size)
+}
 
 /// libFuzzer's driver (compiler-rt's libFuzzer, linked by `-sanitize=fuzzer`):
 /// `int LLVMFuzzerRunDriver(int *argc, char ***argv, int (*callback)(const uint8_t *, size_t))`.
 @_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(_ argc: UnsafeMutablePointer<Int32>,
-                         _ argv: UnsafeMutablePointer<CArguments>,
-                         _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32) -> Int32
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<Int32>,
+    _ argv: UnsafeMutablePointer<CArguments>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>, Int) -> Int32
+) -> Int32

@@ -1,5 +1,5 @@
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// What the fuzz targets share: the fuzz input as a file, for readers that take a path.

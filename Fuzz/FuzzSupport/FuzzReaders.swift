@@ -53,12 +53,15 @@ public enum FuzzReaders {
     public static func caseStore(_ path: String) throws {
         let store = try CaseStore(path: path)
         let box = Dim3(z: 8, y: 8, x: 8)
-        var image = [Float](repeating: 0, count: box.count), label = [UInt8](repeating: 0, count: box.count)
+        var image = [Float](repeating: 0, count: box.count)
+        var label = [UInt8](repeating: 0, count: box.count)
         var reads: [() throws -> Void] = []
         for c in store.cases.indices.prefix(4) {
             let s = store.cases[c].shape
-            for start in [(z: 0, y: 0, x: 0), (z: s.z / 2 - 4, y: s.y / 2 - 4, x: s.x / 2 - 4),
-                          (z: -3, y: s.y - 5, x: -2), (z: s.z + 1, y: 0, x: 0)] {
+            for start in [
+                (z: 0, y: 0, x: 0), (z: s.z / 2 - 4, y: s.y / 2 - 4, x: s.x / 2 - 4),
+                (z: -3, y: s.y - 5, x: -2), (z: s.z + 1, y: 0, x: 0),
+            ] {
                 reads.append {
                     try image.withUnsafeMutableBufferPointer { i in
                         try label.withUnsafeMutableBufferPointer { l in
@@ -83,7 +86,10 @@ public enum FuzzReaders {
                 try all([
                     { _ = try Checkpoint.config(of: file) },
                     { try TrainingCheckpoint.verifyState(in: file) },
-                    { _ = try JSONFiles.decode(TrainingState.self, from: try file.root.stringAttribute("training_state")) },
+                    {
+                        _ = try JSONFiles.decode(
+                            TrainingState.self, from: try file.root.stringAttribute("training_state"))
+                    },
                     { _ = try JSONFiles.decode(TrainConfig.self, from: try file.root.stringAttribute("train_config")) },
                 ])
             },
@@ -96,7 +102,9 @@ public enum FuzzReaders {
         let file = try SafetensorsFile(path)
         var reads: [() throws -> Void] = []
         for name in file.entries.keys.sorted().prefix(64) { reads.append { _ = try file.floats(name) } }
-        reads.append { _ = try SegmentationModel.inferConfig(names: Set(file.entries.keys), shape: { file.entries[$0]?.shape }) }
+        reads.append {
+            _ = try SegmentationModel.inferConfig(names: Set(file.entries.keys), shape: { file.entries[$0]?.shape })
+        }
         try all(reads)
     }
 
@@ -129,8 +137,10 @@ public enum FuzzReaders {
             },
             { _ = try decoder.decode(CrossValidationConfig.self, from: bytes).difference(from: bytes) },
             { _ = try decoder.decode(TrainingState.self, from: bytes) },
-            { _ = try ConfigDifference.first(TrainConfig(store: "store.h5"), old: bytes, ignoring: ["epochs", "store"]) },
+            {
+                _ = try ConfigDifference.first(
+                    TrainConfig(store: "store.h5"), old: bytes, ignoring: ["epochs", "store"])
+            },
         ])
     }
 }
-

@@ -114,7 +114,9 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
 
     public func subgroup(color: Int, key: Int) throws -> any Communicator { try split(color: color, key: key) }
 
-    private func pieces<T>(_ buffer: UnsafeMutableBufferPointer<T>, _ body: (UnsafeMutablePointer<T>, Int) throws -> Void) rethrows {
+    private func pieces<T>(
+        _ buffer: UnsafeMutableBufferPointer<T>, _ body: (UnsafeMutablePointer<T>, Int) throws -> Void
+    ) rethrows {
         var offset = 0
         while offset < buffer.count {
             let n = min(Self.maxCount, buffer.count - offset)
@@ -141,7 +143,9 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     }
     public func broadcast(bytes: UnsafeMutableRawBufferPointer, root: Int) throws {
         guard size > 1, bytes.count > 0 else { return }
-        try pieces(bytes.bindMemory(to: UInt8.self)) { p, n in try collective("Bcast") { cmpi_bcast_bytes(comm, p, n, Int32(root)) } }
+        try pieces(bytes.bindMemory(to: UInt8.self)) { p, n in
+            try collective("Bcast") { cmpi_bcast_bytes(comm, p, n, Int32(root)) }
+        }
     }
     public func allGather(bytes: UnsafeRawBufferPointer) throws -> [UInt8] {
         var out = [UInt8](repeating: 0, count: bytes.count * size)
@@ -220,8 +224,12 @@ public enum MPIRuntime {
     /// job instead of leaving the others waiting forever.
     public static func finalizeAfterError(lines: [String], status: Int32, within seconds: Double = 5) {
         guard isInitialized else { return }
-        let rank = worldRank, size = Int(cmpi_comm_size(cmpi_comm_world()))
-        guard size > 1 else { finalize(); return }
+        let rank = worldRank
+        let size = Int(cmpi_comm_size(cmpi_comm_world()))
+        guard size > 1 else {
+            finalize()
+            return
+        }
         let done = Locked(false)
         let guardThread = Thread {
             Thread.sleep(forTimeInterval: seconds)
@@ -230,7 +238,10 @@ public enum MPIRuntime {
                 let text = lines.map { "error: rank \(rank): \($0)\n" }.joined()
                 FileHandle.standardError.write(Data(text.utf8))
             }
-            FileHandle.standardError.write(Data("error: rank \(rank): the other ranks did not end with it within \(Int(seconds)) s; ending the job\n".utf8))
+            FileHandle.standardError.write(
+                Data(
+                    "error: rank \(rank): the other ranks did not end with it within \(Int(seconds)) s; ending the job\n"
+                        .utf8))
             _exit(status)
         }
         guardThread.start()

@@ -62,7 +62,8 @@ public final class CollectiveWatchdog: @unchecked Sendable {
                 }
                 if let (what, timeout, context) = expired {
                     let at = context.isEmpty ? "" : " at \(context)"
-                    let line = "error: rank \(rank): MPI \(what) did not finish within \(Int(timeout.rounded())) s\(at): a peer is dead, hung or unreachable (--step-timeout); ending the job\n"
+                    let line =
+                        "error: rank \(rank): MPI \(what) did not finish within \(Int(timeout.rounded())) s\(at): a peer is dead, hung or unreachable (--step-timeout); ending the job\n"
                     FileHandle.standardError.write(Data(line.utf8))
                     _exit(Self.exitStatus)
                 }

@@ -43,13 +43,20 @@ public struct AugmentOptions: Sendable, Equatable {
     /// No augmentation at all: plain crops.
     public static let none: AugmentOptions = {
         var a = AugmentOptions()
-        a.flipX = 0; a.flipY = 0; a.rotationDegrees = 0; a.shift = 0; a.zoom = 1...1
+        a.flipX = 0
+        a.flipY = 0
+        a.rotationDegrees = 0
+        a.shift = 0
+        a.zoom = 1...1
         return a
     }()
     /// The paper's set plus through-plane rotation ±10°, gamma, noise and brightness (p = 0.15 each).
     public static let extended: AugmentOptions = {
         var a = AugmentOptions()
-        a.rotation3DDegrees = 10; a.gammaProbability = 0.15; a.noiseProbability = 0.15; a.brightnessProbability = 0.15
+        a.rotation3DDegrees = 10
+        a.gammaProbability = 0.15
+        a.noiseProbability = 0.15
+        a.brightnessProbability = 0.15
         return a
     }()
 
@@ -71,7 +78,7 @@ public struct AugmentOptions: Sendable, Equatable {
 /// The drawn geometric transform of one sample: source offset (voxels, relative to the source centre) of
 /// output offset d (relative to the patch centre) is `m · d + t`, in (x, y, z).
 public struct SampleTransform: Sendable {
-    public var m: [Double]   // 3x3 row-major, rows x, y, z
+    public var m: [Double]  // 3x3 row-major, rows x, y, z
     public var t: [Double]
 
     public static let identity = SampleTransform(m: [1, 0, 0, 0, 1, 0, 0, 0, 1], t: [0, 0, 0])
@@ -81,38 +88,53 @@ public struct SampleTransform: Sendable {
         let fx = rng.chance(a.flipX) ? -1.0 : 1.0
         let fy = rng.chance(a.flipY) ? -1.0 : 1.0
         let th = rng.uniform(-a.rotationDegrees, a.rotationDegrees) * .pi / 180
-        let tx = rng.uniform(-a.shift, a.shift) * Double(patch.x), ty = rng.uniform(-a.shift, a.shift) * Double(patch.y)
-        let zx = rng.uniform(a.zoom.lowerBound, a.zoom.upperBound), zy = rng.uniform(a.zoom.lowerBound, a.zoom.upperBound)
+        let tx = rng.uniform(-a.shift, a.shift) * Double(patch.x)
+        let ty = rng.uniform(-a.shift, a.shift) * Double(patch.y)
+        let zx = rng.uniform(a.zoom.lowerBound, a.zoom.upperBound)
+        let zy = rng.uniform(a.zoom.lowerBound, a.zoom.upperBound)
         let ax = rng.uniform(-a.rotation3DDegrees, a.rotation3DDegrees) * .pi / 180
         let ay = rng.uniform(-a.rotation3DDegrees, a.rotation3DDegrees) * .pi / 180
         // In-plane: q = F · R · (Z d + t) (pull map, as the original); then optional tilts about X and Y.
-        let c = cos(th), s = sin(th)
-        var m: [Double] = [fx * c * zx, -fx * s * zy, 0,
-                           fy * s * zx, fy * c * zy, 0,
-                           0, 0, 1]
+        let c = cos(th)
+        let s = sin(th)
+        var m: [Double] = [
+            fx * c * zx, -fx * s * zy, 0,
+            fy * s * zx, fy * c * zy, 0,
+            0, 0, 1,
+        ]
         var t: [Double] = [fx * (c * tx - s * ty), fy * (s * tx + c * ty), 0]
         if ax != 0 || ay != 0 {
             let rx: [Double] = [1, 0, 0, 0, cos(ax), -sin(ax), 0, sin(ax), cos(ax)]
             let ry: [Double] = [cos(ay), 0, sin(ay), 0, 1, 0, -sin(ay), 0, cos(ay)]
             let r = mul(ry, rx)
-            m = mul(r, m); t = (0..<3).map { i in (0..<3).reduce(0.0) { $0 + r[i * 3 + $1] * t[$1] } }
+            m = mul(r, m)
+            t = (0..<3).map { i in (0..<3).reduce(0.0) { $0 + r[i * 3 + $1] * t[$1] } }
         }
         return SampleTransform(m: m, t: t)
     }
 
     static func mul(_ a: [Double], _ b: [Double]) -> [Double] {
-        (0..<9).map { k in let i = k / 3, j = k % 3; return (0..<3).reduce(0.0) { $0 + a[i * 3 + $1] * b[$1 * 3 + j] } }
+        (0..<9).map { k in
+            let i = k / 3
+            let j = k % 3
+            return (0..<3).reduce(0.0) { $0 + a[i * 3 + $1] * b[$1 * 3 + j] }
+        }
     }
 
     /// Source offsets of the patch corners: the box the transform reads (x, y, z lower and upper).
     func bounds(patch: Dim3) -> (lo: [Double], hi: [Double]) {
         let h = [(Double(patch.x) - 1) / 2, (Double(patch.y) - 1) / 2, (Double(patch.z) - 1) / 2]
-        var lo = [Double](repeating: .infinity, count: 3), hi = [Double](repeating: -.infinity, count: 3)
+        var lo = [Double](repeating: .infinity, count: 3)
+        var hi = [Double](repeating: -.infinity, count: 3)
         for corner in 0..<8 {
-            let d = [(corner & 1 == 0 ? -1.0 : 1.0) * h[0], (corner & 2 == 0 ? -1.0 : 1.0) * h[1], (corner & 4 == 0 ? -1.0 : 1.0) * h[2]]
+            let d = [
+                (corner & 1 == 0 ? -1.0 : 1.0) * h[0], (corner & 2 == 0 ? -1.0 : 1.0) * h[1],
+                (corner & 4 == 0 ? -1.0 : 1.0) * h[2],
+            ]
             for i in 0..<3 {
                 let v = m[i * 3] * d[0] + m[i * 3 + 1] * d[1] + m[i * 3 + 2] * d[2] + t[i]
-                lo[i] = min(lo[i], v); hi[i] = max(hi[i], v)
+                lo[i] = min(lo[i], v)
+                hi[i] = max(hi[i], v)
             }
         }
         return (lo, hi)
@@ -123,8 +145,12 @@ public struct SampleTransform: Sendable {
 func intensityAugment(_ p: UnsafeMutablePointer<Float>, count: Int, _ a: AugmentOptions, rng: inout SeededRNG) {
     if rng.chance(a.gammaProbability) {
         let g = Float(rng.uniform(a.gamma.lowerBound, a.gamma.upperBound))
-        var lo = Float.infinity, hi = -Float.infinity
-        for i in 0..<count { lo = min(lo, p[i]); hi = max(hi, p[i]) }
+        var lo = Float.infinity
+        var hi = -Float.infinity
+        for i in 0..<count {
+            lo = min(lo, p[i])
+            hi = max(hi, p[i])
+        }
         let range = max(hi - lo, 1e-6)
         for i in 0..<count { p[i] = lo + range * powf((p[i] - lo) / range, g) }
     }

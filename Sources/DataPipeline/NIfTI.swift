@@ -20,7 +20,12 @@ public struct NIfTIVolume: Sendable {
 
     public init(nx: Int, ny: Int, nz: Int, affine: [Double], voxels: [Float], datatype: Int32 = 16) {
         precondition(voxels.count == nx * ny * nz && affine.count == 16)
-        self.nx = nx; self.ny = ny; self.nz = nz; self.affine = affine; self.voxels = voxels; self.datatype = datatype
+        self.nx = nx
+        self.ny = ny
+        self.nz = nz
+        self.affine = affine
+        self.voxels = voxels
+        self.datatype = datatype
         spacing = NIfTIVolume.columnNorms(affine)
     }
 
@@ -37,7 +42,8 @@ public struct NIfTIVolume: Sendable {
         precondition(a.count == 16 && b.count == 16)
         for r in 0..<3 {
             for col in 0..<4 {
-                let x = a[r * 4 + col], y = b[r * 4 + col]
+                let x = a[r * 4 + col]
+                let y = b[r * 4 + col]
                 let tol = col == 3 ? 0.05 : 1e-3 * max(1, abs(x))
                 if !(abs(x - y) <= tol) { return (r, col) }
             }
@@ -60,13 +66,16 @@ public struct NIfTIVolume: Sendable {
         defer { cnifti_free(ptr) }
         let d = withUnsafeBytes(of: hdr.dim) { Array($0.bindMemory(to: Int64.self)) }
         if d[3...].contains(where: { $0 > 1 }) {
-            throw AttunetError("\(path): expected a 3D volume, got dimensions \(d.prefix(Int(hdr.ndim)).map(String.init).joined(separator: "x"))")
+            throw AttunetError(
+                "\(path): expected a 3D volume, got dimensions \(d.prefix(Int(hdr.ndim)).map(String.init).joined(separator: "x"))"
+            )
         }
         let (nx, ny, nz) = (Int(d[0]), Int(d[1]), Int(d[2]))
         let aff = withUnsafeBytes(of: hdr.affine) { Array($0.bindMemory(to: Float.self)).map(Double.init) }
         let voxels = Array(UnsafeBufferPointer(start: ptr, count: nx * ny * nz))
         var v = NIfTIVolume(nx: nx, ny: ny, nz: nz, affine: aff, voxels: voxels, datatype: Int32(hdr.datatype))
-        v.qformCode = Int32(hdr.qform_code); v.sformCode = Int32(hdr.sform_code)
+        v.qformCode = Int32(hdr.qform_code)
+        v.sformCode = Int32(hdr.sform_code)
         return v
     }
 
@@ -89,15 +98,16 @@ public struct NIfTIVolume: Sendable {
         }
         let d = withUnsafeBytes(of: hdr.dim) { Array($0.bindMemory(to: Int64.self)) }
         let aff = withUnsafeBytes(of: hdr.affine) { Array($0.bindMemory(to: Float.self)).map(Double.init) }
-        return Geometry(nx: Int(d[0]), ny: Int(d[1]), nz: Int(d[2]), affine: aff,
-                        qformCode: Int32(hdr.qform_code), sformCode: Int32(hdr.sform_code))
+        return Geometry(
+            nx: Int(d[0]), ny: Int(d[1]), nz: Int(d[2]), affine: aff,
+            qformCode: Int32(hdr.qform_code), sformCode: Int32(hdr.sform_code))
     }
 
     /// Cheap checks before nifticlib sees the file (it prints its own "** ERROR" lines for some corrupt
     /// headers): `.gz` files must start with the gzip magic, `.nii` files must carry a NIfTI-1 header
     /// (sizeof_hdr 348 in either byte order, magic "n+1" or "ni1", dim[0] in 1...7).
     static func precheck(_ path: String) throws {
-        guard let h = FileHandle(forReadingAtPath: path) else { return }   // nifticlib reports missing files
+        guard let h = FileHandle(forReadingAtPath: path) else { return }  // nifticlib reports missing files
         defer { try? h.close() }
         let head = [UInt8]((try? h.read(upToCount: 348)) ?? Data())
         if path.hasSuffix(".gz") {
@@ -106,7 +116,7 @@ public struct NIfTIVolume: Sendable {
             }
             return
         }
-        guard head.count == 348 else { return }   // nifticlib reports short files
+        guard head.count == 348 else { return }  // nifticlib reports short files
         let le = head[0] == 0x5C && head[1] == 0x01 && head[2] == 0 && head[3] == 0
         let be = head[0] == 0 && head[1] == 0 && head[2] == 0x01 && head[3] == 0x5C
         let magic = (head[344] == 0x6E && (head[345] == 0x2B || head[345] == 0x69) && head[346] == 0x31)
@@ -119,15 +129,18 @@ public struct NIfTIVolume: Sendable {
     /// Writes `channels` float32 volumes of `nx`·`ny`·`nz` voxels, one after the other in `voxels` (x fastest,
     /// then y, z, channel), as one 4-D NIfTI image: dim = (nx, ny, nz, channels), the channel the 4th axis (as
     /// nibabel reads it: `img.get_fdata()[x, y, z, c]`), with `affine` and the codes as ``write(_:as:)``.
-    public static func write4D(_ path: String, nx: Int, ny: Int, nz: Int, channels: Int, affine: [Double],
-                               voxels: [Float], qformCode: Int32 = 1, sformCode: Int32 = 1) throws {
+    public static func write4D(
+        _ path: String, nx: Int, ny: Int, nz: Int, channels: Int, affine: [Double],
+        voxels: [Float], qformCode: Int32 = 1, sformCode: Int32 = 1
+    ) throws {
         precondition(voxels.count == nx * ny * nz * channels && affine.count == 16)
         try AtomicFile.write(path) { tmp in
             var err = [CChar](repeating: 0, count: 1024)
             let aff = affine.map(Float.init)
             let rc = voxels.withUnsafeBytes {
-                cnifti_write4d(tmp, Int64(nx), Int64(ny), Int64(nz), Int64(channels), StorageType.float32.rawValue,
-                               $0.baseAddress, aff, qformCode, sformCode, &err, err.count)
+                cnifti_write4d(
+                    tmp, Int64(nx), Int64(ny), Int64(nz), Int64(channels), StorageType.float32.rawValue,
+                    $0.baseAddress, aff, qformCode, sformCode, &err, err.count)
             }
             if rc != 0 {
                 let message = err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }
@@ -137,7 +150,11 @@ public struct NIfTIVolume: Sendable {
     }
 
     /// Datatypes `write` can store.
-    public enum StorageType: Int32, Sendable { case uint8 = 2, int16 = 4, float32 = 16 }
+    public enum StorageType: Int32, Sendable {
+        case uint8 = 2
+        case int16 = 4
+        case float32 = 16
+    }
 
     /// Writes the volume (`.nii` or `.nii.gz`), converting voxels to `type` (rounded and clamped for integers).
     public func write(_ path: String, as type: StorageType = .float32) throws {
@@ -147,13 +164,25 @@ public struct NIfTIVolume: Sendable {
             let rc: Int32
             switch type {
             case .float32:
-                rc = voxels.withUnsafeBytes { cnifti_write3d(tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, qformCode, sformCode, &err, err.count) }
+                rc = voxels.withUnsafeBytes {
+                    cnifti_write3d(
+                        tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, qformCode, sformCode,
+                        &err, err.count)
+                }
             case .int16:
                 let v = voxels.map { Int16(clamping: Int(($0).rounded())) }
-                rc = v.withUnsafeBytes { cnifti_write3d(tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, qformCode, sformCode, &err, err.count) }
+                rc = v.withUnsafeBytes {
+                    cnifti_write3d(
+                        tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, qformCode, sformCode,
+                        &err, err.count)
+                }
             case .uint8:
                 let v = voxels.map { UInt8(clamping: Int(($0).rounded())) }
-                rc = v.withUnsafeBytes { cnifti_write3d(tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, qformCode, sformCode, &err, err.count) }
+                rc = v.withUnsafeBytes {
+                    cnifti_write3d(
+                        tmp, Int64(nx), Int64(ny), Int64(nz), type.rawValue, $0.baseAddress, aff, qformCode, sformCode,
+                        &err, err.count)
+                }
             }
             if rc != 0 {
                 let message = err.withUnsafeBufferPointer { String(cString: $0.baseAddress!) }

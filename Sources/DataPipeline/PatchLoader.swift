@@ -59,25 +59,44 @@ public final class PatchLoader: @unchecked Sendable {
     /// `batch` (patches per rank per step), `rank`/`worldSize` (this rank's shard), `seed`, `augment`,
     /// `foregroundFraction`, `normalization` and `samplesPerCase` fix the sequence of patches; `prefetch` (batches
     /// prepared ahead) and `threads` (patches prepared in parallel) only how fast it comes.
-    public init(store: CaseStore, cases: [String]? = nil, patch: Dim3, batch: Int, rank: Int = 0, worldSize: Int = 1,
-                seed: UInt64, augment: AugmentOptions = .paper, foregroundFraction: Double = 1.0 / 3.0,
-                normalization: IntensityNormalization = .zscore, samplesPerCase: Int = 1, prefetch: Int = 2,
-                threads: Int = 1) throws {
+    public init(
+        store: CaseStore, cases: [String]? = nil, patch: Dim3, batch: Int, rank: Int = 0, worldSize: Int = 1,
+        seed: UInt64, augment: AugmentOptions = .paper, foregroundFraction: Double = 1.0 / 3.0,
+        normalization: IntensityNormalization = .zscore, samplesPerCase: Int = 1, prefetch: Int = 2,
+        threads: Int = 1
+    ) throws {
         precondition(batch >= 1 && worldSize >= 1 && (0..<worldSize).contains(rank) && samplesPerCase >= 1)
         self.store = store
         if let cases {
             self.cases = try cases.map { id in
-                guard let i = store.index(of: id) else { throw AttunetError("\(store.path): no case '\(id)' in the store") }
+                guard let i = store.index(of: id) else {
+                    throw AttunetError("\(store.path): no case '\(id)' in the store")
+                }
                 return i
             }
-        } else { self.cases = Array(store.cases.indices) }
+        } else {
+            self.cases = Array(store.cases.indices)
+        }
         guard !self.cases.isEmpty else { throw AttunetError("\(store.path): no cases to sample from") }
-        self.patch = patch; self.batch = batch; self.rank = rank; self.worldSize = worldSize; self.seed = seed
-        self.augment = augment; self.foregroundFraction = foregroundFraction; self.normalization = normalization
-        self.samplesPerCase = samplesPerCase; self.prefetch = max(1, prefetch); self.threads = max(1, threads)
+        self.patch = patch
+        self.batch = batch
+        self.rank = rank
+        self.worldSize = worldSize
+        self.seed = seed
+        self.augment = augment
+        self.foregroundFraction = foregroundFraction
+        self.normalization = normalization
+        self.samplesPerCase = samplesPerCase
+        self.prefetch = max(1, prefetch)
+        self.threads = max(1, threads)
     }
 
-    deinit { cond.lock(); generation += 1; cond.broadcast(); cond.unlock() }
+    deinit {
+        cond.lock()
+        generation += 1
+        cond.broadcast()
+        cond.unlock()
+    }
 
     /// Global samples per epoch (all ranks).
     public var samplesPerEpoch: Int { cases.count * samplesPerCase }
@@ -86,12 +105,14 @@ public final class PatchLoader: @unchecked Sendable {
 
     /// The epoch's global order: position -> index into `cases`.
     public func order(epoch: Int) -> [Int] {
-        var rng = SeededRNG(seed, UInt64(epoch), 0x4F52_4445_52)   // "ORDER"
+        var rng = SeededRNG(seed, UInt64(epoch), 0x4F52_4445_52)  // "ORDER"
         return (0..<samplesPerCase).flatMap { _ in rng.permutation(cases.count) }
     }
 
     /// Global sample index of item `slot` of `step` on `rank`.
-    public func globalIndex(step: Int, slot: Int, rank r: Int? = nil) -> Int { (step * batch + slot) * worldSize + (r ?? rank) }
+    public func globalIndex(step: Int, slot: Int, rank r: Int? = nil) -> Int {
+        (step * batch + slot) * worldSize + (r ?? rank)
+    }
 
     /// Whether global sample `g` is a foreground-centred patch.
     public func isForeground(_ g: Int) -> Bool {
@@ -99,15 +120,18 @@ public final class PatchLoader: @unchecked Sendable {
     }
 
     /// Prepares global sample `g` of `epoch` into `image`/`label` (patch.count each). Deterministic.
-    public func sample(epoch: Int, globalIndex g: Int, order: [Int], image: UnsafeMutablePointer<Float>,
-                       label: UnsafeMutablePointer<UInt8>) throws -> Int {
+    public func sample(
+        epoch: Int, globalIndex g: Int, order: [Int], image: UnsafeMutablePointer<Float>,
+        label: UnsafeMutablePointer<UInt8>
+    ) throws -> Int {
         let c = cases[order[g % order.count]]
         let info = store.cases[c]
-        var rng = SeededRNG(seed, UInt64(epoch), UInt64(g), 0x5341_4D50)   // "SAMP"
+        var rng = SeededRNG(seed, UInt64(epoch), UInt64(g), 0x5341_4D50)  // "SAMP"
         let s = info.shape
         // Patch centre (voxel, z/y/x).
         var centre = [0, 0, 0]
-        let dims = [s.z, s.y, s.x], ps = [patch.z, patch.y, patch.x]
+        let dims = [s.z, s.y, s.x]
+        let ps = [patch.z, patch.y, patch.x]
         let present = info.presentClasses
         let nfg = info.foreground.count / 4
         if isForeground(g), !present.isEmpty, nfg > 0 {
@@ -128,34 +152,51 @@ public final class PatchLoader: @unchecked Sendable {
                 centre[a] = start + ps[a] / 2
             }
         }
-        var arng = SeededRNG(seed, UInt64(epoch), UInt64(g), 0x4155_474D)   // "AUGM"
-        let tf = augment.isGeometricIdentity ? SampleTransform.identity : SampleTransform.draw(augment, patch: patch, rng: &arng)
+        var arng = SeededRNG(seed, UInt64(epoch), UInt64(g), 0x4155_474D)  // "AUGM"
+        let tf =
+            augment.isGeometricIdentity
+            ? SampleTransform.identity : SampleTransform.draw(augment, patch: patch, rng: &arng)
         // Output voxel o (z,y,x) has offset d = o - (p - 1)/2 from the patch centre; its source is
         // centre' + m d + t with centre' = centre - 1/2 on even axes, so the identity reads the box exactly.
-        let cx = Double(centre[2]) - (patch.x % 2 == 0 ? 0.5 : 0), cy = Double(centre[1]) - (patch.y % 2 == 0 ? 0.5 : 0)
+        let cx = Double(centre[2]) - (patch.x % 2 == 0 ? 0.5 : 0)
+        let cy = Double(centre[1]) - (patch.y % 2 == 0 ? 0.5 : 0)
         let cz = Double(centre[0]) - (patch.z % 2 == 0 ? 0.5 : 0)
         if augment.isGeometricIdentity {
-            try store.readBox(c, start: (centre[0] - ps[0] / 2, centre[1] - ps[1] / 2, centre[2] - ps[2] / 2), size: patch,
-                              image: image, label: label)
+            try store.readBox(
+                c, start: (centre[0] - ps[0] / 2, centre[1] - ps[1] / 2, centre[2] - ps[2] / 2), size: patch,
+                image: image, label: label)
         } else {
             let (lo, hi) = tf.bounds(patch: patch)
-            let b0 = [Int((cx + lo[0]).rounded(.down)) - 1, Int((cy + lo[1]).rounded(.down)) - 1, Int((cz + lo[2]).rounded(.down)) - 1]
-            let b1 = [Int((cx + hi[0]).rounded(.up)) + 1, Int((cy + hi[1]).rounded(.up)) + 1, Int((cz + hi[2]).rounded(.up)) + 1]
+            let b0 = [
+                Int((cx + lo[0]).rounded(.down)) - 1, Int((cy + lo[1]).rounded(.down)) - 1,
+                Int((cz + lo[2]).rounded(.down)) - 1,
+            ]
+            let b1 = [
+                Int((cx + hi[0]).rounded(.up)) + 1, Int((cy + hi[1]).rounded(.up)) + 1,
+                Int((cz + hi[2]).rounded(.up)) + 1,
+            ]
             let box = Dim3(z: b1[2] - b0[2] + 1, y: b1[1] - b0[1] + 1, x: b1[0] - b0[0] + 1)
             var src = [Float](repeating: 0, count: box.count)
             var lsrc = [UInt8](repeating: 0, count: box.count)
             try src.withUnsafeMutableBufferPointer { sp in
                 try lsrc.withUnsafeMutableBufferPointer { lp in
-                    try store.readBox(c, start: (b0[2], b0[1], b0[0]), size: box, image: sp.baseAddress!, label: lp.baseAddress!)
+                    try store.readBox(
+                        c, start: (b0[2], b0[1], b0[0]), size: box, image: sp.baseAddress!, label: lp.baseAddress!)
                 }
             }
-            let m = tf.m, t = tf.t
-            let hx = (Double(patch.x) - 1) / 2, hy = (Double(patch.y) - 1) / 2, hz = (Double(patch.z) - 1) / 2
+            let m = tf.m
+            let t = tf.t
+            let hx = (Double(patch.x) - 1) / 2
+            let hy = (Double(patch.y) - 1) / 2
+            let hz = (Double(patch.z) - 1) / 2
             // Box-relative source origin.
-            let ox = cx + t[0] - Double(b0[0]), oy = cy + t[1] - Double(b0[1]), oz = cz + t[2] - Double(b0[2])
+            let ox = cx + t[0] - Double(b0[0])
+            let oy = cy + t[1] - Double(b0[1])
+            let oz = cz + t[2] - Double(b0[2])
             src.withUnsafeBufferPointer { sp in
                 lsrc.withUnsafeBufferPointer { lp in
-                    let S = sp.baseAddress!, L = lp.baseAddress!
+                    let S = sp.baseAddress!
+                    let L = lp.baseAddress!
                     var o = 0
                     for k in 0..<patch.z {
                         let dz = Double(k) - hz
@@ -166,23 +207,37 @@ public final class PatchLoader: @unchecked Sendable {
                             var z = oz + m[7] * dy + m[8] * dz - m[6] * hx
                             for _ in 0..<patch.x {
                                 // Clamp to the box (edge replication), trilinear image, nearest label.
-                                let xc = min(max(x, 0), Double(box.x - 1)), yc = min(max(y, 0), Double(box.y - 1))
+                                let xc = min(max(x, 0), Double(box.x - 1))
+                                let yc = min(max(y, 0), Double(box.y - 1))
                                 let zc = min(max(z, 0), Double(box.z - 1))
-                                let x0 = min(Int(xc), box.x - 2 < 0 ? 0 : box.x - 2), y0 = min(Int(yc), max(box.y - 2, 0))
+                                let x0 = min(Int(xc), box.x - 2 < 0 ? 0 : box.x - 2)
+                                let y0 = min(Int(yc), max(box.y - 2, 0))
                                 let z0 = min(Int(zc), max(box.z - 2, 0))
-                                let wx = Float(xc - Double(x0)), wy = Float(yc - Double(y0)), wz = Float(zc - Double(z0))
-                                let x1 = min(x0 + 1, box.x - 1), y1 = min(y0 + 1, box.y - 1), z1 = min(z0 + 1, box.z - 1)
-                                @inline(__always) func at(_ zz: Int, _ yy: Int, _ xx: Int) -> Float { S[(zz * box.y + yy) * box.x + xx] }
+                                let wx = Float(xc - Double(x0))
+                                let wy = Float(yc - Double(y0))
+                                let wz = Float(zc - Double(z0))
+                                let x1 = min(x0 + 1, box.x - 1)
+                                let y1 = min(y0 + 1, box.y - 1)
+                                let z1 = min(z0 + 1, box.z - 1)
+                                @inline(__always) func at(_ zz: Int, _ yy: Int, _ xx: Int) -> Float {
+                                    S[(zz * box.y + yy) * box.x + xx]
+                                }
                                 let a = at(z0, y0, x0) + wx * (at(z0, y0, x1) - at(z0, y0, x0))
                                 let b = at(z0, y1, x0) + wx * (at(z0, y1, x1) - at(z0, y1, x0))
                                 let cc = at(z1, y0, x0) + wx * (at(z1, y0, x1) - at(z1, y0, x0))
                                 let d = at(z1, y1, x0) + wx * (at(z1, y1, x1) - at(z1, y1, x0))
-                                let ab = a + wy * (b - a), cd = cc + wy * (d - cc)
+                                let ab = a + wy * (b - a)
+                                let cd = cc + wy * (d - cc)
                                 image[o] = ab + wz * (cd - ab)
-                                let nx = Int(xc + 0.5), ny = Int(yc + 0.5), nz = Int(zc + 0.5)
-                                label[o] = L[(min(nz, box.z - 1) * box.y + min(ny, box.y - 1)) * box.x + min(nx, box.x - 1)]
+                                let nx = Int(xc + 0.5)
+                                let ny = Int(yc + 0.5)
+                                let nz = Int(zc + 0.5)
+                                label[o] =
+                                    L[(min(nz, box.z - 1) * box.y + min(ny, box.y - 1)) * box.x + min(nx, box.x - 1)]
                                 o += 1
-                                x += m[0]; y += m[3]; z += m[6]
+                                x += m[0]
+                                y += m[3]
+                                z += m[6]
                             }
                         }
                     }
@@ -203,16 +258,19 @@ public final class PatchLoader: @unchecked Sendable {
         var cs = [Int](repeating: 0, count: batch)
         let gs = (0..<batch).map { globalIndex(step: step, slot: $0) }
         try lab.withUnsafeMutableBufferPointer { lb in
-            let lp = UncheckedSendable(lb.baseAddress!), ip = UncheckedSendable(img.pointer)
+            let lp = UncheckedSendable(lb.baseAddress!)
+            let ip = UncheckedSendable(img.pointer)
             try cs.withUnsafeMutableBufferPointer { cb in
                 let out = UncheckedSendable(cb.baseAddress!)
                 try parallelForEach(batch, threads: threads) { b in
-                    out.value[b] = try self.sample(epoch: epoch, globalIndex: gs[b], order: ord,
-                                                   image: ip.value + b * self.patch.count, label: lp.value + b * self.patch.count)
+                    out.value[b] = try self.sample(
+                        epoch: epoch, globalIndex: gs[b], order: ord,
+                        image: ip.value + b * self.patch.count, label: lp.value + b * self.patch.count)
                 }
             }
         }
-        return PatchBatch(image: img, label: lab, cases: cs, samples: gs, step: step, loadSeconds: Date().timeIntervalSince(t0))
+        return PatchBatch(
+            image: img, label: lab, cases: cs, samples: gs, step: step, loadSeconds: Date().timeIntervalSince(t0))
     }
 
     /// Starts preparing `epoch` on the background thread (abandoning any epoch in progress), from step
@@ -221,7 +279,11 @@ public final class PatchLoader: @unchecked Sendable {
         cond.lock()
         generation += 1
         let gen = generation
-        queue.removeAll(); failure = nil; epoch = e; consumed = 0; producing = true
+        queue.removeAll()
+        failure = nil
+        epoch = e
+        consumed = 0
+        producing = true
         cond.broadcast()
         cond.unlock()
         let steps = stepsPerEpoch
@@ -232,10 +294,15 @@ public final class PatchLoader: @unchecked Sendable {
                 let result: Result<PatchBatch, Error> = Result { try self.makeBatch(epoch: e, step: step, order: ord) }
                 self.cond.lock()
                 while self.generation == gen && self.queue.count >= self.prefetch { self.cond.wait() }
-                if self.generation != gen { self.cond.unlock(); return }
+                if self.generation != gen {
+                    self.cond.unlock()
+                    return
+                }
                 switch result {
                 case .success(let b): self.queue.append(b)
-                case .failure(let err): self.failure = err; self.producing = false
+                case .failure(let err):
+                    self.failure = err
+                    self.producing = false
                 }
                 self.cond.broadcast()
                 self.cond.unlock()
@@ -243,7 +310,10 @@ public final class PatchLoader: @unchecked Sendable {
             }
             guard let self else { return }
             self.cond.lock()
-            if self.generation == gen { self.producing = false; self.cond.broadcast() }
+            if self.generation == gen {
+                self.producing = false
+                self.cond.broadcast()
+            }
             self.cond.unlock()
         }
         thread.name = "attunet-patch-loader"
@@ -256,7 +326,10 @@ public final class PatchLoader: @unchecked Sendable {
         cond.lock()
         defer { cond.unlock() }
         while queue.isEmpty && producing && failure == nil { cond.wait() }
-        if let f = failure { failure = nil; throw f }
+        if let f = failure {
+            failure = nil
+            throw f
+        }
         guard !queue.isEmpty else { return nil }
         let b = queue.removeFirst()
         consumed += 1

@@ -69,20 +69,25 @@ public enum Resample {
 
     /// Trilinear interpolation at continuous source indices `grid.source(i')` with edge clamping.
     public static func resampleLinear(_ src: [Float], grid: ResampleGrid) -> [Float] {
-        let s = grid.from, d = grid.to
+        let s = grid.from
+        let d = grid.to
         var out = [Float](repeating: 0, count: d.count)
         let xs = (0..<d.x).map { axisWeights(grid.scale.x * Double($0) + grid.offset.x, s.x) }
         let ys = (0..<d.y).map { axisWeights(grid.scale.y * Double($0) + grid.offset.y, s.y) }
         src.withUnsafeBufferPointer { sp in
             out.withUnsafeMutableBufferPointer { op in
-                let spv = UncheckedSendable(sp.baseAddress!), opv = UncheckedSendable(op.baseAddress!)
+                let spv = UncheckedSendable(sp.baseAddress!)
+                let opv = UncheckedSendable(op.baseAddress!)
                 parallelFor(d.z) { k in
                     let (z0, z1, wz) = axisWeights(grid.scale.z * Double(k) + grid.offset.z, s.z)
-                    let sp = spv.value, op = opv.value
+                    let sp = spv.value
+                    let op = opv.value
                     for j in 0..<d.y {
                         let (y0, y1, wy) = ys[j]
-                        let r00 = sp + (z0 * s.y + y0) * s.x, r01 = sp + (z0 * s.y + y1) * s.x
-                        let r10 = sp + (z1 * s.y + y0) * s.x, r11 = sp + (z1 * s.y + y1) * s.x
+                        let r00 = sp + (z0 * s.y + y0) * s.x
+                        let r01 = sp + (z0 * s.y + y1) * s.x
+                        let r10 = sp + (z1 * s.y + y0) * s.x
+                        let r11 = sp + (z1 * s.y + y1) * s.x
                         let o = op + (k * d.y + j) * d.x
                         for i in 0..<d.x {
                             let (x0, x1, wx) = xs[i]
@@ -90,7 +95,8 @@ public enum Resample {
                             let b = r01[x0] + wx * (r01[x1] - r01[x0])
                             let c = r10[x0] + wx * (r10[x1] - r10[x0])
                             let e = r11[x0] + wx * (r11[x1] - r11[x0])
-                            let ab = a + wy * (b - a), ce = c + wy * (e - c)
+                            let ab = a + wy * (b - a)
+                            let ce = c + wy * (e - c)
                             o[i] = ab + wz * (ce - ab)
                         }
                     }
@@ -102,17 +108,23 @@ public enum Resample {
 
     /// Nearest-neighbour at `grid.source(i')` (index floor(c + 0.5), clamped), for label maps.
     public static func resampleNearest<T: BitwiseCopyable>(_ src: [T], grid: ResampleGrid, fill: T) -> [T] {
-        let s = grid.from, d = grid.to
+        let s = grid.from
+        let d = grid.to
         func idx(_ c: Double, _ n: Int) -> Int { min(max(Int((c + 0.5).rounded(.down)), 0), n - 1) }
         let xi = (0..<d.x).map { idx(grid.scale.x * Double($0) + grid.offset.x, s.x) }
         let yi = (0..<d.y).map { idx(grid.scale.y * Double($0) + grid.offset.y, s.y) }
         let zi = (0..<d.z).map { idx(grid.scale.z * Double($0) + grid.offset.z, s.z) }
         var out = [T](repeating: fill, count: d.count)
         var o = 0
-        for k in 0..<d.z { for j in 0..<d.y {
-            let row = (zi[k] * s.y + yi[j]) * s.x
-            for i in 0..<d.x { out[o] = src[row + xi[i]]; o += 1 }
-        } }
+        for k in 0..<d.z {
+            for j in 0..<d.y {
+                let row = (zi[k] * s.y + yi[j]) * s.x
+                for i in 0..<d.x {
+                    out[o] = src[row + xi[i]]
+                    o += 1
+                }
+            }
+        }
         return out
     }
 
@@ -137,14 +149,20 @@ public struct ResampleGrid: Sendable, Equatable {
         a.from == b.from && a.to == b.to && a.scale == b.scale && a.offset == b.offset
     }
 
-    public init(from: Dim3, to: Dim3, scale: (x: Double, y: Double, z: Double), offset: (x: Double, y: Double, z: Double)) {
-        self.from = from; self.to = to; self.scale = scale; self.offset = offset
+    public init(
+        from: Dim3, to: Dim3, scale: (x: Double, y: Double, z: Double), offset: (x: Double, y: Double, z: Double)
+    ) {
+        self.from = from
+        self.to = to
+        self.scale = scale
+        self.offset = offset
     }
 
     /// The grid at spacing `target` (mm, per axis) covering a volume of `from` voxels at `spacing` mm.
     public init(from: Dim3, spacing: (x: Double, y: Double, z: Double), target: (x: Double, y: Double, z: Double)) {
         func n(_ n: Int, _ s: Double, _ t: Double) -> Int { max(1, Int((Double(n) * s / t).rounded())) }
-        let to = Dim3(z: n(from.z, spacing.z, target.z), y: n(from.y, spacing.y, target.y), x: n(from.x, spacing.x, target.x))
+        let to = Dim3(
+            z: n(from.z, spacing.z, target.z), y: n(from.y, spacing.y, target.y), x: n(from.x, spacing.x, target.x))
         let sc = (x: target.x / spacing.x, y: target.y / spacing.y, z: target.z / spacing.z)
         self.init(from: from, to: to, scale: sc, offset: ((sc.x - 1) / 2, (sc.y - 1) / 2, (sc.z - 1) / 2))
     }
@@ -157,7 +175,8 @@ public struct ResampleGrid: Sendable, Equatable {
     /// The voxel-to-world affine (row-major 4x4) of the output grid, given the source's.
     public func affine(source a: [Double]) -> [Double] {
         var out = a
-        let sc = [scale.x, scale.y, scale.z], off = [offset.x, offset.y, offset.z]
+        let sc = [scale.x, scale.y, scale.z]
+        let off = [offset.x, offset.y, offset.z]
         for r in 0..<3 {
             for c in 0..<3 { out[r * 4 + c] = a[r * 4 + c] * sc[c] }
             out[r * 4 + 3] = a[r * 4 + 3] + (0..<3).reduce(0.0) { $0 + a[r * 4 + $1] * off[$1] }

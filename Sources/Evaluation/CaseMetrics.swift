@@ -44,8 +44,10 @@ public enum CaseMetrics {
     /// of `dim` voxels (`[Z][Y][X]`, x fastest) with `spacing` in mm. Label values ≥ `classes` belong to no class.
     /// Each class's masks are cropped to the bounding box of their union before surfaces and distances are
     /// computed (the box holds every surface voxel, so distances are those of the whole volume).
-    public static func evaluate(prediction: [UInt8], reference: [UInt8], dim: Dim3, spacing: VoxelSpacing,
-                                classes k: Int, definition: SurfaceDistanceDefinition = .pooled) -> [ClassMetrics] {
+    public static func evaluate(
+        prediction: [UInt8], reference: [UInt8], dim: Dim3, spacing: VoxelSpacing,
+        classes k: Int, definition: SurfaceDistanceDefinition = .pooled
+    ) -> [ClassMetrics] {
         precondition(prediction.count == dim.count && reference.count == dim.count && k >= 2)
         var counts = [Double](repeating: 0, count: k * DiceScore.columns)
         counts.withUnsafeMutableBufferPointer {
@@ -53,19 +55,32 @@ public enum CaseMetrics {
         }
         // Bounding boxes of P ∪ R per class: (zmin, ymin, xmin, zmax, ymax, xmax).
         var box = [Int](repeating: 0, count: k * 6)
-        for c in 0..<k { box[c * 6] = .max; box[c * 6 + 1] = .max; box[c * 6 + 2] = .max; box[c * 6 + 3] = -1 }
+        for c in 0..<k {
+            box[c * 6] = .max
+            box[c * 6 + 1] = .max
+            box[c * 6 + 2] = .max
+            box[c * 6 + 3] = -1
+        }
         box.withUnsafeMutableBufferPointer { box in
             func grow(_ label: UInt8, _ z: Int, _ y: Int, _ x: Int) {
                 guard label > 0 && Int(label) < k else { return }
                 let b = Int(label) * 6
-                box[b] = min(box[b], z); box[b + 1] = min(box[b + 1], y); box[b + 2] = min(box[b + 2], x)
-                box[b + 3] = max(box[b + 3], z); box[b + 4] = max(box[b + 4], y); box[b + 5] = max(box[b + 5], x)
+                box[b] = min(box[b], z)
+                box[b + 1] = min(box[b + 1], y)
+                box[b + 2] = min(box[b + 2], x)
+                box[b + 3] = max(box[b + 3], z)
+                box[b + 4] = max(box[b + 4], y)
+                box[b + 5] = max(box[b + 5], x)
             }
-            for z in 0..<dim.z { for y in 0..<dim.y { for x in 0..<dim.x {
-                let v = (z * dim.y + y) * dim.x + x
-                grow(prediction[v], z, y, x)
-                if reference[v] != prediction[v] { grow(reference[v], z, y, x) }
-            } } }
+            for z in 0..<dim.z {
+                for y in 0..<dim.y {
+                    for x in 0..<dim.x {
+                        let v = (z * dim.y + y) * dim.x + x
+                        grow(prediction[v], z, y, x)
+                        if reference[v] != prediction[v] { grow(reference[v], z, y, x) }
+                    }
+                }
+            }
         }
         var result: [ClassMetrics] = []
         for c in 1..<k {
@@ -75,14 +90,18 @@ public enum CaseMetrics {
                 continue
             }
             let sub = Dim3(z: box[b + 3] - box[b] + 1, y: box[b + 4] - box[b + 1] + 1, x: box[b + 5] - box[b + 2] + 1)
-            var p = [UInt8](repeating: 0, count: sub.count), r = p
-            for z in 0..<sub.z { for y in 0..<sub.y {
-                let from = ((z + box[b]) * dim.y + y + box[b + 1]) * dim.x + box[b + 2], to = (z * sub.y + y) * sub.x
-                for x in 0..<sub.x {
-                    p[to + x] = prediction[from + x] == c ? 1 : 0
-                    r[to + x] = reference[from + x] == c ? 1 : 0
+            var p = [UInt8](repeating: 0, count: sub.count)
+            var r = p
+            for z in 0..<sub.z {
+                for y in 0..<sub.y {
+                    let from = ((z + box[b]) * dim.y + y + box[b + 1]) * dim.x + box[b + 2]
+                    let to = (z * sub.y + y) * sub.x
+                    for x in 0..<sub.x {
+                        p[to + x] = prediction[from + x] == c ? 1 : 0
+                        r[to + x] = reference[from + x] == c ? 1 : 0
+                    }
                 }
-            } }
+            }
             let row = (counts[c * 3], counts[c * 3 + 1], counts[c * 3 + 2])
             let m = p.withUnsafeBufferPointer { pb in
                 r.withUnsafeBufferPointer { rb in
@@ -95,40 +114,56 @@ public enum CaseMetrics {
     }
 
     /// The metrics of one pair of binary masks (nonzero = foreground) of `dim` voxels.
-    public static func evaluate(prediction: UnsafeBufferPointer<UInt8>, reference: UnsafeBufferPointer<UInt8>,
-                                dim: Dim3, spacing: VoxelSpacing,
-                                definition: SurfaceDistanceDefinition = .pooled) -> ClassMetrics {
+    public static func evaluate(
+        prediction: UnsafeBufferPointer<UInt8>, reference: UnsafeBufferPointer<UInt8>,
+        dim: Dim3, spacing: VoxelSpacing,
+        definition: SurfaceDistanceDefinition = .pooled
+    ) -> ClassMetrics {
         precondition(prediction.count == dim.count && reference.count == dim.count)
-        var inter = 0.0, np = 0.0, nr = 0.0
+        var inter = 0.0
+        var np = 0.0
+        var nr = 0.0
         for v in 0..<dim.count {
-            let a = prediction[v] != 0, b = reference[v] != 0
+            let a = prediction[v] != 0
+            let b = reference[v] != 0
             if a { np += 1 }
             if b { nr += 1 }
             if a && b { inter += 1 }
         }
-        return binary(counts: (inter, np, nr), masks: (prediction, reference, dim), dim: dim, spacing: spacing,
-                      definition: definition)
+        return binary(
+            counts: (inter, np, nr), masks: (prediction, reference, dim), dim: dim, spacing: spacing,
+            definition: definition)
     }
 
     /// `masks` (prediction, reference, their grid) may be a crop of the `dim` volume holding both masks;
     /// `dim` sets the worst case.
-    static func binary(counts: (Double, Double, Double),
-                       masks: (UnsafeBufferPointer<UInt8>, UnsafeBufferPointer<UInt8>, Dim3)?,
-                       dim: Dim3, spacing: VoxelSpacing, definition: SurfaceDistanceDefinition) -> ClassMetrics {
+    static func binary(
+        counts: (Double, Double, Double),
+        masks: (UnsafeBufferPointer<UInt8>, UnsafeBufferPointer<UInt8>, Dim3)?,
+        dim: Dim3, spacing: VoxelSpacing, definition: SurfaceDistanceDefinition
+    ) -> ClassMetrics {
         let (inter, np, nr) = counts
         let worst = spacing.diagonal(of: dim)
-        var m = ClassMetrics(intersection: inter, predicted: np, reference: nr,
-                             dice: DiceScore.dice(intersection: inter, predicted: np, reference: nr),
-                             precision: np > 0 ? inter / np : 0, recall: nr > 0 ? inter / nr : 0,
-                             assd: worst, hd95: worst, meanPredictionToReference: worst, meanReferenceToPrediction: worst,
-                             s2s2d: worst, definition: definition, empty: .neither,
-                             distancesAreWorstCase: true, s2sIsWorstCase: true)
+        var m = ClassMetrics(
+            intersection: inter, predicted: np, reference: nr,
+            dice: DiceScore.dice(intersection: inter, predicted: np, reference: nr),
+            precision: np > 0 ? inter / np : 0, recall: nr > 0 ? inter / nr : 0,
+            assd: worst, hd95: worst, meanPredictionToReference: worst, meanReferenceToPrediction: worst,
+            s2s2d: worst, definition: definition, empty: .neither,
+            distancesAreWorstCase: true, s2sIsWorstCase: true)
         switch (np > 0, nr > 0) {
         case (false, false):
             m.empty = .both
-            m.dice = 1; m.precision = 1; m.recall = 1
-            m.assd = 0; m.hd95 = 0; m.meanPredictionToReference = 0; m.meanReferenceToPrediction = 0; m.s2s2d = 0
-            m.distancesAreWorstCase = false; m.s2sIsWorstCase = false
+            m.dice = 1
+            m.precision = 1
+            m.recall = 1
+            m.assd = 0
+            m.hd95 = 0
+            m.meanPredictionToReference = 0
+            m.meanReferenceToPrediction = 0
+            m.s2s2d = 0
+            m.distancesAreWorstCase = false
+            m.s2sIsWorstCase = false
         case (false, true): m.empty = .prediction
         case (true, false): m.empty = .reference
         case (true, true):
@@ -139,7 +174,8 @@ public enum CaseMetrics {
             m.meanReferenceToPrediction = d.bToA.reduce(0, +) / Double(d.bToA.count)
             m.distancesAreWorstCase = false
             if let s = SliceContourDistance.s2s2d(p, r, dim: grid, spacing: spacing) {
-                m.s2s2d = s; m.s2sIsWorstCase = false
+                m.s2s2d = s
+                m.s2sIsWorstCase = false
             }
         }
         return m

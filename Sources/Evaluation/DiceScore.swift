@@ -11,11 +11,14 @@ public enum DiceScore {
 
     /// Adds one case's counts to `counts`, which holds `classes` rows of [intersection, predicted, reference]
     /// voxel counts. Reference values ≥ `classes` count as predicted-elsewhere only.
-    public static func accumulate(prediction: [UInt8], reference: [UInt8], classes k: Int,
-                                  into counts: UnsafeMutableBufferPointer<Double>) {
+    public static func accumulate(
+        prediction: [UInt8], reference: [UInt8], classes k: Int,
+        into counts: UnsafeMutableBufferPointer<Double>
+    ) {
         precondition(prediction.count == reference.count && counts.count == k * 3)
         for v in 0..<reference.count {
-            let p = Int(prediction[v]), t = Int(reference[v])
+            let p = Int(prediction[v])
+            let t = Int(reference[v])
             if p == t { counts[p * 3] += 1 }
             counts[p * 3 + 1] += 1
             if t < k { counts[t * 3 + 2] += 1 }
@@ -35,9 +38,12 @@ public enum DiceScore {
     public static func meanPerClass(_ counts: [Double], cases: Int, classes k: Int) -> [Double] {
         precondition(counts.count == cases * k * 3)
         return (1..<k).map { cls in
-            var sum = 0.0, n = 0
+            var sum = 0.0
+            var n = 0
             for i in 0..<cases {
-                let inter = counts[(i * k + cls) * 3], p = counts[(i * k + cls) * 3 + 1], t = counts[(i * k + cls) * 3 + 2]
+                let inter = counts[(i * k + cls) * 3]
+                let p = counts[(i * k + cls) * 3 + 1]
+                let t = counts[(i * k + cls) * 3 + 2]
                 guard t > 0 else { continue }  // the class is absent from this case
                 sum += dice(intersection: inter, predicted: p, reference: t)
                 n += 1

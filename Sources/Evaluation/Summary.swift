@@ -17,7 +17,7 @@ public enum Metric: String, Sendable, Codable, CaseIterable {
     /// Whether the value in `m` is the worst-case substitute rather than a measurement.
     public func isWorstCase(_ m: ClassMetrics) -> Bool {
         switch self {
-        case .dice, .precision, .recall: false   // 0 is their measured value when one mask is empty
+        case .dice, .precision, .recall: false  // 0 is their measured value when one mask is empty
         case .assd, .hd95: m.distancesAreWorstCase
         case .s2s2d: m.s2sIsWorstCase
         }
@@ -70,13 +70,15 @@ public struct ClassSummary: Sendable, Equatable, Codable {
             let column = cases.map { $0[c] }
             var metrics: [Metric: MetricSummary] = [:]
             for metric in Metric.allCases {
-                metrics[metric] = MetricSummary(values: column.map(metric.value),
-                                                worstCaseCount: column.filter(metric.isWorstCase).count)
+                metrics[metric] = MetricSummary(
+                    values: column.map(metric.value),
+                    worstCaseCount: column.filter(metric.isWorstCase).count)
             }
-            return ClassSummary(label: c + 1, metrics: metrics,
-                                bothEmpty: column.filter { $0.empty == .both }.count,
-                                predictionEmpty: column.filter { $0.empty == .prediction }.count,
-                                referenceEmpty: column.filter { $0.empty == .reference }.count)
+            return ClassSummary(
+                label: c + 1, metrics: metrics,
+                bothEmpty: column.filter { $0.empty == .both }.count,
+                predictionEmpty: column.filter { $0.empty == .prediction }.count,
+                referenceEmpty: column.filter { $0.empty == .reference }.count)
         }
     }
 }

@@ -20,20 +20,32 @@ public enum SurfaceDistance {
     /// background or outside the volume: `mask ^ binary_erosion(mask, generate_binary_structure(3, 1))` with
     /// scipy's default `border_value=0`, exactly medpy's `__surface_distances`.
     @discardableResult
-    public static func surface(of mask: UnsafeBufferPointer<UInt8>, dim: Dim3,
-                               into out: UnsafeMutableBufferPointer<UInt8>) -> Int {
+    public static func surface(
+        of mask: UnsafeBufferPointer<UInt8>, dim: Dim3,
+        into out: UnsafeMutableBufferPointer<UInt8>
+    ) -> Int {
         precondition(mask.count == dim.count && out.count == dim.count)
-        let sx = 1, sy = dim.x, sz = dim.y * dim.x
+        let sx = 1
+        let sy = dim.x
+        let sz = dim.y * dim.x
         var n = 0
-        for z in 0..<dim.z { for y in 0..<dim.y { for x in 0..<dim.x {
-            let v = z * sz + y * sy + x
-            guard mask[v] != 0 else { out[v] = 0; continue }
-            let interior = x > 0 && x < dim.x - 1 && y > 0 && y < dim.y - 1 && z > 0 && z < dim.z - 1
-                && mask[v - sx] != 0 && mask[v + sx] != 0 && mask[v - sy] != 0 && mask[v + sy] != 0
-                && mask[v - sz] != 0 && mask[v + sz] != 0
-            out[v] = interior ? 0 : 1
-            if !interior { n += 1 }
-        } } }
+        for z in 0..<dim.z {
+            for y in 0..<dim.y {
+                for x in 0..<dim.x {
+                    let v = z * sz + y * sy + x
+                    guard mask[v] != 0 else {
+                        out[v] = 0
+                        continue
+                    }
+                    let interior =
+                        x > 0 && x < dim.x - 1 && y > 0 && y < dim.y - 1 && z > 0 && z < dim.z - 1
+                        && mask[v - sx] != 0 && mask[v + sx] != 0 && mask[v - sy] != 0 && mask[v + sy] != 0
+                        && mask[v - sz] != 0 && mask[v + sz] != 0
+                    out[v] = interior ? 0 : 1
+                    if !interior { n += 1 }
+                }
+            }
+        }
         return n
     }
 
@@ -41,28 +53,40 @@ public enum SurfaceDistance {
     /// of `a`, the distance to the nearest surface voxel of `b` (`aToB`), and the other way round (`bToA`), in
     /// raster order (z, y, x). medpy's `__surface_distances(a, b, spacing)` and `(b, a, spacing)`.
     /// Empty masks have no surface: the caller handles them (``CaseMetrics``).
-    public static func directed(_ a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>, dim: Dim3,
-                                spacing: VoxelSpacing) -> (aToB: [Double], bToA: [Double]) {
+    public static func directed(
+        _ a: UnsafeBufferPointer<UInt8>, _ b: UnsafeBufferPointer<UInt8>, dim: Dim3,
+        spacing: VoxelSpacing
+    ) -> (aToB: [Double], bToA: [Double]) {
         precondition(a.count == dim.count && b.count == dim.count)
-        var surfA = [UInt8](repeating: 0, count: dim.count), surfB = surfA
+        var surfA = [UInt8](repeating: 0, count: dim.count)
+        var surfB = surfA
         var dist = [Double](repeating: 0, count: dim.count)
-        var aToB = [Double](), bToA = [Double]()
+        var aToB = [Double]()
+        var bToA = [Double]()
         surfA.withUnsafeMutableBufferPointer { sa in
-        surfB.withUnsafeMutableBufferPointer { sb in
-        dist.withUnsafeMutableBufferPointer { d in
-            let na = surface(of: a, dim: dim, into: sa), nb = surface(of: b, dim: dim, into: sb)
-            aToB.reserveCapacity(na); bToA.reserveCapacity(nb)
-            DistanceTransform.squaredEuclidean(features: UnsafeBufferPointer(sb), dim: dim, spacing: spacing, into: d)
-            for v in 0..<dim.count where sa[v] != 0 { aToB.append(d[v].squareRoot()) }
-            DistanceTransform.squaredEuclidean(features: UnsafeBufferPointer(sa), dim: dim, spacing: spacing, into: d)
-            for v in 0..<dim.count where sb[v] != 0 { bToA.append(d[v].squareRoot()) }
-        }}}
+            surfB.withUnsafeMutableBufferPointer { sb in
+                dist.withUnsafeMutableBufferPointer { d in
+                    let na = surface(of: a, dim: dim, into: sa)
+                    let nb = surface(of: b, dim: dim, into: sb)
+                    aToB.reserveCapacity(na)
+                    bToA.reserveCapacity(nb)
+                    DistanceTransform.squaredEuclidean(
+                        features: UnsafeBufferPointer(sb), dim: dim, spacing: spacing, into: d)
+                    for v in 0..<dim.count where sa[v] != 0 { aToB.append(d[v].squareRoot()) }
+                    DistanceTransform.squaredEuclidean(
+                        features: UnsafeBufferPointer(sa), dim: dim, spacing: spacing, into: d)
+                    for v in 0..<dim.count where sb[v] != 0 { bToA.append(d[v].squareRoot()) }
+                }
+            }
+        }
         return (aToB, bToA)
     }
 
     /// ASSD and HD95 of two directed distance sets (both nonempty) under `definition`.
-    public static func assdAndHD95(_ aToB: [Double], _ bToA: [Double],
-                                   definition: SurfaceDistanceDefinition) -> (assd: Double, hd95: Double) {
+    public static func assdAndHD95(
+        _ aToB: [Double], _ bToA: [Double],
+        definition: SurfaceDistanceDefinition
+    ) -> (assd: Double, hd95: Double) {
         precondition(!aToB.isEmpty && !bToA.isEmpty)
         switch definition {
         case .pooled:
@@ -71,9 +95,14 @@ public enum SurfaceDistance {
             all.sort()
             return (assd, percentileLinear(sorted: all, 95))
         case .maxDirected:
-            let ma = aToB.reduce(0, +) / Double(aToB.count), mb = bToA.reduce(0, +) / Double(bToA.count)
-            return ((ma + mb) / 2, max(percentileFirstReaching(sorted: aToB.sorted(), 95),
-                                       percentileFirstReaching(sorted: bToA.sorted(), 95)))
+            let ma = aToB.reduce(0, +) / Double(aToB.count)
+            let mb = bToA.reduce(0, +) / Double(bToA.count)
+            return (
+                (ma + mb) / 2,
+                max(
+                    percentileFirstReaching(sorted: aToB.sorted(), 95),
+                    percentileFirstReaching(sorted: bToA.sorted(), 95))
+            )
         }
     }
 
@@ -84,8 +113,11 @@ public enum SurfaceDistance {
         let h = Double(a.count - 1) * (q / 100)
         if h >= Double(a.count - 1) { return a[a.count - 1] }
         if h < 0 { return a[0] }
-        let i = Int(h.rounded(.down)), t = h - Double(i)
-        let lo = a[i], hi = a[i + 1], diff = hi - lo
+        let i = Int(h.rounded(.down))
+        let t = h - Double(i)
+        let lo = a[i]
+        let hi = a[i + 1]
+        let diff = hi - lo
         return t >= 0.5 ? hi - diff * (1 - t) : lo + diff * t
     }
 
@@ -94,9 +126,11 @@ public enum SurfaceDistance {
     /// clamped to the last value).
     public static func percentileFirstReaching(sorted a: [Double], _ q: Double) -> Double {
         precondition(!a.isEmpty)
-        let n = Double(a.count), target = q / 100
+        let n = Double(a.count)
+        let target = q / 100
         // The first i with (i + 1)/n ≥ target, found by bisection on the same doubles numpy compares.
-        var lo = 0, hi = a.count
+        var lo = 0
+        var hi = a.count
         while lo < hi {
             let mid = (lo + hi) / 2
             if Double(mid + 1) / n >= target { hi = mid } else { lo = mid + 1 }

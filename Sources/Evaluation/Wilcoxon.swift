@@ -39,10 +39,13 @@ public enum Wilcoxon {
         // Zeros are dropped ('wilcox'); the rest are ranked by |d|, ties sharing their average rank.
         let nz = d.filter { $0 != 0 }
         let m = nz.count
-        guard m > 0 else { return Result(statistic: 0, pValue: 1, method: n > 13 ? .asymptotic : .permutation, nonzero: 0) }
+        guard m > 0 else {
+            return Result(statistic: 0, pValue: 1, method: n > 13 ? .asymptotic : .permutation, nonzero: 0)
+        }
         let order = nz.indices.sorted { abs(nz[$0]) < abs(nz[$1]) }
         var rank = [Double](repeating: 0, count: m)
-        var tieTerm = 0.0, ties = false
+        var tieTerm = 0.0
+        var ties = false
         var i = 0
         while i < m {
             var j = i
@@ -50,10 +53,14 @@ public enum Wilcoxon {
             let r = Double(i + j) / 2 + 1
             for k in i...j { rank[order[k]] = r }
             let t = Double(j - i + 1)
-            if j > i { ties = true; tieTerm += t * t * t - t }
+            if j > i {
+                ties = true
+                tieTerm += t * t * t - t
+            }
             i = j + 1
         }
-        var rPlus = 0.0, rMinus = 0.0
+        var rPlus = 0.0
+        var rMinus = 0.0
         for k in 0..<m { if nz[k] > 0 { rPlus += rank[k] } else { rMinus += rank[k] } }
         let statistic = min(rPlus, rMinus)
 
@@ -77,7 +84,8 @@ public enum Wilcoxon {
 
     /// Φ(x), with scipy's `ndtr` branches: ½ + ½·erf(x/√2) near 0, else ½·erfc(|x|/√2) on the far side.
     static func normalCDF(_ a: Double) -> Double {
-        let x = a * 0.5.squareRoot(), z = abs(x)
+        let x = a * 0.5.squareRoot()
+        let z = abs(x)
         if z < 0.5.squareRoot() { return 0.5 + 0.5 * erf(x) }
         let y = 0.5 * erfc(z)
         return x > 0 ? 1 - y : y
@@ -94,8 +102,8 @@ public enum Wilcoxon {
         let total = Foundation.pow(2.0, Double(m))
         let pmf = ways.map { $0 / total }
         let mean = Double(m * (m + 1)) / 4
-        func lower(_ k: Int) -> Double { k < 0 ? 0 : pmf[0...min(k, top)].reduce(0, +) }   // P(R⁺ ≤ k), direct
-        func upper(_ k: Int) -> Double { k > top ? 0 : pmf[max(k, 0)...].reduce(0, +) }    // P(R⁺ ≥ k), direct
+        func lower(_ k: Int) -> Double { k < 0 ? 0 : pmf[0...min(k, top)].reduce(0, +) }  // P(R⁺ ≤ k), direct
+        func upper(_ k: Int) -> Double { k > top ? 0 : pmf[max(k, 0)...].reduce(0, +) }  // P(R⁺ ≥ k), direct
         func cdf(_ k: Int) -> Double { Double(k) <= mean ? lower(k) : 1 - upper(k + 1) }
         func sf(_ k: Int) -> Double { Double(k) <= mean ? upper(k) : 1 - lower(k - 1) }
         return 2 * min(sf(Int(r.rounded(.down))), cdf(Int(r.rounded(.up))))
@@ -106,7 +114,8 @@ public enum Wilcoxon {
     static func permutationPValue(rPlus r: Double, ranks: [Double], positive: [Bool]) -> Double {
         let m = ranks.count
         let gamma = 100 * Double.ulpOfOne * abs(r)
-        var below = 0, above = 0
+        var below = 0
+        var above = 0
         for signs in 0..<(1 << m) {
             var s = 0.0
             for k in 0..<m where signs & (1 << k) != 0 { s += ranks[k] }

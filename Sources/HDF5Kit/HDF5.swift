@@ -42,7 +42,9 @@ enum H5FailureCause: Equatable {
         chdf5_error_text(&buf, buf.count)
         let text = cString(buf)
         if text.contains("Fletcher32") { return .checksum }
-        if let r = text.range(of: "errno = "), let code = Int32(text[r.upperBound...].prefix(while: \.isNumber)), code != 0 {
+        if let r = text.range(of: "errno = "), let code = Int32(text[r.upperBound...].prefix(while: \.isNumber)),
+            code != 0
+        {
             return .system(errno: code)
         }
         return .other
@@ -57,7 +59,11 @@ public final class H5File: @unchecked Sendable {
     /// True for a file this process created (a new file whose data can be discarded after a failed write).
     private let isNew: Bool
 
-    private init(path: String, id: hid_t, isNew: Bool = false) { self.path = path; self.id = id; self.isNew = isNew }
+    private init(path: String, id: hid_t, isNew: Bool = false) {
+        self.path = path
+        self.id = id
+        self.isNew = isNew
+    }
 
     /// Opens an existing file. Errors name the file and say whether it is missing or not HDF5. With a
     /// ``probe`` installed, the file is probed first (once per version of it: device, inode, size and
@@ -65,7 +71,9 @@ public final class H5File: @unchecked Sendable {
     public static func open(_ path: String, writable: Bool = false) throws -> H5File {
         silenceHDF5()
         guard FileManager.default.fileExists(atPath: path) else { throw AttunetError("\(path): no such file") }
-        if H5Fis_hdf5(path) <= 0 { throw AttunetError("\(path): not an HDF5 file (or truncated/corrupt)", kind: .corrupt) }
+        if H5Fis_hdf5(path) <= 0 {
+            throw AttunetError("\(path): not an HDF5 file (or truncated/corrupt)", kind: .corrupt)
+        }
         try probeOnce(path)
         let id = H5Fopen(path, writable ? chdf5_acc_rdwr() : chdf5_acc_rdonly(), chdf5_p_default())
         if id < 0 { throw AttunetError("\(path): \(cannotOpenMessage)", kind: .corrupt) }
@@ -92,8 +100,11 @@ public final class H5File: @unchecked Sendable {
         init?(_ path: String) {
             var st = stat()
             guard stat(path, &st) == 0 else { return nil }
-            device = UInt64(st.st_dev); inode = UInt64(st.st_ino); size = Int64(st.st_size)
-            seconds = st.st_mtim.tv_sec; nanoseconds = st.st_mtim.tv_nsec
+            device = UInt64(st.st_dev)
+            inode = UInt64(st.st_ino)
+            size = Int64(st.st_size)
+            seconds = st.st_mtim.tv_sec
+            nanoseconds = st.st_mtim.tv_nsec
         }
     }
 
@@ -133,7 +144,9 @@ public final class H5File: @unchecked Sendable {
         silenceHDF5()
         let id = H5Fcreate(path, chdf5_acc_trunc(), chdf5_p_default(), chdf5_p_default())
         if id < 0 {
-            if case let .system(code) = H5FailureCause.current { throw AttunetError.writeFailed(path, while: "the file", errno: code) }
+            if case .system(let code) = H5FailureCause.current {
+                throw AttunetError.writeFailed(path, while: "the file", errno: code)
+            }
             throw AttunetError("\(path): cannot create HDF5 file")
         }
         return H5File(path: path, id: id, isNew: true)
@@ -143,14 +156,16 @@ public final class H5File: @unchecked Sendable {
     /// A new file that met a full disk is given up (`chdf5_discard_file_data`): what HDF5 still writes as its
     /// objects close goes nowhere, so the file closes cleanly; the caller removes it (`writeAtomically` does).
     func writeError(_ what: String, otherwise: String) -> AttunetError {
-        guard case let .system(code) = H5FailureCause.current else { return AttunetError(otherwise) }
+        guard case .system(let code) = H5FailureCause.current else { return AttunetError(otherwise) }
         if isNew && (code == ENOSPC || code == EDQUOT) { _ = chdf5_discard_file_data(id) }
         return AttunetError.writeFailed(path, while: what, errno: code)
     }
 
     /// The error for a failed read of the dataset `object`: a failed Fletcher-32 checksum is named as such.
     func readError(_ object: String, otherwise: String) -> AttunetError {
-        if H5FailureCause.current == .checksum { return AttunetError("\(path): checksum mismatch in \(object)", kind: .corrupt) }
+        if H5FailureCause.current == .checksum {
+            return AttunetError("\(path): checksum mismatch in \(object)", kind: .corrupt)
+        }
         return AttunetError(otherwise, kind: .corrupt)
     }
 
@@ -205,7 +220,11 @@ public final class H5Group: H5Object, @unchecked Sendable {
     public let path: String
     public var location: String { "\(file.path):\(path)" }
 
-    init(id: hid_t, file: H5File, path: String) { self.id = id; self.file = file; self.path = path }
+    init(id: hid_t, file: H5File, path: String) {
+        self.id = id
+        self.file = file
+        self.path = path
+    }
     deinit { if id >= 0 { H5Gclose(id) } }
 
     private func child(_ name: String) -> String { path == "/" ? "/\(name)" : "\(path)/\(name)" }
@@ -249,7 +268,8 @@ public final class H5Group: H5Object, @unchecked Sendable {
             if H5FailureCause.current == .checksum {
                 throw AttunetError("\(file.path): checksum mismatch in \(child(name))", kind: .corrupt)
             }
-            throw destination.file.writeError(newName, otherwise: "\(file.path): cannot copy \(child(name)) into \(destination.file.path)")
+            throw destination.file.writeError(
+                newName, otherwise: "\(file.path): cannot copy \(child(name)) into \(destination.file.path)")
         }
     }
 
@@ -272,7 +292,9 @@ public final class H5Group: H5Object, @unchecked Sendable {
         silenceHDF5()
         guard exists(name) else { throw AttunetError("\(file.path): missing dataset \(child(name))") }
         let d = H5Dopen2(id, name, chdf5_p_default())
-        if d < 0 { throw AttunetError("\(file.path): cannot open dataset \(child(name)) (not a dataset, or unreadable)") }
+        if d < 0 {
+            throw AttunetError("\(file.path): cannot open dataset \(child(name)) (not a dataset, or unreadable)")
+        }
         return try H5Dataset(id: d, file: file, path: child(name))
     }
 
@@ -281,8 +303,10 @@ public final class H5Group: H5Object, @unchecked Sendable {
     /// chunk fails with "checksum mismatch"); `chunks` (same rank as shape) sets the chunk shape, by default
     /// the whole dataset in one chunk (split along the first axis past 64 MiB). `deflate` (1-9) adds
     /// shuffle + gzip. Scalars cannot be chunked in HDF5 and so carry no checksum.
-    public func createDataset(_ name: String, type: H5ElementType, shape: [Int], chunks: [Int]? = nil,
-                              deflate: Int? = nil) throws -> H5Dataset {
+    public func createDataset(
+        _ name: String, type: H5ElementType, shape: [Int], chunks: [Int]? = nil,
+        deflate: Int? = nil
+    ) throws -> H5Dataset {
         silenceHDF5()
         var dims = shape.map { hsize_t($0) }
         // Rank 0 is a scalar (PyTorch's 0-dim tensors such as BN's num_batches_tracked).
@@ -322,8 +346,10 @@ public final class H5Group: H5Object, @unchecked Sendable {
 
     /// Writes a whole float32 array as a new dataset.
     @discardableResult
-    public func write(_ name: String, _ values: [Float], shape: [Int], chunks: [Int]? = nil,
-                      deflate: Int? = nil) throws -> H5Dataset {
+    public func write(
+        _ name: String, _ values: [Float], shape: [Int], chunks: [Int]? = nil,
+        deflate: Int? = nil
+    ) throws -> H5Dataset {
         precondition(values.count == shape.reduce(1, *), "write \(name): \(values.count) values for shape \(shape)")
         let d = try createDataset(name, type: .float32, shape: shape, chunks: chunks, deflate: deflate)
         try values.withUnsafeBytes { try d.write(from: $0.baseAddress!, as: .float32) }
@@ -341,14 +367,20 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
     public var count: Int { shape.reduce(1, *) }
 
     init(id: hid_t, file: H5File, path: String) throws {
-        self.id = id; self.file = file; self.path = path
+        self.id = id
+        self.file = file
+        self.path = path
         let space = H5Dget_space(id)
         defer { H5Sclose(space) }
         let rank = Int(H5Sget_simple_extent_ndims(space))
-        if rank < 0 { H5Dclose(id); throw AttunetError("\(file.path):\(path): unreadable dataspace") }
+        if rank < 0 {
+            H5Dclose(id)
+            throw AttunetError("\(file.path):\(path): unreadable dataspace")
+        }
         var dims = [hsize_t](repeating: 0, count: max(rank, 1))
         if H5Sget_simple_extent_dims(space, &dims, nil) < 0 {
-            H5Dclose(id); throw AttunetError("\(file.path):\(path): unreadable dataspace", kind: .corrupt)
+            H5Dclose(id)
+            throw AttunetError("\(file.path):\(path): unreadable dataspace", kind: .corrupt)
         }
         // A damaged file can claim any extent: refuse one whose element count does not fit a process (2^48),
         // so `count` and every buffer sized from the shape stay finite.
@@ -357,8 +389,9 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
             let (t, overflow) = total.multipliedReportingOverflow(by: d)
             guard !overflow, t <= H5Dataset.maximumCount else {
                 H5Dclose(id)
-                throw AttunetError("\(file.path):\(path): implausible dataset extent \(dims.prefix(rank).map(String.init).joined(separator: "x")) (corrupt file?)",
-                                   kind: .corrupt)
+                throw AttunetError(
+                    "\(file.path):\(path): implausible dataset extent \(dims.prefix(rank).map(String.init).joined(separator: "x")) (corrupt file?)",
+                    kind: .corrupt)
             }
             total = t
         }
@@ -371,7 +404,8 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
 
     /// True for floating-point storage (float32/float64).
     public var isFloat: Bool {
-        let t = H5Dget_type(id); defer { H5Tclose(t) }
+        let t = H5Dget_type(id)
+        defer { H5Tclose(t) }
         return H5Tget_class(t) == H5T_FLOAT
     }
 
@@ -392,8 +426,10 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
 
     /// Reads the box `start ..< start+count` (one entry per axis, clipped by the caller to the dataset) into
     /// a contiguous buffer of `count.product` elements. Touches only the chunks the box intersects.
-    public func readHyperslab(start: [Int], count cnt: [Int], into buffer: UnsafeMutableRawPointer,
-                              as type: H5ElementType) throws {
+    public func readHyperslab(
+        start: [Int], count cnt: [Int], into buffer: UnsafeMutableRawPointer,
+        as type: H5ElementType
+    ) throws {
         silenceHDF5()
         guard start.count == shape.count, cnt.count == shape.count else {
             throw AttunetError("\(location): hyperslab rank \(start.count) for dataset of rank \(shape.count)")
@@ -403,7 +439,8 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
         }
         let fspace = H5Dget_space(id)
         defer { H5Sclose(fspace) }
-        var s = start.map { hsize_t($0) }, c = cnt.map { hsize_t($0) }
+        var s = start.map { hsize_t($0) }
+        var c = cnt.map { hsize_t($0) }
         H5Sselect_hyperslab(fspace, H5S_SELECT_SET, &s, nil, &c, nil)
         let mspace = H5Screate_simple(Int32(c.count), &c, nil)
         defer { H5Sclose(mspace) }
@@ -421,7 +458,8 @@ public final class H5Dataset: H5Object, @unchecked Sendable {
 
     /// Chunk shape, or nil for contiguous layout.
     public var chunks: [Int]? {
-        let p = H5Dget_create_plist(id); defer { H5Pclose(p) }
+        let p = H5Dget_create_plist(id)
+        defer { H5Pclose(p) }
         guard H5Pget_layout(p) == H5D_CHUNKED else { return nil }
         var dims = [hsize_t](repeating: 0, count: max(shape.count, 1))
         let n = H5Pget_chunk(p, Int32(dims.count), &dims)
@@ -443,11 +481,14 @@ extension H5Object {
 
     /// Stores a variable-length UTF-8 string (what h5py writes for `str`).
     public func setAttribute(_ name: String, _ value: String) throws {
-        let t = H5Tcopy(chdf5_c_s1()); defer { H5Tclose(t) }
+        let t = H5Tcopy(chdf5_c_s1())
+        defer { H5Tclose(t) }
         H5Tset_size(t, chdf5_variable())
         H5Tset_cset(t, H5T_CSET_UTF8)
-        let space = H5Screate(H5S_SCALAR); defer { H5Sclose(space) }
-        let a = try replaceAttribute(name, type: t, space: space); defer { H5Aclose(a) }
+        let space = H5Screate(H5S_SCALAR)
+        defer { H5Sclose(space) }
+        let a = try replaceAttribute(name, type: t, space: space)
+        defer { H5Aclose(a) }
         try value.withCString { cs in
             var p: UnsafePointer<CChar>? = cs
             if H5Awrite(a, t, &p) < 0 { throw AttunetError("\(location): cannot write attribute \(name)") }
@@ -456,16 +497,24 @@ extension H5Object {
 
     public func setAttribute(_ name: String, _ values: [Double]) throws {
         var dims = [hsize_t(values.count)]
-        let space = H5Screate_simple(1, &dims, nil); defer { H5Sclose(space) }
-        let a = try replaceAttribute(name, type: chdf5_native_double(), space: space); defer { H5Aclose(a) }
-        if H5Awrite(a, chdf5_native_double(), values) < 0 { throw AttunetError("\(location): cannot write attribute \(name)") }
+        let space = H5Screate_simple(1, &dims, nil)
+        defer { H5Sclose(space) }
+        let a = try replaceAttribute(name, type: chdf5_native_double(), space: space)
+        defer { H5Aclose(a) }
+        if H5Awrite(a, chdf5_native_double(), values) < 0 {
+            throw AttunetError("\(location): cannot write attribute \(name)")
+        }
     }
 
     public func setAttribute(_ name: String, _ values: [Int64]) throws {
         var dims = [hsize_t(values.count)]
-        let space = H5Screate_simple(1, &dims, nil); defer { H5Sclose(space) }
-        let a = try replaceAttribute(name, type: chdf5_native_int64(), space: space); defer { H5Aclose(a) }
-        if H5Awrite(a, chdf5_native_int64(), values) < 0 { throw AttunetError("\(location): cannot write attribute \(name)") }
+        let space = H5Screate_simple(1, &dims, nil)
+        defer { H5Sclose(space) }
+        let a = try replaceAttribute(name, type: chdf5_native_int64(), space: space)
+        defer { H5Aclose(a) }
+        if H5Awrite(a, chdf5_native_int64(), values) < 0 {
+            throw AttunetError("\(location): cannot write attribute \(name)")
+        }
     }
 
     public func setAttribute(_ name: String, _ value: Double) throws { try setAttribute(name, [value]) }
@@ -481,20 +530,27 @@ extension H5Object {
 
     /// The number of values of attribute `a` (of `name`); a damaged file's negative or huge count is refused.
     private func attributeCount(_ a: hid_t, _ name: String) throws -> Int {
-        let s = H5Aget_space(a); defer { H5Sclose(s) }
+        let s = H5Aget_space(a)
+        defer { H5Sclose(s) }
         let n = Int(H5Sget_simple_extent_npoints(s))
         guard n >= 0, n <= 1 << 24 else {
-            throw AttunetError("\(location): attribute \(name) has an unreadable or implausible size (\(n) values)", kind: .corrupt)
+            throw AttunetError(
+                "\(location): attribute \(name) has an unreadable or implausible size (\(n) values)", kind: .corrupt)
         }
         return n
     }
 
     public func stringAttribute(_ name: String) throws -> String {
-        let a = try openAttribute(name); defer { H5Aclose(a) }
-        let ft = H5Aget_type(a); defer { H5Tclose(ft) }
-        guard H5Tget_class(ft) == H5T_STRING else { throw AttunetError("\(location): attribute \(name) is not a string") }
+        let a = try openAttribute(name)
+        defer { H5Aclose(a) }
+        let ft = H5Aget_type(a)
+        defer { H5Tclose(ft) }
+        guard H5Tget_class(ft) == H5T_STRING else {
+            throw AttunetError("\(location): attribute \(name) is not a string")
+        }
         if H5Tis_variable_str(ft) > 0 {
-            let mt = H5Tcopy(chdf5_c_s1()); defer { H5Tclose(mt) }
+            let mt = H5Tcopy(chdf5_c_s1())
+            defer { H5Tclose(mt) }
             H5Tset_size(mt, chdf5_variable())
             H5Tset_cset(mt, H5Tget_cset(ft))
             var p: UnsafeMutablePointer<CChar>? = nil
@@ -509,16 +565,22 @@ extension H5Object {
     }
 
     public func doublesAttribute(_ name: String) throws -> [Double] {
-        let a = try openAttribute(name); defer { H5Aclose(a) }
+        let a = try openAttribute(name)
+        defer { H5Aclose(a) }
         var out = [Double](repeating: 0, count: try attributeCount(a, name))
-        if H5Aread(a, chdf5_native_double(), &out) < 0 { throw AttunetError("\(location): attribute \(name) is not numeric") }
+        if H5Aread(a, chdf5_native_double(), &out) < 0 {
+            throw AttunetError("\(location): attribute \(name) is not numeric")
+        }
         return out
     }
 
     public func intsAttribute(_ name: String) throws -> [Int64] {
-        let a = try openAttribute(name); defer { H5Aclose(a) }
+        let a = try openAttribute(name)
+        defer { H5Aclose(a) }
         var out = [Int64](repeating: 0, count: try attributeCount(a, name))
-        if H5Aread(a, chdf5_native_int64(), &out) < 0 { throw AttunetError("\(location): attribute \(name) is not an integer") }
+        if H5Aread(a, chdf5_native_int64(), &out) < 0 {
+            throw AttunetError("\(location): attribute \(name) is not an integer")
+        }
         return out
     }
 
@@ -537,7 +599,9 @@ extension H5Object {
 
 /// Version of the HDF5 library linked in, e.g. "1.10.8".
 public var hdf5LibraryVersion: String {
-    var a: UInt32 = 0, b: UInt32 = 0, c: UInt32 = 0
+    var a: UInt32 = 0
+    var b: UInt32 = 0
+    var c: UInt32 = 0
     _ = chdf5_version(&a, &b, &c)
     return "\(a).\(b).\(c)"
 }

@@ -1,8 +1,9 @@
 import CHDF5
 import Foundation
 import Support
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// The probe of an HDF5 file in a child process before this process opens it (``H5File/probe``).
@@ -24,7 +25,9 @@ public enum H5Probe {
     /// How long the parent waits for the child: 20 s plus 1 s per 100 MB of file, or
     /// `ATTUNET_HDF5_PROBE_TIMEOUT` seconds when that is set.
     public static func timeout(forFileSize bytes: UInt64) -> Double {
-        if let s = ProcessInfo.processInfo.environment["ATTUNET_HDF5_PROBE_TIMEOUT"], let t = Double(s), t > 0 { return t }
+        if let s = ProcessInfo.processInfo.environment["ATTUNET_HDF5_PROBE_TIMEOUT"], let t = Double(s), t > 0 {
+            return t
+        }
         return 20 + Double(bytes / 100_000_000)
     }
 
@@ -58,7 +61,8 @@ public enum H5Probe {
         case .signaled(let signal, _):
             reason = "HDF5 \(hdf5LibraryVersion) crashed reading it: signal \(signal) in the probe"
         case .timedOut(let seconds):
-            reason = "reading it did not finish within \(String(format: "%g", seconds)) s; "
+            reason =
+                "reading it did not finish within \(String(format: "%g", seconds)) s; "
                 + "if the file is sound but slow to read, set ATTUNET_HDF5_PROBE_TIMEOUT to more seconds"
         }
         return AttunetError("\(path): damaged HDF5 metadata (\(reason))", kind: .corrupt)
@@ -76,7 +80,7 @@ public enum H5Probe {
         let resource = __rlimit_resource_t(RLIMIT_AS.rawValue)
         var limit = rlimit()
         if getrlimit(resource, &limit) == 0 {
-            let cap = min(rlim_t(memoryLimit), limit.rlim_max)   // RLIM_INFINITY is the largest value
+            let cap = min(rlim_t(memoryLimit), limit.rlim_max)  // RLIM_INFINITY is the largest value
             limit = rlimit(rlim_cur: cap, rlim_max: cap)
             setrlimit(resource, &limit)
         }
@@ -86,7 +90,7 @@ public enum H5Probe {
             status = 0
         } catch let e as ProbeFailure {
             status = e == .outOfMemory ? outOfMemoryStatus : 1
-            if case let .failed(message) = e { FileHandle.standardError.write(Data((message + "\n").utf8)) }
+            if case .failed(let message) = e { FileHandle.standardError.write(Data((message + "\n").utf8)) }
         } catch {
             FileHandle.standardError.write(Data("\(error)\n".utf8))
             status = 1
@@ -110,12 +114,17 @@ public enum H5Probe {
         defer { H5Fclose(file) }
         let walker = Walker()
         let visited = withExtendedLifetime(walker) {
-            H5Ovisit2(file, H5_INDEX_NAME, H5_ITER_NATIVE, { obj, name, _, data in
-                let walker = Unmanaged<Walker>.fromOpaque(data!).takeUnretainedValue()
-                let name = name.map { String(cString: $0) } ?? "."
-                do { try walker.visit(obj, name) } catch { walker.failure = error as? ProbeFailure; return -1 }
-                return 0
-            }, Unmanaged.passUnretained(walker).toOpaque(), UInt32(H5O_INFO_BASIC))
+            H5Ovisit2(
+                file, H5_INDEX_NAME, H5_ITER_NATIVE,
+                { obj, name, _, data in
+                    let walker = Unmanaged<Walker>.fromOpaque(data!).takeUnretainedValue()
+                    let name = name.map { String(cString: $0) } ?? "."
+                    do { try walker.visit(obj, name) } catch {
+                        walker.failure = error as? ProbeFailure
+                        return -1
+                    }
+                    return 0
+                }, Unmanaged.passUnretained(walker).toOpaque(), UInt32(H5O_INFO_BASIC))
         }
         if let f = walker.failure { throw f }
         if visited < 0 { throw Walker.failure("cannot list the objects", at: "/") }
@@ -126,7 +135,8 @@ public enum H5Probe {
         var failure: ProbeFailure?
 
         static func failure(_ what: String, at object: String) -> ProbeFailure {
-            chdf5_error_is_allocation_failure() != 0 ? .outOfMemory : .failed("damaged HDF5 metadata (\(what) of \(object))")
+            chdf5_error_is_allocation_failure() != 0
+                ? .outOfMemory : .failed("damaged HDF5 metadata (\(what) of \(object))")
         }
 
         func visit(_ parent: hid_t, _ name: String) throws {
@@ -154,7 +164,9 @@ public enum H5Probe {
             guard a >= 0 else { throw Self.failure("cannot open attribute \(i)", at: object) }
             defer { H5Aclose(a) }
             var nameBuffer = [CChar](repeating: 0, count: 256)
-            let attribute = H5Aget_name(a, nameBuffer.count, &nameBuffer) >= 0 ? "attribute " + cString(nameBuffer) : "attribute \(i)"
+            let attribute =
+                H5Aget_name(a, nameBuffer.count, &nameBuffer) >= 0
+                ? "attribute " + cString(nameBuffer) : "attribute \(i)"
             let fileType = H5Aget_type(a)
             guard fileType >= 0 else { throw Self.failure("cannot read the type of \(attribute)", at: object) }
             defer { H5Tclose(fileType) }
@@ -165,12 +177,17 @@ public enum H5Probe {
             let space = H5Aget_space(a)
             guard space >= 0 else { throw Self.failure("cannot read the dataspace of \(attribute)", at: object) }
             defer { H5Sclose(space) }
-            let count = H5Sget_simple_extent_npoints(space), size = H5Tget_size(memoryType)
+            let count = H5Sget_simple_extent_npoints(space)
+            let size = H5Tget_size(memoryType)
             guard count >= 0, size > 0 else { throw Self.failure("cannot read the size of \(attribute)", at: object) }
             let (bytes, overflow) = Int(count).multipliedReportingOverflow(by: size)
-            guard !overflow, UInt64(bytes) < memoryLimit, let buffer = calloc(max(bytes, 1), 1) else { throw ProbeFailure.outOfMemory }
+            guard !overflow, UInt64(bytes) < memoryLimit, let buffer = calloc(max(bytes, 1), 1) else {
+                throw ProbeFailure.outOfMemory
+            }
             defer { free(buffer) }
-            guard H5Aread(a, memoryType, buffer) >= 0 else { throw Self.failure("cannot read \(attribute)", at: object) }
+            guard H5Aread(a, memoryType, buffer) >= 0 else {
+                throw Self.failure("cannot read \(attribute)", at: object)
+            }
             if H5Tdetect_class(memoryType, H5T_VLEN) > 0 || H5Tis_variable_str(memoryType) > 0 {
                 H5Dvlen_reclaim(memoryType, space, chdf5_p_default(), buffer)
             }
@@ -197,15 +214,22 @@ public enum H5Probe {
             let filters = H5Pget_nfilters(plist)
             guard filters >= 0 else { throw Self.failure("cannot read the filters", at: object) }
             for f in 0..<UInt32(filters) {
-                var flags: UInt32 = 0, values = [UInt32](repeating: 0, count: 16), valueCount = values.count
-                var filterName = [CChar](repeating: 0, count: 64), config: UInt32 = 0
-                guard H5Pget_filter2(plist, f, &flags, &valueCount, &values, filterName.count, &filterName, &config) >= 0 else {
+                var flags: UInt32 = 0
+                var values = [UInt32](repeating: 0, count: 16)
+                var valueCount = values.count
+                var filterName = [CChar](repeating: 0, count: 64)
+                var config: UInt32 = 0
+                guard
+                    H5Pget_filter2(plist, f, &flags, &valueCount, &values, filterName.count, &filterName, &config) >= 0
+                else {
                     throw Self.failure("cannot read filter \(f)", at: object)
                 }
             }
             if H5Pget_layout(plist) == H5D_CHUNKED {
                 var chunks: hsize_t = 0
-                guard H5Dget_num_chunks(d, space, &chunks) >= 0 else { throw Self.failure("cannot read the chunk index", at: object) }
+                guard H5Dget_num_chunks(d, space, &chunks) >= 0 else {
+                    throw Self.failure("cannot read the chunk index", at: object)
+                }
             }
             try readData(d, space: space, object)
         }
@@ -234,7 +258,9 @@ public enum H5Probe {
                 return
             }
             var dims = [hsize_t](repeating: 0, count: rank)
-            guard H5Sget_simple_extent_dims(space, &dims, nil) == rank else { throw Self.failure("cannot read the dataspace", at: object) }
+            guard H5Sget_simple_extent_dims(space, &dims, nil) == rank else {
+                throw Self.failure("cannot read the dataspace", at: object)
+            }
             guard dims.allSatisfy({ $0 > 0 }) else { return }
             var rowBytes = UInt64(size)
             for n in dims.dropFirst() {
@@ -243,19 +269,28 @@ public enum H5Probe {
                 rowBytes = r
             }
             let rowsPerSlab = max(1, (64 << 20) / rowBytes)
-            guard let buffer = malloc(Int(rowBytes * min(rowsPerSlab, UInt64(dims[0])))) else { throw ProbeFailure.outOfMemory }
+            guard let buffer = malloc(Int(rowBytes * min(rowsPerSlab, UInt64(dims[0])))) else {
+                throw ProbeFailure.outOfMemory
+            }
             defer { free(buffer) }
             var first: hsize_t = 0
             while first < dims[0] {
-                var start = [hsize_t](repeating: 0, count: rank), count = dims
+                var start = [hsize_t](repeating: 0, count: rank)
+                var count = dims
                 start[0] = first
                 count[0] = min(hsize_t(rowsPerSlab), dims[0] - first)
-                let fileSpace = H5Scopy(space), memorySpace = H5Screate_simple(Int32(rank), &count, nil)
-                defer { H5Sclose(fileSpace); H5Sclose(memorySpace) }
+                let fileSpace = H5Scopy(space)
+                let memorySpace = H5Screate_simple(Int32(rank), &count, nil)
+                defer {
+                    H5Sclose(fileSpace)
+                    H5Sclose(memorySpace)
+                }
                 // A read that fails cleanly (a checksum mismatch, a damaged deflate stream) is left to the reader
                 // in the parent, which names what failed; the probe is after crashes and hangs.
-                guard fileSpace >= 0, memorySpace >= 0, H5Sselect_hyperslab(fileSpace, H5S_SELECT_SET, &start, nil, &count, nil) >= 0,
-                      H5Dread(d, native, memorySpace, fileSpace, chdf5_p_default(), buffer) >= 0 else { return }
+                guard fileSpace >= 0, memorySpace >= 0,
+                    H5Sselect_hyperslab(fileSpace, H5S_SELECT_SET, &start, nil, &count, nil) >= 0,
+                    H5Dread(d, native, memorySpace, fileSpace, chdf5_p_default(), buffer) >= 0
+                else { return }
                 first += count[0]
             }
         }

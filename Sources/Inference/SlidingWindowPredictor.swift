@@ -55,10 +55,16 @@ public struct SlidingWindowOptions: Sendable, Equatable {
     public var keepWeights: Bool
 
     /// `tta: true` mirrors along ``MirrorAxes/inPlane`` (set ``mirrorAxes`` to ``MirrorAxes/all`` for 8 flips).
-    public init(patch: Dim3, overlap: Double = 0.5, tta: Bool = false, keepProbabilities: Bool = false,
-                attentionMaps: Bool = false, keepWeights: Bool = false) {
-        self.patch = patch; self.overlap = overlap; mirrorAxes = tta ? .inPlane : []
-        self.keepProbabilities = keepProbabilities; self.attentionMaps = attentionMaps; self.keepWeights = keepWeights
+    public init(
+        patch: Dim3, overlap: Double = 0.5, tta: Bool = false, keepProbabilities: Bool = false,
+        attentionMaps: Bool = false, keepWeights: Bool = false
+    ) {
+        self.patch = patch
+        self.overlap = overlap
+        mirrorAxes = tta ? .inPlane : []
+        self.keepProbabilities = keepProbabilities
+        self.attentionMaps = attentionMaps
+        self.keepWeights = keepWeights
     }
 
     /// Whether test-time augmentation is on.
@@ -67,7 +73,9 @@ public struct SlidingWindowOptions: Sendable, Equatable {
     /// Checks the patch size and the overlap; errors name the option.
     public func validate() throws {
         if [patch.z, patch.y, patch.x].contains(where: { $0 <= 0 || $0 % 16 != 0 }) {
-            throw AttunetError("sliding window: patch \(patch) (X x Y x Z) is not a positive multiple of 16 on every axis (the network pools four times)")
+            throw AttunetError(
+                "sliding window: patch \(patch) (X x Y x Z) is not a positive multiple of 16 on every axis (the network pools four times)"
+            )
         }
         guard overlap.isFinite, overlap >= 0, overlap < 1 else {
             throw AttunetError("sliding window: overlap \(overlap) is outside [0, 1)")
@@ -114,12 +122,21 @@ public struct Prediction: Sendable {
     /// Peak resident memory before and after the prediction.
     public var memory: MemoryReport
 
-    public init(shape: Dim3, classes: Int, labels: [UInt8], probabilities: [Float]? = nil,
-                attentionMaps: StitchedMaps? = nil, weights: [Float]? = nil, tiles: Int = 0, forwardPasses: Int = 0,
-                seconds: Double = 0, memory: MemoryReport = MemoryReport(peakBefore: nil, peakAfter: nil)) {
-        self.shape = shape; self.classes = classes; self.labels = labels; self.probabilities = probabilities
-        self.attentionMaps = attentionMaps; self.weights = weights; self.tiles = tiles
-        self.forwardPasses = forwardPasses; self.seconds = seconds; self.memory = memory
+    public init(
+        shape: Dim3, classes: Int, labels: [UInt8], probabilities: [Float]? = nil,
+        attentionMaps: StitchedMaps? = nil, weights: [Float]? = nil, tiles: Int = 0, forwardPasses: Int = 0,
+        seconds: Double = 0, memory: MemoryReport = MemoryReport(peakBefore: nil, peakAfter: nil)
+    ) {
+        self.shape = shape
+        self.classes = classes
+        self.labels = labels
+        self.probabilities = probabilities
+        self.attentionMaps = attentionMaps
+        self.weights = weights
+        self.tiles = tiles
+        self.forwardPasses = forwardPasses
+        self.seconds = seconds
+        self.memory = memory
     }
 }
 
@@ -160,10 +177,14 @@ public final class SlidingWindowPredictor {
         }
         for (i, n) in networks.enumerated() {
             guard n.inputChannels == 1 else {
-                throw AttunetError("sliding window: network \(i + 1) takes \(n.inputChannels) input channels; the predictor feeds one (the CT volume)")
+                throw AttunetError(
+                    "sliding window: network \(i + 1) takes \(n.inputChannels) input channels; the predictor feeds one (the CT volume)"
+                )
             }
             guard n.outputClasses == classes else {
-                throw AttunetError("sliding window: network \(i + 1) has \(n.outputClasses) classes, network 1 has \(classes); an ensemble must agree")
+                throw AttunetError(
+                    "sliding window: network \(i + 1) has \(n.outputClasses) classes, network 1 has \(classes); an ensemble must agree"
+                )
             }
         }
         self.networks = networks
@@ -200,16 +221,27 @@ public final class SlidingWindowPredictor {
     /// smallest positive value so that every voxel of a tile has weight.
     public static func gaussianImportanceMap(patch p: Dim3) -> [Float] {
         func axis(_ n: Int) -> [Double] {
-            let sigma = Double(n) / 8, c = n / 2, radius = Int(4 * sigma + 0.5)
+            let sigma = Double(n) / 8
+            let c = n / 2
+            let radius = Int(4 * sigma + 0.5)
             return (0..<n).map { i in
                 let d = i - c
                 return abs(d) > radius ? 0 : Foundation.exp(-Double(d * d) / (2 * sigma * sigma))
             }
         }
-        let gz = axis(p.z), gy = axis(p.y), gx = axis(p.x)
+        let gz = axis(p.z)
+        let gy = axis(p.y)
+        let gx = axis(p.x)
         var m = [Float](repeating: 0, count: p.count)
         var i = 0
-        for z in 0..<p.z { for y in 0..<p.y { for x in 0..<p.x { m[i] = Float(gz[z] * gy[y] * gx[x]); i += 1 } } }
+        for z in 0..<p.z {
+            for y in 0..<p.y {
+                for x in 0..<p.x {
+                    m[i] = Float(gz[z] * gy[y] * gx[x])
+                    i += 1
+                }
+            }
+        }
         if let floor = m.lazy.filter({ $0 > 0 }).min() {
             for j in m.indices where m[j] == 0 { m[j] = floor }
         }
@@ -223,11 +255,14 @@ public final class SlidingWindowPredictor {
     /// volume: the value the case's minimum normalises to, as training patches are padded.
     public func predict(volume: [Float], shape n: Dim3, padValue: Float) throws -> Prediction {
         guard n.z > 0, n.y > 0, n.x > 0, volume.count == n.count else {
-            throw AttunetError("sliding window: volume of \(volume.count) voxels does not match its shape \(n) (\(n.count) voxels)")
+            throw AttunetError(
+                "sliding window: volume of \(volume.count) voxels does not match its shape \(n) (\(n.count) voxels)")
         }
         let peakBefore = Memory.peakResidentBytes()
         let started = Date()
-        let p = options.patch, k = classes, nv = n.count
+        let p = options.patch
+        let k = classes
+        let nv = n.count
         // The padded extent (only where the volume is smaller than the tile), centred as the original's test
         // transform pads: half before, the odd voxel after.
         let padded = Dim3(z: max(n.z, p.z), y: max(n.y, p.y), x: max(n.x, p.x))
@@ -247,64 +282,83 @@ public final class SlidingWindowPredictor {
         for net in networks { net.training = false }
         defer { for (net, mode) in zip(networks, modes) { net.training = mode } }
 
-        var tiles = 0, passes = 0
+        var tiles = 0
+        var passes = 0
         try volume.withUnsafeBufferPointer { vol in
-            for tz in zs { for ty in ys { for tx in xs {
-                // The tile's origin in volume coordinates (negative where it starts in the padding).
-                let origin = (z: tz - before.z, y: ty - before.y, x: tx - before.x)
-                tileSum.zero()
-                for t in tileMaps { t.zero() }
-                for flip in flips {
-                    Self.extract(vol.baseAddress!, n, origin: origin, patch: p, flip: flip, pad: padValue, into: input.pointer)
-                    for (i, net) in networks.enumerated() {
-                        // Keeping nothing for a backward pass: a tile needs a few activations at a time.
-                        let logits = try GradientMode.withoutGradients { try net.forward(input) }
-                        if !poolSettled {
-                            // The first tile grew the pool one request at a time; every later tile shares one
-                            // segment of the most it had live at once.
-                            TensorPool.settle()
-                            poolSettled = true
-                        }
-                        guard logits.shape == [1, k, p.z, p.y, p.x] else {
-                            throw AttunetError("sliding window: network \(i + 1) returned logits of shape \(logits.shape) for a tile \(input.shape); expected [1, \(k), \(p.z), \(p.y), \(p.x)]")
-                        }
-                        let prob = softmax.forward(logits)
-                        Self.addUnflipped(prob.pointer, channels: k, patch: p, flip: flip, into: tileSum.pointer)
-                        if options.attentionMaps {
-                            let names = try collectMaps(net, index: i, flip: flip)
-                            if mapNames == nil {
-                                mapNames = names
-                                maps = [Float](repeating: 0, count: names.count * nv)
+            for tz in zs {
+                for ty in ys {
+                    for tx in xs {
+                        // The tile's origin in volume coordinates (negative where it starts in the padding).
+                        let origin = (z: tz - before.z, y: ty - before.y, x: tx - before.x)
+                        tileSum.zero()
+                        for t in tileMaps { t.zero() }
+                        for flip in flips {
+                            Self.extract(
+                                vol.baseAddress!, n, origin: origin, patch: p, flip: flip, pad: padValue,
+                                into: input.pointer)
+                            for (i, net) in networks.enumerated() {
+                                // Keeping nothing for a backward pass: a tile needs a few activations at a time.
+                                let logits = try GradientMode.withoutGradients { try net.forward(input) }
+                                if !poolSettled {
+                                    // The first tile grew the pool one request at a time; every later tile shares one
+                                    // segment of the most it had live at once.
+                                    TensorPool.settle()
+                                    poolSettled = true
+                                }
+                                guard logits.shape == [1, k, p.z, p.y, p.x] else {
+                                    throw AttunetError(
+                                        "sliding window: network \(i + 1) returned logits of shape \(logits.shape) for a tile \(input.shape); expected [1, \(k), \(p.z), \(p.y), \(p.x)]"
+                                    )
+                                }
+                                let prob = softmax.forward(logits)
+                                Self.addUnflipped(
+                                    prob.pointer, channels: k, patch: p, flip: flip, into: tileSum.pointer)
+                                if options.attentionMaps {
+                                    let names = try collectMaps(net, index: i, flip: flip)
+                                    if mapNames == nil {
+                                        mapNames = names
+                                        maps = [Float](repeating: 0, count: names.count * nv)
+                                    }
+                                }
+                                passes += 1
                             }
                         }
-                        passes += 1
-                    }
-                }
-                acc.withUnsafeMutableBufferPointer { a in
-                    weights.withUnsafeMutableBufferPointer { w in
-                        maps.withUnsafeMutableBufferPointer { m in
-                            blend(origin: origin, volume: n, scale: scale, probabilities: a.baseAddress!,
-                                  weights: w.baseAddress!, maps: m.baseAddress)
+                        acc.withUnsafeMutableBufferPointer { a in
+                            weights.withUnsafeMutableBufferPointer { w in
+                                maps.withUnsafeMutableBufferPointer { m in
+                                    blend(
+                                        origin: origin, volume: n, scale: scale, probabilities: a.baseAddress!,
+                                        weights: w.baseAddress!, maps: m.baseAddress)
+                                }
+                            }
                         }
+                        tiles += 1
                     }
                 }
-                tiles += 1
-            } } }
+            }
         }
 
         // Normalise by the summed weights and take the arg-max.
         var labels = [UInt8](repeating: 0, count: nv)
-        let keep = options.keepProbabilities, mapCount = mapNames?.count ?? 0
+        let keep = options.keepProbabilities
+        let mapCount = mapNames?.count ?? 0
         acc.withUnsafeMutableBufferPointer { a in
             weights.withUnsafeBufferPointer { w in
                 labels.withUnsafeMutableBufferPointer { l in
                     maps.withUnsafeMutableBufferPointer { m in
-                        let ap = a.baseAddress!, wp = w.baseAddress!, lp = l.baseAddress!, mp = m.baseAddress
+                        let ap = a.baseAddress!
+                        let wp = w.baseAddress!
+                        let lp = l.baseAddress!
+                        let mp = m.baseAddress
                         parallelFor(n.z) { z in
                             for i in (z * n.y * n.x)..<((z + 1) * n.y * n.x) {
                                 let inv = 1 / wp[i]
-                                var best = 0, bestValue = ap[i]
-                                for c in 1..<max(k, 1) where ap[c * nv + i] > bestValue { best = c; bestValue = ap[c * nv + i] }
+                                var best = 0
+                                var bestValue = ap[i]
+                                for c in 1..<max(k, 1) where ap[c * nv + i] > bestValue {
+                                    best = c
+                                    bestValue = ap[c * nv + i]
+                                }
                                 lp[i] = UInt8(best)
                                 if keep { for c in 0..<k { ap[c * nv + i] *= inv } }
                                 if let mp { for j in 0..<mapCount { mp[j * nv + i] *= inv } }
@@ -325,7 +379,9 @@ public final class SlidingWindowPredictor {
 
     /// Segments case `c` of a store: its image normalised as training patches are, padded with its normalised
     /// minimum.
-    public func predict(store: CaseStore, case c: Int, normalization: IntensityNormalization = .zscore) throws -> Prediction {
+    public func predict(store: CaseStore, case c: Int, normalization: IntensityNormalization = .zscore) throws
+        -> Prediction
+    {
         let (image, pad) = try store.normalizedImage(c, normalization: normalization)
         return try predict(volume: image, shape: store.cases[c].shape, padValue: pad)
     }
@@ -334,9 +390,13 @@ public final class SlidingWindowPredictor {
 
     /// Copies the tile at `origin` (volume coordinates) into `dst` `[Z][Y][X]`, mirrored along `flip`, with
     /// `pad` outside the volume.
-    static func extract(_ vol: UnsafePointer<Float>, _ n: Dim3, origin: (z: Int, y: Int, x: Int), patch p: Dim3,
-                        flip: MirrorAxes, pad: Float, into dst: UnsafeMutablePointer<Float>) {
-        let fx = flip.contains(.x), fy = flip.contains(.y), fz = flip.contains(.z)
+    static func extract(
+        _ vol: UnsafePointer<Float>, _ n: Dim3, origin: (z: Int, y: Int, x: Int), patch p: Dim3,
+        flip: MirrorAxes, pad: Float, into dst: UnsafeMutablePointer<Float>
+    ) {
+        let fx = flip.contains(.x)
+        let fy = flip.contains(.y)
+        let fz = flip.contains(.z)
         parallelFor(p.z) { z in
             let vz = origin.z + (fz ? p.z - 1 - z : z)
             for y in 0..<p.y {
@@ -356,16 +416,22 @@ public final class SlidingWindowPredictor {
     }
 
     /// dst[c][z][y][x] += src[c][flip(z)][flip(y)][flip(x)]: a flipped tile's output put back in place.
-    static func addUnflipped(_ src: UnsafePointer<Float>, channels: Int, patch p: Dim3, flip: MirrorAxes,
-                             into dst: UnsafeMutablePointer<Float>) {
-        let fx = flip.contains(.x), fy = flip.contains(.y), fz = flip.contains(.z)
+    static func addUnflipped(
+        _ src: UnsafePointer<Float>, channels: Int, patch p: Dim3, flip: MirrorAxes,
+        into dst: UnsafeMutablePointer<Float>
+    ) {
+        let fx = flip.contains(.x)
+        let fy = flip.contains(.y)
+        let fz = flip.contains(.z)
         let v = p.count
         parallelFor(channels * p.z) { task in
-            let c = task / p.z, z = task % p.z
+            let c = task / p.z
+            let z = task % p.z
             let sz = fz ? p.z - 1 - z : z
             for y in 0..<p.y {
                 let sy = fy ? p.y - 1 - y : y
-                let s = src + c * v + (sz * p.y + sy) * p.x, d = dst + c * v + (z * p.y + y) * p.x
+                let s = src + c * v + (sz * p.y + sy) * p.x
+                let d = dst + c * v + (z * p.y + y) * p.x
                 if fx {
                     for x in 0..<p.x { d[x] += s[p.x - 1 - x] }
                 } else {
@@ -380,7 +446,9 @@ public final class SlidingWindowPredictor {
     private func collectMaps(_ net: any SegmentationNetwork, index: Int, flip: MirrorAxes) throws -> [String] {
         let found = net.attentionMaps
         guard !found.isEmpty else {
-            throw AttunetError("sliding window: attention maps asked for, but network \(index + 1) has none (a U-Net without attention gates)")
+            throw AttunetError(
+                "sliding window: attention maps asked for, but network \(index + 1) has none (a U-Net without attention gates)"
+            )
         }
         let p = options.patch
         if tileMaps.isEmpty {
@@ -391,11 +459,15 @@ public final class SlidingWindowPredictor {
             mapNamesSeen = found.map(\.name)
         }
         guard found.map(\.name) == mapNamesSeen else {
-            throw AttunetError("sliding window: network \(index + 1) has attention maps \(found.map(\.name)), network 1 \(mapNamesSeen); an ensemble must agree")
+            throw AttunetError(
+                "sliding window: network \(index + 1) has attention maps \(found.map(\.name)), network 1 \(mapNamesSeen); an ensemble must agree"
+            )
         }
         for (j, entry) in found.enumerated() {
             guard entry.map.shape.count == 5, entry.map.shape[0] == 1, entry.map.shape[1] == 1 else {
-                throw AttunetError("sliding window: attention map \(entry.name) has shape \(entry.map.shape); expected [1, 1, Z, Y, X]")
+                throw AttunetError(
+                    "sliding window: attention map \(entry.name) has shape \(entry.map.shape); expected [1, 1, Z, Y, X]"
+                )
             }
             let up = upsamplers[j].forward(entry.map)
             Self.addUnflipped(up.pointer, channels: 1, patch: p, flip: flip, into: tileMaps[j].pointer)
@@ -407,15 +479,24 @@ public final class SlidingWindowPredictor {
     /// Adds the tile's summed outputs, weighted by the importance map and `scale` (1 / passes per tile), into
     /// the volume accumulators, and its importance map into `weights`, over the part of the tile inside the
     /// volume (the padding is cropped here).
-    private func blend(origin: (z: Int, y: Int, x: Int), volume n: Dim3, scale: Float,
-                       probabilities acc: UnsafeMutablePointer<Float>, weights w: UnsafeMutablePointer<Float>,
-                       maps: UnsafeMutablePointer<Float>?) {
-        let p = options.patch, k = classes, nv = n.count, tv = p.count
-        let z0 = max(0, -origin.z), z1 = min(p.z, n.z - origin.z)
-        let y0 = max(0, -origin.y), y1 = min(p.y, n.y - origin.y)
-        let x0 = max(0, -origin.x), x1 = min(p.x, n.x - origin.x)
+    private func blend(
+        origin: (z: Int, y: Int, x: Int), volume n: Dim3, scale: Float,
+        probabilities acc: UnsafeMutablePointer<Float>, weights w: UnsafeMutablePointer<Float>,
+        maps: UnsafeMutablePointer<Float>?
+    ) {
+        let p = options.patch
+        let k = classes
+        let nv = n.count
+        let tv = p.count
+        let z0 = max(0, -origin.z)
+        let z1 = min(p.z, n.z - origin.z)
+        let y0 = max(0, -origin.y)
+        let y1 = min(p.y, n.y - origin.y)
+        let x0 = max(0, -origin.x)
+        let x1 = min(p.x, n.x - origin.x)
         guard z0 < z1, y0 < y1, x0 < x1 else { return }
-        let tile = tileSum.pointer, mapTiles = tileMaps.map(\.pointer)
+        let tile = tileSum.pointer
+        let mapTiles = tileMaps.map(\.pointer)
         importanceMap.withUnsafeBufferPointer { gb in
             let g = gb.baseAddress!
             parallelFor(z1 - z0) { dz in
@@ -425,12 +506,14 @@ public final class SlidingWindowPredictor {
                     let v = ((origin.z + z) * n.y + origin.y + y) * n.x + origin.x
                     for x in x0..<x1 { w[v + x] += g[t + x] }
                     for c in 0..<k {
-                        let src = tile + c * tv + t, dst = acc + c * nv + v
+                        let src = tile + c * tv + t
+                        let dst = acc + c * nv + v
                         for x in x0..<x1 { dst[x] += g[t + x] * scale * src[x] }
                     }
                     if let maps {
                         for (j, m) in mapTiles.enumerated() {
-                            let src = m + t, dst = maps + j * nv + v
+                            let src = m + t
+                            let dst = maps + j * nv + v
                             for x in x0..<x1 { dst[x] += g[t + x] * scale * src[x] }
                         }
                     }
@@ -455,7 +538,9 @@ extension IntensityNormalization {
 
 extension CaseStore {
     /// The whole image of case `c`, normalised as training patches are, and the value that pads it.
-    public func normalizedImage(_ c: Int, normalization: IntensityNormalization) throws -> (image: [Float], padValue: Float) {
+    public func normalizedImage(_ c: Int, normalization: IntensityNormalization) throws -> (
+        image: [Float], padValue: Float
+    ) {
         var image = try self.image(c)
         image.withUnsafeMutableBufferPointer { normalization.apply($0.baseAddress!, count: $0.count, case: cases[c]) }
         return (image, normalization.padValue(for: cases[c]))

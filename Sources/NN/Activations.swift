@@ -14,7 +14,8 @@ enum PointwiseSupport {
     /// out[i] = f(x[i]) in parallel chunks (`out` may be `x` itself); returns `out`.
     @inline(__always)
     static func map(_ x: Tensor, into out: Tensor, _ f: (Float) -> Float) -> Tensor {
-        let src = x.pointer, dst = out.pointer
+        let src = x.pointer
+        let dst = out.pointer
         chunks(x.count) { r in
             for i in r { dst[i] = f(src[i]) }
         }
@@ -24,7 +25,9 @@ enum PointwiseSupport {
     /// out[i] = f(a[i], b[i]) in parallel chunks; returns `out`.
     @inline(__always)
     static func map(_ a: Tensor, _ b: Tensor, into out: Tensor, _ f: (Float, Float) -> Float) -> Tensor {
-        let ap = a.pointer, bp = b.pointer, dst = out.pointer
+        let ap = a.pointer
+        let bp = b.pointer
+        let dst = out.pointer
         chunks(a.count) { r in
             for i in r { dst[i] = f(ap[i], bp[i]) }
         }
@@ -53,10 +56,15 @@ public final class ReLU {
 
     public func forward(_ x: Tensor) -> Tensor {
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "ReLU", x.shape, forward: 2 * x.count, backward: 3 * x.count) } }
+        defer {
+            LayerProfile.stop(self, t0, backward: false) {
+                .memoryBound(label, "ReLU", x.shape, forward: 2 * x.count, backward: 3 * x.count)
+            }
+        }
         let out = inPlace ? x : GradientMode.output(&y, x.shape)
         y = GradientMode.keep(out)
-        let src = x.pointer, dst = out.pointer
+        let src = x.pointer
+        let dst = out.pointer
         // The loop is written out in the piece's closure: a per-element closure call is not inlined once the
         // pieces run on worker threads.
         PointwiseSupport.chunks(x.count) { r in
@@ -64,10 +72,14 @@ public final class ReLU {
             while i + 8 <= r.upperBound {
                 let v = UnsafeRawPointer(src + i).loadUnaligned(as: SIMD8<Float>.self)
                 // Negative values become 0; NaN stays NaN (as max(x, 0) and PyTorch's ReLU).
-                UnsafeMutableRawPointer(dst + i).storeBytes(of: v.replacing(with: 0, where: v .<= 0), as: SIMD8<Float>.self)
+                UnsafeMutableRawPointer(dst + i).storeBytes(
+                    of: v.replacing(with: 0, where: v .<= 0), as: SIMD8<Float>.self)
                 i += 8
             }
-            while i < r.upperBound { dst[i] = src[i] <= 0 ? 0 : src[i]; i += 1 }
+            while i < r.upperBound {
+                dst[i] = src[i] <= 0 ? 0 : src[i]
+                i += 1
+            }
         }
         return out
     }
@@ -76,11 +88,17 @@ public final class ReLU {
     /// caller must own dy and not need it afterwards).
     public func backward(_ dy: Tensor, inPlace: Bool = false) -> Tensor {
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(label, "ReLU", dy.shape, forward: 2 * dy.count, backward: 3 * dy.count) } }
+        defer {
+            LayerProfile.stop(self, t0, backward: true) {
+                .memoryBound(label, "ReLU", dy.shape, forward: 2 * dy.count, backward: 3 * dy.count)
+            }
+        }
         guard let y else { preconditionFailure("ReLU.backward before forward") }
         precondition(dy.shape == y.shape, "ReLU.backward: dy \(dy.shape) vs y \(y.shape)")
         let g = inPlace ? dy : Tensor.recycled(dy.shape)
-        let yp = y.pointer, dyp = dy.pointer, dxp = g.pointer
+        let yp = y.pointer
+        let dyp = dy.pointer
+        let dxp = g.pointer
         PointwiseSupport.chunks(dy.count) { r in
             // An explicit vector select: the scalar form compiles to a data-dependent branch that mispredicts
             // on half the voxels (measured 10x slower).
@@ -88,10 +106,14 @@ public final class ReLU {
             while i + 8 <= r.upperBound {
                 let yv = UnsafeRawPointer(yp + i).loadUnaligned(as: SIMD8<Float>.self)
                 let dv = UnsafeRawPointer(dyp + i).loadUnaligned(as: SIMD8<Float>.self)
-                UnsafeMutableRawPointer(dxp + i).storeBytes(of: dv.replacing(with: 0, where: .!(yv .> 0)), as: SIMD8<Float>.self)
+                UnsafeMutableRawPointer(dxp + i).storeBytes(
+                    of: dv.replacing(with: 0, where: .!(yv .> 0)), as: SIMD8<Float>.self)
                 i += 8
             }
-            while i < r.upperBound { dxp[i] = yp[i] > 0 ? dyp[i] : 0; i += 1 }
+            while i < r.upperBound {
+                dxp[i] = yp[i] > 0 ? dyp[i] : 0
+                i += 1
+            }
         }
         return g
     }
@@ -108,7 +130,11 @@ public final class Sigmoid {
 
     public func forward(_ x: Tensor) -> Tensor {
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "Sigmoid", x.shape, forward: 2 * x.count, backward: 3 * x.count) } }
+        defer {
+            LayerProfile.stop(self, t0, backward: false) {
+                .memoryBound(label, "Sigmoid", x.shape, forward: 2 * x.count, backward: 3 * x.count)
+            }
+        }
         // Both branches avoid overflow of exp: e^(-|x|) is in (0, 1].
         return PointwiseSupport.map(x, into: GradientMode.output(&y, x.shape)) { v in
             if v >= 0 { return 1 / (1 + Foundation.exp(-v)) }
@@ -119,7 +145,11 @@ public final class Sigmoid {
 
     public func backward(_ dy: Tensor) -> Tensor {
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(label, "Sigmoid", dy.shape, forward: 2 * dy.count, backward: 3 * dy.count) } }
+        defer {
+            LayerProfile.stop(self, t0, backward: true) {
+                .memoryBound(label, "Sigmoid", dy.shape, forward: 2 * dy.count, backward: 3 * dy.count)
+            }
+        }
         guard let y else { preconditionFailure("Sigmoid.backward before forward") }
         precondition(dy.shape == y.shape, "Sigmoid.backward: dy \(dy.shape) vs y \(y.shape)")
         return PointwiseSupport.map(y, dy, into: Tensor.recycled(dy.shape)) { s, g in g * s * (1 - s) }
@@ -139,15 +169,21 @@ public final class Softmax {
     public func forward(_ x: Tensor) -> Tensor {
         PointwiseSupport.require5D(x, "Softmax")
         let out = GradientMode.output(&y, x.shape)
-        let n = x.shape[0], c = x.shape[1], v = x.shape[2] * x.shape[3] * x.shape[4]
+        let n = x.shape[0]
+        let c = x.shape[1]
+        let v = x.shape[2] * x.shape[3] * x.shape[4]
         let blocks = (v + Self.block - 1) / Self.block
-        let src = x.pointer, dst = out.pointer
+        let src = x.pointer
+        let dst = out.pointer
         parallelFor(n * blocks) { task in
-            let b = task / blocks, start = (task % blocks) * Self.block
+            let b = task / blocks
+            let start = (task % blocks) * Self.block
             let len = min(Self.block, v - start)
-            let xin = src + b * c * v + start, yout = dst + b * c * v + start
+            let xin = src + b * c * v + start
+            let yout = dst + b * c * v + start
             withUnsafeTemporaryAllocation(of: Float.self, capacity: 2 * Self.block) { tmp in
-                let m = tmp.baseAddress!, s = m + Self.block
+                let m = tmp.baseAddress!
+                let s = m + Self.block
                 for i in 0..<len { m[i] = xin[i] }
                 for ch in 1..<max(c, 1) {
                     let row = xin + ch * v
@@ -155,7 +191,8 @@ public final class Softmax {
                 }
                 for i in 0..<len { s[i] = 0 }
                 for ch in 0..<c {
-                    let row = xin + ch * v, o = yout + ch * v
+                    let row = xin + ch * v
+                    let o = yout + ch * v
                     for i in 0..<len {
                         let e = Foundation.exp(row[i] - m[i])
                         o[i] = e
@@ -176,22 +213,30 @@ public final class Softmax {
         guard let y else { preconditionFailure("Softmax.backward before forward") }
         precondition(dy.shape == y.shape, "Softmax.backward: dy \(dy.shape) vs y \(y.shape)")
         let g = Tensor.recycled(dy.shape)
-        let n = y.shape[0], c = y.shape[1], v = y.shape[2] * y.shape[3] * y.shape[4]
+        let n = y.shape[0]
+        let c = y.shape[1]
+        let v = y.shape[2] * y.shape[3] * y.shape[4]
         let blocks = (v + Self.block - 1) / Self.block
-        let yp = y.pointer, dyp = dy.pointer, dxp = g.pointer
+        let yp = y.pointer
+        let dyp = dy.pointer
+        let dxp = g.pointer
         parallelFor(n * blocks) { task in
-            let b = task / blocks, start = (task % blocks) * Self.block
+            let b = task / blocks
+            let start = (task % blocks) * Self.block
             let len = min(Self.block, v - start)
             let off = b * c * v + start
             withUnsafeTemporaryAllocation(of: Float.self, capacity: Self.block) { tmp in
                 let dot = tmp.baseAddress!
                 for i in 0..<len { dot[i] = 0 }
                 for ch in 0..<c {
-                    let yr = yp + off + ch * v, gr = dyp + off + ch * v
+                    let yr = yp + off + ch * v
+                    let gr = dyp + off + ch * v
                     for i in 0..<len { dot[i] += yr[i] * gr[i] }
                 }
                 for ch in 0..<c {
-                    let yr = yp + off + ch * v, gr = dyp + off + ch * v, o = dxp + off + ch * v
+                    let yr = yp + off + ch * v
+                    let gr = dyp + off + ch * v
+                    let o = dxp + off + ch * v
                     for i in 0..<len { o[i] = yr[i] * (gr[i] - dot[i]) }
                 }
             }

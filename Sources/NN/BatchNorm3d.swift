@@ -51,7 +51,7 @@ public final class BatchNorm3d {
     /// Mean and 1/sqrt(var + eps) used by the last forward (batch or running statistics).
     private var mean: [Double]
     private var invStd: [Double]
-    private var count = 0.0           // elements per channel in the last forward (global when reduced)
+    private var count = 0.0  // elements per channel in the last forward (global when reduced)
     private var forwardWasTraining = true
 
     public init(params: ParameterStore, buffers: ParameterStore, name: String, channels: Int) {
@@ -82,16 +82,25 @@ public final class BatchNorm3d {
     /// Normalises `x` (training or evaluation mode). A failing `statisticsReducer` stops the process
     /// (`fatalError` naming the layer and the error): use `forwardThrowing` to handle it instead.
     public func forward(_ x: Tensor) -> Tensor {
-        do { return try forwardThrowing(x) } catch { fatalError("BatchNorm3d \(name): statistics reducer failed: \(error)") }
+        do { return try forwardThrowing(x) } catch {
+            fatalError("BatchNorm3d \(name): statistics reducer failed: \(error)")
+        }
     }
 
     /// `forward`, propagating an error thrown by `statisticsReducer`.
     public func forwardThrowing(_ x: Tensor) throws -> Tensor {
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(name, "BatchNorm3d", x.shape, forward: 3 * x.count, backward: 5 * x.count) } }
-        precondition(x.shape.count == 5 && x.shape[1] == channels,
-                     "BatchNorm3d.forward: expected [N, \(channels), Z, Y, X], got \(x.shape)")
-        let n = x.shape[0], c = channels, v = x.shape[2] * x.shape[3] * x.shape[4]
+        defer {
+            LayerProfile.stop(self, t0, backward: false) {
+                .memoryBound(name, "BatchNorm3d", x.shape, forward: 3 * x.count, backward: 5 * x.count)
+            }
+        }
+        precondition(
+            x.shape.count == 5 && x.shape[1] == channels,
+            "BatchNorm3d.forward: expected [N, \(channels), Z, Y, X], got \(x.shape)")
+        let n = x.shape[0]
+        let c = channels
+        let v = x.shape[2] * x.shape[3] * x.shape[4]
         input = GradientMode.keep(x)
         forwardWasTraining = training
         let y = outputIsScratch ? Tensor.recycled(x.shape) : GradientMode.output(&output, x.shape)
@@ -106,7 +115,8 @@ public final class BatchNorm3d {
             let m = stats[2 * c]
             precondition(m > 1, "BatchNorm3d: expected more than 1 value per channel when training, got \(x.shape)")
             count = m
-            let rm = runningMean.value, rv = runningVar.value
+            let rm = runningMean.value
+            let rv = runningVar.value
             for ch in 0..<c {
                 let mu = stats[ch] / m
                 let variance = max(stats[c + ch] / m - mu * mu, 0)
@@ -117,7 +127,8 @@ public final class BatchNorm3d {
             }
             numBatchesTracked.value.pointee += 1
         } else {
-            let rm = runningMean.value, rv = runningVar.value
+            let rm = runningMean.value
+            let rv = runningVar.value
             for ch in 0..<c {
                 mean[ch] = Double(rm[ch])
                 invStd[ch] = 1 / (Double(rv[ch]) + eps).squareRoot()
@@ -125,12 +136,18 @@ public final class BatchNorm3d {
             count = Double(n * v)
         }
         // y = (x - mean) * (gamma * invStd) + beta
-        let g = weight.value, b = bias.value, yp = y.pointer
-        let mean = mean, invStd = invStd
+        let g = weight.value
+        let b = bias.value
+        let yp = y.pointer
+        let mean = mean
+        let invStd = invStd
         parallelForPieces(planes: n * c, length: v) { job, r in
             let ch = job % c
-            let mu = Float(mean[ch]), sc = Float(Double(g[ch]) * invStd[ch]), sh = b[ch]
-            let src = xp + job * v, dst = yp + job * v
+            let mu = Float(mean[ch])
+            let sc = Float(Double(g[ch]) * invStd[ch])
+            let sh = b[ch]
+            let src = xp + job * v
+            let dst = yp + job * v
             for i in r { dst[i] = (src[i] - mu) * sc + sh }
         }
         return y
@@ -143,27 +160,40 @@ public final class BatchNorm3d {
     /// the same either way. A failing `statisticsReducer` stops the process (see `forward`); `backwardThrowing`
     /// propagates it.
     public func backward(_ dy: Tensor, inPlace: Bool = false) -> Tensor {
-        do { return try backwardThrowing(dy, inPlace: inPlace) } catch { fatalError("BatchNorm3d \(name): statistics reducer failed: \(error)") }
+        do { return try backwardThrowing(dy, inPlace: inPlace) } catch {
+            fatalError("BatchNorm3d \(name): statistics reducer failed: \(error)")
+        }
     }
 
     /// `backward`, propagating an error thrown by `statisticsReducer`.
     public func backwardThrowing(_ dy: Tensor, inPlace: Bool = false) throws -> Tensor {
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(name, "BatchNorm3d", dy.shape, forward: 3 * dy.count, backward: 5 * dy.count) } }
+        defer {
+            LayerProfile.stop(self, t0, backward: true) {
+                .memoryBound(name, "BatchNorm3d", dy.shape, forward: 3 * dy.count, backward: 5 * dy.count)
+            }
+        }
         guard let x = input else { preconditionFailure("BatchNorm3d.backward before forward") }
         precondition(dy.shape == x.shape, "BatchNorm3d.backward: dy \(dy.shape) vs input \(x.shape)")
-        let n = x.shape[0], c = channels, v = x.shape[2] * x.shape[3] * x.shape[4]
+        let n = x.shape[0]
+        let c = channels
+        let v = x.shape[2] * x.shape[3] * x.shape[4]
         // In place, each element of dx is computed from the same element of dy only (the sums come first).
         let dx = inPlace ? dy : Tensor.recycled(x.shape)
-        let xp = UnsafePointer(x.pointer), dyp = UnsafePointer(dy.pointer)
-        let mean = mean, invStd = invStd
+        let xp = UnsafePointer(x.pointer)
+        let dyp = UnsafePointer(dy.pointer)
+        let mean = mean
+        let invStd = invStd
         // Σdy and Σdy·(x - mean) per channel, local to this rank.
         var sums = [Double](repeating: 0, count: 2 * c)
         Self.planeSums(n: n, c: c, v: v, into: &sums) { plane, r in
-            Self.sumAndDot(dyp + plane * v + r.lowerBound, xp + plane * v + r.lowerBound, Float(mean[plane % c]), r.count)
+            Self.sumAndDot(
+                dyp + plane * v + r.lowerBound, xp + plane * v + r.lowerBound, Float(mean[plane % c]), r.count)
         }
-        for ch in 0..<c { sums[c + ch] *= invStd[ch] }   // Σdy·x̂ (mean is subtracted in float, then exact-ish)
-        let g = weight.value, gg = weight.grad, gb = bias.grad
+        for ch in 0..<c { sums[c + ch] *= invStd[ch] }  // Σdy·x̂ (mean is subtracted in float, then exact-ish)
+        let g = weight.value
+        let gg = weight.grad
+        let gb = bias.grad
         for ch in 0..<c {
             gg[ch] += Float(sums[c + ch])
             gb[ch] += Float(sums[ch])
@@ -172,21 +202,26 @@ public final class BatchNorm3d {
         if forwardWasTraining {
             if let reduce = statisticsReducer { try sums.withUnsafeMutableBufferPointer { try reduce($0) } }
             // dx = gamma*invStd * (dy - Σdy/M - x̂ * Σdy·x̂/M),  x̂ = (x - mean)*invStd
-            let m = count, sums = sums
+            let m = count
+            let sums = sums
             parallelForPieces(planes: n * c, length: v) { job, r in
                 let ch = job % c
                 let k = Double(g[ch]) * invStd[ch]
-                let a = Float(k), mdy = Float(sums[ch] / m)
-                let bx = Float(k * invStd[ch] * sums[c + ch] / m)   // k * x̂ * Σdy·x̂/M = bx * (x - mean)
+                let a = Float(k)
+                let mdy = Float(sums[ch] / m)
+                let bx = Float(k * invStd[ch] * sums[c + ch] / m)  // k * x̂ * Σdy·x̂/M = bx * (x - mean)
                 let mu = Float(mean[ch])
-                let src = dyp + job * v, xs = xp + job * v, dst = dxp + job * v
+                let src = dyp + job * v
+                let xs = xp + job * v
+                let dst = dxp + job * v
                 for i in r { dst[i] = a * (src[i] - mdy) - bx * (xs[i] - mu) }
             }
         } else {
             parallelForPieces(planes: n * c, length: v) { job, r in
                 let ch = job % c
                 let a = Float(Double(g[ch]) * invStd[ch])
-                let src = dyp + job * v, dst = dxp + job * v
+                let src = dyp + job * v
+                let dst = dxp + job * v
                 for i in r { dst[i] = a * src[i] }
             }
         }
@@ -198,8 +233,10 @@ public final class BatchNorm3d {
     /// Per channel, two sums over every sample's plane: `piece(plane, range)` sums one piece of plane `i·c + ch`
     /// (`parallelForPieces`, in parallel), and the pieces are added up per channel in sample and piece order,
     /// so the sums do not depend on the thread count. `out[ch]` and `out[c + ch]` receive them.
-    static func planeSums(n: Int, c: Int, v: Int, into out: inout [Double],
-                          _ piece: (Int, Range<Int>) -> (Double, Double)) {
+    static func planeSums(
+        n: Int, c: Int, v: Int, into out: inout [Double],
+        _ piece: (Int, Range<Int>) -> (Double, Double)
+    ) {
         let pieces = pieceCount(v)
         var partial = [Double](repeating: 0, count: 2 * n * c * pieces)
         partial.withUnsafeMutableBufferPointer { buffer in
@@ -212,11 +249,13 @@ public final class BatchNorm3d {
             }
         }
         for ch in 0..<c {
-            var a = 0.0, b = 0.0
+            var a = 0.0
+            var b = 0.0
             for i in 0..<n {
                 for j in 0..<pieces {
                     let k = 2 * ((i * c + ch) * pieces + j)
-                    a += partial[k]; b += partial[k + 1]
+                    a += partial[k]
+                    b += partial[k + 1]
                 }
             }
             out[ch] = a
@@ -226,7 +265,8 @@ public final class BatchNorm3d {
 
     @inline(__always)
     static func sumAndSquares(_ p: UnsafePointer<Float>, _ n: Int) -> (Double, Double) {
-        var s = SIMD8<Double>(), q = SIMD8<Double>()
+        var s = SIMD8<Double>()
+        var q = SIMD8<Double>()
         let raw = UnsafeRawPointer(p)
         var i = 0
         while i + 8 <= n {
@@ -235,16 +275,26 @@ public final class BatchNorm3d {
             q += d * d
             i += 8
         }
-        var ts = s.sum(), tq = q.sum()
-        while i < n { let a = Double(p[i]); ts += a; tq += a * a; i += 1 }
+        var ts = s.sum()
+        var tq = q.sum()
+        while i < n {
+            let a = Double(p[i])
+            ts += a
+            tq += a * a
+            i += 1
+        }
         return (ts, tq)
     }
 
     /// (Σ d[i], Σ d[i]·(x[i] - mu)), the subtraction in Float (exact for x near mu).
     @inline(__always)
-    static func sumAndDot(_ d: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ mu: Float, _ n: Int) -> (Double, Double) {
-        var s = SIMD8<Double>(), q = SIMD8<Double>()
-        let rd = UnsafeRawPointer(d), rx = UnsafeRawPointer(x)
+    static func sumAndDot(_ d: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ mu: Float, _ n: Int) -> (
+        Double, Double
+    ) {
+        var s = SIMD8<Double>()
+        var q = SIMD8<Double>()
+        let rd = UnsafeRawPointer(d)
+        let rx = UnsafeRawPointer(x)
         let m = SIMD8<Float>(repeating: mu)
         var i = 0
         while i + 8 <= n {
@@ -254,8 +304,14 @@ public final class BatchNorm3d {
             q += dv * xv
             i += 8
         }
-        var ts = s.sum(), tq = q.sum()
-        while i < n { let a = Double(d[i]); ts += a; tq += a * Double(x[i] - mu); i += 1 }
+        var ts = s.sum()
+        var tq = q.sum()
+        while i < n {
+            let a = Double(d[i])
+            ts += a
+            tq += a * Double(x[i] - mu)
+            i += 1
+        }
         return (ts, tq)
     }
 }

@@ -18,18 +18,30 @@ public final class GateMultiply {
 
     public func forward(x: Tensor, alpha: Tensor) -> Tensor {
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "GateMultiply", x.shape, forward: 2 * x.count + alpha.count, backward: 3 * x.count + 2 * alpha.count) } }
+        defer {
+            LayerProfile.stop(self, t0, backward: false) {
+                .memoryBound(
+                    label, "GateMultiply", x.shape, forward: 2 * x.count + alpha.count,
+                    backward: 3 * x.count + 2 * alpha.count)
+            }
+        }
         PointwiseSupport.require5D(x, "GateMultiply")
         let s = x.shape
-        precondition(alpha.shape == [s[0], 1, s[2], s[3], s[4]],
-                     "GateMultiply: alpha \(alpha.shape) must be [N, 1, Z, Y, X] for x \(s)")
+        precondition(
+            alpha.shape == [s[0], 1, s[2], s[3], s[4]],
+            "GateMultiply: alpha \(alpha.shape) must be [N, 1, Z, Y, X] for x \(s)")
         self.x = GradientMode.keep(x)
         self.alpha = GradientMode.keep(alpha)
         let out = GradientMode.output(&y, s)
-        let c = s[1], v = s[2] * s[3] * s[4]
-        let xp = x.pointer, ap = alpha.pointer, op = out.pointer
+        let c = s[1]
+        let v = s[2] * s[3] * s[4]
+        let xp = x.pointer
+        let ap = alpha.pointer
+        let op = out.pointer
         parallelForPieces(planes: s[0] * c, length: v) { plane, r in
-            let a = ap + (plane / c) * v, src = xp + plane * v, dst = op + plane * v
+            let a = ap + (plane / c) * v
+            let src = xp + plane * v
+            let dst = op + plane * v
             for i in r { dst[i] = a[i] * src[i] }
         }
         return out
@@ -38,23 +50,39 @@ public final class GateMultiply {
     /// Returns (dx, dα), recycled tensors that belong to the caller.
     public func backward(_ dy: Tensor) -> (dx: Tensor, dalpha: Tensor) {
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(label, "GateMultiply", dy.shape, forward: 2 * dy.count, backward: 3 * dy.count) } }
+        defer {
+            LayerProfile.stop(self, t0, backward: true) {
+                .memoryBound(label, "GateMultiply", dy.shape, forward: 2 * dy.count, backward: 3 * dy.count)
+            }
+        }
         guard let x, let alpha else { preconditionFailure("GateMultiply.backward before forward") }
         precondition(dy.shape == x.shape, "GateMultiply.backward: dy \(dy.shape) vs x \(x.shape)")
         let s = x.shape
         let gx = Tensor.recycled(s)
         let ga = Tensor.recycled(alpha.shape)
-        let n = s[0], c = s[1], zs = s[2], slice = s[3] * s[4], v = zs * slice
-        let xp = x.pointer, ap = alpha.pointer, dyp = dy.pointer, gxp = gx.pointer, gap = ga.pointer
+        let n = s[0]
+        let c = s[1]
+        let zs = s[2]
+        let slice = s[3] * s[4]
+        let v = zs * slice
+        let xp = x.pointer
+        let ap = alpha.pointer
+        let dyp = dy.pointer
+        let gxp = gx.pointer
+        let gap = ga.pointer
         // One task per (n, z) slice: it owns dα's slice and every channel's dx slice there.
         parallelFor(n * zs) { task in
-            let b = task / zs, z = task % zs
+            let b = task / zs
+            let z = task % zs
             let off = z * slice
-            let a = ap + b * v + off, da = gap + b * v + off
+            let a = ap + b * v + off
+            let da = gap + b * v + off
             for i in 0..<slice { da[i] = 0 }
             for ch in 0..<c {
                 let o = (b * c + ch) * v + off
-                let g = dyp + o, xs = xp + o, d = gxp + o
+                let g = dyp + o
+                let xs = xp + o
+                let d = gxp + o
                 for i in 0..<slice {
                     let gi = g[i]
                     d[i] = a[i] * gi
@@ -85,14 +113,20 @@ public final class Concat {
 
     public func forward(_ xs: [Tensor]) -> Tensor {
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "Concat", outShape, forward: 2 * outShape.reduce(1, *), backward: 2 * outShape.reduce(1, *)) } }
+        defer {
+            LayerProfile.stop(self, t0, backward: false) {
+                .memoryBound(
+                    label, "Concat", outShape, forward: 2 * outShape.reduce(1, *), backward: 2 * outShape.reduce(1, *))
+            }
+        }
         precondition(!xs.isEmpty, "Concat: no inputs")
         let s0 = xs[0].shape
         precondition(s0.count >= 2, "Concat: expected [N, C, ...], got \(s0)")
         var cTotal = 0
         for t in xs {
-            precondition(t.shape.count == s0.count && t.shape[0] == s0[0] && Array(t.shape[2...]) == Array(s0[2...]),
-                         "Concat: \(t.shape) does not match \(s0) outside dim 1")
+            precondition(
+                t.shape.count == s0.count && t.shape[0] == s0[0] && Array(t.shape[2...]) == Array(s0[2...]),
+                "Concat: \(t.shape) does not match \(s0) outside dim 1")
             cTotal += t.shape[1]
         }
         var os = s0
@@ -101,15 +135,22 @@ public final class Concat {
         outShape = os
         let shapes = xs.map(\.shape)
         inShapes = shapes
-        let n = s0[0], v = s0[2...].reduce(1, *)
+        let n = s0[0]
+        let v = s0[2...].reduce(1, *)
         let dst = out.pointer
         // Tasks are (n, output channel) planes; each finds its source by a scan over the (few) inputs.
-        let srcs = xs.map { UncheckedSendable($0.pointer) }, cs = shapes.map { $0[1] }
+        let srcs = xs.map { UncheckedSendable($0.pointer) }
+        let cs = shapes.map { $0[1] }
         parallelForPieces(planes: n * cTotal, length: v) { task, r in
             let b = task / cTotal
-            var ch = task % cTotal, k = 0
-            while ch >= cs[k] { ch -= cs[k]; k += 1 }
-            (dst + task * v + r.lowerBound).update(from: srcs[k].value + (b * cs[k] + ch) * v + r.lowerBound, count: r.count)
+            var ch = task % cTotal
+            var k = 0
+            while ch >= cs[k] {
+                ch -= cs[k]
+                k += 1
+            }
+            (dst + task * v + r.lowerBound).update(
+                from: srcs[k].value + (b * cs[k] + ch) * v + r.lowerBound, count: r.count)
         }
         return out
     }
@@ -126,13 +167,19 @@ public final class Concat {
     public func backward(_ dy: Tensor, input k: Int) -> Tensor {
         precondition(inShapes.indices.contains(k), "Concat.backward: no input \(k) in the last forward")
         precondition(dy.shape == outShape, "Concat.backward: dy \(dy.shape) vs y \(outShape)")
-        let n = outShape[0], cTotal = outShape[1], v = outShape[2...].reduce(1, *)
-        let c = inShapes[k][1], first = inShapes[..<k].reduce(0) { $0 + $1[1] }
+        let n = outShape[0]
+        let cTotal = outShape[1]
+        let v = outShape[2...].reduce(1, *)
+        let c = inShapes[k][1]
+        let first = inShapes[..<k].reduce(0) { $0 + $1[1] }
         let grad = Tensor.recycled(inShapes[k])
-        let src = dy.pointer, dst = grad.pointer
+        let src = dy.pointer
+        let dst = grad.pointer
         parallelForPieces(planes: n * c, length: v) { task, r in
-            let b = task / c, ch = task % c
-            (dst + task * v + r.lowerBound).update(from: src + (b * cTotal + first + ch) * v + r.lowerBound, count: r.count)
+            let b = task / c
+            let ch = task % c
+            (dst + task * v + r.lowerBound).update(
+                from: src + (b * cTotal + first + ch) * v + r.lowerBound, count: r.count)
         }
         return grad
     }
@@ -146,18 +193,30 @@ public final class Concat {
     /// Gradients of every input of the last forward, in order.
     public func backwardAll(_ dy: Tensor) -> [Tensor] {
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(label, "Concat", dy.shape, forward: 2 * dy.count, backward: 2 * dy.count) } }
+        defer {
+            LayerProfile.stop(self, t0, backward: true) {
+                .memoryBound(label, "Concat", dy.shape, forward: 2 * dy.count, backward: 2 * dy.count)
+            }
+        }
         guard let y else { preconditionFailure("Concat.backward before forward") }
         precondition(dy.shape == y.shape, "Concat.backward: dy \(dy.shape) vs y \(y.shape)")
-        let n = y.shape[0], cTotal = y.shape[1], v = y.shape[2...].reduce(1, *)
+        let n = y.shape[0]
+        let cTotal = y.shape[1]
+        let v = y.shape[2...].reduce(1, *)
         let src = dy.pointer
         let grads = inShapes.map { Tensor.recycled($0) }
-        let dsts = grads.map { UncheckedSendable($0.pointer) }, cs = inShapes.map { $0[1] }
+        let dsts = grads.map { UncheckedSendable($0.pointer) }
+        let cs = inShapes.map { $0[1] }
         parallelForPieces(planes: n * cTotal, length: v) { task, r in
             let b = task / cTotal
-            var ch = task % cTotal, k = 0
-            while ch >= cs[k] { ch -= cs[k]; k += 1 }
-            (dsts[k].value + (b * cs[k] + ch) * v + r.lowerBound).update(from: src + task * v + r.lowerBound, count: r.count)
+            var ch = task % cTotal
+            var k = 0
+            while ch >= cs[k] {
+                ch -= cs[k]
+                k += 1
+            }
+            (dsts[k].value + (b * cs[k] + ch) * v + r.lowerBound).update(
+                from: src + task * v + r.lowerBound, count: r.count)
         }
         return grads
     }
@@ -177,10 +236,16 @@ public final class Add {
 
     public func forward(_ a: Tensor, _ b: Tensor) -> Tensor {
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "Add", a.shape, forward: 3 * a.count, backward: 0) } }
+        defer {
+            LayerProfile.stop(self, t0, backward: false) {
+                .memoryBound(label, "Add", a.shape, forward: 3 * a.count, backward: 0)
+            }
+        }
         precondition(a.shape == b.shape, "Add: \(a.shape) vs \(b.shape)")
         let out = GradientMode.output(&y, a.shape)
-        let ap = a.pointer, bp = b.pointer, op = out.pointer
+        let ap = a.pointer
+        let bp = b.pointer
+        let op = out.pointer
         PointwiseSupport.chunks(a.count) { r in
             for i in r { op[i] = ap[i] + bp[i] }
         }
@@ -196,7 +261,8 @@ public final class Add {
     /// dst += src (same element count), e.g. to sum the gradients of a tensor used by two layers.
     public static func accumulate(into dst: Tensor, _ src: Tensor) {
         precondition(dst.count == src.count, "Add.accumulate: \(dst.shape) vs \(src.shape)")
-        let d = dst.pointer, s = src.pointer
+        let d = dst.pointer
+        let s = src.pointer
         PointwiseSupport.chunks(dst.count) { r in
             for i in r { d[i] += s[i] }
         }

@@ -1,6 +1,6 @@
 import CKernels
-import Support
 import Foundation
+import Support
 import Tensor
 
 /// A 3D convolution over `[N, C, Z, Y, X]` activations, in the three forms the Attention U-Net uses:
@@ -70,8 +70,14 @@ public enum ConvPath: String, CaseIterable, Sendable {
     /// A path by its raw value or its CKernels name ("im2col-sgemm"), ignoring case.
     public init?(name: String) {
         let n = name.lowercased()
-        if let p = ConvPath(rawValue: n) { self = p; return }
-        guard let p = ConvPath.allCases.first(where: { $0 != .auto && $0 != .direct && String(cString: ck_path_name($0.ck)) == n })
+        if let p = ConvPath(rawValue: n) {
+            self = p
+            return
+        }
+        guard
+            let p = ConvPath.allCases.first(where: {
+                $0 != .auto && $0 != .direct && String(cString: ck_path_name($0.ck)) == n
+            })
         else { return nil }
         self = p
     }
@@ -184,10 +190,14 @@ public final class Conv3d {
     static func parseEnvironmentPath(_ value: String) throws -> ConvPath? {
         let available = (["auto", "direct"] + availablePaths.map(\.rawValue)).joined(separator: ", ")
         guard let p = ConvPath(name: value) else {
-            throw AttunetError("\(pathVariable)=\(value): unknown 3x3x3 convolution path; this CPU runs: \(available)", kind: .badInput)
+            throw AttunetError(
+                "\(pathVariable)=\(value): unknown 3x3x3 convolution path; this CPU runs: \(available)", kind: .badInput
+            )
         }
         guard p.isAvailable else {
-            throw AttunetError("\(pathVariable)=\(value): this CPU cannot run the \(p.rawValue) path; it runs: \(available)", kind: .badInput)
+            throw AttunetError(
+                "\(pathVariable)=\(value): this CPU cannot run the \(p.rawValue) path; it runs: \(available)",
+                kind: .badInput)
         }
         return p == .auto ? nil : p
     }
@@ -199,25 +209,33 @@ public final class Conv3d {
 
     /// The path `ck_conv3_choose` picks for a 3x3x3 conv of this shape and pass (ignores `ATTUNET_CONV_PATH`).
     public static func autoPath(inChannels: Int, outChannels: Int, dims: Dim3, pass: ConvPass) -> ConvPath {
-        ConvPath(ck_conv3_choose(Int32(inChannels), Int32(outChannels), Int32(dims.z), Int32(dims.y), Int32(dims.x), pass.ck))
+        ConvPath(
+            ck_conv3_choose(Int32(inChannels), Int32(outChannels), Int32(dims.z), Int32(dims.y), Int32(dims.x), pass.ck)
+        )
     }
 
     /// The concrete path a 3x3x3 pass runs given a requested path: `.auto` resolved (through `ATTUNET_CONV_PATH` when
     /// set, else `ck_conv3_choose`), an unavailable path falls back to GEMM, as CKernels does.
-    public static func resolvedPath(_ requested: ConvPath, inChannels: Int, outChannels: Int, dims: Dim3,
-                                    pass: ConvPass) -> ConvPath {
+    public static func resolvedPath(
+        _ requested: ConvPath, inChannels: Int, outChannels: Int, dims: Dim3,
+        pass: ConvPass
+    ) -> ConvPath {
         ConvPath(resolvedCK(requested, inChannels: inChannels, outChannels: outChannels, dims: dims, pass: pass))
     }
 
-    static func resolvedCK(_ requested: ConvPath, inChannels: Int, outChannels: Int, dims: Dim3, pass: ConvPass) -> ck_path {
-        ck_conv3_resolve(effectiveRequest(requested).ck, Int32(inChannels), Int32(outChannels), Int32(dims.z),
-                         Int32(dims.y), Int32(dims.x), pass.ck)
+    static func resolvedCK(_ requested: ConvPath, inChannels: Int, outChannels: Int, dims: Dim3, pass: ConvPass)
+        -> ck_path
+    {
+        ck_conv3_resolve(
+            effectiveRequest(requested).ck, Int32(inChannels), Int32(outChannels), Int32(dims.z),
+            Int32(dims.y), Int32(dims.x), pass.ck)
     }
 
     /// "im2col-sgemm", "direct-avx2", "direct-avx512"; for `.auto` / `.direct` the name of what they resolve to on
     /// this CPU for a generic shape.
     public static func pathName(_ path: ConvPath) -> String {
-        let concrete = path == .auto || path == .direct
+        let concrete =
+            path == .auto || path == .direct
             ? resolvedCK(path, inChannels: 16, outChannels: 16, dims: Dim3(z: 8, y: 8, x: 8), pass: .forward) : path.ck
         return String(cString: ck_path_name(concrete))
     }
@@ -225,16 +243,20 @@ public final class Conv3d {
     /// The path this layer runs for `pass` on `dims` (3x3x3 only; "sgemm" paths for k = 1, 2).
     public func pathName(for pass: ConvPass, dims: Dim3) -> String {
         guard kernel == 3 else { return kernel == 1 ? "sgemm-1x1x1" : "space-to-depth-sgemm" }
-        return String(cString: ck_path_name(Self.resolvedCK(path, inChannels: inChannels, outChannels: outChannels,
-                                                            dims: dims, pass: pass)))
+        return String(
+            cString: ck_path_name(
+                Self.resolvedCK(
+                    path, inChannels: inChannels, outChannels: outChannels,
+                    dims: dims, pass: pass)))
     }
 
     /// This layer in the per-layer profile: FLOP of a forward pass for output `shape`; backward does it twice
     /// (data and weight gradients), once for the first layer.
     private func profileEntry(_ shape: [Int]) -> LayerProfile.Entry {
         let flop = 2 * Double(inChannels * kernel * kernel * kernel) * Double(shape.reduce(1, *))
-        return LayerProfile.Entry(name: String(weight.entry.name.dropLast(".weight".count)), kind: "Conv3d \(kernel)x\(kernel)x\(kernel)",
-                                  shape: shape, forwardFlop: flop, backwardFlop: needsInputGradient ? 2 * flop : flop)
+        return LayerProfile.Entry(
+            name: String(weight.entry.name.dropLast(".weight".count)), kind: "Conv3d \(kernel)x\(kernel)x\(kernel)",
+            shape: shape, forwardFlop: flop, backwardFlop: needsInputGradient ? 2 * flop : flop)
     }
 
     /// Output spatial extent for an input of extent `d`.
@@ -243,13 +265,17 @@ public final class Conv3d {
     // MARK: Forward
 
     public func forward(_ x: Tensor) -> Tensor {
-        precondition(x.shape.count == 5 && x.shape[1] == inChannels,
-                     "Conv3d.forward: expected [N, \(inChannels), Z, Y, X], got \(x.shape)")
-        let n = x.shape[0], d = Dim3(z: x.shape[2], y: x.shape[3], x: x.shape[4])
+        precondition(
+            x.shape.count == 5 && x.shape[1] == inChannels,
+            "Conv3d.forward: expected [N, \(inChannels), Z, Y, X], got \(x.shape)")
+        let n = x.shape[0]
+        let d = Dim3(z: x.shape[2], y: x.shape[3], x: x.shape[4])
         let od = outputDims(d)
         precondition(od.count > 0, "Conv3d.forward: input \(x.shape) too small for kernel \(kernel)")
         input = GradientMode.keep(x)
-        let y = outputIsScratch ? Tensor.recycled([n, outChannels, od.z, od.y, od.x])
+        let y =
+            outputIsScratch
+            ? Tensor.recycled([n, outChannels, od.z, od.y, od.x])
             : GradientMode.output(&output, [n, outChannels, od.z, od.y, od.x])
         let t0 = LayerProfile.start()
         defer { LayerProfile.stop(self, t0, backward: false) { profileEntry(y.shape) } }
@@ -282,10 +308,13 @@ public final class Conv3d {
 
     private func runBackward(_ dy: Tensor, data: Bool, weights: Bool) -> Tensor? {
         guard let x = input else { preconditionFailure("Conv3d.backward before forward") }
-        let n = x.shape[0], d = Dim3(z: x.shape[2], y: x.shape[3], x: x.shape[4])
+        let n = x.shape[0]
+        let d = Dim3(z: x.shape[2], y: x.shape[3], x: x.shape[4])
         let od = outputDims(d)
-        precondition(dy.shape == [n, outChannels, od.z, od.y, od.x],
-                     "Conv3d.backward: dy \(dy.shape) does not match the output [\(n), \(outChannels), \(od.z), \(od.y), \(od.x)]")
+        precondition(
+            dy.shape == [n, outChannels, od.z, od.y, od.x],
+            "Conv3d.backward: dy \(dy.shape) does not match the output [\(n), \(outChannels), \(od.z), \(od.y), \(od.x)]"
+        )
         prepareWorkspaces(n: n, d: d)
         let dx = data ? Tensor.recycled(x.shape) : nil
         let t0 = LayerProfile.start()
@@ -320,9 +349,11 @@ public final class Conv3d {
         let m = pass == .backwardData ? cin : cout
         let group = Int(ck_conv3_channel_group(path, pass.ck))
         let groups = group > 0 ? (m + group - 1) / group : 1
-        let t = max(1, threads), target = 4 * t
+        let t = max(1, threads)
+        let target = 4 * t
         let align = max(1, Int(ck_conv3_z_align(path)))
-        var zparts = 1, mparts = 1
+        var zparts = 1
+        var mparts = 1
         if t > 1 {
             if pass == .backwardWeights {
                 mparts = min(groups, target)
@@ -341,11 +372,14 @@ public final class Conv3d {
             group > 0 ? (r.lowerBound * group)..<min(m, r.upperBound * group) : 0..<m
         }
         let slab = zs.map(\.count).max() ?? 1
-        let ws = Int(ck_conv3_workspace_floats(Int32(cin), Int32(cout), Int32(d.z), Int32(d.y), Int32(d.x), Int32(slab),
-                                               pass.ck, path))
+        let ws = Int(
+            ck_conv3_workspace_floats(
+                Int32(cin), Int32(cout), Int32(d.z), Int32(d.y), Int32(d.x), Int32(slab),
+                pass.ck, path))
         let plan = Int(ck_conv3_plan_floats(Int32(cin), Int32(cout), Int32(d.z), Int32(d.y), Int32(d.x), pass.ck, path))
-        return PassPartition(path: path, zs: zs, ms: ms, parts: min(t, zs.count * ms.count), workspaceFloats: ws,
-                             planFloats: plan)
+        return PassPartition(
+            path: path, zs: zs, ms: ms, parts: min(t, zs.count * ms.count), workspaceFloats: ws,
+            planFloats: plan)
     }
 
     /// The partition of `pass` for this layer's current shape (after prepareWorkspaces).
@@ -358,14 +392,17 @@ public final class Conv3d {
     private func makePlan(_ p: PassPartition, _ pass: ConvPass, _ d: Dim3) -> Tensor? {
         guard p.planFloats > 0 else { return nil }
         let plan = Tensor.recycled([p.planFloats])
-        ck_conv3_plan(weight.value, plan.pointer, Int32(inChannels), Int32(outChannels), Int32(d.z), Int32(d.y),
-                      Int32(d.x), pass.ck, p.path)
+        ck_conv3_plan(
+            weight.value, plan.pointer, Int32(inChannels), Int32(outChannels), Int32(d.z), Int32(d.y),
+            Int32(d.x), pass.ck, p.path)
         return plan
     }
 
     /// Runs the items of partition `p`: body(item's z-range, channel range, z-part index, workspace).
-    private func runItems(_ p: PassPartition,
-                          _ body: (Range<Int>, Range<Int>, Int, UnsafeMutablePointer<Float>) -> Void) {
+    private func runItems(
+        _ p: PassPartition,
+        _ body: (Range<Int>, Range<Int>, Int, UnsafeMutablePointer<Float>) -> Void
+    ) {
         // Items are claimed one at a time by the loop's threads; each thread has its own workspace.
         let ws = (0..<p.parts).map { _ in Tensor.recycled([max(1, p.workspaceFloats)]) }
         let nm = p.ms.count
@@ -376,47 +413,65 @@ public final class Conv3d {
     }
 
     private func forward3(_ x: Tensor, _ y: Tensor, n: Int, d: Dim3) {
-        let cin = Int32(inChannels), cout = Int32(outChannels)
-        let nz = Int32(d.z), ny = Int32(d.y), nx = Int32(d.x)
-        let vin = inChannels * d.count, vout = outChannels * d.count
+        let cin = Int32(inChannels)
+        let cout = Int32(outChannels)
+        let nz = Int32(d.z)
+        let ny = Int32(d.y)
+        let nx = Int32(d.x)
+        let vin = inChannels * d.count
+        let vout = outChannels * d.count
         let p = passPartition(.forward)
         let plan = makePlan(p, .forward, d)
-        let pp = plan.map { UnsafePointer($0.pointer) }, b = bias.map { UnsafePointer($0.value) }, path = p.path
-        let xp = x.pointer, yp = y.pointer
+        let pp = plan.map { UnsafePointer($0.pointer) }
+        let b = bias.map { UnsafePointer($0.value) }
+        let path = p.path
+        let xp = x.pointer
+        let yp = y.pointer
         for s in 0..<n {
             runItems(p) { z, m, _, ws in
-                ck_conv3_forward(xp + s * vin, pp, b, yp + s * vout, cin, cout, nz, ny, nx,
-                                 Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound), Int32(m.upperBound), path, ws)
+                ck_conv3_forward(
+                    xp + s * vin, pp, b, yp + s * vout, cin, cout, nz, ny, nx,
+                    Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound), Int32(m.upperBound), path, ws)
             }
         }
     }
 
     private func backward3(_ x: Tensor, _ dy: Tensor, _ dx: Tensor?, weights: Bool, n: Int, d: Dim3) {
-        let cin = Int32(inChannels), cout = Int32(outChannels)
-        let nz = Int32(d.z), ny = Int32(d.y), nx = Int32(d.x)
-        let vin = inChannels * d.count, vout = outChannels * d.count
-        let xp = x.pointer, dyp = dy.pointer
+        let cin = Int32(inChannels)
+        let cout = Int32(outChannels)
+        let nz = Int32(d.z)
+        let ny = Int32(d.y)
+        let nx = Int32(d.x)
+        let vin = inChannels * d.count
+        let vout = outChannels * d.count
+        let xp = x.pointer
+        let dyp = dy.pointer
         if let dx {
             let p = passPartition(.backwardData)
             let plan = makePlan(p, .backwardData, d)
-            let pp = plan.map { UnsafePointer($0.pointer) }, path = p.path, dxp = dx.pointer
+            let pp = plan.map { UnsafePointer($0.pointer) }
+            let path = p.path
+            let dxp = dx.pointer
             for s in 0..<n {
                 runItems(p) { z, m, _, ws in
-                    ck_conv3_backward_data(dyp + s * vout, pp, dxp + s * vin, cin, cout, nz, ny, nx,
-                                           Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound),
-                                           Int32(m.upperBound), path, ws)
+                    ck_conv3_backward_data(
+                        dyp + s * vout, pp, dxp + s * vin, cin, cout, nz, ny, nx,
+                        Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound),
+                        Int32(m.upperBound), path, ws)
                 }
             }
         }
         guard weights else { return }
-        let p = passPartition(.backwardWeights), path = p.path
+        let p = passPartition(.backwardWeights)
+        let path = p.path
         let targets = gradTargets(threads: p.zs.count)
         for s in 0..<n {
             runItems(p) { z, m, zpart, ws in
                 let (dw, db) = targets[zpart]
-                ck_conv3_backward_weights(xp + s * vin, dyp + s * vout, dw, db, cin, cout, nz, ny, nx,
-                                          Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound),
-                                          Int32(m.upperBound), path, ws)
+                ck_conv3_backward_weights(
+                    xp + s * vin, dyp + s * vout, dw, db, cin, cout, nz, ny, nx,
+                    Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound),
+                    Int32(m.upperBound), path, ws)
             }
         }
         reducePrivateGrads(threads: p.zs.count, weightCount: weight.count)
@@ -425,9 +480,12 @@ public final class Conv3d {
     // MARK: 1x1x1
 
     private func forward1(_ x: Tensor, _ y: Tensor, n: Int, v: Int) {
-        let cin = inChannels, cout = outChannels
-        let w = UnsafePointer(weight.value), b = bias.map { UnsafePointer($0.value) }
-        let xp = x.pointer, yp = y.pointer
+        let cin = inChannels
+        let cout = outChannels
+        let w = UnsafePointer(weight.value)
+        let b = bias.map { UnsafePointer($0.value) }
+        let xp = x.pointer
+        let yp = y.pointer
         let cols = splitRange(v, parts: threadCount(v / 1024))
         for s in 0..<n {
             parallelFor(cols.count) { t in
@@ -436,16 +494,19 @@ public final class Conv3d {
                 if let b {
                     for co in 0..<cout { (yo + co * v).update(repeating: b[co], count: r.count) }
                 }
-                sgemm(m: cout, n: r.count, k: cin, a: w, lda: cin, b: xp + s * cin * v + r.lowerBound, ldb: v,
-                      beta: b == nil ? 0 : 1, c: yo, ldc: v)
+                sgemm(
+                    m: cout, n: r.count, k: cin, a: w, lda: cin, b: xp + s * cin * v + r.lowerBound, ldb: v,
+                    beta: b == nil ? 0 : 1, c: yo, ldc: v)
             }
         }
     }
 
     private func backward1(_ x: Tensor, _ dy: Tensor, _ dx: Tensor?, weights: Bool, n: Int, v: Int) {
-        let cin = inChannels, cout = outChannels
+        let cin = inChannels
+        let cout = outChannels
         let w = UnsafePointer(weight.value)
-        let xp = x.pointer, dyp = dy.pointer
+        let xp = x.pointer
+        let dyp = dy.pointer
         let cols = splitRange(v, parts: threadCount(v / 1024))
         if let dx {
             let dxp = dx.pointer
@@ -453,8 +514,9 @@ public final class Conv3d {
                 parallelFor(cols.count) { t in
                     let r = cols[t]
                     // dx[Cin][V] = W^T[Cin][Cout] x dy[Cout][V]
-                    sgemm(transA: true, m: cin, n: r.count, k: cout, a: w, lda: cin,
-                          b: dyp + s * cout * v + r.lowerBound, ldb: v, c: dxp + s * cin * v + r.lowerBound, ldc: v)
+                    sgemm(
+                        transA: true, m: cin, n: r.count, k: cout, a: w, lda: cin,
+                        b: dyp + s * cout * v + r.lowerBound, ldb: v, c: dxp + s * cin * v + r.lowerBound, ldc: v)
                 }
             }
         }
@@ -467,8 +529,9 @@ public final class Conv3d {
                 let (dw, db) = targets[t]
                 let dys = dyp + s * cout * v + r.lowerBound
                 // dW[Cout][Cin] += dy[Cout][V] x X^T[V][Cin]
-                sgemm(transB: true, m: cout, n: cin, k: r.count, a: dys, lda: v,
-                      b: xp + s * cin * v + r.lowerBound, ldb: v, beta: 1, c: dw, ldc: cin)
+                sgemm(
+                    transB: true, m: cout, n: cin, k: r.count, a: dys, lda: v,
+                    b: xp + s * cin * v + r.lowerBound, ldb: v, beta: 1, c: dw, ldc: cin)
                 if hasBias, let db { Self.addRowSums(dys, rows: cout, length: r.count, stride: v, into: db) }
             }
         }
@@ -483,15 +546,23 @@ public final class Conv3d {
     }
 
     /// col[(ci*8 + kz*4 + ky*2 + kx)][j*Xo + ox] = x[ci][2oz+kz][2oy+ky][2ox+kx] for output rows r0 ..< r0+nr.
-    private static func gather2(_ xs: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>, cin: Int,
-                                d: Dim3, od: Dim3, r0: Int, nr: Int) {
-        let nt = nr * od.x, plane = d.y * d.x, vol = d.z * plane
+    private static func gather2(
+        _ xs: UnsafePointer<Float>, _ col: UnsafeMutablePointer<Float>, cin: Int,
+        d: Dim3, od: Dim3, r0: Int, nr: Int
+    ) {
+        let nt = nr * od.x
+        let plane = d.y * d.x
+        let vol = d.z * plane
         for ci in 0..<cin {
             for k in 0..<8 {
-                let kz = k >> 2, ky = (k >> 1) & 1, kx = k & 1
+                let kz = k >> 2
+                let ky = (k >> 1) & 1
+                let kx = k & 1
                 var dst = col + (ci * 8 + k) * nt
                 for j in 0..<nr {
-                    let r = r0 + j, oz = r / od.y, oy = r % od.y
+                    let r = r0 + j
+                    let oz = r / od.y
+                    let oy = r % od.y
                     let src = xs + ci * vol + (2 * oz + kz) * plane + (2 * oy + ky) * d.x + kx
                     for ox in 0..<od.x { dst[ox] = src[2 * ox] }
                     dst += od.x
@@ -501,15 +572,23 @@ public final class Conv3d {
     }
 
     /// The adjoint of gather2: dx[ci][2oz+kz][2oy+ky][2ox+kx] = col[...] (each input voxel is hit at most once).
-    private static func scatter2(_ col: UnsafePointer<Float>, _ dxs: UnsafeMutablePointer<Float>, cin: Int,
-                                 d: Dim3, od: Dim3, r0: Int, nr: Int) {
-        let nt = nr * od.x, plane = d.y * d.x, vol = d.z * plane
+    private static func scatter2(
+        _ col: UnsafePointer<Float>, _ dxs: UnsafeMutablePointer<Float>, cin: Int,
+        d: Dim3, od: Dim3, r0: Int, nr: Int
+    ) {
+        let nt = nr * od.x
+        let plane = d.y * d.x
+        let vol = d.z * plane
         for ci in 0..<cin {
             for k in 0..<8 {
-                let kz = k >> 2, ky = (k >> 1) & 1, kx = k & 1
+                let kz = k >> 2
+                let ky = (k >> 1) & 1
+                let kx = k & 1
                 var src = col + (ci * 8 + k) * nt
                 for j in 0..<nr {
-                    let r = r0 + j, oz = r / od.y, oy = r % od.y
+                    let r = r0 + j
+                    let oz = r / od.y
+                    let oy = r % od.y
                     let dst = dxs + ci * vol + (2 * oz + kz) * plane + (2 * oy + ky) * d.x + kx
                     for ox in 0..<od.x { dst[2 * ox] = src[ox] }
                     src += od.x
@@ -519,10 +598,17 @@ public final class Conv3d {
     }
 
     private func forward2(_ x: Tensor, _ y: Tensor, n: Int, d: Dim3) {
-        let od = outputDims(d), rows = od.z * od.y, vo = od.count
-        let cin = inChannels, cout = outChannels, k = cin * 8
-        let w = UnsafePointer(weight.value), b = bias.map { UnsafePointer($0.value) }
-        let xp = UnsafePointer(x.pointer), yp = y.pointer, ws = scratch(scratchFloats.forward)
+        let od = outputDims(d)
+        let rows = od.z * od.y
+        let vo = od.count
+        let cin = inChannels
+        let cout = outChannels
+        let k = cin * 8
+        let w = UnsafePointer(weight.value)
+        let b = bias.map { UnsafePointer($0.value) }
+        let xp = UnsafePointer(x.pointer)
+        let yp = y.pointer
+        let ws = scratch(scratchFloats.forward)
         let parts = splitRange(rows, parts: threadCount(rows))
         let rt = rowsPerTile(od)
         for s in 0..<n {
@@ -530,7 +616,8 @@ public final class Conv3d {
                 let col = ws[t].pointer
                 var r0 = parts[t].lowerBound
                 while r0 < parts[t].upperBound {
-                    let nr = min(rt, parts[t].upperBound - r0), nt = nr * od.x
+                    let nr = min(rt, parts[t].upperBound - r0)
+                    let nt = nr * od.x
                     Self.gather2(xp + s * cin * d.count, col, cin: cin, d: d, od: od, r0: r0, nr: nr)
                     let yo = yp + s * cout * vo + r0 * od.x
                     if let b { for co in 0..<cout { (yo + co * vo).update(repeating: b[co], count: nt) } }
@@ -542,25 +629,33 @@ public final class Conv3d {
     }
 
     private func backward2(_ x: Tensor, _ dy: Tensor, _ dx: Tensor?, weights: Bool, n: Int, d: Dim3) {
-        let od = outputDims(d), rows = od.z * od.y, vo = od.count
-        let cin = inChannels, cout = outChannels, k = cin * 8
+        let od = outputDims(d)
+        let rows = od.z * od.y
+        let vo = od.count
+        let cin = inChannels
+        let cout = outChannels
+        let k = cin * 8
         let w = UnsafePointer(weight.value)
-        let xp = UnsafePointer(x.pointer), dyp = dy.pointer
+        let xp = UnsafePointer(x.pointer)
+        let dyp = dy.pointer
         let parts = splitRange(rows, parts: threadCount(rows))
         let rt = rowsPerTile(od)
         if let dx {
             // Voxels past the last even index (odd extents) get no gradient; the scatter covers the rest.
             if d.z % 2 != 0 || d.y % 2 != 0 || d.x % 2 != 0 { dx.zero() }
-            let dxp = dx.pointer, ws = scratch(scratchFloats.backwardData)
+            let dxp = dx.pointer
+            let ws = scratch(scratchFloats.backwardData)
             for s in 0..<n {
                 parallelFor(parts.count) { t in
                     let col = ws[t].pointer
                     var r0 = parts[t].lowerBound
                     while r0 < parts[t].upperBound {
-                        let nr = min(rt, parts[t].upperBound - r0), nt = nr * od.x
+                        let nr = min(rt, parts[t].upperBound - r0)
+                        let nt = nr * od.x
                         // dcol[Cin*8][nt] = W^T[Cin*8][Cout] x dy[Cout][nt]
-                        sgemm(transA: true, m: k, n: nt, k: cout, a: w, lda: k, b: dyp + s * cout * vo + r0 * od.x,
-                              ldb: vo, c: col, ldc: nt)
+                        sgemm(
+                            transA: true, m: k, n: nt, k: cout, a: w, lda: k, b: dyp + s * cout * vo + r0 * od.x,
+                            ldb: vo, c: col, ldc: nt)
                         Self.scatter2(col, dxp + s * cin * d.count, cin: cin, d: d, od: od, r0: r0, nr: nr)
                         r0 += nr
                     }
@@ -569,14 +664,16 @@ public final class Conv3d {
         }
         guard weights else { return }
         let targets = gradTargets(threads: parts.count)
-        let hasBias = bias != nil, ws = scratch(scratchFloats.backwardWeights)
+        let hasBias = bias != nil
+        let ws = scratch(scratchFloats.backwardWeights)
         for s in 0..<n {
             parallelFor(parts.count) { t in
                 let col = ws[t].pointer
                 let (dw, db) = targets[t]
                 var r0 = parts[t].lowerBound
                 while r0 < parts[t].upperBound {
-                    let nr = min(rt, parts[t].upperBound - r0), nt = nr * od.x
+                    let nr = min(rt, parts[t].upperBound - r0)
+                    let nt = nr * od.x
                     Self.gather2(xp + s * cin * d.count, col, cin: cin, d: d, od: od, r0: r0, nr: nr)
                     let dys = dyp + s * cout * vo + r0 * od.x
                     // dW[Cout][Cin*8] += dy[Cout][nt] x col^T[nt][Cin*8]
@@ -607,7 +704,8 @@ public final class Conv3d {
 
     private func reducePrivateGrads(threads: Int, weightCount wc: Int) {
         guard threads > 1 else { return }
-        let gw = weight.grad, gb = bias?.grad
+        let gw = weight.grad
+        let gb = bias?.grad
         for t in 1..<threads {
             let p = privateGrads[t - 1].pointer
             for i in 0..<wc { gw[i] += p[i] }
@@ -616,17 +714,28 @@ public final class Conv3d {
     }
 
     /// into[r] += sum of length floats at p + r*stride (accumulated in Double).
-    private static func addRowSums(_ p: UnsafePointer<Float>, rows: Int, length: Int, stride: Int,
-                                   into: UnsafeMutablePointer<Float>) {
+    private static func addRowSums(
+        _ p: UnsafePointer<Float>, rows: Int, length: Int, stride: Int,
+        into: UnsafeMutablePointer<Float>
+    ) {
         for r in 0..<rows {
             let q = p + r * stride
-            var a0 = 0.0, a1 = 0.0, a2 = 0.0, a3 = 0.0
+            var a0 = 0.0
+            var a1 = 0.0
+            var a2 = 0.0
+            var a3 = 0.0
             var i = 0
             while i + 4 <= length {
-                a0 += Double(q[i]); a1 += Double(q[i + 1]); a2 += Double(q[i + 2]); a3 += Double(q[i + 3])
+                a0 += Double(q[i])
+                a1 += Double(q[i + 1])
+                a2 += Double(q[i + 2])
+                a3 += Double(q[i + 3])
                 i += 4
             }
-            while i < length { a0 += Double(q[i]); i += 1 }
+            while i < length {
+                a0 += Double(q[i])
+                i += 1
+            }
             into[r] += Float((a0 + a1) + (a2 + a3))
         }
     }
@@ -641,12 +750,17 @@ public final class Conv3d {
         let threads = max(1, Parallelism.threads)
         let key = WorkspaceKey(n: n, z: d.z, y: d.y, x: d.x, threads: threads)
         if key == workspaceKey { return }
-        var fwd = 0, bd = 0, bw = 0, parts = 1, grads = 1
+        var fwd = 0
+        var bd = 0
+        var bw = 0
+        var parts = 1
+        var grads = 1
         switch kernel {
         case 3:
             plans3 = ConvPass.allCases.map { pass in
                 let path = Self.resolvedCK(path, inChannels: inChannels, outChannels: outChannels, dims: d, pass: pass)
-                return Self.partition(pass: pass, path: path, cin: inChannels, cout: outChannels, d: d, threads: threads)
+                return Self.partition(
+                    pass: pass, path: path, cin: inChannels, cout: outChannels, d: d, threads: threads)
             }
             grads = plans3[2].zs.count
         case 2:

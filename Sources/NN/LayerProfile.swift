@@ -30,7 +30,9 @@ public final class LayerProfile: @unchecked Sendable {
 
         /// An entry for a memory-bound layer whose passes read and write `forward` and `backward` floats.
         static func memoryBound(_ name: String, _ kind: String, _ shape: [Int], forward: Int, backward: Int) -> Entry {
-            Entry(name: name, kind: kind, shape: shape, forwardBytes: Double(4 * forward), backwardBytes: Double(4 * backward))
+            Entry(
+                name: name, kind: kind, shape: shape, forwardBytes: Double(4 * forward),
+                backwardBytes: Double(4 * backward))
         }
     }
 
@@ -45,8 +47,10 @@ public final class LayerProfile: @unchecked Sendable {
     /// Forgets every total (the entries' order is kept).
     public func reset() {
         for i in entries.indices {
-            entries[i].forwardSeconds = 0; entries[i].backwardSeconds = 0
-            entries[i].forwardCalls = 0; entries[i].backwardCalls = 0
+            entries[i].forwardSeconds = 0
+            entries[i].backwardSeconds = 0
+            entries[i].forwardCalls = 0
+            entries[i].backwardCalls = 0
         }
     }
 
@@ -67,10 +71,14 @@ public final class LayerProfile: @unchecked Sendable {
         p.add(ObjectIdentifier(layer), seconds, backward, LoopCount.stop(), describe)
     }
 
-    private func add(_ id: ObjectIdentifier, _ seconds: Double, _ backward: Bool, _ loops: LoopCount.Counts,
-                     _ describe: () -> Entry) {
+    private func add(
+        _ id: ObjectIdentifier, _ seconds: Double, _ backward: Bool, _ loops: LoopCount.Counts,
+        _ describe: () -> Entry
+    ) {
         let i: Int
-        if let k = index[id] { i = k } else {
+        if let k = index[id] {
+            i = k
+        } else {
             i = entries.count
             index[id] = i
             entries.append(describe())
@@ -78,10 +86,12 @@ public final class LayerProfile: @unchecked Sendable {
         let items = loops.loops > 0 ? loops.fewestItems : nil
         entries[i].threads = Parallelism.threads
         if backward {
-            entries[i].backwardSeconds += seconds; entries[i].backwardCalls += 1
+            entries[i].backwardSeconds += seconds
+            entries[i].backwardCalls += 1
             entries[i].backwardItems = items
         } else {
-            entries[i].forwardSeconds += seconds; entries[i].forwardCalls += 1
+            entries[i].forwardSeconds += seconds
+            entries[i].forwardCalls += 1
             entries[i].forwardItems = items
         }
     }

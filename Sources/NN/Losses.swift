@@ -36,14 +36,24 @@ public final class SegmentationLoss {
     /// Returns the loss; `gradient` then holds d(loss)/d(logits).
     public func forward(logits: Tensor, labels: UnsafeBufferPointer<UInt8>) -> Double {
         let s = logits.shape
-        let n = s[0], c = s[1], v = s[2] * s[3] * s[4]
+        let n = s[0]
+        let c = s[1]
+        let v = s[2] * s[3] * s[4]
         precondition(labels.count == n * v, "loss: \(labels.count) labels for logits \(s)")
-        if probs.shape != s { probs = Tensor(s); gradient = Tensor(s) }
-        let chunks = (v + Self.chunk - 1) / Self.chunk, items = n * chunks
+        if probs.shape != s {
+            probs = Tensor(s)
+            gradient = Tensor(s)
+        }
+        let chunks = (v + Self.chunk - 1) / Self.chunk
+        let items = n * chunks
         let width = kind == .crossEntropy ? 1 : 3 * c
         if partials.count != items * width { partials = [Double](repeating: 0, count: items * width) }
-        let p = probs.pointer, g = gradient.pointer, x = logits.pointer, lab = labels.baseAddress!
-        let smooth = smooth, kind = kind
+        let p = probs.pointer
+        let g = gradient.pointer
+        let x = logits.pointer
+        let lab = labels.baseAddress!
+        let smooth = smooth
+        let kind = kind
         // Work item j: sample j / chunks, voxels [lo, hi) of it.
         func span(_ j: Int) -> (b: Int, lo: Int, hi: Int) {
             let lo = (j % chunks) * Self.chunk
@@ -76,16 +86,25 @@ public final class SegmentationLoss {
                 // Per (sample, class) sums over the chunks in order, then dL/dp, then back through the softmax.
                 parallelFor(items) { j in
                     let (b, lo, hi) = span(j)
-                    let sums = part + j * width, l = lab + b * v
+                    let sums = part + j * width
+                    let l = lab + b * v
                     for k in 0..<c {
                         let pk = p + (b * c + k) * v
-                        var pg = 0.0, pp = 0.0, gg = 0.0
+                        var pg = 0.0
+                        var pp = 0.0
+                        var gg = 0.0
                         for i in lo..<hi {
-                            let pv = Double(pk[i]), isK = l[i] == UInt8(k)
-                            if isK { pg += pv; gg += 1 }
+                            let pv = Double(pk[i])
+                            let isK = l[i] == UInt8(k)
+                            if isK {
+                                pg += pv
+                                gg += 1
+                            }
                             pp += kind == .dice ? pv * pv : pv
                         }
-                        sums[3 * k] = pg; sums[3 * k + 1] = pp; sums[3 * k + 2] = gg
+                        sums[3 * k] = pg
+                        sums[3 * k + 1] = pp
+                        sums[3 * k + 2] = gg
                     }
                 }
                 var loss = 0.0
@@ -94,20 +113,28 @@ public final class SegmentationLoss {
                 var coefficients = [(Float, Float)](repeating: (0, 0), count: n * c)
                 for b in 0..<n {
                     for k in 0..<c {
-                        var pg = 0.0, pp = 0.0, gg = 0.0
+                        var pg = 0.0
+                        var pp = 0.0
+                        var gg = 0.0
                         for j in (b * chunks)..<((b + 1) * chunks) {
-                            pg += part[j * width + 3 * k]; pp += part[j * width + 3 * k + 1]; gg += part[j * width + 3 * k + 2]
+                            pg += part[j * width + 3 * k]
+                            pp += part[j * width + 3 * k + 1]
+                            gg += part[j * width + 3 * k + 2]
                         }
                         if kind == .dice {
-                            let num = 2 * pg + smooth, den = pp + gg + smooth
+                            let num = 2 * pg + smooth
+                            let den = pp + gg + smooth
                             loss += num / den
                             // dD/dp = (2g·den − num·2p) / den²
                             coefficients[b * c + k] = (Float(-norm * 2 / den), Float(norm * 2 * num / (den * den)))
                         } else {
-                            let inter = pg + smooth, union = pp + gg + smooth
+                            let inter = pg + smooth
+                            let union = pp + gg + smooth
                             loss += 2 * inter / union
                             // d(2I/U)/dp = 2(g·U − I)/U²
-                            coefficients[b * c + k] = (Float(-norm * 2 / union), Float(norm * 2 * inter / (union * union)))
+                            coefficients[b * c + k] = (
+                                Float(-norm * 2 / union), Float(norm * 2 * inter / (union * union))
+                            )
                         }
                     }
                 }
@@ -116,8 +143,10 @@ public final class SegmentationLoss {
                         let (b, lo, hi) = span(j)
                         let l = lab + b * v
                         for k in 0..<c {
-                            let pk = p + (b * c + k) * v, gk = g + (b * c + k) * v
-                            let (a, bcoef) = co[b * c + k], label = UInt8(k)
+                            let pk = p + (b * c + k) * v
+                            let gk = g + (b * c + k) * v
+                            let (a, bcoef) = co[b * c + k]
+                            let label = UInt8(k)
                             if kind == .dice {
                                 for i in lo..<hi { gk[i] = (l[i] == label ? a : 0) + bcoef * pk[i] }
                             } else {
@@ -133,21 +162,29 @@ public final class SegmentationLoss {
     }
 
     /// Numerically stable softmax over channels for voxels [lo, hi) of one sample.
-    private static func softmax(_ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, c: Int, v: Int,
-                                _ lo: Int, _ hi: Int) {
+    private static func softmax(
+        _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, c: Int, v: Int,
+        _ lo: Int, _ hi: Int
+    ) {
         for i in lo..<hi {
             var m = -Float.infinity
             for k in 0..<c { m = max(m, x[k * v + i]) }
             var sum: Float = 0
-            for k in 0..<c { let e = expf(x[k * v + i] - m); y[k * v + i] = e; sum += e }
+            for k in 0..<c {
+                let e = expf(x[k * v + i] - m)
+                y[k * v + i] = e
+                sum += e
+            }
             let inv = 1 / sum
             for k in 0..<c { y[k * v + i] *= inv }
         }
     }
 
     /// In place for voxels [lo, hi) of one sample: g ← dL/dz from g = dL/dp, using dz_k = p_k (g_k − Σ_j p_j g_j).
-    private static func softmaxBackward(_ p: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>, c: Int, v: Int,
-                                        _ lo: Int, _ hi: Int) {
+    private static func softmaxBackward(
+        _ p: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>, c: Int, v: Int,
+        _ lo: Int, _ hi: Int
+    ) {
         for i in lo..<hi {
             var dot: Float = 0
             for k in 0..<c { dot += p[k * v + i] * g[k * v + i] }

@@ -37,7 +37,9 @@ public final class Optimizer {
     public private(set) var segments: [(range: Range<Int>, role: ParameterRole)]
 
     public init(_ kind: OptimizerKind, parameterCount: Int, learningRate: Double = 1e-4, weightDecay: Double = 1e-6) {
-        self.kind = kind; self.learningRate = learningRate; self.weightDecay = weightDecay
+        self.kind = kind
+        self.learningRate = learningRate
+        self.weightDecay = weightDecay
         moment1 = Tensor([parameterCount])
         moment2 = Tensor([kind == .adam ? parameterCount : 0])
         segments = [(0..<parameterCount, .trained)]
@@ -60,7 +62,9 @@ public final class Optimizer {
     }
 
     /// The number of parameters of each role.
-    public func count(_ role: ParameterRole) -> Int { segments.filter { $0.role == role }.map { $0.range.count }.reduce(0, +) }
+    public func count(_ role: ParameterRole) -> Int {
+        segments.filter { $0.role == role }.map { $0.range.count }.reduce(0, +)
+    }
 
     /// Restores the state saved in a checkpoint.
     public func restore(step: Int) { self.step = step }
@@ -78,11 +82,15 @@ public final class Optimizer {
     }
 
     private func update(params: Tensor, grads: Tensor, range: Range<Int>, learningRate: Double) {
-        let p = params.pointer, g = grads.pointer, m = moment1.pointer
-        let lr = Float(learningRate), wd = Float(weightDecay)
+        let p = params.pointer
+        let g = grads.pointer
+        let m = moment1.pointer
+        let lr = Float(learningRate)
+        let wd = Float(weightDecay)
         switch kind {
         case .sgd:
-            let mu = Float(momentum), first = step == 1
+            let mu = Float(momentum)
+            let first = step == 1
             Self.chunks(range) { r in
                 for i in r {
                     let gi = g[i] + wd * p[i]
@@ -93,9 +101,13 @@ public final class Optimizer {
             }
         case .adam:
             let v = moment2.pointer
-            let b1 = Float(beta1), b2 = Float(beta2)
-            let c1 = Float(1 - Foundation.pow(beta1, Double(step))), c2 = Float(1 - Foundation.pow(beta2, Double(step)))
-            let stepSize = lr / c1, c2root = c2.squareRoot(), e = Float(eps)
+            let b1 = Float(beta1)
+            let b2 = Float(beta2)
+            let c1 = Float(1 - Foundation.pow(beta1, Double(step)))
+            let c2 = Float(1 - Foundation.pow(beta2, Double(step)))
+            let stepSize = lr / c1
+            let c2root = c2.squareRoot()
+            let e = Float(eps)
             Self.chunks(range) { r in
                 for i in r {
                     let gi = g[i] + wd * p[i]
@@ -110,7 +122,8 @@ public final class Optimizer {
     /// Runs `body` over `range` in chunks of 64 Ki parameters on `Parallelism.threads` threads. Each parameter's
     /// update is independent, so the result is the same for any thread count.
     private static func chunks(_ range: Range<Int>, _ body: (Range<Int>) -> Void) {
-        let size = 1 << 16, n = (range.count + size - 1) / size
+        let size = 1 << 16
+        let n = (range.count + size - 1) / size
         parallelFor(n) { i in
             let lo = range.lowerBound + i * size
             body(lo..<min(range.upperBound, lo + size))
@@ -143,8 +156,9 @@ public enum LRSchedule: Codable, Sendable, Equatable {
 
     public func rate(base: Double, epoch: Int) -> Double {
         switch self {
-        case let .step(every, factor): return base * Foundation.pow(factor, Double(epoch / max(every, 1)))
-        case let .poly(epochs, power): return base * Foundation.pow(max(0, 1 - Double(epoch) / Double(max(epochs, 1))), power)
+        case .step(let every, let factor): return base * Foundation.pow(factor, Double(epoch / max(every, 1)))
+        case .poly(let epochs, let power):
+            return base * Foundation.pow(max(0, 1 - Double(epoch) / Double(max(epochs, 1))), power)
         case .constant: return base
         }
     }

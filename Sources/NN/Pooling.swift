@@ -24,7 +24,13 @@ public final class MaxPool3d {
     public func forward(_ x: Tensor) -> Tensor {
         PointwiseSupport.require5D(x, "MaxPool3d")
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: false) { .memoryBound(label, "MaxPool3d", Self.outputShape(x.shape), forward: x.count + x.count / 8 + x.count / 32, backward: x.count + x.count / 8 + x.count / 32) } }
+        defer {
+            LayerProfile.stop(self, t0, backward: false) {
+                .memoryBound(
+                    label, "MaxPool3d", Self.outputShape(x.shape), forward: x.count + x.count / 8 + x.count / 32,
+                    backward: x.count + x.count / 8 + x.count / 32)
+            }
+        }
         let s = x.shape
         let os = Self.outputShape(s)
         let out = GradientMode.output(&y, os)
@@ -36,31 +42,48 @@ public final class MaxPool3d {
             winner!.initialize(repeating: 0)
         }
         let planes = s[0] * s[1]
-        let zi = s[2], yi = s[3], xi = s[4]
-        let zo = os[2], yo = os[3], xo = os[4]
-        let src = x.pointer, dst = out.pointer, arg = winner!.baseAddress!
-        let inPlane = zi * yi * xi, outPlane = zo * yo * xo
-        let sy = xi, sz = yi * xi
+        let zi = s[2]
+        let yi = s[3]
+        let xi = s[4]
+        let zo = os[2]
+        let yo = os[3]
+        let xo = os[4]
+        let src = x.pointer
+        let dst = out.pointer
+        let arg = winner!.baseAddress!
+        let inPlane = zi * yi * xi
+        let outPlane = zo * yo * xo
+        let sy = xi
+        let sz = yi * xi
         parallelFor(planes * zo) { task in
-            let p = task / zo, z = task % zo
+            let p = task / zo
+            let z = task % zo
             let base = src + p * inPlane + 2 * z * sz
             var o = p * outPlane + z * yo * xo
             for yy in 0..<yo {
-                let r00 = base + 2 * yy * sy, r01 = r00 + sy, r10 = r00 + sz, r11 = r10 + sy
+                let r00 = base + 2 * yy * sy
+                let r01 = r00 + sy
+                let r10 = r00 + sz
+                let r11 = r10 + sy
                 for xx in 0..<xo {
                     let i = 2 * xx
                     // Scan order of PyTorch's kernel loop: z outer, y, x inner; strict > keeps the first max.
-                    var m = -Float.infinity, k: UInt8 = 0
+                    var m = -Float.infinity
+                    var k: UInt8 = 0
                     @inline(__always) func visit(_ v: Float, _ idx: UInt8) {
                         // Branch-free select (random data would mispredict a branch half the time).
                         let take = v > m || v != v
                         m = take ? v : m
                         k = take ? idx : k
                     }
-                    visit(r00[i], 0); visit(r00[i + 1], 1)
-                    visit(r01[i], 2); visit(r01[i + 1], 3)
-                    visit(r10[i], 4); visit(r10[i + 1], 5)
-                    visit(r11[i], 6); visit(r11[i + 1], 7)
+                    visit(r00[i], 0)
+                    visit(r00[i + 1], 1)
+                    visit(r01[i], 2)
+                    visit(r01[i + 1], 3)
+                    visit(r10[i], 4)
+                    visit(r10[i + 1], 5)
+                    visit(r11[i], 6)
+                    visit(r11[i + 1], 7)
                     dst[o] = m
                     arg[o] = k
                     o += 1
@@ -72,20 +95,36 @@ public final class MaxPool3d {
 
     public func backward(_ dy: Tensor) -> Tensor {
         let t0 = LayerProfile.start()
-        defer { LayerProfile.stop(self, t0, backward: true) { .memoryBound(label, "MaxPool3d", dy.shape, forward: 9 * dy.count + dy.count / 4, backward: 9 * dy.count + dy.count / 4) } }
+        defer {
+            LayerProfile.stop(self, t0, backward: true) {
+                .memoryBound(
+                    label, "MaxPool3d", dy.shape, forward: 9 * dy.count + dy.count / 4,
+                    backward: 9 * dy.count + dy.count / 4)
+            }
+        }
         guard let y, let winner else { preconditionFailure("MaxPool3d.backward before forward") }
         precondition(dy.shape == y.shape, "MaxPool3d.backward: dy \(dy.shape) vs y \(y.shape)")
-        let s = inShape, os = y.shape
+        let s = inShape
+        let os = y.shape
         let g = Tensor.recycled(s)
         let planes = s[0] * s[1]
-        let zi = s[2], yi = s[3], xi = s[4]
-        let zo = os[2], yo = os[3], xo = os[4]
-        let gp = g.pointer, dyp = dy.pointer, arg = winner.baseAddress!
-        let inPlane = zi * yi * xi, outPlane = zo * yo * xo
-        let sy = xi, sz = yi * xi
+        let zi = s[2]
+        let yi = s[3]
+        let xi = s[4]
+        let zo = os[2]
+        let yo = os[3]
+        let xo = os[4]
+        let gp = g.pointer
+        let dyp = dy.pointer
+        let arg = winner.baseAddress!
+        let inPlane = zi * yi * xi
+        let outPlane = zo * yo * xo
+        let sy = xi
+        let sz = yi * xi
         // Each task owns input slices 2z and 2z+1 of its plane; the leftover slice of an odd Z is zeroed too.
         parallelFor(planes * max(zo, 1)) { task in
-            let p = task / max(zo, 1), z = task % max(zo, 1)
+            let p = task / max(zo, 1)
+            let z = task % max(zo, 1)
             let plane = gp + p * inPlane
             if zo == 0 {
                 plane.update(repeating: 0, count: inPlane)
@@ -99,7 +138,9 @@ public final class MaxPool3d {
                 let r00 = slab + 2 * yy * sy
                 for xx in 0..<xo {
                     let k = Int(arg[o])
-                    let dz = k >> 2, dyy = (k >> 1) & 1, dxx = k & 1
+                    let dz = k >> 2
+                    let dyy = (k >> 1) & 1
+                    let dxx = k & 1
                     r00[dz * sz + dyy * sy + 2 * xx + dxx] = dyp[o]
                     o += 1
                 }

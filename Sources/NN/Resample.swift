@@ -67,17 +67,22 @@ public final class Trilinear {
         switch target {
         case .size(let d): return d
         case .scale(let z, let y, let x):
-            return Dim3(z: Int((Double(s.z) * z).rounded(.down)), y: Int((Double(s.y) * y).rounded(.down)),
-                        x: Int((Double(s.x) * x).rounded(.down)))
+            return Dim3(
+                z: Int((Double(s.z) * z).rounded(.down)), y: Int((Double(s.y) * y).rounded(.down)),
+                x: Int((Double(s.x) * x).rounded(.down)))
         }
     }
 
     /// The (i0, i1, λ0, λ1) table of one axis, exactly as PyTorch's `compute_source_index_and_lambda`.
-    static func axisTable(input: Int, output: Int, scaleFactor: Double?, alignCorners: Bool,
-                          withRefs: Bool) -> AxisTable {
+    static func axisTable(
+        input: Int, output: Int, scaleFactor: Double?, alignCorners: Bool,
+        withRefs: Bool
+    ) -> AxisTable {
         var t = AxisTable()
-        t.i0 = .init(repeating: 0, count: output); t.i1 = t.i0
-        t.w0 = .init(repeating: 0, count: output); t.w1 = t.w0
+        t.i0 = .init(repeating: 0, count: output)
+        t.i1 = t.i0
+        t.w0 = .init(repeating: 0, count: output)
+        t.w1 = t.w0
         let scale: Float
         if alignCorners {
             scale = output > 1 ? Float(input - 1) / Float(output - 1) : 0
@@ -88,7 +93,10 @@ public final class Trilinear {
         }
         for d in 0..<output {
             if input == output {
-                t.i0[d] = Int32(d); t.i1[d] = Int32(d); t.w0[d] = 1; t.w1[d] = 0
+                t.i0[d] = Int32(d)
+                t.i1[d] = Int32(d)
+                t.w0[d] = 1
+                t.w1[d] = 0
                 continue
             }
             var src: Float
@@ -101,12 +109,18 @@ public final class Trilinear {
             let i0 = min(Int(src.rounded(.down)), input - 1)
             let l1 = min(max(src - Float(i0), 0), 1)
             let i1 = i0 + (i0 < input - 1 ? 1 : 0)
-            t.i0[d] = Int32(i0); t.i1[d] = Int32(i1); t.w0[d] = 1 - l1; t.w1[d] = l1
+            t.i0[d] = Int32(i0)
+            t.i1[d] = Int32(i1)
+            t.w0[d] = 1 - l1
+            t.w1[d] = l1
         }
         if withRefs {
             // CSR of contributions per input index (both taps, even when i0 == i1, as the adjoint requires).
             var counts = [Int32](repeating: 0, count: input + 1)
-            for d in 0..<output { counts[Int(t.i0[d]) + 1] += 1; counts[Int(t.i1[d]) + 1] += 1 }
+            for d in 0..<output {
+                counts[Int(t.i0[d]) + 1] += 1
+                counts[Int(t.i1[d]) + 1] += 1
+            }
             for i in 0..<input { counts[i + 1] += counts[i] }
             t.start = counts
             var fill = Array(counts.prefix(input))
@@ -114,8 +128,10 @@ public final class Trilinear {
             t.refW = .init(repeating: 0, count: 2 * output)
             for d in 0..<output {
                 for (i, w) in [(Int(t.i0[d]), t.w0[d]), (Int(t.i1[d]), t.w1[d])] {
-                    let k = Int(fill[i]); fill[i] += 1
-                    t.refOut[k] = Int32(d); t.refW[k] = w
+                    let k = Int(fill[i])
+                    fill[i] += 1
+                    t.refOut[k] = Int32(d)
+                    t.refW[k] = w
                 }
             }
         }
@@ -147,48 +163,86 @@ public final class Trilinear {
         let s = x.shape
         prepare(s)
         let planes = s[0] * s[1]
-        let zi = s[2], yi = s[3], xi = s[4]
-        let zo = tz.i0.count, yo = ty.i0.count, xo = tx.i0.count
+        let zi = s[2]
+        let yi = s[3]
+        let xi = s[4]
+        let zo = tz.i0.count
+        let yo = ty.i0.count
+        let xo = tx.i0.count
         let out = Tensor.recycled([s[0], s[1], zo, yo, xo])
         outShape = out.shape
         let tasks = planes * zo
         let parts = max(1, min(Parallelism.threads, tasks))
         let perPart = yi * xi + yi * xo
         let scr = scratchBase(parts, perPart)
-        let src = x.pointer, dst = out.pointer
-        let inPlane = zi * yi * xi, outPlane = zo * yo * xo, inSlice = yi * xi, outSlice = yo * xo
-        tz.i0.withUnsafeBufferPointer { zi0 in tz.i1.withUnsafeBufferPointer { zi1 in
-        tz.w0.withUnsafeBufferPointer { zw0 in tz.w1.withUnsafeBufferPointer { zw1 in
-        ty.i0.withUnsafeBufferPointer { yi0 in ty.i1.withUnsafeBufferPointer { yi1 in
-        ty.w0.withUnsafeBufferPointer { yw0 in ty.w1.withUnsafeBufferPointer { yw1 in
-        tx.i0.withUnsafeBufferPointer { xi0 in tx.i1.withUnsafeBufferPointer { xi1 in
-        tx.w0.withUnsafeBufferPointer { xw0 in tx.w1.withUnsafeBufferPointer { xw1 in
-            let ranges = splitRange(tasks, parts: parts)
-            parallelFor(ranges.count) { part in
-                let blend = scr + part * perPart      // [yi][xi]: Z pass
-                let rows = blend + inSlice            // [yi][xo]: X pass
-                for task in ranges[part] {
-                    let p = task / zo, z = task % zo
-                    let plane = src + p * inPlane
-                    // Z: blend two input slices (contiguous, vectorised).
-                    let a = plane + Int(zi0[z]) * inSlice, b = plane + Int(zi1[z]) * inSlice
-                    let wa = zw0[z], wb = zw1[z]
-                    for i in 0..<inSlice { blend[i] = wa * a[i] + wb * b[i] }
-                    // X: gather two taps per output column, on the input rows only (the one scalar pass).
-                    for yy in 0..<yi {
-                        let r = blend + yy * xi, o = rows + yy * xo
-                        for xx in 0..<xo { o[xx] = xw0[xx] * r[Int(xi0[xx])] + xw1[xx] * r[Int(xi1[xx])] }
-                    }
-                    // Y: blend two rows per output row, straight into the output (contiguous, vectorised).
-                    let oslice = dst + p * outPlane + z * outSlice
-                    for yy in 0..<yo {
-                        let ra = rows + Int(yi0[yy]) * xo, rb = rows + Int(yi1[yy]) * xo
-                        let wya = yw0[yy], wyb = yw1[yy], o = oslice + yy * xo
-                        for i in 0..<xo { o[i] = wya * ra[i] + wyb * rb[i] }
+        let src = x.pointer
+        let dst = out.pointer
+        let inPlane = zi * yi * xi
+        let outPlane = zo * yo * xo
+        let inSlice = yi * xi
+        let outSlice = yo * xo
+        tz.i0.withUnsafeBufferPointer { zi0 in
+            tz.i1.withUnsafeBufferPointer { zi1 in
+                tz.w0.withUnsafeBufferPointer { zw0 in
+                    tz.w1.withUnsafeBufferPointer { zw1 in
+                        ty.i0.withUnsafeBufferPointer { yi0 in
+                            ty.i1.withUnsafeBufferPointer { yi1 in
+                                ty.w0.withUnsafeBufferPointer { yw0 in
+                                    ty.w1.withUnsafeBufferPointer { yw1 in
+                                        tx.i0.withUnsafeBufferPointer { xi0 in
+                                            tx.i1.withUnsafeBufferPointer { xi1 in
+                                                tx.w0.withUnsafeBufferPointer { xw0 in
+                                                    tx.w1.withUnsafeBufferPointer { xw1 in
+                                                        let ranges = splitRange(tasks, parts: parts)
+                                                        parallelFor(ranges.count) { part in
+                                                            let blend = scr + part * perPart  // [yi][xi]: Z pass
+                                                            let rows = blend + inSlice  // [yi][xo]: X pass
+                                                            for task in ranges[part] {
+                                                                let p = task / zo
+                                                                let z = task % zo
+                                                                let plane = src + p * inPlane
+                                                                // Z: blend two input slices (contiguous, vectorised).
+                                                                let a = plane + Int(zi0[z]) * inSlice
+                                                                let b = plane + Int(zi1[z]) * inSlice
+                                                                let wa = zw0[z]
+                                                                let wb = zw1[z]
+                                                                for i in 0..<inSlice {
+                                                                    blend[i] = wa * a[i] + wb * b[i]
+                                                                }
+                                                                // X: gather two taps per output column, on the input rows only (the one scalar pass).
+                                                                for yy in 0..<yi {
+                                                                    let r = blend + yy * xi
+                                                                    let o = rows + yy * xo
+                                                                    for xx in 0..<xo {
+                                                                        o[xx] =
+                                                                            xw0[xx] * r[Int(xi0[xx])] + xw1[xx]
+                                                                            * r[Int(xi1[xx])]
+                                                                    }
+                                                                }
+                                                                // Y: blend two rows per output row, straight into the output (contiguous, vectorised).
+                                                                let oslice = dst + p * outPlane + z * outSlice
+                                                                for yy in 0..<yo {
+                                                                    let ra = rows + Int(yi0[yy]) * xo
+                                                                    let rb = rows + Int(yi1[yy]) * xo
+                                                                    let wya = yw0[yy]
+                                                                    let wyb = yw1[yy]
+                                                                    let o = oslice + yy * xo
+                                                                    for i in 0..<xo { o[i] = wya * ra[i] + wyb * rb[i] }
+                                                                }
+                                                            }
+                                                        }
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }
-        }}}}}}}}}}}}
+        }
         return out
     }
 
@@ -209,70 +263,104 @@ public final class Trilinear {
         let range = channels ?? 0..<dy.shape[1]
         var expected = dy.shape
         if expected.count == 5 { expected[1] = range.count }
-        precondition(expected == outShape && range.upperBound <= dy.shape[1],
-                     "Trilinear.backward: dy \(dy.shape) (channels \(range)) vs y \(outShape)")
+        precondition(
+            expected == outShape && range.upperBound <= dy.shape[1],
+            "Trilinear.backward: dy \(dy.shape) (channels \(range)) vs y \(outShape)")
         let s = tableShape
-        let cOut = s[1], cDy = dy.shape[1], cOff = range.lowerBound
+        let cOut = s[1]
+        let cDy = dy.shape[1]
+        let cOff = range.lowerBound
         let planes = s[0] * s[1]
-        let zi = s[2], yi = s[3], xi = s[4]
-        let zo = tz.i0.count, yo = ty.i0.count, xo = tx.i0.count
+        let zi = s[2]
+        let yi = s[3]
+        let xi = s[4]
+        let zo = tz.i0.count
+        let yo = ty.i0.count
+        let xo = tx.i0.count
         let g = Tensor.recycled(s)
         let tasks = planes * zi
         let parts = max(1, min(Parallelism.threads, tasks))
         let perPart = yo * xo + yi * xo
         let scr = scratchBase(parts, perPart)
-        let dyp = dy.pointer, gp = g.pointer
-        let inPlane = zi * yi * xi, outPlane = zo * yo * xo, inSlice = yi * xi, outSlice = yo * xo
-        tz.start.withUnsafeBufferPointer { zs in tz.refOut.withUnsafeBufferPointer { zro in
-        tz.refW.withUnsafeBufferPointer { zrw in
-        ty.i0.withUnsafeBufferPointer { yi0 in ty.i1.withUnsafeBufferPointer { yi1 in
-        ty.w0.withUnsafeBufferPointer { yw0 in ty.w1.withUnsafeBufferPointer { yw1 in
-        tx.i0.withUnsafeBufferPointer { xi0 in tx.i1.withUnsafeBufferPointer { xi1 in
-        tx.w0.withUnsafeBufferPointer { xw0 in tx.w1.withUnsafeBufferPointer { xw1 in
-            let ranges = splitRange(tasks, parts: parts)
-            parallelFor(ranges.count) { part in
-                let acc = scr + part * perPart        // [yo][xo]: Zᵀ
-                let rows = acc + outSlice             // [yi][xo]: Yᵀ
-                for task in ranges[part] {
-                    let p = task / zi, z = task % zi
-                    let out = gp + p * inPlane + z * inSlice
-                    let r0 = Int(zs[z]), r1 = Int(zs[z + 1])
-                    if r0 == r1 {
-                        out.update(repeating: 0, count: inSlice)
-                        continue
-                    }
-                    // Zᵀ: gather the output slices that read input slice z.
-                    let gplane = dyp + ((p / cOut) * cDy + cOff + p % cOut) * outPlane
-                    do {
-                        let first = gplane + Int(zro[r0]) * outSlice, w = zrw[r0]
-                        for i in 0..<outSlice { acc[i] = w * first[i] }
-                        for r in (r0 + 1)..<r1 {
-                            let sl = gplane + Int(zro[r]) * outSlice, wr = zrw[r]
-                            for i in 0..<outSlice { acc[i] += wr * sl[i] }
-                        }
-                    }
-                    // Yᵀ: scatter each output row into its two input rows (contiguous, vectorised).
-                    rows.update(repeating: 0, count: yi * xo)
-                    for yy in 0..<yo {
-                        let r = acc + yy * xo
-                        let oa = rows + Int(yi0[yy]) * xo, ob = rows + Int(yi1[yy]) * xo
-                        let wa = yw0[yy], wb = yw1[yy]
-                        for i in 0..<xo { oa[i] += wa * r[i] }
-                        for i in 0..<xo { ob[i] += wb * r[i] }
-                    }
-                    // Xᵀ: scatter each column's two taps, on the input rows only.
-                    out.update(repeating: 0, count: inSlice)
-                    for yy in 0..<yi {
-                        let a = rows + yy * xo, o = out + yy * xi
-                        for xx in 0..<xo {
-                            let v = a[xx]
-                            o[Int(xi0[xx])] += xw0[xx] * v
-                            o[Int(xi1[xx])] += xw1[xx] * v
+        let dyp = dy.pointer
+        let gp = g.pointer
+        let inPlane = zi * yi * xi
+        let outPlane = zo * yo * xo
+        let inSlice = yi * xi
+        let outSlice = yo * xo
+        tz.start.withUnsafeBufferPointer { zs in
+            tz.refOut.withUnsafeBufferPointer { zro in
+                tz.refW.withUnsafeBufferPointer { zrw in
+                    ty.i0.withUnsafeBufferPointer { yi0 in
+                        ty.i1.withUnsafeBufferPointer { yi1 in
+                            ty.w0.withUnsafeBufferPointer { yw0 in
+                                ty.w1.withUnsafeBufferPointer { yw1 in
+                                    tx.i0.withUnsafeBufferPointer { xi0 in
+                                        tx.i1.withUnsafeBufferPointer { xi1 in
+                                            tx.w0.withUnsafeBufferPointer { xw0 in
+                                                tx.w1.withUnsafeBufferPointer { xw1 in
+                                                    let ranges = splitRange(tasks, parts: parts)
+                                                    parallelFor(ranges.count) { part in
+                                                        let acc = scr + part * perPart  // [yo][xo]: Zᵀ
+                                                        let rows = acc + outSlice  // [yi][xo]: Yᵀ
+                                                        for task in ranges[part] {
+                                                            let p = task / zi
+                                                            let z = task % zi
+                                                            let out = gp + p * inPlane + z * inSlice
+                                                            let r0 = Int(zs[z])
+                                                            let r1 = Int(zs[z + 1])
+                                                            if r0 == r1 {
+                                                                out.update(repeating: 0, count: inSlice)
+                                                                continue
+                                                            }
+                                                            // Zᵀ: gather the output slices that read input slice z.
+                                                            let gplane =
+                                                                dyp + ((p / cOut) * cDy + cOff + p % cOut) * outPlane
+                                                            do {
+                                                                let first = gplane + Int(zro[r0]) * outSlice
+                                                                let w = zrw[r0]
+                                                                for i in 0..<outSlice { acc[i] = w * first[i] }
+                                                                for r in (r0 + 1)..<r1 {
+                                                                    let sl = gplane + Int(zro[r]) * outSlice
+                                                                    let wr = zrw[r]
+                                                                    for i in 0..<outSlice { acc[i] += wr * sl[i] }
+                                                                }
+                                                            }
+                                                            // Yᵀ: scatter each output row into its two input rows (contiguous, vectorised).
+                                                            rows.update(repeating: 0, count: yi * xo)
+                                                            for yy in 0..<yo {
+                                                                let r = acc + yy * xo
+                                                                let oa = rows + Int(yi0[yy]) * xo
+                                                                let ob = rows + Int(yi1[yy]) * xo
+                                                                let wa = yw0[yy]
+                                                                let wb = yw1[yy]
+                                                                for i in 0..<xo { oa[i] += wa * r[i] }
+                                                                for i in 0..<xo { ob[i] += wb * r[i] }
+                                                            }
+                                                            // Xᵀ: scatter each column's two taps, on the input rows only.
+                                                            out.update(repeating: 0, count: inSlice)
+                                                            for yy in 0..<yi {
+                                                                let a = rows + yy * xo
+                                                                let o = out + yy * xi
+                                                                for xx in 0..<xo {
+                                                                    let v = a[xx]
+                                                                    o[Int(xi0[xx])] += xw0[xx] * v
+                                                                    o[Int(xi1[xx])] += xw1[xx] * v
+                                                                }
+                                                            }
+                                                        }
+                                                    }
+                                                }
+                                            }
+                                        }
+                                    }
+                                }
+                            }
                         }
                     }
                 }
             }
-        }}}}}}}}}}}
+        }
         return g
     }
 }

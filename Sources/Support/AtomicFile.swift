@@ -1,6 +1,7 @@
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// How every file attunet writes reaches the disk: `body` fills a temporary file in the same folder, which is
@@ -15,7 +16,10 @@ public enum AtomicFile {
     public static func write(_ path: String, _ body: (String) throws -> Void) throws {
         let url = URL(fileURLWithPath: path)
         let folder = url.deletingLastPathComponent().path
-        let n = counter.withLock { $0 += 1; return $0 }
+        let n = counter.withLock {
+            $0 += 1
+            return $0
+        }
         let tmp = folder + "/.tmp-\(getpid())-\(n)-" + url.lastPathComponent
         do {
             try body(tmp)
@@ -50,9 +54,13 @@ public enum AtomicFile {
 
     private static func sync(_ path: String, what: String) throws {
         let fd = open(path, O_RDONLY)
-        guard fd >= 0 else { throw AttunetError("\(path): cannot open the \(what) to fsync it (\(String(cString: strerror(errno))))") }
+        guard fd >= 0 else {
+            throw AttunetError("\(path): cannot open the \(what) to fsync it (\(String(cString: strerror(errno))))")
+        }
         defer { close(fd) }
-        guard fsync(fd) == 0 else { throw AttunetError("\(path): fsync of the \(what) failed (\(String(cString: strerror(errno))))") }
+        guard fsync(fd) == 0 else {
+            throw AttunetError("\(path): fsync of the \(what) failed (\(String(cString: strerror(errno))))")
+        }
     }
 
     /// Removes the temporary files (`.tmp-<pid>-<n>-<name>`) in `folder` that a writer killed mid-write left

@@ -1,6 +1,7 @@
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// attunet's one error type: a message naming the file (or option) and the problem, and a `kind` that

@@ -1,6 +1,7 @@
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Runs a program as a child process with `posix_spawn` (never `fork`: the caller may be multi-threaded and an
@@ -36,7 +37,8 @@ public enum ChildProcess {
         var attributes = posix_spawnattr_t()
         posix_spawnattr_init(&attributes)
         defer { posix_spawnattr_destroy(&attributes) }
-        var none = sigset_t(), all = sigset_t()
+        var none = sigset_t()
+        var all = sigset_t()
         sigemptyset(&none)
         sigfillset(&all)
         posix_spawnattr_setsigmask(&attributes, &none)
@@ -51,7 +53,9 @@ public enum ChildProcess {
 
         // Read stderr as it comes (a chatty child never blocks on a full pipe) until the child ends.
         let deadline = Date().addingTimeInterval(timeout)
-        var captured: [UInt8] = [], open = true, status: Int32 = 0
+        var captured: [UInt8] = []
+        var open = true
+        var status: Int32 = 0
         var chunk = [UInt8](repeating: 0, count: 4096)
         while true {
             if open {
@@ -66,7 +70,9 @@ public enum ChildProcess {
             }
             let r = waitpid(pid, &status, WNOHANG)
             if r == pid { break }
-            if r < 0 && errno != EINTR { throw AttunetError("\(arguments[0]): lost the child process (\(String(cString: strerror(errno))))") }
+            if r < 0 && errno != EINTR {
+                throw AttunetError("\(arguments[0]): lost the child process (\(String(cString: strerror(errno))))")
+            }
             if Date() >= deadline {
                 kill(pid, SIGKILL)
                 while waitpid(pid, &status, 0) < 0 && errno == EINTR {}

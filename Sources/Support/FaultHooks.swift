@@ -1,6 +1,7 @@
 import Foundation
+
 #if canImport(Glibc)
-import Glibc
+    import Glibc
 #endif
 
 /// Test hooks for `launch/fault-inject.sh`, inert unless the environment variable `ATTUNET_FAULT_HOOKS` names

@@ -65,12 +65,16 @@ public enum JSONFiles {
         let c = Array(key)
         guard c.count > 1 else { return key }
         var words: [ArraySlice<Character>] = []
-        var wordStart = 0, search = 1
+        var wordStart = 0
+        var search = 1
         while let upper = c[search...].firstIndex(where: \.isUppercase) {
             words.append(c[wordStart..<upper])
-            guard let lower = c[upper...].firstIndex(where: \.isLowercase) else { wordStart = upper; break }
+            guard let lower = c[upper...].firstIndex(where: \.isLowercase) else {
+                wordStart = upper
+                break
+            }
             if lower == upper + 1 {
-                wordStart = upper                     // one capital starts a word: "trainCases"
+                wordStart = upper  // one capital starts a word: "trainCases"
             } else {
                 words.append(c[upper..<(lower - 1)])  // a run of capitals is a word; its last starts the next
                 wordStart = lower - 1
@@ -90,9 +94,11 @@ public enum JSONFiles {
         let core = key[first...last]
         let words = core.split(separator: "_")
         guard words.count > 1 else { return key }
-        let joined = words[0].lowercased() + words.dropFirst().map { w -> String in
-            acronyms[w.lowercased()] ?? w.prefix(1).uppercased() + w.dropFirst().lowercased()
-        }.joined()
+        let joined =
+            words[0].lowercased()
+            + words.dropFirst().map { w -> String in
+                acronyms[w.lowercased()] ?? w.prefix(1).uppercased() + w.dropFirst().lowercased()
+            }.joined()
         return String(key[..<first]) + joined + String(key[key.index(after: last)...])
     }
 
@@ -112,8 +118,14 @@ public enum JSONFiles {
     struct AnyKey: CodingKey {
         var stringValue: String
         var intValue: Int?
-        init(_ s: String) { stringValue = s; intValue = nil }
+        init(_ s: String) {
+            stringValue = s
+            intValue = nil
+        }
         init?(stringValue: String) { self.init(stringValue) }
-        init?(intValue: Int) { stringValue = String(intValue); self.intValue = intValue }
+        init?(intValue: Int) {
+            stringValue = String(intValue)
+            self.intValue = intValue
+        }
     }
 }

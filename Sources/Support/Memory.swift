@@ -45,7 +45,10 @@ public struct MemoryReport: Sendable, Equatable, CustomStringConvertible {
     public var peakBefore: Int?
     public var peakAfter: Int?
 
-    public init(peakBefore: Int?, peakAfter: Int?) { self.peakBefore = peakBefore; self.peakAfter = peakAfter }
+    public init(peakBefore: Int?, peakAfter: Int?) {
+        self.peakBefore = peakBefore
+        self.peakAfter = peakAfter
+    }
 
     public var description: String {
         "peak resident memory \(Memory.format(peakBefore)) before, \(Memory.format(peakAfter)) after"

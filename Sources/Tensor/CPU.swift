@@ -8,7 +8,8 @@ public struct CPUInfo: Sendable {
 
     public static let current: CPUInfo = {
         let text = (try? String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)) ?? ""
-        var model = "unknown", flags = Set<String>()
+        var model = "unknown"
+        var flags = Set<String>()
         for line in text.split(separator: "\n") {
             let parts = line.split(separator: ":", maxSplits: 1).map { $0.trimmingCharacters(in: .whitespaces) }
             guard parts.count == 2 else { continue }
@@ -30,7 +31,7 @@ public enum CPUAllocation {
         typealias GetAffinity = @convention(c) (pid_t, Int, UnsafeMutableRawPointer) -> Int32
         guard let symbol = dlsym(dlopen(nil, RTLD_NOW), "sched_getaffinity") else { return fallback }
         let getAffinity = unsafeBitCast(symbol, to: GetAffinity.self)
-        var mask = [UInt8](repeating: 0, count: 1024)   // 8192 CPUs
+        var mask = [UInt8](repeating: 0, count: 1024)  // 8192 CPUs
         guard mask.withUnsafeMutableBytes({ getAffinity(0, $0.count, $0.baseAddress!) }) == 0 else { return fallback }
         var cpus: [Int] = []
         for (i, byte) in mask.enumerated() where byte != 0 {
@@ -43,7 +44,8 @@ public enum CPUAllocation {
 
     /// A CPU list in the kernel's notation: ranges of consecutive CPUs, e.g. "0-3,8,10-11".
     public static func listString(_ cpus: [Int]) -> String {
-        var parts: [String] = [], i = 0
+        var parts: [String] = []
+        var i = 0
         let s = cpus.sorted()
         while i < s.count {
             var j = i
@@ -58,7 +60,10 @@ public enum CPUAllocation {
     public struct ThreadChoice: Sendable, Equatable {
         public var threads: Int
         public var source: String
-        public init(threads: Int, source: String) { self.threads = threads; self.source = source }
+        public init(threads: Int, source: String) {
+            self.threads = threads
+            self.source = source
+        }
     }
 
     /// The default thread count of one rank, from its environment and the size of its affinity mask:
@@ -70,7 +75,9 @@ public enum CPUAllocation {
     /// Always at least 1. Values that are not positive integers are ignored.
     public static func defaultThreads(environment env: [String: String], affinityCount: Int) -> ThreadChoice {
         func count(_ name: String) -> Int? {
-            guard let text = env[name]?.trimmingCharacters(in: .whitespaces), let n = Int(text), n >= 1 else { return nil }
+            guard let text = env[name]?.trimmingCharacters(in: .whitespaces), let n = Int(text), n >= 1 else {
+                return nil
+            }
             return n
         }
         if let n = count("ATTUNET_THREADS") { return ThreadChoice(threads: n, source: "ATTUNET_THREADS") }
@@ -78,8 +85,9 @@ public enum CPUAllocation {
         let cpus = max(1, affinityCount)
         let bound = env["OMPI_MCA_orte_bound_at_launch"] == "1"
         if !bound, let local = count("OMPI_COMM_WORLD_LOCAL_SIZE"), local > 1 {
-            return ThreadChoice(threads: max(1, cpus / local),
-                                source: "affinity mask of \(cpus) CPU(s) shared by \(local) ranks on this node")
+            return ThreadChoice(
+                threads: max(1, cpus / local),
+                source: "affinity mask of \(cpus) CPU(s) shared by \(local) ranks on this node")
         }
         return ThreadChoice(threads: cpus, source: "affinity mask of \(cpus) CPU(s)")
     }

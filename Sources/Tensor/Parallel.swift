@@ -42,9 +42,11 @@ public func parallelFor(_ n: Int, _ body: (Int) -> Void) {
     withoutActuallyEscaping(body) { body in
         var item = body
         withUnsafeMutablePointer(to: &item) { context in
-            ctp_parallel_for(n, Int32(t), { context, i in
-                context!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(i)
-            }, context)
+            ctp_parallel_for(
+                n, Int32(t),
+                { context, i in
+                    context!.assumingMemoryBound(to: ((Int) -> Void).self).pointee(i)
+                }, context)
         }
     }
 }
@@ -60,7 +62,8 @@ public let parallelPieceLength = 4096
 /// reduced in piece order give the same result on any number of threads.
 @inlinable
 public func parallelForPieces(planes: Int, length: Int, _ body: (_ plane: Int, _ range: Range<Int>) -> Void) {
-    let pieces = pieceCount(length), total = planes * pieces
+    let pieces = pieceCount(length)
+    let total = planes * pieces
     guard total > 0 else { return }
     let perItem = max(1, min(64, total / max(1, 8 * Parallelism.threads)))
     parallelFor((total + perItem - 1) / perItem) { item in
@@ -123,11 +126,13 @@ public enum LoopCount {
 
     /// Starts counting the loops this thread runs (the counts of an unfinished count are dropped).
     public static func start() {
-        let p = pthread_getspecific(key).map { $0.assumingMemoryBound(to: Counts.self) } ?? {
-            let p = UnsafeMutablePointer<Counts>.allocate(capacity: 1)   // one per counting thread, kept
-            pthread_setspecific(key, p)
-            return p
-        }()
+        let p =
+            pthread_getspecific(key).map { $0.assumingMemoryBound(to: Counts.self) }
+            ?? {
+                let p = UnsafeMutablePointer<Counts>.allocate(capacity: 1)  // one per counting thread, kept
+                pthread_setspecific(key, p)
+                return p
+            }()
         p.pointee = Counts()
         active = true
     }

@@ -13,7 +13,10 @@ public struct SplitMix64: Sendable {
         return z ^ (z >> 31)
     }
     /// The SplitMix64 finaliser of one value (a good 64-bit hash).
-    public static func mix(_ x: UInt64) -> UInt64 { var s = SplitMix64(x); return s.next() }
+    public static func mix(_ x: UInt64) -> UInt64 {
+        var s = SplitMix64(x)
+        return s.next()
+    }
 }
 
 /// xoshiro256** (Blackman & Vigna): the generator behind every random choice of attunet (initial weights, splits, phantoms, patch order,
@@ -29,14 +32,20 @@ public struct SeededRNG: RandomNumberGenerator, Sendable {
         var h: UInt64 = 0x243F_6A88_85A3_08D3
         for k in keys { h = SplitMix64.mix(h ^ SplitMix64.mix(k &+ 0x1357_9BDF_2468_ACE0)) }
         var sm = SplitMix64(h)
-        s0 = sm.next(); s1 = sm.next(); s2 = sm.next(); s3 = sm.next()
+        s0 = sm.next()
+        s1 = sm.next()
+        s2 = sm.next()
+        s3 = sm.next()
         if s0 | s1 | s2 | s3 == 0 { s0 = 1 }
     }
 
     public mutating func next() -> UInt64 {
         let result = ((s1 &* 5) << 7 | (s1 &* 5) >> 57) &* 9
         let t = s1 << 17
-        s2 ^= s0; s3 ^= s1; s1 ^= s2; s0 ^= s3
+        s2 ^= s0
+        s3 ^= s1
+        s1 ^= s2
+        s0 ^= s3
         s2 ^= t
         s3 = (s3 << 45) | (s3 >> 19)
         return result
@@ -61,13 +70,16 @@ public struct SeededRNG: RandomNumberGenerator, Sendable {
     public mutating func chance(_ p: Double) -> Bool { uniform() < p }
     /// Standard normal (Box-Muller; one value per call, deterministic).
     public mutating func normal() -> Double {
-        let u1 = max(uniform(), 0x1.0p-60), u2 = uniform()
+        let u1 = max(uniform(), 0x1.0p-60)
+        let u2 = uniform()
         return (-2 * Foundation.log(u1)).squareRoot() * cos(2 * Double.pi * u2)
     }
     /// Two independent standard normals (Box-Muller, both outputs).
     public mutating func normalPair() -> (Double, Double) {
-        let u1 = max(uniform(), 0x1.0p-60), u2 = uniform()
-        let r = (-2 * Foundation.log(u1)).squareRoot(), t = 2 * Double.pi * u2
+        let u1 = max(uniform(), 0x1.0p-60)
+        let u2 = uniform()
+        let r = (-2 * Foundation.log(u1)).squareRoot()
+        let t = 2 * Double.pi * u2
         return (r * cos(t), r * sin(t))
     }
     /// A seeded Fisher-Yates shuffle of 0..<n.

@@ -49,8 +49,11 @@ public final class Tensor: @unchecked Sendable {
     }
 
     deinit {
-        if pooled { TensorPool.give(data.baseAddress!, used: max(data.count, 1)) }
-        else { UnsafeMutableRawPointer(data.baseAddress!).deallocate() }
+        if pooled {
+            TensorPool.give(data.baseAddress!, used: max(data.count, 1))
+        } else {
+            UnsafeMutableRawPointer(data.baseAddress!).deallocate()
+        }
     }
 
     public var count: Int { data.count }
@@ -93,7 +96,9 @@ public final class Tensor: @unchecked Sendable {
     public static func fillDeterministic(_ p: UnsafeMutablePointer<Float>, count: Int, seed: UInt64, scale: Float) {
         var s = seed &* 0x9E37_79B9_7F4A_7C15 | 1
         for i in 0..<count {
-            s ^= s << 13; s ^= s >> 7; s ^= s << 17
+            s ^= s << 13
+            s ^= s >> 7
+            s ^= s << 17
             p[i] = scale * (Float(s >> 40) / Float(1 << 23) - 1)
         }
     }
@@ -109,7 +114,11 @@ public final class Tensor: @unchecked Sendable {
 /// Spatial extent of a 3D volume: `z` slowest, `x` fastest.
 public struct Dim3: Hashable, Sendable, Codable, CustomStringConvertible {
     public var z: Int, y: Int, x: Int
-    public init(z: Int, y: Int, x: Int) { self.z = z; self.y = y; self.x = x }
+    public init(z: Int, y: Int, x: Int) {
+        self.z = z
+        self.y = y
+        self.x = x
+    }
     public var count: Int { z * y * x }
     public var description: String { "\(x)x\(y)x\(z)" }  // users read sizes as X x Y x Z
     public func scaled(by f: Int) -> Dim3 { Dim3(z: z * f, y: y * f, x: x * f) }
@@ -120,7 +129,8 @@ extension Tensor {
     /// self += other (same element count).
     public func add(_ other: Tensor) {
         precondition(other.count == count, "add: \(other.shape) into \(shape)")
-        let d = pointer, s = other.pointer
+        let d = pointer
+        let s = other.pointer
         for i in 0..<count { d[i] += s[i] }
     }
 
@@ -188,7 +198,9 @@ public enum TensorPool {
             var seg = st.segments[best.base]!
             let b = seg.blocks[best.block]
             seg.blocks[best.block] = Block(offset: b.offset, size: need, free: false)
-            if b.size > need { seg.blocks.insert(Block(offset: b.offset + need, size: b.size - need, free: true), at: best.block + 1) }
+            if b.size > need {
+                seg.blocks.insert(Block(offset: b.offset + need, size: b.size - need, free: true), at: best.block + 1)
+            }
             st.segments[best.base] = seg
             let p = best.base + b.offset
             st.owner[p] = best.base
@@ -200,7 +212,8 @@ public enum TensorPool {
         let release: UnsafeMutablePointer<Float>? = state.withLock { st in
             st.liveFloats -= used
             guard let base = st.owner.removeValue(forKey: p), var seg = st.segments[base],
-                  var i = seg.blocks.firstIndex(where: { $0.offset == p - base }) else {
+                var i = seg.blocks.firstIndex(where: { $0.offset == p - base })
+            else {
                 preconditionFailure("TensorPool: a buffer it did not hand out")
             }
             seg.blocks[i].free = true
@@ -265,7 +278,8 @@ public enum TensorPool {
 
     /// Bytes in free blocks, held for reuse.
     public static var cachedBytes: Int {
-        state.withLock { st in st.segments.values.reduce(0) { $0 + $1.blocks.filter(\.free).reduce(0) { $0 + $1.size } } }
+        state.withLock { st in st.segments.values.reduce(0) { $0 + $1.blocks.filter(\.free).reduce(0) { $0 + $1.size } }
+        }
             * MemoryLayout<Float>.stride
     }
 

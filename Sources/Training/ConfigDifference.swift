@@ -12,14 +12,21 @@ public enum ConfigDifference {
     /// nil when `value` encodes to what `old` holds, ignoring the top-level keys in `ignoring` (Swift names or
     /// snake_case keys).
     public static func first<T: Encodable>(_ value: T, old: Data, ignoring: Set<String> = []) throws -> String? {
-        guard var new = try JSONSerialization.jsonObject(with: try JSONFiles.compactEncoder().encode(value)) as? [String: Any] else {
+        guard
+            var new = try JSONSerialization.jsonObject(with: try JSONFiles.compactEncoder().encode(value))
+                as? [String: Any]
+        else {
             return "not an object"
         }
         guard let saved = try? JSONSerialization.jsonObject(with: old) as? [String: Any],
-              var was = JSONFiles.snakeCasedKeys(saved) as? [String: Any] else {
+            var was = JSONFiles.snakeCasedKeys(saved) as? [String: Any]
+        else {
             return "not a saved configuration"
         }
-        for key in ignoring.map(JSONFiles.snakeCase) { new[key] = nil; was[key] = nil }
+        for key in ignoring.map(JSONFiles.snakeCase) {
+            new[key] = nil
+            was[key] = nil
+        }
         return firstDifference(new, was, path: "")
     }
 
@@ -44,7 +51,8 @@ public enum ConfigDifference {
             if s == "[true]" || s == "[false]" { return String(s.dropFirst().dropLast()) }
         }
         if JSONSerialization.isValidJSONObject(v),
-           let d = try? JSONSerialization.data(withJSONObject: v, options: [.sortedKeys, .withoutEscapingSlashes]) {
+            let d = try? JSONSerialization.data(withJSONObject: v, options: [.sortedKeys, .withoutEscapingSlashes])
+        {
             return String(decoding: d, as: UTF8.self)
         }
         return "\(v)"

@@ -30,9 +30,16 @@ public struct PredictionRecipe: Codable, Sendable, Equatable {
     public var mirrorAxes: [String]
 
     enum CodingKeys: String, CodingKey {
-        case spacingMM = "spacing_mm", blurSigmaMM = "blur_sigma_mm", normalization,
-             foregroundIntensity = "foreground_intensity", modality, classNames = "class_names", patch,
-             mirrorAxes = "mirror_axes"
+        case spacingMM = "spacing_mm"
+        case blurSigmaMM = "blur_sigma_mm"
+        case normalization
+        case
+            foregroundIntensity = "foreground_intensity"
+        case modality
+        case classNames = "class_names"
+        case patch
+        case
+            mirrorAxes = "mirror_axes"
     }
 
     /// The root attribute of a checkpoint that holds the recipe.
@@ -40,22 +47,32 @@ public struct PredictionRecipe: Codable, Sendable, Equatable {
     /// The normalisation training applies (``IntensityNormalization/zscore``).
     public static let zscore = "zscore"
 
-    public init(spacingMM: Double, blurSigmaMM: Double, normalization: String = zscore, foregroundIntensity: [Double] = [],
-                modality: String = "CT", classNames: [String], patch: Dim3, mirrorAxes: [String]) {
-        self.spacingMM = spacingMM; self.blurSigmaMM = blurSigmaMM; self.normalization = normalization
-        self.foregroundIntensity = foregroundIntensity; self.modality = modality; self.classNames = classNames
-        self.patch = patch; self.mirrorAxes = mirrorAxes
+    public init(
+        spacingMM: Double, blurSigmaMM: Double, normalization: String = zscore, foregroundIntensity: [Double] = [],
+        modality: String = "CT", classNames: [String], patch: Dim3, mirrorAxes: [String]
+    ) {
+        self.spacingMM = spacingMM
+        self.blurSigmaMM = blurSigmaMM
+        self.normalization = normalization
+        self.foregroundIntensity = foregroundIntensity
+        self.modality = modality
+        self.classNames = classNames
+        self.patch = patch
+        self.mirrorAxes = mirrorAxes
     }
 
     /// The recipe of a run on `store` with `config`. The store must record its spacing (isotropic) and blur.
     public init(store: CaseStore, config: TrainConfig) throws {
         guard let blur = store.blurSigma else {
-            throw AttunetError("\(store.path): the store records no blur_sigma_mm (written by an older attunet prepare); prepare it again")
+            throw AttunetError(
+                "\(store.path): the store records no blur_sigma_mm (written by an older attunet prepare); prepare it again"
+            )
         }
         let a = config.augmentOptions
-        self.init(spacingMM: store.spacing[0], blurSigmaMM: blur, foregroundIntensity: store.foregroundIntensity,
-                  modality: store.modality, classNames: store.classNames, patch: config.patch,
-                  mirrorAxes: (a.flipX > 0 ? ["x"] : []) + (a.flipY > 0 ? ["y"] : []))
+        self.init(
+            spacingMM: store.spacing[0], blurSigmaMM: blur, foregroundIntensity: store.foregroundIntensity,
+            modality: store.modality, classNames: store.classNames, patch: config.patch,
+            mirrorAxes: (a.flipX > 0 ? ["x"] : []) + (a.flipY > 0 ? ["y"] : []))
     }
 
     /// The recipe `file` records; nil for a checkpoint written before attunet recorded it (or a weights-only
@@ -63,7 +80,8 @@ public struct PredictionRecipe: Codable, Sendable, Equatable {
     public static func read(from file: H5File) throws -> PredictionRecipe? {
         guard file.root.hasAttribute(attribute) else { return nil }
         do {
-            return try JSONDecoder().decode(PredictionRecipe.self, from: Data(try file.root.stringAttribute(attribute).utf8))
+            return try JSONDecoder().decode(
+                PredictionRecipe.self, from: Data(try file.root.stringAttribute(attribute).utf8))
         } catch {
             throw AttunetError("\(file.path): unreadable \(attribute) attribute (\(error))", kind: .corrupt)
         }

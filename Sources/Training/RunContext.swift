@@ -23,12 +23,19 @@ public struct RunContext: Sendable, Equatable {
     /// Printed after a stop request: how to continue.
     public var resumeHint: String
 
-    public init(bucketFloats: Int = 4 << 20, stepTimeout: Double? = nil, stopAfterEpochs: Int? = nil,
-                linePrefix: String = "", verbose: Bool = true, progressBar: Bool = true,
-                printsTransferTable: Bool = true, resumeHint: String = "continue with --resume") {
-        self.bucketFloats = bucketFloats; self.stepTimeout = stepTimeout; self.stopAfterEpochs = stopAfterEpochs
-        self.linePrefix = linePrefix; self.verbose = verbose; self.progressBar = progressBar
-        self.printsTransferTable = printsTransferTable; self.resumeHint = resumeHint
+    public init(
+        bucketFloats: Int = 4 << 20, stepTimeout: Double? = nil, stopAfterEpochs: Int? = nil,
+        linePrefix: String = "", verbose: Bool = true, progressBar: Bool = true,
+        printsTransferTable: Bool = true, resumeHint: String = "continue with --resume"
+    ) {
+        self.bucketFloats = bucketFloats
+        self.stepTimeout = stepTimeout
+        self.stopAfterEpochs = stopAfterEpochs
+        self.linePrefix = linePrefix
+        self.verbose = verbose
+        self.progressBar = progressBar
+        self.printsTransferTable = printsTransferTable
+        self.resumeHint = resumeHint
     }
 
     /// A quiet context (no progress output), for benchmarks and tests.

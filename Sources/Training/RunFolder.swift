@@ -53,7 +53,8 @@ public struct RunFolder: Sendable, Equatable {
     public func removeStaleTemporaries() -> String? {
         let removed = AtomicFile.removeStaleTemporaries(in: path)
         guard !removed.isEmpty else { return nil }
-        return "removed \(removed.count) temporary file(s) of a write killed mid-way from \(path): \(removed.joined(separator: ", "))"
+        return
+            "removed \(removed.count) temporary file(s) of a write killed mid-way from \(path): \(removed.joined(separator: ", "))"
     }
 
     /// The sub-run folder `fold_<k>/<model>/` of a cross-validation, itself a training run folder.

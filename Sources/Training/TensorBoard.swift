@@ -26,7 +26,8 @@ public final class TensorBoardEvents {
         try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true)
         let host = ProcessInfo.processInfo.hostName.split(separator: ".").first.map(String.init) ?? "host"
         path = "\(directory)/events.out.tfevents.\(Int(wallTime)).\(host).\(getpid())"
-        guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path) else {
+        guard FileManager.default.createFile(atPath: path, contents: nil), let h = FileHandle(forWritingAtPath: path)
+        else {
             throw AttunetError("\(path): cannot create the TensorBoard event file")
         }
         handle = h
@@ -43,7 +44,9 @@ public final class TensorBoardEvents {
 
     /// Writes one event with the scalar values `tag → value` at `step` (non-finite values are written as they
     /// are; TensorBoard shows them as gaps).
-    public func scalars(_ values: [(tag: String, value: Double)], step: Int, wallTime: Double = Date().timeIntervalSince1970) throws {
+    public func scalars(
+        _ values: [(tag: String, value: Double)], step: Int, wallTime: Double = Date().timeIntervalSince1970
+    ) throws {
         var summary = Data()
         for (tag, value) in values {
             var v = Self.stringField(1, tag)
@@ -81,7 +84,8 @@ public final class TensorBoardEvents {
     }
 
     static func varint(_ value: UInt64) -> Data {
-        var v = value, out = Data()
+        var v = value
+        var out = Data()
         repeat {
             var byte = UInt8(v & 0x7F)
             v >>= 7

@@ -35,17 +35,33 @@ public struct TrainConfig: Codable, Sendable, Equatable {
     /// equal.
     public var transfer: TransferConfig?
 
-    public init(store: String, model: ModelConfig = ModelConfig(), patch: Dim3 = Dim3(z: 96, y: 160, x: 160),
-                batch: Int = 2, epochs: Int = 100, samplesPerCase: Int = 1, optimizer: OptimizerKind = .adam,
-                learningRate: Double = 1e-4, weightDecay: Double = 1e-6, schedule: LRSchedule = .step(every: 250, factor: 0.5),
-                loss: LossKind = .dice, seed: UInt64 = 0, syncBN: Bool = false, foregroundFraction: Double = 1.0 / 3.0,
-                augment: AugmentPreset = .paper, validateEvery: Int = 1, checkpointEvery: Int = 1,
-                trainCases: [String] = [], validationCases: [String] = [], transfer: TransferConfig? = nil) {
-        self.store = store; self.model = model; self.patch = patch; self.batch = batch; self.epochs = epochs
-        self.samplesPerCase = samplesPerCase; self.optimizer = optimizer; self.learningRate = learningRate
-        self.weightDecay = weightDecay; self.schedule = schedule; self.loss = loss; self.seed = seed; self.syncBN = syncBN
-        self.foregroundFraction = foregroundFraction; self.augment = augment; self.validateEvery = validateEvery
-        self.checkpointEvery = checkpointEvery; self.trainCases = trainCases; self.validationCases = validationCases
+    public init(
+        store: String, model: ModelConfig = ModelConfig(), patch: Dim3 = Dim3(z: 96, y: 160, x: 160),
+        batch: Int = 2, epochs: Int = 100, samplesPerCase: Int = 1, optimizer: OptimizerKind = .adam,
+        learningRate: Double = 1e-4, weightDecay: Double = 1e-6, schedule: LRSchedule = .step(every: 250, factor: 0.5),
+        loss: LossKind = .dice, seed: UInt64 = 0, syncBN: Bool = false, foregroundFraction: Double = 1.0 / 3.0,
+        augment: AugmentPreset = .paper, validateEvery: Int = 1, checkpointEvery: Int = 1,
+        trainCases: [String] = [], validationCases: [String] = [], transfer: TransferConfig? = nil
+    ) {
+        self.store = store
+        self.model = model
+        self.patch = patch
+        self.batch = batch
+        self.epochs = epochs
+        self.samplesPerCase = samplesPerCase
+        self.optimizer = optimizer
+        self.learningRate = learningRate
+        self.weightDecay = weightDecay
+        self.schedule = schedule
+        self.loss = loss
+        self.seed = seed
+        self.syncBN = syncBN
+        self.foregroundFraction = foregroundFraction
+        self.augment = augment
+        self.validateEvery = validateEvery
+        self.checkpointEvery = checkpointEvery
+        self.trainCases = trainCases
+        self.validationCases = validationCases
         self.transfer = transfer
     }
 
@@ -53,7 +69,9 @@ public struct TrainConfig: Codable, Sendable, Equatable {
 
     /// A seeded split of case ids: `validationFraction` of them (at least one when there are two or more)
     /// are held out for validation.
-    public static func split(_ ids: [String], validationFraction: Double, seed: UInt64) -> (train: [String], validation: [String]) {
+    public static func split(_ ids: [String], validationFraction: Double, seed: UInt64) -> (
+        train: [String], validation: [String]
+    ) {
         var rng = SeededRNG(seed, 0x53_504C_4954)  // "SPLIT"
         let sorted = ids.sorted()
         let shuffled = rng.permutation(sorted.count).map { sorted[$0] }
@@ -79,9 +97,14 @@ public struct TransferConfig: Codable, Sendable, Equatable {
     /// Copy the output layers' class rows from the checkpoint's classes to the store's (`--label-map`).
     public var labelMap: LabelMap?
 
-    public init(checkpoint: String, freeze: FreezeKind = .none, headLearningRate: Double? = nil, resetHead: Bool = false,
-                labelMap: LabelMap? = nil) {
-        self.checkpoint = checkpoint; self.freeze = freeze; self.headLearningRate = headLearningRate
-        self.resetHead = resetHead; self.labelMap = labelMap
+    public init(
+        checkpoint: String, freeze: FreezeKind = .none, headLearningRate: Double? = nil, resetHead: Bool = false,
+        labelMap: LabelMap? = nil
+    ) {
+        self.checkpoint = checkpoint
+        self.freeze = freeze
+        self.headLearningRate = headLearningRate
+        self.resetHead = resetHead
+        self.labelMap = labelMap
     }
 }

@@ -1,5 +1,5 @@
-import DataPipeline
 import Collectives
+import DataPipeline
 import Evaluation
 import Foundation
 import HDF5Kit
@@ -58,21 +58,27 @@ public final class Trainer {
         self.outDir = outDir
         folder = RunFolder(outDir)
         guard config.batch % comm.size == 0 else {
-            throw AttunetError("--batch \(config.batch) is not divisible by the \(comm.size) MPI ranks (each rank takes batch/ranks patches)")
+            throw AttunetError(
+                "--batch \(config.batch) is not divisible by the \(comm.size) MPI ranks (each rank takes batch/ranks patches)"
+            )
         }
-        for (axis, v) in [("x", config.patch.x), ("y", config.patch.y), ("z", config.patch.z)] where v <= 0 || v % 16 != 0 {
+        for (axis, v) in [("x", config.patch.x), ("y", config.patch.y), ("z", config.patch.z)]
+        where v <= 0 || v % 16 != 0 {
             throw AttunetError("--patch \(axis) = \(v) is not a positive multiple of 16 (the network pools four times)")
         }
         store = try CaseStore(path: config.store)
         fingerprint = store.fingerprint
         guard store.classNames.count == config.model.classes else {
-            throw AttunetError("\(config.store): the store has \(store.classNames.count) classes (\(store.classNames.joined(separator: ", "))); the model was asked for \(config.model.classes) (--classes)")
+            throw AttunetError(
+                "\(config.store): the store has \(store.classNames.count) classes (\(store.classNames.joined(separator: ", "))); the model was asked for \(config.model.classes) (--classes)"
+            )
         }
         classNames = Array(store.classNames.dropFirst())
         recipe = try PredictionRecipe(store: store, config: config)
         model = SegmentationModel(config.model, seed: config.seed)
-        optimizer = Optimizer(config.optimizer, parameterCount: model.params.count, learningRate: config.learningRate,
-                              weightDecay: config.weightDecay)
+        optimizer = Optimizer(
+            config.optimizer, parameterCount: model.params.count, learningRate: config.learningRate,
+            weightDecay: config.weightDecay)
         loss = SegmentationLoss(config.loss)
         log = comm.isRoot ? TrainingLog(directory: outDir, classNames: classNames) : nil
         try comm.broadcast(model.params.values.data, root: 0)
@@ -88,18 +94,24 @@ public final class Trainer {
     /// (checksums, stored digests) before anything is written. Returns the state to continue from. Rank 0 first
     /// removes the temporary files a killed checkpoint write left in the run folder (``RunFolder/removeStaleTemporaries()``).
     public func resume(from checkpoint: String? = nil) throws -> TrainingState {
-        if comm.isRoot, let removed = folder.removeStaleTemporaries(), context.verbose { print(context.linePrefix + "train: " + removed) }
+        if comm.isRoot, let removed = folder.removeStaleTemporaries(), context.verbose {
+            print(context.linePrefix + "train: " + removed)
+        }
         let path = checkpoint ?? latestPath
         guard FileManager.default.fileExists(atPath: path) else {
             if checkpoint != nil { throw AttunetError("\(path): no such file (from --resume-from)") }
-            throw AttunetError("\(latestPath): nothing to resume (no \(folder.checkpointLatest.lastPathComponent) in \(outDir.path))")
+            throw AttunetError(
+                "\(latestPath): nothing to resume (no \(folder.checkpointLatest.lastPathComponent) in \(outDir.path))")
         }
-        let state = try TrainingCheckpoint.load(path, model: model, optimizer: optimizer, config: config,
-                                                storeFingerprint: fingerprint)
+        let state = try TrainingCheckpoint.load(
+            path, model: model, optimizer: optimizer, config: config,
+            storeFingerprint: fingerprint)
         if config.transfer != nil {
             // --init is not applied again: the weights are the run's; the record says which parameters are fresh.
             guard let report = try TrainingCheckpoint.transferReport(in: try H5File.open(path)) else {
-                throw AttunetError("\(path): no record of the --init mapping (attribute \(TrainingCheckpoint.transferAttribute)); was this run started with --init?")
+                throw AttunetError(
+                    "\(path): no record of the --init mapping (attribute \(TrainingCheckpoint.transferAttribute)); was this run started with --init?"
+                )
             }
             transfer = report
             assignRoles()  // frozen and fresh as the run started
@@ -109,8 +121,14 @@ public final class Trainer {
         // indices, and the gradient is the global batch's mean. Per-rank BatchNorm statistics (no --sync-bn)
         // are the one exception: they cover batch/ranks patches, so they change with the rank count.
         if state.worldSize != comm.size && comm.isRoot && context.verbose {
-            let bn = config.syncBN ? "" : "; without --sync-bn each rank's BatchNorm statistics now cover \(config.batch / comm.size) patch(es) instead of \(config.batch / max(1, state.worldSize)), so the run continues differently from one that kept its ranks"
-            print(context.linePrefix + "train: \(path) was written on \(state.worldSize) rank(s); continuing on \(comm.size) with the same global batch \(config.batch)" + bn)
+            let bn =
+                config.syncBN
+                ? ""
+                : "; without --sync-bn each rank's BatchNorm statistics now cover \(config.batch / comm.size) patch(es) instead of \(config.batch / max(1, state.worldSize)), so the run continues differently from one that kept its ranks"
+            print(
+                context.linePrefix
+                    + "train: \(path) was written on \(state.worldSize) rank(s); continuing on \(comm.size) with the same global batch \(config.batch)"
+                    + bn)
         }
         try log?.load(keepBefore: state.epoch)
         return state
@@ -127,30 +145,41 @@ public final class Trainer {
         guard let t = config.transfer else { throw AttunetError("no --init checkpoint in this run's configuration") }
         let file = try H5File.open(t.checkpoint)
         let source = try Checkpoint.load(t.checkpoint)  // verifies checksums and the weights digest
-        let report = try WeightTransfer.apply(from: source, sourcePath: t.checkpoint,
-                                              sourceClassNames: TrainingCheckpoint.classNames(in: file), into: model,
-                                              targetPath: config.store, targetClassNames: store.classNames,
-                                              resetHead: t.resetHead, labelMap: t.labelMap)
+        let report = try WeightTransfer.apply(
+            from: source, sourcePath: t.checkpoint,
+            sourceClassNames: TrainingCheckpoint.classNames(in: file), into: model,
+            targetPath: config.store, targetClassNames: store.classNames,
+            resetHead: t.resetHead, labelMap: t.labelMap)
         transfer = report
         try comm.broadcast(model.params.values.data, root: 0)
         try comm.broadcast(model.buffers.values.data, root: 0)
         assignRoles()
         if comm.isRoot && context.verbose && context.printsTransferTable {
             for line in report.table(target: config.model) { print(context.linePrefix + line) }
-            let frozen = optimizer.count(.frozen), fresh = optimizer.count(.fresh)
+            let frozen = optimizer.count(.frozen)
+            let fresh = optimizer.count(.fresh)
             if t.freeze != .none {
-                print(context.linePrefix + "  frozen (--freeze \(t.freeze.rawValue)): \(t.freeze.modules.joined(separator: ", ")), \(grouped(frozen)) parameters keep their values (no step, no weight decay, Adam moments stay 0); their BN running statistics keep updating in training mode, as PyTorch's requires_grad=False does")
+                print(
+                    context.linePrefix
+                        + "  frozen (--freeze \(t.freeze.rawValue)): \(t.freeze.modules.joined(separator: ", ")), \(grouped(frozen)) parameters keep their values (no step, no weight decay, Adam moments stay 0); their BN running statistics keep updating in training mode, as PyTorch's requires_grad=False does"
+                )
             }
             let head = t.headLearningRate.map { "--head-lr \($0)" } ?? "--lr \(config.learningRate)"
-            print(context.linePrefix + "  learning rates: \(grouped(model.parameterCount - frozen - fresh)) copied parameters --lr \(config.learningRate), \(grouped(fresh)) fresh ones \(head); the optimizer starts fresh")
+            print(
+                context.linePrefix
+                    + "  learning rates: \(grouped(model.parameterCount - frozen - fresh)) copied parameters --lr \(config.learningRate), \(grouped(fresh)) fresh ones \(head); the optimizer starts fresh"
+            )
         }
         return report
     }
 
     /// The optimizer's parameter roles from `config.transfer` and ``transfer``.
     private func assignRoles() {
-        let freeze = config.transfer?.freeze ?? FreezeKind.none, fresh = transfer?.freshParameters ?? []
-        optimizer.setRoles(model.params.entries) { freeze.freezes($0) ? .frozen : fresh.contains($0) ? .fresh : .trained }
+        let freeze = config.transfer?.freeze ?? FreezeKind.none
+        let fresh = transfer?.freshParameters ?? []
+        optimizer.setRoles(model.params.entries) {
+            freeze.freezes($0) ? .frozen : fresh.contains($0) ? .fresh : .trained
+        }
         optimizer.freshLearningRate = config.transfer?.headLearningRate.map { config.schedule.rate(base: $0, epoch: 0) }
     }
 
@@ -163,12 +192,17 @@ public final class Trainer {
     /// Throws an `AttunetError` of kind `.interrupted` after a requested stop (checkpoint_latest.h5 written),
     /// and of kind `.nonFinite` when the loss becomes NaN/Inf (the last good checkpoint kept).
     public func run(from resumed: TrainingState? = nil) throws {
-        var state = resumed ?? TrainingState(epoch: 0, stepInEpoch: 0, globalStep: 0, bestDice: -1, bestEpoch: -1,
-                                             worldSize: comm.size, storeFingerprint: fingerprint)
-        state.worldSize = comm.size   // a resumed run may continue on another rank count
+        var state =
+            resumed
+            ?? TrainingState(
+                epoch: 0, stepInEpoch: 0, globalStep: 0, bestDice: -1, bestEpoch: -1,
+                worldSize: comm.size, storeFingerprint: fingerprint)
+        state.worldSize = comm.size  // a resumed run may continue on another rank count
         // A fresh start into a folder where a killed run's first checkpoint write left its temporary cleans it
         // too (a resume does in resume()).
-        if resumed == nil, comm.isRoot, let removed = folder.removeStaleTemporaries(), context.verbose { print(context.linePrefix + "train: " + removed) }
+        if resumed == nil, comm.isRoot, let removed = folder.removeStaleTemporaries(), context.verbose {
+            print(context.linePrefix + "train: " + removed)
+        }
         if resumed == nil && config.transfer != nil && transfer == nil { try initialiseFromCheckpoint() }
         if config.epochs == 0 {
             // Nothing to train: the initial weights (--init's, mapped: the paper's "before fine-tuning") are the
@@ -176,20 +210,27 @@ public final class Trainer {
             if resumed == nil {
                 if comm.isRoot {
                     try FileManager.default.createDirectory(at: outDir, withIntermediateDirectories: true)
-                    try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state,
-                                                metrics: nil, recipe: recipe, transfer: transfer)
-                    if context.verbose { print(context.linePrefix + "train: --epochs 0: wrote the initial weights to \(latestPath)") }
+                    try TrainingCheckpoint.save(
+                        latestPath, model: model, optimizer: optimizer, config: config, state: state,
+                        metrics: nil, recipe: recipe, transfer: transfer)
+                    if context.verbose {
+                        print(context.linePrefix + "train: --epochs 0: wrote the initial weights to \(latestPath)")
+                    }
                 }
                 try comm.barrier()
             }
             return
         }
-        let loader = try PatchLoader(store: store, cases: config.trainCases, patch: config.patch, batch: config.batch / comm.size,
-                                     rank: comm.rank, worldSize: comm.size, seed: config.seed, augment: config.augmentOptions,
-                                     foregroundFraction: config.foregroundFraction, samplesPerCase: config.samplesPerCase)
+        let loader = try PatchLoader(
+            store: store, cases: config.trainCases, patch: config.patch, batch: config.batch / comm.size,
+            rank: comm.rank, worldSize: comm.size, seed: config.seed, augment: config.augmentOptions,
+            foregroundFraction: config.foregroundFraction, samplesPerCase: config.samplesPerCase)
         let steps = loader.stepsPerEpoch
         if comm.isRoot && context.verbose {
-            print(context.linePrefix + "train: \(config.model.kind.rawValue) \(grouped(model.parameterCount)) parameters, \(comm.size) rank(s), global batch \(config.batch), patch \(config.patch), \(config.trainCases.count) training / \(config.validationCases.count) validation cases, \(steps) steps per epoch, \(config.epochs) epochs")
+            print(
+                context.linePrefix
+                    + "train: \(config.model.kind.rawValue) \(grouped(model.parameterCount)) parameters, \(comm.size) rank(s), global batch \(config.batch), patch \(config.patch), \(config.trainCases.count) training / \(config.validationCases.count) validation cases, \(steps) steps per epoch, \(config.epochs) epochs"
+            )
         }
         // Under mpirun a rank's stdout can be a pty even when the user pipes mpirun's output, so the bar is
         // drawn only for single-process runs on a terminal.
@@ -197,37 +238,56 @@ public final class Trainer {
         var lastRecord: EpochRecord?
         var epochsThisRun = 0
         let watchdog = CollectiveWatchdog.shared
-        defer { watchdog.timeout = stepTimeouts.outsideSteps(fixed: context.stepTimeout); watchdog.context = "" }
+        defer {
+            watchdog.timeout = stepTimeouts.outsideSteps(fixed: context.stepTimeout)
+            watchdog.context = ""
+        }
         while state.epoch < config.epochs {
             let epoch = state.epoch
             optimizer.learningRate = config.schedule.rate(base: config.learningRate, epoch: epoch)
-            optimizer.freshLearningRate = config.transfer?.headLearningRate.map { config.schedule.rate(base: $0, epoch: epoch) }
+            optimizer.freshLearningRate = config.transfer?.headLearningRate.map {
+                config.schedule.rate(base: $0, epoch: epoch)
+            }
             model.training = true
             loader.startEpoch(epoch, fromStep: state.stepInEpoch)
             let t0 = Date()
-            var lossSum = 0.0, lossCount = 0, loadWait = 0.0, phases = StepTimes()
+            var lossSum = 0.0
+            var lossCount = 0
+            var loadWait = 0.0
+            var phases = StepTimes()
             for stepIndex in state.stepInEpoch..<steps {
                 let w0 = Date()
                 guard let batch = try loader.next() else { break }
                 loadWait += Date().timeIntervalSince(w0)
                 watchdog.timeout = stepTimeouts.forSteps(fixed: context.stepTimeout)
-                watchdog.context = "global step \(state.globalStep) (epoch \(epoch + 1), step \(stepIndex + 1)/\(steps))"
+                watchdog.context =
+                    "global step \(state.globalStep) (epoch \(epoch + 1), step \(stepIndex + 1)/\(steps))"
                 let result: StepResult
                 do { result = try step(batch) } catch let e as AttunetError where e.kind == .nonFinite {
-                    throw AttunetError("loss is NaN/Inf at epoch \(epoch) step \(stepIndex) (global step \(state.globalStep)); stopped, the last good checkpoint is kept (\(latestPath)); lower --lr or check the data", kind: .nonFinite)
+                    throw AttunetError(
+                        "loss is NaN/Inf at epoch \(epoch) step \(stepIndex) (global step \(state.globalStep)); stopped, the last good checkpoint is kept (\(latestPath)); lower --lr or check the data",
+                        kind: .nonFinite)
                 }
                 stepTimeouts.record(result.times.total)
                 watchdog.timeout = stepTimeouts.outsideSteps(fixed: context.stepTimeout)
                 watchdog.context = "the end of global step \(state.globalStep) (epoch \(epoch + 1))"
                 state.globalStep += 1
-                lossSum += result.loss; lossCount += 1
+                lossSum += result.loss
+                lossCount += 1
                 phases.add(result.times)
-                if interactive { drawProgressBar(epoch: epoch, step: stepIndex + 1, of: steps, loss: lossSum / Double(lossCount), since: t0) }
+                if interactive {
+                    drawProgressBar(
+                        epoch: epoch, step: stepIndex + 1, of: steps, loss: lossSum / Double(lossCount), since: t0)
+                }
                 if result.stopRequested {
                     state.stepInEpoch = stepIndex + 1
-                    if state.stepInEpoch == steps { state.epoch += 1; state.stepInEpoch = 0 }
+                    if state.stepInEpoch == steps {
+                        state.epoch += 1
+                        state.stepInEpoch = 0
+                    }
                     if interactive { print("") }
-                    try stopAndSave(state, metrics: lastRecord, finished: "epoch \(epoch) step \(stepIndex + 1)/\(steps)")
+                    try stopAndSave(
+                        state, metrics: lastRecord, finished: "epoch \(epoch) step \(stepIndex + 1)/\(steps)")
                 }
             }
             if interactive { print("") }
@@ -235,9 +295,10 @@ public final class Trainer {
             let seconds = Date().timeIntervalSince(t0)
             state.epoch += 1
             state.stepInEpoch = 0
-            let record = try endEpoch(&state, trainLoss: lossCount > 0 ? lossSum / Double(lossCount) : .nan,
-                                      seconds: seconds, patches: lossCount * config.batch,
-                                      phases: lossCount > 0 ? phases.scaled(by: 1 / Double(lossCount)) : nil)
+            let record = try endEpoch(
+                &state, trainLoss: lossCount > 0 ? lossSum / Double(lossCount) : .nan,
+                seconds: seconds, patches: lossCount * config.batch,
+                phases: lossCount > 0 ? phases.scaled(by: 1 / Double(lossCount)) : nil)
             lastRecord = record
             if comm.isRoot && context.verbose { printEpoch(record, loadWait: loadWait, steps: lossCount) }
             // A stop requested during validation or checkpointing is honoured at the epoch boundary.
@@ -246,15 +307,22 @@ public final class Trainer {
             epochsThisRun += 1
             let limitReached = context.stopAfterEpochs.map { epochsThisRun >= $0 } ?? false
             if (stop[0] > 0 || limitReached) && state.epoch < config.epochs {
-                try stopAndSave(state, metrics: record, finished: "epoch \(epoch)" + (stop[0] > 0 ? "" : " (--stop-after-epochs)"))
+                try stopAndSave(
+                    state, metrics: record, finished: "epoch \(epoch)" + (stop[0] > 0 ? "" : " (--stop-after-epochs)"))
             }
         }
         if comm.isRoot && context.verbose {
             if let r = lastRecord, !r.validationDice.isEmpty {
-                print(context.linePrefix + "train: done. validation Dice: " + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: ", ")
-                      + "; best mean \(fmt(state.bestDice, 3)) at epoch \(state.bestEpoch)")
+                print(
+                    context.linePrefix + "train: done. validation Dice: "
+                        + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: ", ")
+                        + "; best mean \(fmt(state.bestDice, 3)) at epoch \(state.bestEpoch)")
             }
-            print(context.linePrefix + "train: outputs in \(outDir.path): " + [folder.checkpointLatest, folder.checkpointBest, folder.log, folder.progress].map(\.lastPathComponent).joined(separator: ", "))
+            print(
+                context.linePrefix + "train: outputs in \(outDir.path): "
+                    + [folder.checkpointLatest, folder.checkpointBest, folder.log, folder.progress].map(
+                        \.lastPathComponent
+                    ).joined(separator: ", "))
         }
     }
 
@@ -299,30 +367,38 @@ public final class Trainer {
     }
 
     /// Validates when due, then logs the epoch and writes the checkpoints (rank 0).
-    private func endEpoch(_ state: inout TrainingState, trainLoss: Double, seconds: Double, patches: Int,
-                          phases: StepTimes?) throws -> EpochRecord {
+    private func endEpoch(
+        _ state: inout TrainingState, trainLoss: Double, seconds: Double, patches: Int,
+        phases: StepTimes?
+    ) throws -> EpochRecord {
         let last = state.epoch == config.epochs
         var dice: [Double] = []
         if !config.validationCases.isEmpty && (last || state.epoch % max(config.validateEvery, 1) == 0) {
             FaultHooks.enter(.validate)
             dice = try validate()
         }
-        var record = EpochRecord(epoch: state.epoch - 1, step: state.globalStep, trainLoss: trainLoss,
-                                 learningRate: optimizer.learningRate, validationDice: dice, seconds: seconds,
-                                 patchesPerSecond: Double(patches) / max(seconds, 1e-9))
+        var record = EpochRecord(
+            epoch: state.epoch - 1, step: state.globalStep, trainLoss: trainLoss,
+            learningRate: optimizer.learningRate, validationDice: dice, seconds: seconds,
+            patchesPerSecond: Double(patches) / max(seconds, 1e-9))
         record.phases = phases
         let improved = !dice.isEmpty && record.meanDice! > state.bestDice
-        if improved { state.bestDice = record.meanDice!; state.bestEpoch = record.epoch }
+        if improved {
+            state.bestDice = record.meanDice!
+            state.bestEpoch = record.epoch
+        }
         if comm.isRoot {
             FaultHooks.enter(.checkpoint)
             try log?.append(record)
             if improved {
-                try TrainingCheckpoint.save(bestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record,
-                                            recipe: recipe, transfer: transfer)
+                try TrainingCheckpoint.save(
+                    bestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record,
+                    recipe: recipe, transfer: transfer)
             }
             if last || state.epoch % max(config.checkpointEvery, 1) == 0 {
-                try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record,
-                                            recipe: recipe, transfer: transfer)
+                try TrainingCheckpoint.save(
+                    latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record,
+                    recipe: recipe, transfer: transfer)
             }
         }
         return record
@@ -332,9 +408,12 @@ public final class Trainer {
     /// run ends with an `.interrupted` error (exit status 75).
     private func stopAndSave(_ state: TrainingState, metrics: EpochRecord?, finished: String) throws -> Never {
         if comm.isRoot {
-            try TrainingCheckpoint.save(latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: metrics,
-                                        recipe: recipe, transfer: transfer)
-            print(context.linePrefix + "train: stop requested; finished \(finished), wrote \(latestPath); \(context.resumeHint)")
+            try TrainingCheckpoint.save(
+                latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: metrics,
+                recipe: recipe, transfer: transfer)
+            print(
+                context.linePrefix
+                    + "train: stop requested; finished \(finished), wrote \(latestPath); \(context.resumeHint)")
         }
         try comm.barrier()
         throw AttunetError("", kind: .interrupted)
@@ -368,8 +447,9 @@ public final class Trainer {
             let label = try store.label(c)
             counts.withUnsafeMutableBufferPointer { buf in
                 let row = (i * k * DiceScore.columns)..<((i + 1) * k * DiceScore.columns)
-                DiceScore.accumulate(prediction: pred, reference: label, classes: k,
-                                     into: UnsafeMutableBufferPointer(rebasing: buf[row]))
+                DiceScore.accumulate(
+                    prediction: pred, reference: label, classes: k,
+                    into: UnsafeMutableBufferPointer(rebasing: buf[row]))
             }
         }
         try counts.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
@@ -386,7 +466,8 @@ public final class Trainer {
     }
 
     private func drawProgressBar(epoch: Int, step: Int, of steps: Int, loss: Double, since t0: Date) {
-        let width = 30, done = width * step / max(steps, 1)
+        let width = 30
+        let done = width * step / max(steps, 1)
         let bar = String(repeating: "#", count: done) + String(repeating: ".", count: width - done)
         let elapsed = Date().timeIntervalSince(t0)
         print("\repoch \(epoch) [\(bar)] \(step)/\(steps) loss \(fmt(loss, 4)) \(fmt(elapsed, 0)) s", terminator: "")
@@ -401,7 +482,9 @@ public final class Trainer {
         let remaining = config.epochs - r.epoch - 1
         epochsRun += 1
         let perEpoch = Date().timeIntervalSince(started) / Double(epochsRun)
-        var line = context.linePrefix + "epoch \(r.epoch + 1)/\(config.epochs)  loss \(fmt(r.trainLoss, 4))  lr \(String(format: "%.2e", r.learningRate))  \(fmt(r.patchesPerSecond, 2)) patches/s  \(fmt(r.seconds, 1)) s"
+        var line =
+            context.linePrefix
+            + "epoch \(r.epoch + 1)/\(config.epochs)  loss \(fmt(r.trainLoss, 4))  lr \(String(format: "%.2e", r.learningRate))  \(fmt(r.patchesPerSecond, 2)) patches/s  \(fmt(r.seconds, 1)) s"
         if !r.validationDice.isEmpty {
             line += "  Dice " + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: " ")
         }
@@ -426,7 +509,7 @@ public struct StepTimeout: Sendable {
 
     public mutating func record(_ seconds: Double) {
         steps += 1
-        if steps > 1 { slowest = max(slowest, seconds) }   // the first step includes start-up
+        if steps > 1 { slowest = max(slowest, seconds) }  // the first step includes start-up
     }
 
     /// The timeout of a step's collectives: `fixed` when given, else derived.
@@ -449,12 +532,20 @@ public struct StepTimes: Sendable, Equatable, Codable {
     public var total: Double { forward + loss + backward + allReduce + update }
     /// Adds `o`'s phases to these.
     public mutating func add(_ o: StepTimes) {
-        forward += o.forward; loss += o.loss; backward += o.backward; allReduce += o.allReduce; update += o.update
+        forward += o.forward
+        loss += o.loss
+        backward += o.backward
+        allReduce += o.allReduce
+        update += o.update
     }
     /// These phases times `f`.
     public func scaled(by f: Double) -> StepTimes {
         var s = self
-        s.forward *= f; s.loss *= f; s.backward *= f; s.allReduce *= f; s.update *= f
+        s.forward *= f
+        s.loss *= f
+        s.backward *= f
+        s.allReduce *= f
+        s.update *= f
         return s
     }
 }
@@ -471,5 +562,7 @@ public struct StepResult: Sendable {
 /// 42 s → "42s", 125 s → "2m05s", 3,725 s → "1h02m": durations in progress lines and estimates.
 public func formatDuration(_ s: Double) -> String {
     let t = Int(s.rounded())
-    return t >= 3600 ? "\(t / 3600)h\(String(format: "%02d", (t % 3600) / 60))m" : t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
+    return t >= 3600
+        ? "\(t / 3600)h\(String(format: "%02d", (t % 3600) / 60))m"
+        : t >= 60 ? "\(t / 60)m\(String(format: "%02d", t % 60))s" : "\(t)s"
 }

@@ -1,5 +1,5 @@
-import DataPipeline
 import Collectives
+import DataPipeline
 import Foundation
 import NN
 import Support
@@ -14,12 +14,15 @@ public final class TrainingBench {
     let comm: Communicator
 
     /// A trainer for `model` on every case of `store` (no validation), writing nothing.
-    public init(store path: String, model: ModelConfig, patch: Dim3, batch: Int, loss: LossKind = .dice,
-                optimizer: OptimizerKind = .adam, seed: UInt64 = 0, comm: Communicator) throws {
+    public init(
+        store path: String, model: ModelConfig, patch: Dim3, batch: Int, loss: LossKind = .dice,
+        optimizer: OptimizerKind = .adam, seed: UInt64 = 0, comm: Communicator
+    ) throws {
         store = try CaseStore(path: path)
         self.comm = comm
-        let config = TrainConfig(store: path, model: model, patch: patch, batch: batch, epochs: 1, optimizer: optimizer,
-                                 loss: loss, seed: seed, trainCases: store.cases.map(\.id), validationCases: [])
+        let config = TrainConfig(
+            store: path, model: model, patch: patch, batch: batch, epochs: 1, optimizer: optimizer,
+            loss: loss, seed: seed, trainCases: store.cases.map(\.id), validationCases: [])
         let unused = FileManager.default.temporaryDirectory.appendingPathComponent("attunet-bench-run-\(getpid())")
         trainer = try Trainer(config: config, comm: comm, outDir: unused, context: .quiet)
     }
@@ -27,13 +30,16 @@ public final class TrainingBench {
     /// Writes `count` (default 2) phantom cases prepared at 2 mm into `dir` and returns the store's path.
     public static func phantomStore(in dir: URL, classes: Int, count: Int = 2) throws -> String {
         guard classes == PhantomCase.classNames.count else {
-            throw AttunetError("the synthesised phantoms have \(PhantomCase.classNames.count) classes (\(PhantomCase.classNames.joined(separator: ", "))); pass --store for a model with \(classes)")
+            throw AttunetError(
+                "the synthesised phantoms have \(PhantomCase.classNames.count) classes (\(PhantomCase.classNames.joined(separator: ", "))); pass --store for a model with \(classes)"
+            )
         }
         try Phantom.writeDataset(to: dir.path + "/nii", count: count, seed: 0, threads: 1)
         var options = PrepareOptions()
         options.threads = 1
         let store = dir.path + "/store.h5"
-        _ = try CasePreparer.run(input: try DatasetInput.folder(dir.path + "/nii"), out: store, options: options, skipBad: false)
+        _ = try CasePreparer.run(
+            input: try DatasetInput.folder(dir.path + "/nii"), out: store, options: options, skipBad: false)
         return store
     }
 
@@ -48,16 +54,19 @@ public final class TrainingBench {
         // Enough samples per case that one epoch holds every step.
         let needed = (warmup + steps) * config.batch
         let perCase = (needed + config.trainCases.count - 1) / config.trainCases.count + 1
-        let loader = try PatchLoader(store: store, cases: config.trainCases, patch: config.patch, batch: local,
-                                     rank: comm.rank, worldSize: comm.size, seed: config.seed, augment: config.augmentOptions,
-                                     foregroundFraction: config.foregroundFraction, samplesPerCase: perCase)
+        let loader = try PatchLoader(
+            store: store, cases: config.trainCases, patch: config.patch, batch: local,
+            rank: comm.rank, worldSize: comm.size, seed: config.seed, augment: config.augmentOptions,
+            foregroundFraction: config.foregroundFraction, samplesPerCase: perCase)
         loader.startEpoch(0)
         trainer.model.training = !inference
         let baseline = Double(Memory.residentBytes() ?? 0)
         let profile = LayerProfile()
-        var walls: [Double] = [], phases = [Double](repeating: 0, count: 6)
-        var faultsBefore = rusage(), faultsAfter = rusage()
-        var single: Tensor?   // inference: the first patch of each batch
+        var walls: [Double] = []
+        var phases = [Double](repeating: 0, count: 6)
+        var faultsBefore = rusage()
+        var faultsAfter = rusage()
+        var single: Tensor?  // inference: the first patch of each batch
         for i in 0..<(warmup + steps) {
             let timed = i >= warmup
             if timed && LayerProfile.active == nil {
@@ -66,7 +75,9 @@ public final class TrainingBench {
                 LayerProfile.active = profile
             }
             let t0 = DispatchTime.now().uptimeNanoseconds
-            guard let batch = try loader.next() else { throw AttunetError("the patch loader ran out of batches after \(i) steps") }
+            guard let batch = try loader.next() else {
+                throw AttunetError("the patch loader ran out of batches after \(i) steps")
+            }
             let wait = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             let r: StepResult
             if inference {
@@ -74,7 +85,7 @@ public final class TrainingBench {
                 one.pointer.update(from: batch.image.pointer, count: one.count)
                 let f0 = DispatchTime.now().uptimeNanoseconds
                 _ = try GradientMode.withoutGradients { try trainer.model.forward(one) }
-                if i == 0 { TensorPool.settle() }   // as the sliding-window predictor does after its first tile
+                if i == 0 { TensorPool.settle() }  // as the sliding-window predictor does after its first tile
                 var times = StepTimes()
                 times.forward = Double(DispatchTime.now().uptimeNanoseconds - f0) / 1e9
                 r = StepResult(loss: 0, stopRequested: false, times: times)
@@ -83,7 +94,9 @@ public final class TrainingBench {
             }
             if timed {
                 walls.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
-                for (k, v) in [wait, r.times.forward, r.times.loss, r.times.backward, r.times.allReduce, r.times.update].enumerated() {
+                for (k, v) in [
+                    wait, r.times.forward, r.times.loss, r.times.backward, r.times.allReduce, r.times.update,
+                ].enumerated() {
                     phases[k] += v / Double(steps)
                 }
             }
@@ -94,11 +107,15 @@ public final class TrainingBench {
         let major = Double(faultsAfter.ru_majflt - faultsBefore.ru_majflt) / Double(steps)
 
         // Every rank's figures in its own slot of one summed vector.
-        let n = comm.size, fields = 7
+        let n = comm.size
+        let fields = 7
         var perRank = [Double](repeating: 0, count: n * fields)
         let sorted = walls.sorted()
-        let mine = [sorted[sorted.count / 2], Double(Memory.peakResidentBytes() ?? 0), Double(Memory.residentBytes() ?? 0), minor, major,
-                    baseline, Double(TensorPool.reservedBytes)]
+        let mine = [
+            sorted[sorted.count / 2], Double(Memory.peakResidentBytes() ?? 0), Double(Memory.residentBytes() ?? 0),
+            minor, major,
+            baseline, Double(TensorPool.reservedBytes),
+        ]
         for k in 0..<fields { perRank[comm.rank * fields + k] = mine[k] }
         try perRank.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
         // Phases and the slowest step: the largest over ranks; the fastest step: the smallest (negated under max).
@@ -111,27 +128,37 @@ public final class TrainingBench {
         let voxels = Double(config.patch.count * perStepPatches)
         let perStep = profile.entries.map { e -> LayerProfile.Entry in
             var e = e
-            e.forwardSeconds /= Double(max(e.forwardCalls, 1)); e.backwardSeconds /= Double(max(e.backwardCalls, 1))
+            e.forwardSeconds /= Double(max(e.forwardCalls, 1))
+            e.backwardSeconds /= Double(max(e.backwardCalls, 1))
             return e
         }
         let cpu = CPUInfo.current
         var notes: [String] = []
         let env = ProcessInfo.processInfo.environment
-        if env["OPENBLAS_CORETYPE"] == nil && BLASInfo.slowCores.contains(BLASInfo.coreName) && (cpu.hasAVX512F || cpu.hasAVX2) {
-            notes.append("OpenBLAS runs its slow '\(BLASInfo.coreName)' kernel on this CPU: rerun with OPENBLAS_CORETYPE=\(cpu.hasAVX512F ? "SkylakeX" : "Haswell") in the environment")
+        if env["OPENBLAS_CORETYPE"] == nil && BLASInfo.slowCores.contains(BLASInfo.coreName)
+            && (cpu.hasAVX512F || cpu.hasAVX2)
+        {
+            notes.append(
+                "OpenBLAS runs its slow '\(BLASInfo.coreName)' kernel on this CPU: rerun with OPENBLAS_CORETYPE=\(cpu.hasAVX512F ? "SkylakeX" : "Haswell") in the environment"
+            )
         }
         if warmup < 2 && !inference {
-            notes.append("fewer than 2 warm-up steps: the first step after the first one touches the memory pool's settled segment for the first time, so the page faults (and a little time) of that touch are counted; use --warmup 2 or more for steady-state figures")
+            notes.append(
+                "fewer than 2 warm-up steps: the first step after the first one touches the memory pool's settled segment for the first time, so the page faults (and a little time) of that touch are counted; use --warmup 2 or more for steady-state figures"
+            )
         }
         return TrainingBenchReport(
             cpu: cpu.modelName, openblasCore: BLASInfo.coreName, openblasCoretypeEnv: env["OPENBLAS_CORETYPE"],
-            mode: inference ? "inference" : "training", ranks: n, threadsPerRank: threads, model: config.model.kind.rawValue, featureScale: config.model.featureScale,
+            mode: inference ? "inference" : "training", ranks: n, threadsPerRank: threads,
+            model: config.model.kind.rawValue, featureScale: config.model.featureScale,
             parameters: trainer.model.parameterCount, patch: [config.patch.x, config.patch.y, config.patch.z],
-            globalBatch: inference ? n : config.batch, batchPerRank: inference ? 1 : local, warmupSteps: warmup, timedSteps: steps,
+            globalBatch: inference ? n : config.batch, batchPerRank: inference ? 1 : local, warmupSteps: warmup,
+            timedSteps: steps,
             stepSeconds: .init(median: median, fastest: -slowest[6], slowest: slowest[7]),
             patchesPerSecond: Double(perStepPatches) / median, voxelsPerSecond: voxels / median,
-            phases: .init(data: slowest[0], forward: slowest[1], loss: slowest[2], backward: slowest[3],
-                          allReduce: slowest[4], optimizer: slowest[5]),
+            phases: .init(
+                data: slowest[0], forward: slowest[1], loss: slowest[2], backward: slowest[3],
+                allReduce: slowest[4], optimizer: slowest[5]),
             layers: perStep,
             peakResidentBytes: column(1).map(Int.init), residentBytes: column(2).map(Int.init),
             residentBeforeStepsBytes: column(5).map(Int.init), recycledBytes: column(6).map(Int.init),
@@ -181,7 +208,8 @@ public struct TrainingBenchReport: Codable, Sendable {
 
     /// The layers' time summed by kind, largest first.
     public var kinds: [KindTotal] {
-        var order: [String] = [], sums: [String: (Double, Double, Int?)] = [:]
+        var order: [String] = []
+        var sums: [String: (Double, Double, Int?)] = [:]
         for e in layers {
             if sums[e.kind] == nil { order.append(e.kind) }
             let s = sums[e.kind] ?? (0, 0, nil)
@@ -190,8 +218,9 @@ public struct TrainingBenchReport: Codable, Sendable {
         }
         return order.map { k in
             let s = sums[k]!
-            return KindTotal(kind: k, forwardSeconds: s.0, backwardSeconds: s.1,
-                             fewestItemsPerThread: s.2.map { Double($0) / Double(max(threadsPerRank, 1)) })
+            return KindTotal(
+                kind: k, forwardSeconds: s.0, backwardSeconds: s.1,
+                fewestItemsPerThread: s.2.map { Double($0) / Double(max(threadsPerRank, 1)) })
         }.sorted { $0.forwardSeconds + $0.backwardSeconds > $1.forwardSeconds + $1.backwardSeconds }
     }
 
@@ -204,18 +233,31 @@ public struct TrainingBenchReport: Codable, Sendable {
             return left ? s + p : p + s
         }
         let patchText = "\(patch[0])x\(patch[1])x\(patch[2])"
-        out.append("attunet bench train (\(mode)): \(model) (feature scale \(f(featureScale, 2)), \(grouped(parameters)) parameters), patch \(patchText), global batch \(globalBatch) (\(batchPerRank) per rank)")
-        out.append("CPU \(cpu); \(ranks) rank(s) x \(threadsPerRank) thread(s); OpenBLAS core \(openblasCore) (OPENBLAS_CORETYPE=\(openblasCoretypeEnv ?? "unset")); \(warmupSteps) warm-up + \(timedSteps) timed steps")
+        out.append(
+            "attunet bench train (\(mode)): \(model) (feature scale \(f(featureScale, 2)), \(grouped(parameters)) parameters), patch \(patchText), global batch \(globalBatch) (\(batchPerRank) per rank)"
+        )
+        out.append(
+            "CPU \(cpu); \(ranks) rank(s) x \(threadsPerRank) thread(s); OpenBLAS core \(openblasCore) (OPENBLAS_CORETYPE=\(openblasCoretypeEnv ?? "unset")); \(warmupSteps) warm-up + \(timedSteps) timed steps"
+        )
         out.append("")
-        out.append("step \(f(stepSeconds.median, 3)) s (median; fastest \(f(stepSeconds.fastest, 3)), slowest \(f(stepSeconds.slowest, 3)))   \(f(patchesPerSecond, 3)) patches/s   \(f(voxelsPerSecond / 1e6, 3)) Mvoxels/s")
+        out.append(
+            "step \(f(stepSeconds.median, 3)) s (median; fastest \(f(stepSeconds.fastest, 3)), slowest \(f(stepSeconds.slowest, 3)))   \(f(patchesPerSecond, 3)) patches/s   \(f(voxelsPerSecond / 1e6, 3)) Mvoxels/s"
+        )
         let p = phases
-        let parts = [("data wait", p.data), ("forward", p.forward), ("loss", p.loss), ("backward", p.backward),
-                     ("all-reduce", p.allReduce), ("optimizer", p.optimizer)]
+        let parts = [
+            ("data wait", p.data), ("forward", p.forward), ("loss", p.loss), ("backward", p.backward),
+            ("all-reduce", p.allReduce), ("optimizer", p.optimizer),
+        ]
         let total = parts.reduce(0) { $0 + $1.1 }
-        out.append("phases per step: " + parts.map { "\($0.0) \(f($0.1, 3)) s (\(f(100 * $0.1 / max(total, 1e-12), 1))%)" }.joined(separator: ", "))
+        out.append(
+            "phases per step: "
+                + parts.map { "\($0.0) \(f($0.1, 3)) s (\(f(100 * $0.1 / max(total, 1e-12), 1))%)" }.joined(
+                    separator: ", "))
         out.append("")
-        out.append(pad("layer", 44, left: true) + pad("kind", 16, left: true) + pad("output", 22, left: true) + pad("fwd ms", 9) + pad("rate", 12) + pad("bwd ms", 9) + pad("rate", 12)
-                   + pad("items fwd/bwd", 15))
+        out.append(
+            pad("layer", 44, left: true) + pad("kind", 16, left: true) + pad("output", 22, left: true)
+                + pad("fwd ms", 9) + pad("rate", 12) + pad("bwd ms", 9) + pad("rate", 12)
+                + pad("items fwd/bwd", 15))
         func items(_ n: Int?) -> String { n.map(String.init) ?? "-" }
         func rate(_ e: LayerProfile.Entry, backward: Bool) -> String {
             let s = backward ? e.backwardSeconds : e.forwardSeconds
@@ -228,23 +270,34 @@ public struct TrainingBenchReport: Codable, Sendable {
         var layerSum = 0.0
         for e in layers {
             layerSum += e.forwardSeconds + e.backwardSeconds
-            out.append(pad(String(e.name.prefix(43)), 44, left: true) + pad(e.kind, 16, left: true)
-                       + pad(e.shape.map(String.init).joined(separator: "x"), 22, left: true)
-                       + pad(f(1e3 * e.forwardSeconds, 1), 9) + pad(rate(e, backward: false), 12)
-                       + pad(e.backwardCalls > 0 ? f(1e3 * e.backwardSeconds, 1) : "", 9) + pad(rate(e, backward: true), 12)
-                       + pad(items(e.forwardItems) + "/" + (e.backwardCalls > 0 ? items(e.backwardItems) : "-"), 15))
+            out.append(
+                pad(String(e.name.prefix(43)), 44, left: true) + pad(e.kind, 16, left: true)
+                    + pad(e.shape.map(String.init).joined(separator: "x"), 22, left: true)
+                    + pad(f(1e3 * e.forwardSeconds, 1), 9) + pad(rate(e, backward: false), 12)
+                    + pad(e.backwardCalls > 0 ? f(1e3 * e.backwardSeconds, 1) : "", 9)
+                    + pad(rate(e, backward: true), 12)
+                    + pad(items(e.forwardItems) + "/" + (e.backwardCalls > 0 ? items(e.backwardItems) : "-"), 15))
         }
         out.append("")
-        out.append("by kind (per step, rank 0; items: the fewest work items per thread of any of the kind's parallel loops):")
+        out.append(
+            "by kind (per step, rank 0; items: the fewest work items per thread of any of the kind's parallel loops):")
         for k in kinds {
-            out.append("  " + pad(k.kind, 16, left: true) + " fwd " + pad(f(1e3 * k.forwardSeconds, 1), 8) + " ms  bwd " + pad(f(1e3 * k.backwardSeconds, 1), 8)
-                       + " ms  " + pad(f(100 * (k.forwardSeconds + k.backwardSeconds) / max(stepSeconds.median, 1e-12), 1), 5) + "% of the step"
-                       + "  items/thread " + (k.fewestItemsPerThread.map { f($0, 1) } ?? "-"))
+            out.append(
+                "  " + pad(k.kind, 16, left: true) + " fwd " + pad(f(1e3 * k.forwardSeconds, 1), 8) + " ms  bwd "
+                    + pad(f(1e3 * k.backwardSeconds, 1), 8)
+                    + " ms  "
+                    + pad(f(100 * (k.forwardSeconds + k.backwardSeconds) / max(stepSeconds.median, 1e-12), 1), 5)
+                    + "% of the step"
+                    + "  items/thread " + (k.fewestItemsPerThread.map { f($0, 1) } ?? "-"))
         }
-        out.append("  layers cover \(f(100 * layerSum / max(p.forward + p.backward, 1e-12), 1))% of forward + backward (the rest: summing gradients where paths join, and glue)")
+        out.append(
+            "  layers cover \(f(100 * layerSum / max(p.forward + p.backward, 1e-12), 1))% of forward + backward (the rest: summing gradients where paths join, and glue)"
+        )
         out.append("")
         for r in 0..<ranks {
-            out.append("rank \(r): peak resident \(Memory.format(peakResidentBytes[r])) (\(Memory.format(peakResidentBytes[r] / max(batchPerRank, 1))) per sample; \(Memory.format(residentBeforeStepsBytes[r])) before the first step, \(Memory.format(recycledBytes[r])) of gradient and scratch buffers between steps); page faults per timed step: \(f(minorFaultsPerStep[r], 1)) minor, \(f(majorFaultsPerStep[r], 1)) major")
+            out.append(
+                "rank \(r): peak resident \(Memory.format(peakResidentBytes[r])) (\(Memory.format(peakResidentBytes[r] / max(batchPerRank, 1))) per sample; \(Memory.format(residentBeforeStepsBytes[r])) before the first step, \(Memory.format(recycledBytes[r])) of gradient and scratch buffers between steps); page faults per timed step: \(f(minorFaultsPerStep[r], 1)) minor, \(f(majorFaultsPerStep[r], 1)) major"
+            )
         }
         for n in notes { out.append("note: \(n)") }
         return out.joined(separator: "\n")
@@ -264,15 +317,17 @@ public struct ThreadScaling: Codable, Sendable {
 
     public init(_ runs: [TrainingBenchReport]) {
         let base = runs[0]
-        let baseKinds = Dictionary(uniqueKeysWithValues: base.kinds.map { ($0.kind, $0.forwardSeconds + $0.backwardSeconds) })
+        let baseKinds = Dictionary(
+            uniqueKeysWithValues: base.kinds.map { ($0.kind, $0.forwardSeconds + $0.backwardSeconds) })
         rows = runs.map { r in
             let speedup = base.stepSeconds.median / r.stepSeconds.median
             var kinds: [String: Double] = [:]
             for k in r.kinds where k.forwardSeconds + k.backwardSeconds > 0 {
                 if let b = baseKinds[k.kind] { kinds[k.kind] = b / (k.forwardSeconds + k.backwardSeconds) }
             }
-            return Row(threads: r.threadsPerRank, stepSeconds: r.stepSeconds.median, speedup: speedup,
-                       efficiency: speedup * Double(base.threadsPerRank) / Double(r.threadsPerRank), kindSpeedups: kinds)
+            return Row(
+                threads: r.threadsPerRank, stepSeconds: r.stepSeconds.median, speedup: speedup,
+                efficiency: speedup * Double(base.threadsPerRank) / Double(r.threadsPerRank), kindSpeedups: kinds)
         }
     }
 
@@ -280,11 +335,17 @@ public struct ThreadScaling: Codable, Sendable {
         func f(_ v: Double, _ d: Int) -> String { String(format: "%.\(d)f", v) }
         var out = ["thread scaling in one rank (same process, one run after the other):"]
         for r in rows {
-            out.append("  \(r.threads) thread(s): step \(f(r.stepSeconds, 3)) s, speed-up \(f(r.speedup, 2))x, efficiency \(f(100 * r.efficiency, 0))%")
+            out.append(
+                "  \(r.threads) thread(s): step \(f(r.stepSeconds, 3)) s, speed-up \(f(r.speedup, 2))x, efficiency \(f(100 * r.efficiency, 0))%"
+            )
         }
         guard let last = rows.last, rows.count > 1 else { return out.joined(separator: "\n") }
         out.append("  speed-up per kind of layer at \(last.threads) threads (largest first):")
-        for k in kindOrder { if let v = last.kindSpeedups[k] { out.append("    \(k.padding(toLength: 16, withPad: " ", startingAt: 0)) \(f(v, 2))x") } }
+        for k in kindOrder {
+            if let v = last.kindSpeedups[k] {
+                out.append("    \(k.padding(toLength: 16, withPad: " ", startingAt: 0)) \(f(v, 2))x")
+            }
+        }
         return out.joined(separator: "\n")
     }
 }

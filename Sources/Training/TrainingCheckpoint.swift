@@ -16,10 +16,17 @@ public struct TrainingState: Codable, Sendable, Equatable {
     public var worldSize: Int
     public var storeFingerprint: String
 
-    public init(epoch: Int, stepInEpoch: Int, globalStep: Int, bestDice: Double, bestEpoch: Int, worldSize: Int,
-                storeFingerprint: String) {
-        self.epoch = epoch; self.stepInEpoch = stepInEpoch; self.globalStep = globalStep; self.bestDice = bestDice
-        self.bestEpoch = bestEpoch; self.worldSize = worldSize; self.storeFingerprint = storeFingerprint
+    public init(
+        epoch: Int, stepInEpoch: Int, globalStep: Int, bestDice: Double, bestEpoch: Int, worldSize: Int,
+        storeFingerprint: String
+    ) {
+        self.epoch = epoch
+        self.stepInEpoch = stepInEpoch
+        self.globalStep = globalStep
+        self.bestDice = bestDice
+        self.bestEpoch = bestEpoch
+        self.worldSize = worldSize
+        self.storeFingerprint = storeFingerprint
     }
 }
 
@@ -40,13 +47,18 @@ public enum TrainingCheckpoint {
     public static let classNamesAttribute = "class_names"
 
     /// Refuses to write non-finite weights (the previous checkpoint at `path` is kept).
-    public static func save(_ path: String, model: SegmentationModel, optimizer: Optimizer, config: TrainConfig,
-                            state: TrainingState, metrics: EpochRecord?, recipe: PredictionRecipe? = nil,
-                            transfer: TransferReport? = nil) throws {
+    public static func save(
+        _ path: String, model: SegmentationModel, optimizer: Optimizer, config: TrainConfig,
+        state: TrainingState, metrics: EpochRecord?, recipe: PredictionRecipe? = nil,
+        transfer: TransferReport? = nil
+    ) throws {
         for store in [model.params, model.buffers] {
-            if let e = store.entries.first(where: { e in (e.offset..<(e.offset + e.count)).contains { !store.values.data[$0].isFinite } }) {
-                throw AttunetError("\(e.name) holds NaN/Inf at global step \(state.globalStep); \(path) not written, the last good checkpoint is kept; lower --lr or check the data",
-                                   kind: .nonFinite)
+            if let e = store.entries.first(where: { e in
+                (e.offset..<(e.offset + e.count)).contains { !store.values.data[$0].isFinite }
+            }) {
+                throw AttunetError(
+                    "\(e.name) holds NaN/Inf at global step \(state.globalStep); \(path) not written, the last good checkpoint is kept; lower --lr or check the data",
+                    kind: .nonFinite)
             }
         }
         try Checkpoint.save(model, to: path) { f in
@@ -73,9 +85,12 @@ public enum TrainingCheckpoint {
                 let d = try opt.createDataset(name, type: .float32, shape: [t.count])
                 try d.write(from: t.pointer, as: .float32)
             }
-            try root.setAttribute(stateDigestAttribute, stateDigest(
-                moments: moments, step: optimizer.step, kind: optimizer.kind.rawValue, trainingState: stateJSON, trainConfig: configJSON,
-                transfer: transferJSON))
+            try root.setAttribute(
+                stateDigestAttribute,
+                stateDigest(
+                    moments: moments, step: optimizer.step, kind: optimizer.kind.rawValue, trainingState: stateJSON,
+                    trainConfig: configJSON,
+                    transfer: transferJSON))
         }
     }
 
@@ -83,8 +98,10 @@ public enum TrainingCheckpoint {
     /// name, then its float32 little-endian values), the optimizer step (int64 little-endian) and kind, and
     /// the `training_state` and `train_config` JSON (strings length-prefixed, ``StoredDigest``), and the
     /// `transfer` JSON when the checkpoint has one (so the digest of a checkpoint without it is unchanged).
-    public static func stateDigest(moments: [(name: String, values: Tensor)], step: Int, kind: String,
-                                   trainingState: String, trainConfig: String, transfer: String? = nil) -> String {
+    public static func stateDigest(
+        moments: [(name: String, values: Tensor)], step: Int, kind: String,
+        trainingState: String, trainConfig: String, transfer: String? = nil
+    ) -> String {
         var d = StoredDigest()
         for (name, t) in moments {
             d.add(name)
@@ -112,45 +129,58 @@ public enum TrainingCheckpoint {
         let weights = try root.group("state_dict")
         var stateDictCount = 0
         for name in try weights.members() { stateDictCount += try weights.dataset(name).count }
-        let moments = try ["moment1", "moment2"].filter { opt.exists($0) }.map { name -> (name: String, values: Tensor) in
+        let moments = try ["moment1", "moment2"].filter { opt.exists($0) }.map {
+            name -> (name: String, values: Tensor) in
             let d = try opt.dataset(name)
             guard d.count <= stateDictCount else {
-                throw AttunetError("\(d.location): \(d.count) values, more than /state_dict holds (\(stateDictCount))", kind: .corrupt)
+                throw AttunetError(
+                    "\(d.location): \(d.count) values, more than /state_dict holds (\(stateDictCount))", kind: .corrupt)
             }
             let t = Tensor([d.count])
             try d.read(into: t.pointer, as: .float32)
             return (name, t)
         }
-        let actual = stateDigest(moments: moments, step: try opt.intAttribute("step"), kind: try opt.stringAttribute("kind"),
-                                 trainingState: try root.stringAttribute("training_state"),
-                                 trainConfig: try root.stringAttribute("train_config"),
-                                 transfer: try root.hasAttribute(transferAttribute) ? root.stringAttribute(transferAttribute) : nil)
-        try StoredDigest.check(stored: try root.stringAttribute(stateDigestAttribute), actual: actual, file: file.path,
-                               what: "the optimizer and training state (/optimizer, training_state, train_config)")
+        let actual = stateDigest(
+            moments: moments, step: try opt.intAttribute("step"), kind: try opt.stringAttribute("kind"),
+            trainingState: try root.stringAttribute("training_state"),
+            trainConfig: try root.stringAttribute("train_config"),
+            transfer: try root.hasAttribute(transferAttribute) ? root.stringAttribute(transferAttribute) : nil)
+        try StoredDigest.check(
+            stored: try root.stringAttribute(stateDigestAttribute), actual: actual, file: file.path,
+            what: "the optimizer and training state (/optimizer, training_state, train_config)")
         return true
     }
 
     /// Reads a checkpoint for `--resume` into `model` and `optimizer`, refusing one whose model, classes,
     /// store or optimizer differ from this run's. Returns the saved state.
-    public static func load(_ path: String, model: SegmentationModel, optimizer: Optimizer, config: TrainConfig,
-                            storeFingerprint: String) throws -> TrainingState {
+    public static func load(
+        _ path: String, model: SegmentationModel, optimizer: Optimizer, config: TrainConfig,
+        storeFingerprint: String
+    ) throws -> TrainingState {
         try Checkpoint.load(path, into: model)  // refuses another architecture or class count, or damaged weights
         let f = try H5File.open(path)
         try verifyState(in: f)
         let root = f.root
         guard let stateJSON = try? root.stringAttribute("training_state"),
-              let state = try? JSONFiles.decode(TrainingState.self, from: stateJSON) else {
+            let state = try? JSONFiles.decode(TrainingState.self, from: stateJSON)
+        else {
             throw AttunetError("\(path): no training state (a weights-only checkpoint cannot be resumed)")
         }
         if state.storeFingerprint != storeFingerprint {
-            throw AttunetError("\(path): checkpoint was trained on another case store (fingerprints differ); this run uses \(config.store)")
+            throw AttunetError(
+                "\(path): checkpoint was trained on another case store (fingerprints differ); this run uses \(config.store)"
+            )
         }
         // The run's settings must be the checkpoint's, or the resumed run is no continuation of it. The epoch
         // count (to train longer), the validation and checkpoint intervals and the store's path may change.
         if let saved = try? root.stringAttribute("train_config"),
-           let d = try ConfigDifference.first(config, old: Data(saved.utf8),
-                                              ignoring: ["epochs", "validateEvery", "checkpointEvery", "store"]) {
-            throw AttunetError("\(path): this command's settings differ from the run's: \(d); resume with the run's options (its config.json) or start afresh with --force")
+            let d = try ConfigDifference.first(
+                config, old: Data(saved.utf8),
+                ignoring: ["epochs", "validateEvery", "checkpointEvery", "store"])
+        {
+            throw AttunetError(
+                "\(path): this command's settings differ from the run's: \(d); resume with the run's options (its config.json) or start afresh with --force"
+            )
         }
         let opt = try root.group("optimizer")
         let kind = try opt.stringAttribute("kind")
@@ -159,7 +189,9 @@ public enum TrainingCheckpoint {
         }
         for (name, t) in [("moment1", optimizer.moment1), ("moment2", optimizer.moment2)] where t.count > 0 {
             let d = try opt.dataset(name)
-            guard d.count == t.count else { throw AttunetError("\(d.location): \(d.count) values, the optimizer needs \(t.count)") }
+            guard d.count == t.count else {
+                throw AttunetError("\(d.location): \(d.count) values, the optimizer needs \(t.count)")
+            }
             try d.read(into: t.pointer, as: .float32)
         }
         optimizer.restore(step: try opt.intAttribute("step"))

@@ -24,8 +24,10 @@ public struct EpochRecord: Codable, Sendable, Equatable {
     public var phases: StepTimes?
 
     /// Memberwise initializer.
-    public init(epoch: Int, step: Int, trainLoss: Double, learningRate: Double,
-                validationDice: [Double], seconds: Double, patchesPerSecond: Double) {
+    public init(
+        epoch: Int, step: Int, trainLoss: Double, learningRate: Double,
+        validationDice: [Double], seconds: Double, patchesPerSecond: Double
+    ) {
         self.epoch = epoch
         self.step = step
         self.trainLoss = trainLoss
@@ -105,7 +107,7 @@ public final class TrainingLog {
             .map { $0.hasSuffix("\r") ? String($0.dropLast()) : String($0) }
         let file = url.lastPathComponent
         guard let headerIndex = lines.firstIndex(where: { !$0.trimmingCharacters(in: .whitespaces).isEmpty }) else {
-            records = []   // empty file: as if missing
+            records = []  // empty file: as if missing
             return
         }
         let header = lines[headerIndex].split(separator: ",", omittingEmptySubsequences: false)
@@ -116,11 +118,17 @@ public final class TrainingLog {
             }
             return i
         }
-        let cEpoch = try column("epoch"), cStep = try column("step"), cLoss = try column("train_loss")
-        let cLR = try column("lr"), cSeconds = try column("seconds"), cRate = try column("patches_per_s")
+        let cEpoch = try column("epoch")
+        let cStep = try column("step")
+        let cLoss = try column("train_loss")
+        let cLR = try column("lr")
+        let cSeconds = try column("seconds")
+        let cRate = try column("patches_per_s")
         let cDice = header.indices.filter { header[$0].hasPrefix("dice_") }
         guard cDice.count == classNames.count else {
-            throw AttunetError("\(url.path): the training log has \(cDice.count) Dice column(s), this run has \(classNames.count) foreground classes")
+            throw AttunetError(
+                "\(url.path): the training log has \(cDice.count) Dice column(s), this run has \(classNames.count) foreground classes"
+            )
         }
 
         var loaded: [EpochRecord] = []
@@ -147,9 +155,10 @@ public final class TrainingLog {
             if cDice.contains(where: { !cells[$0].isEmpty }) {
                 dice = try cDice.map { cells[$0].isEmpty ? .nan : try double($0) }
             }
-            let record = EpochRecord(epoch: try int(cEpoch), step: try int(cStep), trainLoss: try double(cLoss),
-                                     learningRate: try double(cLR), validationDice: dice,
-                                     seconds: try double(cSeconds), patchesPerSecond: try double(cRate))
+            let record = EpochRecord(
+                epoch: try int(cEpoch), step: try int(cStep), trainLoss: try double(cLoss),
+                learningRate: try double(cLR), validationDice: dice,
+                seconds: try double(cSeconds), patchesPerSecond: try double(cRate))
             if record.epoch < epoch { loaded.append(record) }
         }
         records = loaded
@@ -161,7 +170,9 @@ public final class TrainingLog {
     /// value per class.
     public func append(_ r: EpochRecord) throws {
         guard r.validationDice.isEmpty || r.validationDice.count == classNames.count else {
-            throw AttunetError("training log: the record for epoch \(r.epoch) has \(r.validationDice.count) Dice value(s), expected \(classNames.count) (one per foreground class)")
+            throw AttunetError(
+                "training log: the record for epoch \(r.epoch) has \(r.validationDice.count) Dice value(s), expected \(classNames.count) (one per foreground class)"
+            )
         }
         records.append(r)
         do {
@@ -189,8 +200,10 @@ public final class TrainingLog {
             ("train/patches_per_s", r.patchesPerSecond), ("time/epoch_s", r.seconds),
         ]
         if let p = r.phases {
-            values += [("time/step_forward_s", p.forward), ("time/step_loss_s", p.loss), ("time/step_backward_s", p.backward),
-                       ("time/step_allreduce_s", p.allReduce), ("time/step_update_s", p.update)]
+            values += [
+                ("time/step_forward_s", p.forward), ("time/step_loss_s", p.loss), ("time/step_backward_s", p.backward),
+                ("time/step_allreduce_s", p.allReduce), ("time/step_update_s", p.update),
+            ]
         }
         if let mean = r.meanDice {
             values += zip(classNames, r.validationDice).map { ("validation/dice_\(Self.sanitize($0))", $1) }
@@ -203,8 +216,10 @@ public final class TrainingLog {
     public func csv() -> String {
         var out = csvHeader + "\n"
         for r in records {
-            var cells = [String(r.epoch), String(r.step), Self.format(r.trainLoss, "%.9g"),
-                         Self.format(r.learningRate, "%.6g")]
+            var cells = [
+                String(r.epoch), String(r.step), Self.format(r.trainLoss, "%.9g"),
+                Self.format(r.learningRate, "%.6g"),
+            ]
             if r.validationDice.isEmpty {
                 cells += Array(repeating: "", count: classNames.count + 1)
             } else {
@@ -230,11 +245,13 @@ public final class TrainingLog {
 
     /// Keeps `[A-Za-z0-9_.-]`, replaces anything else by `_`.
     static func sanitize(_ name: String) -> String {
-        let s = String(name.unicodeScalars.map { c -> Character in
-            let ok = (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9")
-                || c == "_" || c == "-" || c == "."
-            return ok ? Character(c) : "_"
-        })
+        let s = String(
+            name.unicodeScalars.map { c -> Character in
+                let ok =
+                    (c >= "a" && c <= "z") || (c >= "A" && c <= "Z") || (c >= "0" && c <= "9")
+                    || c == "_" || c == "-" || c == "."
+                return ok ? Character(c) : "_"
+            })
         return s.isEmpty ? "_" : s
     }
 }

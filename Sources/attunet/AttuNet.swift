@@ -1,8 +1,8 @@
 import ArgumentParser
 import Collectives
 import Foundation
-import NN
 import HDF5Kit
+import NN
 import Support
 
 @main
@@ -11,21 +11,24 @@ struct AttuNet: ParsableCommand {
         commandName: "attunet",
         abstract: "3D Attention U-Net trainer for abdominal CT, data-parallel over MPI.",
         discussion: """
-        Run any subcommand plainly for one process, or under `mpirun -np N` for N data-parallel ranks on CPU clusters; only rank 0 prints and writes files. Start with `attunet doctor` on a new machine or cluster node.
+            Run any subcommand plainly for one process, or under `mpirun -np N` for N data-parallel ranks on CPU clusters; only rank 0 prints and writes files. Start with `attunet doctor` on a new machine or cluster node.
 
-        Errors are printed as one line each, "error: FILE: PROBLEM". Each subcommand's help lists the exit statuses it returns:
-          0   done
-          1   an error
-          3   the loss became NaN/Inf (train, cv, experiment, bench train); a training
-              run keeps its last good checkpoint
-          4   a collective waited past --step-timeout (train, cv, experiment): a peer
-              died, hung or is unreachable, and the job was ended
-          64  bad command line
-          75  stopped on request (train, cv, experiment): rerun the same command
-              (train: with --resume) to continue
-        """,
-        subcommands: [Doctor.self, Synth.self, Prepare.self, Train.self, CV.self, Experiment.self, Predict.self, Evaluate.self, Inspect.self,
-                      ImportWeights.self, ExportWeights.self, Bench.self, ProbeHDF5.self]
+            Errors are printed as one line each, "error: FILE: PROBLEM". Each subcommand's help lists the exit statuses it returns:
+              0   done
+              1   an error
+              3   the loss became NaN/Inf (train, cv, experiment, bench train); a training
+                  run keeps its last good checkpoint
+              4   a collective waited past --step-timeout (train, cv, experiment): a peer
+                  died, hung or is unreachable, and the job was ended
+              64  bad command line
+              75  stopped on request (train, cv, experiment): rerun the same command
+                  (train: with --resume) to continue
+            """,
+        subcommands: [
+            Doctor.self, Synth.self, Prepare.self, Train.self, CV.self, Experiment.self, Predict.self, Evaluate.self,
+            Inspect.self,
+            ImportWeights.self, ExportWeights.self, Bench.self, ProbeHDF5.self,
+        ]
     )
 
     /// Parses and runs a subcommand. Argument errors are argument-parser's (with usage); every error a

@@ -1,6 +1,6 @@
 import ArgumentParser
-import DataPipeline
 import Collectives
+import DataPipeline
 import Foundation
 import NN
 import Support
@@ -13,25 +13,25 @@ extension Bench {
         static let configuration = CommandConfiguration(
             abstract: "Time whole training steps, phase by phase, as train runs them.",
             discussion: """
-            Runs --warmup steps, then --steps timed steps of Trainer.step, the function attunet train calls (data, forward, loss, backward, all-reduce, optimizer), on batches from the patch loader, in one process or on every rank under mpirun (--batch is global and split across ranks, as in train). Without --store, every rank synthesises two phantom CT cases (2 mm, in a temporary folder it removes afterwards), which takes a few seconds.
+                Runs --warmup steps, then --steps timed steps of Trainer.step, the function attunet train calls (data, forward, loss, backward, all-reduce, optimizer), on batches from the patch loader, in one process or on every rank under mpirun (--batch is global and split across ranks, as in train). Without --store, every rank synthesises two phantom CT cases (2 mm, in a temporary folder it removes afterwards), which takes a few seconds.
 
-            It prints, for the whole job: the step time (median of the timed steps, slowest rank), patches/s and voxels/s; the phases of a step (waiting for data, forward, loss, backward, all-reduce, optimizer); every layer's forward and backward time, with GFLOP/s for convolutions and GB/s of tensor traffic for the memory-bound layers (bytes a pass must read and write at least), and totals per kind of layer; the peak resident memory per rank (VmHWM) and page faults per step in the timed steps. --json prints all of it as one JSON object instead.
+                It prints, for the whole job: the step time (median of the timed steps, slowest rank), patches/s and voxels/s; the phases of a step (waiting for data, forward, loss, backward, all-reduce, optimizer); every layer's forward and backward time, with GFLOP/s for convolutions and GB/s of tensor traffic for the memory-bound layers (bytes a pass must read and write at least), and totals per kind of layer; the peak resident memory per rank (VmHWM) and page faults per step in the timed steps. --json prints all of it as one JSON object instead.
 
-            Compare runs side by side on an otherwise idle machine; one rank per core with one thread each (--threads 1) is how train runs on a node. OpenBLAS picks its kernel when the library loads: on CPUs it does not recognise, set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) in the environment before starting (the output says when it is needed).
+                Compare runs side by side on an otherwise idle machine; one rank per core with one thread each (--threads 1) is how train runs on a node. OpenBLAS picks its kernel when the library loads: on CPUs it does not recognise, set OPENBLAS_CORETYPE=SkylakeX (AVX-512) or Haswell (AVX2) in the environment before starting (the output says when it is needed).
 
-              attunet bench train --patch 96x96x48 --batch 2
-              attunet bench train --patch 96x96x48 --batch 2 --threads 1,2
-              mpirun -np 2 --bind-to none attunet bench train --patch 160x160x96 \\
-                  --batch 2 --json
+                  attunet bench train --patch 96x96x48 --batch 2
+                  attunet bench train --patch 96x96x48 --batch 2 --threads 1,2
+                  mpirun -np 2 --bind-to none attunet bench train --patch 160x160x96 \\
+                      --batch 2 --json
 
-            The second runs at 1 and 2 threads in turn, in one process, and ends with the thread scaling inside one rank.
+                The second runs at 1 and 2 threads in turn, in one process, and ends with the thread scaling inside one rank.
 
-            Exit status:
-              0   done
-              1   an error, one line each on stderr
-              3   the loss became NaN/Inf in a step
-              64  bad command line
-            """
+                Exit status:
+                  0   done
+                  1   an error, one line each on stderr
+                  3   the loss became NaN/Inf in a step
+                  64  bad command line
+                """
         )
 
         @OptionGroup var modelOptions: ModelOptions
@@ -45,13 +45,19 @@ extension Bench {
         @Option(help: "Timed steps.")
         var steps = 5
 
-        @Option(help: "Untimed steps first: the first grows the memory pool, the second first touches the segment it settles into (2 or more for steady-state figures).")
+        @Option(
+            help:
+                "Untimed steps first: the first grows the memory pool, the second first touches the segment it settles into (2 or more for steady-state figures)."
+        )
         var warmup = 2
 
         @Option(help: "Draw patches from this case store instead of synthesised phantoms.")
         var store: String?
 
-        @Option(help: ArgumentHelp("Threads per rank (attunet's loops; OpenBLAS runs single-threaded inside them). A list such as 1,2 runs the bench at each count in turn, in one process, and ends with the thread scaling: step time, speed-up and efficiency, and the speed-up of every kind of layer.", valueName: "n[,n...]"))
+        @Option(
+            help: ArgumentHelp(
+                "Threads per rank (attunet's loops; OpenBLAS runs single-threaded inside them). A list such as 1,2 runs the bench at each count in turn, in one process, and ends with the thread scaling: step time, speed-up and efficiency, and the speed-up of every kind of layer.",
+                valueName: "n[,n...]"))
         var threads = ThreadCounts.fromEnvironment
 
         @Option(help: "Loss: dice, soft-dice or cross-entropy.")
@@ -63,7 +69,10 @@ extension Bench {
         @Option(help: "Seed for the weights and the patches.")
         var seed: UInt64 = 0
 
-        @Flag(help: "Time evaluation-mode forward passes of one patch per rank (what prediction runs per tile) instead of training steps.")
+        @Flag(
+            help:
+                "Time evaluation-mode forward passes of one patch per rank (what prediction runs per tile) instead of training steps."
+        )
         var inference = false
 
         @Flag(help: "Print one JSON object instead of the tables.")
@@ -89,16 +98,22 @@ extension Bench {
             } else {
                 let dir = FileManager.default.temporaryDirectory.appendingPathComponent("attunet-bench-\(getpid())")
                 scratch = dir
-                say("bench train: synthesising 2 phantom cases at 2 mm (each rank in \(FileManager.default.temporaryDirectory.path)) ...")
+                say(
+                    "bench train: synthesising 2 phantom cases at 2 mm (each rank in \(FileManager.default.temporaryDirectory.path)) ..."
+                )
                 storePath = try TrainingBench.phantomStore(in: dir, classes: modelOptions.config().classes)
             }
             let storeClasses = try store.map { try CaseStore(path: $0).classNames.count }
-            let bench = try TrainingBench(store: storePath, model: modelOptions.config(storeClasses: storeClasses), patch: patch, batch: batch,
-                                          loss: loss, optimizer: optimizer, seed: seed, comm: comm)
+            let bench = try TrainingBench(
+                store: storePath, model: modelOptions.config(storeClasses: storeClasses), patch: patch, batch: batch,
+                loss: loss, optimizer: optimizer, seed: seed, comm: comm)
             var reports: [TrainingBenchReport] = []
             for t in threads.counts {
                 Parallelism.threads = t
-                say("bench train: \(modelOptions.model.rawValue), \(comm.size) rank(s) x \(t) thread(s), patch \(patch), " + (inference ? "inference, 1 patch per rank" : "global batch \(batch)") + "; \(warmup) warm-up + \(steps) timed steps ...")
+                say(
+                    "bench train: \(modelOptions.model.rawValue), \(comm.size) rank(s) x \(t) thread(s), patch \(patch), "
+                        + (inference ? "inference, 1 patch per rank" : "global batch \(batch)")
+                        + "; \(warmup) warm-up + \(steps) timed steps ...")
                 reports.append(try bench.run(warmup: warmup, steps: steps, threads: t, inference: inference))
             }
             guard comm.isRoot else { return }
@@ -106,8 +121,12 @@ extension Bench {
             if json {
                 let enc = JSONFiles.encoder()
                 // One report as before; with several counts, the reports and the scaling.
-                struct Scaled: Encodable { var runs: [TrainingBenchReport]; var scaling: ThreadScaling }
-                let data = try scaling.map { try enc.encode(Scaled(runs: reports, scaling: $0)) } ?? enc.encode(reports[0])
+                struct Scaled: Encodable {
+                    var runs: [TrainingBenchReport]
+                    var scaling: ThreadScaling
+                }
+                let data =
+                    try scaling.map { try enc.encode(Scaled(runs: reports, scaling: $0)) } ?? enc.encode(reports[0])
                 print(String(decoding: data, as: UTF8.self))
             } else {
                 print(reports.map { $0.table() }.joined(separator: "\n\n"))

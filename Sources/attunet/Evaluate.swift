@@ -8,30 +8,30 @@ struct Evaluate: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Score label maps against references: Dice, IoU, ASSD, HD95, S2S.",
         discussion: """
-        --pred and --ref are folders of NIfTI label maps (.nii/.nii.gz) paired by case id, the rule of attunet prepare: the file name without .nii.gz or .nii, so a prediction case.nii.gz pairs with the reference case.nii.gz; a prediction named with nnU-Net's channel suffix, case_0000.nii.gz, pairs with case.nii.gz when no reference case_0000.nii.gz exists. Hidden files are ignored. A prediction without a reference, or a reference without a prediction, is an error naming the file. Each pair must have the same shape and affine (the tolerance attunet prepare applies between an image and its label).
+            --pred and --ref are folders of NIfTI label maps (.nii/.nii.gz) paired by case id, the rule of attunet prepare: the file name without .nii.gz or .nii, so a prediction case.nii.gz pairs with the reference case.nii.gz; a prediction named with nnU-Net's channel suffix, case_0000.nii.gz, pairs with case.nii.gz when no reference case_0000.nii.gz exists. Hidden files are ignored. A prediction without a reference, or a reference without a prediction, is an error naming the file. Each pair must have the same shape and affine (the tolerance attunet prepare applies between an image and its label).
 
-        Metrics are computed per case and foreground class on the label maps in physical space (the spacing is the affine's column norms; see Evaluation.docc for every definition):
-          - Dice 2|P∩R|/(|P|+|R|), precision |P∩R|/|P|, recall |P∩R|/|R|;
-          - IoU and the voxel counts TP, FP, FN, TN (in summary.json);
-          - ASSD and HD95 over the 6-connected voxel surfaces;
-          - S2S, the original code's slice-wise 2D contour distance.
-        --distance-definition pooled (medpy 0.5, the default) takes ASSD and HD95 over one set of both directed distances; max-directed (DeepMind's surface-distance) takes HD95 as the larger directed 95th percentile and ASSD as the mean of the two directed means. S2S runs over the axial slices holding both masks.
+            Metrics are computed per case and foreground class on the label maps in physical space (the spacing is the affine's column norms; see Evaluation.docc for every definition):
+              - Dice 2|P∩R|/(|P|+|R|), precision |P∩R|/|P|, recall |P∩R|/|R|;
+              - IoU and the voxel counts TP, FP, FN, TN (in summary.json);
+              - ASSD and HD95 over the 6-connected voxel surfaces;
+              - S2S, the original code's slice-wise 2D contour distance.
+            --distance-definition pooled (medpy 0.5, the default) takes ASSD and HD95 over one set of both directed distances; max-directed (DeepMind's surface-distance) takes HD95 as the larger directed 95th percentile and ASSD as the mean of the two directed means. S2S runs over the axial slices holding both masks.
 
-        Empty masks: no case is dropped and no NaN reaches a summary (nnU-Net writes NaN for Dice where both masks are empty). When both are empty, Dice, precision and recall are 1 and every distance 0 (a correct "absent"). When the prediction is empty, or the reference is empty, Dice, precision and recall are 0 and the distances the worst case: the volume's diagonal in mm, larger than any distance in it. S2S is also the worst case when both masks have voxels but no axial slice holds both. The summaries count these substitutions beside each mean.
+            Empty masks: no case is dropped and no NaN reaches a summary (nnU-Net writes NaN for Dice where both masks are empty). When both are empty, Dice, precision and recall are 1 and every distance 0 (a correct "absent"). When the prediction is empty, or the reference is empty, Dice, precision and recall are 0 and the distances the worst case: the volume's diagonal in mm, larger than any distance in it. S2S is also the worst case when both masks have voxels but no axial slice holds both. The summaries count these substitutions beside each mean.
 
-        Classes: --classes (background included), else the number of --class-names, else the --store's class names, else 1 + the largest label found. Names default to the store's, else class1, class2, ...
+            Classes: --classes (background included), else the number of --class-names, else the --store's class names, else 1 + the largest label found. Names default to the store's, else class1, class2, ...
 
-        Output in --out (default <pred>/evaluation; existing files are replaced): metrics.csv (one row per case and class); summary.json, whose metric_per_case, mean and foreground_mean are nnU-Net v2's summary.json (per label value Dice, IoU, TP, FP, FN, TN, n_pred, n_ref), so scripts that read nnU-Net's results read it too, beside attunet's per-class statistics (classes: mean ± sample std, median, worst-case counts, empty-mask counts) and the distance definition; summary.md, the same statistics as a table, which is printed.
+            Output in --out (default <pred>/evaluation; existing files are replaced): metrics.csv (one row per case and class); summary.json, whose metric_per_case, mean and foreground_mean are nnU-Net v2's summary.json (per label value Dice, IoU, TP, FP, FN, TN, n_pred, n_ref), so scripts that read nnU-Net's results read it too, beside attunet's per-class statistics (classes: mean ± sample std, median, worst-case counts, empty-mask counts) and the distance definition; summary.md, the same statistics as a table, which is printed.
 
-          attunet evaluate --pred runs/pred --ref data/labelsTs
+              attunet evaluate --pred runs/pred --ref data/labelsTs
 
-        Exit status:
-          0   the report was written
-          1   an error, one line naming the file: a missing folder, an unpaired
-              or unreadable file, a geometry mismatch, a label that is not an
-              integer in 0...255, class names that do not fit the classes
-          64  the command line itself is wrong (an unknown option, an invalid value)
-        """
+            Exit status:
+              0   the report was written
+              1   an error, one line naming the file: a missing folder, an unpaired
+                  or unreadable file, a geometry mismatch, a label that is not an
+                  integer in 0...255, class names that do not fit the classes
+              64  the command line itself is wrong (an unknown option, an invalid value)
+            """
     )
 
     @Option(help: "Folder of predicted label maps.")
@@ -46,7 +46,8 @@ struct Evaluate: ParsableCommand {
     @Option(help: "Surface distances: pooled (medpy) or max-directed (DeepMind's surface-distance).")
     var distanceDefinition: SurfaceDistanceDefinition = .pooled
 
-    @Option(help: "Classes including background (default: from --class-names, the --store, else 1 + the largest label).")
+    @Option(
+        help: "Classes including background (default: from --class-names, the --store, else 1 + the largest label).")
     var classes: Int?
 
     @Option(help: "Comma-separated class names, background first.")
@@ -68,6 +69,7 @@ struct Evaluate: ParsableCommand {
             classNames: classNames?.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }, store: store)
         let report = try evaluation.run()
         print(report.markdown(), terminator: "")
-        print("evaluate: \(report.cases.count) case(s); \(evaluation.outputFolder)/metrics.csv, summary.json, summary.md")
+        print(
+            "evaluate: \(report.cases.count) case(s); \(evaluation.outputFolder)/metrics.csv, summary.json, summary.md")
     }
 }

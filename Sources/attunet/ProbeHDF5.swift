@@ -10,14 +10,14 @@ struct ProbeHDF5: ParsableCommand {
         commandName: "probe-hdf5",
         abstract: "Read all of an HDF5 file's metadata (attunet's own child process).",
         discussion: """
-        attunet runs it before it opens an HDF5 file, under a memory limit and without MPI, so that a damaged file that crashes, hangs or exhausts memory inside libhdf5 ends this process, never the one that asked.
+            attunet runs it before it opens an HDF5 file, under a memory limit and without MPI, so that a damaged file that crashes, hangs or exhausts memory inside libhdf5 ends this process, never the one that asked.
 
-        Exit status:
-          0   the metadata read back
-          1   it did not: one line on stderr naming the problem
-          3   reading it ran out of the memory limit
-          64  bad command line
-        """,
+            Exit status:
+              0   the metadata read back
+              1   it did not: one line on stderr naming the problem
+              3   reading it ran out of the memory limit
+              64  bad command line
+            """,
         shouldDisplay: false
     )
 

@@ -4,6 +4,7 @@ import Support
 import Tensor
 import TestSupport
 import XCTest
+
 @testable import DataPipeline
 
 /// A case store's checksums, prepare on a full disk, and intensities no CT can have.
@@ -26,7 +27,8 @@ final class StoreIntegrityTests: XCTestCase {
     /// the dataset, while patches elsewhere still read.
     func testAFlippedByteInAnImageChunkIsDetected() throws {
         let path = try noiseStore().path
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import h5py
             with h5py.File(r'\(path)', 'r') as f:
                 g = f['cases/case']
@@ -39,23 +41,29 @@ final class StoreIntegrityTests: XCTestCase {
         XCTAssertThrowsError(try store.image(0)) { XCTAssertEqual("\($0)", message) }
         let size = Dim3(z: 8, y: 8, x: 8)
         var image = [Float](repeating: 0, count: size.count)
-        XCTAssertThrowsError(try image.withUnsafeMutableBufferPointer {
-            try store.readBox(0, start: (0, 0, 0), size: size, image: $0.baseAddress!, label: nil)
-        }) { XCTAssertEqual("\($0)", message) }
-        XCTAssertNoThrow(try image.withUnsafeMutableBufferPointer {
-            try store.readBox(0, start: (33, 33, 33), size: size, image: $0.baseAddress!, label: nil)
-        }, "a chunk the damage does not touch still reads")
+        XCTAssertThrowsError(
+            try image.withUnsafeMutableBufferPointer {
+                try store.readBox(0, start: (0, 0, 0), size: size, image: $0.baseAddress!, label: nil)
+            }
+        ) { XCTAssertEqual("\($0)", message) }
+        XCTAssertNoThrow(
+            try image.withUnsafeMutableBufferPointer {
+                try store.readBox(0, start: (33, 33, 33), size: size, image: $0.baseAddress!, label: nil)
+            }, "a chunk the damage does not touch still reads")
     }
 
     /// prepare into a small tmpfs that fills up: one line naming the store and that the disk is full, the
     /// previous store kept as it was, no temporary file left.
     func testPrepareOnAFullDiskKeepsThePreviousStore() throws {
-        _ = try noiseStore()   // its NIfTI files are the input
+        _ = try noiseStore()  // its NIfTI files are the input
         let small = try TestEnv.smallFileSystem(size: "2m")
         defer { TestEnv.unmount(small) }
         let out = small.appendingPathComponent("store.h5").path
         var o = PrepareOptions()
-        o.spacing = 1; o.blurSigma = 0; o.storeFloat = true; o.threads = 1
+        o.spacing = 1
+        o.blurSigma = 0
+        o.storeFloat = true
+        o.threads = 1
         let input = try DatasetInput.folders(images: dir.path + "/img", labels: dir.path + "/lab")
         _ = try CasePreparer.run(input: input, out: out, options: o, skipBad: false)
         let previous = try Data(contentsOf: URL(fileURLWithPath: out))
@@ -73,7 +81,8 @@ final class StoreIntegrityTests: XCTestCase {
     /// prepare with one line naming the file and the value range, and nothing is stored; the same volumes
     /// declared as another modality (dataset.json) are not CT and are converted.
     func testAbsurdCTIntensitiesAreRefused() throws {
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import numpy as np, nibabel as nib, os
             d = r'\(dir.path)/'
             for sub in ('img', 'lab'): os.makedirs(d + sub, exist_ok=True)
@@ -87,10 +96,15 @@ final class StoreIntegrityTests: XCTestCase {
             for name in ('slope', 'hot'): nib.save(nib.Nifti1Image(lab, A), d + 'lab/' + name + '.nii')
             """)
         let out = dir.path + "/store.h5"
-        let r = try TestEnv.run("\(TestEnv.attunet) prepare --image-dir \(dir.path)/img --label-dir \(dir.path)/lab --out \(out) --spacing 2")
+        let r = try TestEnv.run(
+            "\(TestEnv.attunet) prepare --image-dir \(dir.path)/img --label-dir \(dir.path)/lab --out \(out) --spacing 2"
+        )
         XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
-        let scaling = "after the header's scaling (scl_slope, scl_inter) are not CT Hounsfield units (expected within ±100000); check the header's scaling, or name the modality in dataset.json if this is not CT"
-        XCTAssertEqual(r.stderr, """
+        let scaling =
+            "after the header's scaling (scl_slope, scl_inter) are not CT Hounsfield units (expected within ±100000); check the header's scaling, or name the modality in dataset.json if this is not CT"
+        XCTAssertEqual(
+            r.stderr,
+            """
             error: \(dir.path)/img/hot.nii.gz: intensities 0 to 200000 \(scaling)
             error: \(dir.path)/img/slope.nii.gz: intensities 0 to 3.9e+31 \(scaling)
             error: \(out): not written (2 bad input(s); --skip-bad converts the rest)
@@ -98,9 +112,12 @@ final class StoreIntegrityTests: XCTestCase {
             """)
         XCTAssertFalse(FileManager.default.fileExists(atPath: out))
         var o = PrepareOptions()
-        o.spacing = 2; o.threads = 1; o.modality = "MR"
-        let report = try CasePreparer.run(input: try DatasetInput.folders(images: dir.path + "/img", labels: dir.path + "/lab"),
-                                          out: out, options: o, skipBad: false)
+        o.spacing = 2
+        o.threads = 1
+        o.modality = "MR"
+        let report = try CasePreparer.run(
+            input: try DatasetInput.folders(images: dir.path + "/img", labels: dir.path + "/lab"),
+            out: out, options: o, skipBad: false)
         XCTAssertEqual(report.written, ["hot", "slope"])
     }
 }

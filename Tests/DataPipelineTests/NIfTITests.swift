@@ -8,7 +8,8 @@ final class NIfTITests: XCTestCase {
     func testReadsNibabelFiles() throws {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import nibabel as nib, numpy as np
             th = np.deg2rad(20)
             R = np.array([[np.cos(th), -np.sin(th), 0], [np.sin(th), np.cos(th), 0], [0, 0, 1]])
@@ -43,7 +44,8 @@ final class NIfTITests: XCTestCase {
         let aff: [Double] = [0, -0.9, 0, 10, 0.8, 0, 0, -20, 0, 0, 2.0, 5, 0, 0, 0, 1]
         let v = NIfTIVolume(nx: 5, ny: 4, nz: 3, affine: aff, voxels: (0..<60).map { Float($0 * 3 - 50) })
         try v.write(dir.path + "/c.nii.gz", as: .int16)
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import nibabel as nib, numpy as np
             im = nib.load(r'\(dir.path)/c.nii.gz')
             d = np.asanyarray(im.dataobj)
@@ -58,14 +60,21 @@ final class NIfTITests: XCTestCase {
     func testBadFilesGiveClearErrors() throws {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        XCTAssertThrowsError(try NIfTIVolume.read(dir.path + "/missing.nii")) { XCTAssertTrue("\($0)".contains("missing.nii: no such file")) }
-        let v = NIfTIVolume(nx: 8, ny: 8, nz: 8, affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1],
-                            voxels: [Float](repeating: 1, count: 512))
+        XCTAssertThrowsError(try NIfTIVolume.read(dir.path + "/missing.nii")) {
+            XCTAssertTrue("\($0)".contains("missing.nii: no such file"))
+        }
+        let v = NIfTIVolume(
+            nx: 8, ny: 8, nz: 8, affine: [1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1, 0, 0, 0, 0, 1],
+            voxels: [Float](repeating: 1, count: 512))
         try v.write(dir.path + "/full.nii")
         let bytes = try Data(contentsOf: URL(fileURLWithPath: dir.path + "/full.nii"))
         try bytes.prefix(1000).write(to: URL(fileURLWithPath: dir.path + "/cut.nii"))
-        XCTAssertThrowsError(try NIfTIVolume.read(dir.path + "/cut.nii")) { XCTAssertTrue("\($0)".contains("cut.nii"), "\($0)") }
+        XCTAssertThrowsError(try NIfTIVolume.read(dir.path + "/cut.nii")) {
+            XCTAssertTrue("\($0)".contains("cut.nii"), "\($0)")
+        }
         try Data(repeating: 0x41, count: 2000).write(to: URL(fileURLWithPath: dir.path + "/junk.nii"))
-        XCTAssertThrowsError(try NIfTIVolume.read(dir.path + "/junk.nii")) { XCTAssertTrue("\($0)".contains("junk.nii"), "\($0)") }
+        XCTAssertThrowsError(try NIfTIVolume.read(dir.path + "/junk.nii")) {
+            XCTAssertTrue("\($0)".contains("junk.nii"), "\($0)")
+        }
     }
 }

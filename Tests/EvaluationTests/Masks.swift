@@ -19,13 +19,17 @@ enum Masks {
         var hole = 0.0, holeShift: (x: Double, y: Double, z: Double) = (0, 0, 0)
 
         func contains(_ px: Double, _ py: Double, _ pz: Double) -> Bool {
-            let dx = px - c.x, dy = py - c.y, dz = pz - c.z
+            let dx = px - c.x
+            let dy = py - c.y
+            let dz = pz - c.z
             let rho = ((dx / r.x) * (dx / r.x) + (dy / r.y) * (dy / r.y) + (dz / r.z) * (dz / r.z)).squareRoot()
-            let angle = atan2(dy, dx), tilt = atan2(dz, (dx * dx + dy * dy).squareRoot())
+            let angle = atan2(dy, dx)
+            let tilt = atan2(dz, (dx * dx + dy * dy).squareRoot())
             let scale = 1 + wobble * sin(3 * angle + phase) * cos(2 * tilt) / max(r.x, r.y)
             guard rho <= scale else { return false }
             if hole > 0 {
-                let hx = (dx - holeShift.x) / (hole * r.x), hy = (dy - holeShift.y) / (hole * r.y)
+                let hx = (dx - holeShift.x) / (hole * r.x)
+                let hy = (dy - holeShift.y) / (hole * r.y)
                 let hz = (dz - holeShift.z) / (hole * r.z)
                 if hx * hx + hy * hy + hz * hz <= 1 { return false }
             }
@@ -34,12 +38,20 @@ enum Masks {
     }
 
     /// Paints `blobs` with labels into a `dim` label map (later blobs over earlier ones).
-    static func paint(_ blobs: [(label: UInt8, blob: Blob)], dim: Dim3 = dim, spacing: VoxelSpacing = spacing) -> [UInt8] {
+    static func paint(_ blobs: [(label: UInt8, blob: Blob)], dim: Dim3 = dim, spacing: VoxelSpacing = spacing)
+        -> [UInt8]
+    {
         var out = [UInt8](repeating: 0, count: dim.count)
-        for z in 0..<dim.z { for y in 0..<dim.y { for x in 0..<dim.x {
-            let px = Double(x) * spacing.x, py = Double(y) * spacing.y, pz = Double(z) * spacing.z
-            for (label, b) in blobs where b.contains(px, py, pz) { out[(z * dim.y + y) * dim.x + x] = label }
-        } } }
+        for z in 0..<dim.z {
+            for y in 0..<dim.y {
+                for x in 0..<dim.x {
+                    let px = Double(x) * spacing.x
+                    let py = Double(y) * spacing.y
+                    let pz = Double(z) * spacing.z
+                    for (label, b) in blobs where b.contains(px, py, pz) { out[(z * dim.y + y) * dim.x + x] = label }
+                }
+            }
+        }
         return out
     }
 
@@ -50,12 +62,15 @@ enum Masks {
         let ext = (x: Double(dim.x) * spacing.x, y: Double(dim.y) * spacing.y, z: Double(dim.z) * spacing.z)
         let c = (x: ext.x * rng.uniform(0.4, 0.6), y: ext.y * rng.uniform(0.4, 0.6), z: ext.z * rng.uniform(0.4, 0.6))
         let r = (x: ext.x * rng.uniform(0.2, 0.3), y: ext.y * rng.uniform(0.2, 0.3), z: ext.z * rng.uniform(0.25, 0.35))
-        let reference = Blob(c: c, r: r, wobble: rng.uniform(0, 2), phase: rng.uniform(0, 6),
-                             hole: rng.uniform(0.2, 0.4), holeShift: (1, -1, 0))
+        let reference = Blob(
+            c: c, r: r, wobble: rng.uniform(0, 2), phase: rng.uniform(0, 6),
+            hole: rng.uniform(0.2, 0.4), holeShift: (1, -1, 0))
         var moved = reference
         moved.c = (c.x + rng.uniform(-3, 3), c.y + rng.uniform(-3, 3), c.z + rng.uniform(-4, 4))
         moved.r = (r.x * rng.uniform(0.85, 1.15), r.y * rng.uniform(0.85, 1.15), r.z * rng.uniform(0.85, 1.15))
-        moved.wobble = rng.uniform(0, 3); moved.phase = rng.uniform(0, 6); moved.hole = rng.uniform(0, 0.3)
+        moved.wobble = rng.uniform(0, 3)
+        moved.phase = rng.uniform(0, 6)
+        moved.hole = rng.uniform(0, 0.3)
         let island = Blob(c: (ext.x * 0.12, ext.y * 0.85, ext.z * 0.5), r: (2.5, 3, 6))
         return (paint([(1, moved), (1, island)]), paint([(1, reference)]))
     }
@@ -66,17 +81,22 @@ enum Masks {
         var rng = SeededRNG(seed)
         let ext = (x: Double(dim.x) * spacing.x, y: Double(dim.y) * spacing.y, z: Double(dim.z) * spacing.z)
         func blob(_ fx: Double, _ fy: Double) -> Blob {
-            Blob(c: (ext.x * fx, ext.y * fy, ext.z * rng.uniform(0.4, 0.6)),
-                 r: (ext.x * rng.uniform(0.12, 0.18), ext.y * rng.uniform(0.12, 0.18), ext.z * rng.uniform(0.2, 0.3)),
-                 wobble: rng.uniform(0, 2), phase: rng.uniform(0, 6), hole: rng.uniform(0, 0.4))
+            Blob(
+                c: (ext.x * fx, ext.y * fy, ext.z * rng.uniform(0.4, 0.6)),
+                r: (ext.x * rng.uniform(0.12, 0.18), ext.y * rng.uniform(0.12, 0.18), ext.z * rng.uniform(0.2, 0.3)),
+                wobble: rng.uniform(0, 2), phase: rng.uniform(0, 6), hole: rng.uniform(0, 0.4))
         }
         func moved(_ b: Blob) -> Blob {
             var m = b
             m.c = (b.c.x + rng.uniform(-2, 2), b.c.y + rng.uniform(-2, 2), b.c.z + rng.uniform(-3, 3))
-            m.wobble = rng.uniform(0, 2.5); m.phase = rng.uniform(0, 6)
+            m.wobble = rng.uniform(0, 2.5)
+            m.phase = rng.uniform(0, 6)
             return m
         }
-        let one = blob(0.3, 0.3), two = blob(0.7, 0.65), three = blob(0.3, 0.75), four = blob(0.72, 0.25)
+        let one = blob(0.3, 0.3)
+        let two = blob(0.7, 0.65)
+        let three = blob(0.3, 0.75)
+        let four = blob(0.72, 0.25)
         let reference = paint([(1, one), (2, two), (3, three)])
         let prediction = paint([(1, moved(one)), (2, moved(two)), (4, four)])
         return (prediction, reference)

@@ -15,7 +15,8 @@ final class ExportTests: XCTestCase {
     static func prepared() throws -> URL {
         if let dir { return dir }
         let d = try TestEnv.tempDir()
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import os, numpy as np, nibabel as nib
             from scipy.spatial.transform import Rotation
             d = r'\(d.path)'
@@ -39,7 +40,9 @@ final class ExportTests: XCTestCase {
             B = np.diag([-0.85, -0.75, 2.0, 1.0]); B[:3, 3] = [150.0, 180.0, -250.0]
             case('lps', (44, 38, 16), B, (1, 1))     # x and y point left-to-right and back-to-front: LPS
             """)
-        let r = try TestEnv.run("\(TestEnv.attunet) prepare --image-dir \(d.path)/img --label-dir \(d.path)/lab --out \(d.path)/store.h5 --spacing 2")
+        let r = try TestEnv.run(
+            "\(TestEnv.attunet) prepare --image-dir \(d.path)/img --label-dir \(d.path)/lab --out \(d.path)/store.h5 --spacing 2"
+        )
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         dir = d
         return d
@@ -66,8 +69,10 @@ final class ExportTests: XCTestCase {
         XCTAssertEqual(store.cases.map(\.id), ["lps", "oblique"])
         try FileManager.default.createDirectory(atPath: d.path + "/out", withIntermediateDirectories: true)
         let model = SegmentationModel(ModelConfig(featureScale: 16), seed: 2)
-        let predictor = try SlidingWindowPredictor(network: model, options: SlidingWindowOptions(
-            patch: Dim3(z: 16, y: 32, x: 32), keepProbabilities: true))
+        let predictor = try SlidingWindowPredictor(
+            network: model,
+            options: SlidingWindowOptions(
+                patch: Dim3(z: 16, y: 32, x: 32), keepProbabilities: true))
         for (c, info) in store.cases.enumerated() {
             XCTAssertNotEqual(info.shape, info.originalShape, "the store must be at another spacing than the source")
             let g = try SourceGeometry(store: store, case: c)
@@ -77,9 +82,11 @@ final class ExportTests: XCTestCase {
             let p = try predictor.predict(store: store, case: c)
             let out = "\(d.path)/out/\(info.id)"
             try SourceExport.write(p, geometry: g, to: out + ".nii.gz", codes: codes)
-            try SourceExport.write(p, geometry: g, to: out + "_nearest.nii.gz", resampling: .nearestLabels, codes: codes)
+            try SourceExport.write(
+                p, geometry: g, to: out + "_nearest.nii.gz", resampling: .nearestLabels, codes: codes)
             let back = try NIfTIVolume.read(out + ".nii.gz")
-            XCTAssertEqual(back.voxels.map { UInt8($0) }, try SourceExport.labels(p, geometry: g), "write and labels agree")
+            XCTAssertEqual(
+                back.voxels.map { UInt8($0) }, try SourceExport.labels(p, geometry: g), "write and labels agree")
             let full = try SourceExport.probabilities(p, geometry: g)
             XCTAssertEqual(full.count, 4 * g.sourceShape.count)
 
@@ -88,9 +95,11 @@ final class ExportTests: XCTestCase {
             for i in label.indices { oneHot[Int(label[i]) * label.count + i] = 1 }
             let oracle = Prediction(shape: info.shape, classes: 4, labels: label, probabilities: oneHot)
             try SourceExport.write(oracle, geometry: g, to: out + "_oracle_linear.nii.gz", codes: codes)
-            try SourceExport.write(oracle, geometry: g, to: out + "_oracle_nearest.nii.gz", resampling: .nearestLabels, codes: codes)
+            try SourceExport.write(
+                oracle, geometry: g, to: out + "_oracle_nearest.nii.gz", resampling: .nearestLabels, codes: codes)
         }
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import h5py, numpy as np, nibabel as nib
             from scipy.ndimage import map_coordinates
             d = r'\(d.path)'
@@ -139,7 +148,8 @@ final class ExportTests: XCTestCase {
     func testGeometryMismatchesAreErrors() throws {
         let d = try Self.prepared()
         let store = try CaseStore(path: d.path + "/store.h5")
-        let c = store.index(of: "lps")!, info = store.cases[c]
+        let c = store.index(of: "lps")!
+        let info = store.cases[c]
         let g = try SourceGeometry(store: store, case: c)
         let wrong = Dim3(z: info.shape.z, y: info.shape.y, x: info.shape.x + 1)
         let p = Prediction(shape: wrong, classes: 4, labels: [UInt8](repeating: 0, count: wrong.count))
@@ -147,14 +157,16 @@ final class ExportTests: XCTestCase {
             XCTAssertTrue("\($0)".contains("store.h5: case lps: the prediction's size"), "\($0)")
         }
         XCTAssertFalse(FileManager.default.fileExists(atPath: d.path + "/never.nii.gz"))
-        let noProbabilities = Prediction(shape: info.shape, classes: 4, labels: [UInt8](repeating: 0, count: info.shape.count))
+        let noProbabilities = Prediction(
+            shape: info.shape, classes: 4, labels: [UInt8](repeating: 0, count: info.shape.count))
         XCTAssertThrowsError(try SourceExport.labels(noProbabilities, geometry: g, resampling: .linearProbabilities)) {
             XCTAssertTrue("\($0)".contains("needs the prediction's probabilities"), "\($0)")
         }
         XCTAssertThrowsError(try XformCodes.of(source: store.cases[store.index(of: "oblique")!].source, geometry: g)) {
             XCTAssertTrue("\($0)".contains("oblique.nii.gz: size"), "\($0)")
         }
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import h5py, shutil
             d = r'\(d.path)'
             shutil.copy(d + '/store.h5', d + '/moved.h5'); shutil.copy(d + '/store.h5', d + '/bare.h5')

@@ -1,8 +1,8 @@
 import DataPipeline
 import Foundation
-import Support
 import Inference
 import NN
+import Support
 import Tensor
 import TestSupport
 import XCTest
@@ -37,16 +37,20 @@ final class ModelPredictionTests: XCTestCase {
     func testOneTileCaseEqualsAPlainForwardOfThePaddedVolume() throws {
         Parallelism.threads = 2
         let store = try CaseStore(path: try Self.storePath())
-        let info = store.cases[0], s = info.shape
+        let info = store.cases[0]
+        let s = info.shape
         let patch = Dim3(z: 32, y: 48, x: 48)
         XCTAssertTrue(s.z <= patch.z && s.y <= patch.y && s.x <= patch.x, "the case must fit in one tile: \(s)")
         let model = SegmentationModel(ModelConfig(featureScale: 16), seed: 5)
         let peakBefore = Memory.peakResidentBytes()
         let reset = Memory.resetPeak()
-        let p = try SlidingWindowPredictor(network: model, options: SlidingWindowOptions(patch: patch, attentionMaps: true))
-            .predict(store: store, case: 0)
-        print("prediction of \(s) in one \(patch) tile: \(String(format: "%.2f", p.seconds)) s, \(p.memory)",
-              "(peak reset: \(reset); process peak before the reset \(Memory.format(peakBefore)))")
+        let p = try SlidingWindowPredictor(
+            network: model, options: SlidingWindowOptions(patch: patch, attentionMaps: true)
+        )
+        .predict(store: store, case: 0)
+        print(
+            "prediction of \(s) in one \(patch) tile: \(String(format: "%.2f", p.seconds)) s, \(p.memory)",
+            "(peak reset: \(reset); process peak before the reset \(Memory.format(peakBefore)))")
         XCTAssertEqual(p.tiles, 1)
         XCTAssertTrue(model.training, "the model's mode is restored")
 
@@ -56,16 +60,21 @@ final class ModelPredictionTests: XCTestCase {
         IntensityNormalization.zscore.apply(input.pointer, count: input.count, case: info)
         model.training = false
         let logits = try model.forward(input)
-        var mismatches = 0, nearTies = 0
-        for z in 0..<s.z { for y in 0..<s.y { for x in 0..<s.x {
-            let t = ((z + b.z) * patch.y + y + b.y) * patch.x + x + b.x
-            let l = (0..<4).map { logits.data[$0 * patch.count + t] }
-            let best = l.firstIndex(of: l.max()!)!
-            if Int(p.labels[(z * s.y + y) * s.x + x]) != best {
-                let sorted = l.sorted(by: >)
-                if sorted[0] - sorted[1] < 1e-4 { nearTies += 1 } else { mismatches += 1 }
+        var mismatches = 0
+        var nearTies = 0
+        for z in 0..<s.z {
+            for y in 0..<s.y {
+                for x in 0..<s.x {
+                    let t = ((z + b.z) * patch.y + y + b.y) * patch.x + x + b.x
+                    let l = (0..<4).map { logits.data[$0 * patch.count + t] }
+                    let best = l.firstIndex(of: l.max()!)!
+                    if Int(p.labels[(z * s.y + y) * s.x + x]) != best {
+                        let sorted = l.sorted(by: >)
+                        if sorted[0] - sorted[1] < 1e-4 { nearTies += 1 } else { mismatches += 1 }
+                    }
+                }
             }
-        } } }
+        }
         XCTAssertEqual(mismatches, 0)
         XCTAssertLessThan(nearTies, 3)
         XCTAssertGreaterThan(Set(p.labels).count, 1, "a random model still predicts more than one class")
@@ -84,8 +93,11 @@ final class ModelPredictionTests: XCTestCase {
         let s = store.cases[0].shape
         let model = SegmentationModel(ModelConfig(featureScale: 16), seed: 5)
         Memory.resetPeak()
-        let p = try SlidingWindowPredictor(network: model, options: SlidingWindowOptions(
-            patch: Dim3(z: 16, y: 32, x: 32), tta: true, keepProbabilities: true)).predict(store: store, case: 0)
+        let p = try SlidingWindowPredictor(
+            network: model,
+            options: SlidingWindowOptions(
+                patch: Dim3(z: 16, y: 32, x: 32), tta: true, keepProbabilities: true)
+        ).predict(store: store, case: 0)
         print("prediction of \(s) in \(p.tiles) tiles x 4 flips: \(String(format: "%.2f", p.seconds)) s, \(p.memory)")
         XCTAssertGreaterThan(p.tiles, 4)
         XCTAssertEqual(p.forwardPasses, 4 * p.tiles)

@@ -30,8 +30,11 @@ final class SourceInputTests: XCTestCase {
             XCTAssertEqual(input.geometry.sourceShape, stored.sourceShape, info.id)
             XCTAssertEqual(input.geometry.grid, stored.grid, info.id)
             for i in 0..<16 {
-                XCTAssertEqual(input.geometry.storedAffine[i], stored.storedAffine[i], accuracy: 1e-5, "\(info.id) affine \(i)")
-                XCTAssertEqual(input.geometry.sourceAffine[i], stored.sourceAffine[i], accuracy: 1e-5, "\(info.id) source affine \(i)")
+                XCTAssertEqual(
+                    input.geometry.storedAffine[i], stored.storedAffine[i], accuracy: 1e-5, "\(info.id) affine \(i)")
+                XCTAssertEqual(
+                    input.geometry.sourceAffine[i], stored.sourceAffine[i], accuracy: 1e-5,
+                    "\(info.id) source affine \(i)")
             }
             let h = try NIfTIVolume.readGeometry(path)
             XCTAssertEqual(input.codes, XformCodes(qform: h.qformCode, sform: h.sformCode), info.id)
@@ -42,13 +45,16 @@ final class SourceInputTests: XCTestCase {
     /// whose shape, qform and sform, matrices and codes, are the source's.
     func testPredictKeepsTheSourcesQformAndSform() throws {
         let d = try ExportTests.prepared()
-        let tmp = try TestEnv.tempDir(), out = tmp.path + "/pred"
+        let tmp = try TestEnv.tempDir()
+        let out = tmp.path + "/pred"
         defer { try? FileManager.default.removeItem(at: tmp) }
         let ckpt = "\(d.path)/untrained.h5"
         try Checkpoint.save(SegmentationModel(ModelConfig(classes: 4, featureScale: 16)), to: ckpt)
-        let r = try TestEnv.run("\(TestEnv.attunet) predict --input \(d.path)/img --checkpoint \(ckpt) --patch 32x32x16 --out \(out)")
+        let r = try TestEnv.run(
+            "\(TestEnv.attunet) predict --input \(d.path)/img --checkpoint \(ckpt) --patch 32x32x16 --out \(out)")
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import nibabel as nib, numpy as np
             for c in ['oblique', 'lps']:
                 a = nib.load(r'\(d.path)/img/' + c + '.nii.gz'); b = nib.load(r'\(out)/' + c + '.nii.gz')

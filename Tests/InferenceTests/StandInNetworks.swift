@@ -35,7 +35,8 @@ final class PointwiseNet: SegmentationNetwork {
     func forward(_ input: Tensor) throws -> Tensor {
         calls += 1
         trainingSeen.append(training)
-        let s = input.shape, v = s[2] * s[3] * s[4]
+        let s = input.shape
+        let v = s[2] * s[3] * s[4]
         let o = Tensor.reuse(&out, [s[0], outputClasses, s[2], s[3], s[4]])
         for c in 0..<outputClasses {
             for i in 0..<v { o.data[c * v + i] = logit(c, input.data[i]) }
@@ -65,13 +66,19 @@ final class PositionNet: SegmentationNetwork {
     }
 
     func forward(_ input: Tensor) throws -> Tensor {
-        let s = input.shape, v = s[2] * s[3] * s[4]
+        let s = input.shape
+        let v = s[2] * s[3] * s[4]
         let o = Tensor.reuse(&out, [s[0], outputClasses, s[2], s[3], s[4]])
         for c in 0..<outputClasses {
             var i = 0
-            for z in 0..<s[2] { for y in 0..<s[3] { for x in 0..<s[4] {
-                o.data[c * v + i] = Self.logit(c, z: z, y: y, x: x); i += 1
-            } } }
+            for z in 0..<s[2] {
+                for y in 0..<s[3] {
+                    for x in 0..<s[4] {
+                        o.data[c * v + i] = Self.logit(c, z: z, y: y, x: x)
+                        i += 1
+                    }
+                }
+            }
         }
         return o
     }
@@ -87,19 +94,33 @@ final class BoxNet: SegmentationNetwork {
     private var out: Tensor?
 
     func forward(_ input: Tensor) throws -> Tensor {
-        let s = input.shape, (nz, ny, nx) = (s[2], s[3], s[4]), v = nz * ny * nx
+        let s = input.shape
+        let (nz, ny, nx) = (s[2], s[3], s[4])
+        let v = nz * ny * nx
         let o = Tensor.reuse(&out, [s[0], 2, nz, ny, nx])
         var i = 0
-        for z in 0..<nz { for y in 0..<ny { for x in 0..<nx {
-            var sum: Float = 0
-            for dz in -1...1 { for dy in -1...1 { for dx in -1...1 {
-                let zz = z + dz, yy = y + dy, xx = x + dx
-                if zz >= 0 && zz < nz && yy >= 0 && yy < ny && xx >= 0 && xx < nx { sum += input.data[(zz * ny + yy) * nx + xx] }
-            } } }
-            o.data[i] = 0.1 * sum
-            o.data[v + i] = input.data[i] - 0.05 * sum
-            i += 1
-        } } }
+        for z in 0..<nz {
+            for y in 0..<ny {
+                for x in 0..<nx {
+                    var sum: Float = 0
+                    for dz in -1...1 {
+                        for dy in -1...1 {
+                            for dx in -1...1 {
+                                let zz = z + dz
+                                let yy = y + dy
+                                let xx = x + dx
+                                if zz >= 0 && zz < nz && yy >= 0 && yy < ny && xx >= 0 && xx < nx {
+                                    sum += input.data[(zz * ny + yy) * nx + xx]
+                                }
+                            }
+                        }
+                    }
+                    o.data[i] = 0.1 * sum
+                    o.data[v + i] = input.data[i] - 0.05 * sum
+                    i += 1
+                }
+            }
+        }
         return o
     }
 }

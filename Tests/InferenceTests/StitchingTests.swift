@@ -14,11 +14,15 @@ final class StitchingTests: XCTestCase {
     }
 
     /// Asserts that the stitched probabilities and labels equal the pointwise network's whole-volume softmax.
-    func assertEqualsWholeVolume(_ p: Prediction, _ volume: [Float], nets: [PointwiseNet], flips: Int = 1,
-                                 file: StaticString = #filePath, line: UInt = #line) {
-        let k = p.classes, nv = p.shape.count
+    func assertEqualsWholeVolume(
+        _ p: Prediction, _ volume: [Float], nets: [PointwiseNet], flips: Int = 1,
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
+        let k = p.classes
+        let nv = p.shape.count
         guard let probs = p.probabilities else { return XCTFail("no probabilities", file: file, line: line) }
-        var worst = 0.0, labelErrors = 0
+        var worst = 0.0
+        var labelErrors = 0
         for i in 0..<nv {
             var ref = [Double](repeating: 0, count: k)
             for net in nets {
@@ -46,7 +50,8 @@ final class StitchingTests: XCTestCase {
         XCTAssertEqual(SlidingWindowPredictor.tileStarts(length: 100, patch: 32, overlap: 0), [0, 23, 45, 68])
         for (n, p, o) in [(100, 48, 0.5), (333, 64, 0.25), (97, 16, 0.75), (64, 48, 0.1)] {
             let s = SlidingWindowPredictor.tileStarts(length: n, patch: p, overlap: o)
-            XCTAssertEqual(s.first, 0); XCTAssertEqual(s.last, n - p)
+            XCTAssertEqual(s.first, 0)
+            XCTAssertEqual(s.last, n - p)
             for (a, b) in zip(s, s.dropFirst()) { XCTAssertLessThanOrEqual(Double(b - a), Double(p) * (1 - o) + 0.5) }
         }
     }
@@ -56,14 +61,19 @@ final class StitchingTests: XCTestCase {
     /// tiles covering it, against nnU-Net's own step and Gaussian code run in Python.
     func testLargerVolumeEqualsWholeVolumeAndWeightsMatchNnUNet() throws {
         Parallelism.threads = 2
-        let n = Dim3(z: 40, y: 70, x: 100), patch = Dim3(z: 32, y: 32, x: 48)
+        let n = Dim3(z: 40, y: 70, x: 100)
+        let patch = Dim3(z: 32, y: 32, x: 48)
         let volume = testVolume(n, seed: 1)
         let net = PointwiseNet()
-        let predictor = try SlidingWindowPredictor(network: net, options: SlidingWindowOptions(
-            patch: patch, keepProbabilities: true, keepWeights: true))
+        let predictor = try SlidingWindowPredictor(
+            network: net,
+            options: SlidingWindowOptions(
+                patch: patch, keepProbabilities: true, keepWeights: true))
         Memory.resetPeak()
         let p = try predictor.predict(volume: volume, shape: n, padValue: -3)
-        print("stitching \(n) (\(n.count) voxels, 3 classes) in \(p.tiles) tiles: \(String(format: "%.2f", p.seconds)) s, \(p.memory)")
+        print(
+            "stitching \(n) (\(n.count) voxels, 3 classes) in \(p.tiles) tiles: \(String(format: "%.2f", p.seconds)) s, \(p.memory)"
+        )
         XCTAssertEqual(p.tiles, 2 * 4 * 4)
         assertEqualsWholeVolume(p, volume, nets: [net])
         XCTAssertEqual(net.trainingSeen, [Bool](repeating: false, count: net.calls), "the network runs in eval mode")
@@ -73,11 +83,15 @@ final class StitchingTests: XCTestCase {
 
     /// A volume smaller than the tile along z only: padded along z (split evenly), several tiles along x and y.
     func testVolumeSmallerAlongOneAxisEqualsWholeVolume() throws {
-        let n = Dim3(z: 11, y: 40, x: 70), patch = Dim3(z: 16, y: 32, x: 32)
+        let n = Dim3(z: 11, y: 40, x: 70)
+        let patch = Dim3(z: 16, y: 32, x: 32)
         let volume = testVolume(n, seed: 2)
         let net = PointwiseNet()
-        let p = try SlidingWindowPredictor(network: net, options: SlidingWindowOptions(
-            patch: patch, keepProbabilities: true, keepWeights: true)).predict(volume: volume, shape: n, padValue: 5)
+        let p = try SlidingWindowPredictor(
+            network: net,
+            options: SlidingWindowOptions(
+                patch: patch, keepProbabilities: true, keepWeights: true)
+        ).predict(volume: volume, shape: n, padValue: 5)
         XCTAssertEqual(p.tiles, 1 * 2 * 4)
         assertEqualsWholeVolume(p, volume, nets: [net])
         try assertWeightsMatchNnUNet(p.weights!, shape: n, patch: patch)
@@ -87,40 +101,58 @@ final class StitchingTests: XCTestCase {
     /// split evenly before and after (the odd voxel after), and is cropped back: with a local (3x3x3) network
     /// the result equals that padded forward pass exactly.
     func testVolumeSmallerThanTheTileIsPaddedEvenlyAndCroppedBack() throws {
-        let n = Dim3(z: 13, y: 27, x: 20), patch = Dim3(z: 16, y: 32, x: 32), pad: Float = -1.7
+        let n = Dim3(z: 13, y: 27, x: 20)
+        let patch = Dim3(z: 16, y: 32, x: 32)
+        let pad: Float = -1.7
         let volume = testVolume(n, seed: 3)
         let net = BoxNet()
-        let p = try SlidingWindowPredictor(network: net, options: SlidingWindowOptions(
-            patch: patch, keepProbabilities: true)).predict(volume: volume, shape: n, padValue: pad)
+        let p = try SlidingWindowPredictor(
+            network: net,
+            options: SlidingWindowOptions(
+                patch: patch, keepProbabilities: true)
+        ).predict(volume: volume, shape: n, padValue: pad)
         XCTAssertEqual(p.tiles, 1)
-        let b = (z: 1, y: 2, x: 6)   // (16-13)/2, (32-27)/2, (32-20)/2
+        let b = (z: 1, y: 2, x: 6)  // (16-13)/2, (32-27)/2, (32-20)/2
         let input = Tensor([1, 1, patch.z, patch.y, patch.x])
         input.fill(pad)
-        for z in 0..<n.z { for y in 0..<n.y { for x in 0..<n.x {
-            input.data[((z + b.z) * patch.y + y + b.y) * patch.x + x + b.x] = volume[(z * n.y + y) * n.x + x]
-        } } }
+        for z in 0..<n.z {
+            for y in 0..<n.y {
+                for x in 0..<n.x {
+                    input.data[((z + b.z) * patch.y + y + b.y) * patch.x + x + b.x] = volume[(z * n.y + y) * n.x + x]
+                }
+            }
+        }
         let logits = try BoxNet().forward(input)
         var worst = 0.0
-        for z in 0..<n.z { for y in 0..<n.y { for x in 0..<n.x {
-            let t = ((z + b.z) * patch.y + y + b.y) * patch.x + x + b.x, v = (z * n.y + y) * n.x + x
-            let ref = softmax([logits.data[t], logits.data[patch.count + t]])
-            for c in 0..<2 { worst = max(worst, abs(ref[c] - Double(p.probabilities![c * n.count + v]))) }
-        } } }
+        for z in 0..<n.z {
+            for y in 0..<n.y {
+                for x in 0..<n.x {
+                    let t = ((z + b.z) * patch.y + y + b.y) * patch.x + x + b.x
+                    let v = (z * n.y + y) * n.x + x
+                    let ref = softmax([logits.data[t], logits.data[patch.count + t]])
+                    for c in 0..<2 { worst = max(worst, abs(ref[c] - Double(p.probabilities![c * n.count + v]))) }
+                }
+            }
+        }
         XCTAssertLessThan(worst, 1e-6)
     }
 
     /// Mirror TTA with a mirror-equivariant network equals no TTA (in-plane and all 8 flips); with a network that
     /// is not, it is the mean of the flips' outputs put back in place.
     func testMirrorTTA() throws {
-        let n = Dim3(z: 21, y: 37, x: 50), patch = Dim3(z: 16, y: 32, x: 32)
+        let n = Dim3(z: 21, y: 37, x: 50)
+        let patch = Dim3(z: 16, y: 32, x: 32)
         let volume = testVolume(n, seed: 4)
         let net = PointwiseNet()
-        let plain = try SlidingWindowPredictor(network: net, options: SlidingWindowOptions(patch: patch, keepProbabilities: true))
-            .predict(volume: volume, shape: n, padValue: 0)
+        let plain = try SlidingWindowPredictor(
+            network: net, options: SlidingWindowOptions(patch: patch, keepProbabilities: true)
+        )
+        .predict(volume: volume, shape: n, padValue: 0)
         for axes in [MirrorAxes.inPlane, .all] {
             var o = SlidingWindowOptions(patch: patch, tta: true, keepProbabilities: true)
             o.mirrorAxes = axes
-            let tta = try SlidingWindowPredictor(network: net, options: o).predict(volume: volume, shape: n, padValue: 0)
+            let tta = try SlidingWindowPredictor(network: net, options: o).predict(
+                volume: volume, shape: n, padValue: 0)
             XCTAssertEqual(tta.forwardPasses, plain.tiles * axes.flips.count)
             XCTAssertEqual(tta.labels, plain.labels)
             let worst = zip(tta.probabilities!, plain.probabilities!).map { abs($0 - $1) }.max()!
@@ -133,28 +165,37 @@ final class StitchingTests: XCTestCase {
         o.mirrorAxes = .all
         let p = try SlidingWindowPredictor(network: PositionNet(), options: o)
             .predict(volume: testVolume(one, seed: 5), shape: one, padValue: 0)
-        var worst = 0.0, i = 0
-        for z in 0..<one.z { for y in 0..<one.y { for x in 0..<one.x {
-            var ref = [Double](repeating: 0, count: 3)
-            for f in MirrorAxes.all.flips {
-                let fz = f.contains(.z) ? one.z - 1 - z : z, fy = f.contains(.y) ? one.y - 1 - y : y
-                let fx = f.contains(.x) ? one.x - 1 - x : x
-                let s = softmax((0..<3).map { PositionNet.logit($0, z: fz, y: fy, x: fx) })
-                for c in 0..<3 { ref[c] += s[c] / 8 }
+        var worst = 0.0
+        var i = 0
+        for z in 0..<one.z {
+            for y in 0..<one.y {
+                for x in 0..<one.x {
+                    var ref = [Double](repeating: 0, count: 3)
+                    for f in MirrorAxes.all.flips {
+                        let fz = f.contains(.z) ? one.z - 1 - z : z
+                        let fy = f.contains(.y) ? one.y - 1 - y : y
+                        let fx = f.contains(.x) ? one.x - 1 - x : x
+                        let s = softmax((0..<3).map { PositionNet.logit($0, z: fz, y: fy, x: fx) })
+                        for c in 0..<3 { ref[c] += s[c] / 8 }
+                    }
+                    for c in 0..<3 { worst = max(worst, abs(ref[c] - Double(p.probabilities![c * one.count + i]))) }
+                    i += 1
+                }
             }
-            for c in 0..<3 { worst = max(worst, abs(ref[c] - Double(p.probabilities![c * one.count + i]))) }
-            i += 1
-        } } }
+        }
         XCTAssertLessThan(worst, 1e-6)
     }
 
     /// An ensemble averages the networks' softmax outputs.
     func testEnsembleAveragesSoftmax() throws {
-        let n = Dim3(z: 20, y: 40, x: 45), patch = Dim3(z: 16, y: 32, x: 32)
+        let n = Dim3(z: 20, y: 40, x: 45)
+        let patch = Dim3(z: 16, y: 32, x: 32)
         let volume = testVolume(n, seed: 6)
         let nets = [PointwiseNet(seed: 0), PointwiseNet(seed: 0.6), PointwiseNet(seed: 1.9)]
-        let p = try SlidingWindowPredictor(networks: nets, options: SlidingWindowOptions(patch: patch, keepProbabilities: true))
-            .predict(volume: volume, shape: n, padValue: 0)
+        let p = try SlidingWindowPredictor(
+            networks: nets, options: SlidingWindowOptions(patch: patch, keepProbabilities: true)
+        )
+        .predict(volume: volume, shape: n, padValue: 0)
         assertEqualsWholeVolume(p, volume, nets: nets)
     }
 
@@ -162,19 +203,29 @@ final class StitchingTests: XCTestCase {
     /// function of the input comes out as that function of the whole volume; a constant half-resolution map
     /// stays constant.
     func testAttentionMapsAreStitched() throws {
-        let n = Dim3(z: 20, y: 40, x: 45), patch = Dim3(z: 16, y: 32, x: 32)
+        let n = Dim3(z: 20, y: 40, x: 45)
+        let patch = Dim3(z: 16, y: 32, x: 32)
         let volume = testVolume(n, seed: 7)
-        let p = try SlidingWindowPredictor(network: PointwiseNet(maps: true), options: SlidingWindowOptions(
-            patch: patch, tta: true, attentionMaps: true)).predict(volume: volume, shape: n, padValue: 0)
+        let p = try SlidingWindowPredictor(
+            network: PointwiseNet(maps: true),
+            options: SlidingWindowOptions(
+                patch: patch, tta: true, attentionMaps: true)
+        ).predict(volume: volume, shape: n, padValue: 0)
         let maps = try XCTUnwrap(p.attentionMaps)
         XCTAssertEqual(maps.names, ["full", "half"])
-        let full = Array(maps.map("full")!), half = Array(maps.map("half")!)
+        let full = Array(maps.map("full")!)
+        let half = Array(maps.map("half")!)
         var worst: Float = 0
         for i in 0..<n.count { worst = max(worst, abs(full[i] - 1 / (1 + exp(-volume[i])))) }
         XCTAssertLessThan(worst, 1e-6)
         XCTAssertLessThan(half.map { abs($0 - 0.25) }.max()!, 1e-6)
-        XCTAssertThrowsError(try SlidingWindowPredictor(network: PointwiseNet(), options: SlidingWindowOptions(
-            patch: patch, attentionMaps: true)).predict(volume: volume, shape: n, padValue: 0)) {
+        XCTAssertThrowsError(
+            try SlidingWindowPredictor(
+                network: PointwiseNet(),
+                options: SlidingWindowOptions(
+                    patch: patch, attentionMaps: true)
+            ).predict(volume: volume, shape: n, padValue: 0)
+        ) {
             XCTAssertTrue("\($0)".contains("has none"), "\($0)")
         }
     }
@@ -183,26 +234,50 @@ final class StitchingTests: XCTestCase {
     func testBadSettingsAreErrors() {
         let net = PointwiseNet()
         func message(_ body: () throws -> Void) -> String {
-            do { try body(); return "" } catch { return "\(error)" }
+            do {
+                try body()
+                return ""
+            } catch { return "\(error)" }
         }
-        XCTAssertTrue(message { _ = try SlidingWindowPredictor(network: net, options: SlidingWindowOptions(patch: Dim3(z: 16, y: 40, x: 32))) }
+        XCTAssertTrue(
+            message {
+                _ = try SlidingWindowPredictor(
+                    network: net, options: SlidingWindowOptions(patch: Dim3(z: 16, y: 40, x: 32)))
+            }
             .contains("not a positive multiple of 16"))
-        XCTAssertTrue(message { _ = try SlidingWindowPredictor(network: net, options: SlidingWindowOptions(patch: Dim3(z: 16, y: 16, x: 16), overlap: 1)) }
+        XCTAssertTrue(
+            message {
+                _ = try SlidingWindowPredictor(
+                    network: net, options: SlidingWindowOptions(patch: Dim3(z: 16, y: 16, x: 16), overlap: 1))
+            }
             .contains("overlap"))
-        XCTAssertTrue(message { _ = try SlidingWindowPredictor(networks: [net, PointwiseNet(classes: 4)], options: SlidingWindowOptions(patch: Dim3(z: 16, y: 16, x: 16))) }
+        XCTAssertTrue(
+            message {
+                _ = try SlidingWindowPredictor(
+                    networks: [net, PointwiseNet(classes: 4)],
+                    options: SlidingWindowOptions(patch: Dim3(z: 16, y: 16, x: 16)))
+            }
             .contains("must agree"))
-        XCTAssertTrue(message { _ = try SlidingWindowPredictor(network: net, options: SlidingWindowOptions(patch: Dim3(z: 16, y: 16, x: 16)))
-            .predict(volume: [0, 1], shape: Dim3(z: 1, y: 1, x: 3), padValue: 0) }.contains("does not match its shape"))
+        XCTAssertTrue(
+            message {
+                _ = try SlidingWindowPredictor(
+                    network: net, options: SlidingWindowOptions(patch: Dim3(z: 16, y: 16, x: 16))
+                )
+                .predict(volume: [0, 1], shape: Dim3(z: 1, y: 1, x: 3), padValue: 0)
+            }.contains("does not match its shape"))
     }
 
     /// The predictor's weights against nnU-Net's `compute_steps_for_sliding_window` and `compute_gaussian`
     /// (transcribed from nnunetv2.inference.sliding_window_prediction), summed over the padded volume and cropped.
-    func assertWeightsMatchNnUNet(_ weights: [Float], shape n: Dim3, patch: Dim3,
-                                  file: StaticString = #filePath, line: UInt = #line) throws {
+    func assertWeightsMatchNnUNet(
+        _ weights: [Float], shape n: Dim3, patch: Dim3,
+        file: StaticString = #filePath, line: UInt = #line
+    ) throws {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
         try weights.withUnsafeBytes { try Data($0).write(to: dir.appendingPathComponent("w.bin")) }
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import numpy as np
             from scipy.ndimage import gaussian_filter
             def compute_gaussian(tile_size, sigma_scale=1. / 8, value_scaling_factor=1):

@@ -1,7 +1,8 @@
 import Foundation
-@testable import NN
 import Tensor
 import XCTest
+
+@testable import NN
 
 private let shape = [2, 3, 3, 5, 7]
 
@@ -26,8 +27,10 @@ final class ActivationTests: XCTestCase {
         let r = GradCheck.random(y.count, seed: 2)
         let dx = relu.backward(Tensor(y.shape, r)).array
         for i in 0..<x.count { XCTAssertEqual(dx[i], x.data[i] > 0 ? r[i] : 0) }
-        GradCheck.check("relu.dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-4,
-                        samples: x.count) { GradCheck.dot(relu.forward(x).data, r) }
+        GradCheck.check(
+            "relu.dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-4,
+            samples: x.count
+        ) { GradCheck.dot(relu.forward(x).data, r) }
     }
 
     func testReLUZeroHasZeroGradient() {
@@ -70,8 +73,10 @@ final class ActivationTests: XCTestCase {
         }
         let r = GradCheck.random(y.count, seed: 9)
         let dx = sig.backward(Tensor(y.shape, r)).array
-        GradCheck.check("sigmoid.dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-3,
-                        samples: x.count) { GradCheck.dot(sig.forward(x).data, r) }
+        GradCheck.check(
+            "sigmoid.dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-3,
+            samples: x.count
+        ) { GradCheck.dot(sig.forward(x).data, r) }
     }
 
     func testSigmoidExtremesAreFinite() {
@@ -87,7 +92,9 @@ final class ActivationTests: XCTestCase {
         let sm = Softmax()
         let x = tensor(shape, seed: 10, lo: -3, hi: 3)
         let y = sm.forward(x)
-        let n = shape[0], c = shape[1], v = shape[2] * shape[3] * shape[4]
+        let n = shape[0]
+        let c = shape[1]
+        let v = shape[2] * shape[3] * shape[4]
         for b in 0..<n {
             for i in 0..<v {
                 let logits = (0..<c).map { Double(x.data[(b * c + $0) * v + i]) }
@@ -122,8 +129,10 @@ final class ActivationTests: XCTestCase {
         let y = sm.forward(x)
         let r = GradCheck.random(y.count, seed: 12)
         let dx = sm.backward(Tensor(y.shape, r)).array
-        GradCheck.check("softmax.dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-3,
-                        samples: x.count) { GradCheck.dot(sm.forward(x).data, r) }
+        GradCheck.check(
+            "softmax.dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-3,
+            samples: x.count
+        ) { GradCheck.dot(sm.forward(x).data, r) }
     }
 
     func testSoftmaxBlocksBeyondOneChunk() {
@@ -132,7 +141,8 @@ final class ActivationTests: XCTestCase {
         let sm = Softmax()
         let x = tensor(s, seed: 13, lo: -5, hi: 5)
         let y = sm.forward(x)
-        let c = s[1], v = s[2] * s[3] * s[4]
+        let c = s[1]
+        let v = s[2] * s[3] * s[4]
         for b in 0..<s[0] {
             for i in Swift.stride(from: 0, to: v, by: 7) {
                 let sum = (0..<c).reduce(0.0) { $0 + Double(y.data[(b * c + $1) * v + i]) }
@@ -146,15 +156,21 @@ final class ActivationTests: XCTestCase {
         defer { Parallelism.threads = saved }
         // Big enough for several flat chunks (1 << 15) and several softmax blocks.
         let s = [2, 3, 9, 40, 41]
-        let x = tensor(s, seed: 14, lo: -3, hi: 3), dy = tensor(s, seed: 15)
+        let x = tensor(s, seed: 14, lo: -3, hi: 3)
+        let dy = tensor(s, seed: 15)
         var results: [[[Float]]] = []
         for threads in [1, 3] {
             Parallelism.threads = threads
-            let relu = ReLU(), sig = Sigmoid(), sm = Softmax()
+            let relu = ReLU()
+            let sig = Sigmoid()
+            let sm = Softmax()
             var r: [[Float]] = []
-            r.append(relu.forward(x).array); r.append(relu.backward(dy).array)
-            r.append(sig.forward(x).array); r.append(sig.backward(dy).array)
-            r.append(sm.forward(x).array); r.append(sm.backward(dy).array)
+            r.append(relu.forward(x).array)
+            r.append(relu.backward(dy).array)
+            r.append(sig.forward(x).array)
+            r.append(sig.backward(dy).array)
+            r.append(sm.forward(x).array)
+            r.append(sm.backward(dy).array)
             results.append(r)
         }
         XCTAssertEqual(results[0], results[1])

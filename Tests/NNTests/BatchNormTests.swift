@@ -2,6 +2,7 @@ import Foundation
 import Support
 import Tensor
 import XCTest
+
 @testable import NN
 
 /// BatchNorm3d: batch/running statistics against hand-computed values, finite differences in training and
@@ -17,14 +18,16 @@ final class PairExchange: @unchecked Sendable {
     func swap(rank: Int, _ mine: [Double]) -> [Double] {
         cond.lock()
         defer { cond.unlock() }
-        while posted[rank] != nil { cond.wait() }   // the previous round is still being read
+        while posted[rank] != nil { cond.wait() }  // the previous round is still being read
         posted[rank] = mine
         cond.broadcast()
         while posted[1 - rank] == nil || taken[rank] { cond.wait() }
         let other = posted[1 - rank]!
         taken[rank] = true
-        if taken[1 - rank] {   // both have read: the round is over
-            posted = [nil, nil]; taken = [false, false]; rounds += 1
+        if taken[1 - rank] {  // both have read: the round is over
+            posted = [nil, nil]
+            taken = [false, false]
+            rounds += 1
         }
         cond.broadcast()
         return other
@@ -37,14 +40,16 @@ final class BatchNormTests: XCTestCase {
         super.tearDown()
     }
 
-    static let shape = [2, 3, 3, 4, 5]   // N, C, Z, Y, X: M = 2*60 = 120 values per channel
+    static let shape = [2, 3, 3, 4, 5]  // N, C, Z, Y, X: M = 2*60 = 120 values per channel
 
     /// A layer (reset to PyTorch's initial state, then given non-trivial gamma/beta) and an input whose channels
     /// have different offsets and scales.
     func make(seed: UInt64 = 1) -> (BatchNorm3d, ParameterStore, ParameterStore, Tensor) {
-        let params = ParameterStore(), buffers = ParameterStore()
+        let params = ParameterStore()
+        let buffers = ParameterStore()
         let bn = BatchNorm3d(params: params, buffers: buffers, name: "conv1.conv1.1", channels: Self.shape[1])
-        params.allocate(); buffers.allocate()
+        params.allocate()
+        buffers.allocate()
         bn.resetParameters()
         for c in 0..<bn.channels {
             bn.weight.value[c] = 0.5 + 0.4 * Float(c)
@@ -62,7 +67,9 @@ final class BatchNormTests: XCTestCase {
 
     /// Per-channel (mean, biased variance, count) in Double.
     func stats(_ x: Tensor) -> [(mean: Double, variance: Double, m: Double)] {
-        let n = x.shape[0], c = x.shape[1], v = x.count / (n * c)
+        let n = x.shape[0]
+        let c = x.shape[1]
+        let v = x.count / (n * c)
         return (0..<c).map { ch in
             var vals: [Double] = []
             for i in 0..<n { for j in 0..<v { vals.append(Double(x.data[(i * c + ch) * v + j])) } }
@@ -75,8 +82,12 @@ final class BatchNormTests: XCTestCase {
     func testRegistersParametersAndBuffers() {
         let (bn, params, buffers, _) = make()
         XCTAssertEqual(params.entries.map(\.name), ["conv1.conv1.1.weight", "conv1.conv1.1.bias"])
-        XCTAssertEqual(buffers.entries.map(\.name), ["conv1.conv1.1.running_mean", "conv1.conv1.1.running_var",
-                                                     "conv1.conv1.1.num_batches_tracked"])
+        XCTAssertEqual(
+            buffers.entries.map(\.name),
+            [
+                "conv1.conv1.1.running_mean", "conv1.conv1.1.running_var",
+                "conv1.conv1.1.num_batches_tracked",
+            ])
         XCTAssertEqual(buffers.entries.map(\.shape), [[3], [3], []])
         XCTAssertEqual(buffers.count, 7)
         XCTAssertEqual(bn.runningVar.value[2], 1)
@@ -87,11 +98,14 @@ final class BatchNormTests: XCTestCase {
         let (bn, _, _, x) = make()
         let y = bn.forward(x)
         let st = stats(x)
-        let n = x.shape[0], c = x.shape[1], v = x.count / (n * c)
+        let n = x.shape[0]
+        let c = x.shape[1]
+        let v = x.count / (n * c)
         var worst = 0.0
         for i in 0..<x.count {
             let ch = (i / v) % c
-            let want = (Double(x.data[i]) - st[ch].mean) / (st[ch].variance + 1e-5).squareRoot()
+            let want =
+                (Double(x.data[i]) - st[ch].mean) / (st[ch].variance + 1e-5).squareRoot()
                 * Double(bn.weight.value[ch]) + Double(bn.bias.value[ch])
             worst = max(worst, abs(Double(y.data[i]) - want))
         }
@@ -111,15 +125,18 @@ final class BatchNormTests: XCTestCase {
         _ = bn.forward(x2)
         let s2 = stats(x2)
         for ch in 0..<bn.channels {
-            let u1 = s1[ch].variance * 120 / 119, u2 = s2[ch].variance * 120 / 119
-            XCTAssertEqual(Double(bn.runningMean.value[ch]), 0.9 * 0.1 * s1[ch].mean + 0.1 * s2[ch].mean, accuracy: 1e-6)
+            let u1 = s1[ch].variance * 120 / 119
+            let u2 = s2[ch].variance * 120 / 119
+            XCTAssertEqual(
+                Double(bn.runningMean.value[ch]), 0.9 * 0.1 * s1[ch].mean + 0.1 * s2[ch].mean, accuracy: 1e-6)
             XCTAssertEqual(Double(bn.runningVar.value[ch]), 0.9 * (0.9 + 0.1 * u1) + 0.1 * u2, accuracy: 1e-5)
         }
         XCTAssertEqual(bn.numBatchesTracked.value.pointee, 2)
 
         // Evaluation mode leaves the running statistics alone and normalises with them.
         bn.training = false
-        let rm = (0..<3).map { bn.runningMean.value[$0] }, rv = (0..<3).map { bn.runningVar.value[$0] }
+        let rm = (0..<3).map { bn.runningMean.value[$0] }
+        let rv = (0..<3).map { bn.runningVar.value[$0] }
         let y = bn.forward(x1)
         XCTAssertEqual((0..<3).map { bn.runningMean.value[$0] }, rm)
         XCTAssertEqual((0..<3).map { bn.runningVar.value[$0] }, rv)
@@ -127,7 +144,8 @@ final class BatchNormTests: XCTestCase {
         let v = x1.count / 6
         for i in Swift.stride(from: 0, to: x1.count, by: 7) {
             let ch = (i / v) % 3
-            let want = (Double(x1.data[i]) - Double(rm[ch])) / (Double(rv[ch]) + 1e-5).squareRoot()
+            let want =
+                (Double(x1.data[i]) - Double(rm[ch])) / (Double(rv[ch]) + 1e-5).squareRoot()
                 * Double(bn.weight.value[ch]) + Double(bn.bias.value[ch])
             XCTAssertEqual(Double(y.data[i]), want, accuracy: 2e-6)
         }
@@ -136,7 +154,10 @@ final class BatchNormTests: XCTestCase {
     func gradCheck(training: Bool, file: StaticString = #filePath, line: UInt = #line) {
         let (bn, params, buffers, x) = make(seed: 3)
         if !training {
-            for c in 0..<3 { bn.runningMean.value[c] = 0.2 * Float(c) - 0.1; bn.runningVar.value[c] = 0.5 + Float(c) }
+            for c in 0..<3 {
+                bn.runningMean.value[c] = 0.2 * Float(c) - 0.1
+                bn.runningVar.value[c] = 0.5 + Float(c)
+            }
             bn.training = false
         }
         let y = bn.forward(x)
@@ -149,12 +170,15 @@ final class BatchNormTests: XCTestCase {
         // Training mode: every evaluation recomputes the batch statistics of the perturbed input.
         let loss = { GradCheck.dot(bn.forward(x).data, r) }
         let mode = training ? "train" : "eval"
-        GradCheck.check("bn \(mode) dx", parameter: x.pointer, count: x.count, analytic: dx, h: 1e-2, relTol: 2e-3,
-                        samples: 60, loss: loss, file: file, line: line)
-        GradCheck.check("bn \(mode) dgamma", parameter: bn.weight.value, count: 3, analytic: dg, relTol: 1e-3,
-                        loss: loss, file: file, line: line)
-        GradCheck.check("bn \(mode) dbeta", parameter: bn.bias.value, count: 3, analytic: db, relTol: 1e-3,
-                        loss: loss, file: file, line: line)
+        GradCheck.check(
+            "bn \(mode) dx", parameter: x.pointer, count: x.count, analytic: dx, h: 1e-2, relTol: 2e-3,
+            samples: 60, loss: loss, file: file, line: line)
+        GradCheck.check(
+            "bn \(mode) dgamma", parameter: bn.weight.value, count: 3, analytic: dg, relTol: 1e-3,
+            loss: loss, file: file, line: line)
+        GradCheck.check(
+            "bn \(mode) dbeta", parameter: bn.bias.value, count: 3, analytic: db, relTol: 1e-3,
+            loss: loss, file: file, line: line)
         if !training { XCTAssertEqual(buffers.values.array, frozen, file: file, line: line) }
     }
 
@@ -194,8 +218,8 @@ final class BatchNormTests: XCTestCase {
         var calls: [Int] = []
         synced.statisticsReducer = { buf in
             calls.append(buf.count)
-            if buf.count == 7 { XCTAssertEqual(buf[6], 120) }   // the element count rides along in forward
-            for i in buf.indices { buf[i] *= 2 }                   // two identical ranks
+            if buf.count == 7 { XCTAssertEqual(buf[6], 120) }  // the element count rides along in forward
+            for i in buf.indices { buf[i] *= 2 }  // two identical ranks
         }
         let y0 = local.forward(x).array
         let y1 = try synced.forwardThrowing(x).array
@@ -203,7 +227,8 @@ final class BatchNormTests: XCTestCase {
         for (a, b) in zip(y0, y1) { XCTAssertEqual(a, b, accuracy: 1e-5) }
 
         let dy = Tensor(Self.shape, GradCheck.random(x.count, seed: 7))
-        localParams.zeroGrads(); syncedParams.zeroGrads()
+        localParams.zeroGrads()
+        syncedParams.zeroGrads()
         let dx0 = local.backward(dy).array
         let dx1 = try synced.backwardThrowing(dy).array
         XCTAssertEqual(calls, [7, 6])
@@ -231,7 +256,8 @@ final class BatchNormTests: XCTestCase {
     /// two ranks' γ/β gradients add up to the whole batch's (the trainer's all-reduce adds them).
     func testTwoRanksOnHalvesOfABatchMatchOneLayerOnTheWholeBatch() throws {
         let (whole, wholeParams, wholeBuffers, x) = make(seed: 11)
-        let n = Self.shape[0], half = x.count / n
+        let n = Self.shape[0]
+        let half = x.count / n
         // Rank 1's half gets other statistics, so a layer that ignores the reduced sums normalises differently.
         for i in half..<x.count { x.data[i] = x.data[i] * 1.7 + 0.9 }
         let dy = Tensor(Self.shape, GradCheck.random(x.count, seed: 12))
@@ -258,14 +284,19 @@ final class BatchNormTests: XCTestCase {
             let dys = Tensor(halfShape, Array(dy.data[(r * half)..<((r + 1) * half)]))
             let yr = layers.value[r].forward(xs).array
             let dxr = layers.value[r].backward(dys).array
-            outputs.withLock { $0[r] = yr; $0[2 + r] = dxr }
+            outputs.withLock {
+                $0[r] = yr
+                $0[2 + r] = dxr
+            }
         }
         let o = outputs.current
         XCTAssertEqual(exchange.rounds, 2, "one exchange in forward, one in backward")
         for (a, b) in zip(o[0] + o[1], y) { XCTAssertEqual(a, b, accuracy: 1e-5) }
         for (a, b) in zip(o[2] + o[3], dx) { XCTAssertEqual(a, b, accuracy: 1e-5) }
         for r in 0..<2 {
-            for (a, b) in zip(ranks[r].buffers.values.array, wholeBuffers.values.array) { XCTAssertEqual(a, b, accuracy: 1e-6) }
+            for (a, b) in zip(ranks[r].buffers.values.array, wholeBuffers.values.array) {
+                XCTAssertEqual(a, b, accuracy: 1e-6)
+            }
         }
         let summed = zip(ranks[0].params.grads.array, ranks[1].params.grads.array).map { $0 + $1 }
         for (a, b) in zip(summed, wholeParams.grads.array) { XCTAssertEqual(a, b, accuracy: 1e-4) }

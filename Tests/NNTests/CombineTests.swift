@@ -1,6 +1,7 @@
-@testable import NN
 import Tensor
 import XCTest
+
+@testable import NN
 
 private func tensor(_ shape: [Int], seed: UInt64, lo: Float = -1, hi: Float = 1) -> Tensor {
     Tensor(shape, GradCheck.random(shape.reduce(1, *), seed: seed, lo: lo, hi: hi))
@@ -34,18 +35,22 @@ final class CombineTests: XCTestCase {
         let (dx, da) = gate.backward(Tensor(y.shape, r))
         XCTAssertEqual(dx.shape, s)
         XCTAssertEqual(da.shape, [2, 1, 3, 5, 7])
-        let dxa = dx.array, daa = da.array
+        let dxa = dx.array
+        let daa = da.array
         let loss = { GradCheck.dot(gate.forward(x: x, alpha: alpha).data, r) }
-        GradCheck.check("gate.dx", parameter: x.pointer, count: x.count, analytic: dxa, relTol: 1e-3,
-                        samples: x.count, loss: loss)
-        GradCheck.check("gate.dalpha", parameter: alpha.pointer, count: alpha.count, analytic: daa, relTol: 1e-3,
-                        samples: alpha.count, loss: loss)
+        GradCheck.check(
+            "gate.dx", parameter: x.pointer, count: x.count, analytic: dxa, relTol: 1e-3,
+            samples: x.count, loss: loss)
+        GradCheck.check(
+            "gate.dalpha", parameter: alpha.pointer, count: alpha.count, analytic: daa, relTol: 1e-3,
+            samples: alpha.count, loss: loss)
     }
 
     // MARK: Concat
 
     func testConcatForwardOrderAndBackwardSplit() {
-        let a = tensor([2, 3, 3, 5, 7], seed: 46), b = tensor([2, 2, 3, 5, 7], seed: 47)
+        let a = tensor([2, 3, 3, 5, 7], seed: 46)
+        let b = tensor([2, 2, 3, 5, 7], seed: 47)
         let cat = Concat()
         let y = cat.forward(a, b)
         XCTAssertEqual(y.shape, [2, 5, 3, 5, 7])
@@ -65,18 +70,21 @@ final class CombineTests: XCTestCase {
         XCTAssertEqual(db.shape, b.shape)
         XCTAssertEqual(Concat().forward(da, db).array, r)
         let loss = { GradCheck.dot(cat.forward(a, b).data, r) }
-        let daa = da.array, dba = db.array
+        let daa = da.array
+        let dba = db.array
         GradCheck.check("concat.da", parameter: a.pointer, count: a.count, analytic: daa, relTol: 1e-4, loss: loss)
         GradCheck.check("concat.db", parameter: b.pointer, count: b.count, analytic: dba, relTol: 1e-4, loss: loss)
     }
 
     func testConcatManyInputs() {
-        let parts = [tensor([1, 4, 2, 2, 2], seed: 49), tensor([1, 4, 2, 2, 2], seed: 50),
-                     tensor([1, 1, 2, 2, 2], seed: 51), tensor([1, 4, 2, 2, 2], seed: 52)]
+        let parts = [
+            tensor([1, 4, 2, 2, 2], seed: 49), tensor([1, 4, 2, 2, 2], seed: 50),
+            tensor([1, 1, 2, 2, 2], seed: 51), tensor([1, 4, 2, 2, 2], seed: 52),
+        ]
         let cat = Concat()
         let y = cat.forward(parts)
         XCTAssertEqual(y.shape, [1, 13, 2, 2, 2])
-        XCTAssertEqual(y.array, parts.flatMap(\.array))   // N = 1: channel blocks are contiguous
+        XCTAssertEqual(y.array, parts.flatMap(\.array))  // N = 1: channel blocks are contiguous
         let grads = cat.backwardAll(y)
         XCTAssertEqual(grads.map(\.array), parts.map(\.array))
     }
@@ -85,9 +93,10 @@ final class CombineTests: XCTestCase {
 
     func testAddForwardBackwardAndAccumulate() {
         let s = [2, 3, 3, 5, 7]
-        let a = tensor(s, seed: 53), b = tensor(s, seed: 54)
+        let a = tensor(s, seed: 53)
+        let b = tensor(s, seed: 54)
         let add = Add()
-        let y = add.forward(a, b).array   // copied: gradient checks below rerun forward into the same buffer
+        let y = add.forward(a, b).array  // copied: gradient checks below rerun forward into the same buffer
         for i in 0..<y.count { XCTAssertEqual(y[i], a.data[i] + b.data[i]) }
         let dy = tensor(s, seed: 55)
         let (da, db) = add.backward(dy)
@@ -106,12 +115,17 @@ final class CombineTests: XCTestCase {
         let saved = Parallelism.threads
         defer { Parallelism.threads = saved }
         let s = [2, 5, 3, 5, 7]
-        let x = tensor(s, seed: 56), alpha = tensor([2, 1, 3, 5, 7], seed: 57, lo: 0, hi: 1)
-        let a = tensor([2, 2, 3, 5, 7], seed: 58), dy = tensor(s, seed: 59), dcat = tensor([2, 7, 3, 5, 7], seed: 60)
+        let x = tensor(s, seed: 56)
+        let alpha = tensor([2, 1, 3, 5, 7], seed: 57, lo: 0, hi: 1)
+        let a = tensor([2, 2, 3, 5, 7], seed: 58)
+        let dy = tensor(s, seed: 59)
+        let dcat = tensor([2, 7, 3, 5, 7], seed: 60)
         var results: [[[Float]]] = []
         for threads in [1, 3] {
             Parallelism.threads = threads
-            let gate = GateMultiply(), cat = Concat(), add = Add()
+            let gate = GateMultiply()
+            let cat = Concat()
+            let add = Add()
             let y = gate.forward(x: x, alpha: alpha).array
             let (dx, da) = gate.backward(dy)
             let c = cat.forward(a, x).array
@@ -125,10 +139,13 @@ final class CombineTests: XCTestCase {
     /// The memory-saving forms of backward give the plain forms' values bit for bit: BN and ReLU writing over
     /// dy, one input's gradient of a concatenation, and an upsampling reading its part of a wider gradient.
     func testInPlaceAndSlicedBackwardsEqualThePlainOnes() {
-        let shape = [2, 3, 4, 6, 5], count = 720
-        let params = ParameterStore(), buffers = ParameterStore()
+        let shape = [2, 3, 4, 6, 5]
+        let count = 720
+        let params = ParameterStore()
+        let buffers = ParameterStore()
         let bn = BatchNorm3d(params: params, buffers: buffers, name: "bn", channels: 3)
-        params.allocate(); buffers.allocate()
+        params.allocate()
+        buffers.allocate()
         bn.resetParameters()
         let x = Tensor(shape, GradCheck.random(count, seed: 1))
         _ = bn.forward(x)
@@ -145,7 +162,8 @@ final class CombineTests: XCTestCase {
         XCTAssertEqual(relu.backward(reluOwned, inPlace: true).array, relu.backward(Tensor(shape, dy)).array)
 
         // [skip 2 ch | upsampled 3 ch]: the upsampling's gradient read in place from channels 2..<5.
-        let up = Trilinear(factor: 2, alignCorners: false), cat = Concat()
+        let up = Trilinear(factor: 2, alignCorners: false)
+        let cat = Concat()
         let coarse = Tensor([2, 3, 2, 3, 3], GradCheck.random(108, seed: 3))
         let skip = Tensor([2, 2, 4, 6, 6], GradCheck.random(576, seed: 4))
         _ = cat.forward(skip, up.forward(coarse))

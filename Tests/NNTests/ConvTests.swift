@@ -1,6 +1,7 @@
+import CKernels
 import Tensor
 import XCTest
-import CKernels
+
 @testable import NN
 
 /// Conv3d (3x3x3 on every CKernels path this CPU runs, 1x1x1, 2x2x2 stride 2) against naive double-precision loops,
@@ -23,14 +24,17 @@ final class ConvTests: XCTestCase {
     /// Shapes the direct kernels treat specially: one input channel, a single slice, channel counts that are not
     /// multiples of the 4- or 8-channel tiles, X of 3, 10 and 20 (planes not a multiple of the vector width), more
     /// than 32 input and output channels (the AVX2 forward / backward-data kernels work in blocks of 32 channels).
-    static let edgeCases = [Case(n: 1, cin: 1, cout: 4, z: 2, y: 2, x: 3), Case(n: 1, cin: 9, cout: 2, z: 1, y: 3, x: 10),
-                            Case(n: 1, cin: 4, cout: 9, z: 3, y: 5, x: 20), Case(n: 2, cin: 12, cout: 4, z: 4, y: 6, x: 6),
-                            Case(n: 1, cin: 37, cout: 35, z: 2, y: 3, x: 5)]
+    static let edgeCases = [
+        Case(n: 1, cin: 1, cout: 4, z: 2, y: 2, x: 3), Case(n: 1, cin: 9, cout: 2, z: 1, y: 3, x: 10),
+        Case(n: 1, cin: 4, cout: 9, z: 3, y: 5, x: 20), Case(n: 2, cin: 12, cout: 4, z: 4, y: 6, x: 6),
+        Case(n: 1, cin: 37, cout: 35, z: 2, y: 3, x: 5),
+    ]
 
     /// A layer with random weights (and bias) in a fresh store, plus a random input.
     func make(_ c: Case, kernel: Int, bias: Bool, seed: UInt64 = 1) -> (Conv3d, ParameterStore, Tensor) {
         let store = ParameterStore()
-        let conv = Conv3d(params: store, name: "conv", inChannels: c.cin, outChannels: c.cout, kernel: kernel, bias: bias)
+        let conv = Conv3d(
+            params: store, name: "conv", inChannels: c.cin, outChannels: c.cout, kernel: kernel, bias: bias)
         store.allocate()
         let w = GradCheck.random(conv.weight.count, seed: seed &+ 11, lo: -0.5, hi: 0.5)
         conv.weight.value.update(from: w, count: w.count)
@@ -48,26 +52,41 @@ final class ConvTests: XCTestCase {
     struct Naive {
         let c: Case, k: Int, stride: Int, pad: Int
         var od: Dim3 {
-            Dim3(z: (c.z + 2 * pad - k) / stride + 1, y: (c.y + 2 * pad - k) / stride + 1, x: (c.x + 2 * pad - k) / stride + 1)
+            Dim3(
+                z: (c.z + 2 * pad - k) / stride + 1, y: (c.y + 2 * pad - k) / stride + 1,
+                x: (c.x + 2 * pad - k) / stride + 1)
         }
 
         /// Calls body(inIndex, outIndex, weightIndex) for every (valid) multiply of the convolution.
         func forEachTap(_ body: (Int, Int, Int) -> Void) {
-            let od = od, k3 = k * k * k
+            let od = od
+            let k3 = k * k * k
             for n in 0..<c.n {
                 for co in 0..<c.cout {
-                    for oz in 0..<od.z { for oy in 0..<od.y { for ox in 0..<od.x {
-                        let o = (((n * c.cout + co) * od.z + oz) * od.y + oy) * od.x + ox
-                        for ci in 0..<c.cin {
-                            for kz in 0..<k { for ky in 0..<k { for kx in 0..<k {
-                                let iz = oz * stride + kz - pad, iy = oy * stride + ky - pad, ix = ox * stride + kx - pad
-                                guard iz >= 0, iz < c.z, iy >= 0, iy < c.y, ix >= 0, ix < c.x else { continue }
-                                let i = (((n * c.cin + ci) * c.z + iz) * c.y + iy) * c.x + ix
-                                let wi = (co * c.cin + ci) * k3 + (kz * k + ky) * k + kx
-                                body(i, o, wi)
-                            } } }
+                    for oz in 0..<od.z {
+                        for oy in 0..<od.y {
+                            for ox in 0..<od.x {
+                                let o = (((n * c.cout + co) * od.z + oz) * od.y + oy) * od.x + ox
+                                for ci in 0..<c.cin {
+                                    for kz in 0..<k {
+                                        for ky in 0..<k {
+                                            for kx in 0..<k {
+                                                let iz = oz * stride + kz - pad
+                                                let iy = oy * stride + ky - pad
+                                                let ix = ox * stride + kx - pad
+                                                guard iz >= 0, iz < c.z, iy >= 0, iy < c.y, ix >= 0, ix < c.x else {
+                                                    continue
+                                                }
+                                                let i = (((n * c.cin + ci) * c.z + iz) * c.y + iy) * c.x + ix
+                                                let wi = (co * c.cin + ci) * k3 + (kz * k + ky) * k + kx
+                                                body(i, o, wi)
+                                            }
+                                        }
+                                    }
+                                }
+                            }
                         }
-                    } } }
+                    }
                 }
             }
         }
@@ -82,7 +101,8 @@ final class ConvTests: XCTestCase {
 
         /// (dx, dW, db) for output gradient dy.
         func backward(x: [Float], w: [Float], dy: [Float]) -> ([Double], [Double], [Double]) {
-            var dx = [Double](repeating: 0, count: x.count), dw = [Double](repeating: 0, count: w.count)
+            var dx = [Double](repeating: 0, count: x.count)
+            var dw = [Double](repeating: 0, count: w.count)
             var db = [Double](repeating: 0, count: c.cout)
             forEachTap { i, o, wi in
                 dx[i] += Double(w[wi]) * Double(dy[o])
@@ -94,25 +114,37 @@ final class ConvTests: XCTestCase {
         }
     }
 
-    func assertClose(_ got: [Float], _ want: [Double], _ what: String, rel: Double = 2e-6,
-                     file: StaticString = #filePath, line: UInt = #line) {
+    func assertClose(
+        _ got: [Float], _ want: [Double], _ what: String, rel: Double = 2e-6,
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         XCTAssertEqual(got.count, want.count, "\(what): count", file: file, line: line)
         let scale = max(want.map(abs).max() ?? 0, 1e-6)
-        var worst = 0.0, at = 0
+        var worst = 0.0
+        var at = 0
         for i in 0..<min(got.count, want.count) {
             let e = abs(Double(got[i]) - want[i]) / scale
-            if e > worst { worst = e; at = i }
+            if e > worst {
+                worst = e
+                at = i
+            }
         }
-        XCTAssertLessThanOrEqual(worst, rel, "\(what): worst rel error at [\(at)] got \(got.isEmpty ? 0 : got[at]) want \(want.isEmpty ? 0 : want[at])",
-                                 file: file, line: line)
+        XCTAssertLessThanOrEqual(
+            worst, rel,
+            "\(what): worst rel error at [\(at)] got \(got.isEmpty ? 0 : got[at]) want \(want.isEmpty ? 0 : want[at])",
+            file: file, line: line)
     }
 
     /// Forward, then backward of dy, compared with the naive loops in full.
-    func checkAgainstNaive(_ c: Case, kernel: Int, bias: Bool, path: ConvPath = .auto,
-                           file: StaticString = #filePath, line: UInt = #line) {
+    func checkAgainstNaive(
+        _ c: Case, kernel: Int, bias: Bool, path: ConvPath = .auto,
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         let (conv, store, x) = make(c, kernel: kernel, bias: bias)
         conv.path = path
-        let tag = kernel == 3 ? "k3 \(conv.pathName(for: .forward, dims: c.dims)) \(c.cin)->\(c.cout) @\(c.dims)" : "k\(kernel)"
+        let tag =
+            kernel == 3
+            ? "k3 \(conv.pathName(for: .forward, dims: c.dims)) \(c.cin)->\(c.cout) @\(c.dims)" : "k\(kernel)"
         let naive = Naive(c: c, k: kernel, stride: kernel == 2 ? 2 : 1, pad: kernel == 3 ? 1 : 0)
         let w = Array(UnsafeBufferPointer(start: conv.weight.value, count: conv.weight.count))
         let b = conv.bias.map { Array(UnsafeBufferPointer(start: $0.value, count: $0.count)) }
@@ -126,11 +158,13 @@ final class ConvTests: XCTestCase {
         let (rdx, rdw, rdb) = naive.backward(x: x.array, w: w, dy: dy.array)
         XCTAssertEqual(dx.shape, x.shape, file: file, line: line)
         assertClose(dx.array, rdx, "\(tag) dx", file: file, line: line)
-        assertClose(Array(UnsafeBufferPointer(start: conv.weight.grad, count: conv.weight.count)), rdw, "\(tag) dW",
-                    file: file, line: line)
+        assertClose(
+            Array(UnsafeBufferPointer(start: conv.weight.grad, count: conv.weight.count)), rdw, "\(tag) dW",
+            file: file, line: line)
         if let bias = conv.bias {
-            assertClose(Array(UnsafeBufferPointer(start: bias.grad, count: bias.count)), rdb, "\(tag) db",
-                        file: file, line: line)
+            assertClose(
+                Array(UnsafeBufferPointer(start: bias.grad, count: bias.count)), rdb, "\(tag) db",
+                file: file, line: line)
         }
     }
 
@@ -143,7 +177,9 @@ final class ConvTests: XCTestCase {
             checkAgainstNaive(Self.wide, kernel: 3, bias: false, path: path)
             for c in Self.edgeCases { checkAgainstNaive(c, kernel: 3, bias: true, path: path) }
         }
-        print("conv 3x3x3 checked against naive loops on: \(Conv3d.availablePaths.map { Conv3d.pathName($0) }.joined(separator: ", "))")
+        print(
+            "conv 3x3x3 checked against naive loops on: \(Conv3d.availablePaths.map { Conv3d.pathName($0) }.joined(separator: ", "))"
+        )
     }
 
     /// A path the CPU cannot run resolves to GEMM (CKernels' fallback); `.auto` and `.direct` resolve to an
@@ -169,8 +205,10 @@ final class ConvTests: XCTestCase {
         XCTAssertEqual(try Conv3d.parseEnvironmentPath("gemm"), .gemm)
         XCTAssertNil(try Conv3d.parseEnvironmentPath("auto"))
         XCTAssertThrowsError(try Conv3d.parseEnvironmentPath("fast")) { error in
-            XCTAssertTrue("\(error)".contains("ATTUNET_CONV_PATH=fast: unknown 3x3x3 convolution path; this CPU runs: auto, direct, gemm"),
-                          "\(error)")
+            XCTAssertTrue(
+                "\(error)".contains(
+                    "ATTUNET_CONV_PATH=fast: unknown 3x3x3 convolution path; this CPU runs: auto, direct, gemm"),
+                "\(error)")
         }
         XCTAssertEqual(Conv3d.hasDirectKernels, available.contains(.directAVX2) || available.contains(.directAVX512))
     }
@@ -193,8 +231,10 @@ final class ConvTests: XCTestCase {
 
     // MARK: Finite differences
 
-    func gradCheck(_ c: Case, kernel: Int, bias: Bool, path: ConvPath = .auto,
-                   file: StaticString = #filePath, line: UInt = #line) {
+    func gradCheck(
+        _ c: Case, kernel: Int, bias: Bool, path: ConvPath = .auto,
+        file: StaticString = #filePath, line: UInt = #line
+    ) {
         let (conv, store, x) = make(c, kernel: kernel, bias: bias, seed: 5)
         conv.path = path
         let y = conv.forward(x)
@@ -205,14 +245,17 @@ final class ConvTests: XCTestCase {
         let dw = Array(UnsafeBufferPointer(start: conv.weight.grad, count: conv.weight.count))
         let loss = { GradCheck.dot(conv.forward(x).data, r) }
         let tag = kernel == 3 ? "k3 \(Conv3d.pathName(path))" : "k\(kernel)"
-        GradCheck.check("\(tag) dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-3,
-                        loss: loss, file: file, line: line)
-        GradCheck.check("\(tag) dW", parameter: conv.weight.value, count: conv.weight.count, analytic: dw, relTol: 1e-3,
-                        loss: loss, file: file, line: line)
+        GradCheck.check(
+            "\(tag) dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-3,
+            loss: loss, file: file, line: line)
+        GradCheck.check(
+            "\(tag) dW", parameter: conv.weight.value, count: conv.weight.count, analytic: dw, relTol: 1e-3,
+            loss: loss, file: file, line: line)
         if let b = conv.bias {
             let db = Array(UnsafeBufferPointer(start: b.grad, count: b.count))
-            GradCheck.check("\(tag) db", parameter: b.value, count: b.count, analytic: db, relTol: 1e-3,
-                            loss: loss, file: file, line: line)
+            GradCheck.check(
+                "\(tag) db", parameter: b.value, count: b.count, analytic: db, relTol: 1e-3,
+                loss: loss, file: file, line: line)
         }
     }
 
@@ -256,8 +299,10 @@ final class ConvTests: XCTestCase {
     /// results (within float rounding: backward-weights may add its z-parts in another grouping), on every path, for
     /// odd channel counts; and a partition covers every (z, channel) once, on channel-group boundaries.
     func testPartitionsAgree() {
-        let cases = [Case(n: 1, cin: 5, cout: 7, z: 6, y: 5, x: 6), Case(n: 2, cin: 9, cout: 3, z: 3, y: 4, x: 10),
-                     Case(n: 1, cin: 1, cout: 4, z: 5, y: 3, x: 3)]
+        let cases = [
+            Case(n: 1, cin: 5, cout: 7, z: 6, y: 5, x: 6), Case(n: 2, cin: 9, cout: 3, z: 3, y: 4, x: 10),
+            Case(n: 1, cin: 1, cout: 4, z: 5, y: 3, x: 3),
+        ]
         for path in Conv3d.availablePaths {
             for c in cases {
                 let one = runAll(c, kernel: 3, path: path, threads: 1)
@@ -265,14 +310,17 @@ final class ConvTests: XCTestCase {
                     let many = runAll(c, kernel: 3, path: path, threads: threads)
                     let scale = Double(one.map(abs).max()!)
                     let worst = zip(one, many).map { Double(abs($0 - $1)) }.max()!
-                    XCTAssertLessThanOrEqual(worst / scale, 1e-5, "\(Conv3d.pathName(path)) \(c.cin)->\(c.cout) @\(c.dims): \(threads) threads differ from 1")
+                    XCTAssertLessThanOrEqual(
+                        worst / scale, 1e-5,
+                        "\(Conv3d.pathName(path)) \(c.cin)->\(c.cout) @\(c.dims): \(threads) threads differ from 1")
                 }
                 for pass in ConvPass.allCases {
                     let ck = Conv3d.resolvedCK(path, inChannels: c.cin, outChannels: c.cout, dims: c.dims, pass: pass)
                     let m = pass == .backwardData ? c.cin : c.cout
                     let group = Int(ck_conv3_channel_group(ck, pass.ck))
                     for threads in [1, 2, 3, 16] {
-                        let p = Conv3d.partition(pass: pass, path: ck, cin: c.cin, cout: c.cout, d: c.dims, threads: threads)
+                        let p = Conv3d.partition(
+                            pass: pass, path: ck, cin: c.cin, cout: c.cout, d: c.dims, threads: threads)
                         let what = "\(Conv3d.pathName(path)) \(pass) \(c.cin)->\(c.cout) @\(c.dims) threads \(threads)"
                         XCTAssertEqual(p.zs.flatMap { Array($0) }, Array(0..<c.z), what)
                         XCTAssertEqual(p.ms.flatMap { Array($0) }, Array(0..<m), what)
@@ -297,7 +345,7 @@ final class ConvTests: XCTestCase {
         let first = (dx1!.pointer, dx1!.array)
         let once = store.grads.array
         XCTAssertGreaterThan(once.map(abs).max()!, 0)
-        dx1 = nil   // the caller is done with it: its buffer goes back to the pool
+        dx1 = nil  // the caller is done with it: its buffer goes back to the pool
         let dx2 = conv.backward(dy)
         XCTAssertEqual(dx2.pointer, first.0, "the input gradient's buffer must be recycled once the caller drops it")
         XCTAssertEqual(dx2.array, first.1, "a recycled buffer must be overwritten in full")
@@ -315,7 +363,8 @@ final class ConvTests: XCTestCase {
         let y = conv.forward(x)
         _ = ref.forward(x)
         let dy = Tensor(y.shape, GradCheck.random(y.count, seed: 8))
-        store.zeroGrads(); refStore.zeroGrads()
+        store.zeroGrads()
+        refStore.zeroGrads()
         XCTAssertEqual(conv.backward(dy).count, 0)
         XCTAssertEqual(ref.backward(dy).count, x.count)
         XCTAssertEqual(store.grads.array, refStore.grads.array)

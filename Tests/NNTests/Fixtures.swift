@@ -43,16 +43,26 @@ struct Fixture {
 /// max |a − b| ≤ tol · max(|b|, tiny): the "max abs error ≤ 1e-4 relative to the output's scale".
 /// `scaleFloor` sets the scale for tensors whose true value is 0 (e.g. the gradient of a conv bias that a
 /// BatchNorm follows: both implementations give rounding noise there), normally the scale of a sibling tensor.
-func assertClose(_ a: Tensor, _ b: Tensor, tol: Float = 1e-4, scaleFloor: Float = 1e-6, _ what: String,
-                 file: StaticString = #filePath, line: UInt = #line) {
+func assertClose(
+    _ a: Tensor, _ b: Tensor, tol: Float = 1e-4, scaleFloor: Float = 1e-6, _ what: String,
+    file: StaticString = #filePath, line: UInt = #line
+) {
     XCTAssertEqual(a.count, b.count, "\(what): \(a.shape) vs \(b.shape)", file: file, line: line)
     guard a.count == b.count else { return }
-    var worst: Float = 0, scale: Float = scaleFloor
-    for i in 0..<a.count { worst = max(worst, abs(a.data[i] - b.data[i])); scale = max(scale, abs(b.data[i])) }
-    XCTAssertLessThanOrEqual(worst, tol * scale, "\(what): max abs error \(worst) vs scale \(scale)", file: file, line: line)
+    var worst: Float = 0
+    var scale: Float = scaleFloor
+    for i in 0..<a.count {
+        worst = max(worst, abs(a.data[i] - b.data[i]))
+        scale = max(scale, abs(b.data[i]))
+    }
+    XCTAssertLessThanOrEqual(
+        worst, tol * scale, "\(what): max abs error \(worst) vs scale \(scale)", file: file, line: line)
 }
 
-func assertClose(_ a: UnsafeMutablePointer<Float>, _ b: Tensor, tol: Float = 1e-4, _ what: String, file: StaticString = #filePath, line: UInt = #line) {
+func assertClose(
+    _ a: UnsafeMutablePointer<Float>, _ b: Tensor, tol: Float = 1e-4, _ what: String, file: StaticString = #filePath,
+    line: UInt = #line
+) {
     let t = Tensor(b.shape)
     t.pointer.update(from: a, count: b.count)
     assertClose(t, b, tol: tol, what, file: file, line: line)

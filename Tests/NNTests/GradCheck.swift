@@ -13,7 +13,9 @@ enum GradCheck {
     static func random(_ count: Int, seed: UInt64, lo: Float = -1, hi: Float = 1) -> [Float] {
         var s = seed &* 0x9E37_79B9_7F4A_7C15 | 1
         return (0..<count).map { _ in
-            s ^= s << 13; s ^= s >> 7; s ^= s << 17
+            s ^= s << 13
+            s ^= s >> 7
+            s ^= s << 17
             return lo + (hi - lo) * Float(s >> 40) / Float(1 << 24)
         }
     }
@@ -26,9 +28,11 @@ enum GradCheck {
 
     /// Checks `analytic[i]` ≈ dL/dp[i] for `samples` coordinates of `p` (all if fewer).
     /// `loss()` must recompute L from scratch using the current contents of `p`.
-    static func check(_ name: String, parameter p: UnsafeMutablePointer<Float>, count: Int, analytic: [Float],
-                      h: Float = 1e-2, relTol: Double = 2e-3, samples: Int = 40,
-                      loss: () -> Double, file: StaticString = #filePath, line: UInt = #line) {
+    static func check(
+        _ name: String, parameter p: UnsafeMutablePointer<Float>, count: Int, analytic: [Float],
+        h: Float = 1e-2, relTol: Double = 2e-3, samples: Int = 40,
+        loss: () -> Double, file: StaticString = #filePath, line: UInt = #line
+    ) {
         let scale = max(analytic.map { Double(abs($0)) }.max() ?? 0, 1e-3)
         let stride = max(1, count / samples)
         var worst = 0.0
@@ -43,8 +47,9 @@ enum GradCheck {
             let err = abs(numeric - Double(analytic[i])) / scale
             worst = max(worst, err)
             if err > relTol {
-                XCTFail("\(name)[\(i)]: analytic \(analytic[i]) vs numeric \(numeric) (rel err \(err) > \(relTol))",
-                        file: file, line: line)
+                XCTFail(
+                    "\(name)[\(i)]: analytic \(analytic[i]) vs numeric \(numeric) (rel err \(err) > \(relTol))",
+                    file: file, line: line)
                 return
             }
         }

@@ -1,9 +1,10 @@
 import Foundation
 import HDF5Kit
-@testable import NN
 import Support
 import TestSupport
 import XCTest
+
+@testable import NN
 
 /// Damage to a checkpoint and to a safetensors file: what each format can detect is detected with one line
 /// naming the file and what failed, and nothing else crashes.
@@ -17,7 +18,10 @@ final class IntegrityTests: XCTestCase {
         let m = SegmentationModel(ModelConfig(featureScale: 16), seed: 5)
         for e in m.buffers.entries {
             // num_batches_tracked is an integer counter (int64 on disk); the statistics are arbitrary floats.
-            for i in 0..<e.count { m.buffers.values.data[e.offset + i] = e.name.hasSuffix("num_batches_tracked") ? 17 : 1 + Float(i % 5) * 0.5 }
+            for i in 0..<e.count {
+                m.buffers.values.data[e.offset + i] =
+                    e.name.hasSuffix("num_batches_tracked") ? 17 : 1 + Float(i % 5) * 0.5
+            }
         }
         try Checkpoint.save(m, to: path)
         return (path, m)
@@ -29,7 +33,8 @@ final class IntegrityTests: XCTestCase {
     /// before it existed) and without the filter (h5py's plain datasets) the checkpoint still loads.
     func testCheckpointDamageIsDetectedByChecksumOrDigest() throws {
         let (path, m) = try checkpoint("c.h5")
-        XCTAssertEqual(try H5File.open(path).root.stringAttribute(Checkpoint.weightsDigestAttribute), Checkpoint.weightsDigest(m))
+        XCTAssertEqual(
+            try H5File.open(path).root.stringAttribute(Checkpoint.weightsDigestAttribute), Checkpoint.weightsDigest(m))
         XCTAssertTrue(try Checkpoint.verifyWeights(try Checkpoint.load(path), in: H5File.open(path)))
 
         let flipped = dir.appendingPathComponent("flipped.h5").path
@@ -46,7 +51,10 @@ final class IntegrityTests: XCTestCase {
         let target = SegmentationModel(ModelConfig(featureScale: 16), seed: 9)
         let before = target.params.values.array
         XCTAssertThrowsError(try Checkpoint.load(rewritten, into: target)) {
-            XCTAssertTrue("\($0)".hasPrefix("\(rewritten): SHA-256 mismatch in the weights and BN buffers (/state_dict): the file records \(Checkpoint.weightsDigest(m).prefix(16))…"), "\($0)")
+            XCTAssertTrue(
+                "\($0)".hasPrefix(
+                    "\(rewritten): SHA-256 mismatch in the weights and BN buffers (/state_dict): the file records \(Checkpoint.weightsDigest(m).prefix(16))…"
+                ), "\($0)")
             XCTAssertFalse("\($0)".contains("\n"), "\($0)")
             XCTAssertEqual(($0 as? AttunetError)?.kind, .corrupt)
         }
@@ -56,11 +64,14 @@ final class IntegrityTests: XCTestCase {
         let buffer = dir.appendingPathComponent("buffer.h5").path
         try FileManager.default.copyItem(atPath: path, toPath: buffer)
         try TestEnv.rewriteValue(in: buffer, dataset: "state_dict/conv1.conv1.1.running_var", index: 1)
-        XCTAssertThrowsError(try Checkpoint.load(buffer)) { XCTAssertTrue("\($0)".contains("SHA-256 mismatch"), "\($0)") }
+        XCTAssertThrowsError(try Checkpoint.load(buffer)) {
+            XCTAssertTrue("\($0)".contains("SHA-256 mismatch"), "\($0)")
+        }
 
         // Before digests and checksums: attributes removed, datasets rewritten plainly by h5py.
         let old = dir.appendingPathComponent("old.h5").path
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import h5py
             with h5py.File(r'\(path)', 'r') as a, h5py.File(r'\(old)', 'w') as b:
                 for k, v in a.attrs.items():
@@ -88,7 +99,8 @@ final class IntegrityTests: XCTestCase {
     /// overflow); damaged shapes, dtypes and offsets are named; a flipped bit inside the data is not
     /// detectable by the format and loads with a changed value (the documented limit).
     func testDamagedSafetensorsGiveOneLineAndNeverCrash() throws {
-        let header = #"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"b":{"dtype":"I64","shape":[2],"data_offsets":[24,40]}}"#
+        let header =
+            #"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]},"b":{"dtype":"I64","shape":[2],"data_offsets":[24,40]}}"#
         let data = (0..<40).map { UInt8($0) }
         let good = safetensors(header: header, data: data)
         let path = dir.appendingPathComponent("w.safetensors").path
@@ -97,7 +109,8 @@ final class IntegrityTests: XCTestCase {
         XCTAssertEqual(f.entries["a"]?.shape, [2, 3])
         let a = try f.floats("a")
 
-        var parsed = 0, refused = 0
+        var parsed = 0
+        var refused = 0
         for byte in 0..<(8 + header.utf8.count) {
             for bit in [0, 3, 6] {
                 var bad = good
@@ -109,17 +122,31 @@ final class IntegrityTests: XCTestCase {
                     parsed += 1
                 } catch {
                     refused += 1
-                    XCTAssertTrue("\(error)".hasPrefix("\(path): ") && !"\(error)".contains("\n"), "byte \(byte) bit \(bit): \(error)")
+                    XCTAssertTrue(
+                        "\(error)".hasPrefix("\(path): ") && !"\(error)".contains("\n"),
+                        "byte \(byte) bit \(bit): \(error)")
                 }
             }
         }
         XCTAssertGreaterThan(refused, 0)
 
         let cases: [(String, String)] = [
-            (#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,9223372036854775807]}}"#, "tensor a lies outside the file (truncated?)"),
-            (#"{"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,24]}}"#, "tensor a has an impossible shape [4611686018427387904, 4]"),
-            (#"{"a":{"dtype":"F32","shape":[-2,-3],"data_offsets":[0,24]}}"#, "tensor a has an impossible shape [-2, -3]"),
-            (#"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,24]}}"#, "tensor a has 24 bytes for shape [2, 2] of F32"),
+            (
+                #"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,9223372036854775807]}}"#,
+                "tensor a lies outside the file (truncated?)"
+            ),
+            (
+                #"{"a":{"dtype":"F32","shape":[4611686018427387904,4],"data_offsets":[0,24]}}"#,
+                "tensor a has an impossible shape [4611686018427387904, 4]"
+            ),
+            (
+                #"{"a":{"dtype":"F32","shape":[-2,-3],"data_offsets":[0,24]}}"#,
+                "tensor a has an impossible shape [-2, -3]"
+            ),
+            (
+                #"{"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,24]}}"#,
+                "tensor a has 24 bytes for shape [2, 2] of F32"
+            ),
             (#"{"a":{"dtype":"F32","shape":[2,3],"data_offsets":[0,24]"#, "header is not valid JSON"),
         ]
         for (h, message) in cases {
@@ -129,6 +156,7 @@ final class IntegrityTests: XCTestCase {
         var flipped = good
         flipped[8 + header.utf8.count + 5] ^= 0x10
         try flipped.write(to: URL(fileURLWithPath: path))
-        XCTAssertNotEqual(try SafetensorsFile(path).floats("a"), a, "a flipped data byte loads: safetensors cannot detect it")
+        XCTAssertNotEqual(
+            try SafetensorsFile(path).floats("a"), a, "a flipped data byte loads: safetensors cannot detect it")
     }
 }

@@ -9,15 +9,23 @@ final class LayerFixtureTests: XCTestCase {
 
     private func checkConv(_ group: String, kernel: Int, path: ConvPath = .auto) throws {
         let cfg = try fx.config(group)
-        let x = try fx.tensor("\(group)/x"), w = try fx.tensor("\(group)/weight")
+        let x = try fx.tensor("\(group)/x")
+        let w = try fx.tensor("\(group)/weight")
         let hasBias = cfg["bias"] as? Bool ?? false
         let store = ParameterStore()
-        let conv = Conv3d(params: store, name: "c", inChannels: w.shape[1], outChannels: w.shape[0], kernel: kernel, bias: hasBias)
+        let conv = Conv3d(
+            params: store, name: "c", inChannels: w.shape[1], outChannels: w.shape[0], kernel: kernel, bias: hasBias)
         conv.path = path
         store.allocate()
         conv.weight.value.update(from: w.pointer, count: w.count)
-        if hasBias { let b = try fx.tensor("\(group)/bias"); conv.bias!.value.update(from: b.pointer, count: b.count) }
-        let label = kernel == 3 ? "\(group) [\(conv.pathName(for: .forward, dims: Dim3(z: x.shape[2], y: x.shape[3], x: x.shape[4])))]" : group
+        if hasBias {
+            let b = try fx.tensor("\(group)/bias")
+            conv.bias!.value.update(from: b.pointer, count: b.count)
+        }
+        let label =
+            kernel == 3
+            ? "\(group) [\(conv.pathName(for: .forward, dims: Dim3(z: x.shape[2], y: x.shape[3], x: x.shape[4])))]"
+            : group
         assertClose(conv.forward(x), try fx.tensor("\(group)/y"), "\(label) y")
         assertClose(conv.backward(try fx.tensor("\(group)/dy")), try fx.tensor("\(group)/dx"), "\(label) dx")
         assertClose(conv.weight.grad, try fx.tensor("\(group)/dweight"), "\(label) dweight")
@@ -31,8 +39,12 @@ final class LayerFixtureTests: XCTestCase {
             for group in ["conv3", "conv3_wide"] { try checkConv(group, kernel: 3, path: path) }
         }
         let skipped = ConvPath.allCases.filter { ![.auto, .direct].contains($0) && !$0.isAvailable }
-        print("conv 3x3x3 checked against PyTorch on: \(Conv3d.availablePaths.map { Conv3d.pathName($0) }.joined(separator: ", "))"
-              + (skipped.isEmpty ? "" : "; NOT tested (this CPU does not run them or they are not implemented): \(skipped.map(\.rawValue).joined(separator: ", "))"))
+        print(
+            "conv 3x3x3 checked against PyTorch on: \(Conv3d.availablePaths.map { Conv3d.pathName($0) }.joined(separator: ", "))"
+                + (skipped.isEmpty
+                    ? ""
+                    : "; NOT tested (this CPU does not run them or they are not implemented): \(skipped.map(\.rawValue).joined(separator: ", "))")
+        )
     }
 
     func testConv1x1x1AndStrided2x2x2() throws {
@@ -44,11 +56,14 @@ final class LayerFixtureTests: XCTestCase {
     func testBatchNormTrainAndEval() throws {
         for (group, training) in [("bn_train", true), ("bn_eval", false)] {
             let x = try fx.tensor("\(group)/x")
-            let p = ParameterStore(), b = ParameterStore()
+            let p = ParameterStore()
+            let b = ParameterStore()
             let bn = BatchNorm3d(params: p, buffers: b, name: "bn", channels: x.shape[1])
-            p.allocate(); b.allocate()
+            p.allocate()
+            b.allocate()
             bn.training = training
-            let w = try fx.tensor("\(group)/weight"), bias = try fx.tensor("\(group)/bias")
+            let w = try fx.tensor("\(group)/weight")
+            let bias = try fx.tensor("\(group)/bias")
             bn.weight.value.update(from: w.pointer, count: w.count)
             bn.bias.value.update(from: bias.pointer, count: bias.count)
             let rm = try fx.tensor(training ? "\(group)/running_mean_before" : "\(group)/running_mean")
@@ -57,7 +72,8 @@ final class LayerFixtureTests: XCTestCase {
             bn.runningVar.value.update(from: rv.pointer, count: rv.count)
             assertClose(bn.forward(x), try fx.tensor("\(group)/y"), "\(group) y")
             if training {
-                assertClose(bn.runningMean.value, try fx.tensor("\(group)/running_mean_after"), tol: 1e-5, "running_mean")
+                assertClose(
+                    bn.runningMean.value, try fx.tensor("\(group)/running_mean_after"), tol: 1e-5, "running_mean")
                 assertClose(bn.runningVar.value, try fx.tensor("\(group)/running_var_after"), tol: 1e-5, "running_var")
             }
             assertClose(bn.backward(try fx.tensor("\(group)/dy")), try fx.tensor("\(group)/dx"), "\(group) dx")
@@ -68,9 +84,14 @@ final class LayerFixtureTests: XCTestCase {
 
     func testActivationsAndPooling() throws {
         let cases: [(String, (Tensor) -> Tensor, (Tensor) -> Tensor)] = {
-            let relu = ReLU(), sig = Sigmoid(), sm = Softmax(), pool = MaxPool3d()
-            return [("relu", relu.forward, { relu.backward($0) }), ("sigmoid", sig.forward, sig.backward),
-                    ("softmax", sm.forward, sm.backward), ("maxpool", pool.forward, pool.backward)]
+            let relu = ReLU()
+            let sig = Sigmoid()
+            let sm = Softmax()
+            let pool = MaxPool3d()
+            return [
+                ("relu", relu.forward, { relu.backward($0) }), ("sigmoid", sig.forward, sig.backward),
+                ("softmax", sm.forward, sm.backward), ("maxpool", pool.forward, pool.backward),
+            ]
         }()
         for (group, forward, backward) in cases {
             assertClose(forward(try fx.tensor("\(group)/x")), try fx.tensor("\(group)/y"), "\(group) y")
@@ -98,20 +119,25 @@ final class LayerFixtureTests: XCTestCase {
 
     func testGateAndConcat() throws {
         let gate = GateMultiply()
-        assertClose(gate.forward(x: try fx.tensor("gate/x"), alpha: try fx.tensor("gate/alpha")), try fx.tensor("gate/y"), "gate y")
+        assertClose(
+            gate.forward(x: try fx.tensor("gate/x"), alpha: try fx.tensor("gate/alpha")), try fx.tensor("gate/y"),
+            "gate y")
         let (dx, dalpha) = gate.backward(try fx.tensor("gate/dy"))
         assertClose(dx, try fx.tensor("gate/dx"), "gate dx")
         assertClose(dalpha, try fx.tensor("gate/dalpha"), "gate dalpha")
         let cat = Concat()
-        assertClose(cat.forward(try fx.tensor("concat/a"), try fx.tensor("concat/b")), try fx.tensor("concat/y"), "concat y")
+        assertClose(
+            cat.forward(try fx.tensor("concat/a"), try fx.tensor("concat/b")), try fx.tensor("concat/y"), "concat y")
         let (da, db) = cat.backward(try fx.tensor("concat/dy"))
         assertClose(da, try fx.tensor("concat/da"), "concat da")
         assertClose(db, try fx.tensor("concat/db"), "concat db")
     }
 
     func testLossesAgainstTheOriginal() throws {
-        for (group, kind) in [("softmax_dice", LossKind.softDice), ("cross_entropy", LossKind.crossEntropy),
-                              ("sorensen_dice", LossKind.dice)] {
+        for (group, kind) in [
+            ("softmax_dice", LossKind.softDice), ("cross_entropy", LossKind.crossEntropy),
+            ("sorensen_dice", LossKind.dice),
+        ] {
             let logits = try fx.tensor("\(group)/logits")
             let labels = try fx.labels("\(group)/target")
             let loss = SegmentationLoss(kind)
@@ -124,10 +150,14 @@ final class LayerFixtureTests: XCTestCase {
     /// Adam and SGD with Nesterov momentum (weight decay 1e-6) against torch.optim over 4 steps.
     func testOptimizersMatchTorchOptim() throws {
         for (group, kind) in [("optim_adam", OptimizerKind.adam), ("optim_sgd_nesterov", OptimizerKind.sgd)] {
-            let p0 = try fx.tensor("\(group)/params0"), grads = try fx.tensor("\(group)/grads"), want = try fx.tensor("\(group)/params")
+            let p0 = try fx.tensor("\(group)/params0")
+            let grads = try fx.tensor("\(group)/grads")
+            let want = try fx.tensor("\(group)/params")
             let n = p0.count
             let opt = Optimizer(kind, parameterCount: n, learningRate: 1e-2, weightDecay: 1e-6)
-            let params = p0.clone(), g = Tensor([n]), expected = Tensor([n])
+            let params = p0.clone()
+            let g = Tensor([n])
+            let expected = Tensor([n])
             for step in 0..<4 {
                 g.pointer.update(from: grads.pointer + step * n, count: n)
                 opt.update(params: params, grads: g)

@@ -11,9 +11,10 @@ final class ModelFixtureTests: XCTestCase {
         let fx = try Fixture(file)
         for group in try fx.file.root.members() where group != "state_dict" {
             let cfg = try fx.config(group)
-            let config = ModelConfig(kind: kind, inChannels: cfg["in_channels"] as! Int, classes: cfg["n_classes"] as! Int,
-                                     featureScale: Double(cfg["feature_scale"] as! Int),
-                                     alignCorners: cfg["align_corners"] as! Bool)
+            let config = ModelConfig(
+                kind: kind, inChannels: cfg["in_channels"] as! Int, classes: cfg["n_classes"] as! Int,
+                featureScale: Double(cfg["feature_scale"] as! Int),
+                alignCorners: cfg["align_corners"] as! Bool)
             let model = SegmentationModel(config)
             try StateDict.read(into: model, from: try fx.file.root.group("state_dict"))
             model.training = (cfg["bn_mode"] as! String) == "train"
@@ -26,8 +27,9 @@ final class ModelFixtureTests: XCTestCase {
             if kind == .attentionUNet { XCTAssertEqual(model.attentionMaps.count, 6) }
             if model.training, fx.file.root.exists("\(group)/buffers_after") {
                 for e in model.buffers.entries where !e.name.hasSuffix("num_batches_tracked") {
-                    assertClose(model.buffers.values.pointer + e.offset, try fx.tensor("\(group)/buffers_after/\(e.name)"),
-                                tol: 1e-4, "\(group) \(e.name)")
+                    assertClose(
+                        model.buffers.values.pointer + e.offset, try fx.tensor("\(group)/buffers_after/\(e.name)"),
+                        tol: 1e-4, "\(group) \(e.name)")
                 }
             }
             let labels = try fx.labels("\(group)/target")

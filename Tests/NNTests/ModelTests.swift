@@ -1,9 +1,10 @@
 import Foundation
 import HDF5Kit
-@testable import NN
-import TestSupport
 import Tensor
+import TestSupport
 import XCTest
+
+@testable import NN
 
 final class ModelTests: XCTestCase {
     /// The released classes at feature_scale 4, 1 input channel, 4 classes (the paper's Table and the released code).
@@ -12,7 +13,9 @@ final class ModelTests: XCTestCase {
         XCTAssertEqual(SegmentationModel(ModelConfig(kind: .unet)).parameterCount, 5_888_004)
         // Per-module figures of the released classes (`Sources/NN/NN.docc/ModelGraph.md`).
         let m = SegmentationModel(ModelConfig(kind: .attentionUNet))
-        func module(_ prefix: String) -> Int { m.params.entries.filter { $0.name.hasPrefix(prefix + ".") }.reduce(0) { $0 + $1.count } }
+        func module(_ prefix: String) -> Int {
+            m.params.entries.filter { $0.name.hasPrefix(prefix + ".") }.reduce(0) { $0 + $1.count }
+        }
         XCTAssertEqual(module("conv1"), 7_440)
         XCTAssertEqual(module("center"), 2_655_744)
         XCTAssertEqual(module("gating"), 66_304)
@@ -22,8 +25,9 @@ final class ModelTests: XCTestCase {
         XCTAssertEqual(module("dsv4"), 516)
         XCTAssertEqual(module("final"), 68)
         // BN affine values and running buffers (mean, var, num_batches_tracked per BN).
-        XCTAssertEqual(m.params.entries.filter { $0.name.contains(".1.weight") || $0.name.contains("W.1.weight") }
-            .reduce(0) { $0 + $1.count } * 2, 4_800)
+        XCTAssertEqual(
+            m.params.entries.filter { $0.name.contains(".1.weight") || $0.name.contains("W.1.weight") }
+                .reduce(0) { $0 + $1.count } * 2, 4_800)
         XCTAssertEqual(m.buffers.count, 4_828)
     }
 
@@ -40,7 +44,8 @@ final class ModelTests: XCTestCase {
         XCTAssertEqual(big.config.filters, [21, 42, 85, 170, 341])
         XCTAssertEqual(big.parameterCount, 10_403_190)
         XCTAssertEqual((Double(big.parameterCount) / 1e4).rounded() / 100, 10.40)
-        XCTAssertFalse(capacity.params.entries.contains { $0.name.hasPrefix("attentionblock") || $0.name.hasPrefix("gating") })
+        XCTAssertFalse(
+            capacity.params.entries.contains { $0.name.hasPrefix("attentionblock") || $0.name.hasPrefix("gating") })
     }
 
     /// After the first three steps, a training step's gradients and scratch buffers all come back from the pool:
@@ -56,7 +61,7 @@ final class ModelTests: XCTestCase {
             let logits = try! model.forward(x)
             let dLogits = Tensor(logits.shape, (0..<logits.count).map { Float(($0 * 31) % 17) / 17 - 0.5 })
             model.backward(dLogits)
-            if step == 2 { settled = TensorPool.freshAllocations }   // best fit settles within 3 steps
+            if step == 2 { settled = TensorPool.freshAllocations }  // best fit settles within 3 steps
         }
         XCTAssertEqual(TensorPool.freshAllocations, settled, "steps 4 to 6 allocated new buffers")
         XCTAssertGreaterThan(TensorPool.cachedBytes, 0)
@@ -71,7 +76,7 @@ final class ModelTests: XCTestCase {
         model.training = false
         let x = Tensor([1, 1, 16, 32, 32], (0..<16_384).map { Float(($0 * 7919) % 101) / 50 - 1 })
         let recorded = try model.forward(x).array
-        TensorPool.settle()   // peak counted from here
+        TensorPool.settle()  // peak counted from here
         let free = try GradientMode.withoutGradients { try model.forward(x).array }
         XCTAssertEqual(free, recorded)
         // The largest activation: the head's concatenation of 4 x 4 class maps, [1, 16, 16, 32, 32]. Without
@@ -88,11 +93,13 @@ final class ModelTests: XCTestCase {
 
     func testNamesFollowTheOriginalStateDict() {
         let names = SegmentationModel(ModelConfig(kind: .attentionUNet, featureScale: 16)).params.entries.map(\.name)
-        for n in ["conv1.conv1.0.weight", "conv1.conv1.1.bias", "conv1.conv2.0.bias", "gating.conv1.0.weight",
-                  "attentionblock2.gate_block_1.W.0.weight", "attentionblock2.gate_block_1.W.1.weight",
-                  "attentionblock2.gate_block_1.theta.weight", "attentionblock2.gate_block_2.psi.bias",
-                  "attentionblock4.combine_gates.0.weight", "attentionblock4.combine_gates.1.bias",
-                  "up_concat1.conv.conv2.1.weight", "dsv4.dsv.0.weight", "dsv1.bias", "final.weight"] {
+        for n in [
+            "conv1.conv1.0.weight", "conv1.conv1.1.bias", "conv1.conv2.0.bias", "gating.conv1.0.weight",
+            "attentionblock2.gate_block_1.W.0.weight", "attentionblock2.gate_block_1.W.1.weight",
+            "attentionblock2.gate_block_1.theta.weight", "attentionblock2.gate_block_2.psi.bias",
+            "attentionblock4.combine_gates.0.weight", "attentionblock4.combine_gates.1.bias",
+            "up_concat1.conv.conv2.1.weight", "dsv4.dsv.0.weight", "dsv1.bias", "final.weight",
+        ] {
             XCTAssertTrue(names.contains(n), n)
         }
         XCTAssertFalse(names.contains("attentionblock2.gate_block_1.theta.bias"), "theta has no bias")
@@ -134,14 +141,18 @@ final class ModelTests: XCTestCase {
 
     /// Save → load gives identical weights and buffers; another architecture and a truncated file are refused.
     func testCheckpointRoundTripAndRefusals() throws {
-        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("attunet-ckpt-\(UUID().uuidString)")
+        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent(
+            "attunet-ckpt-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         let path = dir.appendingPathComponent("c.h5").path
         let m = SegmentationModel(ModelConfig(featureScale: 16), seed: 3)
         for e in m.buffers.entries {
             // num_batches_tracked is an integer counter (int64 on disk); the statistics are arbitrary floats.
-            for i in 0..<e.count { m.buffers.values.data[e.offset + i] = e.name.hasSuffix("num_batches_tracked") ? 17 : Float(i % 13) * 0.25 + 1 }
+            for i in 0..<e.count {
+                m.buffers.values.data[e.offset + i] =
+                    e.name.hasSuffix("num_batches_tracked") ? 17 : Float(i % 13) * 0.25 + 1
+            }
         }
         try Checkpoint.save(m, to: path)
         let back = try Checkpoint.load(path)
@@ -152,10 +163,13 @@ final class ModelTests: XCTestCase {
         let f = try H5File.open(path)
         let d = try f.root.dataset("state_dict/conv1.conv1.0.weight")
         XCTAssertEqual(d.shape, [4, 1, 3, 3, 3])
-        let disk = try d.readFloats(), w = m.conv1.c1.conv.weight.value
+        let disk = try d.readFloats()
+        let w = m.conv1.c1.conv.weight.value
         XCTAssertEqual(disk[(0 * 3 + 1) * 3 + 2], w[(2 * 3 + 1) * 3 + 0])  // (x=0,y=1,z=2) vs ours (z=2,y=1,x=0)
         let other = SegmentationModel(ModelConfig(classes: 3, featureScale: 16))
-        XCTAssertThrowsError(try Checkpoint.load(path, into: other)) { XCTAssertTrue("\($0)".contains("4 classes"), "\($0)") }
+        XCTAssertThrowsError(try Checkpoint.load(path, into: other)) {
+            XCTAssertTrue("\($0)".contains("4 classes"), "\($0)")
+        }
         let bytes = try Data(contentsOf: URL(fileURLWithPath: path))
         let cut = dir.appendingPathComponent("cut.h5").path
         try bytes.prefix(bytes.count / 2).write(to: URL(fileURLWithPath: cut))
@@ -167,7 +181,8 @@ final class ModelTests: XCTestCase {
     /// ATTUNET_TORCH_PYTHON.
     func testCheckpointLoadsIntoPyTorch() throws {
         let python = ProcessInfo.processInfo.environment["ATTUNET_TORCH_PYTHON"] ?? TestEnv.python
-        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent("attunet-torch-\(UUID().uuidString)")
+        let dir = URL(fileURLWithPath: NSTemporaryDirectory()).appendingPathComponent(
+            "attunet-torch-\(UUID().uuidString)")
         try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
         defer { try? FileManager.default.removeItem(at: dir) }
         for kind in ModelKind.allCases {
@@ -177,7 +192,8 @@ final class ModelTests: XCTestCase {
             let x = Tensor([1, 1, 16, 32, 48])
             for i in 0..<x.count { x.data[i] = sin(Float(i) * 0.37) }
             let logits = try m.forward(x)
-            let ckpt = dir.appendingPathComponent("\(kind.rawValue).h5").path, io = dir.appendingPathComponent("io.h5").path
+            let ckpt = dir.appendingPathComponent("\(kind.rawValue).h5").path
+            let io = dir.appendingPathComponent("io.h5").path
             try Checkpoint.save(m, to: ckpt)
             do {
                 let f = try H5File.create(io)

@@ -1,24 +1,36 @@
-@testable import NN
 import Tensor
 import XCTest
+
+@testable import NN
 
 /// Naive 2×2×2 stride-2 max pooling with PyTorch's scan order (first max wins on ties): (values, arg-max
 /// flat input index) per output voxel.
 private func naivePool(_ x: [Float], _ s: [Int]) -> (values: [Float], argmax: [Int]) {
-    let n = s[0], c = s[1], zi = s[2], yi = s[3], xi = s[4]
-    let zo = zi / 2, yo = yi / 2, xo = xi / 2
-    var values: [Float] = [], argmax: [Int] = []
+    let n = s[0]
+    let c = s[1]
+    let zi = s[2]
+    let yi = s[3]
+    let xi = s[4]
+    let zo = zi / 2
+    let yo = yi / 2
+    let xo = xi / 2
+    var values: [Float] = []
+    var argmax: [Int] = []
     for b in 0..<n {
         for ch in 0..<c {
             for z in 0..<zo {
                 for y in 0..<yo {
                     for xx in 0..<xo {
-                        var best = -Float.infinity, bestIndex = -1
+                        var best = -Float.infinity
+                        var bestIndex = -1
                         for dz in 0..<2 {
                             for dy in 0..<2 {
                                 for dx in 0..<2 {
                                     let idx = (((b * c + ch) * zi + 2 * z + dz) * yi + 2 * y + dy) * xi + 2 * xx + dx
-                                    if bestIndex < 0 || x[idx] > best { best = x[idx]; bestIndex = idx }
+                                    if bestIndex < 0 || x[idx] > best {
+                                        best = x[idx]
+                                        bestIndex = idx
+                                    }
                                 }
                             }
                         }
@@ -73,8 +85,10 @@ final class PoolingTests: XCTestCase {
         let y = pool.forward(x)
         let r = GradCheck.random(y.count, seed: 25)
         let dx = pool.backward(Tensor(y.shape, r)).array
-        GradCheck.check("maxpool.dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-4,
-                        samples: x.count) { GradCheck.dot(pool.forward(x).data, r) }
+        GradCheck.check(
+            "maxpool.dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-4,
+            samples: x.count
+        ) { GradCheck.dot(pool.forward(x).data, r) }
     }
 
     func testTiesGoToFirstInScanOrder() {

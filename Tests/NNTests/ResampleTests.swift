@@ -1,40 +1,48 @@
 import Foundation
-@testable import NN
 import Tensor
 import XCTest
+
+@testable import NN
 
 /// Direct (non-separable) trilinear interpolation in Double: each output voxel is the weighted sum of its
 /// eight corners, with the source coordinate of each axis from the textbook formula:
 /// align_corners: src = d·(in−1)/(out−1); otherwise src = (d + ½)·r − ½ clamped at 0, r = 1/scaleFactor when one
 /// is given, else in/out.
-private func referenceTrilinear(_ x: [Float], _ s: [Int], out: Dim3, alignCorners: Bool,
-                                scaleFactors: [Double]? = nil) -> [Double] {
-    let ins = [s[2], s[3], s[4]], outs = [out.z, out.y, out.x]
+private func referenceTrilinear(
+    _ x: [Float], _ s: [Int], out: Dim3, alignCorners: Bool,
+    scaleFactors: [Double]? = nil
+) -> [Double] {
+    let ins = [s[2], s[3], s[4]]
+    let outs = [out.z, out.y, out.x]
     // Per axis: for every output index, (i0, i1, w0, w1).
     var taps: [[(Int, Int, Double, Double)]] = []
     for a in 0..<3 {
-        let n = ins[a], m = outs[a]
-        taps.append((0..<m).map { d in
-            if n == m { return (d, d, 1, 0) }
-            var src: Double
-            if alignCorners {
-                src = m > 1 ? Double(d) * Double(n - 1) / Double(m - 1) : 0
-            } else {
-                let ratio = scaleFactors.map { 1 / $0[a] } ?? Double(n) / Double(m)
-                src = max((Double(d) + 0.5) * ratio - 0.5, 0)
-            }
-            let i0 = min(Int(src.rounded(.down)), n - 1)
-            let i1 = min(i0 + 1, n - 1)
-            let l = min(max(src - Double(i0), 0), 1)
-            return (i0, i1, 1 - l, l)
-        })
+        let n = ins[a]
+        let m = outs[a]
+        taps.append(
+            (0..<m).map { d in
+                if n == m { return (d, d, 1, 0) }
+                var src: Double
+                if alignCorners {
+                    src = m > 1 ? Double(d) * Double(n - 1) / Double(m - 1) : 0
+                } else {
+                    let ratio = scaleFactors.map { 1 / $0[a] } ?? Double(n) / Double(m)
+                    src = max((Double(d) + 0.5) * ratio - 0.5, 0)
+                }
+                let i0 = min(Int(src.rounded(.down)), n - 1)
+                let i1 = min(i0 + 1, n - 1)
+                let l = min(max(src - Double(i0), 0), 1)
+                return (i0, i1, 1 - l, l)
+            })
     }
     var result: [Double] = []
     for p in 0..<(s[0] * s[1]) {
         for z in 0..<out.z {
             for y in 0..<out.y {
                 for xx in 0..<out.x {
-                    let tz = taps[0][z], ty = taps[1][y], tx = taps[2][xx]
+                    let tz = taps[0][z]
+                    let ty = taps[1][y]
+                    let tx = taps[2][xx]
                     var v = 0.0
                     for (iz, wz) in [(tz.0, tz.2), (tz.1, tz.3)] {
                         for (iy, wy) in [(ty.0, ty.2), (ty.1, ty.3)] {
@@ -55,23 +63,28 @@ private func referenceTrilinear(_ x: [Float], _ s: [Int], out: Dim3, alignCorner
 private let inShape = [2, 3, 3, 5, 7]
 
 final class ResampleTests: XCTestCase {
-    private func assertMatchesReference(_ layer: Trilinear, input s: [Int], expectedOut: Dim3,
-                                        scaleFactors: [Double]? = nil, file: StaticString = #filePath,
-                                        line: UInt = #line) {
+    private func assertMatchesReference(
+        _ layer: Trilinear, input s: [Int], expectedOut: Dim3,
+        scaleFactors: [Double]? = nil, file: StaticString = #filePath,
+        line: UInt = #line
+    ) {
         let x = Tensor(s, GradCheck.random(s.reduce(1, *), seed: 31, lo: -2, hi: 2))
         let y = layer.forward(x)
         XCTAssertEqual(y.shape, [s[0], s[1], expectedOut.z, expectedOut.y, expectedOut.x], file: file, line: line)
         guard y.shape == [s[0], s[1], expectedOut.z, expectedOut.y, expectedOut.x] else { return }
-        let ref = referenceTrilinear(x.array, s, out: expectedOut, alignCorners: layer.alignCorners,
-                                     scaleFactors: scaleFactors)
+        let ref = referenceTrilinear(
+            x.array, s, out: expectedOut, alignCorners: layer.alignCorners,
+            scaleFactors: scaleFactors)
         var worst = 0.0
         for i in 0..<ref.count { worst = max(worst, abs(Double(y.data[i]) - ref[i])) }
         XCTAssertLessThan(worst, 2e-6, "max |trilinear − reference| \(s) → \(expectedOut)", file: file, line: line)
     }
 
     /// <T x, r> == <x, Tᵀ r> (backward is the exact adjoint) and a finite-difference check.
-    private func assertAdjointAndGradient(_ layer: Trilinear, input s: [Int], file: StaticString = #filePath,
-                                          line: UInt = #line) {
+    private func assertAdjointAndGradient(
+        _ layer: Trilinear, input s: [Int], file: StaticString = #filePath,
+        line: UInt = #line
+    ) {
         let x = Tensor(s, GradCheck.random(s.reduce(1, *), seed: 32))
         let y = layer.forward(x)
         let r = GradCheck.random(y.count, seed: 33)
@@ -81,8 +94,9 @@ final class ResampleTests: XCTestCase {
         var rhs = 0.0
         for i in 0..<x.count { rhs += Double(x.data[i]) * Double(dx[i]) }
         XCTAssertEqual(lhs, rhs, accuracy: 1e-4 * max(1, abs(lhs)), "adjoint", file: file, line: line)
-        GradCheck.check("trilinear.dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-3,
-                        samples: 120, loss: { GradCheck.dot(layer.forward(x).data, r) }, file: file, line: line)
+        GradCheck.check(
+            "trilinear.dx", parameter: x.pointer, count: x.count, analytic: dx, relTol: 1e-3,
+            samples: 120, loss: { GradCheck.dot(layer.forward(x).data, r) }, file: file, line: line)
     }
 
     // MARK: hand-computed values
@@ -96,8 +110,9 @@ final class ResampleTests: XCTestCase {
         for (got, want) in zip(t, [0, 1.0 / 3, 2.0 / 3, 1]) { XCTAssertEqual(Double(got), want, accuracy: 1e-6) }
 
         let x3 = Tensor([1, 1, 1, 1, 3], [0, 1, 4])
-        XCTAssertEqual(Trilinear(size: Dim3(z: 1, y: 1, x: 5), alignCorners: true).forward(x3).array,
-                       [0, 0.5, 1, 2.5, 4])
+        XCTAssertEqual(
+            Trilinear(size: Dim3(z: 1, y: 1, x: 5), alignCorners: true).forward(x3).array,
+            [0, 0.5, 1, 2.5, 4])
         // Downsizing 4 → 2, align false: src = 2(d + ½) − ½ = 0.5, 2.5.
         let x4 = Tensor([1, 1, 1, 1, 4], [0, 2, 4, 8])
         XCTAssertEqual(Trilinear(size: Dim3(z: 1, y: 1, x: 2), alignCorners: false).forward(x4).array, [1, 6])
@@ -120,17 +135,19 @@ final class ResampleTests: XCTestCase {
 
     func testFactorTwoBothAlignments() {
         for align in [false, true] {
-            assertMatchesReference(Trilinear(factor: 2, alignCorners: align), input: inShape,
-                                   expectedOut: Dim3(z: 6, y: 10, x: 14), scaleFactors: [2, 2, 2])
+            assertMatchesReference(
+                Trilinear(factor: 2, alignCorners: align), input: inShape,
+                expectedOut: Dim3(z: 6, y: 10, x: 14), scaleFactors: [2, 2, 2])
         }
     }
 
     func testFactorsFourAndEight() {
         for align in [false, true] {
             for f in [4, 8] {
-                assertMatchesReference(Trilinear(factor: f, alignCorners: align), input: [1, 2, 2, 3, 3],
-                                       expectedOut: Dim3(z: 2 * f, y: 3 * f, x: 3 * f),
-                                       scaleFactors: [Double(f), Double(f), Double(f)])
+                assertMatchesReference(
+                    Trilinear(factor: f, alignCorners: align), input: [1, 2, 2, 3, 3],
+                    expectedOut: Dim3(z: 2 * f, y: 3 * f, x: 3 * f),
+                    scaleFactors: [Double(f), Double(f), Double(f)])
             }
         }
     }
@@ -191,16 +208,18 @@ final class ResampleTests: XCTestCase {
         for threads in [1, 3] {
             Parallelism.threads = threads
             assertAdjointAndGradient(Trilinear(factor: 4, alignCorners: false), input: [1, 2, 2, 3, 3])
-            assertMatchesReference(Trilinear(factor: 2, alignCorners: false), input: inShape,
-                                   expectedOut: Dim3(z: 6, y: 10, x: 14), scaleFactors: [2, 2, 2])
+            assertMatchesReference(
+                Trilinear(factor: 2, alignCorners: false), input: inShape,
+                expectedOut: Dim3(z: 6, y: 10, x: 14), scaleFactors: [2, 2, 2])
         }
     }
 
     func testInputShapeChangeRebuildsTables() {
         let layer = Trilinear(factor: 2, alignCorners: false)
         assertMatchesReference(layer, input: inShape, expectedOut: Dim3(z: 6, y: 10, x: 14), scaleFactors: [2, 2, 2])
-        assertMatchesReference(layer, input: [1, 1, 2, 4, 3], expectedOut: Dim3(z: 4, y: 8, x: 6),
-                               scaleFactors: [2, 2, 2])
+        assertMatchesReference(
+            layer, input: [1, 1, 2, 4, 3], expectedOut: Dim3(z: 4, y: 8, x: 6),
+            scaleFactors: [2, 2, 2])
         assertAdjointAndGradient(layer, input: [1, 1, 2, 4, 3])
     }
 }

@@ -1,8 +1,9 @@
 import Foundation
 import HDF5Kit
-@testable import NN
 import Tensor
 import XCTest
+
+@testable import NN
 
 /// `attunet train --init`'s mapping (``WeightTransfer``): copies by name, the exact pass-through gates from a
 /// U-Net, the output layers with another class count (`--reset-head`) or through a label map, and the
@@ -25,11 +26,14 @@ final class TransferTests: XCTestCase {
         return x
     }
 
-    func transfer(_ source: SegmentationModel, into target: SegmentationModel, classNames: [String] = names4,
-                  resetHead: Bool = false, labelMap: String? = nil) throws -> TransferReport {
-        try WeightTransfer.apply(from: source, sourcePath: "src.h5", sourceClassNames: Self.names4, into: target,
-                                 targetPath: "store.h5", targetClassNames: classNames, resetHead: resetHead,
-                                 labelMap: try labelMap.map { try LabelMap(parsing: $0) })
+    func transfer(
+        _ source: SegmentationModel, into target: SegmentationModel, classNames: [String] = names4,
+        resetHead: Bool = false, labelMap: String? = nil
+    ) throws -> TransferReport {
+        try WeightTransfer.apply(
+            from: source, sourcePath: "src.h5", sourceClassNames: Self.names4, into: target,
+            targetPath: "store.h5", targetClassNames: classNames, resetHead: resetHead,
+            labelMap: try labelMap.map { try LabelMap(parsing: $0) })
     }
 
     func values(_ store: ParameterStore, _ name: String) -> [Float] {
@@ -46,7 +50,8 @@ final class TransferTests: XCTestCase {
         unet.training = false
         let x = input()
         let want = try unet.forward(x)
-        let att = SegmentationModel(ModelConfig(kind: .attentionUNet, featureScale: 16, passThroughGates: true), seed: 9)
+        let att = SegmentationModel(
+            ModelConfig(kind: .attentionUNet, featureScale: 16, passThroughGates: true), seed: 9)
         let report = try transfer(unet, into: att)
         for (u, a) in [(unet.params, att.params), (unet.buffers, att.buffers)] {
             for e in u.entries {
@@ -56,17 +61,28 @@ final class TransferTests: XCTestCase {
         }
         let fresh = report.tensors.filter { $0.action == .fresh }.map(\.name)
         let through = report.tensors.filter { $0.action == .passThrough }.map(\.name)
-        XCTAssertTrue(fresh.contains("gating.conv1.0.weight") && fresh.contains("attentionblock3.gate_block_1.theta.weight")
-                      && fresh.contains("attentionblock2.gate_block_2.phi.bias"), "\(fresh)")
-        XCTAssertTrue(through.contains("attentionblock4.gate_block_1.psi.weight") && through.contains("attentionblock2.combine_gates.0.weight")
-                      && through.contains("attentionblock3.gate_block_2.W.1.running_var"), "\(through)")
-        XCTAssertEqual(Set(fresh + through), Set((att.params.entries + att.buffers.entries).map(\.name).filter { $0.hasPrefix("gating.") || $0.hasPrefix("attentionblock") }))
-        XCTAssertEqual(report.freshParameters.count, att.params.entries.filter { $0.name.hasPrefix("gating.") || $0.name.hasPrefix("attentionblock") }.count)
+        XCTAssertTrue(
+            fresh.contains("gating.conv1.0.weight") && fresh.contains("attentionblock3.gate_block_1.theta.weight")
+                && fresh.contains("attentionblock2.gate_block_2.phi.bias"), "\(fresh)")
+        XCTAssertTrue(
+            through.contains("attentionblock4.gate_block_1.psi.weight")
+                && through.contains("attentionblock2.combine_gates.0.weight")
+                && through.contains("attentionblock3.gate_block_2.W.1.running_var"), "\(through)")
+        XCTAssertEqual(
+            Set(fresh + through),
+            Set(
+                (att.params.entries + att.buffers.entries).map(\.name).filter {
+                    $0.hasPrefix("gating.") || $0.hasPrefix("attentionblock")
+                }))
+        XCTAssertEqual(
+            report.freshParameters.count,
+            att.params.entries.filter { $0.name.hasPrefix("gating.") || $0.name.hasPrefix("attentionblock") }.count)
         att.training = false
         let got = try att.forward(x)
         var worst: Float = 0
         for i in 0..<got.count { worst = max(worst, abs(got.data[i] - want.data[i])) }
-        XCTAssertLessThanOrEqual(worst, 1e-5, "attention-unet from the U-Net: max |logit difference| \(worst) (logits up to \(want.maxAbs))")
+        XCTAssertLessThanOrEqual(
+            worst, 1e-5, "attention-unet from the U-Net: max |logit difference| \(worst) (logits up to \(want.maxAbs))")
         XCTAssertGreaterThan(want.maxAbs, 0.1)
         print("pass-through from the U-Net: max |logit difference| \(worst), logits up to \(want.maxAbs)")
         // The gates pass features through but stay trainable: α = σ(3) everywhere.
@@ -83,7 +99,9 @@ final class TransferTests: XCTestCase {
         for i in 0..<other.count { far = max(far, abs(other.data[i] - want.data[i])) }
         XCTAssertGreaterThan(far, 1e-2, "seeded gates cannot reproduce the U-Net")
         let table = report.table(target: att.config).joined(separator: "\n")
-        XCTAssertTrue(table.contains("gating") && table.contains("pass-through") && table.contains("not in the unet checkpoint"), table)
+        XCTAssertTrue(
+            table.contains("gating") && table.contains("pass-through") && table.contains("not in the unet checkpoint"),
+            table)
     }
 
     /// An attention checkpoint into a U-Net: the U-Net's tensors are copied, the gates are listed as not used.
@@ -92,9 +110,11 @@ final class TransferTests: XCTestCase {
         let unet = SegmentationModel(ModelConfig(kind: .unet, featureScale: 16), seed: 5)
         let report = try transfer(att, into: unet)
         XCTAssertTrue(report.freshParameters.isEmpty)
-        XCTAssertEqual(values(unet.params, "up_concat4.conv.conv1.0.weight"), values(att.params, "up_concat4.conv.conv1.0.weight"))
-        XCTAssertEqual(report.tensors.filter { $0.action == .unused }.count,
-                       (att.params.entries + att.buffers.entries).count - (unet.params.entries + unet.buffers.entries).count)
+        XCTAssertEqual(
+            values(unet.params, "up_concat4.conv.conv1.0.weight"), values(att.params, "up_concat4.conv.conv1.0.weight"))
+        XCTAssertEqual(
+            report.tensors.filter { $0.action == .unused }.count,
+            (att.params.entries + att.buffers.entries).count - (unet.params.entries + unet.buffers.entries).count)
     }
 
     /// Another class count: refused without --reset-head, naming both counts; with it every layer but the
@@ -106,7 +126,9 @@ final class TransferTests: XCTestCase {
         let before = target.params.values.array
         XCTAssertThrowsError(try transfer(source, into: target, classNames: ["background", "pancreas"])) { error in
             let m = "\(error)"
-            XCTAssertTrue(m.hasPrefix("src.h5: ") && m.contains("4 classes") && m.contains("has 2") && m.contains("--reset-head"), m)
+            XCTAssertTrue(
+                m.hasPrefix("src.h5: ") && m.contains("4 classes") && m.contains("has 2") && m.contains("--reset-head"),
+                m)
         }
         XCTAssertTrue(target.params.values.array == before, "a refused mapping changes nothing")
         let report = try transfer(source, into: target, classNames: ["background", "pancreas"], resetHead: true)
@@ -118,9 +140,13 @@ final class TransferTests: XCTestCase {
                 XCTAssertEqual(values(target.params, e.name), values(source.params, e.name), "\(e.name) is copied")
             }
         }
-        XCTAssertEqual(Set(report.freshParameters), ["dsv1.weight", "dsv1.bias", "dsv2.dsv.0.weight", "dsv2.dsv.0.bias",
-                                                    "dsv3.dsv.0.weight", "dsv3.dsv.0.bias", "dsv4.dsv.0.weight",
-                                                    "dsv4.dsv.0.bias", "final.weight", "final.bias"])
+        XCTAssertEqual(
+            Set(report.freshParameters),
+            [
+                "dsv1.weight", "dsv1.bias", "dsv2.dsv.0.weight", "dsv2.dsv.0.bias",
+                "dsv3.dsv.0.weight", "dsv3.dsv.0.bias", "dsv4.dsv.0.weight",
+                "dsv4.dsv.0.bias", "final.weight", "final.bias",
+            ])
         let table = report.table(target: target.config).joined(separator: "\n")
         XCTAssertTrue(table.contains("--reset-head: the checkpoint has 4 classes, the store 2"), table)
         // Another feature scale cannot be copied: the error names the tensor and both shapes.
@@ -140,18 +166,28 @@ final class TransferTests: XCTestCase {
         XCTAssertEqual(report.labelMap?.description, "0:0,2:1")
         XCTAssertTrue(report.freshParameters.isEmpty)
         for name in ["dsv1", "dsv2.dsv.0", "dsv4.dsv.0"] {
-            let s = values(source.params, name + ".weight"), t = values(target.params, name + ".weight")
+            let s = values(source.params, name + ".weight")
+            let t = values(target.params, name + ".weight")
             let cin = s.count / 4
             XCTAssertEqual(Array(t[0..<cin]), Array(s[0..<cin]), "\(name) background row")
-            XCTAssertEqual(Array(t[cin..<(2 * cin)]), Array(s[(2 * cin)..<(3 * cin)]), "\(name) pancreas row = source class 2")
-            XCTAssertEqual(values(target.params, name + ".bias"), [values(source.params, name + ".bias")[0], values(source.params, name + ".bias")[2]])
+            XCTAssertEqual(
+                Array(t[cin..<(2 * cin)]), Array(s[(2 * cin)..<(3 * cin)]), "\(name) pancreas row = source class 2")
+            XCTAssertEqual(
+                values(target.params, name + ".bias"),
+                [values(source.params, name + ".bias")[0], values(source.params, name + ".bias")[2]])
         }
         // final: [classes][4 * classes]; target (t, j*2 + k) = source (src(t), j*4 + src(k)).
-        let s = values(source.params, "final.weight"), t = values(target.params, "final.weight")
+        let s = values(source.params, "final.weight")
+        let t = values(target.params, "final.weight")
         let src = [0, 2]
-        for row in 0..<2 { for j in 0..<4 { for k in 0..<2 {
-            XCTAssertEqual(t[row * 8 + j * 2 + k], s[src[row] * 16 + j * 4 + src[k]], "final (\(row), \(j * 2 + k))")
-        } } }
+        for row in 0..<2 {
+            for j in 0..<4 {
+                for k in 0..<2 {
+                    XCTAssertEqual(
+                        t[row * 8 + j * 2 + k], s[src[row] * 16 + j * 4 + src[k]], "final (\(row), \(j * 2 + k))")
+                }
+            }
+        }
         let table = report.table(target: target.config).joined(separator: "\n")
         XCTAssertTrue(table.contains("class rows") && table.contains("2 pancreas -> 1 pancreas"), table)
     }
@@ -163,7 +199,10 @@ final class TransferTests: XCTestCase {
         let target = SegmentationModel(ModelConfig(kind: .unet, classes: 2, featureScale: 16), seed: 2)
         let pancreas = ["background", "pancreas"]
         let cases: [(String, String)] = [
-            ("5:1", "src.h5: --label-map 5:1 names class 5, but the checkpoint has classes 0-3 (background, spleen, pancreas, kidney)"),
+            (
+                "5:1",
+                "src.h5: --label-map 5:1 names class 5, but the checkpoint has classes 0-3 (background, spleen, pancreas, kidney)"
+            ),
             ("2:3", "store.h5: --label-map 2:3 names class 3, but the store has classes 0-1 (background, pancreas)"),
             ("0:0", "store.h5: --label-map 0:0 gives the store's class 1 (pancreas) no checkpoint class"),
             ("2:1,3:1", "the store class 1 appears twice"),
@@ -173,25 +212,35 @@ final class TransferTests: XCTestCase {
                 XCTAssertTrue("\($0)".contains(message), "\(map): \($0)")
             }
         }
-        XCTAssertThrowsError(try LabelMap(parsing: "2-1")) { XCTAssertTrue("\($0)".contains("'2-1' is not SRC:DST"), "\($0)") }
+        XCTAssertThrowsError(try LabelMap(parsing: "2-1")) {
+            XCTAssertTrue("\($0)".contains("'2-1' is not SRC:DST"), "\($0)")
+        }
         XCTAssertThrowsError(try transfer(source, into: target, classNames: pancreas, resetHead: true, labelMap: "2:1"))
     }
 
     /// The optimizer's roles: frozen runs are not touched (values, moments), fresh runs step at their own rate.
     func testOptimizerRolesFreezeAndFreshRate() {
         let store = ParameterStore()
-        _ = store.add("conv1.w", shape: [3]); _ = store.add("up.w", shape: [3]); _ = store.add("final.w", shape: [2])
+        _ = store.add("conv1.w", shape: [3])
+        _ = store.add("up.w", shape: [3])
+        _ = store.add("final.w", shape: [2])
         store.allocate()
-        for i in 0..<8 { store.values.data[i] = Float(i) + 1; store.grads.data[i] = 0.5 }
+        for i in 0..<8 {
+            store.values.data[i] = Float(i) + 1
+            store.grads.data[i] = 0.5
+        }
         let opt = Optimizer(.adam, parameterCount: 8, learningRate: 1e-3, weightDecay: 1e-2)
         opt.setRoles(store.entries) { $0.hasPrefix("conv1") ? .frozen : $0.hasPrefix("final") ? .fresh : .trained }
         opt.freshLearningRate = 1e-1
-        XCTAssertEqual(opt.count(.frozen), 3); XCTAssertEqual(opt.count(.fresh), 2)
+        XCTAssertEqual(opt.count(.frozen), 3)
+        XCTAssertEqual(opt.count(.fresh), 2)
         let before = store.values.array
         for _ in 0..<3 { opt.update(params: store.values, grads: store.grads) }
         let after = store.values.array
         XCTAssertEqual(Array(after[0..<3]), Array(before[0..<3]), "frozen values are bit-identical")
-        XCTAssertEqual(Array(opt.moment1.array[0..<3]) + Array(opt.moment2.array[0..<3]), [Float](repeating: 0, count: 6), "frozen moments stay 0")
+        XCTAssertEqual(
+            Array(opt.moment1.array[0..<3]) + Array(opt.moment2.array[0..<3]), [Float](repeating: 0, count: 6),
+            "frozen moments stay 0")
         for i in 3..<8 {
             let rate: Float = i < 6 ? 1e-3 : 1e-1
             XCTAssertEqual(before[i] - after[i], 3 * rate, accuracy: 0.02 * rate, "parameter \(i) steps at its rate")

@@ -22,9 +22,11 @@ final class JSONFilesTests: XCTestCase {
         }
     }
 
-    static let names = ["store", "trainCases", "weightsSHA256", "sourceWeightsSHA256", "syncBN", "caseID", "s2s2d",
-                        "hd95", "sgemm1024GFlops", "rotation3DDegrees", "stepInEpoch", "avx512", "meanPredictionToReference",
-                        "s2sIsWorstCase", "HTTPServer", "a", "aB", "ABc", "x1Y2", "_0", "protocol", "inferenceSecondsPerVolume"]
+    static let names = [
+        "store", "trainCases", "weightsSHA256", "sourceWeightsSHA256", "syncBN", "caseID", "s2s2d",
+        "hd95", "sgemm1024GFlops", "rotation3DDegrees", "stepInEpoch", "avx512", "meanPredictionToReference",
+        "s2sIsWorstCase", "HTTPServer", "a", "aB", "ABc", "x1Y2", "_0", "protocol", "inferenceSecondsPerVolume",
+    ]
 
     func testSnakeCaseIsFoundationsConvertToSnakeCase() throws {
         let encoder = JSONFiles.compactEncoder()
@@ -38,9 +40,11 @@ final class JSONFilesTests: XCTestCase {
     }
 
     func testCamelCaseRestoresTheSwiftNamesOfAttunetsTypes() {
-        for name in ["trainCases", "weightsSHA256", "sourceWeightsSHA256", "syncBN", "caseID", "stepInEpoch",
-                     "meanPredictionToReference", "s2sIsWorstCase", "inferenceSecondsPerVolume", "sgemm1024GFlops",
-                     "store", "hd95", "_0"] {
+        for name in [
+            "trainCases", "weightsSHA256", "sourceWeightsSHA256", "syncBN", "caseID", "stepInEpoch",
+            "meanPredictionToReference", "s2sIsWorstCase", "inferenceSecondsPerVolume", "sgemm1024GFlops",
+            "store", "hd95", "_0",
+        ] {
             XCTAssertEqual(JSONFiles.camelCase(JSONFiles.snakeCase(name)), name)
         }
         XCTAssertEqual(JSONFiles.camelCase("weightsSHA256"), "weightsSHA256", "an older camelCase key reads as it is")
@@ -58,12 +62,15 @@ final class JSONFilesTests: XCTestCase {
     }
 
     func testRoundTripAndOlderCamelCaseFiles() throws {
-        let s = Sample(weightsSHA256: "ab/cd", syncBN: true, caseID: "case_001", trainCases: ["a_0000", "b"],
-                       perCase: ["case_001": 1, "n_pred": 2, "Dice": 3, "IoU": 4, "fooBar": 5], seed: 0xFFFF_FFFF_FFFF_FFFF)
+        let s = Sample(
+            weightsSHA256: "ab/cd", syncBN: true, caseID: "case_001", trainCases: ["a_0000", "b"],
+            perCase: ["case_001": 1, "n_pred": 2, "Dice": 3, "IoU": 4, "fooBar": 5], seed: 0xFFFF_FFFF_FFFF_FFFF)
         let data = try JSONFiles.data(s)
         let text = String(decoding: data, as: UTF8.self)
-        for key in ["\"weights_sha256\"", "\"sync_bn\"", "\"case_id\"", "\"train_cases\"", "\"per_case\"", "\"case_001\"",
-                    "\"n_pred\"", "\"Dice\"", "\"IoU\"", "\"fooBar\"", "\"ab/cd\""] {
+        for key in [
+            "\"weights_sha256\"", "\"sync_bn\"", "\"case_id\"", "\"train_cases\"", "\"per_case\"", "\"case_001\"",
+            "\"n_pred\"", "\"Dice\"", "\"IoU\"", "\"fooBar\"", "\"ab/cd\"",
+        ] {
             XCTAssertTrue(text.contains(key), "\(key) in \(text)")
         }
         XCTAssertTrue(text.contains("\n"), "files are pretty-printed")
@@ -75,7 +82,10 @@ final class JSONFilesTests: XCTestCase {
     }
 
     func testSnakeCasedKeysNormalisesAnOlderTree() throws {
-        let old = try JSONSerialization.jsonObject(with: Data(#"{"syncBN": true, "model": {"inChannels": 1}, "trainCases": ["caseA"], "schedule": {"step": {"every": 2}}}"#.utf8))
+        let old = try JSONSerialization.jsonObject(
+            with: Data(
+                #"{"syncBN": true, "model": {"inChannels": 1}, "trainCases": ["caseA"], "schedule": {"step": {"every": 2}}}"#
+                    .utf8))
         let new = JSONFiles.snakeCasedKeys(old) as! [String: Any]
         XCTAssertEqual(Set(new.keys), ["sync_bn", "model", "train_cases", "schedule"])
         XCTAssertEqual((new["model"] as! [String: Any]).keys.first, "in_channels")

@@ -23,8 +23,10 @@ final class SupportTests: XCTestCase {
         XCTAssertEqual(AttunetError("", kind: .interrupted).lines, [], "an interrupted run prints no error line")
         XCTAssertEqual(AttunetError("loss", kind: .nonFinite).exitCode, 3)
         XCTAssertEqual("\(AttunetError("f.h5: missing dataset /x"))", "f.h5: missing dataset /x")
-        XCTAssertEqual(AttunetError.message(of: AttunetError("/a/b.nii: truncated"), strippingPath: "/a/b.nii"), "truncated")
-        XCTAssertEqual(AttunetError.message(of: AttunetError("other: truncated"), strippingPath: "/a/b.nii"), "other: truncated")
+        XCTAssertEqual(
+            AttunetError.message(of: AttunetError("/a/b.nii: truncated"), strippingPath: "/a/b.nii"), "truncated")
+        XCTAssertEqual(
+            AttunetError.message(of: AttunetError("other: truncated"), strippingPath: "/a/b.nii"), "other: truncated")
     }
 
     func testAtomicWriteReplacesTheFileAndLeavesNoTemporary() throws {
@@ -52,10 +54,11 @@ final class SupportTests: XCTestCase {
         struct Boom: Error {}
         let path = dir.appendingPathComponent("checkpoint.h5").path
         try AtomicFile.write("good", to: path)
-        XCTAssertThrowsError(try AtomicFile.write(path) { tmp in
-            try Data("half".utf8).write(to: URL(fileURLWithPath: tmp))
-            throw Boom()
-        })
+        XCTAssertThrowsError(
+            try AtomicFile.write(path) { tmp in
+                try Data("half".utf8).write(to: URL(fileURLWithPath: tmp))
+                throw Boom()
+            })
         XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "good")
         XCTAssertEqual(try files(), ["checkpoint.h5"])
     }
@@ -66,7 +69,8 @@ final class SupportTests: XCTestCase {
             XCTAssertTrue("\(error)".contains("fsync"), "\(error)")
         }
         XCTAssertEqual(try files(), [])
-        XCTAssertThrowsError(try AtomicFile.write("x", to: dir.appendingPathComponent("no/such/folder/x.json").path)) { error in
+        XCTAssertThrowsError(try AtomicFile.write("x", to: dir.appendingPathComponent("no/such/folder/x.json").path)) {
+            error in
             XCTAssertTrue("\(error)".contains("no/such/folder/x.json"), "\(error)")
         }
     }
@@ -78,14 +82,17 @@ final class SupportTests: XCTestCase {
         }
         XCTAssertEqual(try files().count, 16)
         for i in 0..<16 {
-            XCTAssertEqual(try String(contentsOfFile: dir.appendingPathComponent("f\(i).txt").path, encoding: .utf8), "\(i)")
+            XCTAssertEqual(
+                try String(contentsOfFile: dir.appendingPathComponent("f\(i).txt").path, encoding: .utf8), "\(i)")
         }
     }
 
     /// Temporaries of dead writers are removed, those of live processes and other hidden files kept.
     func testStaleTemporariesOfDeadProcessesAreRemoved() throws {
         let outcome = try ChildProcess.run(["/bin/sh", "-c", "echo $$ >&2"], timeout: 10)
-        guard case let .exited(0, text) = outcome, let dead = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines)) else {
+        guard case .exited(0, let text) = outcome,
+            let dead = Int32(text.trimmingCharacters(in: .whitespacesAndNewlines))
+        else {
             return XCTFail("\(outcome)")
         }
         let names = [".tmp-\(dead)-1-ckpt.h5", ".tmp-\(getpid())-2-ckpt.h5", ".tmp-x-1-other", ".hidden", "ckpt.h5"]
@@ -96,9 +103,12 @@ final class SupportTests: XCTestCase {
 
     /// A child's exit status and stderr, its death by a signal, and a child that runs past its time, killed.
     func testChildProcessOutcomes() throws {
-        XCTAssertEqual(try ChildProcess.run(["/bin/sh", "-c", "echo out; echo 'one line' >&2; exit 1"], timeout: 10),
-                       .exited(status: 1, stderr: "one line\n"))
-        XCTAssertEqual(try ChildProcess.run(["/bin/sh", "-c", "kill -SEGV $$"], timeout: 10), .signaled(signal: SIGSEGV, stderr: ""))
+        XCTAssertEqual(
+            try ChildProcess.run(["/bin/sh", "-c", "echo out; echo 'one line' >&2; exit 1"], timeout: 10),
+            .exited(status: 1, stderr: "one line\n"))
+        XCTAssertEqual(
+            try ChildProcess.run(["/bin/sh", "-c", "kill -SEGV $$"], timeout: 10),
+            .signaled(signal: SIGSEGV, stderr: ""))
         let start = Date()
         XCTAssertEqual(try ChildProcess.run(["/bin/sh", "-c", "exec sleep 30"], timeout: 0.3), .timedOut(seconds: 0.3))
         XCTAssertLessThan(Date().timeIntervalSince(start), 5)

@@ -9,8 +9,12 @@ final class CPUAllocationTests: XCTestCase {
     }
 
     func testExplicitThreadsWin() {
-        XCTAssertEqual(threads(["ATTUNET_THREADS": "3", "SLURM_CPUS_PER_TASK": "8", "OMPI_COMM_WORLD_LOCAL_SIZE": "4"], mask: 16), 3)
-        XCTAssertEqual(CPUAllocation.defaultThreads(environment: ["ATTUNET_THREADS": "3"], affinityCount: 1).source, "ATTUNET_THREADS")
+        XCTAssertEqual(
+            threads(["ATTUNET_THREADS": "3", "SLURM_CPUS_PER_TASK": "8", "OMPI_COMM_WORLD_LOCAL_SIZE": "4"], mask: 16),
+            3)
+        XCTAssertEqual(
+            CPUAllocation.defaultThreads(environment: ["ATTUNET_THREADS": "3"], affinityCount: 1).source,
+            "ATTUNET_THREADS")
         // More threads than CPUs is the user's choice (doctor warns about it).
         XCTAssertEqual(threads(["ATTUNET_THREADS": "4"], mask: 2), 4)
     }
@@ -18,7 +22,9 @@ final class CPUAllocationTests: XCTestCase {
     func testSlurmCPUsPerTask() {
         XCTAssertEqual(threads(["SLURM_CPUS_PER_TASK": "8"], mask: 64), 8)
         XCTAssertEqual(threads(["SLURM_CPUS_PER_TASK": "2", "OMPI_COMM_WORLD_LOCAL_SIZE": "2"], mask: 2), 2)
-        XCTAssertEqual(CPUAllocation.defaultThreads(environment: ["SLURM_CPUS_PER_TASK": "2"], affinityCount: 2).source, "SLURM_CPUS_PER_TASK")
+        XCTAssertEqual(
+            CPUAllocation.defaultThreads(environment: ["SLURM_CPUS_PER_TASK": "2"], affinityCount: 2).source,
+            "SLURM_CPUS_PER_TASK")
     }
 
     func testAffinityMaskSharedByTheLocalRanks() {

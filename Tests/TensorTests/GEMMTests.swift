@@ -9,14 +9,18 @@ final class GEMMTests: XCTestCase {
         for (m, n, k) in [(1, 1, 1), (3, 5, 7), (17, 33, 9), (64, 31, 129), (16, 257, 27)] {
             for transA in [false, true] {
                 for transB in [false, true] {
-                    let lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 1, ldc = n + 2
+                    let lda = (transA ? m : k) + 3
+                    let ldb = (transB ? k : n) + 1
+                    let ldc = n + 2
                     let a = (0..<((transA ? k : m) * lda)).map { _ in Float.random(in: -1...1, using: &rng) }
                     let b = (0..<((transB ? n : k) * ldb)).map { _ in Float.random(in: -1...1, using: &rng) }
                     var c = (0..<(m * ldc)).map { _ in Float.random(in: -1...1, using: &rng) }
                     let c0 = c
-                    let alpha: Float = 0.75, beta: Float = -0.5
-                    sgemm(transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
-                          beta: beta, c: &c, ldc: ldc)
+                    let alpha: Float = 0.75
+                    let beta: Float = -0.5
+                    sgemm(
+                        transA: transA, transB: transB, m: m, n: n, k: k, alpha: alpha, a: a, lda: lda, b: b, ldb: ldb,
+                        beta: beta, c: &c, ldc: ldc)
                     for i in 0..<m {
                         for j in 0..<n {
                             var acc = 0.0
@@ -26,8 +30,9 @@ final class GEMMTests: XCTestCase {
                                 acc += Double(av) * Double(bv)
                             }
                             let want = Double(alpha) * acc + Double(beta) * Double(c0[i * ldc + j])
-                            XCTAssertEqual(Double(c[i * ldc + j]), want, accuracy: 1e-5 * Double(k).squareRoot() + 1e-6,
-                                           "m\(m) n\(n) k\(k) tA\(transA) tB\(transB) at (\(i),\(j))")
+                            XCTAssertEqual(
+                                Double(c[i * ldc + j]), want, accuracy: 1e-5 * Double(k).squareRoot() + 1e-6,
+                                "m\(m) n\(n) k\(k) tA\(transA) tB\(transB) at (\(i),\(j))")
                         }
                         // Padding columns beyond n are never written.
                         for j in n..<ldc { XCTAssertEqual(c[i * ldc + j], c0[i * ldc + j]) }

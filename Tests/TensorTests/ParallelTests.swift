@@ -22,7 +22,7 @@ final class ParallelTests: XCTestCase {
                 defer { badIndex.deallocate() }
                 let bad = UncheckedSendable(badIndex)
                 parallelFor(n) { i in
-                    counts.value[i] += 1   // one item per slot: no two threads write the same one
+                    counts.value[i] += 1  // one item per slot: no two threads write the same one
                     let t = Parallelism.threadIndex
                     if t < 0 || t >= min(threads, n) { bad.value.pointee = 1 }
                     // A nested loop runs inline on this thread.
@@ -33,7 +33,7 @@ final class ParallelTests: XCTestCase {
                 XCTAssertEqual((0..<n).filter { hits[$0] != 1 }, [], "threads \(threads), n \(n)")
                 XCTAssertEqual(badIndex.pointee, 0, "threads \(threads), n \(n): thread index or nested loop")
             }
-            usleep(2000)   // workers fall asleep between some loops, then wake for the next
+            usleep(2000)  // workers fall asleep between some loops, then wake for the next
             var total = 0
             let sum = UnsafeMutablePointer<Int>.allocate(capacity: 64)
             defer { sum.deallocate() }
@@ -46,7 +46,8 @@ final class ParallelTests: XCTestCase {
     }
 
     func testPiecesCoverEveryElementWithTheSamePartitionOnAnyThreadCount() {
-        let length = 3 * parallelPieceLength + 17, planes = 5
+        let length = 3 * parallelPieceLength + 17
+        let planes = 5
         var seen: [[Range<Int>]] = []
         for threads in [1, 2, 7] {
             Parallelism.threads = threads

@@ -34,31 +34,33 @@ final class TensorTests: XCTestCase {
         TensorPool.settle()
         TensorPool.trim()
         XCTAssertEqual(TensorPool.reservedBytes, 0, "a test before this one left recycled tensors alive")
-        var big: Tensor? = Tensor.recycled([10, 10])      // 112 floats (64-byte blocks)
+        var big: Tensor? = Tensor.recycled([10, 10])  // 112 floats (64-byte blocks)
         let bigAddress = big!.pointer
         big!.fill(7)
-        var small: Tensor? = Tensor.recycled([10])        // 16
+        var small: Tensor? = Tensor.recycled([10])  // 16
         let smallAddress = small!.pointer
         XCTAssertEqual(Int(bitPattern: smallAddress) % 64, 0, "64-byte aligned")
-        big = nil; small = nil
+        big = nil
+        small = nil
         XCTAssertEqual(TensorPool.cachedBytes, 4 * 128)
         let fresh = TensorPool.freshAllocations
-        var a: Tensor? = Tensor.recycled([30])            // 32 of the 112: the 16 is too small
+        var a: Tensor? = Tensor.recycled([30])  // 32 of the 112: the 16 is too small
         XCTAssertEqual(a!.pointer, bigAddress)
         XCTAssertEqual(a!.data[29], 7, "a recycled buffer keeps its old contents (the caller overwrites them)")
-        let b = Tensor.recycled([8])                      // the smallest free block that fits: the 16
+        let b = Tensor.recycled([8])  // the smallest free block that fits: the 16
         XCTAssertEqual(b.pointer, smallAddress)
-        var c: Tensor? = Tensor.recycled([10])            // split off the 80 left of the 112
+        var c: Tensor? = Tensor.recycled([10])  // split off the 80 left of the 112
         XCTAssertEqual(c!.pointer, bigAddress + 32)
         XCTAssertEqual(TensorPool.freshAllocations, fresh)
-        var d: Tensor? = Tensor.recycled([100])           // 64 free is not enough: a new segment
+        var d: Tensor? = Tensor.recycled([100])  // 64 free is not enough: a new segment
         XCTAssertEqual(TensorPool.freshAllocations, fresh + 1)
         let dAddress = d!.pointer
         d = nil
         withExtendedLifetime(d) {}
-        let e1 = Tensor.recycled([100])                   // a and c still hold big's: d's block again
+        let e1 = Tensor.recycled([100])  // a and c still hold big's: d's block again
         XCTAssertEqual(e1.pointer, dAddress)
-        a = nil; c = nil                                  // a, c and the rest merge into the whole 112 again
+        a = nil
+        c = nil  // a, c and the rest merge into the whole 112 again
         let e = Tensor.recycled([100])
         XCTAssertEqual(e.pointer, bigAddress, "merged blocks must serve a request as large as their segment")
         withExtendedLifetime(e1) {}
@@ -73,16 +75,17 @@ final class TensorTests: XCTestCase {
         TensorPool.settle()
         TensorPool.trim()
         XCTAssertEqual(TensorPool.reservedBytes, 0, "a test before this one left recycled tensors alive")
-        var a: Tensor? = Tensor.recycled([1000])          // 1008 floats
-        var b: Tensor? = Tensor.recycled([3000])          // 3008; 4000 live at most
+        var a: Tensor? = Tensor.recycled([1000])  // 1008 floats
+        var b: Tensor? = Tensor.recycled([3000])  // 3008; 4000 live at most
         b = nil
-        TensorPool.settle(slack: 1)                        // b's segment freed, a's retired, one of 4000 added
+        TensorPool.settle(slack: 1)  // b's segment freed, a's retired, one of 4000 added
         XCTAssertEqual(TensorPool.reservedBytes, 4 * (1008 + 4000))
         let fresh = TensorPool.freshAllocations
-        let c = Tensor.recycled([2992]), d = Tensor.recycled([992])
+        let c = Tensor.recycled([2992])
+        let d = Tensor.recycled([992])
         XCTAssertEqual(d.pointer, c.pointer + 2992, "both split from the one segment")
         XCTAssertEqual(TensorPool.freshAllocations, fresh)
-        a = nil                                            // the retired segment goes back to the system
+        a = nil  // the retired segment goes back to the system
         XCTAssertEqual(TensorPool.reservedBytes, 4 * 4000)
         withExtendedLifetime((b, c, d)) {}
     }
@@ -91,9 +94,13 @@ final class TensorTests: XCTestCase {
     /// independent Python implementation: every seeded stream of attunet starts here.
     func testSplitMix64MatchesTheReference() {
         var a = SplitMix64(0)
-        XCTAssertEqual((0..<3).map { _ in a.next() }, [16294208416658607535, 7960286522194355700, 487617019471545679])
-        var b = SplitMix64(1234567)
-        XCTAssertEqual((0..<3).map { _ in b.next() }, [6457827717110365317, 3203168211198807973, 9817491932198370423])
-        XCTAssertEqual(SplitMix64.mix(42), 13679457532755275413)
+        XCTAssertEqual(
+            (0..<3).map { _ in a.next() },
+            [16_294_208_416_658_607_535, 7_960_286_522_194_355_700, 487_617_019_471_545_679])
+        var b = SplitMix64(1_234_567)
+        XCTAssertEqual(
+            (0..<3).map { _ in b.next() },
+            [6_457_827_717_110_365_317, 3_203_168_211_198_807_973, 9_817_491_932_198_370_423])
+        XCTAssertEqual(SplitMix64.mix(42), 13_679_457_532_755_275_413)
     }
 }

@@ -4,19 +4,24 @@ import XCTest
 /// Paths and helpers shared by the test targets (a library target of its own, so no target copies it): the package root, the built `attunet`, a Python with h5py/nibabel,
 /// and child processes with a clean MPI environment.
 public enum TestEnv {
-    public static let root: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent()
+    public static let root: URL = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent()
         .deletingLastPathComponent()
 
     /// The `attunet` executable: ATTUNET_BIN when set (launch/test.sh points it at the release build, so
     /// training runs spawned by tests are fast), else the one built next to the test bundle.
     public static var attunet: String {
-        if let bin = ProcessInfo.processInfo.environment["ATTUNET_BIN"], FileManager.default.isExecutableFile(atPath: bin) {
+        if let bin = ProcessInfo.processInfo.environment["ATTUNET_BIN"],
+            FileManager.default.isExecutableFile(atPath: bin)
+        {
             return bin
         }
         let bundleDir = Bundle.main.bundleURL.deletingLastPathComponent()
-        for candidate in [bundleDir.appendingPathComponent("attunet").path,
-                          Bundle.main.bundleURL.appendingPathComponent("attunet").path,
-                          root.appendingPathComponent(".build/debug/attunet").path]
+        for candidate in [
+            bundleDir.appendingPathComponent("attunet").path,
+            Bundle.main.bundleURL.appendingPathComponent("attunet").path,
+            root.appendingPathComponent(".build/debug/attunet").path,
+        ]
         where FileManager.default.isExecutableFile(atPath: candidate) {
             return candidate
         }
@@ -47,7 +52,11 @@ public enum TestEnv {
         return env
     }
 
-    public struct Result { public var status: Int32; public var stdout: String; public var stderr: String }
+    public struct Result {
+        public var status: Int32
+        public var stdout: String
+        public var stderr: String
+    }
 
     /// Runs a command line through /bin/sh with the clean environment; returns status and output.
     @discardableResult
@@ -60,7 +69,10 @@ public enum TestEnv {
         let base = NSTemporaryDirectory() + "attunet-run-\(UUID().uuidString)"
         _ = FileManager.default.createFile(atPath: base + ".out", contents: nil)
         _ = FileManager.default.createFile(atPath: base + ".err", contents: nil)
-        defer { try? FileManager.default.removeItem(atPath: base + ".out"); try? FileManager.default.removeItem(atPath: base + ".err") }
+        defer {
+            try? FileManager.default.removeItem(atPath: base + ".out")
+            try? FileManager.default.removeItem(atPath: base + ".err")
+        }
         p.standardOutput = FileHandle(forWritingAtPath: base + ".out")
         p.standardError = FileHandle(forWritingAtPath: base + ".err")
         try p.run()
@@ -68,13 +80,16 @@ public enum TestEnv {
         while p.isRunning && Date() < deadline { usleep(20_000) }
         if p.isRunning {
             p.terminate()
-            throw NSError(domain: "test", code: 1, userInfo: [NSLocalizedDescriptionKey: "timed out after \(timeout) s: \(command)"])
+            throw NSError(
+                domain: "test", code: 1,
+                userInfo: [NSLocalizedDescriptionKey: "timed out after \(timeout) s: \(command)"])
         }
         p.waitUntilExit()
         let outData = FileManager.default.contents(atPath: base + ".out") ?? Data()
         let errData = FileManager.default.contents(atPath: base + ".err") ?? Data()
-        return Result(status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
-                      stderr: String(decoding: errData, as: UTF8.self))
+        return Result(
+            status: p.terminationStatus, stdout: String(decoding: outData, as: UTF8.self),
+            stderr: String(decoding: errData, as: UTF8.self))
     }
 
     /// Starts a command line through /bin/sh with the clean environment, its stdout and stderr in the file `log`,
@@ -105,7 +120,9 @@ public enum TestEnv {
         defer { try? FileManager.default.removeItem(atPath: path) }
         let r = try run("\(python) \(path)")
         if r.status != 0 {
-            XCTFail("python failed (needs h5py/nibabel: run launch/test.sh or pip install -r launch/requirements-test.txt):\n\(r.stderr)", file: file, line: line)
+            XCTFail(
+                "python failed (needs h5py/nibabel: run launch/test.sh or pip install -r launch/requirements-test.txt):\n\(r.stderr)",
+                file: file, line: line)
             throw NSError(domain: "test", code: 2)
         }
     }
@@ -118,7 +135,9 @@ public enum TestEnv {
         let r = try run("mount -t tmpfs -o size=\(size) tmpfs \(dir.path)")
         guard r.status == 0 else {
             try? FileManager.default.removeItem(at: dir)
-            throw XCTSkip("full-disk test skipped: mount -t tmpfs is not permitted here (\(r.stderr.trimmingCharacters(in: .whitespacesAndNewlines)))")
+            throw XCTSkip(
+                "full-disk test skipped: mount -t tmpfs is not permitted here (\(r.stderr.trimmingCharacters(in: .whitespacesAndNewlines)))"
+            )
         }
         return dir
     }
@@ -131,7 +150,9 @@ public enum TestEnv {
 
     /// Fills the file system holding `dir` with a file `dir/filler`, leaving about `kib` KiB free.
     public static func fill(_ dir: URL, leavingKiB kib: Int) throws {
-        let r = try run("avail=$(df -k --output=avail \(dir.path) | tail -1); dd if=/dev/zero of=\(dir.path)/filler bs=1k count=$((avail - \(kib))) 2>&1")
+        let r = try run(
+            "avail=$(df -k --output=avail \(dir.path) | tail -1); dd if=/dev/zero of=\(dir.path)/filler bs=1k count=$((avail - \(kib))) 2>&1"
+        )
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
     }
 
@@ -143,7 +164,8 @@ public enum TestEnv {
     /// Flips one bit of byte `offset` of the first stored chunk of `dataset` in the HDF5 file `file` (h5py
     /// says where the chunk lies), as bit rot would.
     public static func flipByte(in file: String, dataset: String, at offset: Int = 10) throws {
-        try python("""
+        try python(
+            """
             import h5py
             with h5py.File(r'\(file)', 'r') as f:
                 d = f[r'\(dataset)']
@@ -157,7 +179,8 @@ public enum TestEnv {
     /// Changes element `index` of `dataset` through h5py, which writes a valid checksum for the new value:
     /// damage that only a stored digest can see.
     public static func rewriteValue(in file: String, dataset: String, index: Int = 3) throws {
-        try python("""
+        try python(
+            """
             import h5py
             with h5py.File(r'\(file)', 'r+') as f:
                 d = f[r'\(dataset)']

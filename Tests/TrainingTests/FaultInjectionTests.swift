@@ -13,6 +13,8 @@ final class FaultInjectionTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertTrue(r.stdout.contains("fault-inject: 5/5 bit-identical ("), r.stdout + r.stderr)
         XCTAssertTrue(r.stdout.contains(", 0 unreadable checkpoint(s)"), r.stdout + r.stderr)
-        XCTAssertFalse(r.stdout.contains("still there after the restart"), "a restart removes a killed write's temporary:\n\(r.stdout)")
+        XCTAssertFalse(
+            r.stdout.contains("still there after the restart"),
+            "a restart removes a killed write's temporary:\n\(r.stdout)")
     }
 }

@@ -14,11 +14,13 @@ final class FuzzRegressionTests: XCTestCase {
         for target in FuzzReaders.targets.keys.sorted() {
             let dir = root.appendingPathComponent(target)
             for name in ((try? FileManager.default.contentsOfDirectory(atPath: dir.path)) ?? []).sorted() {
-                let bytes = [UInt8](try Data(contentsOf: dir.appendingPathComponent(name))) + [0]   // never empty
-                XCTAssertThrowsError(try bytes.withUnsafeBufferPointer {
-                    try FuzzReaders.read(target, $0.baseAddress!, $0.count - 1)
-                }, "\(target)/\(name) must be refused") { error in
-                    if target != "config" {   // the config readers' errors are JSONDecoder's own
+                let bytes = [UInt8](try Data(contentsOf: dir.appendingPathComponent(name))) + [0]  // never empty
+                XCTAssertThrowsError(
+                    try bytes.withUnsafeBufferPointer {
+                        try FuzzReaders.read(target, $0.baseAddress!, $0.count - 1)
+                    }, "\(target)/\(name) must be refused"
+                ) { error in
+                    if target != "config" {  // the config readers' errors are JSONDecoder's own
                         XCTAssertTrue(error is AttunetError, "\(target)/\(name): \(error)")
                     }
                 }

@@ -1,6 +1,7 @@
 import Foundation
-@testable import Training
 import XCTest
+
+@testable import Training
 
 /// The TFRecord framing's checksum and the protocol buffer encoding, against published values.
 final class TensorBoardEventTests: XCTestCase {

@@ -7,6 +7,7 @@ import Tensor
 import TestSupport
 import Training
 import XCTest
+
 @testable import DataPipeline  // PatchBatch has no public initializer; its memberwise one is internal
 
 extension PatchBatch {
@@ -29,7 +30,9 @@ final class TrainerStepTests: PhantomRunTestCase {
 
         init() throws {
             file = try H5File.open(TestEnv.root.appendingPathComponent("Tests/Fixtures/trainer_steps.h5").path)
-            config = try JSONSerialization.jsonObject(with: Data(try file.root.stringAttribute("config").utf8)) as! [String: Any]
+            config =
+                try JSONSerialization.jsonObject(with: Data(try file.root.stringAttribute("config").utf8))
+                as! [String: Any]
         }
 
         func tensor(_ path: String) throws -> Tensor {
@@ -49,14 +52,16 @@ final class TrainerStepTests: PhantomRunTestCase {
         /// The settings PyTorch ran with, as a `TrainConfig` on `store`.
         func trainConfig(store: String) -> TrainConfig {
             let xyz = config["patch_xyz"] as! [Int]
-            return TrainConfig(store: store,
-                               model: ModelConfig(kind: .attentionUNet, inChannels: config["in_channels"] as! Int,
-                                                  classes: config["n_classes"] as! Int,
-                                                  featureScale: Double(config["feature_scale"] as! Int),
-                                                  alignCorners: config["align_corners"] as! Bool),
-                               patch: Dim3(z: xyz[2], y: xyz[1], x: xyz[0]), batch: config["batch"] as! Int,
-                               optimizer: .adam, learningRate: config["lr"] as! Double,
-                               weightDecay: config["weight_decay"] as! Double, loss: .dice)
+            return TrainConfig(
+                store: store,
+                model: ModelConfig(
+                    kind: .attentionUNet, inChannels: config["in_channels"] as! Int,
+                    classes: config["n_classes"] as! Int,
+                    featureScale: Double(config["feature_scale"] as! Int),
+                    alignCorners: config["align_corners"] as! Bool),
+                patch: Dim3(z: xyz[2], y: xyz[1], x: xyz[0]), batch: config["batch"] as! Int,
+                optimizer: .adam, learningRate: config["lr"] as! Double,
+                weightDecay: config["weight_decay"] as! Double, loss: .dice)
         }
 
         func batch() throws -> PatchBatch {
@@ -72,8 +77,9 @@ final class TrainerStepTests: PhantomRunTestCase {
     }
 
     func makeTrainer(_ fx: Fixture) throws -> Trainer {
-        let trainer = try Trainer(config: fx.trainConfig(store: try PhantomStore.path()), comm: LocalCommunicator(),
-                                  outDir: work.appendingPathComponent("run"), context: .quiet)
+        let trainer = try Trainer(
+            config: fx.trainConfig(store: try PhantomStore.path()), comm: LocalCommunicator(),
+            outDir: work.appendingPathComponent("run"), context: .quiet)
         try StateDict.read(into: trainer.model, from: try fx.file.root.group("state_dict"))
         trainer.model.training = true
         return trainer
@@ -124,23 +130,28 @@ final class TrainerStepTests: PhantomRunTestCase {
             losses.append(r.loss)
             XCTAssertFalse(r.stopRequested)
             let t = r.times
-            XCTAssertTrue([t.forward, t.loss, t.backward, t.allReduce, t.update].allSatisfy { $0 >= 0 } && t.total > 0, "\(t)")
+            XCTAssertTrue(
+                [t.forward, t.loss, t.backward, t.allReduce, t.update].allSatisfy { $0 >= 0 } && t.total > 0, "\(t)")
             guard k == 0 else { continue }
             // The gradient stays in the model's buffer after the step (the next step zeroes it first).
             for e in model.params.entries {
                 let torch = try fx.tensor("grad/\(e.name)")
                 var scale = torch.maxAbs
-                if e.name.hasSuffix(".bias") { scale = max(scale, try fx.tensor("grad/" + e.name.dropLast(4) + "weight").maxAbs) }
+                if e.name.hasSuffix(".bias") {
+                    scale = max(scale, try fx.tensor("grad/" + e.name.dropLast(4) + "weight").maxAbs)
+                }
                 let ours = torchLayout(model.params.grads, e)
                 var worst: Float = 0
                 for i in 0..<torch.count { worst = max(worst, abs(ours.data[i] - torch.data[i])) }
-                XCTAssertLessThanOrEqual(Double(worst / scale), Self.gradientTolerance,
-                                         "step 1 gradient of \(e.name): max abs error \(worst), scale \(scale)")
+                XCTAssertLessThanOrEqual(
+                    Double(worst / scale), Self.gradientTolerance,
+                    "step 1 gradient of \(e.name): max abs error \(worst), scale \(scale)")
             }
         }
         for k in 0..<steps {
-            XCTAssertEqual(losses[k], torchLosses[k], accuracy: Self.lossTolerance[k],
-                           "loss of step \(k + 1): attunet \(losses) vs PyTorch \(torchLosses)")
+            XCTAssertEqual(
+                losses[k], torchLosses[k], accuracy: Self.lossTolerance[k],
+                "loss of step \(k + 1): attunet \(losses) vs PyTorch \(torchLosses)")
         }
         XCTAssertLessThan(losses[steps - 1], losses[0] - 0.03, "the steps must make progress: \(losses)")
 
@@ -155,16 +166,19 @@ final class TrainerStepTests: PhantomRunTestCase {
                     XCTAssertTrue(ours.array.allSatisfy(\.isFinite), e.name)
                     continue
                 }
-                let torch = try fx.tensor("state_dict_after/\(e.name)"), start = try fx.tensor("state_dict/\(e.name)")
-                var diff = 0.0, moved = 0.0
+                let torch = try fx.tensor("state_dict_after/\(e.name)")
+                let start = try fx.tensor("state_dict/\(e.name)")
+                var diff = 0.0
+                var moved = 0.0
                 for i in 0..<torch.count {
                     let b = Double(torch.data[i])
                     diff += (Double(ours.data[i]) - b) * (Double(ours.data[i]) - b)
                     moved += (b - Double(start.data[i])) * (b - Double(start.data[i]))
                 }
                 XCTAssertGreaterThan(moved, 0, "\(e.name) did not change in PyTorch")
-                XCTAssertLessThanOrEqual((diff / moved).squareRoot(), Self.updateTolerance,
-                                         "\(e.name) after \(steps) steps: relative L2 error of the change")
+                XCTAssertLessThanOrEqual(
+                    (diff / moved).squareRoot(), Self.updateTolerance,
+                    "\(e.name) after \(steps) steps: relative L2 error of the change")
             }
         }
     }

@@ -11,7 +11,8 @@ final class TrainerTests: PhantomRunTestCase {
     /// Small but real: feature scale 16, 32x32x16 patches, Adam, paper augmentation.
     func trainCommand(ranks: Int, out: String, extra: String = "", epochs: Int = 2, samples: Int = 4) throws -> String {
         let launcher = ranks > 1 ? "mpirun -np \(ranks) --bind-to none --oversubscribe " : ""
-        return "\(launcher)\(TestEnv.attunet) train --store \(try PhantomStore.path()) --feature-scale 16 --patch 32x32x16 --batch 2 --epochs \(epochs) --samples-per-case \(samples) --lr 1e-3 --seed 5 --out \(work.path)/\(out) \(extra)"
+        return
+            "\(launcher)\(TestEnv.attunet) train --store \(try PhantomStore.path()) --feature-scale 16 --patch 32x32x16 --batch 2 --epochs \(epochs) --samples-per-case \(samples) --lr 1e-3 --seed 5 --out \(work.path)/\(out) \(extra)"
     }
 
     func weights(_ run: String, _ name: String = "checkpoint_latest.h5") throws -> SegmentationModel {
@@ -20,7 +21,8 @@ final class TrainerTests: PhantomRunTestCase {
 
     /// ‖a − b‖ / ‖b‖ over the flat parameter vector.
     func relativeDifference(_ a: SegmentationModel, _ b: SegmentationModel) -> Double {
-        var diff = 0.0, norm = 0.0
+        var diff = 0.0
+        var norm = 0.0
         for i in 0..<b.params.count {
             let d = Double(a.params.values.data[i]) - Double(b.params.values.data[i])
             diff += d * d
@@ -39,7 +41,9 @@ final class TrainerTests: PhantomRunTestCase {
     func waitForFirstEpoch(_ run: String) {
         let log = "\(work.path)/\(run)/log.csv"
         let deadline = Date().addingTimeInterval(120)
-        while Date() < deadline && ((try? String(contentsOfFile: log, encoding: .utf8))?.split(separator: "\n").count ?? 0) < 2 {
+        while Date() < deadline
+            && ((try? String(contentsOfFile: log, encoding: .utf8))?.split(separator: "\n").count ?? 0) < 2
+        {
             usleep(20_000)
         }
         usleep(50_000)
@@ -47,19 +51,24 @@ final class TrainerTests: PhantomRunTestCase {
 
     /// The process id of one rank (not mpirun) of the training run writing to `run`.
     func rankPID(_ run: String) throws -> String {
-        let r = try TestEnv.run("pgrep -f 'attunet train .*\(work.path)/\(run)' | while read p; do [ \"$(cat /proc/$p/comm)\" = attunet ] && echo $p; done | tail -1")
+        let r = try TestEnv.run(
+            "pgrep -f 'attunet train .*\(work.path)/\(run)' | while read p; do [ \"$(cat /proc/$p/comm)\" = attunet ] && echo $p; done | tail -1"
+        )
         return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
     /// Per tensor of `a`'s store (parameters or buffers): ‖Δa − Δb‖ / ‖Δb‖, with Δ the change from `start`, and
     /// ‖Δb‖ / √count (how far the tensor moved per value).
     func tensorDifferences(_ a: ParameterStore, _ b: ParameterStore, start: ParameterStore)
-        -> [(name: String, relative: Double, moved: Double)] {
+        -> [(name: String, relative: Double, moved: Double)]
+    {
         a.entries.map { e in
-            var diff = 0.0, norm = 0.0
+            var diff = 0.0
+            var norm = 0.0
             for i in e.offset..<(e.offset + e.count) {
                 let s = Double(start.values.data[i])
-                let da = Double(a.values.data[i]) - s, db = Double(b.values.data[i]) - s
+                let da = Double(a.values.data[i]) - s
+                let db = Double(b.values.data[i]) - s
                 diff += (da - db) * (da - db)
                 norm += db * db
             }
@@ -81,12 +90,16 @@ final class TrainerTests: PhantomRunTestCase {
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         r = try TestEnv.run(try trainCommand(ranks: 1, out: "single", extra: extra, epochs: 2, samples: 2))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        r = try TestEnv.run(try trainCommand(ranks: 2, out: "buckets", extra: extra + " --allreduce-bucket-mib 0.01", epochs: 2, samples: 2))
+        r = try TestEnv.run(
+            try trainCommand(
+                ranks: 2, out: "buckets", extra: extra + " --allreduce-bucket-mib 0.01", epochs: 2, samples: 2))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        let a = try weights("mpi"), b = try weights("single")
+        let a = try weights("mpi")
+        let b = try weights("single")
         let worst = assertRankEquivalent(a, b, "2 ranks and 1 rank")
-        XCTAssertEqual(TrainingCheckpoint.weightsDigest(try weights("buckets")), TrainingCheckpoint.weightsDigest(a),
-                       "the bucketed all-reduce must give exactly the one-bucket result")
+        XCTAssertEqual(
+            TrainingCheckpoint.weightsDigest(try weights("buckets")), TrainingCheckpoint.weightsDigest(a),
+            "the bucketed all-reduce must give exactly the one-bucket result")
         print("rank equivalence, worst relative Δ difference: params \(worst)")
     }
 
@@ -94,17 +107,21 @@ final class TrainerTests: PhantomRunTestCase {
     /// moved every tensor alike (‖Δa − Δb‖ / ‖Δb‖ ≤ 1e-3 per tensor that really moves, rounding noise only in
     /// the others, BN running statistics within 1e-4). Returns the worst relative difference of the parameters.
     @discardableResult
-    func assertRankEquivalent(_ a: SegmentationModel, _ b: SegmentationModel, _ what: String,
-                              file: StaticString = #filePath, line: UInt = #line) -> Double {
+    func assertRankEquivalent(
+        _ a: SegmentationModel, _ b: SegmentationModel, _ what: String,
+        file: StaticString = #filePath, line: UInt = #line
+    ) -> Double {
         let start = SegmentationModel(a.config, seed: 5)
-        XCTAssertGreaterThan(relativeDifference(b, start), 1e-4, "training must have moved the weights", file: file, line: line)
+        XCTAssertGreaterThan(
+            relativeDifference(b, start), 1e-4, "training must have moved the weights", file: file, line: line)
         // Largest per-value move of any tensor: the scale below which a tensor's Δ is rounding noise (the conv
         // biases in front of a BN have a true gradient of 0).
         let params = tensorDifferences(a.params, b.params, start: start.params)
         let scale = params.map(\.moved).max()!
         for t in params {
             if t.moved > 1e-3 * scale {
-                XCTAssertLessThanOrEqual(t.relative, 1e-3, "\(t.name): \(what) moved it differently", file: file, line: line)
+                XCTAssertLessThanOrEqual(
+                    t.relative, 1e-3, "\(t.name): \(what) moved it differently", file: file, line: line)
             } else {
                 // A tensor whose true gradient is 0 (a conv bias in front of a BN) moves in both runs by rounding
                 // noise only: the float rounding of the BN backward's output, summed over every voxel, which
@@ -115,7 +132,8 @@ final class TrainerTests: PhantomRunTestCase {
             }
         }
         for t in tensorDifferences(a.buffers, b.buffers, start: start.buffers) {
-            XCTAssertLessThanOrEqual(t.relative, 1e-4, "\(t.name): BN running statistics differ (\(what))", file: file, line: line)
+            XCTAssertLessThanOrEqual(
+                t.relative, 1e-4, "\(t.name): BN running statistics differ (\(what))", file: file, line: line)
             XCTAssertGreaterThan(t.moved, 0, "\(t.name) must have moved", file: file, line: line)
         }
         return params.filter { $0.moved > 1e-3 * scale }.map(\.relative).max() ?? 0
@@ -128,19 +146,28 @@ final class TrainerTests: PhantomRunTestCase {
         let extra = "--sync-bn --optimizer sgd --lr 3e-3 --val-every 100"
         var r = try TestEnv.run(try trainCommand(ranks: 1, out: "single", extra: extra, epochs: 2, samples: 2))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        r = try TestEnv.run(try trainCommand(ranks: 2, out: "elastic", extra: extra + " --stop-after-epochs 1", epochs: 2, samples: 2))
+        r = try TestEnv.run(
+            try trainCommand(ranks: 2, out: "elastic", extra: extra + " --stop-after-epochs 1", epochs: 2, samples: 2))
         XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
-        r = try TestEnv.run(try trainCommand(ranks: 3, out: "elastic", extra: extra + " --resume", epochs: 2, samples: 2))
+        r = try TestEnv.run(
+            try trainCommand(ranks: 3, out: "elastic", extra: extra + " --resume", epochs: 2, samples: 2))
         XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
         XCTAssertTrue(r.stderr.contains("error: --batch 2 is not divisible by the 3 MPI ranks"), r.stderr)
-        r = try TestEnv.run(try trainCommand(ranks: 1, out: "elastic", extra: extra + " --resume", epochs: 2, samples: 2))
+        r = try TestEnv.run(
+            try trainCommand(ranks: 1, out: "elastic", extra: extra + " --resume", epochs: 2, samples: 2))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        XCTAssertTrue(r.stdout.contains("checkpoint_latest.h5 was written on 2 rank(s); continuing on 1 with the same global batch 2\n"), r.stdout)
+        XCTAssertTrue(
+            r.stdout.contains(
+                "checkpoint_latest.h5 was written on 2 rank(s); continuing on 1 with the same global batch 2\n"),
+            r.stdout)
         XCTAssertEqual(resumedAt(r.stdout)?.epoch, 1, r.stdout)
         XCTAssertEqual(epochLines(r.stdout), [2], r.stdout)
         let inspect = try TestEnv.run("\(TestEnv.attunet) inspect \(work.path)/elastic/checkpoint_latest.h5")
-        XCTAssertTrue(inspect.stdout.contains("optimizer steps, 1 rank(s)"), "the checkpoint records the rank count that wrote it: " + inspect.stdout)
-        let worst = assertRankEquivalent(try weights("elastic"), try weights("single"), "2 ranks then 1 and 1 rank throughout")
+        XCTAssertTrue(
+            inspect.stdout.contains("optimizer steps, 1 rank(s)"),
+            "the checkpoint records the rank count that wrote it: " + inspect.stdout)
+        let worst = assertRankEquivalent(
+            try weights("elastic"), try weights("single"), "2 ranks then 1 and 1 rank throughout")
         print("elastic resume 2 -> 1 rank, worst relative Δ difference: params \(worst)")
     }
 
@@ -150,7 +177,8 @@ final class TrainerTests: PhantomRunTestCase {
             let r = try TestEnv.run(try trainCommand(ranks: 2, out: run))
             XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         }
-        let a = try weights("a"), b = try weights("b")
+        let a = try weights("a")
+        let b = try weights("b")
         XCTAssertEqual(TrainingCheckpoint.weightsDigest(a), TrainingCheckpoint.weightsDigest(b))
         let inspect = try TestEnv.run("\(TestEnv.attunet) inspect \(work.path)/a/checkpoint_latest.h5")
         XCTAssertTrue(inspect.stdout.contains("weights sha256: \(TrainingCheckpoint.weightsDigest(a))"), inspect.stdout)
@@ -167,20 +195,25 @@ final class TrainerTests: PhantomRunTestCase {
 
     /// The "(epoch, step)" of a "train: resuming ... at epoch E step S" line.
     func resumedAt(_ output: String) -> (epoch: Int, step: Int)? {
-        guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("train: resuming") }) else { return nil }
+        guard let line = output.split(separator: "\n").first(where: { $0.hasPrefix("train: resuming") }) else {
+            return nil
+        }
         let words = line.split(separator: " ")
         guard let e = words.firstIndex(of: "epoch"), let s = words.firstIndex(of: "step"),
-              let epoch = Int(words[e + 1]), let step = Int(words[s + 1]) else { return nil }
+            let epoch = Int(words[e + 1]), let step = Int(words[s + 1])
+        else { return nil }
         return (epoch, step)
     }
 
     /// SIGKILL of one rank mid-run, then --resume: the resumed run starts from the last checkpoint (the end of
     /// epoch 0: it runs only epochs 2 and 3), and its final weights equal an uninterrupted run's, bit for bit.
     func testResumeAfterSigkillIsBitIdentical() throws {
-        let epochs = 3, samples = 12  // 18 steps per epoch: the kill lands well inside epoch 1
+        let epochs = 3
+        let samples = 12  // 18 steps per epoch: the kill lands well inside epoch 1
         var r = try TestEnv.run(try trainCommand(ranks: 2, out: "full", epochs: epochs, samples: samples))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        let job = try startInBackground(try trainCommand(ranks: 2, out: "killed", epochs: epochs, samples: samples), log: "killed.log")
+        let job = try startInBackground(
+            try trainCommand(ranks: 2, out: "killed", epochs: epochs, samples: samples), log: "killed.log")
         waitForFirstEpoch("killed")
         let pid = try rankPID("killed")
         XCTAssertFalse(pid.isEmpty, "no rank to kill")
@@ -189,7 +222,8 @@ final class TrainerTests: PhantomRunTestCase {
         XCTAssertNotEqual(job.terminationStatus, 0, "the killed job must fail")
         let before = TrainingCheckpoint.weightsDigest(try weights("killed"))
         XCTAssertNotEqual(before, TrainingCheckpoint.weightsDigest(try weights("full")))
-        r = try TestEnv.run(try trainCommand(ranks: 2, out: "killed", extra: "--resume", epochs: epochs, samples: samples))
+        r = try TestEnv.run(
+            try trainCommand(ranks: 2, out: "killed", extra: "--resume", epochs: epochs, samples: samples))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertEqual(resumedAt(r.stdout)?.epoch, 1, r.stdout)
         XCTAssertEqual(resumedAt(r.stdout)?.step, 0, r.stdout)
@@ -203,7 +237,9 @@ final class TrainerTests: PhantomRunTestCase {
     /// other rank's watchdog ends the job within seconds, naming the rank, the collective and the step, with
     /// exit status 4; the last checkpoint is intact and resumable.
     func testStepWatchdogEndsAJobWhosePeerHangs() throws {
-        let job = try startInBackground(try trainCommand(ranks: 2, out: "hung", extra: "--step-timeout 5", epochs: 50, samples: 12), log: "hung.log")
+        let job = try startInBackground(
+            try trainCommand(ranks: 2, out: "hung", extra: "--step-timeout 5", epochs: 50, samples: 12), log: "hung.log"
+        )
         waitForFirstEpoch("hung")
         let pid = try rankPID("hung")
         XCTAssertFalse(pid.isEmpty, "no rank to stop")
@@ -218,7 +254,11 @@ final class TrainerTests: PhantomRunTestCase {
         let log = (try? String(contentsOfFile: "\(work.path)/hung.log", encoding: .utf8)) ?? ""
         XCTAssertLessThan(seconds, 40, "the watchdog must end the job soon after its 5 s timeout\n" + log)
         XCTAssertEqual(job.terminationStatus, 4, log)
-        XCTAssertNotNil(log.range(of: #"error: rank 0: MPI (Allreduce|Bcast|Allgather|Barrier) did not finish within 5 s at (the end of )?global step \d+"#, options: .regularExpression), log)
+        XCTAssertNotNil(
+            log.range(
+                of:
+                    #"error: rank 0: MPI (Allreduce|Bcast|Allgather|Barrier) did not finish within 5 s at (the end of )?global step \d+"#,
+                options: .regularExpression), log)
         XCTAssertNoThrow(try weights("hung"), "the last checkpoint must be intact")
         let r = try TestEnv.run(try trainCommand(ranks: 2, out: "hung", extra: "--resume", epochs: 2, samples: 12))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
@@ -228,10 +268,12 @@ final class TrainerTests: PhantomRunTestCase {
     /// the job exits 75; --resume continues at exactly that step and completes it bit-identically to an
     /// uninterrupted run.
     func testStopRequestOnOneRankCheckpointsAndResumes() throws {
-        let epochs = 3, samples = 16  // 24 steps per epoch: the stop lands in epoch 1, never in the last
+        let epochs = 3
+        let samples = 16  // 24 steps per epoch: the stop lands in epoch 1, never in the last
         var r = try TestEnv.run(try trainCommand(ranks: 2, out: "full", epochs: epochs, samples: samples))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        let job = try startInBackground(try trainCommand(ranks: 2, out: "stopped", epochs: epochs, samples: samples), log: "stopped.log")
+        let job = try startInBackground(
+            try trainCommand(ranks: 2, out: "stopped", epochs: epochs, samples: samples), log: "stopped.log")
         waitForFirstEpoch("stopped")
         _ = try TestEnv.run("kill -USR1 \(try rankPID("stopped"))")
         job.waitUntilExit()
@@ -239,14 +281,17 @@ final class TrainerTests: PhantomRunTestCase {
         XCTAssertEqual(job.terminationStatus, 75, output)
         // The mid-epoch path: "finished epoch 1 step k/24".
         let stopLine = output.split(separator: "\n").first { $0.contains("stop requested; finished epoch 1 step ") }
-        let k = stopLine.flatMap { line in line.split(separator: " ").first { $0.contains("/24") }.flatMap { Int($0.split(separator: "/")[0]) } }
+        let k = stopLine.flatMap { line in
+            line.split(separator: " ").first { $0.contains("/24") }.flatMap { Int($0.split(separator: "/")[0]) }
+        }
         XCTAssertNotNil(k, "expected a mid-epoch stop in epoch 1:\n" + output)
         guard let k else { return }
         XCTAssertTrue((1..<24).contains(k), output)
         let interrupted = TrainingCheckpoint.weightsDigest(try weights("stopped"))
         let inspect = try TestEnv.run("\(TestEnv.attunet) inspect \(work.path)/stopped/checkpoint_latest.h5")
         XCTAssertTrue(inspect.stdout.contains("next epoch 1 step \(k)"), inspect.stdout)
-        r = try TestEnv.run(try trainCommand(ranks: 2, out: "stopped", extra: "--resume", epochs: epochs, samples: samples))
+        r = try TestEnv.run(
+            try trainCommand(ranks: 2, out: "stopped", extra: "--resume", epochs: epochs, samples: samples))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertEqual(resumedAt(r.stdout)?.epoch, 1, r.stdout)
         XCTAssertEqual(resumedAt(r.stdout)?.step, k, r.stdout)
@@ -262,7 +307,8 @@ final class TrainerTests: PhantomRunTestCase {
     func testStopAtTheEpochBoundaryResumesBitIdentically() throws {
         var r = try TestEnv.run(try trainCommand(ranks: 2, out: "full", epochs: 2, samples: 4))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        r = try TestEnv.run(try trainCommand(ranks: 2, out: "chunked", extra: "--stop-after-epochs 1", epochs: 2, samples: 4))
+        r = try TestEnv.run(
+            try trainCommand(ranks: 2, out: "chunked", extra: "--stop-after-epochs 1", epochs: 2, samples: 4))
         XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
         XCTAssertTrue(r.stdout.contains("stop requested; finished epoch 0 (--stop-after-epochs)"), r.stdout)
         XCTAssertEqual(epochLines(r.stdout), [1], r.stdout)
@@ -293,10 +339,15 @@ final class TrainerTests: PhantomRunTestCase {
         // Other settings than the run's are refused, naming the first difference; more epochs are not.
         r = try TestEnv.run(try trainCommand(ranks: 1, out: "run", extra: "--resume --weight-decay 1e-5", epochs: 2))
         XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
-        XCTAssertEqual(r.stderr, "error: \(latest): this command's settings differ from the run's: weight_decay: 1e-05 (was 1e-06); resume with the run's options (its config.json) or start afresh with --force\n")
-        r = try TestEnv.run(try trainCommand(ranks: 1, out: "run", extra: "--resume --foreground-fraction 0.5", epochs: 2))
+        XCTAssertEqual(
+            r.stderr,
+            "error: \(latest): this command's settings differ from the run's: weight_decay: 1e-05 (was 1e-06); resume with the run's options (its config.json) or start afresh with --force\n"
+        )
+        r = try TestEnv.run(
+            try trainCommand(ranks: 1, out: "run", extra: "--resume --foreground-fraction 0.5", epochs: 2))
         XCTAssertTrue(r.stderr.contains("foreground_fraction: 0.5 (was 0.3333333333333333)"), r.stderr)
-        XCTAssertEqual(try Data(contentsOf: URL(fileURLWithPath: latest)), good, "a refused resume must not touch the checkpoint")
+        XCTAssertEqual(
+            try Data(contentsOf: URL(fileURLWithPath: latest)), good, "a refused resume must not touch the checkpoint")
         try good.prefix(good.count / 3).write(to: URL(fileURLWithPath: latest))
         r = try TestEnv.run(try trainCommand(ranks: 1, out: "run", extra: "--resume", epochs: 2))
         XCTAssertNotEqual(r.status, 0)
@@ -308,7 +359,8 @@ final class TrainerTests: PhantomRunTestCase {
     func testResumeRemovesTemporariesOfADeadWriterOnly() throws {
         var r = try TestEnv.run(try trainCommand(ranks: 1, out: "stale", epochs: 1))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        let stale = ".tmp-\(try TestEnv.deadPID())-3-checkpoint_latest.h5", live = ".tmp-\(getpid())-1-checkpoint_latest.h5"
+        let stale = ".tmp-\(try TestEnv.deadPID())-3-checkpoint_latest.h5"
+        let live = ".tmp-\(getpid())-1-checkpoint_latest.h5"
         for name in [stale, live] {
             try Data(repeating: 1, count: 4096).write(to: work.appendingPathComponent("stale/\(name)"))
         }
@@ -318,7 +370,9 @@ final class TrainerTests: PhantomRunTestCase {
         XCTAssertFalse(files.contains(stale), "the dead writer's temporary must be removed: \(files)")
         XCTAssertTrue(files.contains(live), "a live process's temporary must be kept: \(files)")
         let lines = r.stdout.split(separator: "\n").filter { $0.contains("temporary file") }
-        XCTAssertEqual(lines, ["train: removed 1 temporary file(s) of a write killed mid-way from \(work.path)/stale: \(stale)"], r.stdout)
+        XCTAssertEqual(
+            lines, ["train: removed 1 temporary file(s) of a write killed mid-way from \(work.path)/stale: \(stale)"],
+            r.stdout)
     }
 
     /// Every image chunk of a copy of the store overwritten with garbage (so deflate fails): the patch loader's
@@ -327,22 +381,25 @@ final class TrainerTests: PhantomRunTestCase {
     func testCorruptChunksGiveOneLineAndNoLibraryNoiseFromTheLoaderThread() throws {
         let store = work.appendingPathComponent("corrupt.h5").path
         try FileManager.default.copyItem(atPath: try PhantomStore.path(), toPath: store)
-        try TestEnv.python("""
-        import h5py
-        spans = []
-        with h5py.File('\(store)', "r") as f:
-            for name in f["cases"]:
-                d = f["cases"][name]["image"]
-                assert d.compression == "gzip", d.compression
-                for i in range(d.id.get_num_chunks()):
-                    info = d.id.get_chunk_info(i)
-                    spans.append((info.byte_offset, info.size))
-        with open('\(store)', "r+b") as f:
-            for offset, size in spans:
-                f.seek(offset + 2)   # keep the zlib header: the inflate fails inside the stream
-                f.write(bytes((i * 37 + 11) % 256 for i in range(size - 2)))
-        """)
-        let r = try TestEnv.run(try trainCommand(ranks: 1, out: "corrupt", epochs: 1).replacingOccurrences(of: try PhantomStore.path(), with: store))
+        try TestEnv.python(
+            """
+            import h5py
+            spans = []
+            with h5py.File('\(store)', "r") as f:
+                for name in f["cases"]:
+                    d = f["cases"][name]["image"]
+                    assert d.compression == "gzip", d.compression
+                    for i in range(d.id.get_num_chunks()):
+                        info = d.id.get_chunk_info(i)
+                        spans.append((info.byte_offset, info.size))
+            with open('\(store)', "r+b") as f:
+                for offset, size in spans:
+                    f.seek(offset + 2)   # keep the zlib header: the inflate fails inside the stream
+                    f.write(bytes((i * 37 + 11) % 256 for i in range(size - 2)))
+            """)
+        let r = try TestEnv.run(
+            try trainCommand(ranks: 1, out: "corrupt", epochs: 1).replacingOccurrences(
+                of: try PhantomStore.path(), with: store))
         XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
         let lines = r.stderr.split(separator: "\n")
         XCTAssertEqual(lines.count, 1, "one error line, nothing from HDF5:\n" + r.stderr)
@@ -356,10 +413,12 @@ final class TrainerTests: PhantomRunTestCase {
         var r = try TestEnv.run(try trainCommand(ranks: 1, out: "nan", epochs: 1))
         XCTAssertEqual(r.status, 0, r.stderr)
         let good = try TrainingCheckpoint.weightsDigest(weights("nan"))
-        r = try TestEnv.run(try trainCommand(ranks: 1, out: "nan", extra: "--force --lr 1e30 --schedule constant", epochs: 6))
+        r = try TestEnv.run(
+            try trainCommand(ranks: 1, out: "nan", extra: "--force --lr 1e30 --schedule constant", epochs: 6))
         XCTAssertEqual(r.status, 3, r.stdout + r.stderr)
         XCTAssertTrue(r.stderr.contains("loss is NaN/Inf at epoch"), r.stderr)
-        XCTAssertEqual(try TrainingCheckpoint.weightsDigest(weights("nan")), good, "the last good checkpoint must be kept")
+        XCTAssertEqual(
+            try TrainingCheckpoint.weightsDigest(weights("nan")), good, "the last good checkpoint must be kept")
     }
 
     /// The learning rate each epoch ran at, from log.csv.
@@ -373,18 +432,24 @@ final class TrainerTests: PhantomRunTestCase {
     /// --schedule reaches the optimizer epoch by epoch: step (x0.5 every --lr-step epochs), poly
     /// (x(1 - e/E)^0.9) and constant, as log.csv records the rate each epoch ran at.
     func testLearningRateSchedulesReachTheOptimizer() throws {
-        let base = 1e-3, epochs = 3
+        let base = 1e-3
+        let epochs = 3
         let expected: [String: [Double]] = [
             "step --lr-step 2": (0..<epochs).map { base * pow(0.5, Double($0 / 2)) },
             "poly": (0..<epochs).map { base * pow(1 - Double($0) / Double(epochs), 0.9) },
             "constant": Array(repeating: base, count: epochs),
         ]
         for (i, (schedule, rates)) in expected.sorted(by: { $0.key < $1.key }).enumerated() {
-            let r = try TestEnv.run(try trainCommand(ranks: 1, out: "lr\(i)", extra: "--schedule \(schedule) --val-every 100", epochs: epochs, samples: 1))
+            let r = try TestEnv.run(
+                try trainCommand(
+                    ranks: 1, out: "lr\(i)", extra: "--schedule \(schedule) --val-every 100", epochs: epochs, samples: 1
+                ))
             XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
             let logged = try loggedRates("lr\(i)")
             XCTAssertEqual(logged.count, epochs, schedule)
-            for (a, b) in zip(logged, rates) { XCTAssertEqual(a, b, accuracy: 1e-5 * b, "--schedule \(schedule): \(logged)") }
+            for (a, b) in zip(logged, rates) {
+                XCTAssertEqual(a, b, accuracy: 1e-5 * b, "--schedule \(schedule): \(logged)")
+            }
         }
     }
 
@@ -394,19 +459,20 @@ final class TrainerTests: PhantomRunTestCase {
         let r = try TestEnv.run(try trainCommand(ranks: 1, out: "nbt", epochs: 2, samples: 2))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         let script = """
-        import h5py, sys
-        f = h5py.File(sys.argv[1], "r")
-        names = [k for k in f["state_dict"] if k.endswith("num_batches_tracked")]
-        kinds = {(str(f["state_dict"][k].dtype), f["state_dict"][k].shape, int(f["state_dict"][k][()])) for k in names}
-        print(len(names), sorted(kinds))
-        """
+            import h5py, sys
+            f = h5py.File(sys.argv[1], "r")
+            names = [k for k in f["state_dict"] if k.endswith("num_batches_tracked")]
+            kinds = {(str(f["state_dict"][k].dtype), f["state_dict"][k].shape, int(f["state_dict"][k][()])) for k in names}
+            print(len(names), sorted(kinds))
+            """
         let py = try TestEnv.run("\(TestEnv.python) -c '\(script)' \(work.path)/nbt/checkpoint_latest.h5")
         XCTAssertEqual(py.status, 0, py.stderr)
         let model = try weights("nbt")
         let counters = model.buffers.entries.filter { $0.name.hasSuffix("num_batches_tracked") }
         let steps = Int(model.buffers.values.data[counters[0].offset])
         XCTAssertGreaterThan(steps, 0)
-        XCTAssertEqual(py.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "\(counters.count) [('int64', (), \(steps))]")
+        XCTAssertEqual(
+            py.stdout.trimmingCharacters(in: .whitespacesAndNewlines), "\(counters.count) [('int64', (), \(steps))]")
     }
 
     /// Settings that cannot run are refused before anything is written, with one error line (rank 0's) naming
@@ -428,7 +494,8 @@ final class TrainerTests: PhantomRunTestCase {
                 let errors = r.stderr.split(separator: "\n").filter { $0.hasPrefix("error: ") }
                 XCTAssertEqual(errors.count, 1, "\(c.extra): one error line, from rank 0 only: \(r.stderr)")
             }
-            XCTAssertFalse(FileManager.default.fileExists(atPath: "\(work.path)/bad\(i)"), "\(c.extra): nothing written")
+            XCTAssertFalse(
+                FileManager.default.fileExists(atPath: "\(work.path)/bad\(i)"), "\(c.extra): nothing written")
         }
         let missing = try TestEnv.run("\(TestEnv.attunet) train --store \(work.path)/none.h5 --out \(work.path)/x")
         XCTAssertEqual(missing.status, 1)

@@ -1,9 +1,11 @@
 import Foundation
-#if canImport(FoundationXML)
-import FoundationXML
-#endif
 import XCTest
+
 @testable import Training
+
+#if canImport(FoundationXML)
+    import FoundationXML
+#endif
 
 final class TrainingLogTests: XCTestCase {
     let classes = ["spleen", "pancreas", "kidney"]
@@ -20,23 +22,26 @@ final class TrainingLogTests: XCTestCase {
         (0..<n).map { e in
             let validated = e % 2 == 1 || e == n - 1
             let dice = validated ? [0.5 + 0.01 * Double(e), 0.25 + 0.02 * Double(e), 0.125] : []
-            return EpochRecord(epoch: e, step: 100 * (e + 1), trainLoss: Double(String(format: "%.7f", 1.5 / Double(e + 1) + 0.0625))!,
-                               learningRate: 1e-3 * pow(0.5, Double(e)), validationDice: dice.map { ($0 * 1e4).rounded() / 1e4 },
-                               seconds: 12.5 + Double(e), patchesPerSecond: 3.25)
+            return EpochRecord(
+                epoch: e, step: 100 * (e + 1), trainLoss: Double(String(format: "%.7f", 1.5 / Double(e + 1) + 0.0625))!,
+                learningRate: 1e-3 * pow(0.5, Double(e)), validationDice: dice.map { ($0 * 1e4).rounded() / 1e4 },
+                seconds: 12.5 + Double(e), patchesPerSecond: 3.25)
         }
     }
 
     /// Applies the CSV's documented precision, so that expected values compare exactly.
     private func quantized(_ r: EpochRecord) -> EpochRecord {
         func q(_ x: Double, _ spec: String) -> Double { Double(String(format: spec, x))! }
-        return EpochRecord(epoch: r.epoch, step: r.step, trainLoss: q(r.trainLoss, "%.9g"),
-                           learningRate: q(r.learningRate, "%.6g"), validationDice: r.validationDice.map { q($0, "%.4f") },
-                           seconds: q(r.seconds, "%.3f"), patchesPerSecond: q(r.patchesPerSecond, "%.2f"))
+        return EpochRecord(
+            epoch: r.epoch, step: r.step, trainLoss: q(r.trainLoss, "%.9g"),
+            learningRate: q(r.learningRate, "%.6g"), validationDice: r.validationDice.map { q($0, "%.4f") },
+            seconds: q(r.seconds, "%.3f"), patchesPerSecond: q(r.patchesPerSecond, "%.2f"))
     }
 
     func testMeanDice() {
-        var r = EpochRecord(epoch: 0, step: 1, trainLoss: 1, learningRate: 1e-3, validationDice: [],
-                            seconds: 1, patchesPerSecond: 1)
+        var r = EpochRecord(
+            epoch: 0, step: 1, trainLoss: 1, learningRate: 1e-3, validationDice: [],
+            seconds: 1, patchesPerSecond: 1)
         XCTAssertNil(r.meanDice)
         r.validationDice = [0.5, 0.75, 1.0]
         XCTAssertEqual(r.meanDice!, 0.75, accuracy: 1e-15)
@@ -51,8 +56,9 @@ final class TrainingLogTests: XCTestCase {
 
         let csv = try String(contentsOf: dir.appendingPathComponent("log.csv"), encoding: .utf8)
         let lines = csv.split(separator: "\n").map(String.init)
-        XCTAssertEqual(lines.first,
-                       "epoch,step,train_loss,lr,dice_spleen,dice_pancreas,dice_kidney,mean_dice,seconds,patches_per_s")
+        XCTAssertEqual(
+            lines.first,
+            "epoch,step,train_loss,lr,dice_spleen,dice_pancreas,dice_kidney,mean_dice,seconds,patches_per_s")
         XCTAssertEqual(lines.count, 8)
         // Epoch 0 ran no validation: four empty Dice cells (three classes + mean).
         XCTAssertTrue(lines[1].contains(",,,,"), lines[1])
@@ -64,7 +70,7 @@ final class TrainingLogTests: XCTestCase {
         let all = TrainingLog(directory: dir, classNames: classes)
         try all.load(keepBefore: Int.max)
         XCTAssertEqual(all.records, records.map(quantized))
-        XCTAssertEqual(all.records, records)   // sample values are exact at the CSV's precision
+        XCTAssertEqual(all.records, records)  // sample values are exact at the CSV's precision
 
         let resumed = TrainingLog(directory: dir, classNames: classes)
         try resumed.load(keepBefore: 4)
@@ -80,8 +86,10 @@ final class TrainingLogTests: XCTestCase {
         let dir = try tempDirectory()
         let log = TrainingLog(directory: dir, classNames: ["a", "b"])
         let loss = Double(Float(0.3141592))
-        try log.append(EpochRecord(epoch: 0, step: 10, trainLoss: loss, learningRate: 3.3e-5,
-                                   validationDice: [.nan, 0.9], seconds: 1, patchesPerSecond: 2))
+        try log.append(
+            EpochRecord(
+                epoch: 0, step: 10, trainLoss: loss, learningRate: 3.3e-5,
+                validationDice: [.nan, 0.9], seconds: 1, patchesPerSecond: 2))
         let back = TrainingLog(directory: dir, classNames: ["a", "b"])
         try back.load(keepBefore: 1)
         XCTAssertEqual(back.records.count, 1)
@@ -98,8 +106,11 @@ final class TrainingLogTests: XCTestCase {
         XCTAssertEqual(log.records, [])
 
         // Wrong number of Dice values in a record.
-        XCTAssertThrowsError(try log.append(EpochRecord(epoch: 0, step: 1, trainLoss: 1, learningRate: 1,
-                                                        validationDice: [0.5], seconds: 1, patchesPerSecond: 1)))
+        XCTAssertThrowsError(
+            try log.append(
+                EpochRecord(
+                    epoch: 0, step: 1, trainLoss: 1, learningRate: 1,
+                    validationDice: [0.5], seconds: 1, patchesPerSecond: 1)))
         XCTAssertEqual(log.records, [])
 
         try log.append(sampleRecords(1)[0])
@@ -114,18 +125,19 @@ final class TrainingLogTests: XCTestCase {
     // MARK: SVG
 
     /// Parses `svg` as XML and returns the number of elements named `name`.
-    private func count(_ name: String, in svg: String, file: StaticString = #filePath, line: UInt = #line) throws -> Int {
+    private func count(_ name: String, in svg: String, file: StaticString = #filePath, line: UInt = #line) throws -> Int
+    {
         #if canImport(FoundationXML) || os(macOS)
-        let doc = try XMLDocument(xmlString: svg, options: [])
-        XCTAssertEqual(doc.rootElement()?.name, "svg", file: file, line: line)
-        func walk(_ node: XMLNode) -> Int {
-            (node.kind == .element && (node.localName ?? node.name) == name ? 1 : 0)
-                + (node.children ?? []).reduce(0) { $0 + walk($1) }
-        }
-        return walk(doc.rootElement()!)
+            let doc = try XMLDocument(xmlString: svg, options: [])
+            XCTAssertEqual(doc.rootElement()?.name, "svg", file: file, line: line)
+            func walk(_ node: XMLNode) -> Int {
+                (node.kind == .element && (node.localName ?? node.name) == name ? 1 : 0)
+                    + (node.children ?? []).reduce(0) { $0 + walk($1) }
+            }
+            return walk(doc.rootElement()!)
         #else
-        XCTAssertTrue(Self.wellFormed(svg), "SVG is not well-formed", file: file, line: line)
-        return svg.components(separatedBy: "<\(name) ").count - 1
+            XCTAssertTrue(Self.wellFormed(svg), "SVG is not well-formed", file: file, line: line)
+            return svg.components(separatedBy: "<\(name) ").count - 1
         #endif
     }
 
@@ -154,13 +166,17 @@ final class TrainingLogTests: XCTestCase {
         // Zero records.
         XCTAssertEqual(try count("polyline", in: log.svg()), classes.count + 1 + 1 + 1 + 1)
         // One record, without and with validation.
-        try log.append(EpochRecord(epoch: 0, step: 5, trainLoss: 0.9, learningRate: 1e-3, validationDice: [],
-                                   seconds: 2, patchesPerSecond: 1))
+        try log.append(
+            EpochRecord(
+                epoch: 0, step: 5, trainLoss: 0.9, learningRate: 1e-3, validationDice: [],
+                seconds: 2, patchesPerSecond: 1))
         XCTAssertEqual(try count("polyline", in: log.svg()), classes.count + 1 + 1 + 1 + 1)
         let dir2 = try tempDirectory()
         let one = TrainingLog(directory: dir2, classNames: classes)
-        try one.append(EpochRecord(epoch: 0, step: 5, trainLoss: 0.9, learningRate: 1e-3,
-                                   validationDice: [0.1, 0.2, 0.3], seconds: 2, patchesPerSecond: 1))
+        try one.append(
+            EpochRecord(
+                epoch: 0, step: 5, trainLoss: 0.9, learningRate: 1e-3,
+                validationDice: [0.1, 0.2, 0.3], seconds: 2, patchesPerSecond: 1))
         XCTAssertEqual(try count("polyline", in: one.svg()), classes.count + 1 + 1 + 1)
         // Many records with NaNs and a wide lr range (log scale).
         var records = sampleRecords(60)
@@ -176,7 +192,7 @@ final class TrainingLogTests: XCTestCase {
         XCTAssertFalse(svg.contains("inf"))
         XCTAssertTrue(svg.contains("log scale"))
         XCTAssertTrue(svg.contains(">spleen"))
-        XCTAssertFalse(svg.contains("href"))   // self-contained
+        XCTAssertFalse(svg.contains("href"))  // self-contained
         let onDisk = try String(contentsOf: many.svgURL, encoding: .utf8)
         XCTAssertEqual(onDisk, svg)
     }

@@ -25,16 +25,18 @@ final class ValidationTests: XCTestCase {
         let classes = 4
         let cases: [(prediction: [UInt8], reference: [UInt8])] = [
             ([0, 1, 0, 2, 2, 2, 0, 1], [0, 1, 1, 2, 2, 0, 0, 0]),  // class 1: 2·1/(2+2), class 2: 2·2/(3+2)
-            ([1, 1, 2, 0], [1, 1, 0, 0]),                          // class 1: 1; class 2 only predicted: skipped
+            ([1, 1, 2, 0], [1, 1, 0, 0]),  // class 1: 1; class 2 only predicted: skipped
         ]
         var counts = [Double](repeating: 0, count: cases.count * classes * 3)
         counts.withUnsafeMutableBufferPointer { buf in
             for (i, c) in cases.enumerated() {
-                DiceScore.accumulate(prediction: c.prediction, reference: c.reference, classes: classes,
-                                     into: UnsafeMutableBufferPointer(rebasing: buf[(i * classes * 3)..<((i + 1) * classes * 3)]))
+                DiceScore.accumulate(
+                    prediction: c.prediction, reference: c.reference, classes: classes,
+                    into: UnsafeMutableBufferPointer(rebasing: buf[(i * classes * 3)..<((i + 1) * classes * 3)]))
             }
         }
-        XCTAssertEqual(Array(counts[3..<9]), [1, 2, 2, 2, 3, 2], "case 0, classes 1-2: [intersection, predicted, reference]")
+        XCTAssertEqual(
+            Array(counts[3..<9]), [1, 2, 2, 2, 3, 2], "case 0, classes 1-2: [intersection, predicted, reference]")
         let dice = DiceScore.meanPerClass(counts, cases: cases.count, classes: classes)
         XCTAssertEqual(dice.count, 3)
         XCTAssertEqual(dice[0], (0.5 + 1.0) / 2, accuracy: 1e-6)
@@ -54,7 +56,9 @@ final class ValidationTests: XCTestCase {
         let store = try CaseStore(path: storePath)
         let validation = Array(store.cases.map(\.id).sorted().prefix(4))
         let out = dir.appendingPathComponent("run")
-        let r = try TestEnv.run("mpirun -np 3 --bind-to none --oversubscribe \(TestEnv.attunet) train --store \(storePath) --feature-scale 16 --patch 48x48x32 --batch 3 --epochs 10 --samples-per-case 24 --lr 5e-3 --sync-bn --foreground-fraction 0.67 --val-every 100 --seed 2 --val-cases \(validation.joined(separator: ",")) --out \(out.path)")
+        let r = try TestEnv.run(
+            "mpirun -np 3 --bind-to none --oversubscribe \(TestEnv.attunet) train --store \(storePath) --feature-scale 16 --patch 48x48x32 --batch 3 --epochs 10 --samples-per-case 24 --lr 5e-3 --sync-bn --foreground-fraction 0.67 --val-every 100 --seed 2 --val-cases \(validation.joined(separator: ",")) --out \(out.path)"
+        )
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         let log = TrainingLog(directory: out, classNames: Array(store.classNames.dropFirst()))
         try log.load(keepBefore: Int.max)
@@ -62,7 +66,8 @@ final class ValidationTests: XCTestCase {
         XCTAssertEqual(logged.count, 3)
 
         let model = try Checkpoint.load(RunFolder(out).checkpointLatest.path)
-        let predictor = try SlidingWindowPredictor(network: model, options: SlidingWindowOptions(patch: Dim3(z: 32, y: 48, x: 48)))
+        let predictor = try SlidingWindowPredictor(
+            network: model, options: SlidingWindowOptions(patch: Dim3(z: 32, y: 48, x: 48)))
         let k = 4
         var counts = [Double](repeating: 0, count: validation.count * k * DiceScore.columns)
         var perCase: [[Double]] = []
@@ -71,13 +76,16 @@ final class ValidationTests: XCTestCase {
             let pred = try predictor.predict(store: store, case: c).labels
             let label = try store.label(c)
             counts.withUnsafeMutableBufferPointer { buf in
-                DiceScore.accumulate(prediction: pred, reference: label, classes: k,
-                                     into: UnsafeMutableBufferPointer(rebasing: buf[(i * k * 3)..<((i + 1) * k * 3)]))
+                DiceScore.accumulate(
+                    prediction: pred, reference: label, classes: k,
+                    into: UnsafeMutableBufferPointer(rebasing: buf[(i * k * 3)..<((i + 1) * k * 3)]))
             }
-            perCase.append((1..<k).map { cls in
-                let row = (i * k + cls) * 3
-                return DiceScore.dice(intersection: counts[row], predicted: counts[row + 1], reference: counts[row + 2])
-            })
+            perCase.append(
+                (1..<k).map { cls in
+                    let row = (i * k + cls) * 3
+                    return DiceScore.dice(
+                        intersection: counts[row], predicted: counts[row + 1], reference: counts[row + 2])
+                })
         }
         let expected = DiceScore.meanPerClass(counts, cases: validation.count, classes: k)
         print("3-rank validation: logged \(logged), one process \(expected), per case \(perCase)")

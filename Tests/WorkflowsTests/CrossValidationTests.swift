@@ -27,7 +27,8 @@ final class CrossValidationTests: XCTestCase {
     /// test); validation only after the last epoch, so the checkpoint evaluated is the last one on any rank count.
     static func command(ranks: Int, out: String, extra: String = "") throws -> String {
         let launcher = ranks > 1 ? "mpirun -np \(ranks) --bind-to none --oversubscribe " : ""
-        return "\(launcher)\(TestEnv.attunet) cv --store \(try PhantomStore.path()) --folds 2 --feature-scale 16 --patch 32x32x16 --batch 2 --epochs 2 --samples-per-case 2 --sync-bn --optimizer sgd --lr 3e-3 --val-every 100 --seed 5 --out \(out) \(extra)"
+        return
+            "\(launcher)\(TestEnv.attunet) cv --store \(try PhantomStore.path()) --folds 2 --feature-scale 16 --patch 32x32x16 --batch 2 --epochs 2 --samples-per-case 2 --sync-bn --optimizer sgd --lr 3e-3 --val-every 100 --seed 5 --out \(out) \(extra)"
     }
 
     /// The uninterrupted CV on 1 or 2 ranks, each run once for the class.
@@ -55,7 +56,10 @@ final class CrossValidationTests: XCTestCase {
     func testTwoFoldCVOfBothModelsWritesResultsAndSummaries() throws {
         let run = try Self.reference()
         let folder = RunFolder(run)
-        for f in [folder.config, folder.splits, folder.splitsFinal, folder.summaryMarkdown, folder.summaryCSV, folder.summaryJSON, folder.summarySVG] {
+        for f in [
+            folder.config, folder.splits, folder.splitsFinal, folder.summaryMarkdown, folder.summaryCSV,
+            folder.summaryJSON, folder.summarySVG,
+        ] {
             XCTAssertTrue(FileManager.default.fileExists(atPath: f.path), f.path)
         }
         let ids = try CaseStore(path: try PhantomStore.path()).cases.map(\.id).sorted()
@@ -73,22 +77,28 @@ final class CrossValidationTests: XCTestCase {
             for c in row.classes {
                 let values = s.cases.filter { $0.model == model && $0.className == c.name }
                 XCTAssertEqual(values.map(\.caseID).sorted(), ids)
-                for (metric, kp) in [("dice", \CrossValidationSummary.CaseRow.dice), ("precision", \.precision),
-                                     ("recall", \.recall), ("assd", \.assd), ("hd95", \.hd95), ("s2s2d", \.s2s2d)] {
+                for (metric, kp) in [
+                    ("dice", \CrossValidationSummary.CaseRow.dice), ("precision", \.precision),
+                    ("recall", \.recall), ("assd", \.assd), ("hd95", \.hd95), ("s2s2d", \.s2s2d),
+                ] {
                     let mean = values.map { $0[keyPath: kp] }.reduce(0, +) / Double(values.count)
-                    XCTAssertEqual(c.metrics[metric]!.mean, mean, accuracy: 1e-12 * max(1, abs(mean)), "\(model) \(c.name) \(metric)")
+                    XCTAssertEqual(
+                        c.metrics[metric]!.mean, mean, accuracy: 1e-12 * max(1, abs(mean)),
+                        "\(model) \(c.name) \(metric)")
                 }
             }
             XCTAssertEqual(row.evaluation.metricPerCase.map(\.caseID).sorted(), ids)
         }
         // splits_final.json: nnU-Net's list of folds, "val" the fold's test cases; --splits reads it back.
-        let nnunet = try JSONSerialization.jsonObject(with: Data(contentsOf: folder.splitsFinal)) as! [[String: [String]]]
+        let nnunet =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: folder.splitsFinal)) as! [[String: [String]]]
         let plan = try FoldPlan.load(folder.splits.path, ids: ids, folds: 2, inverse: false)
         XCTAssertEqual(nnunet.map { $0["val"]! }, [plan.testCases(fold: 0), plan.testCases(fold: 1)])
         XCTAssertEqual(nnunet.map { $0["train"]! }, [plan.trainingCases(fold: 0), plan.trainingCases(fold: 1)])
         XCTAssertEqual(try FoldPlan.load(folder.splitsFinal.path, ids: ids, folds: 2, inverse: false), plan)
         let check = TestEnv.root.appendingPathComponent("Tests/Fixtures/check_summary_json.py").path
-        let py = try TestEnv.run("\(TestEnv.python) \(check) cv \(folder.summaryJSON.path) \(try PhantomStore.path()) 1,2,3")
+        let py = try TestEnv.run(
+            "\(TestEnv.python) \(check) cv \(folder.summaryJSON.path) \(try PhantomStore.path()) 1,2,3")
         XCTAssertEqual(py.status, 0, py.stdout + py.stderr)
         XCTAssertEqual(s.comparisons.count, 2 * s.classNames.count)
         for c in s.comparisons {
@@ -96,24 +106,29 @@ final class CrossValidationTests: XCTestCase {
             XCTAssertEqual(c.pairs, ids.count)
         }
         let md = try String(contentsOf: folder.summaryMarkdown, encoding: .utf8)
-        XCTAssertTrue(md.contains("pancreas DSC") && md.contains("distance definition: pooled") && md.contains("Wilcoxon"), md)
+        XCTAssertTrue(
+            md.contains("pancreas DSC") && md.contains("distance definition: pooled") && md.contains("Wilcoxon"), md)
         let csv = try String(contentsOf: folder.summaryCSV, encoding: .utf8)
-        XCTAssertEqual(csv.split(separator: "\n").filter { $0.hasPrefix("case,") }.count, 2 * ids.count * s.classNames.count)
+        XCTAssertEqual(
+            csv.split(separator: "\n").filter { $0.hasPrefix("case,") }.count, 2 * ids.count * s.classNames.count)
         // summary.svg: one box per model and class, at the median of that model's test Dice for the class.
         let svg = try String(contentsOf: folder.summarySVG, encoding: .utf8)
         XCTAssertTrue(svg.hasPrefix("<?xml") && svg.hasSuffix("</svg>\n"))
         for model in ["attention-unet", "unet"] {
             for name in s.classNames {
                 let dice = s.cases.filter { $0.model == model && $0.className == name }.map(\.dice).sorted()
-                let median = (dice[dice.count / 2 - 1] + dice[dice.count / 2]) / 2   // 4 cases
-                XCTAssertTrue(svg.contains("data-model=\"\(model)\" data-class=\"\(name)\" data-median=\"\(String(format: "%.4f", median))\""), "\(model) \(name)")
+                let median = (dice[dice.count / 2 - 1] + dice[dice.count / 2]) / 2  // 4 cases
+                XCTAssertTrue(
+                    svg.contains(
+                        "data-model=\"\(model)\" data-class=\"\(name)\" data-median=\"\(String(format: "%.4f", median))\""
+                    ), "\(model) \(name)")
             }
         }
     }
 
     /// Box statistics as NumPy's percentile (linear) and Matplotlib's Tukey whiskers compute them.
     func testBoxStatisticsQuartilesWhiskersAndOutliers() {
-        let b = BoxStatistics([0.9, 0.1, 0.82, 0.85, 0.8, .nan])!   // sorted: 0.1 0.8 0.82 0.85 0.9
+        let b = BoxStatistics([0.9, 0.1, 0.82, 0.85, 0.8, .nan])!  // sorted: 0.1 0.8 0.82 0.85 0.9
         XCTAssertEqual(b.count, 5)
         XCTAssertEqual(b.q1, 0.8, accuracy: 1e-12)
         XCTAssertEqual(b.median, 0.82, accuracy: 1e-12)
@@ -122,7 +137,7 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertEqual(b.highWhisker, 0.9, accuracy: 1e-12)
         XCTAssertEqual(b.outliers, [0.1])
         XCTAssertEqual(b.mean, 3.47 / 5, accuracy: 1e-12)
-        let even = BoxStatistics([1, 2, 3, 4])!   // numpy.percentile([1,2,3,4], [25,50,75]) = 1.75, 2.5, 3.25
+        let even = BoxStatistics([1, 2, 3, 4])!  // numpy.percentile([1,2,3,4], [25,50,75]) = 1.75, 2.5, 3.25
         XCTAssertEqual([even.q1, even.median, even.q3], [1.75, 2.5, 3.25])
         XCTAssertNil(BoxStatistics([.nan]))
     }
@@ -142,16 +157,24 @@ final class CrossValidationTests: XCTestCase {
     func assertSameFolds(_ out: URL, _ reference: URL, file: StaticString = #filePath, line: UInt = #line) throws {
         for model in ["attention-unet", "unet"] {
             for k in 0..<2 {
-                let a = try results(out, fold: k, model: model), b = try results(reference, fold: k, model: model)
+                let a = try results(out, fold: k, model: model)
+                let b = try results(reference, fold: k, model: model)
                 XCTAssertEqual(a.weightsSHA256, b.weightsSHA256, "\(model) fold \(k)", file: file, line: line)
-                XCTAssertEqual(a.cases.map(\.classes), b.cases.map(\.classes), "\(model) fold \(k)", file: file, line: line)
+                XCTAssertEqual(
+                    a.cases.map(\.classes), b.cases.map(\.classes), "\(model) fold \(k)", file: file, line: line)
             }
         }
         XCTAssertEqual(try digests(out), try digests(reference), file: file, line: line)
     }
 
     /// The summary's per-case rows without the inference times (which differ from run to run).
-    func timeless(_ s: CrossValidationSummary) -> [CrossValidationSummary.CaseRow] { s.cases.map { var c = $0; c.seconds = 0; return c } }
+    func timeless(_ s: CrossValidationSummary) -> [CrossValidationSummary.CaseRow] {
+        s.cases.map {
+            var c = $0
+            c.seconds = 0
+            return c
+        }
+    }
 
     /// Weights digests of each fold's checkpoints.
     func digests(_ run: URL) throws -> [String] {
@@ -177,16 +200,20 @@ final class CrossValidationTests: XCTestCase {
         let cmd = try Self.command(ranks: 1, out: out.path, extra: "--stop-after-epochs 3")
         var r = try TestEnv.run(cmd)
         XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
-        XCTAssertTrue(FileManager.default.fileExists(atPath: RunFolder(out).fold(0, model: "attention-unet").foldResults.path))
-        XCTAssertFalse(FileManager.default.fileExists(atPath: RunFolder(out).fold(1, model: "attention-unet").foldResults.path))
+        XCTAssertTrue(
+            FileManager.default.fileExists(atPath: RunFolder(out).fold(0, model: "attention-unet").foldResults.path))
+        XCTAssertFalse(
+            FileManager.default.fileExists(atPath: RunFolder(out).fold(1, model: "attention-unet").foldResults.path))
 
         let changed = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--weight-decay 1e-5"))
         XCTAssertEqual(changed.status, 1, changed.stdout + changed.stderr)
         XCTAssertTrue(changed.stderr.contains("training.weight_decay: 1e-05 (was 1e-06)"), changed.stderr)
-        let otherDistance = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--distance-definition max-directed"))
+        let otherDistance = try TestEnv.run(
+            try Self.command(ranks: 1, out: out.path, extra: "--distance-definition max-directed"))
         XCTAssertEqual(otherDistance.status, 1, otherDistance.stdout + otherDistance.stderr)
-        XCTAssertTrue(otherDistance.stderr.contains("distance_definition: \"maxDirected\" (was \"pooled\")")
-                      || otherDistance.stderr.contains("distance_definition: maxDirected (was pooled)"), otherDistance.stderr)
+        XCTAssertTrue(
+            otherDistance.stderr.contains("distance_definition: \"maxDirected\" (was \"pooled\")")
+                || otherDistance.stderr.contains("distance_definition: maxDirected (was pooled)"), otherDistance.stderr)
 
         // Writes killed mid-way left temporaries of a dead process in the CV folder and in the fold to resume:
         // the restart removes them, one line each.
@@ -197,10 +224,14 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
         for folder in [out.path, resumed] {
             XCTAssertFalse(FileManager.default.fileExists(atPath: "\(folder)/\(stale)"), folder)
-            XCTAssertEqual(r.stdout.components(separatedBy: "removed 1 temporary file(s) of a write killed mid-way from \(folder): \(stale)\n").count, 2, r.stdout)
+            XCTAssertEqual(
+                r.stdout.components(
+                    separatedBy: "removed 1 temporary file(s) of a write killed mid-way from \(folder): \(stale)\n"
+                ).count, 2, r.stdout)
         }
         XCTAssertTrue(r.stdout.contains("attention-unet fold 1/2: done, skipped"), r.stdout)
-        XCTAssertTrue(r.stdout.contains("attention-unet fold 2/2: 1 training / 1 validation / 2 test cases, resuming"), r.stdout)
+        XCTAssertTrue(
+            r.stdout.contains("attention-unet fold 2/2: 1 training / 1 validation / 2 test cases, resuming"), r.stdout)
         r = try TestEnv.run(cmd)
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertTrue(r.stdout.contains("cv: unet fold 1/2: done, skipped"), r.stdout)
@@ -233,13 +264,17 @@ final class CrossValidationTests: XCTestCase {
         let out = work.appendingPathComponent("cvkill2")
         let cmd = try Self.command(ranks: 2, out: out.path)
         let job = try startUntilSecondFoldCheckpoints(cmd, out: out)
-        let pids = try TestEnv.run("pgrep -f 'attunet cv .*\(out.path)' | while read p; do [ \"$(cat /proc/$p/comm)\" = attunet ] && echo $p; done")
+        let pids = try TestEnv.run(
+            "pgrep -f 'attunet cv .*\(out.path)' | while read p; do [ \"$(cat /proc/$p/comm)\" = attunet ] && echo $p; done"
+        )
         let ranks = pids.stdout.split(separator: "\n")
         XCTAssertEqual(ranks.count, 2, "two rank processes: \(pids.stdout)")
         if let victim = ranks.last { kill(pid_t(victim)!, SIGKILL) }
         job.waitUntilExit()
         XCTAssertNotEqual(job.terminationStatus, 0, "mpirun must report the killed rank")
-        XCTAssertFalse(FileManager.default.fileExists(atPath: RunFolder(out).summaryJSON.path), "the CV must have been killed before it finished")
+        XCTAssertFalse(
+            FileManager.default.fileExists(atPath: RunFolder(out).summaryJSON.path),
+            "the CV must have been killed before it finished")
         let r = try TestEnv.run(cmd)
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 1/2: done, skipped"), r.stdout)
@@ -261,7 +296,8 @@ final class CrossValidationTests: XCTestCase {
     func testCVStoppedOnFourRanksInTwoGroupsContinuesOnTwoThenOneRank() throws {
         let reference = try Self.reference()
         let out = work.appendingPathComponent("elastic")
-        var r = try TestEnv.run(try Self.command(ranks: 4, out: out.path, extra: "--fold-parallel 2 --stop-after-epochs 1"))
+        var r = try TestEnv.run(
+            try Self.command(ranks: 4, out: out.path, extra: "--fold-parallel 2 --stop-after-epochs 1"))
         XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
         XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 2/2 (group 2/2, ranks 2-3): 1 training"), r.stdout)
         r = try TestEnv.run(try Self.command(ranks: 2, out: out.path, extra: "--stop-after-epochs 1"))
@@ -269,36 +305,47 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 1/2: 1 training"), r.stdout)
         r = try TestEnv.run(try Self.command(ranks: 1, out: out.path))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        XCTAssertTrue(r.stdout.contains("was written on 2 rank(s); continuing on 1 with the same global batch 2"), r.stdout)
+        XCTAssertTrue(
+            r.stdout.contains("was written on 2 rank(s); continuing on 1 with the same global batch 2"), r.stdout)
         let (worst, worstDice) = try assertFoldsEquivalent(out, reference)
-        print("cv elastic restart 4 ranks (2 groups) -> 2 ranks -> 1 rank: worst relative update difference \(worst), worst Dice difference \(worstDice)")
+        print(
+            "cv elastic restart 4 ranks (2 groups) -> 2 ranks -> 1 rank: worst relative update difference \(worst), worst Dice difference \(worstDice)"
+        )
     }
 
     /// Each fold's weights of `out` against `reference`'s within the train rank-equivalence test's tolerance
     /// (relative difference of the update from the initial weights ≤ 1e-3), every per-case Dice within 0.01.
     /// Returns the worst of both.
     func assertFoldsEquivalent(_ out: URL, _ reference: URL, file: StaticString = #filePath, line: UInt = #line) throws
-        -> (update: Double, dice: Double) {
-        var worst = 0.0, worstDice = 0.0
+        -> (update: Double, dice: Double)
+    {
+        var worst = 0.0
+        var worstDice = 0.0
         for model in ["attention-unet", "unet"] {
             for k in 0..<2 {
                 let path = { (run: URL) in RunFolder(run).fold(k, model: model).checkpointLatest.path }
-                let a = try Checkpoint.load(path(out)), b = try Checkpoint.load(path(reference))
+                let a = try Checkpoint.load(path(out))
+                let b = try Checkpoint.load(path(reference))
                 let start = SegmentationModel(b.config, seed: 5)
-                var diff = 0.0, norm = 0.0
+                var diff = 0.0
+                var norm = 0.0
                 for i in 0..<b.params.count {
                     let s = Double(start.params.values.data[i])
-                    let da = Double(a.params.values.data[i]) - s, db = Double(b.params.values.data[i]) - s
-                    diff += (da - db) * (da - db); norm += db * db
+                    let da = Double(a.params.values.data[i]) - s
+                    let db = Double(b.params.values.data[i]) - s
+                    diff += (da - db) * (da - db)
+                    norm += db * db
                 }
                 worst = max(worst, (diff / norm).squareRoot())
                 XCTAssertLessThanOrEqual((diff / norm).squareRoot(), 1e-3, "\(model) fold \(k)", file: file, line: line)
-                let ra = try results(out, fold: k, model: model), rb = try results(reference, fold: k, model: model)
+                let ra = try results(out, fold: k, model: model)
+                let rb = try results(reference, fold: k, model: model)
                 XCTAssertEqual(ra.cases.map(\.id), rb.cases.map(\.id), file: file, line: line)
                 for (ca, cb) in zip(ra.cases, rb.cases) {
                     for (ma, mb) in zip(ca.classes, cb.classes) {
                         worstDice = max(worstDice, abs(ma.dice - mb.dice))
-                        XCTAssertEqual(ma.dice, mb.dice, accuracy: 0.01, "\(model) fold \(k) \(ca.id)", file: file, line: line)
+                        XCTAssertEqual(
+                            ma.dice, mb.dice, accuracy: 0.01, "\(model) fold \(k) \(ca.id)", file: file, line: line)
                     }
                 }
             }
@@ -318,14 +365,18 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 1/2 (group 1/2, ranks 0-0): 1 training"), r.stdout)
         XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 2/2 (group 2/2, ranks 1-1): 1 training"), r.stdout)
         try assertSameFolds(out, reference)
-        let a = try summary(out), b = try summary(reference)
+        let a = try summary(out)
+        let b = try summary(reference)
         XCTAssertEqual(a.models.map(\.model), b.models.map(\.model))
         XCTAssertEqual(timeless(a), timeless(b))
         XCTAssertEqual(a.comparisons, b.comparisons)
 
-        let bad = try TestEnv.run(try Self.command(ranks: 2, out: work.appendingPathComponent("bad").path, extra: "--fold-parallel 3"))
+        let bad = try TestEnv.run(
+            try Self.command(ranks: 2, out: work.appendingPathComponent("bad").path, extra: "--fold-parallel 3"))
         XCTAssertEqual(bad.status, 1, bad.stdout + bad.stderr)
-        XCTAssertTrue(bad.stderr.contains("error: --fold-parallel 3 does not divide the 2 MPI rank(s) into equal groups"), bad.stderr)
+        XCTAssertTrue(
+            bad.stderr.contains("error: --fold-parallel 3 does not divide the 2 MPI rank(s) into equal groups"),
+            bad.stderr)
     }
 
     /// The job-array path: `--fold 1` then `--summarize` (refused, naming fold_0 of both models, which has no
@@ -340,7 +391,8 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertFalse(FileManager.default.fileExists(atPath: RunFolder(out).summaryJSON.path))
         r = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--summarize"))
         XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
-        XCTAssertTrue(r.stderr.contains("2 of 4 fold(s) have no results.json yet: fold_0/attention-unet, fold_0/unet"), r.stderr)
+        XCTAssertTrue(
+            r.stderr.contains("2 of 4 fold(s) have no results.json yet: fold_0/attention-unet, fold_0/unet"), r.stderr)
         r = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--fold 0"))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         r = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--summarize"))
@@ -348,7 +400,9 @@ final class CrossValidationTests: XCTestCase {
         XCTAssertTrue(r.stdout.contains("| attention-unet |"), r.stdout)
         for model in ["attention-unet", "unet"] {
             for k in 0..<2 {
-                XCTAssertEqual(try results(out, fold: k, model: model).weightsSHA256, try results(reference, fold: k, model: model).weightsSHA256)
+                XCTAssertEqual(
+                    try results(out, fold: k, model: model).weightsSHA256,
+                    try results(reference, fold: k, model: model).weightsSHA256)
             }
         }
         XCTAssertEqual(timeless(try summary(out)), timeless(try summary(reference)))
@@ -360,22 +414,33 @@ final class CrossValidationTests: XCTestCase {
     /// A splits file whose test parts overlap is refused, naming the case, before anything is written.
     func testBadSplitsAreRefusedNamingTheCases() throws {
         let ids = try CaseStore(path: try PhantomStore.path()).cases.map(\.id).sorted()
-        let bad = [["train": [ids[2], ids[3]], "val": [ids[0], ids[1]]], ["train": [ids[0], ids[2]], "val": [ids[1], ids[3]]]]
+        let bad = [
+            ["train": [ids[2], ids[3]], "val": [ids[0], ids[1]]],
+            ["train": [ids[0], ids[2]], "val": [ids[1], ids[3]]],
+        ]
         let file = work.appendingPathComponent("splits_final.json")
         try JSONEncoder().encode(bad).write(to: file)
         let out = work.appendingPathComponent("cv")
         let r = try TestEnv.run(try Self.command(ranks: 1, out: out.path, extra: "--splits \(file.path)"))
         XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
-        XCTAssertTrue(r.stderr.contains("error: \(file.path): case \(ids[1]) is in the test sets of folds 0 and 1"), r.stderr)
+        XCTAssertTrue(
+            r.stderr.contains("error: \(file.path): case \(ids[1]) is in the test sets of folds 0 and 1"), r.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: RunFolder(out).fold(0, model: "unet").path))
 
         // Good splits, one epoch of the first fold, stop; the file edited to other folds: the rerun is refused.
-        let good = [["train": [ids[2], ids[3]], "val": [ids[0], ids[1]]], ["train": [ids[0], ids[1]], "val": [ids[2], ids[3]]]]
+        let good = [
+            ["train": [ids[2], ids[3]], "val": [ids[0], ids[1]]],
+            ["train": [ids[0], ids[1]], "val": [ids[2], ids[3]]],
+        ]
         try JSONEncoder().encode(good).write(to: file)
-        let cmd = try Self.command(ranks: 1, out: out.path, extra: "--splits \(file.path) --epochs 1 --stop-after-epochs 1")
+        let cmd = try Self.command(
+            ranks: 1, out: out.path, extra: "--splits \(file.path) --epochs 1 --stop-after-epochs 1")
         var s = try TestEnv.run(cmd)
         XCTAssertEqual(s.status, 75, s.stdout + s.stderr)
-        let edited = [["train": [ids[1], ids[3]], "val": [ids[0], ids[2]]], ["train": [ids[0], ids[2]], "val": [ids[1], ids[3]]]]
+        let edited = [
+            ["train": [ids[1], ids[3]], "val": [ids[0], ids[2]]],
+            ["train": [ids[0], ids[2]], "val": [ids[1], ids[3]]],
+        ]
         try JSONEncoder().encode(edited).write(to: file)
         s = try TestEnv.run(cmd)
         XCTAssertEqual(s.status, 1, s.stdout + s.stderr)

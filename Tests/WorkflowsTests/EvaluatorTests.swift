@@ -6,8 +6,9 @@ import Support
 import Tensor
 import TestSupport
 import Training
-@testable import Workflows  // FoldResults has no public initializer
 import XCTest
+
+@testable import Workflows  // FoldResults has no public initializer
 
 /// The one evaluator and report: pairing by case id, the `summary.json` schema shared by `evaluate` and `cv`
 /// (nnU-Net's keys, then attunet's), nnU-Net's `splits_final.json`, and the files written before attunet used
@@ -18,22 +19,33 @@ final class EvaluatorTests: XCTestCase {
     override func tearDownWithError() throws { try? FileManager.default.removeItem(at: dir) }
 
     func touch(_ path: String) throws {
-        try FileManager.default.createDirectory(atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
+        try FileManager.default.createDirectory(
+            atPath: (path as NSString).deletingLastPathComponent, withIntermediateDirectories: true)
         try Data([0]).write(to: URL(fileURLWithPath: path))
     }
 
     func testPairsByCaseIDAndRefusesUnpairedFiles() throws {
-        let pred = dir.path + "/pred", ref = dir.path + "/ref"
-        for f in ["ref/a.nii.gz", "ref/b_0001.nii.gz", "ref/c.nii", "ref/notes.txt", "pred/a.nii.gz", "pred/b_0001.nii.gz",
-                  "pred/c_0000.nii.gz", "pred/._a.nii.gz", "pred/evaluation/summary.json"] {
+        let pred = dir.path + "/pred"
+        let ref = dir.path + "/ref"
+        for f in [
+            "ref/a.nii.gz", "ref/b_0001.nii.gz", "ref/c.nii", "ref/notes.txt", "pred/a.nii.gz", "pred/b_0001.nii.gz",
+            "pred/c_0000.nii.gz", "pred/._a.nii.gz", "pred/evaluation/summary.json",
+        ] {
             try touch(dir.path + "/" + f)
         }
         let pairs = try Evaluator.pairs(predictions: pred, references: ref)
-        XCTAssertEqual(pairs, [EvaluationPair(id: "a", prediction: pred + "/a.nii.gz", reference: ref + "/a.nii.gz"),
-                               EvaluationPair(id: "b_0001", prediction: pred + "/b_0001.nii.gz", reference: ref + "/b_0001.nii.gz"),
-                               EvaluationPair(id: "c", prediction: pred + "/c_0000.nii.gz", reference: ref + "/c.nii")])
+        XCTAssertEqual(
+            pairs,
+            [
+                EvaluationPair(id: "a", prediction: pred + "/a.nii.gz", reference: ref + "/a.nii.gz"),
+                EvaluationPair(id: "b_0001", prediction: pred + "/b_0001.nii.gz", reference: ref + "/b_0001.nii.gz"),
+                EvaluationPair(id: "c", prediction: pred + "/c_0000.nii.gz", reference: ref + "/c.nii"),
+            ])
         func refusal() -> String {
-            do { _ = try Evaluator.pairs(predictions: pred, references: ref); return "" } catch { return "\(error)" }
+            do {
+                _ = try Evaluator.pairs(predictions: pred, references: ref)
+                return ""
+            } catch { return "\(error)" }
         }
         try touch(pred + "/d_0000.nii.gz")
         XCTAssertEqual(refusal(), "\(pred)/d_0000.nii.gz: no reference \(ref)/d_0000.nii.gz (nor \(ref)/d.nii.gz)")
@@ -52,39 +64,54 @@ final class EvaluatorTests: XCTestCase {
         for v in 0..<20 { ref[v] = 1 }
         for v in 40..<50 { ref[v] = 2 }
         var pred = ref
-        for v in 20..<25 { pred[v] = 1 }   // 5 false positives of class 1
+        for v in 20..<25 { pred[v] = 1 }  // 5 false positives of class 1
         let ev = Evaluator(classes: 3)
         let noTwo = ref.map { $0 == 2 ? UInt8(0) : $0 }
-        return [ev.evaluate(id: "x", prediction: pred, reference: ref, dim: dim, spacing: .isotropic1mm,
-                            predictionFile: "p/x.nii.gz", referenceFile: "r/x.nii.gz"),
-                ev.evaluate(id: "y", prediction: noTwo, reference: noTwo, dim: dim, spacing: .isotropic1mm,
-                            predictionFile: "p/y.nii.gz", referenceFile: "r/y.nii.gz")]
+        return [
+            ev.evaluate(
+                id: "x", prediction: pred, reference: ref, dim: dim, spacing: .isotropic1mm,
+                predictionFile: "p/x.nii.gz", referenceFile: "r/x.nii.gz"),
+            ev.evaluate(
+                id: "y", prediction: noTwo, reference: noTwo, dim: dim, spacing: .isotropic1mm,
+                predictionFile: "p/y.nii.gz", referenceFile: "r/y.nii.gz"),
+        ]
     }
 
     func testSummaryJSONHasNNUNetsKeysThenAttunets() throws {
-        let report = SegmentationReport(cases: sampleCases(), classNames: ["liver", "tumour"], definition: .maxDirected)
+        let report = SegmentationReport(
+            cases: sampleCases(), classNames: ["liver", "tumour"], definition: .maxDirected)
         try report.write(to: dir.path + "/eval")
         let data = try Data(contentsOf: dir.appendingPathComponent("eval/summary.json"))
         let json = try JSONSerialization.jsonObject(with: data) as! [String: Any]
-        XCTAssertEqual(Set(json.keys), ["metric_per_case", "mean", "foreground_mean", "cases", "distance_definition",
-                                        "distances", "std", "empty_masks", "classes"])
+        XCTAssertEqual(
+            Set(json.keys),
+            [
+                "metric_per_case", "mean", "foreground_mean", "cases", "distance_definition",
+                "distances", "std", "empty_masks", "classes",
+            ])
         XCTAssertEqual(json["distance_definition"] as? String, "max-directed")
         let perCase = json["metric_per_case"] as! [[String: Any]]
         XCTAssertEqual(Set(perCase[0].keys), ["metrics", "prediction_file", "reference_file", "case_id"])
         let x1 = (perCase[0]["metrics"] as! [String: [String: Any]])["1"]!
         XCTAssertEqual(Set(x1.keys), ["Dice", "IoU", "TP", "FP", "FN", "TN", "n_pred", "n_ref"])
-        XCTAssertEqual(x1["TP"] as? Int, 20); XCTAssertEqual(x1["FP"] as? Int, 5); XCTAssertEqual(x1["FN"] as? Int, 0)
-        XCTAssertEqual(x1["TN"] as? Int, 192 - 25)   // voxels labelled 1 in neither mask
-        XCTAssertEqual(x1["n_pred"] as? Int, 25); XCTAssertEqual(x1["n_ref"] as? Int, 20)
+        XCTAssertEqual(x1["TP"] as? Int, 20)
+        XCTAssertEqual(x1["FP"] as? Int, 5)
+        XCTAssertEqual(x1["FN"] as? Int, 0)
+        XCTAssertEqual(x1["TN"] as? Int, 192 - 25)  // voxels labelled 1 in neither mask
+        XCTAssertEqual(x1["n_pred"] as? Int, 25)
+        XCTAssertEqual(x1["n_ref"] as? Int, 20)
         XCTAssertEqual(x1["Dice"] as! Double, 40 / (45 + 1e-6), accuracy: 1e-15)
         XCTAssertEqual(x1["IoU"] as! Double, 20.0 / 25, accuracy: 1e-15)
         // Class 2 absent from both masks of case y: 1 under attunet's rule, so the mean over both cases is 1.
         let y2 = (perCase[1]["metrics"] as! [String: [String: Any]])["2"]!
-        XCTAssertEqual(y2["Dice"] as? Double, 1); XCTAssertEqual(y2["IoU"] as? Double, 1)
+        XCTAssertEqual(y2["Dice"] as? Double, 1)
+        XCTAssertEqual(y2["IoU"] as? Double, 1)
         let mean = json["mean"] as! [String: [String: Double]]
         XCTAssertEqual(mean["1"]!["Dice"]!, (40 / (45 + 1e-6) + 40 / (40 + 1e-6)) / 2, accuracy: 1e-12)
         XCTAssertEqual(mean["2"]!["Dice"]!, 1, accuracy: 1e-6)
-        XCTAssertEqual((json["foreground_mean"] as! [String: Double])["Dice"]!, (mean["1"]!["Dice"]! + mean["2"]!["Dice"]!) / 2, accuracy: 1e-15)
+        XCTAssertEqual(
+            (json["foreground_mean"] as! [String: Double])["Dice"]!, (mean["1"]!["Dice"]! + mean["2"]!["Dice"]!) / 2,
+            accuracy: 1e-15)
         let classes = json["classes"] as! [[String: Any]]
         XCTAssertEqual(classes.map { $0["name"] as! String }, ["liver", "tumour"])
         XCTAssertEqual(classes[1]["both_empty"] as? Int, 1)
@@ -94,7 +121,9 @@ final class EvaluatorTests: XCTestCase {
         XCTAssertEqual(try JSONFiles.decode(EvaluationSummary.self, from: data), report.summary)
         let csv = try String(contentsOf: dir.appendingPathComponent("eval/metrics.csv"), encoding: .utf8)
         XCTAssertEqual(csv.split(separator: "\n").count, 1 + 2 * 2)
-        XCTAssertTrue(try String(contentsOf: dir.appendingPathComponent("eval/summary.md"), encoding: .utf8).contains("| tumour |"))
+        XCTAssertTrue(
+            try String(contentsOf: dir.appendingPathComponent("eval/summary.md"), encoding: .utf8).contains(
+                "| tumour |"))
     }
 
     /// cv's summary.json: per model the same evaluation object over every test case, beside the per-fold rows,
@@ -103,43 +132,71 @@ final class EvaluatorTests: XCTestCase {
     func testCVSummaryWrapsTheSharedEvaluation() throws {
         let cases = sampleCases()
         let results = ["unet", "attention-unet"].map { model in
-            FoldResults(model: model, fold: 0, checkpoint: "checkpoint_best.h5", weightsSHA256: "ab", parameters: 7,
-                        classNames: ["liver", "tumour"], distanceDefinition: .pooled,
-                        cases: cases.map { CaseResult(id: $0.id, seconds: 1, classes: $0.classes, voxels: $0.voxels) })
+            FoldResults(
+                model: model, fold: 0, checkpoint: "checkpoint_best.h5", weightsSHA256: "ab", parameters: 7,
+                classNames: ["liver", "tumour"], distanceDefinition: .pooled,
+                cases: cases.map { CaseResult(id: $0.id, seconds: 1, classes: $0.classes, voxels: $0.voxels) })
         }
         let plan = FoldPlan(parts: [["x", "y"], ["z"]], inverse: false)
         let summary = CrossValidationSummary(results: results, plan: plan, definition: .pooled, store: "s.h5")
         let json = try JSONSerialization.jsonObject(with: try JSONFiles.data(summary)) as! [String: Any]
-        XCTAssertEqual(Set(json.keys), ["protocol", "folds", "distance_definition", "class_names", "models", "per_fold",
-                                        "per_case", "comparisons"])
+        XCTAssertEqual(
+            Set(json.keys),
+            [
+                "protocol", "folds", "distance_definition", "class_names", "models", "per_fold",
+                "per_case", "comparisons",
+            ])
         let model = (json["models"] as! [[String: Any]])[0]
         XCTAssertEqual(Set(model.keys), ["model", "parameters", "inference_seconds_per_volume", "evaluation"])
         let evaluation = model["evaluation"] as! [String: Any]
-        XCTAssertEqual(Set(evaluation.keys), ["metric_per_case", "mean", "foreground_mean", "cases", "distance_definition",
-                                              "distances", "std", "empty_masks", "classes"])
+        XCTAssertEqual(
+            Set(evaluation.keys),
+            [
+                "metric_per_case", "mean", "foreground_mean", "cases", "distance_definition",
+                "distances", "std", "empty_masks", "classes",
+            ])
         let first = (evaluation["metric_per_case"] as! [[String: Any]])[0]
         XCTAssertEqual(first["reference_file"] as? String, "s.h5#x")
         XCTAssertEqual(first["prediction_file"] as? String, "fold_0/unet#x")
-        XCTAssertEqual(summary.models[0].evaluation, EvaluationSummary(
-            cases: cases.map { var c = $0; c.predictionFile = "fold_0/unet#\(c.id)"; c.referenceFile = "s.h5#\(c.id)"; return c },
-            classNames: ["liver", "tumour"], definition: .pooled))
-        XCTAssertEqual(Set((json["per_fold"] as! [[String: Any]])[0].keys), ["model", "fold", "checkpoint", "weights_sha256", "classes"])
-        XCTAssertEqual(Set((json["per_case"] as! [[String: Any]])[0].keys),
-                       ["model", "fold", "case", "class", "dice", "precision", "recall", "assd", "hd95", "s2s2d", "empty",
-                        "distances_are_worst_case", "s2s_is_worst_case", "seconds"])
+        XCTAssertEqual(
+            summary.models[0].evaluation,
+            EvaluationSummary(
+                cases: cases.map {
+                    var c = $0
+                    c.predictionFile = "fold_0/unet#\(c.id)"
+                    c.referenceFile = "s.h5#\(c.id)"
+                    return c
+                },
+                classNames: ["liver", "tumour"], definition: .pooled))
+        XCTAssertEqual(
+            Set((json["per_fold"] as! [[String: Any]])[0].keys),
+            ["model", "fold", "checkpoint", "weights_sha256", "classes"])
+        XCTAssertEqual(
+            Set((json["per_case"] as! [[String: Any]])[0].keys),
+            [
+                "model", "fold", "case", "class", "dice", "precision", "recall", "assd", "hd95", "s2s2d", "empty",
+                "distances_are_worst_case", "s2s_is_worst_case", "seconds",
+            ])
         XCTAssertEqual(try JSONFiles.decode(CrossValidationSummary.self, from: try JSONFiles.data(summary)), summary)
 
         // An older results.json: camelCase keys, no voxel count.
         var old = results[0]
-        old.cases = old.cases.map { var c = $0; c.voxels = nil; return c }
+        old.cases = old.cases.map {
+            var c = $0
+            c.voxels = nil
+            return c
+        }
         let text = String(decoding: try JSONEncoder().encode(old), as: UTF8.self)
         XCTAssertTrue(text.contains("\"weightsSHA256\"") && text.contains("\"distancesAreWorstCase\""))
         let back = try JSONFiles.decode(FoldResults.self, from: text)
         XCTAssertEqual(back, old)
         let summarized = CrossValidationSummary(results: [back], plan: plan, definition: .pooled, store: "s.h5")
         XCTAssertNil(summarized.models[0].evaluation.foregroundMean.tn)
-        let noTN = try JSONSerialization.jsonObject(with: try JSONFiles.data(summarized.models[0].evaluation)) as! [String: Any]
-        XCTAssertEqual(Set((noTN["foreground_mean"] as! [String: Any]).keys), ["Dice", "IoU", "TP", "FP", "FN", "n_pred", "n_ref"])
+        let noTN =
+            try JSONSerialization.jsonObject(with: try JSONFiles.data(summarized.models[0].evaluation))
+            as! [String: Any]
+        XCTAssertEqual(
+            Set((noTN["foreground_mean"] as! [String: Any]).keys), ["Dice", "IoU", "TP", "FP", "FN", "n_pred", "n_ref"])
     }
 
     func testSplitsFinalIsNNUNetsLayoutWithTheTestCasesAsVal() throws {
@@ -163,11 +220,13 @@ final class EvaluatorTests: XCTestCase {
     /// the same configuration today (a restart and a resume go on), and a real difference is named in today's
     /// spelling; a training state written with camelCase keys reads back.
     func testConfigurationsAndStatesWrittenBeforeSnakeCaseStillCompareAndRead() throws {
-        let training = TrainConfig(store: "s.h5", model: ModelConfig(classes: 3, featureScale: 16), syncBN: true,
-                                   trainCases: ["a_0000"], validationCases: ["b"])
-        let cv = CrossValidationConfig(store: "s.h5", storeFingerprint: "f", models: [training.model], folds: 2, inverse: false,
-                                       splitsFile: nil, groupBy: nil, validationFraction: 0.2, distanceDefinition: .maxDirected,
-                                       training: training)
+        let training = TrainConfig(
+            store: "s.h5", model: ModelConfig(classes: 3, featureScale: 16), syncBN: true,
+            trainCases: ["a_0000"], validationCases: ["b"])
+        let cv = CrossValidationConfig(
+            store: "s.h5", storeFingerprint: "f", models: [training.model], folds: 2, inverse: false,
+            splitsFile: nil, groupBy: nil, validationFraction: 0.2, distanceDefinition: .maxDirected,
+            training: training)
         let camel = try JSONEncoder().encode(cv)
         XCTAssertTrue(String(decoding: camel, as: UTF8.self).contains("\"syncBN\":true"))
         XCTAssertNil(try cv.difference(from: camel))
@@ -183,19 +242,26 @@ final class EvaluatorTests: XCTestCase {
         // train --resume: the checkpoint's train_config, with the keys a resume may change ignored.
         let old = try JSONEncoder().encode(training)
         var longer = training
-        longer.epochs += 10; longer.validateEvery = 5
-        XCTAssertNil(try ConfigDifference.first(longer, old: old, ignoring: ["epochs", "validateEvery", "checkpointEvery", "store"]))
+        longer.epochs += 10
+        longer.validateEvery = 5
+        XCTAssertNil(
+            try ConfigDifference.first(
+                longer, old: old, ignoring: ["epochs", "validateEvery", "checkpointEvery", "store"]))
         longer.learningRate = 1
-        XCTAssertEqual(try ConfigDifference.first(longer, old: old, ignoring: ["epochs", "validateEvery", "checkpointEvery", "store"]),
-                       "learning_rate: 1 (was 0.0001)")
+        XCTAssertEqual(
+            try ConfigDifference.first(
+                longer, old: old, ignoring: ["epochs", "validateEvery", "checkpointEvery", "store"]),
+            "learning_rate: 1 (was 0.0001)")
         XCTAssertEqual(try JSONFiles.decode(TrainConfig.self, from: old), training)
 
-        let state = #"{"epoch":3,"stepInEpoch":2,"globalStep":14,"bestDice":0.5,"bestEpoch":1,"worldSize":2,"storeFingerprint":"f"}"#
+        let state =
+            #"{"epoch":3,"stepInEpoch":2,"globalStep":14,"bestDice":0.5,"bestEpoch":1,"worldSize":2,"storeFingerprint":"f"}"#
         let s = try JSONFiles.decode(TrainingState.self, from: state)
         XCTAssertEqual([s.epoch, s.stepInEpoch, s.globalStep, s.bestEpoch, s.worldSize], [3, 2, 14, 1, 2])
         XCTAssertEqual(s.storeFingerprint, "f")
         let written = try JSONFiles.string(s)
-        XCTAssertTrue(written.contains("\"step_in_epoch\":2") && written.contains("\"store_fingerprint\":\"f\""), written)
+        XCTAssertTrue(
+            written.contains("\"step_in_epoch\":2") && written.contains("\"store_fingerprint\":\"f\""), written)
         XCTAssertEqual(try JSONFiles.decode(TrainingState.self, from: written), s)
     }
 }

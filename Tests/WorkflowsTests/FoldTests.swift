@@ -20,7 +20,8 @@ final class FoldTests: XCTestCase {
             XCTAssertTrue(Set(plan.trainingCases(fold: k)).isDisjoint(with: plan.testCases(fold: k)))
             XCTAssertEqual((plan.trainingCases(fold: k) + plan.testCases(fold: k)).sorted(), ids)
         }
-        XCTAssertEqual(try FoldPlan.make(ids: ids.reversed(), folds: 5, seed: 1), plan, "the order of the ids does not matter")
+        XCTAssertEqual(
+            try FoldPlan.make(ids: ids.reversed(), folds: 5, seed: 1), plan, "the order of the ids does not matter")
         XCTAssertNotEqual(try FoldPlan.make(ids: ids, folds: 5, seed: 2), plan, "another seed, other folds")
         // A pinned draw: the split must not change silently between versions (runs stay comparable).
         print("fold 0 of seed 1: \(plan.parts[0])")
@@ -78,9 +79,16 @@ final class FoldTests: XCTestCase {
             edit(&f)
             return f
         }
-        let a = plan.parts[0][0], b = plan.parts[1][0]
+        let a = plan.parts[0][0]
+        let b = plan.parts[1][0]
         let bad: [(String, [[String: [String]]], Int, String)] = [
-            ("overlap", folds { $0[1]["test"]!.append(a); $0[1]["train"]!.removeAll { $0 == a } }, 3, a),
+            (
+                "overlap",
+                folds {
+                    $0[1]["test"]!.append(a)
+                    $0[1]["train"]!.removeAll { $0 == a }
+                }, 3, a
+            ),
             ("missing", folds { $0[0]["test"]!.removeAll { $0 == a } }, 3, a),
             ("unknown", folds { $0[2]["test"]!.append("case_999") }, 3, "case_999"),
             ("train-and-test", folds { $0[1]["train"]!.append(b) }, 3, b),
@@ -100,9 +108,12 @@ final class FoldTests: XCTestCase {
     func testGroupsReadFromJSONOrCSV() throws {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let csv = dir.appendingPathComponent("g.csv").path, json = dir.appendingPathComponent("g.json").path
-        try "case,patient\ncase_000,p1\ncase_001, p1\ncase_002,p2\n".write(toFile: csv, atomically: true, encoding: .utf8)
-        try #"{"case_000": "p1", "case_001": "p1", "case_002": "p2"}"#.write(toFile: json, atomically: true, encoding: .utf8)
+        let csv = dir.appendingPathComponent("g.csv").path
+        let json = dir.appendingPathComponent("g.json").path
+        try "case,patient\ncase_000,p1\ncase_001, p1\ncase_002,p2\n".write(
+            toFile: csv, atomically: true, encoding: .utf8)
+        try #"{"case_000": "p1", "case_001": "p1", "case_002": "p2"}"#.write(
+            toFile: json, atomically: true, encoding: .utf8)
         let expected = ["case_000": "p1", "case_001": "p1", "case_002": "p2"]
         XCTAssertEqual(try FoldPlan.groups(from: csv), expected)
         XCTAssertEqual(try FoldPlan.groups(from: json), expected)

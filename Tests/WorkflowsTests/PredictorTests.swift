@@ -7,8 +7,9 @@ import Support
 import Tensor
 import TestSupport
 import Training
-@testable import Workflows
 import XCTest
+
+@testable import Workflows
 
 /// The Predictor's decisions that no CLI test reaches cheaply: the recipe a trainer records and reads back,
 /// conflicts and legacy checkpoints, the mirror axes test-time augmentation may use, and case naming.
@@ -17,7 +18,8 @@ final class PredictorTests: PhantomRunTestCase {
     /// a saved checkpoint gives it back, and the Predictor uses it unless told otherwise.
     func testRecipeIsRecordedAndResolved() throws {
         let store = try CaseStore(path: try PhantomStore.path())
-        var config = TrainConfig(store: store.path, model: ModelConfig(featureScale: 16), patch: Dim3(z: 16, y: 32, x: 32), batch: 1)
+        var config = TrainConfig(
+            store: store.path, model: ModelConfig(featureScale: 16), patch: Dim3(z: 16, y: 32, x: 32), batch: 1)
         config.augment = .paper
         let paper = try PredictionRecipe(store: store, config: config)
         XCTAssertEqual(paper.spacingMM, store.spacing[0])
@@ -30,10 +32,12 @@ final class PredictorTests: PhantomRunTestCase {
 
         let model = SegmentationModel(config.model, seed: 1)
         let optimizer = Optimizer(.adam, parameterCount: model.params.count, learningRate: 1e-3, weightDecay: 0)
-        let state = TrainingState(epoch: 1, stepInEpoch: 0, globalStep: 1, bestDice: -1, bestEpoch: -1, worldSize: 1,
-                                  storeFingerprint: store.fingerprint)
+        let state = TrainingState(
+            epoch: 1, stepInEpoch: 0, globalStep: 1, bestDice: -1, bestEpoch: -1, worldSize: 1,
+            storeFingerprint: store.fingerprint)
         let path = work.appendingPathComponent("ck.h5").path
-        try TrainingCheckpoint.save(path, model: model, optimizer: optimizer, config: config, state: state, metrics: nil, recipe: paper)
+        try TrainingCheckpoint.save(
+            path, model: model, optimizer: optimizer, config: config, state: state, metrics: nil, recipe: paper)
         XCTAssertEqual(try PredictionRecipe.read(from: try H5File.open(path)), paper)
 
         // As recorded; a conflicting spacing refused unless forced; a pre-blur given equal to the recipe's is fine.
@@ -45,7 +49,10 @@ final class PredictorTests: PhantomRunTestCase {
         settings.spacing = paper.spacingMM / 2
         XCTAssertThrowsError(try Predictor(checkpoints: [path], settings: settings)) { e in
             let m = (e as! AttunetError).message
-            XCTAssertTrue(m.hasPrefix("\(path): --spacing \(fmtShort(paper.spacingMM / 2)) conflicts with the \(fmtShort(paper.spacingMM)) mm"), m)
+            XCTAssertTrue(
+                m.hasPrefix(
+                    "\(path): --spacing \(fmtShort(paper.spacingMM / 2)) conflicts with the \(fmtShort(paper.spacingMM)) mm"
+                ), m)
         }
         settings.force = true
         XCTAssertEqual(try Predictor(checkpoints: [path], settings: settings).recipe.spacingMM, paper.spacingMM / 2)
@@ -62,13 +69,17 @@ final class PredictorTests: PhantomRunTestCase {
         let r = try Predictor(checkpoints: [legacy], settings: plain).recipe
         XCTAssertEqual([r.spacingMM, r.blurSigmaMM], [3, 0.5])
         // Stored cases stand in for a missing recipe: the store's own spacing.
-        XCTAssertEqual(try Predictor(checkpoints: [legacy], settings: PredictionSettings(), store: store).recipe.spacingMM, store.spacing[0])
+        XCTAssertEqual(
+            try Predictor(checkpoints: [legacy], settings: PredictionSettings(), store: store).recipe.spacingMM,
+            store.spacing[0])
         // ... and a recipe at another spacing than the store's is refused.
         var other = paper
         other.spacingMM = store.spacing[0] * 2
         let otherPath = work.appendingPathComponent("other.h5").path
-        try TrainingCheckpoint.save(otherPath, model: model, optimizer: optimizer, config: config, state: state, metrics: nil, recipe: other)
-        XCTAssertThrowsError(try Predictor(checkpoints: [otherPath], settings: PredictionSettings(), store: store)) { e in
+        try TrainingCheckpoint.save(
+            otherPath, model: model, optimizer: optimizer, config: config, state: state, metrics: nil, recipe: other)
+        XCTAssertThrowsError(try Predictor(checkpoints: [otherPath], settings: PredictionSettings(), store: store)) {
+            e in
             XCTAssertTrue((e as! AttunetError).message.hasPrefix("\(store.path): prepared at"), "\(e)")
         }
     }
@@ -83,7 +94,8 @@ final class PredictorTests: PhantomRunTestCase {
         XCTAssertEqual(try Predictor.mirrorAxes(s, trained: ["x"], checkpoint: "ck.h5"), [.x])
         XCTAssertThrowsError(try Predictor.mirrorAxes(s, trained: [], checkpoint: "ck.h5")) { e in
             let m = (e as! AttunetError).message
-            XCTAssertTrue(m.hasPrefix("ck.h5: --tta: the model was trained without mirroring") && m.contains("--tta-axes"), m)
+            XCTAssertTrue(
+                m.hasPrefix("ck.h5: --tta: the model was trained without mirroring") && m.contains("--tta-axes"), m)
         }
         s.tta = false
         s.ttaAxes = [.x, .y, .z]

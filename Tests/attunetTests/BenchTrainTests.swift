@@ -48,12 +48,16 @@ final class BenchTrainTests: XCTestCase {
                 XCTAssertTrue(names.contains(name), "\(name) missing from \(names)")
             }
             let conv = try XCTUnwrap(layers.first { ($0["name"] as? String) == "conv1.conv2.0" })
-            XCTAssertEqual(conv["forward_flop"] as? Double, 2 * 4 * 27 * 4 * Double(2 / ranks * 32 * 32 * 16),
-                           "4 -> 4 channels, 3x3x3, on the rank's patches")
-            let layerSeconds = layers.reduce(0.0) { $0 + ($1["forward_seconds"] as? Double ?? 0) + ($1["backward_seconds"] as? Double ?? 0) }
+            XCTAssertEqual(
+                conv["forward_flop"] as? Double, 2 * 4 * 27 * 4 * Double(2 / ranks * 32 * 32 * 16),
+                "4 -> 4 channels, 3x3x3, on the rank's patches")
+            let layerSeconds = layers.reduce(0.0) {
+                $0 + ($1["forward_seconds"] as? Double ?? 0) + ($1["backward_seconds"] as? Double ?? 0)
+            }
             XCTAssertGreaterThan(layerSeconds, 0)
-            XCTAssertLessThanOrEqual(layerSeconds, 1.01 * (phases["forward"]! + phases["backward"]!) + 1e-3,
-                                     "rank 0's layers cannot take longer than the slowest rank's forward and backward")
+            XCTAssertLessThanOrEqual(
+                layerSeconds, 1.01 * (phases["forward"]! + phases["backward"]!) + 1e-3,
+                "rank 0's layers cannot take longer than the slowest rank's forward and backward")
         }
     }
 

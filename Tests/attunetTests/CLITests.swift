@@ -19,8 +19,10 @@ final class CLITests: XCTestCase {
         let r = try TestEnv.run("ATTUNET_CONV_PATH=fast \(TestEnv.attunet) inspect --model unet --feature-scale 16")
         XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
-        XCTAssertTrue(r.stderr.hasPrefix("error: ATTUNET_CONV_PATH=fast: unknown 3x3x3 convolution path; this CPU runs: auto, direct, gemm"),
-                      r.stderr)
+        XCTAssertTrue(
+            r.stderr.hasPrefix(
+                "error: ATTUNET_CONV_PATH=fast: unknown 3x3x3 convolution path; this CPU runs: auto, direct, gemm"),
+            r.stderr)
         XCTAssertFalse(r.stdout.contains("total trainable parameters"), r.stdout)
         let gemm = try TestEnv.run("ATTUNET_CONV_PATH=gemm \(TestEnv.attunet) inspect --model unet --feature-scale 16")
         XCTAssertEqual(gemm.status, 0, gemm.stderr)
@@ -32,19 +34,29 @@ final class CLITests: XCTestCase {
         let c = try TestEnv.run("\(TestEnv.attunet) inspect --model unet-capacity-matched")
         XCTAssertEqual(c.status, 0, c.stderr)
         XCTAssertTrue(c.stdout.contains("total trainable parameters: 6,444,328"), c.stdout)
-        XCTAssertTrue(c.stdout.contains("feature-scale 3.82 (filters 16,33,67,134,268)") && c.stdout.contains("capacity-matched"), c.stdout)
+        XCTAssertTrue(
+            c.stdout.contains("feature-scale 3.82 (filters 16,33,67,134,268)") && c.stdout.contains("capacity-matched"),
+            c.stdout)
         let b = try TestEnv.run("\(TestEnv.attunet) inspect --model unet-10m --feature-scale 3")
         XCTAssertEqual(b.status, 0, b.stderr)
-        XCTAssertTrue(b.stdout.contains("total trainable parameters: 10,403,190") && b.stdout.contains("feature-scale 3.0 (filters 21,42,85,170,341)"), b.stdout)
-        for command in ["inspect --model unet-10m --feature-scale 16",
-                        "train --store none.h5 --model unet-capacity-matched --feature-scale 8",
-                        "cv --store none.h5 --models unet,unet-capacity-matched --feature-scale 16"] {
+        XCTAssertTrue(
+            b.stdout.contains("total trainable parameters: 10,403,190")
+                && b.stdout.contains("feature-scale 3.0 (filters 21,42,85,170,341)"), b.stdout)
+        for command in [
+            "inspect --model unet-10m --feature-scale 16",
+            "train --store none.h5 --model unet-capacity-matched --feature-scale 8",
+            "cv --store none.h5 --models unet,unet-capacity-matched --feature-scale 16",
+        ] {
             let r = try TestEnv.run("\(TestEnv.attunet) \(command)")
             XCTAssertNotEqual(r.status, 0, command)
-            XCTAssertTrue(r.stderr.contains("conflicts with unet-") && r.stderr.contains("which fixes feature scale"), "\(command): \(r.stderr)")
+            XCTAssertTrue(
+                r.stderr.contains("conflicts with unet-") && r.stderr.contains("which fixes feature scale"),
+                "\(command): \(r.stderr)")
         }
         let unknown = try TestEnv.run("\(TestEnv.attunet) cv --store none.h5 --models unet,vnet")
-        XCTAssertTrue(unknown.stderr.contains("unknown model 'vnet' (attention-unet, unet, unet-capacity-matched, unet-10m)"), unknown.stderr)
+        XCTAssertTrue(
+            unknown.stderr.contains("unknown model 'vnet' (attention-unet, unet, unet-capacity-matched, unet-10m)"),
+            unknown.stderr)
     }
 
     /// `attunet experiment capacity` is `attunet cv` of attention-unet, unet and unet-capacity-matched (and
@@ -54,14 +66,20 @@ final class CLITests: XCTestCase {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
         let store = try TestEnv.phantomStore(in: dir, count: 4, seed: 3, scale: 0.5, spacing: 4)
-        let r = try TestEnv.run("\(TestEnv.attunet) experiment capacity --store \(store) --folds 2 --patch 32x32x16 --epochs 1 --dry-run")
+        let r = try TestEnv.run(
+            "\(TestEnv.attunet) experiment capacity --store \(store) --folds 2 --patch 32x32x16 --epochs 1 --dry-run")
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        for line in ["attention-unet (6,473,322 parameters)", "unet (5,888,004 parameters)", "unet-capacity-matched (6,444,328 parameters)"] {
+        for line in [
+            "attention-unet (6,473,322 parameters)", "unet (5,888,004 parameters)",
+            "unet-capacity-matched (6,444,328 parameters)",
+        ] {
             XCTAssertTrue(r.stdout.contains(line), "missing '\(line)':\n\(r.stdout)")
         }
         XCTAssertFalse(r.stdout.contains("unet-10m"), r.stdout)
-        for (options, message) in [("--models unet", "--models is fixed by experiment capacity"),
-                                   ("--feature-scale 3.82 --with-10m", "conflicts with unet-10m")] {
+        for (options, message) in [
+            ("--models unet", "--models is fixed by experiment capacity"),
+            ("--feature-scale 3.82 --with-10m", "conflicts with unet-10m"),
+        ] {
             let refused = try TestEnv.run("\(TestEnv.attunet) experiment capacity --store \(store) \(options)")
             XCTAssertNotEqual(refused.status, 0, options)
             XCTAssertTrue(refused.stderr.contains(message), "\(options): \(refused.stderr)")
@@ -77,7 +95,8 @@ final class CLITests: XCTestCase {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
         let fixture = TestEnv.root.appendingPathComponent("Tests/Fixtures/model_attention_unet.h5").path
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import h5py, numpy as np
             from safetensors.numpy import save_file
             with h5py.File(r'\(fixture)', 'r') as f:
@@ -89,7 +108,8 @@ final class CLITests: XCTestCase {
         let r = try TestEnv.run("\(TestEnv.attunet) import-weights \(dir.path)/w.safetensors --out \(out)")
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("attention-unet"), r.stdout)
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import h5py, numpy as np
             with h5py.File(r'\(fixture)', 'r') as a, h5py.File(r'\(out)', 'r') as b:
                 assert set(a['state_dict']) == set(b['state_dict'])
@@ -99,7 +119,8 @@ final class CLITests: XCTestCase {
             """)
         let again = try TestEnv.run("\(TestEnv.attunet) import-weights \(dir.path)/w.safetensors --out \(out)")
         XCTAssertNotEqual(again.status, 0, "must not overwrite an existing checkpoint without --force")
-        let bad = try TestEnv.run("\(TestEnv.attunet) import-weights \(dir.path)/broken.safetensors --out \(dir.path)/b.h5")
+        let bad = try TestEnv.run(
+            "\(TestEnv.attunet) import-weights \(dir.path)/broken.safetensors --out \(dir.path)/b.h5")
         XCTAssertNotEqual(bad.status, 0)
         XCTAssertTrue(bad.stderr.contains("broken.safetensors: missing tensor final.bias"), bad.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir.path)/b.h5"))
@@ -115,7 +136,9 @@ final class CLITests: XCTestCase {
     func testHelpPrintsHelpAndExitsZero() throws {
         let r = try TestEnv.run("\(TestEnv.attunet) cv --help")
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        XCTAssertTrue(r.stdout.contains("USAGE: attunet cv") && r.stdout.contains("Protocols") && r.stdout.contains("--stop-after-epochs"), r.stdout)
+        XCTAssertTrue(
+            r.stdout.contains("USAGE: attunet cv") && r.stdout.contains("Protocols")
+                && r.stdout.contains("--stop-after-epochs"), r.stdout)
         XCTAssertTrue(r.stderr.isEmpty, r.stderr)
         let t = try TestEnv.run("\(TestEnv.attunet) train --help")
         XCTAssertEqual(t.status, 0, t.stdout + t.stderr)
@@ -125,22 +148,27 @@ final class CLITests: XCTestCase {
     /// `synth`'s knobs: a bad value is refused before anything is written, naming the option; the knobs
     /// used are recorded in dataset.json, and the voxel order asked for is the one written.
     func testSynthKnobs() throws {
-        for (args, expect) in [("--orientation RAR", "--orientation 'RAR' is not a voxel order"),
-                               ("--organ-scale 0", "--organ-scale must be in [0.25, 2]"),
-                               ("--oblique-degrees 90", "--oblique-degrees must be in [-45, 45]"),
-                               ("--pancreas-hu 9000", "--pancreas-hu must be in [-1000, 1500] HU")] {
+        for (args, expect) in [
+            ("--orientation RAR", "--orientation 'RAR' is not a voxel order"),
+            ("--organ-scale 0", "--organ-scale must be in [0.25, 2]"),
+            ("--oblique-degrees 90", "--oblique-degrees must be in [-45, 45]"),
+            ("--pancreas-hu 9000", "--pancreas-hu must be in [-1000, 1500] HU"),
+        ] {
             let r = try TestEnv.run("\(TestEnv.attunet) synth --out /nonexistent/x \(args)")
             XCTAssertEqual(r.status, 64, args)
             XCTAssertTrue(r.stderr.contains(expect), r.stderr)
         }
         let d = try TestEnv.tempDir().path
-        let r = try TestEnv.run("\(TestEnv.attunet) synth --out \(d)/hard --cases 1 --resolution 0.5 --threads 1 --orientation RAS --organ-scale 0.5 --spleen-hu 115 --liver-hu 110 --pancreas-hu 55 --bowel-hu 45")
+        let r = try TestEnv.run(
+            "\(TestEnv.attunet) synth --out \(d)/hard --cases 1 --resolution 0.5 --threads 1 --orientation RAS --organ-scale 0.5 --spleen-hu 115 --liver-hu 110 --pancreas-hu 55 --bowel-hu 45"
+        )
         XCTAssertEqual(r.status, 0, r.stderr)
-        try TestEnv.python("""
-        import json, nibabel as nib
-        j = json.load(open('\(d)/hard/dataset.json'))
-        assert j['description'] == 'attunet synthetic abdominal CT phantoms (seed 1; orientation RAS, organ scale 0.5, spleen 115.0 HU, pancreas 55.0 HU, liver 110.0 HU, bowel 45.0 HU)', j['description']
-        assert nib.aff2axcodes(nib.load('\(d)/hard/imagesTr/phantom_000.nii.gz').affine) == ('R', 'A', 'S')
-        """)
+        try TestEnv.python(
+            """
+            import json, nibabel as nib
+            j = json.load(open('\(d)/hard/dataset.json'))
+            assert j['description'] == 'attunet synthetic abdominal CT phantoms (seed 1; orientation RAS, organ scale 0.5, spleen 115.0 HU, pancreas 55.0 HU, liver 110.0 HU, bowel 45.0 HU)', j['description']
+            assert nib.aff2axcodes(nib.load('\(d)/hard/imagesTr/phantom_000.nii.gz').affine) == ('R', 'A', 'S')
+            """)
     }
 }

@@ -170,7 +170,8 @@ final class DICOMTests: XCTestCase {
         }
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let dicom = dir.path + "/dicom", ds = dir.path + "/pancreas"
+        let dicom = dir.path + "/dicom"
+        let ds = dir.path + "/pancreas"
         try FileManager.default.createDirectory(atPath: ds + "/imagesTr", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: ds + "/labelsTr", withIntermediateDirectories: true)
         try runPython(Self.writeSeries, [dicom])
@@ -179,12 +180,15 @@ final class DICOMTests: XCTestCase {
         let conv = try TestEnv.run("dcm2niix -z y -b n -f pancreas_001_0000 -o \(ds)/imagesTr \(dicom)")
         XCTAssertEqual(conv.status, 0, conv.stdout + conv.stderr)
         let image = ds + "/imagesTr/pancreas_001_0000.nii.gz"
-        XCTAssertEqual(try FileManager.default.contentsOfDirectory(atPath: ds + "/imagesTr"), ["pancreas_001_0000.nii.gz"],
-                       "one series, one file:\n" + conv.stdout)
+        XCTAssertEqual(
+            try FileManager.default.contentsOfDirectory(atPath: ds + "/imagesTr"), ["pancreas_001_0000.nii.gz"],
+            "one series, one file:\n" + conv.stdout)
         try runPython(Self.writeLabel, [image, ds + "/labelsTr/pancreas_001.nii.gz"])
 
         let store = dir.path + "/pancreas_1mm.h5"
-        let prep = try TestEnv.run("\(TestEnv.attunet) prepare --input \(ds) --out \(store) --spacing 1 --blur-sigma 0 --class-names background,pancreas --threads 1")
+        let prep = try TestEnv.run(
+            "\(TestEnv.attunet) prepare --input \(ds) --out \(store) --spacing 1 --blur-sigma 0 --class-names background,pancreas --threads 1"
+        )
         XCTAssertEqual(prep.status, 0, prep.stdout + prep.stderr)
         try runPython(Self.check, [dicom, image, store, "pancreas_001"])
 
@@ -200,7 +204,9 @@ final class DICOMTests: XCTestCase {
     }
 
     /// Runs a Python script file with arguments (TestEnv.python takes none); fails with its stderr.
-    private func runPython(_ script: String, _ args: [String], file: StaticString = #filePath, line: UInt = #line) throws {
+    private func runPython(_ script: String, _ args: [String], file: StaticString = #filePath, line: UInt = #line)
+        throws
+    {
         let path = NSTemporaryDirectory() + "attunet-dicom-\(UUID().uuidString).py"
         try script.write(toFile: path, atomically: true, encoding: .utf8)
         defer { try? FileManager.default.removeItem(atPath: path) }

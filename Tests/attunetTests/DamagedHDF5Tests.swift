@@ -23,14 +23,19 @@ final class DamagedHDF5Tests: XCTestCase {
                 let file = folder.appendingPathComponent(name).path
                 let start = Date()
                 // A hang input waits for the probe's time limit: 1.5 s here (a crash input refused as a hang would still be one line).
-                let r = try TestEnv.run("ATTUNET_HDF5_PROBE_TIMEOUT=1.5 \(TestEnv.attunet) \(command(file))", timeout: 30)
+                let r = try TestEnv.run(
+                    "ATTUNET_HDF5_PROBE_TIMEOUT=1.5 \(TestEnv.attunet) \(command(file))", timeout: 30)
                 let seconds = Date().timeIntervalSince(start)
                 XCTAssertEqual(r.status, 1, "\(target)/\(name): \(r.stdout)\(r.stderr)")
                 let lines = r.stderr.split(separator: "\n", omittingEmptySubsequences: false).dropLast()
                 XCTAssertEqual(lines.count, 1, "\(target)/\(name): one line, got:\n\(r.stderr)")
-                XCTAssertTrue(r.stderr.hasPrefix("error: \(file): ") && r.stderr.hasSuffix("\n"), "\(target)/\(name): \(r.stderr)")
+                XCTAssertTrue(
+                    r.stderr.hasPrefix("error: \(file): ") && r.stderr.hasSuffix("\n"), "\(target)/\(name): \(r.stderr)"
+                )
                 for noise in ["HDF5-DIAG", "#000", "Crashed", "Backtrace", "💣"] {
-                    XCTAssertFalse(r.stderr.contains(noise) || r.stdout.contains(noise), "\(target)/\(name): library text:\n\(r.stdout)\(r.stderr)")
+                    XCTAssertFalse(
+                        r.stderr.contains(noise) || r.stdout.contains(noise),
+                        "\(target)/\(name): library text:\n\(r.stdout)\(r.stderr)")
                 }
                 XCTAssertLessThan(seconds, 30, "\(target)/\(name)")
                 // Without the probe every input fails: stop at the first, not after each hang's 30 s.

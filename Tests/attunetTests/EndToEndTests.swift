@@ -9,12 +9,14 @@ final class EndToEndTests: XCTestCase {
     func testNNUNetRawDatasetThroughPrepareCVPredictEvaluate() throws {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let d = dir.path, raw = "\(d)/Dataset501_Phantom"
+        let d = dir.path
+        let raw = "\(d)/Dataset501_Phantom"
         // Six phantoms laid out as nnU-Net v2 raw data: images with the _0000 channel suffix, labels without, a
         // v2 dataset.json (channel_names, labels by name); four for training, two for testing.
         let s = try TestEnv.run("\(TestEnv.attunet) synth --cases 6 --resolution 0.5 --threads 2 --out \(d)/ph")
         XCTAssertEqual(s.status, 0, s.stderr)
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import json, os, shutil
             src, raw = r'\(d)/ph', r'\(raw)'
             for sub in ['imagesTr', 'labelsTr', 'imagesTs', 'labelsTs']:
@@ -27,10 +29,13 @@ final class EndToEndTests: XCTestCase {
             json.dump({'channel_names': {'0': 'CT'}, 'labels': {'background': 0, 'spleen': 1, 'pancreas': 2, 'kidney': 3},
                        'numTraining': 4, 'file_ending': '.nii.gz'}, open(f'{raw}/dataset.json', 'w'))
             """)
-        let store = "\(d)/store.h5", run = "\(d)/run"
+        let store = "\(d)/store.h5"
+        let run = "\(d)/run"
         let p = try TestEnv.run("\(TestEnv.attunet) prepare --input \(raw) --out \(store) --spacing 4 --threads 2")
         XCTAssertEqual(p.status, 0, p.stderr)
-        let cv = try TestEnv.run("\(TestEnv.attunet) cv --store \(store) --folds 2 --models attention-unet --feature-scale 16 --patch 32x32x16 --batch 2 --epochs 1 --seed 3 --out \(run)")
+        let cv = try TestEnv.run(
+            "\(TestEnv.attunet) cv --store \(store) --folds 2 --models attention-unet --feature-scale 16 --patch 32x32x16 --batch 2 --epochs 1 --seed 3 --out \(run)"
+        )
         XCTAssertEqual(cv.status, 0, cv.stderr)
 
         // The folds' ensemble on the test images: files named by case id, so evaluate pairs them as they are.
@@ -47,15 +52,20 @@ final class EndToEndTests: XCTestCase {
         XCTAssertTrue(FileManager.default.fileExists(atPath: "\(pred)/evaluation/summary.json"))
 
         // One fold's checkpoint copied elsewhere, with the store moved away, gives the labels it gives in place.
-        let inPlace = try TestEnv.run("\(TestEnv.attunet) predict --cv-dir \(run) --folds 1 --input \(raw)/imagesTs --out \(d)/fold1")
+        let inPlace = try TestEnv.run(
+            "\(TestEnv.attunet) predict --cv-dir \(run) --folds 1 --input \(raw)/imagesTs --out \(d)/fold1")
         XCTAssertEqual(inPlace.status, 0, inPlace.stderr)
         try FileManager.default.createDirectory(atPath: "\(d)/elsewhere", withIntermediateDirectories: true)
-        try FileManager.default.copyItem(atPath: "\(run)/fold_1/attention-unet/checkpoint_best.h5", toPath: "\(d)/elsewhere/model.h5")
+        try FileManager.default.copyItem(
+            atPath: "\(run)/fold_1/attention-unet/checkpoint_best.h5", toPath: "\(d)/elsewhere/model.h5")
         try FileManager.default.moveItem(atPath: store, toPath: "\(d)/store-moved.h5")
-        let copied = try TestEnv.run("\(TestEnv.attunet) predict --checkpoint \(d)/elsewhere/model.h5 --input \(raw)/imagesTs --out \(d)/copied")
+        let copied = try TestEnv.run(
+            "\(TestEnv.attunet) predict --checkpoint \(d)/elsewhere/model.h5 --input \(raw)/imagesTs --out \(d)/copied")
         XCTAssertEqual(copied.status, 0, copied.stderr)
-        XCTAssertTrue(copied.stdout.contains("resampled to 4 mm") && copied.stdout.contains("(checkpoint)"), copied.stdout)
-        try TestEnv.python("""
+        XCTAssertTrue(
+            copied.stdout.contains("resampled to 4 mm") && copied.stdout.contains("(checkpoint)"), copied.stdout)
+        try TestEnv.python(
+            """
             import nibabel as nib, numpy as np
             for c in ['phantom_004', 'phantom_005']:
                 a = nib.load(r'\(d)/fold1/' + c + '.nii.gz'); b = nib.load(r'\(d)/copied/' + c + '.nii.gz')
@@ -65,11 +75,14 @@ final class EndToEndTests: XCTestCase {
             """)
 
         // A second input channel is refused by prepare and predict, naming the file.
-        try FileManager.default.copyItem(atPath: "\(raw)/imagesTs/phantom_004_0000.nii.gz", toPath: "\(raw)/imagesTs/phantom_004_0001.nii.gz")
+        try FileManager.default.copyItem(
+            atPath: "\(raw)/imagesTs/phantom_004_0000.nii.gz", toPath: "\(raw)/imagesTs/phantom_004_0001.nii.gz")
         let two = try TestEnv.run("\(TestEnv.attunet) predict --cv-dir \(run) --input \(raw)/imagesTs --out \(d)/two")
         XCTAssertEqual(two.status, 1)
-        XCTAssertTrue(two.stderr.hasPrefix("error: \(raw)/imagesTs/phantom_004_0001.nii.gz: input channel 1"), two.stderr)
-        try FileManager.default.copyItem(atPath: "\(raw)/imagesTr/phantom_000_0000.nii.gz", toPath: "\(raw)/imagesTr/phantom_000_0001.nii.gz")
+        XCTAssertTrue(
+            two.stderr.hasPrefix("error: \(raw)/imagesTs/phantom_004_0001.nii.gz: input channel 1"), two.stderr)
+        try FileManager.default.copyItem(
+            atPath: "\(raw)/imagesTr/phantom_000_0000.nii.gz", toPath: "\(raw)/imagesTr/phantom_000_0001.nii.gz")
         let prep2 = try TestEnv.run("\(TestEnv.attunet) prepare --input \(raw) --out \(d)/store2.h5 --spacing 4")
         XCTAssertEqual(prep2.status, 1)
         XCTAssertTrue(prep2.stderr.contains("\(raw)/imagesTr/phantom_000_0001.nii.gz: input channel 1"), prep2.stderr)

@@ -13,27 +13,36 @@ final class ExportWeightsTests: XCTestCase {
     func testTrainingCheckpointRoundTripsThroughImportWeights() throws {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let d = dir.path, bin = TestEnv.attunet
-        for command in ["synth --cases 2 --resolution 0.5 --threads 2 --out \(d)/ph",
-                        "prepare --input \(d)/ph --out \(d)/store.h5 --spacing 4 --threads 2",
-                        "train --store \(d)/store.h5 --feature-scale 16 --patch 32x32x16 --batch 1 --epochs 1 --val-cases phantom_001 --out \(d)/run"] {
+        let d = dir.path
+        let bin = TestEnv.attunet
+        for command in [
+            "synth --cases 2 --resolution 0.5 --threads 2 --out \(d)/ph",
+            "prepare --input \(d)/ph --out \(d)/store.h5 --spacing 4 --threads 2",
+            "train --store \(d)/store.h5 --feature-scale 16 --patch 32x32x16 --batch 1 --epochs 1 --val-cases phantom_001 --out \(d)/run",
+        ] {
             let r = try TestEnv.run("\(bin) \(command)", timeout: 600)
             XCTAssertEqual(r.status, 0, "\(command): \(r.stderr)")
         }
-        let ckpt = "\(d)/run/checkpoint_latest.h5", out = "\(d)/model.safetensors"
+        let ckpt = "\(d)/run/checkpoint_latest.h5"
+        let out = "\(d)/model.safetensors"
         let model = try Checkpoint.load(ckpt)
         let r = try TestEnv.run("\(bin) export-weights \(ckpt) --out \(out)")
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertEqual(r.stderr, "")
         let size = try FileManager.default.attributesOfItem(atPath: out)[.size] as! Int
         let lines = r.stdout.split(separator: "\n")
-        XCTAssertEqual(lines.first.map(String.init),
-                       "export-weights: \(ckpt) -> \(out): attention-unet, 236 tensors, 406,446 parameters, \(grouped(size)) bytes")
-        XCTAssertTrue(r.stdout.contains("model = unet_CT_multi_att_dsv_3D(feature_scale=16, n_classes=4, in_channels=1)"), r.stdout)
+        XCTAssertEqual(
+            lines.first.map(String.init),
+            "export-weights: \(ckpt) -> \(out): attention-unet, 236 tensors, 406,446 parameters, \(grouped(size)) bytes"
+        )
+        XCTAssertTrue(
+            r.stdout.contains("model = unet_CT_multi_att_dsv_3D(feature_scale=16, n_classes=4, in_channels=1)"),
+            r.stdout)
         XCTAssertTrue(r.stdout.contains("model.load_state_dict(load_file('\(out)'), strict=True)"), r.stdout)
         XCTAssertEqual(TestEnv.hiddenFiles(dir), [], "no temporary file left")
 
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import json, struct, h5py, numpy as np
             from safetensors import safe_open
             with open(r'\(out)', 'rb') as f:
@@ -71,27 +80,39 @@ final class ExportWeightsTests: XCTestCase {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
         let script = TestEnv.root.appendingPathComponent("Tests/Fixtures/check_checkpoint_in_torch.py").path
-        for config in [ModelConfig(kind: .attentionUNet, inChannels: 2, classes: 3, featureScale: 16),
-                       ModelConfig(kind: .unet, classes: 4, featureScale: 16, alignCorners: true)] {
+        for config in [
+            ModelConfig(kind: .attentionUNet, inChannels: 2, classes: 3, featureScale: 16),
+            ModelConfig(kind: .unet, classes: 4, featureScale: 16, alignCorners: true),
+        ] {
             let m = SegmentationModel(config, seed: 11)
             for e in m.buffers.entries {
                 // num_batches_tracked is an integer counter (int64 on disk); the statistics are arbitrary floats.
-                for i in 0..<e.count { m.buffers.values.data[e.offset + i] = e.name.hasSuffix("num_batches_tracked") ? 9 : 0.5 + Float(i % 7) * 0.1 }
+                for i in 0..<e.count {
+                    m.buffers.values.data[e.offset + i] =
+                        e.name.hasSuffix("num_batches_tracked") ? 9 : 0.5 + Float(i % 7) * 0.1
+                }
             }
             m.training = false
             let x = Tensor([1, config.inChannels, 16, 32, 48])
             for i in 0..<x.count { x.data[i] = sin(Float(i) * 0.37) }
             let logits = try m.forward(x)
             let name = config.kind.rawValue
-            let ckpt = "\(dir.path)/\(name).h5", out = "\(dir.path)/\(name).safetensors", io = "\(dir.path)/io-\(name).safetensors"
+            let ckpt = "\(dir.path)/\(name).h5"
+            let out = "\(dir.path)/\(name).safetensors"
+            let io = "\(dir.path)/io-\(name).safetensors"
             try Checkpoint.save(m, to: ckpt)
-            try SafetensorsFile.write([SafetensorsTensor(name: "input", shape: x.shape, floats: x.array),
-                                       SafetensorsTensor(name: "logits", shape: logits.shape, floats: logits.array)], to: io)
+            try SafetensorsFile.write(
+                [
+                    SafetensorsTensor(name: "input", shape: x.shape, floats: x.array),
+                    SafetensorsTensor(name: "logits", shape: logits.shape, floats: logits.array),
+                ], to: io)
             let e = try TestEnv.run("\(TestEnv.attunet) export-weights \(ckpt) --out \(out)")
             XCTAssertEqual(e.status, 0, e.stderr)
             XCTAssertEqual(e.stdout.contains("align_corners=True"), config.alignCorners, e.stdout)
-            let r = try TestEnv.run("cd \(dir.path) && \(TestEnv.python) \(script) --safetensors \(out) \(io)", timeout: 600)
-            XCTAssertEqual(r.status, 0, "\(name): PyTorch refused the file or its logits differ:\n\(r.stdout)\(r.stderr)")
+            let r = try TestEnv.run(
+                "cd \(dir.path) && \(TestEnv.python) \(script) --safetensors \(out) \(io)", timeout: 600)
+            XCTAssertEqual(
+                r.status, 0, "\(name): PyTorch refused the file or its logits differ:\n\(r.stdout)\(r.stderr)")
             XCTAssertTrue(r.stdout.contains("max |torch - attunet|"), r.stdout)
         }
     }
@@ -102,7 +123,8 @@ final class ExportWeightsTests: XCTestCase {
     func testRefusesWithOneLineAndWritesNothing() throws {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let d = dir.path, bin = TestEnv.attunet
+        let d = dir.path
+        let bin = TestEnv.attunet
         let ckpt = "\(d)/ckpt.h5"
         try Checkpoint.save(SegmentationModel(ModelConfig(kind: .unet, featureScale: 16), seed: 4), to: ckpt)
         try Data("keep".utf8).write(to: URL(fileURLWithPath: "\(d)/taken.safetensors"))
@@ -113,7 +135,9 @@ final class ExportWeightsTests: XCTestCase {
         XCTAssertEqual(try String(contentsOfFile: "\(d)/taken.safetensors", encoding: .utf8), "keep")
         r = try TestEnv.run("\(bin) export-weights \(ckpt) --out \(d)/taken.safetensors --force")
         XCTAssertEqual(r.status, 0, r.stderr)
-        XCTAssertTrue(r.stdout.hasPrefix("export-weights: \(ckpt) -> \(d)/taken.safetensors: unet, 136 tensors, 369,168 parameters"), r.stdout)
+        XCTAssertTrue(
+            r.stdout.hasPrefix(
+                "export-weights: \(ckpt) -> \(d)/taken.safetensors: unet, 136 tensors, 369,168 parameters"), r.stdout)
         XCTAssertNoThrow(try SafetensorsFile("\(d)/taken.safetensors"))
         r = try TestEnv.run("\(bin) export-weights \(ckpt) --out \(ckpt) --force")
         XCTAssertEqual(r.status, 1)
@@ -122,7 +146,10 @@ final class ExportWeightsTests: XCTestCase {
 
         r = try TestEnv.run("\(bin) export-weights \(d)/taken.safetensors --out \(d)/a.safetensors")
         XCTAssertEqual(r.status, 1)
-        XCTAssertEqual(r.stderr, "error: \(d)/taken.safetensors: not an attunet checkpoint (not an HDF5 file) (a safetensors file: attunet import-weights converts it into one)\n")
+        XCTAssertEqual(
+            r.stderr,
+            "error: \(d)/taken.safetensors: not an attunet checkpoint (not an HDF5 file) (a safetensors file: attunet import-weights converts it into one)\n"
+        )
         r = try TestEnv.run("\(bin) export-weights \(d)/none.h5 --out \(d)/a.safetensors")
         XCTAssertEqual(r.status, 1)
         XCTAssertEqual(r.stderr, "error: \(d)/none.h5: no such file\n")
@@ -133,7 +160,8 @@ final class ExportWeightsTests: XCTestCase {
         r = try TestEnv.run("\(bin) export-weights \(rewritten) --out \(d)/a.safetensors")
         XCTAssertEqual(r.status, 1)
         XCTAssertEqual(r.stderr.split(separator: "\n").count, 1, r.stderr)
-        XCTAssertTrue(r.stderr.hasPrefix("error: \(rewritten): SHA-256 mismatch in the weights and BN buffers"), r.stderr)
+        XCTAssertTrue(
+            r.stderr.hasPrefix("error: \(rewritten): SHA-256 mismatch in the weights and BN buffers"), r.stderr)
 
         try TestEnv.flipByte(in: ckpt, dataset: "state_dict/final.weight", at: 2)
         r = try TestEnv.run("\(bin) export-weights \(ckpt) --out \(d)/a.safetensors")
@@ -147,8 +175,11 @@ final class ExportWeightsTests: XCTestCase {
     func testHelp() throws {
         let r = try TestEnv.run("\(TestEnv.attunet) export-weights --help")
         XCTAssertEqual(r.status, 0, r.stderr)
-        for text in ["USAGE: attunet export-weights <checkpoint> --out <out> [--force]", "load_state_dict(load_file('model.safetensors'), strict=True)",
-                     "Exit status:", "  64  bad command line"] {
+        for text in [
+            "USAGE: attunet export-weights <checkpoint> --out <out> [--force]",
+            "load_state_dict(load_file('model.safetensors'), strict=True)",
+            "Exit status:", "  64  bad command line",
+        ] {
             XCTAssertTrue(r.stdout.contains(text), "\(text) missing from:\n\(r.stdout)")
         }
         let top = try TestEnv.run("\(TestEnv.attunet) --help")

@@ -14,7 +14,8 @@ final class HelpTextTests: XCTestCase {
     /// `attunet --help` and every subcommand's, nested ones included (found in the SUBCOMMANDS sections), and
     /// the hidden probe-hdf5.
     func commands() throws -> [[String]] {
-        var found: [[String]] = [], queue: [[String]] = [[]]
+        var found: [[String]] = []
+        var queue: [[String]] = [[]]
         while let command = queue.first {
             queue.removeFirst()
             found.append(command)
@@ -27,7 +28,8 @@ final class HelpTextTests: XCTestCase {
     static func name(_ command: [String]) -> String { (["attunet"] + command).joined(separator: " ") }
 
     func help(_ command: [String], columns: Int) throws -> String {
-        let r = try TestEnv.run("COLUMNS=\(columns) \(TestEnv.attunet) \((command + ["--help"]).joined(separator: " "))")
+        let r = try TestEnv.run(
+            "COLUMNS=\(columns) \(TestEnv.attunet) \((command + ["--help"]).joined(separator: " "))")
         XCTAssertEqual(r.status, 0, "\(Self.name(command)) --help: \(r.stderr)")
         return r.stdout
     }
@@ -38,8 +40,9 @@ final class HelpTextTests: XCTestCase {
         for command in try commands() {
             let ragged = Self.raggedLines(try help(command, columns: Self.width))
             guard !ragged.isEmpty else { continue }
-            failures.append("\(Self.name(command)) --help: \(ragged.count) ragged line(s) at \(Self.width) columns:\n"
-                            + ragged.map { "  | \($0.0)\n  | \($0.1)\n" }.joined(separator: "  ...\n"))
+            failures.append(
+                "\(Self.name(command)) --help: \(ragged.count) ragged line(s) at \(Self.width) columns:\n"
+                    + ragged.map { "  | \($0.0)\n  | \($0.1)\n" }.joined(separator: "  ...\n"))
         }
         XCTAssertTrue(failures.isEmpty, "\n" + failures.joined(separator: "\n"))
     }
@@ -79,7 +82,9 @@ final class HelpTextTests: XCTestCase {
         var failures: [String] = []
         for command in try commands() {
             let plain = try help(command, columns: Self.width)
-            let r = try TestEnv.run("ATTUNET_THREADS=7 COLUMNS=\(Self.width) \(TestEnv.attunet) \((command + ["--help"]).joined(separator: " "))")
+            let r = try TestEnv.run(
+                "ATTUNET_THREADS=7 COLUMNS=\(Self.width) \(TestEnv.attunet) \((command + ["--help"]).joined(separator: " "))"
+            )
             if r.stdout != plain { failures.append("\(Self.name(command)) --help changes with ATTUNET_THREADS") }
             if let long = plain.range(of: #"default: [^)]*[0-9]\.[0-9]{6,}"#, options: .regularExpression) {
                 failures.append("\(Self.name(command)) --help: \(plain[long])")
@@ -138,10 +143,13 @@ final class HelpTextTests: XCTestCase {
                 previous = line
                 if line.hasPrefix("OVERVIEW:") { overview = true } else if line.hasPrefix("USAGE:") { overview = false }
             }
-            let a = previous, b = line
+            let a = previous
+            let b = line
             guard !a.allSatisfy(\.isWhitespace), !b.allSatisfy(\.isWhitespace) else { continue }
             let indent = b.prefix { $0 == " " }.count
-            guard a.prefix(while: { $0 == " " }).count == indent, !a.hasPrefix("USAGE:"), !b.hasPrefix("USAGE:") else { continue }
+            guard a.prefix(while: { $0 == " " }).count == indent, !a.hasPrefix("USAGE:"), !b.hasPrefix("USAGE:") else {
+                continue
+            }
             let text = b.dropFirst(indent)
             if overview {
                 guard indent == 0 else { continue }
@@ -157,9 +165,13 @@ final class HelpTextTests: XCTestCase {
 
     /// The subcommand names of a SUBCOMMANDS section.
     static func subcommands(in help: String) -> [String] {
-        var inSection = false, names: [String] = []
+        var inSection = false
+        var names: [String] = []
         for line in help.split(separator: "\n", omittingEmptySubsequences: false) {
-            if line.isEmpty || (line.hasSuffix(":") && !line.hasPrefix(" ")) { inSection = line == "SUBCOMMANDS:"; continue }
+            if line.isEmpty || (line.hasSuffix(":") && !line.hasPrefix(" ")) {
+                inSection = line == "SUBCOMMANDS:"
+                continue
+            }
             if inSection && line.hasPrefix("  ") && !line.hasPrefix("   ") {
                 if let name = line.split(separator: " ").first { names.append(String(name)) }
             }

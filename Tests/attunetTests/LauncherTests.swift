@@ -20,7 +20,9 @@ final class LauncherTests: XCTestCase {
             """
         try script.write(toFile: fakeBin, atomically: true, encoding: .utf8)
         try FileManager.default.setAttributes([.posixPermissions: 0o755], ofItemAtPath: fakeBin)
-        for (name, flags) in [("avx2", "fpu sse sse2 avx fma avx2 bmi2"), ("avx512", "fpu sse sse2 avx fma avx2 avx512f avx512bw")] {
+        for (name, flags) in [
+            ("avx2", "fpu sse sse2 avx fma avx2 bmi2"), ("avx512", "fpu sse sse2 avx fma avx2 avx512f avx512bw"),
+        ] {
             try "processor\t: 0\nflags\t\t: \(flags)\n\nprocessor\t: 1\nflags\t\t: \(flags)\n"
                 .write(to: dir.appendingPathComponent("cpuinfo-\(name)"), atomically: true, encoding: .utf8)
         }
@@ -44,7 +46,8 @@ final class LauncherTests: XCTestCase {
         return try TestEnv.run("bash \(file.path)", timeout: 120)
     }
 
-    private let report = #"echo "reached CORETYPE=${OPENBLAS_CORETYPE:-unset} ROOT=${OMPI_ALLOW_RUN_AS_ROOT:-unset} ENV=${MPIRUN_ENV[*]}""#
+    private let report =
+        #"echo "reached CORETYPE=${OPENBLAS_CORETYPE:-unset} ROOT=${OMPI_ALLOW_RUN_AS_ROOT:-unset} ENV=${MPIRUN_ENV[*]}""#
 
     func testEnvironmentSourcesCleanlyOnEveryCPUAndUser() throws {
         let avx2 = try bash("source launch/env.sh\n\(report)", cpu: "avx2", uid: 0)
@@ -56,20 +59,24 @@ final class LauncherTests: XCTestCase {
         let avx512 = try bash("source launch/env.sh\n\(report)", cpu: "avx512", uid: 0)
         XCTAssertEqual(avx512.status, 0, avx512.stdout + avx512.stderr)
         XCTAssertTrue(avx512.stdout.contains("OPENBLAS_CORETYPE was unset; set to SkylakeX"), avx512.stdout)
-        XCTAssertTrue(avx512.stdout.contains("reached CORETYPE=SkylakeX ROOT=1 ") && avx512.stdout.contains("-x OPENBLAS_CORETYPE"),
-                      avx512.stdout)
+        XCTAssertTrue(
+            avx512.stdout.contains("reached CORETYPE=SkylakeX ROOT=1 ")
+                && avx512.stdout.contains("-x OPENBLAS_CORETYPE"),
+            avx512.stdout)
 
         // Another user: no permission to run as root is exported or passed to the ranks.
         let user = try bash("source launch/env.sh\n\(report)", cpu: "avx2", uid: 1000)
         XCTAssertEqual(user.status, 0, user.stdout + user.stderr)
-        XCTAssertTrue(user.stdout.contains("reached CORETYPE=unset ROOT=unset ENV=-x OPENBLAS_NUM_THREADS\n"), user.stdout)
+        XCTAssertTrue(
+            user.stdout.contains("reached CORETYPE=unset ROOT=unset ENV=-x OPENBLAS_NUM_THREADS\n"), user.stdout)
 
     }
 
     /// cluster/lib.sh, which every batch script sources, under the same conditions (inside a stand-in job).
     func testClusterLibrarySourcesCleanlyWithoutAVX512() throws {
         for uid in [0, 1000] {
-            let r = try bash("""
+            let r = try bash(
+                """
                 export SLURM_JOB_ID=1 LAUNCHER=mpirun MAX_REQUEUES=0 ATTUNET_ROOT=$PWD SLURM_NTASKS=2
                 MPIRUN_OPTS=()
                 source cluster/lib.sh
@@ -86,8 +93,10 @@ final class LauncherTests: XCTestCase {
     func testMainCommandAndTrainLauncherRunToTheEndWithoutAVX512() throws {
         let main = try bash("bash launch/run-default.sh", cpu: "avx2", uid: Int(getuid()))
         XCTAssertEqual(main.status, 0, "run-default.sh:\n\(main.stdout)\(main.stderr)")
-        for step in ["== 1/4 doctor", "stand-in attunet doctor CORETYPE=unset", "== 4/4 cv", "stand-in attunet cv",
-                     "run-default: done in"] {
+        for step in [
+            "== 1/4 doctor", "stand-in attunet doctor CORETYPE=unset", "== 4/4 cv", "stand-in attunet cv",
+            "run-default: done in",
+        ] {
             XCTAssertTrue(main.stdout.contains(step), "missing '\(step)':\n\(main.stdout)\(main.stderr)")
         }
         let train = try bash("bash launch/train.sh -n 1 --store x.h5", cpu: "avx2", uid: Int(getuid()))

@@ -10,7 +10,14 @@ import XCTest
 /// against a single-process run, metrics against `CaseMetrics.evaluate` called here.
 final class PredictEvaluateTests: XCTestCase {
     /// Two small phantoms and untrained checkpoints (feature scale 16): A and B with 4 classes, C with 3.
-    struct Fixture { var dir: URL; var images: String; var labels: String; var a: String; var b: String; var c: String }
+    struct Fixture {
+        var dir: URL
+        var images: String
+        var labels: String
+        var a: String
+        var b: String
+        var c: String
+    }
 
     func makeFixture() throws -> Fixture {
         let dir = try TestEnv.tempDir()
@@ -19,11 +26,13 @@ final class PredictEvaluateTests: XCTestCase {
         var paths: [String] = []
         for (name, classes, seed) in [("A", 4, UInt64(1)), ("B", 4, 2), ("C", 3, 3)] {
             let path = "\(dir.path)/\(name).h5"
-            try Checkpoint.save(SegmentationModel(ModelConfig(classes: classes, featureScale: 16), seed: seed), to: path)
+            try Checkpoint.save(
+                SegmentationModel(ModelConfig(classes: classes, featureScale: 16), seed: seed), to: path)
             paths.append(path)
         }
-        return Fixture(dir: dir, images: "\(dir.path)/ph/imagesTr", labels: "\(dir.path)/ph/labelsTr",
-                       a: paths[0], b: paths[1], c: paths[2])
+        return Fixture(
+            dir: dir, images: "\(dir.path)/ph/imagesTr", labels: "\(dir.path)/ph/labelsTr",
+            a: paths[0], b: paths[1], c: paths[2])
     }
 
     /// The fixture's checkpoints are weights-only (no prediction recipe): the spacing and pre-blur are given.
@@ -33,10 +42,13 @@ final class PredictEvaluateTests: XCTestCase {
         let f = try makeFixture()
         defer { try? FileManager.default.removeItem(at: f.dir) }
         let out = "\(f.dir.path)/pred"
-        let r = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) \(Self.tile) --out \(out) --save-probabilities --save-attention")
+        let r = try TestEnv.run(
+            "\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) \(Self.tile) --out \(out) --save-probabilities --save-attention"
+        )
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("phantom_000") && r.stdout.contains("peak RSS"), r.stdout)
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import nibabel as nib, numpy as np, os, glob
             imgs = sorted(glob.glob(r'\(f.images)/*.nii.gz'))
             assert len(imgs) == 2
@@ -66,18 +78,23 @@ final class PredictEvaluateTests: XCTestCase {
                     assert head[:8] == b'\\x89PNG\\r\\n\\x1a\\n' and head[12:16] == b'IHDR', png
             """)
         // An ensemble of two checkpoints.
-        let e = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images)/phantom_000.nii.gz --checkpoint \(f.a) --checkpoint \(f.b) \(Self.tile) --out \(f.dir.path)/ens")
+        let e = try TestEnv.run(
+            "\(TestEnv.attunet) predict --input \(f.images)/phantom_000.nii.gz --checkpoint \(f.a) --checkpoint \(f.b) \(Self.tile) --out \(f.dir.path)/ens"
+        )
         XCTAssertEqual(e.status, 0, e.stderr)
         XCTAssertTrue(e.stdout.contains("an ensemble of 2 checkpoints"), e.stdout)
         XCTAssertTrue(FileManager.default.fileExists(atPath: "\(f.dir.path)/ens/phantom_000.nii.gz"))
         // A mismatched ensemble: one error line naming the file.
-        let m = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) --checkpoint \(f.c) \(Self.tile) --out \(f.dir.path)/bad")
+        let m = try TestEnv.run(
+            "\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) --checkpoint \(f.c) \(Self.tile) --out \(f.dir.path)/bad"
+        )
         XCTAssertNotEqual(m.status, 0)
         let lines = m.stderr.split(separator: "\n")
         XCTAssertEqual(lines.count, 1, m.stderr)
         XCTAssertTrue(m.stderr.hasPrefix("error: \(f.c):") && m.stderr.contains("3 classes"), m.stderr)
         // An existing output without --force.
-        let again = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) \(Self.tile) --out \(out)")
+        let again = try TestEnv.run(
+            "\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) \(Self.tile) --out \(out)")
         XCTAssertNotEqual(again.status, 0)
         XCTAssertTrue(again.stderr.contains("\(out)/phantom_000.nii.gz exists: pass --force"), again.stderr)
     }
@@ -88,16 +105,22 @@ final class PredictEvaluateTests: XCTestCase {
         let f = try makeFixture()
         defer { try? FileManager.default.removeItem(at: f.dir) }
         let store = "\(f.dir.path)/s.h5"
-        let p = try TestEnv.run("\(TestEnv.attunet) prepare --input \(f.dir.path)/ph --out \(store) --spacing 4 --threads 2")
+        let p = try TestEnv.run(
+            "\(TestEnv.attunet) prepare --input \(f.dir.path)/ph --out \(store) --spacing 4 --threads 2")
         XCTAssertEqual(p.status, 0, p.stderr)
-        let one = try TestEnv.run("\(TestEnv.attunet) predict --store \(store) --checkpoint \(f.a) --patch 32x32x16 --out \(f.dir.path)/p1")
+        let one = try TestEnv.run(
+            "\(TestEnv.attunet) predict --store \(store) --checkpoint \(f.a) --patch 32x32x16 --out \(f.dir.path)/p1")
         XCTAssertEqual(one.status, 0, one.stderr)
-        let two = try TestEnv.run("mpirun -np 2 --bind-to none --oversubscribe \(TestEnv.attunet) predict --store \(store) --checkpoint \(f.a) --patch 32x32x16 --out \(f.dir.path)/p2")
+        let two = try TestEnv.run(
+            "mpirun -np 2 --bind-to none --oversubscribe \(TestEnv.attunet) predict --store \(store) --checkpoint \(f.a) --patch 32x32x16 --out \(f.dir.path)/p2"
+        )
         XCTAssertEqual(two.status, 0, two.stderr)
         XCTAssertTrue(two.stdout.contains("on 2 rank(s)") && two.stdout.contains("rank 1"), two.stdout)
-        let files = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) \(Self.tile) --out \(f.dir.path)/p3")
+        let files = try TestEnv.run(
+            "\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) \(Self.tile) --out \(f.dir.path)/p3")
         XCTAssertEqual(files.status, 0, files.stderr)
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import nibabel as nib, numpy as np
             for c in ['phantom_000', 'phantom_001']:
                 a = nib.load(r'\(f.dir.path)/p1/' + c + '.nii.gz'); b = nib.load(r'\(f.dir.path)/p2/' + c + '.nii.gz')
@@ -109,32 +132,52 @@ final class PredictEvaluateTests: XCTestCase {
                 assert np.array_equal(np.asarray(a.dataobj), np.asarray(f.dataobj)), c + ': the NIfTI input differs from its store case'
             """)
         // A weights-only checkpoint (no recipe) is refused for NIfTI inputs without the spacing and pre-blur.
-        let legacy = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) --spacing 4 --out \(f.dir.path)/p5")
+        let legacy = try TestEnv.run(
+            "\(TestEnv.attunet) predict --input \(f.images) --checkpoint \(f.a) --spacing 4 --out \(f.dir.path)/p5")
         XCTAssertEqual(legacy.status, 1)
         XCTAssertEqual(legacy.stderr.split(separator: "\n").count, 1, legacy.stderr)
-        XCTAssertTrue(legacy.stderr.hasPrefix("error: \(f.a): records no prediction recipe") && legacy.stderr.contains("--spacing MM --blur-sigma MM"), legacy.stderr)
+        XCTAssertTrue(
+            legacy.stderr.hasPrefix("error: \(f.a): records no prediction recipe")
+                && legacy.stderr.contains("--spacing MM --blur-sigma MM"), legacy.stderr)
         // A checkpoint from `attunet train` records its recipe: no --patch or --spacing needed.
-        let t = try TestEnv.run("\(TestEnv.attunet) train --store \(store) --feature-scale 16 --patch 32x32x16 --batch 1 --epochs 1 --val-cases phantom_001 --out \(f.dir.path)/run")
+        let t = try TestEnv.run(
+            "\(TestEnv.attunet) train --store \(store) --feature-scale 16 --patch 32x32x16 --batch 1 --epochs 1 --val-cases phantom_001 --out \(f.dir.path)/run"
+        )
         XCTAssertEqual(t.status, 0, t.stderr)
-        let d = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(f.dir.path)/run/checkpoint_latest.h5 --out \(f.dir.path)/p4")
+        let d = try TestEnv.run(
+            "\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(f.dir.path)/run/checkpoint_latest.h5 --out \(f.dir.path)/p4"
+        )
         XCTAssertEqual(d.status, 0, d.stderr)
-        XCTAssertTrue(d.stdout.contains("tiles 32x32x16") && d.stdout.contains("resampled to 4 mm, pre-blur 0.5 mm (checkpoint)"), d.stdout)
+        XCTAssertTrue(
+            d.stdout.contains("tiles 32x32x16") && d.stdout.contains("resampled to 4 mm, pre-blur 0.5 mm (checkpoint)"),
+            d.stdout)
         // The wrong-spacing case: an explicit --spacing that conflicts with the recipe is refused, naming both.
-        let wrong = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(f.dir.path)/run/checkpoint_latest.h5 --spacing 2 --out \(f.dir.path)/p6")
+        let wrong = try TestEnv.run(
+            "\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(f.dir.path)/run/checkpoint_latest.h5 --spacing 2 --out \(f.dir.path)/p6"
+        )
         XCTAssertEqual(wrong.status, 1)
-        XCTAssertTrue(wrong.stderr.contains("--spacing 2 conflicts with the 4 mm the model was trained with"), wrong.stderr)
+        XCTAssertTrue(
+            wrong.stderr.contains("--spacing 2 conflicts with the 4 mm the model was trained with"), wrong.stderr)
         XCTAssertFalse(FileManager.default.fileExists(atPath: "\(f.dir.path)/p6/phantom_001.nii.gz"))
-        let forced = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(f.dir.path)/run/checkpoint_latest.h5 --spacing 2 --force --out \(f.dir.path)/p6")
+        let forced = try TestEnv.run(
+            "\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(f.dir.path)/run/checkpoint_latest.h5 --spacing 2 --force --out \(f.dir.path)/p6"
+        )
         XCTAssertEqual(forced.status, 0, forced.stderr)
-        XCTAssertTrue(forced.stdout.contains("resampled to 2 mm") && forced.stdout.contains("--spacing with --force"), forced.stdout)
+        XCTAssertTrue(
+            forced.stdout.contains("resampled to 2 mm") && forced.stdout.contains("--spacing with --force"),
+            forced.stdout)
         // A copy of the checkpoint in another folder, its training store gone from view, predicts the same labels.
         let elsewhere = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: elsewhere) }
-        try FileManager.default.copyItem(atPath: "\(f.dir.path)/run/checkpoint_latest.h5", toPath: elsewhere.path + "/ck.h5")
+        try FileManager.default.copyItem(
+            atPath: "\(f.dir.path)/run/checkpoint_latest.h5", toPath: elsewhere.path + "/ck.h5")
         try FileManager.default.moveItem(atPath: store, toPath: store + ".moved")
-        let copied = try TestEnv.run("\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(elsewhere.path)/ck.h5 --out \(f.dir.path)/p7")
+        let copied = try TestEnv.run(
+            "\(TestEnv.attunet) predict --input \(f.images)/phantom_001.nii.gz --checkpoint \(elsewhere.path)/ck.h5 --out \(f.dir.path)/p7"
+        )
         XCTAssertEqual(copied.status, 0, copied.stderr)
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import nibabel as nib, numpy as np
             a = np.asarray(nib.load(r'\(f.dir.path)/p4/phantom_001.nii.gz').dataobj)
             b = np.asarray(nib.load(r'\(f.dir.path)/p7/phantom_001.nii.gz').dataobj)
@@ -151,26 +194,32 @@ final class PredictEvaluateTests: XCTestCase {
     static func labelMap(dx: Int, drop2: Bool = false) -> [UInt8] {
         var v = [UInt8](repeating: 0, count: dim.count)
         for z in 3..<12 { for y in 4..<18 { for x in 5..<14 { v[(z * dim.y + y) * dim.x + x + dx] = 1 } } }
-        if !drop2 { for z in 5..<10 { for y in 6..<12 { for x in 18..<25 { v[(z * dim.y + y) * dim.x + x + dx] = 2 } } } }
+        if !drop2 {
+            for z in 5..<10 { for y in 6..<12 { for x in 18..<25 { v[(z * dim.y + y) * dim.x + x + dx] = 2 } } }
+        }
         return v
     }
 
     static func write(_ v: [UInt8], _ path: String, affine: [Double] = affine) throws {
-        try NIfTIVolume(nx: dim.x, ny: dim.y, nz: dim.z, affine: affine, voxels: v.map(Float.init)).write(path, as: .uint8)
+        try NIfTIVolume(nx: dim.x, ny: dim.y, nz: dim.z, affine: affine, voxels: v.map(Float.init)).write(
+            path, as: .uint8)
     }
 
     func testEvaluateKnownAnswersSummariesAndRefusals() throws {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let ref = "\(dir.path)/ref", pred = "\(dir.path)/pred"
+        let ref = "\(dir.path)/ref"
+        let pred = "\(dir.path)/pred"
         for d in [ref, pred] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
         let reference = Self.labelMap(dx: 0)
-        let shifted = Self.labelMap(dx: 2), dropped = Self.labelMap(dx: 1, drop2: true)
+        let shifted = Self.labelMap(dx: 2)
+        let dropped = Self.labelMap(dx: 1, drop2: true)
         for c in ["a", "b", "c"] { try Self.write(reference, "\(ref)/\(c).nii.gz") }
         try Self.write(reference, "\(pred)/a.nii.gz")
         try Self.write(shifted, "\(pred)/b.nii.gz")
         try Self.write(dropped, "\(pred)/c.nii.gz")
-        let r = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref) --class-names background,spleen,kidney")
+        let r = try TestEnv.run(
+            "\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref) --class-names background,spleen,kidney")
         XCTAssertEqual(r.status, 0, r.stderr)
         XCTAssertTrue(r.stdout.contains("| spleen |") && r.stdout.contains("pooled"), r.stdout)
         let out = "\(pred)/evaluation"
@@ -178,32 +227,41 @@ final class PredictEvaluateTests: XCTestCase {
             XCTAssertTrue(FileManager.default.fileExists(atPath: "\(out)/\(f)"), f)
         }
         // metrics.csv against CaseMetrics.evaluate in this process.
-        let csv = try String(contentsOfFile: "\(out)/metrics.csv", encoding: .utf8).split(separator: "\n").map { $0.split(separator: ",").map(String.init) }
+        let csv = try String(contentsOfFile: "\(out)/metrics.csv", encoding: .utf8).split(separator: "\n").map {
+            $0.split(separator: ",").map(String.init)
+        }
         let header = csv[0]
         func value(_ row: [String], _ col: String) -> Double { Double(row[header.firstIndex(of: col)!])! }
-        let sp = try NIfTIVolume.read("\(ref)/a.nii.gz").spacing   // the float32 affine's column norms
+        let sp = try NIfTIVolume.read("\(ref)/a.nii.gz").spacing  // the float32 affine's column norms
         let spacing = VoxelSpacing(x: sp.x, y: sp.y, z: sp.z)
         var expected: [[ClassMetrics]] = []
         for (i, (name, p)) in [("a", reference), ("b", shifted), ("c", dropped)].enumerated() {
-            let m = CaseMetrics.evaluate(prediction: p, reference: reference, dim: Self.dim, spacing: spacing, classes: 3)
+            let m = CaseMetrics.evaluate(
+                prediction: p, reference: reference, dim: Self.dim, spacing: spacing, classes: 3)
             expected.append(m)
             for c in 0..<2 {
                 let row = csv[1 + i * 2 + c]
-                XCTAssertEqual(row[0], name); XCTAssertEqual(row[2], String(c + 1))
-                for (col, x) in [("dice", m[c].dice), ("precision", m[c].precision), ("recall", m[c].recall),
-                                 ("assd_mm", m[c].assd), ("hd95_mm", m[c].hd95), ("s2s_mm", m[c].s2s2d)] {
+                XCTAssertEqual(row[0], name)
+                XCTAssertEqual(row[2], String(c + 1))
+                for (col, x) in [
+                    ("dice", m[c].dice), ("precision", m[c].precision), ("recall", m[c].recall),
+                    ("assd_mm", m[c].assd), ("hd95_mm", m[c].hd95), ("s2s_mm", m[c].s2s2d),
+                ] {
                     XCTAssertEqual(value(row, col), x, accuracy: 1e-5 * max(1, abs(x)), "\(name) class \(c + 1) \(col)")
                 }
             }
         }
         // The reference itself: Dice 1, distances 0; the shifted copy: a known overlap (shift 2 of 9 and 7 voxels).
         XCTAssertEqual(value(csv[1], "dice"), 1, accuracy: 1e-6)
-        XCTAssertEqual(value(csv[1], "assd_mm"), 0); XCTAssertEqual(value(csv[1], "hd95_mm"), 0)
+        XCTAssertEqual(value(csv[1], "assd_mm"), 0)
+        XCTAssertEqual(value(csv[1], "hd95_mm"), 0)
         XCTAssertEqual(value(csv[3], "dice"), 7.0 / 9.0, accuracy: 1e-6)
         XCTAssertEqual(value(csv[4], "dice"), 5.0 / 7.0, accuracy: 1e-6)
         XCTAssertEqual(csv[6][header.firstIndex(of: "empty")!], "prediction")
         // summary.json: the summaries of the same results, with the worst-case count and the definition.
-        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(out)/summary.json"))) as! [String: Any]
+        let json =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(out)/summary.json")))
+            as! [String: Any]
         XCTAssertEqual(json["distance_definition"] as? String, "pooled")
         let classes = json["classes"] as! [[String: Any]]
         let summaries = ClassSummary.summarize(expected)
@@ -224,29 +282,36 @@ final class PredictEvaluateTests: XCTestCase {
         for c in 0..<2 {
             XCTAssertEqual(mean[String(c + 1)]!["Dice"] as! Double, summaries[c].metrics[.dice]!.mean, accuracy: 1e-12)
         }
-        XCTAssertEqual((json["foreground_mean"] as! [String: Any])["Dice"] as! Double,
-                       (summaries[0].metrics[.dice]!.mean + summaries[1].metrics[.dice]!.mean) / 2, accuracy: 1e-12)
+        XCTAssertEqual(
+            (json["foreground_mean"] as! [String: Any])["Dice"] as! Double,
+            (summaries[0].metrics[.dice]!.mean + summaries[1].metrics[.dice]!.mean) / 2, accuracy: 1e-12)
         let perCase = json["metric_per_case"] as! [[String: Any]]
         XCTAssertEqual(perCase.map { $0["reference_file"] as! String }, ["a", "b", "c"].map { "\(ref)/\($0).nii.gz" })
-        XCTAssertEqual(perCase.map { $0["prediction_file"] as! String }, ["a", "b", "c"].map { "\(pred)/\($0).nii.gz" })
+        XCTAssertEqual(
+            perCase.map { $0["prediction_file"] as! String }, ["a", "b", "c"].map { "\(pred)/\($0).nii.gz" })
         let check = TestEnv.root.appendingPathComponent("Tests/Fixtures/check_summary_json.py").path
         let py = try TestEnv.run("\(TestEnv.python) \(check) evaluate \(out)/summary.json 1,2")
         XCTAssertEqual(py.status, 0, py.stdout + py.stderr)
         XCTAssertTrue(try String(contentsOfFile: "\(out)/summary.md", encoding: .utf8).contains("[1 worst]"))
 
         // max-directed differs from pooled on the shifted case and is named.
-        let md = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref) --distance-definition max-directed --out \(dir.path)/md")
+        let md = try TestEnv.run(
+            "\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref) --distance-definition max-directed --out \(dir.path)/md"
+        )
         XCTAssertEqual(md.status, 0, md.stderr)
         let mdJSON = try String(contentsOfFile: "\(dir.path)/md/summary.json", encoding: .utf8)
         XCTAssertTrue(mdJSON.contains("\"max-directed\""), mdJSON)
 
         // Geometry mismatch: one line naming the file.
-        var moved = Self.affine; moved[3] += 3
+        var moved = Self.affine
+        moved[3] += 3
         try Self.write(reference, "\(pred)/b.nii.gz", affine: moved)
         let g = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref)")
         XCTAssertNotEqual(g.status, 0)
         XCTAssertEqual(g.stderr.split(separator: "\n").count, 1, g.stderr)
-        XCTAssertTrue(g.stderr.hasPrefix("error: \(pred)/b.nii.gz: geometry differs from the reference \(ref)/b.nii.gz"), g.stderr)
+        XCTAssertTrue(
+            g.stderr.hasPrefix("error: \(pred)/b.nii.gz: geometry differs from the reference \(ref)/b.nii.gz"), g.stderr
+        )
         // A missing prediction, and an extra one.
         try FileManager.default.removeItem(atPath: "\(pred)/b.nii.gz")
         let miss = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref)")
@@ -265,9 +330,11 @@ final class PredictEvaluateTests: XCTestCase {
     func testEvaluatePairsByCaseIDAsPrepareDoes() throws {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
-        let ref = "\(dir.path)/labelsTs", pred = "\(dir.path)/out"
+        let ref = "\(dir.path)/labelsTs"
+        let pred = "\(dir.path)/out"
         for d in [ref, pred] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
-        let reference = Self.labelMap(dx: 0), shifted = Self.labelMap(dx: 2)
+        let reference = Self.labelMap(dx: 0)
+        let shifted = Self.labelMap(dx: 2)
         for c in ["liver_7", "case_0001", "pan"] { try Self.write(reference, "\(ref)/\(c).nii.gz") }
         try Self.write(shifted, "\(pred)/liver_7_0000.nii.gz")
         try Self.write(reference, "\(pred)/case_0001.nii.gz")
@@ -276,11 +343,14 @@ final class PredictEvaluateTests: XCTestCase {
         let r = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref)")
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertTrue(r.stdout.contains("evaluate: 3 case(s)"), r.stdout)
-        let json = try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(pred)/evaluation/summary.json"))) as! [String: Any]
+        let json =
+            try JSONSerialization.jsonObject(
+                with: Data(contentsOf: URL(fileURLWithPath: "\(pred)/evaluation/summary.json"))) as! [String: Any]
         let perCase = json["metric_per_case"] as! [[String: Any]]
         XCTAssertEqual(perCase.map { $0["case_id"] as! String }, ["case_0001", "liver_7", "pan"])
-        XCTAssertEqual(perCase.map { $0["prediction_file"] as! String },
-                       ["\(pred)/case_0001.nii.gz", "\(pred)/liver_7_0000.nii.gz", "\(pred)/pan.nii"])
+        XCTAssertEqual(
+            perCase.map { $0["prediction_file"] as! String },
+            ["\(pred)/case_0001.nii.gz", "\(pred)/liver_7_0000.nii.gz", "\(pred)/pan.nii"])
         let dice = perCase.map { (($0["metrics"] as! [String: [String: Any]])["1"]!["Dice"] as! NSNumber).doubleValue }
         XCTAssertEqual(dice[0], 1, accuracy: 1e-6)
         XCTAssertEqual(dice[1], 7.0 / 9.0, accuracy: 1e-6, "the shifted prediction paired with liver_7")
@@ -291,7 +361,9 @@ final class PredictEvaluateTests: XCTestCase {
         try Self.write(reference, "\(pred)/liver_7.nii.gz")
         let twice = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref)")
         XCTAssertEqual(twice.status, 1, twice.stdout + twice.stderr)
-        XCTAssertEqual(twice.stderr, "error: \(pred)/liver_7_0000.nii.gz: a second prediction of case liver_7 (\(pred)/liver_7.nii.gz)\n")
+        XCTAssertEqual(
+            twice.stderr,
+            "error: \(pred)/liver_7_0000.nii.gz: a second prediction of case liver_7 (\(pred)/liver_7.nii.gz)\n")
     }
 
     func testHelpDocumentsEmptyMaskRules() throws {
@@ -299,8 +371,9 @@ final class PredictEvaluateTests: XCTestCase {
             let h = try TestEnv.run("\(TestEnv.attunet) \(command)")
             XCTAssertEqual(h.status, 0, h.stderr)
             let flat = h.stdout.split(whereSeparator: \.isWhitespace).joined(separator: " ")
-            XCTAssertTrue(flat.contains("When both are empty") && flat.contains("the prediction is empty")
-                          && flat.contains("worst case"), h.stdout)
+            XCTAssertTrue(
+                flat.contains("When both are empty") && flat.contains("the prediction is empty")
+                    && flat.contains("worst case"), h.stdout)
         }
         let p = try TestEnv.run("\(TestEnv.attunet) predict --help")
         XCTAssertEqual(p.status, 0, p.stderr)

@@ -9,10 +9,12 @@ final class TensorBoardTests: XCTestCase {
         let dir = try TestEnv.tempDir()
         defer { try? FileManager.default.removeItem(at: dir) }
         let d = dir.path
-        XCTAssertEqual(try TestEnv.run("\(TestEnv.attunet) synth --cases 2 --resolution 0.5 --threads 2 --out \(d)/ph").status, 0)
+        XCTAssertEqual(
+            try TestEnv.run("\(TestEnv.attunet) synth --cases 2 --resolution 0.5 --threads 2 --out \(d)/ph").status, 0)
         let p = try TestEnv.run("\(TestEnv.attunet) prepare --input \(d)/ph --out \(d)/s.h5 --spacing 4 --threads 2")
         XCTAssertEqual(p.status, 0, p.stderr)
-        let train = "\(TestEnv.attunet) train --store \(d)/s.h5 --feature-scale 16 --patch 32x32x16 --batch 1 --epochs 3 --val-cases phantom_001 --out \(d)/run"
+        let train =
+            "\(TestEnv.attunet) train --store \(d)/s.h5 --feature-scale 16 --patch 32x32x16 --batch 1 --epochs 3 --val-cases phantom_001 --out \(d)/run"
         // Two epochs, a copy of that checkpoint, the third epoch; then the third again from the copy.
         let first = try TestEnv.run(train + " --stop-after-epochs 2")
         XCTAssertEqual(first.status, 75, first.stderr)
@@ -21,9 +23,12 @@ final class TensorBoardTests: XCTestCase {
         XCTAssertEqual(rest.status, 0, rest.stderr)
         let again = try TestEnv.run(train + " --resume-from \(d)/epoch2.h5")
         XCTAssertEqual(again.status, 0, again.stderr)
-        let files = try FileManager.default.contentsOfDirectory(atPath: "\(d)/run/tensorboard").filter { $0.hasPrefix("events.out.tfevents.") }
+        let files = try FileManager.default.contentsOfDirectory(atPath: "\(d)/run/tensorboard").filter {
+            $0.hasPrefix("events.out.tfevents.")
+        }
         XCTAssertEqual(files.count, 3, "one event file per process: \(files)")
-        try TestEnv.python("""
+        try TestEnv.python(
+            """
             import csv
             from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
             ea = EventAccumulator(r'\(d)/run/tensorboard', size_guidance={'scalars': 0})

@@ -59,11 +59,14 @@ public final class CaseStore: @unchecked Sendable {
         let root = file.root
         let format = (try? root.stringAttribute("format")) ?? ""
         guard format == CaseStoreFormat.name else {
-            throw AttunetError("\(path): not an attunet case store (format attribute '\(format)'); make one with attunet prepare")
+            throw AttunetError(
+                "\(path): not an attunet case store (format attribute '\(format)'); make one with attunet prepare")
         }
         let version = try root.intAttribute("format_version")
         guard version <= CaseStoreFormat.version else {
-            throw AttunetError("\(path): case store format version \(version) is newer than this attunet reads (\(CaseStoreFormat.version))")
+            throw AttunetError(
+                "\(path): case store format version \(version) is newer than this attunet reads (\(CaseStoreFormat.version))"
+            )
         }
         let names = try root.stringAttribute("class_names")
         classNames = (try? JSONSerialization.jsonObject(with: Data(names.utf8)) as? [String]) ?? []
@@ -75,12 +78,16 @@ public final class CaseStore: @unchecked Sendable {
         try Self.expect(spacing, 3, "spacing_mm", at: "/", in: path)
         try Self.expect(foregroundIntensity, 5, "foreground_intensity", at: "/", in: path)
         let group = try root.group("cases")
-        var infos: [CaseInfo] = [], imgs: [H5Dataset] = [], labs: [H5Dataset] = []
+        var infos: [CaseInfo] = []
+        var imgs: [H5Dataset] = []
+        var labs: [H5Dataset] = []
         for id in try group.members().sorted() {
             let g = try group.group(id)
-            let img = try g.dataset("image"), lab = try g.dataset("label")
+            let img = try g.dataset("image")
+            let lab = try g.dataset("label")
             guard img.shape.count == 3, img.shape == lab.shape else {
-                throw AttunetError("\(path): /cases/\(id) image \(img.shape) and label \(lab.shape) shapes differ or are not 3D")
+                throw AttunetError(
+                    "\(path): /cases/\(id) image \(img.shape) and label \(lab.shape) shapes differ or are not 3D")
             }
             var fg: [Int32] = []
             if g.exists("foreground") {
@@ -93,39 +100,50 @@ public final class CaseStore: @unchecked Sendable {
                 guard g.hasAttribute(name) else { return nil }
                 let v = try read(name)
                 guard v.count == count else {
-                    throw AttunetError("\(path): /cases/\(id) attribute \(name) has \(v.count) values, expected \(count)")
+                    throw AttunetError(
+                        "\(path): /cases/\(id) attribute \(name) has \(v.count) values, expected \(count)")
                 }
                 return v
             }
             let originalShape = try optional("original_shape", 3, g.intsAttribute).map {
-                Dim3(z: Int($0[2]), y: Int($0[1]), x: Int($0[0]))   // stored x, y, z
+                Dim3(z: Int($0[2]), y: Int($0[1]), x: Int($0[0]))  // stored x, y, z
             }
             guard fg.count % 4 == 0 else {
-                throw AttunetError("\(path): /cases/\(id)/foreground has \(fg.count) values, not rows of 4 (class, z, y, x)", kind: .corrupt)
+                throw AttunetError(
+                    "\(path): /cases/\(id)/foreground has \(fg.count) values, not rows of 4 (class, z, y, x)",
+                    kind: .corrupt)
             }
-            let caseSpacing = try g.doublesAttribute("spacing_mm"), affine = try g.doublesAttribute("affine")
+            let caseSpacing = try g.doublesAttribute("spacing_mm")
+            let affine = try g.doublesAttribute("affine")
             let stats = try g.doublesAttribute("intensity_stats")
-            for (values, count, name) in [(caseSpacing, 3, "spacing_mm"), (affine, 16, "affine"), (stats, 4, "intensity_stats")] {
+            for (values, count, name) in [
+                (caseSpacing, 3, "spacing_mm"), (affine, 16, "affine"), (stats, 4, "intensity_stats"),
+            ] {
                 try Self.expect(values, count, name, at: "/cases/\(id)", in: path)
             }
-            infos.append(CaseInfo(
-                id: id, shape: Dim3(z: img.shape[0], y: img.shape[1], x: img.shape[2]),
-                spacing: caseSpacing, affine: affine,
-                stats: stats, classVoxels: try g.intsAttribute("class_voxels"),
-                foreground: fg, source: (try? g.stringAttribute("source")) ?? "",
-                originalShape: originalShape,
-                originalSpacing: try optional("original_spacing_mm", 3, g.doublesAttribute),
-                originalAffine: try optional("original_affine", 16, g.doublesAttribute)))
-            imgs.append(img); labs.append(lab)
+            infos.append(
+                CaseInfo(
+                    id: id, shape: Dim3(z: img.shape[0], y: img.shape[1], x: img.shape[2]),
+                    spacing: caseSpacing, affine: affine,
+                    stats: stats, classVoxels: try g.intsAttribute("class_voxels"),
+                    foreground: fg, source: (try? g.stringAttribute("source")) ?? "",
+                    originalShape: originalShape,
+                    originalSpacing: try optional("original_spacing_mm", 3, g.doublesAttribute),
+                    originalAffine: try optional("original_affine", 16, g.doublesAttribute)))
+            imgs.append(img)
+            labs.append(lab)
         }
         guard !infos.isEmpty else { throw AttunetError("\(path): the store has no cases") }
-        cases = infos; images = imgs; labels = labs
+        cases = infos
+        images = imgs
+        labels = labs
     }
 
     /// Refuses a numeric attribute of a damaged or foreign store that does not hold `count` values.
     static func expect(_ values: [Double], _ count: Int, _ name: String, at object: String, in path: String) throws {
         guard values.count == count else {
-            throw AttunetError("\(path): \(object) attribute \(name) has \(values.count) values, expected \(count)", kind: .corrupt)
+            throw AttunetError(
+                "\(path): \(object) attribute \(name) has \(values.count) values, expected \(count)", kind: .corrupt)
         }
     }
 
@@ -143,16 +161,21 @@ public final class CaseStore: @unchecked Sendable {
 
     /// Reads the box `start ..< start + size` (voxels, z/y/x; may extend past the volume on any side) of case
     /// `c` into `image` (and `label` when given), padding with the volume's minimum (label 0) outside.
-    public func readBox(_ c: Int, start: (z: Int, y: Int, x: Int), size: Dim3,
-                        image: UnsafeMutablePointer<Float>, label: UnsafeMutablePointer<UInt8>?) throws {
+    public func readBox(
+        _ c: Int, start: (z: Int, y: Int, x: Int), size: Dim3,
+        image: UnsafeMutablePointer<Float>, label: UnsafeMutablePointer<UInt8>?
+    ) throws {
         let s = cases[c].shape
         let lo = [max(0, start.z), max(0, start.y), max(0, start.x)]
         let hi = [min(s.z, start.z + size.z), min(s.y, start.y + size.y), min(s.x, start.x + size.x)]
         let inside = zip(lo, hi).allSatisfy { $0 < $1 }
-        let full = inside && lo == [start.z, start.y, start.x] && hi == [start.z + size.z, start.y + size.y, start.x + size.x]
+        let full =
+            inside && lo == [start.z, start.y, start.x] && hi == [start.z + size.z, start.y + size.y, start.x + size.x]
         if full {
             try images[c].readHyperslab(start: lo, count: [size.z, size.y, size.x], into: image, as: .float32)
-            if let label { try labels[c].readHyperslab(start: lo, count: [size.z, size.y, size.x], into: label, as: .uint8) }
+            if let label {
+                try labels[c].readHyperslab(start: lo, count: [size.z, size.y, size.x], into: label, as: .uint8)
+            }
             return
         }
         image.update(repeating: cases[c].minimum, count: size.count)
@@ -160,18 +183,24 @@ public final class CaseStore: @unchecked Sendable {
         guard inside else { return }
         let cnt = [hi[0] - lo[0], hi[1] - lo[1], hi[2] - lo[2]]
         var tmp = [Float](repeating: 0, count: cnt[0] * cnt[1] * cnt[2])
-        try tmp.withUnsafeMutableBytes { try images[c].readHyperslab(start: lo, count: cnt, into: $0.baseAddress!, as: .float32) }
+        try tmp.withUnsafeMutableBytes {
+            try images[c].readHyperslab(start: lo, count: cnt, into: $0.baseAddress!, as: .float32)
+        }
         var ltmp = [UInt8]()
         if label != nil {
             ltmp = [UInt8](repeating: 0, count: tmp.count)
-            try ltmp.withUnsafeMutableBytes { try labels[c].readHyperslab(start: lo, count: cnt, into: $0.baseAddress!, as: .uint8) }
+            try ltmp.withUnsafeMutableBytes {
+                try labels[c].readHyperslab(start: lo, count: cnt, into: $0.baseAddress!, as: .uint8)
+            }
         }
         for z in 0..<cnt[0] {
             for y in 0..<cnt[1] {
                 let dst = ((lo[0] - start.z + z) * size.y + (lo[1] - start.y + y)) * size.x + (lo[2] - start.x)
                 let src = (z * cnt[1] + y) * cnt[2]
                 tmp.withUnsafeBufferPointer { (image + dst).update(from: $0.baseAddress! + src, count: cnt[2]) }
-                if let label { ltmp.withUnsafeBufferPointer { (label + dst).update(from: $0.baseAddress! + src, count: cnt[2]) } }
+                if let label {
+                    ltmp.withUnsafeBufferPointer { (label + dst).update(from: $0.baseAddress! + src, count: cnt[2]) }
+                }
             }
         }
     }
@@ -203,10 +232,14 @@ public enum IntensityNormalization: Sendable, Equatable {
         switch self {
         case .none: return
         case .zscore:
-            let m = Float(stats[2]), inv = Float(1 / max(stats[3], 1e-6))
+            let m = Float(stats[2])
+            let inv = Float(1 / max(stats[3], 1e-6))
             for i in 0..<count { p[i] = (p[i] - m) * inv }
-        case let .ctWindow(lo, hi, mean, std):
-            let l = Float(lo), h = Float(hi), m = Float(mean), inv = Float(1 / max(std, 1e-6))
+        case .ctWindow(let lo, let hi, let mean, let std):
+            let l = Float(lo)
+            let h = Float(hi)
+            let m = Float(mean)
+            let inv = Float(1 / max(std, 1e-6))
             for i in 0..<count { p[i] = (min(max(p[i], l), h) - m) * inv }
         }
     }

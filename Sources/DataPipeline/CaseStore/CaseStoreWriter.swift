@@ -75,10 +75,17 @@ enum CaseStoreWriter {
         let ids = acc.written.sorted()
         let fg = ids.flatMap { acc.samples[$0]! }.sorted()
         let fmean = fg.isEmpty ? 0 : fg.reduce(0.0) { $0 + Double($1) } / Double(fg.count)
-        let fstd = fg.isEmpty ? 0 : (fg.reduce(0.0) { $0 + (Double($1) - fmean) * (Double($1) - fmean) } / Double(fg.count)).squareRoot()
-        let fp: [String: Double] = ["p0_5": percentile(fg, 0.5), "p50": percentile(fg, 50), "p99_5": percentile(fg, 99.5),
-                                    "mean": fmean, "std": fstd]
-        func median(_ v: [Double]) -> Double { let s = v.sorted(); return s.isEmpty ? 0 : s[s.count / 2] }
+        let fstd =
+            fg.isEmpty
+            ? 0 : (fg.reduce(0.0) { $0 + (Double($1) - fmean) * (Double($1) - fmean) } / Double(fg.count)).squareRoot()
+        let fp: [String: Double] = [
+            "p0_5": percentile(fg, 0.5), "p50": percentile(fg, 50), "p99_5": percentile(fg, 99.5),
+            "mean": fmean, "std": fstd,
+        ]
+        func median(_ v: [Double]) -> Double {
+            let s = v.sorted()
+            return s.isEmpty ? 0 : s[s.count / 2]
+        }
         let fingerprint: [String: Any] = [
             "num_cases": ids.count,
             "original_spacing_median_mm": (0..<3).map { a in median(ids.map { acc.spacings[$0]![a] }) },
@@ -89,12 +96,17 @@ enum CaseStoreWriter {
         let root = file.root
         try root.setAttribute("format", CaseStoreFormat.name)
         try root.setAttribute("format_version", CaseStoreFormat.version)
-        try root.setAttribute("class_names", String(decoding: try JSONSerialization.data(withJSONObject: o.classNames), as: UTF8.self))
+        try root.setAttribute(
+            "class_names", String(decoding: try JSONSerialization.data(withJSONObject: o.classNames), as: UTF8.self))
         try root.setAttribute("modality", o.modality)
         try root.setAttribute("spacing_mm", [o.spacing, o.spacing, o.spacing])
         try root.setAttribute("blur_sigma_mm", o.blurSigma)
         try root.setAttribute("num_cases", ids.count)
-        try root.setAttribute("fingerprint", String(decoding: try JSONSerialization.data(withJSONObject: fingerprint, options: [.sortedKeys]), as: UTF8.self))
+        try root.setAttribute(
+            "fingerprint",
+            String(
+                decoding: try JSONSerialization.data(withJSONObject: fingerprint, options: [.sortedKeys]), as: UTF8.self
+            ))
         try root.setAttribute("foreground_intensity", [fp["p0_5"]!, fp["p50"]!, fp["p99_5"]!, fp["mean"]!, fp["std"]!])
         if let m = o.labelMap {
             try root.setAttribute("label_map", m.keys.sorted().map { "\($0):\(m[$0]!)" }.joined(separator: ","))
@@ -107,7 +119,8 @@ enum CaseStoreWriter {
     static func percentile(_ sorted: [Float], _ q: Double) -> Double {
         guard !sorted.isEmpty else { return 0 }
         let pos = q / 100 * Double(sorted.count - 1)
-        let i = Int(pos.rounded(.down)), f = pos - Double(i)
+        let i = Int(pos.rounded(.down))
+        let f = pos - Double(i)
         return Double(sorted[i]) + f * (Double(sorted[min(i + 1, sorted.count - 1)]) - Double(sorted[i]))
     }
 }

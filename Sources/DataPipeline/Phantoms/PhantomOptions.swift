@@ -15,12 +15,17 @@ public struct AxisCodes: Sendable, Equatable, CustomStringConvertible {
     /// Parses three codes (case-insensitive); the error says what is wrong.
     public init(_ text: String) throws {
         let codes = Array(text.uppercased())
-        let table: [Character: (Int, Int)] = ["R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1)]
+        let table: [Character: (Int, Int)] = [
+            "R": (0, 1), "L": (0, -1), "A": (1, 1), "P": (1, -1), "S": (2, 1), "I": (2, -1),
+        ]
         let parsed = codes.compactMap { table[$0] }
         guard codes.count == 3, parsed.count == 3, Set(parsed.map(\.0)).count == 3 else {
-            throw AttunetError("'\(text)' is not a voxel order: expected three axis codes, one each of R/L, A/P and S/I, in any order (e.g. RAS, LPS, LAS, RPI, SAR)")
+            throw AttunetError(
+                "'\(text)' is not a voxel order: expected three axis codes, one each of R/L, A/P and S/I, in any order (e.g. RAS, LPS, LAS, RPI, SAR)"
+            )
         }
-        worldAxis = parsed.map(\.0); sign = parsed.map(\.1)
+        worldAxis = parsed.map(\.0)
+        sign = parsed.map(\.1)
     }
 
     public var description: String {
@@ -91,16 +96,20 @@ public struct PhantomOptions: Sendable, Equatable {
     public var problems: [String] {
         var p: [String] = []
         if !(organScale.isFinite && Self.organScaleRange.contains(organScale)) {
-            p.append("--organ-scale must be in [0.25, 2] (a linear size factor; 0.5 halves the organs), got \(organScale)")
+            p.append(
+                "--organ-scale must be in [0.25, 2] (a linear size factor; 0.5 halves the organs), got \(organScale)")
         }
         if !(obliqueDegrees.isFinite && abs(obliqueDegrees) <= 45) {
-            p.append("--oblique-degrees must be in [-45, 45] (a rotation about the superior axis), got \(obliqueDegrees)")
+            p.append(
+                "--oblique-degrees must be in [-45, 45] (a rotation about the superior axis), got \(obliqueDegrees)")
         }
         for (name, v) in huLevels where !(v.isFinite && Self.huRange.contains(v)) {
             p.append("--\(name)-hu must be in [-1000, 1500] HU, got \(v)")
         }
         for (name, v) in [("in-plane-spacing", inPlaneSpacing), ("slice-thickness", sliceThickness)] {
-            if let v, !(v.isFinite && Self.spacingRange.contains(v)) { p.append("--\(name) must be in [0.3, 6] mm, got \(v)") }
+            if let v, !(v.isFinite && Self.spacingRange.contains(v)) {
+                p.append("--\(name) must be in [0.3, 6] mm, got \(v)")
+            }
         }
         if let v = noiseHU, !(v.isFinite && Self.noiseRange.contains(v)) {
             p.append("--noise-hu must be in [0, 200] HU (a standard deviation), got \(v)")
@@ -137,18 +146,22 @@ extension PhantomCase {
     /// world position and value. For a case as `Phantom.generate` makes it (LPS, or LPS rotated about z by
     /// at most 45°: voxel axes i, j, k closest to L, P, S).
     func reoriented(to o: AxisCodes) -> PhantomCase {
-        let old = [dim.x, dim.y, dim.z], oldStride = [1, dim.x, dim.x * dim.y]
+        let old = [dim.x, dim.y, dim.z]
+        let oldStride = [1, dim.x, dim.x * dim.y]
         let oldSpacing = [spacing.x, spacing.y, spacing.z]
-        var src = [0, 0, 0], flip = [false, false, false]
+        var src = [0, 0, 0]
+        var flip = [false, false, false]
         for n in 0..<3 {
             src[n] = o.worldAxis[n]
             flip[n] = o.sign[n] != AxisCodes.lps.sign[src[n]]
         }
         let nd = src.map { old[$0] }
-        var aff = affine, base = 0
+        var aff = affine
+        var base = 0
         var stride = [0, 0, 0]
         for n in 0..<3 {
-            let m = src[n], f = flip[n] ? -1.0 : 1.0
+            let m = src[n]
+            let f = flip[n] ? -1.0 : 1.0
             for r in 0..<3 { aff[r * 4 + n] = affine[r * 4 + m] * f }
             stride[n] = oldStride[m] * (flip[n] ? -1 : 1)
             if flip[n] {
@@ -157,15 +170,22 @@ extension PhantomCase {
             }
         }
         let newDim = Dim3(z: nd[2], y: nd[1], x: nd[0])
-        var img = [Float](repeating: 0, count: image.count), lab = [UInt8](repeating: 0, count: label.count)
+        var img = [Float](repeating: 0, count: image.count)
+        var lab = [UInt8](repeating: 0, count: label.count)
         var t = 0
         for c in 0..<nd[2] {
             for b in 0..<nd[1] {
                 var s = base + b * stride[1] + c * stride[2]
-                for _ in 0..<nd[0] { img[t] = image[s]; lab[t] = label[s]; t += 1; s += stride[0] }
+                for _ in 0..<nd[0] {
+                    img[t] = image[s]
+                    lab[t] = label[s]
+                    t += 1
+                    s += stride[0]
+                }
             }
         }
-        return PhantomCase(dim: newDim, spacing: (oldSpacing[src[0]], oldSpacing[src[1]], oldSpacing[src[2]]),
-                           affine: aff, image: img, label: lab)
+        return PhantomCase(
+            dim: newDim, spacing: (oldSpacing[src[0]], oldSpacing[src[1]], oldSpacing[src[2]]),
+            affine: aff, image: img, label: lab)
     }
 }

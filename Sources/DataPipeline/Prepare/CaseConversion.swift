@@ -32,8 +32,8 @@ public struct PreparedCase: Sendable {
     public var storeFloat: Bool
     public var spacing: (x: Double, y: Double, z: Double)
     public var affine: [Double]
-    public var originalShape: [Int]     // x, y, z
-    public var originalSpacing: [Double] // x, y, z
+    public var originalShape: [Int]  // x, y, z
+    public var originalSpacing: [Double]  // x, y, z
     public var originalAffine: [Double]
     public var sourceImage: String, sourceLabel: String
     /// min, max, mean, std of the whole stored image.
@@ -65,21 +65,31 @@ public enum CasePreparer {
         guard let labelPath = c.label else {
             throw AttunetError("\(c.image): no label file for this image")
         }
-        let img: NIfTIVolume, lab: NIfTIVolume
-        do { img = try NIfTIVolume.read(c.image) } catch { throw problem(c.image, AttunetError.message(of: error, strippingPath: c.image)) }
-        do { lab = try NIfTIVolume.read(labelPath) } catch { throw problem(labelPath, AttunetError.message(of: error, strippingPath: labelPath)) }
+        let img: NIfTIVolume
+        let lab: NIfTIVolume
+        do { img = try NIfTIVolume.read(c.image) } catch {
+            throw problem(c.image, AttunetError.message(of: error, strippingPath: c.image))
+        }
+        do { lab = try NIfTIVolume.read(labelPath) } catch {
+            throw problem(labelPath, AttunetError.message(of: error, strippingPath: labelPath))
+        }
         let dims = [img.nx, img.ny, img.nz]
         if img.voxels.isEmpty { throw problem(c.image, "empty volume (no voxels)") }
         if [lab.nx, lab.ny, lab.nz] != dims {
-            throw problem(labelPath, "label shape \(lab.nx)x\(lab.ny)x\(lab.nz) differs from image shape \(img.nx)x\(img.ny)x\(img.nz)")
+            throw problem(
+                labelPath,
+                "label shape \(lab.nx)x\(lab.ny)x\(lab.nz) differs from image shape \(img.nx)x\(img.ny)x\(img.nz)")
         }
         let sp = img.spacing
         if ![sp.x, sp.y, sp.z].allSatisfy({ $0.isFinite && $0 > 1e-6 }) {
             throw problem(c.image, "invalid voxel spacing \(fmt(sp.x)) x \(fmt(sp.y)) x \(fmt(sp.z)) mm")
         }
         if let (r, col) = NIfTIVolume.affineMismatch(img.affine, lab.affine) {
-            let a = img.affine[r * 4 + col], b = lab.affine[r * 4 + col]
-            throw problem(labelPath, "label geometry differs from the image (affine row \(r) column \(col): \(fmt(b)) vs \(fmt(a)))")
+            let a = img.affine[r * 4 + col]
+            let b = lab.affine[r * 4 + col]
+            throw problem(
+                labelPath,
+                "label geometry differs from the image (affine row \(r) column \(col): \(fmt(b)) vs \(fmt(a)))")
         }
         try checkImage(img, path: c.image, modality: o.modality)
         // Labels: integers, remapped, within the declared classes.
@@ -92,7 +102,10 @@ public enum CasePreparer {
             }
             var k = Int(v)
             if let m = o.labelMap { k = m[k] ?? 0 }
-            if k < 0 || k >= nClasses { counts[k, default: 0] += 1; continue }
+            if k < 0 || k >= nClasses {
+                counts[k, default: 0] += 1
+                continue
+            }
             labels[i] = UInt8(k)
         }
         if !counts.isEmpty {
@@ -103,9 +116,12 @@ public enum CasePreparer {
             throw problem(labelPath, "empty label (no foreground voxels)")
         }
         // Resample: the image as prediction resamples it, the label by nearest neighbour on the same grid.
-        let prepared = try prepareImage(img, path: c.image, spacing: o.spacing, blurSigma: o.blurSigma, modality: o.modality,
-                                        storeFloat: o.storeFloat)
-        let image = prepared.image, grid = prepared.grid, storeFloat = prepared.storeFloat
+        let prepared = try prepareImage(
+            img, path: c.image, spacing: o.spacing, blurSigma: o.blurSigma, modality: o.modality,
+            storeFloat: o.storeFloat)
+        let image = prepared.image
+        let grid = prepared.grid
+        let storeFloat = prepared.storeFloat
         let label = grid.isIdentity ? labels : Resample.resampleNearest(labels, grid: grid, fill: 0)
         // Class counts, foreground sample and locations.
         var classVoxels = [Int64](repeating: 0, count: nClasses)
@@ -139,14 +155,22 @@ public enum CasePreparer {
     /// name `path`.
     public static func checkImage(_ img: NIfTIVolume, path: String, modality: String) throws {
         var bad = 0
-        var lo = Float.infinity, hi = -Float.infinity
+        var lo = Float.infinity
+        var hi = -Float.infinity
         for v in img.voxels {
-            if !v.isFinite { bad += 1; continue }
-            lo = min(lo, v); hi = max(hi, v)
+            if !v.isFinite {
+                bad += 1
+                continue
+            }
+            lo = min(lo, v)
+            hi = max(hi, v)
         }
         if bad > 0 { throw problem(path, "\(bad) NaN or infinite voxel(s)") }
         if modality.uppercased() == "CT" && (lo < -Float(ctLimit) || hi > Float(ctLimit)) {
-            throw problem(path, "intensities \(fmt(Double(lo))) to \(fmt(Double(hi))) after the header's scaling (scl_slope, scl_inter) are not CT Hounsfield units (expected within ±\(fmt(ctLimit))); check the header's scaling, or name the modality in dataset.json if this is not CT")
+            throw problem(
+                path,
+                "intensities \(fmt(Double(lo))) to \(fmt(Double(hi))) after the header's scaling (scl_slope, scl_inter) are not CT Hounsfield units (expected within ±\(fmt(ctLimit))); check the header's scaling, or name the modality in dataset.json if this is not CT"
+            )
         }
         if !(hi - lo > 1e-6) { throw problem(path, "empty volume (every voxel is \(fmt(Double(lo))))") }
     }
@@ -155,8 +179,10 @@ public enum CasePreparer {
     /// a Gaussian pre-blur of `blurSigma` mm when the spacing changes, trilinear resampling to the isotropic
     /// `spacing`, rounding when the values are kept as integers (`storeFloat` nil: when every source voxel is
     /// an integer in the int16 range), and the statistics of the result.
-    public static func prepareImage(_ img: NIfTIVolume, path: String, spacing target: Double, blurSigma: Double,
-                                    modality: String, storeFloat: Bool? = nil) throws -> PreparedImage {
+    public static func prepareImage(
+        _ img: NIfTIVolume, path: String, spacing target: Double, blurSigma: Double,
+        modality: String, storeFloat: Bool? = nil
+    ) throws -> PreparedImage {
         if img.voxels.isEmpty { throw problem(path, "empty volume (no voxels)") }
         let sp = img.spacing
         if ![sp.x, sp.y, sp.z].allSatisfy({ $0.isFinite && $0 > 1e-6 }) {
@@ -164,9 +190,12 @@ public enum CasePreparer {
         }
         guard target.isFinite && target > 0 else { throw problem(path, "target spacing \(target) mm is not positive") }
         try checkImage(img, path: path, modality: modality)
-        var lo = Float.infinity, hi = -Float.infinity, integral = true
+        var lo = Float.infinity
+        var hi = -Float.infinity
+        var integral = true
         for v in img.voxels {
-            lo = min(lo, v); hi = max(hi, v)
+            lo = min(lo, v)
+            hi = max(hi, v)
             if integral && v != v.rounded() { integral = false }
         }
         let dim = Dim3(z: img.nz, y: img.ny, x: img.nx)
@@ -180,11 +209,21 @@ public enum CasePreparer {
         }
         let keepFloat = storeFloat ?? !(integral && lo >= -32768 && hi <= 32767)
         if !keepFloat { for i in image.indices { image[i] = image[i].rounded() } }
-        var sum = 0.0, sum2 = 0.0, mn = Float.infinity, mx = -Float.infinity
-        for v in image { sum += Double(v); sum2 += Double(v) * Double(v); mn = min(mn, v); mx = max(mx, v) }
-        let n = Double(image.count), mean = sum / n
+        var sum = 0.0
+        var sum2 = 0.0
+        var mn = Float.infinity
+        var mx = -Float.infinity
+        for v in image {
+            sum += Double(v)
+            sum2 += Double(v) * Double(v)
+            mn = min(mn, v)
+            mx = max(mx, v)
+        }
+        let n = Double(image.count)
+        let mean = sum / n
         let std = max(sum2 / n - mean * mean, 0).squareRoot()
-        return PreparedImage(image: image, grid: grid, storeFloat: keepFloat, stats: [Double(mn), Double(mx), mean, std])
+        return PreparedImage(
+            image: image, grid: grid, storeFloat: keepFloat, stats: [Double(mn), Double(mx), mean, std])
     }
 
     /// The largest magnitude a CT voxel may have after scaling, in HU: air is -1000 and dense metal a few

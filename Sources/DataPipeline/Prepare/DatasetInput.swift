@@ -6,7 +6,11 @@ public struct CaseFiles: Sendable, Equatable {
     public var id: String
     public var image: String
     public var label: String?
-    public init(id: String, image: String, label: String?) { self.id = id; self.image = image; self.label = label }
+    public init(id: String, image: String, label: String?) {
+        self.id = id
+        self.image = image
+        self.label = label
+    }
 }
 
 /// A bad input of one case, reported as one line naming the file: "<file>: <problem>".
@@ -14,7 +18,10 @@ public struct CaseProblem: CustomStringConvertible, Sendable {
     public var caseID: String
     /// "<file>: <problem>".
     public var message: String
-    public init(caseID: String, message: String) { self.caseID = caseID; self.message = message }
+    public init(caseID: String, message: String) {
+        self.caseID = caseID
+        self.message = message
+    }
     public var description: String { message }
 }
 
@@ -62,7 +69,9 @@ public struct DatasetInput: Sendable {
     public static func checkSingleChannel(_ path: String) throws {
         let name = (path as NSString).lastPathComponent
         if let c = channel(fileName: name), c > 0 {
-            throw AttunetError("\(path): input channel \(c) (nnU-Net's _\(String(format: "%04d", c)) suffix); attunet's models take one channel (CT, _0000), and multi-channel input is not supported; if the digits belong to the case name, add the channel suffix (\((name as NSString).deletingPathExtension.replacingOccurrences(of: ".nii", with: ""))_0000.nii.gz)")
+            throw AttunetError(
+                "\(path): input channel \(c) (nnU-Net's _\(String(format: "%04d", c)) suffix); attunet's models take one channel (CT, _0000), and multi-channel input is not supported; if the digits belong to the case name, add the channel suffix (\((name as NSString).deletingPathExtension.replacingOccurrences(of: ".nii", with: ""))_0000.nii.gz)"
+            )
         }
     }
 
@@ -74,25 +83,31 @@ public struct DatasetInput: Sendable {
         guard fm.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
             throw AttunetError("\(dir): no such folder")
         }
-        var classNames: [String]? = nil, modality: String? = nil
+        var classNames: [String]? = nil
+        var modality: String? = nil
         var listed: [CaseFiles]? = nil
         let jsonPath = dir + "/dataset.json"
         if fm.fileExists(atPath: jsonPath) {
             guard let data = fm.contents(atPath: jsonPath),
-                  let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any] else {
+                let obj = try? JSONSerialization.jsonObject(with: data) as? [String: Any]
+            else {
                 throw AttunetError("\(jsonPath): not valid JSON")
             }
             classNames = parseLabels(obj["labels"])
             for key in ["modality", "channel_names"] {
                 guard let m = obj[key] as? [String: Any] else { continue }
                 if m.count > 1 {
-                    throw AttunetError("\(jsonPath): \(m.count) input channels in \"\(key)\" (\(m.keys.sorted().map { "\($0): \(m[$0]!)" }.joined(separator: ", "))); attunet's models take one channel, and multi-channel input is not supported")
+                    throw AttunetError(
+                        "\(jsonPath): \(m.count) input channels in \"\(key)\" (\(m.keys.sorted().map { "\($0): \(m[$0]!)" }.joined(separator: ", "))); attunet's models take one channel, and multi-channel input is not supported"
+                    )
                 }
                 modality = m["0"] as? String
             }
             if let training = obj["training"] as? [[String: Any]], !training.isEmpty {
                 listed = try training.map { entry in
-                    guard let img = entry["image"] as? String else { throw AttunetError("\(jsonPath): a training entry has no \"image\"") }
+                    guard let img = entry["image"] as? String else {
+                        throw AttunetError("\(jsonPath): a training entry has no \"image\"")
+                    }
                     let path = resolve(dir, img)
                     let name = (path as NSString).lastPathComponent
                     let lab = (entry["label"] as? String).map { resolve(dir, $0) }
@@ -112,10 +127,12 @@ public struct DatasetInput: Sendable {
                 }
                 return c
             }
-            return DatasetInput(cases: fixed.sorted { $0.id < $1.id }, classNames: classNames, modality: modality, problems: [])
+            return DatasetInput(
+                cases: fixed.sorted { $0.id < $1.id }, classNames: classNames, modality: modality, problems: [])
         }
         var r = try folders(images: dir + "/imagesTr", labels: dir + "/labelsTr")
-        r.classNames = classNames; r.modality = modality
+        r.classNames = classNames
+        r.modality = modality
         return r
     }
 
@@ -131,9 +148,13 @@ public struct DatasetInput: Sendable {
         guard let dict = any as? [String: Any], !dict.isEmpty else { return nil }
         var byIndex: [Int: String] = [:]
         for (k, v) in dict {
-            if let i = Int(k), let name = v as? String { byIndex[i] = name }
-            else if let i = v as? Int { byIndex[i] = k }
-            else if let a = v as? [Int], let i = a.first { byIndex[i] = k }
+            if let i = Int(k), let name = v as? String {
+                byIndex[i] = name
+            } else if let i = v as? Int {
+                byIndex[i] = k
+            } else if let a = v as? [Int], let i = a.first {
+                byIndex[i] = k
+            }
         }
         guard let maxIndex = byIndex.keys.max(), maxIndex < 256 else { return nil }
         return (0...maxIndex).map { byIndex[$0] ?? "class\($0)" }
@@ -144,7 +165,9 @@ public struct DatasetInput: Sendable {
     /// image is a problem.
     public static func folders(images: String, labels: String) throws -> DatasetInput {
         func list(_ d: String, dropChannel: Bool) throws -> [String: String] {
-            guard let names = try? FileManager.default.contentsOfDirectory(atPath: d) else { throw AttunetError("\(d): no such folder") }
+            guard let names = try? FileManager.default.contentsOfDirectory(atPath: d) else {
+                throw AttunetError("\(d): no such folder")
+            }
             var out: [String: String] = [:]
             for n in names.sorted() {
                 guard let id = caseID(n, dropChannel: dropChannel) else { continue }

@@ -20,13 +20,19 @@ extension CasePreparer {
     /// Under MPI (`comm` with several ranks) rank r converts cases r, r+p, ... into a part file; the problems of
     /// every rank are gathered, and rank 0 assembles the store from the parts (HDF5 object copies, chunks and
     /// compression kept). Every rank returns the same report or throws the same error.
-    public static func run(input: DatasetInput, out: String, options o: PrepareOptions, skipBad: Bool,
-                           comm: Communicator? = nil, progress: (@Sendable (String) -> Void)? = nil) throws -> PrepareReport {
-        if let comm, comm.size > 1 { return try runDistributed(input: input, out: out, options: o, skipBad: skipBad, comm: comm, progress: progress) }
+    public static func run(
+        input: DatasetInput, out: String, options o: PrepareOptions, skipBad: Bool,
+        comm: Communicator? = nil, progress: (@Sendable (String) -> Void)? = nil
+    ) throws -> PrepareReport {
+        if let comm, comm.size > 1 {
+            return try runDistributed(
+                input: input, out: out, options: o, skipBad: skipBad, comm: comm, progress: progress)
+        }
         var report: PrepareReport?
         try H5File.writeAtomically(out) { file in
             let problems = Locked(input.problems)
-            let contents = try convert(input.cases, into: file, options: o, skipBad: skipBad, problems: problems, progress: progress)
+            let contents = try convert(
+                input.cases, into: file, options: o, skipBad: skipBad, problems: problems, progress: progress)
             let bad = sorted(problems.current)
             try check(bad, written: contents.written.count, skipBad: skipBad)
             let fp = try CaseStoreWriter.finish(file, contents, options: o)
@@ -48,9 +54,11 @@ extension CasePreparer {
     /// Converts `cases` (`options.threads` at a time) and writes them under /cases of `file`. A bad case is
     /// added to `problems`; once there is one and `skipBad` is off, no more cases are written (the store will
     /// be discarded).
-    static func convert(_ cases: [CaseFiles], into file: H5File, options o: PrepareOptions, skipBad: Bool,
-                        problems: Locked<[CaseProblem]>,
-                        progress: (@Sendable (String) -> Void)?) throws -> CaseStoreWriter.Contents {
+    static func convert(
+        _ cases: [CaseFiles], into file: H5File, options o: PrepareOptions, skipBad: Bool,
+        problems: Locked<[CaseProblem]>,
+        progress: (@Sendable (String) -> Void)?
+    ) throws -> CaseStoreWriter.Contents {
         let contents = Locked(CaseStoreWriter.Contents())
         try parallelForEach(cases.count, threads: o.threads) { i in
             let c = cases[i]
@@ -72,12 +80,14 @@ extension CasePreparer {
     /// What one rank reports after converting its share.
     struct RankResult: Codable {
         var written: [String]
-        var problems: [[String]]   // (case id, message)
+        var problems: [[String]]  // (case id, message)
         var error: String?
     }
 
-    static func runDistributed(input: DatasetInput, out: String, options o: PrepareOptions, skipBad: Bool,
-                               comm: Communicator, progress: (@Sendable (String) -> Void)?) throws -> PrepareReport {
+    static func runDistributed(
+        input: DatasetInput, out: String, options o: PrepareOptions, skipBad: Bool,
+        comm: Communicator, progress: (@Sendable (String) -> Void)?
+    ) throws -> PrepareReport {
         let tag: Int = try comm.broadcast(comm.isRoot ? Int(getpid()) : nil)
         func partPath(_ r: Int) -> String { "\(out).part\(r)-\(tag)" }
         defer { unlink(partPath(comm.rank)) }
@@ -87,7 +97,8 @@ extension CasePreparer {
         var result = RankResult(written: [], problems: [], error: nil)
         do {
             let file = try H5File.create(partPath(comm.rank))
-            let contents = try convert(mine, into: file, options: o, skipBad: skipBad, problems: problems, progress: progress)
+            let contents = try convert(
+                mine, into: file, options: o, skipBad: skipBad, problems: problems, progress: progress)
             // The fingerprint's foreground samples travel with the part (the store itself does not keep them).
             for id in contents.written {
                 let s = contents.samples[id]!
@@ -97,7 +108,9 @@ extension CasePreparer {
             result.written = contents.written
         } catch { result.error = "\(error)" }
         result.problems = problems.current.map { [$0.caseID, $0.message] }
-        let results = try comm.allGather(data: try JSONEncoder().encode(result)).map { try JSONDecoder().decode(RankResult.self, from: $0) }
+        let results = try comm.allGather(data: try JSONEncoder().encode(result)).map {
+            try JSONDecoder().decode(RankResult.self, from: $0)
+        }
         if let e = results.compactMap(\.error).first { throw AttunetError(e) }
         let bad = sorted(results.flatMap(\.problems).map { CaseProblem(caseID: $0[0], message: $0[1]) })
         let written = results.flatMap(\.written).sorted()

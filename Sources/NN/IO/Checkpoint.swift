@@ -23,7 +23,9 @@ public enum Checkpoint {
 
     /// Writes atomically (temporary file, fsync, rename): a crash never leaves a half-written `path`, and a
     /// failed write (a full disk) keeps the previous file.
-    public static func save(_ model: SegmentationModel, to path: String, extra: (H5File) throws -> Void = { _ in }) throws {
+    public static func save(_ model: SegmentationModel, to path: String, extra: (H5File) throws -> Void = { _ in })
+        throws
+    {
         try H5File.writeAtomically(path) { f in
             try f.root.setAttribute("format", format)
             try f.root.setAttribute("model_config", try JSONFiles.string(model.config))
@@ -51,8 +53,9 @@ public enum Checkpoint {
     public static func verifyWeights(_ model: SegmentationModel, in file: H5File) throws -> Bool {
         let root = file.root
         guard root.hasAttribute(weightsDigestAttribute) else { return false }
-        try StoredDigest.check(stored: try root.stringAttribute(weightsDigestAttribute), actual: weightsDigest(model),
-                         file: file.path, what: "the weights and BN buffers (/state_dict)")
+        try StoredDigest.check(
+            stored: try root.stringAttribute(weightsDigestAttribute), actual: weightsDigest(model),
+            file: file.path, what: "the weights and BN buffers (/state_dict)")
         return true
     }
 
@@ -63,8 +66,10 @@ public enum Checkpoint {
             throw AttunetError("\(file.path): not an attunet checkpoint (no format attribute '\(formatName)')")
         }
         guard let version = Int(format.dropFirst(formatName.count).trimmingCharacters(in: .whitespaces)),
-              version <= formatVersion else {
-            throw AttunetError("\(file.path): checkpoint format '\(format)' is newer than this attunet reads (\(Self.format))")
+            version <= formatVersion
+        else {
+            throw AttunetError(
+                "\(file.path): checkpoint format '\(format)' is newer than this attunet reads (\(Self.format))")
         }
         let json = try file.root.stringAttribute("model_config")
         guard let config = try? JSONFiles.decode(ModelConfig.self, from: json) else {
@@ -72,13 +77,15 @@ public enum Checkpoint {
         }
         if let problem = config.problem { throw AttunetError("\(file.path): model_config: \(problem)", kind: .corrupt) }
         // The first convolution's stored shape must be the configuration's before a network is built from it.
-        let first = "conv1.conv1.0.weight", expected = [config.filters[0], config.inChannels, 3, 3, 3]
+        let first = "conv1.conv1.0.weight"
+        let expected = [config.filters[0], config.inChannels, 3, 3, 3]
         guard let group = try? file.root.group("state_dict"), group.exists(first) else {
             throw AttunetError("\(file.path): missing /state_dict/\(first)", kind: .corrupt)
         }
         let shape = try group.dataset(first).shape
         guard shape == expected else {
-            throw AttunetError("\(file.path): /state_dict/\(first) has shape \(shape), model_config needs \(expected)", kind: .corrupt)
+            throw AttunetError(
+                "\(file.path): /state_dict/\(first) has shape \(shape), model_config needs \(expected)", kind: .corrupt)
         }
         return config
     }
@@ -99,8 +106,11 @@ public enum Checkpoint {
         let f = try H5File.open(path)
         let c = try config(of: f)
         guard c.kind == model.config.kind, c.classes == model.config.classes, c.inChannels == model.config.inChannels,
-              c.featureScale == model.config.featureScale else {
-            throw AttunetError("\(path): checkpoint is for \(c.kind.rawValue) with \(c.classes) classes, \(c.inChannels) input channel(s), feature scale \(c.featureScale); this run uses \(model.config.kind.rawValue) with \(model.config.classes) classes, \(model.config.inChannels) input channel(s), feature scale \(model.config.featureScale)")
+            c.featureScale == model.config.featureScale
+        else {
+            throw AttunetError(
+                "\(path): checkpoint is for \(c.kind.rawValue) with \(c.classes) classes, \(c.inChannels) input channel(s), feature scale \(c.featureScale); this run uses \(model.config.kind.rawValue) with \(model.config.classes) classes, \(model.config.inChannels) input channel(s), feature scale \(model.config.featureScale)"
+            )
         }
         let loaded = SegmentationModel(model.config)
         try StateDict.read(into: loaded, from: try f.root.group("state_dict"))
@@ -136,7 +146,8 @@ public struct StoredDigest {
     /// Throws a `.corrupt` error naming `file` and `what` when `actual` is not the `stored` digest.
     public static func check(stored: String, actual: String, file: String, what: String) throws {
         guard stored != actual else { return }
-        throw AttunetError("\(file): SHA-256 mismatch in \(what): the file records \(stored.prefix(16))…, its contents give \(actual.prefix(16))… (the file is damaged)",
-                           kind: .corrupt)
+        throw AttunetError(
+            "\(file): SHA-256 mismatch in \(what): the file records \(stored.prefix(16))…, its contents give \(actual.prefix(16))… (the file is damaged)",
+            kind: .corrupt)
     }
 }

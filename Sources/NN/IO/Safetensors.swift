@@ -11,7 +11,12 @@ import Support
 /// file) is refused with one line naming the file and the tensor; a changed value inside the data cannot be
 /// detected (beyond non-finite values, which loading refuses).
 public struct SafetensorsFile {
-    public struct Entry { public let dtype: String; public let shape: [Int]; let begin: Int; let end: Int }
+    public struct Entry {
+        public let dtype: String
+        public let shape: [Int]
+        let begin: Int
+        let end: Int
+    }
     public let path: String
     public let entries: [String: Entry]
     /// The header's `__metadata__` (string to string; empty when absent). Entries that are not strings are
@@ -22,20 +27,26 @@ public struct SafetensorsFile {
 
     public init(_ path: String) throws {
         self.path = path
-        guard let data = FileManager.default.contents(atPath: path) else { throw AttunetError("\(path): no such file or unreadable") }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw AttunetError("\(path): no such file or unreadable")
+        }
         self.data = data
         guard data.count >= 8 else { throw AttunetError("\(path): too short to be a safetensors file") }
         let n = data.prefix(8).withUnsafeBytes { $0.loadUnaligned(as: UInt64.self).littleEndian }
-        guard n > 0, n <= UInt64(data.count - 8) else { throw AttunetError("\(path): bad header length \(n) (not safetensors, or truncated)") }
+        guard n > 0, n <= UInt64(data.count - 8) else {
+            throw AttunetError("\(path): bad header length \(n) (not safetensors, or truncated)")
+        }
         dataStart = 8 + Int(n)
-        guard let json = try? JSONSerialization.jsonObject(with: data.subdata(in: 8..<dataStart)) as? [String: Any] else {
+        guard let json = try? JSONSerialization.jsonObject(with: data.subdata(in: 8..<dataStart)) as? [String: Any]
+        else {
             throw AttunetError("\(path): header is not valid JSON")
         }
         metadata = (json["__metadata__"] as? [String: Any])?.compactMapValues { $0 as? String } ?? [:]
         var entries: [String: Entry] = [:]
         for (name, value) in json where name != "__metadata__" {
             guard let d = value as? [String: Any], let dtype = d["dtype"] as? String, let shape = d["shape"] as? [Int],
-                  let offs = d["data_offsets"] as? [Int], offs.count == 2 else {
+                let offs = d["data_offsets"] as? [Int], offs.count == 2
+            else {
                 throw AttunetError("\(path): malformed header entry for \(name)")
             }
             guard offs[0] >= 0, offs[1] >= offs[0], offs[1] <= data.count - dataStart else {
@@ -45,13 +56,16 @@ public struct SafetensorsFile {
             var count = 1
             for n in shape {
                 let (p, overflow) = count.multipliedReportingOverflow(by: n)
-                guard n >= 0, !overflow else { throw AttunetError("\(path): tensor \(name) has an impossible shape \(shape)") }
+                guard n >= 0, !overflow else {
+                    throw AttunetError("\(path): tensor \(name) has an impossible shape \(shape)")
+                }
                 count = p
             }
             if let width = Self.widths[dtype] {
                 let (bytes, overflow) = count.multipliedReportingOverflow(by: width)
                 guard !overflow, bytes == offs[1] - offs[0] else {
-                    throw AttunetError("\(path): tensor \(name) has \(offs[1] - offs[0]) bytes for shape \(shape) of \(dtype)")
+                    throw AttunetError(
+                        "\(path): tensor \(name) has \(offs[1] - offs[0]) bytes for shape \(shape) of \(dtype)")
                 }
             }
             entries[name] = Entry(dtype: dtype, shape: shape, begin: offs[0], end: offs[1])
@@ -65,18 +79,32 @@ public struct SafetensorsFile {
     /// The tensor's values as Float (F32, F64, F16, BF16, I64, I32 are converted).
     public func floats(_ name: String) throws -> [Float] {
         guard let e = entries[name] else { throw AttunetError("\(path): no tensor \(name)") }
-        guard let width = Self.widths[e.dtype] else { throw AttunetError("\(path): tensor \(name) has unsupported dtype \(e.dtype)") }
-        let count = (e.end - e.begin) / width   // the header's shape and byte count agree (checked on opening)
+        guard let width = Self.widths[e.dtype] else {
+            throw AttunetError("\(path): tensor \(name) has unsupported dtype \(e.dtype)")
+        }
+        let count = (e.end - e.begin) / width  // the header's shape and byte count agree (checked on opening)
         let bytes = data.subdata(in: (dataStart + e.begin)..<(dataStart + e.end))
         return bytes.withUnsafeBytes { raw -> [Float] in
             (0..<count).map { i -> Float in
                 switch e.dtype {
-                case "F32": return Float(bitPattern: raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self).littleEndian)
-                case "F64": return Float(Double(bitPattern: raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self).littleEndian))
-                case "F16": return Float(Float16(bitPattern: raw.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self).littleEndian))
-                case "BF16": return Float(bitPattern: UInt32(raw.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self).littleEndian) << 16)
-                case "I64": return Float(Int64(bitPattern: raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self).littleEndian))
-                default: return Float(Int32(bitPattern: raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self).littleEndian))
+                case "F32":
+                    return Float(bitPattern: raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self).littleEndian)
+                case "F64":
+                    return Float(
+                        Double(bitPattern: raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self).littleEndian))
+                case "F16":
+                    return Float(
+                        Float16(bitPattern: raw.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self).littleEndian))
+                case "BF16":
+                    return Float(
+                        bitPattern: UInt32(raw.loadUnaligned(fromByteOffset: i * 2, as: UInt16.self).littleEndian) << 16
+                    )
+                case "I64":
+                    return Float(
+                        Int64(bitPattern: raw.loadUnaligned(fromByteOffset: i * 8, as: UInt64.self).littleEndian))
+                default:
+                    return Float(
+                        Int32(bitPattern: raw.loadUnaligned(fromByteOffset: i * 4, as: UInt32.self).littleEndian))
                 }
             }
         }
@@ -87,7 +115,8 @@ public struct SafetensorsFile {
 public struct SafetensorsTensor: Sendable {
     /// The dtypes attunet writes: float32 weights and the int64 `num_batches_tracked` counters.
     public enum DType: String, Sendable {
-        case f32 = "F32", i64 = "I64"
+        case f32 = "F32"
+        case i64 = "I64"
         /// Bytes per element.
         public var width: Int { self == .f32 ? 4 : 8 }
     }
@@ -99,14 +128,18 @@ public struct SafetensorsTensor: Sendable {
     /// A float32 tensor; `values` has the shape's element count.
     public init(name: String, shape: [Int], floats values: [Float]) {
         precondition(values.count == shape.reduce(1, *), "\(name): \(values.count) values for shape \(shape)")
-        self.name = name; self.dtype = .f32; self.shape = shape
+        self.name = name
+        self.dtype = .f32
+        self.shape = shape
         bytes = values.map { $0.bitPattern.littleEndian }.withUnsafeBytes { Data($0) }
     }
 
     /// An int64 tensor (shape `[]` for a scalar); `values` has the shape's element count.
     public init(name: String, shape: [Int], int64s values: [Int64]) {
         precondition(values.count == shape.reduce(1, *), "\(name): \(values.count) values for shape \(shape)")
-        self.name = name; self.dtype = .i64; self.shape = shape
+        self.name = name
+        self.dtype = .i64
+        self.shape = shape
         bytes = values.map { $0.littleEndian }.withUnsafeBytes { Data($0) }
     }
 }
@@ -126,7 +159,9 @@ extension SafetensorsFile {
                 throw AttunetError("safetensors: tensor name \(t.name) used twice or reserved")
             }
         }
-        var offsets: [String: (Int, Int)] = [:], layout: [SafetensorsTensor] = [], end = 0
+        var offsets: [String: (Int, Int)] = [:]
+        var layout: [SafetensorsTensor] = []
+        var end = 0
         for width in [8, 4] {
             for t in tensors where t.dtype.width == width {
                 offsets[t.name] = (end, end + t.bytes.count)
@@ -136,12 +171,16 @@ extension SafetensorsFile {
         }
         var fields: [String] = []
         if !metadata.isEmpty {
-            let pairs = try metadata.sorted { $0.key < $1.key }.map { "\(try jsonString($0.key)):\(try jsonString($0.value))" }
+            let pairs = try metadata.sorted { $0.key < $1.key }.map {
+                "\(try jsonString($0.key)):\(try jsonString($0.value))"
+            }
             fields.append("\"__metadata__\":{\(pairs.joined(separator: ","))}")
         }
         for t in tensors {
             let (begin, end) = offsets[t.name]!
-            fields.append("\(try jsonString(t.name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(begin),\(end)]}")
+            fields.append(
+                "\(try jsonString(t.name)):{\"dtype\":\"\(t.dtype.rawValue)\",\"shape\":[\(t.shape.map(String.init).joined(separator: ","))],\"data_offsets\":[\(begin),\(end)]}"
+            )
         }
         var header = Data("{\(fields.joined(separator: ","))}".utf8)
         header.append(contentsOf: [UInt8](repeating: 0x20, count: (8 - header.count % 8) % 8))
@@ -155,7 +194,9 @@ extension SafetensorsFile {
     /// Writes ``encode(_:metadata:)`` of `tensors` to `path` atomically (temporary file, fsync, rename): a
     /// failed write keeps the previous file. Returns the bytes written.
     @discardableResult
-    public static func write(_ tensors: [SafetensorsTensor], metadata: [String: String] = [:], to path: String) throws -> Int {
+    public static func write(_ tensors: [SafetensorsTensor], metadata: [String: String] = [:], to path: String) throws
+        -> Int
+    {
         let data = try encode(tensors, metadata: metadata)
         try AtomicFile.write(data, to: path)
         return data.count
@@ -163,7 +204,9 @@ extension SafetensorsFile {
 
     /// `text` as a JSON string literal.
     static func jsonString(_ text: String) throws -> String {
-        String(decoding: try JSONSerialization.data(withJSONObject: text, options: [.fragmentsAllowed, .withoutEscapingSlashes]), as: UTF8.self)
+        String(
+            decoding: try JSONSerialization.data(
+                withJSONObject: text, options: [.fragmentsAllowed, .withoutEscapingSlashes]), as: UTF8.self)
     }
 }
 
@@ -172,9 +215,11 @@ extension SegmentationModel {
     /// records), `attunet_model_config` (the checkpoint's `model_config` JSON: kind, classes, input channels,
     /// feature scale, align_corners) and `attunet_weights_sha256` (``Checkpoint/weightsDigest(_:)``).
     public func safetensorsMetadata() throws -> [String: String] {
-        return ["format": "pt",
-                "attunet_model_config": try JSONFiles.string(config),
-                "attunet_weights_sha256": Checkpoint.weightsDigest(self)]
+        return [
+            "format": "pt",
+            "attunet_model_config": try JSONFiles.string(config),
+            "attunet_weights_sha256": Checkpoint.weightsDigest(self),
+        ]
     }
 
     /// The model's `state_dict` as safetensors tensors, in the original class's order: float32 in PyTorch's
@@ -185,8 +230,9 @@ extension SegmentationModel {
             if let bad = t.values.firstIndex(where: { !$0.isFinite }) {
                 throw AttunetError("tensor \(t.name) has a non-finite value at element \(bad); not written")
             }
-            return t.isCounter ? SafetensorsTensor(name: t.name, shape: [], int64s: [Int64(t.values[0])])
-                               : SafetensorsTensor(name: t.name, shape: t.shape, floats: t.values)
+            return t.isCounter
+                ? SafetensorsTensor(name: t.name, shape: [], int64s: [Int64(t.values[0])])
+                : SafetensorsTensor(name: t.name, shape: t.shape, floats: t.values)
         }
     }
 
@@ -195,29 +241,38 @@ extension SegmentationModel {
     /// `load_state_dict(safetensors.torch.load_file(path), strict=True)`. Returns the bytes written.
     @discardableResult
     public func save(safetensors path: String, metadata: [String: String] = [:]) throws -> Int {
-        try SafetensorsFile.write(try safetensorsTensors(), metadata: try safetensorsMetadata().merging(metadata) { $1 }, to: path)
+        try SafetensorsFile.write(
+            try safetensorsTensors(), metadata: try safetensorsMetadata().merging(metadata) { $1 }, to: path)
     }
 
     /// Infers the architecture from a state_dict's names and shapes: attention blocks present or not, input
     /// channels and feature scale from `conv1.conv1.0.weight` (or a preset's feature scale, 3.82 or 3, when
     /// the widths of `conv1` ... `center` are that preset's), classes from `final.weight`.
-    public static func inferConfig(names: Set<String>, shape: (String) -> [Int]?, alignCorners: Bool = false) throws -> ModelConfig {
-        guard let c1 = shape("conv1.conv1.0.weight"), c1.count == 5, let fin = shape("final.weight"), fin.count == 5 else {
-            throw AttunetError("not a state_dict of unet_CT_multi_att_dsv_3D or unet_CT_dsv_3D (conv1.conv1.0.weight / final.weight missing)")
+    public static func inferConfig(names: Set<String>, shape: (String) -> [Int]?, alignCorners: Bool = false) throws
+        -> ModelConfig
+    {
+        guard let c1 = shape("conv1.conv1.0.weight"), c1.count == 5, let fin = shape("final.weight"), fin.count == 5
+        else {
+            throw AttunetError(
+                "not a state_dict of unet_CT_multi_att_dsv_3D or unet_CT_dsv_3D (conv1.conv1.0.weight / final.weight missing)"
+            )
         }
         let kind: ModelKind = names.contains("attentionblock2.gate_block_1.psi.weight") ? .attentionUNet : .unet
-        let config = ModelConfig(kind: kind, inChannels: c1[1], classes: fin[0], featureScale: 64.0 / Double(c1[0]),
-                                 alignCorners: alignCorners)
+        let config = ModelConfig(
+            kind: kind, inChannels: c1[1], classes: fin[0], featureScale: 64.0 / Double(c1[0]),
+            alignCorners: alignCorners)
         if let problem = config.problem { throw AttunetError("not a state_dict attunet can load: \(problem)") }
         // conv1's width alone cannot tell the scales whose deeper widths truncate differently (3.82 gives 16,
         // 33, 67, 134, 268; 4 gives 16, 32, 64, 128, 256): the presets' scales are tried against every
         // level's width. When none fits, loading names the first tensor whose shape differs.
         let widths = ["conv1", "conv2", "conv3", "conv4", "center"].map { shape("\($0).conv1.0.weight")?.first }
         for preset in [nil] + ModelKind.allCases.filter({ $0.presetFeatureScale != nil }) {
-            let candidate = preset.map {
-                ModelConfig(kind: kind == .unet ? $0 : kind, inChannels: c1[1], classes: fin[0],
-                            featureScale: $0.presetFeatureScale!, alignCorners: alignCorners)
-            } ?? config
+            let candidate =
+                preset.map {
+                    ModelConfig(
+                        kind: kind == .unet ? $0 : kind, inChannels: c1[1], classes: fin[0],
+                        featureScale: $0.presetFeatureScale!, alignCorners: alignCorners)
+                } ?? config
             if candidate.filters.map(Optional.some) == widths { return candidate }
         }
         return config

@@ -17,11 +17,18 @@ public enum StateDict {
     /// Copies a tensor of shape `s` into `dst` with the three kernel axes of a 5-D tensor reversed (ours →
     /// PyTorch with our shape; PyTorch → ours with PyTorch's shape).
     public static func convert(_ src: UnsafePointer<Float>, _ dst: UnsafeMutablePointer<Float>, ourShape s: [Int]) {
-        guard s.count == 5 else { dst.update(from: src, count: s.reduce(1, *)); return }
-        let (kz, ky, kx) = (s[2], s[3], s[4]), k3 = kz * ky * kx
+        guard s.count == 5 else {
+            dst.update(from: src, count: s.reduce(1, *))
+            return
+        }
+        let (kz, ky, kx) = (s[2], s[3], s[4])
+        let k3 = kz * ky * kx
         for oc in 0..<(s[0] * s[1]) {
-            let a = src + oc * k3, b = dst + oc * k3
-            for z in 0..<kz { for y in 0..<ky { for x in 0..<kx { b[(x * ky + y) * kz + z] = a[(z * ky + y) * kx + x] } } }
+            let a = src + oc * k3
+            let b = dst + oc * k3
+            for z in 0..<kz {
+                for y in 0..<ky { for x in 0..<kx { b[(x * ky + y) * kz + z] = a[(z * ky + y) * kx + x] } }
+            }
         }
     }
 
@@ -68,8 +75,10 @@ public enum StateDict {
             out.withUnsafeMutableBufferPointer { convert(src, $0.baseAddress!, ourShape: e.shape) }
             return NamedTensor(name: e.name, shape: torchShape(e.shape), values: out)
         }
-        let params = model.params.entries, buffers = model.buffers.entries
-        var result: [NamedTensor] = [], next = 0
+        let params = model.params.entries
+        let buffers = model.buffers.entries
+        var result: [NamedTensor] = []
+        var next = 0
         for (i, e) in params.enumerated() {
             result.append(named(model.params, e))
             guard i + 1 == params.count || module(params[i + 1].name) != module(e.name) else { continue }
@@ -86,7 +95,8 @@ public enum StateDict {
     /// or a wrong shape is an error naming the file, the tensor and both shapes. Nothing is changed unless the
     /// whole set matches.
     public static func read(into model: SegmentationModel, from group: H5Group, strict: Bool = true) throws {
-        let counts = Dictionary((model.params.entries + model.buffers.entries).map { ($0.name, $0.count) }, uniquingKeysWith: { a, _ in a })
+        let counts = Dictionary(
+            (model.params.entries + model.buffers.entries).map { ($0.name, $0.count) }, uniquingKeysWith: { a, _ in a })
         try load(into: model, location: group.location, names: Set(try group.members()), strict: strict) { name in
             let d = try group.dataset(name)
             // A dataset of another size is refused by its shape; its values are never read (a damaged file
@@ -106,25 +116,33 @@ public enum StateDict {
     /// The one loading routine behind every state_dict source (HDF5 checkpoints, safetensors): for each of
     /// the model's tensors, `tensor(name)` gives its PyTorch shape and values; names, shapes and finiteness
     /// are checked, the kernel axes reversed, and the model is written only when every tensor passed.
-    static func load(into model: SegmentationModel, location: String, names: Set<String>, strict: Bool,
-                     tensor: (String) throws -> (shape: [Int], values: [Float])) throws {
+    static func load(
+        into model: SegmentationModel, location: String, names: Set<String>, strict: Bool,
+        tensor: (String) throws -> (shape: [Int], values: [Float])
+    ) throws {
         var staged: [(UnsafeMutablePointer<Float>, [Float])] = []
         for store in [model.params, model.buffers] {
             for e in store.entries {
                 guard names.contains(e.name) else {
-                    throw AttunetError("\(location): missing tensor \(e.name) (is this for another model? this model is \(model.config.kind.rawValue), \(model.config.classes) classes, feature scale \(model.config.featureScale))")
+                    throw AttunetError(
+                        "\(location): missing tensor \(e.name) (is this for another model? this model is \(model.config.kind.rawValue), \(model.config.classes) classes, feature scale \(model.config.featureScale))"
+                    )
                 }
                 let (shape, torch) = try tensor(e.name)
                 let want = isCounter(e.name) ? [] : torchShape(e.shape)
                 guard shape == want || (want.isEmpty && torch.count == 1) else {
-                    throw AttunetError("\(location): tensor \(e.name) has shape \(shape) but the model needs \(want) (another class count, channel count or feature scale?)")
+                    throw AttunetError(
+                        "\(location): tensor \(e.name) has shape \(shape) but the model needs \(want) (another class count, channel count or feature scale?)"
+                    )
                 }
                 if let bad = torch.firstIndex(where: { !$0.isFinite }) {
                     throw AttunetError("\(location): tensor \(e.name) has a non-finite value at element \(bad)")
                 }
                 var ours = [Float](repeating: 0, count: e.count)
                 torch.withUnsafeBufferPointer { t in
-                    ours.withUnsafeMutableBufferPointer { convert(t.baseAddress!, $0.baseAddress!, ourShape: want.isEmpty ? [1] : want) }
+                    ours.withUnsafeMutableBufferPointer {
+                        convert(t.baseAddress!, $0.baseAddress!, ourShape: want.isEmpty ? [1] : want)
+                    }
                 }
                 staged.append((store.values.pointer + e.offset, ours))
             }
@@ -132,7 +150,8 @@ public enum StateDict {
         if strict {
             let known = Set(model.params.entries.map(\.name) + model.buffers.entries.map(\.name))
             if let extra = names.subtracting(known).sorted().first {
-                throw AttunetError("\(location): unexpected tensor \(extra) (not part of \(model.config.kind.rawValue))")
+                throw AttunetError(
+                    "\(location): unexpected tensor \(extra) (not part of \(model.config.kind.rawValue))")
             }
         }
         for (dst, values) in staged { dst.update(from: values, count: values.count) }

@@ -71,24 +71,34 @@ final class UpBlock {
 final class GridAttentionGate {
     let wConv: Conv3d, wBN: BatchNorm3d
     let theta: Conv3d, phi: Conv3d, psi: Conv3d
-    let add = Add(), relu = ReLU(inPlace: true), sigmoid = Sigmoid()   // the ReLU overwrites the sum
+    let add = Add(), relu = ReLU(inPlace: true), sigmoid = Sigmoid()  // the ReLU overwrites the sum
     let upAlpha: Trilinear
     var resizePhi: Trilinear?
     let alignCorners: Bool
     let multiply = GateMultiply()
 
-    init(_ p: ParameterStore, _ b: ParameterStore, _ prefix: String, inChannels: Int, gatingChannels: Int,
-         interChannels: Int, alignCorners: Bool) {
+    init(
+        _ p: ParameterStore, _ b: ParameterStore, _ prefix: String, inChannels: Int, gatingChannels: Int,
+        interChannels: Int, alignCorners: Bool
+    ) {
         // Registration order = the original's module order (W, theta, phi, psi) = its state_dict order.
-        wConv = Conv3d(params: p, name: "\(prefix).W.0", inChannels: inChannels, outChannels: inChannels, kernel: 1, bias: true)
+        wConv = Conv3d(
+            params: p, name: "\(prefix).W.0", inChannels: inChannels, outChannels: inChannels, kernel: 1, bias: true)
         wBN = BatchNorm3d(params: p, buffers: b, name: "\(prefix).W.1", channels: inChannels)
-        theta = Conv3d(params: p, name: "\(prefix).theta", inChannels: inChannels, outChannels: interChannels, kernel: 2, bias: false)
-        phi = Conv3d(params: p, name: "\(prefix).phi", inChannels: gatingChannels, outChannels: interChannels, kernel: 1, bias: true)
+        theta = Conv3d(
+            params: p, name: "\(prefix).theta", inChannels: inChannels, outChannels: interChannels, kernel: 2,
+            bias: false)
+        phi = Conv3d(
+            params: p, name: "\(prefix).phi", inChannels: gatingChannels, outChannels: interChannels, kernel: 1,
+            bias: true)
         psi = Conv3d(params: p, name: "\(prefix).psi", inChannels: interChannels, outChannels: 1, kernel: 1, bias: true)
         upAlpha = Trilinear(factor: 2, alignCorners: alignCorners)
         self.alignCorners = alignCorners
-        add.label = "\(prefix).add"; relu.label = "\(prefix).relu"; sigmoid.label = "\(prefix).sigmoid"
-        upAlpha.label = "\(prefix).upsample"; multiply.label = "\(prefix).multiply"
+        add.label = "\(prefix).add"
+        relu.label = "\(prefix).relu"
+        sigmoid.label = "\(prefix).sigmoid"
+        upAlpha.label = "\(prefix).upsample"
+        multiply.label = "\(prefix).multiply"
         // Read only by layers whose backward does not need them: the sum (θ, φ), the sigmoid (ψ, which keeps
         // its own output) and the concatenation of the two gates (W's BN).
         for c in [theta, phi, psi] { c.outputIsScratch = true }
@@ -132,10 +142,12 @@ final class MultiAttentionBlock {
     let combine: ConvBNReLU
 
     init(_ p: ParameterStore, _ b: ParameterStore, _ prefix: String, inSize: Int, gateSize: Int, alignCorners: Bool) {
-        gate1 = GridAttentionGate(p, b, "\(prefix).gate_block_1", inChannels: inSize, gatingChannels: gateSize,
-                                  interChannels: inSize, alignCorners: alignCorners)
-        gate2 = GridAttentionGate(p, b, "\(prefix).gate_block_2", inChannels: inSize, gatingChannels: gateSize,
-                                  interChannels: inSize, alignCorners: alignCorners)
+        gate1 = GridAttentionGate(
+            p, b, "\(prefix).gate_block_1", inChannels: inSize, gatingChannels: gateSize,
+            interChannels: inSize, alignCorners: alignCorners)
+        gate2 = GridAttentionGate(
+            p, b, "\(prefix).gate_block_2", inChannels: inSize, gatingChannels: gateSize,
+            interChannels: inSize, alignCorners: alignCorners)
         combine = ConvBNReLU(p, b, "\(prefix).combine_gates", 2 * inSize, inSize, kernel: 1)
         concat.label = "\(prefix).concat"
     }
@@ -166,7 +178,7 @@ final class DeepSupervision {
         conv = Conv3d(params: p, name: name, inChannels: inSize, outChannels: classes, kernel: 1, bias: true)
         up = factor > 1 ? Trilinear(factor: factor, alignCorners: alignCorners) : nil
         up?.label = "\(name).upsample"
-        conv.outputIsScratch = true   // read by the upsampling or the head's concatenation, which keep nothing of it
+        conv.outputIsScratch = true  // read by the upsampling or the head's concatenation, which keep nothing of it
     }
 
     func forward(_ x: Tensor) -> Tensor {

@@ -35,7 +35,8 @@ public enum ModelKind: String, Codable, Sendable, CaseIterable {
         switch self {
         case .attentionUNet: return "unet_CT_multi_att_dsv_3D, the released Attention U-Net"
         case .unet: return "unet_CT_dsv_3D, the paper's U-Net baseline"
-        case .unetCapacityMatched: return "unet_CT_dsv_3D at feature scale 3.82, the authors' capacity-matched U-Net (the paper's 6.44 M row)"
+        case .unetCapacityMatched:
+            return "unet_CT_dsv_3D at feature scale 3.82, the authors' capacity-matched U-Net (the paper's 6.44 M row)"
         case .unet10M: return "unet_CT_dsv_3D at feature scale 3, the paper's 10.40 M U-Net"
         }
     }
@@ -59,11 +60,16 @@ public struct ModelConfig: Codable, Sendable, Equatable {
     /// (``WeightTransfer/passThrough(_:)``), so the network computes the U-Net's logits in evaluation mode.
     public var passThroughGates: Bool
 
-    public init(kind: ModelKind = .attentionUNet, inChannels: Int = 1, classes: Int = 4, featureScale: Double = 4,
-                alignCorners: Bool = false, passThroughGates: Bool = false) {
-        self.kind = kind; self.inChannels = inChannels; self.classes = classes
+    public init(
+        kind: ModelKind = .attentionUNet, inChannels: Int = 1, classes: Int = 4, featureScale: Double = 4,
+        alignCorners: Bool = false, passThroughGates: Bool = false
+    ) {
+        self.kind = kind
+        self.inChannels = inChannels
+        self.classes = classes
         self.featureScale = kind.presetFeatureScale ?? featureScale
-        self.alignCorners = alignCorners; self.passThroughGates = passThroughGates
+        self.alignCorners = alignCorners
+        self.passThroughGates = passThroughGates
     }
 
     public var filters: [Int] { [64, 128, 256, 512, 1024].map { Int(Double($0) / featureScale) } }
@@ -110,7 +116,10 @@ public final class SegmentationModel {
     /// Builds the network and initialises it as the original code does, from `seed`.
     public init(_ config: ModelConfig, seed: UInt64 = 0) {
         self.config = config
-        let f = config.filters, p = params, b = buffers, ac = config.alignCorners
+        let f = config.filters
+        let p = params
+        let b = buffers
+        let ac = config.alignCorners
         let attention = config.kind.hasAttentionGates
         // Construction order = the original's module registration order = its state_dict order.
         conv1 = UnetConv3(p, b, "conv1", config.inChannels, f[0])
@@ -119,18 +128,29 @@ public final class SegmentationModel {
         conv4 = UnetConv3(p, b, "conv4", f[2], f[3])
         center = UnetConv3(p, b, "center", f[3], f[4])
         gating = attention ? ConvBNReLU(p, b, "gating.conv1", f[4], f[4], kernel: 1) : nil
-        att2 = attention ? MultiAttentionBlock(p, b, "attentionblock2", inSize: f[1], gateSize: f[2], alignCorners: ac) : nil
-        att3 = attention ? MultiAttentionBlock(p, b, "attentionblock3", inSize: f[2], gateSize: f[3], alignCorners: ac) : nil
-        att4 = attention ? MultiAttentionBlock(p, b, "attentionblock4", inSize: f[3], gateSize: f[4], alignCorners: ac) : nil
+        att2 =
+            attention
+            ? MultiAttentionBlock(p, b, "attentionblock2", inSize: f[1], gateSize: f[2], alignCorners: ac) : nil
+        att3 =
+            attention
+            ? MultiAttentionBlock(p, b, "attentionblock3", inSize: f[2], gateSize: f[3], alignCorners: ac) : nil
+        att4 =
+            attention
+            ? MultiAttentionBlock(p, b, "attentionblock4", inSize: f[3], gateSize: f[4], alignCorners: ac) : nil
         up4 = UpBlock(p, b, "up_concat4", inSize: f[4], outSize: f[3], alignCorners: ac)
         up3 = UpBlock(p, b, "up_concat3", inSize: f[3], outSize: f[2], alignCorners: ac)
         up2 = UpBlock(p, b, "up_concat2", inSize: f[2], outSize: f[1], alignCorners: ac)
         up1 = UpBlock(p, b, "up_concat1", inSize: f[1], outSize: f[0], alignCorners: ac)
-        dsv4 = DeepSupervision(p, name: "dsv4.dsv.0", inSize: f[3], classes: config.classes, factor: 8, alignCorners: ac)
-        dsv3 = DeepSupervision(p, name: "dsv3.dsv.0", inSize: f[2], classes: config.classes, factor: 4, alignCorners: ac)
-        dsv2 = DeepSupervision(p, name: "dsv2.dsv.0", inSize: f[1], classes: config.classes, factor: 2, alignCorners: ac)
+        dsv4 = DeepSupervision(
+            p, name: "dsv4.dsv.0", inSize: f[3], classes: config.classes, factor: 8, alignCorners: ac)
+        dsv3 = DeepSupervision(
+            p, name: "dsv3.dsv.0", inSize: f[2], classes: config.classes, factor: 4, alignCorners: ac)
+        dsv2 = DeepSupervision(
+            p, name: "dsv2.dsv.0", inSize: f[1], classes: config.classes, factor: 2, alignCorners: ac)
         dsv1 = DeepSupervision(p, name: "dsv1", inSize: f[0], classes: config.classes, factor: 1, alignCorners: ac)
-        final = Conv3d(params: p, name: "final", inChannels: 4 * config.classes, outChannels: config.classes, kernel: 1, bias: true)
+        final = Conv3d(
+            params: p, name: "final", inChannels: 4 * config.classes, outChannels: config.classes, kernel: 1, bias: true
+        )
         conv1.c1.conv.needsInputGradient = false  // nothing upstream of the image
         for (i, pool) in pools.enumerated() { pool.label = "maxpool\(i + 1)" }
         headConcat.label = "final.concat"
@@ -151,12 +171,15 @@ public final class SegmentationModel {
     /// Every 3x3x3 convolution (the encoder's and decoder's `UnetConv3` blocks) with the extent it sees for an
     /// input `patch`, in state_dict order: what dominates the model's FLOPs, and what `attunet bench` times.
     public func convolutions3x3(patch: Dim3) -> [ConvShape] {
-        let levels: [(UnetConv3, Int)] = [(conv1, 0), (conv2, 1), (conv3, 2), (conv4, 3), (center, 4),
-                                          (up4.conv, 3), (up3.conv, 2), (up2.conv, 1), (up1.conv, 0)]
+        let levels: [(UnetConv3, Int)] = [
+            (conv1, 0), (conv2, 1), (conv3, 2), (conv4, 3), (center, 4),
+            (up4.conv, 3), (up3.conv, 2), (up2.conv, 1), (up1.conv, 0),
+        ]
         return levels.flatMap { block, level in
             [block.c1.conv, block.c2.conv].map { c in
-                ConvShape(name: c.weight.entry.name, inChannels: c.inChannels, outChannels: c.outChannels,
-                          dims: patch.divided(by: 1 << level))
+                ConvShape(
+                    name: c.weight.entry.name, inChannels: c.inChannels, outChannels: c.outChannels,
+                    dims: patch.divided(by: 1 << level))
             }
         }
     }
@@ -231,7 +254,9 @@ public final class SegmentationModel {
         }
         let spatial = [s[4], s[3], s[2]]
         if spatial.contains(where: { $0 <= 0 || $0 % 16 != 0 }) {
-            throw AttunetError("model input spatial size \(spatial.map(String.init).joined(separator: "x")) (X x Y x Z) is not a multiple of 16 on every axis; pad or crop the patch (the network pools 4 times)")
+            throw AttunetError(
+                "model input spatial size \(spatial.map(String.init).joined(separator: "x")) (X x Y x Z) is not a multiple of 16 on every axis; pad or crop the patch (the network pools 4 times)"
+            )
         }
     }
 
@@ -244,7 +269,9 @@ public final class SegmentationModel {
         let c3 = conv3.forward(pools[1].forward(c2))
         let c4 = conv4.forward(pools[2].forward(c3))
         let ctr = center.forward(pools[3].forward(c4))
-        let u4, u3, u2: Tensor
+        let u4: Tensor
+        let u3: Tensor
+        let u2: Tensor
         if let gating, let att2, let att3, let att4 {
             let g = gating.forward(ctr)
             let (g4, a4) = att4.forward(x: c4, g: g)
@@ -253,9 +280,11 @@ public final class SegmentationModel {
             u3 = up3.forward(skip: g3, coarse: u4)
             let (g2, a2) = att2.forward(x: c2, g: u3)
             u2 = up2.forward(skip: g2, coarse: u3)
-            attentionMaps = [("attentionblock2.gate_block_1", a2[0]), ("attentionblock2.gate_block_2", a2[1]),
-                             ("attentionblock3.gate_block_1", a3[0]), ("attentionblock3.gate_block_2", a3[1]),
-                             ("attentionblock4.gate_block_1", a4[0]), ("attentionblock4.gate_block_2", a4[1])]
+            attentionMaps = [
+                ("attentionblock2.gate_block_1", a2[0]), ("attentionblock2.gate_block_2", a2[1]),
+                ("attentionblock3.gate_block_1", a3[0]), ("attentionblock3.gate_block_2", a3[1]),
+                ("attentionblock4.gate_block_1", a4[0]), ("attentionblock4.gate_block_2", a4[1]),
+            ]
         } else {
             u4 = up4.forward(skip: c4, coarse: ctr)
             u3 = up3.forward(skip: c3, coarse: u4)
@@ -287,25 +316,36 @@ public final class SegmentationModel {
         }()
         let (dC1, dU2b) = up1.backward(consume dU1)
         dU2.add(dU2b)
-        let dC2, dC3, dC4, dCtr: Tensor
+        let dC2: Tensor
+        let dC3: Tensor
+        let dC4: Tensor
+        let dCtr: Tensor
         if let gating, let att2, let att3, let att4 {
             let (dG2, dU3b) = up2.backward(consume dU2)
             let (dC2a, dU3c) = att2.backward(dG2)
-            dU3.add(dU3b); dU3.add(dU3c)
+            dU3.add(dU3b)
+            dU3.add(dU3c)
             let (dG3, dU4b) = up3.backward(consume dU3)
             let (dC3a, dU4c) = att3.backward(dG3)
-            dU4.add(dU4b); dU4.add(dU4c)
+            dU4.add(dU4b)
+            dU4.add(dU4c)
             let (dG4, dCtrA) = up4.backward(consume dU4)
             let (dC4a, dGating) = att4.backward(dG4)
             dCtrA.add(gating.backward(dGating))
-            dC2 = dC2a; dC3 = dC3a; dC4 = dC4a; dCtr = dCtrA
+            dC2 = dC2a
+            dC3 = dC3a
+            dC4 = dC4a
+            dCtr = dCtrA
         } else {
             let (dS2, dU3b) = up2.backward(consume dU2)
             dU3.add(dU3b)
             let (dS3, dU4b) = up3.backward(consume dU3)
             dU4.add(dU4b)
             let (dS4, dCtrA) = up4.backward(consume dU4)
-            dC2 = dS2; dC3 = dS3; dC4 = dS4; dCtr = dCtrA
+            dC2 = dS2
+            dC3 = dS3
+            dC4 = dS4
+            dCtr = dCtrA
         }
         dC4.add(pools[3].backward(center.backward(dCtr)))
         dC3.add(pools[2].backward(conv4.backward(dC4)))

@@ -22,7 +22,10 @@ public struct LabelMap: Codable, Sendable, Equatable, CustomStringConvertible {
     /// One source class and the target class it becomes.
     public struct Pair: Sendable, Equatable, CustomStringConvertible {
         public var source: Int, target: Int
-        public init(source: Int, target: Int) { self.source = source; self.target = target }
+        public init(source: Int, target: Int) {
+            self.source = source
+            self.target = target
+        }
         public var description: String { "\(source):\(target)" }
     }
 
@@ -34,9 +37,12 @@ public struct LabelMap: Codable, Sendable, Equatable, CustomStringConvertible {
     public init(parsing text: String) throws {
         var pairs: [Pair] = []
         for item in text.split(separator: ",", omittingEmptySubsequences: false) {
-            let p = item.split(separator: ":", omittingEmptySubsequences: false).map { Int($0.trimmingCharacters(in: .whitespaces)) }
+            let p = item.split(separator: ":", omittingEmptySubsequences: false).map {
+                Int($0.trimmingCharacters(in: .whitespaces))
+            }
             guard p.count == 2, let s = p[0], let t = p[1], s >= 0, t >= 0 else {
-                throw AttunetError("--label-map: '\(item)' is not SRC:DST (a checkpoint class id and a store class id, integers >= 0)")
+                throw AttunetError(
+                    "--label-map: '\(item)' is not SRC:DST (a checkpoint class id and a store class id, integers >= 0)")
             }
             pairs.append(Pair(source: s, target: t))
         }
@@ -126,30 +132,42 @@ public struct TransferReport: Codable, Sendable, Equatable {
     /// counts and why, then the label map.
     public func table(target: ModelConfig) -> [String] {
         let src = sourceModel
-        var lines = ["init: \(source) (\(src.kind.rawValue), \(src.classes) classes, feature scale \(formatScale(src.featureScale)), weights sha256 \(sourceWeightsSHA256.prefix(16))…) -> \(target.kind.rawValue), \(target.classes) classes"]
+        var lines = [
+            "init: \(source) (\(src.kind.rawValue), \(src.classes) classes, feature scale \(formatScale(src.featureScale)), weights sha256 \(sourceWeightsSHA256.prefix(16))…) -> \(target.kind.rawValue), \(target.classes) classes"
+        ]
         var rows: [(module: String, action: TensorTransferAction, why: String, tensors: Int, parameters: Int)] = []
         for t in tensors {
             let module = String(t.name.split(separator: ".").first!)
-            if let i = rows.firstIndex(where: { $0.module == module && $0.action == t.action && $0.why == (t.why ?? "") }) {
-                rows[i].tensors += 1; rows[i].parameters += t.parameters
+            if let i = rows.firstIndex(where: {
+                $0.module == module && $0.action == t.action && $0.why == (t.why ?? "")
+            }) {
+                rows[i].tensors += 1
+                rows[i].parameters += t.parameters
             } else {
                 rows.append((module, t.action, t.why ?? "", 1, t.parameters))
             }
         }
         func pad(_ s: String, _ n: Int) -> String { s.count >= n ? s : s + String(repeating: " ", count: n - s.count) }
         func left(_ s: String, _ n: Int) -> String { s.count >= n ? s : String(repeating: " ", count: n - s.count) + s }
-        lines.append("  " + pad("module", 16) + " " + pad("action", 12) + " " + left("tensors", 7) + " " + left("parameters", 11) + "  why")
+        lines.append(
+            "  " + pad("module", 16) + " " + pad("action", 12) + " " + left("tensors", 7) + " " + left("parameters", 11)
+                + "  why")
         for r in rows {
-            lines.append(("  " + pad(r.module, 16) + " " + pad(r.action.rawValue, 12) + " " + left("\(r.tensors)", 7) + " "
-                          + left(grouped(r.parameters), 11) + "  " + r.why).trimmingTrailingSpaces)
+            lines.append(
+                ("  " + pad(r.module, 16) + " " + pad(r.action.rawValue, 12) + " " + left("\(r.tensors)", 7) + " "
+                    + left(grouped(r.parameters), 11) + "  " + r.why).trimmingTrailingSpaces)
         }
         if tensors.contains(where: { $0.action == .passThrough }) {
-            lines.append("  pass-through gates: psi 0 with bias 3 (alpha = sigmoid(3) = 0.953 everywhere), W = I/alpha, combine = the mean of the two gates, their BNs the identity in eval mode: the network computes the \(sourceModel.kind.rawValue)'s logits (eval mode)")
+            lines.append(
+                "  pass-through gates: psi 0 with bias 3 (alpha = sigmoid(3) = 0.953 everywhere), W = I/alpha, combine = the mean of the two gates, their BNs the identity in eval mode: the network computes the \(sourceModel.kind.rawValue)'s logits (eval mode)"
+            )
         }
         if let map = labelMap {
-            lines.append("  label map (checkpoint class -> store class): " + map.pairs.map { p in
-                "\(p.source) \(sourceClassNames[p.source]) -> \(p.target) \(targetClassNames[p.target])"
-            }.joined(separator: ", "))
+            lines.append(
+                "  label map (checkpoint class -> store class): "
+                    + map.pairs.map { p in
+                        "\(p.source) \(sourceClassNames[p.source]) -> \(p.target) \(targetClassNames[p.target])"
+                    }.joined(separator: ", "))
         }
         return lines
     }
@@ -179,21 +197,29 @@ public enum WeightTransfer {
     /// Initialises `target` from `source` (loaded from `sourcePath`) as described above. `targetPath` and
     /// `targetClassNames` name the training store in errors and in the table. Nothing is changed when an
     /// error is thrown.
-    public static func apply(from source: SegmentationModel, sourcePath: String, sourceClassNames: [String]?,
-                             into target: SegmentationModel, targetPath: String, targetClassNames: [String],
-                             resetHead: Bool, labelMap: LabelMap?) throws -> TransferReport {
-        let s = source.config, t = target.config
+    public static func apply(
+        from source: SegmentationModel, sourcePath: String, sourceClassNames: [String]?,
+        into target: SegmentationModel, targetPath: String, targetClassNames: [String],
+        resetHead: Bool, labelMap: LabelMap?
+    ) throws -> TransferReport {
+        let s = source.config
+        let t = target.config
         let sNames = sourceClassNames?.count == s.classes ? sourceClassNames! : (0..<s.classes).map { "class \($0)" }
         let tNames = targetClassNames.count == t.classes ? targetClassNames : (0..<t.classes).map { "class \($0)" }
         func describe(_ names: [String]) -> String { names.joined(separator: ", ") }
         if resetHead && labelMap != nil {
-            throw AttunetError("--label-map and --reset-head exclude each other: the map copies the output layers' class rows, --reset-head starts them fresh")
+            throw AttunetError(
+                "--label-map and --reset-head exclude each other: the map copies the output layers' class rows, --reset-head starts them fresh"
+            )
         }
         var map: LabelMap?
         if let given = labelMap {
-            map = try check(given, sourcePath: sourcePath, sourceNames: sNames, targetPath: targetPath, targetNames: tNames)
+            map = try check(
+                given, sourcePath: sourcePath, sourceNames: sNames, targetPath: targetPath, targetNames: tNames)
         } else if s.classes != t.classes && !resetHead {
-            throw AttunetError("\(sourcePath): the checkpoint has \(s.classes) classes (\(describe(sNames))), the store \(targetPath) has \(t.classes) (\(describe(tNames))); pass --reset-head to start the output layers (dsv1-dsv4, final) fresh, or --label-map SRC:DST,... to copy the rows of matching classes")
+            throw AttunetError(
+                "\(sourcePath): the checkpoint has \(s.classes) classes (\(describe(sNames))), the store \(targetPath) has \(t.classes) (\(describe(tNames))); pass --reset-head to start the output layers (dsv1-dsv4, final) fresh, or --label-map SRC:DST,... to copy the rows of matching classes"
+            )
         }
         let identityGates = t.kind.hasAttentionGates && !s.kind.hasAttentionGates && t.passThroughGates
         var rows: [TensorTransfer] = []
@@ -207,53 +233,78 @@ public enum WeightTransfer {
                         throw AttunetError("\(sourcePath): missing tensor \(e.name) (not an attunet network?)")
                     }
                     if resetHead {
-                        rows.append(TensorTransfer(name: e.name, action: .fresh, parameters: params,
-                                                   why: "--reset-head: the checkpoint has \(s.classes) classes, the store \(t.classes)"))
+                        rows.append(
+                            TensorTransfer(
+                                name: e.name, action: .fresh, parameters: params,
+                                why: "--reset-head: the checkpoint has \(s.classes) classes, the store \(t.classes)"))
                     } else if let map {
                         if e.name != "final.weight" && Array(se.shape.dropFirst()) != Array(e.shape.dropFirst()) {
                             _ = try copy(e, se, of: sStore, sourcePath: sourcePath, s, t)  // throws: other filters
                         }
-                        staged.append((e.pointer(in: tStore), classRows(e, se, of: sStore, map: map, sourceClasses: s.classes, targetClasses: t.classes)))
-                        rows.append(TensorTransfer(name: e.name, action: .classRows, parameters: params, why: "--label-map \(map)"))
+                        staged.append(
+                            (
+                                e.pointer(in: tStore),
+                                classRows(
+                                    e, se, of: sStore, map: map, sourceClasses: s.classes, targetClasses: t.classes)
+                            ))
+                        rows.append(
+                            TensorTransfer(
+                                name: e.name, action: .classRows, parameters: params, why: "--label-map \(map)"))
                     } else {
-                        staged.append((e.pointer(in: tStore), try copy(e, se, of: sStore, sourcePath: sourcePath, s, t)))
+                        staged.append(
+                            (e.pointer(in: tStore), try copy(e, se, of: sStore, sourcePath: sourcePath, s, t)))
                         rows.append(TensorTransfer(name: e.name, action: .copied, parameters: params))
                     }
                 } else if let se = sStore.entry(named: e.name) {
                     staged.append((e.pointer(in: tStore), try copy(e, se, of: sStore, sourcePath: sourcePath, s, t)))
                     rows.append(TensorTransfer(name: e.name, action: .copied, parameters: params))
                 } else if identityGates && isPassThroughTensor(e.name) {
-                    rows.append(TensorTransfer(name: e.name, action: .passThrough, parameters: params,
-                                               why: "not in the \(s.kind.rawValue) checkpoint; --pass-through-gates (below)"))
+                    rows.append(
+                        TensorTransfer(
+                            name: e.name, action: .passThrough, parameters: params,
+                            why: "not in the \(s.kind.rawValue) checkpoint; --pass-through-gates (below)"))
                 } else {
-                    let hint = t.kind.hasAttentionGates && !t.passThroughGates ? " (--pass-through-gates: start the gates as a pass-through)" : ""
-                    rows.append(TensorTransfer(name: e.name, action: .fresh, parameters: params,
-                                               why: "not in the \(s.kind.rawValue) checkpoint: seeded initialisation" + (isPassThroughTensor(e.name) ? hint : "")))
+                    let hint =
+                        t.kind.hasAttentionGates && !t.passThroughGates
+                        ? " (--pass-through-gates: start the gates as a pass-through)" : ""
+                    rows.append(
+                        TensorTransfer(
+                            name: e.name, action: .fresh, parameters: params,
+                            why: "not in the \(s.kind.rawValue) checkpoint: seeded initialisation"
+                                + (isPassThroughTensor(e.name) ? hint : "")))
                 }
             }
         }
         for (sStore, tStore) in [(source.params, target.params), (source.buffers, target.buffers)] {
             for e in sStore.entries where tStore.entry(named: e.name) == nil {
-                rows.append(TensorTransfer(name: e.name, action: .unused, parameters: 0, why: "not part of \(t.kind.rawValue)"))
+                rows.append(
+                    TensorTransfer(name: e.name, action: .unused, parameters: 0, why: "not part of \(t.kind.rawValue)"))
             }
         }
         for (dst, values) in staged { dst.update(from: values, count: values.count) }
         if identityGates { passThrough(target) }
-        return TransferReport(source: sourcePath, sourceWeightsSHA256: Checkpoint.weightsDigest(source), sourceModel: s,
-                              sourceClassNames: sNames, targetClassNames: tNames, labelMap: map, tensors: rows)
+        return TransferReport(
+            source: sourcePath, sourceWeightsSHA256: Checkpoint.weightsDigest(source), sourceModel: s,
+            sourceClassNames: sNames, targetClassNames: tNames, labelMap: map, tensors: rows)
     }
 
     /// The label map checked against the checkpoint's and the store's classes, with `0:0` added: every id
     /// must exist on its side, no class may appear twice, and every store class needs a checkpoint class.
-    public static func check(_ given: LabelMap, sourcePath: String, sourceNames: [String], targetPath: String,
-                             targetNames: [String], sourceKind: String = "checkpoint") throws -> LabelMap {
+    public static func check(
+        _ given: LabelMap, sourcePath: String, sourceNames: [String], targetPath: String,
+        targetNames: [String], sourceKind: String = "checkpoint"
+    ) throws -> LabelMap {
         func classes(_ names: [String]) -> String { "0-\(names.count - 1) (\(names.joined(separator: ", ")))" }
         for p in given.pairs {
             guard p.source < sourceNames.count else {
-                throw AttunetError("\(sourcePath): --label-map \(p) names class \(p.source), but the \(sourceKind) has classes \(classes(sourceNames))")
+                throw AttunetError(
+                    "\(sourcePath): --label-map \(p) names class \(p.source), but the \(sourceKind) has classes \(classes(sourceNames))"
+                )
             }
             guard p.target < targetNames.count else {
-                throw AttunetError("\(targetPath): --label-map \(p) names class \(p.target), but the store has classes \(classes(targetNames))")
+                throw AttunetError(
+                    "\(targetPath): --label-map \(p) names class \(p.target), but the store has classes \(classes(targetNames))"
+                )
             }
         }
         let map = given.withBackground
@@ -261,28 +312,37 @@ public enum WeightTransfer {
             let ids = map.pairs.map { $0[keyPath: side] }
             if let twice = ids.first(where: { id in ids.filter { $0 == id }.count > 1 }) {
                 let which = side == \LabelMap.Pair.source ? "checkpoint" : "store"
-                throw AttunetError("--label-map \(given): the \(which) class \(twice) appears twice (each class maps once)")
+                throw AttunetError(
+                    "--label-map \(given): the \(which) class \(twice) appears twice (each class maps once)")
             }
         }
         if let missing = (0..<targetNames.count).first(where: { t in !map.pairs.contains { $0.target == t } }) {
-            throw AttunetError("\(targetPath): --label-map \(given) gives the store's class \(missing) (\(targetNames[missing])) no checkpoint class; map one to it, or pass --reset-head instead to start the output layers fresh")
+            throw AttunetError(
+                "\(targetPath): --label-map \(given) gives the store's class \(missing) (\(targetNames[missing])) no checkpoint class; map one to it, or pass --reset-head instead to start the output layers fresh"
+            )
         }
         return map
     }
 
     /// The source tensor's values in our layout, after checking its shape against the target's.
-    static func copy(_ e: ParameterEntry, _ se: ParameterEntry, of store: ParameterStore, sourcePath: String,
-                     _ s: ModelConfig, _ t: ModelConfig) throws -> [Float] {
+    static func copy(
+        _ e: ParameterEntry, _ se: ParameterEntry, of store: ParameterStore, sourcePath: String,
+        _ s: ModelConfig, _ t: ModelConfig
+    ) throws -> [Float] {
         guard se.shape == e.shape else {
-            throw AttunetError("\(sourcePath): tensor \(e.name) has shape \(StateDict.torchShape(se.shape)) in the checkpoint (\(s.kind.rawValue), feature scale \(formatScale(s.featureScale)), \(s.inChannels) input channel(s)) but \(StateDict.torchShape(e.shape)) here (\(t.kind.rawValue), feature scale \(formatScale(t.featureScale)), \(t.inChannels) input channel(s)); --init needs the same filters and input channels")
+            throw AttunetError(
+                "\(sourcePath): tensor \(e.name) has shape \(StateDict.torchShape(se.shape)) in the checkpoint (\(s.kind.rawValue), feature scale \(formatScale(s.featureScale)), \(s.inChannels) input channel(s)) but \(StateDict.torchShape(e.shape)) here (\(t.kind.rawValue), feature scale \(formatScale(t.featureScale)), \(t.inChannels) input channel(s)); --init needs the same filters and input channels"
+            )
         }
         return Array(UnsafeBufferPointer(start: se.pointer(in: store), count: se.count))
     }
 
     /// An output layer's values with the rows (and, for `final`, whose inputs are the four deep-supervision
     /// maps of every class, the columns) of each store class taken from its checkpoint class.
-    static func classRows(_ e: ParameterEntry, _ se: ParameterEntry, of store: ParameterStore, map: LabelMap,
-                          sourceClasses sc: Int, targetClasses tc: Int) -> [Float] {
+    static func classRows(
+        _ e: ParameterEntry, _ se: ParameterEntry, of store: ParameterStore, map: LabelMap,
+        sourceClasses sc: Int, targetClasses tc: Int
+    ) -> [Float] {
         let src = se.pointer(in: store)
         var sourceOf = [Int](repeating: 0, count: tc)
         for p in map.pairs { sourceOf[p.target] = p.source }
@@ -329,7 +389,9 @@ public enum WeightTransfer {
     /// A 1x1x1 convolution whose output channel o is `value` × the sum of input channels o, o + C, …
     /// (`blocks` of them), bias 0.
     static func diagonal(_ conv: Conv3d, _ value: Float, blocks: Int) {
-        let w = conv.weight.value, cout = conv.outChannels, cin = conv.inChannels
+        let w = conv.weight.value
+        let cout = conv.outChannels
+        let cin = conv.inChannels
         w.update(repeating: 0, count: cout * cin)
         for o in 0..<cout { for b in 0..<blocks { w[o * cin + b * cout + o] = value } }
         conv.bias?.value.update(repeating: 0, count: cout)

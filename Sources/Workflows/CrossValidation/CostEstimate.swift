@@ -44,26 +44,33 @@ extension CrossValidation {
         let work = try foldCommunicator().comm
         let plan = try plan()
         let store = try CaseStore(path: config.store)
-        let ranks = work.size, local = config.training.batch / ranks
+        let ranks = work.size
+        let local = config.training.batch / ranks
         guard local >= 1, config.training.batch % ranks == 0 else {
-            throw AttunetError("--batch \(config.training.batch) is not divisible by the \(ranks) MPI ranks of a fold (each rank takes batch/ranks patches)")
+            throw AttunetError(
+                "--batch \(config.training.batch) is not divisible by the \(ranks) MPI ranks of a fold (each rank takes batch/ranks patches)"
+            )
         }
         let t = config.training
         let folds = try (0..<plan.count).map { k -> CrossValidationEstimate.Fold in
             let tc = config.trainConfig(plan: plan, fold: k, model: config.models[0])
-            let loader = try PatchLoader(store: store, cases: tc.trainCases, patch: t.patch, batch: local, rank: work.rank,
-                                         worldSize: ranks, seed: t.seed, samplesPerCase: t.samplesPerCase)
-            return .init(fold: k, training: tc.trainCases.count, validation: tc.validationCases.count,
-                         test: plan.testCases(fold: k).count, stepsPerEpoch: loader.stepsPerEpoch)
+            let loader = try PatchLoader(
+                store: store, cases: tc.trainCases, patch: t.patch, batch: local, rank: work.rank,
+                worldSize: ranks, seed: t.seed, samplesPerCase: t.samplesPerCase)
+            return .init(
+                fold: k, training: tc.trainCases.count, validation: tc.validationCases.count,
+                test: plan.testCases(fold: k).count, stepsPerEpoch: loader.stepsPerEpoch)
         }
         var costs: [CrossValidationEstimate.ModelCost] = []
         let scratch = FileManager.default.temporaryDirectory.appendingPathComponent("attunet-dry-run-\(getpid())")
         for model in config.models {
             let tc = config.trainConfig(plan: plan, fold: 0, model: model)
-            let trainer = try Trainer(config: tc, comm: work, outDir: scratch, context: context)  // writes nothing until it runs
-            let loader = try PatchLoader(store: store, cases: tc.trainCases, patch: t.patch, batch: local, rank: work.rank,
-                                         worldSize: ranks, seed: t.seed, augment: tc.augmentOptions,
-                                         foregroundFraction: t.foregroundFraction, samplesPerCase: t.samplesPerCase)
+            // The trainer writes nothing until it runs.
+            let trainer = try Trainer(config: tc, comm: work, outDir: scratch, context: context)
+            let loader = try PatchLoader(
+                store: store, cases: tc.trainCases, patch: t.patch, batch: local, rank: work.rank,
+                worldSize: ranks, seed: t.seed, augment: tc.augmentOptions,
+                foregroundFraction: t.foregroundFraction, samplesPerCase: t.samplesPerCase)
             let batch = try loader.makeBatch(epoch: 0, step: 0)
             trainer.model.training = true
             _ = try trainer.step(batch)
@@ -72,33 +79,42 @@ extension CrossValidation {
             seconds[0] /= Double(max(1, timedSteps))
             let volume = tc.validationCases.first ?? plan.testCases(fold: 0)[0]
             let c = store.index(of: volume)!
-            _ = try trainer.segment(case: c)   // warm-up: first touch of the buffers
+            _ = try trainer.segment(case: c)  // warm-up: first touch of the buffers
             let t0 = Date()
             _ = try trainer.segment(case: c)
             seconds[1] = Date().timeIntervalSince(t0)
             try seconds.withUnsafeMutableBufferPointer { try comm.allReduceMax($0) }
-            costs.append(.init(model: model.kind.rawValue, parameters: trainer.model.parameterCount,
-                               secondsPerStep: seconds[0], secondsPerVolume: seconds[1]))
+            costs.append(
+                .init(
+                    model: model.kind.rawValue, parameters: trainer.model.parameterCount,
+                    secondsPerStep: seconds[0], secondsPerVolume: seconds[1]))
         }
         var peak = [Double(Memory.peakResidentBytes() ?? 0)]
         try peak.withUnsafeMutableBufferPointer { try comm.allReduceMax($0) }
         let every = max(t.validateEvery, 1)
         let validations = t.epochs / every + (t.epochs % every == 0 ? 0 : 1)
-        func spread(_ n: Int) -> Double { Double((n + ranks - 1) / ranks) }   // volumes are spread over ranks
-        var training = 0.0, validation = 0.0, test = 0.0
+        func spread(_ n: Int) -> Double { Double((n + ranks - 1) / ranks) }  // volumes are spread over ranks
+        var training = 0.0
+        var validation = 0.0
+        var test = 0.0
         var groupSeconds = [Double](repeating: 0, count: foldParallel)
-        for (j, (m, f)) in costs.flatMap({ m in folds.map { (m, $0) } }).enumerated() {   // the run's job order
-            let job = (Double(t.epochs * f.stepsPerEpoch) * m.secondsPerStep,
-                       Double(validations) * spread(f.validation) * m.secondsPerVolume,
-                       spread(f.test) * m.secondsPerVolume)
-            training += job.0; validation += job.1; test += job.2
+        for (j, (m, f)) in costs.flatMap({ m in folds.map { (m, $0) } }).enumerated() {  // the run's job order
+            let job = (
+                Double(t.epochs * f.stepsPerEpoch) * m.secondsPerStep,
+                Double(validations) * spread(f.validation) * m.secondsPerVolume,
+                spread(f.test) * m.secondsPerVolume
+            )
+            training += job.0
+            validation += job.1
+            test += job.2
             groupSeconds[j % foldParallel] += job.0 + job.1 + job.2
         }
-        return CrossValidationEstimate(folds: folds, models: costs, epochs: t.epochs, validationsPerFold: validations,
-                                       ranks: comm.size, threadsPerRank: max(1, Parallelism.threads),
-                                       groups: foldParallel,
-                                       trainingSeconds: training, validationSeconds: validation, testSeconds: test,
-                                       wallSeconds: groupSeconds.max()!,
-                                       peakResidentBytes: peak[0] > 0 ? Int(peak[0]) : nil)
+        return CrossValidationEstimate(
+            folds: folds, models: costs, epochs: t.epochs, validationsPerFold: validations,
+            ranks: comm.size, threadsPerRank: max(1, Parallelism.threads),
+            groups: foldParallel,
+            trainingSeconds: training, validationSeconds: validation, testSeconds: test,
+            wallSeconds: groupSeconds.max()!,
+            peakResidentBytes: peak[0] > 0 ? Int(peak[0]) : nil)
     }
 }

@@ -1,5 +1,5 @@
-import DataPipeline
 import Collectives
+import DataPipeline
 import Evaluation
 import Foundation
 import Inference
@@ -30,14 +30,23 @@ public struct CrossValidationConfig: Codable, Sendable, Equatable {
     /// The training settings of every fold and model (`model`, `trainCases`, `validationCases` are filled per fold).
     public var training: TrainConfig
 
-    public init(store: String, storeFingerprint: String, models: [ModelConfig], folds: Int, inverse: Bool,
-                splitsFile: String?, groupBy: String?, validationFraction: Double,
-                distanceDefinition: SurfaceDistanceDefinition, training: TrainConfig) {
-        self.store = store; self.storeFingerprint = storeFingerprint; self.models = models; self.folds = folds
-        self.inverse = inverse; self.splitsFile = splitsFile; self.groupBy = groupBy
-        self.validationFraction = validationFraction; self.distanceDefinition = distanceDefinition
+    public init(
+        store: String, storeFingerprint: String, models: [ModelConfig], folds: Int, inverse: Bool,
+        splitsFile: String?, groupBy: String?, validationFraction: Double,
+        distanceDefinition: SurfaceDistanceDefinition, training: TrainConfig
+    ) {
+        self.store = store
+        self.storeFingerprint = storeFingerprint
+        self.models = models
+        self.folds = folds
+        self.inverse = inverse
+        self.splitsFile = splitsFile
+        self.groupBy = groupBy
+        self.validationFraction = validationFraction
+        self.distanceDefinition = distanceDefinition
         var t = training
-        t.trainCases = []; t.validationCases = []
+        t.trainCases = []
+        t.validationCases = []
         self.training = t
     }
 
@@ -51,8 +60,9 @@ public struct CrossValidationConfig: Codable, Sendable, Equatable {
 
     /// The training configuration of fold `k` for `model`: the fold's training cases less a seeded validation part.
     public func trainConfig(plan: FoldPlan, fold k: Int, model: ModelConfig) -> TrainConfig {
-        let (train, val) = TrainConfig.split(plan.trainingCases(fold: k), validationFraction: validationFraction,
-                                             seed: validationSeed(fold: k))
+        let (train, val) = TrainConfig.split(
+            plan.trainingCases(fold: k), validationFraction: validationFraction,
+            seed: validationSeed(fold: k))
         var t = training
         t.model = model
         t.trainCases = train
@@ -78,7 +88,10 @@ public struct CaseResult: Codable, Sendable, Equatable {
     public var voxels: Int?
 
     public init(id: String, seconds: Double, classes: [ClassMetrics], voxels: Int?) {
-        self.id = id; self.seconds = seconds; self.classes = classes; self.voxels = voxels
+        self.id = id
+        self.seconds = seconds
+        self.classes = classes
+        self.voxels = voxels
     }
 }
 
@@ -126,13 +139,23 @@ public final class CrossValidation {
     }
 
     /// What rank 0 decided at the start, sent to every rank.
-    struct Start: Codable { var plan: FoldPlan?; var error: String? }
+    struct Start: Codable {
+        var plan: FoldPlan?
+        var error: String?
+    }
 
     /// One (model, fold) training and evaluation: the unit the fold-parallel schedule hands to a group.
-    struct Job { var model: ModelConfig; var fold: Int }
+    struct Job {
+        var model: ModelConfig
+        var fold: Int
+    }
 
     /// How a group's share of the work ended, exchanged over the world before the summary.
-    struct Outcome: Codable { var error: String?; var interrupted = false; var results: [FoldResults] = [] }
+    struct Outcome: Codable {
+        var error: String?
+        var interrupted = false
+        var results: [FoldResults] = []
+    }
 
     /// The communicator a fold trains on, and this rank's group: the world (group 0) or, with ``foldParallel``
     /// G > 1, this rank's group of the world split into G groups of consecutive ranks. Every rank must call it.
@@ -144,7 +167,8 @@ public final class CrossValidation {
     /// itself for one group) and the group's index. Every rank must call it; `groups` must divide the ranks.
     static func split(_ world: Communicator, into groups: Int) throws -> (comm: Communicator, group: Int) {
         guard groups >= 1, world.size % groups == 0 else {
-            throw AttunetError("--fold-parallel \(groups) does not divide the \(world.size) MPI rank(s) into equal groups")
+            throw AttunetError(
+                "--fold-parallel \(groups) does not divide the \(world.size) MPI rank(s) into equal groups")
         }
         guard groups > 1 else { return (world, 0) }
         let g = world.rank / (world.size / groups)
@@ -162,7 +186,8 @@ public final class CrossValidation {
         var jobs = config.models.flatMap { m in (0..<plan.count).map { Job(model: m, fold: $0) } }
         if summarizeOnly {
             let results: [FoldResults] = try comm.broadcast(comm.isRoot ? try collectResults(jobs) : nil)
-            let summary: CrossValidationSummary = try comm.broadcast(comm.isRoot ? try report(results, plan: plan) : nil)
+            let summary: CrossValidationSummary = try comm.broadcast(
+                comm.isRoot ? try report(results, plan: plan) : nil)
             return summary
         }
         if let k = onlyFold {
@@ -174,13 +199,17 @@ public final class CrossValidation {
         var results: [FoldResults]
         if foldParallel == 1 {
             var epochsLeft = context.stopAfterEpochs
-            results = try jobs.map { try runFold($0.fold, model: $0.model, plan: plan, on: comm, epochsLeft: &epochsLeft) }
+            results = try jobs.map {
+                try runFold($0.fold, model: $0.model, plan: plan, on: comm, epochsLeft: &epochsLeft)
+            }
         } else {
             results = try runGroups(jobs, plan: plan, on: local, group: group)
         }
         if let k = onlyFold {
             if comm.isRoot && context.verbose {
-                print("cv: fold \(k) of every model done; once every fold is, write the summaries with the same command and --summarize instead of --fold")
+                print(
+                    "cv: fold \(k) of every model done; once every fold is, write the summaries with the same command and --summarize instead of --fold"
+                )
             }
             try comm.barrier()
             return nil
@@ -196,13 +225,15 @@ public final class CrossValidation {
     /// groups have checkpointed. Returns every job's results on rank 0 (empty elsewhere).
     func runGroups(_ jobs: [Job], plan: FoldPlan, on local: Communicator, group g: Int) throws -> [FoldResults] {
         let first = g * local.size
-        let group = "group \(g + 1)/\(foldParallel)", ranks = "ranks \(first)-\(first + local.size - 1)"
+        let group = "group \(g + 1)/\(foldParallel)"
+        let ranks = "ranks \(first)-\(first + local.size - 1)"
         var outcome = Outcome()
         var epochsLeft = context.stopAfterEpochs
         do {
             for (j, job) in jobs.enumerated() where j % foldParallel == g {
-                let r = try runFold(job.fold, model: job.model, plan: plan, on: local, epochsLeft: &epochsLeft,
-                                    tag: " (\(group), \(ranks))")
+                let r = try runFold(
+                    job.fold, model: job.model, plan: plan, on: local, epochsLeft: &epochsLeft,
+                    tag: " (\(group), \(ranks))")
                 if local.isRoot { outcome.results.append(r) }
             }
         } catch let e as AttunetError where e.kind == .interrupted {
@@ -214,13 +245,16 @@ public final class CrossValidation {
         }
         // Groups can finish hours apart (one has a fold more): no watchdog on this exchange.
         CollectiveWatchdog.shared.timeout = 0
-        let all = try comm.allGather(data: try JSONEncoder().encode(outcome)).map { try JSONDecoder().decode(Outcome.self, from: $0) }
+        let all = try comm.allGather(data: try JSONEncoder().encode(outcome)).map {
+            try JSONDecoder().decode(Outcome.self, from: $0)
+        }
         if let e = all.compactMap(\.error).first { throw AttunetError(e) }
         if all.contains(where: \.interrupted) {
             if comm.isRoot && context.verbose { print("cv: stopped; rerun the same command to continue") }
             throw AttunetError("", kind: .interrupted)
         }
-        let byJob = Dictionary(all.flatMap(\.results).map { ("\($0.model)/\($0.fold)", $0) }, uniquingKeysWith: { a, _ in a })
+        let byJob = Dictionary(
+            all.flatMap(\.results).map { ("\($0.model)/\($0.fold)", $0) }, uniquingKeysWith: { a, _ in a })
         return comm.isRoot ? jobs.map { byJob["\($0.model.kind.rawValue)/\($0.fold)"]! } : []
     }
 
@@ -231,8 +265,9 @@ public final class CrossValidation {
         if let s = config.splitsFile {
             return try FoldPlan.load(s, ids: ids, folds: config.folds, inverse: config.inverse)
         }
-        return try FoldPlan.make(ids: ids, folds: config.folds, seed: config.training.seed, inverse: config.inverse,
-                                 groups: try config.groupBy.map(FoldPlan.groups(from:)))
+        return try FoldPlan.make(
+            ids: ids, folds: config.folds, seed: config.training.seed, inverse: config.inverse,
+            groups: try config.groupBy.map(FoldPlan.groups(from:)))
     }
 
     /// Rank 0: the refusal of a changed configuration, the plan, and config.json, splits.json and nnU-Net's
@@ -241,14 +276,22 @@ public final class CrossValidation {
         do {
             if let old = FileManager.default.contents(atPath: folder.config.path) {
                 if let d = try config.difference(from: old) {
-                    return Start(plan: nil, error: "\(folder.config.path): this command differs from the run in \(folder.path): \(d); rerun with the run's options or choose another --out")
+                    return Start(
+                        plan: nil,
+                        error:
+                            "\(folder.config.path): this command differs from the run in \(folder.path): \(d); rerun with the run's options or choose another --out"
+                    )
                 }
                 if let removed = folder.removeStaleTemporaries(), context.verbose { print("cv: " + removed) }
             }
             let plan = try self.plan()
             // The same options give the same folds, unless the --splits file was edited in between.
             if let old = FileManager.default.contents(atPath: folder.splits.path), old != (try plan.json()) {
-                return Start(plan: nil, error: "\(folder.splits.path): the folds differ from the run's (was \(config.splitsFile ?? "the seeded plan") edited?); restore them or choose another --out")
+                return Start(
+                    plan: nil,
+                    error:
+                        "\(folder.splits.path): the folds differ from the run's (was \(config.splitsFile ?? "the seeded plan") edited?); restore them or choose another --out"
+                )
             }
             try FileManager.default.createDirectory(at: folder.url, withIntermediateDirectories: true)
             try AtomicFile.write(try Self.json(config), to: folder.config.path)
@@ -270,25 +313,38 @@ public final class CrossValidation {
     /// Trains (or resumes) one fold of one model on `comm` (the world, or a fold-parallel group) and evaluates
     /// its test cases; a fold with results.json is skipped and its results read back. Returns the results on
     /// every rank of `comm`.
-    func runFold(_ k: Int, model: ModelConfig, plan: FoldPlan, on comm: Communicator, epochsLeft: inout Int?,
-                 tag: String = "") throws -> FoldResults {
+    func runFold(
+        _ k: Int, model: ModelConfig, plan: FoldPlan, on comm: Communicator, epochsLeft: inout Int?,
+        tag: String = ""
+    ) throws -> FoldResults {
         let name = model.kind.rawValue
         let sub = folder.fold(k, model: name)
-        func say(_ line: String) { if comm.isRoot && context.verbose { print(line); fflush(nil) } }
+        func say(_ line: String) {
+            if comm.isRoot && context.verbose {
+                print(line)
+                fflush(nil)
+            }
+        }
         let head = "cv: \(name) fold \(k + 1)/\(plan.count)\(tag)"
         // 0: fresh, 1: resume, 2: done (the group's root looks; its ranks follow).
         let fm = FileManager.default
         // A fold whose first checkpoint write was killed has a temporary file and no checkpoint yet.
-        if comm.isRoot, fm.fileExists(atPath: sub.path), let removed = sub.removeStaleTemporaries() { say(head + ": " + removed) }
-        let status: Int = try comm.broadcast(comm.isRoot
-            ? (fm.fileExists(atPath: sub.foldResults.path) ? 2 : fm.fileExists(atPath: sub.checkpointLatest.path) ? 1 : 0) : nil)
+        if comm.isRoot, fm.fileExists(atPath: sub.path), let removed = sub.removeStaleTemporaries() {
+            say(head + ": " + removed)
+        }
+        let status: Int = try comm.broadcast(
+            comm.isRoot
+                ? (fm.fileExists(atPath: sub.foldResults.path)
+                    ? 2 : fm.fileExists(atPath: sub.checkpointLatest.path) ? 1 : 0) : nil)
         if status == 2 {
             say("\(head): done, skipped (\(sub.foldResults.path) exists)")
             return try comm.broadcast(comm.isRoot ? try Self.readResults(sub.foldResults.path) : nil)
         }
         let train = config.trainConfig(plan: plan, fold: k, model: model)
         let test = plan.testCases(fold: k)
-        say("\(head): \(train.trainCases.count) training / \(train.validationCases.count) validation / \(test.count) test cases" + (status == 1 ? ", resuming \(sub.checkpointLatest.path)" : ""))
+        say(
+            "\(head): \(train.trainCases.count) training / \(train.validationCases.count) validation / \(test.count) test cases"
+                + (status == 1 ? ", resuming \(sub.checkpointLatest.path)" : ""))
         var foldContext = context
         foldContext.linePrefix = tag.isEmpty ? "" : "[\(name) fold \(k + 1)] "
         foldContext.progressBar = tag.isEmpty
@@ -299,14 +355,17 @@ public final class CrossValidation {
         if comm.isRoot {
             try fm.createDirectory(at: sub.url, withIntermediateDirectories: true)
             try AtomicFile.write(try Self.json(train), to: sub.config.path)
-            try AtomicFile.write(try Self.json(["train": train.trainCases, "validation": train.validationCases, "test": test]),
-                                 to: sub.splits.path)
+            try AtomicFile.write(
+                try Self.json(["train": train.trainCases, "validation": train.validationCases, "test": test]),
+                to: sub.splits.path)
         }
         let firstEpoch = state?.epoch ?? 0
         if firstEpoch < train.epochs || (train.epochs == 0 && state == nil) {
             if let left = epochsLeft {
                 if left <= 0 {
-                    say("cv: stopped before \(name) fold \(k + 1) (--stop-after-epochs); rerun the same command to continue")
+                    say(
+                        "cv: stopped before \(name) fold \(k + 1) (--stop-after-epochs); rerun the same command to continue"
+                    )
                     try comm.barrier()
                     throw AttunetError("", kind: .interrupted)
                 }
@@ -318,7 +377,10 @@ public final class CrossValidation {
         if comm.isRoot {
             try AtomicFile.write(try Self.json(results), to: sub.foldResults.path)
             let dice = ClassSummary.summarize(results.cases.map(\.classes)).map { $0.metrics[.dice]!.mean }
-            say("\(head): test Dice " + zip(results.classNames, dice).map { "\($0) \(String(format: "%.3f", $1))" }.joined(separator: ", ") + " (\(results.checkpoint)); wrote \(sub.foldResults.path)")
+            say(
+                "\(head): test Dice "
+                    + zip(results.classNames, dice).map { "\($0) \(String(format: "%.3f", $1))" }.joined(
+                        separator: ", ") + " (\(results.checkpoint)); wrote \(sub.foldResults.path)")
         }
         try comm.barrier()
         return results
@@ -326,16 +388,25 @@ public final class CrossValidation {
 
     /// Rank 0, for --summarize: every job's results.json, or an error naming the folds without one.
     func collectResults(_ jobs: [Job]) throws -> [FoldResults] {
-        let missing = jobs.filter { !FileManager.default.fileExists(atPath: folder.fold($0.fold, model: $0.model.kind.rawValue).foldResults.path) }
+        let missing = jobs.filter {
+            !FileManager.default.fileExists(
+                atPath: folder.fold($0.fold, model: $0.model.kind.rawValue).foldResults.path)
+        }
         guard missing.isEmpty else {
             let names = missing.map { "fold_\($0.fold)/\($0.model.kind.rawValue)" }.joined(separator: ", ")
-            throw AttunetError("\(folder.path): \(missing.count) of \(jobs.count) fold(s) have no results.json yet: \(names); run them (--fold K) before --summarize")
+            throw AttunetError(
+                "\(folder.path): \(missing.count) of \(jobs.count) fold(s) have no results.json yet: \(names); run them (--fold K) before --summarize"
+            )
         }
-        return try jobs.map { try Self.readResults(folder.fold($0.fold, model: $0.model.kind.rawValue).foldResults.path) }
+        return try jobs.map {
+            try Self.readResults(folder.fold($0.fold, model: $0.model.kind.rawValue).foldResults.path)
+        }
     }
 
     static func readResults(_ path: String) throws -> FoldResults {
-        guard let data = FileManager.default.contents(atPath: path) else { throw AttunetError("\(path): cannot read the fold's results") }
+        guard let data = FileManager.default.contents(atPath: path) else {
+            throw AttunetError("\(path): cannot read the fold's results")
+        }
         do {
             return try JSONFiles.decode(FoldResults.self, from: data)
         } catch {
@@ -346,29 +417,36 @@ public final class CrossValidation {
     /// Loads the fold's best checkpoint (the latest when no validation ran) and measures every test case
     /// (spread over the ranks of `comm`) against the store's label map at the store's spacing.
     func evaluate(trainer: Trainer, fold k: Int, test: [String], on comm: Communicator) throws -> FoldResults {
-        let useBest: Bool = try comm.broadcast(comm.isRoot ? FileManager.default.fileExists(atPath: trainer.bestPath) : nil)
+        let useBest: Bool = try comm.broadcast(
+            comm.isRoot ? FileManager.default.fileExists(atPath: trainer.bestPath) : nil)
         let path = useBest ? trainer.bestPath : trainer.latestPath
         let model = trainer.model
         try Checkpoint.load(path, into: model)
         let store = try CaseStore(path: config.store)
         // The test cases are segmented by the Predictor that `attunet predict` uses, on the store's grid.
-        let predictor = try Predictor(networks: [model], recipe: trainer.recipe,
-                                      options: SlidingWindowOptions(patch: trainer.config.patch))
-        let cases = try Self.measure(test, of: store, path: config.store, classes: trainer.config.model.classes,
-                                     definition: config.distanceDefinition, on: comm) { try predictor.segment(store: store, case: $0).labels }
-        return FoldResults(model: trainer.config.model.kind.rawValue, fold: k,
-                           checkpoint: URL(fileURLWithPath: path).lastPathComponent,
-                           weightsSHA256: TrainingCheckpoint.weightsDigest(model), parameters: model.parameterCount,
-                           classNames: Array(store.classNames.dropFirst()), distanceDefinition: config.distanceDefinition,
-                           cases: cases)
+        let predictor = try Predictor(
+            networks: [model], recipe: trainer.recipe,
+            options: SlidingWindowOptions(patch: trainer.config.patch))
+        let cases = try Self.measure(
+            test, of: store, path: config.store, classes: trainer.config.model.classes,
+            definition: config.distanceDefinition, on: comm
+        ) { try predictor.segment(store: store, case: $0).labels }
+        return FoldResults(
+            model: trainer.config.model.kind.rawValue, fold: k,
+            checkpoint: URL(fileURLWithPath: path).lastPathComponent,
+            weightsSHA256: TrainingCheckpoint.weightsDigest(model), parameters: model.parameterCount,
+            classNames: Array(store.classNames.dropFirst()), distanceDefinition: config.distanceDefinition,
+            cases: cases)
     }
 
     /// Segments the `test` cases of `store` (case i on rank i mod size) with `segment` (store index → label per
     /// voxel), times each and scores it against the store's labels at the store's spacing (``Evaluator``);
     /// every rank gets every case's result, in the order of `test`.
-    static func measure(_ test: [String], of store: CaseStore, path: String, classes: Int,
-                        definition: SurfaceDistanceDefinition, on comm: Communicator,
-                        segment: (Int) throws -> [UInt8]) throws -> [CaseResult] {
+    static func measure(
+        _ test: [String], of store: CaseStore, path: String, classes: Int,
+        definition: SurfaceDistanceDefinition, on comm: Communicator,
+        segment: (Int) throws -> [UInt8]
+    ) throws -> [CaseResult] {
         var mine: [CaseResult] = []
         let evaluator = Evaluator(classes: classes, definition: definition)
         for (i, id) in test.enumerated() where i % comm.size == comm.rank {
@@ -377,20 +455,23 @@ public final class CrossValidation {
             let pred = try segment(c)
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             let shape = store.cases[c].shape
-            let m = evaluator.metrics(prediction: pred, reference: try store.label(c), dim: shape,
-                                      spacing: VoxelSpacing(store.spacing))
+            let m = evaluator.metrics(
+                prediction: pred, reference: try store.label(c), dim: shape,
+                spacing: VoxelSpacing(store.spacing))
             mine.append(CaseResult(id: id, seconds: seconds, classes: m, voxels: shape.count))
         }
-        let byID = Dictionary(uniqueKeysWithValues: try comm.allGather(data: try JSONEncoder().encode(mine))
-            .flatMap { try JSONDecoder().decode([CaseResult].self, from: $0) }.map { ($0.id, $0) })
+        let byID = Dictionary(
+            uniqueKeysWithValues: try comm.allGather(data: try JSONEncoder().encode(mine))
+                .flatMap { try JSONDecoder().decode([CaseResult].self, from: $0) }.map { ($0.id, $0) })
         return test.map { byID[$0]! }
     }
 
     /// Rank 0: writes summary.md, summary.csv and summary.json from every fold's results (model by model, fold
     /// by fold).
     func report(_ results: [FoldResults], plan: FoldPlan) throws -> CrossValidationSummary {
-        let summary = CrossValidationSummary(results: results, plan: plan, definition: config.distanceDefinition,
-                                             store: config.store)
+        let summary = CrossValidationSummary(
+            results: results, plan: plan, definition: config.distanceDefinition,
+            store: config.store)
         try AtomicFile.write(try Self.json(summary), to: folder.summaryJSON.path)
         try AtomicFile.write(summary.csv(), to: folder.summaryCSV.path)
         let md = summary.markdown()
@@ -398,7 +479,10 @@ public final class CrossValidation {
         try AtomicFile.write(summary.boxPlotSVG(), to: folder.summarySVG.path)
         if context.verbose {
             if printsSummary { print(md, terminator: "") }
-            print("cv: wrote " + [folder.summaryMarkdown, folder.summaryCSV, folder.summaryJSON, folder.summarySVG].map(\.path).joined(separator: ", "))
+            print(
+                "cv: wrote "
+                    + [folder.summaryMarkdown, folder.summaryCSV, folder.summaryJSON, folder.summarySVG].map(\.path)
+                    .joined(separator: ", "))
         }
         return summary
     }

@@ -33,8 +33,10 @@ public struct FoldPlan: Codable, Sendable, Equatable {
     /// A seeded split of `ids` into `folds` parts whose sizes differ by at most one case (by at most the
     /// largest group when `groups` maps case ids to patients: every scan of one patient stays in one part).
     /// The same ids, seed and groups give the same parts on every machine.
-    public static func make(ids: [String], folds: Int, seed: UInt64, inverse: Bool = false,
-                            groups: [String: String]? = nil) throws -> FoldPlan {
+    public static func make(
+        ids: [String], folds: Int, seed: UInt64, inverse: Bool = false,
+        groups: [String: String]? = nil
+    ) throws -> FoldPlan {
         guard folds >= 2 else { throw AttunetError("--folds \(folds): a cross-validation needs at least 2 folds") }
         let sorted = Array(Set(ids)).sorted()
         guard sorted.count == ids.count else { throw AttunetError("case ids are not unique") }
@@ -50,12 +52,14 @@ public struct FoldPlan: Codable, Sendable, Equatable {
             units = sorted.map { [$0] }
         }
         guard units.count >= folds else {
-            throw AttunetError("--folds \(folds): only \(units.count) \(groups == nil ? "case(s)" : "patient(s)") to split")
+            throw AttunetError(
+                "--folds \(folds): only \(units.count) \(groups == nil ? "case(s)" : "patient(s)") to split")
         }
         var rng = SeededRNG(seed, 0x464F_4C44)  // "FOLD"
         units = rng.permutation(units.count).map { units[$0] }
         // Largest units first (stable), each to the part with the fewest cases so far (lowest index on ties).
-        units = units.enumerated().sorted { ($0.element.count, -$0.offset) > ($1.element.count, -$1.offset) }.map(\.element)
+        units = units.enumerated().sorted { ($0.element.count, -$0.offset) > ($1.element.count, -$1.offset) }.map(
+            \.element)
         var parts = [[String]](repeating: [], count: folds)
         for unit in units {
             let k = parts.indices.min { (parts[$0].count, $0) < (parts[$1].count, $1) }!
@@ -88,16 +92,22 @@ public struct FoldPlan: Codable, Sendable, Equatable {
                 throw AttunetError("\(path): fold \(k) lacks \"train\" or \"test\"/\"val\"")
             }
             let unknown = (train + test).filter { !known.contains($0) }
-            guard unknown.isEmpty else { throw AttunetError("\(path): fold \(k) names case(s) not in the store: \(list(unknown))") }
+            guard unknown.isEmpty else {
+                throw AttunetError("\(path): fold \(k) names case(s) not in the store: \(list(unknown))")
+            }
             let both = Set(train).intersection(test)
-            guard both.isEmpty else { throw AttunetError("\(path): fold \(k) both trains and tests on \(list(Array(both)))") }
+            guard both.isEmpty else {
+                throw AttunetError("\(path): fold \(k) both trains and tests on \(list(Array(both)))")
+            }
             parts.append(inverse ? train : test)
         }
         let what = inverse ? "training" : "test"
         var seen: [String: Int] = [:]
         for (k, part) in parts.enumerated() {
             for id in part {
-                if let other = seen[id] { throw AttunetError("\(path): case \(id) is in the \(what) sets of folds \(other) and \(k)") }
+                if let other = seen[id] {
+                    throw AttunetError("\(path): case \(id) is in the \(what) sets of folds \(other) and \(k)")
+                }
                 seen[id] = k
             }
         }
@@ -105,9 +115,12 @@ public struct FoldPlan: Codable, Sendable, Equatable {
         guard missing.isEmpty else { throw AttunetError("\(path): case(s) in no fold's \(what) set: \(list(missing))") }
         let plan = FoldPlan(parts: parts, inverse: inverse)
         for (k, e) in entries.enumerated() {
-            let train = Set(e["train"]!), test = Set(e["test"] ?? e["val"]!)
+            let train = Set(e["train"]!)
+            let test = Set(e["test"] ?? e["val"]!)
             guard train == Set(plan.trainingCases(fold: k)), test == Set(plan.testCases(fold: k)) else {
-                throw AttunetError("\(path): fold \(k) does not train on every case the other folds test on (each fold must use all cases)")
+                throw AttunetError(
+                    "\(path): fold \(k) does not train on every case the other folds test on (each fold must use all cases)"
+                )
             }
         }
         return plan
@@ -115,16 +128,23 @@ public struct FoldPlan: Codable, Sendable, Equatable {
 
     /// The file `load` reads and `write` writes.
     struct SplitsFile: Codable {
-        struct Fold: Codable { var train: [String]; var test: [String] }
+        struct Fold: Codable {
+            var train: [String]
+            var test: [String]
+        }
         var protocolName: String
         var folds: [Fold]
-        enum CodingKeys: String, CodingKey { case protocolName = "protocol", folds }
+        enum CodingKeys: String, CodingKey {
+            case protocolName = "protocol"
+            case folds
+        }
     }
 
     /// `splits.json`: the protocol and each fold's training and test cases.
     public func json() throws -> Data {
-        let file = SplitsFile(protocolName: inverse ? "inverse" : "k-fold",
-                              folds: (0..<count).map { .init(train: trainingCases(fold: $0), test: testCases(fold: $0)) })
+        let file = SplitsFile(
+            protocolName: inverse ? "inverse" : "k-fold",
+            folds: (0..<count).map { .init(train: trainingCases(fold: $0), test: testCases(fold: $0)) })
         return try JSONFiles.data(file)
     }
 

@@ -1,6 +1,6 @@
 import Evaluation
-import NN
 import Foundation
+import NN
 import Training
 
 /// The reports of a cross-validation: per model the evaluation over all its test cases (the
@@ -43,8 +43,11 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
         public var s2sIsWorstCase: Bool
         public var seconds: Double
         enum CodingKeys: String, CodingKey {
-            case model, fold, caseID = "case", className = "class", dice, precision, recall, assd, hd95, s2s2d, empty,
-                 distancesAreWorstCase, s2sIsWorstCase, seconds
+            case model, fold
+            case caseID = "case"
+            case className = "class"
+            case dice, precision, recall, assd, hd95, s2s2d, empty,
+                distancesAreWorstCase, s2sIsWorstCase, seconds
         }
     }
 
@@ -71,8 +74,12 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
     public var comparisons: [Comparison]
 
     enum CodingKeys: String, CodingKey {
-        case protocolName = "protocol", folds, distanceDefinition, classNames, models, foldRows = "perFold",
-             cases = "perCase", comparisons
+        case protocolName = "protocol"
+        case folds, distanceDefinition, classNames, models
+        case foldRows = "perFold"
+        case
+            cases = "perCase"
+        case comparisons
     }
 
     /// The summary of `results` (every fold of every model, models in report order) measured against the
@@ -91,25 +98,30 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
             let cases = rs.flatMap(\.cases)
             let evaluated = rs.flatMap { r in
                 r.cases.map {
-                    CaseEvaluation(id: $0.id, predictionFile: "fold_\(r.fold)/\(r.model)#\($0.id)", referenceFile: "\(store)#\($0.id)",
-                                   voxels: $0.voxels, classes: $0.classes)
+                    CaseEvaluation(
+                        id: $0.id, predictionFile: "fold_\(r.fold)/\(r.model)#\($0.id)",
+                        referenceFile: "\(store)#\($0.id)",
+                        voxels: $0.voxels, classes: $0.classes)
                 }
             }
-            return ModelRow(model: m, parameters: rs[0].parameters,
-                            inferenceSecondsPerVolume: cases.map(\.seconds).reduce(0, +) / Double(max(cases.count, 1)),
-                            evaluation: EvaluationSummary(cases: evaluated, classNames: names, definition: definition))
+            return ModelRow(
+                model: m, parameters: rs[0].parameters,
+                inferenceSecondsPerVolume: cases.map(\.seconds).reduce(0, +) / Double(max(cases.count, 1)),
+                evaluation: EvaluationSummary(cases: evaluated, classNames: names, definition: definition))
         }
         foldRows = results.map {
-            FoldRow(model: $0.model, fold: $0.fold, checkpoint: $0.checkpoint, weightsSHA256: $0.weightsSHA256,
-                    classes: ClassStatistics.summarize($0.cases.map(\.classes), names: names))
+            FoldRow(
+                model: $0.model, fold: $0.fold, checkpoint: $0.checkpoint, weightsSHA256: $0.weightsSHA256,
+                classes: ClassStatistics.summarize($0.cases.map(\.classes), names: names))
         }
         let rows = results.flatMap { r in
             r.cases.flatMap { c in
                 c.classes.enumerated().map { i, m in
-                    CaseRow(model: r.model, fold: r.fold, caseID: c.id, className: names[i], dice: m.dice,
-                            precision: m.precision, recall: m.recall, assd: m.assd, hd95: m.hd95, s2s2d: m.s2s2d,
-                            empty: m.empty, distancesAreWorstCase: m.distancesAreWorstCase,
-                            s2sIsWorstCase: m.s2sIsWorstCase, seconds: c.seconds)
+                    CaseRow(
+                        model: r.model, fold: r.fold, caseID: c.id, className: names[i], dice: m.dice,
+                        precision: m.precision, recall: m.recall, assd: m.assd, hd95: m.hd95, s2s2d: m.s2s2d,
+                        empty: m.empty, distancesAreWorstCase: m.distancesAreWorstCase,
+                        s2sIsWorstCase: m.s2sIsWorstCase, seconds: c.seconds)
                 }
             }
         }
@@ -126,15 +138,19 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
                             }
                             return v
                         }
-                        let a = values(first), b = values(other)
+                        let a = values(first)
+                        let b = values(other)
                         let ids = a.keys.filter { b[$0] != nil }.sorted()
                         guard !ids.isEmpty else { continue }
-                        let x = ids.map { a[$0]! }, y = ids.map { b[$0]! }
+                        let x = ids.map { a[$0]! }
+                        let y = ids.map { b[$0]! }
                         let w = Wilcoxon.signedRank(x, y)
-                        comparisons.append(Comparison(className: name, metric: metric.rawValue, models: [first, other],
-                                                      pairs: ids.count,
-                                                      meanDifference: zip(x, y).map { $0 - $1 }.reduce(0, +) / Double(ids.count),
-                                                      wilcoxonStatistic: w.statistic, pValue: w.pValue, method: w.method.rawValue))
+                        comparisons.append(
+                            Comparison(
+                                className: name, metric: metric.rawValue, models: [first, other],
+                                pairs: ids.count,
+                                meanDifference: zip(x, y).map { $0 - $1 }.reduce(0, +) / Double(ids.count),
+                                wilcoxonStatistic: w.statistic, pValue: w.pValue, method: w.method.rawValue))
                     }
                 }
             }
@@ -149,8 +165,12 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
     }
 
     static func grouped(_ n: Int) -> String {
-        var digits = Array(String(n)), out = ""
-        while digits.count > 3 { out = "," + String(digits.suffix(3)) + out; digits.removeLast(3) }
+        var digits = Array(String(n))
+        var out = ""
+        while digits.count > 3 {
+            out = "," + String(digits.suffix(3)) + out
+            digits.removeLast(3)
+        }
         return String(digits) + out
     }
 
@@ -170,39 +190,63 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
         let n = models.first.map { $0.classes.first?.metrics["dice"]?.count ?? 0 } ?? 0
         var s = "# Cross-validation: \(folds)-fold, \(protocolName) protocol, \(n) test cases per model\n\n"
         s += "Mean ± std over the test cases of all folds (each case tested once per model). "
-        s += "S2S: the original code's slice-wise contour distance in mm. (wc N): N cases whose distance is the worst-case substitute (an empty mask; see Evaluation.docc).\n\n"
+        s +=
+            "S2S: the original code's slice-wise contour distance in mm. (wc N): N cases whose distance is the worst-case substitute (an empty mask; see Evaluation.docc).\n\n"
         var header = ["Method", "\(p) DSC", "\(p) precision", "\(p) recall", "\(p) S2S (mm)"]
         header += others.map { "\($0) DSC" } + ["parameters", "inference (s/volume)"]
         s += "| " + header.joined(separator: " | ") + " |\n|" + header.map { _ in "---|" }.joined() + "\n"
         for m in models {
-            func stat(_ c: String, _ metric: String) -> MetricSummary { m.classes.first { $0.name == c }!.metrics[metric]! }
-            var row = [m.model, Self.cell(stat(p, "dice"), digits: 3, worstCase: false),
-                       Self.cell(stat(p, "precision"), digits: 3, worstCase: false),
-                       Self.cell(stat(p, "recall"), digits: 3, worstCase: false),
-                       Self.cell(stat(p, "s2s2d"), digits: 2, worstCase: true)]
+            func stat(_ c: String, _ metric: String) -> MetricSummary {
+                m.classes.first { $0.name == c }!.metrics[metric]!
+            }
+            var row = [
+                m.model, Self.cell(stat(p, "dice"), digits: 3, worstCase: false),
+                Self.cell(stat(p, "precision"), digits: 3, worstCase: false),
+                Self.cell(stat(p, "recall"), digits: 3, worstCase: false),
+                Self.cell(stat(p, "s2s2d"), digits: 2, worstCase: true),
+            ]
             row += others.map { Self.cell(stat($0, "dice"), digits: 3, worstCase: false) }
             row += [Self.grouped(m.parameters), Self.f(m.inferenceSecondsPerVolume, 2)]
             s += "| " + row.joined(separator: " | ") + " |\n"
         }
-        s += "\nSurface distances (mm), distance definition: \(distanceDefinition == "pooled" ? "pooled" : "maxDirected") ("
-        s += distanceDefinition == "pooled" ? "medpy: both directed sets pooled" : "DeepMind surface-distance: HD95 the larger directed percentile, ASSD the mean of the directed means"
-        s += ")\n\n| Method | " + classNames.flatMap { ["\($0) ASSD", "\($0) HD95"] }.joined(separator: " | ") + " |\n|---|"
+        s +=
+            "\nSurface distances (mm), distance definition: \(distanceDefinition == "pooled" ? "pooled" : "maxDirected") ("
+        s +=
+            distanceDefinition == "pooled"
+            ? "medpy: both directed sets pooled"
+            : "DeepMind surface-distance: HD95 the larger directed percentile, ASSD the mean of the directed means"
+        s +=
+            ")\n\n| Method | " + classNames.flatMap { ["\($0) ASSD", "\($0) HD95"] }.joined(separator: " | ")
+            + " |\n|---|"
         s += classNames.map { _ in "---|---|" }.joined() + "\n"
         for m in models {
-            s += "| \(m.model) | " + m.classes.flatMap {
-                [Self.cell($0.metrics["assd"]!, digits: 2, worstCase: true), Self.cell($0.metrics["hd95"]!, digits: 2, worstCase: true)]
-            }.joined(separator: " | ") + " |\n"
+            s +=
+                "| \(m.model) | "
+                + m.classes.flatMap {
+                    [
+                        Self.cell($0.metrics["assd"]!, digits: 2, worstCase: true),
+                        Self.cell($0.metrics["hd95"]!, digits: 2, worstCase: true),
+                    ]
+                }.joined(separator: " | ") + " |\n"
         }
         if !comparisons.isEmpty {
             s += "\nPaired comparison over the same test cases (Wilcoxon signed-rank, two-sided, scipy's defaults)\n\n"
-            s += Self.comparisonTable(comparisons.map { ($0.className, $0.metric, "\($0.models[0]) − \($0.models[1])", $0.meanDifference, $0.pValue, $0.pairs) })
+            s += Self.comparisonTable(
+                comparisons.map {
+                    (
+                        $0.className, $0.metric, "\($0.models[0]) − \($0.models[1])", $0.meanDifference, $0.pValue,
+                        $0.pairs
+                    )
+                })
         }
         return s
     }
 
     /// A markdown table of paired comparisons, one row each: class, metric (DSC or S2S), "a − b", the mean
     /// difference, the p-value and the number of pairs.
-    static func comparisonTable(_ rows: [(className: String, metric: String, difference: String, mean: Double, p: Double, pairs: Int)]) -> String {
+    static func comparisonTable(
+        _ rows: [(className: String, metric: String, difference: String, mean: Double, p: Double, pairs: Int)]
+    ) -> String {
         var s = "| organ | metric | difference | mean difference | p-value | pairs |\n|---|---|---|---|---|---|\n"
         for c in rows {
             s += "| \(c.className) | \(c.metric == "dice" ? "DSC" : "S2S (mm)") | \(c.difference) | "
@@ -215,20 +259,26 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
     /// and class (`level` fold, means), and per case and class (`level` case, values).
     public func csv() -> String {
         let metrics = Metric.allCases.map(\.rawValue)
-        var s = "level,model,fold,case,class,statistic," + metrics.joined(separator: ",") + ",distances_worst_case,s2s_worst_case,empty,seconds\n"
+        var s =
+            "level,model,fold,case,class,statistic," + metrics.joined(separator: ",")
+            + ",distances_worst_case,s2s_worst_case,empty,seconds\n"
         func g(_ x: Double) -> String { String(format: "%.9g", x) }
         for m in models {
             for c in m.classes {
                 for stat in ["mean", "std"] {
                     s += "model,\(m.model),,,\(c.name),\(stat),"
-                    s += metrics.map { g(stat == "mean" ? c.metrics[$0]!.mean : c.metrics[$0]!.std) }.joined(separator: ",")
-                    s += ",\(c.metrics["assd"]!.worstCaseCount),\(c.metrics["s2s2d"]!.worstCaseCount),,\(g(m.inferenceSecondsPerVolume))\n"
+                    s += metrics.map { g(stat == "mean" ? c.metrics[$0]!.mean : c.metrics[$0]!.std) }.joined(
+                        separator: ",")
+                    s +=
+                        ",\(c.metrics["assd"]!.worstCaseCount),\(c.metrics["s2s2d"]!.worstCaseCount),,\(g(m.inferenceSecondsPerVolume))\n"
                 }
             }
         }
         for r in foldRows {
             for c in r.classes {
-                s += "fold,\(r.model),\(r.fold),,\(c.name),mean," + metrics.map { g(c.metrics[$0]!.mean) }.joined(separator: ",")
+                s +=
+                    "fold,\(r.model),\(r.fold),,\(c.name),mean,"
+                    + metrics.map { g(c.metrics[$0]!.mean) }.joined(separator: ",")
                 s += ",\(c.metrics["assd"]!.worstCaseCount),\(c.metrics["s2s2d"]!.worstCaseCount),,\n"
             }
         }

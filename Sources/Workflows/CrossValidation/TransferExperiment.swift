@@ -1,12 +1,12 @@
-import DataPipeline
 import Collectives
+import DataPipeline
 import Evaluation
 import Foundation
-import Training
 import Inference
 import NN
 import Support
 import Tensor
+import Training
 
 /// The paper's transfer protocols on a target cohort, each evaluated on the same target folds.
 public enum TransferProtocol: String, Codable, Sendable, CaseIterable {
@@ -53,19 +53,30 @@ public struct TransferExperimentConfig: Codable, Sendable, Equatable {
     public var freeze: FreezeKind
     public var headLearningRate: Double?
 
-    public init(sourceStore: String, sourceFingerprint: String, targetStore: String, targetFingerprint: String,
-                models: [ModelConfig], folds: Int, labelMap: LabelMap, validationFraction: Double,
-                distanceDefinition: SurfaceDistanceDefinition, training: TrainConfig, fineTuneEpochs: Int,
-                fineTuneLearningRate: Double, freeze: FreezeKind = .none, headLearningRate: Double? = nil) {
-        self.sourceStore = sourceStore; self.sourceFingerprint = sourceFingerprint
-        self.targetStore = targetStore; self.targetFingerprint = targetFingerprint
-        self.models = models; self.folds = folds; self.labelMap = labelMap
-        self.validationFraction = validationFraction; self.distanceDefinition = distanceDefinition
+    public init(
+        sourceStore: String, sourceFingerprint: String, targetStore: String, targetFingerprint: String,
+        models: [ModelConfig], folds: Int, labelMap: LabelMap, validationFraction: Double,
+        distanceDefinition: SurfaceDistanceDefinition, training: TrainConfig, fineTuneEpochs: Int,
+        fineTuneLearningRate: Double, freeze: FreezeKind = .none, headLearningRate: Double? = nil
+    ) {
+        self.sourceStore = sourceStore
+        self.sourceFingerprint = sourceFingerprint
+        self.targetStore = targetStore
+        self.targetFingerprint = targetFingerprint
+        self.models = models
+        self.folds = folds
+        self.labelMap = labelMap
+        self.validationFraction = validationFraction
+        self.distanceDefinition = distanceDefinition
         var t = training
-        t.trainCases = []; t.validationCases = []; t.transfer = nil
+        t.trainCases = []
+        t.validationCases = []
+        t.transfer = nil
         self.training = t
-        self.fineTuneEpochs = fineTuneEpochs; self.fineTuneLearningRate = fineTuneLearningRate
-        self.freeze = freeze; self.headLearningRate = headLearningRate
+        self.fineTuneEpochs = fineTuneEpochs
+        self.fineTuneLearningRate = fineTuneLearningRate
+        self.freeze = freeze
+        self.headLearningRate = headLearningRate
     }
 }
 
@@ -90,7 +101,9 @@ public final class TransferExperiment {
     public var context = RunContext(resumeHint: "rerun the same attunet experiment transfer command to continue")
 
     public init(config: TransferExperimentConfig, comm: Communicator, folder: RunFolder) {
-        self.config = config; self.comm = comm; self.folder = folder
+        self.config = config
+        self.comm = comm
+        self.folder = folder
     }
 
     /// The run folder of the source training of `model`.
@@ -109,16 +122,23 @@ public final class TransferExperiment {
     /// The source checkpoint a target run starts from: the best one (the latest when no validation ran).
     public func sourceCheckpoint(_ model: ModelConfig) -> String {
         let f = sourceFolder(model)
-        return FileManager.default.fileExists(atPath: f.checkpointBest.path) ? f.checkpointBest.path : f.checkpointLatest.path
+        return FileManager.default.fileExists(atPath: f.checkpointBest.path)
+            ? f.checkpointBest.path : f.checkpointLatest.path
     }
 
-    func say(_ line: String) { if comm.isRoot && context.verbose { print(line); fflush(nil) } }
+    func say(_ line: String) {
+        if comm.isRoot && context.verbose {
+            print(line)
+            fflush(nil)
+        }
+    }
 
     /// Checks the folder and the stores, trains the source models, runs the three protocols on the target
     /// folds and writes the report. Returns the report on every rank.
     @discardableResult
     public func run() throws -> TransferExperimentReport {
-        let start: CrossValidation.Start = try comm.broadcast(comm.isRoot ? CrossValidation.Start(plan: nil, error: prepareFolder()) : nil)
+        let start: CrossValidation.Start = try comm.broadcast(
+            comm.isRoot ? CrossValidation.Start(plan: nil, error: prepareFolder()) : nil)
         if let error = start.error { throw AttunetError(error) }
         try trainSources()
         var summaries: [TransferProtocol: [CrossValidationSummary]] = [:]
@@ -127,7 +147,8 @@ public final class TransferExperiment {
         summaries[.scr] = [try crossValidate(.scr, models: config.models)]
         let report = TransferExperimentReport(config: config, summaries: summaries)
         if comm.isRoot {
-            try AtomicFile.write(try CrossValidation.json(report), to: folder.url.appendingPathComponent("transfer.json").path)
+            try AtomicFile.write(
+                try CrossValidation.json(report), to: folder.url.appendingPathComponent("transfer.json").path)
             try AtomicFile.write(report.csv(), to: folder.url.appendingPathComponent("transfer.csv").path)
             let md = report.markdown()
             try AtomicFile.write(md, to: folder.url.appendingPathComponent("transfer.md").path)
@@ -145,16 +166,23 @@ public final class TransferExperiment {
     func prepareFolder() -> String? {
         do {
             let config = folder.config.path
-            if let old = FileManager.default.contents(atPath: config), let d = try ConfigDifference.first(self.config, old: old) {
-                return "\(config): this command differs from the run in \(folder.path): \(d); rerun with the run's options or choose another --out"
+            if let old = FileManager.default.contents(atPath: config),
+                let d = try ConfigDifference.first(self.config, old: old)
+            {
+                return
+                    "\(config): this command differs from the run in \(folder.path): \(d); rerun with the run's options or choose another --out"
             }
-            let source = try CaseStore(path: self.config.sourceStore), target = try CaseStore(path: self.config.targetStore)
-            _ = try WeightTransfer.check(self.config.labelMap, sourcePath: self.config.sourceStore, sourceNames: source.classNames,
-                                         targetPath: self.config.targetStore, targetNames: target.classNames, sourceKind: "source store")
-            let plan = try FoldPlan.make(ids: target.cases.map(\.id), folds: self.config.folds, seed: self.config.training.seed)
+            let source = try CaseStore(path: self.config.sourceStore)
+            let target = try CaseStore(path: self.config.targetStore)
+            _ = try WeightTransfer.check(
+                self.config.labelMap, sourcePath: self.config.sourceStore, sourceNames: source.classNames,
+                targetPath: self.config.targetStore, targetNames: target.classNames, sourceKind: "source store")
+            let plan = try FoldPlan.make(
+                ids: target.cases.map(\.id), folds: self.config.folds, seed: self.config.training.seed)
             try FileManager.default.createDirectory(atPath: folder.path + "/target", withIntermediateDirectories: true)
             if let old = FileManager.default.contents(atPath: targetSplits), old != (try plan.json()) {
-                return "\(targetSplits): the target folds differ from the run's (was it edited?); restore it or choose another --out"
+                return
+                    "\(targetSplits): the target folds differ from the run's (was it edited?); restore it or choose another --out"
             }
             try AtomicFile.write(try CrossValidation.json(self.config), to: config)
             try AtomicFile.write(try plan.json(), to: targetSplits)
@@ -196,12 +224,20 @@ public final class TransferExperiment {
     func trainSource(_ model: ModelConfig, on comm: Communicator, tag: String) throws {
         let sub = sourceFolder(model)
         let ids = try CaseStore(path: config.sourceStore).cases.map(\.id)
-        let (train, val) = TrainConfig.split(ids, validationFraction: config.validationFraction, seed: config.training.seed)
+        let (train, val) = TrainConfig.split(
+            ids, validationFraction: config.validationFraction, seed: config.training.seed)
         var t = config.training
-        t.store = config.sourceStore; t.model = model; t.trainCases = train; t.validationCases = val
-        let resume: Bool = try comm.broadcast(comm.isRoot ? FileManager.default.fileExists(atPath: sub.checkpointLatest.path) : nil)
+        t.store = config.sourceStore
+        t.model = model
+        t.trainCases = train
+        t.validationCases = val
+        let resume: Bool = try comm.broadcast(
+            comm.isRoot ? FileManager.default.fileExists(atPath: sub.checkpointLatest.path) : nil)
         if comm.isRoot && context.verbose {
-            print(tag + "transfer: source \(model.kind.rawValue) on \(config.sourceStore): \(train.count) training / \(val.count) validation cases" + (resume ? ", resuming \(sub.checkpointLatest.path)" : ""))
+            print(
+                tag
+                    + "transfer: source \(model.kind.rawValue) on \(config.sourceStore): \(train.count) training / \(val.count) validation cases"
+                    + (resume ? ", resuming \(sub.checkpointLatest.path)" : ""))
         }
         var sourceContext = context
         sourceContext.linePrefix = tag
@@ -221,42 +257,55 @@ public final class TransferExperiment {
     /// fold's results written as a cross-validation's (`target/bft-<model>/fold_<k>/<model>/results.json`, a
     /// fold with one is read back).
     func beforeFineTuning(_ m: ModelConfig) throws -> CrossValidationSummary {
-        let name = m.kind.rawValue, sub = targetFolder(.bft, model: m), path = sourceCheckpoint(m)
+        let name = m.kind.rawValue
+        let sub = targetFolder(.bft, model: m)
+        let path = sourceCheckpoint(m)
         let target = try CaseStore(path: config.targetStore)
         let plan = try FoldPlan.load(targetSplits, ids: target.cases.map(\.id), folds: config.folds, inverse: false)
-        say("transfer: BFT (before fine-tuning) of \(name) on \(config.targetStore), \(config.folds) folds: \(path) as it is, its classes mapped \(config.labelMap)")
+        say(
+            "transfer: BFT (before fine-tuning) of \(name) on \(config.targetStore), \(config.folds) folds: \(path) as it is, its classes mapped \(config.labelMap)"
+        )
         let model = SegmentationModel(m)
-        try Checkpoint.load(path, into: model)   // verified against its checksums and digest
+        try Checkpoint.load(path, into: model)  // verified against its checksums and digest
         var table = [UInt8](repeating: 0, count: m.classes)
         for p in config.labelMap.withBackground.pairs { table[p.source] = UInt8(p.target) }
-        let predictor = try SlidingWindowPredictor(network: model, options: SlidingWindowOptions(patch: config.training.patch))
+        let predictor = try SlidingWindowPredictor(
+            network: model, options: SlidingWindowOptions(patch: config.training.patch))
         var results: [FoldResults] = []
         for k in 0..<plan.count {
             let fold = sub.fold(k, model: name)
-            let done: Bool = try comm.broadcast(comm.isRoot ? FileManager.default.fileExists(atPath: fold.foldResults.path) : nil)
+            let done: Bool = try comm.broadcast(
+                comm.isRoot ? FileManager.default.fileExists(atPath: fold.foldResults.path) : nil)
             if done {
-                results.append(try comm.broadcast(comm.isRoot ? try CrossValidation.readResults(fold.foldResults.path) : nil))
+                results.append(
+                    try comm.broadcast(comm.isRoot ? try CrossValidation.readResults(fold.foldResults.path) : nil))
                 continue
             }
             let test = plan.testCases(fold: k)
-            let cases = try CrossValidation.measure(test, of: target, path: config.targetStore, classes: target.classNames.count,
-                                                    definition: config.distanceDefinition, on: comm) {
+            let cases = try CrossValidation.measure(
+                test, of: target, path: config.targetStore, classes: target.classNames.count,
+                definition: config.distanceDefinition, on: comm
+            ) {
                 try predictor.predict(store: target, case: $0).labels.map { table[Int($0)] }
             }
-            let r = FoldResults(model: name, fold: k, checkpoint: path, weightsSHA256: TrainingCheckpoint.weightsDigest(model),
-                                parameters: model.parameterCount, classNames: Array(target.classNames.dropFirst()),
-                                distanceDefinition: config.distanceDefinition, cases: cases)
+            let r = FoldResults(
+                model: name, fold: k, checkpoint: path, weightsSHA256: TrainingCheckpoint.weightsDigest(model),
+                parameters: model.parameterCount, classNames: Array(target.classNames.dropFirst()),
+                distanceDefinition: config.distanceDefinition, cases: cases)
             if comm.isRoot {
                 try FileManager.default.createDirectory(at: fold.url, withIntermediateDirectories: true)
                 try AtomicFile.write(try CrossValidation.json(r), to: fold.foldResults.path)
                 let dice = ClassSummary.summarize(r.cases.map(\.classes)).map { $0.metrics[.dice]!.mean }
-                say("transfer: BFT \(name) fold \(k + 1)/\(plan.count): test Dice " + zip(r.classNames, dice).map { "\($0) \(fmt($1, 3))" }.joined(separator: ", "))
+                say(
+                    "transfer: BFT \(name) fold \(k + 1)/\(plan.count): test Dice "
+                        + zip(r.classNames, dice).map { "\($0) \(fmt($1, 3))" }.joined(separator: ", "))
             }
             results.append(r)
         }
         try comm.barrier()
-        return CrossValidationSummary(results: results, plan: plan, definition: config.distanceDefinition,
-                                      store: config.targetStore)
+        return CrossValidationSummary(
+            results: results, plan: plan, definition: config.distanceDefinition,
+            store: config.targetStore)
     }
 
     /// The cross-validation of `proto` (AFT or SCR) on the target folds (`target/splits.json`).
@@ -271,16 +320,20 @@ public final class TransferExperiment {
         }
         if proto != .scr {
             let m = models[0]
-            t.transfer = TransferConfig(checkpoint: sourceCheckpoint(m), freeze: config.freeze,
-                                        headLearningRate: config.headLearningRate, labelMap: config.labelMap)
+            t.transfer = TransferConfig(
+                checkpoint: sourceCheckpoint(m), freeze: config.freeze,
+                headLearningRate: config.headLearningRate, labelMap: config.labelMap)
             t.epochs = config.fineTuneEpochs
             t.learningRate = config.fineTuneLearningRate
             if case .poly(_, let power) = t.schedule { t.schedule = .poly(epochs: config.fineTuneEpochs, power: power) }
         }
         let sub = targetFolder(proto, model: proto == .scr ? nil : models[0])
-        say("transfer: \(proto.rawValue) (\(proto.meaning)) of \(targetModels.map(\.kind.rawValue).joined(separator: ", ")) on \(config.targetStore), \(config.folds) folds" + (proto == .scr ? "" : " from \(t.transfer!.checkpoint), label map \(config.labelMap)"))
+        say(
+            "transfer: \(proto.rawValue) (\(proto.meaning)) of \(targetModels.map(\.kind.rawValue).joined(separator: ", ")) on \(config.targetStore), \(config.folds) folds"
+                + (proto == .scr ? "" : " from \(t.transfer!.checkpoint), label map \(config.labelMap)"))
         let cvConfig = CrossValidationConfig(
-            store: config.targetStore, storeFingerprint: config.targetFingerprint, models: targetModels, folds: config.folds,
+            store: config.targetStore, storeFingerprint: config.targetFingerprint, models: targetModels,
+            folds: config.folds,
             inverse: false, splitsFile: targetSplits, groupBy: nil, validationFraction: config.validationFraction,
             distanceDefinition: config.distanceDefinition, training: t)
         let cv = CrossValidation(config: cvConfig, comm: comm, folder: sub)
@@ -300,7 +353,10 @@ public struct TransferExperimentReport: Codable, Sendable, Equatable {
         public var model: String
         public var parameters: Int
         public var classes: [CrossValidationSummary.ClassStats]
-        enum CodingKeys: String, CodingKey { case protocolName = "protocol", model, parameters, classes }
+        enum CodingKeys: String, CodingKey {
+            case protocolName = "protocol"
+            case model, parameters, classes
+        }
     }
 
     /// One paired Wilcoxon signed-rank test over the same target cases.
@@ -328,39 +384,58 @@ public struct TransferExperimentReport: Codable, Sendable, Equatable {
     /// The paper's TCIA Pancreas-CT table (61 training / 21 test cases; pancreas): Dice, precision, recall,
     /// S2S (mm), each (mean, std), keyed by protocol and attunet's model name.
     public static let paper: [String: [String: [(Double, Double)]]] = [
-        "BFT": ["unet": [(0.690, 0.132), (0.680, 0.109), (0.733, 0.190), (6.389, 3.900)],
-                "attention-unet": [(0.712, 0.110), (0.693, 0.115), (0.751, 0.149), (5.251, 2.551)]],
-        "AFT": ["unet": [(0.820, 0.043), (0.824, 0.070), (0.828, 0.064), (2.464, 0.529)],
-                "attention-unet": [(0.831, 0.038), (0.825, 0.073), (0.840, 0.053), (2.305, 0.568)]],
-        "SCR": ["unet": [(0.815, 0.068), (0.815, 0.105), (0.826, 0.062), (2.576, 1.180)],
-                "attention-unet": [(0.821, 0.057), (0.815, 0.093), (0.835, 0.057), (2.333, 0.856)]],
+        "BFT": [
+            "unet": [(0.690, 0.132), (0.680, 0.109), (0.733, 0.190), (6.389, 3.900)],
+            "attention-unet": [(0.712, 0.110), (0.693, 0.115), (0.751, 0.149), (5.251, 2.551)],
+        ],
+        "AFT": [
+            "unet": [(0.820, 0.043), (0.824, 0.070), (0.828, 0.064), (2.464, 0.529)],
+            "attention-unet": [(0.831, 0.038), (0.825, 0.073), (0.840, 0.053), (2.305, 0.568)],
+        ],
+        "SCR": [
+            "unet": [(0.815, 0.068), (0.815, 0.105), (0.826, 0.062), (2.576, 1.180)],
+            "attention-unet": [(0.821, 0.057), (0.815, 0.093), (0.835, 0.057), (2.333, 0.856)],
+        ],
     ]
 
     enum CodingKeys: String, CodingKey {
-        case sourceStore, targetStore, folds, labelMap, classNames, rows, comparisons, cases = "perCase", protocols
+        case sourceStore, targetStore, folds, labelMap, classNames, rows, comparisons
+        case cases = "perCase"
+        case protocols
     }
 
     public init(config: TransferExperimentConfig, summaries: [TransferProtocol: [CrossValidationSummary]]) {
-        sourceStore = config.sourceStore; targetStore = config.targetStore; folds = config.folds
+        sourceStore = config.sourceStore
+        targetStore = config.targetStore
+        folds = config.folds
         labelMap = config.labelMap.description
         classNames = summaries.values.first?.first?.classNames ?? []
         let protocolOrder = TransferProtocol.allCases.map(\.rawValue)
         protocols = protocolOrder
-        var rows: [Row] = [], cases: [CrossValidationSummary.CaseRow] = []
+        var rows: [Row] = []
+        var cases: [CrossValidationSummary.CaseRow] = []
         for proto in TransferProtocol.allCases {
             for s in summaries[proto] ?? [] {
                 for m in s.models {
-                    rows.append(Row(protocolName: proto.rawValue, model: m.model, parameters: m.parameters, classes: m.classes))
+                    rows.append(
+                        Row(protocolName: proto.rawValue, model: m.model, parameters: m.parameters, classes: m.classes))
                 }
                 // The CSV names the protocol with the model: "AFT attention-unet".
-                cases += s.cases.map { var c = $0; c.model = "\(proto.rawValue) \(c.model)"; return c }
+                cases += s.cases.map {
+                    var c = $0
+                    c.model = "\(proto.rawValue) \(c.model)"
+                    return c
+                }
             }
         }
         // Report order: protocol by protocol, models as given.
         let order = config.models.map(\.kind.rawValue)
-        rows.sort { (protocolOrder.firstIndex(of: $0.protocolName)!, order.firstIndex(of: $0.model) ?? 0)
-                    < (protocolOrder.firstIndex(of: $1.protocolName)!, order.firstIndex(of: $1.model) ?? 0) }
-        self.rows = rows; self.cases = cases
+        rows.sort {
+            (protocolOrder.firstIndex(of: $0.protocolName)!, order.firstIndex(of: $0.model) ?? 0)
+                < (protocolOrder.firstIndex(of: $1.protocolName)!, order.firstIndex(of: $1.model) ?? 0)
+        }
+        self.rows = rows
+        self.cases = cases
         var comparisons: [Comparison] = []
         func values(_ key: String, _ className: String, _ metric: Metric) -> [String: Double] {
             var v: [String: Double] = [:]
@@ -369,18 +444,26 @@ public struct TransferExperimentReport: Codable, Sendable, Equatable {
         }
         var pairs: [(String, String)] = []
         for m in order { pairs += [("AFT \(m)", "BFT \(m)"), ("AFT \(m)", "SCR \(m)")] }
-        if order.count > 1 { for p in protocolOrder { for other in order.dropFirst() { pairs.append(("\(p) \(order[0])", "\(p) \(other)")) } } }
+        if order.count > 1 {
+            for p in protocolOrder {
+                for other in order.dropFirst() { pairs.append(("\(p) \(order[0])", "\(p) \(other)")) }
+            }
+        }
         for name in classNames {
             for (a, b) in pairs {
                 for metric in [Metric.dice, .s2s2d] {
-                    let x = values(a, name, metric), y = values(b, name, metric)
+                    let x = values(a, name, metric)
+                    let y = values(b, name, metric)
                     let ids = x.keys.filter { y[$0] != nil }.sorted()
                     guard !ids.isEmpty else { continue }
-                    let xs = ids.map { x[$0]! }, ys = ids.map { y[$0]! }
+                    let xs = ids.map { x[$0]! }
+                    let ys = ids.map { y[$0]! }
                     let w = Wilcoxon.signedRank(xs, ys)
-                    comparisons.append(Comparison(className: name, metric: metric.rawValue, a: a, b: b, pairs: ids.count,
-                                                  meanDifference: zip(xs, ys).map { $0 - $1 }.reduce(0, +) / Double(ids.count),
-                                                  pValue: w.pValue, method: w.method.rawValue))
+                    comparisons.append(
+                        Comparison(
+                            className: name, metric: metric.rawValue, a: a, b: b, pairs: ids.count,
+                            meanDifference: zip(xs, ys).map { $0 - $1 }.reduce(0, +) / Double(ids.count),
+                            pValue: w.pValue, method: w.method.rawValue))
                 }
             }
         }
@@ -397,19 +480,30 @@ public struct TransferExperimentReport: Codable, Sendable, Equatable {
         let p = primaryClass
         let n = rows.first?.classes.first?.metrics["dice"]?.count ?? 0
         var s = "# Transfer: \(sourceStore) → \(targetStore), \(folds)-fold on the target, \(n) test cases per row\n\n"
-        s += "BFT: the source model as it is (its predicted classes mapped \(labelMap), the others background); AFT: fine-tuned from it on each fold's training cases; "
-        s += "SCR: trained from scratch on them. Every row is tested on the same folds and cases. Mean ± std over the test cases; "
-        s += "S2S: the original code's slice-wise contour distance in mm ((wc N): N cases scored with the worst-case substitute). "
-        s += "Paper: the TCIA Pancreas-CT table (82 scans, 61 training / 21 test, 2 mm, source CT-150), for reference.\n\n"
-        let header = ["Protocol", "Method", "\(p) DSC", "precision", "recall", "S2S (mm)", "paper DSC", "paper precision", "paper recall", "paper S2S (mm)"]
+        s +=
+            "BFT: the source model as it is (its predicted classes mapped \(labelMap), the others background); AFT: fine-tuned from it on each fold's training cases; "
+        s +=
+            "SCR: trained from scratch on them. Every row is tested on the same folds and cases. Mean ± std over the test cases; "
+        s +=
+            "S2S: the original code's slice-wise contour distance in mm ((wc N): N cases scored with the worst-case substitute). "
+        s +=
+            "Paper: the TCIA Pancreas-CT table (82 scans, 61 training / 21 test, 2 mm, source CT-150), for reference.\n\n"
+        let header = [
+            "Protocol", "Method", "\(p) DSC", "precision", "recall", "S2S (mm)", "paper DSC", "paper precision",
+            "paper recall", "paper S2S (mm)",
+        ]
         s += "| " + header.joined(separator: " | ") + " |\n|" + header.map { _ in "---|" }.joined() + "\n"
         for r in rows {
             guard let c = r.classes.first(where: { $0.name == p }) else { continue }
             func cell(_ metric: String, _ digits: Int, worstCase: Bool = false) -> String {
                 let m = c.metrics[metric]!
-                return Self.f(m.mean, digits) + " ± " + Self.f(m.std, digits) + (worstCase ? " (wc \(m.worstCaseCount))" : "")
+                return Self.f(m.mean, digits) + " ± " + Self.f(m.std, digits)
+                    + (worstCase ? " (wc \(m.worstCaseCount))" : "")
             }
-            var row = [r.protocolName, r.model, cell("dice", 3), cell("precision", 3), cell("recall", 3), cell("s2s2d", 2, worstCase: true)]
+            var row = [
+                r.protocolName, r.model, cell("dice", 3), cell("precision", 3), cell("recall", 3),
+                cell("s2s2d", 2, worstCase: true),
+            ]
             if let ref = Self.paper[r.protocolName]?[r.model] {
                 row += ref.enumerated().map { i, v in Self.f(v.0, i == 3 ? 3 : 3) + " ± " + Self.f(v.1, 3) }
             } else {
@@ -419,16 +513,25 @@ public struct TransferExperimentReport: Codable, Sendable, Equatable {
         }
         let others = classNames.filter { $0 != p }
         if !others.isEmpty {
-            s += "\nOther target classes (DSC)\n\n| Protocol | Method | " + others.joined(separator: " | ") + " |\n|---|---|" + others.map { _ in "---|" }.joined() + "\n"
+            s +=
+                "\nOther target classes (DSC)\n\n| Protocol | Method | " + others.joined(separator: " | ")
+                + " |\n|---|---|" + others.map { _ in "---|" }.joined() + "\n"
             for r in rows {
-                s += "| \(r.protocolName) | \(r.model) | " + others.map { o in
-                    r.classes.first { $0.name == o }.map { Self.f($0.metrics["dice"]!.mean, 3) + " ± " + Self.f($0.metrics["dice"]!.std, 3) } ?? "—"
-                }.joined(separator: " | ") + " |\n"
+                s +=
+                    "| \(r.protocolName) | \(r.model) | "
+                    + others.map { o in
+                        r.classes.first { $0.name == o }.map {
+                            Self.f($0.metrics["dice"]!.mean, 3) + " ± " + Self.f($0.metrics["dice"]!.std, 3)
+                        } ?? "—"
+                    }.joined(separator: " | ") + " |\n"
             }
         }
         if !comparisons.isEmpty {
             s += "\nPaired comparisons over the same test cases (Wilcoxon signed-rank, two-sided)\n\n"
-            s += CrossValidationSummary.comparisonTable(comparisons.map { ($0.className, $0.metric, "\($0.a) − \($0.b)", $0.meanDifference, $0.pValue, $0.pairs) })
+            s += CrossValidationSummary.comparisonTable(
+                comparisons.map {
+                    ($0.className, $0.metric, "\($0.a) − \($0.b)", $0.meanDifference, $0.pValue, $0.pairs)
+                })
         }
         return s
     }
@@ -442,7 +545,9 @@ public struct TransferExperimentReport: Codable, Sendable, Equatable {
             for c in r.classes {
                 for stat in ["mean", "std"] {
                     s += "row,\(r.protocolName),\(r.model),,,\(c.name),\(stat),"
-                    s += metrics.map { g(stat == "mean" ? c.metrics[$0]!.mean : c.metrics[$0]!.std) }.joined(separator: ",") + "\n"
+                    s +=
+                        metrics.map { g(stat == "mean" ? c.metrics[$0]!.mean : c.metrics[$0]!.std) }.joined(
+                            separator: ",") + "\n"
                 }
             }
         }

@@ -18,8 +18,11 @@ public struct CaseEvaluation: Sendable, Equatable {
     public var classes: [ClassMetrics]
 
     public init(id: String, predictionFile: String, referenceFile: String, voxels: Int?, classes: [ClassMetrics]) {
-        self.id = id; self.predictionFile = predictionFile; self.referenceFile = referenceFile
-        self.voxels = voxels; self.classes = classes
+        self.id = id
+        self.predictionFile = predictionFile
+        self.referenceFile = referenceFile
+        self.voxels = voxels
+        self.classes = classes
     }
 }
 
@@ -29,7 +32,9 @@ public struct EvaluationPair: Sendable, Equatable {
     public var prediction: String
     public var reference: String
     public init(id: String, prediction: String, reference: String) {
-        self.id = id; self.prediction = prediction; self.reference = reference
+        self.id = id
+        self.prediction = prediction
+        self.reference = reference
     }
 }
 
@@ -51,22 +56,27 @@ public struct Evaluator: Sendable {
     /// The metrics of every foreground class of one case: label maps of `dim` voxels (`[Z][Y][X]`, x fastest)
     /// at `spacing` mm.
     public func metrics(prediction: [UInt8], reference: [UInt8], dim: Dim3, spacing: VoxelSpacing) -> [ClassMetrics] {
-        CaseMetrics.evaluate(prediction: prediction, reference: reference, dim: dim, spacing: spacing,
-                             classes: classes, definition: definition)
+        CaseMetrics.evaluate(
+            prediction: prediction, reference: reference, dim: dim, spacing: spacing,
+            classes: classes, definition: definition)
     }
 
     /// One case scored, with where its label maps came from.
-    public func evaluate(id: String, prediction: [UInt8], reference: [UInt8], dim: Dim3, spacing: VoxelSpacing,
-                         predictionFile: String, referenceFile: String) -> CaseEvaluation {
-        CaseEvaluation(id: id, predictionFile: predictionFile, referenceFile: referenceFile, voxels: dim.count,
-                       classes: metrics(prediction: prediction, reference: reference, dim: dim, spacing: spacing))
+    public func evaluate(
+        id: String, prediction: [UInt8], reference: [UInt8], dim: Dim3, spacing: VoxelSpacing,
+        predictionFile: String, referenceFile: String
+    ) -> CaseEvaluation {
+        CaseEvaluation(
+            id: id, predictionFile: predictionFile, referenceFile: referenceFile, voxels: dim.count,
+            classes: metrics(prediction: prediction, reference: reference, dim: dim, spacing: spacing))
     }
 
     /// Reads and checks one pair (``read(_:)``) and scores it at the reference's spacing.
     public func evaluate(_ pair: EvaluationPair) throws -> CaseEvaluation {
         let p = try Self.read(pair)
-        return evaluate(id: pair.id, prediction: p.prediction, reference: p.reference, dim: p.dim, spacing: p.spacing,
-                        predictionFile: pair.prediction, referenceFile: pair.reference)
+        return evaluate(
+            id: pair.id, prediction: p.prediction, reference: p.reference, dim: p.dim, spacing: p.spacing,
+            predictionFile: pair.prediction, referenceFile: pair.reference)
     }
 
     // MARK: - Files
@@ -101,21 +111,25 @@ public struct Evaluator: Sendable {
             let stripped = DatasetInput.caseID(fileName: name) ?? id
             let key = reference[id] != nil ? id : stripped
             guard reference[key] != nil else {
-                throw AttunetError("\(predictions)/\(name): no reference \(references)/\(id)\(ext)"
-                    + (stripped != id ? " (nor \(references)/\(stripped)\(ext))" : ""))
+                throw AttunetError(
+                    "\(predictions)/\(name): no reference \(references)/\(id)\(ext)"
+                        + (stripped != id ? " (nor \(references)/\(stripped)\(ext))" : ""))
             }
             if let other = prediction[key] {
-                throw AttunetError("\(predictions)/\(name): a second prediction of case \(key) (\(predictions)/\(other))")
+                throw AttunetError(
+                    "\(predictions)/\(name): a second prediction of case \(key) (\(predictions)/\(other))")
             }
             prediction[key] = name
         }
         for id in reference.keys.sorted() where prediction[id] == nil {
             let name = reference[id]!
-            throw AttunetError("\(predictions)/\(name): missing (the reference \(references)/\(name) has no prediction)")
+            throw AttunetError(
+                "\(predictions)/\(name): missing (the reference \(references)/\(name) has no prediction)")
         }
         if reference.isEmpty { throw AttunetError("\(references): no .nii or .nii.gz files") }
         return reference.keys.sorted().map {
-            EvaluationPair(id: $0, prediction: "\(predictions)/\(prediction[$0]!)", reference: "\(references)/\(reference[$0]!)")
+            EvaluationPair(
+                id: $0, prediction: "\(predictions)/\(prediction[$0]!)", reference: "\(references)/\(reference[$0]!)")
         }
     }
 
@@ -129,11 +143,13 @@ public struct Evaluator: Sendable {
     /// Reads both files of `pair`; refuses, naming the file, a prediction whose shape or affine differ from the
     /// reference's (``GeometryCheck``) and a voxel that is not an integer label in 0...255.
     public static func read(_ pair: EvaluationPair) throws -> LabelMaps {
-        let pv = try NIfTIVolume.read(pair.prediction), rv = try NIfTIVolume.read(pair.reference)
+        let pv = try NIfTIVolume.read(pair.prediction)
+        let rv = try NIfTIVolume.read(pair.reference)
         try GeometryCheck.check(pv, path: pair.prediction, against: rv, referencePath: pair.reference)
         let sp = rv.spacing
-        return LabelMaps(prediction: try labels(pv, pair.prediction), reference: try labels(rv, pair.reference),
-                         dim: Dim3(z: rv.nz, y: rv.ny, x: rv.nx), spacing: VoxelSpacing(x: sp.x, y: sp.y, z: sp.z))
+        return LabelMaps(
+            prediction: try labels(pv, pair.prediction), reference: try labels(rv, pair.reference),
+            dim: Dim3(z: rv.nz, y: rv.ny, x: rv.nx), spacing: VoxelSpacing(x: sp.x, y: sp.y, z: sp.z))
     }
 
     /// The voxels of `volume` (read from `path`) as labels.
@@ -162,11 +178,18 @@ public struct FolderEvaluation: Sendable {
     /// A case store whose class names (and count) to use when `classNames` is nil.
     public var store: String?
 
-    public init(predictions: String, references: String, output: String? = nil,
-                definition: SurfaceDistanceDefinition = .pooled, classes: Int? = nil, classNames: [String]? = nil,
-                store: String? = nil) {
-        self.predictions = predictions; self.references = references; self.output = output
-        self.definition = definition; self.classes = classes; self.classNames = classNames; self.store = store
+    public init(
+        predictions: String, references: String, output: String? = nil,
+        definition: SurfaceDistanceDefinition = .pooled, classes: Int? = nil, classNames: [String]? = nil,
+        store: String? = nil
+    ) {
+        self.predictions = predictions
+        self.references = references
+        self.output = output
+        self.definition = definition
+        self.classes = classes
+        self.classNames = classNames
+        self.store = store
     }
 
     /// Where the report goes.
@@ -187,12 +210,14 @@ public struct FolderEvaluation: Sendable {
         }
         let k = classes ?? names?.count ?? max(2, Int(largest) + 1)
         if let n = names, n.count != k {
-            throw AttunetError("\(classNames != nil ? "--class-names" : store!): \(n.count) class names for \(k) classes")
+            throw AttunetError(
+                "\(classNames != nil ? "--class-names" : store!): \(n.count) class names for \(k) classes")
         }
         let evaluator = Evaluator(classes: k, definition: definition)
         let cases = try pairs.map { try evaluator.evaluate($0) }
-        let report = SegmentationReport(cases: cases, classNames: names.map { Array($0.dropFirst()) } ?? (1..<k).map { "class\($0)" },
-                                        definition: definition)
+        let report = SegmentationReport(
+            cases: cases, classNames: names.map { Array($0.dropFirst()) } ?? (1..<k).map { "class\($0)" },
+            definition: definition)
         try report.write(to: outputFolder)
         return report
     }

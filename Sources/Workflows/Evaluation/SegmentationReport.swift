@@ -19,16 +19,26 @@ public struct NNUNetMetrics: Codable, Sendable, Equatable {
     /// Voxels of the label in the prediction (TP + FP) and in the reference (TP + FN).
     public var nPred: Double, nRef: Double
 
-    public init(dice: Double, iou: Double, tp: Double, fp: Double, fn: Double, tn: Double?, nPred: Double, nRef: Double) {
-        self.dice = dice; self.iou = iou; self.tp = tp; self.fp = fp; self.fn = fn; self.tn = tn
-        self.nPred = nPred; self.nRef = nRef
+    public init(dice: Double, iou: Double, tp: Double, fp: Double, fn: Double, tn: Double?, nPred: Double, nRef: Double)
+    {
+        self.dice = dice
+        self.iou = iou
+        self.tp = tp
+        self.fp = fp
+        self.fn = fn
+        self.tn = tn
+        self.nPred = nPred
+        self.nRef = nRef
     }
 
     /// One class of one case of `voxels` voxels.
     public init(_ m: ClassMetrics, voxels: Int?) {
-        let tp = m.intersection, fp = m.predicted - m.intersection, fn = m.reference - m.intersection
-        self.init(dice: m.dice, iou: tp + fp + fn > 0 ? tp / (tp + fp + fn) : 1, tp: tp, fp: fp, fn: fn,
-                  tn: voxels.map { Double($0) - tp - fp - fn }, nPred: m.predicted, nRef: m.reference)
+        let tp = m.intersection
+        let fp = m.predicted - m.intersection
+        let fn = m.reference - m.intersection
+        self.init(
+            dice: m.dice, iou: tp + fp + fn > 0 ? tp / (tp + fp + fn) : 1, tp: tp, fp: fp, fn: fn,
+            tn: voxels.map { Double($0) - tp - fp - fn }, nPred: m.predicted, nRef: m.reference)
     }
 
     /// The mean of each metric over `all` (at least one); TN only when every one has it.
@@ -36,9 +46,10 @@ public struct NNUNetMetrics: Codable, Sendable, Equatable {
         precondition(!all.isEmpty)
         func m(_ f: (NNUNetMetrics) -> Double) -> Double { all.map(f).reduce(0, +) / Double(all.count) }
         let tns = all.compactMap(\.tn)
-        return NNUNetMetrics(dice: m(\.dice), iou: m(\.iou), tp: m(\.tp), fp: m(\.fp), fn: m(\.fn),
-                             tn: tns.count == all.count ? tns.reduce(0, +) / Double(all.count) : nil,
-                             nPred: m(\.nPred), nRef: m(\.nRef))
+        return NNUNetMetrics(
+            dice: m(\.dice), iou: m(\.iou), tp: m(\.tp), fp: m(\.fp), fn: m(\.fn),
+            tn: tns.count == all.count ? tns.reduce(0, +) / Double(all.count) : nil,
+            nPred: m(\.nPred), nRef: m(\.nRef))
     }
 
     // nnU-Net's keys are data here, not Swift names: a string-keyed dictionary, which no key strategy touches.
@@ -50,8 +61,9 @@ public struct NNUNetMetrics: Codable, Sendable, Equatable {
             }
             return x
         }
-        self.init(dice: try v("Dice"), iou: try v("IoU"), tp: try v("TP"), fp: try v("FP"), fn: try v("FN"),
-                  tn: d["TN"], nPred: try v("n_pred"), nRef: try v("n_ref"))
+        self.init(
+            dice: try v("Dice"), iou: try v("IoU"), tp: try v("TP"), fp: try v("FP"), fn: try v("FN"),
+            tn: d["TN"], nPred: try v("n_pred"), nRef: try v("n_ref"))
     }
 
     public func encode(to encoder: Encoder) throws {
@@ -84,9 +96,10 @@ public struct ClassStatistics: Codable, Sendable, Equatable {
     /// names class c.
     public static func summarize(_ cases: [[ClassMetrics]], names: [String]) -> [ClassStatistics] {
         ClassSummary.summarize(cases).map { s in
-            ClassStatistics(label: s.label, name: names[s.label - 1],
-                            metrics: Dictionary(uniqueKeysWithValues: s.metrics.map { ($0.key.rawValue, $0.value) }),
-                            bothEmpty: s.bothEmpty, predictionEmpty: s.predictionEmpty, referenceEmpty: s.referenceEmpty)
+            ClassStatistics(
+                label: s.label, name: names[s.label - 1],
+                metrics: Dictionary(uniqueKeysWithValues: s.metrics.map { ($0.key.rawValue, $0.value) }),
+                bothEmpty: s.bothEmpty, predictionEmpty: s.predictionEmpty, referenceEmpty: s.referenceEmpty)
         }
     }
 }
@@ -97,7 +110,8 @@ extension SurfaceDistanceDefinition {
 
     /// What the definition means, for the reports.
     public var explanation: String {
-        self == .pooled ? "pooled (medpy 0.5: ASSD and HD95 over both directed distance sets together)"
+        self == .pooled
+            ? "pooled (medpy 0.5: ASSD and HD95 over both directed distance sets together)"
             : "max-directed (DeepMind surface-distance: HD95 the larger directed 95th percentile, ASSD the mean of the directed means)"
     }
 }
@@ -130,7 +144,8 @@ public struct EvaluationSummary: Codable, Sendable, Equatable {
     public var classes: [ClassStatistics]
 
     public static let standardDeviation = "sample (ddof=1)"
-    public static let emptyMaskRule = "a class absent from both masks scores Dice, IoU, precision and recall 1 and every distance 0 "
+    public static let emptyMaskRule =
+        "a class absent from both masks scores Dice, IoU, precision and recall 1 and every distance 0 "
         + "(nnU-Net writes Dice and IoU NaN there); absent from one mask, Dice, IoU, precision and recall 0 and every distance "
         + "the worst case, the volume diagonal in mm (counted in worst_case_count); no case is dropped"
 
@@ -138,13 +153,16 @@ public struct EvaluationSummary: Codable, Sendable, Equatable {
     public init(cases: [CaseEvaluation], classNames: [String], definition: SurfaceDistanceDefinition) {
         precondition(!cases.isEmpty, "a summary needs a case")
         metricPerCase = cases.map { c in
-            NNUNetCase(metrics: Dictionary(uniqueKeysWithValues: c.classes.enumerated().map {
-                (String($0.offset + 1), NNUNetMetrics($0.element, voxels: c.voxels))
-            }), predictionFile: c.predictionFile, referenceFile: c.referenceFile, caseID: c.id)
+            NNUNetCase(
+                metrics: Dictionary(
+                    uniqueKeysWithValues: c.classes.enumerated().map {
+                        (String($0.offset + 1), NNUNetMetrics($0.element, voxels: c.voxels))
+                    }), predictionFile: c.predictionFile, referenceFile: c.referenceFile, caseID: c.id)
         }
         let labels = (1...cases[0].classes.count).map(String.init)
         let perCase = metricPerCase
-        let means = Dictionary(uniqueKeysWithValues: labels.map { l in (l, NNUNetMetrics.mean(perCase.map { $0.metrics[l]! })) })
+        let means = Dictionary(
+            uniqueKeysWithValues: labels.map { l in (l, NNUNetMetrics.mean(perCase.map { $0.metrics[l]! })) })
         mean = means
         foregroundMean = NNUNetMetrics.mean(labels.map { means[$0]! })
         self.cases = cases.count
@@ -167,7 +185,9 @@ public struct SegmentationReport: Sendable {
     public var summary: EvaluationSummary
 
     public init(cases: [CaseEvaluation], classNames: [String], definition: SurfaceDistanceDefinition) {
-        self.cases = cases; self.classNames = classNames; self.definition = definition
+        self.cases = cases
+        self.classNames = classNames
+        self.definition = definition
         summary = EvaluationSummary(cases: cases, classNames: classNames, definition: definition)
     }
 
@@ -182,22 +202,29 @@ public struct SegmentationReport: Sendable {
 
     /// `metrics.csv`: one row per case and class.
     public func csv() -> String {
-        var csv = "case,class,label,dice,precision,recall,assd_mm,hd95_mm,s2s_mm,mean_pred_to_ref_mm,mean_ref_to_pred_mm,"
+        var csv =
+            "case,class,label,dice,precision,recall,assd_mm,hd95_mm,s2s_mm,mean_pred_to_ref_mm,mean_ref_to_pred_mm,"
             + "intersection_voxels,predicted_voxels,reference_voxels,empty,distances_worst_case,s2s_worst_case\n"
         for c in cases {
             for (i, x) in c.classes.enumerated() {
-                let values = [x.dice, x.precision, x.recall, x.assd, x.hd95, x.s2s2d, x.meanPredictionToReference,
-                              x.meanReferenceToPrediction].map { String(format: "%.6g", $0) }
+                let values = [
+                    x.dice, x.precision, x.recall, x.assd, x.hd95, x.s2s2d, x.meanPredictionToReference,
+                    x.meanReferenceToPrediction,
+                ].map { String(format: "%.6g", $0) }
                 let counts = [x.intersection, x.predicted, x.reference].map { String(Int($0)) }
-                csv += ([c.id, classNames[i], String(i + 1)] + values + counts
-                        + [x.empty.rawValue, String(x.distancesAreWorstCase), String(x.s2sIsWorstCase)]).joined(separator: ",") + "\n"
+                csv +=
+                    ([c.id, classNames[i], String(i + 1)] + values + counts
+                    + [x.empty.rawValue, String(x.distancesAreWorstCase), String(x.s2sIsWorstCase)]).joined(
+                        separator: ",") + "\n"
             }
         }
         return csv
     }
 
-    static let columns: [(Metric, String, Int)] = [(.dice, "Dice", 3), (.precision, "precision", 3), (.recall, "recall", 3),
-                                                   (.assd, "ASSD mm", 2), (.hd95, "HD95 mm", 2), (.s2s2d, "S2S mm", 2)]
+    static let columns: [(Metric, String, Int)] = [
+        (.dice, "Dice", 3), (.precision, "precision", 3), (.recall, "recall", 3),
+        (.assd, "ASSD mm", 2), (.hd95, "HD95 mm", 2), (.s2s2d, "S2S mm", 2),
+    ]
 
     /// `summary.md`: per class, mean ± sample std and median of each metric, with the number of worst-case
     /// substitutions in brackets beside each distance (Dice, precision and recall have none).
@@ -210,9 +237,12 @@ public struct SegmentationReport: Sendable {
                 let worst = metric.higherIsBetter ? "" : " [\(m.worstCaseCount) worst]"
                 return "\(fmt(m.mean, digits)) ± \(fmt(m.std, digits)) (median \(fmt(m.median, digits)))\(worst)"
             }
-            t += "| \(c.name) | " + cells.joined(separator: " | ") + " | \(c.bothEmpty)/\(c.predictionEmpty)/\(c.referenceEmpty) |\n"
+            t +=
+                "| \(c.name) | " + cells.joined(separator: " | ")
+                + " | \(c.bothEmpty)/\(c.predictionEmpty)/\(c.referenceEmpty) |\n"
         }
-        t += "\n\(cases.count) case(s); mean ± sample std (median); [n worst] = n cases whose value is the worst-case substitute "
+        t +=
+            "\n\(cases.count) case(s); mean ± sample std (median); [n worst] = n cases whose value is the worst-case substitute "
             + "(the volume diagonal: one mask empty, or for S2S no axial slice holding both). Surface distances: \(definition.explanation).\n"
         return t
     }

@@ -39,7 +39,9 @@ public struct FoldEnsemble: Sendable, Equatable {
     public init(run: String, model: String?, folds: [Int]?, which: Which) throws {
         let folder = RunFolder(path: run)
         guard let data = FileManager.default.contents(atPath: folder.config.path) else {
-            throw AttunetError("\(run): not a cross-validation folder (no \(folder.config.lastPathComponent); attunet cv --out writes one)")
+            throw AttunetError(
+                "\(run): not a cross-validation folder (no \(folder.config.lastPathComponent); attunet cv --out writes one)"
+            )
         }
         let config: CrossValidationConfig
         do { config = try JSONFiles.decode(CrossValidationConfig.self, from: data) } catch {
@@ -63,7 +65,9 @@ public struct FoldEnsemble: Sendable, Equatable {
             case .best where fm.fileExists(atPath: sub.checkpointBest.path): return sub.checkpointBest.path
             case .best, .latest:
                 guard fm.fileExists(atPath: sub.checkpointLatest.path) else {
-                    throw AttunetError("\(sub.path): no checkpoint (fold \(k) of \(name) has not been trained; rerun attunet cv to finish it, or choose --folds)")
+                    throw AttunetError(
+                        "\(sub.path): no checkpoint (fold \(k) of \(name) has not been trained; rerun attunet cv to finish it, or choose --folds)"
+                    )
                 }
                 return sub.checkpointLatest.path
             }

@@ -45,7 +45,10 @@ public struct PredictionCase: Sendable {
     public var id: String
     public var source: Source
 
-    public init(id: String, source: Source) { self.id = id; self.source = source }
+    public init(id: String, source: Source) {
+        self.id = id
+        self.source = source
+    }
 
     /// The NIfTI files of `path` (a file, or a folder's `.nii` / `.nii.gz` files sorted by name), named by case id.
     /// Files of a second input channel (`_0001` and up) are refused, and two files that make one id.
@@ -54,16 +57,20 @@ public struct PredictionCase: Sendable {
         guard FileManager.default.fileExists(atPath: path, isDirectory: &isDir) else {
             throw AttunetError("\(path): no such file or folder")
         }
-        let files = isDir.boolValue
+        let files =
+            isDir.boolValue
             ? try FileManager.default.contentsOfDirectory(atPath: path).sorted()
                 .filter { DatasetInput.caseID(fileName: $0) != nil }.map { "\(path)/\($0)" }
             : [path]
         if files.isEmpty { throw AttunetError("\(path): no .nii or .nii.gz files") }
-        var cases: [PredictionCase] = [], byID: [String: String] = [:]
+        var cases: [PredictionCase] = []
+        var byID: [String: String] = [:]
         for f in files {
             try DatasetInput.checkSingleChannel(f)
             let name = URL(fileURLWithPath: f).lastPathComponent
-            guard let id = DatasetInput.caseID(fileName: name) else { throw AttunetError("\(f): not a .nii or .nii.gz file") }
+            guard let id = DatasetInput.caseID(fileName: name) else {
+                throw AttunetError("\(f): not a .nii or .nii.gz file")
+            }
             if let other = byID[id] { throw AttunetError("\(f): makes the case '\(id)' as \(other) does; rename one") }
             byID[id] = f
             cases.append(PredictionCase(id: id, source: .file(f)))
@@ -98,11 +105,16 @@ public final class Predictor {
     let sliding: SlidingWindowPredictor
 
     /// Networks in memory with their recipe (the cross-validation's fold model).
-    public init(networks: [SegmentationModel], recipe: PredictionRecipe, options: SlidingWindowOptions,
-                settings: PredictionSettings = PredictionSettings()) throws {
+    public init(
+        networks: [SegmentationModel], recipe: PredictionRecipe, options: SlidingWindowOptions,
+        settings: PredictionSettings = PredictionSettings()
+    ) throws {
         guard let first = networks.first else { throw AttunetError("predict: no network") }
         checkpoints = []
-        self.recipe = recipe; recipeSource = "checkpoint"; self.options = options; self.settings = settings
+        self.recipe = recipe
+        recipeSource = "checkpoint"
+        self.options = options
+        self.settings = settings
         modelConfig = first.config
         sliding = try SlidingWindowPredictor(networks: networks, options: options)
     }
@@ -113,62 +125,91 @@ public final class Predictor {
     /// Every refusal is one line naming a checkpoint.
     public init(checkpoints: [String], settings: PredictionSettings, store: CaseStore? = nil) throws {
         guard let firstPath = checkpoints.first else { throw AttunetError("predict: give at least one checkpoint") }
-        var models: [SegmentationModel] = [], recipes: [PredictionRecipe] = []
+        var models: [SegmentationModel] = []
+        var recipes: [PredictionRecipe] = []
         var source = "checkpoint"
         for path in checkpoints {
             let m = try Checkpoint.load(path)
             if let first = models.first {
-                let a = first.config, b = m.config
+                let a = first.config
+                let b = m.config
                 guard a.kind == b.kind, a.classes == b.classes, a.inChannels == b.inChannels else {
-                    throw AttunetError("\(path): \(b.kind.rawValue) with \(b.classes) classes and \(b.inChannels) input channel(s) differs from \(firstPath) (\(a.kind.rawValue), \(a.classes) classes, \(a.inChannels) input channel(s)); an ensemble needs one architecture and one set of classes")
+                    throw AttunetError(
+                        "\(path): \(b.kind.rawValue) with \(b.classes) classes and \(b.inChannels) input channel(s) differs from \(firstPath) (\(a.kind.rawValue), \(a.classes) classes, \(a.inChannels) input channel(s)); an ensemble needs one architecture and one set of classes"
+                    )
                 }
             }
             let (r, s) = try Self.recipe(of: path, model: m.config, settings: settings, store: store)
             if let first = recipes.first {
-                for (what, x, y) in [("spacing", first.spacingMM, r.spacingMM), ("pre-blur", first.blurSigmaMM, r.blurSigmaMM)] where x != y {
-                    throw AttunetError("\(path): trained at \(what) \(fmtShort(y)) mm, \(firstPath) at \(fmtShort(x)) mm; an ensemble needs one preprocessing")
+                for (what, x, y) in [
+                    ("spacing", first.spacingMM, r.spacingMM), ("pre-blur", first.blurSigmaMM, r.blurSigmaMM),
+                ] where x != y {
+                    throw AttunetError(
+                        "\(path): trained at \(what) \(fmtShort(y)) mm, \(firstPath) at \(fmtShort(x)) mm; an ensemble needs one preprocessing"
+                    )
                 }
                 guard first.normalization == r.normalization, first.classNames == r.classNames else {
-                    throw AttunetError("\(path): normalisation \(r.normalization) and classes \(r.classNames.joined(separator: ", ")) differ from \(firstPath)'s (\(first.normalization); \(first.classNames.joined(separator: ", ")))")
+                    throw AttunetError(
+                        "\(path): normalisation \(r.normalization) and classes \(r.classNames.joined(separator: ", ")) differ from \(firstPath)'s (\(first.normalization); \(first.classNames.joined(separator: ", ")))"
+                    )
                 }
             }
-            models.append(m); recipes.append(r); source = s
+            models.append(m)
+            recipes.append(r)
+            source = s
         }
         var recipe = recipes[0]
         // Training flips in an ensemble: only the axes every member was trained to see mirrored.
         recipe.mirrorAxes = recipe.mirrorAxes.filter { a in recipes.allSatisfy { $0.mirrorAxes.contains(a) } }
-        var options = SlidingWindowOptions(patch: settings.patch ?? recipe.patch, overlap: settings.overlap,
-                                           keepProbabilities: settings.saveProbabilities, attentionMaps: settings.saveAttention)
+        var options = SlidingWindowOptions(
+            patch: settings.patch ?? recipe.patch, overlap: settings.overlap,
+            keepProbabilities: settings.saveProbabilities, attentionMaps: settings.saveAttention)
         options.mirrorAxes = try Self.mirrorAxes(settings, trained: recipe.mirrorAxes, checkpoint: firstPath)
         try options.validate()
         if settings.saveAttention, models[0].config.kind != .attentionUNet {
-            throw AttunetError("\(firstPath): --save-attention needs an Attention U-Net, this is \(models[0].config.kind.rawValue)")
+            throw AttunetError(
+                "\(firstPath): --save-attention needs an Attention U-Net, this is \(models[0].config.kind.rawValue)")
         }
         self.checkpoints = checkpoints
-        self.recipe = recipe; recipeSource = source; self.options = options; self.settings = settings
+        self.recipe = recipe
+        recipeSource = source
+        self.options = options
+        self.settings = settings
         modelConfig = models[0].config
         sliding = try SlidingWindowPredictor(networks: models, options: options)
     }
 
     /// The recipe `path` records, with the explicit values checked against it; for a checkpoint without one,
     /// the explicit spacing and pre-blur (both required) around what else it records.
-    static func recipe(of path: String, model: ModelConfig, settings: PredictionSettings,
-                       store: CaseStore?) throws -> (PredictionRecipe, String) {
+    static func recipe(
+        of path: String, model: ModelConfig, settings: PredictionSettings,
+        store: CaseStore?
+    ) throws -> (PredictionRecipe, String) {
         let file = try H5File.open(path)
         var settings = settings
         if let store {
             // Stored cases are prepared already: the store's spacing is what the network will see.
-            if let r = try PredictionRecipe.read(from: file), abs(store.spacing[0] - r.spacingMM) > 1e-9 * r.spacingMM, !settings.force {
-                throw AttunetError("\(store.path): prepared at \(fmtShort(store.spacing[0])) mm, but \(path) was trained at \(fmtShort(r.spacingMM)) mm (its prediction recipe); prepare the cases at \(fmtShort(r.spacingMM)) mm, or add --force to predict anyway")
+            if let r = try PredictionRecipe.read(from: file), abs(store.spacing[0] - r.spacingMM) > 1e-9 * r.spacingMM,
+                !settings.force
+            {
+                throw AttunetError(
+                    "\(store.path): prepared at \(fmtShort(store.spacing[0])) mm, but \(path) was trained at \(fmtShort(r.spacingMM)) mm (its prediction recipe); prepare the cases at \(fmtShort(r.spacingMM)) mm, or add --force to predict anyway"
+                )
             }
-            settings.spacing = store.spacing[0]; settings.blurSigma = store.blurSigma ?? 0; settings.force = true
+            settings.spacing = store.spacing[0]
+            settings.blurSigma = store.blurSigma ?? 0
+            settings.force = true
         }
         if var r = try PredictionRecipe.read(from: file) {
             var source = "checkpoint"
-            for (option, given, recorded) in [("--spacing", settings.spacing, r.spacingMM), ("--blur-sigma", settings.blurSigma, r.blurSigmaMM)] {
+            for (option, given, recorded) in [
+                ("--spacing", settings.spacing, r.spacingMM), ("--blur-sigma", settings.blurSigma, r.blurSigmaMM),
+            ] {
                 guard let given, abs(given - recorded) > 1e-9 * max(1, recorded) else { continue }
                 guard settings.force else {
-                    throw AttunetError("\(path): \(option) \(fmtShort(given)) conflicts with the \(fmtShort(recorded)) mm the model was trained with (its prediction recipe); drop \(option), or add --force to predict with \(fmtShort(given)) mm anyway")
+                    throw AttunetError(
+                        "\(path): \(option) \(fmtShort(given)) conflicts with the \(fmtShort(recorded)) mm the model was trained with (its prediction recipe); drop \(option), or add --force to predict with \(fmtShort(given)) mm anyway"
+                    )
                 }
                 source = "\(option) with --force"
             }
@@ -177,15 +218,21 @@ public final class Predictor {
             return (r, source)
         }
         guard let spacing = settings.spacing, let blur = settings.blurSigma else {
-            throw AttunetError("\(path): records no prediction recipe (written before attunet stored one, or made by import-weights); pass the spacing and pre-blur its training data was prepared with: --spacing MM --blur-sigma MM (attunet inspect STORE prints a case store's)")
+            throw AttunetError(
+                "\(path): records no prediction recipe (written before attunet stored one, or made by import-weights); pass the spacing and pre-blur its training data was prepared with: --spacing MM --blur-sigma MM (attunet inspect STORE prints a case store's)"
+            )
         }
         let config = TrainingCheckpoint.trainConfig(in: file)
-        let names = TrainingCheckpoint.classNames(in: file) ?? (["background"] + (1..<model.classes).map { "class\($0)" })
+        let names =
+            TrainingCheckpoint.classNames(in: file) ?? (["background"] + (1..<model.classes).map { "class\($0)" })
         let augment = config?.augmentOptions
         let mirror = augment.map { ($0.flipX > 0 ? ["x"] : []) + ($0.flipY > 0 ? ["y"] : []) } ?? []
-        return (PredictionRecipe(spacingMM: spacing, blurSigmaMM: blur, classNames: names,
-                                 patch: config?.patch ?? Dim3(z: 96, y: 160, x: 160), mirrorAxes: mirror),
-                store != nil ? "the store" : "--spacing")
+        return (
+            PredictionRecipe(
+                spacingMM: spacing, blurSigmaMM: blur, classNames: names,
+                patch: config?.patch ?? Dim3(z: 96, y: 160, x: 160), mirrorAxes: mirror),
+            store != nil ? "the store" : "--spacing"
+        )
     }
 
     /// The axes test-time augmentation flips: explicit ``PredictionSettings/ttaAxes`` as given; `--tta` the
@@ -194,10 +241,14 @@ public final class Predictor {
         if let axes = s.ttaAxes { return axes }
         guard s.tta else { return [] }
         guard !trained.isEmpty else {
-            throw AttunetError("\(checkpoint): --tta: the model was trained without mirroring (--augment none), so flipped images are new to it; pass --tta-axes x,y to flip anyway")
+            throw AttunetError(
+                "\(checkpoint): --tta: the model was trained without mirroring (--augment none), so flipped images are new to it; pass --tta-axes x,y to flip anyway"
+            )
         }
         guard let axes = MirrorAxes(names: trained) else {
-            throw AttunetError("\(checkpoint): unknown mirror axes \(trained.joined(separator: ",")) in the prediction recipe (x, y, z)")
+            throw AttunetError(
+                "\(checkpoint): unknown mirror axes \(trained.joined(separator: ",")) in the prediction recipe (x, y, z)"
+            )
         }
         return axes
     }
@@ -222,7 +273,8 @@ public final class Predictor {
         }
         // Attention maps are named after the gates: any file of a case in attention/ counts as existing.
         if settings.saveAttention, let listed = try? fm.contentsOfDirectory(atPath: "\(out)/attention"),
-           let existing = listed.sorted().first(where: { f in cases.contains { f.hasPrefix("\($0.id)_") } }) {
+            let existing = listed.sorted().first(where: { f in cases.contains { f.hasPrefix("\($0.id)_") } })
+        {
             throw AttunetError("\(out)/attention/\(existing) exists: pass --force to overwrite")
         }
     }
@@ -232,15 +284,23 @@ public final class Predictor {
     /// `probabilities/<id>.nii.gz` (float32, 4-D: x, y, z, class) and `attention/<id>_<gate>.nii.gz` / `.png`.
     public func predict(_ item: PredictionCase, into out: String) throws {
         let id = item.id
-        let prediction: Prediction, geometry: SourceGeometry, codes: XformCodes, image: [Float]
+        let prediction: Prediction
+        let geometry: SourceGeometry
+        let codes: XformCodes
+        let image: [Float]
         var sourcePath: String? = nil
         switch item.source {
-        case let .file(path):
-            let input = try SourceInput(path: path, id: id, spacing: recipe.spacingMM, blurSigma: recipe.blurSigmaMM,
-                                        modality: recipe.modality)
-            prediction = try sliding.predict(volume: input.image, shape: input.geometry.storedShape, padValue: input.padValue)
-            geometry = input.geometry; codes = input.codes; sourcePath = path; image = input.image
-        case let .stored(store, c):
+        case .file(let path):
+            let input = try SourceInput(
+                path: path, id: id, spacing: recipe.spacingMM, blurSigma: recipe.blurSigmaMM,
+                modality: recipe.modality)
+            prediction = try sliding.predict(
+                volume: input.image, shape: input.geometry.storedShape, padValue: input.padValue)
+            geometry = input.geometry
+            codes = input.codes
+            sourcePath = path
+            image = input.image
+        case .stored(let store, let c):
             geometry = try SourceGeometry(store: store, case: c)
             let (normalized, pad) = try store.normalizedImage(c, normalization: .zscore)
             prediction = try sliding.predict(volume: normalized, shape: store.cases[c].shape, padValue: pad)
@@ -249,7 +309,8 @@ public final class Predictor {
             // record of its size and affine); else scanner anatomy for both.
             let recorded = store.cases[c].source
             if FileManager.default.fileExists(atPath: recorded) {
-                codes = try XformCodes.of(source: recorded, geometry: geometry); sourcePath = recorded
+                codes = try XformCodes.of(source: recorded, geometry: geometry)
+                sourcePath = recorded
             } else {
                 codes = .scanner
             }
@@ -260,18 +321,22 @@ public final class Predictor {
         if settings.saveProbabilities {
             let p = try SourceExport.probabilities(prediction, geometry: geometry)
             let s = geometry.sourceShape
-            try NIfTIVolume.write4D("\(out)/probabilities/\(id).nii.gz", nx: s.x, ny: s.y, nz: s.z, channels: prediction.classes,
-                                    affine: geometry.sourceAffine, voxels: p, qformCode: codes.qform, sformCode: codes.sform)
+            try NIfTIVolume.write4D(
+                "\(out)/probabilities/\(id).nii.gz", nx: s.x, ny: s.y, nz: s.z, channels: prediction.classes,
+                affine: geometry.sourceAffine, voxels: p, qformCode: codes.qform, sformCode: codes.sform)
         }
         if settings.saveAttention, let maps = prediction.attentionMaps {
             let s = maps.shape
             for name in maps.names {
                 let safe = String(name.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : "_" })
-                var v = NIfTIVolume(nx: s.x, ny: s.y, nz: s.z, affine: geometry.storedAffine, voxels: Array(maps.map(name)!))
-                v.qformCode = codes.qform; v.sformCode = codes.sform
+                var v = NIfTIVolume(
+                    nx: s.x, ny: s.y, nz: s.z, affine: geometry.storedAffine, voxels: Array(maps.map(name)!))
+                v.qformCode = codes.qform
+                v.sformCode = codes.sform
                 try v.write("\(out)/attention/\(id)_\(safe).nii.gz")
-                try AttentionMontage.write(image: image, attention: maps.map(name)!, shape: s, affine: geometry.storedAffine,
-                                           to: "\(out)/attention/\(id)_\(safe).png")
+                try AttentionMontage.write(
+                    image: image, attention: maps.map(name)!, shape: s, affine: geometry.storedAffine,
+                    to: "\(out)/attention/\(id)_\(safe).png")
             }
         }
     }
@@ -282,7 +347,8 @@ public final class Predictor {
     public func run(_ cases: [PredictionCase], into out: String, comm: Communicator, verbose: Bool = true) throws {
         if comm.isRoot {
             try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
-            for (on, sub) in [(settings.saveProbabilities, "probabilities"), (settings.saveAttention, "attention")] where on {
+            for (on, sub) in [(settings.saveProbabilities, "probabilities"), (settings.saveAttention, "attention")]
+            where on {
                 try FileManager.default.createDirectory(atPath: "\(out)/\(sub)", withIntermediateDirectories: true)
             }
         }
@@ -311,7 +377,9 @@ public final class Predictor {
         if comm.isRoot && verbose {
             for i in 0..<n {
                 let status = stats[i * 3 + 2] > 0 ? "FAILED" : "\(out)/\(cases[i].id).nii.gz"
-                print("  \(cases[i].id)  \(fmt(stats[i * 3], 2)) s  peak RSS \(Memory.format(Int(stats[i * 3 + 1])))  rank \(i % comm.size)  \(status)")
+                print(
+                    "  \(cases[i].id)  \(fmt(stats[i * 3], 2)) s  peak RSS \(Memory.format(Int(stats[i * 3 + 1])))  rank \(i % comm.size)  \(status)"
+                )
             }
         }
         let failed = (0..<n).filter { stats[$0 * 3 + 2] > 0 }.count
@@ -322,21 +390,29 @@ public final class Predictor {
         if comm.isRoot && verbose {
             let peak = (0..<n).map { stats[$0 * 3 + 1] }.max() ?? 0
             let busy = (0..<n).map { stats[$0 * 3] }.reduce(0, +)
-            print("predict: \(n) case(s) in \(fmt(Date().timeIntervalSince(started), 1)) s, \(fmt(busy, 1)) s of prediction; peak RSS \(Memory.format(Int(peak))); labels in \(out)")
+            print(
+                "predict: \(n) case(s) in \(fmt(Date().timeIntervalSince(started), 1)) s, \(fmt(busy, 1)) s of prediction; peak RSS \(Memory.format(Int(peak))); labels in \(out)"
+            )
         }
     }
 
     /// The written labels must carry the input's size, affine and codes: a mismatch is an error, never a warning.
     public static func checkGeometry(_ path: String, against source: String) throws {
-        let a = try NIfTIVolume.readGeometry(path), b = try NIfTIVolume.readGeometry(source)
+        let a = try NIfTIVolume.readGeometry(path)
+        let b = try NIfTIVolume.readGeometry(source)
         guard [a.nx, a.ny, a.nz] == [b.nx, b.ny, b.nz] else {
-            throw AttunetError("\(path): size \(a.nx)x\(a.ny)x\(a.nz) differs from its input \(source) (\(b.nx)x\(b.ny)x\(b.nz))")
+            throw AttunetError(
+                "\(path): size \(a.nx)x\(a.ny)x\(a.nz) differs from its input \(source) (\(b.nx)x\(b.ny)x\(b.nz))")
         }
         for i in 0..<12 where abs(a.affine[i] - b.affine[i]) > 1e-4 * max(1, abs(b.affine[i])) {
-            throw AttunetError("\(path): affine row \(i / 4) column \(i % 4) is \(a.affine[i]), its input \(source) has \(b.affine[i])")
+            throw AttunetError(
+                "\(path): affine row \(i / 4) column \(i % 4) is \(a.affine[i]), its input \(source) has \(b.affine[i])"
+            )
         }
         guard a.qformCode == b.qformCode, a.sformCode == b.sformCode else {
-            throw AttunetError("\(path): qform/sform codes \(a.qformCode)/\(a.sformCode) differ from its input \(source) (\(b.qformCode)/\(b.sformCode))")
+            throw AttunetError(
+                "\(path): qform/sform codes \(a.qformCode)/\(a.sformCode) differ from its input \(source) (\(b.qformCode)/\(b.sformCode))"
+            )
         }
     }
 }
