@@ -51,7 +51,8 @@ final class SourceInputTests: XCTestCase {
         let ckpt = "\(d.path)/untrained.h5"
         try Checkpoint.save(SegmentationModel(ModelConfig(classes: 4, featureScale: 16)), to: ckpt)
         let r = try TestEnv.run(
-            "\(TestEnv.attunet) predict --input \(d.path)/img --checkpoint \(ckpt) --patch 32x32x16 --out \(out)")
+            "\(TestEnv.attunet) predict --input \(d.path)/img --checkpoint \(ckpt) --patch 32x32x16 --spacing 2 --blur-sigma 0.5 --out \(out)"
+        )
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         try TestEnv.python(
             """
