@@ -193,7 +193,7 @@ public enum ProgressChart {
                 yLo: pow(10, Double(kLo)), yHi: pow(10, Double(kTop)), yTransform: { log10($0) },
                 series: [Series(name: "lr", color: "#9467bd", values: lrs.filter { $0.y > 0 })], legend: false)
         } else {
-            var lo = min(lrs.map(\.y).min() ?? 0, 0)
+            let lo = min(lrs.map(\.y).min() ?? 0, 0)
             var hi = lrs.map(\.y).max() ?? 1
             if hi - lo <= abs(hi) * 1e-9 { hi = hi == 0 ? 1 : hi + abs(hi) * 0.1 }
             if hi <= 0 {
