@@ -72,7 +72,12 @@ public struct PredictionRecipe: Codable, Sendable, Equatable {
         self.init(
             spacingMM: store.spacing[0], blurSigmaMM: blur, foregroundIntensity: store.foregroundIntensity,
             modality: store.modality, classNames: store.classNames, patch: config.patch,
-            mirrorAxes: (a.flipX > 0 ? ["x"] : []) + (a.flipY > 0 ? ["y"] : []))
+            mirrorAxes: Self.mirrorAxes(of: a))
+    }
+
+    /// The axes an augmentation flips along (`x`, `y`): what test-time augmentation may flip.
+    public static func mirrorAxes(of a: AugmentOptions) -> [String] {
+        (a.flipX > 0 ? ["x"] : []) + (a.flipY > 0 ? ["y"] : [])
     }
 
     /// The recipe `file` records; nil for a checkpoint written before attunet recorded it (or a weights-only

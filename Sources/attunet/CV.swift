@@ -143,7 +143,7 @@ struct CV: ParsableCommand {
             training: trainingTemplate)
         let cv = CrossValidation(config: config, comm: comm, folder: RunFolder(path: out))
         cv.context = training.context
-        cv.context.resumeHint = "rerun the same attunet cv command to continue"
+        cv.context.resumeHint = CrossValidation.resumeHint
         cv.foldParallel = foldParallel
         cv.onlyFold = fold
         cv.summarizeOnly = summarize

@@ -244,7 +244,7 @@ struct TransferExperimentOptions: ParsableArguments {
         let experiment = TransferExperiment(config: config, comm: comm, folder: RunFolder(path: out))
         experiment.foldParallel = builtIn && !foldParallelGiven ? comm.size : foldParallel
         experiment.context = training.context
-        experiment.context.resumeHint = "rerun the same attunet experiment transfer command to continue"
+        experiment.context.resumeHint = TransferExperiment.resumeHint
         Trainer.installStopHandlers()
         let t0 = Date()
         try experiment.run()

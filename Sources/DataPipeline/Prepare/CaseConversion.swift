@@ -91,7 +91,7 @@ public enum CasePreparer {
                 labelPath,
                 "label geometry differs from the image (affine row \(r) column \(col): \(fmt(b)) vs \(fmt(a)))")
         }
-        try checkImage(img, path: c.image, modality: o.modality)
+        let range = try checkImage(img, path: c.image, modality: o.modality)
         // Labels: integers, remapped, within the declared classes.
         let nClasses = o.classNames.count
         var counts = [Int: Int]()
@@ -116,9 +116,8 @@ public enum CasePreparer {
             throw problem(labelPath, "empty label (no foreground voxels)")
         }
         // Resample: the image as prediction resamples it, the label by nearest neighbour on the same grid.
-        let prepared = try prepareImage(
-            img, path: c.image, spacing: o.spacing, blurSigma: o.blurSigma, modality: o.modality,
-            storeFloat: o.storeFloat)
+        let prepared = resample(
+            img, range: range, spacing: o.spacing, blurSigma: o.blurSigma, storeFloat: o.storeFloat)
         let image = prepared.image
         let grid = prepared.grid
         let storeFloat = prepared.storeFloat
@@ -153,10 +152,12 @@ public enum CasePreparer {
 
     /// The checks of an image's voxels: every value finite, CT within ±``ctLimit`` HU, not constant. Errors
     /// name `path`.
-    public static func checkImage(_ img: NIfTIVolume, path: String, modality: String) throws {
+    @discardableResult
+    public static func checkImage(_ img: NIfTIVolume, path: String, modality: String) throws -> VoxelRange {
         var bad = 0
         var lo = Float.infinity
         var hi = -Float.infinity
+        var integral = true
         for v in img.voxels {
             if !v.isFinite {
                 bad += 1
@@ -164,6 +165,7 @@ public enum CasePreparer {
             }
             lo = min(lo, v)
             hi = max(hi, v)
+            if integral && v != v.rounded() { integral = false }
         }
         if bad > 0 { throw problem(path, "\(bad) NaN or infinite voxel(s)") }
         if modality.uppercased() == "CT" && (lo < -Float(ctLimit) || hi > Float(ctLimit)) {
@@ -173,6 +175,13 @@ public enum CasePreparer {
             )
         }
         if !(hi - lo > 1e-6) { throw problem(path, "empty volume (every voxel is \(fmt(Double(lo))))") }
+        return VoxelRange(lo: lo, hi: hi, integral: integral)
+    }
+
+    /// What ``checkImage(_:path:modality:)`` found: the smallest and largest voxel and whether every voxel is an
+    /// integer (which decides int16 storage and rounding).
+    public struct VoxelRange: Sendable {
+        public var lo: Float, hi: Float, integral: Bool
     }
 
     /// The image path of `prepare`, which prediction shares: the voxel checks (``checkImage(_:path:modality:)``),
@@ -189,15 +198,16 @@ public enum CasePreparer {
             throw problem(path, "invalid voxel spacing \(fmt(sp.x)) x \(fmt(sp.y)) x \(fmt(sp.z)) mm")
         }
         guard target.isFinite && target > 0 else { throw problem(path, "target spacing \(target) mm is not positive") }
-        try checkImage(img, path: path, modality: modality)
-        var lo = Float.infinity
-        var hi = -Float.infinity
-        var integral = true
-        for v in img.voxels {
-            lo = min(lo, v)
-            hi = max(hi, v)
-            if integral && v != v.rounded() { integral = false }
-        }
+        let range = try checkImage(img, path: path, modality: modality)
+        return resample(img, range: range, spacing: target, blurSigma: blurSigma, storeFloat: storeFloat)
+    }
+
+    /// The resampling half of ``prepareImage(_:path:spacing:blurSigma:modality:storeFloat:)``, for an image
+    /// whose voxels and spacing were checked (`range` is what the check found).
+    static func resample(
+        _ img: NIfTIVolume, range: VoxelRange, spacing target: Double, blurSigma: Double, storeFloat: Bool?
+    ) -> PreparedImage {
+        let sp = img.spacing
         let dim = Dim3(z: img.nz, y: img.ny, x: img.nx)
         let grid = ResampleGrid(from: dim, spacing: sp, target: (target, target, target))
         var image = img.voxels
@@ -207,7 +217,7 @@ public enum CasePreparer {
             }
             image = Resample.resampleLinear(image, grid: grid)
         }
-        let keepFloat = storeFloat ?? !(integral && lo >= -32768 && hi <= 32767)
+        let keepFloat = storeFloat ?? !(range.integral && range.lo >= -32768 && range.hi <= 32767)
         if !keepFloat { for i in image.indices { image[i] = image[i].rounded() } }
         var sum = 0.0
         var sum2 = 0.0

@@ -70,7 +70,7 @@ public struct DatasetInput: Sendable {
         let name = (path as NSString).lastPathComponent
         if let c = channel(fileName: name), c > 0 {
             throw AttunetError(
-                "\(path): input channel \(c) (nnU-Net's _\(String(format: "%04d", c)) suffix); attunet's models take one channel (CT, _0000), and multi-channel input is not supported; if the digits belong to the case name, add the channel suffix (\((name as NSString).deletingPathExtension.replacingOccurrences(of: ".nii", with: ""))_0000.nii.gz)"
+                "\(path): input channel \(c) (nnU-Net's _\(String(format: "%04d", c)) suffix); attunet's models take one channel (CT, _0000), and multi-channel input is not supported; if the digits belong to the case name, add the channel suffix (\(caseID(name, dropChannel: false) ?? name)_0000.nii.gz)"
             )
         }
     }

@@ -121,7 +121,9 @@ public final class CrossValidation {
     public let folder: RunFolder
     /// Bucket, step timeout, stop budget (epochs over all folds in this process; with fold-parallel groups,
     /// over the folds of this process's group), verbosity. Each fold's trainer gets a copy with its prefix.
-    public var context = RunContext(resumeHint: "rerun the same attunet cv command to continue")
+    public var context = RunContext(resumeHint: CrossValidation.resumeHint)
+    /// How to continue a stopped cross-validation.
+    public static let resumeHint = "rerun the same attunet cv command to continue"
     /// Groups of ranks training folds side by side (1: every rank trains every fold). Must divide the ranks.
     public var foldParallel = 1
     /// Train and evaluate only this fold (0-based, as `fold_<k>`) of every model and write no summary: one task

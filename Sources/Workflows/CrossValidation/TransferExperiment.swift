@@ -98,7 +98,9 @@ public final class TransferExperiment {
     /// Groups of ranks training side by side (the source models, then each protocol's folds); must divide the ranks.
     public var foldParallel = 1
     /// Bucket, step timeout and verbosity, passed to every training and cross-validation of the experiment.
-    public var context = RunContext(resumeHint: "rerun the same attunet experiment transfer command to continue")
+    public var context = RunContext(resumeHint: TransferExperiment.resumeHint)
+    /// How to continue a stopped experiment.
+    public static let resumeHint = "rerun the same attunet experiment transfer command to continue"
 
     public init(config: TransferExperimentConfig, comm: Communicator, folder: RunFolder) {
         self.config = config
@@ -339,7 +341,7 @@ public final class TransferExperiment {
         let cv = CrossValidation(config: cvConfig, comm: comm, folder: sub)
         cv.foldParallel = foldParallel
         cv.context = context
-        cv.context.resumeHint = "rerun the same attunet experiment transfer command to continue"
+        cv.context.resumeHint = Self.resumeHint
         cv.printsSummary = false
         return try cv.run()!
     }

@@ -186,10 +186,11 @@ public final class Predictor {
         store: CaseStore?
     ) throws -> (PredictionRecipe, String) {
         let file = try H5File.open(path)
+        let recorded = try PredictionRecipe.read(from: file)
         var settings = settings
         if let store {
             // Stored cases are prepared already: the store's spacing is what the network will see.
-            if let r = try PredictionRecipe.read(from: file), abs(store.spacing[0] - r.spacingMM) > 1e-9 * r.spacingMM,
+            if let r = recorded, abs(store.spacing[0] - r.spacingMM) > 1e-9 * r.spacingMM,
                 !settings.force
             {
                 throw AttunetError(
@@ -200,15 +201,15 @@ public final class Predictor {
             settings.blurSigma = store.blurSigma ?? 0
             settings.force = true
         }
-        if var r = try PredictionRecipe.read(from: file) {
+        if var r = recorded {
             var source = "checkpoint"
-            for (option, given, recorded) in [
+            for (option, given, trained) in [
                 ("--spacing", settings.spacing, r.spacingMM), ("--blur-sigma", settings.blurSigma, r.blurSigmaMM),
             ] {
-                guard let given, abs(given - recorded) > 1e-9 * max(1, recorded) else { continue }
+                guard let given, abs(given - trained) > 1e-9 * max(1, trained) else { continue }
                 guard settings.force else {
                     throw AttunetError(
-                        "\(path): \(option) \(fmtShort(given)) conflicts with the \(fmtShort(recorded)) mm the model was trained with (its prediction recipe); drop \(option), or add --force to predict with \(fmtShort(given)) mm anyway"
+                        "\(path): \(option) \(fmtShort(given)) conflicts with the \(fmtShort(trained)) mm the model was trained with (its prediction recipe); drop \(option), or add --force to predict with \(fmtShort(given)) mm anyway"
                     )
                 }
                 source = "\(option) with --force"
@@ -225,8 +226,7 @@ public final class Predictor {
         let config = TrainingCheckpoint.trainConfig(in: file)
         let names =
             TrainingCheckpoint.classNames(in: file) ?? (["background"] + (1..<model.classes).map { "class\($0)" })
-        let augment = config?.augmentOptions
-        let mirror = augment.map { ($0.flipX > 0 ? ["x"] : []) + ($0.flipY > 0 ? ["y"] : []) } ?? []
+        let mirror = config.map { PredictionRecipe.mirrorAxes(of: $0.augmentOptions) } ?? []
         return (
             PredictionRecipe(
                 spacingMM: spacing, blurSigmaMM: blur, classNames: names,
