@@ -37,3 +37,9 @@ extension SurfaceDistanceDefinition: ExpressibleByArgument {
     public static var allValueDescriptions: [String: String] { [:] }
 }
 extension PhantomLabels: ExpressibleByArgument {}
+
+/// `--connectivity 6|26`.
+extension Connectivity: ExpressibleByArgument {
+    public static var allValueStrings: [String] { allCases.map { String($0.rawValue) } }
+    public var defaultValueDescription: String { String(rawValue) }
+}
