@@ -68,7 +68,7 @@ public enum ConnectedComponents {
         let labeling = RunLabeling(label: label, map: map, dim: dim, connectivity: connectivity)
         var ids = [Int32](repeating: 0, count: dim.count)
         ids.withUnsafeMutableBufferPointer { ids in
-            let out = ids.baseAddress!
+            guard let out = ids.baseAddress, !ids.isEmpty else { return }
             labeling.forEachRun(in: map) { offset, length, component in
                 (out + offset).update(repeating: Int32(component + 1), count: length)
             }

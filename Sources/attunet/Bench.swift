@@ -9,11 +9,11 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure how fast the network's building blocks run on this machine.",
         discussion: """
-            bench layers times each building block alone, in one process on one thread (attunet's threads and OpenBLAS's threads are both set to 1): training runs one MPI rank per core, so the single-core rate is what a rank gets. bench train times whole training steps as attunet train runs them, in one process or on every rank under mpirun.
+            bench layers times each building block alone, in one process on one thread (attunet's threads and OpenBLAS's threads are both set to 1): training runs one MPI rank per core, so the single-core rate is what a rank gets. bench train times whole training steps as attunet train runs them, in one process or on every rank under mpirun. bench components times 3D connected components and the postprocessing built on them (keep the largest, remove small islands) on a CT-sized label map, with the memory they take beyond the map.
 
             Run them on an otherwise idle machine; another busy process on the same cores makes every figure low. Build in release mode first (swift build -c release); a debug build is 10-100x slower.
             """,
-        subcommands: [Layers.self, Train.self]
+        subcommands: [Layers.self, Train.self, ComponentsBench.self]
     )
 }
 

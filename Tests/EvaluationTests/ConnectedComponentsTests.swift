@@ -58,6 +58,9 @@ final class ConnectedComponentsTests: XCTestCase {
         for c in Connectivity.allCases {
             for dim in [Dim3(z: 0, y: 3, x: 4), Dim3(z: 2, y: 0, x: 4), Dim3(z: 2, y: 3, x: 0)] {
                 XCTAssertEqual(ConnectedComponents.components(of: 1, in: [], dim: dim, connectivity: c).count, 0)
+                XCTAssertEqual(ConnectedComponents.labelVolume(of: 1, in: [], dim: dim, connectivity: c).ids, [])
+                var none: [UInt8] = []
+                XCTAssertEqual(ConnectedComponents.keepLargest(0, of: 1, in: &none, dim: dim, connectivity: c), 0)
             }
             let dim = Dim3(z: 3, y: 4, x: 21)
             let full = [UInt8](repeating: 5, count: dim.count)
