@@ -10,7 +10,7 @@ extension Bench {
     struct ComponentsBench: ParsableCommand {
         static let configuration = CommandConfiguration(
             commandName: "components",
-            abstract: "Time 3D connected components on a CT-sized label map, and their memory.",
+            abstract: "Time 3D connected components and their memory on a CT-sized map.",
             discussion: """
                 Synthesises a label map like a CT prediction (by default 512x512x735 voxels, one byte each: 192 MB): a large organ of label 2, and of label 1 two large blobs (a kidney pair), a smaller false-positive blob and --islands small islands of 1 to a few hundred voxels at random places (--seed). Then, on label 1 and for each connectivity (both unless --connectivity names one), it times:
                   components      the sizes of the components (best of 3 runs)
