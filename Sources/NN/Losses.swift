@@ -161,6 +161,69 @@ public final class SegmentationLoss {
         }
     }
 
+    /// The loss of one sample from probabilities that already sum to 1 over the classes (`[C][Z][Y][X]`, e.g. a
+    /// sliding-window prediction's blended softmax) and its labels: the value `forward` gives for logits whose
+    /// softmax they are, with no gradient. It keeps nothing between calls and allocates only the per-chunk sums,
+    /// so it can score a whole validation volume. The chunking is `forward`'s, so the value does not depend on
+    /// the thread count.
+    public func value(probabilities: UnsafeBufferPointer<Float>, classes c: Int, labels: UnsafeBufferPointer<UInt8>)
+        -> Double
+    {
+        let v = labels.count
+        precondition(probabilities.count == c * v, "loss: \(probabilities.count) probabilities for \(c) x \(v)")
+        guard v > 0 else { return .nan }
+        let chunks = (v + Self.chunk - 1) / Self.chunk
+        let width = kind == .crossEntropy ? 1 : 3 * c
+        var part = [Double](repeating: 0, count: chunks * width)
+        let p = probabilities.baseAddress!
+        let lab = labels.baseAddress!
+        let kind = kind
+        part.withUnsafeMutableBufferPointer { buffer in
+            let out = buffer.baseAddress!
+            parallelFor(chunks) { j in
+                let lo = j * Self.chunk
+                let hi = min(v, lo + Self.chunk)
+                if kind == .crossEntropy {
+                    var total = 0.0
+                    for i in lo..<hi { total -= Foundation.log(max(Double(p[Int(lab[i]) * v + i]), 1e-30)) }
+                    out[j] = total
+                    return
+                }
+                for k in 0..<c {
+                    let pk = p + k * v
+                    var pg = 0.0
+                    var pp = 0.0
+                    var gg = 0.0
+                    for i in lo..<hi {
+                        let pv = Double(pk[i])
+                        if lab[i] == UInt8(k) {
+                            pg += pv
+                            gg += 1
+                        }
+                        pp += kind == .dice ? pv * pv : pv
+                    }
+                    out[j * width + 3 * k] = pg
+                    out[j * width + 3 * k + 1] = pp
+                    out[j * width + 3 * k + 2] = gg
+                }
+            }
+        }
+        if kind == .crossEntropy { return part.reduce(0, +) / Double(v) }
+        var score = 0.0
+        for k in 0..<c {
+            var pg = 0.0
+            var pp = 0.0
+            var gg = 0.0
+            for j in 0..<chunks {
+                pg += part[j * width + 3 * k]
+                pp += part[j * width + 3 * k + 1]
+                gg += part[j * width + 3 * k + 2]
+            }
+            score += kind == .dice ? (2 * pg + smooth) / (pp + gg + smooth) : 2 * (pg + smooth) / (pp + gg + smooth)
+        }
+        return 1 - score / Double(c)
+    }
+
     /// Numerically stable softmax over channels for voxels [lo, hi) of one sample.
     private static func softmax(
         _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, c: Int, v: Int,

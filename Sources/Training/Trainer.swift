@@ -131,6 +131,13 @@ public final class Trainer {
                     + bn)
         }
         try log?.load(keepBefore: state.epoch)
+        // The checkpoint is written before the log row: a run stopped between the two has the row in the
+        // checkpoint only.
+        if let log, state.epoch > 0, (log.records.last?.epoch ?? -1) < state.epoch - 1,
+            let record = TrainingCheckpoint.metrics(in: try H5File.open(path)), record.epoch == state.epoch - 1
+        {
+            try log.append(record)
+        }
         return state
     }
 
@@ -295,12 +302,14 @@ public final class Trainer {
             let seconds = Date().timeIntervalSince(t0)
             state.epoch += 1
             state.stepInEpoch = 0
-            let record = try endEpoch(
+            let (record, validationSeconds) = try endEpoch(
                 &state, trainLoss: lossCount > 0 ? lossSum / Double(lossCount) : .nan,
                 seconds: seconds, patches: lossCount * config.batch,
-                phases: lossCount > 0 ? phases.scaled(by: 1 / Double(lossCount)) : nil)
+                phases: lossCount > 0 ? phases.scaled(by: 1 / Double(lossCount)) : nil, started: t0)
             lastRecord = record
-            if comm.isRoot && context.verbose { printEpoch(record, loadWait: loadWait, steps: lossCount) }
+            if comm.isRoot && context.verbose {
+                printEpoch(record, loadWait: loadWait, steps: lossCount, validationSeconds: validationSeconds)
+            }
             // A stop requested during validation or checkpointing is honoured at the epoch boundary.
             var stop = [Double(stopSignal)]
             try stop.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
@@ -366,30 +375,39 @@ public final class Trainer {
         return StepResult(loss: flags[0] / Double(comm.size), stopRequested: flags[2] > 0, times: times)
     }
 
-    /// Validates when due, then logs the epoch and writes the checkpoints (rank 0).
+    /// Validates when due, then writes the checkpoints and logs the epoch (rank 0). The log row comes last, so
+    /// that its wall time and time stamp cover the checkpoints; a run stopped between the two gets the row back
+    /// from the checkpoint's record on resume (with the times up to the checkpoint's writing). Returns the record and the seconds validation took (0: none).
     private func endEpoch(
         _ state: inout TrainingState, trainLoss: Double, seconds: Double, patches: Int,
-        phases: StepTimes?
-    ) throws -> EpochRecord {
+        phases: StepTimes?, started t0: Date
+    ) throws -> (EpochRecord, Double) {
         let last = state.epoch == config.epochs
-        var dice: [Double] = []
+        var validation: Validation?
+        var validationSeconds = 0.0
         if !config.validationCases.isEmpty && (last || state.epoch % max(config.validateEvery, 1) == 0) {
             FaultHooks.enter(.validate)
-            dice = try validate()
+            let v0 = Date()
+            validation = try validate()
+            validationSeconds = Date().timeIntervalSince(v0)
         }
+        let dice = validation?.dice ?? []
         var record = EpochRecord(
             epoch: state.epoch - 1, step: state.globalStep, trainLoss: trainLoss,
             learningRate: optimizer.learningRate, validationDice: dice, seconds: seconds,
             patchesPerSecond: Double(patches) / max(seconds, 1e-9))
         record.phases = phases
+        record.validationLoss = validation?.loss
         let improved = !dice.isEmpty && record.meanDice! > state.bestDice
         if improved {
             state.bestDice = record.meanDice!
             state.bestEpoch = record.epoch
         }
+        // The checkpoints' copy of the record has the times up to their writing; the log's, after it.
+        record.epochWallSeconds = Date().timeIntervalSince(t0)
+        record.timeUTC = EpochRecord.utcStamp()
         if comm.isRoot {
             FaultHooks.enter(.checkpoint)
-            try log?.append(record)
             if improved {
                 try TrainingCheckpoint.save(
                     bestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record,
@@ -401,7 +419,10 @@ public final class Trainer {
                     recipe: recipe, transfer: transfer)
             }
         }
-        return record
+        record.epochWallSeconds = Date().timeIntervalSince(t0)
+        record.timeUTC = EpochRecord.utcStamp()
+        try log?.append(record)
+        return (record, validationSeconds)
     }
 
     /// After a stop request: rank 0 writes checkpoint_latest.h5 with `state`, every rank waits for it and the
@@ -433,34 +454,57 @@ public final class Trainer {
         for i in 0..<g.count { g[i] *= scale }
     }
 
+    /// What ``validate()`` measures.
+    public struct Validation: Sendable, Equatable {
+        /// Dice per foreground class, averaged over the cases that contain the class.
+        public var dice: [Double]
+        /// The training loss on each whole case's blended probabilities, mean over the cases.
+        public var loss: Double
+    }
+
     /// Dice per foreground class on the validation cases (each segmented whole by ``segment(case:)``),
-    /// averaged over the cases that contain the class; the counts are ``DiceScore``'s, as `attunet evaluate`
-    /// uses. Case i goes to rank i mod ranks (so a rank may get one case more than another); every rank's
-    /// counts land in the case's own row and the rows are summed over ranks, so each case counts once.
-    public func validate() throws -> [Double] {
+    /// averaged over the cases that contain the class, and the validation loss; the counts are ``DiceScore``'s,
+    /// as `attunet evaluate` uses. Case i goes to rank i mod ranks (so a rank may get one case more than
+    /// another); every rank's counts and loss land in the case's own row and the rows are summed over ranks, so
+    /// each case counts once.
+    public func validate() throws -> Validation {
         let ids = config.validationCases
         let k = config.model.classes
-        var counts = [Double](repeating: 0, count: ids.count * k * DiceScore.columns)
+        let width = k * DiceScore.columns + 1  // the counts, then the case's loss
+        var rows = [Double](repeating: 0, count: ids.count * width)
         for (i, id) in ids.enumerated() where i % comm.size == comm.rank {
             guard let c = store.index(of: id) else { throw AttunetError("\(config.store): no validation case \(id)") }
-            let pred = try segment(case: c).labels
+            let prediction = try segment(case: c)
             let label = try store.label(c)
-            counts.withUnsafeMutableBufferPointer { buf in
-                let row = (i * k * DiceScore.columns)..<((i + 1) * k * DiceScore.columns)
+            rows.withUnsafeMutableBufferPointer { buf in
                 DiceScore.accumulate(
-                    prediction: pred, reference: label, classes: k,
-                    into: UnsafeMutableBufferPointer(rebasing: buf[row]))
+                    prediction: prediction.labels, reference: label, classes: k,
+                    into: UnsafeMutableBufferPointer(rebasing: buf[(i * width)..<(i * width + width - 1)]))
+            }
+            let probabilities = prediction.probabilities ?? []
+            rows[i * width + width - 1] = probabilities.withUnsafeBufferPointer { p in
+                label.withUnsafeBufferPointer { loss.value(probabilities: p, classes: k, labels: $0) }
             }
         }
-        try counts.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
-        return DiceScore.meanPerClass(counts, cases: ids.count, classes: k)
+        try rows.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
+        var counts = [Double]()
+        counts.reserveCapacity(ids.count * (width - 1))
+        var lossSum = 0.0
+        for i in ids.indices {
+            counts += rows[(i * width)..<(i * width + width - 1)]
+            lossSum += rows[i * width + width - 1]
+        }
+        return Validation(
+            dice: DiceScore.meanPerClass(counts, cases: ids.count, classes: k), loss: lossSum / Double(ids.count))
     }
 
     /// Segments case `c` of the store with the model as it is now: the sliding-window predictor at the
     /// training patch size (overlap 0.5, Gaussian blending), BN in evaluation mode (restored afterwards).
     public func segment(case c: Int) throws -> Prediction {
         if predictor == nil {
-            predictor = try SlidingWindowPredictor(network: model, options: SlidingWindowOptions(patch: config.patch))
+            // The probabilities are the blending accumulator itself, kept for the validation loss.
+            predictor = try SlidingWindowPredictor(
+                network: model, options: SlidingWindowOptions(patch: config.patch, keepProbabilities: true))
         }
         return try predictor!.predict(store: store, case: c)
     }
@@ -478,15 +522,17 @@ public final class Trainer {
     /// Epochs finished by this process (a resumed run's log also holds earlier ones).
     private var epochsRun = 0
 
-    private func printEpoch(_ r: EpochRecord, loadWait: Double, steps: Int) {
+    /// One line per epoch, starting with the time (UTC) it ended: requeued jobs append to one log file.
+    private func printEpoch(_ r: EpochRecord, loadWait: Double, steps: Int, validationSeconds: Double) {
         let remaining = config.epochs - r.epoch - 1
         epochsRun += 1
         let perEpoch = Date().timeIntervalSince(started) / Double(epochsRun)
         var line =
-            context.linePrefix
+            (r.timeUTC ?? EpochRecord.utcStamp()) + " " + context.linePrefix
             + "epoch \(r.epoch + 1)/\(config.epochs)  loss \(fmt(r.trainLoss, 4))  lr \(String(format: "%.2e", r.learningRate))  \(fmt(r.patchesPerSecond, 2)) patches/s  \(fmt(r.seconds, 1)) s"
         if !r.validationDice.isEmpty {
             line += "  Dice " + zip(classNames, r.validationDice).map { "\($0) \(fmt($1, 3))" }.joined(separator: " ")
+            line += "  val loss \(fmt(r.validationLoss ?? .nan, 4)) (\(fmt(validationSeconds, 1)) s)"
         }
         if steps > 0 && loadWait > 0.05 * r.seconds { line += "  (waited \(fmt(loadWait, 1)) s for data)" }
         line += "  ETA \(formatDuration(perEpoch * Double(remaining)))"

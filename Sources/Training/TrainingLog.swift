@@ -22,6 +22,15 @@ public struct EpochRecord: Codable, Sendable, Equatable {
     /// The mean seconds of a step's phases on rank 0 over the epoch (nil: not measured). Not in `log.csv`;
     /// written to the TensorBoard events.
     public var phases: StepTimes?
+    /// The validation loss: the training loss on the whole validation cases (their blended probabilities), mean
+    /// over the cases; nil in epochs without validation.
+    public var validationLoss: Double?
+    /// Seconds from the epoch's first step to the end of its validation and checkpoint writing; nil in logs
+    /// written before this column existed.
+    public var epochWallSeconds: Double?
+    /// When the epoch ended (validation and checkpoints included), UTC, ISO 8601 to the second
+    /// (`2026-12-07T09:30:12Z`); nil in logs written before this column existed.
+    public var timeUTC: String?
 
     /// Memberwise initializer.
     public init(
@@ -37,6 +46,23 @@ public struct EpochRecord: Codable, Sendable, Equatable {
         self.patchesPerSecond = patchesPerSecond
     }
 
+    // `timeUtc` spells the key so that the snake_case JSON files (`time_utc`) read back into `timeUTC`.
+    enum CodingKeys: String, CodingKey {
+        case epoch, step, trainLoss, learningRate, validationDice, seconds, patchesPerSecond, phases
+        case validationLoss, epochWallSeconds
+        case timeUTC = "timeUtc"
+    }
+
+    /// `date` as `timeUTC` writes it: ISO 8601, UTC, to the second.
+    public static func utcStamp(_ date: Date = Date()) -> String {
+        var t = time_t(date.timeIntervalSince1970.rounded(.down))
+        var parts = tm()
+        gmtime_r(&t, &parts)
+        return String(
+            format: "%04d-%02d-%02dT%02d:%02d:%02dZ", Int(parts.tm_year) + 1900, Int(parts.tm_mon) + 1,
+            Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec))
+    }
+
     /// Mean of `validationDice`; `nil` when validation did not run this epoch (NaN entries make it NaN).
     public var meanDice: Double? {
         validationDice.isEmpty ? nil : validationDice.reduce(0, +) / Double(validationDice.count)
@@ -48,10 +74,12 @@ public struct EpochRecord: Codable, Sendable, Equatable {
 /// The training log of a run: one `EpochRecord` per epoch, persisted as `directory/log.csv` and rendered as
 /// `directory/progress.svg` after every append.
 ///
-/// CSV columns: `epoch,step,train_loss,lr,dice_<name>...,mean_dice,seconds,patches_per_s`. Numbers are written
-/// with `%.9g` for the loss (exact for any `Float` value), `%.6g` for the learning rate, `%.4f` for Dice,
-/// `%.3f` for seconds and `%.2f` for patches/s; `load` reads them back as written. Dice cells (and `mean_dice`)
-/// are empty in epochs without validation; non-finite values are written as `nan`, `inf`, `-inf`.
+/// CSV columns: `epoch,step,train_loss,lr,dice_<name>...,mean_dice,seconds,patches_per_s,val_loss,epoch_wall_s,
+/// time_utc`. Numbers are written with `%.9g` for the losses (exact for any `Float` value), `%.6g` for the
+/// learning rate, `%.4f` for Dice, `%.3f` for seconds and `%.2f` for patches/s; `load` reads them back as
+/// written. Dice cells (with `mean_dice`) and `val_loss` are empty in epochs without validation; non-finite
+/// values are written as `nan`, `inf`, `-inf`. The last three columns came later: `load` reads logs without
+/// them (their cells stay empty).
 public final class TrainingLog {
     /// The directory holding `log.csv` and `progress.svg`.
     public let directory: URL
@@ -83,7 +111,7 @@ public final class TrainingLog {
     /// The CSV header line (without newline). Class names are sanitized so that they cannot break the CSV.
     public var csvHeader: String {
         (["epoch", "step", "train_loss", "lr"] + classNames.map { "dice_" + Self.sanitize($0) }
-            + ["mean_dice", "seconds", "patches_per_s"]).joined(separator: ",")
+            + ["mean_dice", "seconds", "patches_per_s", "val_loss", "epoch_wall_s", "time_utc"]).joined(separator: ",")
     }
 
     /// Loads existing rows from directory/log.csv (for --resume), tolerating a missing file; rows with
@@ -125,6 +153,10 @@ public final class TrainingLog {
         let cSeconds = try column("seconds")
         let cRate = try column("patches_per_s")
         let cDice = header.indices.filter { header[$0].hasPrefix("dice_") }
+        // Columns added later: absent in older logs.
+        let cValLoss = header.firstIndex(of: "val_loss")
+        let cWall = header.firstIndex(of: "epoch_wall_s")
+        let cTime = header.firstIndex(of: "time_utc")
         guard cDice.count == classNames.count else {
             throw AttunetError(
                 "\(url.path): the training log has \(cDice.count) Dice column(s), this run has \(classNames.count) foreground classes"
@@ -155,17 +187,23 @@ public final class TrainingLog {
             if cDice.contains(where: { !cells[$0].isEmpty }) {
                 dice = try cDice.map { cells[$0].isEmpty ? .nan : try double($0) }
             }
-            let record = EpochRecord(
+            func optional(_ c: Int?) throws -> Double? {
+                guard let c, !cells[c].isEmpty else { return nil }
+                return try double(c)
+            }
+            var record = EpochRecord(
                 epoch: try int(cEpoch), step: try int(cStep), trainLoss: try double(cLoss),
                 learningRate: try double(cLR), validationDice: dice,
                 seconds: try double(cSeconds), patchesPerSecond: try double(cRate))
+            record.validationLoss = try optional(cValLoss)
+            record.epochWallSeconds = try optional(cWall)
+            if let c = cTime, !cells[c].isEmpty { record.timeUTC = cells[c] }
             if record.epoch < epoch { loaded.append(record) }
         }
         records = loaded
     }
 
-    /// Appends a record, rewrites log.csv (header: epoch,step,train_loss,lr,dice_<name>...,mean_dice,seconds,
-    /// patches_per_s) atomically (temp file + rename) and rewrites progress.svg (also atomically).
+    /// Appends a record, rewrites log.csv (header: ``csvHeader``) atomically (temp file + rename) and rewrites progress.svg (also atomically).
     /// Throws `.classCountMismatch` (and appends nothing) when `r.validationDice` is neither empty nor one
     /// value per class.
     public func append(_ r: EpochRecord) throws {
@@ -199,6 +237,7 @@ public final class TrainingLog {
             ("train/loss", r.trainLoss), ("train/learning_rate", r.learningRate),
             ("train/patches_per_s", r.patchesPerSecond), ("time/epoch_s", r.seconds),
         ]
+        if let wall = r.epochWallSeconds { values.append(("time/epoch_wall_s", wall)) }
         if let p = r.phases {
             values += [
                 ("time/step_forward_s", p.forward), ("time/step_loss_s", p.loss), ("time/step_backward_s", p.backward),
@@ -209,6 +248,7 @@ public final class TrainingLog {
             values += zip(classNames, r.validationDice).map { ("validation/dice_\(Self.sanitize($0))", $1) }
             values.append(("validation/mean_dice", mean))
         }
+        if let loss = r.validationLoss { values.append(("validation/loss", loss)) }
         try events!.scalars(values, step: r.step)
     }
 
@@ -227,6 +267,10 @@ public final class TrainingLog {
                 cells.append(Self.format(r.meanDice ?? .nan, "%.4f"))
             }
             cells += [Self.format(r.seconds, "%.3f"), Self.format(r.patchesPerSecond, "%.2f")]
+            cells += [
+                r.validationLoss.map { Self.format($0, "%.9g") } ?? "",
+                r.epochWallSeconds.map { Self.format($0, "%.3f") } ?? "", r.timeUTC ?? "",
+            ]
             out += cells.joined(separator: ",") + "\n"
         }
         return out

@@ -147,6 +147,38 @@ final class LayerFixtureTests: XCTestCase {
         }
     }
 
+    /// The validation loss: each sample's loss from its softmax probabilities (`value`, no gradient), averaged
+    /// over the batch, equals the original's loss on the logits.
+    func testLossValueFromProbabilitiesAgainstTheOriginal() throws {
+        for (group, kind) in [
+            ("softmax_dice", LossKind.softDice), ("cross_entropy", LossKind.crossEntropy),
+            ("sorensen_dice", LossKind.dice),
+        ] {
+            let logits = try fx.tensor("\(group)/logits")
+            let labels = try fx.labels("\(group)/target")
+            let (n, c) = (logits.shape[0], logits.shape[1])
+            let v = logits.count / (n * c)
+            let x = Array(UnsafeBufferPointer(start: logits.pointer, count: logits.count))
+            var total = 0.0
+            for b in 0..<n {
+                var p = [Float](repeating: 0, count: c * v)
+                for i in 0..<v {
+                    let z = (0..<c).map { Double(x[(b * c + $0) * v + i]) }
+                    let m = z.max()!
+                    let e = z.map { Foundation.exp($0 - m) }
+                    let sum = e.reduce(0, +)
+                    for k in 0..<c { p[k * v + i] = Float(e[k] / sum) }
+                }
+                total += p.withUnsafeBufferPointer { pp in
+                    Array(labels[(b * v)..<((b + 1) * v)]).withUnsafeBufferPointer {
+                        SegmentationLoss(kind).value(probabilities: pp, classes: c, labels: $0)
+                    }
+                }
+            }
+            XCTAssertEqual(total / Double(n), try fx.scalar("\(group)/loss"), accuracy: 1e-5, group)
+        }
+    }
+
     /// Adam and SGD with Nesterov momentum (weight decay 1e-6) against torch.optim over 4 steps.
     func testOptimizersMatchTorchOptim() throws {
         for (group, kind) in [("optim_adam", OptimizerKind.adam), ("optim_sgd_nesterov", OptimizerKind.sgd)] {

@@ -185,11 +185,15 @@ final class TrainerTests: PhantomRunTestCase {
         XCTAssertTrue(inspect.stdout.contains("next epoch 2 step 0"), inspect.stdout)
     }
 
-    /// The epochs a run printed ("epoch 2/3" -> 2), in order.
+    /// The epochs a run printed ("2026-12-07T09:30:12Z epoch 2/3 ..." -> 2), in order. Every epoch line must
+    /// start with its UTC time stamp.
     func epochLines(_ output: String) -> [Int] {
         output.split(separator: "\n").compactMap { line in
-            guard line.hasPrefix("epoch "), let slash = line.firstIndex(of: "/") else { return nil }
-            return Int(line[line.index(line.startIndex, offsetBy: 6)..<slash])
+            guard let m = line.prefixMatch(of: /(\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}Z )?epoch (\d+)\//) else {
+                return nil
+            }
+            XCTAssertNotNil(m.output.1, "epoch line without its time: \(line)")
+            return Int(m.output.2)
         }
     }
 

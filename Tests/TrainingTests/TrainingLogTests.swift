@@ -1,4 +1,5 @@
 import Foundation
+import Support
 import XCTest
 
 @testable import Training
@@ -22,20 +23,68 @@ final class TrainingLogTests: XCTestCase {
         (0..<n).map { e in
             let validated = e % 2 == 1 || e == n - 1
             let dice = validated ? [0.5 + 0.01 * Double(e), 0.25 + 0.02 * Double(e), 0.125] : []
-            return EpochRecord(
+            var r = EpochRecord(
                 epoch: e, step: 100 * (e + 1), trainLoss: Double(String(format: "%.7f", 1.5 / Double(e + 1) + 0.0625))!,
                 learningRate: 1e-3 * pow(0.5, Double(e)), validationDice: dice.map { ($0 * 1e4).rounded() / 1e4 },
                 seconds: 12.5 + Double(e), patchesPerSecond: 3.25)
+            r.validationLoss = validated ? 0.375 - 0.001 * Double(e) : nil
+            r.epochWallSeconds = 14.25 + Double(e)
+            r.timeUTC = EpochRecord.utcStamp(Date(timeIntervalSince1970: 1_796_000_000 + 60 * Double(e)))
+            return r
         }
     }
 
     /// Applies the CSV's documented precision, so that expected values compare exactly.
     private func quantized(_ r: EpochRecord) -> EpochRecord {
         func q(_ x: Double, _ spec: String) -> Double { Double(String(format: spec, x))! }
-        return EpochRecord(
+        var out = EpochRecord(
             epoch: r.epoch, step: r.step, trainLoss: q(r.trainLoss, "%.9g"),
             learningRate: q(r.learningRate, "%.6g"), validationDice: r.validationDice.map { q($0, "%.4f") },
             seconds: q(r.seconds, "%.3f"), patchesPerSecond: q(r.patchesPerSecond, "%.2f"))
+        out.validationLoss = r.validationLoss.map { q($0, "%.9g") }
+        out.epochWallSeconds = r.epochWallSeconds.map { q($0, "%.3f") }
+        out.timeUTC = r.timeUTC
+        return out
+    }
+
+    func testUTCStamp() {
+        XCTAssertEqual(EpochRecord.utcStamp(Date(timeIntervalSince1970: 0)), "1970-01-01T00:00:00Z")
+        XCTAssertEqual(EpochRecord.utcStamp(Date(timeIntervalSince1970: 1_796_000_059.9)), "2026-11-30T00:54:19Z")
+    }
+
+    /// A log written before the val_loss, epoch_wall_s and time_utc columns still loads (for --resume), and the
+    /// next append writes the new header with empty cells for the old rows.
+    func testLogWithoutTheLaterColumnsLoads() throws {
+        let dir = try tempDirectory()
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        try "epoch,step,train_loss,lr,dice_x,mean_dice,seconds,patches_per_s\n0,10,0.5,0.001,0.7500,0.7500,2.000,4.00\n"
+            .write(to: dir.appendingPathComponent("log.csv"), atomically: true, encoding: .utf8)
+        let log = TrainingLog(directory: dir, classNames: ["x"])
+        try log.load(keepBefore: Int.max)
+        XCTAssertEqual(log.records.count, 1)
+        XCTAssertNil(log.records[0].validationLoss)
+        XCTAssertNil(log.records[0].epochWallSeconds)
+        XCTAssertNil(log.records[0].timeUTC)
+        var next = log.records[0]
+        next.epoch = 1
+        next.validationLoss = 0.25
+        next.epochWallSeconds = 3
+        next.timeUTC = "2026-12-07T09:30:12Z"
+        log.writesTensorBoard = false
+        try log.append(next)
+        let lines = try String(contentsOf: log.csvURL, encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(lines[1], "0,10,0.5,0.001,0.7500,0.7500,2.000,4.00,,,")
+        XCTAssertEqual(lines[2], "1,10,0.5,0.001,0.7500,0.7500,2.000,4.00,0.25,3.000,2026-12-07T09:30:12Z")
+    }
+
+    /// The record a checkpoint stores (`metrics`) reads back whole from its snake_case JSON, times included.
+    func testRecordJSONRoundTrip() throws {
+        let r = sampleRecords(3)[1]
+        let json = try JSONFiles.string(r)
+        XCTAssertTrue(json.contains("\"time_utc\""), json)
+        XCTAssertTrue(json.contains("\"epoch_wall_seconds\""), json)
+        XCTAssertTrue(json.contains("\"validation_loss\""), json)
+        XCTAssertEqual(try JSONFiles.decode(EpochRecord.self, from: json), r)
     }
 
     func testMeanDice() {
@@ -58,7 +107,9 @@ final class TrainingLogTests: XCTestCase {
         let lines = csv.split(separator: "\n").map(String.init)
         XCTAssertEqual(
             lines.first,
-            "epoch,step,train_loss,lr,dice_spleen,dice_pancreas,dice_kidney,mean_dice,seconds,patches_per_s")
+            "epoch,step,train_loss,lr,dice_spleen,dice_pancreas,dice_kidney,mean_dice,seconds,patches_per_s,val_loss,epoch_wall_s,time_utc"
+        )
+        XCTAssertTrue(lines[1].hasSuffix(",,14.250,2026-11-30T00:53:20Z"), lines[1])  // no validation: no val_loss
         XCTAssertEqual(lines.count, 8)
         // Epoch 0 ran no validation: four empty Dice cells (three classes + mean).
         XCTAssertTrue(lines[1].contains(",,,,"), lines[1])

@@ -18,6 +18,12 @@ final class TensorBoardTests: XCTestCase {
         // Two epochs, a copy of that checkpoint, the third epoch; then the third again from the copy.
         let first = try TestEnv.run(train + " --stop-after-epochs 2")
         XCTAssertEqual(first.status, 75, first.stderr)
+        // As if stopped after the checkpoint was written and before the log row: resume takes the row from the
+        // checkpoint.
+        let log = "\(d)/run/log.csv"
+        let rows = try String(contentsOfFile: log, encoding: .utf8).split(separator: "\n")
+        XCTAssertEqual(rows.count, 3, "\(rows)")
+        try (rows.prefix(2).joined(separator: "\n") + "\n").write(toFile: log, atomically: true, encoding: .utf8)
         try FileManager.default.copyItem(atPath: "\(d)/run/checkpoint_latest.h5", toPath: "\(d)/epoch2.h5")
         let rest = try TestEnv.run(train + " --resume")
         XCTAssertEqual(rest.status, 0, rest.stderr)
@@ -48,6 +54,17 @@ final class TensorBoardTests: XCTestCase {
                 for name in ['spleen', 'pancreas', 'kidney']:
                     dice = series('validation/dice_' + name)
                     assert abs(dice[step] - float(r['dice_' + name])) <= 5e-5, (name, step, dice[step], r)
+            import datetime
+            times = [datetime.datetime.strptime(r['time_utc'], '%Y-%m-%dT%H:%M:%SZ') for r in rows]
+            assert times == sorted(times), times
+            wall = series('time/epoch_wall_s')
+            val_loss = series('validation/loss')
+            for r in rows:
+                step = int(r['step'])
+                assert float(r['epoch_wall_s']) >= float(r['seconds']) > 0, r   # validation and checkpoints included
+                assert abs(wall[step] - float(r['epoch_wall_s'])) <= 1e-3, (step, wall[step], r)
+                assert 0 < float(r['val_loss']) < 1, r   # every epoch validates here; Dice loss in (0, 1)
+                assert abs(val_loss[step] - float(r['val_loss'])) <= 1e-6, (step, val_loss[step], r)
             for tag in ['train/learning_rate', 'train/patches_per_s', 'time/epoch_s', 'time/step_forward_s', 'time/step_allreduce_s']:
                 assert len(series(tag)) == 3, tag
             """)

@@ -260,7 +260,7 @@ e2_kill_node_hostfile() {
   t0=$(date +%s)
   wait "$pid" || rc=$?
   dt=$(( $(date +%s) - t0 ))
-  grep -v '^epoch' e2.out
+  grep -v '^[0-9TZ:-]* epoch ' e2.out
   [ "$rc" != 0 ] || fail "mpirun-hosts.sh exited 0 after a rank was killed"
   [ "$dt" -le 15 ] || fail "took $dt s to end"
   grep -q 'node2' e2.out || fail "node2 not named"
@@ -277,7 +277,7 @@ e3_time_limit_hostfile() {
   printf 'node1 slots=1\nnode2 slots=1\n' > hosts
   ATTUNET_THREADS=1 RSH_AGENT=$HERE/nsrsh TCP_IF=$NET.0/24 TIME_LIMIT=8 \
     tmo 60 bash "$ROOT/launch/mpirun-hosts.sh" -f hosts -r 1 train --store store.h5 "${LONG[@]}" --out e3-run > e3.out 2>&1 || rc=$?
-  grep -v '^epoch' e3.out
+  grep -v '^[0-9TZ:-]* epoch ' e3.out
   [ "$rc" = 75 ] || fail "TIME_LIMIT gave exit $rc, not 75"
   grep -q 'train: stop requested' e3.out || fail "the ranks did not checkpoint"
   "$BIN" inspect e3-run/checkpoint_latest.h5 | grep '^training state' || fail "no checkpoint"
@@ -297,7 +297,7 @@ f_partition_hostfile() {
   wait "$pid" || rc=$?
   dt=$(( $(date +%s) - t0 ))
   ip link set "${NS}v2" up
-  grep -v '^epoch' f.out
+  grep -v '^[0-9TZ:-]* epoch ' f.out
   [ "$rc" != 0 ] || fail "exit 0 after a partition"
   grep -q 'did not finish within 8 s at global step .*(--step-timeout)' f.out || fail "no watchdog message"
   [ "$dt" -le 40 ] || fail "took $dt s to end after the partition"
@@ -314,7 +314,7 @@ g_partition_slurm() {
   while [ $(( $(date +%s) - t0 )) -lt 60 ] && ! grep -q 'not requeued' "g-$j.out"; do sleep 0.5; done
   dt=$(( $(date +%s) - t0 ))
   ip link set "${NS}v2" up
-  grep -v '^epoch' "g-$j.out"
+  grep -v '^[0-9TZ:-]* epoch ' "g-$j.out"
   grep -q 'did not finish within 8 s at global step .*(--step-timeout)' "g-$j.out" || fail "no watchdog message"
   grep -q 'failed with exit status .*; not requeued' "g-$j.out" || fail "the job script did not end within 60 s"
   [ "$dt" -le 40 ] || fail "took $dt s to end after the partition"
