@@ -4,11 +4,13 @@ import Tensor
 public enum EmptyMasks: String, Sendable, Codable, Equatable {
     /// Both have voxels: every metric is measured.
     case neither
-    /// Neither has voxels: Dice, precision and recall 1, every distance 0 (a correct "absent").
+    /// Neither has voxels: Dice, IoU, precision, recall and NSD 1, RVD and every distance 0 (a correct "absent").
     case both
-    /// The prediction is empty, the reference is not: Dice, precision and recall 0, every distance the worst case.
+    /// The prediction is empty, the reference is not: Dice, IoU, precision, recall and NSD 0, RVD −1, every
+    /// distance the worst case.
     case prediction
-    /// The reference is empty, the prediction is not: Dice, precision and recall 0, every distance the worst case.
+    /// The reference is empty, the prediction is not: Dice, IoU, precision, recall and NSD 0, every distance the
+    /// worst case, RVD the substitute |P| (the prediction's voxels, as if the reference had one).
     case reference
 }
 
@@ -36,6 +38,24 @@ public struct ClassMetrics: Sendable, Equatable, Codable {
     public var distancesAreWorstCase: Bool
     /// `s2s2d` is the worst case: one mask empty, or no axial slice holds both.
     public var s2sIsWorstCase: Bool
+    /// Normalised surface Dice at ``nsdTolerance`` (``SurfaceDice``): 1 when both masks are empty, 0 when one
+    /// is; nil when no tolerance was given (and in results written before attunet measured it).
+    public var nsd: Double? = nil
+    /// The tolerance of ``nsd``, in mm.
+    public var nsdTolerance: Double? = nil
+
+    /// Intersection over union, |P∩R| / |P∪R| (nnU-Net's `IoU`, TP / (TP + FP + FN)); 1 when both masks are
+    /// empty.
+    public var iou: Double {
+        let union = predicted + reference - intersection
+        return union > 0 ? intersection / union : 1
+    }
+
+    /// Relative volume difference, signed: (|P| − |R|) / |R| (medpy's `ravd`), negative for an
+    /// under-segmentation. An empty reference has no relative volume: the value is (|P| − |R|) / max(|R|, 1),
+    /// 0 when both masks are empty and the substitute |P| (the prediction's voxel count) when only the
+    /// reference is, counted as a worst case (``Metric/isWorstCase(_:)``).
+    public var rvd: Double { (predicted - reference) / max(reference, 1) }
 }
 
 /// Per case and class: overlap and surface-distance metrics of a predicted label map against a reference.
@@ -44,11 +64,14 @@ public enum CaseMetrics {
     /// of `dim` voxels (`[Z][Y][X]`, x fastest) with `spacing` in mm. Label values ≥ `classes` belong to no class.
     /// Each class's masks are cropped to the bounding box of their union before surfaces and distances are
     /// computed (the box holds every surface voxel, so distances are those of the whole volume).
+    ///
+    /// `nsdTolerances` (element c − 1 for class c, in mm; nil: none) adds each class's normalised surface Dice.
     public static func evaluate(
         prediction: [UInt8], reference: [UInt8], dim: Dim3, spacing: VoxelSpacing,
-        classes k: Int, definition: SurfaceDistanceDefinition = .pooled
+        classes k: Int, definition: SurfaceDistanceDefinition = .pooled, nsdTolerances: [Double]? = nil
     ) -> [ClassMetrics] {
         precondition(prediction.count == dim.count && reference.count == dim.count && k >= 2)
+        precondition(nsdTolerances == nil || nsdTolerances!.count == k - 1, "one NSD tolerance per foreground class")
         var counts = [Double](repeating: 0, count: k * DiceScore.columns)
         counts.withUnsafeMutableBufferPointer {
             DiceScore.accumulate(prediction: prediction, reference: reference, classes: k, into: $0)
@@ -85,8 +108,12 @@ public enum CaseMetrics {
         var result: [ClassMetrics] = []
         for c in 1..<k {
             let b = c * 6
+            let tolerance = nsdTolerances?[c - 1]
             guard box[b + 3] >= 0 else {
-                result.append(binary(counts: (0, 0, 0), masks: nil, dim: dim, spacing: spacing, definition: definition))
+                result.append(
+                    binary(
+                        counts: (0, 0, 0), masks: nil, dim: dim, spacing: spacing, definition: definition,
+                        nsdTolerance: tolerance))
                 continue
             }
             let sub = Dim3(z: box[b + 3] - box[b] + 1, y: box[b + 4] - box[b + 1] + 1, x: box[b + 5] - box[b + 2] + 1)
@@ -105,7 +132,9 @@ public enum CaseMetrics {
             let row = (counts[c * 3], counts[c * 3 + 1], counts[c * 3 + 2])
             let m = p.withUnsafeBufferPointer { pb in
                 r.withUnsafeBufferPointer { rb in
-                    binary(counts: row, masks: (pb, rb, sub), dim: dim, spacing: spacing, definition: definition)
+                    binary(
+                        counts: row, masks: (pb, rb, sub), dim: dim, spacing: spacing, definition: definition,
+                        nsdTolerance: tolerance)
                 }
             }
             result.append(m)
@@ -113,11 +142,12 @@ public enum CaseMetrics {
         return result
     }
 
-    /// The metrics of one pair of binary masks (nonzero = foreground) of `dim` voxels.
+    /// The metrics of one pair of binary masks (nonzero = foreground) of `dim` voxels; with `nsdTolerance`
+    /// (mm) the normalised surface Dice too.
     public static func evaluate(
         prediction: UnsafeBufferPointer<UInt8>, reference: UnsafeBufferPointer<UInt8>,
         dim: Dim3, spacing: VoxelSpacing,
-        definition: SurfaceDistanceDefinition = .pooled
+        definition: SurfaceDistanceDefinition = .pooled, nsdTolerance: Double? = nil
     ) -> ClassMetrics {
         precondition(prediction.count == dim.count && reference.count == dim.count)
         var inter = 0.0
@@ -132,7 +162,7 @@ public enum CaseMetrics {
         }
         return binary(
             counts: (inter, np, nr), masks: (prediction, reference, dim), dim: dim, spacing: spacing,
-            definition: definition)
+            definition: definition, nsdTolerance: nsdTolerance)
     }
 
     /// `masks` (prediction, reference, their grid) may be a crop of the `dim` volume holding both masks;
@@ -140,7 +170,7 @@ public enum CaseMetrics {
     static func binary(
         counts: (Double, Double, Double),
         masks: (UnsafeBufferPointer<UInt8>, UnsafeBufferPointer<UInt8>, Dim3)?,
-        dim: Dim3, spacing: VoxelSpacing, definition: SurfaceDistanceDefinition
+        dim: Dim3, spacing: VoxelSpacing, definition: SurfaceDistanceDefinition, nsdTolerance: Double?
     ) -> ClassMetrics {
         let (inter, np, nr) = counts
         let worst = spacing.diagonal(of: dim)
@@ -151,6 +181,10 @@ public enum CaseMetrics {
             assd: worst, hd95: worst, meanPredictionToReference: worst, meanReferenceToPrediction: worst,
             s2s2d: worst, definition: definition, empty: .neither,
             distancesAreWorstCase: true, s2sIsWorstCase: true)
+        if let nsdTolerance {
+            m.nsdTolerance = nsdTolerance
+            m.nsd = np > 0 && nr > 0 ? nil : np == 0 && nr == 0 ? 1 : 0
+        }
         switch (np > 0, nr > 0) {
         case (false, false):
             m.empty = .both
@@ -176,6 +210,12 @@ public enum CaseMetrics {
             if let s = SliceContourDistance.s2s2d(p, r, dim: grid, spacing: spacing) {
                 m.s2s2d = s
                 m.s2sIsWorstCase = false
+            }
+            if let nsdTolerance {
+                m.nsd =
+                    SurfaceDice.overlap(
+                        prediction: p, reference: r, dim: grid, spacing: spacing, tolerance: nsdTolerance
+                    ).nsd
             }
         }
         return m

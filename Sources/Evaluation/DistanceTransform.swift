@@ -44,6 +44,16 @@ public enum DistanceTransform {
     ) {
         precondition(features.count == dim.count && out.count == dim.count)
         for i in 0..<dim.count { out[i] = features[i] != 0 ? 0 : .infinity }
+        squaredEuclidean(inPlace: out, dim: dim, spacing: spacing)
+    }
+
+    /// The same transform on `values` already set to 0 at the feature voxels and `+∞` elsewhere (a caller that
+    /// derives the features from other data marks them without a features buffer): on return each holds the
+    /// squared distance in mm² to the nearest feature voxel. Allocates only line scratch.
+    public static func squaredEuclidean(
+        inPlace out: UnsafeMutableBufferPointer<Double>, dim: Dim3, spacing: VoxelSpacing
+    ) {
+        precondition(out.count == dim.count)
         let longest = max(dim.x, dim.y, dim.z)
         var line = [Double](repeating: 0, count: longest)
         var result = [Double](repeating: 0, count: longest)

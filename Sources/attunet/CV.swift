@@ -20,9 +20,9 @@ struct CV: ParsableCommand {
               mpirun -np 2 --bind-to none -x OPENBLAS_NUM_THREADS=1 \\
                   attunet cv --store phantoms.h5 --patch 64x64x32 --epochs 20 --out runs/cv
 
-            Folds: seeded by --seed (--group-by FILE keeps a patient's scans in one fold: JSON {case: patient} or CSV case,patient), or taken verbatim from --splits FILE (attunet's splits.json or nnU-Net's splits_final.json; refused, naming the cases, when parts overlap, miss or name unknown cases). In each fold a seeded --val-fraction of the training cases (never a test case) is held out to pick the best checkpoint; the test cases are segmented whole with it and measured against the store's labels at the store's spacing: Dice, precision, recall, ASSD, HD95 (--distance-definition), the original code's S2S. Every rank trains every fold (data-parallel), or with --fold-parallel G each of G groups of ranks trains its share of the folds at the same time; the test cases are spread over the ranks that trained the fold.
+            Folds: seeded by --seed (--group-by FILE keeps a patient's scans in one fold: JSON {case: patient} or CSV case,patient), or taken verbatim from --splits FILE (attunet's splits.json or nnU-Net's splits_final.json; refused, naming the cases, when parts overlap, miss or name unknown cases). In each fold a seeded --val-fraction of the training cases (never a test case) is held out to pick the best checkpoint; the test cases are segmented whole with it and measured against the store's labels at the store's spacing: Dice, precision, recall, ASSD, HD95 (--distance-definition), the original code's S2S, IoU, the relative volume difference RVD, and with --nsd-tolerance the normalised surface Dice (see attunet evaluate --help). Every rank trains every fold (data-parallel), or with --fold-parallel G each of G groups of ranks trains its share of the folds at the same time; the test cases are spread over the ranks that trained the fold.
 
-            Outputs in --out: config.json, splits.json, fold_<k>/<model>/ (a train run folder: checkpoints, log.csv, progress.svg, and results.json, the fold's per-case metrics), summary.md (the paper's table: per model the pancreas DSC, precision, recall and S2S, the other organs' DSC, parameters, inference time per volume; ASSD/HD95 under the distance definition; with two models a paired Wilcoxon test per organ), summary.csv and summary.json (also per fold and per case), summary.svg (a box plot of Dice per organ and model). Rank 0 prints the table at the end.
+            Outputs in --out: config.json, splits.json, fold_<k>/<model>/ (a train run folder: checkpoints, log.csv, progress.svg, and results.json, the fold's per-case metrics), summary.md (the paper's table: per model the pancreas DSC, precision, recall and S2S, the other organs' DSC, parameters, inference time per volume; ASSD/HD95 under the distance definition; IoU, RVD and NSD per organ; with two models a paired Wilcoxon test per organ), summary.csv and summary.json (also per fold and per case), summary.svg (a box plot of Dice per organ and model). Rank 0 prints the table at the end.
 
             Job arrays (cluster/cv-array.sbatch): one task per fold runs the command with --fold K (K = 0 … folds−1, every model of that fold, no summary); a job depending on all of them runs it with --summarize, which writes the summaries from the folds' results.json and fails naming any fold without one. The tasks share config.json and splits.json, so the folds are the same as in one run.
 
@@ -80,6 +80,14 @@ struct CV: ParsableCommand {
 
     @Option(
         help: ArgumentHelp(
+            "Also score each test case's normalised surface Dice at this tolerance in mm: one value for every class, or per class by name or label (pancreas:1,spleen:2, or 2,pancreas:1 for a default and exceptions). Default: no NSD.",
+            discussion:
+                "Part of the run's configuration (config.json): a restart must give the same value. See attunet evaluate --help for the definition.",
+            valueName: "MM"))
+    var nsdTolerance: String?
+
+    @Option(
+        help: ArgumentHelp(
             "Split the MPI ranks into G groups that train different folds at the same time (each group data-parallel within itself); G must divide the ranks.",
             discussion:
                 "Job j of the list (every fold of the first model, then of the next) goes to group j mod G. With few cases per fold or many ranks, groups waste less time in all-reduces than one big data-parallel run. A fold trained in a group of r ranks equals the same fold trained by attunet cv on r ranks; --batch must divide by r.",
@@ -118,6 +126,11 @@ struct CV: ParsableCommand {
         }
         _ = try modelKinds()
         try transferOptions.check(epochs: training.epochs)
+        if let nsdTolerance {
+            do { _ = try NSDTolerance(parsing: nsdTolerance) } catch let e as AttunetError {
+                throw ValidationError(e.message)
+            }
+        }
     }
 
     func modelKinds() throws -> [ModelKind] { try architecture.kinds(models) }
@@ -140,7 +153,10 @@ struct CV: ParsableCommand {
             models: try modelKinds().map { architecture.config($0, storeClasses: caseStore.classNames.count) },
             folds: folds, inverse: inverse, splitsFile: splits, groupBy: groupBy,
             validationFraction: training.valFraction, distanceDefinition: distanceDefinition,
-            training: trainingTemplate)
+            training: trainingTemplate,
+            nsdTolerance: try nsdTolerance.map {
+                try NSDTolerance(parsing: $0).resolve(classNames: Array(caseStore.classNames.dropFirst()))
+            })
         let cv = CrossValidation(config: config, comm: comm, folder: RunFolder(path: out))
         cv.context = training.context
         cv.context.resumeHint = CrossValidation.resumeHint

@@ -69,7 +69,8 @@ final class DistanceTests: XCTestCase {
         XCTAssertTrue(none.allSatisfy { $0 == .infinity }, "no feature: every distance is +inf")
     }
 
-    /// Counts, Dice, precision, recall, ASSD and HD95 of binary masks against medpy (pooled) and against
+    /// Counts, Dice, precision, recall, IoU, RVD, ASSD and HD95 of binary masks against numpy and medpy (pooled)
+    /// and against
     /// DeepMind's `compute_robust_hausdorff` / `compute_average_surface_distance` fed medpy's directed distances
     /// with unit weights (maxDirected); the surface voxels against medpy's erosion-based border.
     func testBinaryMetricsMatchMedpyAndSurfaceDistance() throws {
@@ -126,7 +127,9 @@ final class DistanceTests: XCTestCase {
                        mb.dc(p, r), mb.precision(p, r), mb.recall(p, r),
                        mb.assd(p, r, voxelspacing=sampling), mb.hd95(p, r, voxelspacing=sampling),
                        0.5 * (gt_to_pred + pred_to_gt), sd.compute_robust_hausdorff(dm, 95),
-                       pred_to_gt, gt_to_pred]
+                       pred_to_gt, gt_to_pred,
+                       (np.count_nonzero(p) - np.count_nonzero(r)) / np.count_nonzero(r),
+                       np.count_nonzero(p & r) / np.count_nonzero(p | r), mb.ravd(p, r)]
                 np.array(out, dtype=np.float64).tofile(d + f'm{i}.f64')
             """)
         var worst = [String: Double]()
@@ -145,6 +148,8 @@ final class DistanceTests: XCTestCase {
                 ("assd maxDirected", maxDirected.assd, ref[8]), ("hd95 maxDirected", maxDirected.hd95, ref[9]),
                 ("mean prediction→reference", pooled.meanPredictionToReference, ref[10]),
                 ("mean reference→prediction", pooled.meanReferenceToPrediction, ref[11]),
+                ("rvd (numpy)", pooled.rvd, ref[12]), ("iou (numpy)", pooled.iou, ref[13]),
+                ("rvd (medpy ravd)", pooled.rvd, ref[14]),
             ]
             for (name, a, b) in pairs {
                 let rel = Masks.relative(a, b)
@@ -202,14 +207,17 @@ final class DistanceTests: XCTestCase {
             worst, ((40 * 0.8) * (40 * 0.8) + (34 * 1.3) * (34 * 1.3) + (22 * 2.5) * (22 * 2.5)).squareRoot())
         for definition in SurfaceDistanceDefinition.allCases {
             let m = CaseMetrics.evaluate(
-                prediction: p, reference: r, dim: d, spacing: sp, classes: 6, definition: definition)
+                prediction: p, reference: r, dim: d, spacing: sp, classes: 6, definition: definition,
+                nsdTolerances: [1, 2, 1, 1, 1])
             XCTAssertEqual(m.count, 5)
             for c in 1...2 {
                 let pc = p.map { $0 == c ? UInt8(1) : 0 }
                 let rc = r.map { $0 == c ? UInt8(1) : 0 }
                 let alone = pc.withUnsafeBufferPointer { pb in
                     rc.withUnsafeBufferPointer { rb in
-                        CaseMetrics.evaluate(prediction: pb, reference: rb, dim: d, spacing: sp, definition: definition)
+                        CaseMetrics.evaluate(
+                            prediction: pb, reference: rb, dim: d, spacing: sp, definition: definition,
+                            nsdTolerance: Double(c))
                     }
                 }
                 XCTAssertEqual(m[c - 1].empty, alone.empty)
@@ -228,14 +236,21 @@ final class DistanceTests: XCTestCase {
             XCTAssertEqual(m[3].empty, .reference)
             XCTAssertEqual(m[4].empty, .both)
             for c in [2, 3] {
-                XCTAssertEqual([m[c].dice, m[c].precision, m[c].recall], [0, 0, 0])
+                XCTAssertEqual([m[c].dice, m[c].precision, m[c].recall, m[c].iou, m[c].nsd], [0, 0, 0, 0, 0])
                 XCTAssertEqual(
                     [m[c].assd, m[c].hd95, m[c].s2s2d, m[c].meanPredictionToReference, m[c].meanReferenceToPrediction],
                     [worst, worst, worst, worst, worst])
                 XCTAssertTrue(m[c].distancesAreWorstCase && m[c].s2sIsWorstCase)
             }
+            // RVD: −1 for an empty prediction; |P| (a substitute, counted as the worst case) for an empty reference.
+            XCTAssertEqual(m[2].rvd, -1)
+            XCTAssertFalse(Metric.rvd.isWorstCase(m[2]))
+            XCTAssertEqual(m[3].rvd, Double(p.filter { $0 == 4 }.count))
+            XCTAssertGreaterThan(m[3].rvd, 100)
+            XCTAssertTrue(Metric.rvd.isWorstCase(m[3]))
             XCTAssertEqual(
                 [m[4].dice, m[4].precision, m[4].recall, m[4].assd, m[4].hd95, m[4].s2s2d], [1, 1, 1, 0, 0, 0])
+            XCTAssertEqual([m[4].iou, m[4].rvd, m[4].nsd], [1, 0, 1])
             XCTAssertFalse(m[4].distancesAreWorstCase || m[4].s2sIsWorstCase)
             XCTAssertTrue(m.allSatisfy { c in Metric.allCases.allSatisfy { $0.value(c).isFinite } }, "no NaN, no inf")
         }

@@ -84,12 +84,16 @@ final class StatisticsTests: XCTestCase {
         var cases: [[ClassMetrics]] = []
         for seed: UInt64 in [9, 10, 11, 12] {
             let (p, r) = Masks.labelMaps(seed: seed)
-            cases.append(CaseMetrics.evaluate(prediction: p, reference: r, dim: d, spacing: sp, classes: 6))
+            cases.append(
+                CaseMetrics.evaluate(
+                    prediction: p, reference: r, dim: d, spacing: sp, classes: 6, nsdTolerances: [2, 2, 2, 2, 2]))
         }
         // A fifth case where class 1 is missing from the prediction: its distances become the worst case.
         var (p, r) = Masks.labelMaps(seed: 13)
         for i in p.indices where p[i] == 1 { p[i] = 0 }
-        cases.append(CaseMetrics.evaluate(prediction: p, reference: r, dim: d, spacing: sp, classes: 6))
+        cases.append(
+            CaseMetrics.evaluate(
+                prediction: p, reference: r, dim: d, spacing: sp, classes: 6, nsdTolerances: [2, 2, 2, 2, 2]))
         let summary = ClassSummary.summarize(cases)
         XCTAssertEqual(summary.map(\.label), [1, 2, 3, 4, 5])
         XCTAssertEqual([summary[0].predictionEmpty, summary[0].referenceEmpty, summary[0].bothEmpty], [1, 0, 0])
@@ -99,6 +103,11 @@ final class StatisticsTests: XCTestCase {
         XCTAssertEqual(summary[2].predictionEmpty, 5)
         XCTAssertEqual(summary[2].metrics[.assd]!.worstCaseCount, 5)
         XCTAssertEqual(summary[3].referenceEmpty, 5)
+        XCTAssertEqual(summary[3].metrics[.rvd]!.worstCaseCount, 5, "RVD's substitute for an empty reference")
+        XCTAssertEqual(summary[2].metrics[.rvd]!.mean, -1, "an empty prediction")
+        XCTAssertEqual(summary[0].metrics[.nsd]!.worstCaseCount, 0)
+        XCTAssertEqual(summary.map(\.nsdTolerance), [2, 2, 2, 2, 2])
+        XCTAssertEqual(Set(summary[0].metrics.keys), Set(Metric.allCases))
         XCTAssertEqual(summary[4].bothEmpty, 5)
         XCTAssertEqual(summary[4].metrics[.dice]!.mean, 1)
         XCTAssertEqual(summary[4].metrics[.hd95]!.mean, 0)

@@ -9,7 +9,9 @@ value against numpy.
                                                         store's label maps (h5py), the rest from the counts
 
 LABELS: the foreground label values, comma-separated. attunet's empty-mask rule: Dice and IoU are 1 when neither
-mask has the label (nnU-Net writes NaN there), so every case counts in every mean.
+mask has the label (nnU-Net writes NaN there), so every case counts in every mean. attunet's own part, where the
+file has it: per_case IoU and RVD from the same counts ((n_pred - n_ref) / max(n_ref, 1)), the class means of IoU,
+RVD and NSD, and no case both scored and in missing_cases.
 """
 import json
 import sys
@@ -66,6 +68,25 @@ def check_evaluation(ev, labels, reference_of, prediction_of=None):
     for key in NNUNET_KEYS:
         close(ev['foreground_mean'][key], float(np.mean([means[label][key] for label in labels])), f'foreground_mean {key}')
     assert 0 <= ev['foreground_mean']['Dice'] <= 1
+    if 'per_case' in ev:  # attunet's part (absent in files written before it): IoU and RVD from the counts
+        rows = {(r['case_id'], r['label']): r for r in ev['per_case']}
+        assert len(rows) == len(ev['per_case']) == len(cases) * len(labels), len(ev['per_case'])
+        for case in cases:
+            for label in labels:
+                r, m = rows[(case['case_id'], label)], case['metrics'][str(label)]
+                close(r['dice'], m['Dice'], f"{case['case_id']} label {label} per_case dice")
+                close(r['iou'], m['IoU'], f"{case['case_id']} label {label} per_case iou")
+                close(r['rvd'], (m['n_pred'] - m['n_ref']) / max(m['n_ref'], 1), f"{case['case_id']} label {label} rvd")
+                if 'nsd' in r:
+                    assert 0 <= r['nsd'] <= 1 and r['nsd_tolerance'] >= 0, r
+        for c in ev['classes']:
+            for key in ('iou', 'rvd', 'nsd'):
+                if key in c['metrics']:
+                    values = [rows[(case['case_id'], c['label'])][key] for case in cases]
+                    close(c['metrics'][key]['mean'], float(np.mean(values)), f"classes {c['label']} {key} mean")
+            assert ('nsd' in c['metrics']) == ('nsd_tolerance' in c), c.keys()
+    scored = {case['case_id'] for case in cases}
+    assert not scored & set(ev.get('missing_cases', [])), 'a missing case was scored'
 
 
 def main(argv):

@@ -25,10 +25,12 @@ final class CrossValidationTests: XCTestCase {
 
     /// SyncBN and SGD so that 2 ranks compute what 1 rank does up to rounding (as the train rank-equivalence
     /// test); validation only after the last epoch, so the checkpoint evaluated is the last one on any rank count.
+    /// NSD per class (pancreas 1 mm, the others 2 mm) rides along every run: restarts and rank counts must
+    /// reproduce it too.
     static func command(ranks: Int, out: String, extra: String = "") throws -> String {
         let launcher = ranks > 1 ? "mpirun -np \(ranks) --bind-to none --oversubscribe " : ""
         return
-            "\(launcher)\(TestEnv.attunet) cv --store \(try PhantomStore.path()) --folds 2 --feature-scale 16 --patch 32x32x16 --batch 2 --epochs 2 --samples-per-case 2 --sync-bn --optimizer sgd --lr 3e-3 --val-every 100 --seed 5 --out \(out) \(extra)"
+            "\(launcher)\(TestEnv.attunet) cv --store \(try PhantomStore.path()) --folds 2 --feature-scale 16 --patch 32x32x16 --batch 2 --epochs 2 --samples-per-case 2 --sync-bn --optimizer sgd --lr 3e-3 --val-every 100 --seed 5 --nsd-tolerance 2,pancreas:1 --out \(out) \(extra)"
     }
 
     /// The uninterrupted CV on 1 or 2 ranks, each run once for the class.
@@ -108,6 +110,15 @@ final class CrossValidationTests: XCTestCase {
         let md = try String(contentsOf: folder.summaryMarkdown, encoding: .utf8)
         XCTAssertTrue(
             md.contains("pancreas DSC") && md.contains("distance definition: pooled") && md.contains("Wilcoxon"), md)
+        // --nsd-tolerance 2,pancreas:1: in config.json, every case's NSD at its class's tolerance, the NSD table.
+        let config = try JSONFiles.decode(CrossValidationConfig.self, from: Data(contentsOf: folder.config))
+        XCTAssertEqual(config.nsdTolerance, s.classNames.map { $0 == "pancreas" ? 1 : 2 })
+        for c in s.models[0].classes {
+            XCTAssertEqual(c.nsdTolerance, c.name == "pancreas" ? 1 : 2)
+            XCTAssertNotNil(c.metrics["nsd"])
+        }
+        XCTAssertTrue(s.cases.allSatisfy { ($0.nsd ?? -1) >= 0 && $0.nsd! <= 1 && $0.iou != nil && $0.rvd != nil })
+        XCTAssertTrue(md.contains("| pancreas NSD 1 mm |") && md.contains("| spleen NSD 2 mm |"), md)
         let csv = try String(contentsOf: folder.summaryCSV, encoding: .utf8)
         XCTAssertEqual(
             csv.split(separator: "\n").filter { $0.hasPrefix("case,") }.count, 2 * ids.count * s.classNames.count)

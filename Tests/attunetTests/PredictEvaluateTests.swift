@@ -267,7 +267,9 @@ final class PredictEvaluateTests: XCTestCase {
         let summaries = ClassSummary.summarize(expected)
         for c in 0..<2 {
             let metrics = classes[c]["metrics"] as! [String: [String: Any]]
-            for m in Metric.allCases {
+            XCTAssertEqual(
+                Set(metrics.keys), Set(Metric.allCases.filter { $0 != .nsd }.map(\.rawValue)), "no NSD asked")
+            for m in Metric.allCases where m != .nsd {
                 let s = summaries[c].metrics[m]!
                 XCTAssertEqual(metrics[m.rawValue]!["mean"] as! Double, s.mean, accuracy: 1e-9 * max(1, s.mean))
                 XCTAssertEqual(metrics[m.rawValue]!["std"] as! Double, s.std, accuracy: 1e-9 * max(1, s.std))
@@ -364,6 +366,155 @@ final class PredictEvaluateTests: XCTestCase {
         XCTAssertEqual(
             twice.stderr,
             "error: \(pred)/liver_7_0000.nii.gz: a second prediction of case liver_7 (\(pred)/liver_7.nii.gz)\n")
+    }
+
+    /// `--allow-missing` scores the predicted subset, names what is missing on one stderr line and in
+    /// summary.json; without it the first missing case is the error it always was. `--nsd-tolerance` per class
+    /// (by name, with a default) gives each case's NSD equal to surface-distance's on the NIfTI files as a user
+    /// reads them (nibabel, `(x, y, z)` arrays, the header's spacing), and check_summary_json.py still passes.
+    func testEvaluateAllowMissingAndNSDAgainstSurfaceDistance() throws {
+        let dir = try TestEnv.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let ref = "\(dir.path)/ref"
+        let pred = "\(dir.path)/pred"
+        for d in [ref, pred] { try FileManager.default.createDirectory(atPath: d, withIntermediateDirectories: true) }
+        let reference = Self.labelMap(dx: 0)
+        for c in ["a", "b", "c", "d"] { try Self.write(reference, "\(ref)/\(c).nii.gz") }
+        try Self.write(Self.labelMap(dx: 2), "\(pred)/a.nii.gz")
+        try Self.write(Self.labelMap(dx: 1, drop2: true), "\(pred)/c.nii.gz")
+        let refused = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref)")
+        XCTAssertEqual(refused.status, 1)
+        XCTAssertEqual(
+            refused.stderr, "error: \(pred)/b.nii.gz: missing (the reference \(ref)/b.nii.gz has no prediction)\n")
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(pred)/evaluation"), "nothing written")
+
+        let names = "--class-names background,spleen,kidney"
+        let r = try TestEnv.run(
+            "\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref) \(names) --allow-missing --nsd-tolerance 1,kidney:3.5"
+        )
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(
+            r.stderr, "warning: 2 of 4 reference(s) have no prediction and are not scored: b, d\n")
+        XCTAssertTrue(r.stdout.contains("evaluate: 2 case(s)"), r.stdout)
+        XCTAssertTrue(
+            r.stdout.contains(" IoU | ") && r.stdout.contains(" RVD | ") && r.stdout.contains(" NSD |"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("at 3.5 mm") && r.stdout.contains("not scored: b, d."), r.stdout)
+        let out = "\(pred)/evaluation"
+        let json =
+            try JSONSerialization.jsonObject(with: Data(contentsOf: URL(fileURLWithPath: "\(out)/summary.json")))
+            as! [String: Any]
+        XCTAssertEqual(json["missing_cases"] as? [String], ["b", "d"])
+        XCTAssertEqual(json["cases"] as? Int, 2)
+        let classes = json["classes"] as! [[String: Any]]
+        XCTAssertEqual(classes.map { $0["nsd_tolerance"] as? Double }, [1, 3.5])
+        let rows = json["per_case"] as! [[String: Any]]
+        XCTAssertEqual(rows.map { $0["case_id"] as! String }, ["a", "a", "c", "c"])
+        XCTAssertEqual(rows[3]["nsd"] as? Double, 0, "kidney left out of c's prediction")
+        let sp = try NIfTIVolume.read("\(ref)/a.nii.gz").spacing
+        try TestEnv.python(
+            """
+            import json
+            import nibabel as nib, numpy as np
+            import surface_distance as sd
+            np.Inf = np.inf  # surface-distance 0.1 uses np.Inf (for an empty mask), which NumPy 2 removed
+            s = json.load(open(r'\(out)/summary.json'))
+            spacing = (\(sp.x), \(sp.y), \(sp.z))
+            worst = 0
+            between = 0
+            for row in s['per_case']:
+                read = lambda d: np.asarray(nib.load(f"{d}/{row['case_id']}.nii.gz").dataobj)
+                p, r = read(r'\(pred)') == row['label'], read(r'\(ref)') == row['label']
+                t = row['nsd_tolerance']
+                assert t == (1 if row['label'] == 1 else 3.5), row
+                want = sd.compute_surface_dice_at_tolerance(sd.compute_surface_distances(r, p, spacing), t)
+                worst = max(worst, abs(row['nsd'] - want) / max(want, 1e-300))
+                assert abs(row['nsd'] - want) <= 1e-9 * max(want, 1e-300), (row, want)
+                between += 0.05 < want < 0.99
+                assert row['rvd'] == (p.sum() - r.sum()) / r.sum(), row
+            assert between >= 2, between
+            print('NSD vs surface-distance on the NIfTI files: worst relative difference', worst)
+            """)
+        let check = TestEnv.root.appendingPathComponent("Tests/Fixtures/check_summary_json.py").path
+        let py = try TestEnv.run("\(TestEnv.python) \(check) evaluate \(out)/summary.json 1,2")
+        XCTAssertEqual(py.status, 0, py.stdout + py.stderr)
+        // The refusals of --nsd-tolerance: a malformed value before anything runs (64), an unknown class naming it.
+        let bad = try TestEnv.run("\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref) --nsd-tolerance 1,x")
+        XCTAssertEqual(bad.status, 64, bad.stderr)
+        XCTAssertTrue(bad.stderr.contains("--nsd-tolerance 1,x: x is not a tolerance in mm"), bad.stderr)
+        let unknown = try TestEnv.run(
+            "\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref) \(names) --allow-missing --nsd-tolerance liver:1 --out \(dir.path)/u"
+        )
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue(
+            unknown.stderr.hasSuffix(
+                "error: --nsd-tolerance liver:1: liver is no foreground class (the classes: 1 spleen, 2 kidney)\n"),
+            unknown.stderr)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir.path)/u"), "nothing written")
+    }
+
+    /// Phantom label maps (attunet synth, 5 cases x 3 organs, 1.65 x 1.65 x 2.8 mm) against deformed copies (shifted, dilated, eroded
+    /// with scipy): NSD at 1 and 2 mm from `attunet evaluate` beside surface-distance's, printed as a table,
+    /// with the largest difference.
+    func testPhantomNSDFiguresBesideSurfaceDistance() throws {
+        let dir = try TestEnv.tempDir()
+        defer { try? FileManager.default.removeItem(at: dir) }
+        let s = try TestEnv.run("\(TestEnv.attunet) synth --cases 5 --resolution 1 --threads 2 --out \(dir.path)/ph")
+        XCTAssertEqual(s.status, 0, s.stderr)
+        let ref = "\(dir.path)/ph/labelsTr"
+        let pred = "\(dir.path)/pred"
+        try TestEnv.python(
+            """
+            import os
+            import nibabel as nib, numpy as np
+            from scipy import ndimage
+            os.makedirs(r'\(pred)')
+            for i, name in enumerate(sorted(os.listdir(r'\(ref)'))):
+                img = nib.load(os.path.join(r'\(ref)', name))
+                lab = np.asarray(img.dataobj).astype(np.uint8)
+                out = np.zeros_like(lab)
+                for c in range(1, int(lab.max()) + 1):
+                    m = lab == c
+                    m = np.roll(m, (i % 3) - 1, axis=i % 3)
+                    m = ndimage.binary_dilation(m) if (c + i) % 3 == 0 else ndimage.binary_erosion(m) if (c + i) % 3 == 1 else m
+                    out[m & (out == 0)] = c
+                nib.save(nib.Nifti1Image(out, img.affine, img.header), os.path.join(r'\(pred)', name))
+            """)
+        var outputs: [String] = []
+        for t in ["1", "2"] {
+            let r = try TestEnv.run(
+                "\(TestEnv.attunet) evaluate --pred \(pred) --ref \(ref) --nsd-tolerance \(t) --out \(dir.path)/e\(t)")
+            XCTAssertEqual(r.status, 0, r.stderr)
+            outputs.append("\(dir.path)/e\(t)/summary.json")
+        }
+        // Run here rather than through TestEnv.python, so that the table reaches the test's output.
+        let script = "\(dir.path)/figures.py"
+        try """
+        import json
+        import nibabel as nib, numpy as np
+        import surface_distance as sd
+        np.Inf = np.inf  # surface-distance 0.1 uses np.Inf (for an empty mask), which NumPy 2 removed
+        worst = 0
+        rows = {}
+        for path in [r'\(outputs[0])', r'\(outputs[1])']:
+            s = json.load(open(path))
+            for row in s['per_case']:
+                cid = row['case_id']
+                p_img = nib.load(f"\(pred)/{cid}.nii.gz"); r_img = nib.load(f"\(ref)/{cid}.nii.gz")
+                spacing = tuple(float(np.linalg.norm(r_img.affine[:3, k])) for k in range(3))
+                p = np.asarray(p_img.dataobj) == row['label']; r = np.asarray(r_img.dataobj) == row['label']
+                want = sd.compute_surface_dice_at_tolerance(sd.compute_surface_distances(r, p, spacing), row['nsd_tolerance'])
+                worst = max(worst, abs(row['nsd'] - want))
+                rows.setdefault((cid, row['name']), []).append((row['nsd'], want))
+        print('case         class     NSD@1mm attunet  surface-distance   NSD@2mm attunet  surface-distance')
+        for (cid, name), v in sorted(rows.items()):
+            print(f'{cid:12} {name:9} {v[0][0]:16.12f} {v[0][1]:17.12f}  {v[1][0]:16.12f} {v[1][1]:17.12f}')
+        print(f'{len(rows)} case-class pairs x 2 tolerances; largest absolute difference {worst:.3g}')
+        assert len(rows) == 15 and worst <= 1e-9, (len(rows), worst)
+        assert sum(v[1][1] > v[0][1] + 0.01 for v in rows.values()) >= 10, 'in-plane neighbours (1.65 mm) count at 2 mm only'
+        """.write(toFile: script, atomically: true, encoding: .utf8)
+        let figures = try TestEnv.run("\(TestEnv.python) \(script)")
+        print(figures.stdout)
+        XCTAssertEqual(figures.status, 0, figures.stdout + figures.stderr)
     }
 
     func testHelpDocumentsEmptyMaskRules() throws {

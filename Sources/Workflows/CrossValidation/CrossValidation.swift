@@ -29,11 +29,14 @@ public struct CrossValidationConfig: Codable, Sendable, Equatable {
     public var distanceDefinition: SurfaceDistanceDefinition
     /// The training settings of every fold and model (`model`, `trainCases`, `validationCases` are filled per fold).
     public var training: TrainConfig
+    /// The normalised surface Dice's tolerance in mm per foreground class (element c − 1 is class c's), from
+    /// `--nsd-tolerance`; nil (and no key in `config.json`, as in runs made before attunet measured NSD): none.
+    public var nsdTolerance: [Double]?
 
     public init(
         store: String, storeFingerprint: String, models: [ModelConfig], folds: Int, inverse: Bool,
         splitsFile: String?, groupBy: String?, validationFraction: Double,
-        distanceDefinition: SurfaceDistanceDefinition, training: TrainConfig
+        distanceDefinition: SurfaceDistanceDefinition, training: TrainConfig, nsdTolerance: [Double]? = nil
     ) {
         self.store = store
         self.storeFingerprint = storeFingerprint
@@ -44,6 +47,7 @@ public struct CrossValidationConfig: Codable, Sendable, Equatable {
         self.groupBy = groupBy
         self.validationFraction = validationFraction
         self.distanceDefinition = distanceDefinition
+        self.nsdTolerance = nsdTolerance
         var t = training
         t.trainCases = []
         t.validationCases = []
@@ -431,7 +435,7 @@ public final class CrossValidation {
             options: SlidingWindowOptions(patch: trainer.config.patch))
         let cases = try Self.measure(
             test, of: store, path: config.store, classes: trainer.config.model.classes,
-            definition: config.distanceDefinition, on: comm
+            definition: config.distanceDefinition, nsdTolerance: config.nsdTolerance, on: comm
         ) { try predictor.segment(store: store, case: $0).labels }
         return FoldResults(
             model: trainer.config.model.kind.rawValue, fold: k,
@@ -442,15 +446,20 @@ public final class CrossValidation {
     }
 
     /// Segments the `test` cases of `store` (case i on rank i mod size) with `segment` (store index → label per
-    /// voxel), times each and scores it against the store's labels at the store's spacing (``Evaluator``);
-    /// every rank gets every case's result, in the order of `test`.
+    /// voxel), times each and scores it against the store's labels at the store's spacing (``Evaluator``, with
+    /// the NSD at `nsdTolerance` per class when given); every rank gets every case's result, in the order of
+    /// `test`.
     static func measure(
         _ test: [String], of store: CaseStore, path: String, classes: Int,
-        definition: SurfaceDistanceDefinition, on comm: Communicator,
+        definition: SurfaceDistanceDefinition, nsdTolerance: [Double]? = nil, on comm: Communicator,
         segment: (Int) throws -> [UInt8]
     ) throws -> [CaseResult] {
         var mine: [CaseResult] = []
-        let evaluator = Evaluator(classes: classes, definition: definition)
+        if let n = nsdTolerance?.count, n != classes - 1 {
+            throw AttunetError(
+                "\(path): --nsd-tolerance gives \(n) tolerance(s) for a model of \(classes - 1) foreground class(es)")
+        }
+        let evaluator = Evaluator(classes: classes, definition: definition, nsdTolerances: nsdTolerance)
         for (i, id) in test.enumerated() where i % comm.size == comm.rank {
             guard let c = store.index(of: id) else { throw AttunetError("\(path): no test case \(id)") }
             let t0 = DispatchTime.now().uptimeNanoseconds

@@ -1,6 +1,7 @@
 import Evaluation
 import Foundation
 import NN
+import Tensor
 import Training
 
 /// The reports of a cross-validation: per model the evaluation over all its test cases (the
@@ -42,12 +43,17 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
         public var distancesAreWorstCase: Bool
         public var s2sIsWorstCase: Bool
         public var seconds: Double
+        /// IoU and the relative volume difference (nil in summaries written before attunet added them).
+        public var iou: Double? = nil, rvd: Double? = nil
+        /// The normalised surface Dice, at the class's `nsd_tolerance` (nil: not measured).
+        public var nsd: Double? = nil
         enum CodingKeys: String, CodingKey {
             case model, fold
             case caseID = "case"
             case className = "class"
             case dice, precision, recall, assd, hd95, s2s2d, empty,
                 distancesAreWorstCase, s2sIsWorstCase, seconds
+            case iou, rvd, nsd
         }
     }
 
@@ -121,7 +127,7 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
                         model: r.model, fold: r.fold, caseID: c.id, className: names[i], dice: m.dice,
                         precision: m.precision, recall: m.recall, assd: m.assd, hd95: m.hd95, s2s2d: m.s2s2d,
                         empty: m.empty, distancesAreWorstCase: m.distancesAreWorstCase,
-                        s2sIsWorstCase: m.s2sIsWorstCase, seconds: c.seconds)
+                        s2sIsWorstCase: m.s2sIsWorstCase, seconds: c.seconds, iou: m.iou, rvd: m.rvd, nsd: m.nsd)
                 }
             }
         }
@@ -229,6 +235,7 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
                     ]
                 }.joined(separator: " | ") + " |\n"
         }
+        s += overlapTable()
         if !comparisons.isEmpty {
             s += "\nPaired comparison over the same test cases (Wilcoxon signed-rank, two-sided, scipy's defaults)\n\n"
             s += Self.comparisonTable(
@@ -238,6 +245,32 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
                         $0.pairs
                     )
                 })
+        }
+        return s
+    }
+
+    /// The markdown table of IoU, RVD and (when the run measured it) NSD per model and class, mean ± std, with
+    /// the RVD's substitutes counted as (wc N) and each class's NSD tolerance in its header.
+    func overlapTable() -> String {
+        guard let first = models.first else { return "" }
+        // One tolerance per class for the whole run (the config's), so the first model's names every column.
+        let nsd = first.classes.map { c in c.metrics["nsd"] != nil ? c.nsdTolerance : nil }
+        var header = ["Method"]
+        for (c, t) in zip(first.classes, nsd) {
+            header += ["\(c.name) IoU", "\(c.name) RVD"] + (t.map { ["\(c.name) NSD \(fmtShort($0)) mm"] } ?? [])
+        }
+        var s = "\nIoU |P∩R|/|P∪R|; RVD (|P| − |R|)/|R|, signed ((wc N): N cases with an empty reference, scored |P|)"
+        if nsd.contains(where: { $0 != nil }) {
+            s += "; NSD: normalised surface Dice at the tolerance (DeepMind surface-distance's definition)"
+        }
+        s += "\n\n| " + header.joined(separator: " | ") + " |\n|" + header.map { _ in "---|" }.joined() + "\n"
+        for m in models {
+            var row = [m.model]
+            for (c, t) in zip(m.classes, nsd) {
+                let cells: [(String, Bool)] = [("iou", false), ("rvd", true)] + (t != nil ? [("nsd", false)] : [])
+                row += cells.map { key, wc in c.metrics[key].map { Self.cell($0, digits: 3, worstCase: wc) } ?? "–" }
+            }
+            s += "| " + row.joined(separator: " | ") + " |\n"
         }
         return s
     }
@@ -256,13 +289,19 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
     }
 
     /// `summary.csv`: one row per model and class (`level` model, the mean and std of each metric), per fold
-    /// and class (`level` fold, means), and per case and class (`level` case, values).
+    /// and class (`level` fold, means), and per case and class (`level` case, values). IoU, RVD and NSD are
+    /// the last columns (NSD empty when it was not measured).
     public func csv() -> String {
-        let metrics = Metric.allCases.map(\.rawValue)
+        let metrics = Metric.core.map(\.rawValue)
+        let added = [Metric.iou, .rvd, .nsd].map(\.rawValue)
         var s =
             "level,model,fold,case,class,statistic," + metrics.joined(separator: ",")
-            + ",distances_worst_case,s2s_worst_case,empty,seconds\n"
+            + ",distances_worst_case,s2s_worst_case,empty,seconds," + added.joined(separator: ",") + "\n"
         func g(_ x: Double) -> String { String(format: "%.9g", x) }
+        func g(_ x: Double?) -> String { x.map { g($0) } ?? "" }
+        func more(_ c: ClassStats, _ stat: String) -> String {
+            "," + added.map { g(stat == "mean" ? c.metrics[$0]?.mean : c.metrics[$0]?.std) }.joined(separator: ",")
+        }
         for m in models {
             for c in m.classes {
                 for stat in ["mean", "std"] {
@@ -270,7 +309,8 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
                     s += metrics.map { g(stat == "mean" ? c.metrics[$0]!.mean : c.metrics[$0]!.std) }.joined(
                         separator: ",")
                     s +=
-                        ",\(c.metrics["assd"]!.worstCaseCount),\(c.metrics["s2s2d"]!.worstCaseCount),,\(g(m.inferenceSecondsPerVolume))\n"
+                        ",\(c.metrics["assd"]!.worstCaseCount),\(c.metrics["s2s2d"]!.worstCaseCount),,\(g(m.inferenceSecondsPerVolume))"
+                    s += more(c, stat) + "\n"
                 }
             }
         }
@@ -279,13 +319,16 @@ public struct CrossValidationSummary: Codable, Sendable, Equatable {
                 s +=
                     "fold,\(r.model),\(r.fold),,\(c.name),mean,"
                     + metrics.map { g(c.metrics[$0]!.mean) }.joined(separator: ",")
-                s += ",\(c.metrics["assd"]!.worstCaseCount),\(c.metrics["s2s2d"]!.worstCaseCount),,\n"
+                s +=
+                    ",\(c.metrics["assd"]!.worstCaseCount),\(c.metrics["s2s2d"]!.worstCaseCount),," + more(c, "mean")
+                    + "\n"
             }
         }
         for c in cases {
             s += "case,\(c.model),\(c.fold),\(c.caseID),\(c.className),value,"
             s += [c.dice, c.precision, c.recall, c.assd, c.hd95, c.s2s2d].map(g).joined(separator: ",")
-            s += ",\(c.distancesAreWorstCase ? 1 : 0),\(c.s2sIsWorstCase ? 1 : 0),\(c.empty.rawValue),\(g(c.seconds))\n"
+            s += ",\(c.distancesAreWorstCase ? 1 : 0),\(c.s2sIsWorstCase ? 1 : 0),\(c.empty.rawValue),\(g(c.seconds))"
+            s += "," + [c.iou, c.rvd, c.nsd].map(g).joined(separator: ",") + "\n"
         }
         return s
     }
@@ -300,6 +343,9 @@ extension CrossValidationSummary.CaseRow {
         case .assd: assd
         case .hd95: hd95
         case .s2s2d: s2s2d
+        case .iou: iou ?? .nan
+        case .rvd: rvd ?? .nan
+        case .nsd: nsd ?? .nan
         }
     }
 }

@@ -540,7 +540,7 @@ public struct TransferExperimentReport: Codable, Sendable, Equatable {
 
     /// `transfer.csv`: one row per protocol, model and class (mean and std of each metric), then one per case.
     public func csv() -> String {
-        let metrics = Metric.allCases.map(\.rawValue)
+        let metrics = Metric.core.map(\.rawValue)
         func g(_ x: Double) -> String { String(format: "%.9g", x) }
         var s = "level,protocol,model,fold,case,class,statistic," + metrics.joined(separator: ",") + "\n"
         for r in rows {

@@ -46,11 +46,16 @@ public struct Evaluator: Sendable {
     public var classes: Int
     /// How ASSD and HD95 combine the two directed distance sets.
     public var definition: SurfaceDistanceDefinition
+    /// The normalised surface Dice's tolerance in mm per foreground class (element c − 1 is class c's; nil: no
+    /// NSD).
+    public var nsdTolerances: [Double]?
 
-    public init(classes: Int, definition: SurfaceDistanceDefinition = .pooled) {
+    public init(classes: Int, definition: SurfaceDistanceDefinition = .pooled, nsdTolerances: [Double]? = nil) {
         precondition(classes >= 2, "an evaluation needs background and one class")
+        precondition(nsdTolerances == nil || nsdTolerances!.count == classes - 1, "one NSD tolerance per class")
         self.classes = classes
         self.definition = definition
+        self.nsdTolerances = nsdTolerances
     }
 
     /// The metrics of every foreground class of one case: label maps of `dim` voxels (`[Z][Y][X]`, x fastest)
@@ -58,7 +63,7 @@ public struct Evaluator: Sendable {
     public func metrics(prediction: [UInt8], reference: [UInt8], dim: Dim3, spacing: VoxelSpacing) -> [ClassMetrics] {
         CaseMetrics.evaluate(
             prediction: prediction, reference: reference, dim: dim, spacing: spacing,
-            classes: classes, definition: definition)
+            classes: classes, definition: definition, nsdTolerances: nsdTolerances)
     }
 
     /// One case scored, with where its label maps came from.
@@ -89,6 +94,15 @@ public struct Evaluator: Sendable {
     /// files are ignored. A prediction without a reference, a reference without a prediction, two files of one
     /// case in a folder, or no reference at all is an error naming the file. Sorted by case id.
     public static func pairs(predictions: String, references: String) throws -> [EvaluationPair] {
+        try pairs(predictions: predictions, references: references, allowMissing: false).pairs
+    }
+
+    /// ``pairs(predictions:references:)``, where with `allowMissing` a reference without a prediction is left
+    /// out and its case id listed in `missing` (sorted) instead of being an error; no prediction at all is still
+    /// one.
+    public static func pairs(
+        predictions: String, references: String, allowMissing: Bool
+    ) throws -> (pairs: [EvaluationPair], missing: [String]) {
         func ids(_ dir: String) throws -> [(id: String, name: String)] {
             var isDir: ObjCBool = false
             guard FileManager.default.fileExists(atPath: dir, isDirectory: &isDir), isDir.boolValue else {
@@ -121,16 +135,22 @@ public struct Evaluator: Sendable {
             }
             prediction[key] = name
         }
-        for id in reference.keys.sorted() where prediction[id] == nil {
+        let missing = reference.keys.sorted().filter { prediction[$0] == nil }
+        if let id = missing.first, !allowMissing {
             let name = reference[id]!
             throw AttunetError(
                 "\(predictions)/\(name): missing (the reference \(references)/\(name) has no prediction)")
         }
         if reference.isEmpty { throw AttunetError("\(references): no .nii or .nii.gz files") }
-        return reference.keys.sorted().map {
+        if prediction.isEmpty {
+            throw AttunetError(
+                "\(predictions): no prediction of any of the \(reference.count) reference(s) in \(references)")
+        }
+        let pairs = reference.keys.sorted().filter { prediction[$0] != nil }.map {
             EvaluationPair(
                 id: $0, prediction: "\(predictions)/\(prediction[$0]!)", reference: "\(references)/\(reference[$0]!)")
         }
+        return (pairs, missing)
     }
 
     /// A pair read: both label maps as bytes, the grid and the reference's spacing.
@@ -177,11 +197,16 @@ public struct FolderEvaluation: Sendable {
     public var classNames: [String]?
     /// A case store whose class names (and count) to use when `classNames` is nil.
     public var store: String?
+    /// The normalised surface Dice's tolerance (nil: no NSD).
+    public var nsdTolerance: NSDTolerance?
+    /// Score the predicted subset when some references have no prediction (listed in the report's
+    /// `missingCases`) instead of failing.
+    public var allowMissing: Bool
 
     public init(
         predictions: String, references: String, output: String? = nil,
         definition: SurfaceDistanceDefinition = .pooled, classes: Int? = nil, classNames: [String]? = nil,
-        store: String? = nil
+        store: String? = nil, nsdTolerance: NSDTolerance? = nil, allowMissing: Bool = false
     ) {
         self.predictions = predictions
         self.references = references
@@ -190,17 +215,20 @@ public struct FolderEvaluation: Sendable {
         self.classes = classes
         self.classNames = classNames
         self.store = store
+        self.nsdTolerance = nsdTolerance
+        self.allowMissing = allowMissing
     }
 
     /// Where the report goes.
     public var outputFolder: String { output ?? "\(predictions)/evaluation" }
 
     /// Pairs the folders, reads and checks every pair before any is scored (one pair in memory at a time),
-    /// settles the classes, scores every case and writes `metrics.csv`, `summary.json` and `summary.md` in
-    /// ``outputFolder`` (replacing existing ones). Returns the report.
+    /// settles the classes and the NSD tolerances, scores every case and writes `metrics.csv`, `summary.json`
+    /// and `summary.md` in ``outputFolder`` (replacing existing ones). Returns the report.
     @discardableResult
     public func run() throws -> SegmentationReport {
-        let pairs = try Evaluator.pairs(predictions: predictions, references: references)
+        let (pairs, missing) = try Evaluator.pairs(
+            predictions: predictions, references: references, allowMissing: allowMissing)
         var names = classNames
         if names == nil, let store { names = try CaseStore(path: store).classNames }
         var largest: UInt8 = 0
@@ -213,11 +241,12 @@ public struct FolderEvaluation: Sendable {
             throw AttunetError(
                 "\(classNames != nil ? "--class-names" : store!): \(n.count) class names for \(k) classes")
         }
-        let evaluator = Evaluator(classes: k, definition: definition)
+        let foreground = names.map { Array($0.dropFirst()) } ?? (1..<k).map { "class\($0)" }
+        let tolerances = try nsdTolerance?.resolve(classNames: foreground)
+        let evaluator = Evaluator(classes: k, definition: definition, nsdTolerances: tolerances)
         let cases = try pairs.map { try evaluator.evaluate($0) }
         let report = SegmentationReport(
-            cases: cases, classNames: names.map { Array($0.dropFirst()) } ?? (1..<k).map { "class\($0)" },
-            definition: definition)
+            cases: cases, classNames: foreground, definition: definition, missingCases: missing)
         try report.write(to: outputFolder)
         return report
     }

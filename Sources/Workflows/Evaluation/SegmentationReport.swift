@@ -37,7 +37,7 @@ public struct NNUNetMetrics: Codable, Sendable, Equatable {
         let fp = m.predicted - m.intersection
         let fn = m.reference - m.intersection
         self.init(
-            dice: m.dice, iou: tp + fp + fn > 0 ? tp / (tp + fp + fn) : 1, tp: tp, fp: fp, fn: fn,
+            dice: m.dice, iou: m.iou, tp: tp, fp: fp, fn: fn,
             tn: voxels.map { Double($0) - tp - fp - fn }, nPred: m.predicted, nRef: m.reference)
     }
 
@@ -84,13 +84,15 @@ public struct NNUNetCase: Codable, Sendable, Equatable {
 }
 
 /// One foreground class over a set of cases: per ``Metric`` (keys: their raw values `dice`, `precision`,
-/// `recall`, `assd`, `hd95`, `s2s2d`) the mean, sample std, median and worst-case count, and the empty-mask
-/// counts.
+/// `recall`, `assd`, `hd95`, `s2s2d`, `iou`, `rvd`, and `nsd` when it was measured) the mean, sample std,
+/// median and worst-case count, the empty-mask counts, and the NSD's tolerance.
 public struct ClassStatistics: Codable, Sendable, Equatable {
     public var label: Int
     public var name: String
     public var metrics: [String: MetricSummary]
     public var bothEmpty: Int, predictionEmpty: Int, referenceEmpty: Int
+    /// The tolerance in mm of `metrics["nsd"]` (nil, and no key: no NSD).
+    public var nsdTolerance: Double? = nil
 
     /// One per foreground class of `cases` (each case's metrics, classes in label order); `names[c − 1]`
     /// names class c.
@@ -99,8 +101,42 @@ public struct ClassStatistics: Codable, Sendable, Equatable {
             ClassStatistics(
                 label: s.label, name: names[s.label - 1],
                 metrics: Dictionary(uniqueKeysWithValues: s.metrics.map { ($0.key.rawValue, $0.value) }),
-                bothEmpty: s.bothEmpty, predictionEmpty: s.predictionEmpty, referenceEmpty: s.referenceEmpty)
+                bothEmpty: s.bothEmpty, predictionEmpty: s.predictionEmpty, referenceEmpty: s.referenceEmpty,
+                nsdTolerance: s.nsdTolerance)
         }
+    }
+}
+
+/// One case and class in attunet's part of `summary.json` (`per_case`): every metric of ``ClassMetrics`` under
+/// the ``Metric`` names (`nsd` and `nsd_tolerance` only when NSD was measured) and the empty-mask state.
+public struct CaseClassMetrics: Codable, Sendable, Equatable {
+    public var caseID: String
+    public var label: Int
+    public var name: String
+    public var dice: Double, iou: Double, precision: Double, recall: Double, rvd: Double
+    public var assd: Double, hd95: Double, s2s2d: Double
+    public var nsd: Double?, nsdTolerance: Double?
+    public var empty: EmptyMasks
+    public var distancesAreWorstCase: Bool, s2sIsWorstCase: Bool
+
+    /// Class `label` (named `name`) of case `caseID`.
+    public init(caseID: String, label: Int, name: String, _ m: ClassMetrics) {
+        self.caseID = caseID
+        self.label = label
+        self.name = name
+        dice = m.dice
+        iou = m.iou
+        precision = m.precision
+        recall = m.recall
+        rvd = m.rvd
+        assd = m.assd
+        hd95 = m.hd95
+        s2s2d = m.s2s2d
+        nsd = m.nsd
+        nsdTolerance = m.nsdTolerance
+        empty = m.empty
+        distancesAreWorstCase = m.distancesAreWorstCase
+        s2sIsWorstCase = m.s2sIsWorstCase
     }
 }
 
@@ -125,8 +161,10 @@ extension SurfaceDistanceDefinition {
 /// - `mean`: per label value (a string) the mean over the cases of each of those metrics;
 /// - `foreground_mean`: the mean over the labels of `mean`.
 ///
-/// The other keys are attunet's: `cases`, `distance_definition`, `distances`, `std`, `empty_masks`, and
-/// `classes` (per foreground class ``ClassStatistics``).
+/// The other keys are attunet's: `cases`, `distance_definition`, `distances`, `std`, `empty_masks`,
+/// `classes` (per foreground class ``ClassStatistics``: IoU, RVD and NSD among the metrics), `per_case` (per
+/// case and class ``CaseClassMetrics``), `surface_dice` (what NSD means, when it was measured) and, from
+/// `attunet evaluate`, `missing_cases` (the references without a prediction, not scored: `--allow-missing`).
 public struct EvaluationSummary: Codable, Sendable, Equatable {
     public var metricPerCase: [NNUNetCase]
     public var mean: [String: NNUNetMetrics]
@@ -142,15 +180,31 @@ public struct EvaluationSummary: Codable, Sendable, Equatable {
     /// The empty-mask rule.
     public var emptyMasks: String
     public var classes: [ClassStatistics]
+    /// Every case's metrics per class, in case order (nil in files written before attunet added it).
+    public var perCase: [CaseClassMetrics]?
+    /// What NSD means (nil: not measured).
+    public var surfaceDice: String?
+    /// The case ids of references without a prediction, not scored (`attunet evaluate --allow-missing`; nil in
+    /// a cross-validation, which scores every test case).
+    public var missingCases: [String]?
 
     public static let standardDeviation = "sample (ddof=1)"
     public static let emptyMaskRule =
-        "a class absent from both masks scores Dice, IoU, precision and recall 1 and every distance 0 "
-        + "(nnU-Net writes Dice and IoU NaN there); absent from one mask, Dice, IoU, precision and recall 0 and every distance "
-        + "the worst case, the volume diagonal in mm (counted in worst_case_count); no case is dropped"
+        "a class absent from both masks scores Dice, IoU, precision, recall and NSD 1 and RVD and every distance 0 "
+        + "(nnU-Net writes Dice and IoU NaN there); absent from one mask, Dice, IoU, precision, recall and NSD 0 and every distance "
+        + "the worst case, the volume diagonal in mm (counted in worst_case_count); RVD is (|P| - |R|) / max(|R|, 1): -1 for an "
+        + "empty prediction, the predicted voxel count |P| for an empty reference (counted in worst_case_count); no case is dropped"
+    public static let surfaceDiceRule =
+        "normalised surface Dice at each class's nsd_tolerance in mm: DeepMind surface-distance's "
+        + "compute_surface_dice_at_tolerance(compute_surface_distances(reference, prediction, spacing), tolerance), "
+        + "surfels on the voxel-corner grid weighted by their marching-cubes area"
 
-    /// The summary of `cases` (at least one, all with the same classes); `classNames[c − 1]` names class c.
-    public init(cases: [CaseEvaluation], classNames: [String], definition: SurfaceDistanceDefinition) {
+    /// The summary of `cases` (at least one, all with the same classes); `classNames[c − 1]` names class c;
+    /// `missingCases`: the references without a prediction (`attunet evaluate --allow-missing`).
+    public init(
+        cases: [CaseEvaluation], classNames: [String], definition: SurfaceDistanceDefinition,
+        missingCases: [String]? = nil
+    ) {
         precondition(!cases.isEmpty, "a summary needs a case")
         metricPerCase = cases.map { c in
             NNUNetCase(
@@ -160,9 +214,9 @@ public struct EvaluationSummary: Codable, Sendable, Equatable {
                     }), predictionFile: c.predictionFile, referenceFile: c.referenceFile, caseID: c.id)
         }
         let labels = (1...cases[0].classes.count).map(String.init)
-        let perCase = metricPerCase
+        let nnunetCases = metricPerCase
         let means = Dictionary(
-            uniqueKeysWithValues: labels.map { l in (l, NNUNetMetrics.mean(perCase.map { $0.metrics[l]! })) })
+            uniqueKeysWithValues: labels.map { l in (l, NNUNetMetrics.mean(nnunetCases.map { $0.metrics[l]! })) })
         mean = means
         foregroundMean = NNUNetMetrics.mean(labels.map { means[$0]! })
         self.cases = cases.count
@@ -171,6 +225,13 @@ public struct EvaluationSummary: Codable, Sendable, Equatable {
         std = Self.standardDeviation
         emptyMasks = Self.emptyMaskRule
         classes = ClassStatistics.summarize(cases.map(\.classes), names: classNames)
+        self.perCase = cases.flatMap { c in
+            c.classes.enumerated().map {
+                CaseClassMetrics(caseID: c.id, label: $0.offset + 1, name: classNames[$0.offset], $0.element)
+            }
+        }
+        surfaceDice = cases.contains { $0.classes.contains { $0.nsd != nil } } ? Self.surfaceDiceRule : nil
+        self.missingCases = missingCases
     }
 }
 
@@ -182,13 +243,20 @@ public struct SegmentationReport: Sendable {
     /// Foreground class names, in label order.
     public var classNames: [String]
     public var definition: SurfaceDistanceDefinition
+    /// The references without a prediction, not scored (`--allow-missing`).
+    public var missingCases: [String]
     public var summary: EvaluationSummary
 
-    public init(cases: [CaseEvaluation], classNames: [String], definition: SurfaceDistanceDefinition) {
+    public init(
+        cases: [CaseEvaluation], classNames: [String], definition: SurfaceDistanceDefinition,
+        missingCases: [String] = []
+    ) {
         self.cases = cases
         self.classNames = classNames
         self.definition = definition
-        summary = EvaluationSummary(cases: cases, classNames: classNames, definition: definition)
+        self.missingCases = missingCases
+        summary = EvaluationSummary(
+            cases: cases, classNames: classNames, definition: definition, missingCases: missingCases)
     }
 
     /// Writes `metrics.csv`, `summary.json` and `summary.md` into `folder` (made when missing; each file
@@ -200,11 +268,12 @@ public struct SegmentationReport: Sendable {
         try AtomicFile.write(markdown(), to: "\(folder)/summary.md")
     }
 
-    /// `metrics.csv`: one row per case and class.
+    /// `metrics.csv`: one row per case and class (`nsd` and `nsd_tolerance_mm` empty when NSD was not measured).
     public func csv() -> String {
         var csv =
             "case,class,label,dice,precision,recall,assd_mm,hd95_mm,s2s_mm,mean_pred_to_ref_mm,mean_ref_to_pred_mm,"
-            + "intersection_voxels,predicted_voxels,reference_voxels,empty,distances_worst_case,s2s_worst_case\n"
+            + "intersection_voxels,predicted_voxels,reference_voxels,empty,distances_worst_case,s2s_worst_case,"
+            + "iou,rvd,nsd,nsd_tolerance_mm\n"
         for c in cases {
             for (i, x) in c.classes.enumerated() {
                 let values = [
@@ -212,9 +281,10 @@ public struct SegmentationReport: Sendable {
                     x.meanReferenceToPrediction,
                 ].map { String(format: "%.6g", $0) }
                 let counts = [x.intersection, x.predicted, x.reference].map { String(Int($0)) }
+                let added = [x.iou, x.rvd, x.nsd, x.nsdTolerance].map { $0.map { String(format: "%.6g", $0) } ?? "" }
                 csv +=
                     ([c.id, classNames[i], String(i + 1)] + values + counts
-                    + [x.empty.rawValue, String(x.distancesAreWorstCase), String(x.s2sIsWorstCase)]).joined(
+                    + [x.empty.rawValue, String(x.distancesAreWorstCase), String(x.s2sIsWorstCase)] + added).joined(
                         separator: ",") + "\n"
             }
         }
@@ -222,20 +292,26 @@ public struct SegmentationReport: Sendable {
     }
 
     static let columns: [(Metric, String, Int)] = [
-        (.dice, "Dice", 3), (.precision, "precision", 3), (.recall, "recall", 3),
-        (.assd, "ASSD mm", 2), (.hd95, "HD95 mm", 2), (.s2s2d, "S2S mm", 2),
+        (.dice, "Dice", 3), (.iou, "IoU", 3), (.precision, "precision", 3), (.recall, "recall", 3),
+        (.rvd, "RVD", 3), (.assd, "ASSD mm", 2), (.hd95, "HD95 mm", 2), (.s2s2d, "S2S mm", 2), (.nsd, "NSD", 3),
     ]
 
     /// `summary.md`: per class, mean ± sample std and median of each metric, with the number of worst-case
-    /// substitutions in brackets beside each distance (Dice, precision and recall have none).
+    /// substitutions in brackets beside each distance and RVD (Dice, IoU, precision, recall and NSD have none);
+    /// the NSD column, with each class's tolerance, only when NSD was measured.
     public func markdown() -> String {
-        var t = "| class | " + Self.columns.map(\.1).joined(separator: " | ") + " | empty (both/pred/ref) |\n"
-        t += "|---|" + Self.columns.map { _ in "---|" }.joined() + "---|\n"
+        let columns = Self.columns.filter { metric, _, _ in
+            summary.classes.contains { $0.metrics[metric.rawValue] != nil }
+        }
+        var t = "| class | " + columns.map(\.1).joined(separator: " | ") + " | empty (both/pred/ref) |\n"
+        t += "|---|" + columns.map { _ in "---|" }.joined() + "---|\n"
         for c in summary.classes {
-            let cells = Self.columns.map { metric, _, digits -> String in
-                let m = c.metrics[metric.rawValue]!
+            let cells = columns.map { metric, _, digits -> String in
+                guard let m = c.metrics[metric.rawValue] else { return "–" }
                 let worst = metric.higherIsBetter ? "" : " [\(m.worstCaseCount) worst]"
-                return "\(fmt(m.mean, digits)) ± \(fmt(m.std, digits)) (median \(fmt(m.median, digits)))\(worst)"
+                let tolerance = metric == .nsd ? c.nsdTolerance.map { " at \(fmtShort($0)) mm" } ?? "" : ""
+                return
+                    "\(fmt(m.mean, digits)) ± \(fmt(m.std, digits)) (median \(fmt(m.median, digits)))\(worst)\(tolerance)"
             }
             t +=
                 "| \(c.name) | " + cells.joined(separator: " | ")
@@ -243,7 +319,15 @@ public struct SegmentationReport: Sendable {
         }
         t +=
             "\n\(cases.count) case(s); mean ± sample std (median); [n worst] = n cases whose value is the worst-case substitute "
-            + "(the volume diagonal: one mask empty, or for S2S no axial slice holding both). Surface distances: \(definition.explanation).\n"
+            + "(the volume diagonal: one mask empty, or for S2S no axial slice holding both; for RVD, |P| where the reference is empty). "
+            + "RVD = (|P| - |R|)/|R|, signed. Surface distances: \(definition.explanation).\n"
+        if columns.contains(where: { $0.0 == .nsd }) {
+            t += "NSD: normalised surface Dice at the tolerance shown (DeepMind surface-distance's definition).\n"
+        }
+        if !missingCases.isEmpty {
+            t += "\(missingCases.count) reference case(s) without a prediction, not scored: "
+            t += missingCases.joined(separator: ", ") + ".\n"
+        }
         return t
     }
 }
