@@ -11,29 +11,6 @@ enum PointwiseSupport {
         parallelForPieces(planes: 1, length: count) { _, r in body(r) }
     }
 
-    /// out[i] = f(x[i]) in parallel chunks (`out` may be `x` itself); returns `out`.
-    @inline(__always)
-    static func map(_ x: Tensor, into out: Tensor, _ f: (Float) -> Float) -> Tensor {
-        let src = x.pointer
-        let dst = out.pointer
-        chunks(x.count) { r in
-            for i in r { dst[i] = f(src[i]) }
-        }
-        return out
-    }
-
-    /// out[i] = f(a[i], b[i]) in parallel chunks; returns `out`.
-    @inline(__always)
-    static func map(_ a: Tensor, _ b: Tensor, into out: Tensor, _ f: (Float, Float) -> Float) -> Tensor {
-        let ap = a.pointer
-        let bp = b.pointer
-        let dst = out.pointer
-        chunks(a.count) { r in
-            for i in r { dst[i] = f(ap[i], bp[i]) }
-        }
-        return out
-    }
-
     /// Checks `x` is a 5D `[N, C, Z, Y, X]` activation.
     @inline(__always)
     static func require5D(_ x: Tensor, _ who: String) {
@@ -135,12 +112,19 @@ public final class Sigmoid {
                 .memoryBound(label, "Sigmoid", x.shape, forward: 2 * x.count, backward: 3 * x.count)
             }
         }
-        // Both branches avoid overflow of exp: e^(-|x|) is in (0, 1].
-        return PointwiseSupport.map(x, into: GradientMode.output(&y, x.shape)) { v in
-            if v >= 0 { return 1 / (1 + Foundation.exp(-v)) }
-            let e = Foundation.exp(v)
-            return e / (1 + e)
+        let out = GradientMode.output(&y, x.shape)
+        let src = x.pointer
+        let dst = out.pointer
+        // The loop is written out in the piece's closure (as ReLU's): a per-element closure call is not inlined
+        // once the pieces run on worker threads. Both branches avoid overflow of exp: e^(-|x|) is in (0, 1].
+        PointwiseSupport.chunks(x.count) { r in
+            for i in r {
+                let v = src[i]
+                let e = Foundation.exp(-abs(v))
+                dst[i] = v >= 0 ? 1 / (1 + e) : e / (1 + e)
+            }
         }
+        return out
     }
 
     public func backward(_ dy: Tensor) -> Tensor {
@@ -152,7 +136,17 @@ public final class Sigmoid {
         }
         guard let y else { preconditionFailure("Sigmoid.backward before forward") }
         precondition(dy.shape == y.shape, "Sigmoid.backward: dy \(dy.shape) vs y \(y.shape)")
-        return PointwiseSupport.map(y, dy, into: Tensor.recycled(dy.shape)) { s, g in g * s * (1 - s) }
+        let g = Tensor.recycled(dy.shape)
+        let yp = y.pointer
+        let dyp = dy.pointer
+        let dxp = g.pointer
+        PointwiseSupport.chunks(dy.count) { r in
+            for i in r {
+                let s = yp[i]
+                dxp[i] = dyp[i] * s * (1 - s)
+            }
+        }
+        return g
     }
 }
 

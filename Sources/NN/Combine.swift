@@ -60,30 +60,32 @@ public final class GateMultiply {
         let s = x.shape
         let gx = Tensor.recycled(s)
         let ga = Tensor.recycled(alpha.shape)
-        let n = s[0]
         let c = s[1]
-        let zs = s[2]
-        let slice = s[3] * s[4]
-        let v = zs * slice
+        let v = s[2] * s[3] * s[4]
         let xp = x.pointer
         let ap = alpha.pointer
         let dyp = dy.pointer
         let gxp = gx.pointer
         let gap = ga.pointer
-        // One task per (n, z) slice: it owns dα's slice and every channel's dx slice there.
-        parallelFor(n * zs) { task in
-            let b = task / zs
-            let z = task % zs
-            let off = z * slice
+        // One item per tile of a sample's voxels (WorkSplit, from the shape: 3 operations per element): it owns dα
+        // there and every channel's dx there, and sums the channels in order (the same on any thread count).
+        let n = s[0]
+        let tiles = alignedRanges(
+            v, parts: WorkSplit.parts(work: 3 * Double(n * c * v), limits: [n, max(1, v / 64)])[1], align: 16)
+        parallelFor(n * tiles.count) { item in
+            let b = item / tiles.count
+            let r = tiles[item % tiles.count]
+            let off = r.lowerBound
+            let len = r.count
             let a = ap + b * v + off
             let da = gap + b * v + off
-            for i in 0..<slice { da[i] = 0 }
+            da.update(repeating: 0, count: len)
             for ch in 0..<c {
                 let o = (b * c + ch) * v + off
                 let g = dyp + o
                 let xs = xp + o
                 let d = gxp + o
-                for i in 0..<slice {
+                for i in 0..<len {
                     let gi = g[i]
                     d[i] = a[i] * gi
                     da[i] += gi * xs[i]

@@ -22,8 +22,10 @@ import Tensor
 /// The output is owned by the layer and reused while the shapes stay the same; the input gradient is a
 /// recycled tensor (`Tensor.recycled`) that belongs to the caller.
 /// Work is spread over `Parallelism.threads`: for 3x3x3, each pass of each sample is cut into items (output z-slab x
-/// output-channel range) from a fixed partition; for the others, voxel/row ranges. Parameter gradients that several
-/// threads would share go to private buffers added up in a fixed order, so results do not depend on thread timing.
+/// output-channel range) from a partition made for the thread count; for 1x1x1 and 2x2x2, into samples x spatial
+/// tiles x channel blocks from the shape alone (`GemmPartition`: the same items, and bit for bit the same results,
+/// on any thread count), one single-threaded sgemm each. Parameter gradients that several items would share go to
+/// private buffers added up in a fixed order, so results do not depend on thread timing.
 /// The implementation of a 3x3x3 convolution pass (a CKernels path). Raw values are the names the command line and
 /// `ATTUNET_CONV_PATH` take.
 public enum ConvPath: String, CaseIterable, Sendable {
@@ -142,9 +144,11 @@ public final class Conv3d {
     private var scratchFloats = (forward: 0, backwardData: 0, backwardWeights: 0, parts: 1)
     /// The 3x3x3 passes' partitions (forward, backward-data, backward-weights) for the current shape.
     private var plans3: [PassPartition] = []
-    /// Private weight(+bias) gradients: `threads - 1` of them for k = 1, 2, `z-parts - 1` of backward-weights for
-    /// k = 3 (the first part writes into the store).
+    /// Private weight(+bias) gradients: one per spatial tile of a multi-tile k = 1, 2 backward-weights partition
+    /// (`GemmPartition`), `z-parts - 1` of backward-weights for k = 3 (the first part writes into the store).
     private var privateGrads: [ConvScratch] = []
+    /// Their pointers (read per element by the k = 1, 2 reduction without touching the buffers' objects).
+    private var privateGradPointers: [UnsafePointer<Float>] = []
 
     public init(params: ParameterStore, name: String, inChannels: Int, outChannels: Int, kernel: Int, bias: Bool) {
         precondition([1, 2, 3].contains(kernel), "Conv3d \(name): kernel must be 1, 2 or 3, got \(kernel)")
@@ -329,42 +333,69 @@ public final class Conv3d {
 
     // MARK: 3x3x3
 
-    /// The items of one 3x3x3 pass on the current shape: output z-slabs x output-channel ranges (item i is slab
-    /// i / ms.count, range i % ms.count), claimed one at a time by up to `parts` threads, each with its own
-    /// workspace. Fixed for a shape and thread count.
+    /// The items of one 3x3x3 pass on the current shape: samples x output z-slabs x output-channel ranges (item i is
+    /// sample i / (zs.count * ms.count), slab (i / ms.count) % zs.count, range i % ms.count), claimed one at a time by
+    /// up to `parts` threads, each with its own workspace. Fixed for a shape and thread count. Backward-weights
+    /// keeps its samples in turn (`samples` 1): its z-parts' private dW are shared by the samples.
     struct PassPartition {
         var path: ck_path
+        var samples = 1
         var zs: [Range<Int>], ms: [Range<Int>]
         var parts: Int
         var workspaceFloats: Int, planFloats: Int
-        var items: Int { zs.count * ms.count }
+        var items: Int { samples * zs.count * ms.count }
+
+        /// Item i as (sample, z-part, channel-range) indices.
+        func item(_ i: Int) -> (s: Int, z: Int, m: Int) {
+            let nm = ms.count
+            let nz = zs.count
+            return (i / (nm * nz), (i / nm) % nz, i % nm)
+        }
     }
 
-    /// The partition of `pass` for `threads` threads. M = channels the pass writes (Cout, or Cin for backward-data),
-    /// in ranges of `ck_conv3_channel_group` (0: the whole range). Forward / backward-data aim at about 4 items per
-    /// thread, z-slabs first (items of one slab share its input), then channel ranges. Backward-weights splits the
-    /// channel ranges first (disjoint dW rows: no private buffer), and z only when there are fewer channel groups
-    /// than threads (each z-part but the first then writes a private dW, added up in part order).
-    static func partition(pass: ConvPass, path: ck_path, cin: Int, cout: Int, d: Dim3, threads: Int) -> PassPartition {
+    /// Floats of private dW a Winograd backward-weights partition may use for its z-parts (16 MB).
+    static let privateWeightFloats3 = 1 << 22
+
+    /// The partition of `pass` for `threads` threads and a batch of `samples`. M = channels the pass writes (Cout, or
+    /// Cin for backward-data), in ranges of `ck_conv3_channel_group` (0: the whole range). Forward / backward-data
+    /// aim at about 4 items per thread over the samples, z-slabs first (items of one slab share its input), then
+    /// channel ranges. On the Winograd paths an item transforms its slab's whole input (or, backward-weights, its
+    /// input and output gradient), so a channel split repeats that transform: channel ranges are cut there only
+    /// until each thread has 2 items. Backward-weights on the direct and GEMM paths splits the channel ranges first
+    /// (disjoint dW rows: no private buffer), and z only when there are fewer channel groups than threads; on the
+    /// Winograd paths it splits z first, as far as `privateWeightFloats3` of private dW allows (each z-part but the
+    /// first writes a private dW, added up in part order).
+    static func partition(
+        pass: ConvPass, path: ck_path, cin: Int, cout: Int, d: Dim3, threads: Int, samples: Int = 1
+    ) -> PassPartition {
         let m = pass == .backwardData ? cin : cout
         let group = Int(ck_conv3_channel_group(path, pass.ck))
         let groups = group > 0 ? (m + group - 1) / group : 1
         let t = max(1, threads)
+        let n = max(1, samples)
         let target = 4 * t
         let align = max(1, Int(ck_conv3_z_align(path)))
+        let zunits = (d.z + align - 1) / align
+        let winograd = path == CK_PATH_WINOGRAD_AVX2 || path == CK_PATH_WINOGRAD_AVX512
+        func ceil(_ a: Int, _ b: Int) -> Int { (a + b - 1) / max(1, b) }
         var zparts = 1
         var mparts = 1
         if t > 1 {
-            if pass == .backwardWeights {
+            // Backward-weights: (sample, z-part) pairs beyond the first write private dW.
+            let cap = max(1, privateWeightFloats3 / max(1, cin * cout * 27) / n)
+            if pass == .backwardWeights && winograd {
+                zparts = min(zunits, ceil(target, n), cap)
+                mparts = min(groups, ceil(2 * t, n * zparts))
+            } else if pass == .backwardWeights {
                 mparts = min(groups, target)
-                zparts = mparts >= t ? 1 : min((d.z + align - 1) / align, (t + mparts - 1) / mparts)
+                zparts = min(zunits, ceil(target, n * mparts), cap)
             } else {
-                zparts = min((d.z + align - 1) / align, target)
-                mparts = min(groups, (target + zparts - 1) / zparts)
+                zparts = min(zunits, ceil(target, n))
+                mparts = min(groups, ceil(winograd ? 2 * t : target, n * zparts))
             }
         }
         // Slabs start on multiples of the path's z alignment (Winograd's tiles span 2 slices).
-        let zs = splitRange((d.z + align - 1) / align, parts: zparts).map { r in
+        let zs = splitRange(zunits, parts: zparts).map { r in
             (r.lowerBound * align)..<min(d.z, r.upperBound * align)
         }
         // Channel ranges on group boundaries: split the groups, then scale to channels (the last range ends at m).
@@ -378,7 +409,7 @@ public final class Conv3d {
                 pass.ck, path))
         let plan = Int(ck_conv3_plan_floats(Int32(cin), Int32(cout), Int32(d.z), Int32(d.y), Int32(d.x), pass.ck, path))
         return PassPartition(
-            path: path, zs: zs, ms: ms, parts: min(t, zs.count * ms.count), workspaceFloats: ws,
+            path: path, samples: n, zs: zs, ms: ms, parts: min(t, n * zs.count * ms.count), workspaceFloats: ws,
             planFloats: plan)
     }
 
@@ -398,17 +429,17 @@ public final class Conv3d {
         return plan
     }
 
-    /// Runs the items of partition `p`: body(item's z-range, channel range, z-part index, workspace).
+    /// Runs the items of partition `p`: body(sample, item's z-range, channel range, z-part index, workspace).
     private func runItems(
         _ p: PassPartition,
-        _ body: (Range<Int>, Range<Int>, Int, UnsafeMutablePointer<Float>) -> Void
+        _ body: (Int, Range<Int>, Range<Int>, Int, UnsafeMutablePointer<Float>) -> Void
     ) {
         // Items are claimed one at a time by the loop's threads; each thread has its own workspace.
         let ws = (0..<p.parts).map { _ in Tensor.recycled([max(1, p.workspaceFloats)]) }
-        let nm = p.ms.count
         parallelFor(p.items) { i in
+            let (s, z, m) = p.item(i)
             // (A loop that runs inline, nested in another loop's item, has the workspaces to itself.)
-            body(p.zs[i / nm], p.ms[i % nm], i / nm, ws[min(Parallelism.threadIndex, ws.count - 1)].pointer)
+            body(s, p.zs[z], p.ms[m], z, ws[min(Parallelism.threadIndex, ws.count - 1)].pointer)
         }
     }
 
@@ -427,12 +458,10 @@ public final class Conv3d {
         let path = p.path
         let xp = x.pointer
         let yp = y.pointer
-        for s in 0..<n {
-            runItems(p) { z, m, _, ws in
-                ck_conv3_forward(
-                    xp + s * vin, pp, b, yp + s * vout, cin, cout, nz, ny, nx,
-                    Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound), Int32(m.upperBound), path, ws)
-            }
+        runItems(p) { s, z, m, _, ws in
+            ck_conv3_forward(
+                xp + s * vin, pp, b, yp + s * vout, cin, cout, nz, ny, nx,
+                Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound), Int32(m.upperBound), path, ws)
         }
     }
 
@@ -452,32 +481,132 @@ public final class Conv3d {
             let pp = plan.map { UnsafePointer($0.pointer) }
             let path = p.path
             let dxp = dx.pointer
-            for s in 0..<n {
-                runItems(p) { z, m, _, ws in
-                    ck_conv3_backward_data(
-                        dyp + s * vout, pp, dxp + s * vin, cin, cout, nz, ny, nx,
-                        Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound),
-                        Int32(m.upperBound), path, ws)
-                }
+            runItems(p) { s, z, m, _, ws in
+                ck_conv3_backward_data(
+                    dyp + s * vout, pp, dxp + s * vin, cin, cout, nz, ny, nx,
+                    Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound),
+                    Int32(m.upperBound), path, ws)
             }
         }
         guard weights else { return }
         let p = passPartition(.backwardWeights)
         let path = p.path
-        let targets = gradTargets(threads: p.zs.count)
-        for s in 0..<n {
-            runItems(p) { z, m, zpart, ws in
-                let (dw, db) = targets[zpart]
-                ck_conv3_backward_weights(
-                    xp + s * vin, dyp + s * vout, dw, db, cin, cout, nz, ny, nx,
-                    Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound),
-                    Int32(m.upperBound), path, ws)
-            }
+        let targets = gradTargets(threads: p.samples * p.zs.count)
+        let zparts = p.zs.count
+        runItems(p) { s, z, m, zpart, ws in
+            let (dw, db) = targets[s * zparts + zpart]
+            ck_conv3_backward_weights(
+                xp + s * vin, dyp + s * vout, dw, db, cin, cout, nz, ny, nx,
+                Int32(z.lowerBound), Int32(z.upperBound), Int32(m.lowerBound),
+                Int32(m.upperBound), path, ws)
         }
-        reducePrivateGrads(threads: p.zs.count, weightCount: weight.count)
+        reducePrivateGrads(threads: p.samples * p.zs.count, weightCount: weight.count)
     }
 
-    // MARK: 1x1x1
+    // MARK: 1x1x1 and 2x2x2: one sgemm per item
+
+    /// The items of a 1x1x1 or 2x2x2 pass, cut from the shape alone (`WorkSplit`): the same items on any thread
+    /// count, so the results are the same too, bit for bit. The spatial units are voxels (k = 1; tiles start on
+    /// 16-voxel boundaries) or output rows (oz, oy) of X/2 voxels (k = 2).
+    ///
+    /// - forward and backward-data: samples x spatial tiles x blocks of the channels the pass writes (Cout, or Cin
+    ///   for backward-data), the channel block fastest (neighbouring items read the same input tile).
+    /// - backward-weights: blocks of dW rows (Cout) x blocks of dW columns (Cin) x spatial tiles, every sample summed
+    ///   inside an item. With several tiles each tile writes a private dW (and bias gradient), added into the store's
+    ///   gradients in tile order; with one, the items write disjoint blocks of the store's gradients.
+    struct GemmPartition: Equatable {
+        var samples: Int
+        var tiles: [Range<Int>]
+        /// Output-channel (forward, backward-weights rows) or input-channel (backward-data) ranges.
+        var blocks: [Range<Int>]
+        /// Input-channel ranges of dW's columns (backward-weights); `[0..<Cin]` for the other passes.
+        var columns: [Range<Int>]
+        var items: Int { samples * tiles.count * blocks.count * columns.count }
+
+        /// Item i as (sample, tile, block, column) indices, the column fastest, then the block.
+        func item(_ i: Int) -> (s: Int, t: Int, b: Int, c: Int) {
+            let nc = columns.count
+            let nb = blocks.count
+            let nt = tiles.count
+            return (i / (nc * nb * nt), (i / (nc * nb)) % nt, (i / nc) % nb, i % nc)
+        }
+    }
+
+    /// Floats of private dW + bias-gradient buffers a backward-weights partition may use (4 MB).
+    static let privateGradientFloats = 1 << 20
+    /// The fewest voxels a spatial tile gets, and the fewest channels of a block (a narrower sgemm loses speed).
+    static let minimumTileVoxels = 64
+    static let minimumBlockChannels = 16
+
+    /// The partition of a 1x1x1 (`kernel` 1, `units` voxels) or 2x2x2 (`kernel` 2, `units` output rows of
+    /// `unitVoxels` voxels) pass for a batch of `n`.
+    static func gemmPartition(
+        pass: ConvPass, kernel: Int, n: Int, cin: Int, cout: Int, units: Int, unitVoxels: Int
+    ) -> GemmPartition {
+        let taps = kernel == 2 ? 8 : 1
+        let work = Double(n) * Double(cin * taps) * Double(cout) * Double(units * unitVoxels)
+        let unitsPerTile = max(1, (minimumTileVoxels + unitVoxels - 1) / max(1, unitVoxels))
+        let tileLimit = max(1, units / unitsPerTile)
+        let align = kernel == 1 ? 16 : 1
+        // A 2x2x2 input channel is 8 rows of the sgemm.
+        let inLimit = max(1, kernel == 2 ? cin * 8 / minimumBlockChannels : cin / minimumBlockChannels)
+        let outLimit = max(1, cout / minimumBlockChannels)
+        switch pass {
+        case .forward, .backwardData:
+            let m = pass == .forward ? cout : cin
+            let p = WorkSplit.parts(work: work, limits: [n, tileLimit, pass == .forward ? outLimit : inLimit])
+            return GemmPartition(
+                samples: n, tiles: alignedRanges(units, parts: p[1], align: align), blocks: splitRange(m, parts: p[2]),
+                columns: [0..<cin])
+        case .backwardWeights:
+            let floats = cin * taps * cout + cout
+            let tileCap = max(1, min(tileLimit, privateGradientFloats / floats))
+            // 2x2x2: column blocks first (each gathers only its input channels), then rows; 1x1x1: rows first.
+            let limits = kernel == 2 ? [inLimit, outLimit, tileCap] : [outLimit, inLimit, tileCap]
+            let p = WorkSplit.parts(work: work, limits: limits)
+            let (cp, rp) = kernel == 2 ? (p[0], p[1]) : (p[1], p[0])
+            return GemmPartition(
+                samples: 1, tiles: alignedRanges(units, parts: p[2], align: align), blocks: splitRange(cout, parts: rp),
+                columns: splitRange(cin, parts: cp))
+        }
+    }
+
+    /// The partition of `pass` for this layer on a batch of `n` with input extent `d` (k = 1, 2).
+    func gemmPartition(_ pass: ConvPass, n: Int, d: Dim3) -> GemmPartition {
+        let od = outputDims(d)
+        return Self.gemmPartition(
+            pass: pass, kernel: kernel, n: n, cin: inChannels, cout: outChannels,
+            units: kernel == 2 ? od.z * od.y : d.count, unitVoxels: kernel == 2 ? od.x : 1)
+    }
+
+    /// Where item (tile t) of a backward-weights partition writes dW and the bias gradient, and whether it assigns
+    /// (a private buffer, first sample) rather than adds.
+    private func gradTarget(_ p: GemmPartition, tile t: Int) -> (
+        UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>?, Bool
+    ) {
+        if p.tiles.count == 1 { return (weight.grad, bias?.grad, false) }
+        let q = privateGrads[t].pointer
+        return (q, bias == nil ? nil : q + weight.count, true)
+    }
+
+    /// Adds the private gradients of a multi-tile backward-weights pass into the store, in tile order (per element,
+    /// in parallel).
+    private func reduceTileGrads(_ p: GemmPartition) {
+        let tiles = p.tiles.count
+        guard tiles > 1 else { return }
+        let wc = weight.count
+        let gw = UncheckedSendable(weight.grad)
+        let gb = UncheckedSendable(bias?.grad)
+        let parts = UncheckedSendable(privateGradPointers)
+        let total = wc + (bias == nil ? 0 : outChannels)
+        Self.elementwise(total, work: total * tiles) { r in
+            for i in r {
+                var a = parts.value[0][i]
+                for t in 1..<tiles { a += parts.value[t][i] }
+                if i < wc { gw.value[i] += a } else { gb.value![i - wc] += a }
+            }
+        }
+    }
 
     private func forward1(_ x: Tensor, _ y: Tensor, n: Int, v: Int) {
         let cin = inChannels
@@ -486,18 +615,18 @@ public final class Conv3d {
         let b = bias.map { UnsafePointer($0.value) }
         let xp = x.pointer
         let yp = y.pointer
-        let cols = splitRange(v, parts: threadCount(v / 1024))
-        for s in 0..<n {
-            parallelFor(cols.count) { t in
-                let r = cols[t]
-                let yo = yp + s * cout * v + r.lowerBound
-                if let b {
-                    for co in 0..<cout { (yo + co * v).update(repeating: b[co], count: r.count) }
-                }
-                sgemm(
-                    m: cout, n: r.count, k: cin, a: w, lda: cin, b: xp + s * cin * v + r.lowerBound, ldb: v,
-                    beta: b == nil ? 0 : 1, c: yo, ldc: v)
+        let p = gemmPartition(.forward, n: n, d: x.dim3)
+        parallelFor(p.items) { i in
+            let (s, t, k, _) = p.item(i)
+            let r = p.tiles[t]
+            let co = p.blocks[k]
+            let yo = yp + (s * cout + co.lowerBound) * v + r.lowerBound
+            if let b {
+                for c in 0..<co.count { (yo + c * v).update(repeating: b[co.lowerBound + c], count: r.count) }
             }
+            sgemm(
+                m: co.count, n: r.count, k: cin, a: w + co.lowerBound * cin, lda: cin,
+                b: xp + s * cin * v + r.lowerBound, ldb: v, beta: b == nil ? 0 : 1, c: yo, ldc: v)
         }
     }
 
@@ -507,35 +636,44 @@ public final class Conv3d {
         let w = UnsafePointer(weight.value)
         let xp = x.pointer
         let dyp = dy.pointer
-        let cols = splitRange(v, parts: threadCount(v / 1024))
         if let dx {
             let dxp = dx.pointer
-            for s in 0..<n {
-                parallelFor(cols.count) { t in
-                    let r = cols[t]
-                    // dx[Cin][V] = W^T[Cin][Cout] x dy[Cout][V]
-                    sgemm(
-                        transA: true, m: cin, n: r.count, k: cout, a: w, lda: cin,
-                        b: dyp + s * cout * v + r.lowerBound, ldb: v, c: dxp + s * cin * v + r.lowerBound, ldc: v)
-                }
+            let p = gemmPartition(.backwardData, n: n, d: x.dim3)
+            parallelFor(p.items) { i in
+                let (s, t, k, _) = p.item(i)
+                let r = p.tiles[t]
+                let ci = p.blocks[k]
+                // dx[ci block][tile] = W^T[ci block][Cout] x dy[Cout][tile]
+                sgemm(
+                    transA: true, m: ci.count, n: r.count, k: cout, a: w + ci.lowerBound, lda: cin,
+                    b: dyp + s * cout * v + r.lowerBound, ldb: v,
+                    c: dxp + (s * cin + ci.lowerBound) * v + r.lowerBound, ldc: v)
             }
         }
         guard weights else { return }
-        let targets = gradTargets(threads: cols.count)
+        let p = gemmPartition(.backwardWeights, n: n, d: x.dim3)
         let hasBias = bias != nil
-        for s in 0..<n {
-            parallelFor(cols.count) { t in
-                let r = cols[t]
-                let (dw, db) = targets[t]
-                let dys = dyp + s * cout * v + r.lowerBound
-                // dW[Cout][Cin] += dy[Cout][V] x X^T[V][Cin]
+        parallelFor(p.items) { i in
+            let (_, t, k, c) = p.item(i)
+            let r = p.tiles[t]
+            let co = p.blocks[k]
+            let ci = p.columns[c]
+            let (dw, db, assign) = gradTarget(p, tile: t)
+            for s in 0..<n {
+                let dys = dyp + (s * cout + co.lowerBound) * v + r.lowerBound
+                let first = assign && s == 0
+                // dW[co block][ci block] (+)= dy[co block][tile] x X^T[tile][ci block]
                 sgemm(
-                    transB: true, m: cout, n: cin, k: r.count, a: dys, lda: v,
-                    b: xp + s * cin * v + r.lowerBound, ldb: v, beta: 1, c: dw, ldc: cin)
-                if hasBias, let db { Self.addRowSums(dys, rows: cout, length: r.count, stride: v, into: db) }
+                    transB: true, m: co.count, n: ci.count, k: r.count, a: dys, lda: v,
+                    b: xp + (s * cin + ci.lowerBound) * v + r.lowerBound, ldb: v, beta: first ? 0 : 1,
+                    c: dw + co.lowerBound * cin + ci.lowerBound, ldc: cin)
+                if hasBias, c == 0, let db {
+                    Self.addRowSums(
+                        dys, rows: co.count, length: r.count, stride: v, into: db + co.lowerBound, assign: first)
+                }
             }
         }
-        reducePrivateGrads(threads: cols.count, weightCount: weight.count)
+        reduceTileGrads(p)
     }
 
     // MARK: 2x2x2 stride 2
@@ -597,9 +735,14 @@ public final class Conv3d {
         }
     }
 
+    /// This thread's column scratch of a 2x2x2 pass (`ws` from `scratch`).
+    @inline(__always)
+    private static func columns(_ ws: [Tensor]) -> UnsafeMutablePointer<Float> {
+        ws[min(Parallelism.threadIndex, ws.count - 1)].pointer
+    }
+
     private func forward2(_ x: Tensor, _ y: Tensor, n: Int, d: Dim3) {
         let od = outputDims(d)
-        let rows = od.z * od.y
         let vo = od.count
         let cin = inChannels
         let cout = outChannels
@@ -609,28 +752,31 @@ public final class Conv3d {
         let xp = UnsafePointer(x.pointer)
         let yp = y.pointer
         let ws = scratch(scratchFloats.forward)
-        let parts = splitRange(rows, parts: threadCount(rows))
+        let p = gemmPartition(.forward, n: n, d: d)
         let rt = rowsPerTile(od)
-        for s in 0..<n {
-            parallelFor(parts.count) { t in
-                let col = ws[t].pointer
-                var r0 = parts[t].lowerBound
-                while r0 < parts[t].upperBound {
-                    let nr = min(rt, parts[t].upperBound - r0)
-                    let nt = nr * od.x
-                    Self.gather2(xp + s * cin * d.count, col, cin: cin, d: d, od: od, r0: r0, nr: nr)
-                    let yo = yp + s * cout * vo + r0 * od.x
-                    if let b { for co in 0..<cout { (yo + co * vo).update(repeating: b[co], count: nt) } }
-                    sgemm(m: cout, n: nt, k: k, a: w, lda: k, b: col, ldb: nt, beta: b == nil ? 0 : 1, c: yo, ldc: vo)
-                    r0 += nr
+        parallelFor(p.items) { i in
+            let (s, t, blk, _) = p.item(i)
+            let co = p.blocks[blk]
+            let col = Self.columns(ws)
+            var r0 = p.tiles[t].lowerBound
+            while r0 < p.tiles[t].upperBound {
+                let nr = min(rt, p.tiles[t].upperBound - r0)
+                let nt = nr * od.x
+                Self.gather2(xp + s * cin * d.count, col, cin: cin, d: d, od: od, r0: r0, nr: nr)
+                let yo = yp + (s * cout + co.lowerBound) * vo + r0 * od.x
+                if let b {
+                    for c in 0..<co.count { (yo + c * vo).update(repeating: b[co.lowerBound + c], count: nt) }
                 }
+                sgemm(
+                    m: co.count, n: nt, k: k, a: w + co.lowerBound * k, lda: k, b: col, ldb: nt,
+                    beta: b == nil ? 0 : 1, c: yo, ldc: vo)
+                r0 += nr
             }
         }
     }
 
     private func backward2(_ x: Tensor, _ dy: Tensor, _ dx: Tensor?, weights: Bool, n: Int, d: Dim3) {
         let od = outputDims(d)
-        let rows = od.z * od.y
         let vo = od.count
         let cin = inChannels
         let cout = outChannels
@@ -638,85 +784,114 @@ public final class Conv3d {
         let w = UnsafePointer(weight.value)
         let xp = UnsafePointer(x.pointer)
         let dyp = dy.pointer
-        let parts = splitRange(rows, parts: threadCount(rows))
         let rt = rowsPerTile(od)
         if let dx {
             // Voxels past the last even index (odd extents) get no gradient; the scatter covers the rest.
             if d.z % 2 != 0 || d.y % 2 != 0 || d.x % 2 != 0 { dx.zero() }
             let dxp = dx.pointer
             let ws = scratch(scratchFloats.backwardData)
-            for s in 0..<n {
-                parallelFor(parts.count) { t in
-                    let col = ws[t].pointer
-                    var r0 = parts[t].lowerBound
-                    while r0 < parts[t].upperBound {
-                        let nr = min(rt, parts[t].upperBound - r0)
-                        let nt = nr * od.x
-                        // dcol[Cin*8][nt] = W^T[Cin*8][Cout] x dy[Cout][nt]
-                        sgemm(
-                            transA: true, m: k, n: nt, k: cout, a: w, lda: k, b: dyp + s * cout * vo + r0 * od.x,
-                            ldb: vo, c: col, ldc: nt)
-                        Self.scatter2(col, dxp + s * cin * d.count, cin: cin, d: d, od: od, r0: r0, nr: nr)
-                        r0 += nr
-                    }
-                }
-            }
-        }
-        guard weights else { return }
-        let targets = gradTargets(threads: parts.count)
-        let hasBias = bias != nil
-        let ws = scratch(scratchFloats.backwardWeights)
-        for s in 0..<n {
-            parallelFor(parts.count) { t in
-                let col = ws[t].pointer
-                let (dw, db) = targets[t]
-                var r0 = parts[t].lowerBound
-                while r0 < parts[t].upperBound {
-                    let nr = min(rt, parts[t].upperBound - r0)
+            let p = gemmPartition(.backwardData, n: n, d: d)
+            parallelFor(p.items) { i in
+                let (s, t, blk, _) = p.item(i)
+                let ci = p.blocks[blk]
+                let col = Self.columns(ws)
+                var r0 = p.tiles[t].lowerBound
+                while r0 < p.tiles[t].upperBound {
+                    let nr = min(rt, p.tiles[t].upperBound - r0)
                     let nt = nr * od.x
-                    Self.gather2(xp + s * cin * d.count, col, cin: cin, d: d, od: od, r0: r0, nr: nr)
-                    let dys = dyp + s * cout * vo + r0 * od.x
-                    // dW[Cout][Cin*8] += dy[Cout][nt] x col^T[nt][Cin*8]
-                    sgemm(transB: true, m: cout, n: k, k: nt, a: dys, lda: vo, b: col, ldb: nt, beta: 1, c: dw, ldc: k)
-                    if hasBias, let db { Self.addRowSums(dys, rows: cout, length: nt, stride: vo, into: db) }
+                    // dcol[ci block * 8][nt] = W^T[ci block * 8][Cout] x dy[Cout][nt]
+                    sgemm(
+                        transA: true, m: ci.count * 8, n: nt, k: cout, a: w + ci.lowerBound * 8, lda: k,
+                        b: dyp + s * cout * vo + r0 * od.x, ldb: vo, c: col, ldc: nt)
+                    Self.scatter2(
+                        col, dxp + (s * cin + ci.lowerBound) * d.count, cin: ci.count, d: d, od: od, r0: r0, nr: nr)
                     r0 += nr
                 }
             }
         }
-        reducePrivateGrads(threads: parts.count, weightCount: weight.count)
+        guard weights else { return }
+        let p = gemmPartition(.backwardWeights, n: n, d: d)
+        let hasBias = bias != nil
+        let ws = scratch(scratchFloats.backwardWeights)
+        parallelFor(p.items) { i in
+            let (_, t, blk, c) = p.item(i)
+            let co = p.blocks[blk]
+            let ci = p.columns[c]
+            let col = Self.columns(ws)
+            let (dw, db, assign) = gradTarget(p, tile: t)
+            var first = assign
+            for s in 0..<n {
+                var r0 = p.tiles[t].lowerBound
+                while r0 < p.tiles[t].upperBound {
+                    let nr = min(rt, p.tiles[t].upperBound - r0)
+                    let nt = nr * od.x
+                    Self.gather2(
+                        xp + (s * cin + ci.lowerBound) * d.count, col, cin: ci.count, d: d, od: od, r0: r0, nr: nr)
+                    let dys = dyp + (s * cout + co.lowerBound) * vo + r0 * od.x
+                    // dW[co block][ci block * 8] (+)= dy[co block][nt] x col^T[nt][ci block * 8]
+                    sgemm(
+                        transB: true, m: co.count, n: ci.count * 8, k: nt, a: dys, lda: vo, b: col, ldb: nt,
+                        beta: first ? 0 : 1, c: dw + co.lowerBound * k + ci.lowerBound * 8, ldc: k)
+                    if hasBias, c == 0, let db {
+                        Self.addRowSums(
+                            dys, rows: co.count, length: nt, stride: vo, into: db + co.lowerBound, assign: first)
+                    }
+                    first = false
+                    r0 += nr
+                }
+            }
+        }
+        reduceTileGrads(p)
     }
 
     // MARK: Helpers
 
-    /// Threads for `units` independent units of work (at most one per unit).
-    private func threadCount(_ units: Int) -> Int { max(1, min(Parallelism.threads, units)) }
-
-    /// (dW, db) destinations per thread: thread 0 accumulates into the store, the others into private buffers.
+    /// (dW, db) destinations of the 3x3x3 backward-weights (sample, z-part) pairs: the first accumulates into the
+    /// store, the others into private buffers (zeroed here), added up by `reducePrivateGrads` in pair order.
     private func gradTargets(threads: Int) -> [(UnsafeMutablePointer<Float>, UnsafeMutablePointer<Float>?)] {
         let wc = weight.count
+        let floats = wc + outChannels
+        let buffers = UncheckedSendable(privateGradPointers)
+        Self.elementwise(floats, work: floats * (threads - 1)) { r in
+            for t in 1..<max(threads, 1) {
+                UnsafeMutablePointer(mutating: buffers.value[t - 1] + r.lowerBound).update(repeating: 0, count: r.count)
+            }
+        }
         return (0..<threads).map { t in
             if t == 0 { return (weight.grad, bias?.grad) }
             let p = privateGrads[t - 1].pointer
-            p.update(repeating: 0, count: wc + outChannels)
             return (p, bias == nil ? nil : p + wc)
         }
     }
 
     private func reducePrivateGrads(threads: Int, weightCount wc: Int) {
         guard threads > 1 else { return }
-        let gw = weight.grad
-        let gb = bias?.grad
-        for t in 1..<threads {
-            let p = privateGrads[t - 1].pointer
-            for i in 0..<wc { gw[i] += p[i] }
-            if let gb { for i in 0..<outChannels { gb[i] += p[wc + i] } }
+        let gw = UncheckedSendable(weight.grad)
+        let gb = UncheckedSendable(bias?.grad)
+        let parts = UncheckedSendable(privateGradPointers)
+        let total = wc + (bias == nil ? 0 : outChannels)
+        Self.elementwise(total, work: total * (threads - 1)) { r in
+            for i in r {
+                var a = i < wc ? gw.value[i] : gb.value![i - wc]
+                for t in 1..<threads { a += parts.value[t - 1][i] }
+                if i < wc { gw.value[i] = a } else { gb.value![i - wc] = a }
+            }
         }
     }
 
-    /// into[r] += sum of length floats at p + r*stride (accumulated in Double).
+    /// Runs `body` over 0..<count (elements of private gradients, `work` operations in all) in ranges of 16
+    /// elements or more cut by `WorkSplit`, on the threads. Bookkeeping: not counted as the layer's loops.
+    private static func elementwise(_ count: Int, work: Int, _ body: (Range<Int>) -> Void) {
+        guard count > 0 else { return }
+        let ranges = alignedRanges(
+            count, parts: WorkSplit.parts(work: Double(work), limits: [max(1, count / 16)])[0], align: 16)
+        LoopCount.notCounting { parallelFor(ranges.count) { body(ranges[$0]) } }
+    }
+
+    /// into[r] += sum of length floats at p + r*stride (accumulated in Double); `assign`: into[r] = the sum.
     private static func addRowSums(
         _ p: UnsafePointer<Float>, rows: Int, length: Int, stride: Int,
-        into: UnsafeMutablePointer<Float>
+        into: UnsafeMutablePointer<Float>, assign: Bool = false
     ) {
         for r in 0..<rows {
             let q = p + r * stride
@@ -736,7 +911,8 @@ public final class Conv3d {
                 a0 += Double(q[i])
                 i += 1
             }
-            into[r] += Float((a0 + a1) + (a2 + a3))
+            let sum = Float((a0 + a1) + (a2 + a3))
+            into[r] = assign ? sum : into[r] + sum
         }
     }
 
@@ -760,21 +936,32 @@ public final class Conv3d {
             plans3 = ConvPass.allCases.map { pass in
                 let path = Self.resolvedCK(path, inChannels: inChannels, outChannels: outChannels, dims: d, pass: pass)
                 return Self.partition(
-                    pass: pass, path: path, cin: inChannels, cout: outChannels, d: d, threads: threads)
+                    pass: pass, path: path, cin: inChannels, cout: outChannels, d: d, threads: threads, samples: n)
             }
-            grads = plans3[2].zs.count
+            grads = plans3[2].samples * plans3[2].zs.count
         case 2:
+            // Column scratch per thread: the widest tile (capped by rowsPerTile) of the input channels an item
+            // gathers (all of them forward, its block's backward).
             let od = outputDims(d)
-            parts = threadCount(od.z * od.y)
-            let tile = inChannels * 8 * min(rowsPerTile(od), od.z * od.y) * od.x
-            (fwd, bd, bw) = (tile, tile, tile)
-            grads = parts
+            let rt = rowsPerTile(od)
+            func floats(_ p: GemmPartition, channels: [Range<Int>]) -> Int {
+                8 * (channels.map(\.count).max() ?? 0) * min(rt, p.tiles.map(\.count).max() ?? 0) * od.x
+            }
+            let f = gemmPartition(.forward, n: n, d: d)
+            let b = gemmPartition(.backwardData, n: n, d: d)
+            let w = gemmPartition(.backwardWeights, n: n, d: d)
+            (fwd, bd, bw) = (
+                floats(f, channels: [0..<inChannels]), floats(b, channels: b.blocks), floats(w, channels: w.columns)
+            )
+            parts = min(threads, max(f.items, b.items, w.items))
+            grads = w.tiles.count > 1 ? w.tiles.count + 1 : 1
         default:
-            parts = threadCount(d.count / 1024)
-            grads = parts
+            let tiles = gemmPartition(.backwardWeights, n: n, d: d).tiles.count
+            grads = tiles > 1 ? tiles + 1 : 1
         }
         scratchFloats = (fwd, bd, bw, parts)
         privateGrads = (0..<max(0, grads - 1)).map { _ in ConvScratch(weight.count + outChannels) }
+        privateGradPointers = privateGrads.map { UnsafePointer($0.pointer) }
         workspaceKey = key
     }
 }

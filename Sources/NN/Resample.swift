@@ -150,6 +150,9 @@ public final class Trilinear {
         tableShape = s
     }
 
+    /// A thread's scratch floats rounded up to whole cache lines (no two threads write the same line).
+    static func scratchStride(_ floats: Int) -> Int { (floats + 15) / 16 * 16 }
+
     /// Makes sure `scratch` holds `parts * perPart` floats.
     private func scratchBase(_ parts: Int, _ perPart: Int) -> UnsafeMutablePointer<Float> {
         if scratch.count < parts * perPart { scratch = Tensor([parts * perPart]) }
@@ -172,8 +175,11 @@ public final class Trilinear {
         let out = Tensor.recycled([s[0], s[1], zo, yo, xo])
         outShape = out.shape
         let tasks = planes * zo
-        let parts = max(1, min(Parallelism.threads, tasks))
-        let perPart = yi * xi + yi * xo
+        // Items: runs of (plane, output slice) tasks, cut from the shape alone (WorkSplit: ~6 operations per output
+        // voxel); scratch for each thread that runs them.
+        let ranges = splitRange(tasks, parts: WorkSplit.parts(work: 6 * Double(tasks * yo * xo), limits: [tasks])[0])
+        let parts = max(1, min(Parallelism.threads, ranges.count))
+        let perPart = Self.scratchStride(yi * xi + yi * xo)
         let scr = scratchBase(parts, perPart)
         let src = x.pointer
         let dst = out.pointer
@@ -193,9 +199,10 @@ public final class Trilinear {
                                             tx.i1.withUnsafeBufferPointer { xi1 in
                                                 tx.w0.withUnsafeBufferPointer { xw0 in
                                                     tx.w1.withUnsafeBufferPointer { xw1 in
-                                                        let ranges = splitRange(tasks, parts: parts)
                                                         parallelFor(ranges.count) { part in
-                                                            let blend = scr + part * perPart  // [yi][xi]: Z pass
+                                                            // This thread's scratch; [yi][xi]: Z pass.
+                                                            let blend =
+                                                                scr + min(Parallelism.threadIndex, parts - 1) * perPart
                                                             let rows = blend + inSlice  // [yi][xo]: X pass
                                                             for task in ranges[part] {
                                                                 let p = task / zo
@@ -279,8 +286,10 @@ public final class Trilinear {
         let xo = tx.i0.count
         let g = Tensor.recycled(s)
         let tasks = planes * zi
-        let parts = max(1, min(Parallelism.threads, tasks))
-        let perPart = yo * xo + yi * xo
+        let ranges = splitRange(
+            tasks, parts: WorkSplit.parts(work: 6 * Double(planes * zo * yo * xo), limits: [tasks])[0])
+        let parts = max(1, min(Parallelism.threads, ranges.count))
+        let perPart = Self.scratchStride(yo * xo + yi * xo)
         let scr = scratchBase(parts, perPart)
         let dyp = dy.pointer
         let gp = g.pointer
@@ -299,9 +308,10 @@ public final class Trilinear {
                                         tx.i1.withUnsafeBufferPointer { xi1 in
                                             tx.w0.withUnsafeBufferPointer { xw0 in
                                                 tx.w1.withUnsafeBufferPointer { xw1 in
-                                                    let ranges = splitRange(tasks, parts: parts)
                                                     parallelFor(ranges.count) { part in
-                                                        let acc = scr + part * perPart  // [yo][xo]: Zᵀ
+                                                        // This thread's scratch; [yo][xo]: Zᵀ.
+                                                        let acc =
+                                                            scr + min(Parallelism.threadIndex, parts - 1) * perPart
                                                         let rows = acc + outSlice  // [yi][xo]: Yᵀ
                                                         for task in ranges[part] {
                                                             let p = task / zi

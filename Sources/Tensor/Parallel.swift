@@ -33,7 +33,7 @@ public enum Parallelism {
 /// disjoint memory per item, and what it computes must not depend on which thread runs it.
 @inlinable
 public func parallelFor(_ n: Int, _ body: (Int) -> Void) {
-    LoopCount.record(n)
+    if LoopCount.record(n) { return }
     let t = min(Parallelism.threads, n)
     if t <= 1 || Parallelism.isInsideWorker {
         for i in 0..<n { body(i) }
@@ -77,6 +77,46 @@ public func parallelForPieces(planes: Int, length: Int, _ body: (_ plane: Int, _
 /// The number of pieces `parallelForPieces` cuts a plane of `length` elements into.
 @inlinable
 public func pieceCount(_ length: Int) -> Int { max(1, (length + parallelPieceLength - 1) / parallelPieceLength) }
+
+/// How the layers cut their work into items for `parallelFor`: from the shape alone, never from the thread count,
+/// so that what an item computes (and so every result, partial sums included) is the same on any number of
+/// threads. A cut aims at ``targetItems`` items (4 per thread on 32 threads: enough for the threads that finish
+/// early to take over the items of a slow one), and stops earlier where an item would get less than
+/// ``minimumItemWork`` units of work (a dispatch would then cost more than it saves).
+public enum WorkSplit {
+    /// 4 items per thread at 32 threads.
+    public static let targetItems = 128
+    /// The fewest multiply-adds (or element operations) an item is worth.
+    public static let minimumItemWork = 1 << 16
+
+    /// Items for `work` units: `targetItems`, fewer when `work / minimumItemWork` is smaller, at least 1.
+    public static func wantedItems(work: Double) -> Int {
+        max(1, min(targetItems, Int(work / Double(minimumItemWork))))
+    }
+
+    /// How many parts to cut each dimension into: dimension d into at most `limits[d]` parts, the earlier
+    /// dimensions first (each takes what it can of the rest of the wanted items), until their product reaches
+    /// `wantedItems(work:)`.
+    public static func parts(work: Double, limits: [Int]) -> [Int] {
+        let wanted = wantedItems(work: work)
+        var product = 1
+        return limits.map { limit in
+            let p = max(1, min(limit, (wanted + product - 1) / product))
+            product *= p
+            return p
+        }
+    }
+}
+
+/// 0..<count cut into `parts` near-equal ranges whose inner boundaries are multiples of `align` (16 floats: items
+/// then write different cache lines of a row that starts on one), fewer when `count` has fewer aligned units.
+public func alignedRanges(_ count: Int, parts: Int, align: Int) -> [Range<Int>] {
+    let a = max(1, align)
+    let units = (count + a - 1) / a
+    return splitRange(units, parts: max(1, parts)).map { r in
+        min(count, r.lowerBound * a)..<min(count, r.upperBound * a)
+    }.filter { !$0.isEmpty }
+}
 
 /// Runs `body(i)` for i in 0..<n on `threads` threads (worker w takes items w, w + threads, ...), for coarse
 /// items such as whole cases or patches; `parallelFor` inside `body` runs inline. Every item runs even when
@@ -146,11 +186,42 @@ public enum LoopCount {
     /// Whether any thread ever counted: until then a loop pays one load and a branch.
     nonisolated(unsafe) private static var active = false
 
+    /// Whether loops are only counted, not run (``countOnly(_:)``).
+    nonisolated(unsafe) public private(set) static var isDryRun = false
+
+    /// Runs `body` with every `parallelFor` (and the loops built on it) counted as partitioned for
+    /// `Parallelism.threads` but its items not run, on any thread, and new tensors not zero-filled: a model's
+    /// passes at any size then cost next to nothing in time and touch next to no memory, and tell how their
+    /// loops cut the work (`WorkItemsReport`). What the passes compute meanwhile is meaningless; nothing else
+    /// may run parallel loops during it.
+    public static func countOnly<R>(_ body: () throws -> R) rethrows -> R {
+        active = true
+        isDryRun = true
+        defer { isDryRun = false }
+        return try body()
+    }
+
+    /// Loops inside ``notCounting(_:)`` (nesting depth).
+    nonisolated(unsafe) private static var paused = 0
+
+    /// Runs `body` without counting its loops (they still do not run inside ``countOnly(_:)``): for a layer's
+    /// bookkeeping loops (zeroing and adding up private gradients), whose item counts would stand in for the
+    /// layer's own.
+    public static func notCounting<R>(_ body: () throws -> R) rethrows -> R {
+        paused += 1
+        defer { paused -= 1 }
+        return try body()
+    }
+
+    /// Counts a loop of `items` items on this thread; true when it must not run (``countOnly(_:)``).
     @usableFromInline
-    static func record(_ items: Int) {
-        guard active, let p = pthread_getspecific(key)?.assumingMemoryBound(to: Counts.self) else { return }
-        p.pointee.loops += 1
-        p.pointee.fewestItems = min(p.pointee.fewestItems, items)
+    static func record(_ items: Int) -> Bool {
+        guard active else { return false }
+        if paused == 0, let p = pthread_getspecific(key)?.assumingMemoryBound(to: Counts.self) {
+            p.pointee.loops += 1
+            p.pointee.fewestItems = min(p.pointee.fewestItems, items)
+        }
+        return isDryRun
     }
 }
 

@@ -20,7 +20,8 @@ public final class Tensor: @unchecked Sendable {
         let count = shape.reduce(1, *)
         let raw = UnsafeMutableRawPointer.allocate(byteCount: max(count, 1) * MemoryLayout<Float>.stride, alignment: 64)
         let p = raw.bindMemory(to: Float.self, capacity: max(count, 1))
-        p.initialize(repeating: 0, count: max(count, 1))
+        // In a count-only run (`LoopCount.countOnly`) nothing reads the values: its pages stay untouched.
+        if !LoopCount.isDryRun { p.initialize(repeating: 0, count: max(count, 1)) }
         data = UnsafeMutableBufferPointer(start: p, count: count)
         pooled = false
     }
@@ -66,8 +67,12 @@ public final class Tensor: @unchecked Sendable {
         shape = newShape
     }
 
-    public func fill(_ v: Float) { data.update(repeating: v) }
-    public func zero() { data.update(repeating: 0) }
+    /// Every element set to `v`, in pieces on `Parallelism.threads` threads.
+    public func fill(_ v: Float) {
+        let p = pointer
+        parallelForPieces(planes: 1, length: count) { _, r in (p + r.lowerBound).update(repeating: v, count: r.count) }
+    }
+    public func zero() { fill(0) }
 
     public func copy(from other: Tensor) {
         precondition(other.count == count, "copy: \(other.shape) into \(shape)")
@@ -131,7 +136,9 @@ extension Tensor {
         precondition(other.count == count, "add: \(other.shape) into \(shape)")
         let d = pointer
         let s = other.pointer
-        for i in 0..<count { d[i] += s[i] }
+        parallelForPieces(planes: 1, length: count) { _, r in
+            for i in r { d[i] += s[i] }
+        }
     }
 
     /// Spatial extent of an [N, C, Z, Y, X] tensor.

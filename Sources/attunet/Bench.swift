@@ -9,7 +9,7 @@ struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Measure how fast the network's building blocks run on this machine.",
         discussion: """
-            bench layers times each building block alone, in one process on one thread (attunet's threads and OpenBLAS's threads are both set to 1): training runs one MPI rank per core, so the single-core rate is what a rank gets. bench train times whole training steps as attunet train runs them, in one process or on every rank under mpirun. bench components times 3D connected components and the postprocessing built on them (keep the largest, remove small islands) on a CT-sized label map, with the memory they take beyond the map.
+            bench layers times each building block alone, in one process, on one thread by default (--threads for more; OpenBLAS's threads stay at 1): a rank of one core gets the single-core rate. bench train times whole training steps as attunet train runs them, in one process or on every rank under mpirun. bench components times 3D connected components and the postprocessing built on them (keep the largest, remove small islands) on a CT-sized label map, with the memory they take beyond the map.
 
             Run them on an otherwise idle machine; another busy process on the same cores makes every figure low. Build in release mode first (swift build -c release); a debug build is 10-100x slower.
             """,
@@ -28,6 +28,11 @@ extension Bench {
                 For each layer and pass it prints the rate in GFLOP/s, counted as 2*Cin*Cout*27*voxels per pass (the same count for forward, backward-data and backward-weights), and the kernel path each pass ran (by default the automatic choice training uses: the direct kernels of the widest ISA the CPU runs, AVX-512 or AVX2 + FMA, else im2col + sgemm; ATTUNET_CONV_PATH in the environment overrides it as in training). --path forces one path for every layer to compare them: gemm (im2col + OpenBLAS sgemm), direct-avx2, direct-avx512, or direct (the widest direct ISA this CPU runs); a path the CPU cannot run falls back to gemm, and the table says so per pass. "eff" is each rate divided by the OpenBLAS sgemm rate on 1024x1024x1024 measured in the same run (before and after the layers; the better one): the practical single-core ceiling. An efficiency near or above 100% means the conv runs as fast as the best dense matrix product this core can do. The "all" row is total FLOP over total time, i.e. FLOP-weighted. The first layer (1->16) never runs backward-data in training (there is no input gradient to compute); it is timed for completeness.
 
                 BatchNorm, ReLU, MaxPool, Trilinear, Concat and GateMultiply are memory-bound, so they are reported in GB/s of tensor traffic (bytes a pass must read and write at least; BatchNorm forward reads x twice, for the statistics and to normalise, and backward reads dy and x twice), at the paper's full-resolution sizes. One core reaches about 14-20 GB/s.
+
+                --threads T spreads every layer over T threads of one rank (OpenBLAS stays single-threaded, as in training); compare runs at 1 and T threads side by side for the thread scaling of each layer. --work-items T times nothing: it prints, per kind of layer, how many work items one training step of the model (--feature-scale, --patch, --batch) is cut into at T threads, per thread, counted from the partitions the layers use (any T, on any machine). About 4 per thread or more keeps every thread busy; a layer with less has little work (a one-channel attention map at the coarsest level).
+
+                  attunet bench layers --threads 2
+                  attunet bench layers --work-items 32
 
                 Each pass runs once to warm up (first touch of the buffers), then the best of several timed runs is kept (--quick: a single timed run). A full run takes about a minute in a release build.
 
@@ -67,9 +72,38 @@ extension Bench {
         @Flag(name: .customLong("no-memory-bound"), help: "Skip the memory-bound layers (BatchNorm, ReLU, ...).")
         var noMemoryBound = false
 
+        @Option(
+            help:
+                "Threads of attunet's loops for every layer (OpenBLAS stays at one thread; the sgemm reference is one thread's, so above 1 thread an efficiency above 100% is possible)."
+        )
+        var threads = 1
+
+        @Option(
+            name: .customLong("work-items"),
+            help: ArgumentHelp(
+                "Instead of timing, print how many work items every kind of layer cuts a training step of the model into at this many threads, per thread (counted from the partitions, nothing run: any count works on any machine).",
+                valueName: "threads"))
+        var workItems: Int?
+
+        @Option(help: "Batch of the --work-items report (the paper's 2).")
+        var batch = 2
+
+        func validate() throws {
+            guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+            guard (workItems ?? 1) >= 1 else { throw ValidationError("--work-items must be at least 1") }
+            guard batch >= 1 else { throw ValidationError("--batch must be at least 1") }
+        }
+
         func run() throws {
+            if let workItems {
+                let report = try WorkItemsReport.measure(
+                    config: ModelConfig(kind: .attentionUNet, featureScale: featureScale), patch: patch, batch: batch,
+                    threads: workItems)
+                print(json ? String(decoding: try JSONFiles.data(report), as: UTF8.self) : report.table())
+                return
+            }
             let started = DispatchTime.now().uptimeNanoseconds
-            Parallelism.threads = 1
+            Parallelism.threads = threads
             BLASInfo.setThreads(1)
             let cpu = CPUInfo.current
             let env = ProcessInfo.processInfo.environment
@@ -327,7 +361,9 @@ extension Bench {
         }
 
         static func printTable(_ r: Report) {
-            print("attunet bench layers: 3x3x3 conv, batch 1, one thread, path \(r.path)\(r.quick ? " (--quick)" : "")")
+            print(
+                "attunet bench layers: 3x3x3 conv, batch 1, \(r.threads) thread(s), path \(r.path)\(r.quick ? " (--quick)" : "")"
+            )
             print(
                 "CPU \(r.cpu); AVX-512 \(r.avx512 ? "yes" : "no"); 3x3x3 paths this CPU runs: \(r.availablePaths.joined(separator: ", "))"
             )

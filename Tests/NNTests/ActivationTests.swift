@@ -159,7 +159,7 @@ final class ActivationTests: XCTestCase {
         let x = tensor(s, seed: 14, lo: -3, hi: 3)
         let dy = tensor(s, seed: 15)
         var results: [[[Float]]] = []
-        for threads in [1, 3] {
+        for threads in [1, 2, 3, 7] {
             Parallelism.threads = threads
             let relu = ReLU()
             let sig = Sigmoid()
@@ -173,6 +173,11 @@ final class ActivationTests: XCTestCase {
             r.append(sm.backward(dy).array)
             results.append(r)
         }
-        XCTAssertEqual(results[0], results[1])
+        for r in results.dropFirst() { XCTAssertEqual(r, results[0]) }
+        // The threaded sigmoid against its formula in Double.
+        let sig = results[3][2]
+        for i in stride(from: 0, to: x.count, by: 997) {
+            XCTAssertEqual(Double(sig[i]), 1 / (1 + Foundation.exp(-Double(x.pointer[i]))), accuracy: 1e-6)
+        }
     }
 }

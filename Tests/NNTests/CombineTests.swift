@@ -114,14 +114,15 @@ final class CombineTests: XCTestCase {
     func testThreadedMatchesSingleThreaded() {
         let saved = Parallelism.threads
         defer { Parallelism.threads = saved }
-        let s = [2, 5, 3, 5, 7]
+        // Several pieces per plane and several tiles of GateMultiply's backward per sample.
+        let s = [2, 5, 6, 40, 41]
         let x = tensor(s, seed: 56)
-        let alpha = tensor([2, 1, 3, 5, 7], seed: 57, lo: 0, hi: 1)
-        let a = tensor([2, 2, 3, 5, 7], seed: 58)
+        let alpha = tensor([2, 1, 6, 40, 41], seed: 57, lo: 0, hi: 1)
+        let a = tensor([2, 2, 6, 40, 41], seed: 58)
         let dy = tensor(s, seed: 59)
-        let dcat = tensor([2, 7, 3, 5, 7], seed: 60)
+        let dcat = tensor([2, 7, 6, 40, 41], seed: 60)
         var results: [[[Float]]] = []
-        for threads in [1, 3] {
+        for threads in [1, 2, 3, 7] {
             Parallelism.threads = threads
             let gate = GateMultiply()
             let cat = Concat()
@@ -133,7 +134,14 @@ final class CombineTests: XCTestCase {
             let sum = add.forward(x, dy).array
             results.append([y, dx.array, da.array, c, ca.array, cx.array, sum])
         }
-        XCTAssertEqual(results[0], results[1])
+        for r in results.dropFirst() { XCTAssertEqual(r, results[0]) }
+        // dα = Σ_c dy ⊙ x, checked in Double at a few voxels of the threaded run.
+        let v = 6 * 40 * 41
+        for (b, i) in [(0, 0), (1, v - 1), (1, 4097), (0, 5000)] {
+            var want = 0.0
+            for c in 0..<5 { want += Double(dy.pointer[(b * 5 + c) * v + i]) * Double(x.pointer[(b * 5 + c) * v + i]) }
+            XCTAssertEqual(Double(results[3][2][b * v + i]), want, accuracy: 1e-5)
+        }
     }
 
     /// The memory-saving forms of backward give the plain forms' values bit for bit: BN and ReLU writing over

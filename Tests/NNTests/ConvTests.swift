@@ -318,18 +318,106 @@ final class ConvTests: XCTestCase {
                     let ck = Conv3d.resolvedCK(path, inChannels: c.cin, outChannels: c.cout, dims: c.dims, pass: pass)
                     let m = pass == .backwardData ? c.cin : c.cout
                     let group = Int(ck_conv3_channel_group(ck, pass.ck))
+                    let winograd = ck == CK_PATH_WINOGRAD_AVX2 || ck == CK_PATH_WINOGRAD_AVX512
                     for threads in [1, 2, 3, 16] {
                         let p = Conv3d.partition(
-                            pass: pass, path: ck, cin: c.cin, cout: c.cout, d: c.dims, threads: threads)
+                            pass: pass, path: ck, cin: c.cin, cout: c.cout, d: c.dims, threads: threads, samples: 2)
                         let what = "\(Conv3d.pathName(path)) \(pass) \(c.cin)->\(c.cout) @\(c.dims) threads \(threads)"
                         XCTAssertEqual(p.zs.flatMap { Array($0) }, Array(0..<c.z), what)
                         XCTAssertEqual(p.ms.flatMap { Array($0) }, Array(0..<m), what)
                         XCTAssertTrue(p.ms.allSatisfy { group == 0 || $0.lowerBound % group == 0 }, what)
                         XCTAssertLessThanOrEqual(p.parts, threads, what)
-                        if threads == 1 { XCTAssertEqual(p.items, 1, what) }
-                        if pass == .backwardWeights && p.ms.count >= threads { XCTAssertEqual(p.zs.count, 1, what) }
+                        // Samples are items of their own (backward-weights: each (sample, z-part) with its own dW).
+                        XCTAssertEqual(p.samples, 2, what)
+                        let cells = (0..<p.items).map { i -> [Int] in
+                            let (s, z, m) = p.item(i)
+                            return [s, z, m]
+                        }
+                        XCTAssertEqual(Set(cells).count, p.items, what)
+                        XCTAssertTrue(
+                            cells.allSatisfy { $0[0] < p.samples && $0[1] < p.zs.count && $0[2] < p.ms.count }, what)
+                        if threads == 1 { XCTAssertEqual(p.items, p.samples, what) }
+                        // Direct and GEMM backward-weights cut the channel groups first (disjoint dW rows).
+                        if pass == .backwardWeights && !winograd && threads > 1 {
+                            XCTAssertEqual(p.ms.count, min(group > 0 ? (m + group - 1) / group : 1, 4 * threads), what)
+                        }
+                        if pass == .backwardWeights && p.zs.count > 1 {
+                            XCTAssertLessThanOrEqual(
+                                p.samples * p.zs.count * c.cin * c.cout * 27, Conv3d.privateWeightFloats3, what)
+                        }
                     }
                 }
+            }
+        }
+    }
+
+    // MARK: 1x1x1 and 2x2x2 partitions
+
+    /// Shapes whose 1x1x1 and 2x2x2 passes are cut into several samples, tiles, channel blocks and (backward-weights)
+    /// private dW tiles: more than 16 channels, a channel count that is not a multiple of the blocks, odd extents,
+    /// a voxel count that is not a multiple of the 16-voxel tile alignment.
+    static let gemmCases = [
+        Case(n: 2, cin: 32, cout: 33, z: 6, y: 10, x: 10), Case(n: 2, cin: 17, cout: 32, z: 9, y: 12, x: 14),
+    ]
+
+    func testGemmPartitionsCoverTheWorkOnceFromTheShapeAlone() {
+        var multiTile: [Int: Bool] = [1: false, 2: false]
+        for kernel in [1, 2] {
+            for c in Self.gemmCases {
+                let od = kernel == 2 ? c.dims.divided(by: 2) : c.dims
+                let units = kernel == 2 ? od.z * od.y : c.dims.count
+                for pass in ConvPass.allCases {
+                    let p = Conv3d.gemmPartition(
+                        pass: pass, kernel: kernel, n: c.n, cin: c.cin, cout: c.cout, units: units,
+                        unitVoxels: kernel == 2 ? od.x : 1)
+                    let what = "k\(kernel) \(pass) \(c.cin)->\(c.cout) @\(c.dims)"
+                    XCTAssertEqual(p.tiles.flatMap { Array($0) }, Array(0..<units), what)
+                    XCTAssertEqual(
+                        p.blocks.flatMap { Array($0) }, Array(0..<(pass == .backwardData ? c.cin : c.cout)), what)
+                    XCTAssertEqual(p.columns.flatMap { Array($0) }, Array(0..<c.cin), what)
+                    XCTAssertEqual(p.samples, pass == .backwardWeights ? 1 : c.n, what)
+                    if kernel == 1 { XCTAssertTrue(p.tiles.allSatisfy { $0.lowerBound % 16 == 0 }, what) }
+                    XCTAssertGreaterThan(p.items, 1, what)
+                    XCTAssertLessThanOrEqual(p.items, WorkSplit.targetItems, what)
+                    let cells = Set(
+                        (0..<p.items).map { i -> [Int] in
+                            let (s, t, b, col) = p.item(i)
+                            return [s, t, b, col]
+                        })
+                    XCTAssertEqual(cells.count, p.items, what)
+                    if pass == .backwardWeights {
+                        multiTile[kernel, default: false] = multiTile[kernel]! || p.tiles.count > 1
+                    }
+                }
+            }
+        }
+        XCTAssertEqual(multiTile, [1: true, 2: true], "private dW per tile exercised by the cases")
+        // The paper's 10x10x6 bottleneck (batch 2): the 256-channel gating conv and the coarsest gate's theta
+        // (2x2x2, 128 channels from 20x20x12) give every one of 32 threads 4 items in every pass.
+        for pass in ConvPass.allCases {
+            let gating = Conv3d.gemmPartition(
+                pass: pass, kernel: 1, n: 2, cin: 256, cout: 256, units: 600, unitVoxels: 1)
+            XCTAssertGreaterThanOrEqual(gating.items, 4 * 32, "gating \(pass)")
+            let theta = Conv3d.gemmPartition(
+                pass: pass, kernel: 2, n: 2, cin: 128, cout: 128, units: 60, unitVoxels: 10)
+            XCTAssertGreaterThanOrEqual(theta.items, 4 * 32, "theta \(pass)")
+        }
+    }
+
+    /// The 1x1x1 and 2x2x2 passes give the same bits on 1, 2, 3 and 7 threads (their partitions do not depend on the
+    /// thread count), and match the naive loops on 7.
+    func testGemmPassesAreBitIdenticalOnAnyThreadCount() {
+        for kernel in [1, 2] {
+            for c in Self.gemmCases {
+                let one = runAll(c, kernel: kernel, path: .auto, threads: 1)
+                for threads in [2, 3, 7] {
+                    XCTAssertEqual(
+                        runAll(c, kernel: kernel, path: .auto, threads: threads), one,
+                        "k\(kernel) \(c.cin)->\(c.cout) @\(c.dims): \(threads) threads differ from 1")
+                }
+                Parallelism.threads = 7
+                checkAgainstNaive(c, kernel: kernel, bias: true)
+                Parallelism.threads = 1
             }
         }
     }

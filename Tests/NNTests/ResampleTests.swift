@@ -214,6 +214,27 @@ final class ResampleTests: XCTestCase {
         }
     }
 
+    /// Enough (plane, slice) tasks for several items: the same bits on 1, 2, 3 and 7 threads (each thread with its
+    /// own scratch), and the reference's values on 7.
+    func testThreadCountsGiveTheSameBits() {
+        let saved = Parallelism.threads
+        defer { Parallelism.threads = saved }
+        let s = [2, 6, 8, 12, 10]
+        let x = Tensor(s, GradCheck.random(s.reduce(1, *), seed: 41, lo: -2, hi: 2))
+        let dy = Tensor([2, 6, 16, 24, 20], GradCheck.random(2 * 6 * 16 * 24 * 20, seed: 42))
+        var results: [[Float]] = []
+        for threads in [1, 2, 3, 7] {
+            Parallelism.threads = threads
+            let layer = Trilinear(factor: 2, alignCorners: false)
+            results.append(layer.forward(x).array + layer.backward(dy).array)
+        }
+        for r in results.dropFirst() { XCTAssertEqual(r, results[0]) }
+        assertMatchesReference(
+            Trilinear(factor: 2, alignCorners: false), input: s, expectedOut: Dim3(z: 16, y: 24, x: 20),
+            scaleFactors: [2, 2, 2])
+        assertAdjointAndGradient(Trilinear(size: Dim3(z: 11, y: 7, x: 13), alignCorners: false), input: s)
+    }
+
     func testInputShapeChangeRebuildsTables() {
         let layer = Trilinear(factor: 2, alignCorners: false)
         assertMatchesReference(layer, input: inShape, expectedOut: Dim3(z: 6, y: 10, x: 14), scaleFactors: [2, 2, 2])

@@ -69,4 +69,62 @@ final class ParallelTests: XCTestCase {
         XCTAssertEqual(seen[0], seen[2])
         XCTAssertEqual(pieceCount(length), 4)
     }
+
+    func testWorkSplitCutsTheWantedItemsEarlierDimensionsFirst() {
+        let m = Double(WorkSplit.minimumItemWork)
+        // Plenty of work: 128 items, the first dimension takes all it can, the next the rest.
+        XCTAssertEqual(WorkSplit.parts(work: 1e12, limits: [2, 9, 16]), [2, 9, 8])
+        XCTAssertEqual(WorkSplit.parts(work: 1e12, limits: [200, 4]), [128, 1])
+        // Limits below the target: every dimension at its limit.
+        XCTAssertEqual(WorkSplit.parts(work: 1e12, limits: [2, 3, 4]), [2, 3, 4])
+        // Little work: no item below the minimum, and at least one item.
+        XCTAssertEqual(WorkSplit.wantedItems(work: 10 * m), 10)
+        XCTAssertEqual(WorkSplit.parts(work: 10 * m, limits: [2, 64]), [2, 5])
+        XCTAssertEqual(WorkSplit.parts(work: 0.5 * m, limits: [2, 64]), [1, 1])
+        XCTAssertEqual(WorkSplit.parts(work: 1e12, limits: [0, 1]), [1, 1])
+    }
+
+    func testAlignedRangesCoverOnceOnAlignedBoundaries() {
+        for (count, parts) in [(600, 9), (1000, 7), (17, 4), (5, 3), (16, 1), (0, 3)] {
+            let r = alignedRanges(count, parts: parts, align: 16)
+            XCTAssertEqual(r.flatMap { Array($0) }, Array(0..<count), "\(count) / \(parts)")
+            XCTAssertTrue(r.allSatisfy { $0.lowerBound % 16 == 0 && !$0.isEmpty }, "\(count) / \(parts)")
+            XCTAssertEqual(r.count, min(parts, (count + 15) / 16), "\(count) / \(parts)")
+        }
+    }
+
+    func testCountOnlyCountsLoopsAsPartitionedWithoutRunningThem() {
+        Parallelism.threads = 32
+        var ran = 0
+        LoopCount.start()
+        LoopCount.countOnly {
+            parallelFor(100) { _ in ran += 1 }
+            parallelForPieces(planes: 3, length: 10 * parallelPieceLength) { _, _ in ran += 1 }
+            let t = Tensor([1000])
+            t.fill(2)
+        }
+        let counts = LoopCount.stop()
+        XCTAssertEqual(ran, 0, "no item runs")
+        XCTAssertEqual(counts.loops, 3)
+        // 30 pieces, at 32 threads one per item.
+        XCTAssertEqual(counts.fewestItems, 1)
+        XCTAssertFalse(LoopCount.isDryRun)
+        // Outside, loops run again and tensors are zero-filled.
+        parallelFor(4) { _ in ran += 1 }
+        XCTAssertEqual(ran, 4)
+        XCTAssertEqual(Tensor([5]).array, [0, 0, 0, 0, 0])
+    }
+
+    func testAddAndFillInPiecesOnAnyThreadCount() {
+        let n = 5 * parallelPieceLength + 3
+        for threads in [1, 2, 7] {
+            Parallelism.threads = threads
+            let a = Tensor([n], (0..<n).map { Float($0 % 97) })
+            let b = Tensor([n], (0..<n).map { Float($0 % 13) * 0.5 })
+            a.add(b)
+            XCTAssertEqual(a.array, (0..<n).map { Float($0 % 97) + Float($0 % 13) * 0.5 }, "threads \(threads)")
+            a.fill(3)
+            XCTAssertTrue(a.array.allSatisfy { $0 == 3 }, "threads \(threads)")
+        }
+    }
 }
