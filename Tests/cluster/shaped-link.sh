@@ -79,16 +79,6 @@ for patch in $PATCHES; do
     on_nodes 1200 bench train --patch "$patch" --batch 2 --steps "$STEPS" --warmup "$WARMUP" --overlap both \
       --allreduce-bucket-mib "$mib" --json > "bench-$patch-$mib.json" 2> "bench-$patch-$mib.err" \
       || { tail -n 20 "bench-$patch-$mib.err"; exit 1; }
-    sed -n '/^{/,$p' "bench-$patch-$mib.json" | python3 -c '
-import json, sys
-j = json.load(sys.stdin)
-c = j["overlap"][0]
-off, on = j["runs"][0], j["runs"][1]
-g = on["gradient_all_reduce"]
-print(f"shaped-link {sys.argv[1]} (global batch 2, 1 patch per rank), {g[\"buckets\"]} bucket(s) of {g[\"bucket_bytes\"]/2**20:.4g} MiB, CPU {on[\"cpu\"]}:")
-print(f"  overlap off: step {c[\"step_seconds_off\"]:.3f} s, all-reduce {c[\"all_reduce_seconds_off\"]:.3f} s, exposed {c[\"exposed_seconds_off\"]:.3f} s")
-print(f"  overlap on:  step {c[\"step_seconds_on\"]:.3f} s, all-reduce {c[\"all_reduce_seconds_on\"]:.3f} s, exposed {c[\"exposed_seconds_on\"]:.3f} s")
-print(f"  exposed on/off {c[\"exposed_ratio\"]:.2f}x, step on/off {c[\"step_ratio\"]:.2f}x")
-' "$patch"
+    sed -n '/^{/,$p' "bench-$patch-$mib.json" | python3 "$HERE/shaped-link-figures.py" "$patch"
   done
 done
