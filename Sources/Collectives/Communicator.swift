@@ -92,7 +92,7 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
     public let size: Int
     private static let maxCount = 1 << 30
 
-    /// World communicator; initialises MPI (thread level FUNNELED) on first use.
+    /// World communicator; initialises MPI (thread level SERIALIZED, ``MPIRuntime/initialize()``) on first use.
     public convenience init() throws {
         try MPIRuntime.initialize()
         self.init(comm: cmpi_comm_world())
@@ -172,13 +172,24 @@ public final class MPICommunicator: Communicator, @unchecked Sendable {
 public enum MPIRuntime {
     nonisolated(unsafe) private static var providedLevel: Int32 = -1
 
-    /// Initialises MPI once per process (FUNNELED: only the main thread calls MPI). Works as a singleton
-    /// without mpirun.
+    /// Initialises MPI once per process. Works as a singleton without mpirun.
+    ///
+    /// It asks for `MPI_THREAD_SERIALIZED`: any thread may call MPI, one at a time. The main thread makes
+    /// every call except the gradient all-reduce of a training step, which a ``CommunicationThread`` runs
+    /// while the main thread computes the backward pass (the two never call MPI at the same time). Open MPI
+    /// treats SERIALIZED like FUNNELED internally (no locks; only MULTIPLE adds them), so it costs nothing.
     public static func initialize() throws {
         if cmpi_initialized() != 0 { return }
         var provided: Int32 = 0
-        try check(cmpi_init_thread(cmpi_thread_funneled(), &provided), "Init_thread")
+        try check(cmpi_init_thread(cmpi_thread_serialized(), &provided), "Init_thread")
         providedLevel = provided
+    }
+
+    /// Whether a thread other than the main one may call MPI (the level granted is SERIALIZED or
+    /// MULTIPLE), as a ``CommunicationThread`` does. True while MPI is not initialised (nothing to guard).
+    public static var allowsCommunicationThread: Bool {
+        guard isInitialized else { return true }
+        return cmpi_query_thread() >= cmpi_thread_serialized()
     }
 
     public static var isInitialized: Bool { cmpi_initialized() != 0 && cmpi_finalized() == 0 }

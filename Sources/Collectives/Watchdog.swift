@@ -11,7 +11,8 @@ import Support
 /// job. The timeout is set by whoever knows how long the work between collectives can take (the trainer:
 /// `--step-timeout`); 0 turns the watchdog off.
 public final class CollectiveWatchdog: @unchecked Sendable {
-    /// The process's watchdog (collectives run on the main thread only: MPI's FUNNELED level).
+    /// The process's watchdog (collectives run one at a time: on the main thread, or on the trainer's
+    /// ``CommunicationThread`` while the main thread waits or computes without calling MPI).
     public static let shared = CollectiveWatchdog()
 
     /// Exit status of a rank the watchdog ended.

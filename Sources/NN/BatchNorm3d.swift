@@ -225,6 +225,8 @@ public final class BatchNorm3d {
                 for i in r { dst[i] = a * src[i] }
             }
         }
+        // After the statistics reducer: a bucket reduction queued before it would hold up this backward.
+        stores.0.finished(weight, bias)
         return dx
     }
 

@@ -297,7 +297,9 @@ public final class Conv3d {
     /// Returns dL/dx (empty when `needsInputGradient` is false) and accumulates dL/dW, dL/db into the store.
     @discardableResult
     public func backward(_ dy: Tensor) -> Tensor {
-        runBackward(dy, data: needsInputGradient, weights: true) ?? Self.empty
+        let dx = runBackward(dy, data: needsInputGradient, weights: true) ?? Self.empty
+        store.finished(weight, bias)
+        return dx
     }
 
     /// The data half of `backward` alone: returns dL/dx, touches no parameter gradient (bench and tests).

@@ -51,6 +51,20 @@ public final class ParameterStore: @unchecked Sendable {
     public func zeroGrads() { grads.zero() }
 
     public func entry(named name: String) -> ParameterEntry? { entries.first { $0.name == name } }
+
+    /// Called with an entry's index when a backward pass has finished that entry's gradient (no later layer of
+    /// the pass adds to it), on the thread running the backward pass; nil (the default) when nobody listens.
+    /// The trainer starts reducing a bucket of ``grads`` across ranks as soon as all of its entries are
+    /// finished, while the backward pass continues.
+    public var gradientFinished: ((Int) -> Void)?
+
+    /// Reports that `refs`' gradients are final for this backward pass (layers call it at the end of their
+    /// backward, once per pass).
+    @inline(__always)
+    public func finished(_ refs: ParameterRef?...) {
+        guard let report = gradientFinished else { return }
+        for r in refs { if let r { report(r.index) } }
+    }
 }
 
 /// A handle to one tensor of a `ParameterStore` (valid after `allocate()`).

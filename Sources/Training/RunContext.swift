@@ -4,6 +4,9 @@
 public struct RunContext: Sendable, Equatable {
     /// All-reduce bucket size in floats (default 16 MiB): how the gradient travels, not what it sums to.
     public var bucketFloats: Int
+    /// Reduce each bucket while the backward pass computes the next ones (true, the default), or all of them
+    /// after it (`--no-overlap`). The weights are bit-identical either way (``GradientReduction``).
+    public var overlapAllReduce: Bool
     /// Seconds one collective of a training step may take before the watchdog ends the job (a dead, hung or
     /// unreachable peer); nil: derived from the measured steps (``StepTimeout``); 0: no watchdog.
     public var stepTimeout: Double?
@@ -24,11 +27,12 @@ public struct RunContext: Sendable, Equatable {
     public var resumeHint: String
 
     public init(
-        bucketFloats: Int = 4 << 20, stepTimeout: Double? = nil, stopAfterEpochs: Int? = nil,
-        linePrefix: String = "", verbose: Bool = true, progressBar: Bool = true,
+        bucketFloats: Int = 4 << 20, overlapAllReduce: Bool = true, stepTimeout: Double? = nil,
+        stopAfterEpochs: Int? = nil, linePrefix: String = "", verbose: Bool = true, progressBar: Bool = true,
         printsTransferTable: Bool = true, resumeHint: String = "continue with --resume"
     ) {
         self.bucketFloats = bucketFloats
+        self.overlapAllReduce = overlapAllReduce
         self.stepTimeout = stepTimeout
         self.stopAfterEpochs = stopAfterEpochs
         self.linePrefix = linePrefix
@@ -40,4 +44,10 @@ public struct RunContext: Sendable, Equatable {
 
     /// A quiet context (no progress output), for benchmarks and tests.
     public static var quiet: RunContext { RunContext(verbose: false, progressBar: false) }
+
+    /// A quiet context with this bucket and overlap (`attunet bench train`).
+    public static func quiet(bucketFloats: Int, overlapAllReduce: Bool) -> RunContext {
+        RunContext(
+            bucketFloats: bucketFloats, overlapAllReduce: overlapAllReduce, verbose: false, progressBar: false)
+    }
 }

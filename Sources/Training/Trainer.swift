@@ -13,7 +13,7 @@ nonisolated(unsafe) private var stopSignal: Int32 = 0
 
 /// Data-parallel training over a `Communicator`: every rank holds a replica (rank 0's initial weights are
 /// broadcast), trains on its share of each global batch, and the flat gradient buffer is averaged with an
-/// all-reduce in buckets; the optimizer step is then identical everywhere. Rank 0 prints, logs and writes
+/// all-reduce in buckets, overlapped with the backward pass; the optimizer step is then identical everywhere. Rank 0 prints, logs and writes
 /// checkpoints.
 public final class Trainer {
     public let config: TrainConfig
@@ -38,6 +38,21 @@ public final class Trainer {
     private var predictor: SlidingWindowPredictor?
 
     private var stepTimeouts = StepTimeout()
+
+    /// The gradient all-reduce of every step, overlapped with the backward pass unless
+    /// `context.overlapAllReduce` is off.
+    let reduction: GradientReduction
+
+    /// Whether the gradient all-reduce overlaps the backward pass: `context.overlapAllReduce` when there are
+    /// several ranks (and MPI granted a thread level that allows it). Settable between steps, for
+    /// `attunet bench train --overlap both`; the weights do not depend on it.
+    public var overlapsAllReduce: Bool {
+        get { reduction.overlaps }
+        set { reduction.setOverlap(newValue) }
+    }
+
+    /// The all-reduce's buckets per step, and their size in floats (the last one may be smaller).
+    public var allReduceBuckets: (count: Int, floats: Int) { (reduction.buckets.count, reduction.bucketFloats) }
 
     /// Whether ``step(_:)`` has settled the recycled-tensor pool (after its first step).
     private var settled = false
@@ -81,11 +96,16 @@ public final class Trainer {
             weightDecay: config.weightDecay)
         loss = SegmentationLoss(config.loss)
         log = comm.isRoot ? TrainingLog(directory: outDir, classNames: classNames) : nil
+        let reduction = GradientReduction(
+            comm: comm, params: model.params, bucketFloats: context.bucketFloats,
+            overlap: context.overlapAllReduce)
+        self.reduction = reduction
         try comm.broadcast(model.params.values.data, root: 0)
         try comm.broadcast(model.buffers.values.data, root: 0)
         if config.syncBN {
+            // In the order of the step's other collectives: after the buckets queued before it.
             let c = comm
-            model.setStatisticsReducer { try c.allReduceSum($0) }
+            model.setStatisticsReducer { buffer in try reduction.collective { try c.allReduceSum(buffer) } }
         }
     }
 
@@ -336,7 +356,8 @@ public final class Trainer {
     }
 
     /// One optimizer step on this rank's share of the global batch: zero the gradients, forward, loss,
-    /// backward, gradient all-reduce, optimizer update, at `optimizer.learningRate`. One small all-reduce
+    /// backward with the gradient all-reduce overlapped (``GradientReduction``), optimizer update, at
+    /// `optimizer.learningRate`. One small all-reduce
     /// carries every rank's loss and its stop and NaN flags. Throws an `AttunetError` of kind `.nonFinite`
     /// when the loss is NaN/Inf on any rank, before the update.
     public func step(_ batch: PatchBatch) throws -> StepResult {
@@ -353,10 +374,11 @@ public final class Trainer {
         times.forward = lap()
         let value = batch.label.withUnsafeBufferPointer { loss.forward(logits: logits, labels: $0) }
         times.loss = lap()
+        reduction.beginBackward()
         model.backward(loss.gradient)
         times.backward = lap()
         FaultHooks.enterAllReduce(rank: comm.rank)
-        try averageGradients()
+        let gradients = try reduction.finishBackward()
         var flags = [value.isFinite ? value : 0, value.isFinite ? 0 : 1, Double(stopSignal)]
         try flags.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
         FaultHooks.enter(.step)
@@ -372,7 +394,9 @@ public final class Trainer {
             TensorPool.settle()
             settled = true
         }
-        return StepResult(loss: flags[0] / Double(comm.size), stopRequested: flags[2] > 0, times: times)
+        return StepResult(
+            loss: flags[0] / Double(comm.size), stopRequested: flags[2] > 0, times: times,
+            gradientAllReduce: gradients.total, exposedAllReduce: gradients.exposed)
     }
 
     /// Validates when due, then writes the checkpoints and logs the epoch (rank 0). The log row comes last, so
@@ -438,20 +462,6 @@ public final class Trainer {
         }
         try comm.barrier()
         throw AttunetError("", kind: .interrupted)
-    }
-
-    /// Sums the flat gradient buffer over ranks in buckets of `context.bucketFloats` and divides by the rank count.
-    func averageGradients() throws {
-        guard comm.size > 1 else { return }
-        let g = model.params.grads.data
-        var offset = 0
-        while offset < g.count {
-            let n = min(context.bucketFloats, g.count - offset)
-            try comm.allReduceSum(UnsafeMutableBufferPointer(rebasing: g[offset..<(offset + n)]))
-            offset += n
-        }
-        let scale = 1 / Float(comm.size)
-        for i in 0..<g.count { g[i] *= scale }
     }
 
     /// What ``validate()`` measures.
@@ -603,6 +613,22 @@ public struct StepResult: Sendable {
     /// Some rank received SIGTERM/SIGUSR1 during the step.
     public var stopRequested: Bool
     public var times: StepTimes
+    /// Seconds the buckets of the gradient all-reduce took, summed (overlapped or not; 0 on one rank).
+    public var gradientAllReduce: Double
+    /// Seconds the step waited for them after the backward pass: all of ``gradientAllReduce`` without overlap,
+    /// only what the backward pass did not hide with it.
+    public var exposedAllReduce: Double
+
+    public init(
+        loss: Double, stopRequested: Bool, times: StepTimes, gradientAllReduce: Double = 0,
+        exposedAllReduce: Double = 0
+    ) {
+        self.loss = loss
+        self.stopRequested = stopRequested
+        self.times = times
+        self.gradientAllReduce = gradientAllReduce
+        self.exposedAllReduce = exposedAllReduce
+    }
 }
 
 /// 42 s → "42s", 125 s → "2m05s", 3,725 s → "1h02m": durations in progress lines and estimates.

@@ -14,9 +14,12 @@ public final class TrainingBench {
     let comm: Communicator
 
     /// A trainer for `model` on every case of `store` (no validation), writing nothing.
+    /// `bucketFloats` and `overlap` are the gradient all-reduce's (``RunContext``); ``run(warmup:steps:threads:inference:overlap:)``
+    /// may change the overlap.
     public init(
         store path: String, model: ModelConfig, patch: Dim3, batch: Int, loss: LossKind = .dice,
-        optimizer: OptimizerKind = .adam, seed: UInt64 = 0, comm: Communicator
+        optimizer: OptimizerKind = .adam, seed: UInt64 = 0, bucketFloats: Int = RunContext().bucketFloats,
+        overlap: Bool = true, comm: Communicator
     ) throws {
         store = try CaseStore(path: path)
         self.comm = comm
@@ -24,7 +27,9 @@ public final class TrainingBench {
             store: path, model: model, patch: patch, batch: batch, epochs: 1, optimizer: optimizer,
             loss: loss, seed: seed, trainCases: store.cases.map(\.id), validationCases: [])
         let unused = FileManager.default.temporaryDirectory.appendingPathComponent("attunet-bench-run-\(getpid())")
-        trainer = try Trainer(config: config, comm: comm, outDir: unused, context: .quiet)
+        trainer = try Trainer(
+            config: config, comm: comm, outDir: unused,
+            context: .quiet(bucketFloats: bucketFloats, overlapAllReduce: overlap))
     }
 
     /// Writes `count` (default 2) phantom cases prepared at 2 mm into `dir` and returns the store's path.
@@ -47,8 +52,12 @@ public final class TrainingBench {
     /// on rank 0).
     /// With `inference`, each timed step is instead an evaluation-mode forward pass of one patch without
     /// gradients (what the sliding-window predictor runs per tile), and the report's phases hold only the
-    /// forward time.
-    public func run(warmup: Int, steps: Int, threads: Int, inference: Bool = false) throws -> TrainingBenchReport {
+    /// forward time. `overlap`, when given, turns the overlap of the gradient all-reduce with the backward pass
+    /// on or off for this run (``Trainer/overlapsAllReduce``).
+    public func run(
+        warmup: Int, steps: Int, threads: Int, inference: Bool = false, overlap: Bool? = nil
+    ) throws -> TrainingBenchReport {
+        if let overlap { trainer.overlapsAllReduce = overlap }
         let config = trainer.config
         let local = config.batch / comm.size
         // Enough samples per case that one epoch holds every step.
@@ -63,7 +72,8 @@ public final class TrainingBench {
         let baseline = Double(Memory.residentBytes() ?? 0)
         let profile = LayerProfile()
         var walls: [Double] = []
-        var phases = [Double](repeating: 0, count: 6)
+        // data, forward, loss, backward, all-reduce, optimizer; the gradient all-reduce's total and exposed time
+        var phases = [Double](repeating: 0, count: 8)
         var faultsBefore = rusage()
         var faultsAfter = rusage()
         var single: Tensor?  // inference: the first patch of each batch
@@ -96,6 +106,7 @@ public final class TrainingBench {
                 walls.append(Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9)
                 for (k, v) in [
                     wait, r.times.forward, r.times.loss, r.times.backward, r.times.allReduce, r.times.update,
+                    r.gradientAllReduce, r.exposedAllReduce,
                 ].enumerated() {
                     phases[k] += v / Double(steps)
                 }
@@ -154,11 +165,15 @@ public final class TrainingBench {
             parameters: trainer.model.parameterCount, patch: [config.patch.x, config.patch.y, config.patch.z],
             globalBatch: inference ? n : config.batch, batchPerRank: inference ? 1 : local, warmupSteps: warmup,
             timedSteps: steps,
-            stepSeconds: .init(median: median, fastest: -slowest[6], slowest: slowest[7]),
+            stepSeconds: .init(median: median, fastest: -slowest[8], slowest: slowest[9]),
             patchesPerSecond: Double(perStepPatches) / median, voxelsPerSecond: voxels / median,
             phases: .init(
                 data: slowest[0], forward: slowest[1], loss: slowest[2], backward: slowest[3],
                 allReduce: slowest[4], optimizer: slowest[5]),
+            gradientAllReduce: .init(
+                overlapped: !inference && trainer.overlapsAllReduce, buckets: trainer.allReduceBuckets.count,
+                bucketBytes: 4 * trainer.allReduceBuckets.floats,
+                seconds: inference ? 0 : slowest[6], exposedSeconds: inference ? 0 : slowest[7]),
             layers: perStep,
             peakResidentBytes: column(1).map(Int.init), residentBytes: column(2).map(Int.init),
             residentBeforeStepsBytes: column(5).map(Int.init), recycledBytes: column(6).map(Int.init),
@@ -175,6 +190,17 @@ public struct TrainingBenchReport: Codable, Sendable {
     /// Mean seconds per timed step in each phase, the slowest rank's.
     public struct Phases: Codable, Sendable {
         public var data: Double, forward: Double, loss: Double, backward: Double, allReduce: Double, optimizer: Double
+    }
+    /// The all-reduce of the gradients in a step (mean seconds per step, the slowest rank's; 0 on one rank).
+    public struct GradientAllReduce: Codable, Sendable {
+        /// Whether it overlapped the backward pass (`--overlap on`, several ranks).
+        public var overlapped: Bool
+        /// Buckets per step, and the size of each (`--allreduce-bucket-mib`; the last may be smaller).
+        public var buckets: Int, bucketBytes: Int
+        /// The buckets' all-reduces summed, overlapped or not.
+        public var seconds: Double
+        /// What the step waited for them after the backward pass: the part the backward pass did not hide.
+        public var exposedSeconds: Double
     }
     /// A kind of layer's summed time per step.
     public struct KindTotal: Codable, Sendable {
@@ -196,6 +222,7 @@ public struct TrainingBenchReport: Codable, Sendable {
     /// For the whole job (every rank).
     public var patchesPerSecond: Double, voxelsPerSecond: Double
     public var phases: Phases
+    public var gradientAllReduce: GradientAllReduce
     /// Rank 0's layers in the order they first ran, seconds per pass.
     public var layers: [LayerProfile.Entry]
     /// Per rank.
@@ -222,6 +249,20 @@ public struct TrainingBenchReport: Codable, Sendable {
                 kind: k, forwardSeconds: s.0, backwardSeconds: s.1,
                 fewestItemsPerThread: s.2.map { Double($0) / Double(max(threadsPerRank, 1)) })
         }.sorted { $0.forwardSeconds + $0.backwardSeconds > $1.forwardSeconds + $1.backwardSeconds }
+    }
+
+    /// "gradient all-reduce 0.210 s per step (...), exposed 0.050 s (24% of it; overlapped ...)".
+    func gradientAllReduceLine() -> String {
+        let g = gradientAllReduce
+        guard ranks > 1, mode == "training" else {
+            return "gradient all-reduce: none (\(ranks > 1 ? "inference" : "1 rank"))"
+        }
+        let mib = String(format: "%.4g", Double(g.bucketBytes) / 1_048_576)
+        let share = String(format: "%.0f", 100 * g.exposedSeconds / max(g.seconds, 1e-12))
+        return
+            "gradient all-reduce: \(String(format: "%.3f", g.seconds)) s per step in \(g.buckets) bucket(s) of \(mib) MiB, exposed \(String(format: "%.3f", g.exposedSeconds)) s (\(share)% of it; "
+            + (g.overlapped
+                ? "overlapped with the backward pass)" : "after the backward pass: --overlap off)")
     }
 
     /// The report as text tables.
@@ -253,6 +294,7 @@ public struct TrainingBenchReport: Codable, Sendable {
             "phases per step: "
                 + parts.map { "\($0.0) \(f($0.1, 3)) s (\(f(100 * $0.1 / max(total, 1e-12), 1))%)" }.joined(
                     separator: ", "))
+        out.append(gradientAllReduceLine())
         out.append("")
         out.append(
             pad("layer", 44, left: true) + pad("kind", 16, left: true) + pad("output", 22, left: true)
@@ -347,5 +389,39 @@ public struct ThreadScaling: Codable, Sendable {
             }
         }
         return out.joined(separator: "\n")
+    }
+}
+
+/// The same bench with the gradient all-reduce after the backward pass and overlapped with it, one run after
+/// the other in one process (`attunet bench train --overlap both`).
+public struct OverlapComparison: Codable, Sendable {
+    public var threadsPerRank: Int
+    /// Step time (median, slowest rank), the all-reduce's total and exposed seconds per step, off and on.
+    public var stepSecondsOff: Double, stepSecondsOn: Double
+    public var allReduceSecondsOff: Double, allReduceSecondsOn: Double
+    public var exposedSecondsOff: Double, exposedSecondsOn: Double
+    /// On / off.
+    public var exposedRatio: Double, stepRatio: Double
+
+    public init(off: TrainingBenchReport, on: TrainingBenchReport) {
+        threadsPerRank = on.threadsPerRank
+        stepSecondsOff = off.stepSeconds.median
+        stepSecondsOn = on.stepSeconds.median
+        allReduceSecondsOff = off.gradientAllReduce.seconds
+        allReduceSecondsOn = on.gradientAllReduce.seconds
+        exposedSecondsOff = off.gradientAllReduce.exposedSeconds
+        exposedSecondsOn = on.gradientAllReduce.exposedSeconds
+        exposedRatio = exposedSecondsOn / max(exposedSecondsOff, 1e-12)
+        stepRatio = stepSecondsOn / max(stepSecondsOff, 1e-12)
+    }
+
+    public func table() -> String {
+        func f(_ v: Double) -> String { String(format: "%.3f", v) }
+        return [
+            "overlap of the gradient all-reduce with the backward pass, \(threadsPerRank) thread(s) per rank (off, then on, in one process):",
+            "  off: step \(f(stepSecondsOff)) s, all-reduce \(f(allReduceSecondsOff)) s, exposed \(f(exposedSecondsOff)) s",
+            "  on:  step \(f(stepSecondsOn)) s, all-reduce \(f(allReduceSecondsOn)) s, exposed \(f(exposedSecondsOn)) s",
+            "  exposed on/off \(String(format: "%.2f", exposedRatio))x, step on/off \(String(format: "%.2f", stepRatio))x",
+        ].joined(separator: "\n")
     }
 }

@@ -26,6 +26,11 @@ extension Bench {
 
                 The second runs at 1 and 2 threads in turn, in one process, and ends with the thread scaling inside one rank.
 
+                On several ranks the gradient all-reduce runs on a communication thread while the backward pass computes: each --allreduce-bucket-mib bucket of gradients is summed across ranks as soon as the backward pass has finished it, the last layers' first. The line "gradient all-reduce" gives its time per step (the buckets summed) and the part of it the step waited for after the backward pass (exposed). --overlap off times the all-reduce after the backward pass, as train --no-overlap runs it; --overlap both runs the bench with it off, then on, in one process, and ends with the exposed time and the step time side by side, as ratios (the weights are the same bit for bit either way). Smaller buckets start sooner and leave less exposed; each one costs a message's latency.
+
+                  mpirun -np 2 --bind-to none attunet bench train --patch 96x96x48 \\
+                      --batch 2 --overlap both --allreduce-bucket-mib 4
+
                 Exit status:
                   0   done
                   1   an error, one line each on stderr
@@ -69,6 +74,18 @@ extension Bench {
         @Option(help: "Seed for the weights and the patches.")
         var seed: UInt64 = 0
 
+        @Option(
+            help: ArgumentHelp(
+                "The gradient all-reduce on several ranks: on (overlapped with the backward pass, as train runs it), off (after it, as train --no-overlap), or both (off, then on, compared).",
+                valueName: "on|off|both"))
+        var overlap: OverlapMode = .on
+
+        @Option(
+            help:
+                "All-reduce bucket in MiB, as train's option of the same name: the gradients are summed across ranks in pieces of this size."
+        )
+        var allreduceBucketMib: Double = 16
+
         @Flag(
             help:
                 "Time evaluation-mode forward passes of one patch per rank (what prediction runs per tile) instead of training steps."
@@ -83,6 +100,9 @@ extension Bench {
             guard warmup >= 0 else { throw ValidationError("--warmup must not be negative") }
             guard threads.counts.allSatisfy({ $0 >= 1 }) else { throw ValidationError("--threads must be at least 1") }
             guard batch >= 1 else { throw ValidationError("--batch must be at least 1") }
+            guard allreduceBucketMib * 262_144 >= 1 else {
+                throw ValidationError("--allreduce-bucket-mib must hold at least one float (4 bytes)")
+            }
         }
 
         func run() throws {
@@ -106,34 +126,56 @@ extension Bench {
             let storeClasses = try store.map { try CaseStore(path: $0).classNames.count }
             let bench = try TrainingBench(
                 store: storePath, model: modelOptions.config(storeClasses: storeClasses), patch: patch, batch: batch,
-                loss: loss, optimizer: optimizer, seed: seed, comm: comm)
+                loss: loss, optimizer: optimizer, seed: seed, bucketFloats: Int(allreduceBucketMib * 262_144),
+                comm: comm)
+            let modes: [Bool] = inference ? [false] : overlap == .both ? [false, true] : [overlap == .on]
             var reports: [TrainingBenchReport] = []
+            var comparisons: [OverlapComparison] = []
             for t in threads.counts {
                 Parallelism.threads = t
-                say(
-                    "bench train: \(modelOptions.model.rawValue), \(comm.size) rank(s) x \(t) thread(s), patch \(patch), "
-                        + (inference ? "inference, 1 patch per rank" : "global batch \(batch)")
-                        + "; \(warmup) warm-up + \(steps) timed steps ...")
-                reports.append(try bench.run(warmup: warmup, steps: steps, threads: t, inference: inference))
+                var byMode: [TrainingBenchReport] = []
+                for on in modes {
+                    say(
+                        "bench train: \(modelOptions.model.rawValue), \(comm.size) rank(s) x \(t) thread(s), patch \(patch), "
+                            + (inference ? "inference, 1 patch per rank" : "global batch \(batch)")
+                            + "; \(warmup) warm-up + \(steps) timed steps"
+                            + (modes.count > 1 ? ", all-reduce overlap \(on ? "on" : "off")" : "") + " ...")
+                    byMode.append(
+                        try bench.run(warmup: warmup, steps: steps, threads: t, inference: inference, overlap: on))
+                }
+                reports += byMode
+                if byMode.count == 2 { comparisons.append(OverlapComparison(off: byMode[0], on: byMode[1])) }
             }
             guard comm.isRoot else { return }
-            let scaling = reports.count > 1 ? ThreadScaling(reports) : nil
+            // The thread scaling compares the runs of one overlap mode (the last: on, with --overlap both).
+            let scaled = stride(from: modes.count - 1, to: reports.count, by: modes.count).map { reports[$0] }
+            let scaling = scaled.count > 1 ? ThreadScaling(scaled) : nil
             if json {
                 let enc = JSONFiles.encoder()
-                // One report as before; with several counts, the reports and the scaling.
-                struct Scaled: Encodable {
+                // One report as before; with several counts or modes, the reports, the scaling and the comparisons.
+                struct Runs: Encodable {
                     var runs: [TrainingBenchReport]
-                    var scaling: ThreadScaling
+                    var scaling: ThreadScaling?
+                    var overlap: [OverlapComparison]?
                 }
                 let data =
-                    try scaling.map { try enc.encode(Scaled(runs: reports, scaling: $0)) } ?? enc.encode(reports[0])
+                    reports.count == 1
+                    ? try enc.encode(reports[0])
+                    : try enc.encode(
+                        Runs(runs: reports, scaling: scaling, overlap: comparisons.isEmpty ? nil : comparisons))
                 print(String(decoding: data, as: UTF8.self))
             } else {
                 print(reports.map { $0.table() }.joined(separator: "\n\n"))
-                if let scaling { print("\n" + scaling.table(kindOrder: reports[0].kinds.map(\.kind))) }
+                if let scaling { print("\n" + scaling.table(kindOrder: scaled[0].kinds.map(\.kind))) }
+                for c in comparisons { print("\n" + c.table()) }
             }
         }
     }
+}
+
+/// `bench train --overlap`: the gradient all-reduce overlapped with the backward pass, after it, or both in turn.
+enum OverlapMode: String, ExpressibleByArgument, CaseIterable, Sendable {
+    case on, off, both
 }
 
 /// `--threads 1,2`: one or more thread counts.

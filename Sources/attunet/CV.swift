@@ -28,7 +28,7 @@ struct CV: ParsableCommand {
 
             Fine-tuning on the folds (the paper's TCIA protocols; attunet experiment transfer runs all three): --init CHECKPOINT starts every fold of every model from that checkpoint's weights, with train's --freeze, --head-lr, --reset-head and --label-map (AFT, after fine-tuning); with --epochs 0 each fold evaluates the mapped checkpoint as it is (BFT, before fine-tuning); without --init the folds train from scratch (SCR).
 
-            Restart: run the same command again after a stop (exit 75: SIGTERM/SIGUSR1, or --stop-after-epochs, which counts the epochs of all folds in this job) or a crash. Folds with results.json are skipped, an unfinished fold resumes from its checkpoint_latest.h5, bit-identical to an uninterrupted CV with the same rank count. A command whose configuration differs from --out's config.json is refused, naming the difference; --stop-after-epochs, --threads and --allreduce-bucket-mib may change.
+            Restart: run the same command again after a stop (exit 75: SIGTERM/SIGUSR1, or --stop-after-epochs, which counts the epochs of all folds in this job) or a crash. Folds with results.json are skipped, an unfinished fold resumes from its checkpoint_latest.h5, bit-identical to an uninterrupted CV with the same rank count. A command whose configuration differs from --out's config.json is refused, naming the difference; --stop-after-epochs, --threads, --allreduce-bucket-mib and --no-overlap may change.
 
             Exit status:
               0   done

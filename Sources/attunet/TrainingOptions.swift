@@ -80,9 +80,15 @@ struct TrainingOptions: ParsableArguments {
 
     @Option(
         help:
-            "All-reduce bucket in MiB: the flat gradient buffer is summed across ranks in pieces of this size. The result does not depend on it; smaller pieces need less MPI buffer memory."
+            "All-reduce bucket in MiB: the flat gradient buffer is summed across ranks in pieces of this size, each as soon as the backward pass has finished it. The result does not depend on it; smaller pieces start sooner and need less MPI buffer memory, each costs a message's latency."
     )
     var allreduceBucketMib: Double = 16
+
+    @Flag(
+        help:
+            "Sum the gradients across ranks after the backward pass instead of overlapping it: by default each bucket is summed, on a communication thread, as soon as the backward pass has finished it. The weights are the same bit for bit either way; for comparison (attunet bench train --overlap both)."
+    )
+    var noOverlap = false
 
     @Option(
         help:
@@ -121,7 +127,9 @@ struct TrainingOptions: ParsableArguments {
 
     /// The settings of this process's part of the run that are not its configuration.
     var context: RunContext {
-        RunContext(bucketFloats: bucketFloats, stepTimeout: stepTimeout, stopAfterEpochs: stopAfterEpochs)
+        RunContext(
+            bucketFloats: bucketFloats, overlapAllReduce: !noOverlap, stepTimeout: stepTimeout,
+            stopAfterEpochs: stopAfterEpochs)
     }
 
     /// The run's configuration with these options.

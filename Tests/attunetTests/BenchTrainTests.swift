@@ -61,6 +61,49 @@ final class BenchTrainTests: XCTestCase {
         }
     }
 
+    /// --overlap both on 2 ranks: the bench runs with the gradient all-reduce after the backward pass, then
+    /// overlapped with it, reports both (buckets of --allreduce-bucket-mib, the all-reduce's time and the part
+    /// of it the step waited for) and compares them; the exposed time lies inside the step's all-reduce phase,
+    /// and without overlap all of the all-reduce is exposed. The table names it in both runs.
+    func testOverlapBothReportsTheExposedAllReduceOffAndOn() throws {
+        let mpirun = "mpirun -np 2 --bind-to none --oversubscribe \(TestEnv.attunet) bench train --batch 2"
+        let j = try report("\(mpirun) --overlap both --allreduce-bucket-mib 0.1 \(small)")
+        let runs = try XCTUnwrap(j["runs"] as? [[String: Any]])
+        XCTAssertEqual(runs.count, 2)
+        var exposed: [Double] = []
+        var steps: [Double] = []
+        for (run, overlapped) in zip(runs, [false, true]) {
+            let g = try XCTUnwrap(run["gradient_all_reduce"] as? [String: Any])
+            XCTAssertEqual(g["overlapped"] as? Bool, overlapped)
+            XCTAssertEqual(g["buckets"] as? Int, (406_446 + 26_213) / 26_214, "0.1 MiB = 26,214 floats")
+            XCTAssertEqual(g["bucket_bytes"] as? Int, 4 * 26_214)
+            let seconds = try XCTUnwrap(g["seconds"] as? Double)
+            let e = try XCTUnwrap(g["exposed_seconds"] as? Double)
+            XCTAssertGreaterThan(seconds, 0)
+            if !overlapped { XCTAssertEqual(e, seconds, "without overlap the whole all-reduce is exposed") }
+            let phases = try XCTUnwrap(run["phases"] as? [String: Double])
+            XCTAssertLessThanOrEqual(e, phases["all_reduce"]!, "exposed is part of the step's all-reduce phase")
+            exposed.append(e)
+            steps.append(try XCTUnwrap((run["step_seconds"] as? [String: Double])?["median"]))
+        }
+        let comparison = try XCTUnwrap((j["overlap"] as? [[String: Any]])?.first)
+        XCTAssertEqual(comparison["exposed_seconds_off"] as? Double, exposed[0])
+        XCTAssertEqual(comparison["exposed_seconds_on"] as? Double, exposed[1])
+        XCTAssertEqual(comparison["exposed_ratio"] as? Double ?? 0, exposed[1] / exposed[0], accuracy: 1e-12)
+        XCTAssertEqual(comparison["step_ratio"] as? Double ?? 0, steps[1] / steps[0], accuracy: 1e-12)
+
+        let text = try TestEnv.run("\(mpirun) --overlap both --feature-scale 16 --patch 32x32x16 --steps 1 --warmup 1")
+        XCTAssertEqual(text.status, 0, text.stderr)
+        XCTAssertTrue(text.stdout.contains("bucket(s) of 16 MiB, exposed "), text.stdout)
+        XCTAssertTrue(text.stdout.contains("% of it; after the backward pass: --overlap off)"), text.stdout)
+        XCTAssertTrue(text.stdout.contains("% of it; overlapped with the backward pass)"), text.stdout)
+        XCTAssertTrue(text.stdout.contains("  exposed on/off "), text.stdout)
+        let one = try report("\(TestEnv.attunet) bench train --batch 2 \(small)")
+        let g = try XCTUnwrap(one["gradient_all_reduce"] as? [String: Any])
+        XCTAssertEqual(g["overlapped"] as? Bool, false, "1 rank: nothing to overlap")
+        XCTAssertEqual(g["seconds"] as? Double, 0)
+    }
+
     func testInferenceModeTimesForwardPassesOfOnePatch() throws {
         let j = try report("\(TestEnv.attunet) bench train --inference \(small)")
         XCTAssertEqual(j["mode"] as? String, "inference")

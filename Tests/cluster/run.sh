@@ -23,6 +23,8 @@
 #      as rounding differences between rank counts grow over many steps)
 #   f  a partition (node2's link down) under mpirun-hosts.sh: the --step-timeout watchdog's message, the run
 #      ends within 40 s instead of hanging; g: the same for a Slurm job
+#   shaped-link (only with SHAPED=1, last, on a fresh network): Tests/cluster/shaped-link.sh at 96x96x48: links
+#      shaped to 1 Gbit/s, overlapped all-reduce == --no-overlap bit for bit, exposed all-reduce time printed
 # mpirun-hosts.sh runs here with ATTUNET_THREADS=1: both "nodes" share this machine's CPUs, and each rank would
 # otherwise take all of them.
 # Every launch runs under `timeout -s KILL`; an EXIT trap removes daemons (by PID), namespaces, bridge and
@@ -415,5 +417,8 @@ if [ ${#FAILED[@]} = 0 ]; then
     sed -E 's/^(JobId=[^ ]+) .*(Name=[^ ]+) (JobState=[^ ]+) .*(StartTime=[^ ]+) (EndTime=[^ ]+) (NodeList=[^ ]+) .*(ExitCode=[^ ]+).*/  \1 \2 \3 \4 \5 \6 \7/' "$W/slurm/log/jobcomp.log" || true
   fi
 fi
+# Optional (SHAPED=1, about a minute): the overlapped all-reduce over a shaped link, on a cluster of its own.
+shaped_link() { cluster_down; PATCHES=96x96x48 STEPS=2 bash "$HERE/shaped-link.sh"; }
+if [ "${SHAPED:-0}" = 1 ]; then check shaped-link shaped_link; sed -n '/^shaped-link\|^PASS\|^  /p' "$W/shaped-link.log"; fi
 echo "cluster tests: ${#PASSED[@]} passed, ${#FAILED[@]} failed${FAILED:+ (${FAILED[*]})} in $(( $(date +%s) - T_START )) s"
 [ ${#FAILED[@]} = 0 ]

@@ -10,7 +10,8 @@ import Training
 
 /// Everything that defines a cross-validation; saved as the CV folder's `config.json` and compared at every
 /// restart. Not stored, so free to change between restarts: `--stop-after-epochs` (how much runs in one job),
-/// `--allreduce-bucket-mib` (the result does not depend on it) and `--threads` (as for `train --resume`).
+/// `--allreduce-bucket-mib` and `--no-overlap` (the result depends on neither) and `--threads` (as for
+/// `train --resume`).
 public struct CrossValidationConfig: Codable, Sendable, Equatable {
     public var store: String
     /// The store's fingerprint: a restart on other data is refused even under the same path.
