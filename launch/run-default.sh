@@ -8,7 +8,12 @@
 #   4. attunet cv: 5-fold cross-validation of the Attention U-Net and the U-Net on the same folds, on 2 ranks
 #      (--fold-parallel 2: each rank trains its share of the 10 folds), every test case segmented with its
 #      fold's best checkpoint and scored; the paper's results table printed at the end and written to
-#      runs/cv/summary.md (with summary.csv, summary.json, summary.svg and fold_<k>/<model>/ run folders)
+#      runs/cv/summary.md (with summary.csv, summary.json, summary.svg and fold_<k>/<model>/ run folders, each
+#      with its test predictions in test/)
+#   5. attunet postprocess: per model and class, whether keeping the largest connected component (the two
+#      largest for the kidney label, which holds both kidneys) or removing small ones helps on those test
+#      predictions: runs/cv/postprocessing.json and the raw against postprocessed table
+#      runs/cv/summary_postprocessed.md; attunet predict --cv-dir runs/cv applies the decision
 # Steps whose output exists are skipped, and a stopped CV continues where it stopped (rerun this script); set
 # FRESH=1 to redo everything. EPOCHS=N changes the epochs per fold.
 # The settings differ from the paper's (2 mm, feature scale 4, 160x160x96 patches, Adam 1e-4, the paper's
@@ -22,28 +27,32 @@ source launch/env.sh
 [ "${FRESH:-0}" = 1 ] && rm -rf data/phantoms data/phantoms_4mm.h5 runs/cv
 started=$(date +%s)
 
-echo "== 1/4 doctor"
+echo "== 1/5 doctor"
 mpirun -np 2 --bind-to none "${MPIRUN_ENV[@]}" "$BIN" doctor
 
-echo "== 2/4 synth"
+echo "== 2/5 synth"
 if [ -f data/phantoms/dataset.json ]; then echo "data/phantoms exists, kept"
 else "$BIN" synth --cases 20 --out data/phantoms --seed 1; fi
 
-echo "== 3/4 prepare"
+echo "== 3/5 prepare"
 if [ -f data/phantoms_4mm.h5 ]; then echo "data/phantoms_4mm.h5 exists, kept"
 else "$BIN" prepare --input data/phantoms --out data/phantoms_4mm.h5 --spacing 4; fi
 
-echo "== 4/4 cv: 5 folds x 2 models on 2 ranks"
+echo "== 4/5 cv: 5 folds x 2 models on 2 ranks"
 SETTINGS=(--feature-scale 16 --patch 48x48x32 --batch 2 --epochs "${EPOCHS:-120}" --samples-per-case 2 --lr 5e-3
           --schedule poly --foreground-fraction 0.67 --augment none --val-every 20 --seed 0)
 mpirun -np 2 --bind-to none "${MPIRUN_ENV[@]}" "$BIN" cv --store data/phantoms_4mm.h5 --out runs/cv --folds 5 \
   --models attention-unet,unet --fold-parallel 2 "${SETTINGS[@]}"
 
+echo "== 5/5 postprocess: chosen per class on the test predictions"
+"$BIN" postprocess --cv-dir runs/cv --keep kidney:2
+
 elapsed=$(( $(date +%s) - started ))
 cat <<EOF
 run-default: done in $((elapsed / 60)) min $((elapsed % 60)) s. The table above is runs/cv/summary.md; per-case and per-fold rows
   in runs/cv/summary.csv and summary.json, a Dice box plot in runs/cv/summary.svg, each fold's run (checkpoints,
-  log.csv, progress.svg, results.json) in runs/cv/fold_<k>/<model>/.
+  log.csv, progress.svg, results.json, test/ predictions) in runs/cv/fold_<k>/<model>/; the postprocessing chosen
+  on them in runs/cv/postprocessing.json, raw against postprocessed in runs/cv/summary_postprocessed.md.
 To scale up to the paper:
   your data       attunet prepare --input /data/Task07_Pancreas --out ct.h5 --spacing 2    (2 mm, as the paper)
   its settings    the cv defaults are the paper's: feature scale 4, 160x160x96 patches, Adam 1e-4, batch 2
@@ -53,6 +62,8 @@ To scale up to the paper:
   a stopped run   rerun the same command: finished folds are skipped, an unfinished one resumes
   on a cluster    STORE=ct.h5 sbatch cluster/cv.sbatch, or cluster/submit-cv-array.sh (a job per fold;
                   see README.md, Running on a cluster)
-  segment, score  attunet predict --cv-dir runs/ct --input imagesTs/ --out pred   (the folds' ensemble)
+  postprocess     attunet postprocess --cv-dir runs/ct --keep kidney:2   (on the kept test predictions)
+  segment, score  attunet predict --cv-dir runs/ct --input imagesTs/ --out pred   (the folds' ensemble,
+                  its postprocessing.json applied)
                   attunet evaluate --pred pred --ref labelsTs
 EOF

@@ -4,7 +4,8 @@ import Support
 /// Every name in a run folder, in one place: what `attunet train --out DIR` writes (`config.json`,
 /// `splits.json`, the checkpoints, `log.csv`, `progress.svg`) and what `attunet cv --out DIR` adds (nnU-Net's
 /// `splits_final.json`, one sub-run folder `fold_<k>/<model>/` per fold and model, each a training run folder
-/// with the fold's `results.json`, and the reports `summary.md`, `summary.csv`, `summary.json`, `summary.svg`).
+/// with the fold's `results.json` and its test predictions in `test/`, and the reports `summary.md`, `summary.csv`,
+/// `summary.json`, `summary.svg`; `attunet postprocess` adds `postprocessing.json` and `summary_postprocessed.*`).
 /// Every JSON file has snake_case keys (`JSONFiles`). See `Training.docc/RunFolder.md`.
 public struct RunFolder: Sendable, Equatable {
     /// The folder itself.
@@ -45,6 +46,15 @@ public struct RunFolder: Sendable, Equatable {
     public var tensorBoard: URL { file("tensorboard") }
     /// A box plot of the test Dice per class and model.
     public var summarySVG: URL { file("summary.svg") }
+    /// A CV fold's test predictions (in the fold's sub-run folder): `<case>.nii.gz`, and with
+    /// `--save-probabilities` `probabilities/<case>.nii.gz`, as `attunet predict` writes them.
+    public var testPredictions: URL { file("test") }
+    /// A CV's postprocessing decision per model and class (`attunet postprocess --cv-dir`).
+    public var postprocessing: URL { file("postprocessing.json") }
+    /// The CV's test cases before and after the chosen postprocessing, paired, with the Wilcoxon test.
+    public var summaryPostprocessedMarkdown: URL { file("summary_postprocessed.md") }
+    /// `summary_postprocessed.md`'s numbers, with every case's.
+    public var summaryPostprocessedJSON: URL { file("summary_postprocessed.json") }
 
     /// Removes the temporary files that a write killed mid-way (SIGKILL, a lost node) left here: hidden
     /// `.tmp-<pid>-<n>-<name>` files (`AtomicFile`) whose process is not alive on this host. Rank 0 calls it when

@@ -22,13 +22,15 @@ struct CV: ParsableCommand {
 
             Folds: seeded by --seed (--group-by FILE keeps a patient's scans in one fold: JSON {case: patient} or CSV case,patient), or taken verbatim from --splits FILE (attunet's splits.json or nnU-Net's splits_final.json; refused, naming the cases, when parts overlap, miss or name unknown cases). In each fold a seeded --val-fraction of the training cases (never a test case) is held out to pick the best checkpoint; the test cases are segmented whole with it and measured against the store's labels at the store's spacing: Dice, precision, recall, ASSD, HD95 (--distance-definition), the original code's S2S, IoU, the relative volume difference RVD, and with --nsd-tolerance the normalised surface Dice (see attunet evaluate --help). Every rank trains every fold (data-parallel), or with --fold-parallel G each of G groups of ranks trains its share of the folds at the same time; the test cases are spread over the ranks that trained the fold.
 
-            Outputs in --out: config.json, splits.json, fold_<k>/<model>/ (a train run folder: checkpoints, log.csv, progress.svg, and results.json, the fold's per-case metrics), summary.md (the paper's table: per model the pancreas DSC, precision, recall and S2S, the other organs' DSC, parameters, inference time per volume; ASSD/HD95 under the distance definition; IoU, RVD and NSD per organ; with two models a paired Wilcoxon test per organ), summary.csv and summary.json (also per fold and per case), summary.svg (a box plot of Dice per organ and model). Rank 0 prints the table at the end.
+            Outputs in --out: config.json, splits.json, fold_<k>/<model>/ (a train run folder: checkpoints, log.csv, progress.svg, results.json, the fold's per-case metrics, and test/<case>.nii.gz, each test case's labels on its source grid as attunet predict writes them; with --save-probabilities also test/probabilities/<case>.nii.gz), summary.md (the paper's table: per model the pancreas DSC, precision, recall and S2S, the other organs' DSC, parameters, inference time per volume; ASSD/HD95 under the distance definition; IoU, RVD and NSD per organ; with two models a paired Wilcoxon test per organ), summary.csv and summary.json (also per fold and per case), summary.svg (a box plot of Dice per organ and model). Rank 0 prints the table at the end.
 
             Job arrays (cluster/cv-array.sbatch): one task per fold runs the command with --fold K (K = 0 … folds−1, every model of that fold, no summary); a job depending on all of them runs it with --summarize, which writes the summaries from the folds' results.json and fails naming any fold without one. The tasks share config.json and splits.json, so the folds are the same as in one run.
 
             Fine-tuning on the folds (the paper's TCIA protocols; attunet experiment transfer runs all three): --init CHECKPOINT starts every fold of every model from that checkpoint's weights, with train's --freeze, --head-lr, --reset-head and --label-map (AFT, after fine-tuning); with --epochs 0 each fold evaluates the mapped checkpoint as it is (BFT, before fine-tuning); without --init the folds train from scratch (SCR).
 
-            Restart: run the same command again after a stop (exit 75: SIGTERM/SIGUSR1, or --stop-after-epochs, which counts the epochs of all folds in this job) or a crash. Folds with results.json are skipped, an unfinished fold resumes from its checkpoint_latest.h5, bit-identical to an uninterrupted CV with the same rank count. A command whose configuration differs from --out's config.json is refused, naming the difference; --stop-after-epochs, --threads, --allreduce-bucket-mib and --no-overlap may change.
+            Postprocessing: attunet postprocess --cv-dir OUT chooses per class, on the kept test predictions, whether keeping the largest connected component(s) or removing small ones helps, and attunet predict --cv-dir OUT applies its choice.
+
+            Restart: run the same command again after a stop (exit 75: SIGTERM/SIGUSR1, or --stop-after-epochs, which counts the epochs of all folds in this job) or a crash. Folds with results.json are skipped (a finished fold whose test predictions are missing, as in a run made before cv kept them, writes the missing ones with the checkpoint it scored), an unfinished fold resumes from its checkpoint_latest.h5, bit-identical to an uninterrupted CV with the same rank count. A command whose configuration differs from --out's config.json is refused, naming the difference; --stop-after-epochs, --threads, --allreduce-bucket-mib and --no-overlap may change.
 
             Exit status:
               0   done
@@ -108,6 +110,11 @@ struct CV: ParsableCommand {
             "Print the plan (folds, cases, steps, epochs) and an estimate of the wall time, core-hours and peak memory per rank on these ranks, from a few timed steps and one timed validation volume per model; write nothing."
     )
     var dryRun = false
+    @Flag(
+        help:
+            "Also keep each test case's class probabilities, fold_<k>/<model>/test/probabilities/<case>.nii.gz, as predict --save-probabilities writes them (may be added on a restart)."
+    )
+    var saveProbabilities = false
 
     func validate() throws {
         guard folds >= 2 else { throw ValidationError("--folds must be at least 2") }
@@ -163,6 +170,7 @@ struct CV: ParsableCommand {
         cv.foldParallel = foldParallel
         cv.onlyFold = fold
         cv.summarizeOnly = summarize
+        cv.saveProbabilities = saveProbabilities
         if dryRun {
             let e = try cv.estimate()
             if comm.isRoot { print(Self.describe(e, inverse: inverse)) }

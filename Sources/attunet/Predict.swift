@@ -5,6 +5,7 @@ import Foundation
 import Inference
 import Support
 import Tensor
+import Training
 import Workflows
 
 /// `attunet predict`: segment CT volumes with a checkpoint, an ensemble, or a cross-validation's folds.
@@ -21,6 +22,8 @@ struct Predict: ParsableCommand {
             The sliding window tiles the volume with the training patch (--patch to change it) and blends the tiles' softmax with a Gaussian weight (--overlap). --tta averages the flips along the axes training mirrored along; a model trained without flips (--augment none) is refused, since flipped images are new to it, unless the axes are named with --tta-axes.
 
             Output in --out, per case: <case>.nii.gz, uint8 labels on the source's grid with its affine and qform/sform codes (a store case's source file when it is still where prepare read it, else scanner/scanner), read back and checked against the source. With --save-probabilities, probabilities/<case>.nii.gz: float32, 4-D (x, y, z, class), the class probabilities on the source grid. With --save-attention, attention/<case>_<gate>.nii.gz and .png: the attention gates' maps on the resampled grid, and 12 axial slices with the map overlaid. Only the label maps lie in --out itself, so attunet evaluate --pred OUT pairs them alone. Existing outputs are refused unless --force.
+
+            Postprocessing: with --cv-dir, the run's postprocessing.json (written by attunet postprocess) is applied to each label map before it is written, and a line says so; --no-postprocess writes the labels as predicted. --postprocess FILE applies a postprocessing.json to any checkpoint of a model it was decided for, with the same classes; another model or other classes are refused. It keeps, per class, the largest connected component(s) or removes the small ones, on the grid the labels are written on; the probabilities are written as predicted.
 
               attunet predict --cv-dir runs/cv --input Dataset007/imagesTs \\
                   --out pred
@@ -97,6 +100,15 @@ struct Predict: ParsableCommand {
     @Flag(help: "Also write the attention gates' maps (Attention U-Net only) as NIfTI and PNG.")
     var saveAttention = false
 
+    @Option(
+        help:
+            "A postprocessing.json (attunet postprocess) to apply to each label map before it is written; its model and classes must be the checkpoints'."
+    )
+    var postprocess: String?
+
+    @Flag(help: "With --cv-dir: do not apply the run's postprocessing.json.")
+    var noPostprocess = false
+
     @Flag(
         help:
             "Overwrite existing outputs; accept a --spacing or --blur-sigma that conflicts with the checkpoint's recipe."
@@ -129,6 +141,10 @@ struct Predict: ParsableCommand {
             throw ValidationError(e.message)
         }
         guard threads >= 1 else { throw ValidationError("--threads must be at least 1") }
+        if noPostprocess && (cvDir == nil || postprocess != nil) {
+            throw ValidationError(
+                "--no-postprocess skips the postprocessing.json of --cv-dir (and excludes --postprocess)")
+        }
     }
 
     func mirrorAxes() throws -> MirrorAxes? {
@@ -155,15 +171,28 @@ struct Predict: ParsableCommand {
         settings.saveAttention = saveAttention
         var models = checkpoints.count > 1 ? "an ensemble of \(checkpoints.count) checkpoints" : checkpoints.first ?? ""
         var paths = checkpoints
+        var modelName: String? = nil
         if let cvDir {
             let e = try FoldEnsemble(
                 run: cvDir, model: model, folds: try FoldEnsemble.folds(parsing: folds), which: which)
             paths = e.checkpoints
+            modelName = e.model
             models =
                 "\(e.model) folds \(e.folds.map(String.init).joined(separator: ",")) of \(cvDir) (\(which.rawValue))"
         }
         let caseStore = try store.map { try CaseStore(path: $0) }
         let predictor = try Predictor(checkpoints: paths, settings: settings, store: caseStore)
+        // The postprocessing: --postprocess FILE, else the run's postprocessing.json when it exists.
+        var postprocessing: String? = postprocess
+        if postprocessing == nil, !noPostprocess, let cvDir {
+            let file = RunFolder(path: cvDir).postprocessing.path
+            if FileManager.default.fileExists(atPath: file) { postprocessing = file }
+        }
+        if let file = postprocessing {
+            predictor.postprocessing = try PostprocessingPlan.load(file).postprocessing(
+                model: modelName ?? predictor.modelConfig.kind.rawValue,
+                classNames: Array(predictor.recipe.classNames.dropFirst()), file: file)
+        }
         let ids = cases.map { $0.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) } }
         let items = try input.map(PredictionCase.files) ?? PredictionCase.stored(caseStore!, ids: ids)
         try predictor.checkOutputs(items, in: out, force: force)
@@ -180,6 +209,11 @@ struct Predict: ParsableCommand {
             print(
                 "predict: \(items.count) case(s) on \(comm.size) rank(s) with \(models); tiles \(tile), overlap \(overlap)\(flips)\(grid)"
             )
+        }
+        if comm.isRoot, let file = postprocessing, let p = predictor.postprocessing {
+            print("predict: postprocessing the labels with \(file): \(p.summary)")
+        } else if comm.isRoot, noPostprocess {
+            print("predict: --no-postprocess: the labels are written as predicted")
         }
         try predictor.run(items, into: out, comm: comm)
     }

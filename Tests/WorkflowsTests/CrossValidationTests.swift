@@ -1,7 +1,9 @@
 import DataPipeline
+import Evaluation
 import Foundation
 import NN
 import Support
+import Tensor
 import TestSupport
 import Training
 import Workflows
@@ -135,6 +137,196 @@ final class CrossValidationTests: XCTestCase {
                     ), "\(model) \(name)")
             }
         }
+    }
+
+    /// The test cases' label maps of `run`, model by model and fold by fold: every fold's test cases (from its
+    /// results.json), and nothing else, in `fold_<k>/<model>/test/`.
+    func assertTestPredictions(_ run: URL, file: StaticString = #filePath, line: UInt = #line) throws {
+        for model in ["attention-unet", "unet"] {
+            for k in 0..<2 {
+                let test = RunFolder(run).fold(k, model: model).testPredictions.path
+                let ids = try results(run, fold: k, model: model).cases.map(\.id)
+                let files = try FileManager.default.contentsOfDirectory(atPath: test).filter { $0.hasSuffix(".nii.gz") }
+                XCTAssertEqual(files.sorted(), ids.map { "\($0).nii.gz" }.sorted(), test, file: file, line: line)
+            }
+        }
+    }
+
+    func labels(_ path: String) throws -> (voxels: [Float], affine: [Double]) {
+        let v = try NIfTIVolume.read(path)
+        return (v.voxels, v.affine)
+    }
+
+    /// cv keeps every test case's labels in `fold_<k>/<model>/test/<case>.nii.gz`, equal (voxels, affine, codes)
+    /// to what `attunet predict --store` writes for that case with the fold's checkpoint. A restart of the
+    /// finished run rewrites none of them, writes a deleted one again (equal to the first, saying so), and with
+    /// --save-probabilities adds every case's probabilities, equal to predict's; the results stay the run's.
+    func testCVKeepsTestPredictionsAsPredictWritesThemAndARestartCompletesThem() throws {
+        let reference = try Self.reference()
+        let store = try PhantomStore.path()
+        try assertTestPredictions(reference)
+        let sub = RunFolder(reference).fold(1, model: "unet")
+        let ids = try results(reference, fold: 1, model: "unet").cases.map(\.id)
+        let pred = work.appendingPathComponent("pred").path
+        let predict =
+            "\(TestEnv.attunet) predict --store \(store) --cases \(ids.joined(separator: ",")) --checkpoint \(sub.checkpointBest.path)"
+        var r = try TestEnv.run("\(predict) --out \(pred)")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        for id in ids {
+            let a = try labels("\(pred)/\(id).nii.gz")
+            let b = try labels("\(sub.testPredictions.path)/\(id).nii.gz")
+            XCTAssertEqual(a.voxels, b.voxels, id)
+            XCTAssertEqual(a.affine, b.affine, id)
+            let ga = try NIfTIVolume.readGeometry("\(pred)/\(id).nii.gz")
+            let gb = try NIfTIVolume.readGeometry("\(sub.testPredictions.path)/\(id).nii.gz")
+            XCTAssertEqual([ga.qformCode, ga.sformCode], [gb.qformCode, gb.sformCode])
+        }
+        r = try TestEnv.run("\(predict) --save-probabilities --out \(pred)/with-probabilities")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+
+        // A restart of a copy of the finished run: one prediction deleted, another watched.
+        let copy = work.appendingPathComponent("copy")
+        try FileManager.default.copyItem(at: reference, to: copy)
+        let deleted = "\(RunFolder(copy).fold(1, model: "unet").testPredictions.path)/\(ids[0]).nii.gz"
+        try FileManager.default.removeItem(atPath: deleted)
+        let watched = RunFolder(copy).fold(0, model: "attention-unet").testPredictions.path
+        let watchedID = try results(copy, fold: 0, model: "attention-unet").cases[0].id
+        let date = {
+            try FileManager.default.attributesOfItem(atPath: "\(watched)/\(watchedID).nii.gz")[.modificationDate]
+                as! Date
+        }
+        let before = try date()
+        r = try TestEnv.run(try Self.command(ranks: 1, out: copy.path))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("cv: attention-unet fold 1/2: done, skipped"), r.stdout)
+        XCTAssertTrue(
+            r.stdout.contains("cv: unet fold 2/2: done (")
+                && r.stdout.contains("writing 1 of 2 test prediction(s) missing"),
+            r.stdout)
+        XCTAssertEqual(try labels(deleted).voxels, try labels("\(sub.testPredictions.path)/\(ids[0]).nii.gz").voxels)
+        XCTAssertEqual(try date(), before, "an existing prediction is not rewritten")
+        try assertTestPredictions(copy)
+
+        // --save-probabilities on a restart: every finished fold writes the probabilities it lacks, and leaves
+        // its labels as they are.
+        r = try TestEnv.run(try Self.command(ranks: 1, out: copy.path, extra: "--save-probabilities"))
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertEqual(try date(), before, "an existing prediction is not rewritten")
+        XCTAssertEqual(r.stdout.components(separatedBy: "writing 2 of 2 test prediction(s) missing").count, 5, r.stdout)
+        for id in ids {
+            // nibabel reads both 4-D files (x, y, z, class).
+            try TestEnv.python(
+                """
+                import nibabel as nib, numpy as np
+                a = nib.load(r'\(pred)/with-probabilities/probabilities/\(id).nii.gz')
+                b = nib.load(r'\(RunFolder(copy).fold(1, model: "unet").testPredictions.path)/probabilities/\(id).nii.gz')
+                assert a.shape == b.shape and a.shape[3] == 4, (a.shape, b.shape)
+                assert np.array_equal(a.get_fdata(), b.get_fdata()) and np.allclose(a.affine, b.affine)
+                """)
+        }
+        XCTAssertEqual(timeless(try summary(copy)), timeless(try summary(reference)))
+    }
+
+    /// `attunet postprocess` on the 2-fold run (kidney: the 2 largest compared too): a decision for every model
+    /// and class over the 4 test cases, following the rule (a kept variant has a mean Dice not lower and a mean
+    /// HD95 not higher than none's; the chosen one the largest Dice among the kept); the paired summary's means
+    /// are those of its per-case rows; cv's summary.json is untouched. `predict --cv-dir` then applies the
+    /// decision and says so: its labels are `--no-postprocess`'s with the plan applied by hand. Missing
+    /// predictions are refused, naming the file, and leave postprocessing.json as it was.
+    func testPostprocessDecidesOnTheSavedPredictionsAndPredictApplies() throws {
+        let reference = try Self.reference()
+        let store = try PhantomStore.path()
+        let run = work.appendingPathComponent("pp")
+        try FileManager.default.copyItem(at: reference, to: run)
+        let folder = RunFolder(run)
+        var r = try TestEnv.run("\(TestEnv.attunet) postprocess --cv-dir \(run.path) --keep kidney:2")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("postprocess: unet fold 2/2: 2 case(s) scored under every variant"), r.stdout)
+        let plan = try PostprocessingPlan.load(folder.postprocessing.path)
+        XCTAssertEqual(plan.models.map(\.model), ["attention-unet", "unet"])
+        XCTAssertEqual(plan.connectivity, .twentySix)
+        for m in plan.models {
+            XCTAssertEqual(m.classes.map(\.name), ["spleen", "pancreas", "kidney"])
+            for c in m.classes {
+                XCTAssertEqual(c.cases, 4)
+                XCTAssertEqual(c.variants.map(\.step).first, PostprocessingStep.none)
+                XCTAssertEqual(c.variants.count, c.name == "kidney" ? 4 : 3, c.name)
+                let none = c.variants[0]
+                for v in c.variants {
+                    XCTAssertEqual(
+                        v.kept, v.diceMean >= none.diceMean && v.hd95Mean <= none.hd95Mean, "\(m.model) \(c.name) \(v)")
+                }
+                let best = c.variants.filter(\.kept).map(\.diceMean).max()!
+                let chosen = c.variants.first { $0.step == c.chosen }!
+                XCTAssertTrue(chosen.kept)
+                XCTAssertEqual(chosen.diceMean, best)
+            }
+        }
+        let summary = try JSONFiles.decode(
+            PostprocessedSummary.self, from: Data(contentsOf: folder.summaryPostprocessedJSON))
+        XCTAssertEqual(summary.rows.count, 6)
+        XCTAssertEqual(summary.perCase.count, 2 * 4 * 3)
+        for row in summary.rows {
+            let cases = summary.perCase.filter { $0.model == row.model && $0.className == row.className }
+            XCTAssertEqual(row.pairs, 4)
+            XCTAssertEqual(row.dice.raw, cases.map(\.diceRaw).reduce(0, +) / 4, accuracy: 1e-12)
+            XCTAssertEqual(row.hd95.postprocessed, cases.map(\.hd95Postprocessed).reduce(0, +) / 4, accuracy: 1e-12)
+            XCTAssertTrue((0...1).contains(row.dice.pValue) && (0...1).contains(row.hd95.pValue), "\(row)")
+            if row.postprocessing == .none { XCTAssertEqual(row.dice.pValue, 1) }
+        }
+        let md = try String(contentsOf: folder.summaryPostprocessedMarkdown, encoding: .utf8)
+        XCTAssertTrue(md.contains("| unet | kidney |") && md.contains("Wilcoxon"), md)
+        XCTAssertEqual(try Data(contentsOf: folder.summaryJSON), try Data(contentsOf: RunFolder(reference).summaryJSON))
+
+        // predict --cv-dir applies the decision and says so; --no-postprocess writes the labels as predicted.
+        let ids = try CaseStore(path: store).cases.map(\.id).prefix(2)
+        let base =
+            "\(TestEnv.attunet) predict --cv-dir \(run.path) --store \(store) --cases \(ids.joined(separator: ","))"
+        r = try TestEnv.run("\(base) --out \(work.path)/post")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        let post = try plan.postprocessing(
+            model: "attention-unet", classNames: ["spleen", "pancreas", "kidney"], file: folder.postprocessing.path)
+        XCTAssertTrue(
+            r.stdout.contains("predict: postprocessing the labels with \(folder.postprocessing.path): \(post.summary)"),
+            r.stdout)
+        r = try TestEnv.run("\(base) --no-postprocess --out \(work.path)/raw")
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("--no-postprocess: the labels are written as predicted"), r.stdout)
+        let cases = try CaseStore(path: store).cases
+        for id in ids {
+            let raw = try NIfTIVolume.read("\(work.path)/raw/\(id).nii.gz")
+            var expected = raw.voxels.map { UInt8($0) }
+            let info = cases.first { $0.id == id }!
+            post.apply(
+                to: &expected, dim: Dim3(z: raw.nz, y: raw.ny, x: raw.nx), spacing: VoxelSpacing(info.originalSpacing!))
+            XCTAssertEqual(try labels("\(work.path)/post/\(id).nii.gz").voxels, expected.map(Float.init), id)
+        }
+
+        // Refusals: a missing case, then a fold without saved predictions; postprocessing.json stays.
+        let decided = try Data(contentsOf: folder.postprocessing)
+        let test = folder.fold(0, model: "unet").testPredictions.path
+        let missing = try FileManager.default.contentsOfDirectory(atPath: test).filter { $0.hasSuffix(".nii.gz") }
+            .sorted()[0]
+        try FileManager.default.removeItem(atPath: "\(test)/\(missing)")
+        r = try TestEnv.run("\(TestEnv.attunet) postprocess --cv-dir \(run.path)")
+        XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
+        XCTAssertTrue(
+            r.stderr.contains(
+                "error: \(test)/\(missing): missing (a test case of fold 0 of unet); rerun the same attunet cv command"),
+            r.stderr)
+        try FileManager.default.removeItem(atPath: test)
+        r = try TestEnv.run("\(TestEnv.attunet) postprocess --cv-dir \(run.path)")
+        XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
+        XCTAssertTrue(
+            r.stderr.contains("error: \(test): no saved test predictions")
+                && r.stderr.contains("rerun the same attunet cv command with this version"),
+            r.stderr)
+        XCTAssertEqual(try Data(contentsOf: folder.postprocessing), decided)
+        r = try TestEnv.run("\(TestEnv.attunet) postprocess --cv-dir \(run.path) --keep kidneys:2")
+        XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
+        XCTAssertTrue(
+            r.stderr.contains("--keep: no class 'kidneys' in \(run.path) (its classes: spleen, pancreas, kidney)"),
+            r.stderr)
     }
 
     /// Box statistics as NumPy's percentile (linear) and Matplotlib's Tukey whiskers compute them.

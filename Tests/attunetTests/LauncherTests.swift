@@ -94,8 +94,8 @@ final class LauncherTests: XCTestCase {
         let main = try bash("bash launch/run-default.sh", cpu: "avx2", uid: Int(getuid()))
         XCTAssertEqual(main.status, 0, "run-default.sh:\n\(main.stdout)\(main.stderr)")
         for step in [
-            "== 1/4 doctor", "stand-in attunet doctor CORETYPE=unset", "== 4/4 cv", "stand-in attunet cv",
-            "run-default: done in",
+            "== 1/5 doctor", "stand-in attunet doctor CORETYPE=unset", "== 4/5 cv", "stand-in attunet cv",
+            "== 5/5 postprocess", "stand-in attunet postprocess", "run-default: done in",
         ] {
             XCTAssertTrue(main.stdout.contains(step), "missing '\(step)':\n\(main.stdout)\(main.stderr)")
         }

@@ -2,6 +2,7 @@ import Collectives
 import DataPipeline
 import Evaluation
 import Foundation
+import HDF5Kit
 import Inference
 import NN
 import Support
@@ -138,6 +139,10 @@ public final class CrossValidation {
     public var summarizeOnly = false
     /// Print summary.md at the end (with ``RunContext/verbose``); off when the CV is one part of a larger report.
     public var printsSummary = true
+    /// Keep the class probabilities of every test case beside its labels (`fold_<k>/<model>/test/probabilities/`,
+    /// as `predict --save-probabilities` writes them). Not stored in `config.json`: a restart that adds it writes
+    /// the probabilities the finished folds lack.
+    public var saveProbabilities = false
 
     public init(config: CrossValidationConfig, comm: Communicator, folder: RunFolder) {
         self.config = config
@@ -336,16 +341,25 @@ public final class CrossValidation {
         // 0: fresh, 1: resume, 2: done (the group's root looks; its ranks follow).
         let fm = FileManager.default
         // A fold whose first checkpoint write was killed has a temporary file and no checkpoint yet.
-        if comm.isRoot, fm.fileExists(atPath: sub.path), let removed = sub.removeStaleTemporaries() {
-            say(head + ": " + removed)
+        if comm.isRoot, fm.fileExists(atPath: sub.path) {
+            for f in [
+                sub, RunFolder(sub.testPredictions),
+                RunFolder(sub.testPredictions.appendingPathComponent("probabilities")),
+            ]
+            where fm.fileExists(atPath: f.path) {
+                if let removed = f.removeStaleTemporaries() { say(head + ": " + removed) }
+            }
         }
         let status: Int = try comm.broadcast(
             comm.isRoot
                 ? (fm.fileExists(atPath: sub.foldResults.path)
                     ? 2 : fm.fileExists(atPath: sub.checkpointLatest.path) ? 1 : 0) : nil)
         if status == 2 {
-            say("\(head): done, skipped (\(sub.foldResults.path) exists)")
-            return try comm.broadcast(comm.isRoot ? try Self.readResults(sub.foldResults.path) : nil)
+            let results: FoldResults = try comm.broadcast(
+                comm.isRoot ? try Self.readResults(sub.foldResults.path) : nil)
+            try completeTestPredictions(
+                results, train: config.trainConfig(plan: plan, fold: k, model: model), in: sub, on: comm, head: head)
+            return results
         }
         let train = config.trainConfig(plan: plan, fold: k, model: model)
         let test = plan.testCases(fold: k)
@@ -430,14 +444,19 @@ public final class CrossValidation {
         let model = trainer.model
         try Checkpoint.load(path, into: model)
         let store = try CaseStore(path: config.store)
-        // The test cases are segmented by the Predictor that `attunet predict` uses, on the store's grid.
+        // The test cases are segmented by the Predictor that `attunet predict` uses, on the store's grid, scored
+        // there, and the same predictions written as predict writes them.
         let predictor = try Predictor(
             networks: [model], recipe: trainer.recipe,
-            options: SlidingWindowOptions(patch: trainer.config.patch))
+            options: SlidingWindowOptions(patch: trainer.config.patch, keepProbabilities: saveProbabilities),
+            settings: testPredictionSettings)
+        let out = RunFolder(trainer.outDir).testPredictions.path
+        try makeTestFolder(out, on: comm)
         let cases = try Self.measure(
             test, of: store, path: config.store, classes: trainer.config.model.classes,
-            definition: config.distanceDefinition, nsdTolerance: config.nsdTolerance, on: comm
-        ) { try predictor.segment(store: store, case: $0).labels }
+            definition: config.distanceDefinition, nsdTolerance: config.nsdTolerance, on: comm,
+            segment: { try predictor.segment(store: store, case: $0) },
+            keep: { try predictor.write($1, store: store, case: $0, into: out) })
         return FoldResults(
             model: trainer.config.model.kind.rawValue, fold: k,
             checkpoint: URL(fileURLWithPath: path).lastPathComponent,
@@ -446,14 +465,15 @@ public final class CrossValidation {
             cases: cases)
     }
 
-    /// Segments the `test` cases of `store` (case i on rank i mod size) with `segment` (store index → label per
-    /// voxel), times each and scores it against the store's labels at the store's spacing (``Evaluator``, with
-    /// the NSD at `nsdTolerance` per class when given); every rank gets every case's result, in the order of
+    /// Segments the `test` cases of `store` (case i on rank i mod size) with `segment` (store index → the
+    /// prediction on the store's grid), times each and scores its labels against the store's labels at the
+    /// store's spacing (``Evaluator``, with the NSD at `nsdTolerance` per class when given), then hands it to
+    /// `keep` (untimed: the cross-validation writes it); every rank gets every case's result, in the order of
     /// `test`.
     static func measure(
         _ test: [String], of store: CaseStore, path: String, classes: Int,
         definition: SurfaceDistanceDefinition, nsdTolerance: [Double]? = nil, on comm: Communicator,
-        segment: (Int) throws -> [UInt8]
+        segment: (Int) throws -> Prediction, keep: (Int, Prediction) throws -> Void = { _, _ in }
     ) throws -> [CaseResult] {
         var mine: [CaseResult] = []
         if let n = nsdTolerance?.count, n != classes - 1 {
@@ -468,14 +488,84 @@ public final class CrossValidation {
             let seconds = Double(DispatchTime.now().uptimeNanoseconds - t0) / 1e9
             let shape = store.cases[c].shape
             let m = evaluator.metrics(
-                prediction: pred, reference: try store.label(c), dim: shape,
+                prediction: pred.labels, reference: try store.label(c), dim: shape,
                 spacing: VoxelSpacing(store.spacing))
+            try keep(c, pred)
             mine.append(CaseResult(id: id, seconds: seconds, classes: m, voxels: shape.count))
         }
         let byID = Dictionary(
             uniqueKeysWithValues: try comm.allGather(data: try JSONEncoder().encode(mine))
                 .flatMap { try JSONDecoder().decode([CaseResult].self, from: $0) }.map { ($0.id, $0) })
         return test.map { byID[$0]! }
+    }
+
+    /// How the test predictions are written: as `predict` writes a store's case (probabilities with
+    /// ``saveProbabilities``), on the stored grid for a case whose store records no source geometry.
+    var testPredictionSettings: PredictionSettings {
+        var s = PredictionSettings()
+        s.saveProbabilities = saveProbabilities
+        s.storedGridWithoutSource = true
+        return s
+    }
+
+    /// Rank 0 makes the test predictions' folder (and its probabilities/); every rank of `comm` waits.
+    func makeTestFolder(_ out: String, on comm: Communicator) throws {
+        if comm.isRoot {
+            try FileManager.default.createDirectory(atPath: out, withIntermediateDirectories: true)
+            if saveProbabilities {
+                try FileManager.default.createDirectory(
+                    atPath: out + "/probabilities", withIntermediateDirectories: true)
+            }
+        }
+        try comm.barrier()
+    }
+
+    /// A finished fold's test predictions: those missing (a run made before cv kept them, a write killed, or
+    /// probabilities asked for since) are predicted with the checkpoint the fold evaluated (its weights digest
+    /// checked against results.json) and written; existing ones are kept as they are.
+    func completeTestPredictions(
+        _ results: FoldResults, train: TrainConfig, in sub: RunFolder, on comm: Communicator, head: String
+    ) throws {
+        let out = sub.testPredictions.path
+        let store = try CaseStore(path: config.store)
+        let settings = testPredictionSettings
+        let ids = results.cases.map(\.id)
+        let missing: [String] = try comm.broadcast(
+            comm.isRoot
+                ? ids.filter { id in
+                    (["\(out)/\(id).nii.gz"] + (saveProbabilities ? ["\(out)/probabilities/\(id).nii.gz"] : []))
+                        .contains { !FileManager.default.fileExists(atPath: $0) }
+                } : nil)
+        guard !missing.isEmpty else {
+            if comm.isRoot && context.verbose {
+                print("\(head): done, skipped (\(sub.foldResults.path) exists)")
+                fflush(nil)
+            }
+            return
+        }
+        let checkpoint = sub.url.appendingPathComponent(results.checkpoint).path
+        if comm.isRoot && context.verbose {
+            print(
+                "\(head): done (\(sub.foldResults.path) exists); writing \(missing.count) of \(ids.count) test prediction(s) missing from \(out) with \(results.checkpoint)"
+            )
+            fflush(nil)
+        }
+        let network = try Checkpoint.load(checkpoint)
+        guard TrainingCheckpoint.weightsDigest(network) == results.weightsSHA256 else {
+            throw AttunetError(
+                "\(checkpoint): its weights differ from those \(sub.foldResults.path) scored (weights_sha256); the fold's test predictions cannot be remade: delete results.json to evaluate the fold again"
+            )
+        }
+        // The recipe the fold's trainer recorded in the checkpoint (as evaluate used it).
+        let recipe = try PredictionRecipe.read(from: try H5File.open(checkpoint))
+        let predictor = try Predictor(
+            networks: [network], recipe: try recipe ?? PredictionRecipe(store: store, config: train),
+            options: SlidingWindowOptions(patch: train.patch, keepProbabilities: saveProbabilities),
+            settings: settings)
+        predictor.keepsExistingOutputs = true
+        try makeTestFolder(out, on: comm)
+        try predictor.run(
+            try PredictionCase.stored(store, ids: missing), into: out, comm: comm, verbose: false)
     }
 
     /// Rank 0: writes summary.md, summary.csv and summary.json from every fold's results (model by model, fold

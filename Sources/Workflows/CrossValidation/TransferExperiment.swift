@@ -288,7 +288,9 @@ public final class TransferExperiment {
                 test, of: target, path: config.targetStore, classes: target.classNames.count,
                 definition: config.distanceDefinition, on: comm
             ) {
-                try predictor.predict(store: target, case: $0).labels.map { table[Int($0)] }
+                var p = try predictor.predict(store: target, case: $0)
+                p.labels = p.labels.map { table[Int($0)] }
+                return p
             }
             let r = FoldResults(
                 model: name, fold: k, checkpoint: path, weightsSHA256: TrainingCheckpoint.weightsDigest(model),

@@ -1,5 +1,6 @@
 import Collectives
 import DataPipeline
+import Evaluation
 import Foundation
 import HDF5Kit
 import Inference
@@ -30,6 +31,10 @@ public struct PredictionSettings: Sendable {
     public var saveProbabilities = false
     /// Also write the attention gates' maps (Attention U-Net only).
     public var saveAttention = false
+    /// A stored case whose store records no source geometry is written on the stored grid, with the store's
+    /// affine, instead of refused: what `cv` does with its test cases, so that a store prepared before attunet
+    /// recorded the source geometry still cross-validates.
+    public var storedGridWithoutSource = false
 
     public init() {}
 }
@@ -102,6 +107,13 @@ public final class Predictor {
     public let settings: PredictionSettings
     /// Architecture and classes (one across the ensemble).
     public let modelConfig: ModelConfig
+    /// Applied to each label map on the grid it is written on, before it is written (the probabilities are
+    /// written as predicted): `predict --postprocess`, or the `postprocessing.json` of `predict --cv-dir`
+    /// (``PostprocessingPlan/postprocessing(model:classNames:file:)`` checks that it fits this model).
+    public var postprocessing: LabelPostprocessing?
+    /// Leave an output that exists as it is and write only the missing ones (a cross-validation completing a
+    /// finished fold's test predictions on a restart).
+    public var keepsExistingOutputs = false
     let sliding: SlidingWindowPredictor
 
     /// Networks in memory with their recipe (the cross-validation's fold model).
@@ -279,66 +291,150 @@ public final class Predictor {
         }
     }
 
-    /// Segments one case and writes, in `out`: `<id>.nii.gz` (uint8 labels on the source's grid, with its
-    /// affine and codes, read back and checked against the source file), and as asked
-    /// `probabilities/<id>.nii.gz` (float32, 4-D: x, y, z, class) and `attention/<id>_<gate>.nii.gz` / `.png`.
-    public func predict(_ item: PredictionCase, into out: String) throws {
-        let id = item.id
-        let prediction: Prediction
+    /// Where a case's outputs go: the source grid (and the source file to check them against), or the stored
+    /// grid of a case without source geometry (``PredictionSettings/storedGridWithoutSource``).
+    struct Placement {
+        var geometry: SourceGeometry?
+        /// The stored grid's affine (for the attention maps, and the labels of a case without source geometry).
+        var storedAffine: [Double]
+        var codes: XformCodes
+        var sourcePath: String?
+    }
+
+    /// The placement of case `c` of `store`: the source file's own codes when it is still where prepare read
+    /// it (checked against the store's record of its size and affine); else scanner anatomy for both.
+    func placement(store: CaseStore, case c: Int) throws -> Placement {
         let geometry: SourceGeometry
-        let codes: XformCodes
+        do { geometry = try SourceGeometry(store: store, case: c) } catch  where settings.storedGridWithoutSource {
+            return Placement(geometry: nil, storedAffine: store.cases[c].affine, codes: .scanner, sourcePath: nil)
+        }
+        let recorded = store.cases[c].source
+        if FileManager.default.fileExists(atPath: recorded) {
+            return Placement(
+                geometry: geometry, storedAffine: geometry.storedAffine,
+                codes: try XformCodes.of(source: recorded, geometry: geometry), sourcePath: recorded)
+        }
+        return Placement(geometry: geometry, storedAffine: geometry.storedAffine, codes: .scanner, sourcePath: nil)
+    }
+
+    /// Segments one case and writes, in `out`: `<id>.nii.gz` (uint8 labels on the source's grid, with its
+    /// affine and codes, read back and checked against the source file; postprocessed when the settings say
+    /// so), and as asked `probabilities/<id>.nii.gz` (float32, 4-D: x, y, z, class) and
+    /// `attention/<id>_<gate>.nii.gz` / `.png`. Returns the prediction on the grid the network saw (its labels
+    /// not postprocessed).
+    @discardableResult
+    public func predict(_ item: PredictionCase, into out: String) throws -> Prediction {
+        let prediction: Prediction
+        let place: Placement
         let image: [Float]
-        var sourcePath: String? = nil
         switch item.source {
         case .file(let path):
             let input = try SourceInput(
-                path: path, id: id, spacing: recipe.spacingMM, blurSigma: recipe.blurSigmaMM,
+                path: path, id: item.id, spacing: recipe.spacingMM, blurSigma: recipe.blurSigmaMM,
                 modality: recipe.modality)
             prediction = try sliding.predict(
                 volume: input.image, shape: input.geometry.storedShape, padValue: input.padValue)
-            geometry = input.geometry
-            codes = input.codes
-            sourcePath = path
+            place = Placement(
+                geometry: input.geometry, storedAffine: input.geometry.storedAffine, codes: input.codes,
+                sourcePath: path)
             image = input.image
         case .stored(let store, let c):
-            geometry = try SourceGeometry(store: store, case: c)
+            place = try placement(store: store, case: c)
             let (normalized, pad) = try store.normalizedImage(c, normalization: .zscore)
             prediction = try sliding.predict(volume: normalized, shape: store.cases[c].shape, padValue: pad)
             image = normalized
-            // The source file's own codes when it is still where prepare read it (checked against the store's
-            // record of its size and affine); else scanner anatomy for both.
-            let recorded = store.cases[c].source
-            if FileManager.default.fileExists(atPath: recorded) {
-                codes = try XformCodes.of(source: recorded, geometry: geometry)
-                sourcePath = recorded
-            } else {
-                codes = .scanner
+        }
+        try write(prediction, id: item.id, place: place, image: image, into: out)
+        return prediction
+    }
+
+    /// Writes `prediction` of case `c` of `store` (made by ``segment(store:case:)``) into `out` as
+    /// ``predict(_:into:)`` writes it (attention maps aside): the cross-validation scores a test case's labels
+    /// in memory and keeps the same prediction on disk.
+    public func write(_ prediction: Prediction, store: CaseStore, case c: Int, into out: String) throws {
+        try write(prediction, id: store.cases[c].id, place: try placement(store: store, case: c), image: nil, into: out)
+    }
+
+    func write(_ prediction: Prediction, id: String, place: Placement, image: [Float]?, into out: String) throws {
+        let labelPath = "\(out)/\(id).nii.gz"
+        let probabilityPath = "\(out)/probabilities/\(id).nii.gz"
+        if keepsExistingOutputs {
+            let fm = FileManager.default
+            if fm.fileExists(atPath: labelPath)
+                && (!settings.saveProbabilities || fm.fileExists(atPath: probabilityPath))
+            {
+                return
+            }
+            if fm.fileExists(atPath: labelPath) {
+                // Only the probabilities are missing.
+                try writeProbabilities(prediction, place: place, to: probabilityPath)
+                return
             }
         }
-        let labelPath = "\(out)/\(id).nii.gz"
-        try SourceExport.write(prediction, geometry: geometry, to: labelPath, codes: codes)
-        if let sourcePath { try Self.checkGeometry(labelPath, against: sourcePath) }
-        if settings.saveProbabilities {
-            let p = try SourceExport.probabilities(prediction, geometry: geometry)
-            let s = geometry.sourceShape
-            try NIfTIVolume.write4D(
-                "\(out)/probabilities/\(id).nii.gz", nx: s.x, ny: s.y, nz: s.z, channels: prediction.classes,
-                affine: geometry.sourceAffine, voxels: p, qformCode: codes.qform, sformCode: codes.sform)
+        if let geometry = place.geometry {
+            if let post = postprocessing, !post.isIdentity {
+                var labels = try SourceExport.labels(prediction, geometry: geometry)
+                let s = geometry.sourceShape
+                post.apply(to: &labels, dim: s, spacing: VoxelSpacing(geometry.sourceSpacing))
+                try Self.writeLabels(labels, shape: s, affine: geometry.sourceAffine, codes: place.codes, to: labelPath)
+            } else {
+                try SourceExport.write(prediction, geometry: geometry, to: labelPath, codes: place.codes)
+            }
+            if let sourcePath = place.sourcePath { try Self.checkGeometry(labelPath, against: sourcePath) }
+        } else {
+            // No source geometry: the stored grid, as the network saw it.
+            var labels = prediction.labels
+            let s = prediction.shape
+            if let post = postprocessing {
+                let spacing = (0..<3).map { a in
+                    (0..<3).reduce(0.0) { $0 + place.storedAffine[$1 * 4 + a] * place.storedAffine[$1 * 4 + a] }
+                        .squareRoot()
+                }
+                post.apply(to: &labels, dim: s, spacing: VoxelSpacing(spacing))
+            }
+            try Self.writeLabels(labels, shape: s, affine: place.storedAffine, codes: place.codes, to: labelPath)
         }
-        if settings.saveAttention, let maps = prediction.attentionMaps {
+        if settings.saveProbabilities { try writeProbabilities(prediction, place: place, to: probabilityPath) }
+        if settings.saveAttention, let maps = prediction.attentionMaps, let image {
             let s = maps.shape
             for name in maps.names {
                 let safe = String(name.map { $0.isLetter || $0.isNumber || $0 == "-" || $0 == "_" ? $0 : "_" })
                 var v = NIfTIVolume(
-                    nx: s.x, ny: s.y, nz: s.z, affine: geometry.storedAffine, voxels: Array(maps.map(name)!))
-                v.qformCode = codes.qform
-                v.sformCode = codes.sform
+                    nx: s.x, ny: s.y, nz: s.z, affine: place.storedAffine, voxels: Array(maps.map(name)!))
+                v.qformCode = place.codes.qform
+                v.sformCode = place.codes.sform
                 try v.write("\(out)/attention/\(id)_\(safe).nii.gz")
                 try AttentionMontage.write(
-                    image: image, attention: maps.map(name)!, shape: s, affine: geometry.storedAffine,
+                    image: image, attention: maps.map(name)!, shape: s, affine: place.storedAffine,
                     to: "\(out)/attention/\(id)_\(safe).png")
             }
         }
+    }
+
+    /// Writes the class probabilities (float32, 4-D: x, y, z, class) on the placement's grid.
+    func writeProbabilities(_ prediction: Prediction, place: Placement, to path: String) throws {
+        if let geometry = place.geometry {
+            let p = try SourceExport.probabilities(prediction, geometry: geometry)
+            let s = geometry.sourceShape
+            try NIfTIVolume.write4D(
+                path, nx: s.x, ny: s.y, nz: s.z, channels: prediction.classes, affine: geometry.sourceAffine,
+                voxels: p, qformCode: place.codes.qform, sformCode: place.codes.sform)
+        } else if let p = prediction.probabilities {
+            let s = prediction.shape
+            try NIfTIVolume.write4D(
+                path, nx: s.x, ny: s.y, nz: s.z, channels: prediction.classes, affine: place.storedAffine,
+                voxels: p, qformCode: place.codes.qform, sformCode: place.codes.sform)
+        }
+    }
+
+    /// Writes a uint8 label map `[z][y][x]` of `shape` with `affine` and `codes`.
+    static func writeLabels(_ labels: [UInt8], shape s: Dim3, affine: [Double], codes: XformCodes, to path: String)
+        throws
+    {
+        var volume = NIfTIVolume(nx: s.x, ny: s.y, nz: s.z, affine: affine, voxels: labels.map(Float.init))
+        volume.qformCode = codes.qform
+        volume.sformCode = codes.sform
+        try volume.write(path, as: .uint8)
     }
 
     /// Predicts `cases` into `out` over the ranks of `comm` (rank r takes cases r, r+p, ...). Rank 0 makes the
