@@ -128,6 +128,28 @@ final class PlanTests: XCTestCase {
         XCTAssertTrue(lines[3].hasPrefix("| 1 x 64 |") && lines[4].hasPrefix("| 4 x 64 |"), table.stdout)
     }
 
+    /// `cv --dry-run --nodes N` plans that cv command: calibrated on its store at its patch, its folds and cases,
+    /// and the printed lines carry its options (not the dry run's, the planning ones, --store or --out).
+    func testCVDryRunWithNodesPlansThatCommand() throws {
+        let store = try PhantomStore.path()
+        let plan = "--dry-run --nodes 2 --cores-per-node 4 --memory-per-node 16"
+        let calibration = "--calibration-threads 1,2 --calibration-steps 1 --calibration-warmup 0"
+        let r = try attunet(
+            "cv --store \(store) --out runs/x --folds 2 \(tiny) --epochs 2 --lr 1e-3 \(plan) \(calibration)")
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertTrue(r.stdout.contains("x 2 folds = 4 jobs; 4 cases"), r.stdout)
+        XCTAssertTrue(r.stdout.contains("soonest layout:"), r.stdout)
+        let line = try XCTUnwrap(r.stdout.split(separator: "\n").first { $0.contains("sbatch --nodes=") })
+        XCTAssertTrue(
+            line.contains(
+                "STORE=\(store) CV_OPTS=\"--folds 2 --feature-scale 16 --patch 32x32x16 --epochs 2 --lr 1e-3"),
+            String(line))
+        for gone in ["--dry-run", "--nodes 2", "--calibration", "--out", "--memory-per-node"] {
+            XCTAssertFalse(line.contains(gone), "\(gone) in \(line)")
+        }
+        XCTAssertFalse(FileManager.default.fileExists(atPath: dir.appendingPathComponent("runs/x").path), "wrote")
+    }
+
     /// Bad input: one error line naming the file or the problem, exit 1, nothing written.
     func testBadProfileAndTooLittleMemoryAreRefused() throws {
         let bad = dir.appendingPathComponent("bad.json").path
