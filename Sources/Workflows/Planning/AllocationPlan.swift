@@ -194,8 +194,8 @@ public struct PlannedExperiment: Codable, Sendable, Equatable {
     }
 
     /// The jobs of `attunet cv` on the folds of `plan`: the same validation split
-    /// (``TrainConfig/split(_:validationFraction:seed:)``) and steps per epoch
-    /// (``PatchLoader/stepsPerEpoch(samples:globalBatch:)``) as the run.
+    /// (`TrainConfig.split(_:validationFraction:seed:)`) and steps per epoch
+    /// (`PatchLoader.stepsPerEpoch(samples:globalBatch:)`) as the run.
     public init(
         models: [String], plan: FoldPlan, epochs: Int, batch: Int, samplesPerCase: Int = 1,
         validationFraction: Double = 0.2, validateEvery: Int = 1, tilesPerVolume: Double
@@ -232,7 +232,7 @@ public struct PlannedExperiment: Codable, Sendable, Equatable {
     public static func ids(count: Int) -> [String] { (0..<count).map { String(format: "case_%04d", $0) } }
 
     /// Sliding-window tiles of a volume of `shape` at `patch` with the trainer's overlap (0.5), padded where
-    /// smaller than the patch, as ``SlidingWindowPredictor`` places them.
+    /// smaller than the patch, as `SlidingWindowPredictor` places them.
     public static func tiles(volume shape: Dim3, patch: Dim3, overlap: Double = 0.5) -> Int {
         let n = [max(shape.z, patch.z), max(shape.y, patch.y), max(shape.x, patch.x)]
         let p = [patch.z, patch.y, patch.x]

@@ -6,7 +6,7 @@ import Tensor
 import Training
 
 /// What the planner measured on one machine (`attunet plan --calibrate --out profile.json`): for every model,
-/// whole training steps of one rank (``TrainingBench``, as `attunet bench train` times them) and evaluation-mode
+/// whole training steps of one rank (`TrainingBench`, as `attunet bench train` times them) and evaluation-mode
 /// forward passes of one patch at several thread counts, and the rank's memory. A profile made on a compute
 /// node plans on a login node (`attunet plan --profile profile.json`). Written as snake_case JSON.
 public struct CalibrationProfile: Codable, Sendable, Equatable {
@@ -129,7 +129,7 @@ public struct CalibrationProfile: Codable, Sendable, Equatable {
         }
     }
 
-    /// The file's content (``JSONFiles``).
+    /// The file's content (`JSONFiles`).
     public func json() throws -> Data { try JSONFiles.data(self) }
 
     /// The planner's cost model of `model` (its kind's name and feature scale must have been measured) for an
