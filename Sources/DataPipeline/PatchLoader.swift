@@ -101,7 +101,11 @@ public final class PatchLoader: @unchecked Sendable {
     /// Global samples per epoch (all ranks).
     public var samplesPerEpoch: Int { cases.count * samplesPerCase }
     /// Steps per epoch, identical on every rank: floor(samples / (batch · worldSize)), at least 1.
-    public var stepsPerEpoch: Int { max(1, samplesPerEpoch / (batch * worldSize)) }
+    public var stepsPerEpoch: Int { Self.stepsPerEpoch(samples: samplesPerEpoch, globalBatch: batch * worldSize) }
+
+    /// Steps of an epoch of `samples` global samples (cases × samples per case) at `globalBatch`:
+    /// floor(samples / globalBatch), at least 1.
+    public static func stepsPerEpoch(samples: Int, globalBatch: Int) -> Int { max(1, samples / max(globalBatch, 1)) }
 
     /// The epoch's global order: position -> index into `cases`.
     public func order(epoch: Int) -> [Int] {

@@ -107,7 +107,7 @@ struct CV: ParsableCommand {
     var summarize = false
     @Flag(
         help:
-            "Print the plan (folds, cases, steps, epochs) and an estimate of the wall time, core-hours and peak memory per rank on these ranks, from a few timed steps and one timed validation volume per model; write nothing."
+            "Print the plan (folds, cases, steps, epochs) and an estimate of the wall time, core-hours and peak memory per rank on these ranks, from a few timed steps and one timed validation volume per model; write nothing. With --nodes: the layout that finishes soonest on that allocation instead (attunet plan, calibrated here on --store)."
     )
     var dryRun = false
     @Flag(
@@ -115,6 +115,11 @@ struct CV: ParsableCommand {
             "Also keep each test case's class probabilities, fold_<k>/<model>/test/probabilities/<case>.nii.gz, as predict --save-probabilities writes them (may be added on a restart)."
     )
     var saveProbabilities = false
+
+    @OptionGroup(title: "Planning an allocation (with --dry-run --nodes N; see attunet plan)")
+    var allocation: AllocationOptions
+
+    @OptionGroup(title: "Calibrating the plan (with --dry-run --nodes N)") var calibration: CalibrationOptions
 
     func validate() throws {
         guard folds >= 2 else { throw ValidationError("--folds must be at least 2") }
@@ -137,6 +142,13 @@ struct CV: ParsableCommand {
             do { _ = try NSDTolerance(parsing: nsdTolerance) } catch let e as AttunetError {
                 throw ValidationError(e.message)
             }
+        }
+        guard allocation.nodes == nil || dryRun else {
+            throw ValidationError("--nodes plans an allocation: it goes with --dry-run")
+        }
+        guard allocation.nodeCounts.count == 1, allocation.networks.count == 1 else {
+            throw ValidationError(
+                "cv --dry-run plans one --nodes count on one --network (attunet plan --table: several)")
         }
     }
 
@@ -171,6 +183,10 @@ struct CV: ParsableCommand {
         cv.onlyFold = fold
         cv.summarizeOnly = summarize
         cv.saveProbabilities = saveProbabilities
+        if dryRun, allocation.nodes != nil {
+            try planAllocation(cv, comm: comm, store: caseStore)
+            return
+        }
         if dryRun {
             let e = try cv.estimate()
             if comm.isRoot { print(Self.describe(e, inverse: inverse)) }
@@ -178,6 +194,58 @@ struct CV: ParsableCommand {
         }
         Trainer.installStopHandlers()
         try cv.run()
+    }
+
+    /// `--dry-run --nodes N`: attunet plan's report for this cross-validation, calibrated here on the store (or
+    /// from --profile); the printed command lines carry this command's options.
+    func planAllocation(_ cv: CrossValidation, comm: Communicator, store caseStore: CaseStore) throws {
+        guard comm.size == 1 else {
+            throw AttunetError(
+                "cv --dry-run --nodes times one rank: start it without mpirun (or without --nodes for the estimate on these ranks)"
+            )
+        }
+        let configs = cv.config.models
+        let profile: CalibrationProfile
+        if let path = calibration.profile {
+            profile = try CalibrationProfile.read(path)
+        } else {
+            profile = try calibration.measure(
+                store: store, models: configs, patch: calibration.patch ?? training.patch, batch: training.batch,
+                comm: comm, quiet: false)
+        }
+        let request = try PlanRequest(
+            configs: configs, profile: profile, source: calibration.profile ?? "the calibration", folds: try cv.plan(),
+            store: caseStore, storePath: store, volume: caseStore.cases.first?.shape ?? training.patch,
+            patch: training.patch, batch: training.batch, epochs: training.epochs,
+            samplesPerCase: training.samplesPerCase, validationFraction: training.valFraction,
+            validateEvery: training.valEvery, cvOptions: Self.passedOn(Array(CommandLine.arguments.dropFirst())))
+        print(try request.report(allocation.allocation(), json: false))
+    }
+
+    /// This command's options for the planned run: without the dry run, the planning and calibration options,
+    /// --store, --out, --fold-parallel and --threads (the printed lines set those).
+    static func passedOn(_ arguments: [String]) -> [String] {
+        let withValue: Set<String> = [
+            "--store", "--out", "--fold-parallel", "--threads", "--nodes", "--cores-per-node", "--memory-per-node",
+            "--network",
+            "--bandwidth", "--latency", "--exposed-allreduce", "--profile", "--calibration-threads",
+            "--calibration-patch", "--calibration-steps", "--calibration-warmup",
+        ]
+        var out: [String] = []
+        var skip = false
+        for a in arguments.drop(while: { $0 != "cv" }).dropFirst() {
+            if skip {
+                skip = false
+                continue
+            }
+            let name = String(a.split(separator: "=", maxSplits: 1).first ?? "")
+            if a == "--dry-run" || withValue.contains(name) {
+                skip = withValue.contains(a)
+                continue
+            }
+            out.append(a)
+        }
+        return out
     }
 
     static func describe(_ e: CrossValidationEstimate, inverse: Bool) -> String {

@@ -139,6 +139,36 @@ final class CrossValidationTests: XCTestCase {
         }
     }
 
+    /// `tensorboard --logdir RUN` shows every fold and model of a CV as its own run, read with the
+    /// `tensorboard` package's multiplexer (what the dashboard uses): one run per `fold_<k>/<model>`, each with
+    /// every epoch's training loss and validation Dice equal to that run's `log.csv`.
+    func testTensorBoardShowsEveryFoldAndModel() throws {
+        let run = try Self.reference()
+        try TestEnv.python(
+            """
+            import csv, os
+            from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+            root = r'\(run.path)'
+            mux = EventMultiplexer(size_guidance={'scalars': 0})
+            mux.AddRunsFromDirectory(root)
+            mux.Reload()
+            want = {f'fold_{k}/{m}/tensorboard' for k in range(2) for m in ['attention-unet', 'unet']}
+            assert set(mux.Runs()) == want, sorted(mux.Runs())
+            for name in sorted(want):
+                rows = list(csv.DictReader(open(os.path.join(root, os.path.dirname(name), 'log.csv'))))
+                assert len(rows) == 2, (name, rows)   # --epochs 2
+                loss = {e.step: e.value for e in mux.Scalars(name, 'train/loss')}
+                assert sorted(loss) == [int(r['step']) for r in rows], (name, sorted(loss))
+                for r in rows:
+                    assert abs(loss[int(r['step'])] - float(r['train_loss'])) <= 1e-6 * max(1, abs(float(r['train_loss']))), (name, r)
+                # --val-every 100: validated after the last epoch only.
+                dice = {e.step: e.value for e in mux.Scalars(name, 'validation/mean_dice')}
+                assert list(dice) == [int(rows[-1]['step'])], (name, dice)
+                assert abs(dice[int(rows[-1]['step'])] - float(rows[-1]['mean_dice'])) <= 5e-5, (name, dice, rows[-1])
+            print('runs:', len(want))
+            """)
+    }
+
     /// The test cases' label maps of `run`, model by model and fold by fold: every fold's test cases (from its
     /// results.json), and nothing else, in `fold_<k>/<model>/test/`.
     func assertTestPredictions(_ run: URL, file: StaticString = #filePath, line: UInt = #line) throws {

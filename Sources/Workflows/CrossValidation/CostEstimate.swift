@@ -97,8 +97,8 @@ extension CrossValidation {
         var training = 0.0
         var validation = 0.0
         var test = 0.0
-        var groupSeconds = [Double](repeating: 0, count: foldParallel)
-        for (j, (m, f)) in costs.flatMap({ m in folds.map { (m, $0) } }).enumerated() {  // the run's job order
+        var jobSeconds: [Double] = []
+        for (m, f) in costs.flatMap({ m in folds.map { (m, $0) } }) {  // the run's job order
             let job = (
                 Double(t.epochs * f.stepsPerEpoch) * m.secondsPerStep,
                 Double(validations) * spread(f.validation) * m.secondsPerVolume,
@@ -107,14 +107,14 @@ extension CrossValidation {
             training += job.0
             validation += job.1
             test += job.2
-            groupSeconds[j % foldParallel] += job.0 + job.1 + job.2
+            jobSeconds.append(job.0 + job.1 + job.2)
         }
         return CrossValidationEstimate(
             folds: folds, models: costs, epochs: t.epochs, validationsPerFold: validations,
             ranks: comm.size, threadsPerRank: max(1, Parallelism.threads),
             groups: foldParallel,
             trainingSeconds: training, validationSeconds: validation, testSeconds: test,
-            wallSeconds: groupSeconds.max()!,
+            wallSeconds: AllocationPlanner.deal(jobSeconds, groups: foldParallel).max()!,
             peakResidentBytes: peak[0] > 0 ? Int(peak[0]) : nil)
     }
 }
