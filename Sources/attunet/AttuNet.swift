@@ -25,7 +25,8 @@ struct AttuNet: ParsableCommand {
                   (train: with --resume) to continue
             """,
         subcommands: [
-            Doctor.self, Synth.self, Prepare.self, Train.self, CV.self, Plan.self, Experiment.self, Postprocess.self, Predict.self,
+            Doctor.self, Synth.self, Prepare.self, Train.self, CV.self, Plan.self, Experiment.self, Postprocess.self,
+            Predict.self,
             Evaluate.self,
             Inspect.self,
             ImportWeights.self, ExportWeights.self, Bench.self, ProbeHDF5.self,

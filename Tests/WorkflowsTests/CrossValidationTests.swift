@@ -147,7 +147,7 @@ final class CrossValidationTests: XCTestCase {
         try TestEnv.python(
             """
             import csv, os
-            from tensorboard.backend.event_processing.plugin_event_multiplexer import EventMultiplexer
+            from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
             root = r'\(run.path)'
             mux = EventMultiplexer(size_guidance={'scalars': 0})
             mux.AddRunsFromDirectory(root)
