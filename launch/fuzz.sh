@@ -87,7 +87,16 @@ for t in "${selected[@]}"; do
     [ $status -eq 0 ] && break
     artifact=$(sed -n 's/.*Test unit written to \(.*\)/\1/p' "$log" | tail -1)
     saved+=("${artifact:-no input saved}")
-    if [ "$(crash_site "$log" "$t")" = hdf5 ]; then
+    site=$(crash_site "$log" "$t")
+    # An out-of-memory report on the RSS limit has no stack of its own: the input is run again with the malloc
+    # limit at the RSS limit, which stops at the one large request and names who made it (e.g. libhdf5's
+    # H5T__conv_vlen allocating a damaged variable-length string's declared 4 GiB).
+    if grep -q 'libFuzzer: out-of-memory (used' "$log" && [ -n "$artifact" ]; then
+      TMPDIR=$scratch ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:suppressions=$PWD/Fuzz/asan.supp \
+        "$bin" -rss_limit_mb=4096 -malloc_limit_mb=4096 "$artifact" >"$scratch/oom.log" 2>&1 || true
+      if grep -q 'out-of-memory (malloc(' "$scratch/oom.log"; then site=$(crash_site "$scratch/oom.log" "$t"); fi
+    fi
+    if [ "$site" = hdf5 ]; then
       hdf5=$((hdf5 + 1))
       echo "fuzz: $t: a crash inside libhdf5 (not attunet's code), input ${artifact:-not saved}; fuzzing on"
       grep -m1 'SUMMARY:' "$log" || true
