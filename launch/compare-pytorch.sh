@@ -57,13 +57,14 @@ COMMON=(--model "$MODEL" --store "$STORE_DIR/store.h5" --steps "$STEPS" --warmup
 
 ours() {  # ours RANKS PATCH BATCH [--inference] > json
   local n=$1 patch=$2 batch=$3; shift 3
+  # --threads is explicit: bench train's default is every CPU the rank may use (divided among the ranks).
   if [ "$n" = 1 ]; then
-    OPENBLAS_NUM_THREADS=1 "$BIN" bench train "${COMMON[@]}" --patch "$patch" --batch "$batch" "$@"
+    OPENBLAS_NUM_THREADS=1 "$BIN" bench train "${COMMON[@]}" --patch "$patch" --batch "$batch" --threads 1 "$@"
   elif [ "${n#t}" != "$n" ]; then   # tN: one rank with N threads
     OPENBLAS_NUM_THREADS=1 "$BIN" bench train "${COMMON[@]}" --patch "$patch" --batch "$batch" --threads "${n#t}" "$@"
   else
     OPENBLAS_NUM_THREADS=1 mpirun -np "$n" --bind-to none "${MPIRUN_ENV[@]}" "$BIN" bench train "${COMMON[@]}" \
-      --patch "$patch" --batch "$batch" "$@"
+      --patch "$patch" --batch "$batch" --threads 1 "$@"
   fi
 }
 theirs() {  # theirs THREADS PATCH BATCH [--infer] > json
