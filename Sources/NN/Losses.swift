@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import Tensor
 
@@ -63,7 +64,7 @@ public final class SegmentationLoss {
             let part = buffer.baseAddress!
             parallelFor(items) { j in
                 let (b, lo, hi) = span(j)
-                Self.softmax(x + b * c * v, p + b * c * v, c: c, v: v, lo, hi)
+                ck_softmax_channels(x + b * c * v, p + b * c * v, Int32(c), v, lo, hi)
             }
             switch kind {
             case .crossEntropy:
@@ -86,31 +87,14 @@ public final class SegmentationLoss {
                 // Per (sample, class) sums over the chunks in order, then dL/dp, then back through the softmax.
                 parallelFor(items) { j in
                     let (b, lo, hi) = span(j)
-                    let sums = part + j * width
-                    let l = lab + b * v
-                    for k in 0..<c {
-                        let pk = p + (b * c + k) * v
-                        var pg = 0.0
-                        var pp = 0.0
-                        var gg = 0.0
-                        for i in lo..<hi {
-                            let pv = Double(pk[i])
-                            let isK = l[i] == UInt8(k)
-                            if isK {
-                                pg += pv
-                                gg += 1
-                            }
-                            pp += kind == .dice ? pv * pv : pv
-                        }
-                        sums[3 * k] = pg
-                        sums[3 * k + 1] = pp
-                        sums[3 * k + 2] = gg
-                    }
+                    ck_dice_sums(
+                        p + b * c * v, lab + b * v, Int32(c), v, lo, hi, kind == .dice ? 1 : 0, part + j * width)
                 }
                 var loss = 0.0
                 let norm = 1.0 / Double(n * c)
                 // (a, b) of each (sample, class): dL/dp = a·g + b (Dice: b·p).
-                var coefficients = [(Float, Float)](repeating: (0, 0), count: n * c)
+                var ca = [Float](repeating: 0, count: n * c)
+                var cb = [Float](repeating: 0, count: n * c)
                 for b in 0..<n {
                     for k in 0..<c {
                         var pg = 0.0
@@ -126,34 +110,26 @@ public final class SegmentationLoss {
                             let den = pp + gg + smooth
                             loss += num / den
                             // dD/dp = (2g·den − num·2p) / den²
-                            coefficients[b * c + k] = (Float(-norm * 2 / den), Float(norm * 2 * num / (den * den)))
+                            ca[b * c + k] = Float(-norm * 2 / den)
+                            cb[b * c + k] = Float(norm * 2 * num / (den * den))
                         } else {
                             let inter = pg + smooth
                             let union = pp + gg + smooth
                             loss += 2 * inter / union
                             // d(2I/U)/dp = 2(g·U − I)/U²
-                            coefficients[b * c + k] = (
-                                Float(-norm * 2 / union), Float(norm * 2 * inter / (union * union))
-                            )
+                            ca[b * c + k] = Float(-norm * 2 / union)
+                            cb[b * c + k] = Float(norm * 2 * inter / (union * union))
                         }
                     }
                 }
-                coefficients.withUnsafeBufferPointer { co in
-                    parallelFor(items) { j in
-                        let (b, lo, hi) = span(j)
-                        let l = lab + b * v
-                        for k in 0..<c {
-                            let pk = p + (b * c + k) * v
-                            let gk = g + (b * c + k) * v
-                            let (a, bcoef) = co[b * c + k]
-                            let label = UInt8(k)
-                            if kind == .dice {
-                                for i in lo..<hi { gk[i] = (l[i] == label ? a : 0) + bcoef * pk[i] }
-                            } else {
-                                for i in lo..<hi { gk[i] = (l[i] == label ? a : 0) + bcoef }
-                            }
+                ca.withUnsafeBufferPointer { a in
+                    cb.withUnsafeBufferPointer { bc in
+                        parallelFor(items) { j in
+                            let (b, lo, hi) = span(j)
+                            ck_dice_gradient(
+                                p + b * c * v, lab + b * v, g + b * c * v, Int32(c), v, lo, hi,
+                                a.baseAddress! + b * c, bc.baseAddress! + b * c, kind == .dice ? 1 : 0)
                         }
-                        Self.softmaxBackward(p + b * c * v, g + b * c * v, c: c, v: v, lo, hi)
                     }
                 }
                 return 1 - loss * norm
@@ -189,23 +165,7 @@ public final class SegmentationLoss {
                     out[j] = total
                     return
                 }
-                for k in 0..<c {
-                    let pk = p + k * v
-                    var pg = 0.0
-                    var pp = 0.0
-                    var gg = 0.0
-                    for i in lo..<hi {
-                        let pv = Double(pk[i])
-                        if lab[i] == UInt8(k) {
-                            pg += pv
-                            gg += 1
-                        }
-                        pp += kind == .dice ? pv * pv : pv
-                    }
-                    out[j * width + 3 * k] = pg
-                    out[j * width + 3 * k + 1] = pp
-                    out[j * width + 3 * k + 2] = gg
-                }
+                ck_dice_sums(p, lab, Int32(c), v, lo, hi, kind == .dice ? 1 : 0, out + j * width)
             }
         }
         if kind == .crossEntropy { return part.reduce(0, +) / Double(v) }
@@ -222,36 +182,5 @@ public final class SegmentationLoss {
             score += kind == .dice ? (2 * pg + smooth) / (pp + gg + smooth) : 2 * (pg + smooth) / (pp + gg + smooth)
         }
         return 1 - score / Double(c)
-    }
-
-    /// Numerically stable softmax over channels for voxels [lo, hi) of one sample.
-    private static func softmax(
-        _ x: UnsafeMutablePointer<Float>, _ y: UnsafeMutablePointer<Float>, c: Int, v: Int,
-        _ lo: Int, _ hi: Int
-    ) {
-        for i in lo..<hi {
-            var m = -Float.infinity
-            for k in 0..<c { m = max(m, x[k * v + i]) }
-            var sum: Float = 0
-            for k in 0..<c {
-                let e = expf(x[k * v + i] - m)
-                y[k * v + i] = e
-                sum += e
-            }
-            let inv = 1 / sum
-            for k in 0..<c { y[k * v + i] *= inv }
-        }
-    }
-
-    /// In place for voxels [lo, hi) of one sample: g ← dL/dz from g = dL/dp, using dz_k = p_k (g_k − Σ_j p_j g_j).
-    private static func softmaxBackward(
-        _ p: UnsafeMutablePointer<Float>, _ g: UnsafeMutablePointer<Float>, c: Int, v: Int,
-        _ lo: Int, _ hi: Int
-    ) {
-        for i in lo..<hi {
-            var dot: Float = 0
-            for k in 0..<c { dot += p[k * v + i] * g[k * v + i] }
-            for k in 0..<c { g[k * v + i] = p[k * v + i] * (g[k * v + i] - dot) }
-        }
     }
 }

@@ -1,5 +1,7 @@
+import Foundation
 import NN
 import Tensor
+import TestSupport
 import XCTest
 
 /// Every layer against values computed by PyTorch (Tests/Fixtures/layers.h5).
@@ -144,6 +146,59 @@ final class LayerFixtureTests: XCTestCase {
             let value = labels.withUnsafeBufferPointer { loss.forward(logits: logits, labels: $0) }
             XCTAssertEqual(value, try fx.scalar("\(group)/loss"), accuracy: 1e-5, group)
             assertClose(loss.gradient, try fx.tensor("\(group)/dlogits"), "\(group) dlogits")
+        }
+    }
+
+    /// The loss's vector loops (softmax, Dice sums, gradient: 8 voxels at a time, a polynomial exp) on a volume that
+    /// spans two 4096-voxel chunks and ends in a partial vector (2 x 3 x 7x23x31), with logits spread over ±40 so
+    /// that the exp meets arguments far below 0: the loss and d(loss)/d(logits) of both Dice kinds against
+    /// PyTorch's autograd in float64.
+    func testLossVectorLoopsAgainstTorchOnOddVolumes() throws {
+        let (n, c, v) = (2, 3, 7 * 23 * 31)
+        var rng = SeededRNG(7)
+        let logits = Tensor([n, c, 7, 23, 31], (0..<(n * c * v)).map { _ in Float(rng.uniform() * 80 - 40) })
+        let labels = (0..<(n * v)).map { _ in UInt8(rng.below(c)) }
+        let dir = FileManager.default.temporaryDirectory.appendingPathComponent("attunet-loss-\(UUID().uuidString)")
+        try FileManager.default.createDirectory(at: dir, withIntermediateDirectories: true)
+        defer { try? FileManager.default.removeItem(at: dir) }
+        try Data(buffer: UnsafeBufferPointer(start: logits.pointer, count: logits.count))
+            .write(to: dir.appendingPathComponent("x.f32"))
+        try Data(labels).write(to: dir.appendingPathComponent("l.u8"))
+        for kind in [LossKind.dice, .softDice] {
+            let loss = SegmentationLoss(kind)
+            let value = labels.withUnsafeBufferPointer { loss.forward(logits: logits, labels: $0) }
+            let squared = kind == .dice ? "True" : "False"
+            try TestEnv.python(
+                """
+                import numpy as np, torch
+                d = "\(dir.path)/"
+                x = torch.tensor(np.fromfile(d + "x.f32", dtype=np.float32).reshape(\(n), \(c), -1).astype(np.float64),
+                                 requires_grad=True)
+                g = torch.nn.functional.one_hot(torch.tensor(np.fromfile(d + "l.u8", dtype=np.uint8).astype(np.int64)
+                                                              .reshape(\(n), -1)), \(c)).permute(0, 2, 1).double()
+                p = torch.softmax(x, dim=1)
+                s = \(loss.smooth)
+                if \(squared):
+                    score = (2 * (p * g).sum(2) + s) / ((p * p).sum(2) + g.sum(2) + s)
+                else:
+                    score = 2 * ((p * g).sum(2) + s) / (p.sum(2) + g.sum(2) + s)
+                value = 1 - score.mean()
+                value.backward()
+                np.array([value.item()]).tofile(d + "value.f64")
+                x.grad.numpy().astype(np.float64).tofile(d + "grad.f64")
+                """)
+            let want = try Data(contentsOf: dir.appendingPathComponent("value.f64")).withUnsafeBytes {
+                $0.load(as: Double.self)
+            }
+            XCTAssertEqual(value, want, accuracy: 1e-6, "\(kind) loss")
+            let grad = try Data(contentsOf: dir.appendingPathComponent("grad.f64")).withUnsafeBytes {
+                Array($0.bindMemory(to: Double.self))
+            }
+            let scale = grad.map(abs).max()!
+            var worst = 0.0
+            for i in 0..<grad.count { worst = max(worst, abs(Double(loss.gradient.pointer[i]) - grad[i]) / scale) }
+            XCTAssertLessThan(worst, 1e-5, "\(kind) dlogits: worst error relative to the largest")
+            XCTAssertGreaterThan(scale, 0)
         }
     }
 

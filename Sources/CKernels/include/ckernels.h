@@ -92,6 +92,37 @@ void ck_conv3_backward_weights(const float *in, const float *dout, float *dw, fl
                                int cin, int cout, int nz, int ny, int nx, int z0, int z1, int m0, int m1,
                                ck_path path, float *workspace);
 
+// ---- The segmentation loss's per-voxel loops (loss.c): one sample laid out [C][V], voxels [lo, hi). AVX2 + FMA where
+// the CPU has them (8 voxels per vector; exp by a polynomial, about 1 ulp), plain C elsewhere. ----
+
+/// y[k][i] = softmax over the c classes of x[.][i] (the maximum subtracted first).
+void ck_softmax_channels(const float *x, float *y, int c, size_t v, size_t lo, size_t hi);
+
+/// Per class k: sums[3k] = Σ p·[lab = k], sums[3k + 1] = Σ p² (squared) or Σ p, sums[3k + 2] = Σ [lab = k],
+/// accumulated in double.
+void ck_dice_sums(const float *p, const unsigned char *lab, int c, size_t v, size_t lo, size_t hi, int squared,
+                  double *sums);
+
+/// g[k][i] = d(loss)/d(logit): with dL/dp_k = a[k]·[lab = k] + b[k]·p_k (squared) or + b[k], taken back through
+/// the softmax: g_k = p_k (dL/dp_k − Σ_j p_j dL/dp_j).
+void ck_dice_gradient(const float *p, const unsigned char *lab, float *g, int c, size_t v, size_t lo, size_t hi,
+                      const float *a, const float *b, int squared);
+
+// ---- 1x1x1 convolutions with few channels (pointwise.c), AVX2 + FMA only (check ck_cpu_has_avx2() first): one
+// sample laid out [C][V], voxels [lo, hi), weights [Cout][Cin]. ----
+
+/// out[m][i] = bias[m] (0 when NULL) + Σ_c w[m][c] in[c][i] for output channels m in [m0, m1).
+void ck_conv1_forward(const float *in, const float *w, const float *bias, float *out, int cin, int cout, size_t v,
+                      size_t lo, size_t hi, int m0, int m1);
+
+/// din[c][i] = Σ_m w[m][c] dout[m][i] for input channels c in [c0, c1).
+void ck_conv1_backward_data(const float *dout, const float *w, float *din, int cin, int cout, size_t v, size_t lo,
+                            size_t hi, int c0, int c1);
+
+/// dw[m][c] = (assign) or += Σ_i dout[m][i] in[c][i] over voxels [lo, hi), for m in [m0, m1), c in [c0, c1).
+void ck_conv1_backward_weights(const float *in, const float *dout, float *dw, int cin, size_t v, size_t lo,
+                               size_t hi, int m0, int m1, int c0, int c1, int assign);
+
 #ifdef __cplusplus
 }
 #endif
