@@ -58,7 +58,9 @@ static void dice_grad_c(const float *p, const unsigned char *lab, float *g, int 
 // e^r by Cephes' degree-6 polynomial, 2^n by the exponent bits. Below -87.3 the result is clamped at 2^-126 (e^-87.3),
 // which a softmax sum of at least 1 cannot tell from 0.
 static inline __attribute__((always_inline, target("avx2,fma"))) __m256 exp_neg(__m256 x) {
-    x = _mm256_max_ps(x, _mm256_set1_ps(-87.3365447f));
+    // The constant first: maxps returns its second operand when either is NaN, so a NaN argument stays NaN (a
+    // non-finite loss must reach the trainer's check, not become e^-87).
+    x = _mm256_max_ps(_mm256_set1_ps(-87.3365447f), x);
     __m256 n = _mm256_round_ps(_mm256_mul_ps(x, _mm256_set1_ps(1.44269504088896341f)),
                                _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
     __m256 r = _mm256_fnmadd_ps(n, _mm256_set1_ps(0.693359375f), x);

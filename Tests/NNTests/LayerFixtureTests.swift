@@ -200,6 +200,13 @@ final class LayerFixtureTests: XCTestCase {
             XCTAssertLessThan(worst, 1e-5, "\(kind) dlogits: worst error relative to the largest")
             XCTAssertGreaterThan(scale, 0)
         }
+        // A NaN logit (in a full vector and in the partial one) makes the loss NaN: the exp's clamp must not hide it.
+        for i in [5 * v + 100, n * c * v - 1] {
+            let bad = Tensor(logits.shape, Array(UnsafeBufferPointer(start: logits.pointer, count: logits.count)))
+            bad.pointer[i] = .nan
+            let value = labels.withUnsafeBufferPointer { SegmentationLoss(.dice).forward(logits: bad, labels: $0) }
+            XCTAssertTrue(value.isNaN, "NaN logit at \(i): loss \(value)")
+        }
     }
 
     /// The validation loss: each sample's loss from its softmax probabilities (`value`, no gradient), averaged
