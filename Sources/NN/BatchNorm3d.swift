@@ -1,3 +1,4 @@
+import CKernels
 import Tensor
 
 /// Batch normalisation over `[N, C, Z, Y, X]`, matching PyTorch's `nn.BatchNorm3d(C)` (eps 1e-5, momentum 0.1,
@@ -25,8 +26,14 @@ import Tensor
 /// `forward` and `backward` do not throw (like every layer); a reducer error is fatal there, and the
 /// `forwardThrowing` / `backwardThrowing` variants propagate it for callers that can recover.
 ///
+/// **Fused ReLU**: with `fusedReLU`, the output is `max(y, 0)` (NaN stays NaN) and backward first masks dy where
+/// y > 0 does not hold, as `BatchNorm3d` followed by an in-place `ReLU` (`ConvBNReLU`), without the ReLU's two
+/// passes over the tensor: backward recomputes the mask from the input, with the forward's exact arithmetic.
+///
 /// Sums are accumulated in Double (one read pass for the statistics, one pass to normalise; the same for
-/// backward). The layer keeps a reference to its input for backward; work is spread over channels.
+/// backward), per piece of `parallelForPieces` and added in piece order, so the results do not depend on the
+/// thread count. The per-element loops are CKernels' `ck_bn_*` (AVX2 + FMA where the CPU has them). The layer
+/// keeps a reference to its input for backward; work is spread over channels.
 public final class BatchNorm3d {
     public let name: String
     public let channels: Int
@@ -42,6 +49,8 @@ public final class BatchNorm3d {
     /// True when no backward pass reads this layer's output (the next layer only copies it): the output is then
     /// a recycled tensor, freed once read, instead of a buffer the layer keeps between steps.
     public var outputIsScratch = false
+    /// Applies a ReLU to the output (and its gradient mask in backward), as an in-place `ReLU` after the layer.
+    public var fusedReLU = false
     /// Strong references: a ParameterRef does not keep its store alive.
     private let stores: (ParameterStore, ParameterStore)
     public var statisticsReducer: ((UnsafeMutableBufferPointer<Double>) throws -> Void)?
@@ -53,6 +62,9 @@ public final class BatchNorm3d {
     private var invStd: [Double]
     private var count = 0.0  // elements per channel in the last forward (global when reduced)
     private var forwardWasTraining = true
+    private var forwardWasFused = false
+    /// The float mean, scale and shift of the last forward, per channel: y = (x - mean) * scale + shift.
+    private var affine: [Float]
 
     public init(params: ParameterStore, buffers: ParameterStore, name: String, channels: Int) {
         precondition(channels > 0, "BatchNorm3d \(name): channels must be positive")
@@ -66,6 +78,7 @@ public final class BatchNorm3d {
         numBatchesTracked = buffers.add("\(name).num_batches_tracked", shape: [])
         mean = Array(repeating: 0, count: channels)
         invStd = Array(repeating: 1, count: channels)
+        affine = Array(repeating: 0, count: 3 * channels)
     }
 
     /// PyTorch's initial state: gamma 1, beta 0, running mean 0, running var 1, no batches tracked.
@@ -108,7 +121,10 @@ public final class BatchNorm3d {
         if training {
             var stats = [Double](repeating: 0, count: 2 * c + 1)
             Self.planeSums(n: n, c: c, v: v, into: &stats) { plane, r in
-                Self.sumAndSquares(xp + plane * v + r.lowerBound, r.count)
+                var s = 0.0
+                var q = 0.0
+                ck_bn_sums(xp + plane * v + r.lowerBound, r.count, &s, &q)
+                return (s, q)
             }
             stats[2 * c] = Double(n * v)
             if let reduce = statisticsReducer { try stats.withUnsafeMutableBufferPointer { try reduce($0) } }
@@ -135,20 +151,22 @@ public final class BatchNorm3d {
             }
             count = Double(n * v)
         }
-        // y = (x - mean) * (gamma * invStd) + beta
+        // y = (x - mean) * (gamma * invStd) + beta, then the ReLU when fused
         let g = weight.value
         let b = bias.value
+        for ch in 0..<c {
+            affine[ch] = Float(mean[ch])
+            affine[c + ch] = Float(Double(g[ch]) * invStd[ch])
+            affine[2 * c + ch] = b[ch]
+        }
+        forwardWasFused = fusedReLU
+        let relu: Int32 = fusedReLU ? 1 : 0
         let yp = y.pointer
-        let mean = mean
-        let invStd = invStd
+        let f = affine
         parallelForPieces(planes: n * c, length: v) { job, r in
             let ch = job % c
-            let mu = Float(mean[ch])
-            let sc = Float(Double(g[ch]) * invStd[ch])
-            let sh = b[ch]
-            let src = xp + job * v
-            let dst = yp + job * v
-            for i in r { dst[i] = (src[i] - mu) * sc + sh }
+            let o = job * v + r.lowerBound
+            ck_bn_apply(xp + o, yp + o, r.count, f[ch], f[c + ch], f[2 * c + ch], relu)
         }
         return y
     }
@@ -182,13 +200,18 @@ public final class BatchNorm3d {
         let dx = inPlace ? dy : Tensor.recycled(x.shape)
         let xp = UnsafePointer(x.pointer)
         let dyp = UnsafePointer(dy.pointer)
-        let mean = mean
         let invStd = invStd
-        // Σdy and Σdy·(x - mean) per channel, local to this rank.
+        let f = affine
+        let relu: Int32 = forwardWasFused ? 1 : 0
+        // Σdy and Σdy·(x - mean) per channel, local to this rank (dy masked by the fused ReLU first).
         var sums = [Double](repeating: 0, count: 2 * c)
         Self.planeSums(n: n, c: c, v: v, into: &sums) { plane, r in
-            Self.sumAndDot(
-                dyp + plane * v + r.lowerBound, xp + plane * v + r.lowerBound, Float(mean[plane % c]), r.count)
+            let ch = plane % c
+            let o = plane * v + r.lowerBound
+            var s = 0.0
+            var q = 0.0
+            ck_bn_backward_sums(dyp + o, xp + o, r.count, f[ch], f[c + ch], f[2 * c + ch], relu, &s, &q)
+            return (s, q)
         }
         for ch in 0..<c { sums[c + ch] *= invStd[ch] }  // Σdy·x̂ (mean is subtracted in float, then exact-ish)
         let g = weight.value
@@ -199,38 +222,28 @@ public final class BatchNorm3d {
             gb[ch] += Float(sums[ch])
         }
         let dxp = dx.pointer
+        let train: Int32 = forwardWasTraining ? 1 : 0
         if forwardWasTraining {
             if let reduce = statisticsReducer { try sums.withUnsafeMutableBufferPointer { try reduce($0) } }
-            // dx = gamma*invStd * (dy - Σdy/M - x̂ * Σdy·x̂/M),  x̂ = (x - mean)*invStd
-            let m = count
-            let sums = sums
-            parallelForPieces(planes: n * c, length: v) { job, r in
-                let ch = job % c
-                let k = Double(g[ch]) * invStd[ch]
-                let a = Float(k)
-                let mdy = Float(sums[ch] / m)
-                let bx = Float(k * invStd[ch] * sums[c + ch] / m)  // k * x̂ * Σdy·x̂/M = bx * (x - mean)
-                let mu = Float(mean[ch])
-                let src = dyp + job * v
-                let xs = xp + job * v
-                let dst = dxp + job * v
-                for i in r { dst[i] = a * (src[i] - mdy) - bx * (xs[i] - mu) }
-            }
-        } else {
-            parallelForPieces(planes: n * c, length: v) { job, r in
-                let ch = job % c
-                let a = Float(Double(g[ch]) * invStd[ch])
-                let src = dyp + job * v
-                let dst = dxp + job * v
-                for i in r { dst[i] = a * src[i] }
-            }
+        }
+        // train: dx = gamma*invStd * (dy - Σdy/M - x̂ * Σdy·x̂/M),  x̂ = (x - mean)*invStd; else gamma*invStd * dy
+        let m = count
+        let total = sums
+        parallelForPieces(planes: n * c, length: v) { job, r in
+            let ch = job % c
+            let k = Double(g[ch]) * invStd[ch]
+            let mdy = Float(total[ch] / m)
+            let bx = Float(k * invStd[ch] * total[c + ch] / m)  // k * x̂ * Σdy·x̂/M = bx * (x - mean)
+            let o = job * v + r.lowerBound
+            ck_bn_backward_apply(
+                dyp + o, xp + o, dxp + o, r.count, f[ch], f[c + ch], f[2 * c + ch], relu, train, Float(k), mdy, bx)
         }
         // After the statistics reducer: a bucket reduction queued before it would hold up this backward.
         stores.0.finished(weight, bias)
         return dx
     }
 
-    // MARK: Reductions (SIMD8<Double> accumulators: 2.3x faster than four scalar lanes without -mavx)
+    // MARK: Reductions
 
     /// Per channel, two sums over every sample's plane: `piece(plane, range)` sums one piece of plane `i·c + ch`
     /// (`parallelForPieces`, in parallel), and the pieces are added up per channel in sample and piece order,
@@ -263,57 +276,5 @@ public final class BatchNorm3d {
             out[ch] = a
             out[c + ch] = b
         }
-    }
-
-    @inline(__always)
-    static func sumAndSquares(_ p: UnsafePointer<Float>, _ n: Int) -> (Double, Double) {
-        var s = SIMD8<Double>()
-        var q = SIMD8<Double>()
-        let raw = UnsafeRawPointer(p)
-        var i = 0
-        while i + 8 <= n {
-            let d = SIMD8<Double>(raw.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
-            s += d
-            q += d * d
-            i += 8
-        }
-        var ts = s.sum()
-        var tq = q.sum()
-        while i < n {
-            let a = Double(p[i])
-            ts += a
-            tq += a * a
-            i += 1
-        }
-        return (ts, tq)
-    }
-
-    /// (Σ d[i], Σ d[i]·(x[i] - mu)), the subtraction in Float (exact for x near mu).
-    @inline(__always)
-    static func sumAndDot(_ d: UnsafePointer<Float>, _ x: UnsafePointer<Float>, _ mu: Float, _ n: Int) -> (
-        Double, Double
-    ) {
-        var s = SIMD8<Double>()
-        var q = SIMD8<Double>()
-        let rd = UnsafeRawPointer(d)
-        let rx = UnsafeRawPointer(x)
-        let m = SIMD8<Float>(repeating: mu)
-        var i = 0
-        while i + 8 <= n {
-            let dv = SIMD8<Double>(rd.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self))
-            let xv = SIMD8<Double>(rx.loadUnaligned(fromByteOffset: i * 4, as: SIMD8<Float>.self) - m)
-            s += dv
-            q += dv * xv
-            i += 8
-        }
-        var ts = s.sum()
-        var tq = q.sum()
-        while i < n {
-            let a = Double(d[i])
-            ts += a
-            tq += a * Double(x[i] - mu)
-            i += 1
-        }
-        return (ts, tq)
     }
 }

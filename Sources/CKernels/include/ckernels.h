@@ -123,6 +123,27 @@ void ck_conv1_backward_data(const float *dout, const float *w, float *din, int c
 void ck_conv1_backward_weights(const float *in, const float *dout, float *dw, int cin, size_t v, size_t lo,
                                size_t hi, int m0, int m1, int c0, int c1, int assign);
 
+// ---- BatchNorm3d's per-element loops (batchnorm.c), optionally with the ReLU after it fused in: n elements of one
+// channel. AVX2 + FMA where the CPU has them, plain C elsewhere. Sums are in double, in an order that depends on n
+// only. y = (x − mean)·scale + shift is computed the same way by every function (one FMA on AVX2), so the ReLU's
+// mask y > 0 is recomputed from x in backward. ----
+
+/// *sum = Σ x[i], *sumsq = Σ x[i]², i in [0, n).
+void ck_bn_sums(const float *x, size_t n, double *sum, double *sumsq);
+
+/// y[i] = (x[i] − mean)·scale + shift; with relu, 0 where that is <= 0 (NaN stays NaN). y may be x.
+void ck_bn_apply(const float *x, float *y, size_t n, float mean, float scale, float shift, int relu);
+
+/// With d[i] = dy[i] (relu: 0 where the forward's y[i] > 0 does not hold): *sum = Σ d[i], *dot = Σ d[i]·(x[i] − mean),
+/// the subtraction in float.
+void ck_bn_backward_sums(const float *dy, const float *x, size_t n, float mean, float scale, float shift, int relu,
+                         double *sum, double *dot);
+
+/// dx[i] = a·(d[i] − mdy) − bx·(x[i] − mean) (train), or a·d[i] (not train), d as in ck_bn_backward_sums. dx may be
+/// dy.
+void ck_bn_backward_apply(const float *dy, const float *x, float *dx, size_t n, float mean, float scale, float shift,
+                          int relu, int train, float a, float mdy, float bx);
+
 #ifdef __cplusplus
 }
 #endif

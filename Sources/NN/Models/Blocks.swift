@@ -6,24 +6,24 @@ import Tensor
 // that owns its input).
 
 /// Conv3d → BatchNorm3d → ReLU: one `nn.Sequential(Conv3d, BatchNorm3d, ReLU)` of the original code, whose
-/// children are named `<prefix>.0` (conv) and `<prefix>.1` (BN).
+/// children are named `<prefix>.0` (conv) and `<prefix>.1` (BN). The ReLU (the original's `ReLU(inplace=True)`,
+/// `<prefix>.2`, no parameters) is fused into the BN layer (`BatchNorm3d.fusedReLU`): one pass over the tensor
+/// less each way.
 final class ConvBNReLU {
     let conv: Conv3d
     let bn: BatchNorm3d
-    /// In place on BN's output, which BN's backward does not read (the original's `ReLU(inplace=True)`).
-    let relu = ReLU(inPlace: true)
 
     init(_ p: ParameterStore, _ b: ParameterStore, _ prefix: String, _ cin: Int, _ cout: Int, kernel: Int) {
         conv = Conv3d(params: p, name: "\(prefix).0", inChannels: cin, outChannels: cout, kernel: kernel, bias: true)
         bn = BatchNorm3d(params: p, buffers: b, name: "\(prefix).1", channels: cout)
-        relu.label = "\(prefix).2"
+        bn.fusedReLU = true
     }
 
-    func forward(_ x: Tensor) -> Tensor { relu.forward(bn.forward(conv.forward(x))) }
-    /// Takes `dy` over: ReLU and BN write their gradients over it, so only the convolution's input gradient is
+    func forward(_ x: Tensor) -> Tensor { bn.forward(conv.forward(x)) }
+    /// Takes `dy` over: BN (with its ReLU) writes its gradient over it, so only the convolution's input gradient is
     /// a new buffer (every caller hands in a gradient nobody else holds).
     func backward(_ dy: consuming Tensor) -> Tensor {
-        conv.backward(bn.backward(relu.backward(dy, inPlace: true), inPlace: true))
+        conv.backward(bn.backward(dy, inPlace: true))
     }
 }
 
