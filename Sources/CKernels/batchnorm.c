@@ -189,24 +189,31 @@ AVX2 static void backward_apply_avx2(const float *dy, const float *x, float *dx,
 
 // ---- API ----
 
+// Set by tests only (ck_bn_set_portable), before the calls it affects.
+static volatile int portable_only = 0;
+
+void ck_bn_set_portable(int on) { portable_only = on != 0; }
+
+static int use_avx2(void) { return !portable_only && ck_cpu_has_avx2(); }
+
 void ck_bn_sums(const float *x, size_t n, double *sum, double *sumsq) {
-    if (ck_cpu_has_avx2()) sums_avx2(x, n, sum, sumsq);
+    if (use_avx2()) sums_avx2(x, n, sum, sumsq);
     else sums_c(x, n, sum, sumsq);
 }
 
 void ck_bn_apply(const float *x, float *y, size_t n, float mean, float scale, float shift, int relu) {
-    if (ck_cpu_has_avx2()) apply_avx2(x, y, n, mean, scale, shift, relu);
+    if (use_avx2()) apply_avx2(x, y, n, mean, scale, shift, relu);
     else apply_c(x, y, n, mean, scale, shift, relu);
 }
 
 void ck_bn_backward_sums(const float *dy, const float *x, size_t n, float mean, float scale, float shift, int relu,
                          double *sum, double *dot) {
-    if (ck_cpu_has_avx2()) backward_sums_avx2(dy, x, n, mean, scale, shift, relu, sum, dot);
+    if (use_avx2()) backward_sums_avx2(dy, x, n, mean, scale, shift, relu, sum, dot);
     else backward_sums_c(dy, x, n, mean, scale, shift, relu, sum, dot);
 }
 
 void ck_bn_backward_apply(const float *dy, const float *x, float *dx, size_t n, float mean, float scale, float shift,
                           int relu, int train, float a, float mdy, float bx) {
-    if (ck_cpu_has_avx2()) backward_apply_avx2(dy, x, dx, n, mean, scale, shift, relu, train, a, mdy, bx);
+    if (use_avx2()) backward_apply_avx2(dy, x, dx, n, mean, scale, shift, relu, train, a, mdy, bx);
     else backward_apply_c(dy, x, dx, n, mean, scale, shift, relu, train, a, mdy, bx);
 }

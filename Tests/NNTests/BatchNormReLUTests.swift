@@ -1,3 +1,4 @@
+import CKernels
 import Foundation
 import Tensor
 import XCTest
@@ -11,7 +12,30 @@ import XCTest
 final class BatchNormReLUTests: XCTestCase {
     override func tearDown() {
         Parallelism.threads = 1
+        ck_bn_set_portable(0)
         super.tearDown()
+    }
+
+    /// The plain C code of `batchnorm.c` (CPUs without AVX2) against the same checks.
+    func testPlainCCodeToo() {
+        ck_bn_set_portable(1)
+        testFusedEqualsBatchNormThenReLUBitForBit()
+        testFusedMatchesTheDefinitionInDouble()
+        testSameResultsOnOneTwoAndThreeThreads()
+        testNaNPropagatesAsBatchNormThenReLU()
+    }
+
+    /// The AVX2 code and the plain C code agree within float rounding (where the CPU has AVX2).
+    func testAVX2AndPlainCAgree() throws {
+        try XCTSkipUnless(ck_cpu_has_avx2() != 0, "no AVX2")
+        let x = input(seed: 71)
+        let dy = GradCheck.random(Self.count, seed: 72)
+        let a = run(fused: true, training: true, x: x, dy: dy)
+        ck_bn_set_portable(1)
+        let b = run(fused: true, training: true, x: x, dy: dy)
+        for (u, w) in zip(a.y + a.dx, b.y + b.dx) { XCTAssertEqual(u, w, accuracy: 1e-5) }
+        for (u, w) in zip(a.grads, b.grads) { XCTAssertEqual(u, w, accuracy: 1e-3) }
+        XCTAssertNotEqual(a.dx, b.dx, "the two codes round differently: the switch took effect")
     }
 
     static let shape = [2, 3, 7, 25, 27]

@@ -144,6 +144,9 @@ void ck_bn_backward_sums(const float *dy, const float *x, size_t n, float mean, 
 void ck_bn_backward_apply(const float *dy, const float *x, float *dx, size_t n, float mean, float scale, float shift,
                           int relu, int train, float a, float mdy, float bx);
 
+/// For tests: 1 makes the ck_bn_* functions run their plain C code on any CPU, 0 (the default) lets them pick AVX2.
+void ck_bn_set_portable(int on);
+
 #ifdef __cplusplus
 }
 #endif
