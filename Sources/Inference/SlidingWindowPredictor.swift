@@ -298,10 +298,11 @@ public final class SlidingWindowPredictor {
                                 into: input.pointer)
                             for (i, net) in networks.enumerated() {
                                 // Keeping nothing for a backward pass: a tile needs a few activations at a time.
+                                if !poolSettled { TensorPool.beginStep() }
                                 let logits = try GradientMode.withoutGradients { try net.forward(input) }
                                 if !poolSettled {
                                     // The first tile grew the pool one request at a time; every later tile shares one
-                                    // segment of the most it had live at once.
+                                    // segment laid out for its requests.
                                     TensorPool.settle()
                                     poolSettled = true
                                 }

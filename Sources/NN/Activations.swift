@@ -92,6 +92,7 @@ public final class ReLU {
                 i += 1
             }
         }
+        GradientMode.release(&self.y)
         return g
     }
 }
@@ -146,6 +147,7 @@ public final class Sigmoid {
                 dxp[i] = dyp[i] * s * (1 - s)
             }
         }
+        GradientMode.release(&self.y)
         return g
     }
 }
@@ -235,6 +237,7 @@ public final class Softmax {
                 }
             }
         }
+        GradientMode.release(&self.y)
         return g
     }
 }

@@ -240,6 +240,7 @@ public final class BatchNorm3d {
         }
         // After the statistics reducer: a bucket reduction queued before it would hold up this backward.
         stores.0.finished(weight, bias)
+        GradientMode.release(&self.input, &self.output)
         return dx
     }
 

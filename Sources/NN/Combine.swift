@@ -1,3 +1,4 @@
+import Foundation
 import Tensor
 
 // Layers that combine two tensors: the attention gate's broadcast multiply, channel concatenation, and sum.
@@ -92,6 +93,7 @@ public final class GateMultiply {
                 }
             }
         }
+        GradientMode.release(&self.x, &self.alpha, &self.y)
         return (gx, ga)
     }
 }
@@ -113,46 +115,64 @@ public final class Concat {
 
     public func forward(_ a: Tensor, _ b: Tensor) -> Tensor { forward([a, b]) }
 
-    public func forward(_ xs: [Tensor]) -> Tensor {
+    public func forward(_ xs: [Tensor]) -> Tensor { assemble(xs.map(\.shape), xs) }
+
+    /// The two-input forward when the second input is written in place by the layer that makes it: copies `a`
+    /// into its channels of the concatenation and returns the concatenation with the channels an input of
+    /// `secondShape` has there, every one of which the caller must write (``Trilinear/forward(_:into:channels:)``
+    /// does). Backward is as for `forward(a, b)`.
+    public func forward(_ a: Tensor, writingSecond secondShape: [Int]) -> (Tensor, channels: Range<Int>) {
+        let out = assemble([a.shape, secondShape], [a, nil])
+        return (out, channels(ofInput: 1))
+    }
+
+    /// The concatenation of inputs of `shapes`, with those in `sources` (the same count; nil: written by the
+    /// caller) copied into their channels.
+    private func assemble(_ shapes: [[Int]], _ sources: [Tensor?]) -> Tensor {
         let t0 = LayerProfile.start()
-        defer {
-            LayerProfile.stop(self, t0, backward: false) {
-                .memoryBound(
-                    label, "Concat", outShape, forward: 2 * outShape.reduce(1, *), backward: 2 * outShape.reduce(1, *))
-            }
-        }
-        precondition(!xs.isEmpty, "Concat: no inputs")
-        let s0 = xs[0].shape
+        precondition(!shapes.isEmpty, "Concat: no inputs")
+        let s0 = shapes[0]
         precondition(s0.count >= 2, "Concat: expected [N, C, ...], got \(s0)")
         var cTotal = 0
-        for t in xs {
+        for s in shapes {
             precondition(
-                t.shape.count == s0.count && t.shape[0] == s0[0] && Array(t.shape[2...]) == Array(s0[2...]),
-                "Concat: \(t.shape) does not match \(s0) outside dim 1")
-            cTotal += t.shape[1]
+                s.count == s0.count && s[0] == s0[0] && Array(s[2...]) == Array(s0[2...]),
+                "Concat: \(s) does not match \(s0) outside dim 1")
+            cTotal += s[1]
         }
         var os = s0
         os[1] = cTotal
         let out = GradientMode.output(&y, os)
         outShape = os
-        let shapes = xs.map(\.shape)
         inShapes = shapes
         let n = s0[0]
         let v = s0[2...].reduce(1, *)
+        let copied = zip(shapes, sources).reduce(0) { $0 + ($1.1 == nil ? 0 : n * $1.0[1] * v) }
+        defer {
+            LayerProfile.stop(self, t0, backward: false) {
+                .memoryBound(label, "Concat", os, forward: 2 * copied, backward: 2 * copied)
+            }
+        }
         let dst = out.pointer
-        // Tasks are (n, output channel) planes; each finds its source by a scan over the (few) inputs.
-        let srcs = xs.map { UncheckedSendable($0.pointer) }
-        let cs = shapes.map { $0[1] }
-        parallelForPieces(planes: n * cTotal, length: v) { task, r in
-            let b = task / cTotal
-            var ch = task % cTotal
+        // Tasks are (n, output channel) planes of the copied inputs; each finds its source by a scan over the
+        // (few) inputs.
+        var planes: [(first: Int, count: Int, source: UncheckedSendable<UnsafeMutablePointer<Float>>)] = []
+        var first = 0
+        for (s, x) in zip(shapes, sources) {
+            if let x { planes.append((first, s[1], UncheckedSendable(x.pointer))) }
+            first += s[1]
+        }
+        let perSample = planes.reduce(0) { $0 + $1.count }
+        parallelForPieces(planes: n * perSample, length: v) { task, r in
+            let b = task / perSample
+            var ch = task % perSample
             var k = 0
-            while ch >= cs[k] {
-                ch -= cs[k]
+            while ch >= planes[k].count {
+                ch -= planes[k].count
                 k += 1
             }
-            (dst + task * v + r.lowerBound).update(
-                from: srcs[k].value + (b * cs[k] + ch) * v + r.lowerBound, count: r.count)
+            (dst + (b * cTotal + planes[k].first + ch) * v + r.lowerBound).update(
+                from: planes[k].source.value + (b * planes[k].count + ch) * v + r.lowerBound, count: r.count)
         }
         return out
     }
@@ -183,7 +203,41 @@ public final class Concat {
             (dst + task * v + r.lowerBound).update(
                 from: src + (b * cTotal + first + ch) * v + r.lowerBound, count: r.count)
         }
+        GradientMode.release(&self.y)
         return grad
+    }
+
+    /// The gradient of the first input of the last forward, made out of `dy` itself when nothing else holds it
+    /// (the other inputs' parts must have been read already): each sample's first channels are moved down to
+    /// follow the previous sample's, and `dy`, cut to the input's shape, is returned (the rest of its buffer goes
+    /// back to the pool). So the largest gradient of a decoder level is never held twice. Otherwise a copy, as
+    /// ``backward(_:input:)``. `dy` must not be used afterwards.
+    public func backwardOfFirst(taking dy: inout Tensor) -> Tensor {
+        precondition(!inShapes.isEmpty, "Concat.backward before forward")
+        guard Tensor.isSoleRecycled(&dy) else { return backward(dy, input: 0) }
+        precondition(dy.shape == outShape, "Concat.backward: dy \(dy.shape) vs y \(outShape)")
+        let n = outShape[0]
+        let cTotal = outShape[1]
+        let v = outShape[2...].reduce(1, *)
+        let c = inShapes[0][1]
+        let p = dy.pointer
+        // Sample b's planes move from b·cTotal to b·c (sample 0 stays): in sample order, so no sample's planes are
+        // overwritten before they move; a sample's planes move in parallel when their source and destination
+        // cannot overlap (b·(cTotal − c) ≥ c), else in channel order with memmove.
+        for b in 1..<max(n, 1) {
+            let from = p + b * cTotal * v
+            let to = p + b * c * v
+            if b * (cTotal - c) >= c {
+                parallelForPieces(planes: c, length: v) { ch, r in
+                    (to + ch * v + r.lowerBound).update(from: from + ch * v + r.lowerBound, count: r.count)
+                }
+            } else {
+                memmove(to, from, c * v * MemoryLayout<Float>.stride)
+            }
+        }
+        Tensor.shrink(&dy, to: inShapes[0])
+        GradientMode.release(&self.y)
+        return dy
     }
 
     /// The channels of input `k` in the concatenation.
@@ -220,6 +274,7 @@ public final class Concat {
             (dsts[k].value + (b * cs[k] + ch) * v + r.lowerBound).update(
                 from: src + task * v + r.lowerBound, count: r.count)
         }
+        GradientMode.release(&self.y)
         return grads
     }
 }
@@ -257,6 +312,7 @@ public final class Add {
     /// (da, db) = (dy, dy).
     public func backward(_ dy: Tensor) -> (Tensor, Tensor) {
         if let y { precondition(dy.shape == y.shape, "Add.backward: dy \(dy.shape) vs y \(y.shape)") }
+        GradientMode.release(&self.y)
         return (dy, dy)
     }
 

@@ -299,6 +299,7 @@ public final class Conv3d {
     public func backward(_ dy: Tensor) -> Tensor {
         let dx = runBackward(dy, data: needsInputGradient, weights: true) ?? Self.empty
         store.finished(weight, bias)
+        GradientMode.release(&self.input, &self.output)
         return dx
     }
 

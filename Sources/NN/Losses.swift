@@ -19,7 +19,6 @@ public final class SegmentationLoss {
     public let kind: LossKind
     public let smooth: Double
     public private(set) var gradient = Tensor([0])
-    private var probs = Tensor([0])
 
     /// `smooth` defaults to 1e-5 for `.dice` and to the original's 0.01 for `.softDice`.
     public init(_ kind: LossKind, smooth: Double? = nil) {
@@ -41,10 +40,10 @@ public final class SegmentationLoss {
         let c = s[1]
         let v = s[2] * s[3] * s[4]
         precondition(labels.count == n * v, "loss: \(labels.count) labels for logits \(s)")
-        if probs.shape != s {
-            probs = Tensor(s)
-            gradient = Tensor(s)
-        }
+        if gradient.shape != s { gradient = Tensor(s) }
+        // The softmax, needed only here: a recycled tensor, free again when the gradient is made.
+        let probs = Tensor.recycled(s)
+        defer { withExtendedLifetime(probs) {} }  // read through its pointer only
         let chunks = (v + Self.chunk - 1) / Self.chunk
         let items = n * chunks
         let width = kind == .crossEntropy ? 1 : 3 * c

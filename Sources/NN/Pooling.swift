@@ -146,6 +146,7 @@ public final class MaxPool3d {
                 }
             }
         }
+        GradientMode.release(&self.y)
         return g
     }
 }

@@ -159,8 +159,33 @@ public final class Trilinear {
         return scratch.pointer
     }
 
+    /// The output shape for an input shape `[N, C, Z, Y, X]`.
+    public func outputShape(for s: [Int]) -> [Int] {
+        precondition(s.count == 5, "Trilinear: expected [N, C, Z, Y, X], got \(s)")
+        let o = outputSize(for: Dim3(z: s[2], y: s[3], x: s[4]))
+        return [s[0], s[1], o.z, o.y, o.x]
+    }
+
     public func forward(_ x: Tensor) -> Tensor {
         PointwiseSupport.require5D(x, "Trilinear")
+        let out = Tensor.recycled(outputShape(for: x.shape))
+        run(x, into: out, channels: 0..<x.shape[1])
+        return out
+    }
+
+    /// Writes the output into channels `channels` of every sample of `out`, a wider tensor (the concatenation
+    /// the output goes into, ``Concat/forward(_:writingSecond:)``), with the same values as ``forward(_:)``.
+    public func forward(_ x: Tensor, into out: Tensor, channels: Range<Int>) {
+        PointwiseSupport.require5D(x, "Trilinear")
+        var expected = outputShape(for: x.shape)
+        expected[1] = out.shape.count == 5 ? out.shape[1] : -1
+        precondition(
+            out.shape == expected && channels.count == x.shape[1] && channels.upperBound <= out.shape[1],
+            "Trilinear.forward: output \(out.shape) (channels \(channels)) for input \(x.shape)")
+        run(x, into: out, channels: channels)
+    }
+
+    private func run(_ x: Tensor, into out: Tensor, channels: Range<Int>) {
         let t0 = LayerProfile.start()
         defer { LayerProfile.stop(self, t0, backward: false) { profileEntry(x.count) } }
         let s = x.shape
@@ -172,8 +197,10 @@ public final class Trilinear {
         let zo = tz.i0.count
         let yo = ty.i0.count
         let xo = tx.i0.count
-        let out = Tensor.recycled([s[0], s[1], zo, yo, xo])
-        outShape = out.shape
+        outShape = [s[0], s[1], zo, yo, xo]
+        let cIn = s[1]
+        let cOut = out.shape[1]
+        let cOff = channels.lowerBound
         let tasks = planes * zo
         // Items: runs of (plane, output slice) tasks, cut from the shape alone (WorkSplit: ~6 operations per output
         // voxel); scratch for each thread that runs them.
@@ -227,7 +254,9 @@ public final class Trilinear {
                                                                     }
                                                                 }
                                                                 // Y: blend two rows per output row, straight into the output (contiguous, vectorised).
-                                                                let oslice = dst + p * outPlane + z * outSlice
+                                                                let oslice =
+                                                                    dst + ((p / cIn) * cOut + cOff + p % cIn)
+                                                                    * outPlane + z * outSlice
                                                                 for yy in 0..<yo {
                                                                     let ra = rows + Int(yi0[yy]) * xo
                                                                     let rb = rows + Int(yi1[yy]) * xo
@@ -250,7 +279,6 @@ public final class Trilinear {
                 }
             }
         }
-        return out
     }
 
     /// This layer in the per-layer profile: a pass reads one tensor and writes the other.

@@ -8,7 +8,7 @@ import Support
 /// subscripts.
 public final class Tensor: @unchecked Sendable {
     public private(set) var shape: [Int]
-    public let data: UnsafeMutableBufferPointer<Float>
+    public private(set) var data: UnsafeMutableBufferPointer<Float>
 
     /// Whether the allocation goes back to ``TensorPool`` when the tensor dies.
     private let pooled: Bool
@@ -24,6 +24,7 @@ public final class Tensor: @unchecked Sendable {
         if !LoopCount.isDryRun { p.initialize(repeating: 0, count: max(count, 1)) }
         data = UnsafeMutableBufferPointer(start: p, count: count)
         pooled = false
+        TensorPool.noteOwned(max(count, 1))
     }
 
     private init(shape: [Int], pooledStorage p: UnsafeMutablePointer<Float>) {
@@ -42,6 +43,21 @@ public final class Tensor: @unchecked Sendable {
         return Tensor(shape: shape, pooledStorage: TensorPool.take(max(shape.reduce(1, *), 1)))
     }
 
+    /// Whether `t` is a recycled tensor that no other reference holds: ``shrink(_:to:)`` may then cut it.
+    public static func isSoleRecycled(_ t: inout Tensor) -> Bool { t.pooled && isKnownUniquelyReferenced(&t) }
+
+    /// Cuts a recycled tensor that no other reference holds (``isSoleRecycled(_:)``) to its first elements, as
+    /// `shape`, and gives the rest of its buffer back to the pool: a layer can hand out part of a gradient it
+    /// computed as the gradient of one input without copying it.
+    public static func shrink(_ t: inout Tensor, to shape: [Int]) {
+        precondition(isSoleRecycled(&t), "Tensor.shrink: a tensor that is not recycled or is held elsewhere")
+        let count = shape.reduce(1, *)
+        precondition(shape.allSatisfy { $0 >= 0 } && count <= t.count, "Tensor.shrink: \(t.shape) to \(shape)")
+        TensorPool.shrink(t.pointer, used: max(t.count, 1), to: max(count, 1))
+        t.data = UnsafeMutableBufferPointer(start: t.pointer, count: count)
+        t.shape = shape
+    }
+
     /// A tensor holding a copy of `values`.
     public convenience init(_ shape: [Int], _ values: [Float]) {
         self.init(shape)
@@ -54,6 +70,7 @@ public final class Tensor: @unchecked Sendable {
             TensorPool.give(data.baseAddress!, used: max(data.count, 1))
         } else {
             UnsafeMutableRawPointer(data.baseAddress!).deallocate()
+            TensorPool.noteOwned(-max(data.count, 1))
         }
     }
 
@@ -148,132 +165,483 @@ extension Tensor {
     }
 }
 
-/// Memory for ``Tensor/recycled(_:)`` tensors: PyTorch's caching allocator, in small.
+/// Memory for ``Tensor/recycled(_:)`` tensors: PyTorch's caching allocator, in small, with a plan for the
+/// steps that repeat.
 ///
 /// Buffers come from segments that are kept while in use: a request takes the smallest free block that holds
 /// it (splitting off the rest as a free block), a freed block merges with its free neighbours, and only when no
-/// free block is large enough is a new segment of the request's size allocated. A training step makes the same
-/// requests in the same order every time, so after the first step every request is served from the segments:
-/// no page faults and no zero fill. ``settle(slack:)`` after the first step replaces the segments that step
-/// grew one by one with a single one of (a little more than) the most it had live at once, which the later
-/// steps share out by splitting: a 48-channel gradient's block serves three 16-channel ones later in the step.
-/// Thread-safe.
+/// free block is large enough is a new segment of the request's size allocated. The free block at the end of a
+/// segment (its tail) serves a request only when no other free block holds it, so how requests are placed
+/// does not depend on how large a segment is.
+///
+/// A training step (or a prediction tile) makes the same requests in the same order every time. So the pool
+/// records the requests of the first one (from ``beginStep()``), and ``settle(slack:)`` after it replaces the
+/// segments that step grew one by one with a single one laid out for it: every block the step took and gave
+/// back gets an offset where it overlaps no block live at the same time, the largest first, each as low as it
+/// fits ("greedy by size"), so the segment needs little more than the most the step had live at once, where
+/// best fit leaves holes (a 300 MB block freed below a 900 MB request). The later steps' requests, matched to
+/// the plan in order, go where it says; a request the plan does not expect (or whose place is taken) is placed
+/// by best fit instead. The settle writes once to every page the plan uses, so the steps after it take no
+/// page fault and no zero fill. Thread-safe.
 public enum TensorPool {
-    private struct Block { var offset: Int, size: Int, free: Bool }
+    struct Block {
+        var offset: Int, size: Int, free: Bool
+    }
+
+    /// The blocks of one segment, in address order, covering it without gaps.
+    struct Blocks {
+        var list: [Block]
+        /// The highest end of any block handed out (floats from the base): the part of the segment touched.
+        var highWater = 0
+
+        init(capacity: Int) { list = [Block(offset: 0, size: capacity, free: true)] }
+
+        var idle: Bool { list.count == 1 && list[0].free }
+
+        /// The free block that best fits `need`: the smallest (then the lowest) of the free blocks before the
+        /// tail, else the tail when it holds `need` (`tail` says which).
+        func bestFit(_ need: Int) -> (index: Int, size: Int, tail: Bool)? {
+            var best: (index: Int, size: Int, tail: Bool)?
+            for (i, b) in list.enumerated() where b.free && b.size >= need && i < list.count - 1 {
+                if let c = best, c.size <= b.size { continue }
+                best = (i, b.size, false)
+            }
+            if best == nil, let last = list.last, last.free, last.size >= need {
+                best = (list.count - 1, last.size, true)
+            }
+            return best
+        }
+
+        /// Hands out `need` floats at the start of free block `i`; returns their offset.
+        mutating func place(_ i: Int, _ need: Int) -> Int {
+            let b = list[i]
+            list[i] = Block(offset: b.offset, size: need, free: false)
+            if b.size > need { list.insert(Block(offset: b.offset + need, size: b.size - need, free: true), at: i + 1) }
+            highWater = max(highWater, b.offset + need)
+            return b.offset
+        }
+
+        /// Hands out `need` floats at `offset` when they lie in one free block; false otherwise.
+        mutating func place(at offset: Int, _ need: Int) -> Bool {
+            let i = last(atOrBelow: offset)
+            guard i >= 0, list[i].free, offset + need <= list[i].offset + list[i].size else { return false }
+            let b = list[i]
+            var pieces = [Block]()
+            if offset > b.offset { pieces.append(Block(offset: b.offset, size: offset - b.offset, free: true)) }
+            pieces.append(Block(offset: offset, size: need, free: false))
+            let end = b.offset + b.size
+            if end > offset + need {
+                pieces.append(Block(offset: offset + need, size: end - offset - need, free: true))
+            }
+            list.replaceSubrange(i...i, with: pieces)
+            highWater = max(highWater, offset + need)
+            return true
+        }
+
+        /// Frees the block at `offset`, merged with its free neighbours; false when there is none.
+        mutating func free(at offset: Int) -> Bool {
+            var i = last(atOrBelow: offset)
+            guard i >= 0, list[i].offset == offset, !list[i].free else { return false }
+            list[i].free = true
+            if i + 1 < list.count && list[i + 1].free {
+                list[i].size += list[i + 1].size
+                list.remove(at: i + 1)
+            }
+            if i > 0 && list[i - 1].free {
+                list[i - 1].size += list[i].size
+                list.remove(at: i)
+                i -= 1
+            }
+            return true
+        }
+
+        /// Keeps the first `need` floats of the block at `offset` and frees the rest.
+        mutating func shrink(at offset: Int, to need: Int) {
+            let i = last(atOrBelow: offset)
+            guard i >= 0, list[i].offset == offset, !list[i].free, list[i].size > need else { return }
+            let rest = list[i].size - need
+            list[i].size = need
+            if i + 1 < list.count && list[i + 1].free {
+                list[i + 1].offset -= rest
+                list[i + 1].size += rest
+            } else {
+                list.insert(Block(offset: offset + need, size: rest, free: true), at: i + 1)
+            }
+        }
+
+        /// The last block that starts at or below `offset` (-1 if none), by binary search.
+        private func last(atOrBelow offset: Int) -> Int {
+            var lo = 0
+            var hi = list.count
+            while lo < hi {
+                let mid = (lo + hi) / 2
+                if list[mid].offset <= offset { lo = mid + 1 } else { hi = mid }
+            }
+            return lo - 1
+        }
+    }
+
     private struct Segment {
         let capacity: Int
-        var blocks: [Block]
+        var blocks: Blocks
         /// Serves no new request; returned to the system when its last block is freed.
         var retired = false
-        var idle: Bool { blocks.count == 1 && blocks[0].free }
     }
+
+    /// A request since the last settle: a take of `floats` (> 0), a give (0), or a shrink to `-floats`, of the
+    /// block at `address`.
+    struct Request {
+        var address: Int, floats: Int
+    }
+
+    /// The settled segment's layout for the requests of one step: each take's size and offsets (the first free
+    /// one serves it), and the take the next request should be.
+    private struct Plan {
+        var base: UnsafeMutablePointer<Float>
+        var takes: [(floats: Int, offsets: [Int])]
+        var next = 0
+    }
+
     private struct State {
         var segments: [UnsafeMutablePointer<Float>: Segment] = [:]
         /// The segment (its base) of every handed-out pointer.
         var owner: [UnsafeMutablePointer<Float>: UnsafeMutablePointer<Float>] = [:]
         var liveFloats = 0, peakLiveFloats = 0, fresh = 0
+        /// Floats of every tensor (recycled or not) live now, and the most at once since ``TensorMemory/resetPeak()``.
+        var allFloats = 0, peakAllFloats = 0
+        /// The requests since the last settle or ``beginStep()`` (until there are `maxRequests`: then none).
+        var requests: [Request] = []
+        var requestsOverflowed = false
+        /// Whether `requests` start where a step starts (``beginStep()``).
+        var recordingStep = false
+        var plan: Plan?
     }
     private static let state = Locked(State())
     /// Blocks start on 64-byte boundaries.
     private static let granule = 16
+    /// The most requests kept for the next settle (a training step of the paper's model makes about 500).
+    static let maxRequests = 1 << 16
+
+    /// Segments of this many floats (1 MiB) or more are mapped from the system directly, and unmapped when
+    /// freed; smaller ones come from malloc. malloc serves requests below its mmap threshold (which grows to
+    /// 32 MiB as large blocks are freed) from its heap, which keeps their pages when they are freed: the first
+    /// step's segments would then stay resident beside the settled one.
+    static let mappedFloats = 1 << 18
 
     private static func allocate(_ floats: Int) -> UnsafeMutablePointer<Float> {
-        UnsafeMutableRawPointer.allocate(byteCount: floats * MemoryLayout<Float>.stride, alignment: 64)
-            .bindMemory(to: Float.self, capacity: floats)
+        let bytes = floats * MemoryLayout<Float>.stride
+        if floats >= mappedFloats {
+            guard let p = mmap(nil, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0), p != MAP_FAILED
+            else {
+                fatalError("TensorPool: cannot map \(bytes) bytes for tensors (out of memory)")
+            }
+            return p.bindMemory(to: Float.self, capacity: floats)
+        }
+        return UnsafeMutableRawPointer.allocate(byteCount: bytes, alignment: 64).bindMemory(
+            to: Float.self, capacity: floats)
+    }
+
+    private static func free(_ segments: [(UnsafeMutablePointer<Float>, Int)]) {
+        for (p, floats) in segments {
+            if floats >= mappedFloats {
+                munmap(p, floats * MemoryLayout<Float>.stride)
+            } else {
+                UnsafeMutableRawPointer(p).deallocate()
+            }
+        }
+    }
+
+    private static func rounded(_ count: Int) -> Int { (count + granule - 1) / granule * granule }
+
+    private static func log(_ st: inout State, _ p: UnsafeMutablePointer<Float>, _ floats: Int) {
+        if st.requestsOverflowed { return }
+        if st.requests.count == maxRequests {
+            st.requestsOverflowed = true
+            st.requests = []
+            return
+        }
+        st.requests.append(Request(address: Int(bitPattern: p), floats: floats))
+    }
+
+    /// Where the plan puts a request of `need` floats, if it expects one (the next take it lists, or its first,
+    /// which starts a new step) and that place is free.
+    private static func planned(_ st: inout State, _ need: Int) -> UnsafeMutablePointer<Float>? {
+        guard var plan = st.plan, st.segments[plan.base]?.retired == false else { return nil }
+        defer { st.plan = plan }
+        let k: Int
+        if plan.takes[plan.next].floats == need {
+            k = plan.next
+        } else if plan.takes[0].floats == need {
+            k = 0
+        } else {
+            return nil
+        }
+        plan.next = (k + 1) % plan.takes.count
+        for offset in plan.takes[k].offsets where st.segments[plan.base]!.blocks.place(at: offset, need) {
+            return plan.base + offset
+        }
+        return nil
     }
 
     static func take(_ count: Int) -> UnsafeMutablePointer<Float> {
-        let need = (count + granule - 1) / granule * granule
+        let need = rounded(count)
         return state.withLock { st in
             st.liveFloats += count
             st.peakLiveFloats = max(st.peakLiveFloats, st.liveFloats)
-            // Best fit; ties go to the lower address, so the same requests get the same blocks every run.
-            var best: (base: UnsafeMutablePointer<Float>, block: Int, size: Int, address: UnsafeMutablePointer<Float>)?
-            for (base, seg) in st.segments where !seg.retired {
-                for (bi, b) in seg.blocks.enumerated() where b.free && b.size >= need {
-                    if let c = best, (c.size, c.address) <= (b.size, base + b.offset) { continue }
-                    best = (base, bi, b.size, base + b.offset)
-                }
-            }
-            guard let best else {
-                st.fresh += 1
-                let p = allocate(need)
-                st.segments[p] = Segment(capacity: need, blocks: [Block(offset: 0, size: need, free: false)])
-                st.owner[p] = p
+            st.allFloats += count
+            st.peakAllFloats = max(st.peakAllFloats, st.allFloats)
+            if let p = planned(&st, need) {
+                st.owner[p] = st.plan!.base
+                log(&st, p, need)
                 return p
             }
-            var seg = st.segments[best.base]!
-            let b = seg.blocks[best.block]
-            seg.blocks[best.block] = Block(offset: b.offset, size: need, free: false)
-            if b.size > need {
-                seg.blocks.insert(Block(offset: b.offset + need, size: b.size - need, free: true), at: best.block + 1)
+            // Best fit over the segments (tails last); ties go to the lower address, so the same requests get the
+            // same blocks every run.
+            var best: (base: UnsafeMutablePointer<Float>, index: Int, rank: (Int, Int, Int))?
+            for (base, seg) in st.segments where !seg.retired {
+                guard let c = seg.blocks.bestFit(need) else { continue }
+                let rank = (c.tail ? 1 : 0, c.size, Int(bitPattern: base + seg.blocks.list[c.index].offset))
+                if let b = best, b.rank <= rank { continue }
+                best = (base, c.index, rank)
             }
-            st.segments[best.base] = seg
-            let p = best.base + b.offset
-            st.owner[p] = best.base
+            let p: UnsafeMutablePointer<Float>
+            if let best {
+                p = best.base + st.segments[best.base]!.blocks.place(best.index, need)
+                st.owner[p] = best.base
+            } else {
+                st.fresh += 1
+                p = allocate(need)
+                var blocks = Blocks(capacity: need)
+                _ = blocks.place(0, need)
+                st.segments[p] = Segment(capacity: need, blocks: blocks)
+                st.owner[p] = p
+            }
+            log(&st, p, need)
             return p
         }
     }
 
     static func give(_ p: UnsafeMutablePointer<Float>, used: Int) {
-        let release: UnsafeMutablePointer<Float>? = state.withLock { st in
+        let release: (UnsafeMutablePointer<Float>, Int)? = state.withLock { st in
             st.liveFloats -= used
-            guard let base = st.owner.removeValue(forKey: p), var seg = st.segments[base],
-                var i = seg.blocks.firstIndex(where: { $0.offset == p - base })
-            else {
+            st.allFloats -= used
+            guard let base = st.owner.removeValue(forKey: p), st.segments[base]!.blocks.free(at: p - base) else {
                 preconditionFailure("TensorPool: a buffer it did not hand out")
             }
-            seg.blocks[i].free = true
-            if i + 1 < seg.blocks.count && seg.blocks[i + 1].free {
-                seg.blocks[i].size += seg.blocks[i + 1].size
-                seg.blocks.remove(at: i + 1)
+            log(&st, p, 0)
+            if st.segments[base]!.retired && st.segments[base]!.blocks.idle {
+                return (base, st.segments.removeValue(forKey: base)!.capacity)
             }
-            if i > 0 && seg.blocks[i - 1].free {
-                seg.blocks[i - 1].size += seg.blocks[i].size
-                seg.blocks.remove(at: i)
-                i -= 1
-            }
-            if seg.retired && seg.idle {
-                st.segments[base] = nil
-                return base
-            }
-            st.segments[base] = seg
             return nil
         }
-        if let release { UnsafeMutableRawPointer(release).deallocate() }
+        if let release { free([release]) }
+    }
+
+    /// Keeps the first `count` of the `used` floats handed out at `p` and frees the rest of its block.
+    static func shrink(_ p: UnsafeMutablePointer<Float>, used: Int, to count: Int) {
+        precondition(count <= used, "TensorPool.shrink: \(count) floats from \(used)")
+        state.withLock { st in
+            st.liveFloats -= used - count
+            st.allFloats -= used - count
+            guard let base = st.owner[p] else { preconditionFailure("TensorPool: a buffer it did not hand out") }
+            st.segments[base]!.blocks.shrink(at: p - base, to: rounded(count))
+            log(&st, p, -rounded(count))
+        }
+    }
+
+    /// One block of a step: its size over its life (a shrink starts a phase) and its offset in the plan.
+    struct PlannedBlock {
+        /// (floats, index of the first request, index of the last request + 1), sizes decreasing.
+        var phases: [(floats: Int, from: Int, to: Int)]
+        var offset = 0
+    }
+
+    /// The blocks of a step recorded in `requests`, and for every take in order, the blocks it may go to. A block
+    /// taken and given back in the step lives from its take to its give (a shrink starts a phase). A block the
+    /// step does not give back is held into the next step (an attention map kept for display, a prediction's
+    /// logits) and freed there after its successor is taken: it gets two blocks that live through the whole
+    /// step, one for each generation.
+    static func lifetimes(of requests: [Request]) -> (blocks: [PlannedBlock], takes: [[Int]]) {
+        var open: [Int: Int] = [:]  // address -> its take
+        var all: [PlannedBlock] = []
+        var given: [Bool] = []
+        for (i, r) in requests.enumerated() {
+            if r.floats > 0 {
+                open[r.address] = all.count
+                all.append(PlannedBlock(phases: [(r.floats, i, Int.max)]))
+                given.append(false)
+            } else if let b = open[r.address] {
+                all[b].phases[all[b].phases.count - 1].to = i
+                if r.floats == 0 {
+                    open[r.address] = nil
+                    given[b] = true
+                } else {
+                    all[b].phases.append((-r.floats, i, Int.max))
+                }
+            }
+        }
+        var blocks: [PlannedBlock] = []
+        var takes: [[Int]] = []
+        for (b, g) in zip(all, given) {
+            if g {
+                takes.append([blocks.count])
+                blocks.append(b)
+            } else {
+                let whole = PlannedBlock(phases: [(b.phases[0].floats, 0, Int.max)])
+                takes.append([blocks.count, blocks.count + 1])
+                blocks += [whole, whole]
+            }
+        }
+        return (blocks, takes)
+    }
+
+    /// Gives `blocks` offsets at which no two live at the same time overlap: the largest first, each at the
+    /// lowest offset free for its whole life ("greedy by size"). Returns the high-water mark.
+    static func plan(_ blocks: inout [PlannedBlock]) -> Int {
+        let order = blocks.indices.sorted {
+            (blocks[$0].phases[0].floats, $1) > (blocks[$1].phases[0].floats, $0)
+        }
+        var placed: [Int] = []
+        var mark = 0
+        var taken: [(Int, Int)] = []
+        for b in order {
+            // The ranges the blocks placed so far take while b lives, by offset.
+            taken.removeAll(keepingCapacity: true)
+            for q in placed {
+                var widest = 0
+                for pb in blocks[b].phases {
+                    for pq in blocks[q].phases where pq.from < pb.to && pb.from < pq.to {
+                        widest = max(widest, pq.floats)
+                    }
+                }
+                if widest > 0 { taken.append((blocks[q].offset, blocks[q].offset + widest)) }
+            }
+            taken.sort { $0.0 < $1.0 }
+            let need = blocks[b].phases[0].floats
+            var offset = 0
+            for (lo, hi) in taken {
+                if lo >= offset + need { break }
+                offset = max(offset, hi)
+            }
+            blocks[b].offset = offset
+            placed.append(b)
+            mark = max(mark, offset + need)
+        }
+        return mark
+    }
+
+    /// The high-water mark of `requests` placed by best fit in one segment of unbounded size, counting only
+    /// the blocks both taken and given back among them.
+    static func bestFitHighWater(of requests: [Request]) -> Int {
+        let takes = lifetimes(of: requests).takes
+        var blocks = Blocks(capacity: Int.max / 2)
+        var offsetOf: [Int: Int] = [:]
+        var t = 0
+        for r in requests {
+            if r.floats > 0 {
+                defer { t += 1 }
+                guard takes[t].count == 1, let c = blocks.bestFit(r.floats) else { continue }
+                offsetOf[r.address] = blocks.place(c.index, r.floats)
+            } else if let o = offsetOf[r.address] {
+                if r.floats == 0 {
+                    _ = blocks.free(at: o)
+                    offsetOf[r.address] = nil
+                } else {
+                    blocks.shrink(at: o, to: -r.floats)
+                }
+            }
+        }
+        return blocks.highWater
+    }
+
+    /// Starts recording the requests of a step (or a prediction tile) that will repeat, for the next
+    /// ``settle(slack:)`` to lay out. Call it before the first step at a new shape.
+    public static func beginStep() {
+        state.withLock { st in
+            st.requests.removeAll(keepingCapacity: true)
+            st.requestsOverflowed = false
+            st.recordingStep = true
+        }
     }
 
     /// Retires every segment (each is returned to the system as soon as nothing in it is live) and reserves one
-    /// free segment of `slack` times the most that was live at once since the last settle. Call it after the first training
-    /// step at a new shape: from then on the step's requests share that one segment instead of the many the
-    /// first step grew, each sized for the request that first needed it.
+    /// free segment for the steps to come, of `slack` times what they need: after ``beginStep()``, the high-water
+    /// mark of the plan that lays out the recorded step, whose requests then go where it says; otherwise the
+    /// most that was live at once since the last settle or, when more, the high-water mark of best fit on the
+    /// requests since then. The settle writes once to every page of that mark, so the next step
+    /// takes no page fault. Call it after the first training step at a new shape: from then on the step's
+    /// requests share that one segment instead of the many the first step grew, each sized for the request
+    /// that first needed it. The slack is for requests that come in another order and costs no memory unless one
+    /// needs it.
     public static func settle(slack: Double = 1.25) {
-        let released = state.withLock { st -> [UnsafeMutablePointer<Float>] in
-            var idle: [UnsafeMutablePointer<Float>] = []
+        var touch: (UnsafeMutablePointer<Float>, Int)?
+        let released = state.withLock { st -> [(UnsafeMutablePointer<Float>, Int)] in
+            var idle: [(UnsafeMutablePointer<Float>, Int)] = []
             for (base, seg) in st.segments {
-                if seg.idle { idle.append(base) } else { st.segments[base]!.retired = true }
+                if seg.blocks.idle { idle.append((base, seg.capacity)) } else { st.segments[base]!.retired = true }
             }
-            for base in idle { st.segments[base] = nil }
-            let floats = (Int(Double(st.peakLiveFloats) * slack) + granule - 1) / granule * granule
+            for (base, _) in idle { st.segments[base] = nil }
+            var mark: Int
+            var takes: [(floats: Int, offsets: [Int])] = []
+            if st.requestsOverflowed {
+                mark = st.peakLiveFloats
+            } else if st.recordingStep {
+                var (blocks, order) = lifetimes(of: st.requests)
+                mark = plan(&blocks)
+                takes = zip(st.requests.filter { $0.floats > 0 }, order).map { r, b in
+                    (r.floats, b.map { blocks[$0].offset })
+                }
+            } else {
+                mark = max(st.peakLiveFloats, bestFitHighWater(of: st.requests))
+            }
+            mark = max(mark, granule)
+            let floats = rounded(Int(Double(mark) * slack))
             st.peakLiveFloats = st.liveFloats
-            if floats > 0 {
-                let p = allocate(floats)
-                st.segments[p] = Segment(capacity: floats, blocks: [Block(offset: 0, size: floats, free: true)])
-            }
+            st.requests.removeAll(keepingCapacity: true)
+            st.requestsOverflowed = false
+            st.recordingStep = false
+            let p = allocate(floats)
+            var blocks = Blocks(capacity: floats)
+            blocks.highWater = mark
+            st.segments[p] = Segment(capacity: floats, blocks: blocks)
+            st.plan = takes.isEmpty ? nil : Plan(base: p, takes: takes)
+            touch = (p, mark)
             return idle
         }
-        for p in released { UnsafeMutableRawPointer(p).deallocate() }
+        free(released)
+        // One write per page of what the next step will use: its page faults, taken here instead.
+        if let (p, floats) = touch, !LoopCount.isDryRun {
+            let page = 4096 / MemoryLayout<Float>.stride
+            parallelForPieces(planes: 1, length: (floats + page - 1) / page) { _, r in
+                for i in r { p[i * page] = 0 }
+            }
+        }
     }
 
     /// Returns every segment with nothing live in it to the system (after work whose sizes will not come again).
     public static func trim() {
-        let released = state.withLock { st -> [UnsafeMutablePointer<Float>] in
-            let idle = st.segments.filter { $0.value.idle }.map(\.key)
-            for base in idle { st.segments[base] = nil }
+        let released = state.withLock { st -> [(UnsafeMutablePointer<Float>, Int)] in
+            let idle = st.segments.filter { $0.value.blocks.idle }.map { ($0.key, $0.value.capacity) }
+            for (base, _) in idle { st.segments[base] = nil }
+            if let plan = st.plan, st.segments[plan.base] == nil { st.plan = nil }
             return idle
         }
-        for p in released { UnsafeMutableRawPointer(p).deallocate() }
+        free(released)
     }
+
+    /// Counts a tensor that owns its memory (not recycled): `floats` more (or, negative, fewer) live.
+    static func noteOwned(_ floats: Int) {
+        state.withLock { st in
+            st.allFloats += floats
+            st.peakAllFloats = max(st.peakAllFloats, st.allFloats)
+        }
+    }
+
+    fileprivate static var allBytes: (live: Int, peak: Int) {
+        state.withLock { ($0.allFloats * MemoryLayout<Float>.stride, $0.peakAllFloats * MemoryLayout<Float>.stride) }
+    }
+
+    fileprivate static func resetAllPeak() { state.withLock { $0.peakAllFloats = $0.allFloats } }
 
     /// Buffers allocated from the system so far because no free block was large enough (a steady-state training
     /// step adds none).
@@ -285,13 +653,32 @@ public enum TensorPool {
 
     /// Bytes in free blocks, held for reuse.
     public static var cachedBytes: Int {
-        state.withLock { st in st.segments.values.reduce(0) { $0 + $1.blocks.filter(\.free).reduce(0) { $0 + $1.size } }
-        }
-            * MemoryLayout<Float>.stride
+        state.withLock { st in
+            st.segments.values.reduce(0) { $0 + $1.blocks.list.filter(\.free).reduce(0) { $0 + $1.size } }
+        } * MemoryLayout<Float>.stride
+    }
+
+    /// Bytes of every segment up to its high-water mark (the highest end of any block it handed out, or, for
+    /// the settled segment, what the settle wrote to): the pool's part of the resident memory.
+    public static var touchedBytes: Int {
+        state.withLock { st in st.segments.values.reduce(0) { $0 + $1.blocks.highWater } } * MemoryLayout<Float>.stride
     }
 
     /// Bytes of every segment, in use or not.
     public static var reservedBytes: Int {
         state.withLock { st in st.segments.values.reduce(0) { $0 + $1.capacity } } * MemoryLayout<Float>.stride
     }
+}
+
+/// The storage of every live ``Tensor``, recycled or not, as the tensors' sizes (not the pages the system
+/// gives them): a model's memory as PyTorch's allocator statistics count it. Works inside
+/// `LoopCount.countOnly`, where no page is touched, so the tensor memory of a training step at any patch size
+/// can be known in well under a second.
+public enum TensorMemory {
+    /// Bytes of tensor storage live now.
+    public static var liveBytes: Int { TensorPool.allBytes.live }
+    /// The most bytes of tensor storage live at once since the last ``resetPeak()`` (or the start).
+    public static var peakBytes: Int { TensorPool.allBytes.peak }
+    /// Starts a new peak from what is live now.
+    public static func resetPeak() { TensorPool.resetAllPeak() }
 }

@@ -369,6 +369,8 @@ public final class Trainer {
             return Double(now - clock) / 1e9
         }
         FaultHooks.enter(.step)
+        // The first step's requests for recycled tensors are recorded, and the pool laid out for them after it.
+        if !settled { TensorPool.beginStep() }
         model.params.zeroGrads()
         let logits = try model.forward(batch.image)
         times.forward = lap()
@@ -390,7 +392,7 @@ public final class Trainer {
         times.update = lap()
         if !settled {
             // The first step grew the recycled-tensor pool one request at a time; from now on every step shares
-            // one segment of the most it had live at once.
+            // one segment laid out for its requests.
             TensorPool.settle()
             settled = true
         }

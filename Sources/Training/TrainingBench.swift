@@ -94,6 +94,7 @@ public final class TrainingBench {
                 let one = Tensor.reuse(&single, [1] + Array(batch.image.shape.dropFirst()))
                 one.pointer.update(from: batch.image.pointer, count: one.count)
                 let f0 = DispatchTime.now().uptimeNanoseconds
+                if i == 0 { TensorPool.beginStep() }
                 _ = try GradientMode.withoutGradients { try trainer.model.forward(one) }
                 if i == 0 { TensorPool.settle() }  // as the sliding-window predictor does after its first tile
                 var times = StepTimes()
@@ -151,11 +152,6 @@ public final class TrainingBench {
         {
             notes.append(
                 "OpenBLAS runs its slow '\(BLASInfo.coreName)' kernel on this CPU: rerun with OPENBLAS_CORETYPE=\(cpu.hasAVX512F ? "SkylakeX" : "Haswell") in the environment"
-            )
-        }
-        if warmup < 2 && !inference {
-            notes.append(
-                "fewer than 2 warm-up steps: the first step after the first one touches the memory pool's settled segment for the first time, so the page faults (and a little time) of that touch are counted; use --warmup 2 or more for steady-state figures"
             )
         }
         return TrainingBenchReport(

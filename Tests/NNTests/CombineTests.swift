@@ -181,4 +181,49 @@ final class CombineTests: XCTestCase {
         XCTAssertEqual(cat.channels(ofInput: 1), 2..<5)
         XCTAssertEqual(up.backward(dCat, channels: 2..<5).array, up.backward(dUp).array)
     }
+
+    /// The decoder's concatenation without copies: the upsampling written straight into its channels gives the
+    /// same bits as upsampling then concatenating; the skip's gradient made out of the concatenation's
+    /// gradient itself (its buffer, cut) equals the copy, on one sample and several, both when a sample's
+    /// channels can move in parallel (up channels >= skip channels, as in the model) and when they cannot.
+    func testUpsamplingWrittenInPlaceAndSkipGradientTakenOverEqualTheCopies() {
+        for (n, cSkip, cUp) in [(1, 2, 3), (2, 2, 3), (3, 3, 2), (2, 16, 32)] {
+            let coarse = tensor([n, cUp, 2, 3, 3], seed: 10)
+            let skip = tensor([n, cSkip, 4, 6, 6], seed: 11)
+            let up = Trilinear(factor: 2, alignCorners: false)
+            let cat = Concat()
+            let plain = cat.forward(skip, up.forward(coarse)).array
+            let upInPlace = Trilinear(factor: 2, alignCorners: false)
+            let catInPlace = Concat()
+            let (y, channels) = catInPlace.forward(skip, writingSecond: upInPlace.outputShape(for: coarse.shape))
+            // Garbage where the upsampling must write: every value must be overwritten.
+            for c in channels {
+                for b in 0..<n { (y.pointer + ((b * (cSkip + cUp)) + c) * 144).update(repeating: .nan, count: 144) }
+            }
+            upInPlace.forward(coarse, into: y, channels: channels)
+            XCTAssertEqual(channels, cSkip..<(cSkip + cUp))
+            XCTAssertEqual(y.array, plain, "n \(n), skip \(cSkip), up \(cUp)")
+
+            let shape = [n, cSkip + cUp, 4, 6, 6]
+            let r = GradCheck.random(shape.reduce(1, *), seed: 12)
+            let dUp = up.backward(Tensor(shape, r), channels: channels)
+            let dSkip = cat.backward(Tensor(shape, r), input: 0)
+            var dCat = Tensor.recycled(shape)
+            _ = dCat.data.initialize(from: r)
+            let p = dCat.pointer
+            XCTAssertEqual(upInPlace.backward(dCat, channels: channels).array, dUp.array)
+            let live = TensorMemory.liveBytes
+            let taken = catInPlace.backwardOfFirst(taking: &dCat)
+            XCTAssertEqual(taken.pointer, p, "the concatenation's gradient becomes the skip's")
+            XCTAssertEqual(TensorMemory.liveBytes, live - 4 * n * cUp * 144, "its other channels given back")
+            XCTAssertEqual(taken.shape, skip.shape)
+            XCTAssertEqual(taken.array, dSkip.array, "n \(n), skip \(cSkip), up \(cUp)")
+            // Held elsewhere too: a copy, and the concatenation's gradient untouched.
+            var held = Tensor.recycled(shape)
+            _ = held.data.initialize(from: r)
+            let other = held
+            XCTAssertEqual(catInPlace.backwardOfFirst(taking: &held).array, dSkip.array)
+            XCTAssertEqual(other.array, r)
+        }
+    }
 }

@@ -104,3 +104,116 @@ final class TensorTests: XCTestCase {
         XCTAssertEqual(SplitMix64.mix(42), 13_679_457_532_755_275_413)
     }
 }
+
+/// The pool's plan for a step that repeats, cutting tensors in place, and the count of tensor memory.
+final class TensorPoolPlanTests: XCTestCase {
+    override func setUp() {
+        TensorPool.settle()
+        TensorPool.trim()
+        XCTAssertEqual(TensorPool.reservedBytes, 0, "a test before this one left recycled tensors alive")
+    }
+
+    /// a and b (300 each) live, a freed, c (900) taken: best fit leaves a's 300 as a hole below c and reaches
+    /// 1500; the peak live is 1200.
+    private func holeStep() -> [UnsafeMutablePointer<Float>] {
+        let unit = 16
+        var a: Tensor? = Tensor.recycled([300 * unit])
+        let b = Tensor.recycled([300 * unit])
+        let aAddress = a!.pointer
+        a = nil
+        let c = Tensor.recycled([900 * unit])
+        return [aAddress, b.pointer, c.pointer]
+    }
+
+    /// After beginStep, settle lays the recorded step out so that it needs no more than its peak live (best
+    /// fit needs 1500 for 1200), writes to that part once, and every later step goes to the same places without
+    /// a new allocation.
+    func testSettleLaysOutARecordedStepWithinItsPeak() {
+        let bytes = 4 * 16
+        TensorPool.beginStep()
+        _ = holeStep()
+        TensorPool.settle(slack: 1)
+        XCTAssertEqual(TensorPool.reservedBytes, 1200 * bytes, "the plan's high-water mark is the step's peak")
+        XCTAssertEqual(TensorPool.touchedBytes, 1200 * bytes)
+        let fresh = TensorPool.freshAllocations
+        let second = holeStep()
+        for _ in 0..<3 { XCTAssertEqual(holeStep(), second, "every step in the same places") }
+        XCTAssertEqual(TensorPool.freshAllocations, fresh)
+        XCTAssertEqual(TensorPool.touchedBytes, 1200 * bytes, "nothing beyond the plan was touched")
+        // c below b: a (freed before c comes) shares c's place.
+        XCTAssertEqual(second[2] + 900 * 16, second[1])
+        XCTAssertEqual(second[0], second[2])
+    }
+
+    /// Without beginStep the settle sizes its segment for best fit on the requests since the last settle: here
+    /// more than the peak live, because of the hole.
+    func testSettleWithoutARecordedStepSizesForBestFit() {
+        _ = holeStep()
+        TensorPool.settle(slack: 1)
+        XCTAssertEqual(TensorPool.reservedBytes, 1500 * 4 * 16)
+        let fresh = TensorPool.freshAllocations
+        for _ in 0..<3 { _ = holeStep() }
+        XCTAssertEqual(TensorPool.freshAllocations, fresh)
+    }
+
+    /// A tensor a step keeps into the next one (freed there after its successor is taken) alternates between
+    /// two places of the plan: no allocation in the steady state.
+    func testBlocksHeldIntoTheNextStepAlternateBetweenTwoPlaces() {
+        var held: Tensor?
+        func step() -> UnsafeMutablePointer<Float> {
+            let kept = Tensor.recycled([64])
+            let scratch = Tensor.recycled([128])
+            held = kept  // the previous step's is freed here
+            return withExtendedLifetime(scratch) { kept.pointer }
+        }
+        TensorPool.beginStep()
+        _ = step()
+        TensorPool.settle(slack: 1)
+        let fresh = TensorPool.freshAllocations
+        let places = (0..<6).map { _ in step() }
+        XCTAssertEqual(TensorPool.freshAllocations, fresh)
+        XCTAssertNotEqual(places[0], places[1])
+        XCTAssertEqual(Array(places[2...]), [places[0], places[1], places[0], places[1]])
+        XCTAssertEqual(
+            TensorPool.reservedBytes, 4 * (64 + 64 + 128), "two places for the held one, one for the scratch")
+        withExtendedLifetime(held) {}
+    }
+
+    /// shrink cuts a recycled tensor nobody else holds to its first elements and gives the rest back.
+    func testShrinkKeepsThePrefixAndGivesTheRestBack() {
+        var t = Tensor.recycled([2, 8, 16])
+        for i in 0..<t.count { t.data[i] = Float(i) }
+        let p = t.pointer
+        XCTAssertTrue(Tensor.isSoleRecycled(&t))
+        Tensor.shrink(&t, to: [2, 4, 16])
+        XCTAssertEqual(t.shape, [2, 4, 16])
+        XCTAssertEqual(t.pointer, p)
+        XCTAssertEqual(t.array, (0..<128).map(Float.init))
+        let fresh = TensorPool.freshAllocations
+        let u = Tensor.recycled([128])
+        XCTAssertEqual(u.pointer, p + 128, "the rest went back to the pool")
+        XCTAssertEqual(TensorPool.freshAllocations, fresh)
+        let other = t
+        XCTAssertFalse(Tensor.isSoleRecycled(&t), "held twice")
+        var owned = Tensor([4])
+        XCTAssertFalse(Tensor.isSoleRecycled(&owned), "not recycled")
+        withExtendedLifetime((u, other)) {}
+    }
+
+    /// TensorMemory counts every tensor's size, recycled or not, and its peak.
+    func testTensorMemoryCountsEveryTensor() {
+        TensorMemory.resetPeak()
+        let base = TensorMemory.liveBytes
+        var a: Tensor? = Tensor([1000])
+        XCTAssertEqual(TensorMemory.liveBytes, base + 4000)
+        var b: Tensor? = Tensor.recycled([500])
+        XCTAssertEqual(TensorMemory.liveBytes, base + 6000)
+        a = nil
+        b = nil
+        XCTAssertEqual(TensorMemory.liveBytes, base)
+        XCTAssertEqual(TensorMemory.peakBytes, base + 6000)
+        TensorMemory.resetPeak()
+        XCTAssertEqual(TensorMemory.peakBytes, base)
+        withExtendedLifetime((a, b)) {}
+    }
+}

@@ -39,6 +39,7 @@ final class GradientReductionTests: XCTestCase {
     /// seeded input, and a seeded gradient of the logits.
     func makeModel() throws -> (SegmentationModel, Tensor) {
         let model = SegmentationModel(ModelConfig(kind: .attentionUNet, featureScale: 16), seed: 3)
+        model.freesKeptTensors = false  // several backward passes on one forward (PyTorch's retain_graph)
         let input = Tensor([1, 1, 16, 32, 32])
         var rng = SeededRNG(7, 1)
         for i in 0..<input.count { input.data[i] = Float(rng.uniform() * 2 - 1) }

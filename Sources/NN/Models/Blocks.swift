@@ -54,14 +54,19 @@ final class UpBlock {
     }
 
     func forward(skip: Tensor, coarse: Tensor) -> Tensor {
-        conv.forward(concat.forward(skip, up.forward(coarse)))
+        // The upsampling writes straight into its channels of the concatenation: only the skip is copied.
+        let (cat, upChannels) = concat.forward(skip, writingSecond: up.outputShape(for: coarse.shape))
+        up.forward(coarse, into: cat, channels: upChannels)
+        return conv.forward(cat)
     }
 
     /// Returns (d skip, d coarse).
     func backward(_ dy: consuming Tensor) -> (Tensor, Tensor) {
-        // The upsampling's gradient is read straight out of the concatenation's: only the skip's part is copied.
-        let dCat = conv.backward(dy)
-        return (concat.backward(dCat, input: 0), up.backward(dCat, channels: concat.channels(ofInput: 1)))
+        // The upsampling's gradient is read straight out of the concatenation's, which then becomes the skip's
+        // (its channels moved together, the rest given back): a decoder level never holds the two at once.
+        var dCat = conv.backward(dy)
+        let dCoarse = up.backward(dCat, channels: concat.channels(ofInput: 1))
+        return (concat.backwardOfFirst(taking: &dCat), dCoarse)
     }
 }
 

@@ -264,6 +264,17 @@ public final class SegmentationModel {
     /// `attentionMaps` afterwards.
     public func forward(_ input: Tensor) throws -> Tensor {
         try validate(inputShape: input.shape)
+        return GradientMode.freeingKept(freesKeptTensors) { forwardPass(input) }
+    }
+
+    /// Whether a training step frees what the layers keep for backward as the backward pass reads it, as
+    /// PyTorch does (``GradientMode/freeingKept(_:_:)``; the default): the step then needs the most its
+    /// forward keeps plus the first decoder level's gradients, not every activation and every gradient at
+    /// once. The layers' outputs then come from the recycled-tensor pool, laid out for the step after the
+    /// first. False keeps every layer's output buffer between steps, and backward may run again on one forward.
+    public var freesKeptTensors = true
+
+    private func forwardPass(_ input: Tensor) -> Tensor {
         let c1 = conv1.forward(input)
         let c2 = conv2.forward(pools[0].forward(c1))
         let c3 = conv3.forward(pools[1].forward(c2))
@@ -307,6 +318,10 @@ public final class SegmentationModel {
     }
 
     private func backwardPass(_ dLogits: Tensor, inputGradient: Bool) -> Tensor? {
+        GradientMode.freeingKept(freesKeptTensors) { backwardLayers(dLogits, inputGradient: inputGradient) }
+    }
+
+    private func backwardLayers(_ dLogits: Tensor, inputGradient: Bool) -> Tensor? {
         conv1.c1.conv.needsInputGradient = inputGradient
         // The head's gradients live only inside this closure (an array local to the function would keep them
         // alive through the whole decoder).
