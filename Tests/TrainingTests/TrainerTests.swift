@@ -57,46 +57,53 @@ final class TrainerTests: PhantomRunTestCase {
         return r.stdout.trimmingCharacters(in: .whitespacesAndNewlines)
     }
 
-    /// Per tensor of `a`'s store (parameters or buffers): ‖Δa − Δb‖ / ‖Δb‖, with Δ the change from `start`, and
-    /// ‖Δb‖ / √count (how far the tensor moved per value).
+    /// Per tensor of `a`'s store (parameters or buffers): ‖Δa − Δb‖ / ‖Δb‖, with Δ the change from `start`;
+    /// ‖Δb‖ / √count (how far the tensor moved per value); and ‖ulp(b)‖ / ‖Δb‖, the float spacing of `b`'s final
+    /// values against its move (the relative difference that one rounding of each final value makes).
     func tensorDifferences(_ a: ParameterStore, _ b: ParameterStore, start: ParameterStore)
-        -> [(name: String, relative: Double, moved: Double)]
+        -> [(name: String, relative: Double, moved: Double, ulps: Double)]
     {
         a.entries.map { e in
             var diff = 0.0
             var norm = 0.0
+            var spacing = 0.0
             for i in e.offset..<(e.offset + e.count) {
                 let s = Double(start.values.data[i])
                 let da = Double(a.values.data[i]) - s
                 let db = Double(b.values.data[i]) - s
                 diff += (da - db) * (da - db)
                 norm += db * db
+                let u = Double(b.values.data[i].magnitude.ulp)
+                spacing += u * u
             }
-            return (e.name, (diff / max(norm, 1e-300)).squareRoot(), (norm / Double(e.count)).squareRoot())
+            let n = max(norm, 1e-300)
+            return (
+                e.name, (diff / n).squareRoot(), (norm / Double(e.count)).squareRoot(), (spacing / n).squareRoot()
+            )
         }
     }
 
     /// With SyncBN, 2 ranks x batch 1 follow the same global patch sequence as 1 rank x batch 2 and end with
-    /// the same weights after 6 steps across an epoch boundary (the all-reduce averages the per-rank gradients
+    /// the same weights after 2 steps, one per epoch (3 training cases, 1 patch each) (the all-reduce averages the per-rank gradients
     /// of the per-sample loss). Compared tensor by tensor on the update Δ from the initial weights, so a wrong
     /// small tensor (a bias, a BN β) cannot hide in the total, and the BN running statistics too. SGD, because
     /// Adam turns the rounding noise in parameters whose true gradient is 0 (conv biases before BN) into full
-    /// ±lr steps; tiny BN batches at the bottleneck amplify rounding differences over many steps, so the check
-    /// uses a few. A third run all-reduces in ~2,600-float buckets (about 160 of them, the last one partial)
+    /// ±lr steps; flipped ReLU masks and max-pool winners amplify rounding differences over many steps, so the
+    /// check uses two (`assertRankEquivalent`). A third run all-reduces in ~2,600-float buckets (about 160 of them, the last one partial)
     /// and must equal the one-bucket run bit for bit.
     func testTwoRanksWithSyncBNMatchOneRank() throws {
         let extra = "--sync-bn --optimizer sgd --lr 3e-3 --val-every 100"
-        var r = try TestEnv.run(try trainCommand(ranks: 2, out: "mpi", extra: extra, epochs: 2, samples: 2))
+        var r = try TestEnv.run(try trainCommand(ranks: 2, out: "mpi", extra: extra, epochs: 2, samples: 1))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
-        r = try TestEnv.run(try trainCommand(ranks: 1, out: "single", extra: extra, epochs: 2, samples: 2))
+        r = try TestEnv.run(try trainCommand(ranks: 1, out: "single", extra: extra, epochs: 2, samples: 1))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         r = try TestEnv.run(
             try trainCommand(
-                ranks: 2, out: "buckets", extra: extra + " --allreduce-bucket-mib 0.01", epochs: 2, samples: 2))
+                ranks: 2, out: "buckets", extra: extra + " --allreduce-bucket-mib 0.01", epochs: 2, samples: 1))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         let a = try weights("mpi")
         let b = try weights("single")
-        let worst = assertRankEquivalent(a, b, "2 ranks and 1 rank")
+        let worst = assertRankEquivalent(a, b, "2 ranks and 1 rank", steps: 2)
         XCTAssertEqual(
             TrainingCheckpoint.weightsDigest(try weights("buckets")), TrainingCheckpoint.weightsDigest(a),
             "the bucketed all-reduce must give exactly the one-bucket result")
@@ -140,12 +147,22 @@ final class TrainerTests: PhantomRunTestCase {
         XCTAssertEqual(try digest("sync"), try digest("sync--no-overlap"), "--sync-bn, 3 ranks: overlapped != blocking")
     }
 
-    /// The tolerance of the rank-equivalence test: `a` and `b`, trained from the seeded initial weights (seed 5),
-    /// moved every tensor alike (‖Δa − Δb‖ / ‖Δb‖ ≤ 1e-3 per tensor that really moves, rounding noise only in
-    /// the others, BN running statistics within 1e-4). Returns the worst relative difference of the parameters.
+    /// The tolerance of the rank-equivalence tests: `a` and `b`, trained `steps` optimizer steps from the seeded
+    /// initial weights (seed 5), moved every tensor alike: ‖Δa − Δb‖ / ‖Δb‖ ≤ 1e-2 + √steps · ‖ulp(b)‖ / ‖Δb‖ per
+    /// tensor that really moves, rounding noise only in the others, BN running statistics within 1e-4. Returns
+    /// the worst relative difference of the parameters beyond the rounding term.
+    ///
+    /// What the two terms allow, measured on 2 ranks × batch 1 against 1 rank × batch 2 (`--sync-bn`, SGD, feature
+    /// scale 16, 32×32×16, seeds 5-11, with and without the AVX2 BatchNorm, 1×1×1 and loss kernels):
+    /// - Rounding of the final values: a BN γ near 1 moved by a few hundred ulps, so the last update rounding
+    ///   the other way is 1e-3 to 1e-2 of its move. Each step rounds once, hence √steps ulps.
+    /// - Beyond that, the ranks sum in another order, and after the first update a ReLU mask or a max-pool winner
+    ///   can flip: up to 1.7e-3 after 2 steps, and up to 1e-1 after 6 on some seeds (the runs diverge), so the
+    ///   tests use 2 steps.
+    /// - A wrong reduction is far above the bound: no SyncBN on 2 ranks gives 4.3, a doubled gradient 1.25.
     @discardableResult
     func assertRankEquivalent(
-        _ a: SegmentationModel, _ b: SegmentationModel, _ what: String,
+        _ a: SegmentationModel, _ b: SegmentationModel, _ what: String, steps: Int,
         file: StaticString = #filePath, line: UInt = #line
     ) -> Double {
         let start = SegmentationModel(a.config, seed: 5)
@@ -158,7 +175,9 @@ final class TrainerTests: PhantomRunTestCase {
         for t in params {
             if t.moved > 1e-3 * scale {
                 XCTAssertLessThanOrEqual(
-                    t.relative, 1e-3, "\(t.name): \(what) moved it differently", file: file, line: line)
+                    t.relative - Double(steps).squareRoot() * t.ulps, 1e-2,
+                    "\(t.name): \(what) moved it differently (\(t.relative), float spacing \(t.ulps) of the move)",
+                    file: file, line: line)
             } else {
                 // A tensor whose true gradient is 0 (a conv bias in front of a BN) moves in both runs by rounding
                 // noise only: the float rounding of the BN backward's output, summed over every voxel, which
@@ -173,7 +192,8 @@ final class TrainerTests: PhantomRunTestCase {
                 t.relative, 1e-4, "\(t.name): BN running statistics differ (\(what))", file: file, line: line)
             XCTAssertGreaterThan(t.moved, 0, "\(t.name) must have moved", file: file, line: line)
         }
-        return params.filter { $0.moved > 1e-3 * scale }.map(\.relative).max() ?? 0
+        return params.filter { $0.moved > 1e-3 * scale }.map { $0.relative - Double(steps).squareRoot() * $0.ulps }
+            .max() ?? 0
     }
 
     /// Elastic resume: a run stopped on 2 ranks (--stop-after-epochs 1) continues on 1 rank with the same global
@@ -181,17 +201,17 @@ final class TrainerTests: PhantomRunTestCase {
     /// A rank count that does not divide the global batch is refused with one line.
     func testResumeOnAnotherRankCountContinuesTheSameRun() throws {
         let extra = "--sync-bn --optimizer sgd --lr 3e-3 --val-every 100"
-        var r = try TestEnv.run(try trainCommand(ranks: 1, out: "single", extra: extra, epochs: 2, samples: 2))
+        var r = try TestEnv.run(try trainCommand(ranks: 1, out: "single", extra: extra, epochs: 2, samples: 1))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         r = try TestEnv.run(
-            try trainCommand(ranks: 2, out: "elastic", extra: extra + " --stop-after-epochs 1", epochs: 2, samples: 2))
+            try trainCommand(ranks: 2, out: "elastic", extra: extra + " --stop-after-epochs 1", epochs: 2, samples: 1))
         XCTAssertEqual(r.status, 75, r.stdout + r.stderr)
         r = try TestEnv.run(
-            try trainCommand(ranks: 3, out: "elastic", extra: extra + " --resume", epochs: 2, samples: 2))
+            try trainCommand(ranks: 3, out: "elastic", extra: extra + " --resume", epochs: 2, samples: 1))
         XCTAssertEqual(r.status, 1, r.stdout + r.stderr)
         XCTAssertTrue(r.stderr.contains("error: --batch 2 is not divisible by the 3 MPI ranks"), r.stderr)
         r = try TestEnv.run(
-            try trainCommand(ranks: 1, out: "elastic", extra: extra + " --resume", epochs: 2, samples: 2))
+            try trainCommand(ranks: 1, out: "elastic", extra: extra + " --resume", epochs: 2, samples: 1))
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertTrue(
             r.stdout.contains(
@@ -204,7 +224,7 @@ final class TrainerTests: PhantomRunTestCase {
             inspect.stdout.contains("optimizer steps, 1 rank(s)"),
             "the checkpoint records the rank count that wrote it: " + inspect.stdout)
         let worst = assertRankEquivalent(
-            try weights("elastic"), try weights("single"), "2 ranks then 1 and 1 rank throughout")
+            try weights("elastic"), try weights("single"), "2 ranks then 1 and 1 rank throughout", steps: 2)
         print("elastic resume 2 -> 1 rank, worst relative Δ difference: params \(worst)")
     }
 
