@@ -200,16 +200,18 @@ public final class H5File: @unchecked Sendable {
     /// Writes a file so that a crash never leaves a half-written `path` (`AtomicFile`): `body` fills a new file
     /// in the same folder, which is flushed, closed, fsync'ed and renamed over `path` only when all of that
     /// succeeded. On a full disk the error says so, naming `path`, the previous file is kept and no temporary
-    /// file is left.
-    public static func writeAtomically(_ path: String, _ body: (H5File) throws -> Void) throws {
-        try AtomicFile.write(path) { tmp in
+    /// file is left. With a `writer`, the fsyncs and the rename run on its thread
+    /// (`AtomicFile.write(_:committingOn:committed:_:)`): `path` is the new file once the writer has run them.
+    public static func writeAtomically(
+        _ path: String, committingOn writer: BackgroundWriter? = nil, _ body: (H5File) throws -> Void
+    ) throws {
+        try AtomicFile.write(path, committingOn: writer, committed: { wroteSoundFile(path) }) { tmp in
             let f = try H5File.create(tmp)
             try body(f)
             FaultHooks.pauseInCheckpointWrite()
             try f.flush()
             try f.close()
         }
-        wroteSoundFile(path)
     }
 }
 

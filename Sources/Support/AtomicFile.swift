@@ -14,6 +14,18 @@ public enum AtomicFile {
     /// suffix (so libraries that choose a format by extension, such as `.nii.gz`, choose the same one) and is
     /// hidden (a leading dot), so folder scans skip it.
     public static func write(_ path: String, _ body: (String) throws -> Void) throws {
+        try write(path, committingOn: nil, body)
+    }
+
+    /// As ``write(_:_:)``, but with a `writer`, only `body` runs now: the fsyncs and the rename run on the
+    /// writer's thread (then `committed`), and `path` holds the new file once they have. The temporary stays
+    /// hidden until then; a process that dies first leaves the previous `path` and its temporary, which
+    /// `removeStaleTemporaries(in:)` removes. An error of the deferred part names `path` and is thrown by the
+    /// writer's `wait()`.
+    public static func write(
+        _ path: String, committingOn writer: BackgroundWriter?, committed: (@Sendable () -> Void)? = nil,
+        _ body: (String) throws -> Void
+    ) throws {
         let url = URL(fileURLWithPath: path)
         let folder = url.deletingLastPathComponent().path
         let n = counter.withLock {
@@ -21,20 +33,30 @@ public enum AtomicFile {
             return $0
         }
         let tmp = folder + "/.tmp-\(getpid())-\(n)-" + url.lastPathComponent
-        do {
-            try body(tmp)
-            try sync(tmp, what: "file")
-            guard rename(tmp, path) == 0 else {
-                throw AttunetError("\(path): cannot move the new file into place (\(String(cString: strerror(errno))))")
-            }
-        } catch let e as AttunetError {
-            unlink(tmp)
-            throw AttunetError(e.message.replacingOccurrences(of: tmp, with: path), kind: e.kind)
-        } catch {
-            unlink(tmp)
-            throw error
+        do { try body(tmp) } catch {
+            throw cleaned(error, tmp: tmp, path: path)
         }
-        try sync(folder, what: "folder")
+        let commit: @Sendable () throws -> Void = {
+            do {
+                try sync(tmp, what: "file")
+                guard rename(tmp, path) == 0 else {
+                    throw AttunetError(
+                        "\(path): cannot move the new file into place (\(String(cString: strerror(errno))))")
+                }
+            } catch {
+                throw cleaned(error, tmp: tmp, path: path)
+            }
+            try sync(folder, what: "folder")
+            committed?()
+        }
+        if let writer { writer.submit(commit) } else { try commit() }
+    }
+
+    /// `error` with the temporary file removed and its name replaced by `path`'s.
+    private static func cleaned(_ error: any Error, tmp: String, path: String) -> any Error {
+        unlink(tmp)
+        guard let e = error as? AttunetError else { return error }
+        return AttunetError(e.message.replacingOccurrences(of: tmp, with: path), kind: e.kind)
     }
 
     /// Writes `data` to `path` atomically.

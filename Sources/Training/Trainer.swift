@@ -26,6 +26,8 @@ public final class Trainer {
     let store: CaseStore
     let loss: SegmentationLoss
     let log: TrainingLog?
+    /// Rank 0's checkpoint commits and log rows, behind the training steps (`BackgroundWriter`).
+    private let writer = BackgroundWriter()
     let fingerprint: String
     /// The settings of this process's part of the run that are not its configuration (bucket, step timeout,
     /// stop budget, console prefix, verbosity).
@@ -225,6 +227,8 @@ public final class Trainer {
                 epoch: 0, stepInEpoch: 0, globalStep: 0, bestDice: -1, bestEpoch: -1,
                 worldSize: comm.size, storeFingerprint: fingerprint)
         state.worldSize = comm.size  // a resumed run may continue on another rank count
+        // On an error, the last epoch's commit and log row still complete (their own errors are secondary).
+        defer { try? writer.wait() }
         // A fresh start into a folder where a killed run's first checkpoint write left its temporary cleans it
         // too (a resume does in resume()).
         if resumed == nil, comm.isRoot, let removed = folder.removeStaleTemporaries(), context.verbose {
@@ -403,7 +407,10 @@ public final class Trainer {
 
     /// Validates when due, then writes the checkpoints and logs the epoch (rank 0). The log row comes last, so
     /// that its wall time and time stamp cover the checkpoints; a run stopped between the two gets the row back
-    /// from the checkpoint's record on resume (with the times up to the checkpoint's writing). Returns the record and the seconds validation took (0: none).
+    /// from the checkpoint's record on resume (with the times up to the checkpoint's writing). Except after the
+    /// last epoch, the latest checkpoint's fsyncs and rename, and then the log row, run on `writer`'s thread
+    /// while the next epoch trains; the next call (or a stop, or the end of the run) waits for them first.
+    /// Returns the record and the seconds validation took (0: none).
     private func endEpoch(
         _ state: inout TrainingState, trainLoss: Double, seconds: Double, patches: Int,
         phases: StepTimes?, started t0: Date
@@ -434,6 +441,8 @@ public final class Trainer {
         record.timeUTC = EpochRecord.utcStamp()
         if comm.isRoot {
             FaultHooks.enter(.checkpoint)
+            // The previous epoch's commit and log row first: one epoch in flight at most, in order.
+            try writer.wait()
             if improved {
                 try TrainingCheckpoint.save(
                     bestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record,
@@ -442,12 +451,18 @@ public final class Trainer {
             if last || state.epoch % max(config.checkpointEvery, 1) == 0 {
                 try TrainingCheckpoint.save(
                     latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: record,
-                    recipe: recipe, transfer: transfer)
+                    recipe: recipe, transfer: transfer, committingOn: last ? nil : writer)
             }
         }
         record.epochWallSeconds = Date().timeIntervalSince(t0)
         record.timeUTC = EpochRecord.utcStamp()
-        try log?.append(record)
+        if let log {
+            // After the checkpoint's commit, on the writer's thread: a row in log.csv means its checkpoint is in
+            // place (a resume drops the rows after the checkpoint it continues from anyway).
+            let box = UncheckedSendable((log, record))
+            writer.submit { try box.value.0.append(box.value.1) }
+            if last { try writer.wait() }
+        }
         return (record, validationSeconds)
     }
 
@@ -455,6 +470,7 @@ public final class Trainer {
     /// run ends with an `.interrupted` error (exit status 75).
     private func stopAndSave(_ state: TrainingState, metrics: EpochRecord?, finished: String) throws -> Never {
         if comm.isRoot {
+            try writer.wait()
             try TrainingCheckpoint.save(
                 latestPath, model: model, optimizer: optimizer, config: config, state: state, metrics: metrics,
                 recipe: recipe, transfer: transfer)

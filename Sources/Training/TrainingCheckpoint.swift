@@ -46,11 +46,12 @@ public enum TrainingCheckpoint {
     /// The root attribute holding the training store's class names, background first (JSON array).
     public static let classNamesAttribute = "class_names"
 
-    /// Refuses to write non-finite weights (the previous checkpoint at `path` is kept).
+    /// Refuses to write non-finite weights (the previous checkpoint at `path` is kept). With a `writer`, the
+    /// file's fsyncs and rename run on its thread (``Checkpoint/save(_:to:committingOn:extra:)``).
     public static func save(
         _ path: String, model: SegmentationModel, optimizer: Optimizer, config: TrainConfig,
         state: TrainingState, metrics: EpochRecord?, recipe: PredictionRecipe? = nil,
-        transfer: TransferReport? = nil
+        transfer: TransferReport? = nil, committingOn writer: BackgroundWriter? = nil
     ) throws {
         for store in [model.params, model.buffers] {
             if let e = store.entries.first(where: { e in
@@ -61,7 +62,7 @@ public enum TrainingCheckpoint {
                     kind: .nonFinite)
             }
         }
-        try Checkpoint.save(model, to: path) { f in
+        try Checkpoint.save(model, to: path, committingOn: writer) { f in
             let root = f.root
             let configJSON = try JSONFiles.string(config)
             let stateJSON = try JSONFiles.string(state)

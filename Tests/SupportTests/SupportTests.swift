@@ -75,6 +75,58 @@ final class SupportTests: XCTestCase {
         }
     }
 
+    /// With a `BackgroundWriter`, the body runs at once and the fsyncs and rename on the writer's thread, in
+    /// submission order: after `wait()` the last write is in place, with the work submitted between them done
+    /// in order, and no temporary left.
+    func testDeferredCommitsLandInOrder() throws {
+        let writer = BackgroundWriter()
+        let path = dir.appendingPathComponent("checkpoint_latest.h5").path
+        let order = Locked<[String]>([])
+        for i in 0..<5 {
+            try AtomicFile.write(path, committingOn: writer, committed: { order.withLock { $0.append("commit \(i)") } })
+            {
+                tmp in try Data("epoch \(i)".utf8).write(to: URL(fileURLWithPath: tmp))
+            }
+            writer.submit { order.withLock { $0.append("log \(i)") } }
+        }
+        try writer.wait()
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "epoch 4")
+        XCTAssertEqual(order.withLock { $0 }, (0..<5).flatMap { ["commit \($0)", "log \($0)"] })
+        XCTAssertEqual(try files(), ["checkpoint_latest.h5"])
+    }
+
+    /// A commit that fails on the writer's thread: `wait()` throws it once, naming the target (not the
+    /// temporary), the work submitted after it is skipped, the previous file is kept and no temporary is left;
+    /// the writer then works again. A body that throws does so at once, before anything is queued.
+    func testADeferredCommitErrorNamesTheFileAndStopsLaterWork() throws {
+        struct Boom: Error {}
+        let writer = BackgroundWriter()
+        let path = dir.appendingPathComponent("checkpoint_latest.h5").path
+        try AtomicFile.write("good", to: path)
+        XCTAssertThrowsError(
+            try AtomicFile.write(path, committingOn: writer) { tmp in
+                try Data("half".utf8).write(to: URL(fileURLWithPath: tmp))
+                throw Boom()
+            }
+        ) { XCTAssertTrue($0 is Boom, "\($0)") }
+        // A body that writes nothing: its fsync fails on the writer's thread.
+        try AtomicFile.write(path, committingOn: writer) { _ in }
+        let ran = Locked(false)
+        writer.submit { ran.withLock { $0 = true } }
+        XCTAssertThrowsError(try writer.wait()) { error in
+            XCTAssertTrue("\(error)".hasPrefix(path + ": cannot open the file to fsync it"), "\(error)")
+        }
+        XCTAssertFalse(ran.withLock { $0 }, "work after a failed commit must not run out of order")
+        XCTAssertNoThrow(try writer.wait(), "the error is thrown once")
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "good")
+        XCTAssertEqual(try files(), ["checkpoint_latest.h5"])
+        try AtomicFile.write(path, committingOn: writer) { tmp in
+            try Data("next".utf8).write(to: URL(fileURLWithPath: tmp))
+        }
+        try writer.wait()
+        XCTAssertEqual(try String(contentsOfFile: path, encoding: .utf8), "next")
+    }
+
     func testConcurrentWritersOfOneFolderDoNotCollide() throws {
         let folder = dir!
         DispatchQueue.concurrentPerform(iterations: 16) { i in

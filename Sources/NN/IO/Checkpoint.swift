@@ -22,11 +22,13 @@ public enum Checkpoint {
     public static let weightsDigestAttribute = "weights_sha256"
 
     /// Writes atomically (temporary file, fsync, rename): a crash never leaves a half-written `path`, and a
-    /// failed write (a full disk) keeps the previous file.
-    public static func save(_ model: SegmentationModel, to path: String, extra: (H5File) throws -> Void = { _ in })
-        throws
-    {
-        try H5File.writeAtomically(path) { f in
+    /// failed write (a full disk) keeps the previous file. With a `writer`, the fsyncs and the rename run on its
+    /// thread after this returns (``H5File/writeAtomically(_:committingOn:_:)``).
+    public static func save(
+        _ model: SegmentationModel, to path: String, committingOn writer: BackgroundWriter? = nil,
+        extra: (H5File) throws -> Void = { _ in }
+    ) throws {
+        try H5File.writeAtomically(path, committingOn: writer) { f in
             try f.root.setAttribute("format", format)
             try f.root.setAttribute("model_config", try JSONFiles.string(model.config))
             try StateDict.write(model, to: try f.root.createGroup("state_dict"))
