@@ -54,6 +54,12 @@ public final class PatchLoader: @unchecked Sendable {
     private var failure: Error?
     private var epoch = 0
     private var consumed = 0
+    /// The image and label buffers of the batches handed out lately, reused once their batch is dropped: a
+    /// fresh buffer of a batch's size is new memory, a page fault per 4 KiB written (about 600 per step at
+    /// 2×96×96×48), every step. At most `prefetch + 3` (the queue, the batch in training, the one before it).
+    private let buffers = Locked<[(image: Tensor, label: [UInt8])]>([])
+    /// Source-box scratch of augmented samples, one pair per patch thread (`takeBoxScratch`).
+    private let boxScratch = Locked<[([Float], [UInt8])]>([])
 
     /// `cases`: case ids to train on (e.g. a fold's training cases); nil = every case of the store. `patch`,
     /// `batch` (patches per rank per step), `rank`/`worldSize` (this rank's shard), `seed`, `augment`,
@@ -180,8 +186,8 @@ public final class PatchLoader: @unchecked Sendable {
                 Int((cz + hi[2]).rounded(.up)) + 1,
             ]
             let box = Dim3(z: b1[2] - b0[2] + 1, y: b1[1] - b0[1] + 1, x: b1[0] - b0[0] + 1)
-            var src = [Float](repeating: 0, count: box.count)
-            var lsrc = [UInt8](repeating: 0, count: box.count)
+            var (src, lsrc) = takeBoxScratch(box.count)
+            defer { boxScratch.withLock { $0.append((src, lsrc)) } }
             try src.withUnsafeMutableBufferPointer { sp in
                 try lsrc.withUnsafeMutableBufferPointer { lp in
                     try store.readBox(
@@ -257,8 +263,7 @@ public final class PatchLoader: @unchecked Sendable {
     public func makeBatch(epoch: Int, step: Int, order: [Int]? = nil) throws -> PatchBatch {
         let t0 = Date()
         let ord = order ?? self.order(epoch: epoch)
-        let img = Tensor([batch, 1, patch.z, patch.y, patch.x])
-        var lab = [UInt8](repeating: 0, count: batch * patch.count)
+        var (img, lab) = takeBuffers()
         var cs = [Int](repeating: 0, count: batch)
         let gs = (0..<batch).map { globalIndex(step: step, slot: $0) }
         try lab.withUnsafeMutableBufferPointer { lb in
@@ -273,8 +278,39 @@ public final class PatchLoader: @unchecked Sendable {
                 }
             }
         }
+        buffers.withLock { ring in
+            if ring.count < prefetch + 3 { ring.append((img, lab)) }
+        }
         return PatchBatch(
             image: img, label: lab, cases: cs, samples: gs, step: step, loadSeconds: Date().timeIntervalSince(t0))
+    }
+
+    /// Scratch arrays of at least `count` elements for an augmented sample's source box (each patch thread
+    /// takes its own pair and puts it back): allocated when a box outgrows them, not once per sample.
+    /// `readBox` overwrites the first `count` elements, the only ones read.
+    private func takeBoxScratch(_ count: Int) -> ([Float], [UInt8]) {
+        var pair = boxScratch.withLock { $0.popLast() } ?? ([], [])
+        if pair.0.count < count {
+            // A quarter more: boxes vary with the drawn rotation and scale, so growth stops after a few.
+            let grown = count + count / 4
+            pair = ([Float](repeating: 0, count: grown), [UInt8](repeating: 0, count: grown))
+        }
+        return pair
+    }
+
+    /// A batch's image and label buffers: those of a batch nobody holds any more (its image tensor referenced
+    /// by the ring alone), taken out of the ring so that writing the label array does not copy it, or new ones.
+    /// Every element is overwritten by `sample`. A label array still shared (a caller kept a batch's labels)
+    /// is copied on write, as any Swift array: correct, only not free.
+    private func takeBuffers() -> (Tensor, [UInt8]) {
+        let reused = buffers.withLock { ring -> (Tensor, [UInt8])? in
+            for i in ring.indices where isKnownUniquelyReferenced(&ring[i].image) {
+                return ring.remove(at: i)
+            }
+            return nil
+        }
+        return reused
+            ?? (Tensor([batch, 1, patch.z, patch.y, patch.x]), [UInt8](repeating: 0, count: batch * patch.count))
     }
 
     /// Starts preparing `epoch` on the background thread (abandoning any epoch in progress), from step
