@@ -363,6 +363,44 @@ final class LoaderTests: XCTestCase {
         XCTAssertEqual(m, one.stepsPerEpoch)
     }
 
+    /// The loader reuses a batch's buffers once nobody holds the batch: batches dropped as they are trained
+    /// on come back in the same few buffers, every element rewritten (they equal a fresh loader's batches,
+    /// with the paper's augmentation, whose source boxes also reuse their scratch); batches a caller keeps
+    /// are never written over.
+    func testBatchBuffersAreReusedOnlyOnceDropped() throws {
+        let d = try Fixture.dataset()
+        let store = try CaseStore(path: d.path + "/store.h5")
+        let patch = Dim3(z: 16, y: 24, x: 20)
+        func loader() throws -> PatchLoader {
+            try PatchLoader(store: store, patch: patch, batch: 2, seed: 4, augment: .paper, samplesPerCase: 4)
+        }
+        let reference = try loader()
+        let refs = try (0..<3).map { e in
+            try (0..<reference.stepsPerEpoch).map { try reference.makeBatch(epoch: e, step: $0) }
+        }
+        let l = try loader()
+        var buffers = Set<UnsafeMutablePointer<Float>>()
+        for e in 0..<2 {
+            l.startEpoch(e)
+            var n = 0
+            while let b = try l.next() {
+                XCTAssertEqual(b.image.array, refs[e][n].image.array, "epoch \(e) step \(n)")
+                XCTAssertEqual(b.label, refs[e][n].label, "epoch \(e) step \(n)")
+                buffers.insert(b.image.pointer)
+                n += 1
+            }
+        }
+        XCTAssertLessThanOrEqual(buffers.count, l.prefetch + 3, "dropped batches' buffers must be reused")
+        l.startEpoch(2)
+        var kept: [PatchBatch] = []
+        while let b = try l.next() { kept.append(b) }
+        XCTAssertEqual(Set(kept.map(\.image.pointer)).count, kept.count, "kept batches never share a buffer")
+        for (n, b) in kept.enumerated() {
+            XCTAssertEqual(b.image.array, refs[2][n].image.array, "kept step \(n)")
+            XCTAssertEqual(b.label, refs[2][n].label, "kept step \(n)")
+        }
+    }
+
     func testForegroundFractionOrderAndIdentityCrops() throws {
         let d = try Fixture.dataset()
         let store = try CaseStore(path: d.path + "/store.h5")
