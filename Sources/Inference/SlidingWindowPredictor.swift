@@ -298,13 +298,10 @@ public final class SlidingWindowPredictor {
                                 into: input.pointer)
                             for (i, net) in networks.enumerated() {
                                 // Keeping nothing for a backward pass: a tile needs a few activations at a time.
-                                if !poolSettled { TensorPool.beginStep() }
-                                let logits = try GradientMode.withoutGradients { try net.forward(input) }
-                                if !poolSettled {
-                                    // The first tile grew the pool one request at a time; every later tile shares one
-                                    // segment laid out for its requests.
-                                    TensorPool.settle()
-                                    poolSettled = true
+                                // The first tile grows the pool one request at a time; every later tile shares one
+                                // segment laid out for its requests.
+                                let logits = try TensorPool.settling(after: &poolSettled) {
+                                    try GradientMode.withoutGradients { try net.forward(input) }
                                 }
                                 guard logits.shape == [1, k, p.z, p.y, p.x] else {
                                     throw AttunetError(

@@ -554,6 +554,19 @@ public enum TensorPool {
         return blocks.highWater
     }
 
+    /// Runs `body`, a step (or a prediction tile) that will repeat at one shape. While `settled` is false its
+    /// requests are recorded (``beginStep()``) and the pool is laid out for them after it (``settle(slack:)``),
+    /// and `settled` becomes true; later runs just run `body`. Training steps, the sliding-window predictor's
+    /// tiles and `bench train` share this.
+    public static func settling<R>(after settled: inout Bool, _ body: () throws -> R) rethrows -> R {
+        if settled { return try body() }
+        beginStep()
+        let result = try body()
+        settle()
+        settled = true
+        return result
+    }
+
     /// Starts recording the requests of a step (or a prediction tile) that will repeat, for the next
     /// ``settle(slack:)`` to lay out. Call it before the first step at a new shape.
     public static func beginStep() {

@@ -373,32 +373,29 @@ public final class Trainer {
             return Double(now - clock) / 1e9
         }
         FaultHooks.enter(.step)
-        // The first step's requests for recycled tensors are recorded, and the pool laid out for them after it.
-        if !settled { TensorPool.beginStep() }
-        model.params.zeroGrads()
-        let logits = try model.forward(batch.image)
-        times.forward = lap()
-        let value = batch.label.withUnsafeBufferPointer { loss.forward(logits: logits, labels: $0) }
-        times.loss = lap()
-        reduction.beginBackward()
-        model.backward(loss.gradient)
-        times.backward = lap()
-        FaultHooks.enterAllReduce(rank: comm.rank)
-        let gradients = try reduction.finishBackward()
-        var flags = [value.isFinite ? value : 0, value.isFinite ? 0 : 1, Double(stopSignal)]
-        try flags.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
-        FaultHooks.enter(.step)
-        times.allReduce = lap()
-        if flags[1] > 0 {
-            throw AttunetError("loss is NaN/Inf at global step \(optimizer.step)", kind: .nonFinite)
-        }
-        optimizer.update(params: model.params.values, grads: model.params.grads)
-        times.update = lap()
-        if !settled {
-            // The first step grew the recycled-tensor pool one request at a time; from now on every step shares
-            // one segment laid out for its requests.
-            TensorPool.settle()
-            settled = true
+        // The first step grows the recycled-tensor pool one request at a time; from then on every step shares one
+        // segment laid out for its requests.
+        let (flags, gradients) = try TensorPool.settling(after: &settled) {
+            model.params.zeroGrads()
+            let logits = try model.forward(batch.image)
+            times.forward = lap()
+            let value = batch.label.withUnsafeBufferPointer { loss.forward(logits: logits, labels: $0) }
+            times.loss = lap()
+            reduction.beginBackward()
+            model.backward(loss.gradient)
+            times.backward = lap()
+            FaultHooks.enterAllReduce(rank: comm.rank)
+            let gradients = try reduction.finishBackward()
+            var flags = [value.isFinite ? value : 0, value.isFinite ? 0 : 1, Double(stopSignal)]
+            try flags.withUnsafeMutableBufferPointer { try comm.allReduceSum($0) }
+            FaultHooks.enter(.step)
+            times.allReduce = lap()
+            if flags[1] > 0 {
+                throw AttunetError("loss is NaN/Inf at global step \(optimizer.step)", kind: .nonFinite)
+            }
+            optimizer.update(params: model.params.values, grads: model.params.grads)
+            times.update = lap()
+            return (flags, gradients)
         }
         return StepResult(
             loss: flags[0] / Double(comm.size), stopRequested: flags[2] > 0, times: times,

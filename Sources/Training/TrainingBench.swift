@@ -77,6 +77,7 @@ public final class TrainingBench {
         var faultsBefore = rusage()
         var faultsAfter = rusage()
         var single: Tensor?  // inference: the first patch of each batch
+        var inferenceSettled = false
         for i in 0..<(warmup + steps) {
             let timed = i >= warmup
             if timed && LayerProfile.active == nil {
@@ -94,9 +95,10 @@ public final class TrainingBench {
                 let one = Tensor.reuse(&single, [1] + Array(batch.image.shape.dropFirst()))
                 one.pointer.update(from: batch.image.pointer, count: one.count)
                 let f0 = DispatchTime.now().uptimeNanoseconds
-                if i == 0 { TensorPool.beginStep() }
-                _ = try GradientMode.withoutGradients { try trainer.model.forward(one) }
-                if i == 0 { TensorPool.settle() }  // as the sliding-window predictor does after its first tile
+                // Laid out after the first pass, as the sliding-window predictor does after its first tile.
+                _ = try TensorPool.settling(after: &inferenceSettled) {
+                    try GradientMode.withoutGradients { try trainer.model.forward(one) }
+                }
                 var times = StepTimes()
                 times.forward = Double(DispatchTime.now().uptimeNanoseconds - f0) / 1e9
                 r = StepResult(loss: 0, stopRequested: false, times: times)
