@@ -1,3 +1,4 @@
+import CKernels
 import Tensor
 
 /// Trilinear resampling of `[N, C, Z, Y, X]` volumes (PyTorch `F.interpolate(mode: "trilinear")`).
@@ -15,7 +16,11 @@ import Tensor
 /// The work is separable: per output z-slice, a blend of two input slices (Z), a gather along X on the input
 /// rows only, then a blend of rows (Y) written to the output, all from per-axis index/weight tables rebuilt only
 /// when the input shape changes. Backward is the exact adjoint (scatter-add with the same weights), done as a
-/// gather over input slices so tasks never race.
+/// gather over input slices so tasks never race. The per-slice loops are CKernels' `ck_tri_forward` and
+/// `ck_tri_backward` (`resample.c`): with AVX2 + FMA, 8-lane blends, the X pass as one load and two in-register
+/// permutes per 8 output columns (gathers where down-sampling), its adjoint as per-column lists of taps read by
+/// loads (×2) or gathers; plain C on other CPUs. The two builds differ by float rounding only (FMA, and the two
+/// taps of a clamped edge merged in the adjoint), within a few ulps of the magnitude of the terms.
 public final class Trilinear {
     public enum Target: Equatable, Sendable {
         /// Scale factors per axis (output size ⌊in · s⌋; the interpolation uses 1/s as PyTorch does).
@@ -34,6 +39,8 @@ public final class Trilinear {
         var i0: [Int32] = [], i1: [Int32] = [], w0: [Float] = [], w1: [Float] = []
         /// For the adjoint along Z: for input index i, the pairs (output index, weight) in `refs[start[i]..<start[i+1]]`.
         var start: [Int32] = [], refOut: [Int32] = [], refW: [Float] = []
+        /// For X: the tables cut into blocks of 8 columns for the C kernels (`ck_tri_xplan`).
+        var plan: [Int32] = []
     }
 
     private var tz = AxisTable(), ty = AxisTable(), tx = AxisTable()
@@ -147,6 +154,9 @@ public final class Trilinear {
         tz = Self.axisTable(input: s[2], output: o.z, scaleFactor: sf.0, alignCorners: alignCorners, withRefs: true)
         ty = Self.axisTable(input: s[3], output: o.y, scaleFactor: sf.1, alignCorners: alignCorners, withRefs: false)
         tx = Self.axisTable(input: s[4], output: o.x, scaleFactor: sf.2, alignCorners: alignCorners, withRefs: false)
+        let (xi, xo) = (Int32(s[4]), Int32(o.x))
+        tx.plan = [Int32](repeating: 0, count: ck_tri_xplan_words(tx.i0, tx.i1, xi, xo))
+        ck_tri_xplan(tx.i0, tx.i1, tx.w0, tx.w1, xi, xo, &tx.plan)
         tableShape = s
     }
 
@@ -206,7 +216,7 @@ public final class Trilinear {
         // voxel); scratch for each thread that runs them.
         let ranges = splitRange(tasks, parts: WorkSplit.parts(work: 6 * Double(tasks * yo * xo), limits: [tasks])[0])
         let parts = max(1, min(Parallelism.threads, ranges.count))
-        let perPart = Self.scratchStride(yi * xi + yi * xo)
+        let perPart = Self.scratchStride(ck_tri_forward_scratch(Int32(yi), Int32(xi), Int32(xo)))
         let scr = scratchBase(parts, perPart)
         let src = x.pointer
         let dst = out.pointer
@@ -214,64 +224,23 @@ public final class Trilinear {
         let outPlane = zo * yo * xo
         let inSlice = yi * xi
         let outSlice = yo * xo
-        tz.i0.withUnsafeBufferPointer { zi0 in
-            tz.i1.withUnsafeBufferPointer { zi1 in
-                tz.w0.withUnsafeBufferPointer { zw0 in
-                    tz.w1.withUnsafeBufferPointer { zw1 in
-                        ty.i0.withUnsafeBufferPointer { yi0 in
-                            ty.i1.withUnsafeBufferPointer { yi1 in
-                                ty.w0.withUnsafeBufferPointer { yw0 in
-                                    ty.w1.withUnsafeBufferPointer { yw1 in
-                                        tx.i0.withUnsafeBufferPointer { xi0 in
-                                            tx.i1.withUnsafeBufferPointer { xi1 in
-                                                tx.w0.withUnsafeBufferPointer { xw0 in
-                                                    tx.w1.withUnsafeBufferPointer { xw1 in
-                                                        parallelFor(ranges.count) { part in
-                                                            // This thread's scratch; [yi][xi]: Z pass.
-                                                            let blend =
-                                                                scr + min(Parallelism.threadIndex, parts - 1) * perPart
-                                                            let rows = blend + inSlice  // [yi][xo]: X pass
-                                                            for task in ranges[part] {
-                                                                let p = task / zo
-                                                                let z = task % zo
-                                                                let plane = src + p * inPlane
-                                                                // Z: blend two input slices (contiguous, vectorised).
-                                                                let a = plane + Int(zi0[z]) * inSlice
-                                                                let b = plane + Int(zi1[z]) * inSlice
-                                                                let wa = zw0[z]
-                                                                let wb = zw1[z]
-                                                                for i in 0..<inSlice {
-                                                                    blend[i] = wa * a[i] + wb * b[i]
-                                                                }
-                                                                // X: gather two taps per output column, on the input rows only (the one scalar pass).
-                                                                for yy in 0..<yi {
-                                                                    let r = blend + yy * xi
-                                                                    let o = rows + yy * xo
-                                                                    for xx in 0..<xo {
-                                                                        o[xx] =
-                                                                            xw0[xx] * r[Int(xi0[xx])] + xw1[xx]
-                                                                            * r[Int(xi1[xx])]
-                                                                    }
-                                                                }
-                                                                // Y: blend two rows per output row, straight into the output (contiguous, vectorised).
-                                                                let oslice =
-                                                                    dst + ((p / cIn) * cOut + cOff + p % cIn)
-                                                                    * outPlane + z * outSlice
-                                                                for yy in 0..<yo {
-                                                                    let ra = rows + Int(yi0[yy]) * xo
-                                                                    let rb = rows + Int(yi1[yy]) * xo
-                                                                    let wya = yw0[yy]
-                                                                    let wyb = yw1[yy]
-                                                                    let o = oslice + yy * xo
-                                                                    for i in 0..<xo { o[i] = wya * ra[i] + wyb * rb[i] }
-                                                                }
-                                                            }
-                                                        }
-                                                    }
-                                                }
-                                            }
-                                        }
-                                    }
+        let (tabY, tabX, tabZ) = (ty, tx, tz)
+        withTables(tabY, tabX) { yt, xt in
+            tabZ.i0.withUnsafeBufferPointer { zi0 in
+                tabZ.i1.withUnsafeBufferPointer { zi1 in
+                    tabZ.w0.withUnsafeBufferPointer { zw0 in
+                        tabZ.w1.withUnsafeBufferPointer { zw1 in
+                            parallelFor(ranges.count) { part in
+                                let scratch = scr + min(Parallelism.threadIndex, parts - 1) * perPart
+                                for task in ranges[part] {
+                                    let p = task / zo
+                                    let oz = task % zo
+                                    let plane = src + p * inPlane
+                                    let oslice = dst + ((p / cIn) * cOut + cOff + p % cIn) * outPlane + oz * outSlice
+                                    ck_tri_forward(
+                                        plane + Int(zi0[oz]) * inSlice, plane + Int(zi1[oz]) * inSlice, zw0[oz],
+                                        zw1[oz], Int32(yi), Int32(xi), Int32(yo), Int32(xo), yt.i0, yt.i1, yt.w0,
+                                        yt.w1, xt.i0, xt.i1, xt.w0, xt.w1, xt.plan, scratch, oslice)
                                 }
                             }
                         }
@@ -279,6 +248,32 @@ public final class Trilinear {
                 }
             }
         }
+    }
+
+    /// Raw pointers to the Y and X tables (and the X plan) for the C calls.
+    struct TablePointers {
+        var i0: UnsafePointer<Int32>, i1: UnsafePointer<Int32>, w0: UnsafePointer<Float>, w1: UnsafePointer<Float>
+        var plan: UnsafePointer<Int32>?
+    }
+
+    private func withTables(_ y: AxisTable, _ x: AxisTable, _ body: (TablePointers, TablePointers) -> Void) {
+        func with(_ t: AxisTable, _ f: (TablePointers) -> Void) {
+            t.i0.withUnsafeBufferPointer { i0 in
+                t.i1.withUnsafeBufferPointer { i1 in
+                    t.w0.withUnsafeBufferPointer { w0 in
+                        t.w1.withUnsafeBufferPointer { w1 in
+                            t.plan.withUnsafeBufferPointer { plan in
+                                f(
+                                    TablePointers(
+                                        i0: i0.baseAddress!, i1: i1.baseAddress!, w0: w0.baseAddress!,
+                                        w1: w1.baseAddress!, plan: plan.baseAddress))
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        with(y) { yt in with(x) { xt in body(yt, xt) } }
     }
 
     /// This layer in the per-layer profile: a pass reads one tensor and writes the other.
@@ -317,7 +312,7 @@ public final class Trilinear {
         let ranges = splitRange(
             tasks, parts: WorkSplit.parts(work: 6 * Double(planes * zo * yo * xo), limits: [tasks])[0])
         let parts = max(1, min(Parallelism.threads, ranges.count))
-        let perPart = Self.scratchStride(yo * xo + yi * xo)
+        let perPart = Self.scratchStride(ck_tri_backward_scratch(Int32(yi), Int32(yo), Int32(xo)))
         let scr = scratchBase(parts, perPart)
         let dyp = dy.pointer
         let gp = g.pointer
@@ -325,74 +320,23 @@ public final class Trilinear {
         let outPlane = zo * yo * xo
         let inSlice = yi * xi
         let outSlice = yo * xo
-        tz.start.withUnsafeBufferPointer { zs in
-            tz.refOut.withUnsafeBufferPointer { zro in
-                tz.refW.withUnsafeBufferPointer { zrw in
-                    ty.i0.withUnsafeBufferPointer { yi0 in
-                        ty.i1.withUnsafeBufferPointer { yi1 in
-                            ty.w0.withUnsafeBufferPointer { yw0 in
-                                ty.w1.withUnsafeBufferPointer { yw1 in
-                                    tx.i0.withUnsafeBufferPointer { xi0 in
-                                        tx.i1.withUnsafeBufferPointer { xi1 in
-                                            tx.w0.withUnsafeBufferPointer { xw0 in
-                                                tx.w1.withUnsafeBufferPointer { xw1 in
-                                                    parallelFor(ranges.count) { part in
-                                                        // This thread's scratch; [yo][xo]: Zᵀ.
-                                                        let acc =
-                                                            scr + min(Parallelism.threadIndex, parts - 1) * perPart
-                                                        let rows = acc + outSlice  // [yi][xo]: Yᵀ
-                                                        for task in ranges[part] {
-                                                            let p = task / zi
-                                                            let z = task % zi
-                                                            let out = gp + p * inPlane + z * inSlice
-                                                            let r0 = Int(zs[z])
-                                                            let r1 = Int(zs[z + 1])
-                                                            if r0 == r1 {
-                                                                out.update(repeating: 0, count: inSlice)
-                                                                continue
-                                                            }
-                                                            // Zᵀ: gather the output slices that read input slice z.
-                                                            let gplane =
-                                                                dyp + ((p / cOut) * cDy + cOff + p % cOut) * outPlane
-                                                            do {
-                                                                let first = gplane + Int(zro[r0]) * outSlice
-                                                                let w = zrw[r0]
-                                                                for i in 0..<outSlice { acc[i] = w * first[i] }
-                                                                for r in (r0 + 1)..<r1 {
-                                                                    let sl = gplane + Int(zro[r]) * outSlice
-                                                                    let wr = zrw[r]
-                                                                    for i in 0..<outSlice { acc[i] += wr * sl[i] }
-                                                                }
-                                                            }
-                                                            // Yᵀ: scatter each output row into its two input rows (contiguous, vectorised).
-                                                            rows.update(repeating: 0, count: yi * xo)
-                                                            for yy in 0..<yo {
-                                                                let r = acc + yy * xo
-                                                                let oa = rows + Int(yi0[yy]) * xo
-                                                                let ob = rows + Int(yi1[yy]) * xo
-                                                                let wa = yw0[yy]
-                                                                let wb = yw1[yy]
-                                                                for i in 0..<xo { oa[i] += wa * r[i] }
-                                                                for i in 0..<xo { ob[i] += wb * r[i] }
-                                                            }
-                                                            // Xᵀ: scatter each column's two taps, on the input rows only.
-                                                            out.update(repeating: 0, count: inSlice)
-                                                            for yy in 0..<yi {
-                                                                let a = rows + yy * xo
-                                                                let o = out + yy * xi
-                                                                for xx in 0..<xo {
-                                                                    let v = a[xx]
-                                                                    o[Int(xi0[xx])] += xw0[xx] * v
-                                                                    o[Int(xi1[xx])] += xw1[xx] * v
-                                                                }
-                                                            }
-                                                        }
-                                                    }
-                                                }
-                                            }
-                                        }
-                                    }
-                                }
+        let (tabY, tabX, tabZ) = (ty, tx, tz)
+        withTables(tabY, tabX) { yt, xt in
+            tabZ.start.withUnsafeBufferPointer { zs in
+                tabZ.refOut.withUnsafeBufferPointer { zro in
+                    tabZ.refW.withUnsafeBufferPointer { zrw in
+                        parallelFor(ranges.count) { part in
+                            let scratch = scr + min(Parallelism.threadIndex, parts - 1) * perPart
+                            for task in ranges[part] {
+                                let p = task / zi
+                                let iz = task % zi
+                                let r0 = Int(zs[iz])
+                                let gplane = dyp + ((p / cOut) * cDy + cOff + p % cOut) * outPlane
+                                ck_tri_backward(
+                                    gplane, outSlice, zro.baseAddress! + r0, zrw.baseAddress! + r0,
+                                    Int32(Int(zs[iz + 1]) - r0), Int32(yi), Int32(xi), Int32(yo), Int32(xo), yt.i0,
+                                    yt.i1, yt.w0, yt.w1, xt.i0, xt.i1, xt.w0, xt.w1, xt.plan, scratch,
+                                    gp + p * inPlane + iz * inSlice)
                             }
                         }
                     }

@@ -16,6 +16,7 @@
 #define CKERNELS_H
 
 #include <stddef.h>
+#include <stdint.h>
 
 #ifdef __cplusplus
 extern "C" {
@@ -146,6 +147,43 @@ void ck_bn_backward_apply(const float *dy, const float *x, float *dx, size_t n, 
 
 /// For tests: 1 makes the ck_bn_* functions run their plain C code on any CPU, 0 (the default) lets them pick AVX2.
 void ck_bn_set_portable(int on);
+
+// ---- Trilinear resampling's per-slice loops (resample.c), NN's Trilinear: one plane's slices [Y][X] (X fastest),
+// per-axis tables as NN's (output index d reads input indices i0[d], i1[d] with weights w0[d], w1[d]). AVX2 + FMA
+// where the CPU has them, plain C elsewhere. ----
+
+/// The int32 words of ck_tri_xplan's X plan for these X tables (xi inputs, xo outputs).
+size_t ck_tri_xplan_words(const int32_t *i0, const int32_t *i1, int xi, int xo);
+
+/// Fills `plan` (ck_tri_xplan_words words): the X tables cut into blocks of 8 columns for the AVX2 build (forward:
+/// one load and two permutes per block where its taps lie within 8 input columns, else gathers; backward: the
+/// (output column, weight) lists of each input column, in output order). Read-only, shared by all threads.
+void ck_tri_xplan(const int32_t *i0, const int32_t *i1, const float *w0, const float *w1, int xi, int xo,
+                  int32_t *plan);
+
+/// The scratch floats ck_tri_forward needs per thread.
+size_t ck_tri_forward_scratch(int yi, int xi, int xo);
+
+/// The scratch floats ck_tri_backward needs per thread.
+size_t ck_tri_backward_scratch(int yi, int yo, int xo);
+
+/// One output slice out[yo][xo] from the input slices a and b (each [yi][xi]) with Z weights wa, wb: Z blend, X pass
+/// on the input rows, Y blend of rows into out. `scratch` is private to the caller's thread; out may not alias a, b.
+void ck_tri_forward(const float *a, const float *b, float wa, float wb, int yi, int xi, int yo, int xo,
+                    const int32_t *yi0, const int32_t *yi1, const float *yw0, const float *yw1, const int32_t *xi0,
+                    const int32_t *xi1, const float *xw0, const float *xw1, const int32_t *xplan, float *scratch,
+                    float *out);
+
+/// One input slice's gradient out[yi][xi] (overwritten) = Xᵀ Yᵀ Σ_r refW[r] · dy slice refOut[r], the dy slices
+/// [yo][xo] at gplane + refOut[r]·outSlice (nref = 0: zeros). The adjoint of ck_tri_forward.
+void ck_tri_backward(const float *gplane, size_t outSlice, const int32_t *refOut, const float *refW, int nref, int yi,
+                     int xi, int yo, int xo, const int32_t *yi0, const int32_t *yi1, const float *yw0,
+                     const float *yw1, const int32_t *xi0, const int32_t *xi1, const float *xw0, const float *xw1,
+                     const int32_t *xplan, float *scratch, float *out);
+
+/// For tests: 1 makes ck_tri_forward and ck_tri_backward run their plain C code on any CPU, 0 (the default) lets them
+/// pick AVX2.
+void ck_tri_set_portable(int on);
 
 #ifdef __cplusplus
 }
