@@ -205,7 +205,8 @@ public final class H5File: @unchecked Sendable {
     public static func writeAtomically(
         _ path: String, committingOn writer: BackgroundWriter? = nil, _ body: (H5File) throws -> Void
     ) throws {
-        try AtomicFile.write(path, committingOn: writer, committed: { wroteSoundFile(path) }) { tmp in
+        let committed: @Sendable () -> Void = { wroteSoundFile(path) }
+        try AtomicFile.write(path, committingOn: writer, committed: committed) { tmp in
             let f = try H5File.create(tmp)
             try body(f)
             FaultHooks.pauseInCheckpointWrite()

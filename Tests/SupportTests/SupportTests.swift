@@ -83,9 +83,9 @@ final class SupportTests: XCTestCase {
         let path = dir.appendingPathComponent("checkpoint_latest.h5").path
         let order = Locked<[String]>([])
         for i in 0..<5 {
-            try AtomicFile.write(path, committingOn: writer, committed: { order.withLock { $0.append("commit \(i)") } })
-            {
-                tmp in try Data("epoch \(i)".utf8).write(to: URL(fileURLWithPath: tmp))
+            let committed: @Sendable () -> Void = { order.withLock { $0.append("commit \(i)") } }
+            try AtomicFile.write(path, committingOn: writer, committed: committed) { tmp in
+                try Data("epoch \(i)".utf8).write(to: URL(fileURLWithPath: tmp))
             }
             writer.submit { order.withLock { $0.append("log \(i)") } }
         }
