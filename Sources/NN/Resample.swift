@@ -225,55 +225,51 @@ public final class Trilinear {
         let inSlice = yi * xi
         let outSlice = yo * xo
         let (tabY, tabX, tabZ) = (ty, tx, tz)
-        withTables(tabY, tabX) { yt, xt in
-            tabZ.i0.withUnsafeBufferPointer { zi0 in
-                tabZ.i1.withUnsafeBufferPointer { zi1 in
-                    tabZ.w0.withUnsafeBufferPointer { zw0 in
-                        tabZ.w1.withUnsafeBufferPointer { zw1 in
-                            parallelFor(ranges.count) { part in
-                                let scratch = scr + min(Parallelism.threadIndex, parts - 1) * perPart
-                                for task in ranges[part] {
-                                    let p = task / zo
-                                    let oz = task % zo
-                                    let plane = src + p * inPlane
-                                    let oslice = dst + ((p / cIn) * cOut + cOff + p % cIn) * outPlane + oz * outSlice
-                                    ck_tri_forward(
-                                        plane + Int(zi0[oz]) * inSlice, plane + Int(zi1[oz]) * inSlice, zw0[oz],
-                                        zw1[oz], Int32(yi), Int32(xi), Int32(yo), Int32(xo), yt.i0, yt.i1, yt.w0,
-                                        yt.w1, xt.i0, xt.i1, xt.w0, xt.w1, xt.plan, scratch, oslice)
-                                }
-                            }
-                        }
+        Self.withPointers(tabZ) { zt in
+            withTables(tabY, tabX) { yt, xt in
+                parallelFor(ranges.count) { part in
+                    let scratch = scr + min(Parallelism.threadIndex, parts - 1) * perPart
+                    for task in ranges[part] {
+                        let p = task / zo
+                        let oz = task % zo
+                        let plane = src + p * inPlane
+                        let oslice = dst + ((p / cIn) * cOut + cOff + p % cIn) * outPlane + oz * outSlice
+                        ck_tri_forward(
+                            plane + Int(zt.i0[oz]) * inSlice, plane + Int(zt.i1[oz]) * inSlice, zt.w0[oz], zt.w1[oz],
+                            Int32(yi), Int32(xi), Int32(yo), Int32(xo), yt.i0, yt.i1, yt.w0, yt.w1, xt.i0, xt.i1,
+                            xt.w0, xt.w1, xt.plan, scratch, oslice)
                     }
                 }
             }
         }
     }
 
-    /// Raw pointers to the Y and X tables (and the X plan) for the C calls.
+    /// Raw pointers to an axis table (and the X plan) for the C calls.
     struct TablePointers {
         var i0: UnsafePointer<Int32>, i1: UnsafePointer<Int32>, w0: UnsafePointer<Float>, w1: UnsafePointer<Float>
         var plan: UnsafePointer<Int32>?
     }
 
-    private func withTables(_ y: AxisTable, _ x: AxisTable, _ body: (TablePointers, TablePointers) -> Void) {
-        func with(_ t: AxisTable, _ f: (TablePointers) -> Void) {
-            t.i0.withUnsafeBufferPointer { i0 in
-                t.i1.withUnsafeBufferPointer { i1 in
-                    t.w0.withUnsafeBufferPointer { w0 in
-                        t.w1.withUnsafeBufferPointer { w1 in
-                            t.plan.withUnsafeBufferPointer { plan in
-                                f(
-                                    TablePointers(
-                                        i0: i0.baseAddress!, i1: i1.baseAddress!, w0: w0.baseAddress!,
-                                        w1: w1.baseAddress!, plan: plan.baseAddress))
-                            }
+    /// Raw pointers to one table's index and weight arrays (and plan) for the duration of `f`.
+    private static func withPointers(_ t: AxisTable, _ f: (TablePointers) -> Void) {
+        t.i0.withUnsafeBufferPointer { i0 in
+            t.i1.withUnsafeBufferPointer { i1 in
+                t.w0.withUnsafeBufferPointer { w0 in
+                    t.w1.withUnsafeBufferPointer { w1 in
+                        t.plan.withUnsafeBufferPointer { plan in
+                            f(
+                                TablePointers(
+                                    i0: i0.baseAddress!, i1: i1.baseAddress!, w0: w0.baseAddress!,
+                                    w1: w1.baseAddress!, plan: plan.baseAddress))
                         }
                     }
                 }
             }
         }
-        with(y) { yt in with(x) { xt in body(yt, xt) } }
+    }
+
+    private func withTables(_ y: AxisTable, _ x: AxisTable, _ body: (TablePointers, TablePointers) -> Void) {
+        Self.withPointers(y) { yt in Self.withPointers(x) { xt in body(yt, xt) } }
     }
 
     /// This layer in the per-layer profile: a pass reads one tensor and writes the other.
