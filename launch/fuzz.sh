@@ -2,6 +2,7 @@
 # Fuzzes attunet's file readers with libFuzzer, AddressSanitizer on.
 #   bash launch/fuzz.sh TARGET SECONDS    # TARGET: nifti, casestore, checkpoint, safetensors, splits, config
 #   bash launch/fuzz.sh all SECONDS       # each target in turn, SECONDS each (CI: 30)
+#   bash launch/fuzz.sh build             # only build every target (CI builds them early, at low priority)
 # The targets are Fuzz/<Name>/main.swift (an LLVMFuzzerTestOneInput each), built here with the toolchain's
 # libFuzzer (swiftc -sanitize=fuzzer,address -parse-as-library; clang -fsanitize=address for the C targets) into
 # .build-fuzz; Package.swift lists them only under ATTUNET_FUZZ=1, so a plain swift build never sees them.
@@ -17,7 +18,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 TARGETS=(nifti casestore checkpoint safetensors splits config)
-usage() { echo "usage: launch/fuzz.sh {$(IFS=,; echo "${TARGETS[*]}"),all} SECONDS" >&2; exit 2; }
+usage() { echo "usage: launch/fuzz.sh {$(IFS=,; echo "${TARGETS[*]}"),all} SECONDS | launch/fuzz.sh build" >&2; exit 2; }
+BUILD_ONLY=0
+if [ $# -eq 1 ] && [ "$1" = build ]; then BUILD_ONLY=1; set -- all 0; fi
 [ $# -eq 2 ] && [[ $2 =~ ^[0-9]+$ ]] || usage
 if [ "$1" = all ]; then selected=("${TARGETS[@]}"); else
   [[ " ${TARGETS[*]} " == *" $1 "* ]] || usage
@@ -56,6 +59,15 @@ crash_site() {
   awk '/^ *#[0-9]+ / { if ($0 ~ /libhdf5/) { print "hdf5"; exit } if ($0 ~ /\/(Sources|Fuzz)\//) { print "attunet"; exit } }
        END { }' "$1" | grep . || echo attunet
 }
+
+if [ $BUILD_ONLY = 1 ]; then
+  for t in "${selected[@]}"; do
+    echo "fuzz: building fuzz-$t"
+    build "$t"
+  done
+  echo "fuzz: built .build-fuzz/release/fuzz-{$(IFS=,; echo "${selected[*]}")}"
+  exit 0
+fi
 
 failed=0
 summary=()

@@ -3,6 +3,7 @@
 # Idempotent: packages already present are not reinstalled, and a second run only rebuilds what changed.
 #   bash launch/setup.sh            # system packages (needs root or sudo) + release build
 #   SKIP_APT=1 bash launch/setup.sh # build only
+#   SKIP_BUILD=1 ...                # system packages only
 #   NO_CLUSTER_PACKAGES=1 ...       # without the packages of the emulated-cluster test (Tests/cluster)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -30,6 +31,7 @@ if [ "${SKIP_APT:-0}" != 1 ]; then
   fi
 fi
 
+[ "${SKIP_BUILD:-0}" != 1 ] || exit 0
 command -v swift >/dev/null || { echo "setup: swift not found on PATH (install Swift 6.x from swift.org)" >&2; exit 1; }
 echo "setup: building attunet (release)"
 log=$(mktemp)

@@ -85,6 +85,7 @@ final class TensorTests: XCTestCase {
         let d = Tensor.recycled([992])
         XCTAssertEqual(d.pointer, c.pointer + 2992, "both split from the one segment")
         XCTAssertEqual(TensorPool.freshAllocations, fresh)
+        XCTAssertNotNil(a, "a holds the retired segment until here")
         a = nil  // the retired segment goes back to the system
         XCTAssertEqual(TensorPool.reservedBytes, 4 * 4000)
         withExtendedLifetime((b, c, d)) {}

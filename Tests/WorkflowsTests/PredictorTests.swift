@@ -106,7 +106,7 @@ final class PredictorTests: PhantomRunTestCase {
     func testInputFilesAreNamedByCaseID() throws {
         let dir = work.path
         for name in ["a_0000.nii.gz", "b.nii", ".hidden.nii.gz", "notes.txt"] {
-            FileManager.default.createFile(atPath: "\(dir)/\(name)", contents: Data())
+            XCTAssertTrue(FileManager.default.createFile(atPath: "\(dir)/\(name)", contents: Data()))
         }
         let cases = try PredictionCase.files(dir)
         XCTAssertEqual(cases.map(\.id), ["a", "b"])
