@@ -3,8 +3,9 @@ import Tensor
 import XCTest
 
 /// `parallelFor` on the CThreadPool workers: every item exactly once on any thread count, loops of every size
-/// back to back (the workers spin between them, then sleep), nested loops inline, per-thread indices in range,
-/// and `parallelForPieces` covering every element with a partition that does not depend on the thread count.
+/// back to back (the workers spin between them, then sleep), nested loops inline inside a parallel loop's items,
+/// per-thread indices in range, and `parallelForPieces` covering every element with a partition that does not
+/// depend on the thread count.
 final class ParallelTests: XCTestCase {
     override func tearDown() { Parallelism.threads = 1 }
 
@@ -25,10 +26,16 @@ final class ParallelTests: XCTestCase {
                     counts.value[i] += 1  // one item per slot: no two threads write the same one
                     let t = Parallelism.threadIndex
                     if t < 0 || t >= min(threads, n) { bad.value.pointee = 1 }
-                    // A nested loop runs inline on this thread.
-                    var inner = 0
-                    parallelFor(3) { _ in inner += 1 }
-                    if inner != 3 { bad.value.pointee = 1 }
+                    // A nested loop runs inline on this thread inside an item of a parallel loop. A loop of one
+                    // item runs inline itself, not as a pool's item, so its nested loop may take the workers.
+                    let inner = UnsafeMutablePointer<Int>.allocate(capacity: 3)
+                    inner.initialize(repeating: -1, count: 3)
+                    defer { inner.deallocate() }
+                    let ran = UncheckedSendable(inner)
+                    parallelFor(3) { j in ran.value[j] = Parallelism.threadIndex }
+                    for j in 0..<3 where inner[j] < 0 || (min(threads, n) > 1 && inner[j] != t) {
+                        bad.value.pointee = 1
+                    }
                 }
                 XCTAssertEqual((0..<n).filter { hits[$0] != 1 }, [], "threads \(threads), n \(n)")
                 XCTAssertEqual(badIndex.pointee, 0, "threads \(threads), n \(n): thread index or nested loop")

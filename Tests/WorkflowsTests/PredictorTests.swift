@@ -110,12 +110,12 @@ final class PredictorTests: PhantomRunTestCase {
         }
         let cases = try PredictionCase.files(dir)
         XCTAssertEqual(cases.map(\.id), ["a", "b"])
-        FileManager.default.createFile(atPath: "\(dir)/a.nii.gz", contents: Data())
+        XCTAssertTrue(FileManager.default.createFile(atPath: "\(dir)/a.nii.gz", contents: Data()))
         XCTAssertThrowsError(try PredictionCase.files(dir)) { e in
             XCTAssertTrue((e as! AttunetError).message.contains("makes the case 'a'"), "\(e)")
         }
         try FileManager.default.removeItem(atPath: "\(dir)/a.nii.gz")
-        FileManager.default.createFile(atPath: "\(dir)/b_0001.nii.gz", contents: Data())
+        XCTAssertTrue(FileManager.default.createFile(atPath: "\(dir)/b_0001.nii.gz", contents: Data()))
         XCTAssertThrowsError(try PredictionCase.files(dir)) { e in
             XCTAssertTrue((e as! AttunetError).message.hasPrefix("\(dir)/b_0001.nii.gz: input channel 1"), "\(e)")
         }
