@@ -16,7 +16,6 @@ let package = Package(
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
-        .package(url: "https://github.com/apple/swift-crypto", from: "3.12.3"),
         // `swift package generate-documentation` (the DocC catalogs under Sources/); a plugin only, never linked.
         .package(url: "https://github.com/swiftlang/swift-docc-plugin", from: "1.5.0"),
     ],
@@ -37,6 +36,10 @@ let package = Package(
             name: "CNIfTI", path: "Sources/CNIfTI", exclude: ["README.md"],
             cSettings: [.unsafeFlags(["-I/usr/include/nifti"])],
             linkerSettings: [.linkedLibrary("niftiio"), .linkedLibrary("znz"), .linkedLibrary("z")]),
+        // OpenSSL's libcrypto for the SHA-256 digests that checkpoints store (the EVP API, no shim code).
+        .systemLibrary(
+            name: "COpenSSL", path: "Sources/COpenSSL", pkgConfig: "libcrypto",
+            providers: [.apt(["libssl-dev"])]),
         // libpng for the attention montages (a static-inline shim over its simplified write API).
         .systemLibrary(
             name: "CPNG", path: "Sources/CPNG", pkgConfig: "libpng",
@@ -54,8 +57,7 @@ let package = Package(
         .target(
             name: "NN",
             dependencies: [
-                "Support", "Tensor", "CKernels", "HDF5Kit",
-                .product(name: "Crypto", package: "swift-crypto"),
+                "Support", "Tensor", "CKernels", "HDF5Kit", "COpenSSL",
             ]),
         .target(name: "DataPipeline", dependencies: ["Support", "Tensor", "HDF5Kit", "CNIfTI", "Collectives"]),
         // The metrics of the paper's tables; scoring never needs a network, so no NN.

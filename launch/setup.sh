@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # dcm2niix converts DICOM series to NIfTI for prepare (README: "Real data: DICOM and the Decathlon"; DICOMTests).
-PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev libhdf5-dev hdf5-tools libnifti2-dev libpng-dev zlib1g-dev
+PACKAGES=(libopenmpi-dev openmpi-bin libopenblas-dev libhdf5-dev hdf5-tools libnifti2-dev libpng-dev libssl-dev zlib1g-dev
           pkg-config python3 python3-venv python3-pip dcm2niix)
 # The emulated-cluster test (Tests/cluster/run.sh) runs a real Slurm (munge, slurmctld, one slurmd per network
 # namespace) with ip, unshare, nsenter, ps and timeout. Without systemd Debian starts none of these daemons.

@@ -27,6 +27,37 @@ final class IntegrityTests: XCTestCase {
         return (path, m)
     }
 
+    /// `StoredDigest` is SHA-256: FIPS 180-2's vectors, fed in one piece and in many; an integer is its 8 bytes
+    /// little-endian; a copy hashes on from where the original was, without changing it.
+    func testStoredDigestIsSHA256AndAValue() {
+        func hex(_ chunks: [String]) -> String {
+            var d = StoredDigest()
+            for c in chunks { Array(c.utf8).withUnsafeBytes { d.add($0) } }
+            return d.hex
+        }
+        let abc = "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        let twoBlocks = "248d6a61d20638b8e5c026930c3e6039a33ce45964ff2167f6ecedd419db06c1"
+        let message = "abcdbcdecdefdefgefghfghighijhijkijkljklmklmnlmnomnopnopq"
+        XCTAssertEqual(hex(["abc"]), abc)
+        XCTAssertEqual(hex([""]), "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855")
+        XCTAssertEqual(hex([message]), twoBlocks)
+        XCTAssertEqual(hex(message.map { String($0) }), twoBlocks, "fed a byte at a time")
+
+        var a = StoredDigest()
+        Array("ab".utf8).withUnsafeBytes { a.add($0) }
+        var b = a
+        Array("c".utf8).withUnsafeBytes { b.add($0) }
+        XCTAssertEqual(b.hex, abc)
+        XCTAssertEqual(a.hex, hex(["ab"]), "the copy's update leaves the original as it was")
+        XCTAssertEqual(a.hex, a.hex, "reading the digest does not end it")
+        Array("c".utf8).withUnsafeBytes { a.add($0) }
+        XCTAssertEqual(a.hex, abc)
+
+        var n = StoredDigest()
+        n.add(Int64(0x0102_0304_0506_0708))
+        XCTAssertEqual(n.hex, hex(["\u{08}\u{07}\u{06}\u{05}\u{04}\u{03}\u{02}\u{01}"]))
+    }
+
     /// The stored digest is the weights' SHA-256; a flipped byte in a weight's chunk fails its Fletcher-32
     /// checksum, a value rewritten with a valid checksum (h5py) fails the digest, each with one line and kind
     /// `.corrupt`, and `load(_:into:)` leaves the model as it was. Without the digest (a checkpoint written

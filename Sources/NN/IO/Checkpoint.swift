@@ -1,4 +1,4 @@
-import Crypto
+import COpenSSL
 import Foundation
 import HDF5Kit
 import Support
@@ -123,27 +123,49 @@ public enum Checkpoint {
     }
 }
 
-/// SHA-256 (swift-crypto) over byte buffers and length-prefixed strings, as lowercase hex: the stored digests of
-/// a checkpoint.
+/// SHA-256 (OpenSSL's libcrypto) over byte buffers and length-prefixed strings, as lowercase hex: the stored
+/// digests of a checkpoint. A value: a copy hashes on from where the original was.
 public struct StoredDigest {
-    private var hash = SHA256()
+    /// The EVP context, copied before an update when it is shared (copy on write).
+    private final class Context {
+        let ctx: OpaquePointer
+        init(copying other: Context? = nil) {
+            guard let ctx = EVP_MD_CTX_new() else { fatalError("OpenSSL: EVP_MD_CTX_new failed (out of memory)") }
+            self.ctx = ctx
+            let ok = other.map { EVP_MD_CTX_copy_ex(ctx, $0.ctx) } ?? EVP_DigestInit_ex(ctx, EVP_sha256(), nil)
+            precondition(ok == 1, "OpenSSL: SHA-256 initialisation failed")
+        }
+        deinit { EVP_MD_CTX_free(ctx) }
+    }
+    private var context = Context()
     public init() {}
 
-    public mutating func add(_ bytes: UnsafeRawBufferPointer) { hash.update(bufferPointer: bytes) }
+    public mutating func add(_ bytes: UnsafeRawBufferPointer) {
+        if !isKnownUniquelyReferenced(&context) { context = Context(copying: context) }
+        guard let base = bytes.baseAddress, bytes.count > 0 else { return }
+        precondition(EVP_DigestUpdate(context.ctx, base, bytes.count) == 1, "OpenSSL: SHA-256 update failed")
+    }
 
     /// An integer as 8 bytes little-endian.
     public mutating func add(_ value: Int64) {
-        withUnsafeBytes(of: value.littleEndian) { hash.update(bufferPointer: $0) }
+        withUnsafeBytes(of: value.littleEndian) { add($0) }
     }
 
     /// A string as its UTF-8 byte count (8 bytes little-endian) and bytes, so concatenations cannot collide.
     public mutating func add(_ text: String) {
         let bytes = Array(text.utf8)
         add(Int64(bytes.count))
-        bytes.withUnsafeBytes { hash.update(bufferPointer: $0) }
+        bytes.withUnsafeBytes { add($0) }
     }
 
-    public var hex: String { hash.finalize().map { String(format: "%02x", $0) }.joined() }
+    /// The digest so far, as 64 lowercase hex digits (the digest itself can go on taking bytes).
+    public var hex: String {
+        let done = Context(copying: context)
+        var out = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        precondition(EVP_DigestFinal_ex(done.ctx, &out, &length) == 1 && length == 32, "OpenSSL: SHA-256 failed")
+        return out.map { String(format: "%02x", $0) }.joined()
+    }
 
     /// Throws a `.corrupt` error naming `file` and `what` when `actual` is not the `stored` digest.
     public static func check(stored: String, actual: String, file: String, what: String) throws {
