@@ -69,7 +69,8 @@ public enum JSONFiles {
         var search = 1
         while let upper = c[search...].firstIndex(where: \.isUppercase) {
             words.append(c[wordStart..<upper])
-            guard let lower = c[upper...].firstIndex(where: \.isLowercase) else {
+            // After the capital: a letter such as "ˢ" (U+02E2) is both upper- and lower-case.
+            guard let lower = c[(upper + 1)...].firstIndex(where: \.isLowercase) else {
                 wordStart = upper
                 break
             }

@@ -28,6 +28,16 @@ final class JSONFilesTests: XCTestCase {
         "s2sIsWorstCase", "HTTPServer", "a", "aB", "ABc", "x1Y2", "_0", "protocol", "inferenceSecondsPerVolume",
     ]
 
+    /// A key with a letter that is both upper- and lower-case (found by fuzzing the config reader: a range of
+    /// negative length, a trap) is cut like any other; ASCII keys as before.
+    func testSnakeCaseOfALetterBothUpperAndLowerCase() {
+        XCTAssertTrue(Character("ˢ").isUppercase && Character("ˢ").isLowercase)
+        XCTAssertEqual(JSONFiles.snakeCase("aˢb"), "a_ˢb")
+        XCTAssertEqual(JSONFiles.snakeCase("ˢˢ"), "ˢ_ˢ")
+        XCTAssertEqual(JSONFiles.snakeCase("weightsSHA256"), "weights_sha256")
+        XCTAssertEqual(JSONFiles.snakeCase("trainCases"), "train_cases")
+    }
+
     func testSnakeCaseIsFoundationsConvertToSnakeCase() throws {
         let encoder = JSONFiles.compactEncoder()
         for name in Self.names {
