@@ -101,7 +101,7 @@ static size_t fwd_ws(int cin, int cout, int w) {
 
 static size_t bww_ws(int cin, int cout, int w) {
     int T = bww_T(cin, cout, w), cop = pad_to(cout, w);
-    return 64 * pos_stride((size_t)cin, T) + 64 * pos_stride((size_t)cop, T) + (size_t)64 * cin * cop +
+    return 64 * pos_stride((size_t)cin, T) + 64 * pos_stride((size_t)cop, T) + 64 * pos_stride((size_t)cin, cop) +
            (size_t)32 * (T + w + 16) + (size_t)64 * (T + w + 16) + (size_t)2 * (T + w + 16) + 2 * (size_t)w + 128;
 }
 
@@ -177,29 +177,35 @@ size_t ck_winograd_workspace_floats(int cin, int cout, int nz, int ny, int nx, i
     return 0;
 }
 
-// dw[27] += G^T du G (per axis dg0 = du0 + (du1 + du2)/2, dg1 = (du1 - du2)/2, dg2 = (du1 + du2)/2 + du3).
-static void gt_1d(const double u[4], double g[3]) {
-    double s = 0.5 * (u[1] + u[2]);
+// dw[27] += G^T du G (per axis dg0 = du0 + (du1 + du2)/2, dg1 = (du1 - du2)/2, dg2 = (du1 + du2)/2 + du3), for
+// four (co, ci) pairs at once, one per double lane: lane l adds its 27 taps to dw + l * lstride, for the
+// nl <= 4 lanes that exist.
+typedef double wd4 __attribute__((vector_size(32)));
+typedef float wf4 __attribute__((vector_size(16)));
+
+static inline void gt_1d4(const wd4 u[4], wd4 g[3]) {
+    wd4 s = 0.5 * (u[1] + u[2]);
     g[0] = u[0] + s;
     g[1] = 0.5 * (u[1] - u[2]);
     g[2] = s + u[3];
 }
 
-static void dw_transform(const double du[64], float *dw) {
-    double a[4][4][3], b[4][3][3];
+static void dw_transform4(const wd4 du[64], float *dw, size_t lstride, int nl) {
+    wd4 a[4][4][3], b[4][3][3], o[3];
     for (int i = 0; i < 4; i++)
-        for (int j = 0; j < 4; j++) gt_1d(&du[i * 16 + j * 4], a[i][j]);
+        for (int j = 0; j < 4; j++) gt_1d4(&du[i * 16 + j * 4], a[i][j]);
     for (int i = 0; i < 4; i++)
         for (int kx = 0; kx < 3; kx++) {
-            double t[4] = {a[i][0][kx], a[i][1][kx], a[i][2][kx], a[i][3][kx]}, o[3];
-            gt_1d(t, o);
+            wd4 t[4] = {a[i][0][kx], a[i][1][kx], a[i][2][kx], a[i][3][kx]};
+            gt_1d4(t, o);
             for (int ky = 0; ky < 3; ky++) b[i][ky][kx] = o[ky];
         }
     for (int ky = 0; ky < 3; ky++)
         for (int kx = 0; kx < 3; kx++) {
-            double t[4] = {b[0][ky][kx], b[1][ky][kx], b[2][ky][kx], b[3][ky][kx]}, o[3];
-            gt_1d(t, o);
-            for (int kz = 0; kz < 3; kz++) dw[kz * 9 + ky * 3 + kx] += (float)o[kz];
+            wd4 t[4] = {b[0][ky][kx], b[1][ky][kx], b[2][ky][kx], b[3][ky][kx]};
+            gt_1d4(t, o);
+            for (int l = 0; l < nl; l++)
+                for (int kz = 0; kz < 3; kz++) dw[l * lstride + kz * 9 + ky * 3 + kx] += (float)o[kz][l];
         }
 }
 
@@ -803,12 +809,14 @@ TGT static void FN(wino_bww)(const float *in, const float *dout, float *dw, int 
     const size_t vstride = pos_stride((size_t)cin, T), dtstride = pos_stride((size_t)cop, T);
     float *V = wino_align64(ws);                // [p][cin][T], p stride vstride
     float *Dt = V + 64 * vstride;               // [p][T][cop], p stride dtstride
-    float *dU = Dt + 64 * dtstride;             // [p][cin][cop]
-    float *S = dU + (size_t)64 * cin * cop;     // [32][ss]
+    // dU's position stride is padded: unpadded, deep layers' 64 rows of one (ci, co) fall into one cache set.
+    const size_t ustride = pos_stride((size_t)cin, cop);
+    float *dU = Dt + 64 * dtstride;             // [p][cin][cop], p stride ustride
+    float *S = dU + 64 * ustride;               // [32][ss]
     float *Od8 = S + (size_t)32 * ss;           // [4][2 ss][8]
     float *Z = Od8 + (size_t)64 * ss;           // zero row: [2 ss + 2 W]
     memset(Z, 0, sizeof(float) * (size_t)(2 * ss + 2 * W));
-    memset(dU, 0, sizeof(float) * (size_t)64 * cin * cop);
+    memset(dU, 0, sizeof(float) * 64 * ustride);
     // Channels past the range stay zero in Dt (lanes of the last vector).
     for (int p = 0; p < 64; p++) memset(Dt + p * dtstride, 0, sizeof(float) * (size_t)T * cop);
     // Register tiles: 6 input channels x 2 vectors of output channels, or 12 x 1 for a last single vector;
@@ -826,7 +834,7 @@ TGT static void FN(wino_bww)(const float *in, const float *dout, float *dw, int 
         }
         for (int p = 0; p < 64; p++) {
             const float *Vp = V + p * vstride, *Dp = Dt + p * dtstride;
-            float *dUp = dU + (size_t)p * cin * cop;
+            float *dUp = dU + p * ustride;
             for (int cv = 0; cv < cop;) {
                 const int nco = cop - cv >= 2 * W ? 2 : 1, gsz = nco == 2 ? gsz2 : gsz1;
                 for (int ci = 0; ci < cin; ci += gsz)
@@ -836,11 +844,18 @@ TGT static void FN(wino_bww)(const float *in, const float *dout, float *dw, int 
             }
         }
     }
-    double du[64];
-    for (int co = m0; co < m1; co++)
-        for (int ci = 0; ci < cin; ci++) {
-            for (int p = 0; p < 64; p++) du[p] = dU[((size_t)p * cin + ci) * cop + (co - m0)];
-            dw_transform(du, dw + ((size_t)co * cin + ci) * 27);
+    // Input channel outer, four output channels at a time: the 64 positions x a few cache lines of output
+    // channels stay in L1 (output channel outer walks all of dU, megabytes for deep layers, once per input
+    // channel). Lanes past m1 read dU's zero padding (cop is a multiple of W >= 4).
+    wd4 du[64];
+    for (int ci = 0; ci < cin; ci++)
+        for (int co = m0; co < m1; co += 4) {
+            for (int p = 0; p < 64; p++) {
+                wf4 f;
+                memcpy(&f, dU + p * ustride + (size_t)ci * cop + (co - m0), sizeof f);
+                du[p] = __builtin_convertvector(f, wd4);
+            }
+            dw_transform4(du, dw + ((size_t)co * cin + ci) * 27, (size_t)cin * 27, m1 - co < 4 ? m1 - co : 4);
         }
 }
 

@@ -362,12 +362,12 @@ public final class Conv3d {
     /// The partition of `pass` for `threads` threads and a batch of `samples`. M = channels the pass writes (Cout, or
     /// Cin for backward-data), in ranges of `ck_conv3_channel_group` (0: the whole range). Forward / backward-data
     /// aim at about 4 items per thread over the samples, z-slabs first (items of one slab share its input), then
-    /// channel ranges. On the Winograd paths an item transforms its slab's whole input (or, backward-weights, its
-    /// input and output gradient), so a channel split repeats that transform: channel ranges are cut there only
-    /// until each thread has 2 items. Backward-weights on the direct and GEMM paths splits the channel ranges first
-    /// (disjoint dW rows: no private buffer), and z only when there are fewer channel groups than threads; on the
-    /// Winograd paths it splits z first, as far as `privateWeightFloats3` of private dW allows (each z-part but the
-    /// first writes a private dW, added up in part order).
+    /// channel ranges. On the Winograd paths an item transforms its slab's whole input, so a channel split repeats
+    /// that transform: channel ranges are cut there only until each thread has 2 items. Backward-weights on the
+    /// direct and GEMM paths splits the channel ranges first (disjoint dW rows: no private buffer), and z only when
+    /// there are fewer channel groups than threads; on the Winograd paths `winogradWeightSplit` weighs z-parts and
+    /// channel ranges against each item's fixed cost, with z-parts as far as `privateWeightFloats3` of private dW
+    /// allows (each (sample, z-part) but the first writes a private dW, added up in part order).
     static func partition(
         pass: ConvPass, path: ck_path, cin: Int, cout: Int, d: Dim3, threads: Int, samples: Int = 1
     ) -> PassPartition {
@@ -387,8 +387,9 @@ public final class Conv3d {
             // Backward-weights: (sample, z-part) pairs beyond the first write private dW.
             let cap = max(1, privateWeightFloats3 / max(1, cin * cout * 27) / n)
             if pass == .backwardWeights && winograd {
-                zparts = min(zunits, ceil(target, n), cap)
-                mparts = min(groups, ceil(2 * t, n * zparts))
+                (zparts, mparts) = winogradWeightSplit(
+                    cin: cin, cout: cout, d: d, zunits: zunits, groups: groups, group: group, threads: t, samples: n,
+                    maxZParts: cap)
             } else if pass == .backwardWeights {
                 mparts = min(groups, target)
                 zparts = min(zunits, ceil(target, n * mparts), cap)
@@ -414,6 +415,37 @@ public final class Conv3d {
         return PassPartition(
             path: path, samples: n, zs: zs, ms: ms, parts: min(t, n * zs.count * ms.count), workspaceFloats: ws,
             planFloats: plan)
+    }
+
+    /// Winograd backward-weights: the (z-parts, channel ranges) with the least estimated time, as rounds of items
+    /// (items / threads, rounded up) times the cost of the largest item. Unlike the other passes, an item has a
+    /// fixed cost: it clears its 64 x Cin x (Cout range) transformed gradient, transforms it back at the end and
+    /// (all but the first) adds a private dW; each channel range transforms the input again. So a small layer cut
+    /// into 4 items per thread ran slower on 2 threads than on 1. The costs are rough cycles: per 2-slice tile, 12
+    /// per channel transformed (input and output gradient) and 4 per (Cin, Cout) pair (64 FMAs on 16 lanes); per
+    /// item, 170 per pair.
+    static func winogradWeightSplit(
+        cin: Int, cout: Int, d: Dim3, zunits: Int, groups: Int, group: Int, threads: Int, samples: Int,
+        maxZParts: Int
+    ) -> (zparts: Int, mparts: Int) {
+        func ceil(_ a: Int, _ b: Int) -> Int { (a + b - 1) / max(1, b) }
+        let tilesPerUnit = ceil(d.y, 2) * ceil(d.x, 2)
+        var candidates: [(cost: Double, items: Int, zparts: Int, mparts: Int)] = []
+        for zparts in 1...max(1, min(zunits, maxZParts)) {
+            for mparts in 1...max(1, groups) {
+                let items = samples * zparts * mparts
+                if items > 8 * threads { break }
+                let mr = Double(group > 0 ? min(cout, ceil(groups, mparts) * group) : cout)
+                // Tiles run in blocks of 64 (a partial last block costs a whole one).
+                let tiles = Double(ceil(ceil(zunits, zparts) * tilesPerUnit, 64) * 64)
+                let item = tiles * (12 * (Double(cin) + mr) + 4 * Double(cin) * mr) + 170 * Double(cin) * mr
+                candidates.append((Double(ceil(items, threads)) * item, items, zparts, mparts))
+            }
+        }
+        // Within 2% of the least estimate, the most items: threads slowed by other work then hand theirs on.
+        let least = candidates.map(\.cost).min() ?? 0
+        let pick = candidates.filter { $0.cost <= 1.02 * least }.max { ($0.items, -$0.cost) < ($1.items, -$1.cost) }
+        return pick.map { ($0.zparts, $0.mparts) } ?? (1, 1)
     }
 
     /// The partition of `pass` for this layer's current shape (after prepareWorkspaces).

@@ -353,6 +353,29 @@ final class ConvTests: XCTestCase {
 
     // MARK: 1x1x1 and 2x2x2 partitions
 
+    /// Winograd backward-weights weighs each item's fixed cost (its transformed gradient and private dW) against
+    /// the threads it keeps busy: a small layer gets one or two items per thread, not four (cut into four, it ran
+    /// slower on 2 threads than on 1), while the paper's full-resolution layer still gives every one of 32 threads
+    /// the same number of items.
+    func testWinogradWeightSplitWeighsTheItemsFixedCost() {
+        for path in [CK_PATH_WINOGRAD_AVX2, CK_PATH_WINOGRAD_AVX512] {
+            func split(_ cin: Int, _ cout: Int, _ d: Dim3, threads: Int, samples: Int) -> Conv3d.PassPartition {
+                Conv3d.partition(
+                    pass: .backwardWeights, path: path, cin: cin, cout: cout, d: d, threads: threads,
+                    samples: samples)
+            }
+            let small = Dim3(z: 12, y: 24, x: 24)
+            // 192->64 at 24x24x12 (the paper's model on the main job's 96x96x48 patch, third level).
+            XCTAssertEqual(split(192, 64, small, threads: 2, samples: 1).items, 2)
+            XCTAssertLessThanOrEqual(split(192, 64, small, threads: 2, samples: 2).items, 4)
+            // 16->16 at 160x160x96 on 32 threads, batch 2: every thread has an item, none waits a second round.
+            let full = split(16, 16, Dim3(z: 96, y: 160, x: 160), threads: 32, samples: 2)
+            XCTAssertGreaterThanOrEqual(full.items, 32)
+            XCTAssertEqual(full.items % 32, 0, "\(full.items) items leave threads idle in the last round")
+            XCTAssertEqual(full.parts, 32)
+        }
+    }
+
     /// Shapes whose 1x1x1 and 2x2x2 passes are cut into several samples, tiles, channel blocks and (backward-weights)
     /// private dW tiles: more than 16 channels, a channel count that is not a multiple of the blocks, odd extents,
     /// a voxel count that is not a multiple of the 16-voxel tile alignment.
