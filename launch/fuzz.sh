@@ -28,20 +28,13 @@ if [ "$1" = all ]; then selected=("${TARGETS[@]}"); else
 fi
 SECONDS_EACH=$2
 
+source launch/quiet-build.sh
 build() {  # $1 = target
-  local log
-  log=$(mktemp)
   # --manifest-cache none: the manifest evaluated with ATTUNET_FUZZ=1 never reaches the shared cache that
   # plain builds read.
-  if ! ATTUNET_FUZZ=1 swift build -c release --scratch-path .build-fuzz --manifest-cache none \
-      -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xcc -fsanitize=address \
-      --product "fuzz-$1" >"$log" 2>&1; then
-    grep -v '^\[[0-9]*/[0-9]*\]' "$log" >&2
-    rm -f "$log"
-    echo "fuzz: building fuzz-$1 failed (messages above)" >&2
-    exit 1
-  fi
-  rm -f "$log"
+  ATTUNET_FUZZ=1 quiet_build fuzz "building fuzz-$1" -c release --scratch-path .build-fuzz --manifest-cache none \
+    -Xswiftc -sanitize=fuzzer,address -Xswiftc -parse-as-library -Xcc -fsanitize=address \
+    --product "fuzz-$1" || exit 1
 }
 
 # Where a crash happened: "hdf5" when the first frame of the crashing stack that is either in libhdf5 or in

@@ -34,15 +34,8 @@ fi
 [ "${SKIP_BUILD:-0}" != 1 ] || exit 0
 command -v swift >/dev/null || { echo "setup: swift not found on PATH (install Swift 6.x from swift.org)" >&2; exit 1; }
 echo "setup: building attunet (release)"
-log=$(mktemp)
-trap 'rm -f "$log"' EXIT
+source launch/quiet-build.sh
 # A failed build fails setup, with the compiler's messages: an older .build/release/attunet must never stand
 # in for the sources.
-if ! swift build -c release --product attunet >"$log" 2>&1; then
-  grep -v '^\[[0-9]*/[0-9]*\]' "$log" >&2
-  echo "setup: the release build failed (messages above)" >&2
-  exit 1
-fi
-grep "warning:" "$log" || true
-tail -n 1 "$log"
+quiet_build setup "the release build" -c release --product attunet || exit 1
 echo "setup: done: .build/release/attunet"

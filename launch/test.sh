@@ -21,15 +21,8 @@ jobs=${ATTUNET_TEST_JOBS:-$((cores < 8 ? cores : 8))}
 [ "$jobs" -gt 1 ] || exec swift test
 
 echo "test: building the tests (debug)"
-log=$(mktemp)
-if ! swift build --build-tests >"$log" 2>&1; then
-  grep -v '^\[[0-9]*/[0-9]*\]' "$log" >&2
-  rm -f "$log"
-  echo "test: building the tests failed (messages above)" >&2
-  exit 1
-fi
-grep "warning:" "$log" || true
-rm -f "$log"
+source launch/quiet-build.sh
+quiet_build test "building the tests" --build-tests || exit 1
 bundle="$(swift build --build-tests --show-bin-path)/attunetPackageTests.xctest"
 # Elsewhere than Linux the bundle is not an executable: swift test runs it.
 [ -f "$bundle" ] && [ -x "$bundle" ] || exec swift test --skip-build
