@@ -74,11 +74,12 @@ for t in "${selected[@]}"; do
   log=$scratch/libfuzzer.log
   echo "fuzz: $t for $SECONDS_EACH s"
   start=$SECONDS execs=0 ours=0 hdf5=0 saved=()
-  # The HDF5 targets: libhdf5 allocates what a damaged file declares (a variable-length string of 4 GiB) and
-  # fills it, and ASan keeps the pages, so the RSS limit would later blame an innocent input. A malloc limit at
-  # the RSS limit stops at that request instead, with libhdf5's stack (counted as its crash).
-  malloc_limit=65536
-  if [[ $t == casestore || $t == checkpoint ]]; then malloc_limit=4096; fi
+  # The HDF5 targets: libhdf5 allocates what a damaged file declares (a variable-length string of 4 GiB, a read
+  # buffer of 3.9 GiB) and fills it, and ASan keeps the pages, so the RSS limit would later blame an innocent
+  # input. A malloc limit at half the RSS limit stops at that request instead, with libhdf5's stack (counted as
+  # its crash); at the RSS limit itself, a request just under 4 GiB passed and then filled RSS past it.
+  rss_limit=4096 malloc_limit=65536
+  if [[ $t == casestore || $t == checkpoint ]]; then malloc_limit=$((rss_limit / 2)); fi
   # detect_leaks=0: HDF5 and the Swift runtime keep caches for the process's life, which LeakSanitizer would
   # report. allocator_may_return_null=1 with a high malloc limit: a request too large for the machine fails as
   # glibc's malloc would (HDF5 and nifticlib handle that; Swift stops, which is then a crash to fix), while
@@ -89,7 +90,7 @@ for t in "${selected[@]}"; do
     [ $left -gt 0 ] || break
     status=0
     TMPDIR=$scratch ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:suppressions=$PWD/Fuzz/asan.supp \
-      "$bin" -max_total_time="$left" -timeout=10 -rss_limit_mb=4096 -malloc_limit_mb="$malloc_limit" \
+      "$bin" -max_total_time="$left" -timeout=10 -rss_limit_mb="$rss_limit" -malloc_limit_mb="$malloc_limit" \
       -print_final_stats=1 -artifact_prefix="$crashes/" "$corpus" "Fuzz/corpus/$t" >"$log" 2>&1 || status=$?
     n=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
     [ -n "$n" ] || n=$({ grep -o '^#[0-9]*' "$log" || true; } | tail -1 | tr -dc '0-9')
@@ -99,11 +100,11 @@ for t in "${selected[@]}"; do
     saved+=("${artifact:-no input saved}")
     site=$(crash_site "$log" "$t")
     # An out-of-memory report on the RSS limit has no stack of its own: the input is run again with the malloc
-    # limit at the RSS limit, which stops at the one large request and names who made it (e.g. libhdf5's
+    # limit at half the RSS limit, which stops at the one large request and names who made it (e.g. libhdf5's
     # H5T__conv_vlen allocating a damaged variable-length string's declared 4 GiB).
     if grep -q 'libFuzzer: out-of-memory (used' "$log" && [ -n "$artifact" ]; then
       TMPDIR=$scratch ASAN_OPTIONS=detect_leaks=0:allocator_may_return_null=1:suppressions=$PWD/Fuzz/asan.supp \
-        "$bin" -rss_limit_mb=4096 -malloc_limit_mb=4096 "$artifact" >"$scratch/oom.log" 2>&1 || true
+        "$bin" -rss_limit_mb="$rss_limit" -malloc_limit_mb=$((rss_limit / 2)) "$artifact" >"$scratch/oom.log" 2>&1 || true
       if grep -q 'out-of-memory (malloc(' "$scratch/oom.log"; then site=$(crash_site "$scratch/oom.log" "$t"); fi
     fi
     if [ "$site" = hdf5 ]; then
