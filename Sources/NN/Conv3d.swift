@@ -359,6 +359,9 @@ public final class Conv3d {
     /// Floats of private dW a Winograd backward-weights partition may use for its z-parts (16 MB).
     static let privateWeightFloats3 = 1 << 22
 
+    /// a / b rounded up (b below 1 counts as 1).
+    private static func ceilDiv(_ a: Int, _ b: Int) -> Int { (a + b - 1) / max(1, b) }
+
     /// The partition of `pass` for `threads` threads and a batch of `samples`. M = channels the pass writes (Cout, or
     /// Cin for backward-data), in ranges of `ck_conv3_channel_group` (0: the whole range). Forward / backward-data
     /// aim at about 4 items per thread over the samples, z-slabs first (items of one slab share its input), then
@@ -380,7 +383,6 @@ public final class Conv3d {
         let align = max(1, Int(ck_conv3_z_align(path)))
         let zunits = (d.z + align - 1) / align
         let winograd = path == CK_PATH_WINOGRAD_AVX2 || path == CK_PATH_WINOGRAD_AVX512
-        func ceil(_ a: Int, _ b: Int) -> Int { (a + b - 1) / max(1, b) }
         var zparts = 1
         var mparts = 1
         if t > 1 {
@@ -392,10 +394,10 @@ public final class Conv3d {
                     maxZParts: cap)
             } else if pass == .backwardWeights {
                 mparts = min(groups, target)
-                zparts = min(zunits, ceil(target, n * mparts), cap)
+                zparts = min(zunits, ceilDiv(target, n * mparts), cap)
             } else {
-                zparts = min(zunits, ceil(target, n))
-                mparts = min(groups, ceil(winograd ? 2 * t : target, n * zparts))
+                zparts = min(zunits, ceilDiv(target, n))
+                mparts = min(groups, ceilDiv(winograd ? 2 * t : target, n * zparts))
             }
         }
         // Slabs start on multiples of the path's z alignment (Winograd's tiles span 2 slices).
@@ -428,18 +430,17 @@ public final class Conv3d {
         cin: Int, cout: Int, d: Dim3, zunits: Int, groups: Int, group: Int, threads: Int, samples: Int,
         maxZParts: Int
     ) -> (zparts: Int, mparts: Int) {
-        func ceil(_ a: Int, _ b: Int) -> Int { (a + b - 1) / max(1, b) }
-        let tilesPerUnit = ceil(d.y, 2) * ceil(d.x, 2)
+        let tilesPerUnit = ceilDiv(d.y, 2) * ceilDiv(d.x, 2)
         var candidates: [(cost: Double, items: Int, zparts: Int, mparts: Int)] = []
         for zparts in 1...max(1, min(zunits, maxZParts)) {
             for mparts in 1...max(1, groups) {
                 let items = samples * zparts * mparts
                 if items > 8 * threads { break }
-                let mr = Double(group > 0 ? min(cout, ceil(groups, mparts) * group) : cout)
+                let mr = Double(group > 0 ? min(cout, ceilDiv(groups, mparts) * group) : cout)
                 // Tiles run in blocks of 64 (a partial last block costs a whole one).
-                let tiles = Double(ceil(ceil(zunits, zparts) * tilesPerUnit, 64) * 64)
+                let tiles = Double(ceilDiv(ceilDiv(zunits, zparts) * tilesPerUnit, 64) * 64)
                 let item = tiles * (12 * (Double(cin) + mr) + 4 * Double(cin) * mr) + 170 * Double(cin) * mr
-                candidates.append((Double(ceil(items, threads)) * item, items, zparts, mparts))
+                candidates.append((Double(ceilDiv(items, threads)) * item, items, zparts, mparts))
             }
         }
         // Within 2% of the least estimate, the most items: threads slowed by other work then hand theirs on.
